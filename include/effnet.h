@@ -1,0 +1,123 @@
+/* libeffnet: EfficientNetV2 inference on the CPU (oneDNN) — public API.
+ *
+ * Usage:
+ *
+ *   char err[256];
+ *   struct effnet_model *m = NULL;
+ *   struct effnet_exec *x = NULL;
+ *   if (effnet_model_open("model.safetensors", NULL, err, sizeof err, &m) < 0)
+ *           die("%s", err);
+ *   const struct effnet_info *info = effnet_model_info(m);
+ *   struct effnet_exec_opts eo = { .batch = 8, .threads = 2,
+ *                                  .precision = EFFNET_BF16 };
+ *   if (effnet_exec_new(m, &eo, err, sizeof err, &x) < 0)
+ *           die("%s", err);
+ *   // images: float [n][3][size][size] (NCHW, normalized), n <= batch
+ *   float *logits = malloc(sizeof(float) * n * info->classes);
+ *   effnet_exec_forward(x, images, n, logits);   // logits: [n][classes]
+ *   x = effnet_exec_free(x);
+ *   m = effnet_model_free(m);
+ *
+ * Threading: a model is immutable once opened and may be shared by any number
+ * of threads and executors; it must outlive them. An executor owns the scratch
+ * memory and primitives for one batch size, one input size and one precision;
+ * it must be used by one thread at a time. Forward allocates nothing.
+ *
+ * Errors: functions that can fail return 0 or a negative errno code (-EINVAL,
+ * -ENOMEM, -EBADMSG for corrupt data, -E2BIG for limits, -ENOTSUP for a model
+ * this library cannot run) and, where given, write a one-line message that
+ * names the file, tensor or offset into err. Out-parameters (ret_*) are written
+ * only on success.
+ */
+#ifndef EFFNET_H
+#define EFFNET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define EFFNET_VERSION "0.1.0"
+
+struct effnet_model;
+struct effnet_exec;
+
+enum effnet_precision { EFFNET_FP32 = 0, EFFNET_BF16 = 1 };
+enum effnet_scheme { EFFNET_SCHEME_TIMM = 0, EFFNET_SCHEME_TORCHVISION = 1 };
+enum effnet_padding {
+        EFFNET_PAD_AUTO = 0,      /* from the weight source */
+        EFFNET_PAD_SAME = 1,      /* TensorFlow 'SAME': extra pixel after */
+        EFFNET_PAD_SYMMETRIC = 2, /* PyTorch: k/2 on both sides */
+};
+enum effnet_resize { EFFNET_RESIZE_BILINEAR = 0, EFFNET_RESIZE_BICUBIC = 1 };
+enum effnet_crop {
+        EFFNET_CROP_CENTER = 0, /* shorter side to size/crop_pct, center crop */
+        EFFNET_CROP_SQUASH = 1, /* resize both sides to size, no crop */
+};
+
+/* How images must be prepared for this model (eval transforms). */
+struct effnet_preproc {
+        int size;            /* square input edge in pixels */
+        int resize;          /* enum effnet_resize */
+        int crop;            /* enum effnet_crop */
+        float crop_pct;      /* resize shorter side to size / crop_pct */
+        float mean[3];       /* on [0,1] RGB */
+        float std[3];
+};
+
+struct effnet_info {
+        const char *variant;  /* "efficientnetv2-s", "efficientnetv2-b0", ... */
+        int scheme;           /* enum effnet_scheme */
+        int classes;          /* from the classifier's shape */
+        int padding;          /* EFFNET_PAD_SAME or EFFNET_PAD_SYMMETRIC */
+        float bn_eps;
+        const char *dtype;    /* stored dtype: "F32", "F16", "BF16" */
+        int64_t params;       /* parameters, BN statistics excluded */
+        struct effnet_preproc preproc; /* defaults for this source */
+};
+
+struct effnet_open_opts {
+        int padding;          /* enum effnet_padding; AUTO = from source */
+        float bn_eps;         /* 0 = from source */
+};
+
+/* Opens a safetensors file (timm or torchvision names), validates it, detects
+ * variant, scheme and class count, folds BatchNorm. opts may be NULL. */
+int effnet_model_open(const char *path, const struct effnet_open_opts *opts,
+                      char *err, size_t err_len, struct effnet_model **ret_model);
+struct effnet_model *effnet_model_free(struct effnet_model *m);
+/* Owned by the model, valid for its lifetime. */
+const struct effnet_info *effnet_model_info(const struct effnet_model *m);
+
+struct effnet_exec_opts {
+        int batch;      /* images per forward, >= 1 */
+        int threads;    /* oneDNN threads for this executor; 0 = all usable */
+        int precision;  /* enum effnet_precision */
+        int size;       /* input edge; 0 = preproc.size; >= 32 */
+};
+
+/* Builds primitives and allocates every buffer for one batch size. Safe to
+ * call from several threads on one model: weights converted for the chosen
+ * layouts are cached in the model (under its lock) and shared by executors. */
+int effnet_exec_new(struct effnet_model *m, const struct effnet_exec_opts *opts,
+                    char *err, size_t err_len, struct effnet_exec **ret_exec);
+struct effnet_exec *effnet_exec_free(struct effnet_exec *x);
+
+/* images: float [n][3][size][size], NCHW, already normalized; 1 <= n <= batch.
+ * logits: float [n][classes]. Returns 0, or -EINVAL for a bad n, or -EIO if
+ * oneDNN fails. */
+int effnet_exec_forward(struct effnet_exec *x, const float *images, int n,
+                        float *logits);
+
+/* Numerically stable softmax of one row, in place. */
+void effnet_softmax(float *v, int n);
+/* Indices of the k largest values, in descending order (ties: lower index
+ * first); k is clamped to n. Returns the number written. */
+int effnet_topk(const float *v, int n, int k, int *ret_idx);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

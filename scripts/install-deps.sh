@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs every Debian package that the build, the tests and the benchmarks
+# need. Idempotent: safe to run again; skips apt when everything is present.
+set -eu
+
+pkgs=(
+  # build
+  build-essential meson ninja-build pkg-config cmake
+  libdnnl-dev libjansson-dev libmicrohttpd-dev libturbojpeg0-dev
+  libpng-dev libsystemd-dev
+  # tests: references and tools
+  python3 python3-numpy python3-torch python3-torchvision python3-pil
+  curl ca-certificates
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends "${missing[@]}"
+fi

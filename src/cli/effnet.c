@@ -1,0 +1,456 @@
+/* effnet: command-line tool over libeffnet (forward, bench, inspect,
+ * init-weights). */
+#include "effnet.h"
+#include "common/npy.h"
+#include "common/util.h"
+#include "model/model.h"
+#include "model/safetensors.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char *prog = "effnet";
+
+static int usage(FILE *f)
+{
+        fprintf(f,
+                "Usage: %s COMMAND [OPTIONS]\n"
+                "\n"
+                "Commands:\n"
+                "  forward --weights FILE --input IN.npy --output OUT.npy\n"
+                "          [--precision fp32|bf16] [--padding auto|same|symmetric] [--bn-eps X]\n"
+                "          [--threads T]\n"
+                "      Logits of a float32 NCHW batch (normalized images) as .npy.\n"
+                "  bench (--weights FILE | --variant V) [--batch 1,8] [--threads T]\n"
+                "          [--precision fp32|bf16] [--size S] [--runs N] [--warmup N] [--json]\n"
+                "      Median throughput of the engine per batch size.\n"
+                "  inspect FILE\n"
+                "      Scheme, variant, classes, dtype, parameters, padding, preprocessing.\n"
+                "  init-weights --variant s|m|l|xl|b0|b1|b2|b3 [--scheme timm|torchvision]\n"
+                "          [--classes N] [--dtype f32|f16|bf16] --seed N -o FILE\n"
+                "      Deterministic seeded weights (the embedded default).\n"
+                "  --version, --help\n",
+                prog);
+        return f == stderr ? 2 : 0;
+}
+
+static int parse_precision(const char *s, int *ret)
+{
+        if (strcmp(s, "fp32") == 0 || strcmp(s, "f32") == 0)
+                *ret = EFFNET_FP32;
+        else if (strcmp(s, "bf16") == 0)
+                *ret = EFFNET_BF16;
+        else
+                return -EINVAL;
+        return 0;
+}
+
+static int parse_padding(const char *s, int *ret)
+{
+        if (strcmp(s, "auto") == 0)
+                *ret = EFFNET_PAD_AUTO;
+        else if (strcmp(s, "same") == 0)
+                *ret = EFFNET_PAD_SAME;
+        else if (strcmp(s, "symmetric") == 0)
+                *ret = EFFNET_PAD_SYMMETRIC;
+        else
+                return -EINVAL;
+        return 0;
+}
+
+static int parse_int(const char *s, int lo, int hi, int *ret)
+{
+        char *end;
+        errno = 0;
+        long v = strtol(s, &end, 10);
+        if (errno || end == s || *end || v < lo || v > hi)
+                return -EINVAL;
+        *ret = (int)v;
+        return 0;
+}
+
+static const char *precision_name(int p)
+{
+        return p == EFFNET_BF16 ? "bf16" : "fp32";
+}
+
+static const char *padding_name(int p)
+{
+        return p == EFFNET_PAD_SAME ? "same" : "symmetric";
+}
+
+enum { OPT_PRECISION = 256, OPT_PADDING, OPT_BN_EPS, OPT_THREADS, OPT_BATCH, OPT_SIZE, OPT_RUNS,
+       OPT_WARMUP, OPT_JSON, OPT_SCHEME, OPT_CLASSES, OPT_SEED, OPT_DTYPE, OPT_VARIANT, OPT_WEIGHTS,
+       OPT_INPUT, OPT_OUTPUT };
+
+static const struct option long_opts[] = {
+        { "weights", required_argument, 0, OPT_WEIGHTS },   { "input", required_argument, 0, OPT_INPUT },
+        { "output", required_argument, 0, OPT_OUTPUT },     { "precision", required_argument, 0, OPT_PRECISION },
+        { "padding", required_argument, 0, OPT_PADDING },   { "bn-eps", required_argument, 0, OPT_BN_EPS },
+        { "threads", required_argument, 0, OPT_THREADS },   { "batch", required_argument, 0, OPT_BATCH },
+        { "size", required_argument, 0, OPT_SIZE },         { "runs", required_argument, 0, OPT_RUNS },
+        { "warmup", required_argument, 0, OPT_WARMUP },     { "json", no_argument, 0, OPT_JSON },
+        { "scheme", required_argument, 0, OPT_SCHEME },     { "classes", required_argument, 0, OPT_CLASSES },
+        { "seed", required_argument, 0, OPT_SEED },         { "dtype", required_argument, 0, OPT_DTYPE },
+        { "variant", required_argument, 0, OPT_VARIANT },   { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
+};
+
+struct args {
+        const char *weights, *input, *output, *variant, *batches, *scheme_name, *dtype_name;
+        int precision, threads, size, runs, warmup, json, classes, have_seed;
+        unsigned long long seed;
+        struct effnet_open_opts open;
+};
+
+static int parse_args(int argc, char **argv, struct args *a)
+{
+        int c;
+        *a = (struct args){ .batches = "1", .runs = 10, .warmup = 2, .classes = 1000, .dtype_name = "f32" };
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "o:h", long_opts, NULL)) != -1) {
+                int bad = 0;
+                switch (c) {
+                case OPT_WEIGHTS: a->weights = optarg; break;
+                case OPT_INPUT: a->input = optarg; break;
+                case 'o':
+                case OPT_OUTPUT: a->output = optarg; break;
+                case OPT_VARIANT: a->variant = optarg; break;
+                case OPT_BATCH: a->batches = optarg; break;
+                case OPT_SCHEME: a->scheme_name = optarg; break;
+                case OPT_DTYPE: a->dtype_name = optarg; break;
+                case OPT_JSON: a->json = 1; break;
+                case OPT_PRECISION: bad = parse_precision(optarg, &a->precision); break;
+                case OPT_PADDING: bad = parse_padding(optarg, &a->open.padding); break;
+                case OPT_THREADS: bad = parse_int(optarg, 0, 1024, &a->threads); break;
+                case OPT_SIZE: bad = parse_int(optarg, 32, 4096, &a->size); break;
+                case OPT_RUNS: bad = parse_int(optarg, 1, 100000, &a->runs); break;
+                case OPT_WARMUP: bad = parse_int(optarg, 0, 100000, &a->warmup); break;
+                case OPT_CLASSES: bad = parse_int(optarg, 1, 1000000, &a->classes); break;
+                case OPT_BN_EPS: {
+                        char *end;
+                        a->open.bn_eps = strtof(optarg, &end);
+                        bad = *end || !(a->open.bn_eps > 0 && a->open.bn_eps < 1) ? -EINVAL : 0;
+                        break;
+                }
+                case OPT_SEED: {
+                        char *end;
+                        errno = 0;
+                        a->seed = strtoull(optarg, &end, 0);
+                        bad = errno || *end || end == optarg ? -EINVAL : 0;
+                        a->have_seed = 1;
+                        break;
+                }
+                case 'h': return usage(stdout), 1;
+                default: return -EINVAL;
+                }
+                if (bad) {
+                        const char *name = "?";
+                        for (const struct option *o = long_opts; o->name; o++)
+                                if (o->val == c)
+                                        name = o->name;
+                        fprintf(stderr, "%s: invalid value '%s' for --%s\n", prog, optarg, name);
+                        return -EINVAL;
+                }
+        }
+        return 0;
+}
+
+static int open_model(const struct args *a, struct effnet_model **ret)
+{
+        char err[512];
+        if (!a->weights) {
+                fprintf(stderr, "%s: --weights FILE is required\n", prog);
+                return -EINVAL;
+        }
+        int r = effnet_model_open(a->weights, &a->open, err, sizeof err, ret);
+        if (r < 0)
+                fprintf(stderr, "%s: %s: %s\n", prog, a->weights, err);
+        return r;
+}
+
+static int cmd_forward(const struct args *a)
+{
+        struct effnet_model *m = NULL;
+        struct effnet_exec *x = NULL;
+        float *in = NULL, *out = NULL;
+        int64_t shape[8];
+        int nd, r;
+        char err[512];
+
+        if (!a->input || !a->output) {
+                fprintf(stderr, "%s forward: --input and --output are required\n", prog);
+                return 2;
+        }
+        if ((r = open_model(a, &m)) < 0)
+                goto out;
+        if ((r = npy_read_f32(a->input, 8, err, sizeof err, &in, &nd, shape)) < 0) {
+                fprintf(stderr, "%s: %s\n", prog, err);
+                goto out;
+        }
+        if (nd != 4 || shape[0] < 1 || shape[0] > 4096 || shape[1] != 3 || shape[2] != shape[3] || shape[2] < 32 ||
+            shape[2] > 4096) {
+                fprintf(stderr, "%s: %s: expected float32 [N, 3, S, S] with S >= 32\n", prog, a->input);
+                r = -EINVAL;
+                goto out;
+        }
+        const struct effnet_info *info = effnet_model_info(m);
+        struct effnet_exec_opts eo = { .batch = (int)shape[0], .threads = a->threads, .precision = a->precision,
+                                       .size = (int)shape[2] };
+        if ((r = effnet_exec_new(m, &eo, err, sizeof err, &x)) < 0) {
+                fprintf(stderr, "%s: %s\n", prog, err);
+                goto out;
+        }
+        out = malloc(sizeof(float) * (size_t)shape[0] * (size_t)info->classes);
+        if (!out) {
+                r = -ENOMEM;
+                goto out;
+        }
+        if ((r = effnet_exec_forward(x, in, (int)shape[0], out)) < 0) {
+                fprintf(stderr, "%s: forward failed: %s\n", prog, strerror(-r));
+                goto out;
+        }
+        int64_t oshape[2] = { shape[0], info->classes };
+        if ((r = npy_write_f32(a->output, out, 2, oshape, err, sizeof err)) < 0)
+                fprintf(stderr, "%s: %s\n", prog, err);
+out:
+        free(in);
+        free(out);
+        effnet_exec_free(x);
+        effnet_model_free(m);
+        return r < 0 ? 1 : 0;
+}
+
+static int cmd_inspect(int argc, char **argv)
+{
+        struct effnet_model *m = NULL;
+        char err[512];
+
+        if (argc != 2) {
+                fprintf(stderr, "Usage: %s inspect FILE\n", prog);
+                return 2;
+        }
+        int r = effnet_model_open(argv[1], NULL, err, sizeof err, &m);
+        if (r < 0) {
+                fprintf(stderr, "%s: %s: %s\n", prog, argv[1], err);
+                return 1;
+        }
+        const struct effnet_info *i = effnet_model_info(m);
+        const struct effnet_preproc *pp = &i->preproc;
+        printf("file:          %s\n"
+               "scheme:        %s\n"
+               "variant:       %s\n"
+               "classes:       %d\n"
+               "dtype:         %s\n"
+               "parameters:    %lld\n"
+               "padding:       %s\n"
+               "bn_eps:        %g\n"
+               "input size:    %d\n"
+               "resize:        %s, %s, crop_pct %.3f\n"
+               "mean / std:    (%.3f, %.3f, %.3f) / (%.3f, %.3f, %.3f)\n",
+               argv[1], i->scheme == EFFNET_SCHEME_TIMM ? "timm" : "torchvision", i->variant, i->classes,
+               i->dtype, (long long)i->params, padding_name(i->padding), (double)i->bn_eps, pp->size,
+               pp->resize == EFFNET_RESIZE_BICUBIC ? "bicubic" : "bilinear",
+               pp->crop == EFFNET_CROP_SQUASH ? "squash" : "center crop", (double)pp->crop_pct,
+               (double)pp->mean[0], (double)pp->mean[1], (double)pp->mean[2], (double)pp->std[0],
+               (double)pp->std[1], (double)pp->std[2]);
+        effnet_model_free(m);
+        return 0;
+}
+
+static int parse_scheme(const char *s, int *ret)
+{
+        if (!s || strcmp(s, "timm") == 0)
+                *ret = EFFNET_SCHEME_TIMM;
+        else if (strcmp(s, "torchvision") == 0)
+                *ret = EFFNET_SCHEME_TORCHVISION;
+        else
+                return -EINVAL;
+        return 0;
+}
+
+static int parse_dtype(const char *s, int *ret)
+{
+        if (strcmp(s, "f32") == 0 || strcmp(s, "F32") == 0)
+                *ret = ST_F32;
+        else if (strcmp(s, "f16") == 0 || strcmp(s, "F16") == 0)
+                *ret = ST_F16;
+        else if (strcmp(s, "bf16") == 0 || strcmp(s, "BF16") == 0)
+                *ret = ST_BF16;
+        else
+                return -EINVAL;
+        return 0;
+}
+
+static int cmd_init_weights(const struct args *a)
+{
+        char err[512];
+        int scheme, dtype;
+
+        if (!a->variant || !a->output || !a->have_seed) {
+                fprintf(stderr, "%s init-weights: --variant, --seed and -o FILE are required\n", prog);
+                return 2;
+        }
+        if (parse_scheme(a->scheme_name, &scheme) < 0 || parse_dtype(a->dtype_name, &dtype) < 0) {
+                fprintf(stderr, "%s init-weights: bad --scheme or --dtype\n", prog);
+                return 2;
+        }
+        int r = model_write_seeded(a->output, a->variant, scheme, a->classes, a->seed, dtype, err, sizeof err);
+        if (r < 0) {
+                fprintf(stderr, "%s: %s\n", prog, err);
+                return 1;
+        }
+        return 0;
+}
+
+static int cmp_double(const void *x, const void *y)
+{
+        double a = *(const double *)x, b = *(const double *)y;
+        return (a > b) - (a < b);
+}
+
+static int cmd_bench(const struct args *a)
+{
+        struct effnet_model *m = NULL;
+        char err[512], tmp[] = "/tmp/effnet-bench-XXXXXX.safetensors";
+        const char *weights = a->weights;
+        int r = 0, tmp_made = 0;
+
+        if (!weights && !a->variant) {
+                fprintf(stderr, "%s bench: --weights FILE or --variant V is required\n", prog);
+                return 2;
+        }
+        if (!weights) {
+                int fd = mkstemps(tmp, 12);
+                if (fd < 0) {
+                        perror("mkstemps");
+                        return 1;
+                }
+                close(fd);
+                tmp_made = 1;
+                if ((r = model_write_seeded(tmp, a->variant, EFFNET_SCHEME_TORCHVISION, 1000, 1, ST_F32, err,
+                                            sizeof err)) < 0) {
+                        fprintf(stderr, "%s: %s\n", prog, err);
+                        goto out;
+                }
+                weights = tmp;
+        }
+        int64_t t0 = time_now_ns();
+        if ((r = effnet_model_open(weights, &a->open, err, sizeof err, &m)) < 0) {
+                fprintf(stderr, "%s: %s: %s\n", prog, weights, err);
+                goto out;
+        }
+        double load_ms = (double)(time_now_ns() - t0) / 1e6;
+        const struct effnet_info *info = effnet_model_info(m);
+        int size = a->size ? a->size : info->preproc.size;
+        int threads = a->threads ? a->threads : cpu_usable_count();
+
+        char list[256];
+        snprintf(list, sizeof list, "%s", a->batches);
+        for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                int batch;
+                if (parse_int(tok, 1, 4096, &batch) < 0) {
+                        fprintf(stderr, "%s: bad batch size '%s'\n", prog, tok);
+                        r = -EINVAL;
+                        goto out;
+                }
+                struct effnet_exec *x = NULL;
+                struct effnet_exec_opts eo = { .batch = batch, .threads = threads, .precision = a->precision,
+                                               .size = size };
+                t0 = time_now_ns();
+                if ((r = effnet_exec_new(m, &eo, err, sizeof err, &x)) < 0) {
+                        fprintf(stderr, "%s: %s\n", prog, err);
+                        goto out;
+                }
+                double build_ms = (double)(time_now_ns() - t0) / 1e6;
+                size_t in_n = (size_t)batch * 3 * (size_t)size * (size_t)size;
+                float *in = malloc(sizeof(float) * in_n);
+                float *logits = malloc(sizeof(float) * (size_t)batch * (size_t)info->classes);
+                double *ms = malloc(sizeof(double) * (size_t)a->runs);
+                if (!in || !logits || !ms) {
+                        free(in), free(logits), free(ms);
+                        effnet_exec_free(x);
+                        r = -ENOMEM;
+                        goto out;
+                }
+                /* A smooth deterministic pattern: values do not change the timing. */
+                for (size_t i = 0; i < in_n; i++)
+                        in[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+                for (int i = 0; i < a->warmup && r == 0; i++)
+                        r = effnet_exec_forward(x, in, batch, logits);
+                for (int i = 0; i < a->runs && r == 0; i++) {
+                        t0 = time_now_ns();
+                        r = effnet_exec_forward(x, in, batch, logits);
+                        ms[i] = (double)(time_now_ns() - t0) / 1e6;
+                }
+                if (r == 0) {
+                        qsort(ms, (size_t)a->runs, sizeof *ms, cmp_double);
+                        double med = a->runs % 2 ? ms[a->runs / 2] : (ms[a->runs / 2 - 1] + ms[a->runs / 2]) / 2;
+                        double rss = (double)proc_peak_rss() / (1024.0 * 1024.0);
+                        if (a->json)
+                                printf("{\"variant\":\"%s\",\"precision\":\"%s\",\"size\":%d,\"threads\":%d,"
+                                       "\"batch\":%d,\"images_per_s\":%.3f,\"ms_per_batch\":%.3f,"
+                                       "\"ms_min\":%.3f,\"ms_max\":%.3f,\"runs\":%d,\"load_ms\":%.1f,"
+                                       "\"build_ms\":%.1f,\"peak_rss_mb\":%.1f}\n",
+                                       info->variant, precision_name(a->precision), size, threads, batch,
+                                       batch * 1000.0 / med, med, ms[0], ms[a->runs - 1], a->runs, load_ms, build_ms,
+                                       rss);
+                        else
+                                printf("%s %s %dpx threads %d batch %d: %.2f img/s, %.2f ms/batch (median of %d; "
+                                       "min %.2f max %.2f), load %.0f ms, build %.0f ms, peak RSS %.0f MB\n",
+                                       info->variant, precision_name(a->precision), size, threads, batch,
+                                       batch * 1000.0 / med, med, a->runs, ms[0], ms[a->runs - 1], load_ms, build_ms,
+                                       rss);
+                        fflush(stdout);
+                } else {
+                        fprintf(stderr, "%s: forward failed: %s\n", prog, strerror(-r));
+                }
+                free(in);
+                free(logits);
+                free(ms);
+                effnet_exec_free(x);
+                if (r < 0)
+                        goto out;
+        }
+out:
+        effnet_model_free(m);
+        if (tmp_made)
+                unlink(tmp);
+        return r < 0 ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+        struct args a;
+
+        if (argc < 2)
+                return usage(stderr);
+        const char *cmd = argv[1];
+        if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0)
+                return usage(stdout);
+        if (strcmp(cmd, "--version") == 0) {
+                printf("effnet %s\n", EFFNET_VERSION);
+                return 0;
+        }
+        if (strcmp(cmd, "inspect") == 0)
+                return cmd_inspect(argc - 1, argv + 1);
+        int r = parse_args(argc - 1, argv + 1, &a);
+        if (r)
+                return r > 0 ? 0 : 2;
+        if (optind < argc - 1) {
+                fprintf(stderr, "%s %s: unexpected argument '%s'\n", prog, cmd, argv[optind + 1]);
+                return 2;
+        }
+        if (strcmp(cmd, "forward") == 0)
+                return cmd_forward(&a);
+        if (strcmp(cmd, "bench") == 0)
+                return cmd_bench(&a);
+        if (strcmp(cmd, "init-weights") == 0)
+                return cmd_init_weights(&a);
+        fprintf(stderr, "%s: unknown command '%s'\n", prog, cmd);
+        return usage(stderr);
+}

@@ -1,0 +1,25 @@
+/* util: small helpers shared by every module (error messages, time, sizes). */
+#ifndef EFFNET_UTIL_H
+#define EFFNET_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Formats a message into err (if err and err_len are non-zero) and returns
+ * code, so that failures read `return err_set(err, len, -EINVAL, "...")`. */
+int err_set(char *err, size_t err_len, int code, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+
+/* Monotonic clock in nanoseconds. */
+int64_t time_now_ns(void);
+
+/* Peak resident set size of this process in bytes (VmHWM), or -1. */
+int64_t proc_peak_rss(void);
+
+/* Number of CPUs this process may run on: affinity mask, capped by the
+ * cgroup v2/v1 CPU quota (rounded up). At least 1. */
+int cpu_usable_count(void);
+
+#endif

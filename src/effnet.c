@@ -1,0 +1,119 @@
+/* effnet: the public libeffnet API over the model and engine modules. */
+#include "effnet.h"
+#include "engine/engine.h"
+#include "model/model.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+
+struct effnet_model {
+        struct model *m;
+        struct eng_net *net;
+};
+
+struct effnet_exec {
+        struct eng_plan *plan;
+};
+
+int effnet_model_open(const char *path, const struct effnet_open_opts *opts,
+                      char *err, size_t err_len, struct effnet_model **ret_model)
+{
+        struct effnet_model *em = calloc(1, sizeof *em);
+        int r;
+
+        if (!em)
+                return -ENOMEM;
+        if ((r = model_open(path, opts, err, err_len, &em->m)) < 0 ||
+            (r = eng_net_new(em->m, err, err_len, &em->net)) < 0) {
+                effnet_model_free(em);
+                return r;
+        }
+        *ret_model = em;
+        return 0;
+}
+
+struct effnet_model *effnet_model_free(struct effnet_model *em)
+{
+        if (!em)
+                return NULL;
+        eng_net_free(em->net);
+        model_free(em->m);
+        free(em);
+        return NULL;
+}
+
+const struct effnet_info *effnet_model_info(const struct effnet_model *em)
+{
+        return &em->m->info;
+}
+
+int effnet_exec_new(struct effnet_model *em, const struct effnet_exec_opts *opts,
+                    char *err, size_t err_len, struct effnet_exec **ret_exec)
+{
+        struct effnet_exec *x = calloc(1, sizeof *x);
+        int size = opts->size > 0 ? opts->size : em->m->info.preproc.size;
+        int r;
+
+        if (!x)
+                return -ENOMEM;
+        r = eng_plan_new(em->net, opts->batch, size, opts->precision, opts->threads, err, err_len, &x->plan);
+        if (r < 0) {
+                free(x);
+                return r;
+        }
+        *ret_exec = x;
+        return 0;
+}
+
+struct effnet_exec *effnet_exec_free(struct effnet_exec *x)
+{
+        if (!x)
+                return NULL;
+        eng_plan_free(x->plan);
+        free(x);
+        return NULL;
+}
+
+int effnet_exec_forward(struct effnet_exec *x, const float *images, int n, float *logits)
+{
+        return eng_plan_forward(x->plan, images, n, logits);
+}
+
+void effnet_softmax(float *v, int n)
+{
+        float mx = -INFINITY;
+        double sum = 0;
+
+        for (int i = 0; i < n; i++)
+                if (v[i] > mx)
+                        mx = v[i];
+        for (int i = 0; i < n; i++) {
+                v[i] = expf(v[i] - mx);
+                sum += v[i];
+        }
+        for (int i = 0; i < n; i++)
+                v[i] = (float)(v[i] / sum);
+}
+
+int effnet_topk(const float *v, int n, int k, int *ret_idx)
+{
+        if (k > n)
+                k = n;
+        if (k <= 0)
+                return 0;
+        /* Insertion into a sorted prefix: k is small (top-5), n ~ 1000-21843. */
+        int m = 0;
+        for (int i = 0; i < n; i++) {
+                if (m == k && !(v[i] > v[ret_idx[k - 1]]))
+                        continue;
+                int j = m < k ? m++ : k - 1;
+                while (j > 0 && v[i] > v[ret_idx[j - 1]]) {
+                        ret_idx[j] = ret_idx[j - 1];
+                        j--;
+                }
+                ret_idx[j] = i;
+        }
+        return m;
+}

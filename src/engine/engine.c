@@ -1,0 +1,752 @@
+/* engine: EfficientNetV2 forward pass on oneDNN — one primitive per layer with
+ * BN folded, SiLU and residual adds fused as post-ops, blocked layouts chosen
+ * by the primitives, all memory bound when a plan is built. */
+#include "engine/engine.h"
+#include "model/model.h"
+#include "common/util.h"
+
+#include <dnnl.h>
+#include <dnnl_debug.h>
+#include <errno.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Weights reordered into a primitive's layout, shared by all plans of a net. */
+struct wcache_entry {
+        const void *key;          /* the model's weight array */
+        dnnl_memory_desc_t md;    /* target layout and type */
+        void *data;               /* owned */
+};
+
+struct eng_net {
+        const struct model *m;
+        dnnl_engine_t eng;
+        pthread_mutex_t lock;     /* guards cache and stream */
+        dnnl_stream_t stream;     /* for weight reorders */
+        struct wcache_entry *cache;
+        size_t n_cache, cap_cache;
+};
+
+/* Activation buffers; a tensor lives in one of them. Reuse is planned so that
+ * no step reads a slot it also writes, except the intended in-place ones. */
+enum slot { SLOT_X0, SLOT_X1, SLOT_M0, SLOT_M1, SLOT_POOL, SLOT_SE1, SLOT_SE2,
+            SLOT_IN, SLOT_LOGITS, N_SLOTS };
+
+struct tensor {
+        dnnl_memory_desc_t md;
+        int slot;
+        dnnl_memory_t mem;
+};
+
+#define MAX_ARGS 8
+struct step {
+        dnnl_primitive_t prim;
+        int n_args;
+        int kind[MAX_ARGS];
+        int tensor[MAX_ARGS];          /* -1: mem[] is fixed */
+        dnnl_memory_t mem[MAX_ARGS];
+        dnnl_exec_arg_t exec[MAX_ARGS];
+        dnnl_memory_desc_t scratch_md;
+        const char *impl;              /* owned by oneDNN's primitive desc */
+};
+
+struct eng_plan {
+        struct eng_net *net;
+        int batch, size, precision, threads, classes;
+        dnnl_data_type_t act_dt;
+        dnnl_format_tag_t act_tag;     /* layout of every activation */
+        dnnl_stream_t stream;
+        struct step *steps;
+        int n_steps, cap_steps;
+        struct tensor *tensors;
+        int n_tensors, cap_tensors;
+        dnnl_memory_t *owned;          /* weights, bias and scratch views */
+        int n_owned, cap_owned;
+        void *slot[N_SLOTS];
+        size_t slot_size[N_SLOTS];
+        void *scratch;
+        size_t scratch_size;
+        int in_tensor, logits_tensor;
+        char *err;
+        size_t err_len;
+};
+
+#define DN(call)                                                                                 \
+        do {                                                                                     \
+                dnnl_status_t s_ = (call);                                                       \
+                if (s_ != dnnl_success)                                                          \
+                        return err_set(p->err, p->err_len, -EIO, "oneDNN: %s failed: %s (%s:%d)", \
+                                       #call, dnnl_status2str(s_), __FILE__, __LINE__);          \
+        } while (0)
+
+static void *aligned_buf(size_t n)
+{
+        n = (n + 63) / 64 * 64;
+        return aligned_alloc(64, n ? n : 64);
+}
+
+static int grow(void **arr, int *cap, int need, size_t elem)
+{
+        if (need <= *cap)
+                return 0;
+        int nc = *cap ? *cap * 2 : 64;
+        while (nc < need)
+                nc *= 2;
+        void *n = realloc(*arr, (size_t)nc * elem);
+        if (!n)
+                return -ENOMEM;
+        memset((char *)n + (size_t)*cap * elem, 0, (size_t)(nc - *cap) * elem);
+        *arr = n;
+        *cap = nc;
+        return 0;
+}
+
+int eng_net_new(const struct model *m, char *err, size_t err_len, struct eng_net **ret_net)
+{
+        struct eng_net *net = calloc(1, sizeof *net);
+        dnnl_status_t s;
+
+        if (!net)
+                return -ENOMEM;
+        net->m = m;
+        pthread_mutex_init(&net->lock, NULL);
+        s = dnnl_engine_create(&net->eng, dnnl_cpu, 0);
+        if (s == dnnl_success)
+                s = dnnl_stream_create(&net->stream, net->eng, dnnl_stream_default_flags);
+        if (s != dnnl_success) {
+                eng_net_free(net);
+                return err_set(err, err_len, -EIO, "oneDNN: cannot create CPU engine: %s", dnnl_status2str(s));
+        }
+        *ret_net = net;
+        return 0;
+}
+
+struct eng_net *eng_net_free(struct eng_net *net)
+{
+        if (!net)
+                return NULL;
+        for (size_t i = 0; i < net->n_cache; i++)
+                free(net->cache[i].data);
+        free(net->cache);
+        if (net->stream)
+                dnnl_stream_destroy(net->stream);
+        if (net->eng)
+                dnnl_engine_destroy(net->eng);
+        pthread_mutex_destroy(&net->lock);
+        free(net);
+        return NULL;
+}
+
+/* Returns the model's weights (float, plain src_tag) in layout want, reordering
+ * once per (array, layout) and caching the result in the net. */
+static int net_weights(struct eng_plan *p, const float *src, const dnnl_memory_desc_t *src_md,
+                       const dnnl_memory_desc_t *want, void **ret_data)
+{
+        struct eng_net *net = p->net;
+        dnnl_memory_t from = NULL, to = NULL;
+        dnnl_primitive_desc_t pd = NULL;
+        dnnl_primitive_t reorder = NULL;
+        void *data = NULL;
+        int r = 0;
+
+        pthread_mutex_lock(&net->lock);
+        for (size_t i = 0; i < net->n_cache; i++)
+                if (net->cache[i].key == src && dnnl_memory_desc_equal(&net->cache[i].md, want)) {
+                        *ret_data = net->cache[i].data;
+                        goto out;
+                }
+        if (net->n_cache == net->cap_cache) {
+                size_t nc = net->cap_cache ? net->cap_cache * 2 : 256;
+                void *n = realloc(net->cache, nc * sizeof *net->cache);
+                if (!n) {
+                        r = -ENOMEM;
+                        goto out;
+                }
+                net->cache = n;
+                net->cap_cache = nc;
+        }
+        data = aligned_buf(dnnl_memory_desc_get_size(want));
+        if (!data) {
+                r = -ENOMEM;
+                goto out;
+        }
+        if (dnnl_memory_create(&from, src_md, net->eng, (void *)src) != dnnl_success ||
+            dnnl_memory_create(&to, want, net->eng, data) != dnnl_success ||
+            dnnl_reorder_primitive_desc_create(&pd, src_md, net->eng, want, net->eng, NULL) != dnnl_success ||
+            dnnl_primitive_create(&reorder, pd) != dnnl_success) {
+                r = err_set(p->err, p->err_len, -EIO, "oneDNN: cannot reorder weights");
+                goto out;
+        }
+        dnnl_exec_arg_t args[2] = { { DNNL_ARG_FROM, from }, { DNNL_ARG_TO, to } };
+        if (dnnl_primitive_execute(reorder, net->stream, 2, args) != dnnl_success ||
+            dnnl_stream_wait(net->stream) != dnnl_success) {
+                r = err_set(p->err, p->err_len, -EIO, "oneDNN: weight reorder failed");
+                goto out;
+        }
+        net->cache[net->n_cache++] = (struct wcache_entry){ src, *want, data };
+        *ret_data = data;
+        data = NULL;
+out:
+        free(data);
+        if (reorder)
+                dnnl_primitive_destroy(reorder);
+        if (pd)
+                dnnl_primitive_desc_destroy(pd);
+        if (from)
+                dnnl_memory_destroy(from);
+        if (to)
+                dnnl_memory_destroy(to);
+        pthread_mutex_unlock(&net->lock);
+        return r;
+}
+
+static int new_tensor(struct eng_plan *p, const dnnl_memory_desc_t *md, int slot)
+{
+        if (grow((void **)&p->tensors, &p->cap_tensors, p->n_tensors + 1, sizeof *p->tensors) < 0)
+                return -ENOMEM;
+        p->tensors[p->n_tensors] = (struct tensor){ *md, slot, NULL };
+        return p->n_tensors++;
+}
+
+/* A memory object the plan owns over fixed data (weights, bias). */
+static int owned_mem(struct eng_plan *p, const dnnl_memory_desc_t *md, void *data, dnnl_memory_t *ret)
+{
+        if (grow((void **)&p->owned, &p->cap_owned, p->n_owned + 1, sizeof *p->owned) < 0)
+                return -ENOMEM;
+        DN(dnnl_memory_create(&p->owned[p->n_owned], md, p->net->eng, data));
+        *ret = p->owned[p->n_owned++];
+        return 0;
+}
+
+/* Appends a step for pd (which it takes over); arguments follow with step_arg. */
+static int add_step(struct eng_plan *p, dnnl_primitive_desc_t pd, struct step **ret)
+{
+        int r;
+        if ((r = grow((void **)&p->steps, &p->cap_steps, p->n_steps + 1, sizeof *p->steps)) < 0) {
+                dnnl_primitive_desc_destroy(pd);
+                return r;
+        }
+        struct step *s = &p->steps[p->n_steps];
+        memset(s, 0, sizeof *s);
+        dnnl_status_t st = dnnl_primitive_create(&s->prim, pd);
+        const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
+        if (smd)
+                s->scratch_md = *smd;
+        const char *impl = NULL;
+        dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+        s->impl = impl && strncmp(impl, "ref", 3) == 0 ? "ref" : "jit";
+        dnnl_primitive_desc_destroy(pd);
+        if (st != dnnl_success)
+                return err_set(p->err, p->err_len, -EIO, "oneDNN: primitive creation failed: %s",
+                               dnnl_status2str(st));
+        p->n_steps++;
+        *ret = s;
+        return 0;
+}
+
+static void step_arg(struct step *s, int kind, int tensor, dnnl_memory_t mem)
+{
+        s->kind[s->n_args] = kind;
+        s->tensor[s->n_args] = tensor;
+        s->mem[s->n_args] = mem;
+        s->n_args++;
+}
+
+static void init_md(dnnl_memory_desc_t *md, int nd, const dnnl_dims_t dims, dnnl_data_type_t dt,
+                    dnnl_format_tag_t tag)
+{
+        dnnl_memory_desc_init_by_tag(md, nd, dims, dt, tag);
+}
+
+static dnnl_primitive_attr_t make_attr(void)
+{
+        dnnl_primitive_attr_t a = NULL;
+        if (dnnl_primitive_attr_create(&a) != dnnl_success)
+                return NULL;
+        dnnl_primitive_attr_set_scratchpad_mode(a, dnnl_scratchpad_mode_user);
+        return a;
+}
+
+enum res_mode { RES_NONE, RES_SUM, RES_BINARY };
+
+/* Output size and padding of a kxk stride-s conv along one axis. */
+static void conv_geometry(int padding, int in, int k, int s, int *out, int *pl, int *pr)
+{
+        if (padding == EFFNET_PAD_SAME) {
+                /* TensorFlow 'SAME': out = ceil(in/s), extra pixel goes after. */
+                *out = (in + s - 1) / s;
+                int total = (*out - 1) * s + k - in;
+                if (total < 0)
+                        total = 0;
+                *pl = total / 2;
+                *pr = total - *pl;
+        } else {
+                *pl = *pr = k / 2;
+                *out = (in + 2 * (k / 2) - k) / s + 1;
+        }
+}
+
+/* conv(src) + bias [+ SiLU] [+ residual] -> new tensor in dst_slot (or, for
+ * RES_SUM, in place into the residual tensor). */
+static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, int dst_slot,
+                    int res, int res_t, int *ret_t)
+{
+        const dnnl_memory_desc_t src_md = p->tensors[src_t].md;
+        const int n = (int)src_md.dims[0], h = (int)src_md.dims[2];
+        int oh, pl, pr, r;
+        conv_geometry(p->net->m->info.padding, h, c->k, c->stride, &oh, &pl, &pr);
+
+        dnnl_memory_desc_t wmd, bmd, dmd, wsrc_md;
+        dnnl_data_type_t wdt = p->act_dt;
+        if (c->groups > 1) {
+                dnnl_dims_t wd = { c->groups, c->oc / c->groups, c->ic / c->groups, c->k, c->k };
+                init_md(&wmd, 5, wd, wdt, dnnl_format_tag_any);
+                init_md(&wsrc_md, 5, wd, dnnl_f32, dnnl_goihw);
+        } else {
+                dnnl_dims_t wd = { c->oc, c->ic, c->k, c->k };
+                init_md(&wmd, 4, wd, wdt, dnnl_format_tag_any);
+                init_md(&wsrc_md, 4, wd, dnnl_f32, dnnl_oihw);
+        }
+        dnnl_dims_t bd = { c->oc };
+        init_md(&bmd, 1, bd, dnnl_f32, dnnl_a);
+        if (res == RES_SUM) {
+                dmd = p->tensors[res_t].md;
+        } else {
+                dnnl_dims_t dd = { n, c->oc, oh, oh };
+                init_md(&dmd, 4, dd, p->act_dt, p->act_tag);
+        }
+
+        dnnl_primitive_attr_t attr = make_attr();
+        dnnl_post_ops_t po = NULL;
+        int binary_idx = -1;
+        if (!attr || dnnl_post_ops_create(&po) != dnnl_success) {
+                if (attr)
+                        dnnl_primitive_attr_destroy(attr);
+                return -ENOMEM;
+        }
+        int n_po = 0;
+        if (c->act == MODEL_ACT_SILU) {
+                dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_swish, 1.0f, 0.0f);
+                n_po++;
+        }
+        if (res == RES_SUM) {
+                dnnl_post_ops_append_sum(po, 1.0f);
+                n_po++;
+        } else if (res == RES_BINARY) {
+                dnnl_post_ops_append_binary(po, dnnl_binary_add, &p->tensors[res_t].md);
+                binary_idx = n_po++;
+        }
+        dnnl_primitive_attr_set_post_ops(attr, po);
+        dnnl_post_ops_destroy(po);
+
+        dnnl_convolution_desc_t cd;
+        dnnl_dims_t strides = { c->stride, c->stride }, padl = { pl, pl }, padr = { pr, pr };
+        dnnl_primitive_desc_t pd = NULL;
+        dnnl_status_t st = dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
+                                                              &src_md, &wmd, &bmd, &dmd, strides, padl, padr);
+        if (st == dnnl_success)
+                st = dnnl_primitive_desc_create(&pd, &cd, attr, p->net->eng, NULL);
+        dnnl_primitive_attr_destroy(attr);
+        if (st != dnnl_success)
+                return err_set(p->err, p->err_len, -EIO, "oneDNN: no convolution for %dx%d %d->%d stride %d: %s",
+                               c->k, c->k, c->ic, c->oc, c->stride, dnnl_status2str(st));
+
+        const dnnl_memory_desc_t want_w = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        const dnnl_memory_desc_t out_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+        void *wdata;
+        dnnl_memory_t wmem, bmem;
+        if ((r = net_weights(p, c->w, &wsrc_md, &want_w, &wdata)) < 0 ||
+            (r = owned_mem(p, &want_w, wdata, &wmem)) < 0 || (r = owned_mem(p, &bmd, (void *)c->b, &bmem)) < 0) {
+                dnnl_primitive_desc_destroy(pd);
+                return r;
+        }
+        int dst_t = res == RES_SUM ? res_t : new_tensor(p, &out_md, dst_slot);
+        if (dst_t < 0) {
+                dnnl_primitive_desc_destroy(pd);
+                return dst_t;
+        }
+        struct step *s;
+        if ((r = add_step(p, pd, &s)) < 0)
+                return r;
+        step_arg(s, DNNL_ARG_SRC, src_t, NULL);
+        step_arg(s, DNNL_ARG_WEIGHTS, -1, wmem);
+        step_arg(s, DNNL_ARG_BIAS, -1, bmem);
+        step_arg(s, DNNL_ARG_DST, dst_t, NULL);
+        if (binary_idx >= 0)
+                step_arg(s, DNNL_ARG_ATTR_MULTIPLE_POST_OP(binary_idx) | DNNL_ARG_SRC_1, res_t, NULL);
+        *ret_t = dst_t;
+        return 0;
+}
+
+/* Mean over H and W: [N][C][H][W] -> [N][C][1][1] float. */
+static int add_global_pool(struct eng_plan *p, int src_t, int dst_slot, int *ret_t)
+{
+        const dnnl_memory_desc_t src_md = p->tensors[src_t].md;
+        dnnl_dims_t dd = { src_md.dims[0], src_md.dims[1], 1, 1 };
+        dnnl_dims_t kernel = { src_md.dims[2], src_md.dims[3] }, strides = { 1, 1 }, dil = { 0, 0 },
+                    pad = { 0, 0 };
+        dnnl_memory_desc_t dmd;
+        dnnl_pooling_v2_desc_t desc;
+        dnnl_primitive_desc_t pd = NULL;
+        dnnl_primitive_attr_t attr = make_attr();
+        dnnl_status_t st = dnnl_runtime_error;
+        int r;
+
+        if (!attr)
+                return -ENOMEM;
+        /* Float output keeps the SE and classifier inputs exact in bf16 plans;
+         * fall back to the activation type where oneDNN has no such kernel. */
+        dnnl_data_type_t dts[2] = { dnnl_f32, p->act_dt };
+        for (int i = 0; i < 2 && st != dnnl_success; i++) {
+                init_md(&dmd, 4, dd, dts[i], dnnl_format_tag_any);
+                st = dnnl_pooling_v2_forward_desc_init(&desc, dnnl_forward_inference, dnnl_pooling_avg_exclude_padding,
+                                                       &src_md, &dmd, strides, kernel, dil, pad, pad);
+                if (st == dnnl_success)
+                        st = dnnl_primitive_desc_create(&pd, &desc, attr, p->net->eng, NULL);
+        }
+        dnnl_primitive_attr_destroy(attr);
+        if (st != dnnl_success)
+                return err_set(p->err, p->err_len, -EIO, "oneDNN: no global pooling: %s", dnnl_status2str(st));
+        int dst_t = new_tensor(p, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0), dst_slot);
+        struct step *s;
+        if (dst_t < 0) {
+                dnnl_primitive_desc_destroy(pd);
+                return dst_t;
+        }
+        if ((r = add_step(p, pd, &s)) < 0)
+                return r;
+        step_arg(s, DNNL_ARG_SRC, src_t, NULL);
+        step_arg(s, DNNL_ARG_DST, dst_t, NULL);
+        *ret_t = dst_t;
+        return 0;
+}
+
+/* Fully connected: src (4D [N][C][1][1] any layout, or 2D [N][C]) -> [N][out]
+ * float, plain; with an optional eltwise post-op. */
+static int add_fc(struct eng_plan *p, const struct model_fc *fc, int src_t, int dst_slot, int alg,
+                  int *ret_t)
+{
+        const dnnl_memory_desc_t src_md = p->tensors[src_t].md;
+        const int n = (int)src_md.dims[0];
+        dnnl_memory_desc_t wmd, wsrc_md, bmd, dmd;
+        dnnl_data_type_t wdt = src_md.data_type == dnnl_bf16 ? dnnl_bf16 : dnnl_f32;
+        int r;
+
+        if (src_md.ndims == 4) {
+                dnnl_dims_t wd = { fc->out, fc->in, 1, 1 };
+                init_md(&wmd, 4, wd, wdt, dnnl_format_tag_any);
+                init_md(&wsrc_md, 4, wd, dnnl_f32, dnnl_oihw);
+        } else {
+                dnnl_dims_t wd = { fc->out, fc->in };
+                init_md(&wmd, 2, wd, wdt, dnnl_format_tag_any);
+                init_md(&wsrc_md, 2, wd, dnnl_f32, dnnl_oi);
+        }
+        dnnl_dims_t bd = { fc->out }, dd = { n, fc->out };
+        init_md(&bmd, 1, bd, dnnl_f32, dnnl_a);
+        init_md(&dmd, 2, dd, dnnl_f32, dnnl_nc);
+
+        dnnl_primitive_attr_t attr = make_attr();
+        dnnl_post_ops_t po = NULL;
+        if (!attr || dnnl_post_ops_create(&po) != dnnl_success) {
+                if (attr)
+                        dnnl_primitive_attr_destroy(attr);
+                return -ENOMEM;
+        }
+        if (alg)
+                dnnl_post_ops_append_eltwise(po, 1.0f, (dnnl_alg_kind_t)alg, 1.0f, 0.0f);
+        dnnl_primitive_attr_set_post_ops(attr, po);
+        dnnl_post_ops_destroy(po);
+
+        dnnl_inner_product_desc_t desc;
+        dnnl_primitive_desc_t pd = NULL;
+        dnnl_status_t st = dnnl_inner_product_forward_desc_init(&desc, dnnl_forward_inference, &src_md, &wmd, &bmd, &dmd);
+        if (st == dnnl_success)
+                st = dnnl_primitive_desc_create(&pd, &desc, attr, p->net->eng, NULL);
+        dnnl_primitive_attr_destroy(attr);
+        if (st != dnnl_success)
+                return err_set(p->err, p->err_len, -EIO, "oneDNN: no inner product %d->%d: %s", fc->in, fc->out,
+                               dnnl_status2str(st));
+        const dnnl_memory_desc_t want_w = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        void *wdata;
+        dnnl_memory_t wmem, bmem;
+        if ((r = net_weights(p, fc->w, &wsrc_md, &want_w, &wdata)) < 0 ||
+            (r = owned_mem(p, &want_w, wdata, &wmem)) < 0 || (r = owned_mem(p, &bmd, (void *)fc->b, &bmem)) < 0) {
+                dnnl_primitive_desc_destroy(pd);
+                return r;
+        }
+        int dst_t = new_tensor(p, &dmd, dst_slot);
+        struct step *s;
+        if (dst_t < 0) {
+                dnnl_primitive_desc_destroy(pd);
+                return dst_t;
+        }
+        if ((r = add_step(p, pd, &s)) < 0)
+                return r;
+        step_arg(s, DNNL_ARG_SRC, src_t, NULL);
+        step_arg(s, DNNL_ARG_WEIGHTS, -1, wmem);
+        step_arg(s, DNNL_ARG_BIAS, -1, bmem);
+        step_arg(s, DNNL_ARG_DST, dst_t, NULL);
+        *ret_t = dst_t;
+        return 0;
+}
+
+/* x[n][c][h][w] *= gates[n][c], in place. */
+static int add_scale(struct eng_plan *p, int x_t, int gates_t)
+{
+        const dnnl_memory_desc_t xmd = p->tensors[x_t].md;
+        dnnl_memory_desc_t gmd;
+        dnnl_dims_t gd = { xmd.dims[0], xmd.dims[1], 1, 1 };
+        /* The [N][C] gates viewed as [N][C][1][1]: in the activations' own
+         * blocked layout when C is a multiple of 16 (always, for expand 4 or 6
+         * of widths that are multiples of 8), the same bytes, and oneDNN's
+         * jit kernel needs src1 in src0's layout. */
+        init_md(&gmd, 4, gd, dnnl_f32, xmd.dims[1] % 16 == 0 ? p->act_tag : dnnl_nchw);
+        if (p->act_tag == dnnl_format_tag_any || dnnl_memory_desc_get_size(&gmd) != sizeof(float) * (size_t)(gd[0] * gd[1]))
+                init_md(&gmd, 4, gd, dnnl_f32, dnnl_nchw);
+        int g4 = new_tensor(p, &gmd, p->tensors[gates_t].slot);
+        if (g4 < 0)
+                return g4;
+
+        dnnl_binary_desc_t desc;
+        dnnl_primitive_desc_t pd = NULL;
+        dnnl_primitive_attr_t attr = make_attr();
+        if (!attr)
+                return -ENOMEM;
+        dnnl_status_t st = dnnl_binary_desc_init(&desc, dnnl_binary_mul, &xmd, &gmd, &xmd);
+        if (st == dnnl_success)
+                st = dnnl_primitive_desc_create(&pd, &desc, attr, p->net->eng, NULL);
+        dnnl_primitive_attr_destroy(attr);
+        if (st != dnnl_success)
+                return err_set(p->err, p->err_len, -EIO, "oneDNN: no broadcast multiply: %s", dnnl_status2str(st));
+        struct step *s;
+        int r = add_step(p, pd, &s);
+        if (r < 0)
+                return r;
+        step_arg(s, DNNL_ARG_SRC_0, x_t, NULL);
+        step_arg(s, DNNL_ARG_SRC_1, g4, NULL);
+        step_arg(s, DNNL_ARG_DST, x_t, NULL);
+        return 0;
+}
+
+static int add_reorder(struct eng_plan *p, int src_t, const dnnl_memory_desc_t *to, int dst_slot, int *ret_t)
+{
+        dnnl_primitive_desc_t pd = NULL;
+        DN(dnnl_reorder_primitive_desc_create(&pd, &p->tensors[src_t].md, p->net->eng, to, p->net->eng, NULL));
+        int dst_t = new_tensor(p, to, dst_slot);
+        struct step *s;
+        int r;
+        if (dst_t < 0) {
+                dnnl_primitive_desc_destroy(pd);
+                return dst_t;
+        }
+        if ((r = add_step(p, pd, &s)) < 0)
+                return r;
+        step_arg(s, DNNL_ARG_FROM, src_t, NULL);
+        step_arg(s, DNNL_ARG_TO, dst_t, NULL);
+        *ret_t = dst_t;
+        return 0;
+}
+
+static int build_block(struct eng_plan *p, const struct model_block *b, int *x_t)
+{
+        const int x = *x_t, xs = p->tensors[x].slot, other = xs == SLOT_X0 ? SLOT_X1 : SLOT_X0;
+        int t, r;
+
+        if (b->a.kind == ARCH_FUSED && b->project.oc == 0) {
+                /* The kxk conv reads neighbours, so it cannot add in place:
+                 * the residual comes in as a binary post-op. */
+                return add_conv(p, &b->conv1, x, other, b->a.residual ? RES_BINARY : RES_NONE, x, x_t);
+        }
+        if ((r = add_conv(p, &b->conv1, x, SLOT_M0, RES_NONE, -1, &t)) < 0)
+                return r;
+        if (b->a.kind == ARCH_MBCONV) {
+                int pooled, s1, gates;
+                if ((r = add_conv(p, &b->dw, t, SLOT_M1, RES_NONE, -1, &t)) < 0)
+                        return r;
+                if (b->se_reduce.out) {
+                        if ((r = add_global_pool(p, t, SLOT_POOL, &pooled)) < 0 ||
+                            (r = add_fc(p, &b->se_reduce, pooled, SLOT_SE1, dnnl_eltwise_swish, &s1)) < 0 ||
+                            (r = add_fc(p, &b->se_expand, s1, SLOT_SE2, dnnl_eltwise_logistic, &gates)) < 0 ||
+                            (r = add_scale(p, t, gates)) < 0)
+                                return r;
+                }
+        }
+        /* 1x1 project reads only its own pixel: the residual is added in place. */
+        if (b->a.residual)
+                return add_conv(p, &b->project, t, xs, RES_SUM, x, x_t);
+        return add_conv(p, &b->project, t, other, RES_NONE, -1, x_t);
+}
+
+static int build(struct eng_plan *p)
+{
+        const struct model *m = p->net->m;
+        dnnl_memory_desc_t in_md;
+        dnnl_dims_t id = { p->batch, 3, p->size, p->size };
+        int x, r;
+
+        init_md(&in_md, 4, id, dnnl_f32, dnnl_nchw);
+        if ((p->in_tensor = x = new_tensor(p, &in_md, SLOT_IN)) < 0)
+                return x;
+        if (p->act_dt != dnnl_f32) {
+                dnnl_memory_desc_t md;
+                init_md(&md, 4, id, p->act_dt, dnnl_nchw);
+                if ((r = add_reorder(p, x, &md, SLOT_M1, &x)) < 0)
+                        return r;
+        }
+        if ((r = add_conv(p, &m->stem, x, SLOT_X0, RES_NONE, -1, &x)) < 0)
+                return r;
+        for (int i = 0; i < m->n_blocks; i++)
+                if ((r = build_block(p, &m->blocks[i], &x)) < 0)
+                        return r;
+        int h, pooled;
+        if ((r = add_conv(p, &m->head, x, SLOT_M0, RES_NONE, -1, &h)) < 0 ||
+            (r = add_global_pool(p, h, SLOT_POOL, &pooled)) < 0 ||
+            (r = add_fc(p, &m->classifier, pooled, SLOT_LOGITS, 0, &p->logits_tensor)) < 0)
+                return r;
+        return 0;
+}
+
+/* Sizes the slots, allocates them and the scratchpad, binds every argument. */
+static int bind(struct eng_plan *p)
+{
+        for (int i = 0; i < p->n_tensors; i++) {
+                size_t sz = dnnl_memory_desc_get_size(&p->tensors[i].md);
+                if (sz > p->slot_size[p->tensors[i].slot])
+                        p->slot_size[p->tensors[i].slot] = sz;
+        }
+        for (int i = 0; i < p->n_steps; i++) {
+                size_t sz = dnnl_memory_desc_get_size(&p->steps[i].scratch_md);
+                if (sz > p->scratch_size)
+                        p->scratch_size = sz;
+        }
+        for (int s = 0; s < N_SLOTS; s++) {
+                if (!p->slot_size[s])
+                        continue;
+                if (!(p->slot[s] = aligned_buf(p->slot_size[s])))
+                        return -ENOMEM;
+                /* Touch now so that the first request pays no page faults. */
+                memset(p->slot[s], 0, p->slot_size[s]);
+        }
+        if (p->scratch_size && !(p->scratch = aligned_buf(p->scratch_size)))
+                return -ENOMEM;
+        for (int i = 0; i < p->n_tensors; i++)
+                DN(dnnl_memory_create(&p->tensors[i].mem, &p->tensors[i].md, p->net->eng,
+                                      p->slot[p->tensors[i].slot]));
+        for (int i = 0; i < p->n_steps; i++) {
+                struct step *s = &p->steps[i];
+                for (int a = 0; a < s->n_args; a++)
+                        s->exec[a] = (dnnl_exec_arg_t){ s->kind[a],
+                                                        s->tensor[a] >= 0 ? p->tensors[s->tensor[a]].mem : s->mem[a] };
+                if (dnnl_memory_desc_get_size(&s->scratch_md) > 0) {
+                        dnnl_memory_t sm;
+                        int r = owned_mem(p, &s->scratch_md, p->scratch, &sm);
+                        if (r < 0)
+                                return r;
+                        s->exec[s->n_args++] = (dnnl_exec_arg_t){ DNNL_ARG_SCRATCHPAD, sm };
+                }
+        }
+        return 0;
+}
+
+int eng_plan_new(struct eng_net *net, int batch, int size, int precision, int threads,
+                 char *err, size_t err_len, struct eng_plan **ret_plan)
+{
+        struct eng_plan *p;
+        int r;
+
+        if (batch < 1 || batch > 4096)
+                return err_set(err, err_len, -EINVAL, "batch %d out of range 1..4096", batch);
+        if (size < 32 || size > 4096)
+                return err_set(err, err_len, -EINVAL, "input size %d out of range 32..4096", size);
+        if (precision != EFFNET_FP32 && precision != EFFNET_BF16)
+                return err_set(err, err_len, -EINVAL, "unknown precision %d", precision);
+        if (!(p = calloc(1, sizeof *p)))
+                return -ENOMEM;
+        p->net = net;
+        p->batch = batch;
+        p->size = size;
+        p->precision = precision;
+        p->threads = threads > 0 ? threads : cpu_usable_count();
+        p->classes = net->m->info.classes;
+        p->act_dt = precision == EFFNET_BF16 ? dnnl_bf16 : dnnl_f32;
+        /* Blocked by 16 channels: the layout of oneDNN's fastest direct and
+         * depthwise kernels on AVX-512, kept from the stem to the head so that
+         * nothing is reordered between layers. */
+        p->act_tag = dnnl_nChw16c;
+        const char *lt = getenv("EFFNET_LAYOUT");
+        if (lt && strcmp(lt, "nhwc") == 0)
+                p->act_tag = dnnl_nhwc;
+        else if (lt && strcmp(lt, "any") == 0)
+                p->act_tag = dnnl_format_tag_any;
+        p->err = err;
+        p->err_len = err_len;
+        /* Kernels partition work for the thread count current at creation. */
+        omp_set_num_threads(p->threads);
+        if (dnnl_stream_create(&p->stream, net->eng, dnnl_stream_default_flags) != dnnl_success) {
+                r = err_set(err, err_len, -EIO, "oneDNN: cannot create a stream");
+                goto fail;
+        }
+        if ((r = build(p)) < 0 || (r = bind(p)) < 0)
+                goto fail;
+        p->err = NULL;
+        p->err_len = 0;
+        *ret_plan = p;
+        return 0;
+fail:
+        if (r == -ENOMEM)
+                err_set(err, err_len, r, "out of memory building a batch-%d plan", batch);
+        eng_plan_free(p);
+        return r;
+}
+
+struct eng_plan *eng_plan_free(struct eng_plan *p)
+{
+        if (!p)
+                return NULL;
+        for (int i = 0; i < p->n_steps; i++)
+                if (p->steps[i].prim)
+                        dnnl_primitive_destroy(p->steps[i].prim);
+        for (int i = 0; i < p->n_tensors; i++)
+                if (p->tensors[i].mem)
+                        dnnl_memory_destroy(p->tensors[i].mem);
+        for (int i = 0; i < p->n_owned; i++)
+                dnnl_memory_destroy(p->owned[i]);
+        for (int s = 0; s < N_SLOTS; s++)
+                free(p->slot[s]);
+        free(p->scratch);
+        free(p->steps);
+        free(p->tensors);
+        free(p->owned);
+        if (p->stream)
+                dnnl_stream_destroy(p->stream);
+        free(p);
+        return NULL;
+}
+
+int eng_plan_forward(struct eng_plan *p, const float *images, int n, float *logits)
+{
+        if (n < 1 || n > p->batch)
+                return -EINVAL;
+        size_t per = (size_t)3 * p->size * p->size;
+        memcpy(p->slot[SLOT_IN], images, per * sizeof(float) * (size_t)n);
+        omp_set_num_threads(p->threads);
+        for (int i = 0; i < p->n_steps; i++)
+                if (dnnl_primitive_execute(p->steps[i].prim, p->stream, p->steps[i].n_args, p->steps[i].exec) !=
+                    dnnl_success)
+                        return -EIO;
+        if (dnnl_stream_wait(p->stream) != dnnl_success)
+                return -EIO;
+        memcpy(logits, p->slot[SLOT_LOGITS], sizeof(float) * (size_t)p->classes * (size_t)n);
+        return 0;
+}
+
+size_t eng_plan_bytes(const struct eng_plan *p)
+{
+        size_t total = p->scratch_size;
+        for (int s = 0; s < N_SLOTS; s++)
+                total += p->slot_size[s];
+        return total;
+}

@@ -1,0 +1,40 @@
+/* engine: EfficientNetV2 forward pass on oneDNN. The only module that sees
+ * dnnl.h. Knows nothing of HTTP, images or file formats.
+ *
+ * Usage:
+ *   struct eng_net *net = NULL;  struct eng_plan *p = NULL;
+ *   eng_net_new(model, err, sizeof err, &net);           // shares model's weights
+ *   eng_plan_new(net, 8, 384, EFFNET_BF16, 2, err, sizeof err, &p);
+ *   eng_plan_forward(p, images, n, logits);   // images [n][3][384][384] NCHW
+ *   p = eng_plan_free(p);  net = eng_net_free(net);
+ *
+ * Threading: a net is shared; eng_plan_new may run on any thread at once (the
+ * weights cache is guarded by the net's lock). A plan is used by one thread
+ * at a time; the forward pass allocates nothing.
+ */
+#ifndef EFFNET_ENGINE_H
+#define EFFNET_ENGINE_H
+
+#include <stddef.h>
+
+struct model;
+struct eng_net;
+struct eng_plan;
+
+/* The model must outlive the net. */
+int eng_net_new(const struct model *m, char *err, size_t err_len, struct eng_net **ret_net);
+struct eng_net *eng_net_free(struct eng_net *net);
+
+/* A plan for batch images of size x size, precision (enum effnet_precision),
+ * run with threads OpenMP threads (0 = all usable). The net must outlive it. */
+int eng_plan_new(struct eng_net *net, int batch, int size, int precision, int threads,
+                 char *err, size_t err_len, struct eng_plan **ret_plan);
+struct eng_plan *eng_plan_free(struct eng_plan *p);
+
+/* images: float [n][3][size][size] NCHW; logits: float [n][classes]. */
+int eng_plan_forward(struct eng_plan *p, const float *images, int n, float *logits);
+
+/* Bytes of activation and scratch memory the plan allocated. */
+size_t eng_plan_bytes(const struct eng_plan *p);
+
+#endif

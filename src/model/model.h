@@ -1,0 +1,81 @@
+/* model: EfficientNetV2 weights by name scheme (timm, torchvision), variant
+ * and class detection from the tensors, validation, BatchNorm folding.
+ *
+ * Usage:
+ *   struct model *m = NULL;
+ *   if (model_open("w.safetensors", NULL, err, sizeof err, &m) < 0) die("%s", err);
+ *   // m->stem, m->blocks[i].conv1 ... hold folded float32 weights
+ *   m = model_free(m);
+ */
+#ifndef EFFNET_MODEL_H
+#define EFFNET_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "effnet.h"
+#include "model/arch.h"
+
+struct st_file;
+
+enum model_act { MODEL_ACT_NONE = 0, MODEL_ACT_SILU = 1 };
+
+/* A convolution with its BatchNorm folded in. */
+struct model_conv {
+        int ic, oc, k, stride, groups;
+        int act;          /* enum model_act, applied after the bias */
+        const float *w;   /* [oc][ic/groups][k][k], owned by the model */
+        const float *b;   /* [oc] */
+};
+
+struct model_fc {
+        int in, out;
+        const float *w;   /* [out][in] */
+        const float *b;   /* [out] */
+};
+
+struct model_block {
+        struct arch_block a;
+        struct model_conv conv1;    /* Fused: kxk in->mid (stride); MBConv: 1x1 in->mid */
+        struct model_conv dw;       /* MBConv only: depthwise kxk (stride) */
+        struct model_fc se_reduce;  /* MBConv only: mid -> se, then SiLU */
+        struct model_fc se_expand;  /* MBConv only: se -> mid, then sigmoid */
+        struct model_conv project;  /* 1x1 mid->out, no activation; oc = 0 for Fused e=1 */
+};
+
+struct model {
+        struct effnet_info info;
+        const struct arch_variant *variant;
+        struct model_conv stem;        /* 3x3 s2, 3 -> stem, SiLU */
+        int n_blocks;
+        struct model_block blocks[ARCH_MAX_BLOCKS];
+        struct model_conv head;        /* 1x1 -> 1280, SiLU */
+        struct model_fc classifier;    /* head -> classes */
+        float *arena;                  /* owns every folded weight */
+        char path[512];
+};
+
+/* Tensor names of a block's parts (DESIGN weight-name table). */
+enum model_role { R_CONV1, R_BN1, R_DW, R_BN2, R_SE_R, R_SE_E, R_PROJ, R_BNP };
+/* "blocks.S.B.<part>.<leaf>" (timm) or "features.S+1.B.block.<part>.<leaf>". */
+void model_block_key(int scheme, const struct arch_block *b, int role, const char *leaf,
+                     char *out, size_t n);
+/* what: "conv_stem", "bn1", "conv_head", "bn2", "classifier" in timm terms. */
+void model_top_key(int scheme, int n_stages, const char *what, const char *leaf, char *out,
+                   size_t n);
+
+int model_open(const char *path, const struct effnet_open_opts *opts, char *err,
+               size_t err_len, struct model **ret_model);
+/* Same on an already parsed file (kept by the caller until model_free). */
+int model_from_st(const struct st_file *f, const char *path,
+                  const struct effnet_open_opts *opts, char *err, size_t err_len,
+                  struct model **ret_model);
+struct model *model_free(struct model *m);
+
+/* Deterministic weights for a variant and scheme with BatchNorm statistics
+ * calibrated on smooth random images, written as a safetensors file. */
+int model_write_seeded(const char *path, const char *variant, int scheme,
+                       int classes, uint64_t seed, int dtype, char *err,
+                       size_t err_len);
+
+#endif

@@ -1,0 +1,930 @@
+/* safetensors: validating reader (mmap or caller buffer) and atomic writer of .safetensors weight files. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* GNU strerror_r, mkostemp */
+#endif
+#include "model/safetensors.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* Bytes of a tensor name quoted in an error message; longer names are cut. */
+#define NAME_IN_MSG 80
+
+struct st_file {
+        void *map;                       /* mmap of the whole file, or NULL for st_parse */
+        size_t map_len;
+        size_t n;                        /* tensors, "__metadata__" excluded */
+        struct st_tensor *tensors;       /* [n] in header order */
+        const struct st_tensor **by_name; /* [n] into tensors, sorted by strcmp(name) */
+        char *names;                     /* every name, NUL-terminated, back to back */
+};
+
+struct dtype_info {
+        const char *name;
+        int dtype;
+        size_t size;
+};
+
+/* Every dtype of the format with a whole-byte element. Sub-byte types (F4,
+ * F6_*) are rejected: their byte length is not numel x size. */
+static const struct dtype_info dtypes[] = {
+        { "F32", ST_F32, 4 },      { "F16", ST_F16, 2 },          { "BF16", ST_BF16, 2 },
+        { "F64", ST_OTHER, 8 },    { "I64", ST_OTHER, 8 },        { "I32", ST_OTHER, 4 },
+        { "I16", ST_OTHER, 2 },    { "I8", ST_OTHER, 1 },         { "U64", ST_OTHER, 8 },
+        { "U32", ST_OTHER, 4 },    { "U16", ST_OTHER, 2 },        { "U8", ST_OTHER, 1 },
+        { "BOOL", ST_OTHER, 1 },   { "F8_E4M3", ST_OTHER, 1 },    { "F8_E5M2", ST_OTHER, 1 },
+        { "F8_E8M0", ST_OTHER, 1 }, { "C64", ST_OTHER, 8 },
+};
+
+static const struct dtype_info *dtype_lookup(const char *name)
+{
+        for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
+                if (strcmp(dtypes[i].name, name) == 0)
+                        return &dtypes[i];
+        return NULL;
+}
+
+static const struct dtype_info *dtype_of(int dtype)
+{
+        for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
+                if (dtypes[i].dtype == dtype && dtype != ST_OTHER)
+                        return &dtypes[i];
+        return NULL;
+}
+
+/* ---- error messages ------------------------------------------------------ */
+
+struct errbuf {
+        char *buf;
+        size_t len;
+        const char *origin; /* path prefixed to every message, or NULL */
+};
+
+/* Writes "origin: message" and returns code. Control bytes become '?' because
+ * names and JSON excerpts come from the file and end up in logs and terminals. */
+static int fail(const struct errbuf *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int fail(const struct errbuf *e, int code, const char *fmt, ...)
+{
+        va_list ap;
+        size_t off = 0;
+
+        if (!e->buf || e->len == 0)
+                return code;
+        if (e->origin) {
+                int k = snprintf(e->buf, e->len, "%s: ", e->origin);
+                off = k < 0 ? 0 : (size_t)k < e->len ? (size_t)k : e->len - 1;
+        }
+        va_start(ap, fmt);
+        vsnprintf(e->buf + off, e->len - off, fmt, ap);
+        va_end(ap);
+        for (char *p = e->buf; *p; p++)
+                if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                        *p = '?';
+        return code;
+}
+
+/* The name as it goes into a message: at most NAME_IN_MSG bytes. */
+static const char *msg_name(const char *name, char out[NAME_IN_MSG + 4])
+{
+        size_t n = strlen(name);
+
+        if (n <= NAME_IN_MSG)
+                return name;
+        memcpy(out, name, NAME_IN_MSG);
+        memcpy(out + NAME_IN_MSG, "...", 4);
+        return out;
+}
+
+static void shape_str(const int64_t *shape, int ndim, char *out, size_t len)
+{
+        size_t off = 0;
+        int k;
+
+        k = snprintf(out, len, "[");
+        for (int i = 0; i < ndim && k >= 0 && (off += (size_t)k) < len; i++)
+                k = snprintf(out + off, len - off, "%s%lld", i ? ", " : "", (long long)shape[i]);
+        if (k >= 0 && (off += (size_t)k) < len)
+                snprintf(out + off, len - off, "]");
+}
+
+/* ---- header validation --------------------------------------------------- */
+
+static uint64_t load_le64(const unsigned char *p)
+{
+        uint64_t v = 0;
+
+        for (int i = 7; i >= 0; i--)
+                v = v << 8 | p[i];
+        return v;
+}
+
+/* jansson reports a duplicate key without naming it, at the byte after the
+ * key's closing quote. Recovers the key from the text so the message can name
+ * the tensor; falls back to NULL if the text does not look as expected. */
+static char *duplicate_key(const char *text, size_t len, size_t end)
+{
+        size_t q;
+
+        if (end < 2 || end > len || text[end - 1] != '"')
+                return NULL;
+        for (q = end - 1; q-- > 0;) {
+                size_t bs = 0;
+
+                if (text[q] != '"')
+                        continue;
+                while (bs < q && text[q - 1 - bs] == '\\')
+                        bs++;
+                if (bs % 2 == 0)
+                        break;
+        }
+        if (q == (size_t)-1)
+                return NULL;
+
+        json_t *s = json_loadb(text + q, end - q, JSON_DECODE_ANY, NULL);
+        char *key = json_is_string(s) ? strdup(json_string_value(s)) : NULL;
+        json_decref(s);
+        return key;
+}
+
+static bool json_is_index(const json_t *v)
+{
+        return json_is_integer(v) && json_integer_value(v) >= 0;
+}
+
+/* Validates one entry and fills t, except name and data. */
+static int parse_entry(const struct errbuf *e, const char *name, json_t *entry, uint64_t data_len,
+                       struct st_tensor *t, uint64_t *ret_begin)
+{
+        char nb[NAME_IN_MSG + 4], sb[8 * 24 + 4];
+        const char *n = msg_name(name, nb);
+        json_t *dtype = NULL, *shape = NULL, *offsets = NULL, *v;
+        const struct dtype_info *di;
+        const char *key;
+
+        if (!json_is_object(entry))
+                return fail(e, -EBADMSG, "%s: entry is not a JSON object", n);
+        json_object_foreach(entry, key, v) {
+                if (strcmp(key, "dtype") == 0)
+                        dtype = v;
+                else if (strcmp(key, "shape") == 0)
+                        shape = v;
+                else if (strcmp(key, "data_offsets") == 0)
+                        offsets = v;
+                else
+                        return fail(e, -EBADMSG, "%s: unexpected field \"%.40s\"", n, key);
+        }
+        if (!dtype || !shape || !offsets)
+                return fail(e, -EBADMSG, "%s: missing field \"%s\"", n,
+                            !dtype ? "dtype" : !shape ? "shape" : "data_offsets");
+
+        if (!json_is_string(dtype))
+                return fail(e, -EBADMSG, "%s: \"dtype\" is not a string", n);
+        di = dtype_lookup(json_string_value(dtype));
+        if (!di)
+                return fail(e, -EBADMSG, "%s: unknown dtype \"%.16s\"", n, json_string_value(dtype));
+
+        if (!json_is_array(shape))
+                return fail(e, -EBADMSG, "%s: \"shape\" is not an array", n);
+        if (json_array_size(shape) > ST_MAX_DIMS)
+                return fail(e, -E2BIG, "%s: shape has %zu dimensions, more than the limit of %d", n,
+                            json_array_size(shape), ST_MAX_DIMS);
+        t->ndim = (int)json_array_size(shape);
+        for (int i = 0; i < t->ndim; i++) {
+                v = json_array_get(shape, (size_t)i);
+                if (!json_is_integer(v))
+                        return fail(e, -EBADMSG, "%s: shape[%d] is not an integer", n, i);
+                if (json_integer_value(v) < 0)
+                        return fail(e, -EBADMSG, "%s: shape[%d] is negative (%lld)", n, i,
+                                    (long long)json_integer_value(v));
+                t->shape[i] = json_integer_value(v);
+        }
+
+        if (!json_is_array(offsets) || json_array_size(offsets) != 2)
+                return fail(e, -EBADMSG, "%s: \"data_offsets\" is not an array [begin, end]", n);
+        if (!json_is_index(json_array_get(offsets, 0)) || !json_is_index(json_array_get(offsets, 1)))
+                return fail(e, -EBADMSG, "%s: \"data_offsets\" are not non-negative integers", n);
+        uint64_t begin = (uint64_t)json_integer_value(json_array_get(offsets, 0));
+        uint64_t end = (uint64_t)json_integer_value(json_array_get(offsets, 1));
+        if (begin > end)
+                return fail(e, -EBADMSG, "%s: data_offsets [%llu, %llu] begin after end", n,
+                            (unsigned long long)begin, (unsigned long long)end);
+        if (end > data_len)
+                return fail(e, -EBADMSG, "%s: data_offsets [%llu, %llu] exceed data area of %llu bytes", n,
+                            (unsigned long long)begin, (unsigned long long)end, (unsigned long long)data_len);
+
+        /* A zero dimension makes the tensor empty whatever the others say;
+         * otherwise every partial product must fit, checked before it is made. */
+        int64_t numel = 1;
+        bool empty = false;
+        for (int i = 0; i < t->ndim; i++)
+                empty |= t->shape[i] == 0;
+        for (int i = 0; i < t->ndim && !empty; i++) {
+                if (numel > INT64_MAX / t->shape[i]) {
+                        shape_str(t->shape, t->ndim, sb, sizeof sb);
+                        return fail(e, -EBADMSG, "%s: shape %s: element count overflows", n, sb);
+                }
+                numel *= t->shape[i];
+        }
+        if (empty)
+                numel = 0;
+        if ((uint64_t)numel > UINT64_MAX / di->size) {
+                shape_str(t->shape, t->ndim, sb, sizeof sb);
+                return fail(e, -EBADMSG, "%s: shape %s x %s: byte count overflows", n, sb, di->name);
+        }
+        uint64_t nbytes = (uint64_t)numel * di->size;
+        if (nbytes != end - begin) {
+                shape_str(t->shape, t->ndim, sb, sizeof sb);
+                return fail(e, -EBADMSG, "%s: shape %s x %s (%zu bytes) = %llu bytes, but data_offsets [%llu, %llu] span %llu",
+                            n, sb, di->name, di->size, (unsigned long long)nbytes, (unsigned long long)begin,
+                            (unsigned long long)end, (unsigned long long)(end - begin));
+        }
+
+        t->dtype = di->dtype;
+        t->dtype_name = di->name;
+        t->numel = numel;
+        t->nbytes = (size_t)nbytes; /* <= data_len, which fits in size_t */
+        *ret_begin = begin;
+        return 0;
+}
+
+static int parse_metadata(const struct errbuf *e, json_t *meta)
+{
+        char nb[NAME_IN_MSG + 4];
+        const char *key;
+        json_t *v;
+
+        if (!json_is_object(meta))
+                return fail(e, -EBADMSG, "__metadata__: not a JSON object");
+        json_object_foreach(meta, key, v)
+                if (!json_is_string(v))
+                        return fail(e, -EBADMSG, "__metadata__: value of \"%s\" is not a string", msg_name(key, nb));
+        return 0;
+}
+
+struct span {
+        uint64_t begin, end;
+        const struct st_tensor *t;
+};
+
+static int cmp_span(const void *a, const void *b)
+{
+        const struct span *x = a, *y = b;
+
+        if (x->begin != y->begin)
+                return x->begin < y->begin ? -1 : 1;
+        if (x->end != y->end)
+                return x->end < y->end ? -1 : 1;
+        return 0;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+        const struct st_tensor *const *x = a, *const *y = b;
+
+        return strcmp((*x)->name, (*y)->name);
+}
+
+/* Tensors may leave gaps but must not share a byte; empty tensors share none. */
+static int check_overlap(const struct errbuf *e, struct span *spans, size_t n)
+{
+        char n1[NAME_IN_MSG + 4], n2[NAME_IN_MSG + 4];
+        const struct span *last = NULL; /* the non-empty span reaching furthest so far */
+
+        qsort(spans, n, sizeof *spans, cmp_span);
+        for (size_t i = 0; i < n; i++) {
+                const struct span *s = &spans[i];
+
+                if (s->begin == s->end)
+                        continue;
+                if (last && s->begin < last->end)
+                        return fail(e, -EBADMSG, "%s: data_offsets [%llu, %llu] overlap %s [%llu, %llu]",
+                                    msg_name(s->t->name, n1), (unsigned long long)s->begin,
+                                    (unsigned long long)s->end, msg_name(last->t->name, n2),
+                                    (unsigned long long)last->begin, (unsigned long long)last->end);
+                if (!last || s->end > last->end)
+                        last = s;
+        }
+        return 0;
+}
+
+static int parse(const struct errbuf *e, const unsigned char *buf, size_t len, struct st_file **ret_file)
+{
+        struct st_file *f = NULL;
+        struct span *spans = NULL;
+        json_t *root = NULL, *v;
+        json_error_t jerr;
+        const char *key;
+        size_t n = 0, names_len = 0, i;
+        int r;
+
+        if (len < 8)
+                return fail(e, -EBADMSG, "file is %zu bytes, too short for the 8-byte header length", len);
+        uint64_t hlen = load_le64(buf);
+        if (hlen > len - 8)
+                return fail(e, -EBADMSG, "header length %llu runs past the end of the file (%zu bytes follow)",
+                            (unsigned long long)hlen, len - 8);
+        if (hlen > ST_MAX_HEADER)
+                return fail(e, -E2BIG, "header length %llu exceeds the limit of %u bytes",
+                            (unsigned long long)hlen, ST_MAX_HEADER);
+
+        const char *text = (const char *)buf + 8;
+        root = json_loadb(text, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+        if (!root) {
+                if (json_error_code(&jerr) == json_error_out_of_memory)
+                        return fail(e, -ENOMEM, "header JSON: out of memory");
+                if (json_error_code(&jerr) == json_error_duplicate_key) {
+                        char nb[NAME_IN_MSG + 4];
+                        char *dup = duplicate_key(text, (size_t)hlen, (size_t)jerr.position);
+
+                        if (!dup)
+                                return fail(e, -EBADMSG, "header: duplicate key at byte %d", jerr.position + 8);
+                        r = fail(e, -EBADMSG, "%s: duplicate key in header at byte %d", msg_name(dup, nb),
+                                 jerr.position + 8);
+                        free(dup);
+                        return r;
+                }
+                return fail(e, -EBADMSG, "header is not valid JSON at byte %d: %s", jerr.position + 8, jerr.text);
+        }
+        if (!json_is_object(root)) {
+                r = fail(e, -EBADMSG, "header is not a JSON object");
+                goto out;
+        }
+
+        json_object_foreach(root, key, v) {
+                if (strcmp(key, "__metadata__") == 0)
+                        continue;
+                n++;
+                names_len += strlen(key) + 1;
+        }
+        if (n > ST_MAX_TENSORS) {
+                r = fail(e, -E2BIG, "header lists %zu tensors, more than the limit of %d", n, ST_MAX_TENSORS);
+                goto out;
+        }
+
+        f = calloc(1, sizeof *f);
+        if (!f) {
+                r = fail(e, -ENOMEM, "out of memory");
+                goto out;
+        }
+        f->tensors = calloc(n ? n : 1, sizeof *f->tensors);
+        f->by_name = calloc(n ? n : 1, sizeof *f->by_name);
+        f->names = malloc(names_len ? names_len : 1);
+        spans = calloc(n ? n : 1, sizeof *spans);
+        if (!f->tensors || !f->by_name || !f->names || !spans) {
+                r = fail(e, -ENOMEM, "out of memory for %zu tensors", n);
+                goto out;
+        }
+
+        const unsigned char *data = buf + 8 + hlen;
+        uint64_t data_len = len - 8 - hlen;
+        char *name = f->names;
+        i = 0;
+        json_object_foreach(root, key, v) {
+                struct st_tensor *t = &f->tensors[i];
+                size_t kl = strlen(key);
+                uint64_t begin = 0;
+
+                if (strcmp(key, "__metadata__") == 0) {
+                        r = parse_metadata(e, v);
+                        if (r < 0)
+                                goto out;
+                        continue;
+                }
+                memcpy(name, key, kl + 1);
+                t->name = name;
+                name += kl + 1;
+                r = parse_entry(e, key, v, data_len, t, &begin);
+                if (r < 0)
+                        goto out;
+                t->data = data + begin;
+                spans[i] = (struct span){ begin, begin + t->nbytes, t };
+                f->by_name[i] = t;
+                i++;
+        }
+        f->n = n;
+
+        r = check_overlap(e, spans, n);
+        if (r < 0)
+                goto out;
+        /* Names are unique (duplicates were rejected), so the order is total. */
+        qsort(f->by_name, n, sizeof *f->by_name, cmp_name);
+
+        *ret_file = f;
+        f = NULL;
+        r = 0;
+out:
+        free(spans);
+        st_free(f);
+        json_decref(root);
+        return r;
+}
+
+int st_parse(const void *buf, size_t len, char *err, size_t err_len, struct st_file **ret_file)
+{
+        const struct errbuf e = { err, err_len, NULL };
+
+        if (!buf && len > 0)
+                return fail(&e, -EINVAL, "no buffer");
+        return parse(&e, buf, len, ret_file);
+}
+
+int st_open(const char *path, char *err, size_t err_len, struct st_file **ret_file)
+{
+        const struct errbuf e = { err, err_len, path };
+        struct st_file *f = NULL;
+        struct stat st;
+        void *map = MAP_FAILED;
+        size_t len;
+        char eb[128];
+        int fd, r;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+                r = -errno;
+                return fail(&e, r, "open: %s", strerror_r(-r, eb, sizeof eb));
+        }
+        if (fstat(fd, &st) < 0) {
+                r = -errno;
+                fail(&e, r, "stat: %s", strerror_r(-r, eb, sizeof eb));
+                goto out;
+        }
+        if (!S_ISREG(st.st_mode)) {
+                r = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+                fail(&e, r, "not a regular file");
+                goto out;
+        }
+        if ((uint64_t)st.st_size > SIZE_MAX) {
+                r = fail(&e, -E2BIG, "file of %lld bytes does not fit in memory", (long long)st.st_size);
+                goto out;
+        }
+        len = (size_t)st.st_size;
+        if (len < 8) {
+                /* mmap cannot map an empty file; the parser rejects the size
+                 * before it reads anything. */
+                r = parse(&e, NULL, len, &f);
+                goto out;
+        }
+        /* Private read-only mapping: weights are used in place. A file
+         * truncated by someone else while mapped faults on access; weights
+         * are replaced by rename, never rewritten in place. */
+        map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) {
+                r = -errno;
+                fail(&e, r, "mmap: %s", strerror_r(-r, eb, sizeof eb));
+                goto out;
+        }
+        r = parse(&e, map, len, &f);
+        if (r < 0)
+                goto out;
+        f->map = map;
+        f->map_len = len;
+        map = MAP_FAILED;
+        *ret_file = f;
+        f = NULL;
+out:
+        if (map != MAP_FAILED)
+                munmap(map, len);
+        st_free(f);
+        close(fd);
+        return r;
+}
+
+struct st_file *st_free(struct st_file *f)
+{
+        if (!f)
+                return NULL;
+        if (f->map)
+                munmap(f->map, f->map_len);
+        free(f->tensors);
+        free(f->by_name);
+        free(f->names);
+        free(f);
+        return NULL;
+}
+
+size_t st_count(const struct st_file *f)
+{
+        return f ? f->n : 0;
+}
+
+const struct st_tensor *st_at(const struct st_file *f, size_t i)
+{
+        return f && i < f->n ? &f->tensors[i] : NULL;
+}
+
+const struct st_tensor *st_find(const struct st_file *f, const char *name)
+{
+        size_t lo = 0, hi;
+
+        if (!f || !name)
+                return NULL;
+        for (hi = f->n; lo < hi;) {
+                size_t mid = lo + (hi - lo) / 2;
+                int c = strcmp(name, f->by_name[mid]->name);
+
+                if (c == 0)
+                        return f->by_name[mid];
+                if (c < 0)
+                        hi = mid;
+                else
+                        lo = mid + 1;
+        }
+        return NULL;
+}
+
+/* ---- conversions --------------------------------------------------------- */
+
+static float f32_from_bits(uint32_t u)
+{
+        float x;
+
+        memcpy(&x, &u, sizeof x);
+        return x;
+}
+
+static uint32_t f32_bits(float x)
+{
+        uint32_t u;
+
+        memcpy(&u, &x, sizeof u);
+        return u;
+}
+
+/* Exact: every binary16 value, subnormals included, is a binary32 value. */
+static float f16_to_f32(uint16_t h)
+{
+        uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+        uint32_t exp = (h >> 10) & 0x1f;
+        uint32_t mant = h & 0x3ff;
+
+        if (exp == 0x1f) /* inf, or NaN with its payload kept */
+                return f32_from_bits(sign | 0x7f800000u | mant << 13);
+        if (exp == 0) {
+                if (mant == 0)
+                        return f32_from_bits(sign);
+                /* Subnormal mant x 2^-24: shift the leading one into the
+                 * implicit bit position, lowering the exponent as we go. */
+                exp = 127 - 15 + 1;
+                while (!(mant & 0x400)) {
+                        mant <<= 1;
+                        exp--;
+                }
+                return f32_from_bits(sign | exp << 23 | (mant & 0x3ff) << 13);
+        }
+        return f32_from_bits(sign | (exp + 127 - 15) << 23 | mant << 13);
+}
+
+/* Round to nearest, ties to even; overflow goes to inf, NaN stays NaN. */
+static uint16_t f32_to_f16(float x)
+{
+        uint32_t u = f32_bits(x);
+        uint16_t sign = (uint16_t)((u >> 16) & 0x8000);
+        uint32_t a = u & 0x7fffffffu;
+
+        if (a > 0x7f800000u) /* NaN: keep the top of the payload, force quiet */
+                return (uint16_t)(sign | 0x7e00 | ((a >> 13) & 0x3ff));
+        if (a >= 0x477ff000u) /* >= 65520, halfway from 65504 to 2^16: inf */
+                return (uint16_t)(sign | 0x7c00);
+        if (a < 0x38800000u) { /* below 2^-14: subnormal or zero */
+                if (a <= 0x33000000u) /* <= 2^-25, half the smallest subnormal: ties to 0 */
+                        return sign;
+                uint32_t e = a >> 23; /* 103..112 */
+                uint32_t m = (a & 0x7fffff) | 0x800000;
+                uint32_t shift = 126 - e; /* value in units of 2^-24 is m >> shift */
+                uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+
+                if (rem > half || (rem == half && (r & 1)))
+                        r++; /* may carry into the smallest normal, which is right */
+                return (uint16_t)(sign | r);
+        }
+        uint32_t h = (a >> 13) - ((127u - 15) << 10), rem = a & 0x1fff;
+
+        if (rem > 0x1000 || (rem == 0x1000 && (h & 1)))
+                h++; /* a carry into the exponent is the correct rounding */
+        return (uint16_t)(sign | h);
+}
+
+static uint16_t f32_to_bf16(float x)
+{
+        uint32_t u = f32_bits(x);
+
+        if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN whose payload may sit in the dropped half */
+                return (uint16_t)((u >> 16) | 0x40);
+        u += 0x7fff + ((u >> 16) & 1); /* overflow of the top half lands on inf, as it should */
+        return (uint16_t)(u >> 16);
+}
+
+void st_to_f32(int src_dtype, const void *src, size_t n, float *dst)
+{
+        const unsigned char *p = src;
+
+        switch (src_dtype) {
+        case ST_F32:
+                for (size_t i = 0; i < n; i++, p += 4)
+                        dst[i] = f32_from_bits((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                                               (uint32_t)p[3] << 24);
+                break;
+        case ST_F16:
+                for (size_t i = 0; i < n; i++, p += 2)
+                        dst[i] = f16_to_f32((uint16_t)(p[0] | p[1] << 8));
+                break;
+        case ST_BF16:
+                for (size_t i = 0; i < n; i++, p += 2)
+                        dst[i] = f32_from_bits((uint32_t)p[0] << 16 | (uint32_t)p[1] << 24);
+                break;
+        default:
+                /* Not convertible: make misuse visible rather than plausible. */
+                for (size_t i = 0; i < n; i++)
+                        dst[i] = f32_from_bits(0x7fc00000u);
+                break;
+        }
+}
+
+/* ---- writer -------------------------------------------------------------- */
+
+struct st_wentry {
+        int dtype;
+        size_t numel;
+        const float *data; /* borrowed from the caller until save */
+};
+
+struct st_writer {
+        json_t *header;           /* the header being built, in insertion order */
+        struct st_wentry *entries; /* [n] in insertion order */
+        size_t n, cap;
+        uint64_t data_len; /* bytes laid out so far */
+};
+
+int st_writer_new(struct st_writer **ret_writer)
+{
+        struct st_writer *w = calloc(1, sizeof *w);
+
+        if (!w)
+                return -ENOMEM;
+        w->header = json_object();
+        if (!w->header) {
+                free(w);
+                return -ENOMEM;
+        }
+        *ret_writer = w;
+        return 0;
+}
+
+struct st_writer *st_writer_free(struct st_writer *w)
+{
+        if (!w)
+                return NULL;
+        json_decref(w->header);
+        free(w->entries);
+        free(w);
+        return NULL;
+}
+
+/* Returns -EINVAL for a bad name, dtype, ndim or shape, -EEXIST for a name
+ * already added, -E2BIG past ST_MAX_TENSORS or a size that overflows. */
+int st_writer_add(struct st_writer *w, const char *name, int dtype, int ndim, const int64_t *shape,
+                  const float *data)
+{
+        const struct dtype_info *di = dtype_of(dtype);
+        json_t *entry = NULL, *jshape = NULL, *joff = NULL, *jname = NULL;
+        uint64_t numel = 1, nbytes;
+        bool empty = false;
+        int r;
+
+        if (!w || !name || !di || ndim < 0 || ndim > ST_MAX_DIMS || (ndim > 0 && !shape))
+                return -EINVAL;
+        if (strcmp(name, "__metadata__") == 0)
+                return -EINVAL;
+        jname = json_string(name); /* NULL if name is not UTF-8 */
+        if (!jname)
+                return -EINVAL;
+        json_decref(jname);
+        if (json_object_get(w->header, name))
+                return -EEXIST;
+        if (w->n >= ST_MAX_TENSORS)
+                return -E2BIG;
+        for (int i = 0; i < ndim; i++) {
+                if (shape[i] < 0)
+                        return -EINVAL;
+                empty |= shape[i] == 0;
+        }
+        for (int i = 0; i < ndim && !empty; i++) {
+                if (numel > (uint64_t)INT64_MAX / (uint64_t)shape[i])
+                        return -E2BIG;
+                numel *= (uint64_t)shape[i];
+        }
+        if (empty)
+                numel = 0;
+        if (numel > SIZE_MAX / di->size || numel * di->size > (uint64_t)INT64_MAX - w->data_len)
+                return -E2BIG;
+        nbytes = numel * di->size;
+        if (numel > 0 && !data)
+                return -EINVAL;
+
+        if (w->n == w->cap) {
+                size_t cap = w->cap ? 2 * w->cap : 64;
+                struct st_wentry *e = realloc(w->entries, cap * sizeof *e);
+
+                if (!e)
+                        return -ENOMEM;
+                w->entries = e;
+                w->cap = cap;
+        }
+
+        entry = json_object();
+        jshape = json_array();
+        joff = json_pack("[II]", (json_int_t)w->data_len, (json_int_t)(w->data_len + nbytes));
+        if (!entry || !jshape || !joff) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        for (int i = 0; i < ndim; i++)
+                if (json_array_append_new(jshape, json_integer(shape[i])) < 0) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
+        /* The _new setters take the reference even when they fail. */
+        r = json_object_set_new(entry, "dtype", json_string(di->name));
+        r |= json_object_set_new(entry, "shape", jshape);
+        jshape = NULL;
+        r |= json_object_set_new(entry, "data_offsets", joff);
+        joff = NULL;
+        if (r < 0) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        r = json_object_set_new(w->header, name, entry);
+        entry = NULL;
+        if (r < 0) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        w->entries[w->n++] = (struct st_wentry){ dtype, (size_t)numel, data };
+        w->data_len += nbytes;
+        return 0;
+fail:
+        json_decref(entry);
+        json_decref(jshape);
+        json_decref(joff);
+        return r;
+}
+
+static int write_all(int fd, const void *buf, size_t len)
+{
+        const unsigned char *p = buf;
+
+        while (len > 0) {
+                ssize_t k = write(fd, p, len);
+
+                if (k < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                p += k;
+                len -= (size_t)k;
+        }
+        return 0;
+}
+
+static int write_tensor(int fd, const struct st_wentry *t)
+{
+        unsigned char buf[1 << 16]; /* converted in chunks: the file may exceed memory twice over */
+        size_t per = sizeof buf / 4, done = 0;
+        int r;
+
+        while (done < t->numel) {
+                size_t k = t->numel - done < per ? t->numel - done : per, len = 0;
+                const float *src = t->data + done;
+
+                for (size_t i = 0; i < k; i++) {
+                        uint32_t u = t->dtype == ST_F32 ? f32_bits(src[i])
+                                     : t->dtype == ST_F16 ? f32_to_f16(src[i])
+                                                          : f32_to_bf16(src[i]);
+                        int bytes = t->dtype == ST_F32 ? 4 : 2;
+
+                        for (int b = 0; b < bytes; b++)
+                                buf[len++] = (unsigned char)(u >> (8 * b)); /* little endian */
+                }
+                r = write_all(fd, buf, len);
+                if (r < 0)
+                        return r;
+                done += k;
+        }
+        return 0;
+}
+
+/* Best effort: after the rename has happened, failing to flush the directory
+ * entry must not report the file as unwritten. */
+static void sync_parent(const char *path)
+{
+        const char *slash = strrchr(path, '/');
+        char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+        int fd;
+
+        if (!dir)
+                return;
+        fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd >= 0) {
+                fsync(fd);
+                close(fd);
+        }
+        free(dir);
+}
+
+/* Writes to a temporary file next to path, then renames it over path, so a
+ * reader sees either the old file or the complete new one. The file mode is
+ * 0644. Returns -E2BIG if the header exceeds ST_MAX_HEADER, -ENOMEM, or the
+ * errno of the failing system call; err names path. */
+int st_writer_save(struct st_writer *w, const char *path, char *err, size_t err_len)
+{
+        const struct errbuf e = { err, err_len, path };
+        char *json = NULL, *tmp = NULL, *header = NULL, eb[128];
+        size_t jlen, hlen;
+        int fd = -1, r;
+
+        if (!w || !path)
+                return fail(&e, -EINVAL, "no writer or path");
+        json = json_dumps(w->header, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        if (!json)
+                return fail(&e, -ENOMEM, "out of memory for the header");
+        jlen = strlen(json);
+        /* Spaces (valid JSON whitespace) up to a multiple of 8, so the data
+         * area starts 8-byte aligned in the file and in an mmap of it. */
+        hlen = (jlen + 7) & ~(size_t)7;
+        if (hlen > ST_MAX_HEADER) {
+                r = fail(&e, -E2BIG, "header of %zu bytes exceeds the limit of %u", hlen, ST_MAX_HEADER);
+                goto out;
+        }
+        header = malloc(8 + hlen);
+        if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
+                tmp = NULL;
+        if (!header || !tmp) {
+                r = fail(&e, -ENOMEM, "out of memory");
+                goto out;
+        }
+        for (int b = 0; b < 8; b++)
+                header[b] = (char)(unsigned char)((uint64_t)hlen >> (8 * b));
+        memcpy(header + 8, json, jlen);
+        memset(header + 8 + jlen, ' ', hlen - jlen);
+
+        fd = mkostemp(tmp, O_CLOEXEC);
+        if (fd < 0) {
+                r = -errno;
+                free(tmp); /* nothing was created: keep the cleanup from unlinking a template */
+                tmp = NULL;
+                fail(&e, r, "create temporary file: %s", strerror_r(-r, eb, sizeof eb));
+                goto out;
+        }
+        if (fchmod(fd, 0644) < 0) {
+                r = -errno;
+                fail(&e, r, "chmod %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+                goto out;
+        }
+        r = write_all(fd, header, 8 + hlen);
+        for (size_t i = 0; r >= 0 && i < w->n; i++)
+                r = write_tensor(fd, &w->entries[i]);
+        if (r < 0) {
+                fail(&e, r, "write %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+                goto out;
+        }
+        if (fsync(fd) < 0) {
+                r = -errno;
+                fail(&e, r, "fsync %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+                goto out;
+        }
+        r = close(fd);
+        fd = -1;
+        if (r < 0) {
+                r = -errno;
+                fail(&e, r, "close %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+                goto out;
+        }
+        if (rename(tmp, path) < 0) {
+                r = -errno;
+                fail(&e, r, "rename from %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+                goto out;
+        }
+        free(tmp);
+        tmp = NULL;
+        sync_parent(path);
+        r = 0;
+out:
+        if (fd >= 0)
+                close(fd);
+        if (tmp)
+                unlink(tmp);
+        free(tmp);
+        free(header);
+        free(json);
+        return r;
+}

@@ -1,0 +1,68 @@
+/* safetensors: read-only mmap of a .safetensors file with a fully validated
+ * header, and a writer for the same format. Pure: no oneDNN, no globals.
+ *
+ * Usage:
+ *   char err[256];
+ *   struct st_file *f = NULL;
+ *   if (st_open("model.safetensors", err, sizeof err, &f) < 0) die("%s", err);
+ *   const struct st_tensor *t = st_find(f, "conv_stem.weight");
+ *   if (t && t->dtype == ST_F32) use((const float *)t->data, t->shape, t->ndim);
+ *   f = st_free(f);
+ */
+#ifndef EFFNET_SAFETENSORS_H
+#define EFFNET_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum st_dtype { ST_F32 = 0, ST_F16 = 1, ST_BF16 = 2, ST_OTHER = 3 };
+
+#define ST_MAX_DIMS 8
+/* Limits against hostile files. */
+#define ST_MAX_HEADER (100u * 1024 * 1024) /* header JSON bytes */
+#define ST_MAX_TENSORS 100000
+
+struct st_tensor {
+        const char *name;          /* owned by the file */
+        int dtype;                 /* enum st_dtype; ST_OTHER for I64 etc. */
+        const char *dtype_name;    /* as in the header: "F32", "I64", ... */
+        int ndim;
+        int64_t shape[ST_MAX_DIMS];
+        int64_t numel;
+        const void *data;          /* into the mmap; unaligned in general */
+        size_t nbytes;
+};
+
+struct st_file;
+
+/* Maps path and validates: header length (8-byte LE, bounded by the file and
+ * ST_MAX_HEADER), JSON object, per tensor: dtype known, shape non-negative,
+ * numel x element size == end - begin, offsets inside the data area, no
+ * overlap between tensors, no duplicate keys. "__metadata__" (string map) is
+ * accepted and skipped. Every error names the tensor and the problem.
+ * Returns -ENOENT/-EACCES (open), -EBADMSG (malformed), -E2BIG (limits),
+ * -ENOMEM. */
+int st_open(const char *path, char *err, size_t err_len, struct st_file **ret_file);
+/* Same checks on a buffer the caller keeps alive (fuzzing, tests). */
+int st_parse(const void *buf, size_t len, char *err, size_t err_len,
+             struct st_file **ret_file);
+struct st_file *st_free(struct st_file *f);
+
+size_t st_count(const struct st_file *f);
+const struct st_tensor *st_at(const struct st_file *f, size_t i); /* file order of the header */
+const struct st_tensor *st_find(const struct st_file *f, const char *name); /* NULL if absent */
+
+/* Converts n elements of dtype src_dtype at src (unaligned) to float. */
+void st_to_f32(int src_dtype, const void *src, size_t n, float *dst);
+
+/* Writing: tensors are float32 in memory, stored as dtype (F32, F16, BF16
+ * rounded to nearest even). Data are laid out in the order added. */
+struct st_writer;
+int st_writer_new(struct st_writer **ret_writer);
+/* Copies name and shape; data must stay valid until st_writer_save. */
+int st_writer_add(struct st_writer *w, const char *name, int dtype, int ndim,
+                  const int64_t *shape, const float *data);
+int st_writer_save(struct st_writer *w, const char *path, char *err, size_t err_len);
+struct st_writer *st_writer_free(struct st_writer *w);
+
+#endif

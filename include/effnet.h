@@ -111,6 +111,9 @@ struct effnet_exec *effnet_exec_free(struct effnet_exec *x);
 int effnet_exec_forward(struct effnet_exec *x, const float *images, int n,
                         float *logits);
 
+/* Bytes of activation and scratch memory the executor holds. */
+size_t effnet_exec_bytes(const struct effnet_exec *x);
+
 /* Numerically stable softmax of one row, in place. */
 void effnet_softmax(float *v, int n);
 /* Indices of the k largest values, in descending order (ties: lower index

@@ -81,6 +81,11 @@ int effnet_exec_forward(struct effnet_exec *x, const float *images, int n, float
         return eng_plan_forward(x->plan, images, n, logits);
 }
 
+size_t effnet_exec_bytes(const struct effnet_exec *x)
+{
+        return eng_plan_bytes(x->plan);
+}
+
 void effnet_softmax(float *v, int n)
 {
         float mx = -INFINITY;

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -286,10 +287,51 @@ static int parse_dtype(const char *s, int *ret)
         return 0;
 }
 
+/* Spread of the logits of a few smooth images at the model's input size. */
+static int logit_std(const char *path, double *ret_std)
+{
+        struct effnet_model *m = NULL;
+        struct effnet_exec *x = NULL;
+        float *in = NULL, *out = NULL;
+        char err[512];
+        const int n = 2;
+        int r;
+
+        if ((r = effnet_model_open(path, NULL, err, sizeof err, &m)) < 0)
+                goto out;
+        const struct effnet_info *info = effnet_model_info(m);
+        int size = info->preproc.size;
+        struct effnet_exec_opts eo = { .batch = n, .precision = EFFNET_FP32 };
+        in = malloc(sizeof(float) * (size_t)n * 3 * size * size);
+        out = malloc(sizeof(float) * (size_t)n * info->classes);
+        if (!in || !out) {
+                r = -ENOMEM;
+                goto out;
+        }
+        model_smooth_images(7, n, size, in);
+        if ((r = effnet_exec_new(m, &eo, err, sizeof err, &x)) < 0 || (r = effnet_exec_forward(x, in, n, out)) < 0)
+                goto out;
+        double s = 0, s2 = 0, cnt = (double)n * info->classes;
+        for (size_t i = 0; i < (size_t)n * info->classes; i++) {
+                s += out[i];
+                s2 += (double)out[i] * out[i];
+        }
+        *ret_std = sqrt(s2 / cnt - (s / cnt) * (s / cnt));
+out:
+        if (r < 0)
+                fprintf(stderr, "%s: %s\n", prog, err);
+        free(in);
+        free(out);
+        effnet_exec_free(x);
+        effnet_model_free(m);
+        return r;
+}
+
 static int cmd_init_weights(const struct args *a)
 {
         char err[512];
         int scheme, dtype;
+        double sd;
 
         if (!a->variant || !a->output || !a->have_seed) {
                 fprintf(stderr, "%s init-weights: --variant, --seed and -o FILE are required\n", prog);
@@ -299,7 +341,12 @@ static int cmd_init_weights(const struct args *a)
                 fprintf(stderr, "%s init-weights: bad --scheme or --dtype\n", prog);
                 return 2;
         }
-        int r = model_write_seeded(a->output, a->variant, scheme, a->classes, a->seed, dtype, err, sizeof err);
+        /* BatchNorm is calibrated at a small size for speed; a second pass at
+         * the real input size sets the classifier's scale there. */
+        int r = model_write_seeded(a->output, a->variant, scheme, a->classes, a->seed, dtype, 1.0, err, sizeof err);
+        if (r == 0 && (r = logit_std(a->output, &sd)) == 0 && sd > 0)
+                r = model_write_seeded(a->output, a->variant, scheme, a->classes, a->seed, dtype, 4.0 / sd, err,
+                                       sizeof err);
         if (r < 0) {
                 fprintf(stderr, "%s: %s\n", prog, err);
                 return 1;
@@ -332,7 +379,7 @@ static int cmd_bench(const struct args *a)
                 }
                 close(fd);
                 tmp_made = 1;
-                if ((r = model_write_seeded(tmp, a->variant, EFFNET_SCHEME_TORCHVISION, 1000, 1, ST_F32, err,
+                if ((r = model_write_seeded(tmp, a->variant, EFFNET_SCHEME_TORCHVISION, 1000, 1, ST_F32, 1.0, err,
                                             sizeof err)) < 0) {
                         fprintf(stderr, "%s: %s\n", prog, err);
                         goto out;
@@ -395,10 +442,10 @@ static int cmd_bench(const struct args *a)
                                 printf("{\"variant\":\"%s\",\"precision\":\"%s\",\"size\":%d,\"threads\":%d,"
                                        "\"batch\":%d,\"images_per_s\":%.3f,\"ms_per_batch\":%.3f,"
                                        "\"ms_min\":%.3f,\"ms_max\":%.3f,\"runs\":%d,\"load_ms\":%.1f,"
-                                       "\"build_ms\":%.1f,\"peak_rss_mb\":%.1f}\n",
+                                       "\"build_ms\":%.1f,\"exec_mb\":%.1f,\"peak_rss_mb\":%.1f}\n",
                                        info->variant, precision_name(a->precision), size, threads, batch,
                                        batch * 1000.0 / med, med, ms[0], ms[a->runs - 1], a->runs, load_ms, build_ms,
-                                       rss);
+                                       (double)effnet_exec_bytes(x) / (1024.0 * 1024.0), rss);
                         else
                                 printf("%s %s %dpx threads %d batch %d: %.2f img/s, %.2f ms/batch (median of %d; "
                                        "min %.2f max %.2f), load %.0f ms, build %.0f ms, peak RSS %.0f MB\n",

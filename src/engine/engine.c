@@ -16,7 +16,7 @@
 
 /* Weights reordered into a primitive's layout, shared by all plans of a net. */
 struct wcache_entry {
-        const void *key;          /* the model's weight array */
+        const void *key;          /* the model's layer */
         dnnl_memory_desc_t md;    /* target layout and type */
         void *data;               /* owned */
 };
@@ -33,7 +33,7 @@ struct eng_net {
 /* Activation buffers; a tensor lives in one of them. Reuse is planned so that
  * no step reads a slot it also writes, except the intended in-place ones. */
 enum slot { SLOT_X0, SLOT_X1, SLOT_M0, SLOT_M1, SLOT_POOL, SLOT_SE1, SLOT_SE2,
-            SLOT_IN, SLOT_LOGITS, N_SLOTS };
+            SLOT_LOGITS, N_SLOTS };
 
 struct tensor {
         dnnl_memory_desc_t md;
@@ -140,21 +140,30 @@ struct eng_net *eng_net_free(struct eng_net *net)
         return NULL;
 }
 
-/* Returns the model's weights (float, plain src_tag) in layout want, reordering
- * once per (array, layout) and caching the result in the net. */
-static int net_weights(struct eng_plan *p, const float *src, const dnnl_memory_desc_t *src_md,
-                       const dnnl_memory_desc_t *want, void **ret_data)
+/* Source of one layer's float32 weights in plain layout. */
+struct wsrc {
+        const void *key;                  /* the model's layer */
+        const struct model_conv *conv;    /* either */
+        const struct model_fc *fc;        /* or */
+        dnnl_memory_desc_t md;            /* plain f32 layout of what they write */
+};
+
+/* Returns a layer's weights in layout want, folding and reordering once per
+ * (layer, layout) and caching the result in the net. */
+static int net_weights(struct eng_plan *p, const struct wsrc *src, const dnnl_memory_desc_t *want,
+                       void **ret_data)
 {
         struct eng_net *net = p->net;
         dnnl_memory_t from = NULL, to = NULL;
         dnnl_primitive_desc_t pd = NULL;
         dnnl_primitive_t reorder = NULL;
+        float *plain = NULL;
         void *data = NULL;
         int r = 0;
 
         pthread_mutex_lock(&net->lock);
         for (size_t i = 0; i < net->n_cache; i++)
-                if (net->cache[i].key == src && dnnl_memory_desc_equal(&net->cache[i].md, want)) {
+                if (net->cache[i].key == src->key && dnnl_memory_desc_equal(&net->cache[i].md, want)) {
                         *ret_data = net->cache[i].data;
                         goto out;
                 }
@@ -169,13 +178,18 @@ static int net_weights(struct eng_plan *p, const float *src, const dnnl_memory_d
                 net->cap_cache = nc;
         }
         data = aligned_buf(dnnl_memory_desc_get_size(want));
-        if (!data) {
+        plain = aligned_buf(dnnl_memory_desc_get_size(&src->md));
+        if (!data || !plain) {
                 r = -ENOMEM;
                 goto out;
         }
-        if (dnnl_memory_create(&from, src_md, net->eng, (void *)src) != dnnl_success ||
+        if (src->conv)
+                model_conv_weights(src->conv, plain);
+        else
+                model_fc_weights(src->fc, plain);
+        if (dnnl_memory_create(&from, &src->md, net->eng, plain) != dnnl_success ||
             dnnl_memory_create(&to, want, net->eng, data) != dnnl_success ||
-            dnnl_reorder_primitive_desc_create(&pd, src_md, net->eng, want, net->eng, NULL) != dnnl_success ||
+            dnnl_reorder_primitive_desc_create(&pd, &src->md, net->eng, want, net->eng, NULL) != dnnl_success ||
             dnnl_primitive_create(&reorder, pd) != dnnl_success) {
                 r = err_set(p->err, p->err_len, -EIO, "oneDNN: cannot reorder weights");
                 goto out;
@@ -186,11 +200,12 @@ static int net_weights(struct eng_plan *p, const float *src, const dnnl_memory_d
                 r = err_set(p->err, p->err_len, -EIO, "oneDNN: weight reorder failed");
                 goto out;
         }
-        net->cache[net->n_cache++] = (struct wcache_entry){ src, *want, data };
+        net->cache[net->n_cache++] = (struct wcache_entry){ src->key, *want, data };
         *ret_data = data;
         data = NULL;
 out:
         free(data);
+        free(plain);
         if (reorder)
                 dnnl_primitive_destroy(reorder);
         if (pd)
@@ -299,16 +314,17 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
         int oh, pl, pr, r;
         conv_geometry(p->net->m->info.padding, h, c->k, c->stride, &oh, &pl, &pr);
 
-        dnnl_memory_desc_t wmd, bmd, dmd, wsrc_md;
+        dnnl_memory_desc_t wmd, bmd, dmd;
+        struct wsrc ws = { .key = c, .conv = c };
         dnnl_data_type_t wdt = p->act_dt;
         if (c->groups > 1) {
                 dnnl_dims_t wd = { c->groups, c->oc / c->groups, c->ic / c->groups, c->k, c->k };
                 init_md(&wmd, 5, wd, wdt, dnnl_format_tag_any);
-                init_md(&wsrc_md, 5, wd, dnnl_f32, dnnl_goihw);
+                init_md(&ws.md, 5, wd, dnnl_f32, dnnl_goihw);
         } else {
                 dnnl_dims_t wd = { c->oc, c->ic, c->k, c->k };
                 init_md(&wmd, 4, wd, wdt, dnnl_format_tag_any);
-                init_md(&wsrc_md, 4, wd, dnnl_f32, dnnl_oihw);
+                init_md(&ws.md, 4, wd, dnnl_f32, dnnl_oihw);
         }
         dnnl_dims_t bd = { c->oc };
         init_md(&bmd, 1, bd, dnnl_f32, dnnl_a);
@@ -358,7 +374,7 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
         const dnnl_memory_desc_t out_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
         void *wdata;
         dnnl_memory_t wmem, bmem;
-        if ((r = net_weights(p, c->w, &wsrc_md, &want_w, &wdata)) < 0 ||
+        if ((r = net_weights(p, &ws, &want_w, &wdata)) < 0 ||
             (r = owned_mem(p, &want_w, wdata, &wmem)) < 0 || (r = owned_mem(p, &bmd, (void *)c->b, &bmem)) < 0) {
                 dnnl_primitive_desc_destroy(pd);
                 return r;
@@ -431,18 +447,19 @@ static int add_fc(struct eng_plan *p, const struct model_fc *fc, int src_t, int 
 {
         const dnnl_memory_desc_t src_md = p->tensors[src_t].md;
         const int n = (int)src_md.dims[0];
-        dnnl_memory_desc_t wmd, wsrc_md, bmd, dmd;
+        dnnl_memory_desc_t wmd, bmd, dmd;
+        struct wsrc ws = { .key = fc, .fc = fc };
         dnnl_data_type_t wdt = src_md.data_type == dnnl_bf16 ? dnnl_bf16 : dnnl_f32;
         int r;
 
         if (src_md.ndims == 4) {
                 dnnl_dims_t wd = { fc->out, fc->in, 1, 1 };
                 init_md(&wmd, 4, wd, wdt, dnnl_format_tag_any);
-                init_md(&wsrc_md, 4, wd, dnnl_f32, dnnl_oihw);
+                init_md(&ws.md, 4, wd, dnnl_f32, dnnl_oihw);
         } else {
                 dnnl_dims_t wd = { fc->out, fc->in };
                 init_md(&wmd, 2, wd, wdt, dnnl_format_tag_any);
-                init_md(&wsrc_md, 2, wd, dnnl_f32, dnnl_oi);
+                init_md(&ws.md, 2, wd, dnnl_f32, dnnl_oi);
         }
         dnnl_dims_t bd = { fc->out }, dd = { n, fc->out };
         init_md(&bmd, 1, bd, dnnl_f32, dnnl_a);
@@ -472,7 +489,7 @@ static int add_fc(struct eng_plan *p, const struct model_fc *fc, int src_t, int 
         const dnnl_memory_desc_t want_w = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         void *wdata;
         dnnl_memory_t wmem, bmem;
-        if ((r = net_weights(p, fc->w, &wsrc_md, &want_w, &wdata)) < 0 ||
+        if ((r = net_weights(p, &ws, &want_w, &wdata)) < 0 ||
             (r = owned_mem(p, &want_w, wdata, &wmem)) < 0 || (r = owned_mem(p, &bmd, (void *)fc->b, &bmem)) < 0) {
                 dnnl_primitive_desc_destroy(pd);
                 return r;
@@ -588,7 +605,8 @@ static int build(struct eng_plan *p)
         int x, r;
 
         init_md(&in_md, 4, id, dnnl_f32, dnnl_nchw);
-        if ((p->in_tensor = x = new_tensor(p, &in_md, SLOT_IN)) < 0)
+        /* The input shares M0, free until the first block. */
+        if ((p->in_tensor = x = new_tensor(p, &in_md, SLOT_M0)) < 0)
                 return x;
         if (p->act_dt != dnnl_f32) {
                 dnnl_memory_desc_t md;
@@ -630,6 +648,9 @@ static int bind(struct eng_plan *p)
                 /* Touch now so that the first request pays no page faults. */
                 memset(p->slot[s], 0, p->slot_size[s]);
         }
+        if (getenv("EFFNET_DEBUG"))
+                for (int s = 0; s < N_SLOTS; s++)
+                        fprintf(stderr, "slot %d: %.1f MB\n", s, p->slot_size[s] / 1048576.0);
         if (p->scratch_size && !(p->scratch = aligned_buf(p->scratch_size)))
                 return -ENOMEM;
         for (int i = 0; i < p->n_tensors; i++)
@@ -731,7 +752,7 @@ int eng_plan_forward(struct eng_plan *p, const float *images, int n, float *logi
         if (n < 1 || n > p->batch)
                 return -EINVAL;
         size_t per = (size_t)3 * p->size * p->size;
-        memcpy(p->slot[SLOT_IN], images, per * sizeof(float) * (size_t)n);
+        memcpy(p->slot[SLOT_M0], images, per * sizeof(float) * (size_t)n);
         omp_set_num_threads(p->threads);
         for (int i = 0; i < p->n_steps; i++)
                 if (dnnl_primitive_execute(p->steps[i].prim, p->stream, p->steps[i].n_args, p->steps[i].exec) !=

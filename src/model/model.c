@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 
 /* DESIGN weight-name table. */
@@ -54,6 +56,7 @@ void model_top_key(int scheme, int n_stages, const char *what, const char *leaf,
 }
 
 struct loader {
+        const struct model *m;
         const struct st_file *f;
         unsigned char *used;  /* [st_count] */
         float *arena;
@@ -100,7 +103,7 @@ static int take(struct loader *l, const char *key, int nd, const int64_t *dims,
 
 static float *arena_get(struct loader *l, size_t n)
 {
-        /* Capacity comes from arch_params, an upper bound of what folding stores. */
+        /* Capacity comes from arena_floats. */
         if (l->arena_used + n > l->arena_cap)
                 return NULL;
         float *p = l->arena + l->arena_used;
@@ -108,7 +111,8 @@ static float *arena_get(struct loader *l, size_t n)
         return p;
 }
 
-/* Loads conv weight [oc][ic/g][k][k] (no bias) and folds BN named bn_key. */
+/* Checks a conv weight [oc][ic/g][k][k] (no bias) and its BN named bn_key,
+ * and computes the folding scale and bias. */
 static int load_conv_bn(struct loader *l, const char *wkey, const char *bn_fmt_key,
                         int ic, int oc, int k, int stride, int groups, int act,
                         struct model_conv *ret)
@@ -127,14 +131,12 @@ static int load_conv_bn(struct loader *l, const char *wkey, const char *bn_fmt_k
                 if ((r = take(l, key, 1, cd, bn[i])) < 0)
                         return r;
         }
-        size_t per = (size_t)(ic / groups) * (size_t)(k * k);
-        float *w = arena_get(l, (size_t)oc * per), *b = arena_get(l, (size_t)oc);
+        float *scale = arena_get(l, (size_t)oc), *b = arena_get(l, (size_t)oc);
         float *stats = malloc(sizeof(float) * 4 * (size_t)oc);
-        if (!w || !b || !stats) {
+        if (!scale || !b || !stats) {
                 free(stats);
                 return err_set(l->err, l->err_len, -ENOMEM, "out of memory folding %s", wkey);
         }
-        st_to_f32(tw->dtype, tw->data, (size_t)oc * per, w);
         for (int i = 0; i < 4; i++)
                 st_to_f32((*bn[i])->dtype, (*bn[i])->data, (size_t)oc, stats + (size_t)i * oc);
         for (int o = 0; o < oc; o++) {
@@ -146,13 +148,41 @@ static int load_conv_bn(struct loader *l, const char *wkey, const char *bn_fmt_k
                                        key, o);
                 }
                 double s = stats[o] / sqrt(var + l->eps);
-                for (size_t j = 0; j < per; j++)
-                        w[(size_t)o * per + j] = (float)(w[(size_t)o * per + j] * s);
+                scale[o] = (float)s;
                 b[o] = (float)(stats[oc + o] - stats[2 * oc + o] * s);
         }
         free(stats);
-        *ret = (struct model_conv){ ic, oc, k, stride, groups, act, w, b };
+        *ret = (struct model_conv){ ic, oc, k, stride, groups, act, tw, scale, b, l->m };
         return 0;
+}
+
+/* Tells the kernel the pages wholly inside a tensor's data are not needed:
+ * they are clean pages of the file and come back from it if read again. */
+static void release_pages(const struct model *m, const struct st_tensor *t)
+{
+        if (!m->release_pages)
+                return;
+        uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t start = ((uintptr_t)t->data + page - 1) / page * page;
+        uintptr_t end = ((uintptr_t)t->data + t->nbytes) / page * page;
+        if (end > start)
+                madvise((void *)start, end - start, MADV_DONTNEED);
+}
+
+void model_conv_weights(const struct model_conv *c, float *ret_w)
+{
+        size_t per = (size_t)(c->ic / c->groups) * (size_t)(c->k * c->k);
+        st_to_f32(c->w->dtype, c->w->data, (size_t)c->oc * per, ret_w);
+        for (int o = 0; o < c->oc; o++)
+                for (size_t j = 0; j < per; j++)
+                        ret_w[(size_t)o * per + j] *= c->scale[o];
+        release_pages(c->m, c->w);
+}
+
+void model_fc_weights(const struct model_fc *fc, float *ret_w)
+{
+        st_to_f32(fc->w->dtype, fc->w->data, (size_t)fc->in * fc->out, ret_w);
+        release_pages(fc->m, fc->w);
 }
 
 /* Linear layer from a [out][in] (or [out][in][1][1] conv) weight and a bias. */
@@ -170,12 +200,11 @@ static int load_fc(struct loader *l, const char *prefix, int in, int out, int co
         snprintf(key, sizeof key, "%s.bias", prefix);
         if ((r = take(l, key, 1, bd, &tb)) < 0)
                 return r;
-        float *w = arena_get(l, (size_t)in * out), *b = arena_get(l, (size_t)out);
-        if (!w || !b)
+        float *b = arena_get(l, (size_t)out);
+        if (!b)
                 return err_set(l->err, l->err_len, -ENOMEM, "out of memory loading %s", prefix);
-        st_to_f32(tw->dtype, tw->data, (size_t)in * out, w);
         st_to_f32(tb->dtype, tb->data, (size_t)out, b);
-        *ret = (struct model_fc){ in, out, w, b };
+        *ret = (struct model_fc){ in, out, tw, b, l->m };
         return 0;
 }
 
@@ -281,7 +310,20 @@ static const struct arch_variant *detect_variant(const struct st_file *f, int sc
         return NULL;
 }
 
-int model_from_st(const struct st_file *f, const char *path,
+/* Floats of scales and biases the model keeps: 2 per BN channel, 1 per
+ * linear output. */
+static size_t arena_floats(const struct arch_variant *v, int classes)
+{
+        struct arch_block b[ARCH_MAX_BLOCKS];
+        int n = arch_blocks(v, b);
+        size_t total = 2 * (size_t)(arch_stem(v) + arch_head(v)) + (size_t)classes;
+
+        for (int i = 0; i < n; i++)
+                total += 2 * (size_t)(2 * b[i].mid + b[i].out) + (size_t)(b[i].se ? b[i].in + b[i].mid : 0);
+        return total;
+}
+
+int model_from_st(struct st_file *f, const char *path,
                   const struct effnet_open_opts *opts, char *err, size_t err_len,
                   struct model **ret_model)
 {
@@ -304,19 +346,26 @@ int model_from_st(const struct st_file *f, const char *path,
 
         model_top_key(scheme, v->n_stages, "classifier", "weight", wk, sizeof wk);
         const struct st_tensor *cls = st_find(f, wk);
-        if (!cls || cls->ndim != 2 || cls->shape[0] < 1 || cls->shape[0] > 1000000 || cls->shape[1] != arch_head(v))
+        if (!cls || cls->ndim != 2 || cls->shape[0] < 1 || cls->shape[0] > 1000000 || cls->shape[1] != arch_head(v)) {
+                st_free(f);
                 return err_set(err, err_len, -EBADMSG, "tensor %s: missing or not [classes, %d]", wk, arch_head(v));
+        }
         int classes = (int)cls->shape[0];
 
         m = calloc(1, sizeof *m);
         l.used = calloc(st_count(f) + 1, 1);
-        l.arena_cap = (size_t)arch_params(v, classes);
+        l.arena_cap = arena_floats(v, classes);
         l.arena = malloc(sizeof(float) * l.arena_cap);
         if (!m || !l.used || !l.arena) {
-                r = -ENOMEM;
-                goto fail;
+                free(m);
+                free(l.used);
+                free(l.arena);
+                st_free(f);
+                return err_set(err, err_len, -ENOMEM, "out of memory");
         }
         m->arena = l.arena;
+        m->file = f;
+        l.m = m;
         m->variant = v;
         snprintf(m->path, sizeof m->path, "%s", path);
         int padding = scheme == EFFNET_SCHEME_TIMM ? EFFNET_PAD_SAME : EFFNET_PAD_SYMMETRIC;
@@ -377,10 +426,6 @@ int model_from_st(const struct st_file *f, const char *path,
         return 0;
 fail:
         free(l.used);
-        if (m)
-                m->arena = l.arena;
-        else
-                free(l.arena);
         model_free(m);
         return r;
 }
@@ -393,10 +438,12 @@ int model_open(const char *path, const struct effnet_open_opts *opts, char *err,
 
         if (r < 0)
                 return r;
-        /* Everything is converted into the model's arena: the mapping can go. */
-        r = model_from_st(f, path, opts, err, err_len, ret_model);
-        st_free(f);
-        return r;
+        struct model *m = NULL;
+        if ((r = model_from_st(f, path, opts, err, err_len, &m)) < 0)
+                return r;
+        m->release_pages = 1;
+        *ret_model = m;
+        return 0;
 }
 
 struct model *model_free(struct model *m)
@@ -404,6 +451,7 @@ struct model *model_free(struct model *m)
         if (!m)
                 return NULL;
         free(m->arena);
+        st_free(m->file);
         free(m);
         return NULL;
 }

@@ -20,18 +20,22 @@ struct st_file;
 
 enum model_act { MODEL_ACT_NONE = 0, MODEL_ACT_SILU = 1 };
 
-/* A convolution with its BatchNorm folded in. */
+/* A convolution whose BatchNorm folds into it: the weights stay in the file's
+ * mapping (model_conv_weights materializes them), scale and bias are owned. */
 struct model_conv {
         int ic, oc, k, stride, groups;
-        int act;          /* enum model_act, applied after the bias */
-        const float *w;   /* [oc][ic/groups][k][k], owned by the model */
-        const float *b;   /* [oc] */
+        int act;                       /* enum model_act, applied after the bias */
+        const struct st_tensor *w;     /* [oc][ic/groups][k][k], any float dtype */
+        const float *scale;            /* [oc] gamma / sqrt(var + eps) */
+        const float *b;                /* [oc] beta - mean * scale */
+        const struct model *m;
 };
 
 struct model_fc {
         int in, out;
-        const float *w;   /* [out][in] */
-        const float *b;   /* [out] */
+        const struct st_tensor *w;     /* [out][in] (or [out][in][1][1]) */
+        const float *b;                /* [out], owned */
+        const struct model *m;
 };
 
 struct model_block {
@@ -51,7 +55,9 @@ struct model {
         struct model_block blocks[ARCH_MAX_BLOCKS];
         struct model_conv head;        /* 1x1 -> 1280, SiLU */
         struct model_fc classifier;    /* head -> classes */
-        float *arena;                  /* owns every folded weight */
+        float *arena;                  /* owns scales and biases */
+        struct st_file *file;          /* owned: weights are read from its mapping */
+        int release_pages;             /* the mapping is a file's: drop pages once read */
         char path[512];
 };
 
@@ -64,18 +70,29 @@ void model_block_key(int scheme, const struct arch_block *b, int role, const cha
 void model_top_key(int scheme, int n_stages, const char *what, const char *leaf, char *out,
                    size_t n);
 
+/* Folded float32 weights [oc][ic/groups][k][k] of a conv into ret_w (the
+ * caller's buffer). Thread-safe: reads the immutable mapping only. */
+void model_conv_weights(const struct model_conv *c, float *ret_w);
+/* float32 weights [out][in] of a linear layer into ret_w. */
+void model_fc_weights(const struct model_fc *fc, float *ret_w);
+
 int model_open(const char *path, const struct effnet_open_opts *opts, char *err,
                size_t err_len, struct model **ret_model);
-/* Same on an already parsed file (kept by the caller until model_free). */
-int model_from_st(const struct st_file *f, const char *path,
+/* Same on an already parsed file, which the model takes over (even on
+ * failure); a buffer given to st_parse must outlive the model. */
+int model_from_st(struct st_file *f, const char *path,
                   const struct effnet_open_opts *opts, char *err, size_t err_len,
                   struct model **ret_model);
 struct model *model_free(struct model *m);
 
 /* Deterministic weights for a variant and scheme with BatchNorm statistics
- * calibrated on smooth random images, written as a safetensors file. */
+ * calibrated on smooth random images (at a small size, for speed), written as
+ * a safetensors file of dtype (enum st_dtype). The classifier is scaled for a
+ * logit spread of about 4 at that size, times gain. */
 int model_write_seeded(const char *path, const char *variant, int scheme,
-                       int classes, uint64_t seed, int dtype, char *err,
-                       size_t err_len);
+                       int classes, uint64_t seed, int dtype, double gain,
+                       char *err, size_t err_len);
+/* n smooth random images [n][3][size][size], deterministic in seed. */
+void model_smooth_images(uint64_t seed, int n, int size, float *ret_images);
 
 #endif

@@ -92,11 +92,14 @@ static int fail(const struct errbuf *e, int code, const char *fmt, ...)
         return code;
 }
 
-/* The name as it goes into a message: at most NAME_IN_MSG bytes. */
+/* The name as it goes into a message: at most NAME_IN_MSG bytes, and
+ * visible even when empty. */
 static const char *msg_name(const char *name, char out[NAME_IN_MSG + 4])
 {
         size_t n = strlen(name);
 
+        if (n == 0)
+                return "\"\"";
         if (n <= NAME_IN_MSG)
                 return name;
         memcpy(out, name, NAME_IN_MSG);
@@ -337,6 +340,11 @@ static int parse(const struct errbuf *e, const unsigned char *buf, size_t len, s
                             (unsigned long long)hlen, ST_MAX_HEADER);
 
         const char *text = (const char *)buf + 8;
+        /* JSON never holds a raw NUL, yet jansson drops one that follows a
+         * number and then miscounts byte positions; refuse it up front. */
+        const char *nul = memchr(text, '\0', (size_t)hlen);
+        if (nul)
+                return fail(e, -EBADMSG, "header JSON contains a NUL byte at byte %zu", (size_t)(nul - text) + 8);
         root = json_loadb(text, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
         if (!root) {
                 if (json_error_code(&jerr) == json_error_out_of_memory)
@@ -689,8 +697,6 @@ struct st_writer *st_writer_free(struct st_writer *w)
         return NULL;
 }
 
-/* Returns -EINVAL for a bad name, dtype, ndim or shape, -EEXIST for a name
- * already added, -E2BIG past ST_MAX_TENSORS or a size that overflows. */
 int st_writer_add(struct st_writer *w, const char *name, int dtype, int ndim, const int64_t *shape,
                   const float *data)
 {
@@ -841,10 +847,6 @@ static void sync_parent(const char *path)
         free(dir);
 }
 
-/* Writes to a temporary file next to path, then renames it over path, so a
- * reader sees either the old file or the complete new one. The file mode is
- * 0644. Returns -E2BIG if the header exceeds ST_MAX_HEADER, -ENOMEM, or the
- * errno of the failing system call; err names path. */
 int st_writer_save(struct st_writer *w, const char *path, char *err, size_t err_len)
 {
         const struct errbuf e = { err, err_len, path };

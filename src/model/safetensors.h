@@ -36,33 +36,50 @@ struct st_tensor {
 struct st_file;
 
 /* Maps path and validates: header length (8-byte LE, bounded by the file and
- * ST_MAX_HEADER), JSON object, per tensor: dtype known, shape non-negative,
- * numel x element size == end - begin, offsets inside the data area, no
- * overlap between tensors, no duplicate keys. "__metadata__" (string map) is
- * accepted and skipped. Every error names the tensor and the problem.
- * Returns -ENOENT/-EACCES (open), -EBADMSG (malformed), -E2BIG (limits),
- * -ENOMEM. */
+ * ST_MAX_HEADER), JSON object, per tensor: exactly the fields dtype, shape and
+ * data_offsets, dtype known, shape non-negative, numel x element size ==
+ * end - begin (overflow checked), offsets inside the data area, no overlap
+ * between tensors (gaps are allowed), no duplicate keys. "__metadata__"
+ * (string map) is accepted and skipped. Every error message starts with path
+ * and names the tensor and the problem, e.g. "m.safetensors: conv_stem.weight:
+ * data_offsets [0, 100] exceed data area of 64 bytes".
+ * Returns the errno of open/fstat/mmap (-ENOENT, -EACCES, -EISDIR, ...),
+ * -EBADMSG (malformed), -E2BIG (limits: header size, tensor count, ndim),
+ * -ENOMEM. The file is immutable once opened: any number of threads may read
+ * it; it owns the mapping, names and tensors until st_free. */
 int st_open(const char *path, char *err, size_t err_len, struct st_file **ret_file);
-/* Same checks on a buffer the caller keeps alive (fuzzing, tests). */
+/* Same checks on a buffer the caller keeps alive and unchanged until st_free
+ * (fuzzing, tests); tensor data point into buf. Messages carry no path. */
 int st_parse(const void *buf, size_t len, char *err, size_t err_len,
              struct st_file **ret_file);
-struct st_file *st_free(struct st_file *f);
+struct st_file *st_free(struct st_file *f); /* accepts NULL, returns NULL */
 
 size_t st_count(const struct st_file *f);
 const struct st_tensor *st_at(const struct st_file *f, size_t i); /* file order of the header */
-const struct st_tensor *st_find(const struct st_file *f, const char *name); /* NULL if absent */
+const struct st_tensor *st_find(const struct st_file *f, const char *name); /* NULL if absent; O(log n) */
 
-/* Converts n elements of dtype src_dtype at src (unaligned) to float. */
+/* Converts n little-endian elements of dtype src_dtype at src (any
+ * alignment) to float. Exact for F32, F16 (subnormals, inf, NaN payloads)
+ * and BF16. ST_OTHER cannot be converted and yields NaN. */
 void st_to_f32(int src_dtype, const void *src, size_t n, float *dst);
 
 /* Writing: tensors are float32 in memory, stored as dtype (F32, F16, BF16
- * rounded to nearest even). Data are laid out in the order added. */
+ * rounded to nearest even; overflow to inf, NaN stays NaN). Header keys and
+ * data are laid out in the order added; the header is padded with spaces so
+ * that the data start 8-byte aligned. One writer per thread. */
 struct st_writer;
 int st_writer_new(struct st_writer **ret_writer);
-/* Copies name and shape; data must stay valid until st_writer_save. */
+/* Copies name and shape; data must stay valid until st_writer_save. dtype is
+ * ST_F32, ST_F16 or ST_BF16. Returns -EINVAL (bad dtype, ndim, shape, NULL
+ * data, name not UTF-8 or "__metadata__"), -EEXIST (name already added),
+ * -E2BIG (too many tensors, size overflow), -ENOMEM. */
 int st_writer_add(struct st_writer *w, const char *name, int dtype, int ndim,
                   const int64_t *shape, const float *data);
+/* Writes a temporary file next to path and renames it over path: readers see
+ * the old file or the whole new one. Mode 0644. Returns the errno of the
+ * failing call, -E2BIG if the header exceeds ST_MAX_HEADER, or -ENOMEM; the
+ * message names path. */
 int st_writer_save(struct st_writer *w, const char *path, char *err, size_t err_len);
-struct st_writer *st_writer_free(struct st_writer *w);
+struct st_writer *st_writer_free(struct st_writer *w); /* accepts NULL, returns NULL */
 
 #endif

@@ -297,28 +297,40 @@ done:
         return r;
 }
 
-/* Smooth random images: a few random low-frequency waves per channel. */
+/* Smooth random images: a few random low-frequency waves per channel, about
+ * unit variance, like normalized photos seen from afar. */
+static void smooth_fill(struct rng *rng, int n_images, int size, float *out)
+{
+        memset(out, 0, sizeof(float) * (size_t)n_images * 3 * size * size);
+        for (int n = 0; n < n_images; n++)
+                for (int c = 0; c < 3; c++) {
+                        float *p = out + ((size_t)n * 3 + c) * size * size;
+                        for (int k = 0; k < 4; k++) {
+                                double fx = rng_uniform(rng) * 4, fy = rng_uniform(rng) * 4;
+                                double ph = rng_uniform(rng) * 6.28, amp = 0.4 + rng_uniform(rng);
+                                for (int y = 0; y < size; y++)
+                                        for (int x = 0; x < size; x++)
+                                                p[y * size + x] += (float)(amp * sin(6.28 * (fx * x + fy * y) / size + ph));
+                        }
+                }
+}
+
+void model_smooth_images(uint64_t seed, int n, int size, float *ret_images)
+{
+        struct rng rng = { seed };
+        smooth_fill(&rng, n, size, ret_images);
+}
+
 static int calibration_images(struct rng *rng, struct act *a)
 {
         if (act_new(a, CAL_BATCH, 3, CAL_SIZE, CAL_SIZE) < 0)
                 return -ENOMEM;
-        for (int n = 0; n < CAL_BATCH; n++)
-                for (int c = 0; c < 3; c++) {
-                        float *p = a->d + ((size_t)n * 3 + c) * CAL_SIZE * CAL_SIZE;
-                        for (int k = 0; k < 4; k++) {
-                                double fx = rng_uniform(rng) * 4, fy = rng_uniform(rng) * 4;
-                                double ph = rng_uniform(rng) * 6.28, amp = 0.4 + rng_uniform(rng);
-                                for (int y = 0; y < CAL_SIZE; y++)
-                                        for (int x = 0; x < CAL_SIZE; x++)
-                                                p[y * CAL_SIZE + x] += (float)(amp * sin(6.28 * (fx * x + fy * y) /
-                                                                                       CAL_SIZE + ph));
-                        }
-                }
+        smooth_fill(rng, CAL_BATCH, CAL_SIZE, a->d);
         return 0;
 }
 
 int model_write_seeded(const char *path, const char *variant, int scheme, int classes, uint64_t seed, int dtype,
-                       char *err, size_t err_len)
+                       double gain, char *err, size_t err_len)
 {
         const struct arch_variant *v = arch_find(variant);
         struct seeded s = { .rng = { seed }, .scheme = scheme };
@@ -388,7 +400,7 @@ int model_write_seeded(const char *path, const char *variant, int scheme, int cl
         free(pooled);
         double cnt = (double)CAL_BATCH * classes, sd = sqrt(fmax(sum2 / cnt - (sum / cnt) * (sum / cnt), 1e-12));
         for (size_t i = 0; i < (size_t)classes * hc; i++)
-                cw[i] = (float)(cw[i] * LOGIT_STD / sd);
+                cw[i] = (float)(cw[i] * LOGIT_STD / sd * gain);
         for (int k = 0; k < classes; k++)
                 cb[k] = (float)(0.1 * rng_normal(&s.rng));
 

@@ -1,0 +1,165 @@
+/* jpeg: JPEG decoding through TurboJPEG, the only file that sees turbojpeg.h. */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <turbojpeg.h>
+
+#include "common/util.h"
+#include "image/image.h"
+#include "image/internal.h"
+
+/* Whether the stream reaches its EOI marker. Walks marker segments by their
+ * lengths as libjpeg's marker reader does; entropy-coded data, stuffed
+ * FF 00, RSTn and fill bytes are skipped by the search for the next FF xx.
+ * libjpeg-turbo only warns when the data end early (it pads them with a
+ * fake EOI and gray pixels); PIL reports such a file as truncated, and so
+ * do we. */
+static bool jpeg_reaches_eoi(const uint8_t *p, size_t n)
+{
+        size_t i = 2; /* past SOI */
+
+        for (;;) {
+                uint8_t m;
+                size_t seg;
+
+                while (i < n && p[i] != 0xFF)
+                        i++;
+                while (i < n && p[i] == 0xFF)
+                        i++;
+                if (i >= n)
+                        return false;
+                m = p[i++];
+                if (m == 0xD9)
+                        return true;
+                if (m == 0x00 || m == 0x01 || (m >= 0xD0 && m <= 0xD8))
+                        continue; /* stuffed byte or a marker without a length */
+                if (n - i < 2)
+                        return false;
+                seg = (size_t)p[i] << 8 | p[i + 1];
+                if (seg < 2 || seg > n - i)
+                        return false;
+                i += seg;
+        }
+}
+
+int img_jpeg_header(const void *data, size_t len, char *err, size_t err_len,
+                    int *ret_width, int *ret_height)
+{
+        tjhandle tj = tjInitDecompress();
+        int w, h, subsamp, cs, r = 0;
+
+        if (!tj)
+                return err_set(err, err_len, -ENOMEM, "JPEG: cannot create a decoder");
+        if (tjDecompressHeader3(tj, data, (unsigned long)len, &w, &h, &subsamp, &cs) < 0)
+                r = err_set(err, err_len, -EBADMSG, "JPEG header: %s", tjGetErrorStr2(tj));
+        tjDestroy(tj);
+        if (r < 0)
+                return r;
+        *ret_width = w;
+        *ret_height = h;
+        return 0;
+}
+
+/* Largest of 1/2, 1/4, 1/8 that keeps both sides at least min_w x min_h
+ * (the scaled IDCTs with SIMD code in libjpeg-turbo), or 1. */
+static int pick_reduce(int w, int h, int min_w, int min_h)
+{
+        if (min_w < 1 || min_h < 1)
+                return 1;
+        for (int r = 8; r >= 2; r /= 2)
+                if ((w + r - 1) / r >= min_w && (h + r - 1) / r >= min_h)
+                        return r;
+        return 1;
+}
+
+/* PIL reads CMYK JPEGs with Adobe's inverted polarity ("CMYK;I") and converts
+ * with R = (255 - K) - (C * (255 - K)) / 255 (rounded as MULDIV255), where
+ * C, K are the un-inverted values, i.e. 255 minus the decoded samples.
+ * In place: 4 bytes per pixel in, 3 out. */
+static void cmyk_to_rgb(uint8_t *px, size_t n)
+{
+        const uint8_t *in = px;
+        uint8_t *out = px;
+
+        for (size_t i = 0; i < n; i++, in += 4, out += 3) {
+                int nk = in[3];
+                for (int c = 0; c < 3; c++) {
+                        int t = (255 - in[c]) * nk + 128;
+                        int v = nk - (((t >> 8) + t) >> 8);
+                        out[c] = (uint8_t)(v < 0 ? 0 : v);
+                }
+        }
+}
+
+int img_decode_jpeg(const void *data, size_t len, const struct img_limits *limits,
+                    int min_width, int min_height, char *err, size_t err_len,
+                    struct img_rgb **ret_img)
+{
+        static const struct img_limits default_limits = IMG_LIMITS_DEFAULT;
+        const struct img_limits *lim = limits ? limits : &default_limits;
+        struct img_rgb *img = NULL;
+        tjhandle tj = NULL;
+        int w, h, subsamp, cs, reduce, sw, sh, cmyk, r;
+
+        if (!data || len == 0)
+                return err_set(err, err_len, -EBADMSG, "JPEG: empty");
+        if (len > lim->max_bytes)
+                return err_set(err, err_len, -E2BIG,
+                               "image of %zu bytes exceeds the limit of %zu bytes",
+                               len, lim->max_bytes);
+        tj = tjInitDecompress();
+        if (!tj)
+                return err_set(err, err_len, -ENOMEM, "JPEG: cannot create a decoder");
+        if (tjDecompressHeader3(tj, data, (unsigned long)len, &w, &h, &subsamp, &cs) < 0) {
+                r = err_set(err, err_len, -EBADMSG, "JPEG header: %s", tjGetErrorStr2(tj));
+                goto fail;
+        }
+        r = img_check_dims(lim, "JPEG", w, h, err, err_len);
+        if (r < 0)
+                goto fail;
+
+        reduce = pick_reduce(w, h, min_width, min_height);
+        sw = (w + reduce - 1) / reduce; /* TJSCALED with 1/reduce */
+        sh = (h + reduce - 1) / reduce;
+        cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
+        img = img_rgb_alloc(sw, sh, cmyk ? 4 : 3);
+        if (!img) {
+                r = err_set(err, err_len, -ENOMEM, "JPEG: out of memory for %dx%d", sw, sh);
+                goto fail;
+        }
+        img->reduce = reduce;
+        img->full_width = w;
+        img->full_height = h;
+
+        /* Default flags: the islow IDCT and fancy upsampling, as PIL. */
+        if (tjDecompress2(tj, data, (unsigned long)len, img->pixels, sw, 0, sh,
+                          cmyk ? TJPF_CMYK : TJPF_RGB, TJFLAG_LIMITSCANS) < 0) {
+                if (tjGetErrorCode(tj) != TJERR_WARNING) {
+                        r = err_set(err, err_len, -EBADMSG, "JPEG: %s", tjGetErrorStr2(tj));
+                        goto fail;
+                }
+                /* Warnings about data libjpeg recovered from are accepted,
+                 * as by PIL; data that end before the image does are not. */
+                if (!jpeg_reaches_eoi(data, len)) {
+                        r = err_set(err, err_len, -EBADMSG,
+                                    "JPEG: truncated (data end before the EOI marker)");
+                        goto fail;
+                }
+        }
+        if (cmyk) {
+                uint8_t *shrunk;
+
+                cmyk_to_rgb(img->pixels, (size_t)sw * (size_t)sh);
+                shrunk = realloc(img->pixels, (size_t)sw * (size_t)sh * 3);
+                if (shrunk)
+                        img->pixels = shrunk;
+        }
+        tjDestroy(tj);
+        *ret_img = img;
+        return 0;
+fail:
+        img_rgb_free(img);
+        tjDestroy(tj);
+        return r;
+}

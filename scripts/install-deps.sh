@@ -10,13 +10,18 @@ pkgs=(
   libpng-dev libsystemd-dev
   # tests: references and tools
   python3 python3-numpy python3-torch python3-torchvision python3-pil
+  python3-matplotlib python3-skimage libjpeg-turbo-progs  # sample photos, cjpeg
   curl ca-certificates
+  # benchmarks (tests/bench): ONNX Runtime peer from npm
+  nodejs
 )
 
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
+# Some nodejs builds carry npm inside; Debian's ships it as its own package.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive

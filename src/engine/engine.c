@@ -608,9 +608,12 @@ static int build(struct eng_plan *p)
         /* The input shares M0, free until the first block. */
         if ((p->in_tensor = x = new_tensor(p, &in_md, SLOT_M0)) < 0)
                 return x;
-        if (p->act_dt != dnnl_f32) {
+        /* Blocked kernels take the 3-channel image planar; channels-last ones
+         * want it channels-last. One reorder at the edge, if any. */
+        dnnl_format_tag_t stem_tag = p->act_tag == dnnl_nhwc ? dnnl_nhwc : dnnl_nchw;
+        if (p->act_dt != dnnl_f32 || stem_tag != dnnl_nchw) {
                 dnnl_memory_desc_t md;
-                init_md(&md, 4, id, p->act_dt, dnnl_nchw);
+                init_md(&md, 4, id, p->act_dt, stem_tag);
                 if ((r = add_reorder(p, x, &md, SLOT_M1, &x)) < 0)
                         return r;
         }
@@ -693,15 +696,15 @@ int eng_plan_new(struct eng_net *net, int batch, int size, int precision, int th
         p->threads = threads > 0 ? threads : cpu_usable_count();
         p->classes = net->m->info.classes;
         p->act_dt = precision == EFFNET_BF16 ? dnnl_bf16 : dnnl_f32;
-        /* Blocked by 16 channels: the layout of oneDNN's fastest direct and
-         * depthwise kernels on AVX-512, kept from the stem to the head so that
-         * nothing is reordered between layers. */
-        p->act_tag = dnnl_nChw16c;
+        /* Channels-last: oneDNN's brgemm kernels (AMX for bf16 where the CPU
+         * has it, AVX-512 otherwise) and its depthwise kernels all take it,
+         * so activations keep one layout from the stem to the head and
+         * nothing is reordered between layers. EFFNET_LAYOUT=blocked selects
+         * the 16-channel blocked layout of the older direct kernels. */
+        p->act_tag = dnnl_nhwc;
         const char *lt = getenv("EFFNET_LAYOUT");
-        if (lt && strcmp(lt, "nhwc") == 0)
-                p->act_tag = dnnl_nhwc;
-        else if (lt && strcmp(lt, "any") == 0)
-                p->act_tag = dnnl_format_tag_any;
+        if (lt && strcmp(lt, "blocked") == 0)
+                p->act_tag = dnnl_nChw16c;
         p->err = err;
         p->err_len = err_len;
         /* Kernels partition work for the thread count current at creation. */

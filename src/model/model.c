@@ -332,17 +332,20 @@ int model_from_st(struct st_file *f, const char *path,
         char wk[160], bk[160];
         int scheme, r;
 
-        if (st_find(f, "conv_stem.weight"))
+        if (st_find(f, "conv_stem.weight")) {
                 scheme = EFFNET_SCHEME_TIMM;
-        else if (st_find(f, "features.0.0.weight"))
+        } else if (st_find(f, "features.0.0.weight")) {
                 scheme = EFFNET_SCHEME_TORCHVISION;
-        else
+        } else {
+                st_free(f);
                 return err_set(err, err_len, -ENOTSUP,
-                               "%s: neither timm (conv_stem.weight) nor torchvision (features.0.0.weight) names", path);
-
+                               "neither timm (conv_stem.weight) nor torchvision (features.0.0.weight) names");
+        }
         const struct arch_variant *v = detect_variant(f, scheme, err, err_len);
-        if (!v)
+        if (!v) {
+                st_free(f);
                 return -ENOTSUP;
+        }
 
         model_top_key(scheme, v->n_stages, "classifier", "weight", wk, sizeof wk);
         const struct st_tensor *cls = st_find(f, wk);

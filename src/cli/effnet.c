@@ -170,7 +170,7 @@ static int open_model(const struct args *a, struct effnet_model **ret)
         }
         int r = effnet_model_open(a->weights, &a->open, err, sizeof err, ret);
         if (r < 0)
-                fprintf(stderr, "%s: %s: %s\n", prog, a->weights, err);
+                fprintf(stderr, "%s: %s\n", prog, err);
         return r;
 }
 
@@ -237,7 +237,7 @@ static int cmd_inspect(int argc, char **argv)
         }
         int r = effnet_model_open(argv[1], NULL, err, sizeof err, &m);
         if (r < 0) {
-                fprintf(stderr, "%s: %s: %s\n", prog, argv[1], err);
+                fprintf(stderr, "%s: %s\n", prog, err);
                 return 1;
         }
         const struct effnet_info *i = effnet_model_info(m);
@@ -388,7 +388,7 @@ static int cmd_bench(const struct args *a)
         }
         int64_t t0 = time_now_ns();
         if ((r = effnet_model_open(weights, &a->open, err, sizeof err, &m)) < 0) {
-                fprintf(stderr, "%s: %s: %s\n", prog, weights, err);
+                fprintf(stderr, "%s: %s\n", prog, err);
                 goto out;
         }
         double load_ms = (double)(time_now_ns() - t0) / 1e6;

@@ -47,12 +47,14 @@ int img_jpeg_header(const void *data, size_t len, char *err, size_t err_len,
                     int *ret_width, int *ret_height)
 {
         tjhandle tj = tjInitDecompress();
-        int w, h, subsamp, cs, r = 0;
+        int w = 0, h = 0, subsamp, cs, r = 0;
 
         if (!tj)
                 return err_set(err, err_len, -ENOMEM, "JPEG: cannot create a decoder");
         if (tjDecompressHeader3(tj, data, (unsigned long)len, &w, &h, &subsamp, &cs) < 0)
                 r = err_set(err, err_len, -EBADMSG, "JPEG header: %s", tjGetErrorStr2(tj));
+        else if (w < 1 || h < 1)
+                r = err_set(err, err_len, -EBADMSG, "JPEG header: no image");
         tjDestroy(tj);
         if (r < 0)
                 return r;
@@ -100,7 +102,9 @@ int img_decode_jpeg(const void *data, size_t len, const struct img_limits *limit
         const struct img_limits *lim = limits ? limits : &default_limits;
         struct img_rgb *img = NULL;
         tjhandle tj = NULL;
-        int w, h, subsamp, cs, reduce, sw, sh, cmyk, r;
+        /* TurboJPEG may succeed without setting the size (a tables-only
+         * stream); 0 then fails the size check as malformed. */
+        int w = 0, h = 0, subsamp = -1, cs = -1, reduce, sw, sh, cmyk, r;
 
         if (!data || len == 0)
                 return err_set(err, err_len, -EBADMSG, "JPEG: empty");

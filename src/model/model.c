@@ -442,8 +442,15 @@ int model_open(const char *path, const struct effnet_open_opts *opts, char *err,
         if (r < 0)
                 return r;
         struct model *m = NULL;
-        if ((r = model_from_st(f, path, opts, err, err_len, &m)) < 0)
+        if ((r = model_from_st(f, path, opts, err, err_len, &m)) < 0) {
+                /* st_open names the path itself; name it for the model's errors too. */
+                if (err && err_len) {
+                        char msg[512];
+                        snprintf(msg, sizeof msg, "%s", err);
+                        err_set(err, err_len, r, "%s: %s", path, msg);
+                }
                 return r;
+        }
         m->release_pages = 1;
         *ret_model = m;
         return 0;

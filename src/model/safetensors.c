@@ -92,18 +92,20 @@ static int fail(const struct errbuf *e, int code, const char *fmt, ...)
         return code;
 }
 
-/* The name as it goes into a message: at most NAME_IN_MSG bytes, and
- * visible even when empty. */
+/* The name as it goes into a message: at most NAME_IN_MSG bytes, cut on a
+ * UTF-8 character boundary, and visible even when empty. */
 static const char *msg_name(const char *name, char out[NAME_IN_MSG + 4])
 {
-        size_t n = strlen(name);
+        size_t n = strlen(name), cut = NAME_IN_MSG;
 
         if (n == 0)
                 return "\"\"";
         if (n <= NAME_IN_MSG)
                 return name;
-        memcpy(out, name, NAME_IN_MSG);
-        memcpy(out + NAME_IN_MSG, "...", 4);
+        while (cut > 0 && ((unsigned char)name[cut] & 0xc0) == 0x80)
+                cut--;
+        memcpy(out, name, cut);
+        memcpy(out + cut, "...", 4);
         return out;
 }
 

@@ -31,7 +31,7 @@ static int usage(FILE *f)
                 "      Median throughput of the engine per batch size.\n"
                 "  inspect FILE\n"
                 "      Scheme, variant, classes, dtype, parameters, padding, preprocessing.\n"
-                "  init-weights --variant s|m|l|xl|b0|b1|b2|b3 [--scheme timm|torchvision]\n"
+                "  init-weights --variant s|m|l|xl|b0|b1|b2|b3|rw_s [--scheme timm|torchvision]\n"
                 "          [--classes N] [--dtype f32|f16|bf16] --seed N -o FILE\n"
                 "      Deterministic seeded weights (the embedded default).\n"
                 "  --version, --help\n",

@@ -1,6 +1,7 @@
 /* jpeg: JPEG decoding through TurboJPEG, the only file that sees turbojpeg.h. */
 #include <errno.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <turbojpeg.h>
@@ -104,7 +105,7 @@ int img_decode_jpeg(const void *data, size_t len, const struct img_limits *limit
         tjhandle tj = NULL;
         /* TurboJPEG may succeed without setting the size (a tables-only
          * stream); 0 then fails the size check as malformed. */
-        int w = 0, h = 0, subsamp = -1, cs = -1, reduce, sw, sh, cmyk, r;
+        int w = 0, h = 0, subsamp = -1, cs = -1, reduce, sw, sh, cmyk, pf, r;
 
         if (!data || len == 0)
                 return err_set(err, err_len, -EBADMSG, "JPEG: empty");
@@ -127,6 +128,7 @@ int img_decode_jpeg(const void *data, size_t len, const struct img_limits *limit
         sw = (w + reduce - 1) / reduce; /* TJSCALED with 1/reduce */
         sh = (h + reduce - 1) / reduce;
         cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
+        pf = cmyk ? TJPF_CMYK : TJPF_RGB;
         img = img_rgb_alloc(sw, sh, cmyk ? 4 : 3);
         if (!img) {
                 r = err_set(err, err_len, -ENOMEM, "JPEG: out of memory for %dx%d", sw, sh);
@@ -136,18 +138,42 @@ int img_decode_jpeg(const void *data, size_t len, const struct img_limits *limit
         img->full_width = w;
         img->full_height = h;
 
-        /* Default flags: the islow IDCT and fancy upsampling, as PIL. */
-        if (tjDecompress2(tj, data, (unsigned long)len, img->pixels, sw, 0, sh,
-                          cmyk ? TJPF_CMYK : TJPF_RGB, TJFLAG_LIMITSCANS) < 0) {
+        /* Default flags: the islow IDCT and fancy upsampling, as PIL. The
+         * first pass stops at the first warning, so that a clean stream (the
+         * usual case) is decoded once and its outcome is unambiguous. */
+        if (tjDecompress2(tj, data, (unsigned long)len, img->pixels, sw, 0, sh, pf,
+                          TJFLAG_LIMITSCANS | TJFLAG_STOPONWARNING) < 0) {
+                char first[256]; /* libjpeg messages are shorter */
+
                 if (tjGetErrorCode(tj) != TJERR_WARNING) {
                         r = err_set(err, err_len, -EBADMSG, "JPEG: %s", tjGetErrorStr2(tj));
                         goto fail;
                 }
-                /* Warnings about data libjpeg recovered from are accepted,
-                 * as by PIL; data that end before the image does are not. */
+                /* Data that end before the image does: PIL fails them as
+                 * truncated, and so do we. */
                 if (!jpeg_reaches_eoi(data, len)) {
                         r = err_set(err, err_len, -EBADMSG,
                                     "JPEG: truncated (data end before the EOI marker)");
+                        goto fail;
+                }
+                /* Corrupt data libjpeg recovers from (it warns and goes on)
+                 * are accepted, as by PIL, unless a fatal error follows.
+                 * TurboJPEG's error code stays "warning" once one was
+                 * raised, but its message is the first warning's unless a
+                 * fatal error replaced it: decode again, without stopping,
+                 * on a fresh handle, and compare. */
+                snprintf(first, sizeof first, "%s", tjGetErrorStr2(tj));
+                tjDestroy(tj);
+                tj = tjInitDecompress();
+                if (!tj) {
+                        r = err_set(err, err_len, -ENOMEM, "JPEG: cannot create a decoder");
+                        goto fail;
+                }
+                if (tjDecompress2(tj, data, (unsigned long)len, img->pixels, sw, 0, sh, pf,
+                                  TJFLAG_LIMITSCANS) < 0 &&
+                    (tjGetErrorCode(tj) != TJERR_WARNING ||
+                     strcmp(tjGetErrorStr2(tj), first) != 0)) {
+                        r = err_set(err, err_len, -EBADMSG, "JPEG: %s", tjGetErrorStr2(tj));
                         goto fail;
                 }
         }
@@ -164,6 +190,7 @@ int img_decode_jpeg(const void *data, size_t len, const struct img_limits *limit
         return 0;
 fail:
         img_rgb_free(img);
-        tjDestroy(tj);
+        if (tj)
+                tjDestroy(tj);
         return r;
 }

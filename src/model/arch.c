@@ -8,33 +8,39 @@
 
 /* DESIGN: stage tables from the paper, google/automl, timm and torchvision. */
 static const struct arch_stage stages_s[] = {
-        { ARCH_FUSED, 1, 1, 24, 2, 0 },    { ARCH_FUSED, 4, 2, 48, 4, 0 },
-        { ARCH_FUSED, 4, 2, 64, 4, 0 },    { ARCH_MBCONV, 4, 2, 128, 6, 1 },
-        { ARCH_MBCONV, 6, 1, 160, 9, 1 },  { ARCH_MBCONV, 6, 2, 256, 15, 1 },
+        { ARCH_FUSED, 1, 1, 24, 2, 0, 0 },    { ARCH_FUSED, 4, 2, 48, 4, 0, 0 },
+        { ARCH_FUSED, 4, 2, 64, 4, 0, 0 },    { ARCH_MBCONV, 4, 2, 128, 6, 1, 0 },
+        { ARCH_MBCONV, 6, 1, 160, 9, 1, 0 },  { ARCH_MBCONV, 6, 2, 256, 15, 1, 0 },
 };
 static const struct arch_stage stages_m[] = {
-        { ARCH_FUSED, 1, 1, 24, 3, 0 },    { ARCH_FUSED, 4, 2, 48, 5, 0 },
-        { ARCH_FUSED, 4, 2, 80, 5, 0 },    { ARCH_MBCONV, 4, 2, 160, 7, 1 },
-        { ARCH_MBCONV, 6, 1, 176, 14, 1 }, { ARCH_MBCONV, 6, 2, 304, 18, 1 },
-        { ARCH_MBCONV, 6, 1, 512, 5, 1 },
+        { ARCH_FUSED, 1, 1, 24, 3, 0, 0 },    { ARCH_FUSED, 4, 2, 48, 5, 0, 0 },
+        { ARCH_FUSED, 4, 2, 80, 5, 0, 0 },    { ARCH_MBCONV, 4, 2, 160, 7, 1, 0 },
+        { ARCH_MBCONV, 6, 1, 176, 14, 1, 0 }, { ARCH_MBCONV, 6, 2, 304, 18, 1, 0 },
+        { ARCH_MBCONV, 6, 1, 512, 5, 1, 0 },
 };
 static const struct arch_stage stages_l[] = {
-        { ARCH_FUSED, 1, 1, 32, 4, 0 },    { ARCH_FUSED, 4, 2, 64, 7, 0 },
-        { ARCH_FUSED, 4, 2, 96, 7, 0 },    { ARCH_MBCONV, 4, 2, 192, 10, 1 },
-        { ARCH_MBCONV, 6, 1, 224, 19, 1 }, { ARCH_MBCONV, 6, 2, 384, 25, 1 },
-        { ARCH_MBCONV, 6, 1, 640, 7, 1 },
+        { ARCH_FUSED, 1, 1, 32, 4, 0, 0 },    { ARCH_FUSED, 4, 2, 64, 7, 0, 0 },
+        { ARCH_FUSED, 4, 2, 96, 7, 0, 0 },    { ARCH_MBCONV, 4, 2, 192, 10, 1, 0 },
+        { ARCH_MBCONV, 6, 1, 224, 19, 1, 0 }, { ARCH_MBCONV, 6, 2, 384, 25, 1, 0 },
+        { ARCH_MBCONV, 6, 1, 640, 7, 1, 0 },
 };
 static const struct arch_stage stages_xl[] = {
-        { ARCH_FUSED, 1, 1, 32, 4, 0 },    { ARCH_FUSED, 4, 2, 64, 8, 0 },
-        { ARCH_FUSED, 4, 2, 96, 8, 0 },    { ARCH_MBCONV, 4, 2, 192, 16, 1 },
-        { ARCH_MBCONV, 6, 1, 256, 24, 1 }, { ARCH_MBCONV, 6, 2, 512, 32, 1 },
-        { ARCH_MBCONV, 6, 1, 640, 8, 1 },
+        { ARCH_FUSED, 1, 1, 32, 4, 0, 0 },    { ARCH_FUSED, 4, 2, 64, 8, 0, 0 },
+        { ARCH_FUSED, 4, 2, 96, 8, 0, 0 },    { ARCH_MBCONV, 4, 2, 192, 16, 1, 0 },
+        { ARCH_MBCONV, 6, 1, 256, 24, 1, 0 }, { ARCH_MBCONV, 6, 2, 512, 32, 1, 0 },
+        { ARCH_MBCONV, 6, 1, 640, 8, 1, 0 },
+};
+/* timm's efficientnetv2_rw_s: an earlier reading of the paper figure. */
+static const struct arch_stage stages_rw_s[] = {
+        { ARCH_FUSED, 1, 1, 24, 2, 0, 1 }, { ARCH_FUSED, 4, 2, 48, 4, 0, 0 },
+        { ARCH_FUSED, 4, 2, 64, 4, 0, 0 }, { ARCH_MBCONV, 4, 2, 128, 6, 1, 0 },
+        { ARCH_MBCONV, 6, 1, 160, 9, 1, 0 }, { ARCH_MBCONV, 6, 2, 272, 15, 1, 0 },
 };
 /* B0..B3 scale this base by (width, depth). */
 static const struct arch_stage stages_b[] = {
-        { ARCH_FUSED, 1, 1, 16, 1, 0 },    { ARCH_FUSED, 4, 2, 32, 2, 0 },
-        { ARCH_FUSED, 4, 2, 48, 2, 0 },    { ARCH_MBCONV, 4, 2, 96, 3, 1 },
-        { ARCH_MBCONV, 6, 1, 112, 5, 1 },  { ARCH_MBCONV, 6, 2, 192, 8, 1 },
+        { ARCH_FUSED, 1, 1, 16, 1, 0, 0 },    { ARCH_FUSED, 4, 2, 32, 2, 0, 0 },
+        { ARCH_FUSED, 4, 2, 48, 2, 0, 0 },    { ARCH_MBCONV, 4, 2, 96, 3, 1, 0 },
+        { ARCH_MBCONV, 6, 1, 112, 5, 1, 0 },  { ARCH_MBCONV, 6, 2, 192, 8, 1, 0 },
 };
 
 #define IMAGENET { 0.485f, 0.456f, 0.406f }, { 0.229f, 0.224f, 0.225f }
@@ -44,22 +50,24 @@ static const struct arch_stage stages_b[] = {
 /* DESIGN preprocessing table; torchvision ships S, M and L only, so the other
  * variants take timm's transforms under either naming. */
 static const struct arch_variant variants[] = {
-        { "s", "efficientnetv2-s", stages_s, 6, 24, 1280, 1.0, 1.0,
+        { "s", "efficientnetv2-s", stages_s, 6, 24, 1280, 1.0, 1.0, 0,
           PP(384, BICUBIC, CENTER, 1.0f, HALF), PP(384, BILINEAR, CENTER, 1.0f, IMAGENET) },
-        { "m", "efficientnetv2-m", stages_m, 7, 24, 1280, 1.0, 1.0,
+        { "m", "efficientnetv2-m", stages_m, 7, 24, 1280, 1.0, 1.0, 0,
           PP(480, BICUBIC, SQUASH, 1.0f, HALF), PP(480, BILINEAR, CENTER, 1.0f, IMAGENET) },
-        { "l", "efficientnetv2-l", stages_l, 7, 32, 1280, 1.0, 1.0,
+        { "l", "efficientnetv2-l", stages_l, 7, 32, 1280, 1.0, 1.0, 0,
           PP(480, BICUBIC, SQUASH, 1.0f, HALF), PP(480, BICUBIC, CENTER, 1.0f, HALF) },
-        { "xl", "efficientnetv2-xl", stages_xl, 7, 32, 1280, 1.0, 1.0,
+        { "xl", "efficientnetv2-xl", stages_xl, 7, 32, 1280, 1.0, 1.0, 0,
           PP(512, BICUBIC, SQUASH, 1.0f, HALF), PP(512, BICUBIC, SQUASH, 1.0f, HALF) },
-        { "b0", "efficientnetv2-b0", stages_b, 6, 32, 1280, 1.0, 1.0,
+        { "b0", "efficientnetv2-b0", stages_b, 6, 32, 1280, 1.0, 1.0, 0,
           PP(224, BICUBIC, CENTER, 0.875f, IMAGENET), PP(224, BICUBIC, CENTER, 0.875f, IMAGENET) },
-        { "b1", "efficientnetv2-b1", stages_b, 6, 32, 1280, 1.0, 1.1,
+        { "b1", "efficientnetv2-b1", stages_b, 6, 32, 1280, 1.0, 1.1, 0,
           PP(240, BICUBIC, CENTER, 0.882f, IMAGENET), PP(240, BICUBIC, CENTER, 0.882f, IMAGENET) },
-        { "b2", "efficientnetv2-b2", stages_b, 6, 32, 1280, 1.1, 1.2,
+        { "b2", "efficientnetv2-b2", stages_b, 6, 32, 1280, 1.1, 1.2, 0,
           PP(260, BICUBIC, CENTER, 0.890f, IMAGENET), PP(260, BICUBIC, CENTER, 0.890f, IMAGENET) },
-        { "b3", "efficientnetv2-b3", stages_b, 6, 32, 1280, 1.2, 1.4,
+        { "b3", "efficientnetv2-b3", stages_b, 6, 32, 1280, 1.2, 1.4, 0,
           PP(300, BICUBIC, CENTER, 0.904f, IMAGENET), PP(300, BICUBIC, CENTER, 0.904f, IMAGENET) },
+        { "rw_s", "efficientnetv2-rw-s", stages_rw_s, 6, 24, 1792, 1.0, 1.0, 1,
+          PP(384, BICUBIC, CENTER, 1.0f, IMAGENET), PP(384, BICUBIC, CENTER, 1.0f, IMAGENET) },
 };
 
 const struct arch_variant *arch_find(const char *key)
@@ -112,7 +120,8 @@ int arch_blocks(const struct arch_variant *v, struct arch_block *blocks)
                         b->in = in;
                         b->out = out;
                         b->expand = st->expand;
-                        b->mid = st->kind == ARCH_FUSED && st->expand == 1 ? out : in * st->expand;
+                        b->project = st->kind == ARCH_MBCONV || st->expand != 1 || st->project;
+                        b->mid = b->project ? in * st->expand : out;
                         b->stride = i == 0 ? st->stride : 1;
                         b->kernel = 3;
                         b->se = st->se ? (in / 4 > 1 ? in / 4 : 1) : 0;
@@ -136,7 +145,7 @@ int64_t arch_params(const struct arch_variant *v, int classes)
                 int64_t k2 = (int64_t)b[i].kernel * b[i].kernel;
                 if (b[i].kind == ARCH_FUSED) {
                         p += b[i].mid * (b[i].in * k2) + 2 * b[i].mid;
-                        if (b[i].expand != 1)
+                        if (b[i].project)
                                 p += (int64_t)b[i].out * b[i].mid + 2 * b[i].out;
                 } else {
                         p += (int64_t)b[i].mid * b[i].in + 2 * b[i].mid;

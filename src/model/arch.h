@@ -28,15 +28,17 @@ struct arch_stage {
         int out;      /* channels before width scaling */
         int repeats;  /* blocks before depth scaling */
         int se;       /* squeeze-excite on this stage's blocks */
+        int project;  /* Fused e=1 with a 1x1 project all the same (timm's rw 'er' e1) */
 };
 
 struct arch_variant {
-        const char *key;   /* "s", "m", "l", "xl", "b0".. "b3" */
+        const char *key;   /* "s", "m", "l", "xl", "b0".. "b3", "rw_s" */
         const char *name;  /* "efficientnetv2-s" */
         const struct arch_stage *stages;
         int n_stages;
         int stem, head;    /* before width scaling */
         double width, depth;
+        int pt_native;                     /* PyTorch-trained (timm rw): symmetric padding, eps 1e-5 */
         struct effnet_preproc timm;        /* timm tf_ eval transforms */
         struct effnet_preproc torchvision; /* torchvision eval transforms */
 };
@@ -48,6 +50,7 @@ struct arch_block {
         int in, out;
         int mid;       /* in * expand; for Fused e=1 the conv goes in -> out */
         int expand;
+        int project;   /* has a 1x1 project conv (expand > 1 or the stage says so) */
         int stride;
         int kernel;
         int se;        /* squeeze channels, 0 if no SE */

@@ -27,7 +27,7 @@ void model_block_key(int scheme, const struct arch_block *b, int role,
 
         if (scheme == EFFNET_SCHEME_TIMM)
                 part = b->kind == ARCH_MBCONV ? timm_mb[role]
-                       : b->expand == 1      ? timm_fused1[role]
+                       : !b->project          ? timm_fused1[role]
                                              : timm_fused[role];
         else
                 part = b->kind == ARCH_MBCONV ? tv_mb[role] : tv_fused[role];
@@ -219,7 +219,7 @@ static int load_block(struct loader *l, int scheme, struct model_block *mb)
         bk[strlen(bk) - 1] = 0; /* drop the trailing '.' of the empty leaf */
         if (a->kind == ARCH_FUSED) {
                 r = load_conv_bn(l, wk, bk, a->in, a->mid, a->kernel, a->stride, 1, MODEL_ACT_SILU, &mb->conv1);
-                if (r < 0 || a->expand == 1)
+                if (r < 0 || !a->project)
                         return r;
         } else {
                 if ((r = load_conv_bn(l, wk, bk, a->in, a->mid, 1, 1, 1, MODEL_ACT_SILU, &mb->conv1)) < 0)
@@ -288,12 +288,15 @@ static const struct arch_variant *detect_variant(const struct st_file *f, int sc
         model_top_key(scheme, n, "conv_stem", "weight", key, sizeof key);
         const struct st_tensor *stem = st_find(f, key);
         int stem_ch = stem && stem->ndim == 4 ? (int)stem->shape[0] : -1;
+        model_top_key(scheme, n, "conv_head", "weight", key, sizeof key);
+        const struct st_tensor *head = st_find(f, key);
+        int head_ch = head && head->ndim == 4 ? (int)head->shape[0] : -1;
 
         for (int i = 0; i < arch_count(); i++) {
                 const struct arch_variant *v = arch_at(i);
                 struct arch_block b[ARCH_MAX_BLOCKS];
                 int nb = arch_blocks(v, b), want[ARCH_MAX_STAGES] = { 0 };
-                if (v->n_stages != n || arch_stem(v) != stem_ch)
+                if (v->n_stages != n || arch_stem(v) != stem_ch || arch_head(v) != head_ch)
                         continue;
                 for (int j = 0; j < nb; j++)
                         want[b[j].stage]++;
@@ -306,7 +309,7 @@ static const struct arch_variant *detect_variant(const struct st_file *f, int sc
                 len += snprintf(got + len, sizeof got - (size_t)len, "%s%d", s ? ", " : "", counts[s]);
         snprintf(got + len, sizeof got - (size_t)len, "]");
         err_set(err, err_len, -ENOTSUP,
-                "no EfficientNetV2 variant has stem %d and blocks per stage %s", stem_ch, got);
+                "no EfficientNetV2 variant has stem %d, head %d and blocks per stage %s", stem_ch, head_ch, got);
         return NULL;
 }
 
@@ -371,8 +374,10 @@ int model_from_st(struct st_file *f, const char *path,
         l.m = m;
         m->variant = v;
         snprintf(m->path, sizeof m->path, "%s", path);
-        int padding = scheme == EFFNET_SCHEME_TIMM ? EFFNET_PAD_SAME : EFFNET_PAD_SYMMETRIC;
-        double eps = 1e-3; /* torchvision V2 and timm tf_ ports alike */
+        /* timm names: TF ports (tf_*) unless the structure is one only
+         * PyTorch-trained timm models have. */
+        int padding = scheme == EFFNET_SCHEME_TIMM && !v->pt_native ? EFFNET_PAD_SAME : EFFNET_PAD_SYMMETRIC;
+        double eps = v->pt_native ? 1e-5 : 1e-3; /* torchvision V2 and timm tf_ ports: 1e-3 */
         if (opts && opts->padding != EFFNET_PAD_AUTO)
                 padding = opts->padding;
         if (opts && opts->bn_eps > 0)

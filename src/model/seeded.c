@@ -263,7 +263,7 @@ static int block(struct seeded *s, const struct arch_block *b, struct act *x)
 
         KEYS(R_CONV1, R_BN1);
         if (b->kind == ARCH_FUSED) {
-                int last = b->expand == 1;
+                int last = !b->project;
                 r = conv_bn(s, wk, bk, x, b->mid, b->kernel, b->stride, 1, last ? lo : 0.5, last ? hi : 1.5, 1, &t);
                 if (r < 0 || last)
                         goto done;
@@ -341,7 +341,7 @@ int model_write_seeded(const char *path, const char *variant, int scheme, int cl
         int r;
 
         if (!v)
-                return err_set(err, err_len, -EINVAL, "unknown variant '%s' (s, m, l, xl, b0, b1, b2, b3)", variant);
+                return err_set(err, err_len, -EINVAL, "unknown variant '%s' (s, m, l, xl, b0, b1, b2, b3, rw_s)", variant);
         if (classes < 1 || classes > 100000)
                 return err_set(err, err_len, -EINVAL, "classes %d out of range 1..100000", classes);
         s.n_stages = v->n_stages;

@@ -20,11 +20,11 @@ static void test_arch(void)
         static const struct { const char *key; int64_t params; int blocks; } want[] = {
                 { "s", 21458488, 40 },  { "m", 54139356, 57 },   { "l", 118515272, 79 },
                 { "xl", 208119808, 100 }, { "b0", 7139704, 21 }, { "b1", 8141052, 27 },
-                { "b2", 10096086, 28 }, { "b3", 14358406, 32 },
+                { "b2", 10096086, 28 }, { "b3", 14358406, 32 }, { "rw_s", 23941296, 40 },
         };
         struct arch_block b[ARCH_MAX_BLOCKS];
 
-        CHECK(arch_count() == 8);
+        CHECK(arch_count() == 9);
         for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
                 const struct arch_variant *v = arch_find(want[i].key);
                 CHECK_MSG(v != NULL, "%s", want[i].key);

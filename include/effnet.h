@@ -95,7 +95,8 @@ struct effnet_exec_opts {
         int batch;      /* images per forward, >= 1 */
         int threads;    /* oneDNN threads for this executor; 0 = all usable */
         int precision;  /* enum effnet_precision */
-        int size;       /* input edge; 0 = preproc.size; >= 32 */
+        int size;       /* input height; 0 = preproc.size; 32..4096 */
+        int width;      /* input width; 0 = size (square) */
 };
 
 /* Builds primitives and allocates every buffer for one batch size. Safe to
@@ -105,7 +106,8 @@ int effnet_exec_new(struct effnet_model *m, const struct effnet_exec_opts *opts,
                     char *err, size_t err_len, struct effnet_exec **ret_exec);
 struct effnet_exec *effnet_exec_free(struct effnet_exec *x);
 
-/* images: float [n][3][size][size], NCHW, already normalized; 1 <= n <= batch.
+/* images: float [n][3][height][width], NCHW, already normalized (see
+ * effnet_exec_opts for height and width); 1 <= n <= batch.
  * logits: float [n][classes]. Returns 0, or -EINVAL for a bad n, or -EIO if
  * oneDNN fails. */
 int effnet_exec_forward(struct effnet_exec *x, const float *images, int n,

@@ -58,7 +58,8 @@ int effnet_exec_new(struct effnet_model *em, const struct effnet_exec_opts *opts
 
         if (!x)
                 return -ENOMEM;
-        r = eng_plan_new(em->net, opts->batch, size, opts->precision, opts->threads, err, err_len, &x->plan);
+        int width = opts->width > 0 ? opts->width : size;
+        r = eng_plan_new(em->net, opts->batch, size, width, opts->precision, opts->threads, err, err_len, &x->plan);
         if (r < 0) {
                 free(x);
                 return r;

@@ -55,7 +55,7 @@ struct step {
 
 struct eng_plan {
         struct eng_net *net;
-        int batch, size, precision, threads, classes;
+        int batch, height, width, precision, threads, classes;
         dnnl_data_type_t act_dt;
         dnnl_format_tag_t act_tag;     /* layout of every activation */
         dnnl_stream_t stream;
@@ -310,9 +310,10 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
                     int res, int res_t, int *ret_t)
 {
         const dnnl_memory_desc_t src_md = p->tensors[src_t].md;
-        const int n = (int)src_md.dims[0], h = (int)src_md.dims[2];
-        int oh, pl, pr, r;
-        conv_geometry(p->net->m->info.padding, h, c->k, c->stride, &oh, &pl, &pr);
+        const int n = (int)src_md.dims[0], h = (int)src_md.dims[2], w = (int)src_md.dims[3];
+        int oh, ow, plh, prh, plw, prw, r;
+        conv_geometry(p->net->m->info.padding, h, c->k, c->stride, &oh, &plh, &prh);
+        conv_geometry(p->net->m->info.padding, w, c->k, c->stride, &ow, &plw, &prw);
 
         dnnl_memory_desc_t wmd, bmd, dmd;
         struct wsrc ws = { .key = c, .conv = c };
@@ -331,7 +332,7 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
         if (res == RES_SUM) {
                 dmd = p->tensors[res_t].md;
         } else {
-                dnnl_dims_t dd = { n, c->oc, oh, oh };
+                dnnl_dims_t dd = { n, c->oc, oh, ow };
                 init_md(&dmd, 4, dd, p->act_dt, p->act_tag);
         }
 
@@ -359,7 +360,7 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
         dnnl_post_ops_destroy(po);
 
         dnnl_convolution_desc_t cd;
-        dnnl_dims_t strides = { c->stride, c->stride }, padl = { pl, pl }, padr = { pr, pr };
+        dnnl_dims_t strides = { c->stride, c->stride }, padl = { plh, plw }, padr = { prh, prw };
         dnnl_primitive_desc_t pd = NULL;
         dnnl_status_t st = dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
                                                               &src_md, &wmd, &bmd, &dmd, strides, padl, padr);
@@ -601,7 +602,7 @@ static int build(struct eng_plan *p)
 {
         const struct model *m = p->net->m;
         dnnl_memory_desc_t in_md;
-        dnnl_dims_t id = { p->batch, 3, p->size, p->size };
+        dnnl_dims_t id = { p->batch, 3, p->height, p->width };
         int x, r;
 
         init_md(&in_md, 4, id, dnnl_f32, dnnl_nchw);
@@ -675,7 +676,7 @@ static int bind(struct eng_plan *p)
         return 0;
 }
 
-int eng_plan_new(struct eng_net *net, int batch, int size, int precision, int threads,
+int eng_plan_new(struct eng_net *net, int batch, int height, int width, int precision, int threads,
                  char *err, size_t err_len, struct eng_plan **ret_plan)
 {
         struct eng_plan *p;
@@ -683,15 +684,16 @@ int eng_plan_new(struct eng_net *net, int batch, int size, int precision, int th
 
         if (batch < 1 || batch > 4096)
                 return err_set(err, err_len, -EINVAL, "batch %d out of range 1..4096", batch);
-        if (size < 32 || size > 4096)
-                return err_set(err, err_len, -EINVAL, "input size %d out of range 32..4096", size);
+        if (height < 32 || height > 4096 || width < 32 || width > 4096)
+                return err_set(err, err_len, -EINVAL, "input size %dx%d out of range 32..4096", height, width);
         if (precision != EFFNET_FP32 && precision != EFFNET_BF16)
                 return err_set(err, err_len, -EINVAL, "unknown precision %d", precision);
         if (!(p = calloc(1, sizeof *p)))
                 return -ENOMEM;
         p->net = net;
         p->batch = batch;
-        p->size = size;
+        p->height = height;
+        p->width = width;
         p->precision = precision;
         p->threads = threads > 0 ? threads : cpu_usable_count();
         p->classes = net->m->info.classes;
@@ -754,7 +756,7 @@ int eng_plan_forward(struct eng_plan *p, const float *images, int n, float *logi
 {
         if (n < 1 || n > p->batch)
                 return -EINVAL;
-        size_t per = (size_t)3 * p->size * p->size;
+        size_t per = (size_t)3 * p->height * p->width;
         memcpy(p->slot[SLOT_M0], images, per * sizeof(float) * (size_t)n);
         omp_set_num_threads(p->threads);
         for (int i = 0; i < p->n_steps; i++)

@@ -4,7 +4,7 @@
  * Usage:
  *   struct eng_net *net = NULL;  struct eng_plan *p = NULL;
  *   eng_net_new(model, err, sizeof err, &net);           // shares model's weights
- *   eng_plan_new(net, 8, 384, EFFNET_BF16, 2, err, sizeof err, &p);
+ *   eng_plan_new(net, 8, 384, 384, EFFNET_BF16, 2, err, sizeof err, &p);
  *   eng_plan_forward(p, images, n, logits);   // images [n][3][384][384] NCHW
  *   p = eng_plan_free(p);  net = eng_net_free(net);
  *
@@ -25,13 +25,13 @@ struct eng_plan;
 int eng_net_new(const struct model *m, char *err, size_t err_len, struct eng_net **ret_net);
 struct eng_net *eng_net_free(struct eng_net *net);
 
-/* A plan for batch images of size x size, precision (enum effnet_precision),
+/* A plan for batch images of height x width, precision (enum effnet_precision),
  * run with threads OpenMP threads (0 = all usable). The net must outlive it. */
-int eng_plan_new(struct eng_net *net, int batch, int size, int precision, int threads,
+int eng_plan_new(struct eng_net *net, int batch, int height, int width, int precision, int threads,
                  char *err, size_t err_len, struct eng_plan **ret_plan);
 struct eng_plan *eng_plan_free(struct eng_plan *p);
 
-/* images: float [n][3][size][size] NCHW; logits: float [n][classes]. */
+/* images: float [n][3][height][width] NCHW; logits: float [n][classes]. */
 int eng_plan_forward(struct eng_plan *p, const float *images, int n, float *logits);
 
 /* Bytes of activation and scratch memory the plan allocated. */

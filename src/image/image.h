@@ -15,7 +15,9 @@
  *   upsampling); grayscale is replicated; CMYK/YCCK is read with Adobe's
  *   inverted polarity and converted with PIL's formula. EXIF orientation is
  *   ignored, as PIL and torchvision do. Data that libjpeg only warns about is
- *   accepted (as PIL does); a stream that ends before its EOI is -EBADMSG.
+ *   accepted (as PIL does) unless a fatal error follows; a stream that ends
+ *   before its EOI is -EBADMSG, and so is a progressive JPEG of more than
+ *   500 scans (a guard against scan floods that PIL does not have).
  * - PNG: alpha and tRNS are dropped (not composited), palettes expanded,
  *   gray replicated, 1/2/4-bit gray scaled to 0..255, 16-bit samples reduced
  *   to their high byte. PIL does the same except for 16-bit gray without
@@ -64,7 +66,7 @@ struct img_limits {
 
 struct img_opts {
         struct img_limits limits;
-        /* Decode large JPEGs at a reduced DCT scale (1/2, 1/4 or 1/8) whose
+        /* Decode large JPEGs at a reduced DCT scale (1/2 or 1/4) whose
          * sides stay at least IMG_JPEG_FAST_MARGIN times the resize target,
          * then resample from there. 2-3x faster on photos; not bit-identical
          * to PIL (see tests/equivalence/image_pil.py for the difference). */
@@ -89,7 +91,7 @@ struct img_info {
 struct img_rgb {
         int width;
         int height;
-        /* Decoded at 1/reduce of the encoded size (1, 2, 4 or 8); the encoded
+        /* Decoded at 1/reduce of the encoded size (1, 2 or 4); the encoded
          * image spans width * reduce (rounded up) pixels. */
         int reduce;
         int full_width;   /* encoded size */
@@ -121,9 +123,10 @@ int img_probe(const void *data, size_t len, const struct img_limits *limits,
 
 /* Decodes a JPEG or PNG to RGB. min_width/min_height: 0 for a full-size
  * decode; otherwise a JPEG whose both sides are at least twice these may be
- * decoded at 1/2, 1/4 or 1/8 scale, never below them. On success
- * *ret_img is owned by the caller (img_rgb_free). Errors as img_probe, plus
- * -EBADMSG for corrupt or truncated data and -ENOMEM. */
+ * decoded at 1/2 or 1/4 scale, never below them (a damaged stream is
+ * always decoded at full size). On success *ret_img is owned by the caller
+ * (img_rgb_free). Errors as img_probe, plus -EBADMSG for corrupt or
+ * truncated data and -ENOMEM. */
 int img_decode(const void *data, size_t len, const struct img_limits *limits,
                int min_width, int min_height, char *err, size_t err_len,
                struct img_rgb **ret_img);
@@ -143,8 +146,8 @@ struct img_rgb *img_rgb_free(struct img_rgb *img);
  * EFFNET_CROP_SQUASH: timm's squash: both sides to floor(size / crop_pct),
  *   then CenterCrop(size); with crop_pct 1 a plain resize to size x size.
  * Returns -EINVAL for a preproc out of range (size < 1 or > 8192, crop_pct
- * not in (0, 4], unknown enum, std 0) or -E2BIG when the resized image
- * would not fit in an int. */
+ * not in (0, 4] or size / crop_pct > 65536, unknown enum) or -E2BIG when
+ * the resized image would not fit in an int. mean/std are not used here. */
 int img_plan(const struct effnet_preproc *pp, int width, int height,
              struct img_geometry *ret_geom);
 
@@ -159,7 +162,9 @@ int img_resize_crop(const struct img_rgb *src, const struct img_geometry *g,
 
 /* Resize + crop + ToTensor + Normalize of a decoded image into out,
  * float [3][pp->size][pp->size] (NCHW plane order, caller's buffer; written
- * only on success). Errors: -EINVAL, -E2BIG, -ENOMEM. */
+ * only on success): out = (v / 255 - mean) / std in float32, as torch.
+ * Errors: -EINVAL (img_plan's, or a std of 0, a non-finite mean/std),
+ * -E2BIG, -ENOMEM. */
 int img_preprocess(const struct img_rgb *img, const struct effnet_preproc *pp,
                    float *out, char *err, size_t err_len);
 

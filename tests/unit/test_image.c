@@ -495,19 +495,71 @@ static void test_jpeg_broken(void)
         }
 }
 
+/* Inputs a fuzzer found. */
+static void test_jpeg_regressions(void)
+{
+        struct buf b = load("jpeg", "regress_warning_then_fatal.jpg");
+        struct img_rgb *img = NULL;
+        char err[256];
+
+        /* a warning, then a fatal error: TurboJPEG still reports a warning;
+         * PIL refuses the file, and so must we (the pixels are unset) */
+        CHECK_RC(img_decode(b.p, b.n, NULL, 0, 0, err, sizeof err, &img), -EBADMSG);
+        CHECK(img == NULL && strstr(err, "Huffman") != NULL);
+        free(b.p);
+
+        /* recoverable corruption: accepted, as PIL does, and decoded at
+         * full size even when a reduced scale was allowed (at 1/8 it made
+         * libjpeg-turbo read coefficients it never set) */
+        b = load("jpeg", "regress_corrupt_at_1_8.jpg");
+        CHECK_RC(img_decode(b.p, b.n, NULL, 0, 0, err, sizeof err, &img), 0);
+        CHECK(img && img->reduce == 1 && img->width == 48 && img->height == 64);
+        img = img_rgb_free(img);
+        CHECK_RC(img_decode(b.p, b.n, NULL, 1, 1, err, sizeof err, &img), 0);
+        CHECK(img && img->reduce == 1 && img->width == 48 && img->height == 64);
+        img = img_rgb_free(img);
+        free(b.p);
+}
+
+/* A progressive JPEG whose last scan repeats 600 times (libjpeg only warns
+ * about each): refused at 500 scans, before it can cost time. */
+static void test_jpeg_scan_limit(void)
+{
+        struct buf b = load("jpeg", "progressive_16x16.jpg"), bomb = { 0 };
+        struct img_rgb *img = NULL;
+        char err[256];
+        size_t sos = 0, eoi = 0;
+
+        for (size_t i = 0; i + 1 < b.n; i++) {
+                if (b.p[i] == 0xFF && b.p[i + 1] == 0xDA)
+                        sos = i;
+                if (b.p[i] == 0xFF && b.p[i + 1] == 0xD9)
+                        eoi = i;
+        }
+        CHECK(sos > 0 && eoi > sos);
+        buf_put(&bomb, b.p, eoi);
+        for (int k = 0; k < 600; k++)
+                buf_put(&bomb, b.p + sos, eoi - sos);
+        buf_put(&bomb, "\xFF\xD9", 2);
+        CHECK_RC(img_decode(bomb.p, bomb.n, NULL, 0, 0, err, sizeof err, &img), -EBADMSG);
+        CHECK(strstr(err, "scans") != NULL);
+        free(bomb.p);
+        free(b.p);
+}
+
 static void test_jpeg_fast(void)
 {
         struct buf b = load("jpeg", "baseline_420_64x48.jpg");
         struct img_rgb *img = NULL;
         char err[256];
 
-        /* the largest of 1/2, 1/4, 1/8 that stays >= the minimum */
+        /* the largest of 1/2, 1/4 that stays >= the minimum */
         CHECK_RC(img_decode(b.p, b.n, NULL, 8, 6, err, sizeof err, &img), 0);
-        CHECK(img && img->reduce == 8 && img->width == 8 && img->height == 6 &&
+        CHECK(img && img->reduce == 4 && img->width == 16 && img->height == 12 &&
               img->full_width == 64 && img->full_height == 48);
         img = img_rgb_free(img);
-        CHECK_RC(img_decode(b.p, b.n, NULL, 9, 6, err, sizeof err, &img), 0);
-        CHECK(img && img->reduce == 4 && img->width == 16 && img->height == 12);
+        CHECK_RC(img_decode(b.p, b.n, NULL, 17, 6, err, sizeof err, &img), 0);
+        CHECK(img && img->reduce == 2 && img->width == 32 && img->height == 24);
         img = img_rgb_free(img);
         CHECK_RC(img_decode(b.p, b.n, NULL, 33, 1, err, sizeof err, &img), 0);
         CHECK(img && img->reduce == 1 && img->width == 64);
@@ -740,6 +792,8 @@ int main(int argc, char **argv)
         test_png_broken();
         test_jpeg_seeds();
         test_jpeg_broken();
+        test_jpeg_regressions();
+        test_jpeg_scan_limit();
         test_jpeg_fast();
         test_plan();
         test_resize_constant();

@@ -1,10 +1,12 @@
 /* effnet: command-line tool over libeffnet (forward, bench, inspect,
- * init-weights). */
+ * init-weights, classify). */
 #include "effnet.h"
 #include "common/npy.h"
 #include "common/util.h"
 #include "model/model.h"
 #include "model/safetensors.h"
+#include "image/image.h"
+#include "server/api.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -29,6 +31,9 @@ static int usage(FILE *f)
                 "  bench (--weights FILE | --variant V) [--batch 1,8] [--threads T]\n"
                 "          [--precision fp32|bf16] [--size S] [--runs N] [--warmup N] [--json]\n"
                 "      Median throughput of the engine per batch size.\n"
+                "  classify --weights FILE [--top-k K] [--labels FILE] [--precision fp32|bf16]\n"
+                "          [--threads T] IMG...\n"
+                "      Top-k JSON for each image, one line each, as effnetd answers.\n"
                 "  inspect FILE\n"
                 "      Scheme, variant, classes, dtype, parameters, padding, preprocessing.\n"
                 "  init-weights --variant s|m|l|xl|b0|b1|b2|b3|rw_s [--scheme timm|torchvision]\n"
@@ -193,15 +198,15 @@ static int cmd_forward(const struct args *a)
                 fprintf(stderr, "%s: %s\n", prog, err);
                 goto out;
         }
-        if (nd != 4 || shape[0] < 1 || shape[0] > 4096 || shape[1] != 3 || shape[2] != shape[3] || shape[2] < 32 ||
-            shape[2] > 4096) {
-                fprintf(stderr, "%s: %s: expected float32 [N, 3, S, S] with S >= 32\n", prog, a->input);
+        if (nd != 4 || shape[0] < 1 || shape[0] > 4096 || shape[1] != 3 || shape[2] < 32 || shape[2] > 4096 ||
+            shape[3] < 32 || shape[3] > 4096) {
+                fprintf(stderr, "%s: %s: expected float32 [N, 3, H, W] with 32 <= H, W <= 4096\n", prog, a->input);
                 r = -EINVAL;
                 goto out;
         }
         const struct effnet_info *info = effnet_model_info(m);
         struct effnet_exec_opts eo = { .batch = (int)shape[0], .threads = a->threads, .precision = a->precision,
-                                       .size = (int)shape[2] };
+                                       .size = (int)shape[2], .width = (int)shape[3] };
         if ((r = effnet_exec_new(m, &eo, err, sizeof err, &x)) < 0) {
                 fprintf(stderr, "%s: %s\n", prog, err);
                 goto out;
@@ -470,6 +475,159 @@ out:
         return r < 0 ? 1 : 0;
 }
 
+/* Reads a whole file of at most max bytes. */
+static int read_file(const char *path, size_t max, uint8_t **ret_data, size_t *ret_len)
+{
+        FILE *f = fopen(path, "rbe");
+        uint8_t *buf = NULL;
+        size_t len = 0, cap = 0;
+        int r = 0;
+
+        if (!f)
+                return -errno;
+        for (;;) {
+                if (len == cap) {
+                        cap = cap ? cap * 2 : 1 << 16;
+                        uint8_t *b = realloc(buf, cap);
+                        if (!b) {
+                                r = -ENOMEM;
+                                break;
+                        }
+                        buf = b;
+                }
+                size_t n = fread(buf + len, 1, cap - len, f);
+                len += n;
+                if (len > max) {
+                        r = -E2BIG;
+                        break;
+                }
+                if (n == 0) {
+                        if (ferror(f))
+                                r = -EIO;
+                        break;
+                }
+        }
+        fclose(f);
+        if (r < 0) {
+                free(buf);
+                return r;
+        }
+        *ret_data = buf;
+        *ret_len = len;
+        return 0;
+}
+
+static int cmd_classify(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "weights", required_argument, 0, 'w' },   { "top-k", required_argument, 0, 'k' },
+                { "labels", required_argument, 0, 'l' },    { "precision", required_argument, 0, 'p' },
+                { "threads", required_argument, 0, 't' },   { "help", no_argument, 0, 'h' },
+                { 0, 0, 0, 0 },
+        };
+        const char *weights = NULL, *labels_path = NULL, *top_k_arg = NULL;
+        struct effnet_model *m = NULL;
+        struct effnet_exec *x = NULL;
+        struct api_labels *labels = NULL;
+        float *in = NULL, *logits = NULL;
+        int precision = EFFNET_FP32, threads = 0, top_k, c, r = 0, failed = 0;
+        char err[512];
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+                switch (c) {
+                case 'w': weights = optarg; break;
+                case 'k': top_k_arg = optarg; break;
+                case 'l': labels_path = optarg; break;
+                case 'p': r = parse_precision(optarg, &precision); break;
+                case 't': r = parse_int(optarg, 0, 1024, &threads); break;
+                case 'h':
+                        printf("Usage: %s classify --weights FILE [--top-k K] [--labels FILE] "
+                               "[--precision fp32|bf16] [--threads T] IMG...\n", prog);
+                        return 0;
+                default: return 2;
+                }
+                if (r < 0) {
+                        fprintf(stderr, "%s classify: invalid value '%s'\n", prog, optarg);
+                        return 2;
+                }
+        }
+        if (!weights || optind >= argc) {
+                fprintf(stderr, "Usage: %s classify --weights FILE [--top-k K] IMG...\n", prog);
+                return 2;
+        }
+        if ((r = effnet_model_open(weights, NULL, err, sizeof err, &m)) < 0) {
+                fprintf(stderr, "%s: %s\n", prog, err);
+                goto out;
+        }
+        const struct effnet_info *info = effnet_model_info(m);
+        if (api_parse_top_k(top_k_arg, info->classes, &top_k) < 0) {
+                fprintf(stderr, "%s classify: --top-k must be an integer in 1..%d\n", prog, info->classes);
+                r = -EINVAL;
+                goto out;
+        }
+        if ((r = api_labels_load(labels_path, info->classes, err, sizeof err, &labels)) < 0) {
+                fprintf(stderr, "%s: %s\n", prog, err);
+                goto out;
+        }
+        struct effnet_exec_opts eo = { .batch = 1, .threads = threads, .precision = precision };
+        if ((r = effnet_exec_new(m, &eo, err, sizeof err, &x)) < 0) {
+                fprintf(stderr, "%s: %s\n", prog, err);
+                goto out;
+        }
+        int size = info->preproc.size;
+        in = malloc(sizeof(float) * 3 * (size_t)size * (size_t)size);
+        logits = malloc(sizeof(float) * (size_t)info->classes);
+        if (!in || !logits) {
+                r = -ENOMEM;
+                goto out;
+        }
+        struct img_opts io = IMG_OPTS_DEFAULT;
+        for (int i = optind; i < argc; i++) {
+                uint8_t *data = NULL;
+                size_t len = 0;
+                char *body = NULL;
+                int fr = read_file(argv[i], io.limits.max_bytes, &data, &len);
+                if (fr < 0 && fr != -E2BIG) {
+                        fprintf(stderr, "%s: %s: %s\n", prog, argv[i], strerror(-fr));
+                        failed = 1;
+                        continue;
+                }
+                if (fr == -E2BIG)
+                        snprintf(err, sizeof err, "file larger than %zu bytes", io.limits.max_bytes);
+                else if (len == 0)
+                        fr = err_set(err, sizeof err, -EBADMSG, "empty file");
+                else
+                        fr = img_prepare(data, len, &io, &info->preproc, in, err, sizeof err);
+                free(data);
+                if (fr == 0 && (fr = effnet_exec_forward(x, in, 1, logits)) < 0)
+                        snprintf(err, sizeof err, "forward failed: %s", strerror(-fr));
+                if (fr == 0) {
+                        r = api_classify_body(info->variant, labels, logits, 1, info->classes, top_k, false, &body);
+                } else {
+                        /* The server's answer for the same bytes. */
+                        enum api_error e = fr == -E2BIG                      ? API_E_TOO_LARGE
+                                           : fr == -ENOTSUP || fr == -EBADMSG ? API_E_INVALID_IMAGE
+                                                                              : API_E_INTERNAL;
+                        r = api_error_body(e, err, &body);
+                        fprintf(stderr, "%s: %s: %s\n", prog, argv[i], err);
+                        failed = 1;
+                }
+                if (r < 0)
+                        goto out;
+                printf("%s\n", body);
+                free(body);
+        }
+        fflush(stdout);
+out:
+        free(in);
+        free(logits);
+        api_labels_free(labels);
+        effnet_exec_free(x);
+        effnet_model_free(m);
+        return r < 0 ? 1 : failed;
+}
+
 int main(int argc, char **argv)
 {
         struct args a;
@@ -485,6 +643,8 @@ int main(int argc, char **argv)
         }
         if (strcmp(cmd, "inspect") == 0)
                 return cmd_inspect(argc - 1, argv + 1);
+        if (strcmp(cmd, "classify") == 0)
+                return cmd_classify(argc - 1, argv + 1);
         int r = parse_args(argc - 1, argv + 1, &a);
         if (r)
                 return r > 0 ? 0 : 2;

@@ -1,0 +1,436 @@
+/* api: JSON and Prometheus bodies of the effnetd HTTP API, class labels. */
+#include "server/api.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The ImageNet-1k class names, one per line (etc/labels/imagenet-1k.txt,
+ * compiled in). */
+extern const char api_builtin_imagenet_labels[];
+
+#define LABELS_MAX_FILE_BYTES ((long)64 << 20)
+
+struct api_labels {
+        int classes;
+        char **names;     /* [classes], pointers into text */
+        char *text;       /* owned: the file's bytes, lines NUL-terminated */
+        char *source;     /* owned */
+};
+
+struct api_labels *api_labels_free(struct api_labels *l)
+{
+        if (!l)
+                return NULL;
+        free(l->names);
+        free(l->text);
+        free(l->source);
+        free(l);
+        return NULL;
+}
+
+/* Splits text (owned by l) into lines: "\n" or "\r\n" ends a line; a last
+ * line without "\n" counts too. Returns the line count, or -1 past max. */
+static int split_lines(char *text, size_t len, char **names, int max)
+{
+        int n = 0;
+        size_t i = 0;
+
+        while (i < len) {
+                char *line = text + i;
+                char *nl = memchr(line, '\n', len - i);
+                size_t l = nl ? (size_t)(nl - line) : len - i;
+                if (n >= max)
+                        return -1;
+                if (l > 0 && line[l - 1] == '\r')
+                        line[l - 1] = '\0';
+                line[l] = '\0';
+                if (names)
+                        names[n] = line;
+                n++;
+                i += l + 1;
+        }
+        return n;
+}
+
+static int read_text_file(const char *path, char **ret_text, size_t *ret_len, char *err, size_t err_len)
+{
+        FILE *f = fopen(path, "rbe");
+        char *buf = NULL;
+        long size;
+        int r;
+
+        if (!f)
+                return err_set(err, err_len, -errno, "labels %s: %s", path, strerror(errno));
+        if (fseek(f, 0, SEEK_END) < 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) < 0) {
+                r = err_set(err, err_len, -EIO, "labels %s: cannot get its size", path);
+                goto out;
+        }
+        if (size > LABELS_MAX_FILE_BYTES) {
+                r = err_set(err, err_len, -E2BIG, "labels %s: %ld bytes, more than %ld", path, size,
+                            LABELS_MAX_FILE_BYTES);
+                goto out;
+        }
+        buf = malloc((size_t)size + 1);
+        if (!buf) {
+                r = err_set(err, err_len, -ENOMEM, "labels %s: out of memory", path);
+                goto out;
+        }
+        if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
+                r = err_set(err, err_len, -EIO, "labels %s: read error", path);
+                goto out;
+        }
+        buf[size] = '\0';
+        *ret_text = buf;
+        *ret_len = (size_t)size;
+        buf = NULL;
+        r = 0;
+out:
+        free(buf);
+        fclose(f);
+        return r;
+}
+
+int api_labels_load(const char *path, int classes, char *err, size_t err_len, struct api_labels **ret_labels)
+{
+        struct api_labels *l = NULL;
+        size_t len = 0;
+        int r;
+
+        if (classes < 1)
+                return err_set(err, err_len, -EINVAL, "labels: %d classes", classes);
+        l = calloc(1, sizeof *l);
+        if (!l)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        l->classes = classes;
+        if (path) {
+                if ((r = read_text_file(path, &l->text, &len, err, err_len)) < 0)
+                        goto fail;
+                l->source = strdup(path);
+        } else if (classes == 1000) {
+                l->text = strdup(api_builtin_imagenet_labels);
+                len = l->text ? strlen(l->text) : 0;
+                l->source = strdup("builtin:imagenet-1k");
+        } else {
+                /* Index labels: "0", "1", ... each up to 10 digits. */
+                size_t cap = (size_t)classes * 12;
+                l->text = malloc(cap);
+                if (l->text) {
+                        for (int i = 0; i < classes; i++)
+                                len += (size_t)snprintf(l->text + len, cap - len, "%d\n", i);
+                }
+                l->source = strdup("index");
+        }
+        if (!l->text || !l->source) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        l->names = calloc((size_t)classes, sizeof *l->names);
+        if (!l->names) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        int n = split_lines(l->text, len, l->names, classes);
+        if (n != classes) {
+                if (n < 0)
+                        r = err_set(err, err_len, -EINVAL, "labels %s: more lines than the model's %d classes",
+                                    l->source, classes);
+                else
+                        r = err_set(err, err_len, -EINVAL, "labels %s: %d lines but the model has %d classes",
+                                    l->source, n, classes);
+                goto fail;
+        }
+        *ret_labels = l;
+        return 0;
+fail:
+        api_labels_free(l);
+        return r;
+}
+
+const char *api_labels_get(const struct api_labels *l, int index)
+{
+        return l->names[index];
+}
+
+const char *api_labels_source(const struct api_labels *l)
+{
+        return l->source;
+}
+
+int api_parse_top_k(const char *s, int classes, int *ret_k)
+{
+        if (!s) {
+                *ret_k = API_DEFAULT_TOP_K < classes ? API_DEFAULT_TOP_K : classes;
+                return 0;
+        }
+        /* Digits only: no sign, spaces, exponent or trailing garbage. */
+        if (!*s || strlen(s) > 9)
+                return -EINVAL;
+        for (const char *p = s; *p; p++)
+                if (*p < '0' || *p > '9')
+                        return -EINVAL;
+        long v = strtol(s, NULL, 10);
+        if (v < 1 || v > classes)
+                return -EINVAL;
+        *ret_k = (int)v;
+        return 0;
+}
+
+/* Serializes and frees root. Scores keep 6 significant digits. */
+static int dump(json_t *root, char **ret_body)
+{
+        if (!root)
+                return -ENOMEM;
+        char *s = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        json_decref(root);
+        if (!s)
+                return -ENOMEM;
+        *ret_body = s;
+        return 0;
+}
+
+static json_t *predictions(const struct api_labels *labels, float *probs, int classes, int k)
+{
+        int *idx = malloc(sizeof(int) * (size_t)k);
+        json_t *arr = json_array();
+
+        if (!arr || !idx) {
+                free(idx);
+                json_decref(arr);
+                return NULL;
+        }
+        effnet_softmax(probs, classes);
+        int n = effnet_topk(probs, classes, k, idx);
+        for (int i = 0; i < n; i++) {
+                json_t *p = json_pack("{s:i, s:s, s:f}", "index", idx[i], "label", api_labels_get(labels, idx[i]),
+                                      "score", (double)probs[idx[i]]);
+                if (!p || json_array_append_new(arr, p) < 0) {
+                        json_decref(arr);
+                        arr = NULL;
+                        break;
+                }
+        }
+        free(idx);
+        return arr;
+}
+
+int api_classify_body(const char *model, const struct api_labels *labels, float *logits, int n, int classes,
+                      int top_k, bool multi, char **ret_body)
+{
+        if (n < 1 || top_k < 1 || top_k > classes || (!multi && n != 1))
+                return -EINVAL;
+        json_t *root = json_pack("{s:s}", "model", model);
+        if (!root)
+                return -ENOMEM;
+        if (!multi) {
+                json_t *p = predictions(labels, logits, classes, top_k);
+                if (!p || json_object_set_new(root, "predictions", p) < 0)
+                        goto nomem;
+                return dump(root, ret_body);
+        }
+        json_t *results = json_array();
+        if (!results || json_object_set_new(root, "results", results) < 0)
+                goto nomem;
+        for (int i = 0; i < n; i++) {
+                json_t *p = predictions(labels, logits + (size_t)i * (size_t)classes, classes, top_k);
+                json_t *r = p ? json_pack("{s:o}", "predictions", p) : NULL;
+                if (!r || json_array_append_new(results, r) < 0)
+                        goto nomem;
+        }
+        return dump(root, ret_body);
+nomem:
+        json_decref(root);
+        return -ENOMEM;
+}
+
+static const struct {
+        int status;
+        const char *code;
+} errors[API_N_ERRORS] = {
+        [API_E_INVALID_ARGUMENT] = { 400, "invalid_argument" },
+        [API_E_INVALID_IMAGE] = { 400, "invalid_image" },
+        [API_E_INVALID_MULTIPART] = { 400, "invalid_multipart" },
+        [API_E_NOT_FOUND] = { 404, "not_found" },
+        [API_E_METHOD_NOT_ALLOWED] = { 405, "method_not_allowed" },
+        [API_E_TOO_LARGE] = { 413, "payload_too_large" },
+        [API_E_UNSUPPORTED_MEDIA] = { 415, "unsupported_media_type" },
+        [API_E_INTERNAL] = { 500, "internal" },
+        [API_E_OVERLOADED] = { 503, "overloaded" },
+        [API_E_DRAINING] = { 503, "draining" },
+        [API_E_DEADLINE] = { 504, "deadline_exceeded" },
+};
+
+int api_error_status(enum api_error e)
+{
+        return errors[e].status;
+}
+
+const char *api_error_code(enum api_error e)
+{
+        return errors[e].code;
+}
+
+int api_error_body(enum api_error e, const char *message, char **ret_body)
+{
+        return dump(json_pack("{s:{s:s, s:s}}", "error", "code", errors[e].code, "message", message ? message : ""),
+                    ret_body);
+}
+
+static const char *precision_name(int p)
+{
+        return p == EFFNET_BF16 ? "bf16" : "fp32";
+}
+
+int api_models_body(const struct api_model_desc *d, char **ret_body)
+{
+        const struct effnet_info *i = d->info;
+        const struct effnet_preproc *pp = &i->preproc;
+        const struct batch_config *b = &d->batch;
+        json_t *sizes = json_array();
+
+        if (!sizes)
+                return -ENOMEM;
+        for (int k = 0; k < b->n_exec; k++)
+                if (json_array_append_new(sizes, json_integer(b->exec_batch[k])) < 0) {
+                        json_decref(sizes);
+                        return -ENOMEM;
+                }
+        json_t *model = json_pack(
+                "{s:s, s:s, s:i, s:i, s:s, s:s, s:s, s:I, s:s, s:s,"
+                " s:{s:s, s:s, s:f, s:[f,f,f], s:[f,f,f]},"
+                " s:{s:i, s:f, s:i, s:i, s:i, s:o},"
+                " s:{s:I, s:i, s:I}}",
+                "name", i->variant, "variant", i->variant, "input_size", pp->size, "classes", i->classes,
+                "precision", precision_name(b->precision), "weights", d->weights, "weights_scheme",
+                i->scheme == EFFNET_SCHEME_TIMM ? "timm" : "torchvision", "parameters", (json_int_t)i->params,
+                "dtype", i->dtype, "labels", d->labels,
+                "preprocessing", "resize", pp->resize == EFFNET_RESIZE_BICUBIC ? "bicubic" : "bilinear", "crop",
+                pp->crop == EFFNET_CROP_SQUASH ? "squash" : "center", "crop_pct", (double)pp->crop_pct, "mean",
+                (double)pp->mean[0], (double)pp->mean[1], (double)pp->mean[2], "std", (double)pp->std[0],
+                (double)pp->std[1], (double)pp->std[2],
+                "batching", "max_batch_size", b->max_batch, "max_queue_delay_ms", (double)b->max_delay_us / 1000.0,
+                "queue_images", b->queue_images, "workers", b->workers, "threads_per_worker", b->threads,
+                "executor_batch_sizes", sizes,
+                "limits", "deadline_ms", (json_int_t)d->deadline_ms, "max_images", d->max_images,
+                "max_body_bytes", (json_int_t)d->max_body_bytes);
+        if (!model)
+                return -ENOMEM;
+        return dump(json_pack("{s:[o]}", "models", model), ret_body);
+}
+
+const int api_statuses[API_N_STATUSES] = { 200, 400, 404, 405, 413, 415, 503, 504, 500 };
+
+int api_status_index(int status)
+{
+        for (int i = 0; i < API_N_STATUSES; i++)
+                if (api_statuses[i] == status)
+                        return i;
+        return API_N_STATUSES - 1;
+}
+
+const char *api_route_path(enum api_route r)
+{
+        static const char *const paths[API_N_ROUTES] = {
+                [API_ROUTE_CLASSIFY] = "/v1/classify", [API_ROUTE_MODELS] = "/v1/models",
+                [API_ROUTE_HEALTHZ] = "/healthz",      [API_ROUTE_READYZ] = "/readyz",
+                [API_ROUTE_METRICS] = "/metrics",      [API_ROUTE_OTHER] = "other",
+        };
+        return paths[r];
+}
+
+int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *bs, int max_batch, char **ret_body)
+{
+        char *buf = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&buf, &len);
+
+        if (!f)
+                return -ENOMEM;
+        fprintf(f, "# HELP effnetd_http_requests_total HTTP requests answered, by route and status.\n"
+                   "# TYPE effnetd_http_requests_total counter\n");
+        for (int r = 0; r < API_N_ROUTES; r++)
+                for (int s = 0; s < API_N_STATUSES; s++)
+                        if (hs->requests[r][s] || (r == API_ROUTE_CLASSIFY && s == 0))
+                                fprintf(f, "effnetd_http_requests_total{route=\"%s\",code=\"%d\"} %llu\n",
+                                        api_route_path((enum api_route)r), api_statuses[s],
+                                        (unsigned long long)hs->requests[r][s]);
+        fprintf(f, "# HELP effnetd_http_errors_total Error answers, by error code.\n"
+                   "# TYPE effnetd_http_errors_total counter\n");
+        for (int e = 0; e < API_N_ERRORS; e++)
+                fprintf(f, "effnetd_http_errors_total{code=\"%s\"} %llu\n", errors[e].code,
+                        (unsigned long long)hs->errors[e]);
+        fprintf(f,
+                "# HELP effnetd_http_request_seconds_total Time from request headers to answer, summed.\n"
+                "# TYPE effnetd_http_request_seconds_total counter\n"
+                "effnetd_http_request_seconds_total %.6f\n"
+                "# HELP effnetd_http_connections_total Connections accepted.\n"
+                "# TYPE effnetd_http_connections_total counter\n"
+                "effnetd_http_connections_total %llu\n"
+                "# HELP effnetd_http_inflight_requests Requests being served.\n"
+                "# TYPE effnetd_http_inflight_requests gauge\n"
+                "effnetd_http_inflight_requests %d\n"
+                "# HELP effnetd_images_total Images classified and answered.\n"
+                "# TYPE effnetd_images_total counter\n"
+                "effnetd_images_total %llu\n"
+                "# HELP effnetd_ready Whether the server takes requests (1) or is draining (0).\n"
+                "# TYPE effnetd_ready gauge\n"
+                "effnetd_ready %d\n",
+                hs->request_seconds, (unsigned long long)hs->connections, hs->inflight,
+                (unsigned long long)hs->images, hs->ready ? 1 : 0);
+        fprintf(f,
+                "# HELP effnetd_batch_jobs_total Jobs (requests) accepted by the batch queue.\n"
+                "# TYPE effnetd_batch_jobs_total counter\n"
+                "effnetd_batch_jobs_total %llu\n"
+                "# HELP effnetd_batch_jobs_rejected_total Jobs refused because the queue was full.\n"
+                "# TYPE effnetd_batch_jobs_rejected_total counter\n"
+                "effnetd_batch_jobs_rejected_total %llu\n"
+                "# HELP effnetd_batch_jobs_timed_out_total Jobs dropped before inference past their deadline.\n"
+                "# TYPE effnetd_batch_jobs_timed_out_total counter\n"
+                "effnetd_batch_jobs_timed_out_total %llu\n"
+                "# HELP effnetd_batch_jobs_failed_total Jobs whose forward pass failed.\n"
+                "# TYPE effnetd_batch_jobs_failed_total counter\n"
+                "effnetd_batch_jobs_failed_total %llu\n"
+                "# HELP effnetd_batches_total Forward passes.\n"
+                "# TYPE effnetd_batches_total counter\n"
+                "effnetd_batches_total %llu\n"
+                "# HELP effnetd_batch_images_total Images in forward passes.\n"
+                "# TYPE effnetd_batch_images_total counter\n"
+                "effnetd_batch_images_total %llu\n"
+                "# HELP effnetd_forward_seconds_total Time spent in forward passes.\n"
+                "# TYPE effnetd_forward_seconds_total counter\n"
+                "effnetd_forward_seconds_total %.6f\n"
+                "# HELP effnetd_queue_images Images waiting for a worker.\n"
+                "# TYPE effnetd_queue_images gauge\n"
+                "effnetd_queue_images %d\n"
+                "# HELP effnetd_queue_capacity_images Capacity of the queue.\n"
+                "# TYPE effnetd_queue_capacity_images gauge\n"
+                "effnetd_queue_capacity_images %d\n"
+                "# HELP effnetd_busy_workers Workers inside a forward pass.\n"
+                "# TYPE effnetd_busy_workers gauge\n"
+                "effnetd_busy_workers %d\n",
+                (unsigned long long)bs->jobs, (unsigned long long)bs->jobs_rejected,
+                (unsigned long long)bs->jobs_timed_out, (unsigned long long)bs->jobs_failed,
+                (unsigned long long)bs->batches, (unsigned long long)bs->batch_images, bs->forward_seconds,
+                bs->queue_images, bs->queue_capacity, bs->busy_workers);
+        fprintf(f, "# HELP effnetd_batch_size Images per forward pass.\n"
+                   "# TYPE effnetd_batch_size histogram\n");
+        uint64_t cum = 0;
+        for (int k = 1; k <= max_batch; k++) {
+                cum += bs->batch_sizes ? bs->batch_sizes[k] : 0;
+                fprintf(f, "effnetd_batch_size_bucket{le=\"%d\"} %llu\n", k, (unsigned long long)cum);
+        }
+        fprintf(f,
+                "effnetd_batch_size_bucket{le=\"+Inf\"} %llu\n"
+                "effnetd_batch_size_sum %llu\n"
+                "effnetd_batch_size_count %llu\n",
+                (unsigned long long)cum, (unsigned long long)bs->batch_images, (unsigned long long)bs->batches);
+        if (fclose(f) != 0 || !buf) {
+                free(buf);
+                return -ENOMEM;
+        }
+        *ret_body = buf;
+        return 0;
+}

@@ -1,0 +1,119 @@
+/* api: the JSON (and Prometheus text) bodies of the effnetd HTTP API, and
+ * class labels. The shapes are the product contract (DESIGN.md section 1):
+ *
+ *   {"model":"efficientnetv2-s","predictions":[{"index":281,"label":"tabby","score":0.8123},...]}
+ *   {"model":"efficientnetv2-s","results":[{"predictions":[...]},...]}     (multipart)
+ *   {"error":{"code":"invalid_image","message":"..."}}
+ *
+ * No HTTP inside: the http module and the effnet CLI both print these.
+ * Bodies are returned as NUL-terminated strings owned by the caller (free).
+ * Every function is reentrant; labels are immutable once loaded.
+ */
+#ifndef EFFNET_SERVER_API_H
+#define EFFNET_SERVER_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "effnet.h"
+#include "server/batcher.h"
+
+#define API_DEFAULT_TOP_K 5
+
+/* ---- labels ---------------------------------------------------------------- */
+
+struct api_labels;
+
+/* Class names for a model with `classes` outputs. path: a text file with one
+ * name per line (its line count must equal classes: -EINVAL otherwise, with
+ * the counts in err); NULL for the built-in ImageNet-1k names when classes
+ * is 1000, or the index as a string otherwise. */
+int api_labels_load(const char *path, int classes, char *err, size_t err_len,
+                    struct api_labels **ret_labels);
+struct api_labels *api_labels_free(struct api_labels *l);
+/* Owned by l; index in 0..classes-1. */
+const char *api_labels_get(const struct api_labels *l, int index);
+/* "builtin:imagenet-1k", the file's path, or "index". */
+const char *api_labels_source(const struct api_labels *l);
+
+/* ---- requests -------------------------------------------------------------- */
+
+/* top_k from a query value: an integer in 1..classes. NULL gives the default
+ * (API_DEFAULT_TOP_K, at most classes). -EINVAL otherwise. */
+int api_parse_top_k(const char *s, int classes, int *ret_k);
+
+/* The classify answer for n images. logits: [n][classes], turned into
+ * probabilities in place. multi: the "results" shape (multipart) instead of
+ * the single-image "predictions" shape (n must be 1 then). */
+int api_classify_body(const char *model, const struct api_labels *labels, float *logits, int n,
+                      int classes, int top_k, bool multi, char **ret_body);
+
+/* ---- errors ---------------------------------------------------------------- */
+
+enum api_error {
+        API_E_INVALID_ARGUMENT,     /* 400: a bad query parameter */
+        API_E_INVALID_IMAGE,        /* 400: empty, truncated, corrupt or not an image */
+        API_E_INVALID_MULTIPART,    /* 400: malformed multipart/form-data */
+        API_E_NOT_FOUND,            /* 404 */
+        API_E_METHOD_NOT_ALLOWED,   /* 405 */
+        API_E_TOO_LARGE,            /* 413: body, images or pixels over a limit */
+        API_E_UNSUPPORTED_MEDIA,    /* 415 */
+        API_E_INTERNAL,             /* 500 */
+        API_E_OVERLOADED,           /* 503: queue or memory budget full */
+        API_E_DRAINING,             /* 503: shutting down */
+        API_E_DEADLINE,             /* 504 */
+        API_N_ERRORS,
+};
+
+int api_error_status(enum api_error e);
+const char *api_error_code(enum api_error e);
+int api_error_body(enum api_error e, const char *message, char **ret_body);
+
+/* ---- models, metrics --------------------------------------------------------- */
+
+struct api_model_desc {
+        const struct effnet_info *info;
+        const char *weights;           /* path as given */
+        const char *labels;            /* api_labels_source() */
+        struct batch_config batch;
+        int64_t deadline_ms;
+        int max_images;                /* per request */
+        int64_t max_body_bytes;
+};
+
+int api_models_body(const struct api_model_desc *d, char **ret_body);
+
+enum api_route {
+        API_ROUTE_CLASSIFY,
+        API_ROUTE_MODELS,
+        API_ROUTE_HEALTHZ,
+        API_ROUTE_READYZ,
+        API_ROUTE_METRICS,
+        API_ROUTE_OTHER,               /* unknown paths */
+        API_N_ROUTES,
+};
+
+/* The HTTP statuses the server answers with, in counter order. */
+#define API_N_STATUSES 9
+extern const int api_statuses[API_N_STATUSES];
+/* Index of status in api_statuses (the last one, 500, for anything else). */
+int api_status_index(int status);
+const char *api_route_path(enum api_route r);
+
+struct api_http_stats {
+        uint64_t requests[API_N_ROUTES][API_N_STATUSES];
+        uint64_t errors[API_N_ERRORS];
+        uint64_t images;               /* images classified and answered */
+        uint64_t connections;          /* accepted since start */
+        int inflight;                  /* requests being served now */
+        double request_seconds;        /* summed over answered requests */
+        bool ready;
+};
+
+/* Prometheus text exposition format (version 0.0.4). bs->batch_sizes must
+ * hold max_batch + 1 entries. */
+int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *bs, int max_batch,
+                     char **ret_body);
+
+#endif

@@ -1,0 +1,470 @@
+/* batcher: dynamic batching of image jobs into engine forward passes. */
+#include "server/batcher.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define MAX_EXEC 16
+
+struct batch_worker {
+        struct batch *b;
+        pthread_t thread;
+        bool started;
+        int n_exec;
+        struct effnet_exec *exec[MAX_EXEC]; /* exec[i] runs up to cfg.exec_batch[i] images */
+        float *input;   /* [max_batch][3][size][size] images gathered from several jobs */
+        float *logits;  /* [max_batch][classes] */
+        size_t bytes;   /* executor memory */
+        int status;     /* start-up result */
+        char err[256];
+};
+
+/* A run of consecutive images of one job inside a batch. */
+struct chunk {
+        struct batch_job *job;
+        int first;
+        int count;
+};
+
+struct batch {
+        struct effnet_model *model;     /* not owned; outlives the batcher */
+        struct batch_config cfg;
+        int size;                       /* input edge */
+        int classes;
+        size_t image_floats;            /* 3 * size * size */
+
+        pthread_mutex_t lock;           /* guards everything below */
+        pthread_cond_t work;            /* the queue changed, or stopping */
+        pthread_cond_t started;         /* a worker finished its start-up */
+        struct batch_job *head, *tail;  /* FIFO of jobs with images not yet taken */
+        int queued;                     /* images in the FIFO not yet taken */
+        bool stopping;
+        int ready;                      /* workers done with start-up */
+        int busy;                       /* workers inside a forward pass */
+        uint64_t jobs, jobs_rejected, jobs_timed_out, jobs_failed, batches, batch_images;
+        double forward_seconds;
+        uint64_t *sizes;                /* [max_batch + 1] passes per image count */
+
+        int n_workers;
+        struct batch_worker *workers;   /* [n_workers] */
+        bool lock_init, cond_init;
+};
+
+/* Completes every job on a list linked through ->next. No lock held. */
+static void complete_list(struct batch_job *list)
+{
+        while (list) {
+                struct batch_job *next = list->next;
+                list->next = NULL;
+                list->done(list, list->status);  /* may free list */
+                list = next;
+        }
+}
+
+static struct effnet_exec *pick_exec(struct batch_worker *w, int n)
+{
+        for (int i = 0; i < w->n_exec; i++)
+                if (w->b->cfg.exec_batch[i] >= n)
+                        return w->exec[i];
+        return w->exec[w->n_exec - 1];
+}
+
+/* Runs one forward pass over the chunks (n images in all) and writes each
+ * job's logits rows. Called without the lock: the rows are disjoint and the
+ * jobs stay valid until completed. */
+static int run_batch(struct batch_worker *w, const struct chunk *chunks, int n_chunks, int n)
+{
+        struct batch *b = w->b;
+        const float *in;
+
+        if (n_chunks == 1) {
+                in = chunks[0].job->images + (size_t)chunks[0].first * b->image_floats;
+        } else {
+                float *dst = w->input;
+                for (int i = 0; i < n_chunks; i++) {
+                        size_t k = (size_t)chunks[i].count * b->image_floats;
+                        memcpy(dst, chunks[i].job->images + (size_t)chunks[i].first * b->image_floats,
+                               k * sizeof(float));
+                        dst += k;
+                }
+                in = w->input;
+        }
+        int r = effnet_exec_forward(pick_exec(w, n), in, n, w->logits);
+        if (r < 0)
+                return r;
+        const float *src = w->logits;
+        for (int i = 0; i < n_chunks; i++) {
+                size_t k = (size_t)chunks[i].count * (size_t)b->classes;
+                memcpy(chunks[i].job->logits + (size_t)chunks[i].first * (size_t)b->classes, src,
+                       k * sizeof(float));
+                src += k;
+        }
+        return 0;
+}
+
+/* Takes up to max_batch images from the head of the queue into chunks;
+ * expired jobs go to *done_list instead. Returns the image count. Lock held. */
+static int take_batch(struct batch *b, struct chunk *chunks, int *ret_n_chunks, struct batch_job **done_list)
+{
+        int64_t now = time_now_ns();
+        int n = 0, n_chunks = 0;
+
+        while (b->head && n < b->cfg.max_batch) {
+                struct batch_job *job = b->head;
+                int left = job->n - job->taken;
+
+                if (job->deadline_ns && now > job->deadline_ns) {
+                        b->head = job->next;
+                        if (!b->head)
+                                b->tail = NULL;
+                        b->queued -= left;
+                        job->taken = job->n;
+                        job->remaining -= left;
+                        job->status = -ETIMEDOUT;
+                        b->jobs_timed_out++;
+                        if (job->remaining == 0) {
+                                job->next = *done_list;
+                                *done_list = job;
+                        } else {
+                                job->next = NULL;
+                        }
+                        continue;
+                }
+                int room = b->cfg.max_batch - n, take;
+                if (left <= room)
+                        take = left;
+                else if (n == 0)
+                        take = room;  /* a job larger than a batch spans several */
+                else
+                        break;        /* a job that fits a batch is never split */
+                chunks[n_chunks++] = (struct chunk){ .job = job, .first = job->taken, .count = take };
+                job->taken += take;
+                b->queued -= take;
+                n += take;
+                if (job->taken == job->n) {
+                        b->head = job->next;
+                        if (!b->head)
+                                b->tail = NULL;
+                        job->next = NULL;
+                }
+        }
+        *ret_n_chunks = n_chunks;
+        return n;
+}
+
+static int worker_start(struct batch_worker *w)
+{
+        struct batch *b = w->b;
+        const struct batch_config *c = &b->cfg;
+        int r;
+
+        for (int i = 0; i < c->n_exec; i++) {
+                struct effnet_exec_opts eo = { .batch = c->exec_batch[i], .threads = c->threads,
+                                               .precision = c->precision, .size = b->size };
+                if ((r = effnet_exec_new(b->model, &eo, w->err, sizeof w->err, &w->exec[i])) < 0)
+                        return r;
+                w->n_exec = i + 1;
+                w->bytes += effnet_exec_bytes(w->exec[i]);
+        }
+        w->input = calloc((size_t)c->max_batch * b->image_floats, sizeof(float));
+        w->logits = calloc((size_t)c->max_batch * (size_t)b->classes, sizeof(float));
+        if (!w->input || !w->logits)
+                return err_set(w->err, sizeof w->err, -ENOMEM, "out of memory for batch buffers");
+        /* Warm-up: the first pass of each executor (and of this thread's
+         * OpenMP team) is slow; pay for it before the first request. */
+        for (int i = 0; i < w->n_exec; i++)
+                if ((r = effnet_exec_forward(w->exec[i], w->input, c->exec_batch[i], w->logits)) < 0)
+                        return err_set(w->err, sizeof w->err, r, "warm-up forward (batch %d) failed: %s",
+                                       c->exec_batch[i], strerror(-r));
+        return 0;
+}
+
+static void *worker_main(void *arg)
+{
+        struct batch_worker *w = arg;
+        struct batch *b = w->b;
+        struct chunk *chunks = NULL;
+        int r = worker_start(w);
+
+        if (r == 0 && !(chunks = calloc((size_t)b->cfg.max_batch, sizeof *chunks)))
+                r = err_set(w->err, sizeof w->err, -ENOMEM, "out of memory");
+        pthread_mutex_lock(&b->lock);
+        w->status = r;
+        b->ready++;
+        pthread_cond_broadcast(&b->started);
+        /* A worker that failed to start waits for batch_new to stop all. */
+        while (r < 0 && !b->stopping)
+                pthread_cond_wait(&b->work, &b->lock);
+        while (r == 0) {
+                if (!b->head) {
+                        if (b->stopping)
+                                break;
+                        pthread_cond_wait(&b->work, &b->lock);
+                        continue;
+                }
+                if (!b->stopping && b->queued < b->cfg.max_batch) {
+                        int64_t until = b->head->enqueued_ns + b->cfg.max_delay_us * 1000;
+                        if (time_now_ns() < until) {
+                                struct timespec ts = { .tv_sec = until / 1000000000,
+                                                       .tv_nsec = until % 1000000000 };
+                                pthread_cond_timedwait(&b->work, &b->lock, &ts);
+                                continue;
+                        }
+                }
+                struct batch_job *done_list = NULL;
+                int n_chunks = 0;
+                int n = take_batch(b, chunks, &n_chunks, &done_list);
+                if (n > 0)
+                        b->busy++;
+                pthread_mutex_unlock(&b->lock);
+                complete_list(done_list);
+                done_list = NULL;
+                int64_t t0 = time_now_ns();
+                int fr = n > 0 ? run_batch(w, chunks, n_chunks, n) : 0;
+                double secs = (double)(time_now_ns() - t0) / 1e9;
+                pthread_mutex_lock(&b->lock);
+                if (n == 0)
+                        continue;
+                b->busy--;
+                b->batches++;
+                b->batch_images += (uint64_t)n;
+                b->sizes[n]++;
+                b->forward_seconds += secs;
+                for (int i = 0; i < n_chunks; i++) {
+                        struct batch_job *job = chunks[i].job;
+                        if (fr < 0 && job->status == 0) {
+                                job->status = -EIO;
+                                b->jobs_failed++;
+                        }
+                        job->remaining -= chunks[i].count;
+                        if (job->remaining == 0) {
+                                job->next = done_list;
+                                done_list = job;
+                        }
+                }
+                pthread_mutex_unlock(&b->lock);
+                complete_list(done_list);
+                pthread_mutex_lock(&b->lock);
+        }
+        pthread_mutex_unlock(&b->lock);
+        free(chunks);
+        return NULL;
+}
+
+static void worker_release(struct batch_worker *w)
+{
+        for (int i = 0; i < w->n_exec; i++)
+                w->exec[i] = effnet_exec_free(w->exec[i]);
+        free(w->input);
+        free(w->logits);
+}
+
+struct batch *batch_free(struct batch *b)
+{
+        if (!b)
+                return NULL;
+        if (b->lock_init) {
+                pthread_mutex_lock(&b->lock);
+                b->stopping = true;
+                pthread_cond_broadcast(&b->work);
+                pthread_mutex_unlock(&b->lock);
+        }
+        for (int i = 0; i < b->n_workers; i++)
+                if (b->workers[i].started)
+                        pthread_join(b->workers[i].thread, NULL);
+        for (int i = 0; i < b->n_workers; i++)
+                worker_release(&b->workers[i]);
+        /* Jobs can only remain if no worker ever ran (start-up failed before
+         * any submit succeeded), so there is nothing to complete here. */
+        free(b->workers);
+        free(b->sizes);
+        if (b->cond_init) {
+                pthread_cond_destroy(&b->work);
+                pthread_cond_destroy(&b->started);
+        }
+        if (b->lock_init)
+                pthread_mutex_destroy(&b->lock);
+        free(b);
+        return NULL;
+}
+
+int batch_new(struct effnet_model *m, const struct batch_opts *opts, char *err, size_t err_len,
+              struct batch **ret_batch)
+{
+        struct batch *b = NULL;
+        pthread_condattr_t ca;
+        int r, cpus = cpu_usable_count();
+
+        if (!m || !opts)
+                return err_set(err, err_len, -EINVAL, "batcher: no model or options");
+        if (opts->max_batch < 1 || opts->max_batch > BATCH_MAX_BATCH)
+                return err_set(err, err_len, -EINVAL, "max batch %d not in 1..%d", opts->max_batch,
+                               BATCH_MAX_BATCH);
+        if (opts->max_delay_us < 0 || opts->max_delay_us > 10000000)
+                return err_set(err, err_len, -EINVAL, "max delay %lld us not in 0..10 s",
+                               (long long)opts->max_delay_us);
+        if (opts->queue_images < 1)
+                return err_set(err, err_len, -EINVAL, "queue capacity %d < 1", opts->queue_images);
+        int workers = opts->workers > 0 ? opts->workers : 1;
+        if (workers > BATCH_MAX_WORKERS || workers > cpus)
+                return err_set(err, err_len, -EINVAL, "%d workers but %d usable CPUs", workers, cpus);
+        int threads = opts->threads > 0 ? opts->threads : cpus / workers;
+        if (threads < 1)
+                threads = 1;
+        if ((int64_t)workers * threads > cpus)
+                return err_set(err, err_len, -EINVAL,
+                               "%d workers x %d threads exceed the %d CPUs this process may use", workers,
+                               threads, cpus);
+
+        b = calloc(1, sizeof *b);
+        if (!b)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        const struct effnet_info *info = effnet_model_info(m);
+        b->model = m;
+        b->size = info->preproc.size;
+        b->classes = info->classes;
+        b->image_floats = (size_t)3 * (size_t)b->size * (size_t)b->size;
+        b->cfg = (struct batch_config){ .max_batch = opts->max_batch, .max_delay_us = opts->max_delay_us,
+                                        .queue_images = opts->queue_images, .workers = workers,
+                                        .threads = threads, .precision = opts->precision };
+        /* Executors for 1, 2, 4, ... and max_batch images: a pass costs what
+         * its executor's batch size costs, whatever the image count. */
+        for (int s = 1; s < opts->max_batch && b->cfg.n_exec < MAX_EXEC - 1; s *= 2)
+                b->cfg.exec_batch[b->cfg.n_exec++] = s;
+        b->cfg.exec_batch[b->cfg.n_exec++] = opts->max_batch;
+
+        b->sizes = calloc((size_t)opts->max_batch + 1, sizeof *b->sizes);
+        b->workers = calloc((size_t)workers, sizeof *b->workers);
+        if (!b->sizes || !b->workers) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        if ((r = -pthread_mutex_init(&b->lock, NULL)) < 0) {
+                err_set(err, err_len, r, "mutex: %s", strerror(-r));
+                goto fail;
+        }
+        b->lock_init = true;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        r = -pthread_cond_init(&b->work, &ca);
+        if (r == 0 && (r = -pthread_cond_init(&b->started, NULL)) < 0)
+                pthread_cond_destroy(&b->work);
+        pthread_condattr_destroy(&ca);
+        if (r < 0) {
+                err_set(err, err_len, r, "condition variable: %s", strerror(-r));
+                goto fail;
+        }
+        b->cond_init = true;
+
+        b->n_workers = workers;
+        for (int i = 0; i < workers; i++) {
+                struct batch_worker *w = &b->workers[i];
+                w->b = b;
+                if ((r = -pthread_create(&w->thread, NULL, worker_main, w)) < 0) {
+                        err_set(err, err_len, r, "worker thread: %s", strerror(-r));
+                        goto fail;
+                }
+                w->started = true;
+        }
+        pthread_mutex_lock(&b->lock);
+        while (b->ready < workers)
+                pthread_cond_wait(&b->started, &b->lock);
+        pthread_mutex_unlock(&b->lock);
+        for (int i = 0; i < workers; i++) {
+                if (b->workers[i].status < 0) {
+                        r = err_set(err, err_len, b->workers[i].status, "worker %d: %s", i, b->workers[i].err);
+                        goto fail;
+                }
+                b->cfg.exec_bytes += b->workers[i].bytes;
+        }
+        *ret_batch = b;
+        return 0;
+fail:
+        if (b->lock_init && b->cond_init) {
+                /* Started workers wait for ready; let them all finish start-up. */
+                pthread_mutex_lock(&b->lock);
+                int started = 0;
+                for (int i = 0; i < b->n_workers; i++)
+                        started += b->workers[i].started;
+                while (b->ready < started)
+                        pthread_cond_wait(&b->started, &b->lock);
+                pthread_mutex_unlock(&b->lock);
+        }
+        batch_free(b);
+        return r;
+}
+
+int batch_submit(struct batch *b, struct batch_job *job)
+{
+        int r = 0;
+
+        if (!b || !job || job->n < 1 || !job->images || !job->logits || !job->done)
+                return -EINVAL;
+        if (job->n > b->cfg.queue_images)
+                return -E2BIG;
+        pthread_mutex_lock(&b->lock);
+        if (b->stopping) {
+                r = -ESHUTDOWN;
+        } else if (b->queued + job->n > b->cfg.queue_images) {
+                b->jobs_rejected++;
+                r = -EAGAIN;
+        } else {
+                job->next = NULL;
+                job->enqueued_ns = time_now_ns();
+                job->taken = 0;
+                job->remaining = job->n;
+                job->status = 0;
+                if (b->tail)
+                        b->tail->next = job;
+                else
+                        b->head = job;
+                b->tail = job;
+                b->queued += job->n;
+                b->jobs++;
+                pthread_cond_broadcast(&b->work);
+        }
+        pthread_mutex_unlock(&b->lock);
+        return r;
+}
+
+int batch_has_room(struct batch *b, int n)
+{
+        pthread_mutex_lock(&b->lock);
+        int ok = !b->stopping && b->queued + n <= b->cfg.queue_images;
+        pthread_mutex_unlock(&b->lock);
+        return ok;
+}
+
+void batch_get_stats(struct batch *b, struct batch_stats *ret_stats)
+{
+        uint64_t *sizes = ret_stats->batch_sizes;
+
+        pthread_mutex_lock(&b->lock);
+        *ret_stats = (struct batch_stats){
+                .jobs = b->jobs,
+                .jobs_rejected = b->jobs_rejected,
+                .jobs_timed_out = b->jobs_timed_out,
+                .jobs_failed = b->jobs_failed,
+                .batches = b->batches,
+                .batch_images = b->batch_images,
+                .forward_seconds = b->forward_seconds,
+                .queue_images = b->queued,
+                .queue_capacity = b->cfg.queue_images,
+                .busy_workers = b->busy,
+                .batch_sizes = sizes,
+        };
+        if (sizes)
+                memcpy(sizes, b->sizes, sizeof(uint64_t) * ((size_t)b->cfg.max_batch + 1));
+        pthread_mutex_unlock(&b->lock);
+}
+
+void batch_get_config(const struct batch *b, struct batch_config *ret_config)
+{
+        *ret_config = b->cfg;
+}

@@ -1,0 +1,135 @@
+/* batcher: dynamic batching of image jobs into engine forward passes.
+ *
+ * A bounded FIFO of jobs (one job = the images of one request, in order) and
+ * worker threads that each own one engine executor per batch size they may
+ * run. A worker takes jobs from the head until max_batch images are taken,
+ * waiting at most max_delay after the oldest job arrived for the batch to
+ * fill. A job that fits in one batch is never split; a job larger than
+ * max_batch spans consecutive batches in order. Jobs whose deadline has
+ * passed are dropped before inference.
+ *
+ * Usage:
+ *   struct batch_opts o = BATCH_OPTS_DEFAULT;
+ *   batch_new(model, &o, err, sizeof err, &b);       // builds and warms executors
+ *   job->n = 2; job->images = x; job->logits = y; job->done = on_done; ...
+ *   r = batch_submit(b, job);   // -EAGAIN: queue full; the callback never fires
+ *   ...on_done(job, status) runs on a worker thread: 0, -ETIMEDOUT or -EIO
+ *   b = batch_free(b);          // finishes every queued job first
+ *
+ * Knows nothing of HTTP. Thread-safe: submit and stats from any thread.
+ */
+#ifndef EFFNET_SERVER_BATCHER_H
+#define EFFNET_SERVER_BATCHER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "effnet.h"
+
+#define BATCH_DEFAULT_MAX_BATCH     8
+#define BATCH_DEFAULT_MAX_DELAY_US  2000
+#define BATCH_DEFAULT_QUEUE_IMAGES  64
+#define BATCH_MAX_BATCH             256
+#define BATCH_MAX_WORKERS           64
+
+struct batch_opts {
+        int max_batch;        /* images per forward pass, 1..BATCH_MAX_BATCH */
+        int64_t max_delay_us; /* wait for a batch to fill, from the oldest job's arrival */
+        int queue_images;     /* capacity: images waiting, not yet taken by a worker */
+        int workers;          /* 0 = 1 */
+        int threads;          /* oneDNN threads per worker; 0 = usable CPUs / workers */
+        int precision;        /* enum effnet_precision */
+};
+
+#define BATCH_OPTS_DEFAULT { \
+        .max_batch = BATCH_DEFAULT_MAX_BATCH, \
+        .max_delay_us = BATCH_DEFAULT_MAX_DELAY_US, \
+        .queue_images = BATCH_DEFAULT_QUEUE_IMAGES, \
+        .workers = 0, \
+        .threads = 0, \
+        .precision = EFFNET_FP32, \
+}
+
+struct batch;
+struct batch_job;
+
+/* Called once per submitted job, on a worker thread, without any batcher
+ * lock held. status: 0 (logits written), -ETIMEDOUT (deadline passed before
+ * inference), -EIO (the engine failed). Keep it short: it delays the
+ * worker's next batch. The job may be freed inside the callback. */
+typedef void (*batch_done_fn)(struct batch_job *job, int status);
+
+/* Owned by the caller; must stay valid (with images and logits) from
+ * batch_submit until its callback has returned. */
+struct batch_job {
+        int n;                  /* images, 1..queue capacity */
+        const float *images;    /* [n][3][size][size] NCHW, normalized */
+        float *logits;          /* [n][classes], written by the workers */
+        int64_t deadline_ns;    /* CLOCK_MONOTONIC (time_now_ns); 0 = none */
+        batch_done_fn done;
+        void *userdata;
+
+        /* Private to the batcher, guarded by its lock. */
+        struct batch_job *next;
+        int64_t enqueued_ns;
+        int taken;              /* images handed to workers */
+        int remaining;          /* images not yet finished or dropped */
+        int status;
+};
+
+/* Counters since start; a consistent snapshot. */
+struct batch_stats {
+        uint64_t jobs;            /* accepted by batch_submit */
+        uint64_t jobs_rejected;   /* -EAGAIN */
+        uint64_t jobs_timed_out;
+        uint64_t jobs_failed;     /* -EIO */
+        uint64_t batches;         /* forward passes */
+        uint64_t batch_images;    /* images in those passes */
+        double forward_seconds;   /* summed over passes */
+        int queue_images;         /* waiting now */
+        int queue_capacity;
+        int busy_workers;
+        /* batch_sizes[k]: passes with exactly k images, k = 1..max_batch;
+         * owned by the caller, max_batch + 1 entries, may be NULL. */
+        uint64_t *batch_sizes;
+};
+
+/* The settings in effect (defaults resolved). */
+struct batch_config {
+        int max_batch;
+        int64_t max_delay_us;
+        int queue_images;
+        int workers;
+        int threads;
+        int precision;
+        int n_exec;               /* executors per worker */
+        int exec_batch[16];       /* their batch sizes, ascending */
+        size_t exec_bytes;        /* scratch memory over all workers */
+};
+
+/* Builds workers * n_exec executors for model m (which must outlive the
+ * batcher), runs one forward on each (warm-up) and starts the workers.
+ * Each worker's oneDNN calls get their own OpenMP team of `threads`, so
+ * workers x threads may not exceed the CPUs this process may use.
+ * Errors: -EINVAL for bad options (the message says which), -ENOMEM, engine
+ * errors with a message in err. */
+int batch_new(struct effnet_model *m, const struct batch_opts *opts,
+              char *err, size_t err_len, struct batch **ret_batch);
+
+/* Stops taking new jobs, lets the workers finish every queued one, joins
+ * them and frees everything. Accepts NULL; returns NULL. */
+struct batch *batch_free(struct batch *b);
+
+/* Queues a job. Returns 0 (the callback will fire exactly once), -EAGAIN
+ * when the queue lacks room for job->n images, -E2BIG when job->n exceeds
+ * the queue's capacity, -EINVAL for a bad job, -ESHUTDOWN while stopping.
+ * On error the callback never fires. */
+int batch_submit(struct batch *b, struct batch_job *job);
+
+/* Whether n more images would fit now (a hint: submit may still fail). */
+int batch_has_room(struct batch *b, int n);
+
+void batch_get_stats(struct batch *b, struct batch_stats *ret_stats);
+void batch_get_config(const struct batch *b, struct batch_config *ret_config);
+
+#endif

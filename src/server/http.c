@@ -1,0 +1,716 @@
+/* http: the effnetd HTTP server on libmicrohttpd. */
+#include "server/http.h"
+#include "common/util.h"
+#include "server/multipart.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+/* libmicrohttpd cannot answer while a body is arriving, so after a chunked
+ * body went over a limit the rest is read and dropped and the 413 follows
+ * its end; past this many dropped bytes the connection closes instead. */
+#define DISCARD_MAX ((size_t)64 << 20)
+#define BODY_MIN_ALLOC ((size_t)64 << 10)
+
+struct http_server {
+        struct http_opts opts;             /* strings below are not owned */
+        struct effnet_model *model;
+        const struct effnet_info *info;
+        struct batch *batch;
+        const struct api_labels *labels;
+        struct MHD_Daemon *daemon;
+        MHD_socket quiesced_fd;            /* listen socket after http_drain */
+        char url[128];
+        char *models_body;                 /* GET /v1/models, built once */
+        int max_batch;
+        size_t image_floats;               /* 3 * size * size */
+
+        atomic_bool draining;
+        atomic_int inflight;
+        atomic_int waiting;                /* suspended while the batcher has their job */
+        atomic_llong body_total;           /* bytes buffered over all requests */
+        atomic_ullong requests[API_N_ROUTES][API_N_STATUSES];
+        atomic_ullong errors[API_N_ERRORS];
+        atomic_ullong images;
+        atomic_ullong connections;
+        atomic_ullong request_us;
+};
+
+enum req_state {
+        REQ_BODY,      /* reading the body */
+        REQ_WAITING,   /* suspended, the job is in the batcher */
+        REQ_DONE,      /* the job completed (or failed to submit); answer now */
+        REQ_ANSWERED,
+};
+
+/* One request; freed when libmicrohttpd reports it completed. */
+struct req {
+        struct http_server *s;
+        struct MHD_Connection *conn;
+        const char *method;         /* libmicrohttpd's, valid for the request */
+        const char *path;
+        enum api_route route;
+        enum req_state state;
+        int64_t start_ns;
+        int64_t deadline_ns;
+        int top_k;
+        const char *content_type;   /* NULL when absent */
+        bool multipart;
+
+        uint8_t *body;              /* owned, counted in s->body_total */
+        size_t len, cap;
+        size_t received;            /* body bytes, kept or dropped */
+        bool failed;                /* err/msg hold the answer */
+        enum api_error err;
+        char msg[256];
+
+        int n_images;
+        float *tensors;             /* [n_images][3][size][size], owned */
+        float *logits;              /* [n_images][classes], owned */
+        struct batch_job job;
+        int job_status;             /* written by the batcher's callback */
+};
+
+static void body_release(struct req *q)
+{
+        if (q->cap)
+                atomic_fetch_sub(&q->s->body_total, (long long)q->cap);
+        free(q->body);
+        q->body = NULL;
+        q->len = q->cap = 0;
+}
+
+static void req_free(struct req *q)
+{
+        if (!q)
+                return;
+        body_release(q);
+        free(q->tensors);
+        free(q->logits);
+        free(q);
+}
+
+static void fail(struct req *q, enum api_error e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void fail(struct req *q, enum api_error e, const char *fmt, ...)
+{
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(q->msg, sizeof q->msg, fmt, ap);
+        va_end(ap);
+        q->failed = true;
+        q->err = e;
+}
+
+static void access_log(struct req *q, int status, const char *error)
+{
+        struct http_server *s = q->s;
+        double ms = (double)(time_now_ns() - q->start_ns) / 1e6;
+        char host[INET6_ADDRSTRLEN + 8] = "-";
+
+        atomic_fetch_add(&s->requests[q->route][api_status_index(status)], 1);
+        atomic_fetch_add(&s->request_us, (unsigned long long)(ms * 1000.0));
+        if (!s->opts.access_log)
+                return;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(q->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        if (ci && ci->client_addr) {
+                socklen_t sl = ci->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                                                      : sizeof(struct sockaddr_in);
+                if (getnameinfo(ci->client_addr, sl, host, sizeof host, NULL, 0, NI_NUMERICHOST) != 0)
+                        snprintf(host, sizeof host, "-");
+        }
+        struct http_access a = { .client = host, .method = q->method, .path = q->path, .status = status,
+                                 .error = error, .images = q->n_images, .body_bytes = q->received, .ms = ms };
+        s->opts.access_log(s->opts.userdata, &a);
+}
+
+/* Queues body (malloc'ed, taken over; NULL answers 500 with a fixed body). */
+static enum MHD_Result respond(struct req *q, int status, char *body, const char *content_type, const char *error)
+{
+        struct http_server *s = q->s;
+        static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+        struct MHD_Response *resp;
+
+        if (body) {
+                resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+                if (!resp)
+                        free(body);
+        } else {
+                status = 500;
+                content_type = "application/json";
+                resp = MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
+        }
+        if (!resp)
+                return MHD_NO;
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+        if (status == 503) {
+                char ra[16];
+                snprintf(ra, sizeof ra, "%d", s->opts.retry_after_s);
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
+        }
+        if (status == 405)
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
+                                        q->route == API_ROUTE_CLASSIFY ? "POST" : "GET, HEAD");
+        enum MHD_Result r = MHD_queue_response(q->conn, (unsigned)status, resp);
+        MHD_destroy_response(resp);
+        q->state = REQ_ANSWERED;
+        access_log(q, status, error);
+        return r;
+}
+
+static enum MHD_Result respond_error(struct req *q, enum api_error e, const char *msg)
+{
+        char *body = NULL;
+
+        atomic_fetch_add(&q->s->errors[e], 1);
+        if (api_error_body(e, msg, &body) < 0)
+                body = NULL;
+        return respond(q, api_error_status(e), body, "application/json", api_error_code(e));
+}
+
+static enum MHD_Result respond_failed(struct req *q)
+{
+        return respond_error(q, q->err, q->msg);
+}
+
+static enum MHD_Result respond_json(struct req *q, int status, const char *json)
+{
+        return respond(q, status, strdup(json), "application/json", NULL);
+}
+
+static enum api_route route_of(const char *url)
+{
+        static const enum api_route routes[] = { API_ROUTE_CLASSIFY, API_ROUTE_MODELS, API_ROUTE_HEALTHZ,
+                                                 API_ROUTE_READYZ, API_ROUTE_METRICS };
+        for (size_t i = 0; i < ARRAY_SIZE(routes); i++)
+                if (strcmp(url, api_route_path(routes[i])) == 0)
+                        return routes[i];
+        return API_ROUTE_OTHER;
+}
+
+/* The media type of a Content-Type value without parameters, compared
+ * case-insensitively. */
+static bool media_is(const char *ct, const char *type)
+{
+        size_t n = strlen(type);
+        return strncasecmp(ct, type, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ' || ct[n] == '\t');
+}
+
+static enum MHD_Result serve_get(struct req *q)
+{
+        struct http_server *s = q->s;
+        char *body = NULL;
+
+        switch (q->route) {
+        case API_ROUTE_HEALTHZ:
+                return respond_json(q, 200, "{\"status\":\"ok\"}");
+        case API_ROUTE_READYZ:
+                if (atomic_load(&s->draining))
+                        return respond_error(q, API_E_DRAINING, "the server is shutting down");
+                return respond_json(q, 200, "{\"status\":\"ready\"}");
+        case API_ROUTE_MODELS:
+                return respond_json(q, 200, s->models_body);
+        case API_ROUTE_METRICS: {
+                struct api_http_stats hs = { 0 };
+                struct batch_stats bs = { 0 };
+                uint64_t *sizes = calloc((size_t)s->max_batch + 1, sizeof *sizes);
+                if (!sizes)
+                        return respond(q, 500, NULL, NULL, "internal");
+                for (int r = 0; r < API_N_ROUTES; r++)
+                        for (int k = 0; k < API_N_STATUSES; k++)
+                                hs.requests[r][k] = atomic_load(&s->requests[r][k]);
+                for (int e = 0; e < API_N_ERRORS; e++)
+                        hs.errors[e] = atomic_load(&s->errors[e]);
+                hs.images = atomic_load(&s->images);
+                hs.connections = atomic_load(&s->connections);
+                hs.inflight = atomic_load(&s->inflight);
+                hs.request_seconds = (double)atomic_load(&s->request_us) / 1e6;
+                hs.ready = !atomic_load(&s->draining);
+                bs.batch_sizes = sizes;
+                batch_get_stats(s->batch, &bs);
+                if (api_metrics_body(&hs, &bs, s->max_batch, &body) < 0)
+                        body = NULL;
+                free(sizes);
+                return respond(q, 200, body, "text/plain; version=0.0.4; charset=utf-8", NULL);
+        }
+        default:
+                return respond_error(q, API_E_NOT_FOUND, "no such path");
+        }
+}
+
+/* First call for a request: route, method and header checks. Answers at
+ * once when it can; otherwise the body follows. */
+static enum MHD_Result on_headers(struct req *q)
+{
+        struct http_server *s = q->s;
+        bool get = strcmp(q->method, MHD_HTTP_METHOD_GET) == 0 || strcmp(q->method, MHD_HTTP_METHOD_HEAD) == 0;
+        char msg[200];
+
+        if (q->route == API_ROUTE_OTHER) {
+                snprintf(msg, sizeof msg, "no such path: %.120s", q->path);
+                return respond_error(q, API_E_NOT_FOUND, msg);
+        }
+        if (q->route != API_ROUTE_CLASSIFY)
+                return get ? serve_get(q) : respond_error(q, API_E_METHOD_NOT_ALLOWED, "use GET");
+        if (strcmp(q->method, MHD_HTTP_METHOD_POST) != 0)
+                return respond_error(q, API_E_METHOD_NOT_ALLOWED, "use POST");
+        if (atomic_load(&s->draining))
+                return respond_error(q, API_E_DRAINING, "the server is shutting down");
+
+        const char *k = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, "top_k");
+        if (api_parse_top_k(k, s->info->classes, &q->top_k) < 0) {
+                snprintf(msg, sizeof msg, "top_k must be an integer in 1..%d", s->info->classes);
+                return respond_error(q, API_E_INVALID_ARGUMENT, msg);
+        }
+        const char *ct = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+        q->content_type = ct;
+        if (ct && media_is(ct, "multipart/form-data")) {
+                q->multipart = true;
+        } else if (ct && !media_is(ct, "image/jpeg") && !media_is(ct, "image/png") &&
+                   !media_is(ct, "application/octet-stream")) {
+                snprintf(msg, sizeof msg,
+                         "Content-Type %.80s: send image/jpeg, image/png, application/octet-stream "
+                         "or multipart/form-data", ct);
+                return respond_error(q, API_E_UNSUPPORTED_MEDIA, msg);
+        }
+        const char *cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl) {
+                char *end;
+                errno = 0;
+                unsigned long long v = strtoull(cl, &end, 10);
+                if (errno || end == cl || v > (unsigned long long)s->opts.max_body_bytes) {
+                        snprintf(msg, sizeof msg, "body of %.30s bytes; the limit is %lld", cl,
+                                 (long long)s->opts.max_body_bytes);
+                        return respond_error(q, API_E_TOO_LARGE, msg);
+                }
+        }
+        q->state = REQ_BODY;
+        return MHD_YES;
+}
+
+/* A piece of the body: keep it, or drop it once the request has failed. */
+static enum MHD_Result on_body(struct req *q, const char *data, size_t n)
+{
+        struct http_server *s = q->s;
+
+        q->received += n;
+        if (q->failed)
+                return q->received > (size_t)s->opts.max_body_bytes + DISCARD_MAX ? MHD_NO : MHD_YES;
+        if (q->len + n > (size_t)s->opts.max_body_bytes) {
+                fail(q, API_E_TOO_LARGE, "body over the limit of %lld bytes", (long long)s->opts.max_body_bytes);
+                body_release(q);
+                return MHD_YES;
+        }
+        if (q->len + n > q->cap) {
+                size_t cap = q->cap ? q->cap * 2 : BODY_MIN_ALLOC;
+                if (cap < q->len + n)
+                        cap = q->len + n;
+                if (cap > (size_t)s->opts.max_body_bytes)
+                        cap = (size_t)s->opts.max_body_bytes;
+                long long grow = (long long)(cap - q->cap);
+                if (atomic_fetch_add(&s->body_total, grow) + grow > s->opts.max_body_total) {
+                        atomic_fetch_sub(&s->body_total, grow);
+                        fail(q, API_E_OVERLOADED, "too many request bodies in flight; retry later");
+                        body_release(q);
+                        return MHD_YES;
+                }
+                uint8_t *b = realloc(q->body, cap);
+                if (!b) {
+                        atomic_fetch_sub(&s->body_total, grow);
+                        fail(q, API_E_OVERLOADED, "out of memory for the body; retry later");
+                        body_release(q);
+                        return MHD_YES;
+                }
+                q->body = b;
+                q->cap = cap;
+        }
+        memcpy(q->body + q->len, data, n);
+        q->len += n;
+        return MHD_YES;
+}
+
+static void on_job_done(struct batch_job *job, int status)
+{
+        struct req *q = job->userdata;
+
+        q->job_status = status;
+        q->state = REQ_DONE;
+        /* Last touch: the connection's thread may answer and free q now. */
+        MHD_resume_connection(q->conn);
+}
+
+/* Maps an image module error to the answer. */
+static void fail_image(struct req *q, int r, int part, const char *what)
+{
+        char where[24] = "";
+
+        if (q->multipart)
+                snprintf(where, sizeof where, "part %d: ", part + 1);
+        if (r == -E2BIG)
+                fail(q, API_E_TOO_LARGE, "%s%s", where, what);
+        else if (r == -ENOTSUP || r == -EBADMSG)
+                fail(q, API_E_INVALID_IMAGE, "%s%s", where, what);
+        else if (r == -ENOMEM)
+                fail(q, API_E_OVERLOADED, "%sout of memory; retry later", where);
+        else
+                fail(q, API_E_INTERNAL, "%s%s", where, what);
+}
+
+/* The whole body is here: split, decode, queue. */
+static enum MHD_Result on_complete(struct req *q)
+{
+        struct http_server *s = q->s;
+        struct http_part one, *parts = &one;
+        char err[256];
+        int n = 1, r;
+
+        if (q->failed)
+                return respond_failed(q);
+        if (q->len == 0)
+                return respond_error(q, API_E_INVALID_IMAGE, "empty body: send an image");
+        if (q->multipart) {
+                char boundary[HTTP_MULTIPART_MAX_BOUNDARY + 1];
+                if (http_multipart_boundary(q->content_type, boundary) < 0)
+                        return respond_error(q, API_E_INVALID_MULTIPART,
+                                             "multipart/form-data without a valid boundary parameter");
+                parts = calloc((size_t)s->opts.max_images, sizeof *parts);
+                if (!parts)
+                        return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
+                r = http_multipart_parse(q->body, q->len, boundary, parts, s->opts.max_images, &n, err, sizeof err);
+                if (r == -E2BIG) {
+                        fail(q, API_E_TOO_LARGE, "more than %d images in one request", s->opts.max_images);
+                        goto fail;
+                }
+                if (r < 0) {
+                        fail(q, API_E_INVALID_MULTIPART, "%s", err);
+                        goto fail;
+                }
+        } else {
+                one = (struct http_part){ .data = q->body, .len = q->len };
+        }
+        if (!batch_has_room(s->batch, n)) {
+                fail(q, API_E_OVERLOADED, "the queue is full; retry later");
+                goto fail;
+        }
+        q->tensors = malloc(sizeof(float) * s->image_floats * (size_t)n);
+        q->logits = malloc(sizeof(float) * (size_t)s->info->classes * (size_t)n);
+        if (!q->tensors || !q->logits) {
+                fail(q, API_E_OVERLOADED, "out of memory; retry later");
+                goto fail;
+        }
+        for (int i = 0; i < n; i++) {
+                if (parts[i].len == 0) {
+                        fail_image(q, -EBADMSG, i, "empty image");
+                        goto fail;
+                }
+                r = img_prepare(parts[i].data, parts[i].len, &s->opts.img, &s->info->preproc,
+                                q->tensors + (size_t)i * s->image_floats, err, sizeof err);
+                if (r < 0) {
+                        fail_image(q, r, i, err);
+                        goto fail;
+                }
+        }
+        if (parts != &one)
+                free(parts);
+        parts = NULL;
+        body_release(q);
+        q->n_images = n;
+        if (time_now_ns() > q->deadline_ns) {
+                fail(q, API_E_DEADLINE, "past the deadline of %lld ms before inference",
+                     (long long)s->opts.deadline_ms);
+                return respond_failed(q);
+        }
+        q->job = (struct batch_job){ .n = n, .images = q->tensors, .logits = q->logits,
+                                     .deadline_ns = q->deadline_ns, .done = on_job_done, .userdata = q };
+        /* Suspend first: the callback may resume before batch_submit returns. */
+        q->state = REQ_WAITING;
+        atomic_fetch_add(&s->waiting, 1);
+        MHD_suspend_connection(q->conn);
+        r = batch_submit(s->batch, &q->job);
+        if (r < 0) {
+                q->job_status = r;
+                q->state = REQ_DONE;
+                MHD_resume_connection(q->conn);
+        }
+        return MHD_YES;
+fail:
+        if (parts != &one)
+                free(parts);
+        return respond_failed(q);
+}
+
+/* After the batcher's callback resumed the connection. */
+static enum MHD_Result on_result(struct req *q)
+{
+        struct http_server *s = q->s;
+        char *body = NULL;
+
+        atomic_fetch_sub(&s->waiting, 1);
+        switch (q->job_status) {
+        case 0:
+                if (api_classify_body(s->info->variant, s->labels, q->logits, q->n_images, s->info->classes,
+                                      q->top_k, q->multipart, &body) < 0)
+                        return respond(q, 500, NULL, NULL, "internal");
+                atomic_fetch_add(&s->images, (unsigned long long)q->n_images);
+                return respond(q, 200, body, "application/json", NULL);
+        case -ETIMEDOUT:
+                fail(q, API_E_DEADLINE, "waited past the deadline of %lld ms in the queue",
+                     (long long)s->opts.deadline_ms);
+                break;
+        case -EAGAIN:
+                fail(q, API_E_OVERLOADED, "the queue is full; retry later");
+                break;
+        case -ESHUTDOWN:
+                fail(q, API_E_DRAINING, "the server is shutting down");
+                break;
+        case -E2BIG:
+                fail(q, API_E_TOO_LARGE, "more images than the queue holds");
+                break;
+        default:
+                fail(q, API_E_INTERNAL, "inference failed: %s", strerror(-q->job_status));
+                break;
+        }
+        return respond_failed(q);
+}
+
+static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                 const char *version, const char *upload_data, size_t *upload_data_size,
+                                 void **con_cls)
+{
+        struct http_server *s = cls;
+        struct req *q = *con_cls;
+
+        if (!q) {
+                q = calloc(1, sizeof *q);
+                if (!q)
+                        return MHD_NO;
+                q->s = s;
+                q->conn = conn;
+                q->method = method;
+                q->path = url;
+                q->route = route_of(url);
+                q->start_ns = time_now_ns();
+                q->deadline_ns = q->start_ns + s->opts.deadline_ms * 1000000;
+                *con_cls = q;
+                atomic_fetch_add(&s->inflight, 1);
+                return on_headers(q);
+        }
+        if (*upload_data_size) {
+                size_t n = *upload_data_size;
+                *upload_data_size = 0;
+                if (q->state != REQ_BODY)
+                        return MHD_YES;
+                return on_body(q, upload_data, n);
+        }
+        switch (q->state) {
+        case REQ_BODY:
+                return on_complete(q);
+        case REQ_DONE:
+                return on_result(q);
+        default:
+                return MHD_YES;
+        }
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+        struct http_server *s = cls;
+        struct req *q = *con_cls;
+
+        if (!q)
+                return;
+        *con_cls = NULL;
+        req_free(q);
+        atomic_fetch_sub(&s->inflight, 1);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe)
+{
+        struct http_server *s = cls;
+
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+                atomic_fetch_add(&s->connections, 1);
+}
+
+static void on_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+        struct http_server *s = cls;
+
+        if (s->opts.error_log)
+                s->opts.error_log(s->opts.userdata, fmt, ap);
+}
+
+/* "HOST:PORT", "[V6]:PORT" or ":PORT" (every address) to a socket address. */
+static int parse_listen(const char *listen, struct sockaddr_storage *ret_addr, char *err, size_t err_len)
+{
+        char host[256], port[16];
+        const char *colon;
+        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                                  .ai_flags = AI_PASSIVE | AI_NUMERICSERV }, *res = NULL;
+
+        if (!listen || !*listen)
+                return err_set(err, err_len, -EINVAL, "empty listen address");
+        if (listen[0] == '[') {
+                const char *close = strchr(listen, ']');
+                if (!close || close[1] != ':' || (size_t)(close - listen - 1) >= sizeof host)
+                        return err_set(err, err_len, -EINVAL, "listen %s: expected [ADDRESS]:PORT", listen);
+                memcpy(host, listen + 1, (size_t)(close - listen - 1));
+                host[close - listen - 1] = '\0';
+                colon = close + 1;
+        } else {
+                colon = strrchr(listen, ':');
+                if (!colon || (size_t)(colon - listen) >= sizeof host)
+                        return err_set(err, err_len, -EINVAL, "listen %s: expected HOST:PORT", listen);
+                memcpy(host, listen, (size_t)(colon - listen));
+                host[colon - listen] = '\0';
+        }
+        char *end;
+        long p = strtol(colon + 1, &end, 10);
+        if (end == colon + 1 || *end || p < 0 || p > 65535)
+                return err_set(err, err_len, -EINVAL, "listen %s: bad port", listen);
+        snprintf(port, sizeof port, "%ld", p);
+        int r = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+        if (r != 0)
+                return err_set(err, err_len, -EINVAL, "listen %s: %s", listen, gai_strerror(r));
+        if (res->ai_addrlen > sizeof *ret_addr) {
+                freeaddrinfo(res);
+                return err_set(err, err_len, -EINVAL, "listen %s: unsupported address", listen);
+        }
+        memset(ret_addr, 0, sizeof *ret_addr);
+        memcpy(ret_addr, res->ai_addr, res->ai_addrlen);
+        freeaddrinfo(res);
+        return 0;
+}
+
+static int json_models(struct http_server *s)
+{
+        struct api_model_desc d = {
+                .info = s->info,
+                .weights = s->opts.weights ? s->opts.weights : "",
+                .labels = api_labels_source(s->labels),
+                .deadline_ms = s->opts.deadline_ms,
+                .max_images = s->opts.max_images,
+                .max_body_bytes = s->opts.max_body_bytes,
+        };
+        batch_get_config(s->batch, &d.batch);
+        return api_models_body(&d, &s->models_body);
+}
+
+struct http_server *http_free(struct http_server *s)
+{
+        if (!s)
+                return NULL;
+        if (s->daemon)
+                MHD_stop_daemon(s->daemon);
+        if (s->quiesced_fd != MHD_INVALID_SOCKET)
+                close(s->quiesced_fd);
+        free(s->models_body);
+        free(s);
+        return NULL;
+}
+
+int http_new(const struct http_opts *opts, struct effnet_model *m, struct batch *b, const struct api_labels *labels,
+             char *err, size_t err_len, struct http_server **ret_server)
+{
+        struct sockaddr_storage addr;
+        struct http_server *s;
+        int r;
+
+        if (opts->max_body_bytes < 1 || opts->max_body_total < opts->max_body_bytes || opts->max_images < 1 ||
+            opts->max_connections < 1 || opts->deadline_ms < 1 || opts->connection_timeout_s < 0 ||
+            opts->retry_after_s < 0)
+                return err_set(err, err_len, -EINVAL, "http: bad limits");
+        if ((r = parse_listen(opts->listen, &addr, err, err_len)) < 0)
+                return r;
+        s = calloc(1, sizeof *s);
+        if (!s)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        s->opts = *opts;
+        s->model = m;
+        s->info = effnet_model_info(m);
+        s->batch = b;
+        s->labels = labels;
+        s->quiesced_fd = MHD_INVALID_SOCKET;
+        s->image_floats = (size_t)3 * (size_t)s->info->preproc.size * (size_t)s->info->preproc.size;
+        struct batch_config bc;
+        batch_get_config(b, &bc);
+        s->max_batch = bc.max_batch;
+        if (opts->max_images > bc.queue_images) {
+                r = err_set(err, err_len, -EINVAL, "max images per request (%d) exceeds the queue (%d images)",
+                            opts->max_images, bc.queue_images);
+                goto fail;
+        }
+        if (json_models(s) < 0) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        int threads = opts->threads > 0 ? opts->threads : cpu_usable_count();
+        if (opts->threads <= 0 && threads > 4)
+                threads = 4;
+        unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                         MHD_USE_ERROR_LOG;
+        if (addr.ss_family == AF_INET6)
+                flags |= MHD_USE_IPv6;
+        s->daemon = MHD_start_daemon(
+                flags, 0, NULL, NULL, on_access, s,
+                MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+                MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
+                MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
+                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->connection_timeout_s,
+                MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                MHD_OPTION_END);
+        if (!s->daemon) {
+                r = err_set(err, err_len, -EIO, "cannot listen on %s (address in use, or not permitted?)",
+                            opts->listen);
+                goto fail;
+        }
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+        char host[INET6_ADDRSTRLEN] = "?";
+        if (addr.ss_family == AF_INET6)
+                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&addr)->sin6_addr, host, sizeof host);
+        else
+                inet_ntop(AF_INET, &((struct sockaddr_in *)&addr)->sin_addr, host, sizeof host);
+        snprintf(s->url, sizeof s->url, addr.ss_family == AF_INET6 ? "http://[%s]:%u" : "http://%s:%u", host,
+                 di ? (unsigned)di->port : 0u);
+        *ret_server = s;
+        return 0;
+fail:
+        http_free(s);
+        return r;
+}
+
+const char *http_url(const struct http_server *s)
+{
+        return s->url;
+}
+
+void http_drain(struct http_server *s)
+{
+        if (atomic_exchange(&s->draining, true))
+                return;
+        s->quiesced_fd = MHD_quiesce_daemon(s->daemon);
+}
+
+int http_inflight(struct http_server *s)
+{
+        return atomic_load(&s->inflight);
+}
+
+int http_waiting(struct http_server *s)
+{
+        return atomic_load(&s->waiting);
+}

@@ -1,0 +1,121 @@
+/* multipart: a bounded parser of multipart/form-data bodies. */
+#include "server/multipart.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <string.h>
+#include <strings.h>
+
+int http_multipart_boundary(const char *content_type, char *ret_boundary)
+{
+        const char *p = content_type ? strchr(content_type, ';') : NULL;
+
+        while (p) {
+                p++;
+                while (*p == ' ' || *p == '\t')
+                        p++;
+                if (strncasecmp(p, "boundary=", 9) != 0) {
+                        p = strchr(p, ';');
+                        continue;
+                }
+                p += 9;
+                size_t n;
+                if (*p == '"') {
+                        const char *end = strchr(++p, '"');
+                        if (!end)
+                                return -EBADMSG;
+                        n = (size_t)(end - p);
+                } else {
+                        n = strcspn(p, "; \t");
+                }
+                if (n < 1 || n > HTTP_MULTIPART_MAX_BOUNDARY)
+                        return -EBADMSG;
+                memcpy(ret_boundary, p, n);
+                ret_boundary[n] = '\0';
+                return 0;
+        }
+        return -EBADMSG;
+}
+
+static bool starts_with(const uint8_t *p, const uint8_t *end, const void *s, size_t n)
+{
+        return (size_t)(end - p) >= n && memcmp(p, s, n) == 0;
+}
+
+int http_multipart_parse(const uint8_t *body, size_t len, const char *boundary, struct http_part *parts,
+                         int max_parts, int *ret_n, char *err, size_t err_len)
+{
+        char delim[HTTP_MULTIPART_MAX_BOUNDARY + 5]; /* "\r\n--" boundary */
+        size_t blen = strlen(boundary);
+        const uint8_t *end = body + len, *p;
+        int n = 0;
+
+        if (blen < 1 || blen > HTTP_MULTIPART_MAX_BOUNDARY)
+                return err_set(err, err_len, -EBADMSG, "multipart: bad boundary");
+        memcpy(delim, "\r\n--", 4);
+        memcpy(delim + 4, boundary, blen);
+        size_t dlen = blen + 4;
+
+        /* The first delimiter opens the body or follows a preamble line. */
+        if (starts_with(body, end, delim + 2, dlen - 2)) {
+                p = body + dlen - 2;
+        } else {
+                const uint8_t *d = memmem(body, len, delim, dlen);
+                if (!d)
+                        return err_set(err, err_len, -EBADMSG, "multipart: no boundary delimiter in the body");
+                p = d + dlen;
+        }
+        for (;;) {
+                if (starts_with(p, end, "--", 2)) {
+                        if (n == 0)
+                                return err_set(err, err_len, -EBADMSG, "multipart: no parts");
+                        *ret_n = n;
+                        return 0;
+                }
+                while (p < end && (*p == ' ' || *p == '\t'))
+                        p++;
+                if (!starts_with(p, end, "\r\n", 2))
+                        return err_set(err, err_len, -EBADMSG, "multipart: bad delimiter line at byte %zu",
+                                       (size_t)(p - body));
+                p += 2;
+                /* Header block up to the blank line; empty when CRLF follows. */
+                const uint8_t *headers = p, *content;
+                size_t headers_len;
+                if (starts_with(p, end, "\r\n", 2)) {
+                        headers_len = 0;
+                        content = p + 2;
+                } else {
+                        size_t window = (size_t)(end - p);
+                        if (window > HTTP_MULTIPART_MAX_HEADERS + 4)
+                                window = HTTP_MULTIPART_MAX_HEADERS + 4;
+                        const uint8_t *blank = memmem(p, window, "\r\n\r\n", 4);
+                        if (!blank)
+                                return err_set(err, err_len, -EBADMSG,
+                                               "multipart: part %d: headers not ended by a blank line (byte %zu)",
+                                               n + 1, (size_t)(p - body));
+                        headers_len = (size_t)(blank - p);
+                        content = blank + 4;
+                        /* Every header line is "Name: value". */
+                        for (const uint8_t *line = p; line < blank;) {
+                                const uint8_t *eol = memmem(line, (size_t)(blank - line), "\r\n", 2);
+                                if (!eol)
+                                        eol = blank;
+                                if (!memchr(line, ':', (size_t)(eol - line)))
+                                        return err_set(err, err_len, -EBADMSG,
+                                                       "multipart: part %d: malformed header at byte %zu", n + 1,
+                                                       (size_t)(line - body));
+                                line = eol + 2;
+                        }
+                }
+                const uint8_t *next = memmem(content, (size_t)(end - content), delim, dlen);
+                if (!next)
+                        return err_set(err, err_len, -EBADMSG,
+                                       "multipart: part %d: no closing boundary (truncated body?)", n + 1);
+                if (n == max_parts)
+                        return err_set(err, err_len, -E2BIG, "multipart: more than %d parts", max_parts);
+                parts[n++] = (struct http_part){ .data = content, .len = (size_t)(next - content),
+                                                 .headers = (const char *)headers, .headers_len = headers_len };
+                p = next + dlen;
+        }
+}

@@ -7,11 +7,15 @@ pkgs=(
   # build
   build-essential meson ninja-build pkg-config cmake
   libdnnl-dev libjansson-dev libmicrohttpd-dev libturbojpeg0-dev
-  libpng-dev libsystemd-dev
+  libpng-dev libsystemd-dev libssl-dev
   # tests: references and tools
   python3 python3-numpy python3-torch python3-torchvision python3-pil
   python3-matplotlib python3-skimage libjpeg-turbo-progs  # sample photos, cjpeg
   curl ca-certificates
+  # operations tests: systemd-analyze and systemd-socket-activate, promtool,
+  # YAML (Kubernetes manifests, OpenAPI); podman and debootstrap for the
+  # container image test (meson test --setup container --suite container)
+  systemd prometheus python3-yaml podman debootstrap
   # benchmarks (tests/bench): ONNX Runtime peer from npm
   nodejs
 )

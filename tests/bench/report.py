@@ -1,0 +1,154 @@
+#!/usr/bin/python3
+"""Turns the JSON lines of the engine-peers benchmark into a markdown report:
+throughput per runtime and batch size, ratios against the peers measured in
+the same run, start-up and memory, machine facts.
+"""
+import argparse
+import json
+import os
+import platform
+import subprocess
+
+
+def read_lines(path):
+    """JSON objects with a 'batch' key, one per line; other lines ignored."""
+    rows = {}
+    if not path or not os.path.exists(path):
+        return rows
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                o = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(o, dict) and "batch" in o and "images_per_s" in o:
+                b = int(o["batch"])
+                # several rounds: keep the best one (noise only slows down)
+                if b not in rows or o["images_per_s"] > rows[b]["images_per_s"]:
+                    rows[b] = o
+    return rows
+
+
+def cpu_facts():
+    model, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                k = k.strip()
+                if k == "model name" and model == "unknown":
+                    model = v.strip()
+                elif k == "flags" and not flags:
+                    flags = set(v.split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                       "amx_bf16", "amx_int8") if f in flags]
+    return model, isa
+
+
+def dpkg_version(pkg):
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", pkg],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def fmt(v, nd=2):
+    return "n/a" if v is None else f"{v:.{nd}f}"
+
+
+def ratio(a, b):
+    if not a or not b:
+        return "n/a"
+    return f"{a['images_per_s'] / b['images_per_s']:.2f}x"
+
+
+def cell(r):
+    if not r:
+        return "n/a"
+    return f"{r['images_per_s']:.2f} ({r['ms_per_batch']:.1f} ms)"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ort")
+    ap.add_argument("--torch")
+    ap.add_argument("--effnet-fp32")
+    ap.add_argument("--effnet-bf16")
+    ap.add_argument("--variant", default="s")
+    ap.add_argument("--size", type=int, default=384)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--batch", default="1,8")
+    ap.add_argument("--effnet-version", default="")
+    ap.add_argument("--node-version", default="")
+    ap.add_argument("--load-before", default="")
+    ap.add_argument("--load-after", default="")
+    args = ap.parse_args()
+
+    ort = read_lines(args.ort)
+    pt = read_lines(args.torch)
+    e32 = read_lines(args.effnet_fp32)
+    e16 = read_lines(args.effnet_bf16)
+    batches = [int(b) for b in args.batch.split(",")]
+
+    print(f"## EfficientNetV2-{args.variant.upper()} @ {args.size}, "
+          f"{args.threads} threads, median of {args.runs} runs"
+          + (f", best of {args.rounds} rounds" if args.rounds > 1 else "") + "\n")
+    print("Images/s (median ms per batch in parentheses); ratios are effnet over the peer.\n")
+    print("| batch | effnet fp32 | effnet bf16 | ONNX Runtime | PyTorch eager "
+          "| fp32/ORT | bf16/ORT | fp32/PyTorch | bf16/PyTorch |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for b in batches:
+        a, h, o, p = e32.get(b), e16.get(b), ort.get(b), pt.get(b)
+        print(f"| {b} | {cell(a)} | {cell(h)} | {cell(o)} | {cell(p)} "
+              f"| {ratio(a, o)} | {ratio(h, o)} | {ratio(a, p)} | {ratio(h, p)} |")
+
+    print("\nStart-up, memory and spread (load = weights load/session create; "
+          "build = effnet plan build for that batch size; RSS = process peak so far):\n")
+    print("| runtime | batch | load ms | build ms | peak RSS MB | min ms | median ms | max ms |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, rows in (("effnet fp32", e32), ("effnet bf16", e16),
+                       ("ONNX Runtime", ort), ("PyTorch eager", pt)):
+        for b in batches:
+            r = rows.get(b)
+            if not r:
+                print(f"| {name} | {b} | n/a | n/a | n/a | n/a | n/a | n/a |")
+                continue
+            print(f"| {name} | {b} | {fmt(r.get('load_ms'), 0)} | {fmt(r.get('build_ms'), 0)} "
+                  f"| {fmt(r.get('peak_rss_mb'), 0)} | {fmt(r.get('min_ms', r.get('ms_min')), 1)} "
+                  f"| {fmt(r.get('ms_per_batch'), 1)} "
+                  f"| {fmt(r.get('max_ms', r.get('ms_max')), 1)} |")
+
+    model, isa = cpu_facts()
+    first = lambda rows, k: next((r.get(k) for r in rows.values() if r.get(k)), None)  # noqa: E731
+    print("\nMachine and versions:\n")
+    print(f"- CPU: {model}; {os.cpu_count()} logical CPUs; ISA: {' '.join(isa) or 'n/a'}")
+    print(f"- threads per runtime: {args.threads}; kernel {platform.release()}")
+    if args.load_before or args.load_after:
+        print(f"- load average before/after: {args.load_before} / {args.load_after}")
+        try:
+            busy = max(float(x.split()[0]) for x in (args.load_before, args.load_after) if x)
+        except ValueError:
+            busy = 0.0
+        if busy > 0.5 + args.threads:
+            print("- warning: other work was running on this machine; ratios are noisy, "
+                  "see min/max above")
+    print(f"- effnet: {args.effnet_version or 'n/a'}; oneDNN (libdnnl2): "
+          f"{dpkg_version('libdnnl2') or 'n/a'}")
+    print(f"- onnxruntime-node: {first(ort, 'version') or 'n/a'}"
+          f" (node {args.node_version or 'n/a'})")
+    print(f"- torch: {first(pt, 'version') or 'n/a'}"
+          f" ({first(pt, 'onednn') or 'oneDNN n/a'}); torchvision: "
+          f"{dpkg_version('python3-torchvision') or 'n/a'}")
+
+
+if __name__ == "__main__":
+    main()

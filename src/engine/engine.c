@@ -698,15 +698,18 @@ int eng_plan_new(struct eng_net *net, int batch, int height, int width, int prec
         p->threads = threads > 0 ? threads : cpu_usable_count();
         p->classes = net->m->info.classes;
         p->act_dt = precision == EFFNET_BF16 ? dnnl_bf16 : dnnl_f32;
-        /* Channels-last: oneDNN's brgemm kernels (AMX for bf16 where the CPU
-         * has it, AVX-512 otherwise) and its depthwise kernels all take it,
-         * so activations keep one layout from the stem to the head and
-         * nothing is reordered between layers. EFFNET_LAYOUT=blocked selects
-         * the 16-channel blocked layout of the older direct kernels. */
-        p->act_tag = dnnl_nhwc;
+        /* One layout from the stem to the head, so that nothing is reordered
+         * between layers. bf16: channels-last, the layout of oneDNN's brgemm
+         * kernels, which use AMX tiles where the CPU has them. fp32: blocked
+         * by 16 channels, whose direct kernels split small batches between
+         * threads better (docs/benchmarks.md). EFFNET_LAYOUT=nhwc|blocked
+         * overrides, for measuring. */
+        p->act_tag = precision == EFFNET_BF16 ? dnnl_nhwc : dnnl_nChw16c;
         const char *lt = getenv("EFFNET_LAYOUT");
         if (lt && strcmp(lt, "blocked") == 0)
                 p->act_tag = dnnl_nChw16c;
+        else if (lt && strcmp(lt, "nhwc") == 0)
+                p->act_tag = dnnl_nhwc;
         p->err = err;
         p->err_len = err_len;
         /* Kernels partition work for the thread count current at creation. */

@@ -16,8 +16,10 @@ pkgs=(
   # YAML (Kubernetes manifests, OpenAPI); podman and debootstrap for the
   # container image test (meson test --setup container --suite container)
   systemd prometheus python3-yaml podman debootstrap
-  # benchmarks (tests/bench): ONNX Runtime peer from npm
+  # benchmarks (tests/bench): ONNX Runtime peer from npm; load generator and
+  # the FastAPI + PyTorch peer server for serve-peers.sh
   nodejs
+  wrk python3-fastapi python3-uvicorn
 )
 
 missing=()

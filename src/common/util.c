@@ -4,7 +4,11 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <dirent.h>
 #include <sched.h>
+#include <sys/resource.h>
+#include <unistd.h>
+#include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,50 +48,182 @@ int64_t proc_peak_rss(void)
         return kb < 0 ? -1 : kb * 1024;
 }
 
-/* CPU quota of the cgroup this process is in, in CPUs, or 0 if unlimited. */
-static double cgroup_cpu_quota(void)
+/* Reads the first line of dir/name into buf; 0 or -errno. */
+static int read_line_at(const char *dir, const char *name, char *buf, size_t n)
 {
+        char path[4096];
         FILE *f;
-        char buf[128];
-        double quota = 0;
 
-        /* cgroup v2: "max 100000" or "150000 100000" */
-        f = fopen("/sys/fs/cgroup/cpu.max", "re");
-        if (f) {
-                long long q, p;
-                if (fgets(buf, sizeof buf, f) && sscanf(buf, "%lld %lld", &q, &p) == 2 && q > 0 && p > 0)
-                        quota = (double)q / (double)p;
-                fclose(f);
-                return quota;
+        if ((size_t)snprintf(path, sizeof path, "%s/%s", dir, name) >= sizeof path)
+                return -ENAMETOOLONG;
+        f = fopen(path, "re");
+        if (!f)
+                return -errno;
+        int r = fgets(buf, (int)n, f) ? 0 : -EIO;
+        fclose(f);
+        return r;
+}
+
+/* The quota of one cgroup directory in CPUs; 0 when it sets none. */
+static double dir_quota(const char *dir, bool v2)
+{
+        char buf[128];
+        long long q, p;
+
+        if (v2) {
+                /* "max 100000" (no limit) or "150000 100000" */
+                if (read_line_at(dir, "cpu.max", buf, sizeof buf) == 0 && sscanf(buf, "%lld %lld", &q, &p) == 2 &&
+                    q > 0 && p > 0)
+                        return (double)q / (double)p;
+                return 0;
         }
-        /* cgroup v1 */
-        long long q = -1, p = -1;
-        f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", "re");
-        if (f) {
-                if (fscanf(f, "%lld", &q) != 1)
-                        q = -1;
-                fclose(f);
+        if (read_line_at(dir, "cpu.cfs_quota_us", buf, sizeof buf) < 0 || sscanf(buf, "%lld", &q) != 1 || q <= 0)
+                return 0;
+        if (read_line_at(dir, "cpu.cfs_period_us", buf, sizeof buf) < 0 || sscanf(buf, "%lld", &p) != 1 || p <= 0)
+                return 0;
+        return (double)q / (double)p;
+}
+
+/* The smallest quota on the way from mount/path up to mount (a parent's
+ * limit binds its children too). */
+static double walk_quota(const char *mount, const char *path, bool v2)
+{
+        char dir[4096];
+        double best = 0;
+
+        if ((size_t)snprintf(dir, sizeof dir, "%s%s", mount, path) >= sizeof dir)
+                return 0;
+        size_t root_len = strlen(mount);
+        for (;;) {
+                double q = dir_quota(dir, v2);
+                if (q > 0 && (best == 0 || q < best))
+                        best = q;
+                char *slash = strrchr(dir, '/');
+                if (!slash || (size_t)(slash - dir) < root_len)
+                        break;
+                *slash = '\0';
         }
-        f = fopen("/sys/fs/cgroup/cpu/cpu.cfs_period_us", "re");
-        if (f) {
-                if (fscanf(f, "%lld", &p) != 1)
-                        p = -1;
-                fclose(f);
+        return best;
+}
+
+int cgroup_cpu_quota(const char *root, const char *self_cgroup, double *ret_cpus)
+{
+        char line[4096], mount[4096];
+        double best = 0;
+        const char *p = self_cgroup;
+
+        /* /proc/self/cgroup: "0::/path" (v2) or "N:cpu,cpuacct:/path" (v1). */
+        while (p && *p) {
+                const char *nl = strchr(p, '\n');
+                size_t len = nl ? (size_t)(nl - p) : strlen(p);
+                if (len >= sizeof line)
+                        return -EBADMSG;
+                memcpy(line, p, len);
+                line[len] = '\0';
+                p = nl ? nl + 1 : NULL;
+
+                char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+                if (!c1 || !c2 || c2[1] != '/')
+                        continue;
+                *c2 = '\0';
+                const char *controllers = c1 + 1, *path = c2 + 1;
+                double q = 0;
+                if (strcmp(line, "0:") == 0 && *controllers == '\0') {
+                        snprintf(mount, sizeof mount, "%s", root);
+                        q = walk_quota(mount, strcmp(path, "/") == 0 ? "" : path, true);
+                } else {
+                        /* v1: the cpu controller, alone or co-mounted. */
+                        char list[256];
+                        snprintf(list, sizeof list, ",%s,", controllers);
+                        if (!strstr(list, ",cpu,"))
+                                continue;
+                        /* Try the mount named after the controllers, then plain "cpu". */
+                        const char *names[] = { controllers, "cpu" };
+                        for (size_t i = 0; i < ARRAY_SIZE(names) && q == 0; i++) {
+                                snprintf(mount, sizeof mount, "%s/%s", root, names[i]);
+                                q = walk_quota(mount, strcmp(path, "/") == 0 ? "" : path, false);
+                                /* In a cgroup namespace the path may not exist under the
+                                 * mount: the mount's root is then our cgroup. */
+                                if (q == 0)
+                                        q = dir_quota(mount, false);
+                        }
+                }
+                if (q > 0 && (best == 0 || q < best))
+                        best = q;
         }
-        if (q > 0 && p > 0)
-                quota = (double)q / (double)p;
-        return quota;
+        *ret_cpus = best;
+        return 0;
 }
 
 int cpu_usable_count(void)
 {
         cpu_set_t set;
+        char self[8192];
+        double quota = 0;
         int n = 1;
 
         if (sched_getaffinity(0, sizeof set, &set) == 0)
                 n = CPU_COUNT(&set);
-        double quota = cgroup_cpu_quota();
+        FILE *f = fopen("/proc/self/cgroup", "re");
+        if (f) {
+                size_t len = fread(self, 1, sizeof self - 1, f);
+                self[len] = '\0';
+                fclose(f);
+                if (cgroup_cpu_quota("/sys/fs/cgroup", self, &quota) < 0)
+                        quota = 0;
+        }
         if (quota > 0 && ceil(quota) < n)
                 n = (int)ceil(quota);
         return n < 1 ? 1 : n;
+}
+
+void proc_get_stats(struct proc_stats *ret_stats)
+{
+        struct proc_stats st = { .rss_bytes = -1, .cpu_seconds = -1, .open_fds = -1, .max_fds = -1,
+                                 .start_time_seconds = -1 };
+        long tck = sysconf(_SC_CLK_TCK), page = sysconf(_SC_PAGESIZE);
+        char buf[1024];
+        FILE *f;
+
+        /* /proc/self/stat: the command may hold spaces; fields follow its ')'. */
+        f = fopen("/proc/self/stat", "re");
+        if (f) {
+                size_t n = fread(buf, 1, sizeof buf - 1, f);
+                buf[n] = '\0';
+                fclose(f);
+                char *p = strrchr(buf, ')');
+                unsigned long long ut, stt, start;
+                long long rss;
+                /* fields 3.. after ')': state ppid pgrp session tty tpgid flags minflt cminflt majflt
+                 * cmajflt utime stime cutime cstime priority nice threads itrealvalue starttime vsize rss */
+                if (p && sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d"
+                                       " %*d %llu %*u %lld", &ut, &stt, &start, &rss) == 4 && tck > 0) {
+                        st.cpu_seconds = (double)(ut + stt) / (double)tck;
+                        st.rss_bytes = rss * page;
+                        f = fopen("/proc/stat", "re");
+                        if (f) {
+                                unsigned long long btime;
+                                while (fgets(buf, sizeof buf, f))
+                                        if (sscanf(buf, "btime %llu", &btime) == 1) {
+                                                st.start_time_seconds = (double)btime + (double)start / (double)tck;
+                                                break;
+                                        }
+                                fclose(f);
+                        }
+                }
+        }
+        DIR *d = opendir("/proc/self/fd");
+        if (d) {
+                int n = 0;
+                struct dirent *de;
+                while ((de = readdir(d)))
+                        if (de->d_name[0] != '.')
+                                n++;
+                closedir(d);
+                st.open_fds = n - 1;  /* the directory's own descriptor */
+        }
+        struct rlimit rl;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+                st.max_fds = rl.rlim_cur == RLIM_INFINITY ? -1 : (int64_t)rl.rlim_cur;
+        *ret_stats = st;
 }

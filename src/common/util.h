@@ -18,8 +18,24 @@ int64_t time_now_ns(void);
 /* Peak resident set size of this process in bytes (VmHWM), or -1. */
 int64_t proc_peak_rss(void);
 
+/* This process's resources from /proc; a field is -1 when unknown. */
+struct proc_stats {
+        int64_t rss_bytes;
+        double cpu_seconds;          /* user + system */
+        int open_fds;
+        int64_t max_fds;             /* soft RLIMIT_NOFILE */
+        double start_time_seconds;   /* since the epoch */
+};
+void proc_get_stats(struct proc_stats *ret_stats);
+
 /* Number of CPUs this process may run on: affinity mask, capped by the
  * cgroup v2/v1 CPU quota (rounded up). At least 1. */
 int cpu_usable_count(void);
+
+/* The CPU quota that binds a process, in CPUs (0 = none): the smallest
+ * cpu.max (v2) or cpu.cfs_quota_us / cpu.cfs_period_us (v1) of its cgroup
+ * and every ancestor. root: where cgroups are mounted ("/sys/fs/cgroup");
+ * self_cgroup: the text of /proc/self/cgroup. -EBADMSG for an overlong line. */
+int cgroup_cpu_quota(const char *root, const char *self_cgroup, double *ret_cpus);
 
 #endif

@@ -3,8 +3,10 @@
 #include "common/util.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -12,7 +14,8 @@
 enum conf_type { CONF_STRING, CONF_INT, CONF_FLOAT, CONF_BOOL, CONF_ENUM };
 
 struct conf_setting {
-        const char *name;            /* flag --name, env EFFNETD_NAME ('-' -> '_', upper case) */
+        const char *name;            /* flag --name, env EFFNETD_NAME ('-' -> '_', upper case), file key */
+        const char *section;         /* [section] of the config file */
         enum conf_type type;
         size_t offset;               /* into struct conf */
         const char *def;             /* default, parsed as any value; NULL: unset */
@@ -23,52 +26,83 @@ struct conf_setting {
 
 static const char *const precisions[] = { "fp32", "bf16", NULL };
 static const char *const paddings[] = { "auto", "same", "symmetric", NULL };
+static const char *const log_formats[] = { "text", "json", NULL };
 
 #define MiB (1024.0 * 1024.0)
 #define F(field) offsetof(struct conf, field)
 
 static const struct conf_setting settings[] = {
-        { "weights", CONF_STRING, F(weights), NULL, 0, 0, NULL,
-          "model weights (.safetensors, timm or torchvision names); required" },
-        { "listen", CONF_STRING, F(listen), "127.0.0.1:8080", 0, 0, NULL,
-          "HOST:PORT or [V6]:PORT to listen on; port 0 picks a free one" },
-        { "precision", CONF_ENUM, F(precision), "fp32", 0, 0, precisions, "fp32 or bf16 inference" },
-        { "padding", CONF_ENUM, F(padding), "auto", 0, 0, paddings,
-          "convolution padding: auto (from the weights), same (TF) or symmetric" },
-        { "bn-eps", CONF_FLOAT, F(bn_eps), "0", 0, 0.1, NULL, "BatchNorm epsilon; 0 = from the weights" },
-        { "labels", CONF_STRING, F(labels), NULL, 0, 0, NULL,
+        { "weights", "model", CONF_STRING, F(weights), NULL, 0, 0, NULL,
+          "model weights (.safetensors, timm or torchvision names); required. SIGHUP loads them again" },
+        { "labels", "model", CONF_STRING, F(labels), NULL, 0, 0, NULL,
           "class names, one per line (default: built-in ImageNet-1k for 1000 classes, else the index)" },
-        { "max-batch", CONF_INT, F(max_batch), "8", 1, 256, NULL, "most images per forward pass" },
-        { "max-delay-ms", CONF_FLOAT, F(max_delay_ms), "2", 0, 10000, NULL,
-          "longest wait for a batch to fill, from the oldest request's arrival" },
-        { "queue", CONF_INT, F(queue), "64", 1, 65536, NULL,
-          "images that may wait for inference; beyond it requests get 503" },
-        { "workers", CONF_INT, F(workers), "1", 1, 64, NULL, "inference workers (engine executors)" },
-        { "threads", CONF_INT, F(threads), "0", 0, 1024, NULL,
-          "oneDNN threads per worker; 0 = usable CPUs / workers" },
-        { "http-threads", CONF_INT, F(http_threads), "0", 0, 64, NULL,
+        { "precision", "model", CONF_ENUM, F(precision), "fp32", 0, 0, precisions, "fp32 or bf16 inference" },
+        { "padding", "model", CONF_ENUM, F(padding), "auto", 0, 0, paddings,
+          "convolution padding: auto (from the weights), same (TF) or symmetric" },
+        { "bn-eps", "model", CONF_FLOAT, F(bn_eps), "0", 0, 0.1, NULL, "BatchNorm epsilon; 0 = from the weights" },
+        { "listen", "server", CONF_STRING, F(listen), "127.0.0.1:8080", 0, 0, NULL,
+          "HOST:PORT or [V6]:PORT to listen on; port 0 picks a free one (ignored under socket activation)" },
+        { "http-threads", "server", CONF_INT, F(http_threads), "0", 0, 64, NULL,
           "HTTP threads (parse, decode); 0 = usable CPUs, at most 4" },
-        { "max-body-bytes", CONF_INT, F(max_body_bytes), "10485760", 1, 1024 * MiB, NULL,
-          "largest request body (413 beyond)" },
-        { "max-body-total", CONF_INT, F(max_body_total), "536870912", 1, 65536 * MiB, NULL,
-          "request bodies buffered over all connections (503 beyond)" },
-        { "max-images", CONF_INT, F(max_images), "32", 1, 65536, NULL,
-          "images per request (413 beyond); at most --queue" },
-        { "max-pixels", CONF_INT, F(max_pixels), "40000000", 1, 1e10, NULL,
-          "largest decoded image, width x height (413 beyond)" },
-        { "max-connections", CONF_INT, F(max_connections), "512", 1, 1000000, NULL,
+        { "max-connections", "server", CONF_INT, F(max_connections), "512", 1, 1000000, NULL,
           "open connections at once" },
-        { "connection-timeout", CONF_INT, F(connection_timeout), "30", 0, 86400, NULL,
+        { "connection-timeout", "server", CONF_INT, F(connection_timeout), "30", 0, 86400, NULL,
           "seconds a connection may stay idle; 0 = never drop" },
-        { "deadline-ms", CONF_INT, F(deadline_ms), "30000", 1, 3600000, NULL,
-          "time from request headers to the start of inference (504 beyond)" },
-        { "retry-after", CONF_INT, F(retry_after), "1", 0, 3600, NULL, "Retry-After seconds of 503 answers" },
-        { "drain-timeout", CONF_INT, F(drain_timeout), "60", 0, 3600, NULL,
+        { "retry-after", "server", CONF_INT, F(retry_after), "1", 0, 3600, NULL, "Retry-After seconds of 503 answers" },
+        { "drain-timeout", "server", CONF_INT, F(drain_timeout), "30", 0, 3600, NULL,
           "seconds to finish requests in flight on SIGTERM before exiting" },
-        { "jpeg-fast", CONF_BOOL, F(jpeg_fast), "false", 0, 0, NULL,
+        { "max-batch", "batching", CONF_INT, F(max_batch), "8", 1, 256, NULL, "most images per forward pass" },
+        { "max-delay-ms", "batching", CONF_FLOAT, F(max_delay_ms), "2", 0, 10000, NULL,
+          "longest wait for a batch to fill, from the oldest request's arrival" },
+        { "queue", "batching", CONF_INT, F(queue), "64", 1, 65536, NULL,
+          "images that may wait for inference; beyond it requests get 503" },
+        { "workers", "batching", CONF_INT, F(workers), "1", 1, 64, NULL, "inference workers (engine executors)" },
+        { "threads", "batching", CONF_INT, F(threads), "0", 0, 1024, NULL,
+          "oneDNN threads per worker; 0 = usable CPUs (affinity, cgroup quota) / workers" },
+        { "deadline-ms", "batching", CONF_INT, F(deadline_ms), "30000", 1, 3600000, NULL,
+          "time from request headers to the start of inference (504 beyond)" },
+        { "watchdog-stall", "batching", CONF_INT, F(watchdog_stall), "120", 1, 86400, NULL,
+          "seconds a worker may spend on one batch before the systemd watchdog is no longer fed" },
+        { "max-body-bytes", "limits", CONF_INT, F(max_body_bytes), "10485760", 1, 1024 * MiB, NULL,
+          "largest request body (413 beyond)" },
+        { "max-body-total", "limits", CONF_INT, F(max_body_total), "536870912", 1, 65536 * MiB, NULL,
+          "request bodies buffered over all connections (503 beyond)" },
+        { "max-images", "limits", CONF_INT, F(max_images), "32", 1, 65536, NULL,
+          "images per request (413 beyond); at most the queue" },
+        { "max-pixels", "limits", CONF_INT, F(max_pixels), "40000000", 1, 1e10, NULL,
+          "largest decoded image, width x height (413 beyond)" },
+        { "jpeg-fast", "limits", CONF_BOOL, F(jpeg_fast), "false", 0, 0, NULL,
           "decode large JPEGs at a reduced DCT scale (faster, not bit-exact to PIL)" },
-        { "access-log", CONF_BOOL, F(access_log), "true", 0, 0, NULL, "one log line per request on stderr" },
+        { "access-log", "log", CONF_BOOL, F(access_log), "true", 0, 0, NULL, "one log line per request on stderr" },
+        { "log-format", "log", CONF_ENUM, F(log_format), "text", 0, 0, log_formats,
+          "text (with syslog priority prefixes under journald) or json (one object per line)" },
 };
+
+_Static_assert(ARRAY_SIZE(settings) <= CONF_MAX_SETTINGS, "raise CONF_MAX_SETTINGS");
+
+/* Messages accumulate one per line in a caller's buffer. */
+struct diag {
+        char *buf;
+        size_t len, used;
+        int errors;
+};
+
+static void diag_add(struct diag *d, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void diag_add(struct diag *d, const char *fmt, ...)
+{
+        va_list ap;
+
+        d->errors++;
+        if (!d->buf || d->len == 0 || d->used + 1 >= d->len)
+                return;
+        if (d->used > 0)
+                d->buf[d->used++] = '\n';
+        va_start(ap, fmt);
+        int n = vsnprintf(d->buf + d->used, d->len - d->used, fmt, ap);
+        va_end(ap);
+        if (n > 0)
+                d->used += (size_t)n < d->len - d->used ? (size_t)n : d->len - d->used - 1;
+}
 
 static void env_name(const struct conf_setting *s, char *out, size_t n)
 {
@@ -90,63 +124,127 @@ static int parse_bool(const char *v, bool *ret)
         return -EINVAL;
 }
 
-/* Stores value into c; source names where it came from for the message. */
-static int set_value(struct conf *c, const struct conf_setting *s, const char *v, const char *source, char *err,
-                     size_t err_len)
+/* Integer with an optional binary suffix (k, M, G: 1024-based). */
+static int parse_int(const char *v, long long *ret)
 {
-        void *field = (char *)c + s->offset;
+        char *end;
+
+        errno = 0;
+        long long x = strtoll(v, &end, 10);
+        if (errno || end == v)
+                return -EINVAL;
+        long long mul = 1;
+        if (*end && !end[1]) {
+                switch (*end) {
+                case 'k': case 'K': mul = 1LL << 10; end++; break;
+                case 'M': mul = 1LL << 20; end++; break;
+                case 'G': mul = 1LL << 30; end++; break;
+                default: break;
+                }
+        }
+        if (*end || (x != 0 && (x > LLONG_MAX / mul || x < LLONG_MIN / mul)))
+                return -EINVAL;
+        *ret = x * mul;
+        return 0;
+}
+
+/* Checks v for setting s and, when c is not NULL, stores it there with its
+ * origin. The message (without where) goes to why. */
+static int set_value(struct conf *c, const struct conf_setting *s, const char *v, const char *origin, char *why,
+                     size_t why_len)
+{
+        void *field = c ? (char *)c + s->offset : NULL;
+        size_t idx = (size_t)(s - settings);
         char *end;
 
         switch (s->type) {
-        case CONF_STRING: {
-                char *dup = strdup(v);
-                if (!dup)
-                        return err_set(err, err_len, -ENOMEM, "out of memory");
-                free(*(char **)field);
-                *(char **)field = dup;
-                return 0;
-        }
+        case CONF_STRING:
+                if (!*v)
+                        return err_set(why, why_len, -EINVAL, "%s must not be empty", s->name);
+                if (c) {
+                        char *dup = strdup(v);
+                        if (!dup)
+                                return err_set(why, why_len, -ENOMEM, "out of memory");
+                        free(*(char **)field);
+                        *(char **)field = dup;
+                }
+                break;
         case CONF_INT: {
-                errno = 0;
-                long long x = strtoll(v, &end, 10);
-                if (errno || end == v || *end || (double)x < s->min || (double)x > s->max)
-                        return err_set(err, err_len, -EINVAL, "%s: %s '%s' is not an integer in %.0f..%.0f", source,
-                                       s->name, v, s->min, s->max);
-                *(int64_t *)field = x;
-                return 0;
+                long long x;
+                if (parse_int(v, &x) < 0 || (double)x < s->min || (double)x > s->max)
+                        return err_set(why, why_len, -EINVAL, "%s '%s' is not an integer in %.0f..%.0f", s->name,
+                                       v, s->min, s->max);
+                if (c)
+                        *(int64_t *)field = x;
+                break;
         }
         case CONF_FLOAT: {
                 errno = 0;
                 double x = strtod(v, &end);
                 if (errno || end == v || *end || !isfinite(x) || x < s->min || x > s->max)
-                        return err_set(err, err_len, -EINVAL, "%s: %s '%s' is not a number in %g..%g", source,
-                                       s->name, v, s->min, s->max);
-                *(double *)field = x;
-                return 0;
+                        return err_set(why, why_len, -EINVAL, "%s '%s' is not a number in %g..%g", s->name, v,
+                                       s->min, s->max);
+                if (c)
+                        *(double *)field = x;
+                break;
         }
-        case CONF_BOOL:
-                if (parse_bool(v, (bool *)field) < 0)
-                        return err_set(err, err_len, -EINVAL, "%s: %s '%s' is not true or false", source, s->name,
-                                       v);
-                return 0;
-        case CONF_ENUM:
+        case CONF_BOOL: {
+                bool b;
+                if (parse_bool(v, &b) < 0)
+                        return err_set(why, why_len, -EINVAL, "%s '%s' is not true or false", s->name, v);
+                if (c)
+                        *(bool *)field = b;
+                break;
+        }
+        case CONF_ENUM: {
+                int found = -1;
                 for (int i = 0; s->choices[i]; i++)
-                        if (strcmp(v, s->choices[i]) == 0) {
-                                *(int64_t *)field = i;
-                                return 0;
-                        }
-                return err_set(err, err_len, -EINVAL, "%s: %s '%s' is not one of the allowed values", source,
-                               s->name, v);
+                        if (strcmp(v, s->choices[i]) == 0)
+                                found = i;
+                if (found < 0) {
+                        char list[128] = "";
+                        for (int i = 0; s->choices[i]; i++)
+                                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "",
+                                         s->choices[i]);
+                        return err_set(why, why_len, -EINVAL, "%s '%s' is not one of %s", s->name, v, list);
+                }
+                if (c)
+                        *(int64_t *)field = found;
+                break;
         }
-        return -EINVAL;
+        }
+        if (c) {
+                char *o = strdup(origin);
+                if (!o)
+                        return err_set(why, why_len, -ENOMEM, "out of memory");
+                free(c->origin[idx]);
+                c->origin[idx] = o;
+        }
+        return 0;
 }
 
+/* A setting by name; '_' matches '-' so that file keys may use either. */
 static const struct conf_setting *find(const char *name, size_t len)
 {
-        for (size_t i = 0; i < ARRAY_SIZE(settings); i++)
-                if (strlen(settings[i].name) == len && strncmp(settings[i].name, name, len) == 0)
+        for (size_t i = 0; i < ARRAY_SIZE(settings); i++) {
+                const char *n = settings[i].name;
+                if (strlen(n) != len)
+                        continue;
+                size_t k = 0;
+                while (k < len && (n[k] == name[k] || (n[k] == '-' && name[k] == '_')))
+                        k++;
+                if (k == len)
                         return &settings[i];
+        }
         return NULL;
+}
+
+static bool section_known(const char *name)
+{
+        for (size_t i = 0; i < ARRAY_SIZE(settings); i++)
+                if (strcmp(settings[i].section, name) == 0)
+                        return true;
+        return false;
 }
 
 void conf_free(struct conf *c)
@@ -159,41 +257,142 @@ void conf_free(struct conf *c)
                         free(*p);
                         *p = NULL;
                 }
+        for (size_t i = 0; i < CONF_MAX_SETTINGS; i++) {
+                free(c->origin[i]);
+                c->origin[i] = NULL;
+        }
+        free(c->file);
+        c->file = NULL;
 }
 
-int conf_load(int argc, char **argv, struct conf *c, char *err, size_t err_len)
+static char *strip(char *s)
 {
-        struct conf tmp = { 0 };
-        char env[64];
-        int r;
+        while (isspace((unsigned char)*s))
+                s++;
+        size_t n = strlen(s);
+        while (n > 0 && isspace((unsigned char)s[n - 1]))
+                s[--n] = '\0';
+        return s;
+}
 
-        for (size_t i = 0; i < ARRAY_SIZE(settings); i++) {
-                const struct conf_setting *s = &settings[i];
-                if (s->def && (r = set_value(&tmp, s, s->def, "default", err, err_len)) < 0)
-                        goto fail;
-                env_name(s, env, sizeof env);
-                const char *v = getenv(env);
-                if (v && (r = set_value(&tmp, s, v, env, err, err_len)) < 0)
-                        goto fail;
+/* Reads "key = value" lines under "[section]" headers; '#' and ';' start
+ * comment lines; values may be "double quoted". */
+static int load_file(struct conf *c, const char *path, bool must_exist, struct diag *d)
+{
+        FILE *f = fopen(path, "re");
+        char section[64] = "", line[4096], why[256], origin[4200];
+        int lineno = 0, errors = d->errors;
+        long total = 0;
+
+        if (!f) {
+                if (errno == ENOENT && !must_exist)
+                        return 1;
+                diag_add(d, "%s: %s", path, strerror(errno));
+                return -errno;
         }
+        while (fgets(line, sizeof line, f)) {
+                lineno++;
+                total += (long)strlen(line);
+                if (total > CONF_MAX_FILE_BYTES) {
+                        diag_add(d, "%s:%d: file larger than %d bytes", path, lineno, CONF_MAX_FILE_BYTES);
+                        break;
+                }
+                if (!strchr(line, '\n') && !feof(f)) {
+                        diag_add(d, "%s:%d: line longer than %zu bytes", path, lineno, sizeof line - 2);
+                        int ch;
+                        while ((ch = fgetc(f)) != EOF && ch != '\n')
+                                ;
+                        continue;
+                }
+                char *s = strip(line);
+                if (!*s || *s == '#' || *s == ';')
+                        continue;
+                if (*s == '[') {
+                        char *close = strchr(s, ']');
+                        if (!close || strip(close + 1)[0] != '\0') {
+                                diag_add(d, "%s:%d: malformed section header", path, lineno);
+                                continue;
+                        }
+                        *close = '\0';
+                        char *name = strip(s + 1);
+                        if (!section_known(name) || strlen(name) >= sizeof section) {
+                                diag_add(d, "%s:%d: unknown section [%.64s]", path, lineno, name);
+                                section[0] = '?';
+                                section[1] = '\0';
+                                continue;
+                        }
+                        snprintf(section, sizeof section, "%s", name);
+                        continue;
+                }
+                char *eq = strchr(s, '=');
+                if (!eq) {
+                        diag_add(d, "%s:%d: expected key = value", path, lineno);
+                        continue;
+                }
+                *eq = '\0';
+                char *key = strip(s), *value = strip(eq + 1);
+                size_t vl = strlen(value);
+                if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
+                        value[vl - 1] = '\0';
+                        value++;
+                }
+                if (section[0] == '?')
+                        continue;  /* already reported */
+                const struct conf_setting *st = find(key, strlen(key));
+                if (!st) {
+                        diag_add(d, "%s:%d: unknown key '%.64s'", path, lineno, key);
+                        continue;
+                }
+                if (strcmp(st->section, section) != 0) {
+                        diag_add(d, "%s:%d: %s belongs in section [%s]", path, lineno, st->name, st->section);
+                        continue;
+                }
+                snprintf(origin, sizeof origin, "%s:%d", path, lineno);
+                if (set_value(c, st, value, origin, why, sizeof why) < 0)
+                        diag_add(d, "%s:%d: %s", path, lineno, why);
+        }
+        if (ferror(f))
+                diag_add(d, "%s: read error", path);
+        fclose(f);
+        return d->errors > errors ? -EINVAL : 0;
+}
+
+/* Walks the flags: with c NULL only finds --config; otherwise applies all. */
+static void scan_flags(int argc, char **argv, struct conf *c, const char **ret_config, struct diag *d)
+{
+        char why[256], origin[80];
+
         for (int i = 1; i < argc; i++) {
                 const char *a = argv[i];
                 if (strncmp(a, "--", 2) != 0) {
-                        r = err_set(err, err_len, -EINVAL, "unexpected argument '%s'", a);
-                        goto fail;
+                        if (c)
+                                diag_add(d, "unexpected argument '%s'", a);
+                        continue;
                 }
                 a += 2;
                 const char *eq = strchr(a, '=');
                 size_t len = eq ? (size_t)(eq - a) : strlen(a);
-                const struct conf_setting *s = find(a, len);
                 const char *v = eq ? eq + 1 : NULL;
+                if (len == 6 && strncmp(a, "config", 6) == 0) {
+                        if (!v && i + 1 < argc)
+                                v = argv[++i];
+                        if (!v || !*v) {
+                                if (c)
+                                        diag_add(d, "--config needs a file name");
+                        } else if (!c) {
+                                *ret_config = v;
+                        }
+                        continue;
+                }
+                const struct conf_setting *s = find(a, len);
                 bool negated = false;
                 if (!s && len > 3 && strncmp(a, "no-", 3) == 0 && (s = find(a + 3, len - 3)) &&
                     s->type == CONF_BOOL && !eq)
                         negated = true;
-                if (!s || (negated && s->type != CONF_BOOL)) {
-                        r = err_set(err, err_len, -EINVAL, "unknown option '--%.*s' (see --help)", (int)len, a);
-                        goto fail;
+                if (!s || (negated && s->type != CONF_BOOL) || strchr(a, '_')) {
+                        if (c)
+                                diag_add(d, "unknown option '--%.*s' (see --help)", (int)len, a);
+                        continue;
                 }
                 if (!v) {
                         if (s->type == CONF_BOOL)
@@ -201,74 +400,158 @@ int conf_load(int argc, char **argv, struct conf *c, char *err, size_t err_len)
                         else if (i + 1 < argc)
                                 v = argv[++i];
                         else {
-                                r = err_set(err, err_len, -EINVAL, "--%s needs a value", s->name);
-                                goto fail;
+                                if (c)
+                                        diag_add(d, "--%s needs a value", s->name);
+                                continue;
                         }
                 }
-                char source[80];
-                snprintf(source, sizeof source, "--%s", s->name);
-                if ((r = set_value(&tmp, s, v, source, err, err_len)) < 0)
-                        goto fail;
+                if (!c)
+                        continue;
+                snprintf(origin, sizeof origin, "--%s", s->name);
+                if (set_value(c, s, v, origin, why, sizeof why) < 0)
+                        diag_add(d, "%s: %s", origin, why);
         }
-        if (!tmp.weights) {
-                r = err_set(err, err_len, -EINVAL, "no weights: give --weights FILE or EFFNETD_WEIGHTS");
-                goto fail;
+}
+
+static const char *origin_of(const struct conf *c, const char *name)
+{
+        const struct conf_setting *s = find(name, strlen(name));
+        const char *o = s ? c->origin[s - settings] : NULL;
+        return o ? o : "unset";
+}
+
+int conf_load(int argc, char **argv, struct conf *c, char *err, size_t err_len)
+{
+        struct conf tmp = { 0 };
+        struct diag d = { .buf = err, .len = err_len };
+        char env[64], why[256];
+        const char *file = NULL;
+        bool must_exist = true;
+
+        if (err && err_len)
+                err[0] = '\0';
+        for (size_t i = 0; i < ARRAY_SIZE(settings); i++) {
+                const struct conf_setting *s = &settings[i];
+                if (s->def && set_value(&tmp, s, s->def, "default", why, sizeof why) < 0)
+                        diag_add(&d, "default %s", why);  /* a bug in the table */
         }
-        if (tmp.max_images > tmp.queue) {
-                r = err_set(err, err_len, -EINVAL, "max-images (%lld) exceeds queue (%lld images)",
-                            (long long)tmp.max_images, (long long)tmp.queue);
-                goto fail;
+
+        /* The file: --config, else EFFNETD_CONFIG, else the default if present. */
+        scan_flags(argc, argv, NULL, &file, &d);
+        if (!file)
+                file = getenv("EFFNETD_CONFIG");
+        if (!file || !*file) {
+                file = CONF_DEFAULT_FILE;
+                must_exist = false;
         }
-        if (tmp.max_body_total < tmp.max_body_bytes) {
-                r = err_set(err, err_len, -EINVAL, "max-body-total is smaller than max-body-bytes");
-                goto fail;
+        if (load_file(&tmp, file, must_exist, &d) == 0 && !(tmp.file = strdup(file)))
+                diag_add(&d, "out of memory");
+
+        for (size_t i = 0; i < ARRAY_SIZE(settings); i++) {
+                const struct conf_setting *s = &settings[i];
+                env_name(s, env, sizeof env);
+                const char *v = getenv(env);
+                if (v && set_value(&tmp, s, v, env, why, sizeof why) < 0)
+                        diag_add(&d, "%s: %s", env, why);
+        }
+        scan_flags(argc, argv, &tmp, NULL, &d);
+
+        if (d.errors == 0) {
+                if (!tmp.weights)
+                        diag_add(&d, "no weights: set weights in [model] of %s, EFFNETD_WEIGHTS or --weights FILE",
+                                 file);
+                if (tmp.max_images > tmp.queue)
+                        diag_add(&d, "max-images (%lld, from %s) exceeds queue (%lld images, from %s)",
+                                 (long long)tmp.max_images, origin_of(&tmp, "max-images"), (long long)tmp.queue,
+                                 origin_of(&tmp, "queue"));
+                if (tmp.max_body_total < tmp.max_body_bytes)
+                        diag_add(&d, "max-body-total (%lld) is smaller than max-body-bytes (%lld)",
+                                 (long long)tmp.max_body_total, (long long)tmp.max_body_bytes);
+        }
+        if (d.errors > 0) {
+                conf_free(&tmp);
+                return -EINVAL;
         }
         *c = tmp;
         return 0;
-fail:
-        conf_free(&tmp);
-        return r;
+}
+
+static void print_bounds(FILE *f, const struct conf_setting *s)
+{
+        if (s->choices) {
+                fprintf(f, ", one of");
+                for (int k = 0; s->choices[k]; k++)
+                        fprintf(f, " %s", s->choices[k]);
+        }
+        if (s->type == CONF_INT)
+                fprintf(f, ", %.0f..%.0f", s->min, s->max);
+        else if (s->type == CONF_FLOAT && s->max > 0)
+                fprintf(f, ", %g..%g", s->min, s->max);
 }
 
 void conf_usage(FILE *f)
 {
         char env[64], flag[64];
 
+        fprintf(f, "  %-28s config file (default %s if it exists)\n  %-28s   env EFFNETD_CONFIG\n",
+                "--config FILE", CONF_DEFAULT_FILE, "");
         for (size_t i = 0; i < ARRAY_SIZE(settings); i++) {
                 const struct conf_setting *s = &settings[i];
                 env_name(s, env, sizeof env);
                 snprintf(flag, sizeof flag, "--%s%s", s->name, s->type == CONF_BOOL ? "[=BOOL]" : " VALUE");
-                fprintf(f, "  %-28s %s\n  %-28s   env %s", flag, s->help, "", env);
+                fprintf(f, "  %-28s %s\n  %-28s   env %s, file [%s] %s", flag, s->help, "", env, s->section,
+                        s->name);
                 if (s->def)
                         fprintf(f, ", default %s", s->def);
-                if (s->choices) {
-                        fprintf(f, ", one of");
-                        for (int k = 0; s->choices[k]; k++)
-                                fprintf(f, " %s", s->choices[k]);
-                }
-                if (s->type == CONF_INT || (s->type == CONF_FLOAT && s->max > 0))
-                        fprintf(f, ", %g..%g", s->min, s->max);
+                print_bounds(f, s);
                 fputc('\n', f);
+        }
+}
+
+static void print_value(FILE *f, const struct conf_setting *s, const struct conf *c)
+{
+        const void *field = (const char *)c + s->offset;
+
+        switch (s->type) {
+        case CONF_STRING: {
+                const char *v = *(char *const *)field;
+                fprintf(f, "%s", v ? v : "");
+                break;
+        }
+        case CONF_INT: fprintf(f, "%lld", (long long)*(const int64_t *)field); break;
+        case CONF_FLOAT: fprintf(f, "%g", *(const double *)field); break;
+        case CONF_BOOL: fprintf(f, "%s", *(const bool *)field ? "true" : "false"); break;
+        case CONF_ENUM: fprintf(f, "%s", s->choices[*(const int64_t *)field]); break;
         }
 }
 
 void conf_print(FILE *f, const struct conf *c)
 {
+        const char *section = "";
+
+        fprintf(f, "# effnetd settings in effect; config file: %s\n", c->file ? c->file : "none read");
         for (size_t i = 0; i < ARRAY_SIZE(settings); i++) {
                 const struct conf_setting *s = &settings[i];
-                const void *field = (const char *)c + s->offset;
-                fprintf(f, "%s%s=", i ? " " : "", s->name);
-                switch (s->type) {
-                case CONF_STRING: {
-                        const char *v = *(char *const *)field;
-                        fprintf(f, "%s", v ? v : "");
-                        break;
+                if (strcmp(section, s->section) != 0) {
+                        section = s->section;
+                        fprintf(f, "%s[%s]\n", i ? "\n" : "", section);
                 }
-                case CONF_INT: fprintf(f, "%lld", (long long)*(const int64_t *)field); break;
-                case CONF_FLOAT: fprintf(f, "%g", *(const double *)field); break;
-                case CONF_BOOL: fprintf(f, "%s", *(const bool *)field ? "true" : "false"); break;
-                case CONF_ENUM: fprintf(f, "%s", s->choices[*(const int64_t *)field]); break;
+                const char *origin = c->origin[i] ? c->origin[i] : "unset";
+                if (s->type == CONF_STRING && !*(char *const *)((const char *)c + s->offset))
+                        fprintf(f, "# %s =", s->name);
+                else {
+                        fprintf(f, "%s = ", s->name);
+                        print_value(f, s, c);
                 }
+                fprintf(f, "    # %s\n", origin);
+        }
+}
+
+void conf_print_line(FILE *f, const struct conf *c)
+{
+        for (size_t i = 0; i < ARRAY_SIZE(settings); i++) {
+                fprintf(f, "%s%s=", i ? " " : "", settings[i].name);
+                print_value(f, &settings[i], c);
         }
         fputc('\n', f);
 }

@@ -1,7 +1,9 @@
-/* config: every effnetd setting in one table (name, type, default, bounds,
- * environment variable, help). Sources in rising precedence: defaults,
- * EFFNETD_<NAME> environment variables, command-line flags --name VALUE.
- * A config file will be one more source over the same table. */
+/* config: every effnetd setting in one table (name, section, type, default,
+ * bounds, help). Sources in rising precedence: defaults, the config file
+ * (/etc/effnetd/effnetd.conf or --config FILE; "key = value" lines under
+ * [sections]), EFFNETD_<NAME> environment variables, command-line flags
+ * --name VALUE. --help, --print-config and --check-config come from the same
+ * table. */
 #ifndef EFFNET_DAEMON_CONFIG_H
 #define EFFNET_DAEMON_CONFIG_H
 
@@ -9,6 +11,12 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+
+#define CONF_DEFAULT_FILE "/etc/effnetd/effnetd.conf"
+#define CONF_MAX_SETTINGS 40
+#define CONF_MAX_FILE_BYTES (1 << 20)   /* a config file larger than this is refused */
+
+enum conf_log_format { CONF_LOG_TEXT, CONF_LOG_JSON };
 
 struct conf {
         char *weights;              /* owned strings; NULL when unset */
@@ -34,18 +42,31 @@ struct conf {
         int64_t drain_timeout;
         bool jpeg_fast;
         bool access_log;
+        int64_t log_format;         /* enum conf_log_format */
+        int64_t watchdog_stall;     /* seconds a busy worker may go without finishing a batch */
+
+        char *file;                 /* owned: the config file read, or NULL */
+        char *origin[CONF_MAX_SETTINGS]; /* owned: where each setting's value came from */
 };
 
-/* Fills c from defaults, the environment and argv (argv[0] is skipped).
- * Returns 0, or -EINVAL with a message naming the setting and its source.
- * c is owned by the caller (conf_free) on success only. */
+/* Fills c from defaults, the config file, the environment and argv (argv[0]
+ * is skipped; --config FILE or EFFNETD_CONFIG names the file, and the
+ * default file is read only if it exists). Returns 0, or -EINVAL with one
+ * message per line in err ("FILE:LINE: ..." for the file) naming each bad
+ * setting; parsing goes on after an error so that all are reported. c is
+ * owned by the caller (conf_free) on success only. */
 int conf_load(int argc, char **argv, struct conf *c, char *err, size_t err_len);
 void conf_free(struct conf *c);
 
-/* Prints one line per setting: flag, environment variable, default, help. */
+/* Prints one entry per setting: flag, environment variable, section and key,
+ * default, bounds, help. */
 void conf_usage(FILE *f);
 
-/* Prints the settings in effect on one line of name=value pairs. */
+/* Prints the settings in effect as a config file, each with where its value
+ * came from (default, FILE:LINE, EFFNETD_X, --x) as a comment. */
 void conf_print(FILE *f, const struct conf *c);
+
+/* The settings in effect on one line of name=value pairs (for the log). */
+void conf_print_line(FILE *f, const struct conf *c);
 
 #endif

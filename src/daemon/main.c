@@ -1,16 +1,20 @@
 /* effnetd: the EfficientNetV2 classification daemon (settings, start-up,
- * logging, signals). */
+ * systemd integration, signals: SIGTERM/SIGINT drain, SIGHUP reload). */
 #include "common/util.h"
 #include "daemon/config.h"
+#include "daemon/log.h"
+#include "daemon/sd.h"
 #include "effnet.h"
 #include "server/api.h"
 #include "server/batcher.h"
 #include "server/http.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,40 +22,201 @@
 #include <time.h>
 #include <unistd.h>
 
+#define STATUS_PERIOD_NS ((int64_t)5 * 1000000000)   /* STATUS= refresh */
+#define WEIGHTS_READ_CHUNK ((size_t)1 << 20)
+
 static const char *prog = "effnetd";
 
 static void usage(FILE *f)
 {
         fprintf(f,
-                "Usage: %s --weights FILE [--listen 127.0.0.1:8080] [OPTIONS]\n"
+                "Usage: %s [--config FILE] [--weights FILE] [--listen 127.0.0.1:8080] [OPTIONS]\n"
+                "       %s --check-config | --print-config [OPTIONS]\n"
                 "\n"
                 "Serves EfficientNetV2 image classification over HTTP:\n"
                 "  POST /v1/classify[?top_k=K]  (image/jpeg, image/png or multipart/form-data)\n"
                 "  GET  /v1/models, /healthz, /readyz, /metrics\n"
                 "\n"
-                "Options (each also from the environment variable shown):\n",
-                prog);
+                "Settings come from the config file, then EFFNETD_* environment variables,\n"
+                "then flags (each later source wins). SIGHUP reloads the [model] settings\n"
+                "and the weights; SIGTERM drains and exits.\n"
+                "\n"
+                "Options:\n",
+                prog, prog);
         conf_usage(f);
-        fprintf(f, "  --help, --version\n");
+        fprintf(f, "  --check-config               validate the settings (and that the files exist), then exit\n"
+                   "  --print-config               print the settings in effect and where each came from\n"
+                   "  --help, --version\n");
 }
 
-static void log_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void log_line(const char *fmt, ...)
-{
-        char buf[1024];
-        va_list ap;
+/* One model generation: what a reload builds and swaps in. */
+struct serving {
+        struct effnet_model *model;
+        struct api_labels *labels;
+        struct batch *batch;
+        char *weights;
+        char sha256[65];
+        int precision;
+};
 
-        va_start(ap, fmt);
-        vsnprintf(buf, sizeof buf, fmt, ap);
-        va_end(ap);
-        /* One write per line, so that lines of several threads do not mix. */
-        fprintf(stderr, "%s: %s\n", prog, buf);
+static struct serving *serving_free(struct serving *sv)
+{
+        if (!sv)
+                return NULL;
+        sv->batch = batch_free(sv->batch);   /* finishes queued jobs first */
+        sv->labels = api_labels_free(sv->labels);
+        sv->model = effnet_model_free(sv->model);
+        free(sv->weights);
+        free(sv);
+        return NULL;
+}
+
+/* The SHA-256 of a file as 64 hex digits (and a NUL) in ret_hex. */
+static int file_sha256(const char *path, char *err, size_t err_len, char ret_hex[65])
+{
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned md_len = 0;
+        EVP_MD_CTX *ctx = NULL;
+        uint8_t *buf = NULL;
+        int fd = -1, r = 0;
+        ssize_t n;
+
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return err_set(err, err_len, -errno, "%s: %s", path, strerror(errno));
+        buf = malloc(WEIGHTS_READ_CHUNK);
+        ctx = EVP_MD_CTX_new();
+        if (!buf || !ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+                r = err_set(err, err_len, -ENOMEM, "sha256: out of memory");
+                goto out;
+        }
+        while ((n = read(fd, buf, WEIGHTS_READ_CHUNK)) > 0)
+                EVP_DigestUpdate(ctx, buf, (size_t)n);
+        if (n < 0) {
+                r = err_set(err, err_len, -errno, "%s: %s", path, strerror(errno));
+                goto out;
+        }
+        EVP_DigestFinal_ex(ctx, md, &md_len);
+        for (unsigned i = 0; i < md_len && i < 32; i++)
+                snprintf(ret_hex + 2 * i, 3, "%02x", md[i]);
+out:
+        EVP_MD_CTX_free(ctx);
+        free(buf);
+        close(fd);
+        return r;
+}
+
+/* Loads the model of c, its labels, and a warm batcher. */
+static int serving_open(const struct conf *c, char *err, size_t err_len, struct serving **ret)
+{
+        struct serving *sv = calloc(1, sizeof *sv);
+        int r;
+
+        if (!sv)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        sv->precision = (int)c->precision;
+        if (!(sv->weights = strdup(c->weights))) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        struct effnet_open_opts oo = { .padding = (int)c->padding, .bn_eps = (float)c->bn_eps };
+        if ((r = effnet_model_open(c->weights, &oo, err, err_len, &sv->model)) < 0)
+                goto fail;
+        const struct effnet_info *info = effnet_model_info(sv->model);
+        if ((r = api_labels_load(c->labels, info->classes, err, err_len, &sv->labels)) < 0)
+                goto fail;
+        if ((r = file_sha256(c->weights, err, err_len, sv->sha256)) < 0)
+                goto fail;
+        struct batch_opts bo = {
+                .max_batch = (int)c->max_batch,
+                .max_delay_us = (int64_t)(c->max_delay_ms * 1000.0),
+                .queue_images = (int)c->queue,
+                .workers = (int)c->workers,
+                .threads = (int)c->threads,
+                .precision = (int)c->precision,
+        };
+        if ((r = batch_new(sv->model, &bo, err, err_len, &sv->batch)) < 0)
+                goto fail;
+        *ret = sv;
+        return 0;
+fail:
+        serving_free(sv);
+        return r;
+}
+
+static struct http_backend backend_of(struct serving *sv)
+{
+        return (struct http_backend){ .model = sv->model, .batch = sv->batch, .labels = sv->labels,
+                                      .weights = sv->weights, .weights_sha256 = sv->sha256, .owner = sv };
+}
+
+static void describe(const struct serving *sv, char *buf, size_t n)
+{
+        const struct effnet_info *info = effnet_model_info(sv->model);
+        snprintf(buf, n, "%s, %s, %d classes, input %d, weights %s", info->variant,
+                 sv->precision == EFFNET_BF16 ? "bf16" : "fp32", info->classes, info->preproc.size, sv->weights);
+}
+
+/* A reload runs on its own thread so that the main loop keeps answering
+ * signals and feeding the watchdog while the new executors warm up. */
+struct reload {
+        pthread_t thread;
+        bool running;
+        atomic_bool done;
+        struct conf conf;          /* owned by the thread until done */
+        struct serving *result;    /* NULL on failure */
+        char err[512];
+};
+
+static void *reload_main(void *arg)
+{
+        struct reload *rl = arg;
+
+        if (serving_open(&rl->conf, rl->err, sizeof rl->err, &rl->result) < 0)
+                rl->result = NULL;
+        atomic_store(&rl->done, true);
+        return NULL;
+}
+
+/* Reads the settings again; the [model] ones (weights, labels, precision,
+ * padding, bn-eps) take effect, the others need a restart. */
+static int reload_start(struct reload *rl, int argc, char **argv, const struct conf *running)
+{
+        char err[2048];
+        int r;
+
+        memset(rl, 0, sizeof *rl);
+        if ((r = conf_load(argc, argv, &rl->conf, err, sizeof err)) < 0) {
+                log_msg(LOG_ERR, "reload: bad settings, keeping the running model: %s", err);
+                return r;
+        }
+        /* Batching and limits stay as started: swap only the model side. */
+        struct conf *n = &rl->conf;
+        if (n->max_batch != running->max_batch || n->queue != running->queue || n->workers != running->workers ||
+            n->threads != running->threads || (n->listen && running->listen && strcmp(n->listen, running->listen)))
+                log_msg(LOG_WARNING, "reload: only [model] settings change on reload; restart for the others");
+        n->max_batch = running->max_batch;
+        n->queue = running->queue;
+        n->workers = running->workers;
+        n->threads = running->threads;
+        n->max_delay_ms = running->max_delay_ms;
+        if ((r = -pthread_create(&rl->thread, NULL, reload_main, rl)) < 0) {
+                log_msg(LOG_ERR, "reload: thread: %s", strerror(-r));
+                conf_free(&rl->conf);
+                return r;
+        }
+        rl->running = true;
+        return 0;
 }
 
 static void on_access(void *userdata, const struct http_access *a)
 {
-        log_line("%s \"%s %s\" %d%s%s images=%d bytes=%zu ms=%.1f", a->client, a->method, a->path, a->status,
-                 a->error ? " " : "", a->error ? a->error : "", a->images, a->body_bytes, a->ms);
+        struct log_access la = { .request_id = a->request_id, .client = a->client, .method = a->method,
+                                 .path = a->path, .status = a->status, .error = a->error,
+                                 .bytes_in = a->body_bytes, .bytes_out = a->answer_bytes, .images = a->images,
+                                 .queue_ms = a->queue_ms, .inference_ms = a->inference_ms,
+                                 .batch_size = a->batch_size, .ms = a->ms };
+        log_access(&la);
 }
 
 static void on_http_error(void *userdata, const char *fmt, va_list ap)
@@ -62,7 +227,7 @@ static void on_http_error(void *userdata, const char *fmt, va_list ap)
         size_t n = strlen(buf);
         while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
                 buf[--n] = '\0';
-        log_line("http: %s", buf);
+        log_msg(LOG_WARNING, "http: %s", buf);
 }
 
 /* Enough descriptors for the connection limit, as far as the hard limit
@@ -78,27 +243,108 @@ static void raise_fd_limit(int64_t connections)
                 return;
         rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
         if (setrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < want)
-                log_line("warning: %llu file descriptors for up to %lld connections",
-                         (unsigned long long)rl.rlim_cur, (long long)connections);
+                log_msg(LOG_WARNING, "%llu file descriptors for up to %lld connections",
+                        (unsigned long long)rl.rlim_cur, (long long)connections);
 }
 
-static void sleep_ms(int ms)
+/* Whether the files the settings name can be read (for --check-config). */
+static int check_files(const struct conf *c)
 {
-        struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000 };
-        nanosleep(&ts, NULL);
+        const char *files[] = { c->weights, c->labels };
+        int r = 0;
+
+        for (size_t i = 0; i < ARRAY_SIZE(files); i++)
+                if (files[i] && access(files[i], R_OK) < 0) {
+                        fprintf(stderr, "%s: %s: %s\n", prog, files[i], strerror(errno));
+                        r = -errno;
+                }
+        return r;
+}
+
+/* Prints each line of a multi-line message with the program name. */
+static void print_errors(const char *err)
+{
+        const char *p = err;
+        while (*p) {
+                const char *nl = strchr(p, '\n');
+                int n = nl ? (int)(nl - p) : (int)strlen(p);
+                fprintf(stderr, "%s: %.*s\n", prog, n, p);
+                p += n + (nl ? 1 : 0);
+        }
+}
+
+struct loop {
+        struct http_server *http;
+        struct serving *current;
+        int64_t watchdog_ns;       /* keep-alive period / 2; 0 = no watchdog */
+        int64_t next_watchdog, next_status;
+        int64_t stall_ns;
+        uint64_t last_images;
+        int64_t last_status_ns;
+        char what[512];
+        bool stalled;              /* logged once per stall */
+};
+
+/* Periodic work of the main loop: watchdog keep-alive when the workers make
+ * progress, STATUS= with the rate, and freeing retired generations. */
+static void tick(struct loop *L, bool stopping)
+{
+        int64_t now = time_now_ns();
+        char err[256];
+        void *old;
+
+        while ((old = http_collect_retired(L->http)))
+                serving_free(old);
+        if (L->watchdog_ns && now >= L->next_watchdog) {
+                L->next_watchdog = now + L->watchdog_ns;
+                if (batch_check_progress(L->current->batch, L->stall_ns, err, sizeof err) == 0) {
+                        sd_send_watchdog();
+                        L->stalled = false;
+                } else if (!L->stalled) {
+                        L->stalled = true;
+                        log_msg(LOG_ERR, "no watchdog keep-alive: %s", err);
+                }
+        }
+        if (!stopping && now >= L->next_status) {
+                uint64_t images = http_images(L->http);
+                double secs = (double)(now - L->last_status_ns) / 1e9;
+                double rate = secs > 0 ? (double)(images - L->last_images) / secs : 0;
+                sd_send_status("serving %s on %s; %llu images, %.1f images/s", L->what, http_url(L->http),
+                               (unsigned long long)images, rate);
+                L->last_images = images;
+                L->last_status_ns = now;
+                L->next_status = now + STATUS_PERIOD_NS;
+        }
+}
+
+/* OpenMP threads (oneDNN's runtime, libgomp) spin for about 3 ms after every
+ * parallel region by default; on a few cores that spinning takes the CPU from
+ * the HTTP threads that decode images, and from a teammate that was
+ * preempted. Passive waiting is the default here; libgomp reads
+ * OMP_WAIT_POLICY once, when it is loaded, so set it and execute again.
+ * OMP_WAIT_POLICY or GOMP_SPINCOUNT in the environment keep their meaning. */
+static void omp_wait_passive(char **argv)
+{
+        if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT"))
+                return;
+        if (setenv("OMP_WAIT_POLICY", "passive", 1) == 0)
+                execv("/proc/self/exe", argv);
+        unsetenv("OMP_WAIT_POLICY"); /* no /proc: run with the runtime's default */
 }
 
 int main(int argc, char **argv)
 {
         struct conf c = { 0 };
-        struct effnet_model *model = NULL;
-        struct api_labels *labels = NULL;
-        struct batch *batch = NULL;
         struct http_server *http = NULL;
-        char err[512];
+        struct serving *sv = NULL;
+        struct reload rl = { 0 };
+        bool check = false, print = false;
+        char err[4096];
+        char **args = NULL;
+        int nargs = 1, listen_fd = -1, r;
         sigset_t sigs;
-        int r, sig = 0;
 
+        omp_wait_passive(argv);
         for (int i = 1; i < argc; i++) {
                 if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
                         usage(stdout);
@@ -109,57 +355,84 @@ int main(int argc, char **argv)
                         return 0;
                 }
         }
-        if (conf_load(argc, argv, &c, err, sizeof err) < 0) {
-                log_line("%s", err);
+        /* The actions are not settings: take them out before parsing. */
+        args = calloc((size_t)argc + 1, sizeof *args);
+        if (!args)
+                return 1;
+        args[0] = argv[0];
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "--check-config") == 0)
+                        check = true;
+                else if (strcmp(argv[i], "--print-config") == 0)
+                        print = true;
+                else
+                        args[nargs++] = argv[i];
+        }
+        if (conf_load(nargs, args, &c, err, sizeof err) < 0) {
+                print_errors(err);
+                free(args);
                 return 2;
         }
+        if (check || print) {
+                r = check ? check_files(&c) : 0;
+                if (print)
+                        conf_print(stdout, &c);
+                if (check && r == 0)
+                        fprintf(stderr, "%s: configuration OK (config file: %s)\n", prog,
+                                c.file ? c.file : "none read");
+                conf_free(&c);
+                free(args);
+                return r < 0 ? 2 : 0;
+        }
+        log_setup(prog, c.log_format == CONF_LOG_JSON);
 
-        /* Signals go to the main thread's sigwait; every thread started from
-         * here on inherits the mask. */
+        /* Signals go to the main thread's sigtimedwait; every thread started
+         * from here on inherits the mask. */
         sigemptyset(&sigs);
         sigaddset(&sigs, SIGTERM);
         sigaddset(&sigs, SIGINT);
+        sigaddset(&sigs, SIGHUP);
         pthread_sigmask(SIG_BLOCK, &sigs, NULL);
         signal(SIGPIPE, SIG_IGN);
         raise_fd_limit(c.max_connections);
-        fprintf(stderr, "%s: settings: ", prog);
-        conf_print(stderr, &c);
+        {
+                char *line = NULL;
+                size_t len = 0;
+                FILE *f = open_memstream(&line, &len);
+                if (f) {
+                        conf_print_line(f, &c);
+                        fclose(f);
+                        if (line && len)
+                                line[len - 1] = '\0';
+                        log_msg(LOG_INFO, "settings: %s", line ? line : "");
+                        free(line);
+                }
+        }
+        if ((r = sd_take_listen_fd(&listen_fd)) < 0) {
+                log_msg(LOG_ERR, "socket activation: expected one listening stream socket");
+                goto out;
+        }
 
-        struct effnet_open_opts oo = { .padding = (int)c.padding, .bn_eps = (float)c.bn_eps };
         int64_t t0 = time_now_ns();
-        if ((r = effnet_model_open(c.weights, &oo, err, sizeof err, &model)) < 0) {
-                log_line("%s", err);
-                goto out;
-        }
-        const struct effnet_info *info = effnet_model_info(model);
-        if ((r = api_labels_load(c.labels, info->classes, err, sizeof err, &labels)) < 0) {
-                log_line("%s", err);
-                goto out;
-        }
-        log_line("model %s: %s, %d classes, input %d, %s weights, labels %s", c.weights, info->variant,
-                 info->classes, info->preproc.size, info->dtype, api_labels_source(labels));
-
-        struct batch_opts bo = {
-                .max_batch = (int)c.max_batch,
-                .max_delay_us = (int64_t)(c.max_delay_ms * 1000.0),
-                .queue_images = (int)c.queue,
-                .workers = (int)c.workers,
-                .threads = (int)c.threads,
-                .precision = (int)c.precision,
-        };
-        if ((r = batch_new(model, &bo, err, sizeof err, &batch)) < 0) {
-                log_line("%s", err);
+        if ((r = serving_open(&c, err, sizeof err, &sv)) < 0) {
+                log_msg(LOG_ERR, "%s", err);
                 goto out;
         }
         struct batch_config bc;
-        batch_get_config(batch, &bc);
-        log_line("%d worker(s) x %d thread(s) of %d usable CPUs, %s, batch sizes up to %d, ready in %.0f ms "
-                 "(%.0f MB of executor memory)",
-                 bc.workers, bc.threads, cpu_usable_count(), c.precision ? "bf16" : "fp32", bc.max_batch,
-                 (double)(time_now_ns() - t0) / 1e6, (double)bc.exec_bytes / (1024.0 * 1024.0));
+        batch_get_config(sv->batch, &bc);
+        const struct effnet_info *info = effnet_model_info(sv->model);
+        log_msg(LOG_INFO, "model %s: %s, %d classes, input %d, %s weights (sha256 %.16s...), labels %s", c.weights,
+                info->variant, info->classes, info->preproc.size, info->dtype, sv->sha256,
+                api_labels_source(sv->labels));
+        log_msg(LOG_INFO,
+                "%d worker(s) x %d thread(s) of %d usable CPUs, %s, batch sizes up to %d, ready in %.0f ms "
+                "(%.0f MB of executor memory)",
+                bc.workers, bc.threads, cpu_usable_count(), c.precision ? "bf16" : "fp32", bc.max_batch,
+                (double)(time_now_ns() - t0) / 1e6, (double)bc.exec_bytes / (1024.0 * 1024.0));
 
         struct http_opts ho = {
                 .listen = c.listen,
+                .listen_fd = listen_fd,
                 .threads = (int)c.http_threads,
                 .max_connections = (int)c.max_connections,
                 .connection_timeout_s = (int)c.connection_timeout,
@@ -169,39 +442,113 @@ int main(int argc, char **argv)
                 .deadline_ms = c.deadline_ms,
                 .retry_after_s = (int)c.retry_after,
                 .img = IMG_OPTS_DEFAULT,
-                .weights = c.weights,
                 .access_log = c.access_log ? on_access : NULL,
                 .error_log = on_http_error,
         };
         ho.img.limits.max_bytes = (size_t)c.max_body_bytes;
         ho.img.limits.max_pixels = c.max_pixels;
         ho.img.jpeg_fast = c.jpeg_fast;
-        if ((r = http_new(&ho, model, batch, labels, err, sizeof err, &http)) < 0) {
-                log_line("%s", err);
+        struct http_backend be = backend_of(sv);
+        if ((r = http_new(&ho, &be, err, sizeof err, &http)) < 0) {
+                log_msg(LOG_ERR, "%s", err);
                 goto out;
         }
-        log_line("listening on %s", http_url(http));
+        log_msg(LOG_INFO, "listening on %s%s", http_url(http), listen_fd >= 0 ? " (socket from systemd)" : "");
 
-        while (sigwait(&sigs, &sig) != 0)
-                ;
-        log_line("%s: draining (%d requests in flight)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
-                 http_inflight(http));
+        struct loop L = { .http = http, .current = sv, .stall_ns = c.watchdog_stall * 1000000000 };
+        uint64_t wd = sd_watchdog_period_usec();
+        L.watchdog_ns = (int64_t)wd * 1000 / 2;
+        L.last_status_ns = time_now_ns();
+        describe(sv, L.what, sizeof L.what);
+        char status[700];
+        snprintf(status, sizeof status, "serving %s on %s", L.what, http_url(http));
+        sd_send_ready(status);
+        L.next_status = time_now_ns() + STATUS_PERIOD_NS;
+        if (wd)
+                sd_send_watchdog();
+        L.next_watchdog = time_now_ns() + L.watchdog_ns;
+
+        int sig = 0;
+        for (;;) {
+                int64_t wait_ns = 250000000;   /* signals, reload completion, watchdog, status */
+                if (L.watchdog_ns && L.watchdog_ns < wait_ns)
+                        wait_ns = L.watchdog_ns;
+                struct timespec ts = { .tv_sec = wait_ns / 1000000000, .tv_nsec = wait_ns % 1000000000 };
+                sig = sigtimedwait(&sigs, NULL, &ts);
+                if (sig == SIGTERM || sig == SIGINT)
+                        break;
+                if (sig == SIGHUP) {
+                        if (rl.running) {
+                                log_msg(LOG_NOTICE, "SIGHUP: a reload is already running");
+                        } else {
+                                sd_send_reloading();
+                                log_msg(LOG_INFO, "SIGHUP: reloading the model");
+                                if (reload_start(&rl, nargs, args, &c) < 0) {
+                                        http_count_reload(http, false);
+                                        sd_send_ready(status);
+                                }
+                        }
+                }
+                if (rl.running && atomic_load(&rl.done)) {
+                        pthread_join(rl.thread, NULL);
+                        rl.running = false;
+                        struct serving *n = rl.result;
+                        struct http_backend nb;
+                        if (n) {
+                                nb = backend_of(n);
+                                if (http_swap_backend(http, &nb, rl.err, sizeof rl.err) < 0)
+                                        n = serving_free(n);
+                        }
+                        if (n) {
+                                L.current = sv = n;
+                                describe(sv, L.what, sizeof L.what);
+                                log_msg(LOG_INFO, "reloaded: now serving %s (sha256 %.16s...)", L.what, sv->sha256);
+                                http_count_reload(http, true);
+                        } else {
+                                log_msg(LOG_ERR, "reload failed, still serving %s: %s", L.what, rl.err);
+                                http_count_reload(http, false);
+                        }
+                        conf_free(&rl.conf);
+                        snprintf(status, sizeof status, "serving %s on %s", L.what, http_url(http));
+                        sd_send_ready(status);
+                }
+                tick(&L, false);
+        }
+
+        log_msg(LOG_INFO, "%s: draining (%d requests in flight, up to %lld s)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                http_inflight(http), (long long)c.drain_timeout);
+        sd_send_stopping("draining");
         http_drain(http);
-        /* Requests waiting for inference always finish (result or deadline);
-         * only slow readers of answers are cut off after drain-timeout. */
+        /* Queued requests always finish (result or deadline), since
+         * libmicrohttpd cannot stop with suspended connections; only slow
+         * readers of answers are cut off after drain-timeout. */
         int64_t until = time_now_ns() + c.drain_timeout * 1000000000;
-        while (http_waiting(http) > 0 || (http_inflight(http) > 0 && time_now_ns() < until))
-                sleep_ms(10);
+        while (http_waiting(http) > 0 || (http_inflight(http) > 0 && time_now_ns() < until)) {
+                struct timespec ts = { .tv_sec = 0, .tv_nsec = 10000000 };
+                nanosleep(&ts, NULL);
+                tick(&L, true);
+        }
         if (http_inflight(http) > 0)
-                log_line("closing %d connection(s) still sending answers", http_inflight(http));
+                log_msg(LOG_WARNING, "closing %d connection(s) still sending answers", http_inflight(http));
+        if (rl.running) {
+                pthread_join(rl.thread, NULL);
+                rl.running = false;
+                serving_free(rl.result);
+                conf_free(&rl.conf);
+        }
         r = 0;
 out:
+        if (http) {
+                void *old;
+                http_stop(http);
+                while ((old = http_collect_retired(http)))
+                        serving_free(old);
+        }
         http = http_free(http);
-        batch = batch_free(batch);
-        labels = api_labels_free(labels);
-        model = effnet_model_free(model);
+        sv = serving_free(sv);
         if (r == 0)
-                log_line("stopped");
+                log_msg(LOG_INFO, "stopped");
         conf_free(&c);
+        free(args);
         return r < 0 ? 1 : 0;
 }

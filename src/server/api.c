@@ -341,92 +341,183 @@ const char *api_route_path(enum api_route r)
         return paths[r];
 }
 
-int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *bs, int max_batch, char **ret_body)
+const double api_latency_bounds[API_LATENCY_BUCKETS] = {
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+};
+
+int api_hist_bucket(double v)
 {
-        char *buf = NULL;
+        int i = 0;
+        while (i < API_LATENCY_BUCKETS && v > api_latency_bounds[i])
+                i++;
+        return i;
+}
+
+/* A label value with \, " and newline escaped (text format 0.0.4). */
+static void put_label(FILE *f, const char *v)
+{
+        for (; v && *v; v++) {
+                if (*v == '\\' || *v == '"')
+                        fputc('\\', f), fputc(*v, f);
+                else if (*v == '\n')
+                        fputs("\\n", f);
+                else
+                        fputc(*v, f);
+        }
+}
+
+/* One histogram series: cumulative buckets, sum, count. labels: "" or
+ * "route=\"/x\"," (ends with a comma). */
+static void put_hist(FILE *f, const char *name, const char *labels, const double *bounds, int n,
+                     const uint64_t *counts, double sum)
+{
+        uint64_t cum = 0;
+        size_t ll = strlen(labels);
+
+        for (int i = 0; i <= n; i++) {
+                cum += counts[i];
+                if (i < n)
+                        fprintf(f, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, bounds[i], (unsigned long long)cum);
+                else
+                        fprintf(f, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, (unsigned long long)cum);
+        }
+        if (ll)
+                fprintf(f, "%s_sum{%.*s} %.6f\n%s_count{%.*s} %llu\n", name, (int)ll - 1, labels, sum, name,
+                        (int)ll - 1, labels, (unsigned long long)cum);
+        else
+                fprintf(f, "%s_sum %.6f\n%s_count %llu\n", name, sum, name, (unsigned long long)cum);
+}
+
+static void put_head(FILE *f, const char *name, const char *type, const char *help)
+{
+        fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *bs, char **ret_body)
+{
+        const struct api_model_stats *m = &hs->model;
+        const struct api_process_stats *p = &hs->process;
+        char *buf = NULL, labels[64];
         size_t len = 0;
         FILE *f = open_memstream(&buf, &len);
 
         if (!f)
                 return -ENOMEM;
-        fprintf(f, "# HELP effnetd_http_requests_total HTTP requests answered, by route and status.\n"
-                   "# TYPE effnetd_http_requests_total counter\n");
+        put_head(f, "effnetd_http_requests_total", "counter", "HTTP requests answered, by route and status.");
         for (int r = 0; r < API_N_ROUTES; r++)
                 for (int s = 0; s < API_N_STATUSES; s++)
                         if (hs->requests[r][s] || (r == API_ROUTE_CLASSIFY && s == 0))
                                 fprintf(f, "effnetd_http_requests_total{route=\"%s\",code=\"%d\"} %llu\n",
                                         api_route_path((enum api_route)r), api_statuses[s],
                                         (unsigned long long)hs->requests[r][s]);
-        fprintf(f, "# HELP effnetd_http_errors_total Error answers, by error code.\n"
-                   "# TYPE effnetd_http_errors_total counter\n");
+        put_head(f, "effnetd_http_errors_total", "counter", "Error answers, by error code.");
         for (int e = 0; e < API_N_ERRORS; e++)
                 fprintf(f, "effnetd_http_errors_total{code=\"%s\"} %llu\n", errors[e].code,
                         (unsigned long long)hs->errors[e]);
-        fprintf(f,
-                "# HELP effnetd_http_request_seconds_total Time from request headers to answer, summed.\n"
-                "# TYPE effnetd_http_request_seconds_total counter\n"
-                "effnetd_http_request_seconds_total %.6f\n"
-                "# HELP effnetd_http_connections_total Connections accepted.\n"
-                "# TYPE effnetd_http_connections_total counter\n"
-                "effnetd_http_connections_total %llu\n"
-                "# HELP effnetd_http_inflight_requests Requests being served.\n"
-                "# TYPE effnetd_http_inflight_requests gauge\n"
-                "effnetd_http_inflight_requests %d\n"
-                "# HELP effnetd_images_total Images classified and answered.\n"
-                "# TYPE effnetd_images_total counter\n"
-                "effnetd_images_total %llu\n"
-                "# HELP effnetd_ready Whether the server takes requests (1) or is draining (0).\n"
-                "# TYPE effnetd_ready gauge\n"
-                "effnetd_ready %d\n",
-                hs->request_seconds, (unsigned long long)hs->connections, hs->inflight,
-                (unsigned long long)hs->images, hs->ready ? 1 : 0);
-        fprintf(f,
-                "# HELP effnetd_batch_jobs_total Jobs (requests) accepted by the batch queue.\n"
-                "# TYPE effnetd_batch_jobs_total counter\n"
-                "effnetd_batch_jobs_total %llu\n"
-                "# HELP effnetd_batch_jobs_rejected_total Jobs refused because the queue was full.\n"
-                "# TYPE effnetd_batch_jobs_rejected_total counter\n"
-                "effnetd_batch_jobs_rejected_total %llu\n"
-                "# HELP effnetd_batch_jobs_timed_out_total Jobs dropped before inference past their deadline.\n"
-                "# TYPE effnetd_batch_jobs_timed_out_total counter\n"
-                "effnetd_batch_jobs_timed_out_total %llu\n"
-                "# HELP effnetd_batch_jobs_failed_total Jobs whose forward pass failed.\n"
-                "# TYPE effnetd_batch_jobs_failed_total counter\n"
-                "effnetd_batch_jobs_failed_total %llu\n"
-                "# HELP effnetd_batches_total Forward passes.\n"
-                "# TYPE effnetd_batches_total counter\n"
-                "effnetd_batches_total %llu\n"
-                "# HELP effnetd_batch_images_total Images in forward passes.\n"
-                "# TYPE effnetd_batch_images_total counter\n"
-                "effnetd_batch_images_total %llu\n"
-                "# HELP effnetd_forward_seconds_total Time spent in forward passes.\n"
-                "# TYPE effnetd_forward_seconds_total counter\n"
-                "effnetd_forward_seconds_total %.6f\n"
-                "# HELP effnetd_queue_images Images waiting for a worker.\n"
-                "# TYPE effnetd_queue_images gauge\n"
-                "effnetd_queue_images %d\n"
-                "# HELP effnetd_queue_capacity_images Capacity of the queue.\n"
-                "# TYPE effnetd_queue_capacity_images gauge\n"
-                "effnetd_queue_capacity_images %d\n"
-                "# HELP effnetd_busy_workers Workers inside a forward pass.\n"
-                "# TYPE effnetd_busy_workers gauge\n"
-                "effnetd_busy_workers %d\n",
-                (unsigned long long)bs->jobs, (unsigned long long)bs->jobs_rejected,
-                (unsigned long long)bs->jobs_timed_out, (unsigned long long)bs->jobs_failed,
-                (unsigned long long)bs->batches, (unsigned long long)bs->batch_images, bs->forward_seconds,
-                bs->queue_images, bs->queue_capacity, bs->busy_workers);
-        fprintf(f, "# HELP effnetd_batch_size Images per forward pass.\n"
-                   "# TYPE effnetd_batch_size histogram\n");
-        uint64_t cum = 0;
-        for (int k = 1; k <= max_batch; k++) {
-                cum += bs->batch_sizes ? bs->batch_sizes[k] : 0;
-                fprintf(f, "effnetd_batch_size_bucket{le=\"%d\"} %llu\n", k, (unsigned long long)cum);
+        put_head(f, "effnetd_http_request_duration_seconds", "histogram",
+                 "Time from request headers to the answer, by route.");
+        for (int r = 0; r < API_N_ROUTES; r++) {
+                snprintf(labels, sizeof labels, "route=\"%s\",", api_route_path((enum api_route)r));
+                put_hist(f, "effnetd_http_request_duration_seconds", labels, api_latency_bounds,
+                         API_LATENCY_BUCKETS, hs->latency[r].buckets, hs->latency[r].sum);
         }
-        fprintf(f,
-                "effnetd_batch_size_bucket{le=\"+Inf\"} %llu\n"
-                "effnetd_batch_size_sum %llu\n"
-                "effnetd_batch_size_count %llu\n",
-                (unsigned long long)cum, (unsigned long long)bs->batch_images, (unsigned long long)bs->batches);
+        put_head(f, "effnetd_queue_wait_seconds", "histogram",
+                 "Time a classify request waited in the queue before its first forward pass.");
+        put_hist(f, "effnetd_queue_wait_seconds", "", api_latency_bounds, API_LATENCY_BUCKETS,
+                 hs->queue_wait.buckets, hs->queue_wait.sum);
+        put_head(f, "effnetd_inference_seconds", "histogram", "Time of one forward pass (a batch).");
+        put_hist(f, "effnetd_inference_seconds", "", batch_forward_bounds, BATCH_FORWARD_BUCKETS, bs->forward_hist,
+                 bs->forward_seconds);
+        put_head(f, "effnetd_batch_size", "histogram", "Images per forward pass.");
+        {
+                uint64_t cum = 0;
+                for (int k = 1; k <= m->max_batch; k++) {
+                        cum += bs->batch_sizes ? bs->batch_sizes[k] : 0;
+                        fprintf(f, "effnetd_batch_size_bucket{le=\"%d\"} %llu\n", k, (unsigned long long)cum);
+                }
+                fprintf(f,
+                        "effnetd_batch_size_bucket{le=\"+Inf\"} %llu\n"
+                        "effnetd_batch_size_sum %llu\n"
+                        "effnetd_batch_size_count %llu\n",
+                        (unsigned long long)cum, (unsigned long long)bs->batch_images,
+                        (unsigned long long)bs->batches);
+        }
+        put_head(f, "effnetd_http_connections_total", "counter", "Connections accepted.");
+        fprintf(f, "effnetd_http_connections_total %llu\n", (unsigned long long)hs->connections);
+        put_head(f, "effnetd_http_inflight_requests", "gauge", "Requests being served.");
+        fprintf(f, "effnetd_http_inflight_requests %d\n", hs->inflight);
+        put_head(f, "effnetd_images_total", "counter", "Images classified and answered.");
+        fprintf(f, "effnetd_images_total %llu\n", (unsigned long long)hs->images);
+        put_head(f, "effnetd_ready", "gauge", "Whether the server takes requests (1) or is draining (0).");
+        fprintf(f, "effnetd_ready %d\n", hs->ready ? 1 : 0);
+        put_head(f, "effnetd_reloads_total", "counter", "Weight reloads (SIGHUP), by result.");
+        fprintf(f, "effnetd_reloads_total{result=\"ok\"} %llu\neffnetd_reloads_total{result=\"error\"} %llu\n",
+                (unsigned long long)hs->reloads, (unsigned long long)hs->reload_failures);
+
+        put_head(f, "effnetd_batch_jobs_total", "counter", "Jobs (requests) accepted by the batch queue.");
+        fprintf(f, "effnetd_batch_jobs_total %llu\n", (unsigned long long)bs->jobs);
+        put_head(f, "effnetd_batch_jobs_rejected_total", "counter", "Jobs refused because the queue was full.");
+        fprintf(f, "effnetd_batch_jobs_rejected_total %llu\n", (unsigned long long)bs->jobs_rejected);
+        put_head(f, "effnetd_batch_jobs_timed_out_total", "counter",
+                 "Jobs dropped before inference past their deadline.");
+        fprintf(f, "effnetd_batch_jobs_timed_out_total %llu\n", (unsigned long long)bs->jobs_timed_out);
+        put_head(f, "effnetd_batch_jobs_failed_total", "counter", "Jobs whose forward pass failed.");
+        fprintf(f, "effnetd_batch_jobs_failed_total %llu\n", (unsigned long long)bs->jobs_failed);
+        put_head(f, "effnetd_batches_total", "counter", "Forward passes.");
+        fprintf(f, "effnetd_batches_total %llu\n", (unsigned long long)bs->batches);
+        put_head(f, "effnetd_batch_images_total", "counter", "Images in forward passes.");
+        fprintf(f, "effnetd_batch_images_total %llu\n", (unsigned long long)bs->batch_images);
+        put_head(f, "effnetd_queue_images", "gauge", "Images waiting for a worker (queue depth).");
+        fprintf(f, "effnetd_queue_images %d\n", bs->queue_images);
+        put_head(f, "effnetd_queue_capacity_images", "gauge", "Capacity of the queue.");
+        fprintf(f, "effnetd_queue_capacity_images %d\n", bs->queue_capacity);
+        put_head(f, "effnetd_busy_workers", "gauge", "Workers inside a forward pass.");
+        fprintf(f, "effnetd_busy_workers %d\n", bs->busy_workers);
+
+        put_head(f, "effnetd_model_info", "gauge", "The model being served (value 1).");
+        fprintf(f, "effnetd_model_info{variant=\"");
+        put_label(f, m->variant);
+        fprintf(f, "\",precision=\"");
+        put_label(f, m->precision);
+        fprintf(f, "\",classes=\"%d\",input_size=\"%d\",weights=\"", m->classes, m->input_size);
+        put_label(f, m->weights);
+        fprintf(f, "\",weights_sha256=\"");
+        put_label(f, m->weights_sha256);
+        fprintf(f, "\",labels=\"");
+        put_label(f, m->labels);
+        fprintf(f, "\"} 1\n");
+        put_head(f, "effnetd_model_classes", "gauge", "Output classes of the model being served.");
+        fprintf(f, "effnetd_model_classes %d\n", m->classes);
+        put_head(f, "effnetd_build_info", "gauge", "effnetd's version (value 1).");
+        fprintf(f, "effnetd_build_info{version=\"%s\",compiler=\"%s\"} 1\n", EFFNET_VERSION,
+#ifdef __VERSION__
+                "gcc-compatible " __VERSION__
+#else
+                "unknown"
+#endif
+        );
+
+        if (p->rss_bytes >= 0) {
+                put_head(f, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
+                fprintf(f, "process_resident_memory_bytes %lld\n", (long long)p->rss_bytes);
+        }
+        if (p->cpu_seconds >= 0) {
+                put_head(f, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
+                fprintf(f, "process_cpu_seconds_total %.2f\n", p->cpu_seconds);
+        }
+        if (p->open_fds >= 0) {
+                put_head(f, "process_open_fds", "gauge", "Number of open file descriptors.");
+                fprintf(f, "process_open_fds %d\n", p->open_fds);
+        }
+        if (p->max_fds >= 0) {
+                put_head(f, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
+                fprintf(f, "process_max_fds %lld\n", (long long)p->max_fds);
+        }
+        if (p->start_time_seconds > 0) {
+                put_head(f, "process_start_time_seconds", "gauge",
+                         "Start time of the process since unix epoch in seconds.");
+                fprintf(f, "process_start_time_seconds %.2f\n", p->start_time_seconds);
+        }
         if (fclose(f) != 0 || !buf) {
                 free(buf);
                 return -ENOMEM;

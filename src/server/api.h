@@ -101,19 +101,52 @@ extern const int api_statuses[API_N_STATUSES];
 int api_status_index(int status);
 const char *api_route_path(enum api_route r);
 
+/* Request latency and queue wait histogram buckets (upper bounds, seconds). */
+#define API_LATENCY_BUCKETS 14
+extern const double api_latency_bounds[API_LATENCY_BUCKETS];
+
+struct api_hist {
+        uint64_t buckets[API_LATENCY_BUCKETS + 1];   /* observations per bucket (not cumulative), +Inf last */
+        double sum;                                  /* seconds */
+};
+
+/* Index of the bucket of an observation of v seconds. */
+int api_hist_bucket(double v);
+
+struct api_model_stats {
+        const char *variant;
+        const char *precision;         /* "fp32", "bf16" */
+        const char *weights;           /* path as given */
+        const char *weights_sha256;    /* hex */
+        const char *labels;            /* api_labels_source() */
+        int classes;
+        int input_size;
+        int max_batch;                 /* batch_stats.batch_sizes has max_batch + 1 entries */
+};
+
+struct api_process_stats {
+        int64_t rss_bytes;             /* < 0: unknown (line left out) */
+        double cpu_seconds;            /* user + system; < 0: unknown */
+        int open_fds;                  /* < 0: unknown */
+        int64_t max_fds;               /* < 0: unknown */
+        double start_time_seconds;     /* since the epoch; <= 0: unknown */
+};
+
 struct api_http_stats {
         uint64_t requests[API_N_ROUTES][API_N_STATUSES];
         uint64_t errors[API_N_ERRORS];
+        struct api_hist latency[API_N_ROUTES];  /* headers received -> answer queued */
+        struct api_hist queue_wait;    /* submitted -> first image in a forward pass, per request */
         uint64_t images;               /* images classified and answered */
         uint64_t connections;          /* accepted since start */
+        uint64_t reloads, reload_failures;
         int inflight;                  /* requests being served now */
-        double request_seconds;        /* summed over answered requests */
         bool ready;
+        struct api_model_stats model;
+        struct api_process_stats process;
 };
 
-/* Prometheus text exposition format (version 0.0.4). bs->batch_sizes must
- * hold max_batch + 1 entries. */
-int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *bs, int max_batch,
-                     char **ret_body);
+/* Prometheus text exposition format (version 0.0.4). */
+int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *bs, char **ret_body);
 
 #endif

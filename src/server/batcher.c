@@ -23,6 +23,7 @@ struct batch_worker {
         size_t bytes;   /* executor memory */
         int status;     /* start-up result */
         char err[256];
+        int64_t busy_since_ns; /* start of the current forward pass; 0 when idle (guarded by b->lock) */
 };
 
 /* A run of consecutive images of one job inside a batch. */
@@ -50,6 +51,8 @@ struct batch {
         uint64_t jobs, jobs_rejected, jobs_timed_out, jobs_failed, batches, batch_images;
         double forward_seconds;
         uint64_t *sizes;                /* [max_batch + 1] passes per image count */
+        uint64_t forward_hist[BATCH_FORWARD_BUCKETS + 1]; /* passes per forward time bucket, +Inf last */
+        int64_t last_take_ns;           /* when a worker last took a batch (or started) */
 
         int n_workers;
         struct batch_worker *workers;   /* [n_workers] */
@@ -220,24 +223,37 @@ static void *worker_main(void *arg)
                 struct batch_job *done_list = NULL;
                 int n_chunks = 0;
                 int n = take_batch(b, chunks, &n_chunks, &done_list);
-                if (n > 0)
+                if (n > 0) {
                         b->busy++;
+                        b->last_take_ns = w->busy_since_ns = time_now_ns();
+                }
                 pthread_mutex_unlock(&b->lock);
                 complete_list(done_list);
                 done_list = NULL;
                 int64_t t0 = time_now_ns();
                 int fr = n > 0 ? run_batch(w, chunks, n_chunks, n) : 0;
-                double secs = (double)(time_now_ns() - t0) / 1e9;
+                int64_t t1 = time_now_ns();
+                double secs = (double)(t1 - t0) / 1e9;
                 pthread_mutex_lock(&b->lock);
                 if (n == 0)
                         continue;
+                w->busy_since_ns = 0;
                 b->busy--;
                 b->batches++;
                 b->batch_images += (uint64_t)n;
                 b->sizes[n]++;
                 b->forward_seconds += secs;
+                int bucket = 0;
+                while (bucket < BATCH_FORWARD_BUCKETS && secs > batch_forward_bounds[bucket])
+                        bucket++;
+                b->forward_hist[bucket]++;
                 for (int i = 0; i < n_chunks; i++) {
                         struct batch_job *job = chunks[i].job;
+                        if (job->taken_ns == 0)
+                                job->taken_ns = t0;
+                        job->forward_ns += t1 - t0;
+                        if (n > job->batch_size)
+                                job->batch_size = n;
                         if (fr < 0 && job->status == 0) {
                                 job->status = -EIO;
                                 b->jobs_failed++;
@@ -375,6 +391,7 @@ int batch_new(struct effnet_model *m, const struct batch_opts *opts, char *err, 
         pthread_mutex_lock(&b->lock);
         while (b->ready < workers)
                 pthread_cond_wait(&b->started, &b->lock);
+        b->last_take_ns = time_now_ns();
         pthread_mutex_unlock(&b->lock);
         for (int i = 0; i < workers; i++) {
                 if (b->workers[i].status < 0) {
@@ -420,6 +437,9 @@ int batch_submit(struct batch *b, struct batch_job *job)
                 job->taken = 0;
                 job->remaining = job->n;
                 job->status = 0;
+                job->taken_ns = 0;
+                job->forward_ns = 0;
+                job->batch_size = 0;
                 if (b->tail)
                         b->tail->next = job;
                 else
@@ -459,6 +479,7 @@ void batch_get_stats(struct batch *b, struct batch_stats *ret_stats)
                 .busy_workers = b->busy,
                 .batch_sizes = sizes,
         };
+        memcpy(ret_stats->forward_hist, b->forward_hist, sizeof b->forward_hist);
         if (sizes)
                 memcpy(sizes, b->sizes, sizeof(uint64_t) * ((size_t)b->cfg.max_batch + 1));
         pthread_mutex_unlock(&b->lock);
@@ -467,4 +488,30 @@ void batch_get_stats(struct batch *b, struct batch_stats *ret_stats)
 void batch_get_config(const struct batch *b, struct batch_config *ret_config)
 {
         *ret_config = b->cfg;
+}
+
+const double batch_forward_bounds[BATCH_FORWARD_BUCKETS] = {
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+};
+
+int batch_check_progress(struct batch *b, int64_t stall_ns, char *err, size_t err_len)
+{
+        int64_t now = time_now_ns();
+        int r = 0;
+
+        pthread_mutex_lock(&b->lock);
+        for (int i = 0; i < b->n_workers && r == 0; i++) {
+                int64_t since = b->workers[i].busy_since_ns;
+                if (since && now - since > stall_ns)
+                        r = err_set(err, err_len, -ETIMEDOUT, "worker %d has been in one forward pass for %.0f s",
+                                    i, (double)(now - since) / 1e9);
+        }
+        /* Waiting images, no worker busy and none taken for too long: the
+         * workers are not picking up work. */
+        if (r == 0 && b->head && b->busy == 0 && now - b->head->enqueued_ns > stall_ns &&
+            now - b->last_take_ns > stall_ns)
+                r = err_set(err, err_len, -ETIMEDOUT, "%d image(s) waiting for %.0f s and no worker takes them",
+                            b->queued, (double)(now - b->head->enqueued_ns) / 1e9);
+        pthread_mutex_unlock(&b->lock);
+        return r;
 }

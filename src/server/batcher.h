@@ -69,6 +69,11 @@ struct batch_job {
         batch_done_fn done;
         void *userdata;
 
+        /* Written by the batcher before done() fires (for logs and metrics). */
+        int64_t taken_ns;       /* when its first image went into a forward pass; 0 if none did */
+        int64_t forward_ns;     /* time of the forward passes it was part of */
+        int batch_size;         /* the largest pass (images) it was part of */
+
         /* Private to the batcher, guarded by its lock. */
         struct batch_job *next;
         int64_t enqueued_ns;
@@ -76,6 +81,10 @@ struct batch_job {
         int remaining;          /* images not yet finished or dropped */
         int status;
 };
+
+/* Upper bounds (seconds) of the forward-pass time histogram buckets. */
+#define BATCH_FORWARD_BUCKETS 12
+extern const double batch_forward_bounds[BATCH_FORWARD_BUCKETS];
 
 /* Counters since start; a consistent snapshot. */
 struct batch_stats {
@@ -92,6 +101,8 @@ struct batch_stats {
         /* batch_sizes[k]: passes with exactly k images, k = 1..max_batch;
          * owned by the caller, max_batch + 1 entries, may be NULL. */
         uint64_t *batch_sizes;
+        /* Passes per forward time bucket (batch_forward_bounds; +Inf last). */
+        uint64_t forward_hist[BATCH_FORWARD_BUCKETS + 1];
 };
 
 /* The settings in effect (defaults resolved). */
@@ -130,6 +141,12 @@ int batch_submit(struct batch *b, struct batch_job *job);
 int batch_has_room(struct batch *b, int n);
 
 void batch_get_stats(struct batch *b, struct batch_stats *ret_stats);
+
+/* Whether the workers make progress: -ETIMEDOUT (with the reason in err)
+ * when a worker has been inside one forward pass for longer than stall_ns,
+ * or images have waited that long with no worker taking any; 0 otherwise.
+ * For a watchdog: call it from the main loop before each keep-alive. */
+int batch_check_progress(struct batch *b, int64_t stall_ns, char *err, size_t err_len);
 void batch_get_config(const struct batch *b, struct batch_config *ret_config);
 
 #endif

@@ -4,9 +4,11 @@
 #include "server/multipart.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -22,18 +24,35 @@
 #define DISCARD_MAX ((size_t)64 << 20)
 #define BODY_MIN_ALLOC ((size_t)64 << 10)
 
-struct http_server {
-        struct http_opts opts;             /* strings below are not owned */
-        struct effnet_model *model;
+/* One model generation (struct http_backend) as requests use it. */
+struct http_gen {
+        struct effnet_model *model;        /* not owned: see http_backend */
         const struct effnet_info *info;
         struct batch *batch;
         const struct api_labels *labels;
-        struct MHD_Daemon *daemon;
-        MHD_socket quiesced_fd;            /* listen socket after http_drain */
-        char url[128];
-        char *models_body;                 /* GET /v1/models, built once */
-        int max_batch;
+        void *owner;
+        char *weights;                     /* owned */
+        char sha256[65];
+        char *models_body;                 /* GET /v1/models, built once; owned */
         size_t image_floats;               /* 3 * size * size */
+        atomic_int refs;                   /* requests using it */
+        struct http_gen *next;             /* on the retired list */
+};
+
+struct http_server {
+        struct http_opts opts;             /* strings below are not owned */
+        struct MHD_Daemon *daemon;
+        char url[128];
+        int max_batch;
+
+        pthread_mutex_t gen_lock;          /* guards current and retired */
+        struct http_gen *current;
+        struct http_gen *retired;          /* swapped out, maybe still in use */
+        struct batch_stats retired_stats;  /* counters of collected generations (main thread) */
+        uint64_t *retired_sizes;           /* [max_batch + 1] */
+        atomic_ullong reloads, reload_failures;
+        atomic_ullong id_seq;              /* made-up request ids */
+        uint64_t id_salt;
 
         atomic_bool draining;
         atomic_int inflight;
@@ -43,7 +62,10 @@ struct http_server {
         atomic_ullong errors[API_N_ERRORS];
         atomic_ullong images;
         atomic_ullong connections;
-        atomic_ullong request_us;
+        atomic_ullong latency[API_N_ROUTES][API_LATENCY_BUCKETS + 1];
+        atomic_ullong latency_us[API_N_ROUTES];
+        atomic_ullong queue_wait[API_LATENCY_BUCKETS + 1];
+        atomic_ullong queue_wait_us;
 };
 
 enum req_state {
@@ -56,12 +78,15 @@ enum req_state {
 /* One request; freed when libmicrohttpd reports it completed. */
 struct req {
         struct http_server *s;
+        struct http_gen *g;         /* the generation it is served with (a reference) */
+        char id[HTTP_MAX_REQUEST_ID + 1];
         struct MHD_Connection *conn;
         const char *method;         /* libmicrohttpd's, valid for the request */
         const char *path;
         enum api_route route;
         enum req_state state;
         int64_t start_ns;
+        int64_t submit_ns;          /* handed to the batcher; 0 before */
         int64_t deadline_ns;
         int top_k;
         const char *content_type;   /* NULL when absent */
@@ -94,6 +119,7 @@ static void req_free(struct req *q)
 {
         if (!q)
                 return;
+        atomic_fetch_sub(&q->g->refs, 1);
         body_release(q);
         free(q->tensors);
         free(q->logits);
@@ -112,14 +138,21 @@ static void fail(struct req *q, enum api_error e, const char *fmt, ...)
         q->err = e;
 }
 
-static void access_log(struct req *q, int status, const char *error)
+static void access_log(struct req *q, int status, const char *error, size_t answer_bytes)
 {
         struct http_server *s = q->s;
         double ms = (double)(time_now_ns() - q->start_ns) / 1e6;
         char host[INET6_ADDRSTRLEN + 8] = "-";
+        double queue_ms = -1;
 
         atomic_fetch_add(&s->requests[q->route][api_status_index(status)], 1);
-        atomic_fetch_add(&s->request_us, (unsigned long long)(ms * 1000.0));
+        atomic_fetch_add(&s->latency[q->route][api_hist_bucket(ms / 1e3)], 1);
+        atomic_fetch_add(&s->latency_us[q->route], (unsigned long long)(ms * 1000.0));
+        if (q->job.taken_ns && q->submit_ns) {
+                queue_ms = (double)(q->job.taken_ns - q->submit_ns) / 1e6;
+                atomic_fetch_add(&s->queue_wait[api_hist_bucket(queue_ms / 1e3)], 1);
+                atomic_fetch_add(&s->queue_wait_us, (unsigned long long)(queue_ms * 1000.0));
+        }
         if (!s->opts.access_log)
                 return;
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(q->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -129,8 +162,11 @@ static void access_log(struct req *q, int status, const char *error)
                 if (getnameinfo(ci->client_addr, sl, host, sizeof host, NULL, 0, NI_NUMERICHOST) != 0)
                         snprintf(host, sizeof host, "-");
         }
-        struct http_access a = { .client = host, .method = q->method, .path = q->path, .status = status,
-                                 .error = error, .images = q->n_images, .body_bytes = q->received, .ms = ms };
+        struct http_access a = { .request_id = q->id, .client = host, .method = q->method, .path = q->path,
+                                 .status = status, .error = error, .images = q->n_images,
+                                 .body_bytes = q->received, .answer_bytes = answer_bytes, .queue_ms = queue_ms,
+                                 .inference_ms = (double)q->job.forward_ns / 1e6,
+                                 .batch_size = q->job.batch_size, .ms = ms };
         s->opts.access_log(s->opts.userdata, &a);
 }
 
@@ -140,9 +176,10 @@ static enum MHD_Result respond(struct req *q, int status, char *body, const char
         struct http_server *s = q->s;
         static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
         struct MHD_Response *resp;
+        size_t n = body ? strlen(body) : sizeof oom - 1;
 
         if (body) {
-                resp = MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
+                resp = MHD_create_response_from_buffer(n, body, MHD_RESPMEM_MUST_FREE);
                 if (!resp)
                         free(body);
         } else {
@@ -153,6 +190,9 @@ static enum MHD_Result respond(struct req *q, int status, char *body, const char
         if (!resp)
                 return MHD_NO;
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+        MHD_add_response_header(resp, "X-Request-Id", q->id);
+        if (atomic_load(&s->draining))
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
         if (status == 503) {
                 char ra[16];
                 snprintf(ra, sizeof ra, "%d", s->opts.retry_after_s);
@@ -164,7 +204,7 @@ static enum MHD_Result respond(struct req *q, int status, char *body, const char
         enum MHD_Result r = MHD_queue_response(q->conn, (unsigned)status, resp);
         MHD_destroy_response(resp);
         q->state = REQ_ANSWERED;
-        access_log(q, status, error);
+        access_log(q, status, error, n);
         return r;
 }
 
@@ -206,6 +246,95 @@ static bool media_is(const char *ct, const char *type)
         return strncasecmp(ct, type, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ' || ct[n] == '\t');
 }
 
+static void add_batch_stats(struct batch_stats *to, const struct batch_stats *from, int max_batch)
+{
+        to->jobs += from->jobs;
+        to->jobs_rejected += from->jobs_rejected;
+        to->jobs_timed_out += from->jobs_timed_out;
+        to->jobs_failed += from->jobs_failed;
+        to->batches += from->batches;
+        to->batch_images += from->batch_images;
+        to->forward_seconds += from->forward_seconds;
+        for (int i = 0; i <= BATCH_FORWARD_BUCKETS; i++)
+                to->forward_hist[i] += from->forward_hist[i];
+        if (to->batch_sizes && from->batch_sizes)
+                for (int i = 0; i <= max_batch; i++)
+                        to->batch_sizes[i] += from->batch_sizes[i];
+}
+
+static void hist_load(struct api_hist *h, atomic_ullong *buckets, atomic_ullong *sum_us)
+{
+        for (int i = 0; i <= API_LATENCY_BUCKETS; i++)
+                h->buckets[i] = atomic_load(&buckets[i]);
+        h->sum = (double)atomic_load(sum_us) / 1e6;
+}
+
+static int metrics_body(struct req *q, char **ret_body)
+{
+        struct http_server *s = q->s;
+        struct http_gen *g = q->g;
+        struct api_http_stats hs = { 0 };
+        struct batch_stats bs = { 0 }, now = { 0 };
+        struct proc_stats ps;
+        struct batch_config bc;
+        int r;
+
+        bs.batch_sizes = calloc((size_t)s->max_batch + 1, sizeof *bs.batch_sizes);
+        now.batch_sizes = calloc((size_t)s->max_batch + 1, sizeof *now.batch_sizes);
+        if (!bs.batch_sizes || !now.batch_sizes) {
+                r = -ENOMEM;
+                goto out;
+        }
+        for (int i = 0; i < API_N_ROUTES; i++) {
+                for (int k = 0; k < API_N_STATUSES; k++)
+                        hs.requests[i][k] = atomic_load(&s->requests[i][k]);
+                hist_load(&hs.latency[i], s->latency[i], &s->latency_us[i]);
+        }
+        hist_load(&hs.queue_wait, s->queue_wait, &s->queue_wait_us);
+        for (int e = 0; e < API_N_ERRORS; e++)
+                hs.errors[e] = atomic_load(&s->errors[e]);
+        hs.images = atomic_load(&s->images);
+        hs.connections = atomic_load(&s->connections);
+        hs.inflight = atomic_load(&s->inflight);
+        hs.ready = !atomic_load(&s->draining);
+        hs.reloads = atomic_load(&s->reloads);
+        hs.reload_failures = atomic_load(&s->reload_failures);
+        batch_get_config(g->batch, &bc);
+        hs.model = (struct api_model_stats){
+                .variant = g->info->variant, .precision = bc.precision == EFFNET_BF16 ? "bf16" : "fp32",
+                .weights = g->weights, .weights_sha256 = g->sha256, .labels = api_labels_source(g->labels),
+                .classes = g->info->classes, .input_size = g->info->preproc.size, .max_batch = s->max_batch };
+        proc_get_stats(&ps);
+        hs.process = (struct api_process_stats){ .rss_bytes = ps.rss_bytes, .cpu_seconds = ps.cpu_seconds,
+                                                 .open_fds = ps.open_fds, .max_fds = ps.max_fds,
+                                                 .start_time_seconds = ps.start_time_seconds };
+
+        /* Counters over every generation: the collected ones, those retired
+         * but still in use, and the current one (as of now). */
+        pthread_mutex_lock(&s->gen_lock);
+        uint64_t *keep = bs.batch_sizes;
+        bs = s->retired_stats;
+        bs.batch_sizes = keep;
+        memcpy(bs.batch_sizes, s->retired_sizes, sizeof(uint64_t) * ((size_t)s->max_batch + 1));
+        for (struct http_gen *x = s->retired; x; x = x->next) {
+                batch_get_stats(x->batch, &now);
+                add_batch_stats(&bs, &now, s->max_batch);
+                bs.queue_images += now.queue_images;
+                bs.busy_workers += now.busy_workers;
+        }
+        batch_get_stats(s->current->batch, &now);
+        pthread_mutex_unlock(&s->gen_lock);
+        add_batch_stats(&bs, &now, s->max_batch);
+        bs.queue_images += now.queue_images;
+        bs.busy_workers += now.busy_workers;
+        bs.queue_capacity = now.queue_capacity;
+        r = api_metrics_body(&hs, &bs, ret_body);
+out:
+        free(bs.batch_sizes);
+        free(now.batch_sizes);
+        return r;
+}
+
 static enum MHD_Result serve_get(struct req *q)
 {
         struct http_server *s = q->s;
@@ -219,30 +348,11 @@ static enum MHD_Result serve_get(struct req *q)
                         return respond_error(q, API_E_DRAINING, "the server is shutting down");
                 return respond_json(q, 200, "{\"status\":\"ready\"}");
         case API_ROUTE_MODELS:
-                return respond_json(q, 200, s->models_body);
-        case API_ROUTE_METRICS: {
-                struct api_http_stats hs = { 0 };
-                struct batch_stats bs = { 0 };
-                uint64_t *sizes = calloc((size_t)s->max_batch + 1, sizeof *sizes);
-                if (!sizes)
-                        return respond(q, 500, NULL, NULL, "internal");
-                for (int r = 0; r < API_N_ROUTES; r++)
-                        for (int k = 0; k < API_N_STATUSES; k++)
-                                hs.requests[r][k] = atomic_load(&s->requests[r][k]);
-                for (int e = 0; e < API_N_ERRORS; e++)
-                        hs.errors[e] = atomic_load(&s->errors[e]);
-                hs.images = atomic_load(&s->images);
-                hs.connections = atomic_load(&s->connections);
-                hs.inflight = atomic_load(&s->inflight);
-                hs.request_seconds = (double)atomic_load(&s->request_us) / 1e6;
-                hs.ready = !atomic_load(&s->draining);
-                bs.batch_sizes = sizes;
-                batch_get_stats(s->batch, &bs);
-                if (api_metrics_body(&hs, &bs, s->max_batch, &body) < 0)
+                return respond_json(q, 200, q->g->models_body);
+        case API_ROUTE_METRICS:
+                if (metrics_body(q, &body) < 0)
                         body = NULL;
-                free(sizes);
                 return respond(q, 200, body, "text/plain; version=0.0.4; charset=utf-8", NULL);
-        }
         default:
                 return respond_error(q, API_E_NOT_FOUND, "no such path");
         }
@@ -268,8 +378,8 @@ static enum MHD_Result on_headers(struct req *q)
                 return respond_error(q, API_E_DRAINING, "the server is shutting down");
 
         const char *k = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, "top_k");
-        if (api_parse_top_k(k, s->info->classes, &q->top_k) < 0) {
-                snprintf(msg, sizeof msg, "top_k must be an integer in 1..%d", s->info->classes);
+        if (api_parse_top_k(k, q->g->info->classes, &q->top_k) < 0) {
+                snprintf(msg, sizeof msg, "top_k must be an integer in 1..%d", q->g->info->classes);
                 return respond_error(q, API_E_INVALID_ARGUMENT, msg);
         }
         const char *ct = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
@@ -370,6 +480,7 @@ static void fail_image(struct req *q, int r, int part, const char *what)
 static enum MHD_Result on_complete(struct req *q)
 {
         struct http_server *s = q->s;
+        struct http_gen *g = q->g;
         struct http_part one, *parts = &one;
         char err[256];
         int n = 1, r;
@@ -398,12 +509,12 @@ static enum MHD_Result on_complete(struct req *q)
         } else {
                 one = (struct http_part){ .data = q->body, .len = q->len };
         }
-        if (!batch_has_room(s->batch, n)) {
+        if (!batch_has_room(g->batch, n)) {
                 fail(q, API_E_OVERLOADED, "the queue is full; retry later");
                 goto fail;
         }
-        q->tensors = malloc(sizeof(float) * s->image_floats * (size_t)n);
-        q->logits = malloc(sizeof(float) * (size_t)s->info->classes * (size_t)n);
+        q->tensors = malloc(sizeof(float) * g->image_floats * (size_t)n);
+        q->logits = malloc(sizeof(float) * (size_t)g->info->classes * (size_t)n);
         if (!q->tensors || !q->logits) {
                 fail(q, API_E_OVERLOADED, "out of memory; retry later");
                 goto fail;
@@ -413,8 +524,8 @@ static enum MHD_Result on_complete(struct req *q)
                         fail_image(q, -EBADMSG, i, "empty image");
                         goto fail;
                 }
-                r = img_prepare(parts[i].data, parts[i].len, &s->opts.img, &s->info->preproc,
-                                q->tensors + (size_t)i * s->image_floats, err, sizeof err);
+                r = img_prepare(parts[i].data, parts[i].len, &s->opts.img, &g->info->preproc,
+                                q->tensors + (size_t)i * g->image_floats, err, sizeof err);
                 if (r < 0) {
                         fail_image(q, r, i, err);
                         goto fail;
@@ -436,7 +547,8 @@ static enum MHD_Result on_complete(struct req *q)
         q->state = REQ_WAITING;
         atomic_fetch_add(&s->waiting, 1);
         MHD_suspend_connection(q->conn);
-        r = batch_submit(s->batch, &q->job);
+        q->submit_ns = time_now_ns();
+        r = batch_submit(g->batch, &q->job);
         if (r < 0) {
                 q->job_status = r;
                 q->state = REQ_DONE;
@@ -458,7 +570,7 @@ static enum MHD_Result on_result(struct req *q)
         atomic_fetch_sub(&s->waiting, 1);
         switch (q->job_status) {
         case 0:
-                if (api_classify_body(s->info->variant, s->labels, q->logits, q->n_images, s->info->classes,
+                if (api_classify_body(q->g->info->variant, q->g->labels, q->logits, q->n_images, q->g->info->classes,
                                       q->top_k, q->multipart, &body) < 0)
                         return respond(q, 500, NULL, NULL, "internal");
                 atomic_fetch_add(&s->images, (unsigned long long)q->n_images);
@@ -483,6 +595,30 @@ static enum MHD_Result on_result(struct req *q)
         return respond_failed(q);
 }
 
+/* X-Request-Id from the client when it is a sane token, else a new one. */
+static void request_id(struct req *q)
+{
+        struct http_server *s = q->s;
+        const char *v = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, "X-Request-Id");
+        size_t n = 0;
+
+        if (v) {
+                while (v[n] && n <= HTTP_MAX_REQUEST_ID &&
+                       (isalnum((unsigned char)v[n]) || strchr("-_.:/+=@", v[n])))
+                        n++;
+                if (n > 0 && n <= HTTP_MAX_REQUEST_ID && v[n] == '\0') {
+                        memcpy(q->id, v, n + 1);
+                        return;
+                }
+        }
+        uint64_t x = atomic_fetch_add(&s->id_seq, 1) + s->id_salt;
+        /* splitmix64: ids look random but never repeat within a process */
+        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+        x ^= x >> 31;
+        snprintf(q->id, sizeof q->id, "%016llx", (unsigned long long)x);
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                  const char *version, const char *upload_data, size_t *upload_data_size,
                                  void **con_cls)
@@ -495,7 +631,12 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 if (!q)
                         return MHD_NO;
                 q->s = s;
+                pthread_mutex_lock(&s->gen_lock);
+                q->g = s->current;
+                atomic_fetch_add(&q->g->refs, 1);
+                pthread_mutex_unlock(&s->gen_lock);
                 q->conn = conn;
+                request_id(q);
                 q->method = method;
                 q->path = url;
                 q->route = route_of(url);
@@ -594,18 +735,55 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ret_addr, c
         return 0;
 }
 
-static int json_models(struct http_server *s)
+static struct http_gen *gen_free(struct http_gen *g)
 {
+        if (!g)
+                return NULL;
+        free(g->weights);
+        free(g->models_body);
+        free(g);
+        return NULL;
+}
+
+static int gen_new(struct http_server *s, const struct http_backend *be, char *err, size_t err_len,
+                   struct http_gen **ret_gen)
+{
+        struct batch_config bc;
+        struct http_gen *g;
+
+        batch_get_config(be->batch, &bc);
+        if (bc.max_batch != s->max_batch)
+                return err_set(err, err_len, -EINVAL, "max batch %d differs from the server's %d", bc.max_batch,
+                               s->max_batch);
+        if (s->opts.max_images > bc.queue_images)
+                return err_set(err, err_len, -EINVAL, "max images per request (%d) exceeds the queue (%d images)",
+                               s->opts.max_images, bc.queue_images);
+        g = calloc(1, sizeof *g);
+        if (!g)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        g->model = be->model;
+        g->info = effnet_model_info(be->model);
+        g->batch = be->batch;
+        g->labels = be->labels;
+        g->owner = be->owner;
+        g->image_floats = (size_t)3 * (size_t)g->info->preproc.size * (size_t)g->info->preproc.size;
+        snprintf(g->sha256, sizeof g->sha256, "%s", be->weights_sha256 ? be->weights_sha256 : "");
+        g->weights = strdup(be->weights ? be->weights : "");
         struct api_model_desc d = {
-                .info = s->info,
-                .weights = s->opts.weights ? s->opts.weights : "",
-                .labels = api_labels_source(s->labels),
+                .info = g->info,
+                .weights = g->weights ? g->weights : "",
+                .labels = api_labels_source(g->labels),
+                .batch = bc,
                 .deadline_ms = s->opts.deadline_ms,
                 .max_images = s->opts.max_images,
                 .max_body_bytes = s->opts.max_body_bytes,
         };
-        batch_get_config(s->batch, &d.batch);
-        return api_models_body(&d, &s->models_body);
+        if (!g->weights || api_models_body(&d, &g->models_body) < 0) {
+                gen_free(g);
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        }
+        *ret_gen = g;
+        return 0;
 }
 
 struct http_server *http_free(struct http_server *s)
@@ -614,48 +792,73 @@ struct http_server *http_free(struct http_server *s)
                 return NULL;
         if (s->daemon)
                 MHD_stop_daemon(s->daemon);
-        if (s->quiesced_fd != MHD_INVALID_SOCKET)
-                close(s->quiesced_fd);
-        free(s->models_body);
+        while (s->retired) {
+                struct http_gen *g = s->retired;
+                s->retired = g->next;
+                gen_free(g);
+        }
+        gen_free(s->current);
+        free(s->retired_sizes);
+        pthread_mutex_destroy(&s->gen_lock);
         free(s);
         return NULL;
 }
 
-int http_new(const struct http_opts *opts, struct effnet_model *m, struct batch *b, const struct api_labels *labels,
-             char *err, size_t err_len, struct http_server **ret_server)
+/* The URL of a listening socket, from its bound address. */
+static void url_of(struct http_server *s, const struct sockaddr_storage *addr)
 {
-        struct sockaddr_storage addr;
+        char host[INET6_ADDRSTRLEN] = "?";
+        unsigned port;
+
+        if (addr->ss_family == AF_INET6) {
+                const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
+                inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+                port = ntohs(a->sin6_port);
+                snprintf(s->url, sizeof s->url, "http://[%s]:%u", host, port);
+        } else {
+                const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
+                inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+                port = ntohs(a->sin_port);
+                snprintf(s->url, sizeof s->url, "http://%s:%u", host, port);
+        }
+}
+
+int http_new(const struct http_opts *opts, const struct http_backend *be, char *err, size_t err_len,
+             struct http_server **ret_server)
+{
+        struct sockaddr_storage addr = { 0 };
         struct http_server *s;
         int r;
 
         if (opts->max_body_bytes < 1 || opts->max_body_total < opts->max_body_bytes || opts->max_images < 1 ||
             opts->max_connections < 1 || opts->deadline_ms < 1 || opts->connection_timeout_s < 0 ||
-            opts->retry_after_s < 0)
+            opts->retry_after_s < 0 || !be || !be->model || !be->batch || !be->labels)
                 return err_set(err, err_len, -EINVAL, "http: bad limits");
-        if ((r = parse_listen(opts->listen, &addr, err, err_len)) < 0)
+        if (opts->listen_fd > 0) {
+                socklen_t sl = sizeof addr;
+                if (getsockname(opts->listen_fd, (struct sockaddr *)&addr, &sl) < 0)
+                        return err_set(err, err_len, -errno, "passed socket: %s", strerror(errno));
+                if (addr.ss_family != AF_INET && addr.ss_family != AF_INET6)
+                        return err_set(err, err_len, -EINVAL, "passed socket is not TCP/IP");
+        } else if ((r = parse_listen(opts->listen, &addr, err, err_len)) < 0) {
                 return r;
+        }
         s = calloc(1, sizeof *s);
         if (!s)
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         s->opts = *opts;
-        s->model = m;
-        s->info = effnet_model_info(m);
-        s->batch = b;
-        s->labels = labels;
-        s->quiesced_fd = MHD_INVALID_SOCKET;
-        s->image_floats = (size_t)3 * (size_t)s->info->preproc.size * (size_t)s->info->preproc.size;
+        pthread_mutex_init(&s->gen_lock, NULL);
+        s->id_salt = (uint64_t)time_now_ns() ^ ((uint64_t)getpid() << 32);
         struct batch_config bc;
-        batch_get_config(b, &bc);
+        batch_get_config(be->batch, &bc);
         s->max_batch = bc.max_batch;
-        if (opts->max_images > bc.queue_images) {
-                r = err_set(err, err_len, -EINVAL, "max images per request (%d) exceeds the queue (%d images)",
-                            opts->max_images, bc.queue_images);
-                goto fail;
-        }
-        if (json_models(s) < 0) {
+        s->retired_sizes = calloc((size_t)s->max_batch + 1, sizeof *s->retired_sizes);
+        if (!s->retired_sizes) {
                 r = err_set(err, err_len, -ENOMEM, "out of memory");
                 goto fail;
         }
+        if ((r = gen_new(s, be, err, err_len, &s->current)) < 0)
+                goto fail;
         int threads = opts->threads > 0 ? opts->threads : cpu_usable_count();
         if (opts->threads <= 0 && threads > 4)
                 threads = 4;
@@ -663,34 +866,113 @@ int http_new(const struct http_opts *opts, struct effnet_model *m, struct batch 
                          MHD_USE_ERROR_LOG;
         if (addr.ss_family == AF_INET6)
                 flags |= MHD_USE_IPv6;
-        s->daemon = MHD_start_daemon(
-                flags, 0, NULL, NULL, on_access, s,
-                MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
-                MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
-                MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
-                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->connection_timeout_s,
-                MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-                MHD_OPTION_END);
+        if (opts->listen_fd > 0)
+                s->daemon = MHD_start_daemon(
+                        flags, 0, NULL, NULL, on_access, s,
+                        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+                        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)opts->listen_fd,
+                        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
+                        MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
+                        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->connection_timeout_s,
+                        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                        MHD_OPTION_END);
+        else
+                s->daemon = MHD_start_daemon(
+                        flags, 0, NULL, NULL, on_access, s,
+                        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+                        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
+                        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
+                        MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
+                        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->connection_timeout_s,
+                        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                        MHD_OPTION_END);
         if (!s->daemon) {
                 r = err_set(err, err_len, -EIO, "cannot listen on %s (address in use, or not permitted?)",
-                            opts->listen);
+                            opts->listen_fd > 0 ? "the passed socket" : opts->listen);
                 goto fail;
         }
-        const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
-        char host[INET6_ADDRSTRLEN] = "?";
-        if (addr.ss_family == AF_INET6)
-                inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&addr)->sin6_addr, host, sizeof host);
-        else
-                inet_ntop(AF_INET, &((struct sockaddr_in *)&addr)->sin_addr, host, sizeof host);
-        snprintf(s->url, sizeof s->url, addr.ss_family == AF_INET6 ? "http://[%s]:%u" : "http://%s:%u", host,
-                 di ? (unsigned)di->port : 0u);
+        if (opts->listen_fd <= 0) {
+                const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+                uint16_t port = htons(di ? di->port : 0);
+                if (addr.ss_family == AF_INET6)
+                        ((struct sockaddr_in6 *)&addr)->sin6_port = port;
+                else
+                        ((struct sockaddr_in *)&addr)->sin_port = port;
+        }
+        url_of(s, &addr);
         *ret_server = s;
         return 0;
 fail:
         http_free(s);
         return r;
+}
+
+void http_stop(struct http_server *s)
+{
+        if (s && s->daemon) {
+                MHD_stop_daemon(s->daemon);
+                s->daemon = NULL;
+        }
+}
+
+int http_swap_backend(struct http_server *s, const struct http_backend *be, char *err, size_t err_len)
+{
+        struct http_gen *g;
+        int r;
+
+        if (!be || !be->model || !be->batch || !be->labels)
+                return err_set(err, err_len, -EINVAL, "http: incomplete backend");
+        if ((r = gen_new(s, be, err, err_len, &g)) < 0)
+                return r;
+        pthread_mutex_lock(&s->gen_lock);
+        struct http_gen *old = s->current;
+        s->current = g;
+        old->next = s->retired;
+        s->retired = old;
+        pthread_mutex_unlock(&s->gen_lock);
+        return 0;
+}
+
+void *http_collect_retired(struct http_server *s)
+{
+        struct batch_stats st = { 0 };
+        struct http_gen **p, *g = NULL;
+        void *owner = NULL;
+
+        pthread_mutex_lock(&s->gen_lock);
+        for (p = &s->retired; *p; p = &(*p)->next)
+                if (atomic_load(&(*p)->refs) == 0) {
+                        g = *p;
+                        *p = g->next;
+                        break;
+                }
+        if (g) {
+                /* Its batcher keeps no job now: fold its final counters in. */
+                uint64_t *sizes = calloc((size_t)s->max_batch + 1, sizeof *sizes);
+                st.batch_sizes = sizes;
+                batch_get_stats(g->batch, &st);
+                uint64_t *keep = s->retired_stats.batch_sizes;
+                s->retired_stats.batch_sizes = s->retired_sizes;
+                add_batch_stats(&s->retired_stats, &st, s->max_batch);
+                s->retired_stats.batch_sizes = keep;
+                free(sizes);
+                owner = g->owner;
+        }
+        pthread_mutex_unlock(&s->gen_lock);
+        gen_free(g);
+        return owner;
+}
+
+void http_count_reload(struct http_server *s, bool ok)
+{
+        atomic_fetch_add(ok ? &s->reloads : &s->reload_failures, 1);
+}
+
+uint64_t http_images(struct http_server *s)
+{
+        return atomic_load(&s->images);
 }
 
 const char *http_url(const struct http_server *s)
@@ -700,9 +982,9 @@ const char *http_url(const struct http_server *s)
 
 void http_drain(struct http_server *s)
 {
-        if (atomic_exchange(&s->draining, true))
-                return;
-        s->quiesced_fd = MHD_quiesce_daemon(s->daemon);
+        /* Keep listening: load balancers and probes get a 503 (not a
+         * refused connection) until the server stops. */
+        atomic_store(&s->draining, true);
 }
 
 int http_inflight(struct http_server *s)

@@ -14,6 +14,7 @@
 #define EFFNET_SERVER_HTTP_H
 
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,8 +32,11 @@
 #define HTTP_DEFAULT_DEADLINE_MS        30000
 #define HTTP_DEFAULT_RETRY_AFTER_S      1
 
+#define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
+
 /* One answered request, for the access log. */
 struct http_access {
+        const char *request_id;  /* the client's X-Request-Id, or one made up; echoed in the answer */
         const char *client;      /* numeric address */
         const char *method;
         const char *path;        /* without the query */
@@ -40,7 +44,22 @@ struct http_access {
         const char *error;       /* error code, or NULL */
         int images;
         size_t body_bytes;       /* request body received */
+        size_t answer_bytes;     /* answer body */
+        double queue_ms;         /* waiting for a worker; -1 when never queued */
+        double inference_ms;     /* forward passes of its images */
+        int batch_size;          /* images in its (largest) forward pass; 0 if none */
         double ms;               /* headers received -> answer queued */
+};
+
+/* What requests are served with: one model generation. SIGHUP swaps in a
+ * new one; requests keep the generation they started with. */
+struct http_backend {
+        struct effnet_model *model;      /* not owned, with batch and labels */
+        struct batch *batch;
+        const struct api_labels *labels;
+        const char *weights;             /* path, shown by /v1/models and /metrics (copied) */
+        const char *weights_sha256;      /* hex digest of the file (copied) */
+        void *owner;                     /* the caller's handle, returned by http_collect_retired */
 };
 
 struct http_opts {
@@ -54,7 +73,7 @@ struct http_opts {
         int64_t deadline_ms;         /* from request headers to the start of inference */
         int retry_after_s;           /* Retry-After of 503 answers */
         struct img_opts img;         /* decode limits, fast JPEG path */
-        const char *weights;         /* shown by /v1/models */
+        int listen_fd;               /* > 0: an already listening socket (systemd), taken over; listen unused */
         /* Called once per answered request (any thread). May be NULL. */
         void (*access_log)(void *userdata, const struct http_access *a);
         /* libmicrohttpd's own messages (any thread). May be NULL. */
@@ -64,17 +83,32 @@ struct http_opts {
 
 struct http_server;
 
-/* Starts listening and serving. m, b and labels must outlive the server.
+/* Starts listening and serving with backend be, whose objects must stay
+ * valid until http_collect_retired returns its owner or the server is freed.
  * Errors: -EINVAL (bad listen address or options), -EADDRINUSE and other
  * socket errors (libmicrohttpd does not say which: -EIO), -ENOMEM. */
-int http_new(const struct http_opts *opts, struct effnet_model *m, struct batch *b,
-             const struct api_labels *labels, char *err, size_t err_len, struct http_server **ret_server);
+int http_new(const struct http_opts *opts, const struct http_backend *be, char *err, size_t err_len,
+             struct http_server **ret_server);
+
+/* Serves new requests with be from now on (atomically); requests already
+ * received finish with the backend they started with, which is retired.
+ * be's batcher must have the same max batch size. -ENOMEM, -EINVAL. */
+int http_swap_backend(struct http_server *s, const struct http_backend *be, char *err, size_t err_len);
+
+/* The owner of a retired backend that no request uses any more (its batch
+ * counters are kept for /metrics), removed from the server: the caller may
+ * free its objects now. NULL when there is none. Main thread only. */
+void *http_collect_retired(struct http_server *s);
+
+/* Counts a reload attempt for /metrics. */
+void http_count_reload(struct http_server *s, bool ok);
 
 /* "http://127.0.0.1:8080" with the port actually bound. */
 const char *http_url(const struct http_server *s);
 
-/* Stops accepting connections; /readyz and new requests on open
- * connections answer 503 from now on. Requests already received finish. */
+/* Starts draining: /readyz and new classify requests answer 503 (with
+ * Retry-After) from now on, every answer closes its connection; requests
+ * already received finish. The socket keeps listening until http_stop. */
 void http_drain(struct http_server *s);
 
 /* Requests received and not yet completed. */
@@ -82,6 +116,13 @@ int http_inflight(struct http_server *s);
 
 /* Requests suspended until the batcher completes their job. */
 int http_waiting(struct http_server *s);
+
+/* Images classified and answered since start (for a status line). */
+uint64_t http_images(struct http_server *s);
+
+/* Closes every connection and stops serving (requests still in flight are
+ * cut off and release their backend). http_free follows. */
+void http_stop(struct http_server *s);
 
 /* Stops the server. Call when http_waiting() is 0 (libmicrohttpd cannot stop
  * with suspended connections) and, for a clean drain, http_inflight() too.

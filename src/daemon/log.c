@@ -1,0 +1,153 @@
+/* log: effnetd's log lines on stderr (text, journald prefixes, JSON). */
+#include "daemon/log.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *log_prog = "effnetd";
+static bool log_json;
+static bool log_journal;   /* stderr is journald's stream: prefix <prio> */
+
+/* JOURNAL_STREAM is "DEV:INODE" of the stream systemd connected; it only
+ * counts when stderr still is that stream (not redirected by a wrapper). */
+static bool stderr_is_journal(void)
+{
+        const char *e = getenv("JOURNAL_STREAM");
+        unsigned long long dev, ino;
+        struct stat st;
+
+        if (!e || sscanf(e, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) < 0)
+                return false;
+        return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
+void log_setup(const char *prog, bool json)
+{
+        log_prog = prog;
+        log_json = json;
+        log_journal = stderr_is_journal();
+}
+
+static void write_line(const char *s, size_t n)
+{
+        while (n > 0) {
+                ssize_t w = write(STDERR_FILENO, s, n);
+                if (w <= 0)
+                        return;
+                s += w;
+                n -= (size_t)w;
+        }
+}
+
+static const char *level_name(int prio)
+{
+        switch (prio) {
+        case LOG_EMERG: case LOG_ALERT: case LOG_CRIT: case LOG_ERR: return "error";
+        case LOG_WARNING: return "warning";
+        case LOG_NOTICE: return "notice";
+        case LOG_DEBUG: return "debug";
+        default: return "info";
+        }
+}
+
+static void timestamp(char *buf, size_t n)
+{
+        struct timespec ts;
+        struct tm tm;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        gmtime_r(&ts.tv_sec, &tm);
+        size_t k = strftime(buf, n, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(buf + k, n - k, ".%03ldZ", ts.tv_nsec / 1000000);
+}
+
+/* Adds "ts", "level" and "msg", prints obj as one line and frees it. */
+static void emit_json(json_t *obj, int prio, const char *msg)
+{
+        char ts[40];
+
+        timestamp(ts, sizeof ts);
+        json_object_set_new(obj, "ts", json_string(ts));
+        json_object_set_new(obj, "level", json_string(level_name(prio)));
+        json_object_set_new(obj, "msg", json_string(msg));
+        char *s = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(obj);
+        if (!s)
+                return;
+        size_t n = strlen(s);
+        char *line = realloc(s, n + 2);
+        if (!line) {
+                free(s);
+                return;
+        }
+        line[n] = '\n';
+        write_line(line, n + 1);
+        free(line);
+}
+
+static void emit_text(int prio, const char *msg)
+{
+        char line[2048];
+        int n;
+
+        if (log_journal)
+                n = snprintf(line, sizeof line, "<%d>%s\n", prio, msg);
+        else
+                n = snprintf(line, sizeof line, "%s: %s\n", log_prog, msg);
+        if (n < 0)
+                return;
+        if ((size_t)n >= sizeof line) {
+                n = sizeof line - 1;
+                line[n - 1] = '\n';
+        }
+        write_line(line, (size_t)n);
+}
+
+void log_msg(int prio, const char *fmt, ...)
+{
+        char msg[1536];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        if (log_json) {
+                json_t *o = json_object();
+                if (o)
+                        emit_json(o, prio, msg);
+        } else {
+                emit_text(prio, msg);
+        }
+}
+
+void log_access(const struct log_access *a)
+{
+        if (log_json) {
+                json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:i, s:f, s:f, s:i, s:f}",
+                                      "request_id", a->request_id, "client", a->client, "method", a->method,
+                                      "path", a->path, "status", a->status, "bytes_in", (json_int_t)a->bytes_in,
+                                      "bytes_out", (json_int_t)a->bytes_out, "images", a->images, "queue_ms",
+                                      a->queue_ms < 0 ? 0.0 : a->queue_ms, "inference_ms", a->inference_ms,
+                                      "batch_size", a->batch_size, "ms", a->ms);
+                if (!o)
+                        return;
+                if (a->error)
+                        json_object_set_new(o, "error", json_string(a->error));
+                emit_json(o, LOG_INFO, "access");
+                return;
+        }
+        char msg[1024];
+        snprintf(msg, sizeof msg,
+                 "access id=%s client=%s \"%s %s\" %d%s%s bytes_in=%zu bytes_out=%zu images=%d queue_ms=%.1f "
+                 "inference_ms=%.1f batch=%d ms=%.1f",
+                 a->request_id, a->client, a->method, a->path, a->status, a->error ? " " : "",
+                 a->error ? a->error : "", a->bytes_in, a->bytes_out, a->images, a->queue_ms < 0 ? 0.0 : a->queue_ms,
+                 a->inference_ms, a->batch_size, a->ms);
+        emit_text(LOG_INFO, msg);
+}

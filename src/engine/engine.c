@@ -304,6 +304,73 @@ static void conv_geometry(int padding, int in, int k, int s, int *out, int *pl, 
         }
 }
 
+/* Convolution primitive descriptor with SiLU and residual post-ops. */
+static int conv_pd(struct eng_plan *p, dnnl_alg_kind_t alg, const dnnl_memory_desc_t *src_md,
+                   const dnnl_memory_desc_t *wmd, const dnnl_memory_desc_t *bmd, const dnnl_memory_desc_t *dmd,
+                   int stride, int plh, int plw, int prh, int prw, int silu, int res, int res_t,
+                   dnnl_primitive_desc_t *ret_pd, int *ret_binary_idx)
+{
+        dnnl_primitive_attr_t attr = make_attr();
+        dnnl_post_ops_t po = NULL;
+        int binary_idx = -1, n_po = 0;
+
+        if (!attr || dnnl_post_ops_create(&po) != dnnl_success) {
+                if (attr)
+                        dnnl_primitive_attr_destroy(attr);
+                return -ENOMEM;
+        }
+        if (silu) {
+                dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_swish, 1.0f, 0.0f);
+                n_po++;
+        }
+        if (res == RES_SUM) {
+                dnnl_post_ops_append_sum(po, 1.0f);
+                n_po++;
+        } else if (res == RES_BINARY) {
+                dnnl_post_ops_append_binary(po, dnnl_binary_add, &p->tensors[res_t].md);
+                binary_idx = n_po++;
+        }
+        dnnl_primitive_attr_set_post_ops(attr, po);
+        dnnl_post_ops_destroy(po);
+
+        dnnl_convolution_desc_t cd;
+        dnnl_dims_t strides = { stride, stride }, padl = { plh, plw }, padr = { prh, prw };
+        dnnl_status_t st = dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, alg, src_md, wmd, bmd, dmd,
+                                                              strides, padl, padr);
+        if (st == dnnl_success)
+                st = dnnl_primitive_desc_create(ret_pd, &cd, attr, p->net->eng, NULL);
+        dnnl_primitive_attr_destroy(attr);
+        if (st != dnnl_success)
+                return -EIO;
+        *ret_binary_idx = binary_idx;
+        return 0;
+}
+
+/* x = SiLU(x), in place. */
+static int add_silu(struct eng_plan *p, int x_t)
+{
+        dnnl_eltwise_desc_t desc;
+        dnnl_primitive_desc_t pd = NULL;
+        dnnl_primitive_attr_t attr = make_attr();
+        struct step *s;
+        int r;
+
+        if (!attr)
+                return -ENOMEM;
+        dnnl_status_t st = dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, dnnl_eltwise_swish,
+                                                          &p->tensors[x_t].md, 1.0f, 0.0f);
+        if (st == dnnl_success)
+                st = dnnl_primitive_desc_create(&pd, &desc, attr, p->net->eng, NULL);
+        dnnl_primitive_attr_destroy(attr);
+        if (st != dnnl_success)
+                return err_set(p->err, p->err_len, -EIO, "oneDNN: no SiLU: %s", dnnl_status2str(st));
+        if ((r = add_step(p, pd, &s)) < 0)
+                return r;
+        step_arg(s, DNNL_ARG_SRC, x_t, NULL);
+        step_arg(s, DNNL_ARG_DST, x_t, NULL);
+        return 0;
+}
+
 /* conv(src) + bias [+ SiLU] [+ residual] -> new tensor in dst_slot (or, for
  * RES_SUM, in place into the residual tensor). */
 static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, int dst_slot,
@@ -336,40 +403,22 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
                 init_md(&dmd, 4, dd, p->act_dt, p->act_tag);
         }
 
-        dnnl_primitive_attr_t attr = make_attr();
-        dnnl_post_ops_t po = NULL;
-        int binary_idx = -1;
-        if (!attr || dnnl_post_ops_create(&po) != dnnl_success) {
-                if (attr)
-                        dnnl_primitive_attr_destroy(attr);
-                return -ENOMEM;
-        }
-        int n_po = 0;
-        if (c->act == MODEL_ACT_SILU) {
-                dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_swish, 1.0f, 0.0f);
-                n_po++;
-        }
-        if (res == RES_SUM) {
-                dnnl_post_ops_append_sum(po, 1.0f);
-                n_po++;
-        } else if (res == RES_BINARY) {
-                dnnl_post_ops_append_binary(po, dnnl_binary_add, &p->tensors[res_t].md);
-                binary_idx = n_po++;
-        }
-        dnnl_primitive_attr_set_post_ops(attr, po);
-        dnnl_post_ops_destroy(po);
-
-        dnnl_convolution_desc_t cd;
-        dnnl_dims_t strides = { c->stride, c->stride }, padl = { plh, plw }, padr = { prh, prw };
+        /* Winograd F(2,3) halves the multiplies of the dense 3x3 stride-1
+         * convs of the Fused-MBConv stages; oneDNN has it for fp32 on blocked
+         * layouts, without a SiLU post-op, so SiLU then runs in place. The
+         * residual ones keep the direct kernel: the add must follow SiLU, and
+         * oneDNN's eltwise with a binary post-op is a reference kernel. */
+        int wino = p->act_dt == dnnl_f32 && p->act_tag == dnnl_nChw16c && c->k == 3 && c->stride == 1 &&
+                   c->groups == 1 && res == RES_NONE && c->act == MODEL_ACT_SILU && !getenv("EFFNET_NO_WINOGRAD");
         dnnl_primitive_desc_t pd = NULL;
-        dnnl_status_t st = dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
-                                                              &src_md, &wmd, &bmd, &dmd, strides, padl, padr);
-        if (st == dnnl_success)
-                st = dnnl_primitive_desc_create(&pd, &cd, attr, p->net->eng, NULL);
-        dnnl_primitive_attr_destroy(attr);
-        if (st != dnnl_success)
-                return err_set(p->err, p->err_len, -EIO, "oneDNN: no convolution for %dx%d %d->%d stride %d: %s",
-                               c->k, c->k, c->ic, c->oc, c->stride, dnnl_status2str(st));
+        int binary_idx = -1;
+        if (wino && conv_pd(p, dnnl_convolution_winograd, &src_md, &wmd, &bmd, &dmd, c->stride, plh, plw, prh, prw,
+                            0, RES_NONE, -1, &pd, &binary_idx) < 0)
+                wino = 0;
+        if (!wino && (r = conv_pd(p, dnnl_convolution_direct, &src_md, &wmd, &bmd, &dmd, c->stride, plh, plw, prh,
+                                  prw, c->act == MODEL_ACT_SILU, res, res_t, &pd, &binary_idx)) < 0)
+                return err_set(p->err, p->err_len, r, "oneDNN: no convolution for %dx%d %d->%d stride %d", c->k,
+                               c->k, c->ic, c->oc, c->stride);
 
         const dnnl_memory_desc_t want_w = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         const dnnl_memory_desc_t out_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
@@ -394,6 +443,8 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
         step_arg(s, DNNL_ARG_DST, dst_t, NULL);
         if (binary_idx >= 0)
                 step_arg(s, DNNL_ARG_ATTR_MULTIPLE_POST_OP(binary_idx) | DNNL_ARG_SRC_1, res_t, NULL);
+        if (wino && (r = add_silu(p, dst_t)) < 0)
+                return r;
         *ret_t = dst_t;
         return 0;
 }

@@ -109,7 +109,9 @@ struct effnet_exec *effnet_exec_free(struct effnet_exec *x);
 /* images: float [n][3][height][width], NCHW, already normalized (see
  * effnet_exec_opts for height and width); 1 <= n <= batch.
  * logits: float [n][classes]. Returns 0, or -EINVAL for a bad n, or -EIO if
- * oneDNN fails. */
+ * oneDNN fails. Denormal floats are flushed to zero while it runs (the
+ * caller's floating-point mode is restored; OpenMP's worker threads keep
+ * flush-to-zero on). */
 int effnet_exec_forward(struct effnet_exec *x, const float *images, int n,
                         float *logits);
 

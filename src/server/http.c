@@ -104,6 +104,7 @@ struct req {
         float *logits;              /* [n_images][classes], owned */
         struct batch_job job;
         int job_status;             /* written by the batcher's callback */
+        bool counted_waiting;       /* counted in http_server.waiting */
 };
 
 static void body_release(struct req *q)
@@ -545,6 +546,7 @@ static enum MHD_Result on_complete(struct req *q)
                                      .deadline_ns = q->deadline_ns, .done = on_job_done, .userdata = q };
         /* Suspend first: the callback may resume before batch_submit returns. */
         q->state = REQ_WAITING;
+        q->counted_waiting = true;
         atomic_fetch_add(&s->waiting, 1);
         MHD_suspend_connection(q->conn);
         q->submit_ns = time_now_ns();
@@ -567,6 +569,7 @@ static enum MHD_Result on_result(struct req *q)
         struct http_server *s = q->s;
         char *body = NULL;
 
+        q->counted_waiting = false;
         atomic_fetch_sub(&s->waiting, 1);
         switch (q->job_status) {
         case 0:
@@ -672,6 +675,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         if (!q)
                 return;
         *con_cls = NULL;
+        /* A client that left while its job was queued: libmicrohttpd completes
+         * the resumed connection without calling the handler again. */
+        if (q->counted_waiting)
+                atomic_fetch_sub(&s->waiting, 1);
         req_free(q);
         atomic_fetch_sub(&s->inflight, 1);
 }

@@ -10,7 +10,6 @@
 #include <errno.h>
 #include <omp.h>
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
@@ -53,7 +52,6 @@ struct step {
         dnnl_memory_t mem[MAX_ARGS];
         dnnl_exec_arg_t exec[MAX_ARGS];
         dnnl_memory_desc_t scratch_md;
-        const char *impl;              /* owned by oneDNN's primitive desc */
 };
 
 struct eng_plan {
@@ -253,9 +251,6 @@ static int add_step(struct eng_plan *p, dnnl_primitive_desc_t pd, struct step **
         const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
         if (smd)
                 s->scratch_md = *smd;
-        const char *impl = NULL;
-        dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
-        s->impl = impl && strncmp(impl, "ref", 3) == 0 ? "ref" : "jit";
         dnnl_primitive_desc_destroy(pd);
         if (st != dnnl_success)
                 return err_set(p->err, p->err_len, -EIO, "oneDNN: primitive creation failed: %s",
@@ -706,9 +701,6 @@ static int bind(struct eng_plan *p)
                 /* Touch now so that the first request pays no page faults. */
                 memset(p->slot[s], 0, p->slot_size[s]);
         }
-        if (getenv("EFFNET_DEBUG"))
-                for (int s = 0; s < N_SLOTS; s++)
-                        fprintf(stderr, "slot %d: %.1f MB\n", s, p->slot_size[s] / 1048576.0);
         if (p->scratch_size && !(p->scratch = aligned_buf(p->scratch_size)))
                 return -ENOMEM;
         for (int i = 0; i < p->n_tensors; i++)

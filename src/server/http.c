@@ -873,28 +873,22 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
                          MHD_USE_ERROR_LOG;
         if (addr.ss_family == AF_INET6)
                 flags |= MHD_USE_IPv6;
-        if (opts->listen_fd > 0)
-                s->daemon = MHD_start_daemon(
-                        flags, 0, NULL, NULL, on_access, s,
-                        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
-                        MHD_OPTION_LISTEN_SOCKET, (MHD_socket)opts->listen_fd,
-                        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
-                        MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
-                        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->connection_timeout_s,
-                        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-                        MHD_OPTION_END);
-        else
-                s->daemon = MHD_start_daemon(
-                        flags, 0, NULL, NULL, on_access, s,
-                        MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
-                        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
-                        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
-                        MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
-                        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->connection_timeout_s,
-                        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                        MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-                        MHD_OPTION_END);
+        /* A socket passed by systemd, or an address to bind. */
+        struct MHD_OptionItem listen[] = {
+                opts->listen_fd > 0 ? (struct MHD_OptionItem){ MHD_OPTION_LISTEN_SOCKET, opts->listen_fd, NULL }
+                                    : (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, &addr },
+                { MHD_OPTION_END, 0, NULL },
+        };
+        s->daemon = MHD_start_daemon(
+                flags, 0, NULL, NULL, on_access, s,
+                MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+                MHD_OPTION_ARRAY, listen,
+                MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
+                MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
+                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->connection_timeout_s,
+                MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                MHD_OPTION_END);
         if (!s->daemon) {
                 r = err_set(err, err_len, -EIO, "cannot listen on %s (address in use, or not permitted?)",
                             opts->listen_fd > 0 ? "the passed socket" : opts->listen);

@@ -32,26 +32,31 @@ void model_block_key(int scheme, const struct arch_block *b, int role,
         else
                 part = b->kind == ARCH_MBCONV ? tv_mb[role] : tv_fused[role];
         if (scheme == EFFNET_SCHEME_TIMM)
-                snprintf(out, n, "blocks.%d.%d.%s.%s", b->stage, b->index, part, leaf);
+                snprintf(out, n, "blocks.%d.%d.%s%s%s", b->stage, b->index, part, leaf ? "." : "", leaf ? leaf : "");
         else
-                snprintf(out, n, "features.%d.%d.block.%s.%s", b->stage + 1, b->index, part, leaf);
+                snprintf(out, n, "features.%d.%d.block.%s%s%s", b->stage + 1, b->index, part, leaf ? "." : "",
+                         leaf ? leaf : "");
 }
 
 void model_top_key(int scheme, int n_stages, const char *what, const char *leaf,
                     char *out, size_t n)
 {
+        const char *dot = leaf ? "." : "";
+
+        if (!leaf)
+                leaf = "";
         if (scheme == EFFNET_SCHEME_TIMM) {
-                snprintf(out, n, "%s.%s", what, leaf);
+                snprintf(out, n, "%s%s%s", what, dot, leaf);
         } else if (strcmp(what, "conv_stem") == 0) {
-                snprintf(out, n, "features.0.0.%s", leaf);
+                snprintf(out, n, "features.0.0%s%s", dot, leaf);
         } else if (strcmp(what, "bn1") == 0) {
-                snprintf(out, n, "features.0.1.%s", leaf);
+                snprintf(out, n, "features.0.1%s%s", dot, leaf);
         } else if (strcmp(what, "conv_head") == 0) {
-                snprintf(out, n, "features.%d.0.%s", n_stages + 1, leaf);
+                snprintf(out, n, "features.%d.0%s%s", n_stages + 1, dot, leaf);
         } else if (strcmp(what, "bn2") == 0) {
-                snprintf(out, n, "features.%d.1.%s", n_stages + 1, leaf);
+                snprintf(out, n, "features.%d.1%s%s", n_stages + 1, dot, leaf);
         } else {
-                snprintf(out, n, "classifier.1.%s", leaf);
+                snprintf(out, n, "classifier.1%s%s", dot, leaf);
         }
 }
 
@@ -215,8 +220,7 @@ static int load_block(struct loader *l, int scheme, struct model_block *mb)
         int r;
 
         model_block_key(scheme, a, R_CONV1, "weight", wk, sizeof wk);
-        model_block_key(scheme, a, R_BN1, "", bk, sizeof bk);
-        bk[strlen(bk) - 1] = 0; /* drop the trailing '.' of the empty leaf */
+        model_block_key(scheme, a, R_BN1, NULL, bk, sizeof bk);
         if (a->kind == ARCH_FUSED) {
                 r = load_conv_bn(l, wk, bk, a->in, a->mid, a->kernel, a->stride, 1, MODEL_ACT_SILU, &mb->conv1);
                 if (r < 0 || !a->project)
@@ -225,8 +229,7 @@ static int load_block(struct loader *l, int scheme, struct model_block *mb)
                 if ((r = load_conv_bn(l, wk, bk, a->in, a->mid, 1, 1, 1, MODEL_ACT_SILU, &mb->conv1)) < 0)
                         return r;
                 model_block_key(scheme, a, R_DW, "weight", wk, sizeof wk);
-                model_block_key(scheme, a, R_BN2, "", bk, sizeof bk);
-                bk[strlen(bk) - 1] = 0;
+                model_block_key(scheme, a, R_BN2, NULL, bk, sizeof bk);
                 r = load_conv_bn(l, wk, bk, a->mid, a->mid, a->kernel, a->stride, a->mid, MODEL_ACT_SILU, &mb->dw);
                 if (r < 0)
                         return r;
@@ -237,18 +240,16 @@ static int load_block(struct loader *l, int scheme, struct model_block *mb)
                         int se = t && t->ndim == 4 && t->shape[0] >= 1 && t->shape[0] <= a->mid
                                          ? (int)t->shape[0] : a->se;
                         mb->a.se = se;
-                        wk[strlen(wk) - strlen(".weight")] = 0;
+                        model_block_key(scheme, a, R_SE_R, NULL, wk, sizeof wk);
                         if ((r = load_fc(l, wk, a->mid, se, 1, &mb->se_reduce)) < 0)
                                 return r;
-                        model_block_key(scheme, a, R_SE_E, "weight", wk, sizeof wk);
-                        wk[strlen(wk) - strlen(".weight")] = 0;
+                        model_block_key(scheme, a, R_SE_E, NULL, wk, sizeof wk);
                         if ((r = load_fc(l, wk, se, a->mid, 1, &mb->se_expand)) < 0)
                                 return r;
                 }
         }
         model_block_key(scheme, a, R_PROJ, "weight", wk, sizeof wk);
-        model_block_key(scheme, a, R_BNP, "", bk, sizeof bk);
-        bk[strlen(bk) - 1] = 0;
+        model_block_key(scheme, a, R_BNP, NULL, bk, sizeof bk);
         return load_conv_bn(l, wk, bk, a->mid, a->out, 1, 1, 1, MODEL_ACT_NONE, &mb->project);
 }
 
@@ -385,8 +386,7 @@ int model_from_st(struct st_file *f, const char *path,
         l.eps = eps;
 
         model_top_key(scheme, v->n_stages, "conv_stem", "weight", wk, sizeof wk);
-        model_top_key(scheme, v->n_stages, "bn1", "", bk, sizeof bk);
-        bk[strlen(bk) - 1] = 0;
+        model_top_key(scheme, v->n_stages, "bn1", NULL, bk, sizeof bk);
         if ((r = load_conv_bn(&l, wk, bk, 3, arch_stem(v), 3, 2, 1, MODEL_ACT_SILU, &m->stem)) < 0)
                 goto fail;
 
@@ -399,12 +399,10 @@ int model_from_st(struct st_file *f, const char *path,
         }
         int last = ab[m->n_blocks - 1].out;
         model_top_key(scheme, v->n_stages, "conv_head", "weight", wk, sizeof wk);
-        model_top_key(scheme, v->n_stages, "bn2", "", bk, sizeof bk);
-        bk[strlen(bk) - 1] = 0;
+        model_top_key(scheme, v->n_stages, "bn2", NULL, bk, sizeof bk);
         if ((r = load_conv_bn(&l, wk, bk, last, arch_head(v), 1, 1, 1, MODEL_ACT_SILU, &m->head)) < 0)
                 goto fail;
-        model_top_key(scheme, v->n_stages, "classifier", "", wk, sizeof wk);
-        wk[strlen(wk) - 1] = 0;
+        model_top_key(scheme, v->n_stages, "classifier", NULL, wk, sizeof wk);
         if ((r = load_fc(&l, wk, arch_head(v), classes, 0, &m->classifier)) < 0)
                 goto fail;
 

@@ -63,7 +63,8 @@ struct model {
 
 /* Tensor names of a block's parts (DESIGN weight-name table). */
 enum model_role { R_CONV1, R_BN1, R_DW, R_BN2, R_SE_R, R_SE_E, R_PROJ, R_BNP };
-/* "blocks.S.B.<part>.<leaf>" (timm) or "features.S+1.B.block.<part>.<leaf>". */
+/* "blocks.S.B.<part>.<leaf>" (timm) or "features.S+1.B.block.<part>.<leaf>";
+ * leaf NULL gives the part's prefix without the trailing ".<leaf>". */
 void model_block_key(int scheme, const struct arch_block *b, int role, const char *leaf,
                      char *out, size_t n);
 /* what: "conv_stem", "bn1", "conv_head", "bn2", "classifier" in timm terms. */

@@ -254,8 +254,7 @@ static int block(struct seeded *s, const struct arch_block *b, struct act *x)
 #define KEYS(w, bn)                                                        \
         do {                                                               \
                 model_block_key(s->scheme, b, w, "weight", wk, sizeof wk); \
-                model_block_key(s->scheme, b, bn, "", bk, sizeof bk);      \
-                bk[strlen(bk) - 1] = 0;                                    \
+                model_block_key(s->scheme, b, bn, NULL, bk, sizeof bk);    \
         } while (0)
         /* The last BN of a residual branch starts small, as trained nets do,
          * so that forty blocks of additions stay in range. */
@@ -349,8 +348,7 @@ int model_write_seeded(const char *path, const char *variant, int scheme, int cl
                 goto out;
 
         model_top_key(scheme, v->n_stages, "conv_stem", "weight", wk, sizeof wk);
-        model_top_key(scheme, v->n_stages, "bn1", "", bk, sizeof bk);
-        bk[strlen(bk) - 1] = 0;
+        model_top_key(scheme, v->n_stages, "bn1", NULL, bk, sizeof bk);
         if ((r = conv_bn(&s, wk, bk, &x, arch_stem(v), 3, 2, 1, 0.5, 1.5, 1, &h)) < 0)
                 goto out;
         free(x.d);
@@ -361,8 +359,7 @@ int model_write_seeded(const char *path, const char *variant, int scheme, int cl
                 if ((r = block(&s, &blocks[i], &x)) < 0)
                         goto out;
         model_top_key(scheme, v->n_stages, "conv_head", "weight", wk, sizeof wk);
-        model_top_key(scheme, v->n_stages, "bn2", "", bk, sizeof bk);
-        bk[strlen(bk) - 1] = 0;
+        model_top_key(scheme, v->n_stages, "bn2", NULL, bk, sizeof bk);
         if ((r = conv_bn(&s, wk, bk, &x, arch_head(v), 1, 1, 1, 0.5, 1.5, 1, &h)) < 0)
                 goto out;
 

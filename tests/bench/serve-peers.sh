@@ -4,7 +4,7 @@
 # against a FastAPI + PyTorch + PIL server doing the same job
 # (fastapi_server.py), and `effnet bench` measures the engine alone on the
 # same weights and precision. Prints a markdown report with images/s, p50/p99
-# latency, mean batch size and the ratios issue 3 asks for.
+# latency, mean batch size and the ratios that serve as the bar.
 #
 #   tests/bench/serve-peers.sh [--precision fp32|bf16] [--duration 10] [--threads 2]
 #

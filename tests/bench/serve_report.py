@@ -103,7 +103,7 @@ def report(path):
           f"{ms(s['p50'])} | {ms(s['p99'])} | {'-' if s['batch'] is None else format(s['batch'], '.2f')} | "
           f"{'-' if s['busy'] is None else format(100 * s['busy'], '.0f') + '%'} | {ms(s['cpu_ms'])} | {'-' if s['cores'] is None else format(s['cores'], '.2f')} | {s['errors']} | {r.get('load', '')} |")
     p("")
-    p("| bar (issue 3) | value | target | |")
+    p("| bar | value | target | |")
     p("|---|---:|---:|---|")
     eff = [s for (n, _), s in by.items() if n == "effnetd"]
     if eff and best:

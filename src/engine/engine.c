@@ -369,8 +369,20 @@ static int add_silu(struct eng_plan *p, int x_t)
         return 0;
 }
 
+static int add_reorder(struct eng_plan *p, int src_t, const dnnl_memory_desc_t *to, int dst_slot, int *ret_t);
+
+static int is_reference_kernel(const_dnnl_primitive_desc_t pd)
+{
+        const char *impl = NULL;
+        return dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
+               strncmp(impl, "ref", 3) == 0;
+}
+
 /* conv(src) + bias [+ SiLU] [+ residual] -> new tensor in dst_slot (or, for
- * RES_SUM, in place into the residual tensor). */
+ * RES_SUM, in place into the residual tensor). The weights take the type of
+ * src, the output that of the plan's activations: an f32 src in a bf16 plan
+ * (the stem) converts on the way out, through a reorder where oneDNN has no
+ * fast kernel that converts by itself. */
 static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, int dst_slot,
                     int res, int res_t, int *ret_t)
 {
@@ -382,7 +394,7 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
 
         dnnl_memory_desc_t wmd, bmd, dmd;
         struct wsrc ws = { .key = c, .conv = c };
-        dnnl_data_type_t wdt = p->act_dt;
+        dnnl_data_type_t wdt = src_md.data_type;
         if (c->groups > 1) {
                 dnnl_dims_t wd = { c->groups, c->oc / c->groups, c->ic / c->groups, c->k, c->k };
                 init_md(&wmd, 5, wd, wdt, dnnl_format_tag_any);
@@ -413,8 +425,17 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
         if (wino && conv_pd(p, dnnl_convolution_winograd, &src_md, &wmd, &bmd, &dmd, c->stride, plh, plw, prh, prw,
                             0, RES_NONE, -1, &pd, &binary_idx) < 0)
                 wino = 0;
-        if (!wino && (r = conv_pd(p, dnnl_convolution_direct, &src_md, &wmd, &bmd, &dmd, c->stride, plh, plw, prh,
-                                  prw, c->act == MODEL_ACT_SILU, res, res_t, &pd, &binary_idx)) < 0)
+        r = wino ? 0 : conv_pd(p, dnnl_convolution_direct, &src_md, &wmd, &bmd, &dmd, c->stride, plh, plw, prh, prw,
+                               c->act == MODEL_ACT_SILU, res, res_t, &pd, &binary_idx);
+        int convert = !wino && res == RES_NONE && dmd.data_type != wdt && (r < 0 || is_reference_kernel(pd));
+        if (convert) {
+                if (r == 0)
+                        dnnl_primitive_desc_destroy(pd);
+                dmd.data_type = wdt;
+                r = conv_pd(p, dnnl_convolution_direct, &src_md, &wmd, &bmd, &dmd, c->stride, plh, plw, prh, prw,
+                            c->act == MODEL_ACT_SILU, RES_NONE, -1, &pd, &binary_idx);
+        }
+        if (r < 0)
                 return err_set(p->err, p->err_len, r, "oneDNN: no convolution for %dx%d %d->%d stride %d", c->k,
                                c->k, c->ic, c->oc, c->stride);
 
@@ -427,7 +448,9 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
                 dnnl_primitive_desc_destroy(pd);
                 return r;
         }
-        int dst_t = res == RES_SUM ? res_t : new_tensor(p, &out_md, dst_slot);
+        /* A converted output passes through whichever of M0/M1 src is not in. */
+        int out_slot = !convert ? dst_slot : p->tensors[src_t].slot == SLOT_M0 ? SLOT_M1 : SLOT_M0;
+        int dst_t = res == RES_SUM ? res_t : new_tensor(p, &out_md, out_slot);
         if (dst_t < 0) {
                 dnnl_primitive_desc_destroy(pd);
                 return dst_t;
@@ -443,6 +466,11 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
                 step_arg(s, DNNL_ARG_ATTR_MULTIPLE_POST_OP(binary_idx) | DNNL_ARG_SRC_1, res_t, NULL);
         if (wino && (r = add_silu(p, dst_t)) < 0)
                 return r;
+        if (convert) {
+                dnnl_dims_t dd = { n, c->oc, oh, ow };
+                init_md(&dmd, 4, dd, p->act_dt, p->act_tag);
+                return add_reorder(p, dst_t, &dmd, dst_slot, ret_t);
+        }
         *ret_t = dst_t;
         return 0;
 }
@@ -659,11 +687,14 @@ static int build(struct eng_plan *p)
         if ((p->in_tensor = x = new_tensor(p, &in_md, SLOT_M0)) < 0)
                 return x;
         /* Blocked kernels take the 3-channel image planar; channels-last ones
-         * want it channels-last. One reorder at the edge, if any. */
-        dnnl_format_tag_t stem_tag = p->act_tag == dnnl_nhwc ? dnnl_nhwc : dnnl_nchw;
-        if (p->act_dt != dnnl_f32 || stem_tag != dnnl_nchw) {
+         * want it channels-last. One reorder at the edge, if any. The stem
+         * stays f32 in every plan: its input is the image itself, and rounding
+         * it and the 27-tap stem weights to bf16 makes a fifth of a bf16
+         * plan's difference from fp32 (docs/benchmarks.md), for 0.5% of the
+         * multiply-adds. */
+        if (p->act_tag == dnnl_nhwc) {
                 dnnl_memory_desc_t md;
-                init_md(&md, 4, id, p->act_dt, stem_tag);
+                init_md(&md, 4, id, dnnl_f32, dnnl_nhwc);
                 if ((r = add_reorder(p, x, &md, SLOT_M1, &x)) < 0)
                         return r;
         }

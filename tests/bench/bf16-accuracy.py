@@ -9,9 +9,11 @@ For each network it prints, as max and rms of |logits - fp32 logits| over
 the std of the fp32 logits:
   - effnet --precision bf16;
   - an ideal bf16 engine emulated in torch (BN folded, weights and every
-    conv/linear input rounded to bf16, fp32 accumulation), then the same
-    with only the weights or only the activations rounded; the latter is
-    the floor of any engine that keeps activations in bf16 between layers;
+    conv/linear input rounded to bf16 except the stem's, fp32
+    accumulation), then the same with only the weights or only the
+    activations rounded; the latter is the floor of any engine that keeps
+    activations in bf16 between layers; and the same engine with a bf16
+    stem;
   - torch's own bf16 (`model.bfloat16()`);
   - the fp32 network itself, fed the input rounded to bf16, and fed the
     input plus uniform noise of half and a quarter of one 8-bit grey level:
@@ -63,10 +65,11 @@ def rows_for(exe, workdir, net, seed, n_images):
         rt.save_model(model, path, scheme)
         rows.append(("effnet bf16", ratios(ref, rt.effnet_forward(exe, path, x, workdir, precision="bf16"))))
         os.unlink(path)
-    for label, w, a in (("ideal bf16 engine (torch emulation)", True, True),
-                        ("ideal engine, only weights rounded", True, False),
-                        ("ideal engine, only activations rounded", False, True)):
-        rows.append((label, ratios(ref, rt.torch_logits(rt.bf16_emulation(model, w, a), x))))
+    for label, w, a, stem in (("ideal bf16 engine, f32 stem (torch emulation)", True, True, True),
+                              ("  the same, only weights rounded", True, False, True),
+                              ("  the same, only activations rounded", False, True, True),
+                              ("ideal bf16 engine, bf16 stem", True, True, False)):
+        rows.append((label, ratios(ref, rt.torch_logits(rt.bf16_emulation(model, w, a, stem), x))))
     with torch.no_grad():
         native = copy.deepcopy(model).bfloat16()(torch.from_numpy(x).bfloat16()).float().numpy()
     rows.append(("torch model.bfloat16()", ratios(ref, native)))

@@ -342,20 +342,22 @@ def _to_bf16(t):
 
 
 @torch.no_grad()
-def bf16_emulation(model, weights=True, activations=True):
+def bf16_emulation(model, weights=True, activations=True, stem_fp32=True):
     """A copy of model that computes like a bf16 engine: BN folded, conv and
     linear weights rounded to bf16 (biases kept in fp32), every conv and
-    linear input rounded to bf16, fp32 accumulation. Its error against the
-    fp32 model is what a faithful bf16 implementation should be close to.
-    weights=False or activations=False leaves that side in fp32, to tell
-    the two sources of error apart."""
+    linear input rounded to bf16, fp32 accumulation. With stem_fp32 the stem
+    conv keeps fp32 weights and input, as effnet's bf16 plans do. Its error
+    against the fp32 model is what a faithful bf16 implementation should be
+    close to. weights=False or activations=False leaves that side in fp32,
+    to tell the two sources of error apart."""
     model = fold_bn(model)
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            if weights:
-                m.weight.copy_(_to_bf16(m.weight))
-            if activations:
-                m.register_forward_pre_hook(lambda mod, inp: (_to_bf16(inp[0]),) + tuple(inp[1:]))
+    for name, m in model.named_modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)) or (stem_fp32 and name.startswith("features.0.")):
+            continue
+        if weights:
+            m.weight.copy_(_to_bf16(m.weight))
+        if activations:
+            m.register_forward_pre_hook(lambda mod, inp: (_to_bf16(inp[0]),) + tuple(inp[1:]))
     return model
 
 

@@ -13,10 +13,11 @@ logits:
     of rounding);
   - the same top-1 wherever the fp32 top-1 margin of a sample exceeds
     max(0.1 x std of its logits, 2 x the emulation's max abs diff on it).
-The emulation (BN folded, weights and every conv/linear input rounded to
-bf16, fp32 accumulation) is what a faithful bf16 engine does; on random
-networks it already lands well above 0.03 x std, so the fixed figure alone
-would fail any correct implementation. Both figures are printed.
+The emulation (BN folded, weights and every conv/linear input but the
+stem's rounded to bf16, fp32 accumulation) is what a faithful bf16 engine
+with effnet's f32 stem does; on random networks it already lands well above
+0.03 x std, so the fixed figure alone would fail any correct implementation
+(tests/bench/bf16-accuracy.py shows why). Both figures are printed.
 """
 import os
 import sys

@@ -3,11 +3,12 @@
 networks of the equivalence suite.
 
 Usage: tests/bench/bf16-accuracy.py [--effnet PATH] [--nets s,b0] [--seeds 4]
-                                    [--images 8] [--out FILE]
+                                    [--images 16] [--out FILE]
 
 For each network it prints, as max and rms of |logits - fp32 logits| over
 the std of the fp32 logits:
-  - effnet --precision bf16;
+  - effnet --precision bf16, and on how many samples with a decisive fp32
+    top-1 (margin over 0.1 x std) its top-1 differs;
   - an ideal bf16 engine emulated in torch (BN folded, weights and every
     conv/linear input rounded to bf16 except the stem's, fp32
     accumulation), then the same with only the weights or only the
@@ -40,9 +41,19 @@ NETS = {  # name: (variant, size, padding, scheme, image seed)
 
 
 def ratios(ref, got):
+    """'max (rms)' of |got - ref| over std(ref)."""
     d = np.abs(np.asarray(got, dtype=np.float64) - ref)
     std = float(ref.std())
-    return float(d.max()) / std, float(np.sqrt((d ** 2).mean())) / std
+    return f"{float(d.max()) / std:.3f} ({float(np.sqrt((d ** 2).mean())) / std:.4f})"
+
+
+def top1_flips(ref, got, margin=0.1):
+    """How many samples whose fp32 top-1 margin exceeds margin x std(ref)
+    get another top-1."""
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    decisive = (top2[:, 1] - top2[:, 0]) > margin * float(ref.std())
+    flips = decisive & (np.argmax(ref, 1) != np.argmax(got, 1))
+    return f"{int(flips.sum())} of {int(decisive.sum())}"
 
 
 def grey_noise(x, levels, seed):
@@ -63,7 +74,9 @@ def rows_for(exe, workdir, net, seed, n_images):
     if exe:
         path = os.path.join(workdir, f"{net}-{seed}.safetensors")
         rt.save_model(model, path, scheme)
-        rows.append(("effnet bf16", ratios(ref, rt.effnet_forward(exe, path, x, workdir, precision="bf16"))))
+        got = rt.effnet_forward(exe, path, x, workdir, precision="bf16")
+        rows.append(("effnet bf16", ratios(ref, got)))
+        rows.append(("effnet bf16: top-1 changed where the fp32 margin > 0.1 x std", top1_flips(ref, got)))
         os.unlink(path)
     for label, w, a, stem in (("ideal bf16 engine, f32 stem (torch emulation)", True, True, True),
                               ("  the same, only weights rounded", True, False, True),
@@ -87,7 +100,7 @@ def main():
     ap.add_argument("--effnet", help="effnet binary (default: build/src/cli/effnet); 'none' skips it")
     ap.add_argument("--nets", default="s,b0", help="comma-separated, from: " + ",".join(NETS))
     ap.add_argument("--seeds", default="4", help="weight seeds, comma-separated")
-    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--images", type=int, default=16)
     ap.add_argument("--out", help="also write the report to this file")
     args = ap.parse_args()
     exe = args.effnet or os.path.join(ROOT, "build", "src", "cli", "effnet")
@@ -102,8 +115,8 @@ def main():
                 title, rows = rows_for(exe, d, net, seed, args.images)
                 columns.append(title)
                 print(f"{title}: done", file=sys.stderr, flush=True)
-                for label, (mx, rms) in rows:
-                    table.setdefault(label, []).append(f"{mx:.3f} ({rms:.4f})")
+                for label, cell in rows:
+                    table.setdefault(label, []).append(cell)
     lines = ["max / std (rms / std) of the logits' difference from fp32", "",
              "| source of difference | " + " | ".join(columns) + " |",
              "|---|" + "---|" * len(columns)]

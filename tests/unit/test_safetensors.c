@@ -521,10 +521,28 @@ static void check_cases(const char *what, const struct cases *c, const uint16_t 
                 }
 }
 
+/* Writes c's values as dtype and checks the cases before specials; the six
+ * after them must be NaNs (exponent all ones, mantissa not zero) of the
+ * case's sign, alternating +/-. Frees c. */
+static void check_encoded(int dtype, const char *name, struct cases *c, size_t specials,
+                          uint16_t exponent)
+{
+        uint16_t *got = malloc(c->n * sizeof *got);
+        REQUIRE(got);
+        encode_via_file(dtype, c, got);
+        c->n = specials;
+        check_cases(name, c, got);
+        for (size_t i = specials; i < specials + 6; i++)
+                CHECK((got[i] & exponent) == exponent && (got[i] & (0x7fff & ~exponent)) != 0 &&
+                      (got[i] & 0x8000) == (i % 2 ? 0x8000 : 0));
+        free(got);
+        free(c->x);
+        free(c->want);
+}
+
 static void test_f16_encode(void)
 {
         struct cases c = { 0 };
-        uint16_t *got;
 
         for (uint32_t h = 0; h <= 0x7bff; h++) {
                 double a = ref_f16((uint16_t)h), b = h == 0x7bff ? 65536.0 : ref_f16((uint16_t)(h + 1));
@@ -552,22 +570,12 @@ static void test_f16_encode(void)
         add_signed(&c, from_bits(0x7f800001u), 0x7e00); /* payload only in the dropped bits */
         add_signed(&c, from_bits(0x7fffffffu), 0x7e00);
 
-        got = malloc(c.n * sizeof *got);
-        REQUIRE(got);
-        encode_via_file(ST_F16, &c, got);
-        c.n = specials;
-        check_cases("f16", &c, got);
-        for (size_t i = specials; i < specials + 6; i++)
-                CHECK((got[i] & 0x7c00) == 0x7c00 && (got[i] & 0x3ff) != 0 && (got[i] & 0x8000) == (i % 2 ? 0x8000 : 0));
-        free(got);
-        free(c.x);
-        free(c.want);
+        check_encoded(ST_F16, "f16", &c, specials, 0x7c00);
 }
 
 static void test_bf16_encode(void)
 {
         struct cases c = { 0 };
-        uint16_t *got;
 
         for (uint32_t h = 0; h <= 0x7f7f; h++) {
                 uint32_t mid = h << 16 | 0x8000; /* midpoints are exact in binary32 */
@@ -585,16 +593,7 @@ static void test_bf16_encode(void)
         add_signed(&c, from_bits(0x7f800001u), 0);
         add_signed(&c, from_bits(0x7fffffffu), 0);
 
-        got = malloc(c.n * sizeof *got);
-        REQUIRE(got);
-        encode_via_file(ST_BF16, &c, got);
-        c.n = specials;
-        check_cases("bf16", &c, got);
-        for (size_t i = specials; i < specials + 6; i++)
-                CHECK((got[i] & 0x7f80) == 0x7f80 && (got[i] & 0x7f) != 0 && (got[i] & 0x8000) == (i % 2 ? 0x8000 : 0));
-        free(got);
-        free(c.x);
-        free(c.want);
+        check_encoded(ST_BF16, "bf16", &c, specials, 0x7f80);
 }
 
 /* ---- writer round trip and files ----------------------------------------- */

@@ -21,22 +21,12 @@ import sys
 import time
 import urllib.request
 
-SKIP = 77
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(SOURCE_ROOT, "tests", "integration"))
+from daemon import SKIP, check, failures, finish  # noqa: E402
 CACHE = os.environ.get("EFFNETD_CONTAINER_CACHE", "/var/tmp/effnetd-container")
 BASE = "localhost/effnetd-base:bookworm"
 IMAGE = "localhost/effnetd:test"
-failures = []
-T0 = time.monotonic()
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + f"[{time.monotonic() - T0:6.1f}s] " + what, flush=True)
-    if not cond:
-        failures.append(what)
-    return cond
-
-
 def run(cmd, **kw):
     print("+ " + " ".join(cmd), flush=True)
     return subprocess.run(cmd, check=True, **kw)
@@ -145,10 +135,7 @@ def main():
                 print(open(log_path, "rb").read().decode(errors="replace")[-3000:])
     finally:
         subprocess.run(["podman", "image", "unmount", IMAGE], capture_output=True)
-    if failures:
-        print(f"FAILED {len(failures)}: " + "; ".join(failures))
-        sys.exit(1)
-    print(f"PASS (image {size / 1e6:.1f} MB)")
+    finish(f"PASS (image {size / 1e6:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,26 @@ import uuid
 
 SKIP = 77
 
+# The outcome of one test script: check() prints a line and records a
+# failure, finish() reports and exits non-zero if anything failed. Lines
+# carry the time since start, for reading the logs of slow tests.
+T0 = time.monotonic()
+failures = []
+
+
+def check(cond, what):
+    print(("ok   " if cond else "FAIL ") + f"[{time.monotonic() - T0:6.1f}s] " + what, flush=True)
+    if not cond:
+        failures.append(what)
+    return cond
+
+
+def finish(summary="PASS"):
+    if failures:
+        print(f"FAILED {len(failures)}: " + "; ".join(failures))
+        sys.exit(1)
+    print(summary)
+
 
 class Daemon:
     """effnetd on 127.0.0.1 with a port picked by the kernel (--listen

@@ -24,6 +24,7 @@ import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon as dm  # noqa: E402
+from daemon import check, failures, finish  # noqa: E402
 
 try:
     from PIL import Image
@@ -34,17 +35,6 @@ except ImportError:
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LABELS = os.path.join(SOURCE_ROOT, "etc", "labels", "imagenet-1k.txt")
 
-failures = []
-
-
-T0 = time.monotonic()
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + f"[{time.monotonic() - T0:6.1f}s] " + what, flush=True)
-    if not cond:
-        failures.append(what)
-    return cond
 
 
 def check_error(status, body, want_status, want_code, what):
@@ -548,10 +538,7 @@ def main():
         test_deadline(effnetd, weights, workdir, jpeg)
         test_labels(effnetd, effnet, weights, workdir, jpeg)
 
-    if failures:
-        print(f"FAILED {len(failures)}: " + "; ".join(failures))
-        sys.exit(1)
-    print("PASS")
+    finish()
 
 
 if __name__ == "__main__":

@@ -15,10 +15,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon as dm  # noqa: E402
+from daemon import check, finish  # noqa: E402
 
 try:
     import yaml
@@ -28,14 +28,6 @@ except ImportError:
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KDIR = os.path.join(SOURCE_ROOT, "deploy", "kubernetes")
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-    return cond
 
 
 # kind -> (apiVersion, required paths with their types)
@@ -152,10 +144,7 @@ def main():
             check(all(s == 200 for s in got.values()), f"probe paths answer 200 ({got})")
         finally:
             d.stop()
-    if failures:
-        print(f"FAILED {len(failures)}: " + "; ".join(failures))
-        sys.exit(1)
-    print("PASS")
+    finish()
 
 
 if __name__ == "__main__":

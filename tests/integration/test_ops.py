@@ -24,17 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon as dm  # noqa: E402
-
-failures = []
-T0 = time.monotonic()
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + f"[{time.monotonic() - T0:6.1f}s] " + what, flush=True)
-    if not cond:
-        failures.append(what)
-    return cond
-
+from daemon import check, failures, finish  # noqa: E402
 
 # A valid, non-default value for every setting (the test fails when a
 # setting is added without one here, so every setting is exercised).
@@ -165,7 +155,7 @@ def test_config(effnetd, weights, labels, workdir):
     check(rc == 2 and "/var/lib/effnetd/model.safetensors" in err, "--check-config reports a missing weights file")
 
     # Every invalid value rejected with its line; all errors of a file at once.
-    lines, want = [f"[model]", f"weights = {weights}"], []
+    lines, want = ["[model]", f"weights = {weights}"], []
     for sec in dict.fromkeys(sections.values()):
         lines.append(f"[{sec}]")
         for k, s in sections.items():
@@ -568,10 +558,7 @@ def main():
             test_drain(effnetd, weights, workdir, jpeg)
         if not only or "reload" in only:
             test_reload(effnetd, effnet, weights, weights2, workdir, jpeg)
-    if failures:
-        print(f"FAILED {len(failures)}: " + "; ".join(failures))
-        sys.exit(1)
-    print("PASS")
+    finish()
 
 
 if __name__ == "__main__":

@@ -17,18 +17,11 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon as dm  # noqa: E402
+from daemon import check, finish  # noqa: E402
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UNITS = os.path.join(SOURCE_ROOT, "deploy", "systemd")
 MAX_EXPOSURE = 2.0
-failures = []
-
-
-def check(cond, what):
-    print(("ok   " if cond else "FAIL ") + what, flush=True)
-    if not cond:
-        failures.append(what)
-    return cond
 
 
 def main():
@@ -69,10 +62,7 @@ def main():
             check(float(m.group(1)) <= MAX_EXPOSURE, f"systemd-analyze security exposure {m.group(1)} <= {MAX_EXPOSURE}")
         else:
             print(f"note: systemd-analyze security --offline unavailable here ({p.stderr.strip()[:120]})")
-    if failures:
-        print(f"FAILED {len(failures)}: " + "; ".join(failures))
-        sys.exit(1)
-    print("PASS")
+    finish()
 
 
 if __name__ == "__main__":

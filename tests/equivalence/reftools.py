@@ -738,6 +738,12 @@ class Outcome:
             self.failures.append(label)
             return None
 
+    def forward_matches(self, label, exe, weights, x, workdir, ref, verbose=True, **kwargs):
+        """Runs `effnet forward` on x and checks its logits against ref with
+        compare_logits; kwargs go to effnet_forward. Returns True on a match."""
+        got = self.attempt(label, effnet_forward, exe, weights, x, workdir, **kwargs)
+        return got is not None and self.check(compare_logits(label, ref, got, verbose=verbose)[0], label)
+
     def exit(self):
         if self.failures:
             print("FAILED: " + "; ".join(self.failures))

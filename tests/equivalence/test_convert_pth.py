@@ -46,9 +46,7 @@ def main():
             r = convert(pth, st)
             if not out.check(r.returncode == 0, f"convert {name}: {r.stderr.strip()}"):
                 continue
-            got = out.attempt(f"converted {name}", rt.effnet_forward, exe, st, x, d)
-            if got is not None:
-                out.check(rt.compare_logits(f"V2-S from a {name} .pth @{size}", ref, got)[0], name)
+            out.forward_matches(f"V2-S from a {name} .pth @{size}", exe, st, x, d, ref)
         other = os.path.join(d, "other.pth")
         torch.save({"fc.weight": torch.zeros(2, 2)}, other)
         r = convert(other, os.path.join(d, "other.safetensors"))

@@ -39,13 +39,9 @@ def main():
             ref = rt.torch_logits(model, x)
             out.check(rt.check_not_collapsed(ref, f"torch {name} SAME @{tag}"), f"reference @{tag}")
             label = f"{name} timm names, default (SAME) padding @{tag}"
-            got = out.attempt(label, rt.effnet_forward, exe, path, x, d)
-            if got is not None:
-                out.check(rt.compare_logits(label, ref, got)[0], label)
+            out.forward_matches(label, exe, path, x, d, ref)
             label = f"{name} timm names, --padding same @{tag}"
-            got = out.attempt(label, rt.effnet_forward, exe, path, x, d, padding="same")
-            if got is not None:
-                out.check(rt.compare_logits(label, ref, got, verbose=False)[0], label)
+            out.forward_matches(label, exe, path, x, d, ref, verbose=False, padding="same")
             if not rt.same_differs(h, w):
                 print(f"     @{tag}: SAME and symmetric pads coincide, no negative control")
                 continue

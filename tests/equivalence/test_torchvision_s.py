@@ -31,14 +31,10 @@ def main():
             ref = rt.torch_logits(model, x)
             out.check(rt.check_not_collapsed(ref, f"torch V2-S @{size}"), f"reference @{size}")
             label = f"V2-S torchvision names @{size}"
-            got = out.attempt(label, rt.effnet_forward, exe, tv, x, d)
-            if got is not None:
-                out.check(rt.compare_logits(label, ref, got)[0], label)
+            out.forward_matches(label, exe, tv, x, d, ref)
             if size == 384:
                 label = "V2-S timm names, --padding symmetric @384"
-                got = out.attempt(label, rt.effnet_forward, exe, timm, x, d, padding="symmetric")
-                if got is not None:
-                    out.check(rt.compare_logits(label, ref, got)[0], label)
+                out.forward_matches(label, exe, timm, x, d, ref, padding="symmetric")
     out.exit()
 
 

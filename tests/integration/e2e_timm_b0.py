@@ -112,9 +112,6 @@ def main():
         print(f"torchvision's preprocessing instead of timm's: max |dp| {worst:.3g} (tolerance {PROB_TOL:g})")
         out.check(worst > 2 * PROB_TOL, "preprocessing negative control: it must miss the tolerance")
 
-        with open(os.path.join(os.path.dirname(os.path.dirname(HERE)), "etc", "labels", "imagenet-1k.txt")) as f:
-            labels = f.read().splitlines()
-
         d = dm.Daemon(effnetd, weights, workdir, "--max-batch", 4, "--max-delay-ms", 5, name="effnetd-e2e-b0")
         try:
             s, _, b = d.request("GET", "/v1/models")
@@ -128,18 +125,7 @@ def main():
                       and np.allclose(pp.get("mean", []), rt.IMAGENET_MEAN, atol=1e-6)
                       and np.allclose(pp.get("std", []), rt.IMAGENET_STD, atol=1e-6),
                       f"/v1/models preprocessing {pp}")
-            for name in sorted(photos):
-                s, _, body = d.classify(photos[name], dm.content_type_of(photos[name]))
-                if not out.check(s == 200, f"{name}: HTTP {s} {str(body)[:200]}"):
-                    continue
-                out.check(body.get("model") == "efficientnetv2-b0", f"{name}: model name {body.get('model')}")
-                e2e.compare(name, ref[name], body.get("predictions", []), labels, out)
-            mp, ctype = dm.multipart([(n, dm.content_type_of(photos[n]), photos[n]) for n in names])
-            s, _, body = d.classify(mp, ctype)
-            results = body.get("results", [])
-            if out.check(s == 200 and len(results) == len(names), f"multipart of {len(names)}: HTTP {s}"):
-                for n, r in zip(names, results):
-                    e2e.compare(f"multipart {n}", ref[n], r.get("predictions", []), labels, out)
+            e2e.classify_all(d, photos, ref, e2e.load_labels(), "efficientnetv2-b0", out)
         finally:
             rc = d.stop()
             out.check(rc == 0, f"effnetd exit status {rc}")

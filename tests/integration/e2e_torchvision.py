@@ -119,6 +119,29 @@ def compare(name, ref, preds, labels, out):
     out.check(ok, name)
 
 
+def load_labels():
+    with open(os.path.join(os.path.dirname(os.path.dirname(HERE)), "etc", "labels", "imagenet-1k.txt")) as f:
+        return f.read().splitlines()
+
+
+def classify_all(d, photos, ref, labels, model_name, out):
+    """Each photo alone, then all of them in one multipart request, through
+    the running daemon d; every answer compared with ref (compare)."""
+    names = sorted(photos)
+    for name in names:
+        s, _, body = d.classify(photos[name], dm.content_type_of(photos[name]))
+        if not out.check(s == 200, f"{name}: HTTP {s} {str(body)[:200]}"):
+            continue
+        out.check(body.get("model") == model_name, f"{name}: model name {body.get('model')}")
+        compare(name, ref[name], body.get("predictions", []), labels, out)
+    mp, ctype = dm.multipart([(n, dm.content_type_of(photos[n]), photos[n]) for n in names])
+    s, _, body = d.classify(mp, ctype)
+    results = body.get("results", [])
+    if out.check(s == 200 and len(results) == len(names), f"multipart of {len(names)}: HTTP {s}"):
+        for n, r in zip(names, results):
+            compare(f"multipart {n}", ref[n], r.get("predictions", []), labels, out)
+
+
 def main():
     effnetd, _ = dm.find_effnet_tools()
     out = rt.Outcome()
@@ -136,8 +159,6 @@ def main():
         # Variants of one photo rightly agree; distinctness is asked of the originals.
         originals = [i for i, n in enumerate(names) if "-" not in n]
         out.check(rt.check_not_collapsed(logits[originals], "reference on the photos"), "reference not collapsed")
-        with open(os.path.join(os.path.dirname(os.path.dirname(HERE)), "etc", "labels", "imagenet-1k.txt")) as f:
-            labels = f.read().splitlines()
 
         d = dm.Daemon(effnetd, weights, workdir, "--max-batch", 4, "--max-delay-ms", 5, name="effnetd-e2e")
         try:
@@ -145,18 +166,7 @@ def main():
             m = dm.parse_json(b).get("models", [{}])[0]
             out.check(s == 200 and m.get("variant") == "efficientnetv2-s" and m.get("input_size") == SIZE
                       and m.get("weights_scheme") == "torchvision", f"/v1/models: {m.get('variant')}")
-            for name in sorted(photos):
-                s, _, body = d.classify(photos[name], dm.content_type_of(photos[name]))
-                if not out.check(s == 200, f"{name}: HTTP {s} {str(body)[:200]}"):
-                    continue
-                out.check(body.get("model") == "efficientnetv2-s", f"{name}: model name")
-                compare(name, ref[name], body.get("predictions", []), labels, out)
-            mp, ctype = dm.multipart([(n, dm.content_type_of(photos[n]), photos[n]) for n in names])
-            s, _, body = d.classify(mp, ctype)
-            results = body.get("results", [])
-            if out.check(s == 200 and len(results) == len(names), f"multipart of {len(names)}: HTTP {s}"):
-                for n, r in zip(names, results):
-                    compare(f"multipart {n}", ref[n], r.get("predictions", []), labels, out)
+            classify_all(d, photos, ref, load_labels(), "efficientnetv2-s", out)
         finally:
             rc = d.stop()
             out.check(rc == 0, f"effnetd exit status {rc}")

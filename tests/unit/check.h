@@ -25,6 +25,15 @@ static int check_failures;
                 }                                                                    \
         } while (0)
 
+/* Stops the test at once when what follows would only crash. */
+#define REQUIRE(cond)                                                                \
+        do {                                                                         \
+                if (!(cond)) {                                                       \
+                        fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond); \
+                        exit(1);                                                     \
+                }                                                                    \
+        } while (0)
+
 #define CHECK_DONE() (check_failures ? (fprintf(stderr, "%d check(s) failed\n", check_failures), 1) : 0)
 
 #endif

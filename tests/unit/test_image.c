@@ -4,6 +4,7 @@
  *
  *   test_image CORPUS_DIR      (tests/fuzz/corpus: jpeg/ and png/ seeds)
  */
+#include "check.h"
 #include "image/image.h"
 
 #include <errno.h>
@@ -12,22 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int failures;
-
-/* Assertions that stay in release (NDEBUG) builds. */
-#define CHECK(cond) do { \
-        if (!(cond)) { \
-                fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-                failures++; \
-        } \
-} while (0)
-
 #define CHECK_RC(expr, want) do { \
         int rc_ = (expr); \
         if (rc_ != (want)) { \
                 fprintf(stderr, "%s:%d: %s returned %d (%s), want %d\n", __FILE__, __LINE__, \
                         #expr, rc_, strerror(rc_ < 0 ? -rc_ : rc_), (want)); \
-                failures++; \
+                check_failures++; \
         } \
 } while (0)
 
@@ -153,7 +144,7 @@ static struct img_rgb *decode_ok(const struct buf *b)
 
         if (r < 0) {
                 fprintf(stderr, "decode failed: %s\n", err);
-                failures++;
+                check_failures++;
                 return NULL;
         }
         return img;
@@ -221,7 +212,7 @@ static void jpeg_patch_size(struct buf *b, int w, int h)
                 }
         }
         fprintf(stderr, "no SOF marker\n");
-        failures++;
+        check_failures++;
 }
 
 static void test_limits(void)
@@ -393,11 +384,11 @@ static void test_png_broken(void)
                 int r = img_decode(b.p, n, NULL, 0, 0, err, sizeof err, &img);
                 if (r == 0) {
                         fprintf(stderr, "PNG truncated to %zu of %zu bytes decoded\n", n, b.n);
-                        failures++;
+                        check_failures++;
                         img = img_rgb_free(img);
                 } else if (r != -EBADMSG && r != -ENOTSUP) {
                         fprintf(stderr, "PNG truncated to %zu: %d\n", n, r);
-                        failures++;
+                        check_failures++;
                 }
         }
         /* a bad CRC on the image data */
@@ -471,11 +462,11 @@ static void test_jpeg_broken(void)
                         if (r == 0) {
                                 fprintf(stderr, "%s truncated to %zu of %zu bytes decoded\n",
                                         names[f], n, b.n);
-                                failures++;
+                                check_failures++;
                                 img = img_rgb_free(img);
                         } else if (r != -EBADMSG && r != -ENOTSUP) {
                                 fprintf(stderr, "%s truncated to %zu: %d\n", names[f], n, r);
-                                failures++;
+                                check_failures++;
                         }
                 }
                 /* bytes after EOI are ignored, as libjpeg and PIL do */
@@ -658,7 +649,7 @@ static void test_resize_constant(void)
                                         if (bad) {
                                                 fprintf(stderr, "constant %dx%d -> %d (filter %d crop %d): %d pixels changed\n",
                                                         img->width, img->height, outs[o], filter, crop, bad);
-                                                failures++;
+                                                check_failures++;
                                         }
                                         free(out);
                                 }
@@ -696,7 +687,7 @@ static void test_resize_window(void)
                         if (bad) {
                                 fprintf(stderr, "window of %dx%d (filter %d): %d values differ\n",
                                         rw, rh, filter, bad);
-                                failures++;
+                                check_failures++;
                         }
                         free(a);
                         free(b);
@@ -801,10 +792,8 @@ int main(int argc, char **argv)
         test_normalize();
         test_output_untouched();
 
-        if (failures) {
-                fprintf(stderr, "%d check(s) failed\n", failures);
+        if (CHECK_DONE())
                 return 1;
-        }
         printf("image: all checks passed\n");
         return 0;
 }

@@ -1,4 +1,5 @@
 /* Unit test of the safetensors reader and writer: round trips, float16/bfloat16 rounding, hostile headers. */
+#include "check.h"
 #include "model/safetensors.h"
 
 #include <dirent.h>
@@ -13,26 +14,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* Survives NDEBUG; keeps going so that one run reports every failure. */
-static int failures;
-#define CHECK(cond)                                                                          \
-        do {                                                                                 \
-                if (!(cond)) {                                                               \
-                        fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-                        failures++;                                                          \
-                }                                                                            \
-        } while (0)
-/* Stops the test at once when what follows would only crash. */
-#define REQUIRE(cond)                                                                        \
-        do {                                                                                 \
-                if (!(cond)) {                                                               \
-                        fprintf(stderr, "%s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond); \
-                        exit(1);                                                             \
-                }                                                                            \
-        } while (0)
-
 /* A stand-in for "not written": ret_* must keep it on failure. */
-static struct st_file *const UNTOUCHED = (struct st_file *)&failures;
+static struct st_file *const UNTOUCHED = (struct st_file *)&check_failures;
 
 static char tmpdir[64];
 
@@ -78,7 +61,7 @@ static void expect_buf(int line, struct buf b, int code, const char *needle1, co
         if (r != code || f != UNTOUCHED || !err[0] || !has(err, needle1) || !has(err, needle2)) {
                 fprintf(stderr, "line %d: got %d \"%s\", want %d with \"%s\" \"%s\"%s\n", line, r, err, code,
                         needle1 ? needle1 : "", needle2 ? needle2 : "", f != UNTOUCHED ? " (ret_file written)" : "");
-                failures++;
+                check_failures++;
         }
         if (r == 0 && f != UNTOUCHED)
                 st_free(f);
@@ -96,7 +79,7 @@ static struct st_file *parse_ok(int line, struct buf b)
 
         if (r != 0 || !f) {
                 fprintf(stderr, "line %d: want success, got %d \"%s\"\n", line, r, err);
-                failures++;
+                check_failures++;
                 return NULL;
         }
         return f;
@@ -419,7 +402,7 @@ static void test_f16_decode(void)
                         CHECK(bits(dst[h]) == (((h & 0x8000) << 16) | 0x7f800000u | (h & 0x3ff) << 13));
                 } else if ((double)dst[h] != want || !signbit(dst[h]) != !signbit(want)) {
                         fprintf(stderr, "f16 %04x -> %a, want %a\n", h, (double)dst[h], want);
-                        failures++;
+                        check_failures++;
                 }
         }
         CHECK(dst[0x0001] == 0x1p-24f);   /* smallest subnormal */
@@ -516,7 +499,7 @@ static void check_cases(const char *what, const struct cases *c, const uint16_t 
         for (size_t i = 0; i < c->n; i++)
                 if (got[i] != c->want[i]) {
                         fprintf(stderr, "%s(%a) = %04x, want %04x\n", what, (double)c->x[i], got[i], c->want[i]);
-                        if (++failures > 50)
+                        if (++check_failures > 50)
                                 exit(1);
                 }
 }
@@ -869,10 +852,8 @@ int main(void)
         test_open_errors();
 
         rmdir(tmpdir);
-        if (failures) {
-                fprintf(stderr, "test_safetensors: %d failure(s)\n", failures);
+        if (CHECK_DONE())
                 return 1;
-        }
         printf("test_safetensors: ok\n");
         return 0;
 }

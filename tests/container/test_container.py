@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import urllib.request
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(SOURCE_ROOT, "tests", "integration"))
-from daemon import SKIP, check, failures, finish  # noqa: E402
+from daemon import SKIP, check, failures, finish, free_port  # noqa: E402
 CACHE = os.environ.get("EFFNETD_CONTAINER_CACHE", "/var/tmp/effnetd-container")
 BASE = "localhost/effnetd-base:bookworm"
 IMAGE = "localhost/effnetd:test"
@@ -71,14 +70,6 @@ def base_image():
         os.rename(tar + ".tmp", tar)
         shutil.rmtree(root, ignore_errors=True)
     run(["podman", "import", tar, BASE], stdout=subprocess.DEVNULL)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def main():

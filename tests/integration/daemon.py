@@ -161,6 +161,16 @@ def content_type_of(data):
     return "image/png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "image/jpeg"
 
 
+def free_port():
+    """A loopback TCP port that was free a moment ago, for programs that
+    need a port number up front (socket activation, chroot)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 def raw_http(port, data, timeout=30, read_all=True):
     """Sends raw bytes and returns what the server answers (until it closes
     or the timeout, when read_all)."""

@@ -277,20 +277,12 @@ def test_systemd(effnetd, weights, weights2, workdir, jpeg):
         n.close()
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_socket_activation(effnetd, weights, workdir):
     activate = shutil.which("systemd-socket-activate")
     if not activate:
         check(False, "systemd-socket-activate is installed (package systemd)")
         return
-    port = free_port()
+    port = dm.free_port()
     log_path = os.path.join(workdir, "activate.log")
     with open(log_path, "wb") as log:
         p = subprocess.Popen([activate, "-l", f"127.0.0.1:{port}", effnetd, "--weights", weights,

@@ -44,7 +44,11 @@ extern "C" {
 struct effnet_model;
 struct effnet_exec;
 
-enum effnet_precision { EFFNET_FP32 = 0, EFFNET_BF16 = 1 };
+enum effnet_precision {
+        EFFNET_FP32 = 0,
+        EFFNET_BF16 = 1,            /* needs native bf16: AVX512_BF16 or AMX */
+        EFFNET_PRECISION_AUTO = 2,  /* bf16 where the CPU has it natively, else fp32 */
+};
 enum effnet_scheme { EFFNET_SCHEME_TIMM = 0, EFFNET_SCHEME_TORCHVISION = 1 };
 enum effnet_padding {
         EFFNET_PAD_AUTO = 0,      /* from the weight source */
@@ -94,7 +98,7 @@ const struct effnet_info *effnet_model_info(const struct effnet_model *m);
 struct effnet_exec_opts {
         int batch;      /* images per forward, >= 1 */
         int threads;    /* oneDNN threads for this executor; 0 = all usable */
-        int precision;  /* enum effnet_precision */
+        int precision;  /* enum effnet_precision; AUTO resolves by the CPU */
         int size;       /* input height; 0 = preproc.size; 32..4096 */
         int width;      /* input width; 0 = size (square) */
 };
@@ -117,6 +121,44 @@ int effnet_exec_forward(struct effnet_exec *x, const float *images, int n,
 
 /* Bytes of activation and scratch memory the executor holds. */
 size_t effnet_exec_bytes(const struct effnet_exec *x);
+
+/* Kernels an executor runs: a oneDNN implementation name
+ * ("brg:avx512_core_amx", "jit_1x1:avx2", ...) and how many of the
+ * executor's primitives use it. */
+struct effnet_kernel {
+        const char *impl;
+        int count;
+};
+/* Fills ret with up to max entries; names are owned by the executor.
+ * Returns the number written, or -E2BIG when there are more than max.
+ * Executors never hold a reference kernel: effnet_exec_new refuses one with
+ * -ENOTSUP and names the layer. */
+int effnet_exec_kernels(const struct effnet_exec *x, struct effnet_kernel *ret, int max);
+/* The precision (never AUTO) and activation layout ("nChw16c", "nChw8c",
+ * "nhwc") the executor runs. */
+int effnet_exec_precision(const struct effnet_exec *x);
+const char *effnet_exec_layout(const struct effnet_exec *x);
+
+/* What this CPU runs, as oneDNN sees it: DNNL_MAX_CPU_ISA caps it. */
+struct effnet_cpu {
+        const char *isa;          /* oneDNN's effective ISA: "avx2", "avx512_core",
+                                   * "avx512_core_vnni", "avx512_core_bf16",
+                                   * "avx512_core_amx", ... (static string) */
+        int bf16;                 /* 1 if bf16 runs natively */
+        const char *fp32_layout;  /* activations of fp32 executors */
+        const char *bf16_layout;  /* of bf16 executors; NULL without native bf16 */
+};
+void effnet_cpu_info(struct effnet_cpu *ret_cpu);
+
+/* The precision an executor asked for precision would run: AUTO becomes
+ * bf16 or fp32 by the CPU. -ENOTSUP, with a message saying what bf16 needs,
+ * what this CPU has and what to use instead, for bf16 without native bf16;
+ * -EINVAL for an unknown value. */
+int effnet_precision_resolve(int precision, char *err, size_t err_len, int *ret_precision);
+/* "fp32", "bf16", "auto"; NULL for an unknown value. */
+const char *effnet_precision_name(int precision);
+/* The inverse ("f32" is accepted for fp32); -EINVAL for anything else. */
+int effnet_precision_parse(const char *s, int *ret_precision);
 
 /* Numerically stable softmax of one row, in place. */
 void effnet_softmax(float *v, int n);

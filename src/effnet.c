@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct effnet_model {
         struct model *m;
@@ -58,8 +59,10 @@ int effnet_exec_new(struct effnet_model *em, const struct effnet_exec_opts *opts
 
         if (!x)
                 return -ENOMEM;
-        int width = opts->width > 0 ? opts->width : size;
-        r = eng_plan_new(em->net, opts->batch, size, width, opts->precision, opts->threads, err, err_len, &x->plan);
+        int width = opts->width > 0 ? opts->width : size, precision;
+        if ((r = effnet_precision_resolve(opts->precision, err, err_len, &precision)) == 0)
+                r = eng_plan_new(em->net, opts->batch, size, width, precision, opts->threads, err, err_len,
+                                 &x->plan);
         if (r < 0) {
                 free(x);
                 return r;
@@ -85,6 +88,64 @@ int effnet_exec_forward(struct effnet_exec *x, const float *images, int n, float
 size_t effnet_exec_bytes(const struct effnet_exec *x)
 {
         return eng_plan_bytes(x->plan);
+}
+
+int effnet_exec_kernels(const struct effnet_exec *x, struct effnet_kernel *ret, int max)
+{
+        return eng_plan_kernels(x->plan, ret, max);
+}
+
+int effnet_exec_precision(const struct effnet_exec *x)
+{
+        return eng_plan_precision(x->plan);
+}
+
+const char *effnet_exec_layout(const struct effnet_exec *x)
+{
+        return eng_plan_layout(x->plan);
+}
+
+void effnet_cpu_info(struct effnet_cpu *ret_cpu)
+{
+        eng_cpu_get(ret_cpu);
+}
+
+int effnet_precision_resolve(int precision, char *err, size_t err_len, int *ret_precision)
+{
+        struct effnet_cpu cpu;
+        int r;
+
+        eng_cpu_get(&cpu);
+        if (precision == EFFNET_PRECISION_AUTO)
+                precision = cpu.bf16 ? EFFNET_BF16 : EFFNET_FP32;
+        if (precision != EFFNET_FP32 && precision != EFFNET_BF16)
+                return err_set(err, err_len, -EINVAL, "unknown precision %d", precision);
+        if ((r = eng_check_precision(precision, err, err_len)) < 0)
+                return r;
+        *ret_precision = precision;
+        return 0;
+}
+
+static const char *const precision_names[] = { [EFFNET_FP32] = "fp32", [EFFNET_BF16] = "bf16",
+                                               [EFFNET_PRECISION_AUTO] = "auto" };
+
+const char *effnet_precision_name(int precision)
+{
+        return precision >= 0 && precision < (int)ARRAY_SIZE(precision_names) ? precision_names[precision] : NULL;
+}
+
+int effnet_precision_parse(const char *s, int *ret_precision)
+{
+        for (int i = 0; i < (int)ARRAY_SIZE(precision_names); i++)
+                if (strcmp(s, precision_names[i]) == 0) {
+                        *ret_precision = i;
+                        return 0;
+                }
+        if (strcmp(s, "f32") == 0) {
+                *ret_precision = EFFNET_FP32;
+                return 0;
+        }
+        return -EINVAL;
 }
 
 void effnet_softmax(float *v, int n)

@@ -25,13 +25,13 @@ static int usage(FILE *f)
                 "\n"
                 "Commands:\n"
                 "  forward --weights FILE --input IN.npy --output OUT.npy\n"
-                "          [--precision fp32|bf16] [--padding auto|same|symmetric] [--bn-eps X]\n"
+                "          [--precision fp32|bf16|auto] [--padding auto|same|symmetric] [--bn-eps X]\n"
                 "          [--threads T]\n"
                 "      Logits of a float32 NCHW batch (normalized images) as .npy.\n"
                 "  bench (--weights FILE | --variant V) [--batch 1,8] [--threads T]\n"
-                "          [--precision fp32|bf16] [--size S] [--runs N] [--warmup N] [--json]\n"
+                "          [--precision fp32|bf16|auto] [--size S] [--runs N] [--warmup N] [--json]\n"
                 "      Median throughput of the engine per batch size.\n"
-                "  classify --weights FILE [--top-k K] [--labels FILE] [--precision fp32|bf16]\n"
+                "  classify --weights FILE [--top-k K] [--labels FILE] [--precision fp32|bf16|auto]\n"
                 "          [--threads T] IMG...\n"
                 "      Top-k JSON for each image, one line each, as effnetd answers.\n"
                 "  inspect FILE\n"
@@ -39,20 +39,12 @@ static int usage(FILE *f)
                 "  init-weights --variant s|m|l|xl|b0|b1|b2|b3|rw_s [--scheme timm|torchvision]\n"
                 "          [--classes N] [--dtype f32|f16|bf16] --seed N -o FILE\n"
                 "      Deterministic seeded weights (the embedded default).\n"
+                "  cpu\n"
+                "      oneDNN's ISA on this CPU (DNNL_MAX_CPU_ISA caps it), native bf16,\n"
+                "      layouts and what --precision auto picks, as JSON.\n"
                 "  --version, --help\n",
                 prog);
         return f == stderr ? 2 : 0;
-}
-
-static int parse_precision(const char *s, int *ret)
-{
-        if (strcmp(s, "fp32") == 0 || strcmp(s, "f32") == 0)
-                *ret = EFFNET_FP32;
-        else if (strcmp(s, "bf16") == 0)
-                *ret = EFFNET_BF16;
-        else
-                return -EINVAL;
-        return 0;
 }
 
 static int parse_padding(const char *s, int *ret)
@@ -77,11 +69,6 @@ static int parse_int(const char *s, int lo, int hi, int *ret)
                 return -EINVAL;
         *ret = (int)v;
         return 0;
-}
-
-static const char *precision_name(int p)
-{
-        return p == EFFNET_BF16 ? "bf16" : "fp32";
 }
 
 static const char *padding_name(int p)
@@ -130,7 +117,7 @@ static int parse_args(int argc, char **argv, struct args *a)
                 case OPT_SCHEME: a->scheme_name = optarg; break;
                 case OPT_DTYPE: a->dtype_name = optarg; break;
                 case OPT_JSON: a->json = 1; break;
-                case OPT_PRECISION: bad = parse_precision(optarg, &a->precision); break;
+                case OPT_PRECISION: bad = effnet_precision_parse(optarg, &a->precision); break;
                 case OPT_PADDING: bad = parse_padding(optarg, &a->open.padding); break;
                 case OPT_THREADS: bad = parse_int(optarg, 0, 1024, &a->threads); break;
                 case OPT_SIZE: bad = parse_int(optarg, 32, 4096, &a->size); break;
@@ -365,6 +352,41 @@ static int cmp_double(const void *x, const void *y)
         return (a > b) - (a < b);
 }
 
+/* "isa":..,"layout":..,"kernels":{"impl":count,...} of an executor, as JSON
+ * members. */
+static void print_kernels(const struct effnet_exec *x)
+{
+        struct effnet_cpu cpu;
+        struct effnet_kernel k[64];
+        int n = effnet_exec_kernels(x, k, (int)ARRAY_SIZE(k));
+
+        effnet_cpu_info(&cpu);
+        printf("\"isa\":\"%s\",\"layout\":\"%s\",\"kernels\":{", cpu.isa, effnet_exec_layout(x));
+        for (int i = 0; i < n; i++)
+                printf("%s\"%s\":%d", i ? "," : "", k[i].impl, k[i].count);
+        printf("}");
+}
+
+static int cmd_cpu(void)
+{
+        struct effnet_cpu cpu;
+        int autop = EFFNET_FP32;
+
+        effnet_cpu_info(&cpu);
+        effnet_precision_resolve(EFFNET_PRECISION_AUTO, NULL, 0, &autop);
+        printf("{\"isa\":\"%s\",\"bf16\":%s,\"fp32_layout\":\"%s\",\"bf16_layout\":%s%s%s,"
+               "\"auto_precision\":\"%s\",\"max_cpu_isa\":",
+               cpu.isa, cpu.bf16 ? "true" : "false", cpu.fp32_layout, cpu.bf16_layout ? "\"" : "",
+               cpu.bf16_layout ? cpu.bf16_layout : "null", cpu.bf16_layout ? "\"" : "", effnet_precision_name(autop));
+        const char *cap = getenv("DNNL_MAX_CPU_ISA");
+        /* The cap is the user's text: print it only if it is plain. */
+        int plain = cap != NULL;
+        for (const char *c = cap; c && *c && plain; c++)
+                plain = (*c >= 'A' && *c <= 'Z') || (*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '_';
+        printf(plain ? "\"%s\"}\n" : "null}\n", plain ? cap : "");
+        return 0;
+}
+
 static int cmd_bench(const struct args *a)
 {
         struct effnet_model *m = NULL;
@@ -443,20 +465,23 @@ static int cmd_bench(const struct args *a)
                         qsort(ms, (size_t)a->runs, sizeof *ms, cmp_double);
                         double med = a->runs % 2 ? ms[a->runs / 2] : (ms[a->runs / 2 - 1] + ms[a->runs / 2]) / 2;
                         double rss = (double)proc_peak_rss() / (1024.0 * 1024.0);
-                        if (a->json)
+                        const char *prec = effnet_precision_name(effnet_exec_precision(x));
+                        if (a->json) {
                                 printf("{\"variant\":\"%s\",\"precision\":\"%s\",\"size\":%d,\"threads\":%d,"
                                        "\"batch\":%d,\"images_per_s\":%.3f,\"ms_per_batch\":%.3f,"
                                        "\"ms_min\":%.3f,\"ms_max\":%.3f,\"runs\":%d,\"load_ms\":%.1f,"
-                                       "\"build_ms\":%.1f,\"exec_mb\":%.1f,\"peak_rss_mb\":%.1f}\n",
-                                       info->variant, precision_name(a->precision), size, threads, batch,
-                                       batch * 1000.0 / med, med, ms[0], ms[a->runs - 1], a->runs, load_ms, build_ms,
+                                       "\"build_ms\":%.1f,\"exec_mb\":%.1f,\"peak_rss_mb\":%.1f,",
+                                       info->variant, prec, size, threads, batch, batch * 1000.0 / med, med, ms[0],
+                                       ms[a->runs - 1], a->runs, load_ms, build_ms,
                                        (double)effnet_exec_bytes(x) / (1024.0 * 1024.0), rss);
-                        else
+                                print_kernels(x);
+                                printf("}\n");
+                        } else {
                                 printf("%s %s %dpx threads %d batch %d: %.2f img/s, %.2f ms/batch (median of %d; "
                                        "min %.2f max %.2f), load %.0f ms, build %.0f ms, peak RSS %.0f MB\n",
-                                       info->variant, precision_name(a->precision), size, threads, batch,
-                                       batch * 1000.0 / med, med, a->runs, ms[0], ms[a->runs - 1], load_ms, build_ms,
-                                       rss);
+                                       info->variant, prec, size, threads, batch, batch * 1000.0 / med, med, a->runs,
+                                       ms[0], ms[a->runs - 1], load_ms, build_ms, rss);
+                        }
                         fflush(stdout);
                 } else {
                         fprintf(stderr, "%s: forward failed: %s\n", prog, strerror(-r));
@@ -539,11 +564,11 @@ static int cmd_classify(int argc, char **argv)
                 case 'w': weights = optarg; break;
                 case 'k': top_k_arg = optarg; break;
                 case 'l': labels_path = optarg; break;
-                case 'p': r = parse_precision(optarg, &precision); break;
+                case 'p': r = effnet_precision_parse(optarg, &precision); break;
                 case 't': r = parse_int(optarg, 0, 1024, &threads); break;
                 case 'h':
                         printf("Usage: %s classify --weights FILE [--top-k K] [--labels FILE] "
-                               "[--precision fp32|bf16] [--threads T] IMG...\n", prog);
+                               "[--precision fp32|bf16|auto] [--threads T] IMG...\n", prog);
                         return 0;
                 default: return 2;
                 }
@@ -645,6 +670,8 @@ int main(int argc, char **argv)
                 return cmd_inspect(argc - 1, argv + 1);
         if (strcmp(cmd, "classify") == 0)
                 return cmd_classify(argc - 1, argv + 1);
+        if (strcmp(cmd, "cpu") == 0)
+                return cmd_cpu();
         int r = parse_args(argc - 1, argv + 1, &a);
         if (r)
                 return r > 0 ? 0 : 2;

@@ -24,7 +24,8 @@ struct conf_setting {
         const char *help;
 };
 
-static const char *const precisions[] = { "fp32", "bf16", NULL };
+/* In enum effnet_precision order. */
+static const char *const precisions[] = { "fp32", "bf16", "auto", NULL };
 static const char *const paddings[] = { "auto", "same", "symmetric", NULL };
 static const char *const log_formats[] = { "text", "json", NULL };
 
@@ -36,7 +37,8 @@ static const struct conf_setting settings[] = {
           "model weights (.safetensors, timm or torchvision names); required. SIGHUP loads them again" },
         { "labels", "model", CONF_STRING, F(labels), NULL, 0, 0, NULL,
           "class names, one per line (default: built-in ImageNet-1k for 1000 classes, else the index)" },
-        { "precision", "model", CONF_ENUM, F(precision), "fp32", 0, 0, precisions, "fp32 or bf16 inference" },
+        { "precision", "model", CONF_ENUM, F(precision), "fp32", 0, 0, precisions,
+          "fp32 (torchvision-exact logits), bf16 (needs AVX512_BF16 or AMX) or auto (bf16 where the CPU has it)" },
         { "padding", "model", CONF_ENUM, F(padding), "auto", 0, 0, paddings,
           "convolution padding: auto (from the weights), same (TF) or symmetric" },
         { "bn-eps", "model", CONF_FLOAT, F(bn_eps), "0", 0, 0.1, NULL, "BatchNorm epsilon; 0 = from the weights" },

@@ -114,7 +114,8 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
 
         if (!sv)
                 return err_set(err, err_len, -ENOMEM, "out of memory");
-        sv->precision = (int)c->precision;
+        if ((r = effnet_precision_resolve((int)c->precision, err, err_len, &sv->precision)) < 0)
+                goto fail;
         if (!(sv->weights = strdup(c->weights))) {
                 r = err_set(err, err_len, -ENOMEM, "out of memory");
                 goto fail;
@@ -133,7 +134,7 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
                 .queue_images = (int)c->queue,
                 .workers = (int)c->workers,
                 .threads = (int)c->threads,
-                .precision = (int)c->precision,
+                .precision = sv->precision,
         };
         if ((r = batch_new(sv->model, &bo, err, err_len, &sv->batch)) < 0)
                 goto fail;
@@ -154,7 +155,7 @@ static void describe(const struct serving *sv, char *buf, size_t n)
 {
         const struct effnet_info *info = effnet_model_info(sv->model);
         snprintf(buf, n, "%s, %s, %d classes, input %d, weights %s", info->variant,
-                 sv->precision == EFFNET_BF16 ? "bf16" : "fp32", info->classes, info->preproc.size, sv->weights);
+                 effnet_precision_name(sv->precision), info->classes, info->preproc.size, sv->weights);
 }
 
 /* A reload runs on its own thread so that the main loop keeps answering
@@ -430,15 +431,18 @@ int main(int argc, char **argv)
                 goto out;
         }
         struct batch_config bc;
+        struct effnet_cpu cpu;
         batch_get_config(sv->batch, &bc);
+        effnet_cpu_info(&cpu);
         const struct effnet_info *info = effnet_model_info(sv->model);
         log_msg(LOG_INFO, "model %s: %s, %d classes, input %d, %s weights (sha256 %.16s...), labels %s", c.weights,
                 info->variant, info->classes, info->preproc.size, info->dtype, sv->sha256,
                 api_labels_source(sv->labels));
         log_msg(LOG_INFO,
-                "%d worker(s) x %d thread(s) of %d usable CPUs, %s, batch sizes up to %d, ready in %.0f ms "
-                "(%.0f MB of executor memory)",
-                bc.workers, bc.threads, cpu_usable_count(), c.precision ? "bf16" : "fp32", bc.max_batch,
+                "%d worker(s) x %d thread(s) of %d usable CPUs, %s (precision %s, CPU %s), batch sizes up to %d, "
+                "ready in %.0f ms (%.0f MB of executor memory)",
+                bc.workers, bc.threads, cpu_usable_count(), effnet_precision_name(sv->precision),
+                effnet_precision_name((int)c.precision), cpu.isa, bc.max_batch,
                 (double)(time_now_ns() - t0) / 1e6, (double)bc.exec_bytes / (1024.0 * 1024.0));
 
         struct http_opts ho = {

@@ -10,11 +10,68 @@
 #include <errno.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
 #endif
+
+/* CPU classes, from oneDNN's effective ISA (the CPU's, capped by
+ * DNNL_MAX_CPU_ISA). Each names the fp32 activation layout whose kernels that
+ * class has: oneDNN 2.6 has no AVX2 kernel for 16-channel blocks (a plan on
+ * them runs reference code) and no Winograd below AVX-512. Measurements
+ * behind each choice: docs/engine.md, "Choices per CPU class". */
+struct isa_class {
+        dnnl_cpu_isa_t isa;            /* the ISA bits a CPU must have */
+        const char *name;              /* oneDNN's name for it */
+        dnnl_format_tag_t fp32_tag;    /* activations of fp32 plans */
+        int bf16;                      /* native bf16 dot products */
+};
+
+static const struct isa_class isa_classes[] = {
+        { dnnl_cpu_isa_avx512_core_amx, "avx512_core_amx", dnnl_nChw16c, 1 },
+        { dnnl_cpu_isa_avx512_core_bf16, "avx512_core_bf16", dnnl_nChw16c, 1 },
+        { dnnl_cpu_isa_avx512_core_vnni, "avx512_core_vnni", dnnl_nChw16c, 0 },
+        { dnnl_cpu_isa_avx512_core, "avx512_core", dnnl_nChw16c, 0 },
+        { dnnl_cpu_isa_avx2, "avx2", dnnl_nChw8c, 0 },
+        { dnnl_cpu_isa_avx, "avx", dnnl_nChw8c, 0 },
+        { dnnl_cpu_isa_sse41, "sse41", dnnl_nChw8c, 0 },
+        { dnnl_cpu_isa_all, "none", dnnl_nChw8c, 0 },
+};
+
+static const struct isa_class *isa_class(void)
+{
+        unsigned isa = (unsigned)dnnl_get_effective_cpu_isa();
+        for (size_t i = 0; i < ARRAY_SIZE(isa_classes) - 1; i++)
+                if ((isa & (unsigned)isa_classes[i].isa) == (unsigned)isa_classes[i].isa)
+                        return &isa_classes[i];
+        return &isa_classes[ARRAY_SIZE(isa_classes) - 1];
+}
+
+static const char *tag_name(dnnl_format_tag_t t)
+{
+        return t == dnnl_nhwc ? "nhwc" : t == dnnl_nChw8c ? "nChw8c" : t == dnnl_nChw16c ? "nChw16c" : "any";
+}
+
+void eng_cpu_get(struct effnet_cpu *ret)
+{
+        const struct isa_class *c = isa_class();
+        *ret = (struct effnet_cpu){ .isa = c->name, .bf16 = c->bf16, .fp32_layout = tag_name(c->fp32_tag),
+                                 .bf16_layout = c->bf16 ? "nhwc" : NULL };
+}
+
+int eng_check_precision(int precision, char *err, size_t err_len)
+{
+        const struct isa_class *c = isa_class();
+        if (precision == EFFNET_BF16 && !c->bf16)
+                return err_set(err, err_len, -ENOTSUP,
+                               "bf16 needs a CPU with native bf16 (AVX512_BF16 or AMX); this one runs oneDNN's "
+                               "%s kernels%s, where bf16 would be emulated and slower than fp32: use precision "
+                               "fp32, or auto (bf16 where the CPU has it, fp32 elsewhere)",
+                               c->name, getenv("DNNL_MAX_CPU_ISA") ? " (capped by DNNL_MAX_CPU_ISA)" : "");
+        return 0;
+}
 
 /* Weights reordered into a primitive's layout, shared by all plans of a net. */
 struct wcache_entry {
@@ -71,6 +128,8 @@ struct eng_plan {
         void *scratch;
         size_t scratch_size;
         int in_tensor, logits_tensor;
+        const struct isa_class *cpu;
+        char layer[64];                /* the layer being built, for errors */
         char *err;
         size_t err_len;
 };
@@ -237,11 +296,42 @@ static int owned_mem(struct eng_plan *p, const dnnl_memory_desc_t *md, void *dat
         return 0;
 }
 
+static const char *impl_name(const_dnnl_primitive_desc_t pd)
+{
+        const char *impl = NULL;
+        if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success || !impl)
+                return "unknown";
+        return impl;
+}
+
+static int is_reference_kernel(const_dnnl_primitive_desc_t pd)
+{
+        return strncmp(impl_name(pd), "ref", 3) == 0;
+}
+
+/* A reference kernel computes the right numbers about a thousand times more
+ * slowly (a V2-S forward takes minutes): a plan that would hold one for a
+ * layer's compute is refused, so that a server fails at start-up with the
+ * layer and ISA named instead of becoming ready and then timing out every
+ * request. Reorders are exempt: their generic kernels are fast copies. */
+static int refuse_reference(struct eng_plan *p, const_dnnl_primitive_desc_t pd)
+{
+        dnnl_primitive_kind_t kind = dnnl_undefined_primitive;
+        dnnl_primitive_desc_query(pd, dnnl_query_primitive_kind, 0, &kind);
+        if (kind == dnnl_reorder || !is_reference_kernel(pd))
+                return 0;
+        return err_set(p->err, p->err_len, -ENOTSUP,
+                       "oneDNN has only a reference kernel (%s) for the %s of %s on this CPU (%s, %s activations): "
+                       "it would run about 1000x slower", impl_name(pd), dnnl_prim_kind2str(kind), p->layer,
+                       p->cpu->name, tag_name(p->act_tag));
+}
+
 /* Appends a step for pd (which it takes over); arguments follow with step_arg. */
 static int add_step(struct eng_plan *p, dnnl_primitive_desc_t pd, struct step **ret)
 {
         int r;
-        if ((r = grow((void **)&p->steps, &p->cap_steps, p->n_steps + 1, sizeof *p->steps)) < 0) {
+        if ((r = refuse_reference(p, pd)) < 0 ||
+            (r = grow((void **)&p->steps, &p->cap_steps, p->n_steps + 1, sizeof *p->steps)) < 0) {
                 dnnl_primitive_desc_destroy(pd);
                 return r;
         }
@@ -370,13 +460,6 @@ static int add_silu(struct eng_plan *p, int x_t)
 }
 
 static int add_reorder(struct eng_plan *p, int src_t, const dnnl_memory_desc_t *to, int dst_slot, int *ret_t);
-
-static int is_reference_kernel(const_dnnl_primitive_desc_t pd)
-{
-        const char *impl = NULL;
-        return dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) == dnnl_success && impl &&
-               strncmp(impl, "ref", 3) == 0;
-}
 
 /* conv(src) + bias [+ SiLU] [+ residual] -> new tensor in dst_slot (or, for
  * RES_SUM, in place into the residual tensor). The weights take the type of
@@ -595,11 +678,11 @@ static int add_scale(struct eng_plan *p, int x_t, int gates_t)
         dnnl_memory_desc_t gmd;
         dnnl_dims_t gd = { xmd.dims[0], xmd.dims[1], 1, 1 };
         /* The [N][C] gates viewed as [N][C][1][1]: in the activations' own
-         * blocked layout when C is a multiple of 16 (always, for expand 4 or 6
+         * layout when C fills whole channel blocks (always, for expand 4 or 6
          * of widths that are multiples of 8), the same bytes, and oneDNN's
          * jit kernel needs src1 in src0's layout. */
-        init_md(&gmd, 4, gd, dnnl_f32, xmd.dims[1] % 16 == 0 ? p->act_tag : dnnl_nchw);
-        if (p->act_tag == dnnl_format_tag_any || dnnl_memory_desc_get_size(&gmd) != sizeof(float) * (size_t)(gd[0] * gd[1]))
+        init_md(&gmd, 4, gd, dnnl_f32, p->act_tag);
+        if (dnnl_memory_desc_get_size(&gmd) != sizeof(float) * (size_t)(gd[0] * gd[1]))
                 init_md(&gmd, 4, gd, dnnl_f32, dnnl_nchw);
         int g4 = new_tensor(p, &gmd, p->tensors[gates_t].slot);
         if (g4 < 0)
@@ -698,17 +781,23 @@ static int build(struct eng_plan *p)
                 if ((r = add_reorder(p, x, &md, SLOT_M1, &x)) < 0)
                         return r;
         }
+        snprintf(p->layer, sizeof p->layer, "the stem");
         if ((r = add_conv(p, &m->stem, x, SLOT_X0, RES_NONE, -1, &x)) < 0)
                 return r;
-        for (int i = 0; i < m->n_blocks; i++)
-                if ((r = build_block(p, &m->blocks[i], &x)) < 0)
+        for (int i = 0; i < m->n_blocks; i++) {
+                const struct model_block *b = &m->blocks[i];
+                snprintf(p->layer, sizeof p->layer, "block %d (stage %d, %s)", i, b->a.stage + 1,
+                         b->a.kind == ARCH_MBCONV ? "MBConv" : "Fused-MBConv");
+                if ((r = build_block(p, b, &x)) < 0)
                         return r;
+        }
         int h, pooled;
+        snprintf(p->layer, sizeof p->layer, "the head");
         if ((r = add_conv(p, &m->head, x, SLOT_M0, RES_NONE, -1, &h)) < 0 ||
-            (r = add_global_pool(p, h, SLOT_POOL, &pooled)) < 0 ||
-            (r = add_fc(p, &m->classifier, pooled, SLOT_LOGITS, 0, &p->logits_tensor)) < 0)
+            (r = add_global_pool(p, h, SLOT_POOL, &pooled)) < 0)
                 return r;
-        return 0;
+        snprintf(p->layer, sizeof p->layer, "the classifier");
+        return add_fc(p, &m->classifier, pooled, SLOT_LOGITS, 0, &p->logits_tensor);
 }
 
 /* Sizes the slots, allocates them and the scratchpad, binds every argument. */
@@ -765,6 +854,8 @@ int eng_plan_new(struct eng_net *net, int batch, int height, int width, int prec
                 return err_set(err, err_len, -EINVAL, "input size %dx%d out of range 32..4096", height, width);
         if (precision != EFFNET_FP32 && precision != EFFNET_BF16)
                 return err_set(err, err_len, -EINVAL, "unknown precision %d", precision);
+        if ((r = eng_check_precision(precision, err, err_len)) < 0)
+                return r;
         if (!(p = calloc(1, sizeof *p)))
                 return -ENOMEM;
         p->net = net;
@@ -775,16 +866,19 @@ int eng_plan_new(struct eng_net *net, int batch, int height, int width, int prec
         p->threads = threads > 0 ? threads : cpu_usable_count();
         p->classes = net->m->info.classes;
         p->act_dt = precision == EFFNET_BF16 ? dnnl_bf16 : dnnl_f32;
+        p->cpu = isa_class();
         /* One layout from the stem to the head, so that nothing is reordered
          * between layers. bf16: channels-last, the layout of oneDNN's brgemm
-         * kernels, which use AMX tiles where the CPU has them. fp32: blocked
-         * by 16 channels, whose direct kernels split small batches between
-         * threads better (docs/benchmarks.md). EFFNET_LAYOUT=nhwc|blocked
-         * overrides, for measuring. */
-        p->act_tag = precision == EFFNET_BF16 ? dnnl_nhwc : dnnl_nChw16c;
+         * kernels, which use AMX tiles where the CPU has them. fp32: the
+         * channel blocks of the CPU class's direct kernels, which split small
+         * batches between threads better (docs/engine.md).
+         * EFFNET_LAYOUT=nhwc|nChw8c|nChw16c overrides, for measuring. */
+        p->act_tag = precision == EFFNET_BF16 ? dnnl_nhwc : p->cpu->fp32_tag;
         const char *lt = getenv("EFFNET_LAYOUT");
-        if (lt && strcmp(lt, "blocked") == 0)
+        if (lt && strcmp(lt, "nChw16c") == 0)
                 p->act_tag = dnnl_nChw16c;
+        else if (lt && strcmp(lt, "nChw8c") == 0)
+                p->act_tag = dnnl_nChw8c;
         else if (lt && strcmp(lt, "nhwc") == 0)
                 p->act_tag = dnnl_nhwc;
         p->err = err;
@@ -887,4 +981,35 @@ size_t eng_plan_bytes(const struct eng_plan *p)
         for (int s = 0; s < N_SLOTS; s++)
                 total += p->slot_size[s];
         return total;
+}
+
+int eng_plan_kernels(const struct eng_plan *p, struct effnet_kernel *ret, int max)
+{
+        int n = 0;
+        for (int i = 0; i < p->n_steps; i++) {
+                const_dnnl_primitive_desc_t pd = NULL;
+                if (dnnl_primitive_get_primitive_desc(p->steps[i].prim, &pd) != dnnl_success)
+                        continue;
+                const char *impl = impl_name(pd);
+                int j = 0;
+                while (j < n && strcmp(ret[j].impl, impl) != 0)
+                        j++;
+                if (j == n) {
+                        if (n == max)
+                                return -E2BIG;
+                        ret[n++] = (struct effnet_kernel){ impl, 0 };
+                }
+                ret[j].count++;
+        }
+        return n;
+}
+
+int eng_plan_precision(const struct eng_plan *p)
+{
+        return p->precision;
+}
+
+const char *eng_plan_layout(const struct eng_plan *p)
+{
+        return tag_name(p->act_tag);
 }

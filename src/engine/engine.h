@@ -17,6 +17,8 @@
 
 #include <stddef.h>
 
+#include "effnet.h"
+
 struct model;
 struct eng_net;
 struct eng_plan;
@@ -36,5 +38,24 @@ int eng_plan_forward(struct eng_plan *p, const float *images, int n, float *logi
 
 /* Bytes of activation and scratch memory the plan allocated. */
 size_t eng_plan_bytes(const struct eng_plan *p);
+
+/* The oneDNN implementations a plan runs, each with its number of
+ * primitives, into ret (max entries; names owned by the plan). Returns the
+ * count written, or -E2BIG when there are more than max. */
+int eng_plan_kernels(const struct eng_plan *p, struct effnet_kernel *ret, int max);
+
+/* The precision of a plan (EFFNET_FP32 or EFFNET_BF16). */
+int eng_plan_precision(const struct eng_plan *p);
+
+/* The activation layout of a plan: "nChw16c", "nChw8c" or "nhwc". */
+const char *eng_plan_layout(const struct eng_plan *p);
+
+/* What the engine makes of this CPU (see struct effnet_cpu). */
+void eng_cpu_get(struct effnet_cpu *ret);
+
+/* 0 if precision (enum effnet_precision) runs well on this CPU; -ENOTSUP
+ * with a message that says what it needs, what the CPU has and what to use
+ * instead (bf16 without native bf16). */
+int eng_check_precision(int precision, char *err, size_t err_len);
 
 #endif

@@ -279,11 +279,6 @@ int api_error_body(enum api_error e, const char *message, char **ret_body)
                     ret_body);
 }
 
-static const char *precision_name(int p)
-{
-        return p == EFFNET_BF16 ? "bf16" : "fp32";
-}
-
 int api_models_body(const struct api_model_desc *d, char **ret_body)
 {
         const struct effnet_info *i = d->info;
@@ -304,7 +299,7 @@ int api_models_body(const struct api_model_desc *d, char **ret_body)
                 " s:{s:i, s:f, s:i, s:i, s:i, s:o},"
                 " s:{s:I, s:i, s:I}}",
                 "name", i->variant, "variant", i->variant, "input_size", pp->size, "classes", i->classes,
-                "precision", precision_name(b->precision), "weights", d->weights, "weights_scheme",
+                "precision", effnet_precision_name(b->precision), "weights", d->weights, "weights_scheme",
                 i->scheme == EFFNET_SCHEME_TIMM ? "timm" : "torchvision", "parameters", (json_int_t)i->params,
                 "dtype", i->dtype, "labels", d->labels,
                 "preprocessing", "resize", pp->resize == EFFNET_RESIZE_BICUBIC ? "bicubic" : "bilinear", "crop",

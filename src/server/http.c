@@ -302,7 +302,7 @@ static int metrics_body(struct req *q, char **ret_body)
         hs.reload_failures = atomic_load(&s->reload_failures);
         batch_get_config(g->batch, &bc);
         hs.model = (struct api_model_stats){
-                .variant = g->info->variant, .precision = bc.precision == EFFNET_BF16 ? "bf16" : "fp32",
+                .variant = g->info->variant, .precision = effnet_precision_name(bc.precision),
                 .weights = g->weights, .weights_sha256 = g->sha256, .labels = api_labels_source(g->labels),
                 .classes = g->info->classes, .input_size = g->info->preproc.size, .max_batch = s->max_batch };
         proc_get_stats(&ps);

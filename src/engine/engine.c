@@ -49,6 +49,19 @@ static const struct isa_class *isa_class(void)
         return &isa_classes[ARRAY_SIZE(isa_classes) - 1];
 }
 
+/* The layout, among those plans use, that md has; any if none. */
+static dnnl_format_tag_t tag_of(const dnnl_memory_desc_t *md)
+{
+        static const dnnl_format_tag_t tags[] = { dnnl_nChw16c, dnnl_nChw8c, dnnl_nhwc, dnnl_nchw };
+        for (size_t i = 0; i < ARRAY_SIZE(tags); i++) {
+                dnnl_memory_desc_t t;
+                if (dnnl_memory_desc_init_by_tag(&t, md->ndims, md->dims, md->data_type, tags[i]) == dnnl_success &&
+                    dnnl_memory_desc_equal(&t, md))
+                        return tags[i];
+        }
+        return dnnl_format_tag_any;
+}
+
 static const char *tag_name(dnnl_format_tag_t t)
 {
         return t == dnnl_nhwc ? "nhwc" : t == dnnl_nChw8c ? "nChw8c" : t == dnnl_nChw16c ? "nChw16c" : "any";
@@ -91,8 +104,10 @@ struct eng_net {
 
 /* Activation buffers; a tensor lives in one of them. Reuse is planned so that
  * no step reads a slot it also writes, except the intended in-place ones. */
+/* SLOT_TMP holds a conv's input reordered into the layout the conv chose
+ * (only in plans that let oneDNN choose, EFFNET_LAYOUT=any). */
 enum slot { SLOT_X0, SLOT_X1, SLOT_M0, SLOT_M1, SLOT_POOL, SLOT_SE1, SLOT_SE2,
-            SLOT_LOGITS, N_SLOTS };
+            SLOT_LOGITS, SLOT_TMP, N_SLOTS };
 
 struct tensor {
         dnnl_memory_desc_t md;
@@ -373,6 +388,40 @@ static dnnl_primitive_attr_t make_attr(void)
         return a;
 }
 
+/* The first implementation oneDNN offers for desc that is not a reference
+ * kernel, or the first one if all are (add_step then refuses it): oneDNN's
+ * own choice, except where it lists a generic "ref" wrapper first. */
+static dnnl_status_t create_pd(struct eng_plan *p, const_dnnl_op_desc_t desc, const_dnnl_primitive_attr_t attr,
+                               dnnl_primitive_desc_t *ret_pd)
+{
+        dnnl_primitive_desc_iterator_t it = NULL;
+        dnnl_primitive_desc_t first = NULL;
+        dnnl_status_t st = dnnl_primitive_desc_iterator_create(&it, desc, attr, p->net->eng, NULL);
+
+        if (st != dnnl_success)
+                return st;
+        do {
+                dnnl_primitive_desc_t pd = dnnl_primitive_desc_iterator_fetch(it);
+                if (!pd)
+                        break;
+                if (!is_reference_kernel(pd)) {
+                        if (first)
+                                dnnl_primitive_desc_destroy(first);
+                        first = pd;
+                        break;
+                }
+                if (first)
+                        dnnl_primitive_desc_destroy(pd);
+                else
+                        first = pd;
+        } while (dnnl_primitive_desc_iterator_next(it) == dnnl_success);
+        dnnl_primitive_desc_iterator_destroy(it);
+        if (!first)
+                return dnnl_unimplemented;
+        *ret_pd = first;
+        return dnnl_success;
+}
+
 enum res_mode { RES_NONE, RES_SUM, RES_BINARY };
 
 /* Output size and padding of a kxk stride-s conv along one axis. */
@@ -426,7 +475,7 @@ static int conv_pd(struct eng_plan *p, dnnl_alg_kind_t alg, const dnnl_memory_de
         dnnl_status_t st = dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, alg, src_md, wmd, bmd, dmd,
                                                               strides, padl, padr);
         if (st == dnnl_success)
-                st = dnnl_primitive_desc_create(ret_pd, &cd, attr, p->net->eng, NULL);
+                st = create_pd(p, &cd, attr, ret_pd);
         dnnl_primitive_attr_destroy(attr);
         if (st != dnnl_success)
                 return -EIO;
@@ -503,19 +552,24 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
          * oneDNN's eltwise with a binary post-op is a reference kernel. */
         int wino = p->act_dt == dnnl_f32 && p->act_tag == dnnl_nChw16c && c->k == 3 && c->stride == 1 &&
                    c->groups == 1 && res == RES_NONE && c->act == MODEL_ACT_SILU && !getenv("EFFNET_NO_WINOGRAD");
+        /* A plan that lets oneDNN choose lets each conv choose its input
+         * layout too; a reorder then feeds it (below). */
+        dnnl_memory_desc_t conv_src = src_md;
+        if (p->act_tag == dnnl_format_tag_any)
+                init_md(&conv_src, 4, src_md.dims, src_md.data_type, dnnl_format_tag_any);
         dnnl_primitive_desc_t pd = NULL;
         int binary_idx = -1;
-        if (wino && conv_pd(p, dnnl_convolution_winograd, &src_md, &wmd, &bmd, &dmd, c->stride, plh, plw, prh, prw,
+        if (wino && conv_pd(p, dnnl_convolution_winograd, &conv_src, &wmd, &bmd, &dmd, c->stride, plh, plw, prh, prw,
                             0, RES_NONE, -1, &pd, &binary_idx) < 0)
                 wino = 0;
-        r = wino ? 0 : conv_pd(p, dnnl_convolution_direct, &src_md, &wmd, &bmd, &dmd, c->stride, plh, plw, prh, prw,
-                               c->act == MODEL_ACT_SILU, res, res_t, &pd, &binary_idx);
+        r = wino ? 0 : conv_pd(p, dnnl_convolution_direct, &conv_src, &wmd, &bmd, &dmd, c->stride, plh, plw, prh,
+                               prw, c->act == MODEL_ACT_SILU, res, res_t, &pd, &binary_idx);
         int convert = !wino && res == RES_NONE && dmd.data_type != wdt && (r < 0 || is_reference_kernel(pd));
         if (convert) {
                 if (r == 0)
                         dnnl_primitive_desc_destroy(pd);
                 dmd.data_type = wdt;
-                r = conv_pd(p, dnnl_convolution_direct, &src_md, &wmd, &bmd, &dmd, c->stride, plh, plw, prh, prw,
+                r = conv_pd(p, dnnl_convolution_direct, &conv_src, &wmd, &bmd, &dmd, c->stride, plh, plw, prh, prw,
                             c->act == MODEL_ACT_SILU, RES_NONE, -1, &pd, &binary_idx);
         }
         if (r < 0)
@@ -533,6 +587,11 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
         }
         /* A converted output passes through whichever of M0/M1 src is not in. */
         int out_slot = !convert ? dst_slot : p->tensors[src_t].slot == SLOT_M0 ? SLOT_M1 : SLOT_M0;
+        const dnnl_memory_desc_t want_src = *dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+        if (!dnnl_memory_desc_equal(&want_src, &src_md) && (r = add_reorder(p, src_t, &want_src, SLOT_TMP, &src_t)) < 0) {
+                dnnl_primitive_desc_destroy(pd);
+                return r;
+        }
         int dst_t = res == RES_SUM ? res_t : new_tensor(p, &out_md, out_slot);
         if (dst_t < 0) {
                 dnnl_primitive_desc_destroy(pd);
@@ -681,7 +740,8 @@ static int add_scale(struct eng_plan *p, int x_t, int gates_t)
          * layout when C fills whole channel blocks (always, for expand 4 or 6
          * of widths that are multiples of 8), the same bytes, and oneDNN's
          * jit kernel needs src1 in src0's layout. */
-        init_md(&gmd, 4, gd, dnnl_f32, p->act_tag);
+        dnnl_format_tag_t xt = tag_of(&xmd);
+        init_md(&gmd, 4, gd, dnnl_f32, xt == dnnl_format_tag_any ? dnnl_nchw : xt);
         if (dnnl_memory_desc_get_size(&gmd) != sizeof(float) * (size_t)(gd[0] * gd[1]))
                 init_md(&gmd, 4, gd, dnnl_f32, dnnl_nchw);
         int g4 = new_tensor(p, &gmd, p->tensors[gates_t].slot);
@@ -872,7 +932,8 @@ int eng_plan_new(struct eng_net *net, int batch, int height, int width, int prec
          * kernels, which use AMX tiles where the CPU has them. fp32: the
          * channel blocks of the CPU class's direct kernels, which split small
          * batches between threads better (docs/engine.md).
-         * EFFNET_LAYOUT=nhwc|nChw8c|nChw16c overrides, for measuring. */
+         * EFFNET_LAYOUT=nhwc|nChw8c|nChw16c overrides, and any lets each
+         * primitive choose (reordering between them), for measuring. */
         p->act_tag = precision == EFFNET_BF16 ? dnnl_nhwc : p->cpu->fp32_tag;
         const char *lt = getenv("EFFNET_LAYOUT");
         if (lt && strcmp(lt, "nChw16c") == 0)
@@ -881,6 +942,8 @@ int eng_plan_new(struct eng_net *net, int batch, int height, int width, int prec
                 p->act_tag = dnnl_nChw8c;
         else if (lt && strcmp(lt, "nhwc") == 0)
                 p->act_tag = dnnl_nhwc;
+        else if (lt && strcmp(lt, "any") == 0)
+                p->act_tag = dnnl_format_tag_any;
         p->err = err;
         p->err_len = err_len;
         /* Kernels partition work for the thread count current at creation. */

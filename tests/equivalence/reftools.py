@@ -518,12 +518,34 @@ def save_model(model, path, scheme="torchvision"):
 # Running effnet
 
 def effnet_path():
-    """The effnet binary from argv[1] (meson passes it) or $EFFNET."""
+    """The effnet binary from argv[1] (meson passes it) or $EFFNET. Under a
+    DNNL_MAX_CPU_ISA cap, exits 77 when this CPU cannot reach the cap (its
+    effective ISA is lower), since the test would only repeat a lower one."""
     exe = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("EFFNET", "")
     if not exe or not os.access(exe, os.X_OK):
         sys.stderr.write(f"usage: {sys.argv[0]} PATH-TO-effnet (got {exe!r})\n")
         sys.exit(1)
+    cap = os.environ.get("DNNL_MAX_CPU_ISA")
+    if cap:
+        isa = cpu_info(exe)["isa"]
+        if isa != cap.lower():
+            print(f"SKIP: this CPU cannot reach DNNL_MAX_CPU_ISA={cap} (oneDNN runs {isa} under it)")
+            sys.exit(SKIP)
+        print(f"DNNL_MAX_CPU_ISA={cap}: oneDNN runs {isa}")
     return exe
+
+
+def cpu_info(exe):
+    """`effnet cpu` as a dict: isa, bf16, layouts, auto_precision."""
+    return json.loads(subprocess.run([exe, "cpu"], check=True, capture_output=True, text=True).stdout)
+
+
+def require_bf16(exe):
+    """Exits 77 unless this CPU (as capped) runs bf16 natively."""
+    info = cpu_info(exe)
+    if not info["bf16"]:
+        print(f"SKIP: bf16 needs AVX512_BF16 or AMX; oneDNN runs {info['isa']} here")
+        sys.exit(SKIP)
 
 
 class EffnetError(RuntimeError):

@@ -64,6 +64,7 @@ def check(out, exe, d, label, model, path, x, **kwargs):
 
 def main():
     exe = rt.effnet_path()
+    rt.require_bf16(exe)
     out = rt.Outcome()
     with rt.workdir() as d:
         model = rt.make_reference("s", 384, seed=4)

@@ -6,9 +6,12 @@
 # Engine throughput of effnet against ONNX Runtime and PyTorch eager, measured
 # in one run on the same number of threads, on one seeded random-weight
 # torchvision EfficientNetV2 (speed does not depend on the weight values).
-# Prints a markdown report with images/s and the ratios effnet/peer.
+# Prints a markdown report with images/s and the ratios effnet/peer. With
+# --caps, effnet also runs under oneDNN ISA caps (DNNL_MAX_CPU_ISA), to see
+# what older CPUs would get without owning one; the peers always run uncapped.
 #
 #   tests/bench/engine-peers.sh [--threads 2] [--runs 20] [--size 384] [--variant s]
+#   tests/bench/engine-peers.sh --caps AVX2,AVX512_CORE,AVX512_CORE_BF16
 #
 # A benchmark run by hand, not a test: it never fails on a slow result.
 set -euo pipefail
@@ -30,6 +33,7 @@ build=1
 do_effnet=1
 do_ort=1
 do_torch=1
+caps=""
 out=""
 
 usage() {
@@ -48,6 +52,10 @@ usage: $0 [options]
   --effnet PATH   effnet binary (default build/src/cli/effnet; built if absent)
   --no-build      do not run meson/ninja when the effnet binary is absent
   --skip-effnet | --skip-ort | --skip-torch   leave a runtime out
+  --caps LIST     also run effnet under each DNNL_MAX_CPU_ISA value, comma
+                  separated (e.g. AVX2,AVX512_CORE,AVX512_CORE_VNNI,
+                  AVX512_CORE_BF16,AVX512_CORE_AMX; default none); caps this
+                  CPU cannot honour are skipped and named in the report
   --out FILE      also write the report to FILE
 EOF
 }
@@ -68,6 +76,7 @@ while [ $# -gt 0 ]; do
     --skip-effnet) do_effnet=0; shift ;;
     --skip-ort) do_ort=0; shift ;;
     --skip-torch) do_torch=0; shift ;;
+    --caps) caps=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "engine-peers: unknown option $1" >&2; usage >&2; exit 2 ;;
@@ -80,6 +89,11 @@ done
 [ "$rounds" -ge 1 ] || { echo "engine-peers: --rounds must be at least 1" >&2; exit 2; }
 [[ $batch =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "engine-peers: --batch needs a list like 1,8" >&2; exit 2; }
 case "$variant" in s|m|l) ;; *) echo "engine-peers: --variant is s, m or l" >&2; exit 2 ;; esac
+# Upper case because the reachability check compares against effnet's isa
+# names; only [A-Z0-9_] since each cap also names a shell variable below.
+caps=${caps^^}
+[[ -z $caps || $caps =~ ^[A-Z0-9_]+(,[A-Z0-9_]+)*$ ]] ||
+  { echo "engine-peers: --caps needs a list like AVX2,AVX512_CORE" >&2; exit 2; }
 
 log() { printf '[engine-peers] %s\n' "$*" >&2; }
 
@@ -142,6 +156,50 @@ if [ $do_effnet = 1 ]; then
   grep -q -- '--size' <<<"$help" && effnet_flags+=(--size "$size")
 fi
 
+# --- what effnet's oneDNN makes of this CPU, uncapped and under each cap ------
+# `effnet bench --precision bf16` refuses a CPU without native bf16, so bf16
+# runs only where `effnet cpu` says the CPU (as capped) has it. A cap above
+# the CPU's own ISA silently gives the CPU's ISA: such a cap is unreachable
+# here and would only measure the uncapped engine again under another name.
+json_field() {  # JSON KEY: the value as text (true/false for booleans), empty if absent
+  "$py" -c 'import json, sys
+v = json.loads(sys.argv[1]).get(sys.argv[2])
+print("" if v is None else str(v).lower() if isinstance(v, bool) else v)' "$1" "$2" 2>/dev/null || true
+}
+effnet_cpu=""
+reachable=()
+on_fp32=$do_effnet
+on_bf16=$do_effnet
+: > "$res/effnet-cpu.jsonl"
+if [ $do_effnet = 1 ]; then
+  # A cap already in the environment would make the reference runs capped
+  # too; the report names it, so say it here as well.
+  [ -z "${DNNL_MAX_CPU_ISA:-}" ] ||
+    log "DNNL_MAX_CPU_ISA=$DNNL_MAX_CPU_ISA is set: the effnet runs without --caps are capped by it"
+  effnet_cpu=$("$effnet" cpu)
+  if [ "$(json_field "$effnet_cpu" bf16)" != true ]; then
+    log "effnet bf16 not run: effnet's ISA $(json_field "$effnet_cpu" isa) has no native bf16"
+    on_bf16=0
+  fi
+  for cap in ${caps//,/ }; do
+    line=$(DNNL_MAX_CPU_ISA=$cap "$effnet" cpu)
+    printf '%s\n' "$line" >> "$res/effnet-cpu.jsonl"
+    isa=$(json_field "$line" isa)
+    if [ "$isa" != "${cap,,}" ]; then
+      log "cap $cap unreachable on this CPU (effnet cpu gives isa ${isa:-n/a}): skipped"
+      continue
+    fi
+    reachable+=("$cap")
+    printf -v "on_fp32_$cap" 1
+    if [ "$(json_field "$line" bf16)" = true ]; then
+      printf -v "on_bf16_$cap" 1
+    else
+      printf -v "on_bf16_$cap" 0
+      log "cap $cap: bf16 not run (no native bf16 under this cap)"
+    fi
+  done
+fi
+
 # --- runs: per round and batch size, each engine in turn on the same threads,
 # so that the measurements behind one ratio are close in time -----------------
 run_ort() {
@@ -155,6 +213,9 @@ run_torch() {
 run_effnet_p() {  # PRECISION BATCH
   "$effnet" bench --weights "$st" --batch "$2" --threads "$threads" \
     --precision "$1" --json "${effnet_flags[@]}"
+}
+run_effnet_cap() {  # CAP PRECISION BATCH
+  DNNL_MAX_CPU_ISA=$1 run_effnet_p "$2" "$3"
 }
 # run NAME FLAGVAR CMD...: appends JSON lines to $res/NAME.jsonl; on failure
 # shows the error and leaves that engine out of the remaining runs.
@@ -171,14 +232,16 @@ run() {
 }
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 t_start=$SECONDS
-on_fp32=$do_effnet
-on_bf16=$do_effnet
 for ((r = 1; r <= rounds; r++)); do
   for b in ${batch//,/ }; do
     run ort do_ort run_ort "$b"
     run torch do_torch run_torch "$b"
     run effnet-fp32 on_fp32 run_effnet_p fp32 "$b"
     run effnet-bf16 on_bf16 run_effnet_p bf16 "$b"
+    for cap in "${reachable[@]}"; do
+      run "effnet-fp32@$cap" "on_fp32_$cap" run_effnet_cap "$cap" fp32 "$b"
+      run "effnet-bf16@$cap" "on_bf16_$cap" run_effnet_cap "$cap" bf16 "$b"
+    done
   done
 done
 
@@ -191,6 +254,7 @@ node_version=$(node --version 2>/dev/null || true)
   --effnet-fp32 "$res/effnet-fp32.jsonl" --effnet-bf16 "$res/effnet-bf16.jsonl" \
   --variant "$variant" --size "$size" --threads "$threads" --runs "$runs" --rounds "$rounds" --batch "$batch" \
   --effnet-version "$effnet_version" --node-version "$node_version" \
+  --effnet-cpu "$effnet_cpu" --caps-cpu "$res/effnet-cpu.jsonl" \
   --load-before "$load_before" --load-after "$load_after" | tee "$res/report.md"
 [ -z "$out" ] || cp "$res/report.md" "$out"
 exit $status

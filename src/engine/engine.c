@@ -35,9 +35,11 @@ static const struct isa_class isa_classes[] = {
         { dnnl_cpu_isa_avx512_core_vnni, "avx512_core_vnni", dnnl_nChw16c, 0 },
         { dnnl_cpu_isa_avx512_core, "avx512_core", dnnl_nChw16c, 0 },
         { dnnl_cpu_isa_avx2, "avx2", dnnl_nChw8c, 0 },
-        { dnnl_cpu_isa_avx, "avx", dnnl_nChw8c, 0 },
-        { dnnl_cpu_isa_sse41, "sse41", dnnl_nChw8c, 0 },
-        { dnnl_cpu_isa_all, "none", dnnl_nChw8c, 0 },
+        /* Below AVX2 oneDNN has no jit broadcast multiply (the SE scale)
+         * on 8-channel blocks, but has jit kernels for all of channels-last. */
+        { dnnl_cpu_isa_avx, "avx", dnnl_nhwc, 0 },
+        { dnnl_cpu_isa_sse41, "sse41", dnnl_nhwc, 0 },
+        { dnnl_cpu_isa_all, "none", dnnl_nhwc, 0 },
 };
 
 static const struct isa_class *isa_class(void)

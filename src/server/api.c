@@ -293,13 +293,16 @@ int api_models_body(const struct api_model_desc *d, char **ret_body)
                         json_decref(sizes);
                         return -ENOMEM;
                 }
+        struct effnet_cpu cpu;
+        effnet_cpu_info(&cpu);
         json_t *model = json_pack(
-                "{s:s, s:s, s:i, s:i, s:s, s:s, s:s, s:I, s:s, s:s,"
+                "{s:s, s:s, s:i, s:i, s:s, s:s, s:s, s:s, s:I, s:s, s:s,"
                 " s:{s:s, s:s, s:f, s:[f,f,f], s:[f,f,f]},"
                 " s:{s:i, s:f, s:i, s:i, s:i, s:o},"
                 " s:{s:I, s:i, s:I}}",
                 "name", i->variant, "variant", i->variant, "input_size", pp->size, "classes", i->classes,
-                "precision", effnet_precision_name(b->precision), "weights", d->weights, "weights_scheme",
+                "precision", effnet_precision_name(b->precision), "cpu_isa", cpu.isa, "weights", d->weights,
+                "weights_scheme",
                 i->scheme == EFFNET_SCHEME_TIMM ? "timm" : "torchvision", "parameters", (json_int_t)i->params,
                 "dtype", i->dtype, "labels", d->labels,
                 "preprocessing", "resize", pp->resize == EFFNET_RESIZE_BICUBIC ? "bicubic" : "bilinear", "crop",

@@ -12,7 +12,9 @@ Seeded V2-S (torchvision names) at 384 and B0 (timm names, TF SAME) at 224,
   - without native bf16: --precision bf16 fails in `effnet` (and effnetd
     refuses to start) with a message that says what bf16 needs and what to
     use instead, and --precision auto runs fp32;
-  - with it: --precision auto runs bf16.
+  - with it: --precision auto runs bf16;
+  - effnetd --precision auto serves what `effnet cpu` says auto picks, and
+    /v1/models and the start-up log name it with the ISA.
 Negative control, under the AVX2 class: 16-channel blocks (EFFNET_LAYOUT),
 for which oneDNN has no AVX2 kernel, must be refused and the layer named.
 """
@@ -21,8 +23,11 @@ import os
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+here = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, here)
+sys.path.insert(0, os.path.join(here, "..", "integration"))
 import reftools as rt  # noqa: E402  (exits 77 without torch)
+import daemon as dm  # noqa: E402
 
 
 def bench(exe, weights, precision, batches="1,8", env=None):
@@ -88,6 +93,21 @@ def main():
                 print(f"{'ok  ' if ok else 'FAIL'} effnetd --precision bf16 without native bf16: exit "
                       f"{p.returncode}: {said[0] if said else p.stderr.strip()[-400:]}")
                 out.check(ok, "bf16 refused by effnetd at start-up")
+
+        if effnetd:
+            # The daemon resolves auto the same way and says what it serves.
+            d2 = dm.Daemon(effnetd, path, d, "--precision", "auto", "--max-batch", "2", name="effnetd-auto")
+            try:
+                status, _, body = d2.request("GET", "/v1/models")
+                m = (dm.parse_json(body).get("models") or [{}])[0]
+                log = [line for line in d2.log_text().splitlines() if "precision auto" in line]
+            finally:
+                d2.stop()
+            ok = (status == 200 and m.get("precision") == cpu["auto_precision"] and m.get("cpu_isa") == cpu["isa"]
+                  and len(log) == 1 and cpu["isa"] in log[0])
+            print(f"{'ok  ' if ok else 'FAIL'} effnetd --precision auto serves {m.get('precision')} on "
+                  f"{m.get('cpu_isa')}; log: {log}")
+            out.check(ok, "effnetd --precision auto")
 
         if cpu["isa"] == "avx2":
             rc, rows, err = bench(exe, path, "fp32", batches="1", env={"EFFNET_LAYOUT": "nChw16c"})

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is needed, builds, writes the embedded default weights (seeded,
 # nothing downloaded) and starts the effnetd daemon on them. Extra arguments go
-# to effnetd (e.g. --listen 0.0.0.0:8080 --precision bf16); see effnetd --help.
+# to effnetd (e.g. --listen 0.0.0.0:8080 --precision auto); see effnetd --help.
 set -eu
 cd "$(dirname "$0")/.."
 

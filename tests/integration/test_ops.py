@@ -31,7 +31,7 @@ from daemon import check, failures, finish  # noqa: E402
 VALUES = {
     "weights": None,  # filled in with a real file
     "labels": None,
-    "precision": "bf16",
+    "precision": "auto",
     "padding": "symmetric",
     "bn-eps": "0.001",
     "listen": "127.0.0.1:9",

@@ -627,12 +627,16 @@ static int cmd_classify(int argc, char **argv)
                 free(data);
                 if (fr == 0 && (fr = effnet_exec_forward(x, in, 1, logits)) < 0)
                         snprintf(err, sizeof err, "forward failed: %s", strerror(-fr));
-                if (fr == 0) {
-                        r = api_classify_body(info->variant, labels, logits, 1, info->classes, top_k, false, &body);
-                } else {
+                if (fr == 0 && (r = api_classify_body(info->variant, labels, logits, 1, info->classes, top_k, false,
+                                                      &body)) == -EDOM) {
+                        fr = r;
+                        snprintf(err, sizeof err, "the model computed NaN or Inf for this input: its weights are broken");
+                }
+                if (fr != 0) {
                         /* The server's answer for the same bytes. */
                         enum api_error e = fr == -E2BIG                      ? API_E_TOO_LARGE
                                            : fr == -ENOTSUP || fr == -EBADMSG ? API_E_INVALID_IMAGE
+                                           : fr == -EDOM                      ? API_E_NON_FINITE
                                                                               : API_E_INTERNAL;
                         r = api_error_body(e, err, &body);
                         fprintf(stderr, "%s: %s: %s\n", prog, argv[i], err);

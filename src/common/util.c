@@ -26,6 +26,76 @@ int err_set(char *err, size_t err_len, int code, const char *fmt, ...)
         return code;
 }
 
+/* Length of the valid UTF-8 sequence at s (up to n bytes) encoding a
+ * printable character, or 0. */
+static size_t utf8_char(const unsigned char *s, size_t n)
+{
+        unsigned c = s[0];
+        size_t len;
+        unsigned min, cp;
+
+        if (c >= 0x20 && c < 0x7f)
+                return 1;
+        if (c < 0xc2 || c > 0xf4)
+                return 0;       /* ASCII controls, DEL, continuation bytes, overlong leads */
+        len = c < 0xe0 ? 2 : c < 0xf0 ? 3 : 4;
+        min = len == 2 ? 0x80 : len == 3 ? 0x800 : 0x10000;
+        cp = c & (0x7f >> len);
+        if (n < len)
+                return 0;
+        for (size_t i = 1; i < len; i++) {
+                if ((s[i] & 0xc0) != 0x80)
+                        return 0;
+                cp = cp << 6 | (s[i] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) || (cp >= 0x80 && cp < 0xa0))
+                return 0;       /* overlong, out of range, surrogate, C1 control */
+        return len;
+}
+
+size_t str_escape(const char *in, char *out, size_t out_len)
+{
+        const unsigned char *s = (const unsigned char *)in;
+        size_t n = strlen(in), o = 0;
+
+        for (size_t i = 0; i < n;) {
+                size_t k = s[i] == '\\' ? 0 : utf8_char(s + i, n - i);
+                char esc[5];
+                const char *piece = (const char *)s + i;
+                size_t plen = k;
+                if (k == 0) {
+                        if (s[i] == '\\')
+                                memcpy(esc, "\\\\", 3);
+                        else
+                                snprintf(esc, sizeof esc, "\\x%02x", s[i]);
+                        piece = esc;
+                        plen = strlen(esc);
+                        k = 1;
+                }
+                if (o + plen >= out_len)
+                        break;
+                memcpy(out + o, piece, plen);
+                o += plen;
+                i += k;
+        }
+        out[o] = 0;
+        return o;
+}
+
+ptrdiff_t str_unprintable(const char *s)
+{
+        const unsigned char *u = (const unsigned char *)s;
+        size_t n = strlen(s);
+
+        for (size_t i = 0; i < n;) {
+                size_t k = utf8_char(u + i, n - i);
+                if (k == 0)
+                        return (ptrdiff_t)i;
+                i += k;
+        }
+        return -1;
+}
+
 int64_t time_now_ns(void)
 {
         struct timespec ts;

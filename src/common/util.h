@@ -12,6 +12,18 @@
 int err_set(char *err, size_t err_len, int code, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
 
+/* Copies the text in to out (out_len > 0; always NUL-terminated) with every
+ * byte that is not printable UTF-8 written as \xHH: control characters
+ * (newlines included), DEL, and bytes of invalid, overlong or surrogate
+ * UTF-8 sequences; a backslash becomes \\ so that the escaping cannot be
+ * forged. What a client sends can then go into a log line or a JSON string
+ * as it is. Truncates at a character boundary; returns the length written. */
+size_t str_escape(const char *in, char *out, size_t out_len);
+
+/* Offset of the first byte of s that str_escape would escape (backslashes
+ * aside), or -1 when s is printable UTF-8 throughout. */
+ptrdiff_t str_unprintable(const char *s);
+
 /* Monotonic clock in nanoseconds. */
 int64_t time_now_ns(void);
 

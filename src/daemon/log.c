@@ -1,5 +1,6 @@
 /* log: effnetd's log lines on stderr (text, journald prefixes, JSON). */
 #include "daemon/log.h"
+#include "common/util.h"
 
 #include <jansson.h>
 #include <stdarg.h>
@@ -109,14 +110,18 @@ static void emit_text(int prio, const char *msg)
         write_line(line, (size_t)n);
 }
 
+/* Messages carry bytes that clients sent (paths, media types, request
+ * ids): escaped, they can neither start a forged line (with a journald
+ * priority) nor make a JSON line fail on invalid UTF-8. */
 void log_msg(int prio, const char *fmt, ...)
 {
-        char msg[1536];
+        char raw[1536], msg[1536];
         va_list ap;
 
         va_start(ap, fmt);
-        vsnprintf(msg, sizeof msg, fmt, ap);
+        vsnprintf(raw, sizeof raw, fmt, ap);
         va_end(ap);
+        str_escape(raw, msg, sizeof msg);
         if (log_json) {
                 json_t *o = json_object();
                 if (o)
@@ -128,10 +133,15 @@ void log_msg(int prio, const char *fmt, ...)
 
 void log_access(const struct log_access *a)
 {
+        char path[512], method[64];
+
+        /* The method and path are the client's bytes. */
+        str_escape(a->path, path, sizeof path);
+        str_escape(a->method, method, sizeof method);
         if (log_json) {
                 json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:i, s:f, s:f, s:i, s:f}",
-                                      "request_id", a->request_id, "client", a->client, "method", a->method,
-                                      "path", a->path, "status", a->status, "bytes_in", (json_int_t)a->bytes_in,
+                                      "request_id", a->request_id, "client", a->client, "method", method,
+                                      "path", path, "status", a->status, "bytes_in", (json_int_t)a->bytes_in,
                                       "bytes_out", (json_int_t)a->bytes_out, "images", a->images, "queue_ms",
                                       a->queue_ms < 0 ? 0.0 : a->queue_ms, "inference_ms", a->inference_ms,
                                       "batch_size", a->batch_size, "ms", a->ms);
@@ -142,11 +152,11 @@ void log_access(const struct log_access *a)
                 emit_json(o, LOG_INFO, "access");
                 return;
         }
-        char msg[1024];
+        char msg[1536];
         snprintf(msg, sizeof msg,
                  "access id=%s client=%s \"%s %s\" %d%s%s bytes_in=%zu bytes_out=%zu images=%d queue_ms=%.1f "
                  "inference_ms=%.1f batch=%d ms=%.1f",
-                 a->request_id, a->client, a->method, a->path, a->status, a->error ? " " : "",
+                 a->request_id, a->client, method, path, a->status, a->error ? " " : "",
                  a->error ? a->error : "", a->bytes_in, a->bytes_out, a->images, a->queue_ms < 0 ? 0.0 : a->queue_ms,
                  a->inference_ms, a->batch_size, a->ms);
         emit_text(LOG_INFO, msg);

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,6 +110,11 @@ int api_labels_load(const char *path, int classes, char *err, size_t err_len, st
         if (path) {
                 if ((r = read_text_file(path, &l->text, &len, err, err_len)) < 0)
                         goto fail;
+                const char *nul = memchr(l->text, '\0', len);
+                if (nul) {
+                        r = err_set(err, err_len, -EBADMSG, "labels %s: NUL byte at offset %td", path, nul - l->text);
+                        goto fail;
+                }
                 l->source = strdup(path);
         } else if (classes == 1000) {
                 l->text = strdup(api_builtin_imagenet_labels);
@@ -142,6 +148,16 @@ int api_labels_load(const char *path, int classes, char *err, size_t err_len, st
                         r = err_set(err, err_len, -EINVAL, "labels %s: %d lines but the model has %d classes",
                                     l->source, n, classes);
                 goto fail;
+        }
+        /* Names go into every answer as JSON strings and into logs. */
+        for (int i = 0; i < classes; i++) {
+                ptrdiff_t at = str_unprintable(l->names[i]);
+                if (at >= 0) {
+                        r = err_set(err, err_len, -EBADMSG,
+                                    "labels %s:%d: byte 0x%02x at column %td is not printable UTF-8 text", l->source,
+                                    i + 1, (unsigned char)l->names[i][at], at + 1);
+                        goto fail;
+                }
         }
         *ret_labels = l;
         return 0;
@@ -222,6 +238,10 @@ int api_classify_body(const char *model, const struct api_labels *labels, float 
 {
         if (n < 1 || top_k < 1 || top_k > classes || (!multi && n != 1))
                 return -EINVAL;
+        /* NaN or Inf would make softmax and the JSON meaningless. */
+        for (size_t i = 0; i < (size_t)n * (size_t)classes; i++)
+                if (!isfinite(logits[i]))
+                        return -EDOM;
         json_t *root = json_pack("{s:s}", "model", model);
         if (!root)
                 return -ENOMEM;
@@ -258,6 +278,7 @@ static const struct {
         [API_E_TOO_LARGE] = { 413, "payload_too_large" },
         [API_E_UNSUPPORTED_MEDIA] = { 415, "unsupported_media_type" },
         [API_E_INTERNAL] = { 500, "internal" },
+        [API_E_NON_FINITE] = { 500, "non_finite_output" },
         [API_E_OVERLOADED] = { 503, "overloaded" },
         [API_E_DRAINING] = { 503, "draining" },
         [API_E_DEADLINE] = { 504, "deadline_exceeded" },
@@ -275,7 +296,11 @@ const char *api_error_code(enum api_error e)
 
 int api_error_body(enum api_error e, const char *message, char **ret_body)
 {
-        return dump(json_pack("{s:{s:s, s:s}}", "error", "code", errors[e].code, "message", message ? message : ""),
+        /* Messages quote what the client sent (a path, a media type): not
+         * UTF-8 there would make the JSON fail, and the answer a 500. */
+        char clean[1024];
+        str_escape(message ? message : "", clean, sizeof clean);
+        return dump(json_pack("{s:{s:s, s:s}}", "error", "code", errors[e].code, "message", clean),
                     ret_body);
 }
 

@@ -60,6 +60,7 @@ enum api_error {
         API_E_TOO_LARGE,            /* 413: body, images or pixels over a limit */
         API_E_UNSUPPORTED_MEDIA,    /* 415 */
         API_E_INTERNAL,             /* 500 */
+        API_E_NON_FINITE,           /* 500: the model computed NaN or Inf (broken weights) */
         API_E_OVERLOADED,           /* 503: queue or memory budget full */
         API_E_DRAINING,             /* 503: shutting down */
         API_E_DEADLINE,             /* 504 */

@@ -572,12 +572,19 @@ static enum MHD_Result on_result(struct req *q)
         q->counted_waiting = false;
         atomic_fetch_sub(&s->waiting, 1);
         switch (q->job_status) {
-        case 0:
-                if (api_classify_body(q->g->info->variant, q->g->labels, q->logits, q->n_images, q->g->info->classes,
-                                      q->top_k, q->multipart, &body) < 0)
+        case 0: {
+                int r = api_classify_body(q->g->info->variant, q->g->labels, q->logits, q->n_images,
+                                          q->g->info->classes, q->top_k, q->multipart, &body);
+                if (r == -EDOM) {
+                        fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its weights are "
+                             "broken");
+                        break;
+                }
+                if (r < 0)
                         return respond(q, 500, NULL, NULL, "internal");
                 atomic_fetch_add(&s->images, (unsigned long long)q->n_images);
                 return respond(q, 200, body, "application/json", NULL);
+        }
         case -ETIMEDOUT:
                 fail(q, API_E_DEADLINE, "waited past the deadline of %lld ms in the queue",
                      (long long)s->opts.deadline_ms);
@@ -596,6 +603,17 @@ static enum MHD_Result on_result(struct req *q)
                 break;
         }
         return respond_failed(q);
+}
+
+/* libmicrohttpd's own unescaping, except that a URL with %00 stays as sent:
+ * decoded, the NUL would end the C string early and "/healthz%00x" would be
+ * /healthz. Undecoded, it matches no route (404). */
+static size_t unescape(void *cls, struct MHD_Connection *conn, char *uri)
+{
+        for (const char *p = uri; (p = strchr(p, '%')) != NULL; p++)
+                if (p[1] == '0' && p[2] == '0')
+                        return strlen(uri);
+        return MHD_http_unescape(uri);
 }
 
 /* X-Request-Id from the client when it is a sane token, else a new one. */
@@ -888,6 +906,7 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->connection_timeout_s,
                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                 MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
                 MHD_OPTION_END);
         if (!s->daemon) {
                 r = err_set(err, err_len, -EIO, "cannot listen on %s (address in use, or not permitted?)",

@@ -1,0 +1,155 @@
+#!/usr/bin/python3
+"""Clean bytes: what clients send reaches answers and logs escaped, and bad
+labels or weights give named errors.
+
+Usage: test_clean_bytes.py EFFNETD EFFNET
+
+The real daemon on loopback, with raw HTTP requests:
+  - a path or media type that is not UTF-8 answers 404 / 415 with a JSON
+    error, not 500;
+  - a path with %0a cannot write a second (forged) log line, in text logs,
+    and JSON logs keep every access line;
+  - NUL in a path (%00) is 404, not the route before it;
+  - a labels file that is not printable UTF-8, or holds a NUL, is refused
+    at start-up with the line named;
+  - weights that compute NaN give 500 non_finite_output (and its metric) in
+    effnetd, and the same error from `effnet classify`; the daemon keeps
+    answering.
+"""
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemon as dm  # noqa: E402
+from daemon import check, finish  # noqa: E402
+
+
+def raw_get(d, target, extra=b""):
+    """(status, parsed JSON body) of a GET sent byte for byte."""
+    resp = dm.raw_http(d.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra +
+                       b"\r\n")
+    head, _, body = resp.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return status, dm.parse_json(body)
+
+
+def poison_classifier(src, dst):
+    """A copy of a safetensors file whose classifier bias is all NaN."""
+    with open(src, "rb") as f:
+        data = bytearray(f.read())
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    key = next(k for k in header if k.endswith("classifier.bias") or k == "classifier.1.bias")
+    t = header[key]
+    assert t["dtype"] == "F32", t
+    begin, end = t["data_offsets"]
+    base = 8 + n
+    data[base + begin:base + end] = struct.pack("<f", float("nan")) * ((end - begin) // 4)
+    with open(dst, "wb") as f:
+        f.write(data)
+
+
+def test_bytes(effnetd, weights, workdir):
+    d = dm.Daemon(effnetd, weights, workdir, "--max-batch", 1, name="text-log")
+    try:
+        s, b = raw_get(d, b"/%ff")
+        msg = b.get("error", {}).get("message", "")
+        check(s == 404 and b.get("error", {}).get("code") == "not_found" and "\\xff" in msg,
+              f"GET /%ff: 404 with the byte escaped in the JSON message ({s} {b})")
+        s, b = raw_get(d, b"/\xc3(")
+        check(s == 404 and "error" in b, f"GET of raw bytes that are not UTF-8: 404 JSON ({s})")
+        s, b = raw_get(d, b"/a%0a<3>effnetd:%20forged")
+        check(s == 404, f"GET /a%0a<3>...: 404 ({s})")
+        s, b = raw_get(d, b"/healthz%00x")
+        check(s == 404, f"GET /healthz%00x: 404, not /healthz ({s} {b})")
+        s, b = raw_get(d, b"/healthz")
+        check(s == 200, "GET /healthz still 200")
+        resp = dm.raw_http(d.port, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                           b"Content-Type: image/\xff\x01\r\nContent-Length: 4\r\n\r\nabcd")
+        head, _, body = resp.partition(b"\r\n\r\n")
+        b = dm.parse_json(body)
+        check(head.startswith(b"HTTP/1.1 415") and b.get("error", {}).get("code") == "unsupported_media_type",
+              f"a media type that is not UTF-8: 415 JSON ({head[:40]!r} {b})")
+    finally:
+        d.stop()
+    lines = d.log_text().splitlines()
+    forged = [line for line in lines if "forged" in line and not line.startswith("effnetd: access ")]
+    access = [line for line in lines if "forged" in line]
+    check(not forged and len(access) == 1 and "/a\\x0a<3>effnetd: forged" in access[0],
+          f"the %0a path stays on its access line, escaped: {access} (other lines: {forged})")
+    check(any("\\xff" in line and "404" in line for line in lines), "the /%ff access line, escaped")
+
+    d = dm.Daemon(effnetd, weights, workdir, "--max-batch", 1, "--log-format", "json", name="json-log")
+    try:
+        for target in (b"/%ff", b"/a%0a<3>x", b"/\xc3("):
+            raw_get(d, target)
+    finally:
+        d.stop()
+    records, bad = [], []
+    for line in d.log_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            bad.append(line)
+    paths = [r.get("path") for r in records if r.get("msg") == "access"]
+    check(not bad and paths == ["/\\xff", "/a\\x0a<3>x", "/\\xc3("],
+          f"JSON log: every line parses and no access line is dropped ({paths}, unparsed {bad[:2]})")
+
+
+def test_labels(effnetd, weights, workdir):
+    for name, content, want in (("latin1", "tabby\n" * 500 + "caf\xe9\n" + "x\n" * 499, ":501: byte 0xe9"),
+                                ("nul", "a\x00b\n" + "x\n" * 999, "NUL byte at offset 1"),
+                                ("control", "x\n" * 10 + "bell\x07\n" + "x\n" * 989, ":11: byte 0x07")):
+        path = os.path.join(workdir, f"labels-{name}.txt")
+        with open(path, "wb") as f:
+            f.write(content.encode("latin-1"))
+        p = subprocess.run([effnetd, "--weights", weights, "--listen", "127.0.0.1:0", "--labels", path],
+                           capture_output=True, text=True, errors="replace", timeout=120)
+        check(p.returncode != 0 and want in p.stderr and path in p.stderr,
+              f"labels with {name} bytes refused at start-up ({p.returncode}: {p.stderr.strip()[-200:]})")
+
+
+def test_non_finite(effnetd, effnet, weights, workdir):
+    bad = os.path.join(workdir, "nan.safetensors")
+    poison_classifier(weights, bad)
+    photo = dm.sample_photos().get("grace_hopper.jpg")
+    jpeg = dm.read(photo)
+    d = dm.Daemon(effnetd, bad, workdir, "--max-batch", 1, name="nan")
+    try:
+        s, _, b = d.classify(jpeg)
+        check(s == 500 and b.get("error", {}).get("code") == "non_finite_output"
+              and "NaN or Inf" in b["error"].get("message", ""), f"NaN logits: 500 non_finite_output ({s} {b})")
+        m = d.metrics()
+        check(m.get('effnetd_http_errors_total{code="non_finite_output"}') == 1.0,
+              "effnetd_http_errors_total counts non_finite_output")
+        s, _, b = d.request("GET", "/readyz")
+        check(s == 200, "the daemon is still ready")
+    finally:
+        d.stop()
+    p = subprocess.run([effnet, "classify", "--weights", bad, photo], capture_output=True, text=True, timeout=120)
+    out = dm.parse_json(p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "")
+    check(p.returncode != 0 and out.get("error", {}).get("code") == "non_finite_output",
+          f"effnet classify: the same error ({p.returncode} {p.stdout.strip()[:200]})")
+
+
+def main():
+    effnetd, effnet = dm.find_effnet_tools()
+    if "grace_hopper.jpg" not in dm.sample_photos():
+        sys.stderr.write("SKIP: sample photos missing (python3-matplotlib)\n")
+        sys.exit(dm.SKIP)
+    with tempfile.TemporaryDirectory(prefix="effnetd-bytes-") as workdir:
+        weights = os.path.join(workdir, "b0.safetensors")
+        subprocess.run([effnet, "init-weights", "--variant", "b0", "--seed", "1", "-o", weights], check=True,
+                       timeout=600)
+        test_bytes(effnetd, weights, workdir)
+        test_labels(effnetd, weights, workdir)
+        test_non_finite(effnetd, effnet, weights, workdir)
+    finish()
+
+
+if __name__ == "__main__":
+    main()

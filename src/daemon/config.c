@@ -557,3 +557,28 @@ void conf_print_line(FILE *f, const struct conf *c)
         }
         fputc('\n', f);
 }
+
+int conf_changes(const struct conf *a, const struct conf *b, const char *except_section, char *buf, size_t len)
+{
+        int n = 0;
+        size_t used = 0;
+
+        if (len)
+                buf[0] = '\0';
+        for (size_t i = 0; i < ARRAY_SIZE(settings); i++) {
+                char va[256] = "", vb[256] = "";
+                FILE *fa = fmemopen(va, sizeof va - 1, "w"), *fb = fmemopen(vb, sizeof vb - 1, "w");
+                if (fa)
+                        print_value(fa, &settings[i], a), fclose(fa);
+                if (fb)
+                        print_value(fb, &settings[i], b), fclose(fb);
+                if (strcmp(settings[i].section, except_section) == 0 || strcmp(va, vb) == 0)
+                        continue;
+                int k = snprintf(buf + used, used < len ? len - used : 0, "%s%s (%s -> %s)", n ? ", " : "",
+                                 settings[i].name, va, vb);
+                if (k > 0 && used + (size_t)k < len)
+                        used += (size_t)k;
+                n++;
+        }
+        return n;
+}

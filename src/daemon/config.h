@@ -69,4 +69,8 @@ void conf_print(FILE *f, const struct conf *c);
 /* The settings in effect on one line of name=value pairs (for the log). */
 void conf_print_line(FILE *f, const struct conf *c);
 
+/* The settings outside [except_section] whose values differ between a and b,
+ * as "name (old -> new), ..." into buf (cut at len); returns how many. */
+int conf_changes(const struct conf *a, const struct conf *b, const char *except_section, char *buf, size_t len);
+
 #endif

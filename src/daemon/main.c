@@ -179,6 +179,35 @@ static void *reload_main(void *arg)
         return NULL;
 }
 
+/* The first load runs on a thread of its own while this one waits for
+ * signals: SIGTERM or SIGINT during a long load or warm-up ends the process
+ * at once (nothing is served yet, so nothing is lost), where waiting for the
+ * load could outlast the service manager's stop timeout. */
+static int open_first(const struct conf *c, const sigset_t *sigs, char *err, size_t err_len, struct serving **ret)
+{
+        struct reload rl = { .conf = *c };   /* the thread only reads it; c keeps owning it */
+        int r;
+
+        if ((r = -pthread_create(&rl.thread, NULL, reload_main, &rl)) < 0)
+                return err_set(err, err_len, r, "loading thread: %s", strerror(-r));
+        while (!atomic_load(&rl.done)) {
+                struct timespec ts = { .tv_sec = 0, .tv_nsec = 50000000 };
+                int sig = sigtimedwait(sigs, NULL, &ts);
+                if (sig == SIGTERM || sig == SIGINT) {
+                        log_msg(LOG_INFO, "%s during start-up: exiting without waiting for the model load",
+                                sig == SIGTERM ? "SIGTERM" : "SIGINT");
+                        _exit(0);
+                }
+                if (sig == SIGHUP)
+                        log_msg(LOG_NOTICE, "SIGHUP during start-up: ignored, the model is loading");
+        }
+        pthread_join(rl.thread, NULL);
+        if (!rl.result)
+                return err_set(err, err_len, -EINVAL, "%s", rl.err);
+        *ret = rl.result;
+        return 0;
+}
+
 /* Reads the settings again; the [model] ones (weights, labels, precision,
  * padding, bn-eps) take effect, the others need a restart. */
 static int reload_start(struct reload *rl, int argc, char **argv, const struct conf *running)
@@ -191,11 +220,12 @@ static int reload_start(struct reload *rl, int argc, char **argv, const struct c
                 log_msg(LOG_ERR, "reload: bad settings, keeping the running model: %s", err);
                 return r;
         }
-        /* Batching and limits stay as started: swap only the model side. */
+        /* Batching, limits and HTTP stay as started: swap only the model. */
         struct conf *n = &rl->conf;
-        if (n->max_batch != running->max_batch || n->queue != running->queue || n->workers != running->workers ||
-            n->threads != running->threads || (n->listen && running->listen && strcmp(n->listen, running->listen)))
-                log_msg(LOG_WARNING, "reload: only [model] settings change on reload; restart for the others");
+        char changed[1024];
+        if (conf_changes(running, n, "model", changed, sizeof changed) > 0)
+                log_msg(LOG_WARNING, "reload: only [model] settings change on reload; these keep their running "
+                        "values until a restart: %s", changed);
         n->max_batch = running->max_batch;
         n->queue = running->queue;
         n->workers = running->workers;
@@ -350,7 +380,7 @@ int main(int argc, char **argv)
         struct http_server *http = NULL;
         struct serving *sv = NULL;
         struct reload rl = { 0 };
-        bool check = false, print = false;
+        bool check = false, print = false, abandon_reload = false;
         char err[4096];
         char **args = NULL;
         int nargs = 1, listen_fd = -1, r;
@@ -426,7 +456,7 @@ int main(int argc, char **argv)
         }
 
         int64_t t0 = time_now_ns();
-        if ((r = serving_open(&c, err, sizeof err, &sv)) < 0) {
+        if ((r = open_first(&c, &sigs, err, sizeof err, &sv)) < 0) {
                 log_msg(LOG_ERR, "%s", err);
                 goto out;
         }
@@ -545,7 +575,12 @@ int main(int argc, char **argv)
         }
         if (http_inflight(http) > 0)
                 log_msg(LOG_WARNING, "closing %d connection(s) still sending answers", http_inflight(http));
-        if (rl.running) {
+        /* A reload still loading is not waited for: it could outlast the
+         * stop timeout. Its thread is left to the process exit. */
+        if (rl.running && !atomic_load(&rl.done)) {
+                log_msg(LOG_INFO, "not waiting for the reload in progress");
+                abandon_reload = true;
+        } else if (rl.running) {
                 pthread_join(rl.thread, NULL);
                 rl.running = false;
                 serving_free(rl.result);
@@ -563,6 +598,9 @@ out:
         sv = serving_free(sv);
         if (r == 0)
                 log_msg(LOG_INFO, "stopped");
+        /* exit() would run library destructors under the loading thread. */
+        if (abandon_reload)
+                _exit(0);
         conf_free(&c);
         free(args);
         return r < 0 ? 1 : 0;

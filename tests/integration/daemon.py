@@ -39,7 +39,9 @@ def finish(summary="PASS"):
 
 class Daemon:
     """effnetd on 127.0.0.1 with a port picked by the kernel (--listen
-    127.0.0.1:0); its stderr goes to a file that the test prints on failure."""
+    127.0.0.1:0); its stderr goes to a file that the test prints on failure.
+    weights None: no --weights flag, so that a --config file names them
+    (a flag would pin the file a reload loads)."""
 
     def __init__(self, exe, weights, workdir, *args, name="effnetd", env=None, wait=True):
         self.name = name
@@ -47,7 +49,7 @@ class Daemon:
         self.log = open(self.log_path, "wb")
         full_env = dict(os.environ)
         full_env.update(env or {})
-        cmd = [exe, "--weights", weights, "--listen", "127.0.0.1:0"] + [str(a) for a in args]
+        cmd = [exe] + (["--weights", weights] if weights else []) + ["--listen", "127.0.0.1:0"] + [str(a) for a in args]
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, env=full_env)
         self.port = None

@@ -426,21 +426,9 @@ def test_reload(effnetd, effnet, weights, weights2, workdir, jpeg):
             print("---- reload log (tail) ----\n" + d.log_text()[-3000:])
 
 
-class ConfDaemon(dm.Daemon):
-    """effnetd started from a config file alone (no --weights flag, which
-    would pin the file a reload loads)."""
-
-    def __init__(self, exe, conf, workdir, *args, name="effnetd-conf", env=None, wait=True):
-        self.name = name
-        self.log_path = os.path.join(workdir, f"{name}.log")
-        self.log = open(self.log_path, "wb")
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        self.cmd = [exe, "--config", conf, "--listen", "127.0.0.1:0"] + [str(a) for a in args]
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=self.log, env=full_env)
-        self.port = None
-        if wait:
-            self.wait_listening()
+def ConfDaemon(exe, conf, workdir, *args, name="effnetd-conf", env=None, wait=True):
+    """effnetd started from a config file alone."""
+    return dm.Daemon(exe, None, workdir, "--config", conf, *args, name=name, env=env, wait=wait)
 
 
 def test_logs_metrics(effnetd, weights, workdir, jpeg):

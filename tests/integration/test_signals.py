@@ -1,0 +1,99 @@
+#!/usr/bin/python3
+"""Signals at awkward moments: effnetd stops promptly and says what it kept.
+
+Usage: test_signals.py EFFNETD EFFNET
+
+oneDNN is capped to SSE4.1 (DNNL_MAX_CPU_ISA) so that loading and warming
+V2-S executors up to batch 16 takes many seconds:
+  - SIGTERM during start-up (the model still loading) ends the process
+    within a few seconds, exit status 0, saying so;
+  - SIGHUP with changed settings outside [model] logs each of them, with
+    old and new values, as kept until a restart;
+  - SIGTERM while a reload is still loading drains, does not wait for the
+    reload, and exits 0 within a few seconds.
+"""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import daemon as dm  # noqa: E402
+from daemon import check, finish  # noqa: E402
+
+SLOW = {"DNNL_MAX_CPU_ISA": "SSE41"}
+
+
+def wait_for(d, text, timeout):
+    deadline = time.monotonic() + timeout
+    while text not in d.log_text() and time.monotonic() < deadline and d.proc.poll() is None:
+        time.sleep(0.05)
+    return text in d.log_text()
+
+
+def stop_time(d, timeout=60):
+    """SIGTERM, then (seconds until exit, exit status)."""
+    t0 = time.monotonic()
+    d.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = d.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        d.proc.kill()
+        rc = d.proc.wait()
+    return time.monotonic() - t0, rc
+
+
+def main():
+    effnetd, effnet = dm.find_effnet_tools()
+    with tempfile.TemporaryDirectory(prefix="effnetd-signals-") as workdir:
+        b0 = os.path.join(workdir, "b0.safetensors")
+        s = os.path.join(workdir, "s.safetensors")
+        for variant, path in (("b0", b0), ("s", s)):
+            subprocess.run([effnet, "init-weights", "--variant", variant, "--seed", "1", "-o", path], check=True,
+                           timeout=600)
+
+        # SIGTERM during start-up.
+        d = dm.Daemon(effnetd, s, workdir, "--max-batch", 16, name="startup", env=SLOW, wait=False)
+        time.sleep(1.5)
+        loading = d.proc.poll() is None and "listening" not in d.log_text()
+        secs, rc = stop_time(d)
+        d.log.close()
+        check(loading and secs < 5 and rc == 0 and "SIGTERM during start-up" in d.log_text(),
+              f"SIGTERM during start-up: exit {rc} after {secs:.1f} s (still loading when sent: {loading})")
+
+        # SIGHUP: changed settings outside [model] are named.
+        conf = os.path.join(workdir, "effnetd.conf")
+        with open(conf, "w") as f:
+            f.write(f"[model]\nweights = {b0}\n[batching]\nmax-batch = 16\ndeadline-ms = 30000\n")
+        d = dm.Daemon(effnetd, None, workdir, "--config", conf, name="reload", env=SLOW)
+        try:
+            d.request("GET", "/readyz")
+            with open(conf, "w") as f:
+                f.write(f"[model]\nweights = {b0}\n[batching]\nmax-batch = 4\ndeadline-ms = 999\n")
+            d.proc.send_signal(signal.SIGHUP)
+            ok = wait_for(d, "reloaded", 120)
+            log = d.log_text()
+            check(ok and "max-batch (16 -> 4)" in log and "deadline-ms (30000 -> 999)" in log
+                  and "until a restart" in log, "SIGHUP names each changed setting that needs a restart")
+
+            # SIGTERM while a reload is loading V2-S.
+            with open(conf, "w") as f:
+                f.write(f"[model]\nweights = {s}\n[batching]\nmax-batch = 16\n")
+            d.proc.send_signal(signal.SIGHUP)
+            time.sleep(1.0)
+            reloading = "reloaded: now serving efficientnetv2-s" not in d.log_text()
+            secs, rc = stop_time(d)
+        finally:
+            if d.proc.poll() is None:
+                d.proc.kill()
+            d.log.close()
+        check(reloading and secs < 5 and rc == 0 and "not waiting for the reload" in d.log_text()
+              and "stopped" in d.log_text(),
+              f"SIGTERM during a reload: exit {rc} after {secs:.1f} s (reload still loading: {reloading})")
+    finish()
+
+
+if __name__ == "__main__":
+    main()

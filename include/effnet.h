@@ -85,6 +85,10 @@ struct effnet_info {
 struct effnet_open_opts {
         int padding;          /* enum effnet_padding; AUTO = from source */
         float bn_eps;         /* 0 = from source */
+        int copy;             /* read the file into memory instead of mapping it:
+                               * a file rewritten in place cannot fault the
+                               * process (SIGBUS), and one that changes while
+                               * it is read is refused (-ESTALE) */
 };
 
 /* Opens a safetensors file (timm or torchvision names), validates it, detects
@@ -94,6 +98,13 @@ int effnet_model_open(const char *path, const struct effnet_open_opts *opts,
 struct effnet_model *effnet_model_free(struct effnet_model *m);
 /* Owned by the model, valid for its lifetime. */
 const struct effnet_info *effnet_model_info(const struct effnet_model *m);
+/* The bytes of the file the model was opened from (for a checksum of
+ * exactly what is served), or NULL after effnet_model_drop_file. */
+const void *effnet_model_file(const struct effnet_model *m, size_t *ret_len);
+/* Releases the file's memory once every executor the caller needs exists:
+ * they keep working, while effnet_exec_new fails from then on (-ESTALE).
+ * Not thread-safe against effnet_exec_new on the same model. */
+void effnet_model_drop_file(struct effnet_model *m);
 
 struct effnet_exec_opts {
         int batch;      /* images per forward, >= 1 */

@@ -2,6 +2,7 @@
 #include "effnet.h"
 #include "engine/engine.h"
 #include "model/model.h"
+#include "model/safetensors.h"
 #include "common/util.h"
 
 #include <errno.h>
@@ -50,6 +51,17 @@ const struct effnet_info *effnet_model_info(const struct effnet_model *em)
         return &em->m->info;
 }
 
+const void *effnet_model_file(const struct effnet_model *em, size_t *ret_len)
+{
+        return st_bytes(em->m->file, ret_len);
+}
+
+void effnet_model_drop_file(struct effnet_model *em)
+{
+        st_drop_bytes(em->m->file);
+        em->m->dropped = 1;
+}
+
 int effnet_exec_new(struct effnet_model *em, const struct effnet_exec_opts *opts,
                     char *err, size_t err_len, struct effnet_exec **ret_exec)
 {
@@ -59,6 +71,10 @@ int effnet_exec_new(struct effnet_model *em, const struct effnet_exec_opts *opts
 
         if (!x)
                 return -ENOMEM;
+        if (em->m->dropped) {
+                free(x);
+                return err_set(err, err_len, -ESTALE, "the weights were released after start-up: no new executors");
+        }
         int width = opts->width > 0 ? opts->width : size, precision;
         if ((r = effnet_precision_resolve(opts->precision, err, err_len, &precision)) == 0)
                 r = eng_plan_new(em->net, opts->batch, size, width, precision, opts->threads, err, err_len,

@@ -23,7 +23,6 @@
 #include <unistd.h>
 
 #define STATUS_PERIOD_NS ((int64_t)5 * 1000000000)   /* STATUS= refresh */
-#define WEIGHTS_READ_CHUNK ((size_t)1 << 20)
 
 static const char *prog = "effnetd";
 
@@ -71,39 +70,17 @@ static struct serving *serving_free(struct serving *sv)
         return NULL;
 }
 
-/* The SHA-256 of a file as 64 hex digits (and a NUL) in ret_hex. */
-static int file_sha256(const char *path, char *err, size_t err_len, char ret_hex[65])
+/* The SHA-256 of n bytes as 64 hex digits (and a NUL) in ret_hex. */
+static int sha256_hex(const void *data, size_t n, char ret_hex[65])
 {
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned md_len = 0;
-        EVP_MD_CTX *ctx = NULL;
-        uint8_t *buf = NULL;
-        int fd = -1, r = 0;
-        ssize_t n;
 
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return err_set(err, err_len, -errno, "%s: %s", path, strerror(errno));
-        buf = malloc(WEIGHTS_READ_CHUNK);
-        ctx = EVP_MD_CTX_new();
-        if (!buf || !ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
-                r = err_set(err, err_len, -ENOMEM, "sha256: out of memory");
-                goto out;
-        }
-        while ((n = read(fd, buf, WEIGHTS_READ_CHUNK)) > 0)
-                EVP_DigestUpdate(ctx, buf, (size_t)n);
-        if (n < 0) {
-                r = err_set(err, err_len, -errno, "%s: %s", path, strerror(errno));
-                goto out;
-        }
-        EVP_DigestFinal_ex(ctx, md, &md_len);
-        for (unsigned i = 0; i < md_len && i < 32; i++)
+        if (EVP_Digest(data, n, md, &md_len, EVP_sha256(), NULL) != 1 || md_len != 32)
+                return -ENOMEM;
+        for (unsigned i = 0; i < md_len; i++)
                 snprintf(ret_hex + 2 * i, 3, "%02x", md[i]);
-out:
-        EVP_MD_CTX_free(ctx);
-        free(buf);
-        close(fd);
-        return r;
+        return 0;
 }
 
 /* Loads the model of c, its labels, and a warm batcher. */
@@ -120,13 +97,20 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
                 r = err_set(err, err_len, -ENOMEM, "out of memory");
                 goto fail;
         }
-        struct effnet_open_opts oo = { .padding = (int)c->padding, .bn_eps = (float)c->bn_eps };
+        /* The file is read into memory, so that one rewritten in place
+         * (cp over it) cannot fault the daemon, and hashed from those bytes,
+         * so that the sha256 reported is that of what is served. */
+        struct effnet_open_opts oo = { .padding = (int)c->padding, .bn_eps = (float)c->bn_eps, .copy = 1 };
         if ((r = effnet_model_open(c->weights, &oo, err, err_len, &sv->model)) < 0)
                 goto fail;
+        size_t file_len = 0;
+        const void *file = effnet_model_file(sv->model, &file_len);
+        if ((r = sha256_hex(file, file_len, sv->sha256)) < 0) {
+                err_set(err, err_len, r, "sha256: out of memory");
+                goto fail;
+        }
         const struct effnet_info *info = effnet_model_info(sv->model);
         if ((r = api_labels_load(c->labels, info->classes, err, err_len, &sv->labels)) < 0)
-                goto fail;
-        if ((r = file_sha256(c->weights, err, err_len, sv->sha256)) < 0)
                 goto fail;
         struct batch_opts bo = {
                 .max_batch = (int)c->max_batch,
@@ -138,6 +122,9 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
         };
         if ((r = batch_new(sv->model, &bo, err, err_len, &sv->batch)) < 0)
                 goto fail;
+        /* Every executor exists and holds its weights: the copy of the file
+         * is not needed any more. */
+        effnet_model_drop_file(sv->model);
         *ret = sv;
         return 0;
 fail:

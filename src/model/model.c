@@ -5,6 +5,7 @@
 #include "common/util.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -440,7 +441,8 @@ int model_open(const char *path, const struct effnet_open_opts *opts, char *err,
                size_t err_len, struct model **ret_model)
 {
         struct st_file *f = NULL;
-        int r = st_open(path, err, err_len, &f);
+        bool copy = opts && opts->copy;
+        int r = st_open_ex(path, copy, err, err_len, &f);
 
         if (r < 0)
                 return r;
@@ -454,7 +456,8 @@ int model_open(const char *path, const struct effnet_open_opts *opts, char *err,
                 }
                 return r;
         }
-        m->release_pages = 1;
+        /* Dropping pages of anonymous memory would zero them. */
+        m->release_pages = !copy;
         *ret_model = m;
         return 0;
 }

@@ -58,6 +58,7 @@ struct model {
         float *arena;                  /* owns scales and biases */
         struct st_file *file;          /* owned: weights are read from its mapping */
         int release_pages;             /* the mapping is a file's: drop pages once read */
+        int dropped;                   /* model_drop_file: tensor data are gone */
         char path[512];
 };
 

@@ -447,7 +447,52 @@ int st_parse(const void *buf, size_t len, char *err, size_t err_len, struct st_f
         return parse(&e, buf, len, ret_file);
 }
 
+/* Reads fd (len bytes per fstat) into anonymous memory and checks that the
+ * file did not change meanwhile (size and modification time). */
+static int read_copy(const struct errbuf *e, int fd, const struct stat *before, size_t len, void **ret_map)
+{
+        char eb[128];
+        struct stat after;
+        size_t got = 0;
+        int r;
+
+        void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (map == MAP_FAILED) {
+                r = -errno;
+                return fail(e, r, "cannot allocate %zu bytes: %s", len, strerror_r(-r, eb, sizeof eb));
+        }
+        while (got < len) {
+                ssize_t n = pread(fd, (char *)map + got, len - got, (off_t)got);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0) {
+                        r = n < 0 ? -errno : -ESTALE;
+                        if (n < 0)
+                                fail(e, r, "read: %s", strerror_r(-r, eb, sizeof eb));
+                        else
+                                fail(e, r, "the file shrank while it was read (%zu of %zu bytes)", got, len);
+                        goto fail;
+                }
+                got += (size_t)n;
+        }
+        if (fstat(fd, &after) < 0 || after.st_size != before->st_size ||
+            after.st_mtim.tv_sec != before->st_mtim.tv_sec || after.st_mtim.tv_nsec != before->st_mtim.tv_nsec) {
+                r = fail(e, -ESTALE, "the file changed while it was read; replace weights by rename, then load again");
+                goto fail;
+        }
+        *ret_map = map;
+        return 0;
+fail:
+        munmap(map, len);
+        return r;
+}
+
 int st_open(const char *path, char *err, size_t err_len, struct st_file **ret_file)
+{
+        return st_open_ex(path, false, err, err_len, ret_file);
+}
+
+int st_open_ex(const char *path, bool copy, char *err, size_t err_len, struct st_file **ret_file)
 {
         const struct errbuf e = { err, err_len, path };
         struct st_file *f = NULL;
@@ -483,14 +528,22 @@ int st_open(const char *path, char *err, size_t err_len, struct st_file **ret_fi
                 r = parse(&e, NULL, len, &f);
                 goto out;
         }
-        /* Private read-only mapping: weights are used in place. A file
-         * truncated by someone else while mapped faults on access; weights
-         * are replaced by rename, never rewritten in place. */
-        map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-                r = -errno;
-                fail(&e, r, "mmap: %s", strerror_r(-r, eb, sizeof eb));
-                goto out;
+        if (copy) {
+                if ((r = read_copy(&e, fd, &st, len, &map)) < 0) {
+                        map = MAP_FAILED;
+                        goto out;
+                }
+        } else {
+                /* Private read-only mapping: weights are used in place. A
+                 * file truncated by someone else while mapped faults on
+                 * access (SIGBUS); copy is for callers that must survive
+                 * that. */
+                map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+                if (map == MAP_FAILED) {
+                        r = -errno;
+                        fail(&e, r, "mmap: %s", strerror_r(-r, eb, sizeof eb));
+                        goto out;
+                }
         }
         r = parse(&e, map, len, &f);
         if (r < 0)
@@ -931,4 +984,18 @@ out:
         free(header);
         free(json);
         return r;
+}
+
+const void *st_bytes(const struct st_file *f, size_t *ret_len)
+{
+        *ret_len = f->map ? f->map_len : 0;
+        return f->map;
+}
+
+void st_drop_bytes(struct st_file *f)
+{
+        if (f->map)
+                munmap(f->map, f->map_len);
+        f->map = NULL;
+        f->map_len = 0;
 }

@@ -12,6 +12,7 @@
 #ifndef EFFNET_SAFETENSORS_H
 #define EFFNET_SAFETENSORS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -48,6 +49,15 @@ struct st_file;
  * -ENOMEM. The file is immutable once opened: any number of threads may read
  * it; it owns the mapping, names and tensors until st_free. */
 int st_open(const char *path, char *err, size_t err_len, struct st_file **ret_file);
+/* With copy, the file is read into anonymous memory instead of mapped, and
+ * -ESTALE is returned if it changed (size, mtime) while being read: a file
+ * rewritten in place cannot fault the process later. */
+int st_open_ex(const char *path, bool copy, char *err, size_t err_len, struct st_file **ret_file);
+/* The whole file as mapped or copied (NULL for st_parse buffers). */
+const void *st_bytes(const struct st_file *f, size_t *ret_len);
+/* Unmaps the file (st_open, st_open_ex): tensor data must not be read
+ * afterwards; names, shapes and dtypes stay. */
+void st_drop_bytes(struct st_file *f);
 /* Same checks on a buffer the caller keeps alive and unchanged until st_free
  * (fuzzing, tests); tensor data point into buf. Messages carry no path. */
 int st_parse(const void *buf, size_t len, char *err, size_t err_len,

@@ -279,6 +279,41 @@ out:
         CHECK(effnet_exec_free(NULL) == NULL && effnet_model_free(NULL) == NULL);
 }
 
+/* A model read into memory: its file bytes are there until dropped, after
+ * which executors built before keep working and new ones are refused. */
+static void test_copy_and_drop(void)
+{
+        char path[128], err[256];
+        struct effnet_model *m = NULL;
+        struct effnet_exec *x = NULL, *y = NULL;
+        struct effnet_open_opts oo = { .copy = 1 };
+        const int size = 64;
+        float img[3 * 64 * 64], before[10], after[10];
+        size_t len = 0;
+
+        snprintf(path, sizeof path, "%s/b0.safetensors", dir);
+        CHECK_MSG(effnet_model_open(path, &oo, err, sizeof err, &m) == 0, "%s", err);
+        if (!m)
+                return;
+        FILE *f = fopen(path, "rb");
+        long flen = -1;
+        if (f && fseek(f, 0, SEEK_END) == 0)
+                flen = ftell(f);
+        if (f)
+                fclose(f);
+        CHECK(effnet_model_file(m, &len) != NULL && (long)len == flen);
+        struct effnet_exec_opts o = { .batch = 1, .threads = 1, .size = size };
+        CHECK_MSG(effnet_exec_new(m, &o, err, sizeof err, &x) == 0, "%s", err);
+        model_smooth_images(9, 1, size, img);
+        CHECK(x && effnet_exec_forward(x, img, 1, before) == 0);
+        effnet_model_drop_file(m);
+        CHECK(effnet_model_file(m, &len) == NULL && len == 0);
+        CHECK(effnet_exec_new(m, &o, err, sizeof err, &y) == -ESTALE && y == NULL);
+        CHECK(x && effnet_exec_forward(x, img, 1, after) == 0 && memcmp(before, after, sizeof before) == 0);
+        effnet_exec_free(x);
+        effnet_model_free(m);
+}
+
 int main(void)
 {
         if (!mkdtemp(dir)) {
@@ -291,6 +326,7 @@ int main(void)
         test_seeded_and_detection();
         test_bad_models();
         test_engine();
+        test_copy_and_drop();
         char cmd[160];
         snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
         if (system(cmd) != 0)

@@ -48,6 +48,9 @@ static const struct conf_setting settings[] = {
           "HTTP threads (parse, decode); 0 = usable CPUs, at most 4" },
         { "max-connections", "server", CONF_INT, F(max_connections), "512", 1, 1000000, NULL,
           "open connections at once" },
+        { "max-connections-per-client", "server", CONF_INT, F(max_connections_per_client), "128", 0, 1000000,
+          NULL, "connections one client address may hold at once (0 = no limit below max-connections), so "
+          "that one client cannot take them all from the others and the probes" },
         { "connection-timeout", "server", CONF_INT, F(connection_timeout), "30", 0, 86400, NULL,
           "seconds a connection may stay idle; 0 = never drop" },
         { "retry-after", "server", CONF_INT, F(retry_after), "1", 0, 3600, NULL, "Retry-After seconds of 503 answers" },

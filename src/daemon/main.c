@@ -467,6 +467,7 @@ int main(int argc, char **argv)
                 .listen_fd = listen_fd,
                 .threads = (int)c.http_threads,
                 .max_connections = (int)c.max_connections,
+                .max_connections_per_client = (int)c.max_connections_per_client,
                 .connection_timeout_s = (int)c.connection_timeout,
                 .max_body_bytes = c.max_body_bytes,
                 .max_body_total = c.max_body_total,

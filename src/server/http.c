@@ -889,8 +889,11 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
                 threads = 4;
         unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                          MHD_USE_ERROR_LOG;
+        /* [::] takes IPv4 clients too, as users of "any address" expect;
+         * a specific IPv6 address stays IPv6 only. */
         if (addr.ss_family == AF_INET6)
-                flags |= MHD_USE_IPv6;
+                flags |= IN6_IS_ADDR_UNSPECIFIED(&((struct sockaddr_in6 *)&addr)->sin6_addr) ? MHD_USE_DUAL_STACK
+                                                                                            : MHD_USE_IPv6;
         /* A socket passed by systemd, or an address to bind. */
         struct MHD_OptionItem listen[] = {
                 opts->listen_fd > 0 ? (struct MHD_OptionItem){ MHD_OPTION_LISTEN_SOCKET, opts->listen_fd, NULL }
@@ -903,6 +906,7 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
                 MHD_OPTION_ARRAY, listen,
                 MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
                 MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
+                MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)opts->max_connections_per_client,
                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->connection_timeout_s,
                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
                 MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,

@@ -66,6 +66,7 @@ struct http_opts {
         const char *listen;          /* "HOST:PORT", "[V6]:PORT"; port 0 picks a free one */
         int threads;                 /* polling threads; 0 = usable CPUs (at most 4) */
         int max_connections;
+        int max_connections_per_client;  /* per client address; 0 = none */
         int connection_timeout_s;    /* idle time before a connection is dropped */
         int64_t max_body_bytes;      /* per request */
         int64_t max_body_total;      /* bodies buffered over all connections */

@@ -14,14 +14,18 @@ The real daemon on loopback, with raw HTTP requests:
     at start-up with the line named;
   - weights that compute NaN give 500 non_finite_output (and its metric) in
     effnetd, and the same error from `effnet classify`; the daemon keeps
-    answering.
+    answering;
+  - one client address at its max-connections-per-client cannot take a
+    connection from another address; listen [::] serves IPv4 and IPv6.
 """
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
 import tempfile
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon as dm  # noqa: E402
@@ -136,6 +140,60 @@ def test_non_finite(effnetd, effnet, weights, workdir):
           f"effnet classify: the same error ({p.returncode} {p.stdout.strip()[:200]})")
 
 
+def test_connections(effnetd, weights, workdir):
+    """One client address holding its whole per-client allowance of idle
+    connections does not starve another address; [::] takes IPv4 too."""
+    import socket
+    d = dm.Daemon(effnetd, weights, workdir, "--max-connections-per-client", 4,
+                  name="per-client")
+    held = []
+    try:
+        for _ in range(4):
+            c = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")   # headers never finished
+            held.append(c)
+        time.sleep(0.3)
+        extra = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        try:
+            refused = extra.recv(100) == b""
+        except (ConnectionResetError, socket.timeout):
+            refused = True
+        extra.close()
+        other = socket.create_connection(("127.0.0.1", d.port), timeout=10, source_address=("127.0.0.2", 0))
+        other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = other.recv(100)
+        other.close()
+        check(refused and answer.startswith(b"HTTP/1.1 200"),
+              f"4 connections from 127.0.0.1: a 5th is refused, 127.0.0.2 still gets /healthz ({answer[:20]!r})")
+    finally:
+        for c in held:
+            c.close()
+        d.stop()
+    if not os.path.exists("/proc/net/if_inet6"):
+        print("     no IPv6 here: dual stack not checked")
+        return
+    d = dm.Daemon(effnetd, weights, workdir, "--listen", "[::]:0", name="dual-stack", wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while "listening on" not in d.log_text() and time.monotonic() < deadline and d.proc.poll() is None:
+            time.sleep(0.05)
+        m = re.search(r"listening on http://\[::\]:(\d+)", d.log_text())
+        port = int(m.group(1)) if m else 0
+        v4 = dm.raw_http(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") if port else b""
+        c6 = socket.create_connection(("::1", port), timeout=10) if port else None
+        if c6:
+            c6.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            v6 = c6.recv(100)
+            c6.close()
+        else:
+            v6 = b""
+        check(v4.startswith(b"HTTP/1.1 200") and v6.startswith(b"HTTP/1.1 200"),
+              f"listen [::]: IPv4 and IPv6 clients both answered ({v4[:15]!r}, {v6[:15]!r})")
+    finally:
+        d.stop()
+
+
 def main():
     effnetd, effnet = dm.find_effnet_tools()
     if "grace_hopper.jpg" not in dm.sample_photos():
@@ -148,6 +206,7 @@ def main():
         test_bytes(effnetd, weights, workdir)
         test_labels(effnetd, weights, workdir)
         test_non_finite(effnetd, effnet, weights, workdir)
+        test_connections(effnetd, weights, workdir)
     finish()
 
 

@@ -37,6 +37,7 @@ VALUES = {
     "listen": "127.0.0.1:9",
     "http-threads": "3",
     "max-connections": "77",
+    "max-connections-per-client": "9",
     "connection-timeout": "12",
     "retry-after": "4",
     "drain-timeout": "9",
@@ -59,7 +60,7 @@ VALUES = {
 # Values each setting must refuse.
 BAD = {
     "precision": "fp64", "padding": "valid", "bn-eps": "0.5", "http-threads": "65",
-    "max-connections": "0", "connection-timeout": "-1", "retry-after": "x", "drain-timeout": "3601",
+    "max-connections": "0", "max-connections-per-client": "-1", "connection-timeout": "-1", "retry-after": "x", "drain-timeout": "3601",
     "max-batch": "257", "max-delay-ms": "nan", "queue": "0", "workers": "65", "threads": "1.5",
     "deadline-ms": "0", "watchdog-stall": "0", "max-body-bytes": "2G", "max-body-total": "0",
     "max-images": "65537", "max-pixels": "-5", "jpeg-fast": "maybe", "access-log": "2",

@@ -49,6 +49,7 @@ VALUES = {
     "watchdog-stall": "33",
     "max-body-bytes": "2000000",
     "max-body-total": "9000000",
+    "v2-max-body-bytes": "8000000",
     "max-images": "7",
     "max-pixels": "123456",
     "jpeg-fast": "true",
@@ -62,6 +63,7 @@ BAD = {
     "max-connections": "0", "connection-timeout": "-1", "retry-after": "x", "drain-timeout": "3601",
     "max-batch": "257", "max-delay-ms": "nan", "queue": "0", "workers": "65", "threads": "1.5",
     "deadline-ms": "0", "watchdog-stall": "0", "max-body-bytes": "2G", "max-body-total": "0",
+    "v2-max-body-bytes": "0",
     "max-images": "65537", "max-pixels": "-5", "jpeg-fast": "maybe", "access-log": "2",
     "log-format": "xml", "weights": "", "labels": "", "listen": "",
 }

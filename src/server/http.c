@@ -465,6 +465,17 @@ static int parse_header_len(const char *v, int64_t *ret)
         return 0;
 }
 
+/* An infer request refused at its headers. Triton's clients send the whole
+ * body before they read the answer, and would see a reset connection rather
+ * than the error: the body is read and dropped first (up to DISCARD_MAX past
+ * the limit, see on_body), then answered. */
+static enum MHD_Result fail_after_body(struct req *q, enum api_error e, const char *msg)
+{
+        fail(q, e, "%s", msg);
+        q->state = REQ_BODY;
+        return MHD_YES;
+}
+
 /* The headers of a /v2 request: method, model and version, limits. */
 static enum MHD_Result v2_on_headers(struct req *q, bool get)
 {
@@ -475,32 +486,21 @@ static enum MHD_Result v2_on_headers(struct req *q, bool get)
 
         if (infer ? strcmp(q->method, MHD_HTTP_METHOD_POST) != 0 : !get)
                 return respond_error(q, API_E_METHOD_NOT_ALLOWED, infer ? "use POST" : "use GET");
+        if (infer)
+                q->max_body = (size_t)s->opts.v2_max_body_bytes;
         if (q->v2.model && !v2_path_model_is(&q->v2, g->info->variant)) {
                 snprintf(msg, sizeof msg, "unknown model '%.*s': this server serves '%s'",
                          (int)(q->v2.model_len < 100 ? q->v2.model_len : 100), q->v2.model, g->info->variant);
-                return respond_error(q, API_E_NOT_FOUND, msg);
+                return infer ? fail_after_body(q, API_E_NOT_FOUND, msg) : respond_error(q, API_E_NOT_FOUND, msg);
         }
         if (q->v2.model && !v2_path_version_ok(&q->v2)) {
                 snprintf(msg, sizeof msg, "unknown version '%.*s' of model '%s': it has version %s",
                          (int)(q->v2.version_len < 40 ? q->v2.version_len : 40), q->v2.version, g->info->variant,
                          V2_MODEL_VERSION);
-                return respond_error(q, API_E_NOT_FOUND, msg);
+                return infer ? fail_after_body(q, API_E_NOT_FOUND, msg) : respond_error(q, API_E_NOT_FOUND, msg);
         }
         if (!infer)
                 return serve_v2_get(q);
-        if (atomic_load(&s->draining))
-                return respond_error(q, API_E_DRAINING, "the server is shutting down");
-        const char *ce = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_ENCODING);
-        if (ce && strcasecmp(ce, "identity") != 0) {
-                snprintf(msg, sizeof msg, "Content-Encoding %.40s is not supported: send the body uncompressed", ce);
-                return respond_error(q, API_E_UNSUPPORTED_MEDIA, msg);
-        }
-        const char *hl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, "Inference-Header-Content-Length");
-        if (parse_header_len(hl, &q->v2_header_len) < 0) {
-                snprintf(msg, sizeof msg, "Inference-Header-Content-Length %.30s is not a byte count", hl);
-                return respond_error(q, API_E_INVALID_REQUEST, msg);
-        }
-        q->max_body = (size_t)s->opts.v2_max_body_bytes;
         const char *cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl) {
                 char *end;
@@ -511,6 +511,18 @@ static enum MHD_Result v2_on_headers(struct req *q, bool get)
                                  "(the v2-max-body-bytes setting)", cl, q->max_body);
                         return respond_error(q, API_E_TOO_LARGE, msg);
                 }
+        }
+        if (atomic_load(&s->draining))
+                return fail_after_body(q, API_E_DRAINING, "the server is shutting down");
+        const char *ce = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_ENCODING);
+        if (ce && strcasecmp(ce, "identity") != 0) {
+                snprintf(msg, sizeof msg, "Content-Encoding %.40s is not supported: send the body uncompressed", ce);
+                return fail_after_body(q, API_E_UNSUPPORTED_MEDIA, msg);
+        }
+        const char *hl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, "Inference-Header-Content-Length");
+        if (parse_header_len(hl, &q->v2_header_len) < 0) {
+                snprintf(msg, sizeof msg, "Inference-Header-Content-Length %.30s is not a byte count", hl);
+                return fail_after_body(q, API_E_INVALID_REQUEST, msg);
         }
         q->state = REQ_BODY;
         return MHD_YES;

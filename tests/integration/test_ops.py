@@ -80,7 +80,7 @@ def print_config(effnetd, args, env=None):
         if m:
             section = m.group(1)
             continue
-        m = re.match(r"^(#\s*)?([a-z-]+) =\s?(.*?)\s+# (.+)$", line)
+        m = re.match(r"^(#\s*)?([a-z0-9-]+) =\s?(.*?)\s+# (.+)$", line)
         if m:
             settings[m.group(2)] = (section, "" if m.group(1) else m.group(3), m.group(4))
     return p.returncode, settings, p.stderr

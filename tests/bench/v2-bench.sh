@@ -90,14 +90,17 @@ results="$workdir/results.jsonl"
 batches=1
 b=2
 while [ "$b" -le "$max_batch" ]; do batches="$batches,$b"; b=$((b * 2)); done
-echo "v2-bench: effnet bench --batch $batches --threads $threads" >&2
-# The same OpenMP spin as effnetd sets for itself (src/daemon/main.c).
-GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-10000} "$effnet" bench --weights "$weights" --batch "$batches" \
-  --threads "$threads" --runs 5 --json | sed 's/^/{"kind":"bench","data":/; s/$/}/' >> "$results"
+bench() {  # the engine alone, while effnetd idles
+  echo "v2-bench: round $round: effnet bench --batch $batches --threads $threads" >&2
+  # The same OpenMP spin as effnetd sets for itself (src/daemon/main.c).
+  GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-10000} "$effnet" bench --weights "$weights" --batch "$batches" \
+    --threads "$threads" --runs 3 --json | sed "s/^/{\"kind\":\"bench\",\"round\":$round,\"data\":/; s/\$/}/" \
+    >> "$results"
+}
 
 log="$workdir/effnetd.log"
-"$effnetd" --weights "$weights" --listen 127.0.0.1:0 --threads "$threads" --max-batch "$max_batch" \
-  --max-images "$max_batch" --access-log false 2> "$log" &
+EFFNETD_ACCESS_LOG=false "$effnetd" --weights "$weights" --listen 127.0.0.1:0 --threads "$threads" --max-batch "$max_batch" \
+  --max-images "$max_batch" 2> "$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 port=""
@@ -138,65 +141,79 @@ print(m["name"], file=open(f"{workdir}/model", "w"))
 PY
 model=$(cat "$workdir/model")
 
-run() {  # kind images_per_request url body [header_len]
-  local kind=$1 per=$2 url=$3 body=$4 hl=${5:-}
+idle() {  # until no image waits or runs: abandoned requests' jobs still finish
+  for _ in $(seq 1 1200); do
+    curl -s "$base/metrics" | awk '/^effnetd_(queue_images|busy_workers) /{s+=$2} END{exit s>0}' && return
+    sleep 0.1
+  done
+}
+
+run() {  # kind images_per_request connections url body [header_len]
+  local kind=$1 per=$2 conns=$3 url=$4 body=$5 hl=${6:-}
   local ctype=application/octet-stream
   [ "$kind" = v1 ] && ctype=image/jpeg
   local line
-  line=$(WRK_IMAGE=$body WRK_CONTENT_TYPE=$ctype ${hl:+WRK_INFER_HEADER_LEN=$hl} \
-         wrk -t1 -c"$concurrency" -d"${duration}s" --timeout 60s -s "$here/post_image.lua" "$url" | sed -n 's/^WRKJSON //p')
-  echo "{\"kind\":\"$kind\",\"per_request\":$per,\"round\":$round,\"wrk\":$line}" >> "$results"
-  echo "v2-bench: round $round $kind: $line" >&2
+  line=$(env WRK_IMAGE="$body" WRK_CONTENT_TYPE=$ctype ${hl:+WRK_INFER_HEADER_LEN=$hl} \
+         wrk -t1 -c"$conns" -d"${duration}s" --timeout 60s -s "$here/post_image.lua" "$url" | sed -n 's/^WRKJSON //p')
+  echo "{\"kind\":\"$kind\",\"per_request\":$per,\"connections\":$conns,\"round\":$round,\"wrk\":$line}" >> "$results"
+  echo "v2-bench: round $round $kind x$per: $line" >&2
+  idle
 }
 
 v2="$base/v2/models/$model/infer"
 # Warm up every path once.
 for k in bytes fp32x1; do curl -s -o /dev/null -H "Inference-Header-Content-Length: $(cat "$workdir/$k.hl")" \
   --data-binary @"$workdir/$k.body" "$v2"; done
+# Requests of max-batch images: as many connections as the queue (64) holds.
+conns_b=$((64 / max_batch / 2)); [ "$conns_b" -ge 1 ] || conns_b=1
 for round in $(seq 1 "$rounds"); do
-  run v1 1 "$base/v1/classify" "$image"
-  run v2-bytes 1 "$v2" "$workdir/bytes.body" "$(cat "$workdir/bytes.hl")"
-  run v2-fp32 1 "$v2" "$workdir/fp32x1.body" "$(cat "$workdir/fp32x1.hl")"
-  run v2-fp32 "$max_batch" "$v2" "$workdir/fp32x$max_batch.body" "$(cat "$workdir/fp32x$max_batch.hl")"
+  bench
+  run v1 1 "$concurrency" "$base/v1/classify" "$image"
+  run v2-bytes 1 "$concurrency" "$v2" "$workdir/bytes.body" "$(cat "$workdir/bytes.hl")"
+  run v2-fp32 1 "$concurrency" "$v2" "$workdir/fp32x1.body" "$(cat "$workdir/fp32x1.hl")"
+  run v2-fp32 "$max_batch" "$conns_b" "$v2" "$workdir/fp32x$max_batch.body" "$(cat "$workdir/fp32x$max_batch.hl")"
 done
 kill $pid; wait $pid 2>/dev/null || true
 trap - EXIT
 
 /usr/bin/python3 - "$results" "$concurrency" "$duration" "$(basename "$image")" "$model" \
   "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" "$("$effnet" cpu 2>/dev/null | head -1)" \
-  <<'PY' | tee ${out:+"$out"}
+  "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY' | tee ${out:+"$out"}
 import json, sys
-path, conc, dur, image, model, cpu, isa = sys.argv[1:8]
+path, conc, dur, image, model, cpu, isa, load = sys.argv[1:9]
 rows = [json.loads(l) for l in open(path)]
-bench = [r["data"] for r in rows if r["kind"] == "bench"]
-best = max(bench, key=lambda b: b["images_per_s"])
-best_kind = {}
-for r in rows:
-    if r["kind"] == "bench":
-        continue
-    w = r["wrk"]
-    ok = w["requests"] - w["err_status"]
-    r["images_per_s"] = ok * r["per_request"] / (w["duration_us"] / 1e6)
-    key = (r["kind"], r["per_request"])
-    if key not in best_kind or r["images_per_s"] > best_kind[key]["images_per_s"]:
-        best_kind[key] = r
-print(f"CPU: {cpu}; effnet cpu: {isa}; model {model}; {conc} connections, {dur} s per kind and round, "
-      f"best of {max(r['round'] for r in rows if 'round' in r)} rounds; image {image}\n")
-print("| batch | effnet bench images/s | ms/batch |\n|---:|---:|---:|")
-for b in bench:
-    print(f"| {b['batch']} | {b['images_per_s']:.2f} | {b['ms_per_batch']:.1f} |")
-print("\n| requests | images/request | images/s | p50 ms | p99 ms | non-2xx | ratio |\n|---|---:|---:|---:|---:|---:|---|")
-v1 = best_kind.get(("v1", 1))
-for (kind, per), r in sorted(best_kind.items()):
-    w = r["wrk"]
-    if kind == "v2-bytes" and v1:
-        ratio = f"{r['images_per_s'] / v1['images_per_s']:.3f}x /v1 (bar 0.95)"
-    elif kind == "v2-fp32":
-        ratio = f"{r['images_per_s'] / best['images_per_s']:.3f}x effnet bench batch {best['batch']} (bar 0.95)"
-    else:
-        ratio = ""
-    name = {"v1": "POST /v1/classify (JPEG)", "v2-bytes": "v2 BYTES (JPEG, binary)",
-            "v2-fp32": "v2 FP32 (binary tensor)"}[kind]
-    print(f"| {name} | {per} | {r['images_per_s']:.2f} | {w['lat_p50_us'] / 1e3:.1f} | {w['lat_p99_us'] / 1e3:.1f} "
-          f"| {w['err_status']} | {ratio} |")
+rounds = sorted({r["round"] for r in rows})
+print(f"CPU: {cpu}; effnet cpu: {isa}; model {model}; {dur} s per kind and round, {len(rounds)} rounds; "
+      f"image {image}; load average at the end {load}\n")
+print("| round | requests | images/request | connections | images/s | p50 ms | p99 ms | non-2xx | ratio |")
+print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
+names = {"v1": "POST /v1/classify (JPEG)", "v2-bytes": "v2 BYTES (JPEG, binary)", "v2-fp32": "v2 FP32 (binary tensor)"}
+best_ratio = {}
+for rd in rounds:
+    rr = [r for r in rows if r["round"] == rd]
+    bench = [r["data"] for r in rr if r["kind"] == "bench"]
+    top = max(bench, key=lambda b: b["images_per_s"])
+    print(f"| {rd} | effnet bench, best of batch {','.join(str(b['batch']) for b in bench)} | {top['batch']} | | "
+          f"{top['images_per_s']:.2f} | {top['ms_per_batch']:.1f} | | | |")
+    v1 = None
+    for r in rr:
+        if r["kind"] == "bench":
+            continue
+        w = r["wrk"]
+        ips = (w["requests"] - w["err_status"]) * r["per_request"] / (w["duration_us"] / 1e6)
+        ratio, key = "", None
+        if r["kind"] == "v1":
+            v1 = ips
+        elif r["kind"] == "v2-bytes" and v1:
+            ratio, key = ips / v1, "v2 BYTES / v1"
+        elif r["kind"] == "v2-fp32":
+            ratio, key = ips / top["images_per_s"], f"v2 FP32 x{r['per_request']} / effnet bench"
+        if key:
+            best_ratio[key] = max(best_ratio.get(key, 0), ratio)
+            ratio = f"{ratio:.3f}"
+        print(f"| {rd} | {names[r['kind']]} | {r['per_request']} | {r['connections']} | {ips:.2f} | "
+              f"{w['lat_p50_us'] / 1e3:.1f} | {w['lat_p99_us'] / 1e3:.1f} | {w['err_status']} | {ratio} |")
+print("\nBest ratio over the rounds (the bar is 0.95 for each):\n")
+for k, v in best_ratio.items():
+    print(f"- {k}: {v:.3f}")
 PY

@@ -32,6 +32,7 @@ struct conf {
         int64_t threads;
         int64_t http_threads;
         int64_t max_body_bytes;
+        int64_t v2_max_body_bytes;
         int64_t max_body_total;
         int64_t max_images;
         int64_t max_pixels;

@@ -35,6 +35,11 @@ static void usage(FILE *f)
                 "Serves EfficientNetV2 image classification over HTTP:\n"
                 "  POST /v1/classify[?top_k=K]  (image/jpeg, image/png or multipart/form-data)\n"
                 "  GET  /v1/models, /healthz, /readyz, /metrics\n"
+                "KServe v2 / Open Inference Protocol (with Triton's binary data, classification\n"
+                "and model configuration extensions):\n"
+                "  GET  /v2, /v2/health/live, /v2/health/ready\n"
+                "  GET  /v2/models/{model}[/versions/1][/ready|/config]\n"
+                "  POST /v2/models/{model}[/versions/1]/infer\n"
                 "\n"
                 "Settings come from the config file, then EFFNETD_* environment variables,\n"
                 "then flags (each later source wins). SIGHUP reloads the [model] settings\n"
@@ -470,6 +475,7 @@ int main(int argc, char **argv)
                 .max_connections_per_client = (int)c.max_connections_per_client,
                 .connection_timeout_s = (int)c.connection_timeout,
                 .max_body_bytes = c.max_body_bytes,
+                .v2_max_body_bytes = c.v2_max_body_bytes,
                 .max_body_total = c.max_body_total,
                 .max_images = (int)c.max_images,
                 .deadline_ms = c.deadline_ms,

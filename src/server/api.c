@@ -273,6 +273,7 @@ static const struct {
         [API_E_INVALID_ARGUMENT] = { 400, "invalid_argument" },
         [API_E_INVALID_IMAGE] = { 400, "invalid_image" },
         [API_E_INVALID_MULTIPART] = { 400, "invalid_multipart" },
+        [API_E_INVALID_REQUEST] = { 400, "invalid_request" },
         [API_E_NOT_FOUND] = { 404, "not_found" },
         [API_E_METHOD_NOT_ALLOWED] = { 405, "method_not_allowed" },
         [API_E_TOO_LARGE] = { 413, "payload_too_large" },
@@ -360,8 +361,21 @@ const char *api_route_path(enum api_route r)
                 [API_ROUTE_CLASSIFY] = "/v1/classify", [API_ROUTE_MODELS] = "/v1/models",
                 [API_ROUTE_HEALTHZ] = "/healthz",      [API_ROUTE_READYZ] = "/readyz",
                 [API_ROUTE_METRICS] = "/metrics",      [API_ROUTE_OTHER] = "other",
+                [API_ROUTE_V2_SERVER] = "/v2",
+                [API_ROUTE_V2_LIVE] = "/v2/health/live",
+                [API_ROUTE_V2_READY] = "/v2/health/ready",
+                [API_ROUTE_V2_MODEL] = "/v2/models/{model}",
+                [API_ROUTE_V2_MODEL_READY] = "/v2/models/{model}/ready",
+                [API_ROUTE_V2_MODEL_CONFIG] = "/v2/models/{model}/config",
+                [API_ROUTE_V2_INFER] = "/v2/models/{model}/infer",
+                [API_ROUTE_V2_OTHER] = "other",
         };
         return paths[r];
+}
+
+const char *api_route_protocol(enum api_route r)
+{
+        return r >= API_ROUTE_V2_SERVER ? "v2" : "v1";
 }
 
 const double api_latency_bounds[API_LATENCY_BUCKETS] = {
@@ -420,27 +434,31 @@ int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *
 {
         const struct api_model_stats *m = &hs->model;
         const struct api_process_stats *p = &hs->process;
-        char *buf = NULL, labels[64];
+        char *buf = NULL, labels[128];
         size_t len = 0;
         FILE *f = open_memstream(&buf, &len);
 
         if (!f)
                 return -ENOMEM;
-        put_head(f, "effnetd_http_requests_total", "counter", "HTTP requests answered, by route and status.");
+        put_head(f, "effnetd_http_requests_total", "counter",
+                 "HTTP requests answered, by protocol (v1: effnetd's own API, v2: KServe), route and status.");
         for (int r = 0; r < API_N_ROUTES; r++)
                 for (int s = 0; s < API_N_STATUSES; s++)
-                        if (hs->requests[r][s] || (r == API_ROUTE_CLASSIFY && s == 0))
-                                fprintf(f, "effnetd_http_requests_total{route=\"%s\",code=\"%d\"} %llu\n",
-                                        api_route_path((enum api_route)r), api_statuses[s],
+                        if (hs->requests[r][s] || ((r == API_ROUTE_CLASSIFY || r == API_ROUTE_V2_INFER) && s == 0))
+                                fprintf(f,
+                                        "effnetd_http_requests_total{protocol=\"%s\",route=\"%s\",code=\"%d\"} %llu\n",
+                                        api_route_protocol((enum api_route)r), api_route_path((enum api_route)r),
+                                        api_statuses[s],
                                         (unsigned long long)hs->requests[r][s]);
         put_head(f, "effnetd_http_errors_total", "counter", "Error answers, by error code.");
         for (int e = 0; e < API_N_ERRORS; e++)
                 fprintf(f, "effnetd_http_errors_total{code=\"%s\"} %llu\n", errors[e].code,
                         (unsigned long long)hs->errors[e]);
         put_head(f, "effnetd_http_request_duration_seconds", "histogram",
-                 "Time from request headers to the answer, by route.");
+                 "Time from request headers to the answer, by protocol and route.");
         for (int r = 0; r < API_N_ROUTES; r++) {
-                snprintf(labels, sizeof labels, "route=\"%s\",", api_route_path((enum api_route)r));
+                snprintf(labels, sizeof labels, "protocol=\"%s\",route=\"%s\",", api_route_protocol((enum api_route)r),
+                         api_route_path((enum api_route)r));
                 put_hist(f, "effnetd_http_request_duration_seconds", labels, api_latency_bounds,
                          API_LATENCY_BUCKETS, hs->latency[r].buckets, hs->latency[r].sum);
         }

@@ -55,6 +55,7 @@ enum api_error {
         API_E_INVALID_ARGUMENT,     /* 400: a bad query parameter */
         API_E_INVALID_IMAGE,        /* 400: empty, truncated, corrupt or not an image */
         API_E_INVALID_MULTIPART,    /* 400: malformed multipart/form-data */
+        API_E_INVALID_REQUEST,      /* 400: a malformed or mismatched /v2 infer request */
         API_E_NOT_FOUND,            /* 404 */
         API_E_METHOD_NOT_ALLOWED,   /* 405 */
         API_E_TOO_LARGE,            /* 413: body, images or pixels over a limit */
@@ -92,6 +93,15 @@ enum api_route {
         API_ROUTE_READYZ,
         API_ROUTE_METRICS,
         API_ROUTE_OTHER,               /* unknown paths */
+        /* KServe v2 (the model name is a template: one series per route) */
+        API_ROUTE_V2_SERVER,
+        API_ROUTE_V2_LIVE,
+        API_ROUTE_V2_READY,
+        API_ROUTE_V2_MODEL,
+        API_ROUTE_V2_MODEL_READY,
+        API_ROUTE_V2_MODEL_CONFIG,
+        API_ROUTE_V2_INFER,
+        API_ROUTE_V2_OTHER,            /* unknown paths under /v2 */
         API_N_ROUTES,
 };
 
@@ -101,6 +111,8 @@ extern const int api_statuses[API_N_STATUSES];
 /* Index of status in api_statuses (the last one, 500, for anything else). */
 int api_status_index(int status);
 const char *api_route_path(enum api_route r);
+/* "v2" for the KServe v2 routes, "v1" for effnetd's own API. */
+const char *api_route_protocol(enum api_route r);
 
 /* Request latency and queue wait histogram buckets (upper bounds, seconds). */
 #define API_LATENCY_BUCKETS 14

@@ -2,6 +2,7 @@
 #include "server/http.h"
 #include "common/util.h"
 #include "server/multipart.h"
+#include "server/v2.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -34,6 +35,10 @@ struct http_gen {
         char *weights;                     /* owned */
         char sha256[65];
         char *models_body;                 /* GET /v1/models, built once; owned */
+        struct v2_model v2;                /* the model as /v2 describes it */
+        int exec_batch[16];                /* v2.exec_batch points here */
+        char *v2_model_body;               /* GET /v2/models/{m}, built once; owned */
+        char *v2_config_body;              /* GET /v2/models/{m}/config, built once; owned */
         size_t image_floats;               /* 3 * size * size */
         atomic_int refs;                   /* requests using it */
         struct http_gen *next;             /* on the retired list */
@@ -91,6 +96,10 @@ struct req {
         int top_k;
         const char *content_type;   /* NULL when absent */
         bool multipart;
+        struct v2_path v2;          /* route V2_ROUTE_NONE for effnetd's own API */
+        int64_t v2_header_len;      /* Inference-Header-Content-Length; -1 when absent */
+        struct v2_request *v2req;   /* the parsed infer request, owned */
+        size_t max_body;            /* body limit of its route */
 
         uint8_t *body;              /* owned, counted in s->body_total */
         size_t len, cap;
@@ -102,8 +111,11 @@ struct req {
         int n_images;
         float *tensors;             /* [n_images][3][size][size], owned */
         float *logits;              /* [n_images][classes], owned */
-        struct batch_job job;
-        int job_status;             /* written by the batcher's callback */
+        struct batch_job job;       /* /v1: one job for every image; /v2: what its jobs did, summed up */
+        struct batch_job *jobs;     /* /v2: one job per image, [n_images], owned */
+        atomic_int pending;         /* /v2: jobs whose callback has not fired */
+        atomic_int job_error;       /* /v2: the first error of its jobs, or 0 */
+        int job_status;             /* written by the batcher's callback(s) */
         bool counted_waiting;       /* counted in http_server.waiting */
 };
 
@@ -124,6 +136,8 @@ static void req_free(struct req *q)
         body_release(q);
         free(q->tensors);
         free(q->logits);
+        free(q->jobs);
+        v2_request_free(q->v2req);
         free(q);
 }
 
@@ -171,26 +185,37 @@ static void access_log(struct req *q, int status, const char *error, size_t answ
         s->opts.access_log(s->opts.userdata, &a);
 }
 
-/* Queues body (malloc'ed, taken over; NULL answers 500 with a fixed body). */
-static enum MHD_Result respond(struct req *q, int status, char *body, const char *content_type, const char *error)
+/* Queues n bytes of body (malloc'ed, taken over; NULL answers 500 with a
+ * fixed body). header_len >= 0: a v2 answer with binary data after its JSON
+ * header of that length (Inference-Header-Content-Length). */
+static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n, const char *content_type,
+                                 const char *error, int64_t header_len)
 {
         struct http_server *s = q->s;
         static const char oom[] = "{\"error\":{\"code\":\"internal\",\"message\":\"out of memory\"}}";
+        static const char oom_v2[] = "{\"error\":\"out of memory\"}";
         struct MHD_Response *resp;
-        size_t n = body ? strlen(body) : sizeof oom - 1;
 
         if (body) {
                 resp = MHD_create_response_from_buffer(n, body, MHD_RESPMEM_MUST_FREE);
                 if (!resp)
                         free(body);
         } else {
+                const char *fixed = q->v2.route != V2_ROUTE_NONE ? oom_v2 : oom;
                 status = 500;
                 content_type = "application/json";
-                resp = MHD_create_response_from_buffer(sizeof oom - 1, (void *)oom, MHD_RESPMEM_PERSISTENT);
+                header_len = -1;
+                n = strlen(fixed);
+                resp = MHD_create_response_from_buffer(n, (void *)fixed, MHD_RESPMEM_PERSISTENT);
         }
         if (!resp)
                 return MHD_NO;
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
+        if (header_len >= 0) {
+                char hl[24];
+                snprintf(hl, sizeof hl, "%lld", (long long)header_len);
+                MHD_add_response_header(resp, "Inference-Header-Content-Length", hl);
+        }
         MHD_add_response_header(resp, "X-Request-Id", q->id);
         if (atomic_load(&s->draining))
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -201,7 +226,9 @@ static enum MHD_Result respond(struct req *q, int status, char *body, const char
         }
         if (status == 405)
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
-                                        q->route == API_ROUTE_CLASSIFY ? "POST" : "GET, HEAD");
+                                        q->route == API_ROUTE_CLASSIFY || q->route == API_ROUTE_V2_INFER
+                                                ? "POST"
+                                                : "GET, HEAD");
         enum MHD_Result r = MHD_queue_response(q->conn, (unsigned)status, resp);
         MHD_destroy_response(resp);
         q->state = REQ_ANSWERED;
@@ -209,12 +236,24 @@ static enum MHD_Result respond(struct req *q, int status, char *body, const char
         return r;
 }
 
+static enum MHD_Result respond(struct req *q, int status, char *body, const char *content_type, const char *error)
+{
+        return respond_n(q, status, body, body ? strlen(body) : 0, content_type, error, -1);
+}
+
+/* Under /v2 the body is {"error":"<message>"}, as the protocol says (Triton's
+ * clients raise exactly that string); effnetd's own API has codes. */
 static enum MHD_Result respond_error(struct req *q, enum api_error e, const char *msg)
 {
         char *body = NULL;
+        int r;
 
         atomic_fetch_add(&q->s->errors[e], 1);
-        if (api_error_body(e, msg, &body) < 0)
+        if (q->v2.route != V2_ROUTE_NONE)
+                r = v2_error_body(msg, &body);
+        else
+                r = api_error_body(e, msg, &body);
+        if (r < 0)
                 body = NULL;
         return respond(q, api_error_status(e), body, "application/json", api_error_code(e));
 }
@@ -227,6 +266,20 @@ static enum MHD_Result respond_failed(struct req *q)
 static enum MHD_Result respond_json(struct req *q, int status, const char *json)
 {
         return respond(q, status, strdup(json), "application/json", NULL);
+}
+
+static enum api_route route_of_v2(enum v2_route r)
+{
+        switch (r) {
+        case V2_ROUTE_SERVER: return API_ROUTE_V2_SERVER;
+        case V2_ROUTE_LIVE: return API_ROUTE_V2_LIVE;
+        case V2_ROUTE_READY: return API_ROUTE_V2_READY;
+        case V2_ROUTE_MODEL: return API_ROUTE_V2_MODEL;
+        case V2_ROUTE_MODEL_READY: return API_ROUTE_V2_MODEL_READY;
+        case V2_ROUTE_MODEL_CONFIG: return API_ROUTE_V2_MODEL_CONFIG;
+        case V2_ROUTE_INFER: return API_ROUTE_V2_INFER;
+        default: return API_ROUTE_V2_OTHER;
+        }
 }
 
 static enum api_route route_of(const char *url)
@@ -359,6 +412,122 @@ static enum MHD_Result serve_get(struct req *q)
         }
 }
 
+/* The /v2 health and metadata answers: the same truth as /healthz, /readyz
+ * and /v1/models. */
+static enum MHD_Result serve_v2_get(struct req *q)
+{
+        struct http_server *s = q->s;
+        struct http_gen *g = q->g;
+        char *body = NULL;
+
+        switch (q->v2.route) {
+        case V2_ROUTE_SERVER:
+                if (v2_server_body(&body) < 0)
+                        body = NULL;
+                return respond(q, 200, body, "application/json", NULL);
+        case V2_ROUTE_LIVE:
+                return respond_json(q, 200, "{\"live\":true}");
+        case V2_ROUTE_READY:
+                if (atomic_load(&s->draining))
+                        return respond_error(q, API_E_DRAINING, "the server is shutting down");
+                return respond_json(q, 200, "{\"ready\":true}");
+        case V2_ROUTE_MODEL:
+                return respond_json(q, 200, g->v2_model_body);
+        case V2_ROUTE_MODEL_READY: {
+                char ready[160];
+                if (atomic_load(&s->draining))
+                        return respond_error(q, API_E_DRAINING, "the server is shutting down");
+                /* Variant names are plain ASCII ("efficientnetv2-s"): no escaping. */
+                snprintf(ready, sizeof ready, "{\"name\":\"%s\",\"ready\":true}", g->info->variant);
+                return respond_json(q, 200, ready);
+        }
+        case V2_ROUTE_MODEL_CONFIG:
+                return respond_json(q, 200, g->v2_config_body);
+        default:
+                return respond_error(q, API_E_NOT_FOUND, "no such path");
+        }
+}
+
+/* Inference-Header-Content-Length: digits only. */
+static int parse_header_len(const char *v, int64_t *ret)
+{
+        char *end;
+
+        if (!v)
+                return *ret = -1, 0;
+        if (*v < '0' || *v > '9' || strlen(v) > 18)
+                return -EINVAL;
+        errno = 0;
+        long long x = strtoll(v, &end, 10);
+        if (errno || *end)
+                return -EINVAL;
+        *ret = x;
+        return 0;
+}
+
+/* An infer request refused at its headers. Triton's clients send the whole
+ * body before they read the answer, and would see a reset connection rather
+ * than the error: the body is read and dropped first (up to DISCARD_MAX past
+ * the limit, see on_body), then answered. */
+static enum MHD_Result fail_after_body(struct req *q, enum api_error e, const char *msg)
+{
+        fail(q, e, "%s", msg);
+        q->state = REQ_BODY;
+        return MHD_YES;
+}
+
+/* The headers of a /v2 request: method, model and version, limits. */
+static enum MHD_Result v2_on_headers(struct req *q, bool get)
+{
+        struct http_server *s = q->s;
+        struct http_gen *g = q->g;
+        bool infer = q->v2.route == V2_ROUTE_INFER;
+        char msg[256];
+
+        if (infer ? strcmp(q->method, MHD_HTTP_METHOD_POST) != 0 : !get)
+                return respond_error(q, API_E_METHOD_NOT_ALLOWED, infer ? "use POST" : "use GET");
+        if (infer)
+                q->max_body = (size_t)s->opts.v2_max_body_bytes;
+        if (q->v2.model && !v2_path_model_is(&q->v2, g->info->variant)) {
+                snprintf(msg, sizeof msg, "unknown model '%.*s': this server serves '%s'",
+                         (int)(q->v2.model_len < 100 ? q->v2.model_len : 100), q->v2.model, g->info->variant);
+                return infer ? fail_after_body(q, API_E_NOT_FOUND, msg) : respond_error(q, API_E_NOT_FOUND, msg);
+        }
+        if (q->v2.model && !v2_path_version_ok(&q->v2)) {
+                snprintf(msg, sizeof msg, "unknown version '%.*s' of model '%s': it has version %s",
+                         (int)(q->v2.version_len < 40 ? q->v2.version_len : 40), q->v2.version, g->info->variant,
+                         V2_MODEL_VERSION);
+                return infer ? fail_after_body(q, API_E_NOT_FOUND, msg) : respond_error(q, API_E_NOT_FOUND, msg);
+        }
+        if (!infer)
+                return serve_v2_get(q);
+        const char *cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl) {
+                char *end;
+                errno = 0;
+                unsigned long long v = strtoull(cl, &end, 10);
+                if (errno || end == cl || v > (unsigned long long)q->max_body) {
+                        snprintf(msg, sizeof msg, "body of %.30s bytes; the limit of /v2 infer requests is %zu "
+                                 "(the v2-max-body-bytes setting)", cl, q->max_body);
+                        return respond_error(q, API_E_TOO_LARGE, msg);
+                }
+        }
+        if (atomic_load(&s->draining))
+                return fail_after_body(q, API_E_DRAINING, "the server is shutting down");
+        const char *ce = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_ENCODING);
+        if (ce && strcasecmp(ce, "identity") != 0) {
+                snprintf(msg, sizeof msg, "Content-Encoding %.40s is not supported: send the body uncompressed", ce);
+                return fail_after_body(q, API_E_UNSUPPORTED_MEDIA, msg);
+        }
+        const char *hl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, "Inference-Header-Content-Length");
+        if (parse_header_len(hl, &q->v2_header_len) < 0) {
+                snprintf(msg, sizeof msg, "Inference-Header-Content-Length %.30s is not a byte count", hl);
+                return fail_after_body(q, API_E_INVALID_REQUEST, msg);
+        }
+        q->state = REQ_BODY;
+        return MHD_YES;
+}
+
 /* First call for a request: route, method and header checks. Answers at
  * once when it can; otherwise the body follows. */
 static enum MHD_Result on_headers(struct req *q)
@@ -367,10 +536,12 @@ static enum MHD_Result on_headers(struct req *q)
         bool get = strcmp(q->method, MHD_HTTP_METHOD_GET) == 0 || strcmp(q->method, MHD_HTTP_METHOD_HEAD) == 0;
         char msg[200];
 
-        if (q->route == API_ROUTE_OTHER) {
+        if (q->route == API_ROUTE_OTHER || q->route == API_ROUTE_V2_OTHER) {
                 snprintf(msg, sizeof msg, "no such path: %.120s", q->path);
                 return respond_error(q, API_E_NOT_FOUND, msg);
         }
+        if (q->v2.route != V2_ROUTE_NONE)
+                return v2_on_headers(q, get);
         if (q->route != API_ROUTE_CLASSIFY)
                 return get ? serve_get(q) : respond_error(q, API_E_METHOD_NOT_ALLOWED, "use GET");
         if (strcmp(q->method, MHD_HTTP_METHOD_POST) != 0)
@@ -416,9 +587,9 @@ static enum MHD_Result on_body(struct req *q, const char *data, size_t n)
 
         q->received += n;
         if (q->failed)
-                return q->received > (size_t)s->opts.max_body_bytes + DISCARD_MAX ? MHD_NO : MHD_YES;
-        if (q->len + n > (size_t)s->opts.max_body_bytes) {
-                fail(q, API_E_TOO_LARGE, "body over the limit of %lld bytes", (long long)s->opts.max_body_bytes);
+                return q->received > q->max_body + DISCARD_MAX ? MHD_NO : MHD_YES;
+        if (q->len + n > q->max_body) {
+                fail(q, API_E_TOO_LARGE, "body over the limit of %zu bytes", q->max_body);
                 body_release(q);
                 return MHD_YES;
         }
@@ -426,8 +597,8 @@ static enum MHD_Result on_body(struct req *q, const char *data, size_t n)
                 size_t cap = q->cap ? q->cap * 2 : BODY_MIN_ALLOC;
                 if (cap < q->len + n)
                         cap = q->len + n;
-                if (cap > (size_t)s->opts.max_body_bytes)
-                        cap = (size_t)s->opts.max_body_bytes;
+                if (cap > q->max_body)
+                        cap = q->max_body;
                 long long grow = (long long)(cap - q->cap);
                 if (atomic_fetch_add(&s->body_total, grow) + grow > s->opts.max_body_total) {
                         atomic_fetch_sub(&s->body_total, grow);
@@ -467,6 +638,8 @@ static void fail_image(struct req *q, int r, int part, const char *what)
 
         if (q->multipart)
                 snprintf(where, sizeof where, "part %d: ", part + 1);
+        else if (q->v2.route != V2_ROUTE_NONE)
+                snprintf(where, sizeof where, "image %d: ", part + 1);
         if (r == -E2BIG)
                 fail(q, API_E_TOO_LARGE, "%s%s", where, what);
         else if (r == -ENOTSUP || r == -EBADMSG)
@@ -475,6 +648,100 @@ static void fail_image(struct req *q, int r, int part, const char *what)
                 fail(q, API_E_OVERLOADED, "%sout of memory; retry later", where);
         else
                 fail(q, API_E_INTERNAL, "%s%s", where, what);
+}
+
+/* One image of a /v2 request done: the last one resumes the connection. */
+static void on_v2_job_done(struct batch_job *job, int status)
+{
+        struct req *q = job->userdata;
+        int none = 0;
+
+        if (status)
+                atomic_compare_exchange_strong(&q->job_error, &none, status);
+        if (atomic_fetch_sub(&q->pending, 1) == 1) {
+                q->state = REQ_DONE;
+                /* Last touch: the connection's thread may answer and free q now. */
+                MHD_resume_connection(q->conn);
+        }
+}
+
+/* A whole /v2 infer body: parse, decode BYTES images, queue one job per
+ * image, so that they share forward passes with every other request. */
+static enum MHD_Result v2_on_complete(struct req *q)
+{
+        struct http_server *s = q->s;
+        struct http_gen *g = q->g;
+        struct v2_limits lim = { .max_images = s->opts.max_images, .max_image_bytes = s->opts.img.limits.max_bytes };
+        char err[256];
+        int r;
+
+        r = v2_parse_infer(q->body, q->len, q->v2_header_len, &g->v2, &lim, err, sizeof err, &q->v2req);
+        if (r == -E2BIG)
+                return respond_error(q, API_E_TOO_LARGE, err);
+        if (r == -ENOMEM)
+                return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
+        if (r < 0)
+                return respond_error(q, API_E_INVALID_REQUEST, err);
+        int n = q->v2req->n;
+        if (!batch_has_room(g->batch, n))
+                return respond_error(q, API_E_OVERLOADED, "the queue is full; retry later");
+        q->logits = malloc(sizeof(float) * (size_t)g->info->classes * (size_t)n);
+        q->jobs = calloc((size_t)n, sizeof *q->jobs);
+        if (q->v2req->datatype == V2_FP32) {
+                q->tensors = q->v2req->tensor;   /* taken over */
+                q->v2req->tensor = NULL;
+        } else {
+                q->tensors = malloc(sizeof(float) * g->image_floats * (size_t)n);
+        }
+        if (!q->tensors || !q->logits || !q->jobs)
+                return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
+        for (int i = 0; q->v2req->datatype == V2_BYTES && i < n; i++) {
+                const struct v2_image *im = &q->v2req->images[i];
+                if (im->len == 0) {
+                        fail_image(q, -EBADMSG, i, "empty image");
+                        return respond_failed(q);
+                }
+                r = img_prepare(im->data, im->len, &s->opts.img, &g->info->preproc,
+                                q->tensors + (size_t)i * g->image_floats, err, sizeof err);
+                if (r < 0) {
+                        fail_image(q, r, i, err);
+                        return respond_failed(q);
+                }
+        }
+        body_release(q);   /* BYTES images of binary data pointed into it */
+        q->n_images = n;
+        if (time_now_ns() > q->deadline_ns) {
+                fail(q, API_E_DEADLINE, "past the deadline of %lld ms before inference",
+                     (long long)s->opts.deadline_ms);
+                return respond_failed(q);
+        }
+        atomic_store(&q->pending, n);
+        /* Suspend first: the callbacks may resume before batch_submit returns. */
+        q->state = REQ_WAITING;
+        q->counted_waiting = true;
+        atomic_fetch_add(&s->waiting, 1);
+        MHD_suspend_connection(q->conn);
+        q->submit_ns = time_now_ns();
+        int i;
+        for (i = 0; i < n; i++) {
+                /* q stays alive here: the jobs not yet submitted hold pending up. */
+                q->jobs[i] = (struct batch_job){ .n = 1, .images = q->tensors + (size_t)i * g->image_floats,
+                                                 .logits = q->logits + (size_t)i * (size_t)g->info->classes,
+                                                 .deadline_ns = q->deadline_ns, .done = on_v2_job_done,
+                                                 .userdata = q };
+                r = batch_submit(g->batch, &q->jobs[i]);
+                if (r < 0) {
+                        int none = 0;
+                        atomic_compare_exchange_strong(&q->job_error, &none, r);
+                        break;
+                }
+        }
+        /* Jobs never submitted never call back: count them done here. */
+        if (i < n && atomic_fetch_sub(&q->pending, n - i) == n - i) {
+                q->state = REQ_DONE;
+                MHD_resume_connection(q->conn);
+        }
+        return MHD_YES;
 }
 
 /* The whole body is here: split, decode, queue. */
@@ -488,6 +755,8 @@ static enum MHD_Result on_complete(struct req *q)
 
         if (q->failed)
                 return respond_failed(q);
+        if (q->v2.route == V2_ROUTE_INFER)
+                return v2_on_complete(q);
         if (q->len == 0)
                 return respond_error(q, API_E_INVALID_IMAGE, "empty body: send an image");
         if (q->multipart) {
@@ -571,6 +840,29 @@ static enum MHD_Result on_result(struct req *q)
 
         q->counted_waiting = false;
         atomic_fetch_sub(&s->waiting, 1);
+        if (q->v2.route == V2_ROUTE_INFER) {
+                /* Its images' jobs as one for the log: the first pass, the
+                 * longest, the largest batch. */
+                q->job_status = atomic_load(&q->job_error);
+                for (int i = 0; i < q->n_images; i++) {
+                        const struct batch_job *j = &q->jobs[i];
+                        if (j->taken_ns && (!q->job.taken_ns || j->taken_ns < q->job.taken_ns))
+                                q->job.taken_ns = j->taken_ns;
+                        if (j->forward_ns > q->job.forward_ns)
+                                q->job.forward_ns = j->forward_ns;
+                        if (j->batch_size > q->job.batch_size)
+                                q->job.batch_size = j->batch_size;
+                }
+                if (q->job_status == 0) {
+                        size_t len = 0, hlen = 0;
+                        if (v2_infer_body(&q->g->v2, q->v2req, q->logits, &body, &len, &hlen) < 0)
+                                return respond(q, 500, NULL, NULL, "internal");
+                        atomic_fetch_add(&s->images, (unsigned long long)q->n_images);
+                        if (q->v2req->binary_output)
+                                return respond_n(q, 200, body, len, "application/octet-stream", NULL, (int64_t)hlen);
+                        return respond_n(q, 200, body, len, "application/json", NULL, -1);
+                }
+        }
         switch (q->job_status) {
         case 0: {
                 int r = api_classify_body(q->g->info->variant, q->g->labels, q->logits, q->n_images,
@@ -660,7 +952,9 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 request_id(q);
                 q->method = method;
                 q->path = url;
-                q->route = route_of(url);
+                q->v2_header_len = -1;
+                q->max_body = (size_t)s->opts.max_body_bytes;
+                q->route = v2_parse_path(url, &q->v2) != V2_ROUTE_NONE ? route_of_v2(q->v2.route) : route_of(url);
                 q->start_ns = time_now_ns();
                 q->deadline_ns = q->start_ns + s->opts.deadline_ms * 1000000;
                 *con_cls = q;
@@ -766,6 +1060,8 @@ static struct http_gen *gen_free(struct http_gen *g)
                 return NULL;
         free(g->weights);
         free(g->models_body);
+        free(g->v2_model_body);
+        free(g->v2_config_body);
         free(g);
         return NULL;
 }
@@ -803,7 +1099,13 @@ static int gen_new(struct http_server *s, const struct http_backend *be, char *e
                 .max_images = s->opts.max_images,
                 .max_body_bytes = s->opts.max_body_bytes,
         };
-        if (!g->weights || api_models_body(&d, &g->models_body) < 0) {
+        memcpy(g->exec_batch, bc.exec_batch, sizeof g->exec_batch);
+        g->v2 = (struct v2_model){ .name = g->info->variant, .size = g->info->preproc.size,
+                                   .classes = g->info->classes, .max_batch = bc.max_batch,
+                                   .max_delay_us = bc.max_delay_us, .exec_batch = g->exec_batch,
+                                   .n_exec = bc.n_exec, .labels = g->labels };
+        if (!g->weights || api_models_body(&d, &g->models_body) < 0 ||
+            v2_model_body(&g->v2, &g->v2_model_body) < 0 || v2_config_body(&g->v2, &g->v2_config_body) < 0) {
                 gen_free(g);
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         }
@@ -855,7 +1157,8 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
         struct http_server *s;
         int r;
 
-        if (opts->max_body_bytes < 1 || opts->max_body_total < opts->max_body_bytes || opts->max_images < 1 ||
+        if (opts->max_body_bytes < 1 || opts->max_body_total < opts->max_body_bytes || opts->v2_max_body_bytes < 1 ||
+            opts->max_body_total < opts->v2_max_body_bytes || opts->max_images < 1 ||
             opts->max_connections < 1 || opts->deadline_ms < 1 || opts->connection_timeout_s < 0 ||
             opts->retry_after_s < 0 || !be || !be->model || !be->batch || !be->labels)
                 return err_set(err, err_len, -EINVAL, "http: bad limits");

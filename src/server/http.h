@@ -3,6 +3,8 @@
  *
  *   POST /v1/classify[?top_k=K]  one image body, or multipart/form-data parts
  *   GET  /v1/models | /healthz | /readyz | /metrics
+ *   KServe v2 (server/v2.h): GET /v2, /v2/health/{live,ready},
+ *   /v2/models/{m}[/versions/{v}][/ready|/config]; POST .../infer
  *
  * libmicrohttpd's polling threads (epoll) read requests and decode images;
  * a request that waits for inference is suspended, so waiting clients hold
@@ -69,6 +71,7 @@ struct http_opts {
         int max_connections_per_client;  /* per client address; 0 = none */
         int connection_timeout_s;    /* idle time before a connection is dropped */
         int64_t max_body_bytes;      /* per request */
+        int64_t v2_max_body_bytes;   /* per /v2 infer request (JSON tensors are large) */
         int64_t max_body_total;      /* bodies buffered over all connections */
         int max_images;              /* per request; <= the queue's capacity */
         int64_t deadline_ms;         /* from request headers to the start of inference */

@@ -1,4 +1,4 @@
--- wrk script for tests/bench/serve-peers.sh: every request POSTs the same
+-- wrk script for tests/bench/serve-peers.sh and v2-bench.sh: every request POSTs the same
 -- image file (path in $WRK_IMAGE, Content-Type in $WRK_CONTENT_TYPE, default
 -- image/jpeg); at the end one JSON line with the counts and latency
 -- percentiles goes to stdout, after wrk's own report.
@@ -15,6 +15,11 @@ f:close()
 wrk.method = "POST"
 wrk.body = body
 wrk.headers["Content-Type"] = os.getenv("WRK_CONTENT_TYPE") or "image/jpeg"
+-- A KServe v2 body (tests/bench/v2-bench.sh): the JSON header's length.
+local hl = os.getenv("WRK_INFER_HEADER_LEN")
+if hl then
+  wrk.headers["Inference-Header-Content-Length"] = hl
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

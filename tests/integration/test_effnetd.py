@@ -242,7 +242,7 @@ def test_bad_input(d, jpeg, png):
     check("part 2" in b.get("error", {}).get("message", ""), "the error names the bad part")
 
     # Unknown paths and wrong methods.
-    for method, path in (("GET", "/"), ("GET", "/v1"), ("POST", "/v1/classify/x"), ("GET", "/v2/models"),
+    for method, path in (("GET", "/"), ("GET", "/v1"), ("POST", "/v1/classify/x"), ("GET", "/v2x"),
                          ("DELETE", "/nothing"), ("GET", "/healthz/"), ("GET", "/V1/MODELS")):
         s, _, b = d.request(method, path)
         check_error(s, dm.parse_json(b), 404, "not_found", f"{method} {path}")
@@ -522,10 +522,10 @@ def main():
             check(s == 200 and same_answer(body.get("predictions", []), ref, 1e-6),
                   "after all the bad input: a valid request gets the same answer")
             m = d.metrics()
-            check(m.get('effnetd_http_requests_total{route="/v1/classify",code="200"}', 0) > 64
-                  and m.get('effnetd_http_requests_total{route="/v1/classify",code="400"}', 0) > 5
+            check(m.get('effnetd_http_requests_total{protocol="v1",route="/v1/classify",code="200"}', 0) > 64
+                  and m.get('effnetd_http_requests_total{protocol="v1",route="/v1/classify",code="400"}', 0) > 5
                   and m.get('effnetd_http_errors_total{code="payload_too_large"}', 0) >= 5
-                  and m.get('effnetd_http_requests_total{route="other",code="404"}', 0) >= 5,
+                  and m.get('effnetd_http_requests_total{protocol="v1",route="other",code="404"}', 0) >= 5,
                   "metrics count requests by route and status, and errors by code")
             test_cli(effnet, weights, workdir, jpeg_path, ref)
             test_drain(d, jpeg)

@@ -9,8 +9,10 @@ properties, additionalProperties, items, min/max, oneOf, $ref).
 Usage: test_openapi.py EFFNETD EFFNET
 """
 
+import json
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -31,6 +33,23 @@ SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__
 SPEC = yaml.safe_load(open(os.path.join(SOURCE_ROOT, "docs", "openapi.yaml")))
 # Statuses documented but not provoked here (covered by test_effnetd.py).
 NOT_PROVOKED = {("/v1/classify", "post", "500"), ("/v1/classify", "post", "504")}
+V2_INFER_PATHS = ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer")
+NOT_PROVOKED |= {(p, "post", st) for p in V2_INFER_PATHS for st in ("500", "504")}
+METHODS = ("get", "put", "post", "delete", "head", "patch")
+MODEL = "efficientnetv2-b0"
+# The /v2 routes of the server (KServe v2 and Triton's extensions).
+V2_PATHS = {"/v2", "/v2/health/live", "/v2/health/ready"} | {
+    base + tail for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
+    for tail in ("", "/ready", "/config", "/infer")}
+
+
+def template_of(path):
+    """The documented path of a /v2 model path: /v2/models/x/versions/1/ready
+    -> /v2/models/{model}/versions/{version}/ready."""
+    m = re.fullmatch(r"/v2/models/([^/]+)(/versions/[^/]+)?(/ready|/config|/infer)?", path)
+    if not m:
+        return path
+    return "/v2/models/{model}" + ("/versions/{version}" if m.group(2) else "") + (m.group(3) or "")
 
 
 def resolve(node):
@@ -88,7 +107,7 @@ def conforms(path, method, status, headers, body, what):
     op = ops.get(method)
     if op is None and status == 405 and ops:
         # A method the path does not have: the 405 documented on its operation.
-        method, op = next(iter(ops.items()))
+        method, op = next((m, o) for m, o in ops.items() if m in METHODS)
     resp = resolve(op["responses"].get(str(status))) if op and str(status) in op["responses"] else None
     if path not in SPEC["paths"]:
         resp = resolve({"$ref": "#/components/responses/NotFound"}) if status == 404 else None
@@ -118,7 +137,12 @@ def main():
     help_text = subprocess.run([effnetd, "--help"], capture_output=True, text=True).stdout
     routes = set(re.findall(r"(/[a-z0-9/]+)", help_text.split("Options")[0]))
     routes = {r for r in routes if r.startswith(("/v1/", "/healthz", "/readyz", "/metrics"))}
-    check(routes == set(SPEC["paths"]), f"documented paths = the server's routes ({sorted(routes)})")
+    check(routes == {p for p in SPEC["paths"] if not p.startswith("/v2")},
+          f"documented paths = the server's routes ({sorted(routes)})")
+    check({p for p in SPEC["paths"] if p.startswith("/v2")} == V2_PATHS
+          and "/v2/models/{model}[/versions/1][/ready|/config]" in help_text
+          and "/v2/models/{model}[/versions/1]/infer" in help_text,
+          "the /v2 routes are documented and in --help")
 
     with tempfile.TemporaryDirectory(prefix="effnetd-openapi-") as workdir:
         weights = os.path.join(workdir, "b0.safetensors")
@@ -129,8 +153,29 @@ def main():
 
         def req(method, path, body=None, headers=None, what=""):
             s, h, b = d.request(method.upper(), path, body, headers)
-            conforms(path.split("?")[0], method, s, h, b, what or f"{method} {path}")
+            p = path.split("?")[0]
+            if p.startswith("/v2/models/") and s == 200 and h.get("content-type") == "application/octet-stream":
+                # A binary answer: its JSON part against the documented schema.
+                hl = int(h.get("inference-header-content-length", "0"))
+                check(0 < hl <= len(b), f"{what}: Inference-Header-Content-Length {hl} of {len(b)} bytes")
+                conforms(template_of(p), method, s, h, b, what or f"{method} {path}")
+                errs = validate(dm.parse_json(b[:hl]), {"$ref": "#/components/schemas/V2InferResponse"})
+                check(not errs, f"{what}: the JSON part matches V2InferResponse {errs[:3]}")
+                return s, h, b
+            conforms(template_of(p), method, s, h, b, what or f"{method} {path}")
             return s, h, b
+
+        x = struct.pack("<f", 0.25) * (2 * 3 * 224 * 224)
+        head = json.dumps({"id": "o1", "inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 3, 224, 224],
+                                                   "parameters": {"binary_data_size": len(x)}}]}).encode()
+        hl = {"Inference-Header-Content-Length": str(len(head))}
+        head_bin = json.dumps({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [2],
+                                           "parameters": {"binary_data_size": 2 * (4 + len(jpeg))}}],
+                               "outputs": [{"name": "probabilities",
+                                            "parameters": {"binary_data": True, "classification": 3}}]}).encode()
+        body_bin = head_bin + (struct.pack("<I", len(jpeg)) + jpeg) * 2
+        hl_bin = {"Inference-Header-Content-Length": str(len(head_bin))}
+        v2_bases = (f"/v2/models/{MODEL}", f"/v2/models/{MODEL}/versions/1")
         try:
             req("post", "/v1/classify?top_k=3", jpeg, {"Content-Type": "image/jpeg"}, "one image")
             body, ctype = dm.multipart([("a.jpg", "image/jpeg", jpeg), ("b.jpg", "image/jpeg", jpeg)])
@@ -144,6 +189,24 @@ def main():
                 req("get", p)
                 req("post", p, b"x", {"Content-Type": "text/plain"}, "wrong method")
             req("get", "/no/such/path", what="unknown path")
+            for p in ("/v2", "/v2/health/live", "/v2/health/ready"):
+                req("get", p)
+                req("post", p, b"x", what="wrong method")
+            for base in v2_bases:
+                for tail in ("", "/ready", "/config"):
+                    req("get", base + tail)
+                    req("delete", base + tail, what="wrong method")
+                    req("get", base.replace(MODEL, "nope") + tail, what="unknown model")
+                req("get", f"/v2/models/{MODEL}/versions/9/config", what="unknown version")
+                req("post", base + "/infer", head + x, hl, "v2 FP32 binary in, JSON out")
+                req("post", base + "/infer", body_bin, hl_bin, "v2 BYTES, binary classification out")
+                req("post", base + "/infer", b'{"inputs": 5}', what="v2 malformed")
+                req("post", base.replace(MODEL, "nope") + "/infer", head + x, hl, "v2 unknown model")
+                req("get", base + "/infer", what="v2 infer wrong method")
+                req("post", base + "/infer", json.dumps({"inputs": [{"name": "input", "datatype": "BYTES",
+                                                                     "shape": [3], "data": []}]}).encode(),
+                    what="v2 N over max-images")
+                req("post", base + "/infer", b"{}", {"Content-Encoding": "gzip"}, "v2 compressed")
             s, h, _ = d.request("GET", "/healthz", headers={"X-Request-Id": "openapi-7"})
             check(h.get("x-request-id") == "openapi-7", "X-Request-Id is echoed as documented")
 
@@ -156,6 +219,10 @@ def main():
             time.sleep(0.2)
             req("get", "/readyz", what="draining")
             req("post", "/v1/classify", jpeg, {"Content-Type": "image/jpeg"}, "draining")
+            req("get", "/v2/health/ready", what="draining")
+            for base in v2_bases:
+                req("get", base + "/ready", what="draining")
+                req("post", base + "/infer", b"{}", what="draining")
             t.join()
             check(held and held[0][0] == 200, "the held request still gets 200")
         finally:
@@ -163,7 +230,7 @@ def main():
                 d.stop()
             else:
                 d.proc.wait(60)
-    documented = {(p, m, st) for p, ops in SPEC["paths"].items() for m, op in ops.items()
+    documented = {(p, m, st) for p, ops in SPEC["paths"].items() for m, op in ops.items() if m in METHODS
                   for st in op["responses"]}
     check(documented - seen <= NOT_PROVOKED, f"every documented answer seen (missing {sorted(documented - seen - NOT_PROVOKED)})")
     finish()

@@ -50,6 +50,7 @@ VALUES = {
     "watchdog-stall": "33",
     "max-body-bytes": "2000000",
     "max-body-total": "9000000",
+    "v2-max-body-bytes": "8000000",
     "max-images": "7",
     "max-pixels": "123456",
     "jpeg-fast": "true",
@@ -63,6 +64,7 @@ BAD = {
     "max-connections": "0", "max-connections-per-client": "-1", "connection-timeout": "-1", "retry-after": "x", "drain-timeout": "3601",
     "max-batch": "257", "max-delay-ms": "nan", "queue": "0", "workers": "65", "threads": "1.5",
     "deadline-ms": "0", "watchdog-stall": "0", "max-body-bytes": "2G", "max-body-total": "0",
+    "v2-max-body-bytes": "0",
     "max-images": "65537", "max-pixels": "-5", "jpeg-fast": "maybe", "access-log": "2",
     "log-format": "xml", "weights": "", "labels": "", "listen": "",
 }
@@ -79,7 +81,7 @@ def print_config(effnetd, args, env=None):
         if m:
             section = m.group(1)
             continue
-        m = re.match(r"^(#\s*)?([a-z-]+) =\s?(.*?)\s+# (.+)$", line)
+        m = re.match(r"^(#\s*)?([a-z0-9-]+) =\s?(.*?)\s+# (.+)$", line)
         if m:
             settings[m.group(2)] = (section, "" if m.group(1) else m.group(3), m.group(4))
     return p.returncode, settings, p.stderr

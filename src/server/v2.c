@@ -1,0 +1,747 @@
+/* v2: the KServe v2 / Open Inference Protocol: paths, infer parser, bodies. */
+#include "server/v2.h"
+#include "common/util.h"
+
+#include <errno.h>
+#include <float.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- paths ------------------------------------------------------------------ */
+
+/* Whether s starts with the segment seg followed by '/' or the end; the rest
+ * after it goes to *rest. */
+static bool segment(const char *s, const char *seg, const char **rest)
+{
+        size_t n = strlen(seg);
+        if (strncmp(s, seg, n) != 0 || (s[n] != '\0' && s[n] != '/'))
+                return false;
+        *rest = s + n;
+        return true;
+}
+
+/* The next segment of "/x/..." (non-empty) into *seg, *len; the rest after it. */
+static bool take_segment(const char *s, const char **seg, size_t *len, const char **rest)
+{
+        if (s[0] != '/' || s[1] == '\0' || s[1] == '/')
+                return false;
+        const char *end = strchr(s + 1, '/');
+        *seg = s + 1;
+        *len = end ? (size_t)(end - s - 1) : strlen(s + 1);
+        *rest = s + 1 + *len;
+        return true;
+}
+
+enum v2_route v2_parse_path(const char *path, struct v2_path *ret_path)
+{
+        struct v2_path p = { .route = V2_ROUTE_UNKNOWN };
+        const char *rest;
+
+        if (!segment(path, "/v2", &rest)) {
+                p.route = V2_ROUTE_NONE;
+        } else if (strcmp(rest, "") == 0 || strcmp(rest, "/") == 0) {
+                p.route = V2_ROUTE_SERVER;
+        } else if (strcmp(rest, "/health/live") == 0) {
+                p.route = V2_ROUTE_LIVE;
+        } else if (strcmp(rest, "/health/ready") == 0) {
+                p.route = V2_ROUTE_READY;
+        } else if (segment(rest, "/models", &rest) && take_segment(rest, &p.model, &p.model_len, &rest)) {
+                if (segment(rest, "/versions", &rest) &&
+                    !take_segment(rest, &p.version, &p.version_len, &rest))
+                        rest = "/?"; /* "/versions" without a version */
+                if (strcmp(rest, "") == 0)
+                        p.route = V2_ROUTE_MODEL;
+                else if (strcmp(rest, "/ready") == 0)
+                        p.route = V2_ROUTE_MODEL_READY;
+                else if (strcmp(rest, "/config") == 0)
+                        p.route = V2_ROUTE_MODEL_CONFIG;
+                else if (strcmp(rest, "/infer") == 0)
+                        p.route = V2_ROUTE_INFER;
+        }
+        if (p.route == V2_ROUTE_NONE || p.route == V2_ROUTE_UNKNOWN || p.route <= V2_ROUTE_READY)
+                p.model = p.version = NULL, p.model_len = p.version_len = 0;
+        *ret_path = p;
+        return p.route;
+}
+
+bool v2_path_model_is(const struct v2_path *p, const char *name)
+{
+        return p->model && strlen(name) == p->model_len && memcmp(p->model, name, p->model_len) == 0;
+}
+
+bool v2_path_version_ok(const struct v2_path *p)
+{
+        return !p->version ||
+               (p->version_len == strlen(V2_MODEL_VERSION) && memcmp(p->version, V2_MODEL_VERSION, p->version_len) == 0);
+}
+
+/* ---- base64 ------------------------------------------------------------------ */
+
+static int b64_value(unsigned char c)
+{
+        if (c >= 'A' && c <= 'Z')
+                return c - 'A';
+        if (c >= 'a' && c <= 'z')
+                return c - 'a' + 26;
+        if (c >= '0' && c <= '9')
+                return c - '0' + 52;
+        if (c == '+')
+                return 62;
+        if (c == '/')
+                return 63;
+        return -1;
+}
+
+int v2_base64_decode(const char *in, size_t len, uint8_t *out, size_t *ret_len)
+{
+        size_t o = 0, i = 0;
+
+        /* Padding only at the very end, and only to complete a group. */
+        size_t pad = 0;
+        while (pad < 2 && len > 0 && in[len - 1] == '=')
+                len--, pad++;
+        if (pad && (len + pad) % 4 != 0)
+                return -EBADMSG;
+        if (len % 4 == 1)
+                return -EBADMSG;
+        while (i < len) {
+                uint32_t acc = 0;
+                size_t k = len - i < 4 ? len - i : 4;
+                for (size_t j = 0; j < 4; j++) {
+                        int v = j < k ? b64_value((unsigned char)in[i + j]) : 0;
+                        if (v < 0)
+                                return -EBADMSG;
+                        acc = acc << 6 | (uint32_t)v;
+                }
+                out[o++] = (uint8_t)(acc >> 16);
+                if (k > 2)
+                        out[o++] = (uint8_t)(acc >> 8);
+                if (k > 3)
+                        out[o++] = (uint8_t)acc;
+                /* Bits beyond the last byte must be zero (canonical encoding). */
+                if ((k == 2 && (acc & 0xffff)) || (k == 3 && (acc & 0xff)))
+                        return -EBADMSG;
+                i += k;
+        }
+        *ret_len = o;
+        return 0;
+}
+
+/* ---- infer requests ------------------------------------------------------------ */
+
+struct v2_request *v2_request_free(struct v2_request *r)
+{
+        if (!r)
+                return NULL;
+        free(r->id);
+        free(r->tensor);
+        free(r->images);
+        free(r->decoded);
+        free(r);
+        return NULL;
+}
+
+static int bad(char *err, size_t err_len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int bad(char *err, size_t err_len, const char *fmt, ...)
+{
+        va_list ap;
+
+        va_start(ap, fmt);
+        if (err && err_len)
+                vsnprintf(err, err_len, fmt, ap);
+        va_end(ap);
+        return -EBADMSG;
+}
+
+/* "[1,3,224,224]" for messages. */
+static void shape_str(const int64_t *dims, size_t rank, char *buf, size_t n)
+{
+        size_t used = (size_t)snprintf(buf, n, "[");
+        for (size_t i = 0; i < rank && used < n; i++)
+                used += (size_t)snprintf(buf + used, n - used, "%s%lld", i ? "," : "", (long long)dims[i]);
+        if (used < n)
+                snprintf(buf + used, n - used, "]");
+}
+
+/* Leaves of a nested array, at most depth levels deep, all numbers
+ * (want_string false) or all strings. */
+static int count_leaves(const json_t *a, int depth, bool want_string, size_t *count)
+{
+        size_t i;
+        json_t *v;
+
+        if (depth < 1)
+                return -EBADMSG;
+        json_array_foreach(a, i, v) {
+                if (json_is_array(v)) {
+                        if (count_leaves(v, depth - 1, want_string, count) < 0)
+                                return -EBADMSG;
+                } else if (want_string ? json_is_string(v) : json_is_number(v)) {
+                        (*count)++;
+                } else {
+                        return -EBADMSG;
+                }
+        }
+        return 0;
+}
+
+/* Row-major copy of the (counted, checked) numbers; -ERANGE for a value that
+ * is no float. */
+static int fill_floats(const json_t *a, float *out, size_t *at)
+{
+        size_t i;
+        json_t *v;
+
+        json_array_foreach(a, i, v) {
+                if (json_is_array(v)) {
+                        if (fill_floats(v, out, at) < 0)
+                                return -ERANGE;
+                        continue;
+                }
+                double d = json_number_value(v);
+                if (!(fabs(d) <= FLT_MAX))
+                        return -ERANGE;
+                out[(*at)++] = (float)d;
+        }
+        return 0;
+}
+
+static void fill_strings(const json_t *a, const json_t **out, size_t *at)
+{
+        size_t i;
+        json_t *v;
+
+        json_array_foreach(a, i, v) {
+                if (json_is_array(v))
+                        fill_strings(v, out, at);
+                else
+                        out[(*at)++] = v;
+        }
+}
+
+static uint32_t le32(const uint8_t *p)
+{
+        return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* The FP32 input: JSON data or binary bytes. */
+static int parse_fp32(struct v2_request *r, const json_t *data, const uint8_t *bin, size_t bin_len,
+                      const struct v2_model *m, const char *shape, char *err, size_t err_len)
+{
+        size_t floats = (size_t)r->n * 3 * (size_t)m->size * (size_t)m->size;
+
+        if (data) {
+                size_t count = 0, at = 0;
+                if (count_leaves(data, 4, false, &count) < 0)
+                        return bad(err, err_len, "input '%s': data must be numbers, flat or nested up to the "
+                                   "shape's 4 levels", V2_INPUT_NAME);
+                if (count != floats)
+                        return bad(err, err_len, "input '%s': %zu values for shape %s, which needs %zu",
+                                   V2_INPUT_NAME, count, shape, floats);
+                if (!(r->tensor = malloc(sizeof(float) * floats)))
+                        return -ENOMEM;
+                if (fill_floats(data, r->tensor, &at) < 0)
+                        return bad(err, err_len, "input '%s': a value out of the FP32 range", V2_INPUT_NAME);
+                return 0;
+        }
+        if (bin_len != floats * sizeof(float))
+                return bad(err, err_len,
+                           "input '%s': %zu bytes of binary data, but shape %s of FP32 needs %zu",
+                           V2_INPUT_NAME, bin_len, shape, floats * sizeof(float));
+        if (!(r->tensor = malloc(sizeof(float) * floats)))
+                return -ENOMEM;
+        /* Little-endian on the wire and here (x86-64, aarch64): a copy, for
+         * alignment. A NaN or infinity would only come back as a JSON error. */
+        memcpy(r->tensor, bin, bin_len);
+        for (size_t i = 0; i < floats; i++)
+                if (!isfinite(r->tensor[i]))
+                        return bad(err, err_len, "input '%s': element %zu is not a finite number", V2_INPUT_NAME,
+                                   i);
+        return 0;
+}
+
+/* The BYTES input: base64 strings in JSON, or length-prefixed binary. */
+static int parse_bytes(struct v2_request *r, const json_t *data, const uint8_t *bin, size_t bin_len,
+                       const struct v2_limits *lim, char *err, size_t err_len)
+{
+        size_t n = (size_t)r->n;
+
+        if (!(r->images = calloc(n, sizeof *r->images)))
+                return -ENOMEM;
+        if (data) {
+                size_t count = 0, at = 0, total = 0, used = 0;
+                if (count_leaves(data, 1, true, &count) < 0)
+                        return bad(err, err_len, "input '%s': BYTES data must be a flat array of base64 strings",
+                                   V2_INPUT_NAME);
+                if (count != n)
+                        return bad(err, err_len, "input '%s': %zu elements for shape [%zu]", V2_INPUT_NAME, count,
+                                   n);
+                const json_t **s = calloc(n, sizeof *s);
+                if (!s)
+                        return -ENOMEM;
+                fill_strings(data, s, &at);
+                for (size_t i = 0; i < n; i++) {
+                        size_t l = json_string_length(s[i]);
+                        if (l / 4 * 3 > lim->max_image_bytes) {
+                                free(s);
+                                return err_set(err, err_len, -E2BIG, "input '%s': image %zu is over the limit of "
+                                               "%zu bytes", V2_INPUT_NAME, i + 1, lim->max_image_bytes);
+                        }
+                        total += l / 4 * 3 + 3;
+                }
+                r->decoded = malloc(total ? total : 1);
+                if (!r->decoded) {
+                        free(s);
+                        return -ENOMEM;
+                }
+                for (size_t i = 0; i < n; i++) {
+                        size_t l = 0;
+                        if (v2_base64_decode(json_string_value(s[i]), json_string_length(s[i]), r->decoded + used,
+                                             &l) < 0) {
+                                free(s);
+                                return bad(err, err_len, "input '%s': element %zu is not base64 (RFC 4648)",
+                                           V2_INPUT_NAME, i + 1);
+                        }
+                        r->images[i] = (struct v2_image){ .data = r->decoded + used, .len = l };
+                        used += l;
+                }
+                free(s);
+                return 0;
+        }
+        size_t off = 0;
+        for (size_t i = 0; i < n; i++) {
+                if (bin_len - off < 4)
+                        return bad(err, err_len, "input '%s': binary data ends before the length of element "
+                                   "%zu of %zu", V2_INPUT_NAME, i + 1, n);
+                size_t l = le32(bin + off);
+                off += 4;
+                if (l > lim->max_image_bytes)
+                        return err_set(err, err_len, -E2BIG, "input '%s': image %zu has %zu bytes; the limit is "
+                                       "%zu", V2_INPUT_NAME, i + 1, l, lim->max_image_bytes);
+                if (l > bin_len - off)
+                        return bad(err, err_len, "input '%s': element %zu of %zu bytes runs past the end of its "
+                                   "binary data (%zu bytes left)", V2_INPUT_NAME, i + 1, l, bin_len - off);
+                r->images[i] = (struct v2_image){ .data = bin + off, .len = l };
+                off += l;
+        }
+        if (off != bin_len)
+                return bad(err, err_len, "input '%s': %zu bytes after its %zu elements of binary data",
+                           V2_INPUT_NAME, bin_len - off, n);
+        return 0;
+}
+
+/* The requested output and the request's parameters. */
+static int parse_outputs(struct v2_request *r, const json_t *root, const struct v2_model *m, char *err,
+                         size_t err_len)
+{
+        const json_t *params = json_object_get(root, "parameters");
+        const json_t *outs = json_object_get(root, "outputs");
+        int binary = -1;   /* unset: from binary_data_output */
+        size_t i;
+        json_t *o;
+
+        if (params && !json_is_object(params))
+                return bad(err, err_len, "'parameters' must be an object");
+        const json_t *bdo = json_object_get(params, "binary_data_output");
+        if (bdo && !json_is_boolean(bdo))
+                return bad(err, err_len, "parameter 'binary_data_output' must be true or false");
+        if (outs && !json_is_array(outs))
+                return bad(err, err_len, "'outputs' must be an array");
+        if (json_array_size(outs) > 1)
+                return bad(err, err_len, "model '%s' has one output ('%s'); the request asks for %zu", m->name,
+                           V2_OUTPUT_NAME, json_array_size(outs));
+        json_array_foreach(outs, i, o) {
+                const json_t *name = json_object_get(o, "name");
+                if (!json_is_object(o) || !json_is_string(name))
+                        return bad(err, err_len, "each requested output needs a 'name'");
+                if (strcmp(json_string_value(name), V2_OUTPUT_NAME) != 0)
+                        return bad(err, err_len, "unexpected inference output '%.64s' for model '%s' (it has '%s')",
+                                   json_string_value(name), m->name, V2_OUTPUT_NAME);
+                const json_t *op = json_object_get(o, "parameters");
+                if (op && !json_is_object(op))
+                        return bad(err, err_len, "output '%s': 'parameters' must be an object", V2_OUTPUT_NAME);
+                const json_t *bd = json_object_get(op, "binary_data");
+                if (bd && !json_is_boolean(bd))
+                        return bad(err, err_len, "output '%s': parameter 'binary_data' must be true or false",
+                                   V2_OUTPUT_NAME);
+                if (bd)
+                        binary = json_is_true(bd);
+                const json_t *cls = json_object_get(op, "classification");
+                if (cls) {
+                        json_int_t k = json_is_integer(cls) ? json_integer_value(cls) : -1;
+                        if (k < 0 || k > m->classes)
+                                return bad(err, err_len, "output '%s': parameter 'classification' must be an "
+                                           "integer in 0..%d", V2_OUTPUT_NAME, m->classes);
+                        r->classification = (int)k;
+                }
+        }
+        r->binary_output = binary >= 0 ? binary : json_is_true(bdo);
+        return 0;
+}
+
+/* The input's shape: integers >= -1 (checked against the model later). */
+static int parse_shape(const json_t *shape, int64_t *dims, size_t *rank, char *err, size_t err_len)
+{
+        size_t i;
+        json_t *d;
+
+        if (!json_is_array(shape) || json_array_size(shape) > 8)
+                return bad(err, err_len, "input '%s': 'shape' must be an array of up to 8 integers", V2_INPUT_NAME);
+        json_array_foreach(shape, i, d) {
+                if (!json_is_integer(d) || json_integer_value(d) < 0 || json_integer_value(d) > INT32_MAX)
+                        return bad(err, err_len, "input '%s': 'shape' must hold integers in 0..%d", V2_INPUT_NAME,
+                                   INT32_MAX);
+                dims[i] = json_integer_value(d);
+        }
+        *rank = json_array_size(shape);
+        return 0;
+}
+
+int v2_parse_infer(const uint8_t *body, size_t len, int64_t header_len, const struct v2_model *m,
+                   const struct v2_limits *lim, char *err, size_t err_len, struct v2_request **ret_request)
+{
+        struct v2_request *r = NULL;
+        json_t *root = NULL;
+        json_error_t je;
+        int64_t dims[8];
+        size_t rank = 0, hlen = len;
+        char shape[128];
+        int ret;
+
+        if (header_len >= 0) {
+                if ((uint64_t)header_len > len)
+                        return bad(err, err_len, "Inference-Header-Content-Length %lld is more than the body's %zu "
+                                   "bytes", (long long)header_len, len);
+                hlen = (size_t)header_len;
+        }
+        if (hlen == 0)
+                return bad(err, err_len, "empty request: send the inference request JSON");
+        root = json_loadb((const char *)body, hlen, JSON_REJECT_DUPLICATES, &je);
+        if (!root)
+                return bad(err, err_len, "the request JSON is malformed at byte %d%s: %.100s", je.position,
+                           header_len >= 0 ? " of the header" : "", je.text);
+        r = calloc(1, sizeof *r);
+        if (!r) {
+                ret = -ENOMEM;
+                goto fail;
+        }
+        if (!json_is_object(root)) {
+                ret = bad(err, err_len, "the request must be a JSON object");
+                goto fail;
+        }
+        const json_t *id = json_object_get(root, "id");
+        if (id && (!json_is_string(id) || json_string_length(id) > V2_MAX_ID)) {
+                ret = bad(err, err_len, "'id' must be a string of up to %d bytes", V2_MAX_ID);
+                goto fail;
+        }
+        if (id && !(r->id = strdup(json_string_value(id)))) {
+                ret = -ENOMEM;
+                goto fail;
+        }
+        if ((ret = parse_outputs(r, root, m, err, err_len)) < 0)
+                goto fail;
+
+        const json_t *inputs = json_object_get(root, "inputs");
+        if (!json_is_array(inputs) || json_array_size(inputs) != 1) {
+                ret = bad(err, err_len, "model '%s' has one input ('%s'); the request has %zu", m->name,
+                          V2_INPUT_NAME, json_array_size(inputs));
+                goto fail;
+        }
+        const json_t *in = json_array_get(inputs, 0);
+        const json_t *name = json_object_get(in, "name"), *dtype = json_object_get(in, "datatype");
+        if (!json_is_object(in) || !json_is_string(name) || !json_is_string(dtype)) {
+                ret = bad(err, err_len, "the input needs a 'name', a 'datatype' and a 'shape'");
+                goto fail;
+        }
+        if (strcmp(json_string_value(name), V2_INPUT_NAME) != 0) {
+                ret = bad(err, err_len, "unexpected inference input '%.64s' for model '%s' (it has '%s')",
+                          json_string_value(name), m->name, V2_INPUT_NAME);
+                goto fail;
+        }
+        if ((ret = parse_shape(json_object_get(in, "shape"), dims, &rank, err, err_len)) < 0)
+                goto fail;
+        shape_str(dims, rank, shape, sizeof shape);
+        if (strcmp(json_string_value(dtype), "FP32") == 0) {
+                r->datatype = V2_FP32;
+                if (rank != 4 || dims[1] != 3 || dims[2] != m->size || dims[3] != m->size) {
+                        ret = bad(err, err_len, "input '%s': shape %s of FP32 does not match the model's "
+                                  "[-1,3,%d,%d] (NCHW)", V2_INPUT_NAME, shape, m->size, m->size);
+                        goto fail;
+                }
+        } else if (strcmp(json_string_value(dtype), "BYTES") == 0) {
+                r->datatype = V2_BYTES;
+                if (rank != 1) {
+                        ret = bad(err, err_len, "input '%s': shape %s of BYTES must be [N], one encoded image "
+                                  "per element", V2_INPUT_NAME, shape);
+                        goto fail;
+                }
+        } else {
+                ret = bad(err, err_len, "input '%s': datatype %.32s; the model takes FP32 [-1,3,%d,%d] or BYTES "
+                          "[N] (encoded images)", V2_INPUT_NAME, json_string_value(dtype), m->size, m->size);
+                goto fail;
+        }
+        if (dims[0] < 1) {
+                ret = bad(err, err_len, "input '%s': shape %s has no images", V2_INPUT_NAME, shape);
+                goto fail;
+        }
+        if (dims[0] > lim->max_images) {
+                ret = err_set(err, err_len, -E2BIG, "input '%s': %lld images in one request; the limit is %d",
+                              V2_INPUT_NAME, (long long)dims[0], lim->max_images);
+                goto fail;
+        }
+        r->n = (int)dims[0];
+
+        /* Its data: JSON, or binary after the header. */
+        const json_t *data = json_object_get(in, "data");
+        const json_t *ip = json_object_get(in, "parameters");
+        if (ip && !json_is_object(ip)) {
+                ret = bad(err, err_len, "input '%s': 'parameters' must be an object", V2_INPUT_NAME);
+                goto fail;
+        }
+        const json_t *bds = json_object_get(ip, "binary_data_size");
+        size_t bin_len = len - hlen;
+        if (bds) {
+                if (!json_is_integer(bds) || json_integer_value(bds) < 0) {
+                        ret = bad(err, err_len, "input '%s': 'binary_data_size' must be a non-negative integer",
+                                  V2_INPUT_NAME);
+                        goto fail;
+                }
+                if (header_len < 0) {
+                        ret = bad(err, err_len, "input '%s' has binary_data_size but the request has no "
+                                  "Inference-Header-Content-Length header", V2_INPUT_NAME);
+                        goto fail;
+                }
+                if (data) {
+                        ret = bad(err, err_len, "input '%s' has both 'data' and binary_data_size", V2_INPUT_NAME);
+                        goto fail;
+                }
+                uint64_t want = (uint64_t)json_integer_value(bds);
+                if (want > bin_len) {
+                        ret = bad(err, err_len, "input '%s': binary_data_size %llu, but the body has %zu bytes "
+                                  "after the header (truncated?)", V2_INPUT_NAME, (unsigned long long)want, bin_len);
+                        goto fail;
+                }
+                if (want < bin_len) {
+                        ret = bad(err, err_len, "%zu bytes after the binary data of the inputs", bin_len -
+                                  (size_t)want);
+                        goto fail;
+                }
+        } else if (data) {
+                if (!json_is_array(data)) {
+                        ret = bad(err, err_len, "input '%s': 'data' must be an array", V2_INPUT_NAME);
+                        goto fail;
+                }
+                if (bin_len) {
+                        ret = bad(err, err_len, "%zu bytes after the header, but no input has binary_data_size",
+                                  bin_len);
+                        goto fail;
+                }
+        } else if (header_len < 0) {
+                ret = bad(err, err_len, "input '%s' has no 'data' (and no binary data)", V2_INPUT_NAME);
+                goto fail;
+        }
+        /* else: the one input's binary data is the rest of the body */
+        const uint8_t *bin = body + hlen;
+        if (r->datatype == V2_FP32)
+                ret = parse_fp32(r, data, bin, bin_len, m, shape, err, err_len);
+        else
+                ret = parse_bytes(r, data, bin, bin_len, lim, err, err_len);
+        if (ret < 0)
+                goto fail;
+        json_decref(root);
+        *ret_request = r;
+        return 0;
+fail:
+        if (ret == -ENOMEM)
+                err_set(err, err_len, -ENOMEM, "out of memory");
+        json_decref(root);
+        v2_request_free(r);
+        return ret;
+}
+
+/* ---- bodies ------------------------------------------------------------------ */
+
+/* Serializes and frees root. Reals keep 9 significant digits: FP32 outputs
+ * read back as the very floats computed. */
+static int dump(json_t *root, char **ret_body)
+{
+        if (!root)
+                return -ENOMEM;
+        char *s = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(9));
+        json_decref(root);
+        if (!s)
+                return -ENOMEM;
+        *ret_body = s;
+        return 0;
+}
+
+int v2_error_body(const char *message, char **ret_body)
+{
+        return dump(json_pack("{s:s}", "error", message ? message : ""), ret_body);
+}
+
+int v2_server_body(char **ret_body)
+{
+        return dump(json_pack("{s:s, s:s, s:[s,s,s]}", "name", "effnetd", "version", EFFNET_VERSION, "extensions",
+                              "binary_tensor_data", "classification", "model_configuration"),
+                    ret_body);
+}
+
+int v2_model_body(const struct v2_model *m, char **ret_body)
+{
+        return dump(json_pack("{s:s, s:[s], s:s, s:[{s:s, s:s, s:[i,i,i,i]}], s:[{s:s, s:s, s:[i,i]}]}", "name",
+                              m->name, "versions", V2_MODEL_VERSION, "platform", V2_PLATFORM, "inputs", "name",
+                              V2_INPUT_NAME, "datatype", "FP32", "shape", -1, 3, m->size, m->size, "outputs", "name",
+                              V2_OUTPUT_NAME, "datatype", "FP32", "shape", -1, m->classes),
+                    ret_body);
+}
+
+int v2_config_body(const struct v2_model *m, char **ret_body)
+{
+        json_t *sizes = json_array();
+
+        for (int i = 0; sizes && i < m->n_exec; i++)
+                if (json_array_append_new(sizes, json_integer(m->exec_batch[i])) < 0) {
+                        json_decref(sizes);
+                        return -ENOMEM;
+                }
+        if (!sizes)
+                return -ENOMEM;
+        return dump(json_pack("{s:s, s:s, s:s, s:{s:{s:i}}, s:i,"
+                              " s:[{s:s, s:s, s:s, s:[i,i,i]}], s:[{s:s, s:s, s:[i]}],"
+                              " s:{s:o, s:I}}",
+                              "name", m->name, "platform", V2_PLATFORM, "backend", "onednn",
+                              "version_policy", "latest", "num_versions", 1, "max_batch_size", m->max_batch,
+                              "input", "name", V2_INPUT_NAME, "data_type", "TYPE_FP32", "format", "FORMAT_NCHW",
+                              "dims", 3, m->size, m->size,
+                              "output", "name", V2_OUTPUT_NAME, "data_type", "TYPE_FP32", "dims", m->classes,
+                              "dynamic_batching", "preferred_batch_size", sizes, "max_queue_delay_microseconds",
+                              (json_int_t)m->max_delay_us),
+                    ret_body);
+}
+
+/* "0.812345:281:tabby" as Triton writes it (std::to_string of the float);
+ * without the label when the model has none but indices. */
+static int class_string(const struct v2_model *m, float p, int idx, char *buf, size_t n)
+{
+        bool labelled = strcmp(api_labels_source(m->labels), "index") != 0;
+        if (labelled)
+                return snprintf(buf, n, "%f:%d:%s", (double)p, idx, api_labels_get(m->labels, idx));
+        return snprintf(buf, n, "%f:%d", (double)p, idx);
+}
+
+int v2_infer_body(const struct v2_model *m, const struct v2_request *r, float *logits, char **ret_body,
+                  size_t *ret_len, size_t *ret_header_len)
+{
+        size_t classes = (size_t)m->classes, n = (size_t)r->n, k = (size_t)r->classification;
+        uint8_t *bin = NULL;
+        size_t bin_len = 0, bin_cap = 0;
+        int *idx = NULL;
+        char *head = NULL;
+        json_t *out = NULL, *root = NULL;
+        int ret = -ENOMEM;
+
+        for (size_t i = 0; i < n; i++)
+                effnet_softmax(logits + i * classes, (int)classes);
+        out = json_pack("{s:s, s:s, s:[I,I]}", "name", V2_OUTPUT_NAME, "datatype", k ? "BYTES" : "FP32", "shape",
+                        (json_int_t)n, (json_int_t)(k ? k : classes));
+        if (!out)
+                goto out;
+        if (k) {
+                /* Labels are short (ImageNet's longest is under 100 bytes). */
+                json_t *data = r->binary_output ? NULL : json_array();
+                if ((!r->binary_output && !data) || !(idx = malloc(sizeof(int) * k)))
+                        goto out;
+                if (data && json_object_set_new(out, "data", data) < 0)
+                        goto out;
+                for (size_t i = 0; i < n; i++) {
+                        const float *p = logits + i * classes;
+                        int got = effnet_topk(p, (int)classes, (int)k, idx);
+                        for (int j = 0; j < got; j++) {
+                                char s[512];
+                                int l = class_string(m, p[idx[j]], idx[j], s, sizeof s);
+                                if (l < 0)
+                                        goto out;
+                                if ((size_t)l >= sizeof s)
+                                        l = (int)sizeof s - 1;
+                                if (data) {
+                                        if (json_array_append_new(data, json_stringn(s, (size_t)l)) < 0)
+                                                goto out;
+                                        continue;
+                                }
+                                if (bin_len + 4 + (size_t)l > bin_cap) {
+                                        size_t cap = bin_cap ? bin_cap * 2 : 4096;
+                                        while (cap < bin_len + 4 + (size_t)l)
+                                                cap *= 2;
+                                        uint8_t *b = realloc(bin, cap);
+                                        if (!b)
+                                                goto out;
+                                        bin = b;
+                                        bin_cap = cap;
+                                }
+                                uint32_t ul = (uint32_t)l;
+                                uint8_t le[4] = { (uint8_t)ul, (uint8_t)(ul >> 8), (uint8_t)(ul >> 16),
+                                                  (uint8_t)(ul >> 24) };
+                                memcpy(bin + bin_len, le, 4);
+                                memcpy(bin + bin_len + 4, s, (size_t)l);
+                                bin_len += 4 + (size_t)l;
+                        }
+                }
+        } else if (r->binary_output) {
+                bin_len = n * classes * sizeof(float);
+                if (!(bin = malloc(bin_len)))
+                        goto out;
+                memcpy(bin, logits, bin_len);
+        } else {
+                json_t *data = json_array();
+                if (!data || json_object_set_new(out, "data", data) < 0)
+                        goto out;
+                for (size_t i = 0; i < n * classes; i++)
+                        if (json_array_append_new(data, json_real((double)logits[i])) < 0)
+                                goto out;
+        }
+        if (r->binary_output) {
+                json_t *params = json_pack("{s:I}", "binary_data_size", (json_int_t)bin_len);
+                if (!params || json_object_set_new(out, "parameters", params) < 0)
+                        goto out;
+        }
+        root = json_pack("{s:s, s:s, s:[O]}", "model_name", m->name, "model_version", V2_MODEL_VERSION, "outputs",
+                         out);
+        if (!root || (r->id && json_object_set_new(root, "id", json_string(r->id)) < 0))
+                goto out;
+        if ((ret = dump(root, &head)) < 0) {
+                root = NULL;
+                goto out;
+        }
+        root = NULL;
+        size_t hlen = strlen(head);
+        if (r->binary_output) {
+                char *all = malloc(hlen + bin_len + 1);
+                if (!all) {
+                        ret = -ENOMEM;
+                        goto out;
+                }
+                memcpy(all, head, hlen);
+                if (bin_len)
+                        memcpy(all + hlen, bin, bin_len);
+                all[hlen + bin_len] = '\0';
+                free(head);
+                head = all;
+        }
+        *ret_body = head;
+        *ret_len = hlen + (r->binary_output ? bin_len : 0);
+        *ret_header_len = hlen;
+        head = NULL;
+        ret = 0;
+out:
+        free(head);
+        free(idx);
+        free(bin);
+        json_decref(out);
+        json_decref(root);
+        return ret;
+}

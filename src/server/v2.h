@@ -1,0 +1,147 @@
+/* v2: the KServe v2 / Open Inference Protocol for the one model effnetd
+ * serves: its paths, the infer request parser (JSON tensors, Triton's
+ * binary tensor data extension, BYTES inputs of encoded images) and the
+ * JSON bodies (server and model metadata, Triton's model configuration,
+ * infer answers with the classification extension, errors).
+ *
+ * The model, as v2 clients see it, has exactly one input and one output,
+ * since Triton's image_client refuses anything else:
+ *
+ *   input  "input"          FP32 [-1, 3, H, W], NCHW, normalised as the model
+ *                           expects; or BYTES [N], each element one encoded
+ *                           JPEG or PNG that the server decodes and
+ *                           preprocesses as /v1/classify does
+ *   output "probabilities"  FP32 [-1, classes], softmax of the logits (the
+ *                           scores of /v1); with parameters.classification
+ *                           = K, BYTES [N, K] strings "score:index:label"
+ *
+ * Binary framing (extension_binary_data): the body is the JSON header of
+ * Inference-Header-Content-Length bytes, then each input's binary data in
+ * input order, binary_data_size bytes each: FP32 little-endian, row major;
+ * BYTES as a 4-byte little-endian length and the bytes, per element.
+ *
+ * Pure: no HTTP, no globals; every function is reentrant. Bodies are
+ * NUL-terminated (JSON) strings owned by the caller (free).
+ */
+#ifndef EFFNET_SERVER_V2_H
+#define EFFNET_SERVER_V2_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "server/api.h"
+
+#define V2_INPUT_NAME    "input"
+#define V2_OUTPUT_NAME   "probabilities"
+#define V2_MODEL_VERSION "1"
+#define V2_PLATFORM      "effnetd_onednn"
+
+/* One V2-S image at 384 as JSON is about 9 MiB (Python's float repr); the
+ * default fits a full default batch (8) of them with room to spare. */
+#define V2_DEFAULT_MAX_BODY_BYTES ((int64_t)96 << 20)
+/* Longest request "id" echoed back; longer ones are refused. */
+#define V2_MAX_ID 256
+
+enum v2_route {
+        V2_ROUTE_NONE,          /* not under /v2 */
+        V2_ROUTE_SERVER,        /* GET /v2 */
+        V2_ROUTE_LIVE,          /* GET /v2/health/live */
+        V2_ROUTE_READY,         /* GET /v2/health/ready */
+        V2_ROUTE_MODEL,         /* GET /v2/models/{m}[/versions/{v}] */
+        V2_ROUTE_MODEL_READY,   /* GET .../ready */
+        V2_ROUTE_MODEL_CONFIG,  /* GET .../config */
+        V2_ROUTE_INFER,         /* POST .../infer */
+        V2_ROUTE_UNKNOWN,       /* under /v2, but no such path */
+};
+
+/* A /v2 path taken apart. model and version point into the path given
+ * (not NUL-terminated); NULL when absent. */
+struct v2_path {
+        enum v2_route route;
+        const char *model;
+        size_t model_len;
+        const char *version;
+        size_t version_len;
+};
+
+/* Parses a request path (without its query). Never fails: anything else is
+ * V2_ROUTE_NONE or V2_ROUTE_UNKNOWN. */
+enum v2_route v2_parse_path(const char *path, struct v2_path *ret_path);
+
+/* Whether the path names model `name` (and version V2_MODEL_VERSION, when it
+ * names one). */
+bool v2_path_model_is(const struct v2_path *p, const char *name);
+bool v2_path_version_ok(const struct v2_path *p);
+
+/* What the bodies describe. */
+struct v2_model {
+        const char *name;         /* the variant, as /v1/models reports */
+        int size;                 /* input height = width */
+        int classes;
+        int max_batch;            /* the batcher's */
+        int64_t max_delay_us;     /* the batcher's */
+        const int *exec_batch;    /* executor batch sizes, ascending */
+        int n_exec;
+        const struct api_labels *labels;  /* for classification strings */
+};
+
+/* Client-controllable resources of one infer request. */
+struct v2_limits {
+        int max_images;           /* N of the input (413 beyond) */
+        size_t max_image_bytes;   /* one encoded image of a BYTES input (413 beyond) */
+};
+
+enum v2_datatype { V2_FP32, V2_BYTES };
+
+/* One encoded image of a BYTES input: into the body given to the parser,
+ * or into the request's own storage (base64 in JSON). */
+struct v2_image {
+        const uint8_t *data;
+        size_t len;
+};
+
+/* A parsed infer request. */
+struct v2_request {
+        char *id;                 /* owned; NULL when the request had none */
+        int n;                    /* images, 1..max_images */
+        int datatype;             /* enum v2_datatype of the input */
+        float *tensor;            /* FP32: [n][3][size][size], owned (callers may take it: set NULL) */
+        struct v2_image *images;  /* BYTES: [n], owned array */
+        uint8_t *decoded;         /* owned: storage of base64-decoded images */
+        bool binary_output;       /* answer with the output as binary data */
+        int classification;       /* K strings per image instead of probabilities; 0: none */
+};
+
+/* Parses an infer request body of len bytes for model m. header_len: the
+ * Inference-Header-Content-Length value, or -1 when the request had none.
+ * BYTES images of binary data point into body, which must outlive the
+ * request's use of them. Errors (with the message for the client in err):
+ * -EBADMSG for anything malformed or not matching the model (400), -E2BIG
+ * for N or an image over a limit (413), -ENOMEM. */
+int v2_parse_infer(const uint8_t *body, size_t len, int64_t header_len, const struct v2_model *m,
+                   const struct v2_limits *lim, char *err, size_t err_len, struct v2_request **ret_request);
+struct v2_request *v2_request_free(struct v2_request *r);
+
+/* The infer answer for request r: logits [r->n][classes] are turned into
+ * probabilities in place. ret_body holds ret_len bytes: the JSON (its
+ * length in ret_header_len) followed by the binary output data when r asked
+ * for it (ret_header_len == ret_len otherwise), and a NUL. */
+int v2_infer_body(const struct v2_model *m, const struct v2_request *r, float *logits, char **ret_body,
+                  size_t *ret_len, size_t *ret_header_len);
+
+/* {"name":"effnetd","version":...,"extensions":[...]} */
+int v2_server_body(char **ret_body);
+/* {name, versions, platform, inputs, outputs} */
+int v2_model_body(const struct v2_model *m, char **ret_body);
+/* Triton's model configuration (extension_model_configuration). */
+int v2_config_body(const struct v2_model *m, char **ret_body);
+/* {"error":"<message>"}, exactly: clients format their exceptions from it. */
+int v2_error_body(const char *message, char **ret_body);
+
+/* Base64 (RFC 4648, standard alphabet; the final padding may be left out)
+ * of len bytes into out (at least len / 4 * 3 + 3 bytes). -EBADMSG for
+ * anything else. */
+int v2_base64_decode(const char *in, size_t len, uint8_t *out, size_t *ret_len);
+
+#endif

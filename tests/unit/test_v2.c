@@ -1,0 +1,338 @@
+/* Unit test of the KServe v2 module (src/server/v2.c): paths, base64, the
+ * infer parser on valid and malformed requests (JSON and binary framing),
+ * and the answer bodies. */
+#include "server/v2.h"
+#include "check.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SIZE 2
+#define CLASSES 5
+
+static const int exec_batch[] = { 1, 2, 4 };
+static struct v2_model model = { .name = "efficientnetv2-t", .size = SIZE, .classes = CLASSES, .max_batch = 4,
+                                 .max_delay_us = 2000, .exec_batch = exec_batch, .n_exec = 3 };
+static const struct v2_limits lim = { .max_images = 3, .max_image_bytes = 16 };
+
+/* BYTES images point into the bodies: kept to the end. */
+static uint8_t *bodies[128];
+static int nbodies;
+
+/* Parses body (a JSON text, then bin_len binary bytes when header >= 0). */
+static int parse(const char *json, const void *bin, size_t bin_len, bool header, struct v2_request **r,
+                 char *err)
+{
+        size_t jl = strlen(json);
+        uint8_t *body = malloc(jl + bin_len + 1);
+        REQUIRE(body);
+        memcpy(body, json, jl);
+        if (bin_len)
+                memcpy(body + jl, bin, bin_len);
+        REQUIRE(nbodies < (int)(sizeof bodies / sizeof bodies[0]));
+        bodies[nbodies++] = body;
+        err[0] = '\0';
+        return v2_parse_infer(body, jl + bin_len, header ? (int64_t)jl : -1, &model, &lim, err, 256, r);
+}
+
+/* A request that must fail with code and a message containing want. */
+static void refuse(const char *json, const void *bin, size_t bin_len, bool header, int code, const char *want)
+{
+        struct v2_request *r = NULL;
+        char err[256];
+        int ret = parse(json, bin, bin_len, header, &r, err);
+        CHECK_MSG(ret == code && !r && strstr(err, want), "%s -> %d '%s' (want %d '%s')", json, ret, err, code,
+                  want);
+        v2_request_free(r);
+}
+
+static const char *FP_JSON = "[0,1,2,3,4,5,6,7,8,9,10,11]";
+
+static void test_paths(void)
+{
+        struct v2_path p;
+
+        CHECK(v2_parse_path("/v1/classify", &p) == V2_ROUTE_NONE);
+        CHECK(v2_parse_path("/v2x", &p) == V2_ROUTE_NONE);
+        CHECK(v2_parse_path("/v2", &p) == V2_ROUTE_SERVER && !p.model);
+        CHECK(v2_parse_path("/v2/", &p) == V2_ROUTE_SERVER);
+        CHECK(v2_parse_path("/v2/health/live", &p) == V2_ROUTE_LIVE);
+        CHECK(v2_parse_path("/v2/health/ready", &p) == V2_ROUTE_READY);
+        CHECK(v2_parse_path("/v2/health", &p) == V2_ROUTE_UNKNOWN);
+        CHECK(v2_parse_path("/v2/models", &p) == V2_ROUTE_UNKNOWN);
+        CHECK(v2_parse_path("/v2/models/", &p) == V2_ROUTE_UNKNOWN);
+        CHECK(v2_parse_path("/v2/models/m", &p) == V2_ROUTE_MODEL && p.model_len == 1 && p.model[0] == 'm' &&
+              !p.version);
+        CHECK(v2_parse_path("/v2/models/m/ready", &p) == V2_ROUTE_MODEL_READY);
+        CHECK(v2_parse_path("/v2/models/m/config", &p) == V2_ROUTE_MODEL_CONFIG);
+        CHECK(v2_parse_path("/v2/models/m/infer", &p) == V2_ROUTE_INFER);
+        CHECK(v2_parse_path("/v2/models/m/versions/1/infer", &p) == V2_ROUTE_INFER && p.version_len == 1 &&
+              v2_path_version_ok(&p));
+        CHECK(v2_parse_path("/v2/models/m/versions/7", &p) == V2_ROUTE_MODEL && !v2_path_version_ok(&p));
+        CHECK(v2_parse_path("/v2/models/m/versions/", &p) == V2_ROUTE_UNKNOWN);
+        CHECK(v2_parse_path("/v2/models/m/versions", &p) == V2_ROUTE_UNKNOWN);
+        CHECK(v2_parse_path("/v2/models/m/infer/x", &p) == V2_ROUTE_UNKNOWN);
+        CHECK(v2_parse_path("/v2/models//infer", &p) == V2_ROUTE_UNKNOWN);
+        v2_parse_path("/v2/models/efficientnetv2-t/config", &p);
+        CHECK(v2_path_model_is(&p, "efficientnetv2-t") && !v2_path_model_is(&p, "efficientnetv2") &&
+              !v2_path_model_is(&p, "efficientnetv2-t2"));
+}
+
+static void test_base64(void)
+{
+        uint8_t out[16];
+        size_t n = 99;
+
+        CHECK(v2_base64_decode("aGVsbG8=", 8, out, &n) == 0 && n == 5 && memcmp(out, "hello", 5) == 0);
+        CHECK(v2_base64_decode("aGVsbG8", 7, out, &n) == 0 && n == 5);        /* padding left out */
+        CHECK(v2_base64_decode("aGk=", 4, out, &n) == 0 && n == 2 && memcmp(out, "hi", 2) == 0);
+        CHECK(v2_base64_decode("", 0, out, &n) == 0 && n == 0);
+        n = 99;
+        CHECK(v2_base64_decode("aGVsbG8*", 8, out, &n) == -EBADMSG && n == 99);
+        CHECK(v2_base64_decode("a", 1, out, &n) == -EBADMSG);
+        CHECK(v2_base64_decode("a===", 4, out, &n) == -EBADMSG);
+        CHECK(v2_base64_decode("aG=k", 4, out, &n) == -EBADMSG);
+        CHECK(v2_base64_decode("aGVsbG8 ", 8, out, &n) == -EBADMSG);
+        CHECK(v2_base64_decode("aGl=", 4, out, &n) == -EBADMSG);              /* non-zero trailing bits */
+}
+
+static void test_valid(void)
+{
+        struct v2_request *r = NULL;
+        char err[256], json[1024];
+        float bin[24];
+
+        snprintf(json, sizeof json,
+                 "{\"id\":\"r1\",\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+                 "\"data\":%s}]}", FP_JSON);
+        CHECK(parse(json, NULL, 0, false, &r, err) == 0);
+        CHECK(r && r->n == 1 && r->datatype == V2_FP32 && r->tensor && r->tensor[11] == 11.0f && !r->binary_output &&
+              r->classification == 0 && r->id && strcmp(r->id, "r1") == 0);
+        r = v2_request_free(r);
+
+        /* Nested, with classification and binary output from the request. */
+        CHECK(parse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+                    "\"data\":[[[[0,1],[2,3]],[[4,5],[6,7]],[[8,9],[10,11.5]]]]}],"
+                    "\"outputs\":[{\"name\":\"probabilities\",\"parameters\":{\"classification\":2}}],"
+                    "\"parameters\":{\"binary_data_output\":true}}", NULL, 0, false, &r, err) == 0);
+        CHECK(r && r->tensor[11] == 11.5f && r->classification == 2 && r->binary_output && !r->id);
+        r = v2_request_free(r);
+
+        /* Binary FP32; binary_data false on the output wins over binary_data_output. */
+        for (int i = 0; i < 24; i++)
+                bin[i] = (float)i / 4;
+        CHECK(parse("{\"inputs\":[{\"name\":\"input\",\"shape\":[2,3,2,2],\"datatype\":\"FP32\","
+                    "\"parameters\":{\"binary_data_size\":96}}],"
+                    "\"outputs\":[{\"name\":\"probabilities\",\"parameters\":{\"binary_data\":false}}],"
+                    "\"parameters\":{\"binary_data_output\":true}}", bin, sizeof bin, true, &r, err) == 0);
+        CHECK(r && r->n == 2 && r->tensor[23] == 23.0f / 4 && !r->binary_output);
+        r = v2_request_free(r);
+
+        /* Binary BYTES: length-prefixed elements, into the body. */
+        uint8_t bb[] = { 3, 0, 0, 0, 'a', 'b', 'c', 1, 0, 0, 0, 'z' };
+        CHECK(parse("{\"inputs\":[{\"name\":\"input\",\"shape\":[2],\"datatype\":\"BYTES\","
+                    "\"parameters\":{\"binary_data_size\":12}}]}", bb, sizeof bb, true, &r, err) == 0);
+        CHECK(r && r->n == 2 && r->datatype == V2_BYTES && r->images[0].len == 3 &&
+              memcmp(r->images[0].data, "abc", 3) == 0 && r->images[1].len == 1 && r->images[1].data[0] == 'z');
+        r = v2_request_free(r);
+        /* Without binary_data_size: the rest of the body. */
+        CHECK(parse("{\"inputs\":[{\"name\":\"input\",\"shape\":[2],\"datatype\":\"BYTES\"}]}", bb, sizeof bb, true,
+                    &r, err) == 0 && r && r->n == 2);
+        r = v2_request_free(r);
+
+        /* JSON BYTES: base64. */
+        CHECK(parse("{\"inputs\":[{\"name\":\"input\",\"shape\":[2],\"datatype\":\"BYTES\","
+                    "\"data\":[\"aGVsbG8=\",\"aGk\"]}]}", NULL, 0, false, &r, err) == 0);
+        CHECK(r && r->images[0].len == 5 && memcmp(r->images[0].data, "hello", 5) == 0 && r->images[1].len == 2);
+        r = v2_request_free(r);
+}
+
+static void test_malformed(void)
+{
+        char json[1024];
+        float bin[24] = { 0 };
+        uint8_t bb[] = { 3, 0, 0, 0, 'a', 'b', 'c' };
+
+        refuse("", NULL, 0, false, -EBADMSG, "empty");
+        refuse("{\"inputs\":[", NULL, 0, false, -EBADMSG, "malformed");
+        refuse("[1,2]", NULL, 0, false, -EBADMSG, "JSON object");
+        refuse("{\"inputs\":[],\"inputs\":[]}", NULL, 0, false, -EBADMSG, "malformed");   /* duplicate key */
+        refuse("{}", NULL, 0, false, -EBADMSG, "one input");
+        refuse("{\"inputs\":[{}, {}]}", NULL, 0, false, -EBADMSG, "one input");
+        refuse("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"BYTES\",\"data\":[\"\"]}]}", NULL, 0, false,
+               -EBADMSG, "unexpected inference input 'x'");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1],\"datatype\":7}]}", NULL, 0, false, -EBADMSG,
+               "'datatype'");
+        refuse("{\"id\":5,\"inputs\":[]}", NULL, 0, false, -EBADMSG, "'id'");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"INT8\",\"data\":[]}]}", NULL, 0,
+               false, -EBADMSG, "datatype INT8");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,4,4],\"datatype\":\"FP32\",\"data\":[]}]}", NULL, 0,
+               false, -EBADMSG, "does not match");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2],\"datatype\":\"FP32\",\"data\":[]}]}", NULL, 0,
+               false, -EBADMSG, "does not match");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,-3,2,2],\"datatype\":\"FP32\",\"data\":[]}]}", NULL, 0,
+               false, -EBADMSG, "'shape'");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":\"1\",\"datatype\":\"FP32\",\"data\":[]}]}", NULL, 0,
+               false, -EBADMSG, "'shape'");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[0,3,2,2],\"datatype\":\"FP32\",\"data\":[]}]}", NULL, 0,
+               false, -EBADMSG, "no images");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[4,3,2,2],\"datatype\":\"FP32\",\"data\":[]}]}", NULL, 0,
+               false, -E2BIG, "limit is 3");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[2147483647,3,2,2],\"datatype\":\"FP32\",\"data\":[]}]}",
+               NULL, 0, false, -E2BIG, "limit is 3");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\",\"data\":[1,2]}]}", NULL, 0,
+               false, -EBADMSG, "2 values");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+               "\"data\":[0,1,2,3,4,5,6,7,8,9,10,\"11\"]}]}", NULL, 0, false, -EBADMSG, "must be numbers");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+               "\"data\":[[[[[0,1,2,3,4,5,6,7,8,9,10,11]]]]]}]}", NULL, 0, false, -EBADMSG, "must be numbers");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+               "\"data\":[0,1,2,3,4,5,6,7,8,9,10,1e39]}]}", NULL, 0, false, -EBADMSG, "FP32 range");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\",\"data\":5}]}", NULL, 0,
+               false, -EBADMSG, "must be an array");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\"}]}", NULL, 0, false,
+               -EBADMSG, "no 'data'");
+        snprintf(json, sizeof json, "{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+                 "\"data\":%s}],\"outputs\":[{\"name\":\"logits\"}]}", FP_JSON);
+        refuse(json, NULL, 0, false, -EBADMSG, "unexpected inference output 'logits'");
+        snprintf(json, sizeof json, "{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+                 "\"data\":%s}],\"outputs\":[{\"name\":\"probabilities\",\"parameters\":{\"classification\":6}}]}",
+                 FP_JSON);
+        refuse(json, NULL, 0, false, -EBADMSG, "'classification'");
+        snprintf(json, sizeof json, "{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+                 "\"data\":%s}],\"outputs\":[{\"name\":\"probabilities\",\"parameters\":{\"binary_data\":1}}]}",
+                 FP_JSON);
+        refuse(json, NULL, 0, false, -EBADMSG, "'binary_data'");
+        snprintf(json, sizeof json, "{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+                 "\"data\":%s}],\"parameters\":{\"binary_data_output\":\"yes\"}}", FP_JSON);
+        refuse(json, NULL, 0, false, -EBADMSG, "'binary_data_output'");
+        snprintf(json, sizeof json, "{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+                 "\"data\":%s}],\"outputs\":[{\"name\":\"probabilities\"},{\"name\":\"probabilities\"}]}", FP_JSON);
+        refuse(json, NULL, 0, false, -EBADMSG, "one output");
+
+        /* Binary framing. */
+        const char *fp_bin = "{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+                             "\"parameters\":{\"binary_data_size\":48}}]}";
+        refuse(fp_bin, bin, 47, true, -EBADMSG, "truncated");
+        refuse(fp_bin, bin, 49, true, -EBADMSG, "1 bytes after");
+        refuse(fp_bin, bin, 48, false, -EBADMSG, "malformed");        /* binary bytes parsed as JSON */
+        refuse(fp_bin, NULL, 0, false, -EBADMSG, "no Inference-Header-Content-Length");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+               "\"parameters\":{\"binary_data_size\":40}}]}", bin, 40, true, -EBADMSG, "needs 48");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+               "\"parameters\":{\"binary_data_size\":-1}}]}", bin, 48, true, -EBADMSG, "non-negative");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\",\"data\":[],"
+               "\"parameters\":{\"binary_data_size\":48}}]}", bin, 48, true, -EBADMSG, "both");
+        snprintf(json, sizeof json, "{\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],\"datatype\":\"FP32\","
+                 "\"data\":%s}]}", FP_JSON);
+        refuse(json, bin, 4, true, -EBADMSG, "no input has binary_data_size");
+        float nan_bin[12] = { 0 };
+        nan_bin[5] = NAN;
+        refuse(fp_bin, nan_bin, sizeof nan_bin, true, -EBADMSG, "element 5 is not a finite number");
+        nan_bin[5] = INFINITY;
+        refuse(fp_bin, nan_bin, sizeof nan_bin, true, -EBADMSG, "not a finite number");
+        struct v2_request *r = NULL;
+        char err[256];
+        CHECK(v2_parse_infer((const uint8_t *)"{}", 2, 3, &model, &lim, err, sizeof err, &r) == -EBADMSG &&
+              strstr(err, "Inference-Header-Content-Length 3"));
+
+        /* BYTES. */
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1,1],\"datatype\":\"BYTES\",\"data\":[]}]}", NULL, 0,
+               false, -EBADMSG, "must be [N]");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[2],\"datatype\":\"BYTES\",\"data\":[\"aGk=\"]}]}", NULL,
+               0, false, -EBADMSG, "1 elements");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1],\"datatype\":\"BYTES\",\"data\":[\"a*b=\"]}]}", NULL,
+               0, false, -EBADMSG, "not base64");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1],\"datatype\":\"BYTES\",\"data\":[5]}]}", NULL, 0,
+               false, -EBADMSG, "base64 strings");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1],\"datatype\":\"BYTES\","
+               "\"data\":[\"aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ=\"]}]}", NULL, 0, false, -E2BIG, "over the limit");
+        const char *bytes_bin = "{\"inputs\":[{\"name\":\"input\",\"shape\":[1],\"datatype\":\"BYTES\","
+                                "\"parameters\":{\"binary_data_size\":7}}]}";
+        refuse(bytes_bin, bb, 6, true, -EBADMSG, "truncated");
+        uint8_t bad_len[] = { 9, 0, 0, 0, 'a', 'b', 'c' };
+        refuse(bytes_bin, bad_len, 7, true, -EBADMSG, "runs past the end");
+        uint8_t huge_len[] = { 0xff, 0xff, 0xff, 0xff, 'a', 'b', 'c' };
+        refuse(bytes_bin, huge_len, 7, true, -E2BIG, "limit is 16");
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[2],\"datatype\":\"BYTES\","
+               "\"parameters\":{\"binary_data_size\":7}}]}", bb, 7, true, -EBADMSG, "element 2 of 2");
+        uint8_t extra[] = { 1, 0, 0, 0, 'a', 'b', 'c' };
+        refuse(bytes_bin, extra, 7, true, -EBADMSG, "2 bytes after its 1 elements");
+}
+
+static void test_bodies(struct api_labels *labels)
+{
+        struct v2_request *r = NULL;
+        char err[256], json[1024], *body = NULL;
+        size_t len = 0, hlen = 0;
+        json_t *j;
+
+        model.labels = labels;
+        CHECK(v2_error_body("bad \"thing\"", &body) == 0 && strcmp(body, "{\"error\":\"bad \\\"thing\\\"\"}") == 0);
+        free(body);
+        CHECK(v2_server_body(&body) == 0 && strstr(body, "\"binary_tensor_data\"") && strstr(body, "\"classification\"")
+              && strstr(body, "\"model_configuration\""));
+        free(body);
+        CHECK(v2_model_body(&model, &body) == 0 && strstr(body, "\"shape\":[-1,3,2,2]") &&
+              strstr(body, "\"shape\":[-1,5]") && strstr(body, "\"versions\":[\"1\"]"));
+        free(body);
+        CHECK(v2_config_body(&model, &body) == 0 && strstr(body, "\"max_batch_size\":4") &&
+              strstr(body, "\"dims\":[3,2,2]") && strstr(body, "\"format\":\"FORMAT_NCHW\"") &&
+              strstr(body, "\"max_queue_delay_microseconds\":2000"));
+        free(body);
+
+        float logits[2 * CLASSES] = { 0, 1, 2, 3, 4, 4, 3, 2, 1, 0 };
+        snprintf(json, sizeof json, "{\"id\":\"x7\",\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],"
+                 "\"datatype\":\"FP32\",\"data\":%s}],\"outputs\":[{\"name\":\"probabilities\","
+                 "\"parameters\":{\"classification\":2}}]}", FP_JSON);
+        REQUIRE(parse(json, NULL, 0, false, &r, err) == 0);
+        r->n = 2;   /* two images' logits */
+        CHECK(v2_infer_body(&model, r, logits, &body, &len, &hlen) == 0 && len == hlen && strlen(body) == len);
+        j = json_loads(body, 0, NULL);
+        json_t *out = json_array_get(json_object_get(j, "outputs"), 0);
+        json_t *data = json_object_get(out, "data");
+        CHECK(strcmp(json_string_value(json_object_get(j, "id")), "x7") == 0);
+        CHECK(strcmp(json_string_value(json_object_get(out, "datatype")), "BYTES") == 0);
+        CHECK(json_array_size(data) == 4 && strcmp(json_string_value(json_array_get(data, 0)), "0.636409:4:e") == 0 &&
+              strcmp(json_string_value(json_array_get(data, 2)), "0.636409:0:a") == 0);
+        json_decref(j);
+        free(body);
+
+        /* Binary probabilities. */
+        float lg[2 * CLASSES] = { 0, 1, 2, 3, 4, 4, 3, 2, 1, 0 };
+        r->classification = 0;
+        r->binary_output = true;
+        CHECK(v2_infer_body(&model, r, lg, &body, &len, &hlen) == 0 && len == hlen + sizeof lg);
+        float p[2 * CLASSES];
+        memcpy(p, body + hlen, sizeof p);
+        CHECK(fabsf(p[4] - 0.636409f) < 1e-5f && fabsf(p[0] + p[1] + p[2] + p[3] + p[4] - 1) < 1e-5f);
+        CHECK(strstr(body, "\"binary_data_size\":40") && memchr(body, '\0', hlen) == NULL);
+        free(body);
+        v2_request_free(r);
+}
+
+int main(void)
+{
+        struct api_labels *labels = NULL;
+        char err[256];
+
+        test_paths();
+        test_base64();
+        test_valid();
+        test_malformed();
+        FILE *f = fopen("test_v2_labels.txt", "w");
+        REQUIRE(f);
+        fputs("a\nb\nc\nd\ne\n", f);
+        fclose(f);
+        REQUIRE(api_labels_load("test_v2_labels.txt", CLASSES, err, sizeof err, &labels) == 0);
+        remove("test_v2_labels.txt");
+        test_bodies(labels);
+        api_labels_free(labels);
+        for (int i = 0; i < nbodies; i++)
+                free(bodies[i]);
+        return CHECK_DONE();
+}

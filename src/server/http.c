@@ -855,7 +855,13 @@ static enum MHD_Result on_result(struct req *q)
                 }
                 if (q->job_status == 0) {
                         size_t len = 0, hlen = 0;
-                        if (v2_infer_body(&q->g->v2, q->v2req, q->logits, &body, &len, &hlen) < 0)
+                        int r = v2_infer_body(&q->g->v2, q->v2req, q->logits, &body, &len, &hlen);
+                        if (r == -EDOM) {
+                                fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its "
+                                     "weights are broken");
+                                return respond_failed(q);
+                        }
+                        if (r < 0)
                                 return respond(q, 500, NULL, NULL, "internal");
                         atomic_fetch_add(&s->images, (unsigned long long)q->n_images);
                         if (q->v2req->binary_output)

@@ -645,6 +645,10 @@ int v2_infer_body(const struct v2_model *m, const struct v2_request *r, float *l
         json_t *out = NULL, *root = NULL;
         int ret = -ENOMEM;
 
+        /* NaN or Inf would make softmax and the JSON meaningless. */
+        for (size_t i = 0; i < n * classes; i++)
+                if (!isfinite(logits[i]))
+                        return -EDOM;
         for (size_t i = 0; i < n; i++)
                 effnet_softmax(logits + i * classes, (int)classes);
         out = json_pack("{s:s, s:s, s:[I,I]}", "name", V2_OUTPUT_NAME, "datatype", k ? "BYTES" : "FP32", "shape",

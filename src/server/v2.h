@@ -126,7 +126,8 @@ struct v2_request *v2_request_free(struct v2_request *r);
 /* The infer answer for request r: logits [r->n][classes] are turned into
  * probabilities in place. ret_body holds ret_len bytes: the JSON (its
  * length in ret_header_len) followed by the binary output data when r asked
- * for it (ret_header_len == ret_len otherwise), and a NUL. */
+ * for it (ret_header_len == ret_len otherwise), and a NUL. -EDOM when a
+ * logit is NaN or Inf (broken weights), -ENOMEM. */
 int v2_infer_body(const struct v2_model *m, const struct v2_request *r, float *logits, char **ret_body,
                   size_t *ret_len, size_t *ret_header_len);
 

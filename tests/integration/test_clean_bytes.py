@@ -127,9 +127,15 @@ def test_non_finite(effnetd, effnet, weights, workdir):
         s, _, b = d.classify(jpeg)
         check(s == 500 and b.get("error", {}).get("code") == "non_finite_output"
               and "NaN or Inf" in b["error"].get("message", ""), f"NaN logits: 500 non_finite_output ({s} {b})")
+        req = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 224, 224],
+                           "data": [0.0] * (3 * 224 * 224)}]}
+        s, _, b = d.request("POST", "/v2/models/efficientnetv2-b0/infer", json.dumps(req).encode(),
+                            {"Content-Type": "application/json"})
+        b = dm.parse_json(b)
+        check(s == 500 and "NaN or Inf" in str(b.get("error")), f"NaN logits on /v2 infer: 500 ({s} {b})")
         m = d.metrics()
-        check(m.get('effnetd_http_errors_total{code="non_finite_output"}') == 1.0,
-              "effnetd_http_errors_total counts non_finite_output")
+        errors = {k: v for k, v in m.items() if k.startswith("effnetd_http_errors_total") and "non_finite" in k}
+        check(sum(errors.values()) == 2.0, f"effnetd_http_errors_total counts non_finite_output: {errors}")
         s, _, b = d.request("GET", "/readyz")
         check(s == 200, "the daemon is still ready")
     finally:

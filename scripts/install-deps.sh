@@ -16,6 +16,8 @@ pkgs=(
   # YAML (Kubernetes manifests, OpenAPI); podman and debootstrap for the
   # container image test (meson test --setup container --suite container)
   systemd prometheus python3-yaml podman debootstrap
+  # hostile suite: slow-header, slow-body and slow-read clients
+  slowhttptest
   # benchmarks (tests/bench): ONNX Runtime peer from npm; load generator and
   # the FastAPI + PyTorch peer server for serve-peers.sh
   nodejs

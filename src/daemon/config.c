@@ -44,6 +44,9 @@ static const struct conf_setting settings[] = {
         { "bn-eps", "model", CONF_FLOAT, F(bn_eps), "0", 0, 0.1, NULL, "BatchNorm epsilon; 0 = from the weights" },
         { "listen", "server", CONF_STRING, F(listen), "127.0.0.1:8080", 0, 0, NULL,
           "HOST:PORT or [V6]:PORT to listen on; port 0 picks a free one (ignored under socket activation)" },
+        { "admin-listen", "server", CONF_STRING, F(admin_listen), NULL, 0, 0, NULL,
+          "HOST:PORT of a second listener for /healthz, /readyz, /metrics and /v2/health/* only, with its own "
+          "thread and connections, so that probes answer while clients hold the main one; unset: none" },
         { "http-threads", "server", CONF_INT, F(http_threads), "0", 0, 64, NULL,
           "HTTP threads (parse, decode); 0 = usable CPUs, at most 4" },
         { "max-connections", "server", CONF_INT, F(max_connections), "512", 1, 1000000, NULL,

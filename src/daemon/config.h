@@ -21,6 +21,7 @@ enum conf_log_format { CONF_LOG_TEXT, CONF_LOG_JSON };
 struct conf {
         char *weights;              /* owned strings; NULL when unset */
         char *listen;
+        char *admin_listen;
         char *labels;
         int64_t precision;          /* enum effnet_precision */
         int64_t padding;            /* enum effnet_padding */

@@ -469,6 +469,7 @@ int main(int argc, char **argv)
 
         struct http_opts ho = {
                 .listen = c.listen,
+                .admin_listen = c.admin_listen,
                 .listen_fd = listen_fd,
                 .threads = (int)c.http_threads,
                 .max_connections = (int)c.max_connections,
@@ -493,6 +494,8 @@ int main(int argc, char **argv)
                 goto out;
         }
         log_msg(LOG_INFO, "listening on %s%s", http_url(http), listen_fd >= 0 ? " (socket from systemd)" : "");
+        if (*http_admin_url(http))
+                log_msg(LOG_INFO, "admin (probes, metrics) listening on %s", http_admin_url(http));
 
         struct loop L = { .http = http, .current = sv, .stall_ns = c.watchdog_stall * 1000000000 };
         uint64_t wd = sd_watchdog_period_usec();

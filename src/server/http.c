@@ -47,7 +47,8 @@ struct http_gen {
 struct http_server {
         struct http_opts opts;             /* strings below are not owned */
         struct MHD_Daemon *daemon;
-        char url[128];
+        struct MHD_Daemon *admin;          /* probes and metrics only, or NULL */
+        char url[128], admin_url[128];
         int max_batch;
 
         pthread_mutex_t gen_lock;          /* guards current and retired */
@@ -280,6 +281,13 @@ static enum api_route route_of_v2(enum v2_route r)
         case V2_ROUTE_INFER: return API_ROUTE_V2_INFER;
         default: return API_ROUTE_V2_OTHER;
         }
+}
+
+/* What the admin listener serves: probes and metrics. */
+static bool admin_route(enum api_route r)
+{
+        return r == API_ROUTE_HEALTHZ || r == API_ROUTE_READYZ || r == API_ROUTE_METRICS || r == API_ROUTE_V2_LIVE ||
+               r == API_ROUTE_V2_READY;
 }
 
 static enum api_route route_of(const char *url)
@@ -961,6 +969,11 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 q->v2_header_len = -1;
                 q->max_body = (size_t)s->opts.max_body_bytes;
                 q->route = v2_parse_path(url, &q->v2) != V2_ROUTE_NONE ? route_of_v2(q->v2.route) : route_of(url);
+                if (s->admin && !admin_route(q->route) &&
+                    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON)->daemon == s->admin) {
+                        q->route = API_ROUTE_OTHER;
+                        q->v2.route = V2_ROUTE_NONE;
+                }
                 q->start_ns = time_now_ns();
                 q->deadline_ns = q->start_ns + s->opts.deadline_ms * 1000000;
                 *con_cls = q;
@@ -1138,22 +1151,60 @@ struct http_server *http_free(struct http_server *s)
 }
 
 /* The URL of a listening socket, from its bound address. */
-static void url_of(struct http_server *s, const struct sockaddr_storage *addr)
+static void url_of(const struct sockaddr_storage *addr, char *buf, size_t n)
 {
         char host[INET6_ADDRSTRLEN] = "?";
-        unsigned port;
 
         if (addr->ss_family == AF_INET6) {
                 const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
                 inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
-                port = ntohs(a->sin6_port);
-                snprintf(s->url, sizeof s->url, "http://[%s]:%u", host, port);
+                snprintf(buf, n, "http://[%s]:%u", host, ntohs(a->sin6_port));
         } else {
                 const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
                 inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
-                port = ntohs(a->sin_port);
-                snprintf(s->url, sizeof s->url, "http://%s:%u", host, port);
+                snprintf(buf, n, "http://%s:%u", host, ntohs(a->sin_port));
         }
+}
+
+/* Writes the port d bound into addr (for port 0). */
+static void bound_port(struct MHD_Daemon *d, struct sockaddr_storage *addr)
+{
+        const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+        uint16_t port = htons(di ? di->port : 0);
+        if (addr->ss_family == AF_INET6)
+                ((struct sockaddr_in6 *)addr)->sin6_port = port;
+        else
+                ((struct sockaddr_in *)addr)->sin_port = port;
+}
+
+/* One libmicrohttpd daemon on addr, or on listen_fd when > 0. */
+static struct MHD_Daemon *start_daemon(struct http_server *s, const struct sockaddr_storage *addr, int listen_fd,
+                                       int threads, int max_connections, int per_client, int timeout_s)
+{
+        unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                         MHD_USE_ERROR_LOG;
+        /* [::] takes IPv4 clients too, as users of "any address" expect;
+         * a specific IPv6 address stays IPv6 only. */
+        if (addr->ss_family == AF_INET6)
+                flags |= IN6_IS_ADDR_UNSPECIFIED(&((const struct sockaddr_in6 *)addr)->sin6_addr) ? MHD_USE_DUAL_STACK
+                                                                                                 : MHD_USE_IPv6;
+        /* A socket passed by systemd, or an address to bind. */
+        struct MHD_OptionItem listen[] = {
+                listen_fd > 0 ? (struct MHD_OptionItem){ MHD_OPTION_LISTEN_SOCKET, listen_fd, NULL }
+                              : (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, (void *)addr },
+                { MHD_OPTION_END, 0, NULL },
+        };
+        return MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+                                MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+                                MHD_OPTION_ARRAY, listen,
+                                MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
+                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)max_connections,
+                                MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)per_client,
+                                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)timeout_s,
+                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                                MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                                MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+                                MHD_OPTION_END);
 }
 
 int http_new(const struct http_opts *opts, const struct http_backend *be, char *err, size_t err_len,
@@ -1196,45 +1247,32 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
         int threads = opts->threads > 0 ? opts->threads : cpu_usable_count();
         if (opts->threads <= 0 && threads > 4)
                 threads = 4;
-        unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                         MHD_USE_ERROR_LOG;
-        /* [::] takes IPv4 clients too, as users of "any address" expect;
-         * a specific IPv6 address stays IPv6 only. */
-        if (addr.ss_family == AF_INET6)
-                flags |= IN6_IS_ADDR_UNSPECIFIED(&((struct sockaddr_in6 *)&addr)->sin6_addr) ? MHD_USE_DUAL_STACK
-                                                                                            : MHD_USE_IPv6;
-        /* A socket passed by systemd, or an address to bind. */
-        struct MHD_OptionItem listen[] = {
-                opts->listen_fd > 0 ? (struct MHD_OptionItem){ MHD_OPTION_LISTEN_SOCKET, opts->listen_fd, NULL }
-                                    : (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, &addr },
-                { MHD_OPTION_END, 0, NULL },
-        };
-        s->daemon = MHD_start_daemon(
-                flags, 0, NULL, NULL, on_access, s,
-                MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
-                MHD_OPTION_ARRAY, listen,
-                MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
-                MHD_OPTION_CONNECTION_LIMIT, (unsigned)opts->max_connections,
-                MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)opts->max_connections_per_client,
-                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)opts->connection_timeout_s,
-                MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
-                MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
-                MHD_OPTION_END);
+        s->daemon = start_daemon(s, &addr, opts->listen_fd, threads, opts->max_connections,
+                                 opts->max_connections_per_client, opts->connection_timeout_s);
         if (!s->daemon) {
                 r = err_set(err, err_len, -EIO, "cannot listen on %s (address in use, or not permitted?)",
                             opts->listen_fd > 0 ? "the passed socket" : opts->listen);
                 goto fail;
         }
-        if (opts->listen_fd <= 0) {
-                const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
-                uint16_t port = htons(di ? di->port : 0);
-                if (addr.ss_family == AF_INET6)
-                        ((struct sockaddr_in6 *)&addr)->sin6_port = port;
-                else
-                        ((struct sockaddr_in *)&addr)->sin_port = port;
+        if (opts->listen_fd <= 0)
+                bound_port(s->daemon, &addr);
+        url_of(&addr, s->url, sizeof s->url);
+        if (opts->admin_listen) {
+                /* Its own thread and connection budget: clients that hold
+                 * the main listener's connections cannot reach it. */
+                struct sockaddr_storage aaddr;
+                if ((r = parse_listen(opts->admin_listen, &aaddr, err, err_len)) < 0)
+                        goto fail;
+                s->admin = start_daemon(s, &aaddr, -1, 1, HTTP_ADMIN_MAX_CONNECTIONS, HTTP_ADMIN_PER_CLIENT,
+                                        HTTP_ADMIN_TIMEOUT_S);
+                if (!s->admin) {
+                        r = err_set(err, err_len, -EIO, "cannot listen on %s for admin (address in use?)",
+                                    opts->admin_listen);
+                        goto fail;
+                }
+                bound_port(s->admin, &aaddr);
+                url_of(&aaddr, s->admin_url, sizeof s->admin_url);
         }
-        url_of(s, &addr);
         *ret_server = s;
         return 0;
 fail:
@@ -1247,6 +1285,10 @@ void http_stop(struct http_server *s)
         if (s && s->daemon) {
                 MHD_stop_daemon(s->daemon);
                 s->daemon = NULL;
+        }
+        if (s && s->admin) {
+                MHD_stop_daemon(s->admin);
+                s->admin = NULL;
         }
 }
 
@@ -1311,6 +1353,11 @@ uint64_t http_images(struct http_server *s)
 const char *http_url(const struct http_server *s)
 {
         return s->url;
+}
+
+const char *http_admin_url(const struct http_server *s)
+{
+        return s->admin_url;
 }
 
 void http_drain(struct http_server *s)

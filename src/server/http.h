@@ -36,6 +36,11 @@
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
 
+/* The admin listener's budget: probes and scrapes are few and quick. */
+#define HTTP_ADMIN_MAX_CONNECTIONS 32
+#define HTTP_ADMIN_PER_CLIENT      8
+#define HTTP_ADMIN_TIMEOUT_S       10
+
 /* One answered request, for the access log. */
 struct http_access {
         const char *request_id;  /* the client's X-Request-Id, or one made up; echoed in the answer */
@@ -78,6 +83,9 @@ struct http_opts {
         int retry_after_s;           /* Retry-After of 503 answers */
         struct img_opts img;         /* decode limits, fast JPEG path */
         int listen_fd;               /* > 0: an already listening socket (systemd), taken over; listen unused */
+        const char *admin_listen;    /* HOST:PORT of a second listener that serves only /healthz, /readyz,
+                                      * /metrics and /v2/health/live, ready, with its own thread and connections;
+                                      * NULL = none */
         /* Called once per answered request (any thread). May be NULL. */
         void (*access_log)(void *userdata, const struct http_access *a);
         /* libmicrohttpd's own messages (any thread). May be NULL. */
@@ -109,6 +117,8 @@ void http_count_reload(struct http_server *s, bool ok);
 
 /* "http://127.0.0.1:8080" with the port actually bound. */
 const char *http_url(const struct http_server *s);
+/* The same for the admin listener; "" without one. */
+const char *http_admin_url(const struct http_server *s);
 
 /* Starts draining: /readyz and new classify requests answer 503 (with
  * Retry-After) from now on, every answer closes its connection; requests

@@ -35,6 +35,7 @@ VALUES = {
     "padding": "symmetric",
     "bn-eps": "0.001",
     "listen": "127.0.0.1:9",
+    "admin-listen": "127.0.0.1:10",
     "http-threads": "3",
     "max-connections": "77",
     "max-connections-per-client": "9",
@@ -66,7 +67,7 @@ BAD = {
     "deadline-ms": "0", "watchdog-stall": "0", "max-body-bytes": "2G", "max-body-total": "0",
     "v2-max-body-bytes": "0",
     "max-images": "65537", "max-pixels": "-5", "jpeg-fast": "maybe", "access-log": "2",
-    "log-format": "xml", "weights": "", "labels": "", "listen": "",
+    "log-format": "xml", "weights": "", "labels": "", "listen": "", "admin-listen": "",
 }
 
 

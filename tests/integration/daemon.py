@@ -173,6 +173,25 @@ def free_port():
     return port
 
 
+def get_status(port, path, source="127.0.0.1", timeout=3):
+    """Status of GET path on a loopback port within timeout, or the name of
+    the exception that came instead."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout, source_address=(source, 0))
+    try:
+        c.request("GET", path)
+        return c.getresponse().status
+    except (OSError, http.client.HTTPException) as e:
+        return type(e).__name__
+    finally:
+        c.close()
+
+
+def admin_port(d):
+    """The port of a daemon's admin listener, from its log (0 if none)."""
+    m = re.search(r"admin \(probes, metrics\) listening on http://127\.0\.0\.1:(\d+)", d.log_text())
+    return int(m.group(1)) if m else 0
+
+
 def raw_http(port, data, timeout=30, read_all=True):
     """Sends raw bytes and returns what the server answers (until it closes
     or the timeout, when read_all)."""

@@ -122,9 +122,17 @@ def main():
     probes = {k: get(c, f"{k}.httpGet") for k in ("readinessProbe", "livenessProbe", "startupProbe")}
     check(get(probes["readinessProbe"], "path") == "/readyz" and get(probes["livenessProbe"], "path") == "/healthz",
           "readiness on /readyz, liveness on /healthz")
-    check(all(p and (p.get("port") in ports or p.get("port") in ports.values()) for p in probes.values() if p),
-          "every probe targets the container port")
+    # Probes and metrics: the admin listener, which clients of the main port
+    # cannot exhaust.
+    admin_port = int(env.get("EFFNETD_ADMIN_LISTEN", ":0").rsplit(":", 1)[1])
+    image_admin = re.search(r"EFFNETD_ADMIN_LISTEN=[\d.]+:(\d+)", containerfile)
+    check(ports.get("admin") == admin_port != listen_port and image_admin and int(image_admin.group(1)) == admin_port
+          and re.search(rf"^EXPOSE {admin_port}$", containerfile, re.M),
+          f"admin port {ports.get('admin')}: container, EFFNETD_ADMIN_LISTEN and image agree")
+    check(all(p and p.get("port") in ("admin", admin_port) for p in probes.values()),
+          "every probe targets the admin listener")
     annotations = get(dep, "spec.template.metadata.annotations") or {}
+    check(annotations.get("prometheus.io/port") == str(admin_port), "metrics are scraped from the admin listener")
 
     kubectl = shutil.which("kubectl")
     if kubectl:
@@ -137,11 +145,12 @@ def main():
         weights = os.path.join(workdir, "b0.safetensors")
         subprocess.run([effnet, "init-weights", "--variant", "b0", "--seed", "1", "-o", weights], check=True,
                        timeout=600)
-        d = dm.Daemon(effnetd, weights, workdir, "--max-batch", 1)
+        d = dm.Daemon(effnetd, weights, workdir, "--max-batch", 1, "--admin-listen", "127.0.0.1:0")
         try:
+            admin = dm.admin_port(d)
             paths = [p["path"] for p in probes.values() if p] + [annotations.get("prometheus.io/path", "/metrics")]
-            got = {p: d.request("GET", p)[0] for p in paths}
-            check(all(s == 200 for s in got.values()), f"probe paths answer 200 ({got})")
+            got = {p: dm.get_status(admin, p, timeout=30) for p in paths}
+            check(all(s == 200 for s in got.values()), f"probe paths answer 200 on the admin listener ({got})")
         finally:
             d.stop()
     finish()

@@ -13,11 +13,8 @@ loopback:
      /metrics, and serves nothing else (404 for /v1/classify there).
 Each probe must answer within 3 s, as a kubelet probe would need.
 """
-import http.client
 import os
-import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,18 +32,6 @@ def attack(port, connections):
     return subprocess.Popen(["slowhttptest", "-c", str(connections), "-H", "-i", "5", "-r", "200", "-t", "GET",
                              "-u", f"http://127.0.0.1:{port}/healthz", "-x", "24", "-p", "3", "-l", str(ATTACK_S)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def probe(port, path, source="127.0.0.1"):
-    """Status of GET path within 3 s, or the exception's name."""
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=3, source_address=(source, 0))
-    try:
-        c.request("GET", path)
-        return c.getresponse().status
-    except (OSError, http.client.HTTPException) as e:
-        return type(e).__name__
-    finally:
-        c.close()
 
 
 def probes_during(a, fn, rounds=5):
@@ -73,7 +58,7 @@ def main():
                       name="per-client")
         try:
             a = attack(d.port, 400)
-            got = probes_during(a, lambda: probe(d.port, "/healthz", "127.0.0.2"))
+            got = probes_during(a, lambda: dm.get_status(d.port, "/healthz", "127.0.0.2"))
             check(all(g == 200 for g in got),
                   f"slowloris from 127.0.0.1 (400 connections): /healthz from 127.0.0.2 answers {got}")
         finally:
@@ -82,19 +67,19 @@ def main():
         d = dm.Daemon(effnetd, weights, workdir, "--max-connections", 256, "--max-connections-per-client", 0,
                       "--admin-listen", "127.0.0.1:0", "--access-log=false", name="admin")
         try:
-            m = re.search(r"admin \(probes, metrics\) listening on http://127\.0\.0\.1:(\d+)", d.log_text())
-            admin = int(m.group(1)) if m else 0
+            admin = dm.admin_port(d)
             check(admin > 0, "the admin listener's address is logged")
-            check(probe(admin, "/v1/classify") == 404 and probe(admin, "/v1/models") == 404,
+            check(dm.get_status(admin, "/v1/classify") == 404 and dm.get_status(admin, "/v1/models") == 404,
                   "the admin listener serves no API routes")
             a = attack(d.port, 400)
-            got = probes_during(a, lambda: (probe(admin, "/healthz"), probe(admin, "/readyz"),
-                                            probe(admin, "/metrics"), probe(d.port, "/healthz", "127.0.0.2")))
+            got = probes_during(a, lambda: (dm.get_status(admin, "/healthz"), dm.get_status(admin, "/readyz"),
+                                            dm.get_status(admin, "/metrics"),
+                                            dm.get_status(d.port, "/healthz", "127.0.0.2")))
             check(all(g[:3] == (200, 200, 200) for g in got),
                   f"slowloris filling the main listener: admin /healthz, /readyz, /metrics answer {[g[:3] for g in got]}")
             print(f"     the main listener from 127.0.0.2 meanwhile: {[g[3] for g in got]}")
             time.sleep(1)
-            check(probe(d.port, "/healthz") == 200, "after the attack the main listener answers again")
+            check(dm.get_status(d.port, "/healthz") == 200, "after the attack the main listener answers again")
         finally:
             d.stop()
     finish()

@@ -581,7 +581,11 @@ static int dump(json_t *root, char **ret_body)
 
 int v2_error_body(const char *message, char **ret_body)
 {
-        return dump(json_pack("{s:s}", "error", message ? message : ""), ret_body);
+        /* Messages quote what the client sent (a model name): bytes that are
+         * not UTF-8 would make the JSON fail, and the answer a 500. */
+        char clean[1024];
+        str_escape(message ? message : "", clean, sizeof clean);
+        return dump(json_pack("{s:s}", "error", clean), ret_body);
 }
 
 int v2_server_body(char **ret_body)

@@ -64,6 +64,8 @@ def test_bytes(effnetd, weights, workdir):
         msg = b.get("error", {}).get("message", "")
         check(s == 404 and b.get("error", {}).get("code") == "not_found" and "\\xff" in msg,
               f"GET /%ff: 404 with the byte escaped in the JSON message ({s} {b})")
+        s, b = raw_get(d, b"/v2/models/%ff")
+        check(s == 404 and "\\xff" in str(b.get("error")), f"GET /v2/models/%ff: 404 with the byte escaped ({s} {b})")
         s, b = raw_get(d, b"/\xc3(")
         check(s == 404 and "error" in b, f"GET of raw bytes that are not UTF-8: 404 JSON ({s})")
         s, b = raw_get(d, b"/a%0a<3>effnetd:%20forged")

@@ -129,16 +129,27 @@ static void body_release(struct req *q)
         q->len = q->cap = 0;
 }
 
-static void req_free(struct req *q)
+/* Everything but the request's own record: its body, images, outputs and
+ * its reference to the generation (so that a retired model can go). */
+static void req_release_work(struct req *q)
 {
-        if (!q)
-                return;
-        atomic_fetch_sub(&q->g->refs, 1);
+        if (q->g)
+                atomic_fetch_sub(&q->g->refs, 1);
+        q->g = NULL;
         body_release(q);
         free(q->tensors);
         free(q->logits);
         free(q->jobs);
-        v2_request_free(q->v2req);
+        q->tensors = q->logits = NULL;
+        q->jobs = NULL;
+        q->v2req = v2_request_free(q->v2req);
+}
+
+static void req_free(struct req *q)
+{
+        if (!q)
+                return;
+        req_release_work(q);
         free(q);
 }
 
@@ -840,8 +851,8 @@ fail:
         return respond_failed(q);
 }
 
-/* After the batcher's callback resumed the connection. */
-static enum MHD_Result on_result(struct req *q)
+/* The answer of a request whose jobs are done (or failed). */
+static enum MHD_Result answer(struct req *q)
 {
         struct http_server *s = q->s;
         char *body = NULL;
@@ -909,6 +920,16 @@ static enum MHD_Result on_result(struct req *q)
                 break;
         }
         return respond_failed(q);
+}
+
+/* After the batcher's callback resumed the connection. */
+static enum MHD_Result on_result(struct req *q)
+{
+        enum MHD_Result r = answer(q);
+        /* The answer is queued: the images, outputs and model generation
+         * are not held while a slow client reads it. */
+        req_release_work(q);
+        return r;
 }
 
 /* libmicrohttpd's own unescaping, except that a URL with %00 stays as sent:

@@ -10,11 +10,13 @@ loopback:
      of them: /healthz from another address (127.0.0.2) keeps answering;
   2. with the per-client limit off and the attack filling max-connections,
      the admin listener (admin-listen) keeps answering /healthz, /readyz and
-     /metrics, and serves nothing else (404 for /v1/classify there).
+     /metrics, and serves nothing else (404 for /v1/classify there);
+  3. clients that never read their (large) answers hold no decoded images.
 Each probe must answer within 3 s, as a kubelet probe would need.
 """
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -42,6 +44,49 @@ def probes_during(a, fn, rounds=5):
         time.sleep(2)
     a.wait(ATTACK_S + 30)
     return got
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0
+
+
+def test_slow_readers(effnetd, weights, workdir):
+    """Clients that send 16-image requests with top_k=1000 and never read
+    the answers: once the answers are queued, their decoded images (9.6 MB
+    of tensors per request at 224 px) are freed, so the daemon's memory
+    grows by the answers only."""
+    photo = dm.sample_photos().get("grace_hopper.jpg")
+    if not photo:
+        print("     no sample photo: slow readers not checked")
+        return
+    body, ctype = dm.multipart([("p.jpg", "image/jpeg", dm.read(photo))] * 16)
+    d = dm.Daemon(effnetd, weights, workdir, "--max-batch", 8, "--access-log=false", name="slow-readers")
+    socks = []
+    try:
+        d.classify(dm.read(photo))
+        base = rss_mb(d.proc.pid)
+        for _ in range(8):
+            c = socket.create_connection(("127.0.0.1", d.port), timeout=30)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.sendall(f"POST /v1/classify?top_k=1000 HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            socks.append(c)
+        deadline = time.monotonic() + 120
+        while d.metrics().get("effnetd_images_total", 0) < 1 + 8 * 16 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        grown = rss_mb(d.proc.pid) - base
+        check(grown < 40, f"8 unread answers of 16 images each: RSS grew {grown:.0f} MB "
+              f"(their tensors alone are 77 MB)")
+        check(dm.get_status(d.port, "/healthz") == 200, "the daemon answers meanwhile")
+    finally:
+        for c in socks:
+            c.close()
+        d.stop()
 
 
 def main():
@@ -78,10 +123,16 @@ def main():
             check(all(g[:3] == (200, 200, 200) for g in got),
                   f"slowloris filling the main listener: admin /healthz, /readyz, /metrics answer {[g[:3] for g in got]}")
             print(f"     the main listener from 127.0.0.2 meanwhile: {[g[3] for g in got]}")
-            time.sleep(1)
-            check(dm.get_status(d.port, "/healthz") == 200, "after the attack the main listener answers again")
+            after = None
+            for _ in range(30):   # the attack's sockets close as it exits
+                after = dm.get_status(d.port, "/healthz")
+                if after == 200:
+                    break
+                time.sleep(1)
+            check(after == 200, f"after the attack the main listener answers again ({after})")
         finally:
             d.stop()
+        test_slow_readers(effnetd, weights, workdir)
     finish()
 
 

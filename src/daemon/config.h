@@ -37,6 +37,7 @@ struct conf {
         int64_t max_body_total;
         int64_t max_images;
         int64_t max_pixels;
+        int64_t max_request_pixels;
         int64_t max_connections;
         int64_t max_connections_per_client;
         int64_t connection_timeout;

@@ -487,6 +487,7 @@ int main(int argc, char **argv)
         };
         ho.img.limits.max_bytes = (size_t)c.max_body_bytes;
         ho.img.limits.max_pixels = c.max_pixels;
+        ho.max_request_pixels = c.max_request_pixels;
         ho.img.jpeg_fast = c.jpeg_fast;
         struct http_backend be = backend_of(sv);
         if ((r = http_new(&ho, &be, err, sizeof err, &http)) < 0) {

@@ -669,6 +669,44 @@ static void fail_image(struct req *q, int r, int part, const char *what)
                 fail(q, API_E_INTERNAL, "%s%s", where, what);
 }
 
+/* Decodes image i of q into its tensor, within the request's deadline
+ * (checked before every image, so a request of many slow images stops at
+ * the first one past it) and pixel budget (summed over its images from their
+ * headers, before any is decoded past it). false: q holds the failure. */
+static bool prepare_image(struct req *q, int i, const void *data, size_t len, int64_t *pixels_left)
+{
+        struct http_server *s = q->s;
+        struct img_info info;
+        char err[256];
+        int r;
+
+        if (len == 0) {
+                fail_image(q, -EBADMSG, i, "empty image");
+                return false;
+        }
+        if (time_now_ns() > q->deadline_ns) {
+                fail(q, API_E_DEADLINE, "past the deadline of %lld ms while decoding image %d",
+                     (long long)s->opts.deadline_ms, i + 1);
+                return false;
+        }
+        if ((r = img_probe(data, len, &s->opts.img.limits, err, sizeof err, &info)) == 0) {
+                int64_t px = (int64_t)info.width * info.height;
+                if (px > *pixels_left) {
+                        fail(q, API_E_TOO_LARGE, "the request's images hold more than %lld pixels in all "
+                             "(max-request-pixels)", (long long)s->opts.max_request_pixels);
+                        return false;
+                }
+                *pixels_left -= px;
+                r = img_prepare(data, len, &s->opts.img, &q->g->info->preproc,
+                                q->tensors + (size_t)i * q->g->image_floats, err, sizeof err);
+        }
+        if (r < 0) {
+                fail_image(q, r, i, err);
+                return false;
+        }
+        return true;
+}
+
 /* One image of a /v2 request done: the last one resumes the connection. */
 static void on_v2_job_done(struct batch_job *job, int status)
 {
@@ -714,19 +752,10 @@ static enum MHD_Result v2_on_complete(struct req *q)
         }
         if (!q->tensors || !q->logits || !q->jobs)
                 return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
-        for (int i = 0; q->v2req->datatype == V2_BYTES && i < n; i++) {
-                const struct v2_image *im = &q->v2req->images[i];
-                if (im->len == 0) {
-                        fail_image(q, -EBADMSG, i, "empty image");
+        int64_t pixels_left = s->opts.max_request_pixels;
+        for (int i = 0; q->v2req->datatype == V2_BYTES && i < n; i++)
+                if (!prepare_image(q, i, q->v2req->images[i].data, q->v2req->images[i].len, &pixels_left))
                         return respond_failed(q);
-                }
-                r = img_prepare(im->data, im->len, &s->opts.img, &g->info->preproc,
-                                q->tensors + (size_t)i * g->image_floats, err, sizeof err);
-                if (r < 0) {
-                        fail_image(q, r, i, err);
-                        return respond_failed(q);
-                }
-        }
         body_release(q);   /* BYTES images of binary data pointed into it */
         q->n_images = n;
         if (time_now_ns() > q->deadline_ns) {
@@ -808,18 +837,10 @@ static enum MHD_Result on_complete(struct req *q)
                 fail(q, API_E_OVERLOADED, "out of memory; retry later");
                 goto fail;
         }
-        for (int i = 0; i < n; i++) {
-                if (parts[i].len == 0) {
-                        fail_image(q, -EBADMSG, i, "empty image");
+        int64_t pixels_left = s->opts.max_request_pixels;
+        for (int i = 0; i < n; i++)
+                if (!prepare_image(q, i, parts[i].data, parts[i].len, &pixels_left))
                         goto fail;
-                }
-                r = img_prepare(parts[i].data, parts[i].len, &s->opts.img, &g->info->preproc,
-                                q->tensors + (size_t)i * g->image_floats, err, sizeof err);
-                if (r < 0) {
-                        fail_image(q, r, i, err);
-                        goto fail;
-                }
-        }
         if (parts != &one)
                 free(parts);
         parts = NULL;

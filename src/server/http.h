@@ -82,6 +82,7 @@ struct http_opts {
         int64_t deadline_ms;         /* from request headers to the start of inference */
         int retry_after_s;           /* Retry-After of 503 answers */
         struct img_opts img;         /* decode limits, fast JPEG path */
+        int64_t max_request_pixels;  /* encoded pixels of all of a request's images together */
         int listen_fd;               /* > 0: an already listening socket (systemd), taken over; listen unused */
         const char *admin_listen;    /* HOST:PORT of a second listener that serves only /healthz, /readyz,
                                       * /metrics and /v2/health/live, ready, with its own thread and connections;

@@ -16,7 +16,9 @@ The real daemon on loopback, with raw HTTP requests:
     effnetd, and the same error from `effnet classify`; the daemon keeps
     answering;
   - one client address at its max-connections-per-client cannot take a
-    connection from another address; listen [::] serves IPv4 and IPv6.
+    connection from another address; listen [::] serves IPv4 and IPv6;
+  - a request's pixels are budgeted over all its parts before decoding, and
+    its deadline is checked between parts.
 """
 import json
 import os
@@ -202,6 +204,44 @@ def test_connections(effnetd, weights, workdir):
         d.stop()
 
 
+def flat_png(side):
+    import io
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_decoding_budget(effnetd, weights, workdir):
+    """Large images that compress to almost nothing: the request's pixel
+    budget is summed over its parts before decoding them, and the deadline
+    is checked between parts."""
+    try:
+        big = flat_png(4000)   # 16 Mpx, about 50 kB
+    except ImportError:
+        print("     no PIL: decoding budget not checked")
+        return
+    body, ctype = dm.multipart([("big.png", "image/png", big)] * 6)
+    d = dm.Daemon(effnetd, weights, workdir, "--max-request-pixels", 40000000, name="pixels")
+    try:
+        t0 = time.monotonic()
+        s, _, b = d.request("POST", "/v1/classify", body, {"Content-Type": ctype})
+        secs = time.monotonic() - t0
+        b = dm.parse_json(b)
+        check(s == 413 and "max-request-pixels" in b.get("error", {}).get("message", ""),
+              f"6 x 16 Mpx in one request, budget 40 Mpx: 413 after {secs:.2f} s ({s} {b})")
+    finally:
+        d.stop()
+    d = dm.Daemon(effnetd, weights, workdir, "--deadline-ms", 30, name="decode-deadline")
+    try:
+        s, _, b = d.request("POST", "/v1/classify", body, {"Content-Type": ctype})
+        msg = dm.parse_json(b).get("error", {}).get("message", "")
+        check(s == 504 and "while decoding image" in msg and "image 6" not in msg,
+              f"a 30 ms deadline stops decoding between parts: {s} {msg}")
+    finally:
+        d.stop()
+
+
 def main():
     effnetd, effnet = dm.find_effnet_tools()
     if "grace_hopper.jpg" not in dm.sample_photos():
@@ -215,6 +255,7 @@ def main():
         test_labels(effnetd, weights, workdir)
         test_non_finite(effnetd, effnet, weights, workdir)
         test_connections(effnetd, weights, workdir)
+        test_decoding_budget(effnetd, weights, workdir)
     finish()
 
 

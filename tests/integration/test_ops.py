@@ -54,6 +54,7 @@ VALUES = {
     "v2-max-body-bytes": "8000000",
     "max-images": "7",
     "max-pixels": "123456",
+    "max-request-pixels": "234567",
     "jpeg-fast": "true",
     "access-log": "false",
     "log-format": "json",
@@ -66,7 +67,7 @@ BAD = {
     "max-batch": "257", "max-delay-ms": "nan", "queue": "0", "workers": "65", "threads": "1.5",
     "deadline-ms": "0", "watchdog-stall": "0", "max-body-bytes": "2G", "max-body-total": "0",
     "v2-max-body-bytes": "0",
-    "max-images": "65537", "max-pixels": "-5", "jpeg-fast": "maybe", "access-log": "2",
+    "max-images": "65537", "max-pixels": "-5", "max-request-pixels": "0", "jpeg-fast": "maybe", "access-log": "2",
     "log-format": "xml", "weights": "", "labels": "", "listen": "", "admin-listen": "",
 }
 

@@ -56,6 +56,9 @@ static const struct conf_setting settings[] = {
           "that one client cannot take them all from the others and the probes" },
         { "connection-timeout", "server", CONF_INT, F(connection_timeout), "30", 0, 86400, NULL,
           "seconds a connection may stay idle; 0 = never drop" },
+        { "body-timeout", "server", CONF_INT, F(body_timeout), "60", 0, 86400, NULL,
+          "seconds from a request's headers to the end of its body; a slower body closes the connection "
+          "(0 = no limit; connection-timeout still drops an idle one)" },
         { "retry-after", "server", CONF_INT, F(retry_after), "1", 0, 3600, NULL, "Retry-After seconds of 503 answers" },
         { "drain-timeout", "server", CONF_INT, F(drain_timeout), "30", 0, 3600, NULL,
           "seconds to finish requests in flight on SIGTERM before exiting" },

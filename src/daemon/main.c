@@ -475,6 +475,7 @@ int main(int argc, char **argv)
                 .max_connections = (int)c.max_connections,
                 .max_connections_per_client = (int)c.max_connections_per_client,
                 .connection_timeout_s = (int)c.connection_timeout,
+                .body_timeout_s = (int)c.body_timeout,
                 .max_body_bytes = c.max_body_bytes,
                 .v2_max_body_bytes = c.v2_max_body_bytes,
                 .max_body_total = c.max_body_total,

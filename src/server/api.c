@@ -485,6 +485,9 @@ int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *
         }
         put_head(f, "effnetd_http_connections_total", "counter", "Connections accepted.");
         fprintf(f, "effnetd_http_connections_total %llu\n", (unsigned long long)hs->connections);
+        put_head(f, "effnetd_http_body_timeouts_total", "counter",
+                 "Connections closed because the request body took longer than body-timeout.");
+        fprintf(f, "effnetd_http_body_timeouts_total %llu\n", (unsigned long long)hs->body_timeouts);
         put_head(f, "effnetd_http_inflight_requests", "gauge", "Requests being served.");
         fprintf(f, "effnetd_http_inflight_requests %d\n", hs->inflight);
         put_head(f, "effnetd_images_total", "counter", "Images classified and answered.");

@@ -152,6 +152,7 @@ struct api_http_stats {
         struct api_hist queue_wait;    /* submitted -> first image in a forward pass, per request */
         uint64_t images;               /* images classified and answered */
         uint64_t connections;          /* accepted since start */
+        uint64_t body_timeouts;        /* closed because the body took longer than body-timeout */
         uint64_t reloads, reload_failures;
         int inflight;                  /* requests being served now */
         bool ready;

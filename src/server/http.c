@@ -68,6 +68,7 @@ struct http_server {
         atomic_ullong errors[API_N_ERRORS];
         atomic_ullong images;
         atomic_ullong connections;
+        atomic_ullong body_timeouts;       /* connections closed past body-timeout */
         atomic_ullong latency[API_N_ROUTES][API_LATENCY_BUCKETS + 1];
         atomic_ullong latency_us[API_N_ROUTES];
         atomic_ullong queue_wait[API_LATENCY_BUCKETS + 1];
@@ -368,6 +369,7 @@ static int metrics_body(struct req *q, char **ret_body)
                 hs.errors[e] = atomic_load(&s->errors[e]);
         hs.images = atomic_load(&s->images);
         hs.connections = atomic_load(&s->connections);
+        hs.body_timeouts = atomic_load(&s->body_timeouts);
         hs.inflight = atomic_load(&s->inflight);
         hs.ready = !atomic_load(&s->draining);
         hs.reloads = atomic_load(&s->reloads);
@@ -604,6 +606,13 @@ static enum MHD_Result on_body(struct req *q, const char *data, size_t n)
 {
         struct http_server *s = q->s;
 
+        /* A body trickled in holds its connection and buffer; no answer can
+         * go out before the body ends, so past body-timeout from the
+         * headers the connection is closed. */
+        if (s->opts.body_timeout_s > 0 && time_now_ns() - q->start_ns > (int64_t)s->opts.body_timeout_s * 1000000000) {
+                atomic_fetch_add(&s->body_timeouts, 1);
+                return MHD_NO;
+        }
         q->received += n;
         if (q->failed)
                 return q->received > q->max_body + DISCARD_MAX ? MHD_NO : MHD_YES;

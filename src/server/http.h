@@ -75,6 +75,7 @@ struct http_opts {
         int max_connections;
         int max_connections_per_client;  /* per client address; 0 = none */
         int connection_timeout_s;    /* idle time before a connection is dropped */
+        int body_timeout_s;          /* from the headers to the body's end; 0 = none */
         int64_t max_body_bytes;      /* per request */
         int64_t v2_max_body_bytes;   /* per /v2 infer request (JSON tensors are large) */
         int64_t max_body_total;      /* bodies buffered over all connections */

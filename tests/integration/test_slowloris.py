@@ -11,7 +11,8 @@ loopback:
   2. with the per-client limit off and the attack filling max-connections,
      the admin listener (admin-listen) keeps answering /healthz, /readyz and
      /metrics, and serves nothing else (404 for /v1/classify there);
-  3. clients that never read their (large) answers hold no decoded images.
+  3. clients that never read their (large) answers hold no decoded images;
+  4. a body trickled in is cut off at body-timeout.
 Each probe must answer within 3 s, as a kubelet probe would need.
 """
 import os
@@ -44,6 +45,32 @@ def probes_during(a, fn, rounds=5):
         time.sleep(2)
     a.wait(ATTACK_S + 30)
     return got
+
+
+def test_slow_body(effnetd, weights, workdir):
+    """A body trickled at 10 bytes a second is cut off at body-timeout (the
+    connection closed, and counted), while other requests are served."""
+    d = dm.Daemon(effnetd, weights, workdir, "--body-timeout", 2, name="slow-body")
+    try:
+        c = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        c.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                  b"Content-Length: 100000\r\n\r\n")
+        t0 = time.monotonic()
+        closed = None
+        while time.monotonic() - t0 < 15:
+            try:
+                c.sendall(b"x" * 10)
+            except OSError:
+                closed = time.monotonic() - t0
+                break
+            time.sleep(1)
+        c.close()
+        m = d.metrics()
+        check(closed is not None and closed < 6 and m.get("effnetd_http_body_timeouts_total") == 1.0,
+              f"a body trickled at 10 B/s is closed at body-timeout 2 s (after {closed} s), and counted")
+        check(dm.get_status(d.port, "/readyz") == 200, "the daemon serves others")
+    finally:
+        d.stop()
 
 
 def rss_mb(pid):
@@ -133,6 +160,7 @@ def main():
         finally:
             d.stop()
         test_slow_readers(effnetd, weights, workdir)
+        test_slow_body(effnetd, weights, workdir)
     finish()
 
 

@@ -498,7 +498,7 @@ int st_open_ex(const char *path, bool copy, char *err, size_t err_len, struct st
         struct st_file *f = NULL;
         struct stat st;
         void *map = MAP_FAILED;
-        size_t len;
+        size_t len = 0;
         char eb[128];
         int fd, r;
 

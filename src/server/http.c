@@ -61,6 +61,8 @@ struct http_server {
         uint64_t id_salt;
 
         atomic_bool draining;
+        atomic_bool stopping;              /* http_stop began: nothing new is suspended or submitted */
+        atomic_int submitting;             /* requests between submit_enter and submit_leave */
         atomic_int inflight;
         atomic_int waiting;                /* suspended while the batcher has their job */
         atomic_llong body_total;           /* bytes buffered over all requests */
@@ -716,6 +718,26 @@ static bool prepare_image(struct req *q, int i, const void *data, size_t len, in
         return true;
 }
 
+/* Entering the batcher (suspend, submit): false once http_stop began, so
+ * that no connection is suspended and no job submitted while or after the
+ * server stops (the caller answers 503 draining). Then submit_leave. Both
+ * sides are sequentially consistent: http_stop sets stopping and then reads
+ * submitting, this counts itself and then reads stopping, so one of them
+ * sees the other. */
+static bool submit_enter(struct http_server *s)
+{
+        atomic_fetch_add(&s->submitting, 1);
+        if (!atomic_load(&s->stopping))
+                return true;
+        atomic_fetch_sub(&s->submitting, 1);
+        return false;
+}
+
+static void submit_leave(struct http_server *s)
+{
+        atomic_fetch_sub(&s->submitting, 1);
+}
+
 /* One image of a /v2 request done: the last one resumes the connection. */
 static void on_v2_job_done(struct batch_job *job, int status)
 {
@@ -772,6 +794,10 @@ static enum MHD_Result v2_on_complete(struct req *q)
                      (long long)s->opts.deadline_ms);
                 return respond_failed(q);
         }
+        if (!submit_enter(s)) {
+                fail(q, API_E_DRAINING, "the server is shutting down");
+                return respond_failed(q);
+        }
         atomic_store(&q->pending, n);
         /* Suspend first: the callbacks may resume before batch_submit returns. */
         q->state = REQ_WAITING;
@@ -798,6 +824,7 @@ static enum MHD_Result v2_on_complete(struct req *q)
                 q->state = REQ_DONE;
                 MHD_resume_connection(q->conn);
         }
+        submit_leave(s);
         return MHD_YES;
 }
 
@@ -862,6 +889,10 @@ static enum MHD_Result on_complete(struct req *q)
         }
         q->job = (struct batch_job){ .n = n, .images = q->tensors, .logits = q->logits,
                                      .deadline_ns = q->deadline_ns, .done = on_job_done, .userdata = q };
+        if (!submit_enter(s)) {
+                fail(q, API_E_DRAINING, "the server is shutting down");
+                return respond_failed(q);
+        }
         /* Suspend first: the callback may resume before batch_submit returns. */
         q->state = REQ_WAITING;
         q->counted_waiting = true;
@@ -874,6 +905,7 @@ static enum MHD_Result on_complete(struct req *q)
                 q->state = REQ_DONE;
                 MHD_resume_connection(q->conn);
         }
+        submit_leave(s);
         return MHD_YES;
 fail:
         if (parts != &one)
@@ -1333,6 +1365,16 @@ fail:
 
 void http_stop(struct http_server *s)
 {
+        /* Quiesce first: close the gate to the batcher, let whoever is past
+         * it finish submitting, then let every suspended request get its
+         * answer (its result or its deadline); libmicrohttpd must not stop
+         * with a connection suspended or being suspended. */
+        if (s && s->daemon) {
+                struct timespec ms = { .tv_sec = 0, .tv_nsec = 1000000 };
+                atomic_store(&s->stopping, true);
+                while (atomic_load(&s->submitting) > 0 || atomic_load(&s->waiting) > 0)
+                        nanosleep(&ms, NULL);
+        }
         if (s && s->daemon) {
                 MHD_stop_daemon(s->daemon);
                 s->daemon = NULL;

@@ -136,8 +136,11 @@ int http_waiting(struct http_server *s);
 /* Images classified and answered since start (for a status line). */
 uint64_t http_images(struct http_server *s);
 
-/* Closes every connection and stops serving (requests still in flight are
- * cut off and release their backend). http_free follows. */
+/* Stops serving: from now on no request is suspended or submitted to the
+ * batcher (those that would be get 503 draining); waits for the requests
+ * already submitted to get their answers (result or deadline), then closes
+ * every connection (requests still reading or writing are cut off and
+ * release their backend). http_free follows. */
 void http_stop(struct http_server *s);
 
 /* Stops the server. Call when http_waiting() is 0 (libmicrohttpd cannot stop

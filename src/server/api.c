@@ -488,6 +488,8 @@ int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *
         put_head(f, "effnetd_http_body_timeouts_total", "counter",
                  "Connections closed because the request body took longer than body-timeout.");
         fprintf(f, "effnetd_http_body_timeouts_total %llu\n", (unsigned long long)hs->body_timeouts);
+        put_head(f, "effnetd_http_answer_bytes", "gauge", "Bytes of answers queued and not yet sent to their clients.");
+        fprintf(f, "effnetd_http_answer_bytes %lld\n", (long long)hs->answer_bytes);
         put_head(f, "effnetd_http_inflight_requests", "gauge", "Requests being served.");
         fprintf(f, "effnetd_http_inflight_requests %d\n", hs->inflight);
         put_head(f, "effnetd_images_total", "counter", "Images classified and answered.");

@@ -153,6 +153,7 @@ struct api_http_stats {
         uint64_t images;               /* images classified and answered */
         uint64_t connections;          /* accepted since start */
         uint64_t body_timeouts;        /* closed because the body took longer than body-timeout */
+        int64_t answer_bytes;          /* answers queued and not yet sent */
         uint64_t reloads, reload_failures;
         int inflight;                  /* requests being served now */
         bool ready;

@@ -63,6 +63,7 @@ struct http_server {
         atomic_bool draining;
         atomic_bool stopping;              /* http_stop began: nothing new is suspended or submitted */
         atomic_int submitting;             /* requests between submit_enter and submit_leave */
+        atomic_llong answer_bytes;         /* bodies of answers queued and not yet sent (a gauge) */
         atomic_int inflight;
         atomic_int waiting;                /* suspended while the batcher has their job */
         atomic_llong body_total;           /* bytes buffered over all requests */
@@ -120,6 +121,7 @@ struct req {
         atomic_int pending;         /* /v2: jobs whose callback has not fired */
         atomic_int job_error;       /* /v2: the first error of its jobs, or 0 */
         int job_status;             /* written by the batcher's callback(s) */
+        size_t answer_len;          /* its answer's body, counted in s->answer_bytes until completed */
         bool counted_waiting;       /* counted in http_server.waiting */
 };
 
@@ -213,8 +215,12 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
 
         if (body) {
                 resp = MHD_create_response_from_buffer(n, body, MHD_RESPMEM_MUST_FREE);
-                if (!resp)
+                if (!resp) {
                         free(body);
+                } else {
+                        q->answer_len = n;
+                        atomic_fetch_add(&s->answer_bytes, (long long)n);
+                }
         } else {
                 const char *fixed = q->v2.route != V2_ROUTE_NONE ? oom_v2 : oom;
                 status = 500;
@@ -372,6 +378,7 @@ static int metrics_body(struct req *q, char **ret_body)
         hs.images = atomic_load(&s->images);
         hs.connections = atomic_load(&s->connections);
         hs.body_timeouts = atomic_load(&s->body_timeouts);
+        hs.answer_bytes = atomic_load(&s->answer_bytes);
         hs.inflight = atomic_load(&s->inflight);
         hs.ready = !atomic_load(&s->draining);
         hs.reloads = atomic_load(&s->reloads);
@@ -1093,6 +1100,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
          * the resumed connection without calling the handler again. */
         if (q->counted_waiting)
                 atomic_fetch_sub(&s->waiting, 1);
+        atomic_fetch_sub(&s->answer_bytes, (long long)q->answer_len);
         req_free(q);
         atomic_fetch_sub(&s->inflight, 1);
 }

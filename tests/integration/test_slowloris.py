@@ -81,6 +81,17 @@ def rss_mb(pid):
     return 0
 
 
+def unread_socket(port):
+    """A connection whose receive window stays small (set before connecting:
+    the window is agreed then), so that an answer it never reads stays on
+    the daemon's side."""
+    c = socket.socket()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.settimeout(30)
+    c.connect(("127.0.0.1", port))
+    return c
+
+
 def test_slow_readers(effnetd, weights, workdir):
     """Clients that send 16-image requests with top_k=1000 and never read
     the answers: once the answers are queued, their decoded images (9.6 MB
@@ -97,8 +108,7 @@ def test_slow_readers(effnetd, weights, workdir):
         d.classify(dm.read(photo))
         base = rss_mb(d.proc.pid)
         for _ in range(8):
-            c = socket.create_connection(("127.0.0.1", d.port), timeout=30)
-            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c = unread_socket(d.port)
             c.sendall(f"POST /v1/classify?top_k=1000 HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
                       f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             socks.append(c)
@@ -110,6 +120,7 @@ def test_slow_readers(effnetd, weights, workdir):
         check(grown < 40, f"8 unread answers of 16 images each: RSS grew {grown:.0f} MB "
               f"(their tensors alone are 77 MB)")
         check(dm.get_status(d.port, "/healthz") == 200, "the daemon answers meanwhile")
+        print(f"     answers not yet handed to the kernel: {d.metrics().get('effnetd_http_answer_bytes')} bytes")
     finally:
         for c in socks:
             c.close()

@@ -698,6 +698,7 @@ struct fetch {
         char *storage;                 /* CACHE/models--ORG--NAME */
         char *url;                     /* the resolve URL */
         char *download_url;            /* where the content is (a CDN for LFS files) */
+        char *shown_url;               /* download_url without its query: a CDN's holds a signature */
         bool send_token;               /* not to another host than the hub's */
         int64_t size, max_bytes;
         char commit[41], etag[HEADER_VALUE_MAX];
@@ -706,7 +707,7 @@ struct fetch {
         int64_t written, resumed, last_progress_ns;
         const char *blob;
         int write_error;
-        long get_status;
+        bool body_started;             /* of the current response */
         struct answer get_ans;
 };
 
@@ -768,8 +769,8 @@ static int transport_error(struct fetch *F, CURLcode c, const char *url, char *e
         case CURLE_GOT_NOTHING:
         case CURLE_PARTIAL_FILE:
                 return err_set(err, err_len, -ENETUNREACH,
-                               "cannot reach the hub at %s (%s); %s is not in the cache %s", F->set.endpoint, why,
-                               F->ref->file, F->set.cache_dir);
+                               "cannot reach the hub at %s (%s); %s/%s at %s is not in the cache %s",
+                               F->set.endpoint, why, F->ref->repo, F->ref->file, F->ref->revision, F->set.cache_dir);
         case CURLE_OUT_OF_MEMORY:
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         default:
@@ -931,7 +932,7 @@ static void report(struct fetch *F, bool started, bool finished)
         if (!started && !finished && now - F->last_progress_ns < PROGRESS_PERIOD_NS)
                 return;
         F->last_progress_ns = now;
-        struct hub_progress p = { .url = F->download_url, .blob = F->blob, .done = F->written, .total = F->size,
+        struct hub_progress p = { .url = F->shown_url, .blob = F->blob, .done = F->written, .total = F->size,
                                   .resumed = F->resumed, .started = started, .finished = finished };
         F->opts->progress(F->opts->userdata, &p);
 }
@@ -945,7 +946,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
                 F->write_error = -EPROTO;   /* an error page: not ours to keep */
                 return 0;
         }
-        if (F->get_ans.status == 200 && F->written > 0) {
+        if (!F->body_started && F->get_ans.status == 200 && F->written > 0) {
                 /* The server ignored the Range: start the file over. */
                 if (ftruncate(F->fd, 0) < 0) {
                         F->write_error = -errno;
@@ -953,6 +954,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
                 }
                 F->written = 0;
         }
+        F->body_started = true;
         if (F->written + (int64_t)n > F->size) {
                 F->write_error = -E2BIG;
                 return 0;
@@ -1028,6 +1030,7 @@ static int download(struct fetch *F, const char *incomplete, char *err, size_t e
                         curl_easy_setopt(F->curl, CURLOPT_RANGE, range);
                 }
                 F->write_error = 0;
+                F->body_started = false;
                 CURLcode c = curl_easy_perform(F->curl);
                 curl_slist_free_all(h);
                 h = NULL;
@@ -1164,7 +1167,8 @@ int hub_fetch(const struct hub_ref *ref, const struct hub_opts *opts, char *err,
         }
 
         /* In the cache for this revision: no network. */
-        if (read_ref(F.storage, ref, commit) == 0) {
+        bool refresh = opts && opts->refresh && !F.set.offline;
+        if (!refresh && read_ref(F.storage, ref, commit) == 0) {
                 if (!(pointer = strdup_printf("%s/snapshots/%s/%s", F.storage, commit, ref->file))) {
                         r = err_set(err, err_len, -ENOMEM, "out of memory");
                         goto out;
@@ -1211,6 +1215,10 @@ int hub_fetch(const struct hub_ref *ref, const struct hub_opts *opts, char *err,
         }
         if ((r = head(&F, err, err_len)) < 0 || (r = read_metadata(&F, err, err_len)) < 0)
                 goto out;
+        if (!(F.shown_url = strndup(F.download_url, strcspn(F.download_url, "?#")))) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto out;
+        }
 
         pointer = strdup_printf("%s/snapshots/%s/%s", F.storage, F.commit, ref->file);
         blob = strdup_printf("%s/blobs/%s", F.storage, F.etag);
@@ -1273,6 +1281,7 @@ out:
         free(incomplete);
         free(F.url);
         free(F.download_url);
+        free(F.shown_url);
         free(F.storage);
         hub_settings_clear(&F.set);
         return r;

@@ -64,7 +64,8 @@ void hub_ref_format(const struct hub_ref *ref, char *buf, size_t len);
 
 /* What a download reports to its caller. */
 struct hub_progress {
-        const char *url;       /* where the bytes come from (after the hub's redirect) */
+        const char *url;       /* where the bytes come from (after the hub's redirect),
+                                * without the query (a CDN's holds a signature) */
         const char *blob;      /* the blob path being written */
         int64_t done;          /* bytes of the file on disk, resumed ones included */
         int64_t total;         /* the file's size */
@@ -80,6 +81,8 @@ struct hub_opts {
         const char *cache_dir;
         const char *token;
         bool offline;          /* never use the network (also HF_HUB_OFFLINE=1) */
+        bool refresh;          /* ask the hub even when the revision is cached (a
+                                * branch may have moved); offline wins */
         int64_t max_bytes;     /* 0: HUB_MAX_BYTES_DEFAULT */
         /* Called on the calling thread at the start of a download, at most
          * ten times a second while bytes arrive, and at the end. Never

@@ -52,6 +52,7 @@ class Hub:
             "acme/gated": (403, weights),
             "acme/cache2": (None, weights),
             "acme/offline": (None, weights),
+            "acme/tty": (None, weights),
         }
         self.revisions = {"main": commit_of("main"), "v1": commit_of("v1")}
         hub = self
@@ -101,7 +102,7 @@ class Hub:
         if rev not in self.revisions:
             return self.error(h, 404, "RevisionNotFound")
         commit = self.revisions[rev]
-        if file == "model.safetensors":
+        if file.endswith("model.safetensors"):
             headers = {
                 "Location": f"{self.url}/lfs/{self.sha}?repo={repo}",
                 "X-Repo-Commit": commit,
@@ -252,6 +253,24 @@ def main():
     rc, out4, err = run(["pull", "--refresh", REPO], env)
     methods = [r[0] for r in hub.since(n0)]
     check(rc == 0 and out4 == out and methods == ["HEAD"], f"pull --refresh: one HEAD, no download ({methods})")
+
+    # ---- a file in a folder: one more "../"; the blob is there, only linked.
+    n0 = hub.count()
+    rc, out9, err = run(["pull", REPO, "--file", "sub/dir/model.safetensors"], env)
+    nested = os.path.join(folder, "snapshots", commit_of("main"), "sub", "dir", "model.safetensors")
+    check(rc == 0 and out9.strip() == nested and os.readlink(nested) == f"../../../../blobs/{hub.sha}",
+          f"a nested file links to ../../../../blobs/SHA256 ({err.strip()})")
+    check([r[0] for r in hub.since(n0)] == ["HEAD"], "a blob already in the cache is linked, not downloaded")
+
+    # ---- on a terminal: a progress bar on stderr.
+    if shutil.which("script"):
+        cmd = f"{EFFNET} pull acme/tty 2>&1"
+        p = subprocess.run(["script", "-qec", cmd, "/dev/null"], env=env, capture_output=True, timeout=120)
+        text = p.stdout.decode(errors="replace")
+        check(p.returncode == 0 and "100%" in text and "MB" in text and "[###" in text,
+              f"a progress bar on a terminal ({text[-200:]!r})")
+    else:
+        print("note: no script(1) (bsdutils): the progress bar on a terminal is not tried")
 
     # ---- a renamed repository: relative redirect followed by the HEAD.
     rc, out5, err = run(["pull", "timm/old_name"], env)

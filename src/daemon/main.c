@@ -355,14 +355,13 @@ static int check_hub_weights(const char *weights)
 /* Whether the files the settings name can be read (for --check-config). */
 static int check_files(const struct conf *c)
 {
-        const char *files[] = { c->weights, c->labels };
-        int r = 0;
+        /* hf:// weights are no local file. */
+        bool hub = hub_is_uri(c->weights);
+        const char *files[] = { hub ? NULL : c->weights, c->labels };
+        int r = hub ? check_hub_weights(c->weights) : 0;
 
         for (size_t i = 0; i < ARRAY_SIZE(files); i++)
-                if (files[i] && hub_is_uri(files[i]) && i == 0) {
-                        if (check_hub_weights(files[i]) < 0)
-                                r = -EINVAL;
-                } else if (files[i] && access(files[i], R_OK) < 0) {
+                if (files[i] && access(files[i], R_OK) < 0) {
                         fprintf(stderr, "%s: %s: %s\n", prog, files[i], strerror(errno));
                         r = -errno;
                 }

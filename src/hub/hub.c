@@ -326,9 +326,11 @@ int hub_settings_get(const struct hub_opts *opts, char *err, size_t err_len, str
         }
         if ((v = env_nonempty("HF_HOME")))
                 home = expand_path(v);
-        else if ((v = env_nonempty("XDG_CACHE_HOME")))
-                home = strdup_printf("%s/huggingface", v);
-        else
+        else if ((v = env_nonempty("XDG_CACHE_HOME"))) {
+                char *joined = strdup_printf("%s/huggingface", v);
+                home = joined ? expand_path(joined) : NULL;
+                free(joined);
+        } else
                 home = expand_path("~/.cache/huggingface");
         if (!s.endpoint || !home) {
                 r = err_set(err, err_len, -ENOMEM, "out of memory");
@@ -344,13 +346,15 @@ int hub_settings_get(const struct hub_opts *opts, char *err, size_t err_len, str
                 r = err_set(err, err_len, -ENOMEM, "out of memory");
                 goto fail;
         }
+        /* The first source that holds a token wins; a blank one counts as
+         * none, as in huggingface_hub's get_token. */
         if (opts && opts->token)
                 r = clean_token(opts->token, err, err_len, "the caller", &s.token);
-        else if ((v = env_nonempty("HF_TOKEN")))
+        if (r == 0 && !s.token && (v = env_nonempty("HF_TOKEN")))
                 r = clean_token(v, err, err_len, "HF_TOKEN", &s.token);
-        else if ((v = env_nonempty("HUGGING_FACE_HUB_TOKEN")))
+        if (r == 0 && !s.token && (v = env_nonempty("HUGGING_FACE_HUB_TOKEN")))
                 r = clean_token(v, err, err_len, "HUGGING_FACE_HUB_TOKEN", &s.token);
-        else {
+        if (r == 0 && !s.token) {
                 char *path = (v = env_nonempty("HF_TOKEN_PATH")) ? expand_path(v) : strdup_printf("%s/token", home);
                 r = path ? token_from_file(path, err, err_len, &s.token) : err_set(err, err_len, -ENOMEM, "out of memory");
                 free(path);
@@ -1079,6 +1083,9 @@ static int download(struct fetch *F, const char *incomplete, char *err, size_t e
                 }
         }
         report(F, false, true);
+        /* On disk before it is renamed into the cache, which then trusts it. */
+        if (fsync(F->fd) < 0)
+                r = err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
 out:
         if (close(F->fd) < 0 && r == 0)
                 r = err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));

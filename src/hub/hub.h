@@ -92,7 +92,7 @@ struct hub_opts {
 };
 
 /* The settings a fetch would use, resolved from opts and the environment
- * exactly as huggingface_hub does:
+ * as huggingface_hub does (a variable set to "" counts as unset):
  *   endpoint: HF_ENDPOINT (trailing '/' removed), else https://huggingface.co;
  *   cache:    HF_HUB_CACHE, else HUGGINGFACE_HUB_CACHE, else HF_HOME/hub,
  *             where HF_HOME defaults to $XDG_CACHE_HOME/huggingface, else

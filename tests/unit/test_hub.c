@@ -107,12 +107,13 @@ static void test_settings(const char *dir)
         hub_settings_clear(&s);
 
         setenv("HF_ENDPOINT", "http://127.0.0.1:9/mirror//", 1);
-        setenv("XDG_CACHE_HOME", "/xdg", 1);
+        setenv("XDG_CACHE_HOME", "~/xdg", 1);
         setenv("HF_HUB_OFFLINE", "yes", 1);
         setenv("HF_HUB_ETAG_TIMEOUT", "3", 1);
         REQUIRE(hub_settings_get(NULL, err, sizeof err, &s) == 0);
         CHECK(strcmp(s.endpoint, "http://127.0.0.1:9/mirror") == 0);
-        CHECK_MSG(strcmp(s.cache_dir, "/xdg/huggingface/hub") == 0, "%s", s.cache_dir);
+        snprintf(want, sizeof want, "%s/xdg/huggingface/hub", dir);
+        CHECK_MSG(strcmp(s.cache_dir, want) == 0, "%s", s.cache_dir);
         CHECK(s.offline);
         CHECK(s.etag_timeout_s == 3);
         hub_settings_clear(&s);
@@ -159,6 +160,11 @@ static void test_settings(const char *dir)
         setenv("HF_TOKEN", " hf_env \n", 1);
         REQUIRE(hub_settings_get(NULL, err, sizeof err, &s) == 0);
         CHECK(s.token && strcmp(s.token, "hf_env") == 0);
+        hub_settings_clear(&s);
+        /* A blank HF_TOKEN is none: the next source is used. */
+        setenv("HF_TOKEN", "  \n", 1);
+        REQUIRE(hub_settings_get(NULL, err, sizeof err, &s) == 0);
+        CHECK(s.token && strcmp(s.token, "hf_legacy") == 0);
         hub_settings_clear(&s);
         setenv("HF_TOKEN", "hf bad", 1);
         CHECK(hub_settings_get(NULL, err, sizeof err, &s) == -EINVAL);

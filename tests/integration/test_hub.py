@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from daemon import Daemon, check, content_type_of, finish, free_port, sample_photos, read  # noqa: E402
@@ -145,6 +146,7 @@ class Hub:
             # The connection drops half-way: the client must resume.
             h.wfile.write(body[: len(body) // 2])
             h.wfile.flush()
+            time.sleep(0.2)   # let the first half arrive before the cut
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
             return

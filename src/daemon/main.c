@@ -172,7 +172,8 @@ static int weights_resolve(const char *weights, char *err, size_t err_len, char 
                 *ret_path = p;
                 return 0;
         }
-        if ((r = hub_parse_uri(weights, why, sizeof why, &ref)) < 0 || (r = hub_fetch(&ref, &o, why, sizeof why, &f)) < 0)
+        if ((r = hub_parse_uri(weights, why, sizeof why, &ref)) < 0 ||
+            (r = hub_fetch(&ref, &o, why, sizeof why, &f)) < 0)
                 return err_set(err, err_len, r, "weights %s: %s", weights, why);
         log_msg(LOG_INFO, "weights %s: commit %s, %s (%s)", weights, f->commit, f->path,
                 f->downloaded ? "downloaded" : f->network ? "in the cache, linked" : "from the cache");

@@ -112,7 +112,11 @@ int hub_ref_init(const char *repo, const char *revision, const char *file, char 
 
 static int hex_value(char c)
 {
-        return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        return c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
 }
 
 int hub_parse_uri(const char *uri, char *err, size_t err_len, struct hub_ref *ret_ref)
@@ -356,7 +360,8 @@ int hub_settings_get(const struct hub_opts *opts, char *err, size_t err_len, str
                 r = clean_token(v, err, err_len, "HUGGING_FACE_HUB_TOKEN", &s.token);
         if (r == 0 && !s.token) {
                 char *path = (v = env_nonempty("HF_TOKEN_PATH")) ? expand_path(v) : strdup_printf("%s/token", home);
-                r = path ? token_from_file(path, err, err_len, &s.token) : err_set(err, err_len, -ENOMEM, "out of memory");
+                r = path ? token_from_file(path, err, err_len, &s.token)
+                         : err_set(err, err_len, -ENOMEM, "out of memory");
                 free(path);
         }
         if (r < 0)

@@ -12,6 +12,7 @@ import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -220,7 +221,8 @@ def main():
     check(reqs and reqs[0][0] == "HEAD" and reqs[0][1] == f"/{REPO}/resolve/main/model.safetensors",
           "first a HEAD on {endpoint}/{repo}/resolve/{revision}/{file}")
     gets = [r for r in reqs if r[0] == "GET"]
-    check(len(gets) == 2 and all(g[1].startswith("/lfs/") for g in gets), f"content fetched at the redirect ({len(gets)} GETs)")
+    check(len(gets) == 2 and all(g[1].startswith("/lfs/") for g in gets),
+          f"content fetched at the redirect ({len(gets)} GETs)")
     check(len(gets) == 2 and "range" not in gets[0][2] and gets[1][2].get("range", "").startswith("bytes="),
           f"the interrupted transfer is resumed with Range ({gets[1][2].get('range') if len(gets) > 1 else None})")
     if len(gets) == 2:
@@ -383,6 +385,13 @@ def main():
     d = Daemon(EFFNETD, f"hf://{REPO}", work, name="effnetd-hub2", env=env3)
     try:
         check(hub.count() == n0, "a second start uses the cache: no request")
+        # SIGHUP resolves the name again, on the reload thread, from the cache.
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 120
+        while "reloaded" not in d.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        check("reloaded" in d.log_text() and hub.count() == n0,
+              "SIGHUP reloads hf:// weights from the cache, no request")
     finally:
         d.stop()
     rc = subprocess.run([EFFNETD, "--check-config", "--weights", "hf://acme/missing"], env=env3,

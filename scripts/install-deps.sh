@@ -7,7 +7,7 @@ pkgs=(
   # build
   build-essential meson ninja-build pkg-config cmake
   libdnnl-dev libjansson-dev libmicrohttpd-dev libturbojpeg0-dev
-  libpng-dev libsystemd-dev libssl-dev
+  libpng-dev libsystemd-dev libssl-dev libcurl4-openssl-dev
   # tests: references and tools
   python3 python3-numpy python3-torch python3-torchvision python3-pil
   python3-matplotlib python3-skimage libjpeg-turbo-progs  # sample photos, cjpeg

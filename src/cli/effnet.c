@@ -1,10 +1,11 @@
 /* effnet: command-line tool over libeffnet (forward, bench, inspect,
- * init-weights, classify). */
+ * init-weights, classify, pull). */
 #include "effnet.h"
 #include "common/npy.h"
 #include "common/util.h"
 #include "model/model.h"
 #include "model/safetensors.h"
+#include "hub/hub.h"
 #include "image/image.h"
 #include "server/api.h"
 
@@ -14,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static const char *prog = "effnet";
@@ -39,10 +41,17 @@ static int usage(FILE *f)
                 "  init-weights --variant s|m|l|xl|b0|b1|b2|b3|rw_s [--scheme timm|torchvision]\n"
                 "          [--classes N] [--dtype f32|f16|bf16] --seed N -o FILE\n"
                 "      Deterministic seeded weights (the embedded default).\n"
+                "  pull REPO_ID [--revision R] [--file F] [--refresh]   (or: pull hf://ORG/NAME[@R][/F])\n"
+                "      Downloads a file of a Hugging Face Hub repository (default\n"
+                "      model.safetensors at main) into the hub's cache, as huggingface_hub\n"
+                "      does (HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN), and prints its path.\n"
                 "  cpu\n"
                 "      oneDNN's ISA on this CPU (DNNL_MAX_CPU_ISA caps it), native bf16,\n"
                 "      layouts and what --precision auto picks, as JSON.\n"
-                "  --version, --help\n",
+                "  --version, --help\n"
+                "\n"
+                "Wherever a command takes weights, hf://ORG/NAME[@REVISION][/FILE] names a\n"
+                "file on the hub: taken from the cache, pulled first when missing.\n",
                 prog);
         return f == stderr ? 2 : 0;
 }
@@ -153,17 +162,99 @@ static int parse_args(int argc, char **argv, struct args *a)
         return 0;
 }
 
+/* A progress bar on stderr while a pull downloads, only when stderr is a
+ * terminal: scripts and logs get nothing. */
+struct bar {
+        bool tty;
+        int64_t t0;
+        const char *name;
+};
+
+static void on_progress(void *userdata, const struct hub_progress *p)
+{
+        struct bar *b = userdata;
+        const int width = 30;
+
+        if (!b->tty)
+                return;
+        if (p->started)
+                b->t0 = time_now_ns();
+        double secs = (double)(time_now_ns() - b->t0) / 1e9;
+        double frac = p->total > 0 ? (double)p->done / (double)p->total : 1.0;
+        double rate = secs > 0 ? (double)(p->done - p->resumed) / secs : 0;
+        int fill = (int)(frac * width);
+        char bar[64];
+        for (int i = 0; i < width; i++)
+                bar[i] = i < fill ? '#' : '.';
+        bar[width] = '\0';
+        fprintf(stderr, "\r%.30s %3.0f%% [%s] %.1f/%.1f MB %.1f MB/s%s", b->name, frac * 100, bar,
+                (double)p->done / 1e6, (double)p->total / 1e6, rate / 1e6, p->finished ? "\n" : "  ");
+        fflush(stderr);
+}
+
+/* The cached file of ref, pulled when missing; a bar on a terminal. */
+static int pull(const struct hub_ref *ref, bool refresh, struct hub_file **ret)
+{
+        char err[1024];
+        const char *base = strrchr(ref->file, '/');
+        struct bar b = { .tty = isatty(STDERR_FILENO) == 1, .name = base ? base + 1 : ref->file };
+        struct hub_opts o = { .refresh = refresh, .progress = on_progress, .userdata = &b };
+
+        int r = hub_fetch(ref, &o, err, sizeof err, ret);
+        if (r < 0)
+                fprintf(stderr, "%s: %s\n", prog, err);
+        return r;
+}
+
+/* The local file of a weights argument: itself, or for hf://... the cached
+ * snapshot (pulled first when missing). *ret_path is the caller's. */
+static int weights_path(const char *arg, char **ret_path)
+{
+        struct hub_ref ref;
+        struct hub_file *f = NULL;
+        char err[512];
+        int r;
+
+        if (!hub_is_uri(arg)) {
+                char *p = strdup(arg);
+                if (!p)
+                        return -ENOMEM;
+                *ret_path = p;
+                return 0;
+        }
+        if ((r = hub_parse_uri(arg, err, sizeof err, &ref)) < 0) {
+                fprintf(stderr, "%s: %s\n", prog, err);
+                return r;
+        }
+        if ((r = pull(&ref, false, &f)) < 0)
+                return r;
+        *ret_path = f->path;
+        f->path = NULL;
+        hub_file_free(f);
+        return 0;
+}
+
+/* effnet_model_open on a weights argument (a file or hf://...). */
+static int model_open_arg(const char *arg, const struct effnet_open_opts *oo, struct effnet_model **ret)
+{
+        char err[512], *path = NULL;
+        int r = weights_path(arg, &path);
+
+        if (r < 0)
+                return r;
+        if ((r = effnet_model_open(path, oo, err, sizeof err, ret)) < 0)
+                fprintf(stderr, "%s: %s\n", prog, err);
+        free(path);
+        return r;
+}
+
 static int open_model(const struct args *a, struct effnet_model **ret)
 {
-        char err[512];
         if (!a->weights) {
                 fprintf(stderr, "%s: --weights FILE is required\n", prog);
                 return -EINVAL;
         }
-        int r = effnet_model_open(a->weights, &a->open, err, sizeof err, ret);
-        if (r < 0)
-                fprintf(stderr, "%s: %s\n", prog, err);
-        return r;
+        return model_open_arg(a->weights, &a->open, ret);
 }
 
 static int cmd_forward(const struct args *a)
@@ -223,13 +314,19 @@ static int cmd_inspect(int argc, char **argv)
         struct effnet_model *m = NULL;
         char err[512];
 
+        char *path = NULL;
+
         if (argc != 2) {
-                fprintf(stderr, "Usage: %s inspect FILE\n", prog);
+                fprintf(stderr, "Usage: %s inspect FILE|hf://ORG/NAME[@REVISION][/FILE]\n", prog);
                 return 2;
         }
-        int r = effnet_model_open(argv[1], NULL, err, sizeof err, &m);
+        int r = weights_path(argv[1], &path);
+        if (r < 0)
+                return 1;
+        r = effnet_model_open(path, NULL, err, sizeof err, &m);
         if (r < 0) {
                 fprintf(stderr, "%s: %s\n", prog, err);
+                free(path);
                 return 1;
         }
         const struct effnet_info *i = effnet_model_info(m);
@@ -245,13 +342,16 @@ static int cmd_inspect(int argc, char **argv)
                "input size:    %d\n"
                "resize:        %s, %s, crop_pct %.3f\n"
                "mean / std:    (%.3f, %.3f, %.3f) / (%.3f, %.3f, %.3f)\n",
-               argv[1], i->scheme == EFFNET_SCHEME_TIMM ? "timm" : "torchvision", i->variant, i->classes,
+               path, i->scheme == EFFNET_SCHEME_TIMM ? "timm" : "torchvision", i->variant, i->classes,
                i->dtype, (long long)i->params, padding_name(i->padding), (double)i->bn_eps, pp->size,
                pp->resize == EFFNET_RESIZE_BICUBIC ? "bicubic" : "bilinear",
                pp->crop == EFFNET_CROP_SQUASH ? "squash" : "center crop", (double)pp->crop_pct,
                (double)pp->mean[0], (double)pp->mean[1], (double)pp->mean[2], (double)pp->std[0],
                (double)pp->std[1], (double)pp->std[2]);
+        if (hub_is_uri(argv[1]))
+                printf("source:        %s\n", argv[1]);
         effnet_model_free(m);
+        free(path);
         return 0;
 }
 
@@ -414,10 +514,8 @@ static int cmd_bench(const struct args *a)
                 weights = tmp;
         }
         int64_t t0 = time_now_ns();
-        if ((r = effnet_model_open(weights, &a->open, err, sizeof err, &m)) < 0) {
-                fprintf(stderr, "%s: %s\n", prog, err);
+        if ((r = model_open_arg(weights, &a->open, &m)) < 0)
                 goto out;
-        }
         double load_ms = (double)(time_now_ns() - t0) / 1e6;
         const struct effnet_info *info = effnet_model_info(m);
         int size = a->size ? a->size : info->preproc.size;
@@ -581,10 +679,8 @@ static int cmd_classify(int argc, char **argv)
                 fprintf(stderr, "Usage: %s classify --weights FILE [--top-k K] IMG...\n", prog);
                 return 2;
         }
-        if ((r = effnet_model_open(weights, NULL, err, sizeof err, &m)) < 0) {
-                fprintf(stderr, "%s: %s\n", prog, err);
+        if ((r = model_open_arg(weights, NULL, &m)) < 0)
                 goto out;
-        }
         const struct effnet_info *info = effnet_model_info(m);
         if (api_parse_top_k(top_k_arg, info->classes, &top_k) < 0) {
                 fprintf(stderr, "%s classify: --top-k must be an integer in 1..%d\n", prog, info->classes);
@@ -657,6 +753,57 @@ out:
         return r < 0 ? 1 : failed;
 }
 
+static int cmd_pull(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "revision", required_argument, 0, 'r' }, { "file", required_argument, 0, 'f' },
+                { "refresh", no_argument, 0, 'R' },        { "help", no_argument, 0, 'h' },
+                { 0, 0, 0, 0 },
+        };
+        const char *revision = NULL, *file = NULL;
+        bool refresh = false;
+        struct hub_ref ref;
+        struct hub_file *f = NULL;
+        char err[512];
+        int c, r;
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+                switch (c) {
+                case 'r': revision = optarg; break;
+                case 'f': file = optarg; break;
+                case 'R': refresh = true; break;
+                case 'h':
+                        printf("Usage: %s pull REPO_ID [--revision R] [--file F] [--refresh]\n"
+                               "       %s pull hf://ORG/NAME[@REVISION][/FILE] [--refresh]\n"
+                               "Prints the cached file's path. --refresh asks the hub even when the\n"
+                               "revision is cached (a branch may have moved on).\n", prog, prog);
+                        return 0;
+                default: return 2;
+                }
+        }
+        if (optind != argc - 1) {
+                fprintf(stderr, "Usage: %s pull REPO_ID [--revision R] [--file F]\n", prog);
+                return 2;
+        }
+        const char *id = argv[optind];
+        if (hub_is_uri(id) && (revision || file)) {
+                fprintf(stderr, "%s pull: an hf:// name carries its own revision and file\n", prog);
+                return 2;
+        }
+        r = hub_is_uri(id) ? hub_parse_uri(id, err, sizeof err, &ref)
+                           : hub_ref_init(id, revision, file, err, sizeof err, &ref);
+        if (r < 0) {
+                fprintf(stderr, "%s pull: %s\n", prog, err);
+                return 2;
+        }
+        if (pull(&ref, refresh, &f) < 0)
+                return 1;
+        printf("%s\n", f->path);
+        hub_file_free(f);
+        return 0;
+}
+
 int main(int argc, char **argv)
 {
         struct args a;
@@ -674,6 +821,8 @@ int main(int argc, char **argv)
                 return cmd_inspect(argc - 1, argv + 1);
         if (strcmp(cmd, "classify") == 0)
                 return cmd_classify(argc - 1, argv + 1);
+        if (strcmp(cmd, "pull") == 0)
+                return cmd_pull(argc - 1, argv + 1);
         if (strcmp(cmd, "cpu") == 0)
                 return cmd_cpu();
         int r = parse_args(argc - 1, argv + 1, &a);

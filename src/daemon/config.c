@@ -34,7 +34,8 @@ static const char *const log_formats[] = { "text", "json", NULL };
 
 static const struct conf_setting settings[] = {
         { "weights", "model", CONF_STRING, F(weights), NULL, 0, 0, NULL,
-          "model weights (.safetensors, timm or torchvision names); required. SIGHUP loads them again" },
+          "model weights (.safetensors, timm or torchvision names), or hf://ORG/NAME[@REVISION][/FILE] from the "
+          "Hugging Face Hub cache (downloaded when missing); required. SIGHUP loads them again" },
         { "labels", "model", CONF_STRING, F(labels), NULL, 0, 0, NULL,
           "class names, one per line (default: built-in ImageNet-1k for 1000 classes, else the index)" },
         { "precision", "model", CONF_ENUM, F(precision), "fp32", 0, 0, precisions,

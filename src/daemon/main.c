@@ -5,6 +5,7 @@
 #include "daemon/log.h"
 #include "daemon/sd.h"
 #include "effnet.h"
+#include "hub/hub.h"
 #include "server/api.h"
 #include "server/batcher.h"
 #include "server/http.h"
@@ -29,7 +30,8 @@ static const char *prog = "effnetd";
 static void usage(FILE *f)
 {
         fprintf(f,
-                "Usage: %s [--config FILE] [--weights FILE] [--listen 127.0.0.1:8080] [OPTIONS]\n"
+                "Usage: %s [--config FILE] [--weights FILE|hf://ORG/NAME[@REV][/FILE]] [--listen 127.0.0.1:8080]\n"
+                "       [OPTIONS]\n"
                 "       %s --check-config | --print-config [OPTIONS]\n"
                 "\n"
                 "Serves EfficientNetV2 image classification over HTTP:\n"
@@ -88,10 +90,86 @@ static int sha256_hex(const void *data, size_t n, char ret_hex[65])
         return 0;
 }
 
+/* A download of hf:// weights, in the log and in STATUS=: a start or a
+ * reload that waits on the network says so, and the service is not ready
+ * (nor listening) until the model is loaded. */
+struct pull_log {
+        const char *uri;
+        int64_t last_log_ns, last_status_ns;
+        int last_tenth;
+};
+
+#define PULL_LOG_PERIOD_NS ((int64_t)10 * 1000000000)
+#define PULL_STATUS_PERIOD_NS ((int64_t)1000000000)
+/* Each sign of progress gives the start this much more time under systemd. */
+#define PULL_EXTEND_USEC ((uint64_t)60 * 1000000)
+
+static void on_pull_progress(void *userdata, const struct hub_progress *p)
+{
+        struct pull_log *pl = userdata;
+        int64_t now = time_now_ns();
+        double mb = (double)p->done / 1e6, total = (double)p->total / 1e6;
+        int tenth = p->total > 0 ? (int)(p->done * 10 / p->total) : 10;
+
+        if (p->started) {
+                if (p->resumed > 0)
+                        log_msg(LOG_INFO, "weights %s: downloading %.1f MB from %s into %s, resuming at %.1f MB",
+                                pl->uri, total, p->url, p->blob, mb);
+                else
+                        log_msg(LOG_INFO, "weights %s: downloading %.1f MB from %s into %s", pl->uri, total, p->url,
+                                p->blob);
+                pl->last_log_ns = now;
+                pl->last_tenth = tenth;
+        } else if (p->finished) {
+                log_msg(LOG_INFO, "weights %s: downloaded %.1f MB, checking it", pl->uri, total);
+        } else if (tenth > pl->last_tenth || now - pl->last_log_ns >= PULL_LOG_PERIOD_NS) {
+                log_msg(LOG_INFO, "weights %s: downloading, %.0f%% (%.1f of %.1f MB)", pl->uri,
+                        p->total > 0 ? 100.0 * (double)p->done / (double)p->total : 100.0, mb, total);
+                pl->last_log_ns = now;
+                pl->last_tenth = tenth;
+        }
+        if (p->started || p->finished || now - pl->last_status_ns >= PULL_STATUS_PERIOD_NS) {
+                sd_send_status("not ready: downloading weights %s, %.1f of %.1f MB", pl->uri, mb, total);
+                sd_extend_timeout(PULL_EXTEND_USEC);
+                pl->last_status_ns = now;
+        }
+}
+
+/* The local file of the weights setting: the file itself, or for
+ * hf://ORG/NAME[@REVISION][/FILE] the hub cache's snapshot, downloaded
+ * first when it is not there. *ret_path is the caller's. */
+static int weights_resolve(const char *weights, char *err, size_t err_len, char **ret_path)
+{
+        struct hub_ref ref;
+        struct hub_file *f = NULL;
+        struct pull_log pl = { .uri = weights };
+        struct hub_opts o = { .progress = on_pull_progress, .userdata = &pl };
+        char why[1024];
+        int r;
+
+        if (!hub_is_uri(weights)) {
+                char *p = strdup(weights);
+                if (!p)
+                        return err_set(err, err_len, -ENOMEM, "out of memory");
+                *ret_path = p;
+                return 0;
+        }
+        if ((r = hub_parse_uri(weights, why, sizeof why, &ref)) < 0 ||
+            (r = hub_fetch(&ref, &o, why, sizeof why, &f)) < 0)
+                return err_set(err, err_len, r, "weights %s: %s", weights, why);
+        log_msg(LOG_INFO, "weights %s: commit %s, %s (%s)", weights, f->commit, f->path,
+                f->downloaded ? "downloaded" : f->network ? "in the cache, linked" : "from the cache");
+        *ret_path = f->path;
+        f->path = NULL;
+        hub_file_free(f);
+        return 0;
+}
+
 /* Loads the model of c, its labels, and a warm batcher. */
 static int serving_open(const struct conf *c, char *err, size_t err_len, struct serving **ret)
 {
         struct serving *sv = calloc(1, sizeof *sv);
+        char *path = NULL;
         int r;
 
         if (!sv)
@@ -102,11 +180,13 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
                 r = err_set(err, err_len, -ENOMEM, "out of memory");
                 goto fail;
         }
+        if ((r = weights_resolve(c->weights, err, err_len, &path)) < 0)
+                goto fail;
         /* The file is read into memory, so that one rewritten in place
          * (cp over it) cannot fault the daemon, and hashed from those bytes,
          * so that the sha256 reported is that of what is served. */
         struct effnet_open_opts oo = { .padding = (int)c->padding, .bn_eps = (float)c->bn_eps, .copy = 1 };
-        if ((r = effnet_model_open(c->weights, &oo, err, err_len, &sv->model)) < 0)
+        if ((r = effnet_model_open(path, &oo, err, err_len, &sv->model)) < 0)
                 goto fail;
         size_t file_len = 0;
         const void *file = effnet_model_file(sv->model, &file_len);
@@ -130,9 +210,11 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
         /* Every executor exists and holds its weights: the copy of the file
          * is not needed any more. */
         effnet_model_drop_file(sv->model);
+        free(path);
         *ret = sv;
         return 0;
 fail:
+        free(path);
         serving_free(sv);
         return r;
 }
@@ -270,11 +352,36 @@ static void raise_fd_limit(int64_t connections)
                         (unsigned long long)rl.rlim_cur, (long long)connections);
 }
 
+/* Whether hf:// weights are well-formed, and whether they are in the cache
+ * (without using the network: a start downloads what is missing). */
+static int check_hub_weights(const char *weights)
+{
+        struct hub_ref ref;
+        struct hub_file *f = NULL;
+        struct hub_opts o = { .offline = true };
+        char err[1024];
+        int r;
+
+        if ((r = hub_parse_uri(weights, err, sizeof err, &ref)) < 0) {
+                fprintf(stderr, "%s: weights: %s\n", prog, err);
+                return r;
+        }
+        if (hub_fetch(&ref, &o, err, sizeof err, &f) == 0)
+                fprintf(stderr, "%s: weights %s: in the hub cache, %s\n", prog, weights, f->path);
+        else
+                fprintf(stderr, "%s: weights %s: not in the hub cache yet; effnetd downloads it when it starts\n",
+                        prog, weights);
+        hub_file_free(f);
+        return 0;
+}
+
 /* Whether the files the settings name can be read (for --check-config). */
 static int check_files(const struct conf *c)
 {
-        const char *files[] = { c->weights, c->labels };
-        int r = 0;
+        /* hf:// weights are no local file. */
+        bool hub = hub_is_uri(c->weights);
+        const char *files[] = { hub ? NULL : c->weights, c->labels };
+        int r = hub ? check_hub_weights(c->weights) : 0;
 
         for (size_t i = 0; i < ARRAY_SIZE(files); i++)
                 if (files[i] && access(files[i], R_OK) < 0) {

@@ -25,6 +25,11 @@ void sd_send_status(const char *fmt, ...)
         sd_notifyf(0, "STATUS=%s", buf);
 }
 
+void sd_extend_timeout(uint64_t usec)
+{
+        sd_notifyf(0, "EXTEND_TIMEOUT_USEC=%llu", (unsigned long long)usec);
+}
+
 void sd_send_reloading(void)
 {
         struct timespec ts;

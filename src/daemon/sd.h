@@ -15,6 +15,10 @@ void sd_send_ready(const char *status);
 /* STATUS= only (what is served and at which rate). */
 void sd_send_status(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* EXTEND_TIMEOUT_USEC=: the start (or reload) may take usec more from now,
+ * sent while the weights download, so that TimeoutStartSec= counts from
+ * the last progress rather than from the start. */
+void sd_extend_timeout(uint64_t usec);
 /* RELOADING=1 with MONOTONIC_USEC= (systemd's Type=notify-reload protocol). */
 void sd_send_reloading(void);
 

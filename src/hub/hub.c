@@ -1,0 +1,1300 @@
+/* hub: files of Hugging Face Hub model repositories in huggingface_hub's
+ * cache layout (see hub.h). */
+#include "hub/hub.h"
+#include "common/util.h"
+#include "effnet.h"
+
+#include <ctype.h>
+#include <curl/curl.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#define HASH_CHUNK ((size_t)1 << 20)
+#define TOKEN_MAX 4096
+#define HEADER_VALUE_MAX 4096
+#define PROGRESS_PERIOD_NS ((int64_t)100 * 1000000)
+
+bool hub_is_uri(const char *s)
+{
+        return s && strncmp(s, HUB_URI_PREFIX, strlen(HUB_URI_PREFIX)) == 0;
+}
+
+/* ---- names ------------------------------------------------------------- */
+
+static bool is_word(char c)
+{
+        return isalnum((unsigned char)c) || c == '_';
+}
+
+/* One part of a repository id: [\w.-]+ that starts and ends with \w, as
+ * huggingface_hub's validate_repo_id (its \b boundaries) wants. */
+static bool repo_part_ok(const char *s, size_t n)
+{
+        if (n == 0 || !is_word(s[0]) || !is_word(s[n - 1]))
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!is_word(s[i]) && s[i] != '-' && s[i] != '.')
+                        return false;
+        return true;
+}
+
+static int check_repo(const char *repo, char *err, size_t err_len)
+{
+        size_t n = strlen(repo);
+        const char *slash = strchr(repo, '/');
+
+        if (n == 0 || n > HUB_REPO_MAX)
+                return err_set(err, err_len, -EINVAL, "repository id '%s': 1 to %d characters", repo, HUB_REPO_MAX);
+        bool ok = slash ? repo_part_ok(repo, (size_t)(slash - repo)) && repo_part_ok(slash + 1, strlen(slash + 1))
+                        : repo_part_ok(repo, n);
+        /* "--" separates the parts of cache folder names; ".." and a ".git"
+         * suffix are refused by the hub too. */
+        if (!ok || strstr(repo, "--") || strstr(repo, "..") || (n >= 4 && strcmp(repo + n - 4, ".git") == 0))
+                return err_set(err, err_len, -EINVAL,
+                               "repository id '%s': expected ORG/NAME of letters, digits, '-', '_' and '.'", repo);
+        return 0;
+}
+
+/* A relative path that stays inside the directory it is joined to: '/'
+ * separated, no empty, "." or ".." parts, no leading '.', printable ASCII
+ * without '\\'. */
+static bool rel_path_ok(const char *p, size_t max)
+{
+        size_t n = strlen(p);
+        if (n == 0 || n > max)
+                return false;
+        for (const char *part = p; part;) {
+                const char *slash = strchr(part, '/');
+                size_t len = slash ? (size_t)(slash - part) : strlen(part);
+                if (len == 0 || part[0] == '.')
+                        return false;
+                for (size_t i = 0; i < len; i++)
+                        if (part[i] <= ' ' || part[i] > '~' || part[i] == '\\')
+                                return false;
+                part = slash ? slash + 1 : NULL;
+        }
+        return true;
+}
+
+int hub_ref_init(const char *repo, const char *revision, const char *file, char *err, size_t err_len,
+                 struct hub_ref *ret_ref)
+{
+        struct hub_ref ref;
+        int r;
+
+        revision = revision ? revision : HUB_DEFAULT_REVISION;
+        file = file ? file : HUB_DEFAULT_FILE;
+        if ((r = check_repo(repo, err, err_len)) < 0)
+                return r;
+        if (!rel_path_ok(revision, HUB_REVISION_MAX))
+                return err_set(err, err_len, -EINVAL, "revision '%s': expected a branch, tag or commit", revision);
+        if (!rel_path_ok(file, HUB_FILE_MAX))
+                return err_set(err, err_len, -EINVAL, "file '%s': expected a path inside the repository", file);
+        snprintf(ref.repo, sizeof ref.repo, "%s", repo);
+        snprintf(ref.revision, sizeof ref.revision, "%s", revision);
+        snprintf(ref.file, sizeof ref.file, "%s", file);
+        *ret_ref = ref;
+        return 0;
+}
+
+static int hex_value(char c)
+{
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        return c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+int hub_parse_uri(const char *uri, char *err, size_t err_len, struct hub_ref *ret_ref)
+{
+        char repo[HUB_REPO_MAX + 1], rev[HUB_REVISION_MAX + 1] = HUB_DEFAULT_REVISION;
+        const char *p, *org_end, *name_end, *file = NULL;
+
+        if (!hub_is_uri(uri))
+                return err_set(err, err_len, -EINVAL, "'%s' does not start with " HUB_URI_PREFIX, uri);
+        p = uri + strlen(HUB_URI_PREFIX);
+        org_end = strchr(p, '/');
+        if (!org_end)
+                return err_set(err, err_len, -EINVAL, "'%s': expected hf://ORG/NAME[@REVISION][/FILE]", uri);
+        if (strncmp(p, "datasets/", 9) == 0 || strncmp(p, "spaces/", 7) == 0)
+                return err_set(err, err_len, -EINVAL, "'%s': only model repositories hold weights", uri);
+        name_end = org_end + 1 + strcspn(org_end + 1, "@/");
+        if ((size_t)(name_end - p) > HUB_REPO_MAX)
+                return err_set(err, err_len, -EINVAL, "'%s': repository id longer than %d characters", uri,
+                               HUB_REPO_MAX);
+        memcpy(repo, p, (size_t)(name_end - p));
+        repo[name_end - p] = '\0';
+        p = name_end;
+        if (*p == '@') {
+                /* Percent-decoded, as HfFileSystem writes revisions with '/'. */
+                size_t n = 0;
+                for (p++; *p && *p != '/'; p++) {
+                        int c = (unsigned char)*p;
+                        if (c == '%') {
+                                int hi = hex_value(p[1]), lo = hi < 0 ? -1 : hex_value(p[2]);
+                                if (lo < 0)
+                                        return err_set(err, err_len, -EINVAL, "'%s': bad %%-escape in the revision",
+                                                       uri);
+                                c = hi * 16 + lo;
+                                p += 2;
+                        }
+                        if (n + 1 >= sizeof rev)
+                                return err_set(err, err_len, -EINVAL, "'%s': revision too long", uri);
+                        rev[n++] = (char)c;
+                }
+                rev[n] = '\0';
+                if (n == 0)
+                        return err_set(err, err_len, -EINVAL, "'%s': empty revision after '@'", uri);
+        }
+        if (*p == '/') {
+                file = p + 1;
+                if (!*file)
+                        return err_set(err, err_len, -EINVAL, "'%s': empty file name after '/'", uri);
+        }
+        return hub_ref_init(repo, rev, file, err, err_len, ret_ref);
+}
+
+void hub_ref_format(const struct hub_ref *ref, char *buf, size_t len)
+{
+        snprintf(buf, len, HUB_URI_PREFIX "%s@%s/%s", ref->repo, ref->revision, ref->file);
+}
+
+/* ---- settings ---------------------------------------------------------- */
+
+static const char *env_nonempty(const char *name)
+{
+        const char *v = getenv(name);
+        return v && *v ? v : NULL;
+}
+
+static bool env_true(const char *name)
+{
+        static const char *const yes[] = { "1", "ON", "YES", "TRUE" };
+        const char *v = getenv(name);
+        for (size_t i = 0; v && i < ARRAY_SIZE(yes); i++)
+                if (strcasecmp(v, yes[i]) == 0)
+                        return true;
+        return false;
+}
+
+static int env_seconds(const char *name, int def)
+{
+        const char *v = env_nonempty(name);
+        char *end;
+        long x = v ? strtol(v, &end, 10) : 0;
+        return v && !*end && x > 0 && x <= 86400 ? (int)x : def;
+}
+
+/* Python's os.path.expandvars(os.path.expanduser(s)): a leading "~" is the
+ * home directory ($HOME, else the password database); $NAME and ${NAME} are
+ * replaced when set and left as they are otherwise. */
+static char *expand_path(const char *s)
+{
+        char *out = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&out, &len);
+
+        if (!f)
+                return NULL;
+        if (s[0] == '~' && (s[1] == '/' || s[1] == '\0')) {
+                const char *home = getenv("HOME");
+                struct passwd pw, *pwp = NULL;
+                char buf[4096];
+                if (!home && getpwuid_r(getuid(), &pw, buf, sizeof buf, &pwp) == 0 && pwp)
+                        home = pwp->pw_dir;
+                if (home) {
+                        size_t n = strlen(home);
+                        while (n > 1 && home[n - 1] == '/')
+                                n--;
+                        fwrite(home, 1, n, f);
+                        s++;
+                }
+        }
+        while (*s) {
+                if (*s == '$') {
+                        bool brace = s[1] == '{';
+                        const char *name = s + 1 + brace, *e = name;
+                        while (is_word(*e))
+                                e++;
+                        if (e > name && (!brace || *e == '}')) {
+                                char var[256];
+                                size_t n = (size_t)(e - name) < sizeof var ? (size_t)(e - name) : sizeof var - 1;
+                                memcpy(var, name, n);
+                                var[n] = '\0';
+                                const char *v = getenv(var);
+                                if (v) {
+                                        fputs(v, f);
+                                        s = e + brace;
+                                        continue;
+                                }
+                        }
+                }
+                fputc(*s++, f);
+        }
+        if (fclose(f) != 0) {
+                free(out);
+                return NULL;
+        }
+        return out;
+}
+
+static char *strdup_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *strdup_printf(const char *fmt, ...)
+{
+        va_list ap;
+        char *s = NULL;
+
+        va_start(ap, fmt);
+        int n = vasprintf(&s, fmt, ap);
+        va_end(ap);
+        return n < 0 ? NULL : s;
+}
+
+/* A token with surrounding whitespace trimmed; NULL when empty. -EINVAL if
+ * it holds what an HTTP header cannot carry. */
+static int clean_token(const char *t, char *err, size_t err_len, const char *from, char **ret)
+{
+        while (*t && isspace((unsigned char)*t))
+                t++;
+        size_t n = strlen(t);
+        while (n > 0 && isspace((unsigned char)t[n - 1]))
+                n--;
+        if (n == 0) {
+                *ret = NULL;
+                return 0;
+        }
+        if (n > TOKEN_MAX)
+                return err_set(err, err_len, -EINVAL, "token from %s is longer than %d characters", from, TOKEN_MAX);
+        for (size_t i = 0; i < n; i++)
+                if (t[i] <= ' ' || t[i] > '~')
+                        return err_set(err, err_len, -EINVAL, "token from %s holds spaces or control characters",
+                                       from);
+        char *s = strndup(t, n);
+        if (!s)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        *ret = s;
+        return 0;
+}
+
+static int token_from_file(const char *path, char *err, size_t err_len, char **ret)
+{
+        char buf[TOKEN_MAX + 2];
+        FILE *f = fopen(path, "re");
+
+        *ret = NULL;
+        if (!f)
+                return 0;   /* no token stored: huggingface_hub goes on without one */
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        return clean_token(buf, err, err_len, path, ret);
+}
+
+void hub_settings_clear(struct hub_settings *s)
+{
+        if (!s)
+                return;
+        free(s->endpoint);
+        free(s->cache_dir);
+        free(s->token);
+        *s = (struct hub_settings){ 0 };
+}
+
+int hub_settings_get(const struct hub_opts *opts, char *err, size_t err_len, struct hub_settings *ret)
+{
+        struct hub_settings s = { 0 };
+        char *home = NULL;
+        const char *v;
+        int r = 0;
+
+        v = opts && opts->endpoint ? opts->endpoint : env_nonempty("HF_ENDPOINT");
+        s.endpoint = strdup(v ? v : HUB_DEFAULT_ENDPOINT);
+        if (s.endpoint) {
+                size_t n = strlen(s.endpoint);
+                while (n > 0 && s.endpoint[n - 1] == '/')
+                        s.endpoint[--n] = '\0';
+        }
+        if ((v = env_nonempty("HF_HOME")))
+                home = expand_path(v);
+        else if ((v = env_nonempty("XDG_CACHE_HOME"))) {
+                char *joined = strdup_printf("%s/huggingface", v);
+                home = joined ? expand_path(joined) : NULL;
+                free(joined);
+        } else
+                home = expand_path("~/.cache/huggingface");
+        if (!s.endpoint || !home) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        if (opts && opts->cache_dir)
+                s.cache_dir = strdup(opts->cache_dir);
+        else if ((v = env_nonempty("HF_HUB_CACHE")) || (v = env_nonempty("HUGGINGFACE_HUB_CACHE")))
+                s.cache_dir = expand_path(v);
+        else
+                s.cache_dir = strdup_printf("%s/hub", home);
+        if (!s.cache_dir) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        /* The first source that holds a token wins; a blank one counts as
+         * none, as in huggingface_hub's get_token. */
+        if (opts && opts->token)
+                r = clean_token(opts->token, err, err_len, "the caller", &s.token);
+        if (r == 0 && !s.token && (v = env_nonempty("HF_TOKEN")))
+                r = clean_token(v, err, err_len, "HF_TOKEN", &s.token);
+        if (r == 0 && !s.token && (v = env_nonempty("HUGGING_FACE_HUB_TOKEN")))
+                r = clean_token(v, err, err_len, "HUGGING_FACE_HUB_TOKEN", &s.token);
+        if (r == 0 && !s.token) {
+                char *path = (v = env_nonempty("HF_TOKEN_PATH")) ? expand_path(v) : strdup_printf("%s/token", home);
+                r = path ? token_from_file(path, err, err_len, &s.token)
+                         : err_set(err, err_len, -ENOMEM, "out of memory");
+                free(path);
+        }
+        if (r < 0)
+                goto fail;
+        s.offline = (opts && opts->offline) || env_true("HF_HUB_OFFLINE") || env_true("TRANSFORMERS_OFFLINE");
+        s.etag_timeout_s = env_seconds("HF_HUB_ETAG_TIMEOUT", HUB_TIMEOUT_DEFAULT_S);
+        s.download_timeout_s = env_seconds("HF_HUB_DOWNLOAD_TIMEOUT", HUB_TIMEOUT_DEFAULT_S);
+        free(home);
+        *ret = s;
+        return 0;
+fail:
+        free(home);
+        hub_settings_clear(&s);
+        return r;
+}
+
+/* ---- files ------------------------------------------------------------- */
+
+struct hub_file *hub_file_free(struct hub_file *f)
+{
+        if (f) {
+                free(f->path);
+                free(f);
+        }
+        return NULL;
+}
+
+/* mkdir -p of the directory that holds path. */
+static int mkdir_parents(const char *path)
+{
+        char *p = strdup(path);
+        int r = 0;
+
+        if (!p)
+                return -ENOMEM;
+        char *last = strrchr(p, '/');
+        if (last && last != p) {
+                *last = '\0';
+                for (char *s = p + 1; r == 0; s++) {
+                        if (*s == '/' || *s == '\0') {
+                                char c = *s;
+                                *s = '\0';
+                                if (mkdir(p, 0755) < 0 && errno != EEXIST)
+                                        r = -errno;
+                                *s = c;
+                                if (c == '\0')
+                                        break;
+                        }
+                }
+        }
+        free(p);
+        return r;
+}
+
+static bool is_hex(const char *s, size_t n)
+{
+        if (strlen(s) != n)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!isxdigit((unsigned char)s[i]) || isupper((unsigned char)s[i]))
+                        return false;
+        return true;
+}
+
+/* Whether path is (or links to) a regular file. */
+static bool file_exists(const char *path)
+{
+        struct stat st;
+        return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Writes text to path through a temporary file and rename(), so that a
+ * reader never sees half of it. */
+static int write_atomic(const char *path, const char *text)
+{
+        char *tmp = strdup_printf("%s.tmp.%ld", path, (long)getpid());
+        int fd, r = 0;
+
+        if (!tmp)
+                return -ENOMEM;
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0) {
+                r = -errno;
+                goto out;
+        }
+        size_t n = strlen(text);
+        if (write(fd, text, n) != (ssize_t)n)
+                r = -EIO;
+        if (close(fd) < 0 && r == 0)
+                r = -errno;
+        if (r == 0 && rename(tmp, path) < 0)
+                r = -errno;
+        if (r < 0)
+                unlink(tmp);
+out:
+        free(tmp);
+        return r;
+}
+
+/* refs/REVISION holds the commit (no newline, as huggingface_hub writes it);
+ * written only when it changes, so a read-only cache that is up to date
+ * still works. */
+static int write_ref(const char *storage, const struct hub_ref *ref, const char *commit)
+{
+        char buf[64];
+        int r = 0;
+
+        if (strcmp(ref->revision, commit) == 0)
+                return 0;
+        char *path = strdup_printf("%s/refs/%s", storage, ref->revision);
+        if (!path)
+                return -ENOMEM;
+        FILE *f = fopen(path, "re");
+        if (f) {
+                size_t n = fread(buf, 1, sizeof buf - 1, f);
+                fclose(f);
+                buf[n] = '\0';
+                if (strcmp(buf, commit) == 0)
+                        goto out;
+        }
+        if ((r = mkdir_parents(path)) == 0)
+                r = write_atomic(path, commit);
+out:
+        free(path);
+        return r;
+}
+
+/* The commit that refs/REVISION names, or the revision itself when it is a
+ * commit. -ENOENT when unknown. */
+static int read_ref(const char *storage, const struct hub_ref *ref, char ret_commit[41])
+{
+        char buf[64];
+
+        if (is_hex(ref->revision, 40)) {
+                memcpy(ret_commit, ref->revision, 41);
+                return 0;
+        }
+        char *path = strdup_printf("%s/refs/%s", storage, ref->revision);
+        if (!path)
+                return -ENOMEM;
+        FILE *f = fopen(path, "re");
+        free(path);
+        if (!f)
+                return -ENOENT;
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        while (n > 0 && isspace((unsigned char)buf[n - 1]))
+                buf[--n] = '\0';
+        if (!is_hex(buf, 40))
+                return -ENOENT;
+        memcpy(ret_commit, buf, 41);
+        return 0;
+}
+
+/* snapshots/COMMIT/FILE -> ../../blobs/ETAG (one more "../" per directory
+ * in FILE), relative so that the cache can move; made under a temporary
+ * name and renamed over any old link. */
+static int link_snapshot(const char *pointer, const char *file, const char *etag)
+{
+        char *target = NULL, *tmp = NULL;
+        size_t depth = 2, len = 0;
+        int r;
+
+        for (const char *c = file; *c; c++)
+                depth += *c == '/';
+        FILE *f = open_memstream(&target, &len);
+        if (!f)
+                return -ENOMEM;
+        for (size_t i = 0; i < depth; i++)
+                fputs("../", f);
+        fprintf(f, "blobs/%s", etag);
+        if (fclose(f) != 0) {
+                free(target);
+                return -ENOMEM;
+        }
+        if ((r = mkdir_parents(pointer)) < 0)
+                goto out;
+        if (!(tmp = strdup_printf("%s.tmp.%ld", pointer, (long)getpid()))) {
+                r = -ENOMEM;
+                goto out;
+        }
+        unlink(tmp);
+        if (symlink(target, tmp) < 0 || rename(tmp, pointer) < 0) {
+                r = -errno;
+                unlink(tmp);
+        }
+out:
+        free(tmp);
+        free(target);
+        return r;
+}
+
+static int file_sha256(const char *path, char ret_hex[65])
+{
+        unsigned char md[EVP_MAX_MD_SIZE];
+        unsigned md_len = 0;
+        EVP_MD_CTX *ctx = NULL;
+        uint8_t *buf = NULL;
+        ssize_t n;
+        int r = 0;
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+        if (fd < 0)
+                return -errno;
+        buf = malloc(HASH_CHUNK);
+        ctx = EVP_MD_CTX_new();
+        if (!buf || !ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+                r = -ENOMEM;
+                goto out;
+        }
+        while ((n = read(fd, buf, HASH_CHUNK)) > 0)
+                EVP_DigestUpdate(ctx, buf, (size_t)n);
+        if (n < 0) {
+                r = -errno;
+                goto out;
+        }
+        EVP_DigestFinal_ex(ctx, md, &md_len);
+        for (unsigned i = 0; i < md_len && i < 32; i++)
+                snprintf(ret_hex + 2 * i, 3, "%02x", md[i]);
+out:
+        EVP_MD_CTX_free(ctx);
+        free(buf);
+        close(fd);
+        return r;
+}
+
+/* ---- HTTP -------------------------------------------------------------- */
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_result;
+
+/* libcurl's global set-up is not safe to run twice at once; it lasts for
+ * the process (there is no matching cleanup: other threads may be using it). */
+static void curl_init_once(void)
+{
+        curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* What the headers of the last response of a request said. */
+struct answer {
+        long status;
+        char commit[HEADER_VALUE_MAX], etag[HEADER_VALUE_MAX], linked_etag[HEADER_VALUE_MAX];
+        char location[HEADER_VALUE_MAX], error_code[128], error_message[512];
+        int64_t linked_size, content_length;
+};
+
+static void answer_reset(struct answer *a)
+{
+        *a = (struct answer){ .linked_size = -1, .content_length = -1 };
+}
+
+static void copy_value(char *dst, size_t cap, const char *v, size_t n)
+{
+        /* Longer than the field: dropped, which the checks then report as
+         * missing rather than using a truncated value. */
+        if (n >= cap)
+                n = 0;
+        memcpy(dst, v, n);
+        dst[n] = '\0';
+}
+
+static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
+{
+        struct answer *a = userdata;
+        size_t n = size * nmemb, len = n;
+        const char *colon;
+
+        while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r'))
+                len--;
+        if (len >= 5 && strncmp(data, "HTTP/", 5) == 0) {
+                /* A new response (after a redirect or a 100): start over. */
+                answer_reset(a);
+                const char *sp = memchr(data, ' ', len);
+                if (sp)
+                        a->status = strtol(sp + 1, NULL, 10);
+                return n;
+        }
+        colon = memchr(data, ':', len);
+        if (!colon)
+                return n;
+        size_t name_len = (size_t)(colon - data);
+        const char *v = colon + 1, *end = data + len;
+        while (v < end && (*v == ' ' || *v == '\t'))
+                v++;
+        while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+                end--;
+        size_t vlen = (size_t)(end - v);
+#define IS(name) (name_len == strlen(name) && strncasecmp(data, name, name_len) == 0)
+        if (IS("X-Repo-Commit"))
+                copy_value(a->commit, sizeof a->commit, v, vlen);
+        else if (IS("ETag"))
+                copy_value(a->etag, sizeof a->etag, v, vlen);
+        else if (IS("X-Linked-Etag"))
+                copy_value(a->linked_etag, sizeof a->linked_etag, v, vlen);
+        else if (IS("Location"))
+                copy_value(a->location, sizeof a->location, v, vlen);
+        else if (IS("X-Error-Code"))
+                copy_value(a->error_code, sizeof a->error_code, v, vlen);
+        else if (IS("X-Error-Message"))
+                copy_value(a->error_message, sizeof a->error_message, v, vlen);
+        else if (IS("X-Linked-Size") || IS("Content-Length")) {
+                char num[32];
+                copy_value(num, sizeof num, v, vlen);
+                char *e;
+                errno = 0;
+                long long x = strtoll(num, &e, 10);
+                if (!errno && e != num && !*e && x >= 0)
+                        *(IS("X-Linked-Size") ? &a->linked_size : &a->content_length) = x;
+        }
+#undef IS
+        return n;
+}
+
+/* scheme://host[:port] of url, in buf. */
+static void url_origin(const char *url, char *buf, size_t len)
+{
+        const char *p = strstr(url, "://");
+        size_t n = p ? (size_t)(p + 3 - url) + strcspn(p + 3, "/?#") : strlen(url);
+        snprintf(buf, len, "%.*s", (int)n, url);
+}
+
+/* Python's urllib.parse.quote: everything but letters, digits and "_.-~"
+ * (and '/' when keep_slash) as %XX. */
+static void url_quote(FILE *f, const char *s, bool keep_slash)
+{
+        for (; *s; s++) {
+                unsigned char c = (unsigned char)*s;
+                if (isalnum(c) || c == '_' || c == '.' || c == '-' || c == '~' || (keep_slash && c == '/'))
+                        fputc(c, f);
+                else
+                        fprintf(f, "%%%02X", c);
+        }
+}
+
+struct fetch {
+        const struct hub_ref *ref;
+        const struct hub_opts *opts;
+        struct hub_settings set;
+        CURL *curl;
+        char curl_err[CURL_ERROR_SIZE];
+        struct answer ans;
+        char *storage;                 /* CACHE/models--ORG--NAME */
+        char *url;                     /* the resolve URL */
+        char *download_url;            /* where the content is (a CDN for LFS files) */
+        char *shown_url;               /* download_url without its query: a CDN's holds a signature */
+        bool send_token;               /* not to another host than the hub's */
+        int64_t size, max_bytes;
+        char commit[41], etag[HEADER_VALUE_MAX];
+        /* download state */
+        int fd;
+        int64_t written, resumed, last_progress_ns;
+        const char *blob;
+        int write_error;
+        bool body_started;             /* of the current response */
+        struct answer get_ans;
+};
+
+/* Common options of every request: protocols, redirects, timeouts, user
+ * agent, the token. */
+static int request_setup(struct fetch *F, const char *url, struct curl_slist **ret_headers, struct answer *ans,
+                         bool token)
+{
+        struct curl_slist *h = NULL, *n;
+        char *auth = NULL;
+
+        curl_easy_reset(F->curl);
+        F->curl_err[0] = '\0';
+        answer_reset(ans);
+        curl_easy_setopt(F->curl, CURLOPT_URL, url);
+        curl_easy_setopt(F->curl, CURLOPT_ERRORBUFFER, F->curl_err);
+        curl_easy_setopt(F->curl, CURLOPT_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(F->curl, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+        curl_easy_setopt(F->curl, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(F->curl, CURLOPT_CONNECTTIMEOUT, (long)F->set.etag_timeout_s);
+        curl_easy_setopt(F->curl, CURLOPT_USERAGENT, "effnet/" EFFNET_VERSION);
+        curl_easy_setopt(F->curl, CURLOPT_HEADERFUNCTION, on_header);
+        curl_easy_setopt(F->curl, CURLOPT_HEADERDATA, ans);
+        /* The size we check is the file's, not a compressed transfer's. */
+        n = curl_slist_append(h, "Accept-Encoding: identity");
+        if (!n)
+                goto oom;
+        h = n;
+        if (token && F->set.token) {
+                if (!(auth = strdup_printf("Authorization: Bearer %s", F->set.token)))
+                        goto oom;
+                n = curl_slist_append(h, auth);
+                free(auth);
+                if (!n)
+                        goto oom;
+                h = n;
+        }
+        curl_easy_setopt(F->curl, CURLOPT_HTTPHEADER, h);
+        *ret_headers = h;
+        return 0;
+oom:
+        curl_slist_free_all(h);
+        return -ENOMEM;
+}
+
+/* A libcurl failure as our code and message. */
+static int transport_error(struct fetch *F, CURLcode c, const char *url, char *err, size_t err_len)
+{
+        const char *why = F->curl_err[0] ? F->curl_err : curl_easy_strerror(c);
+        switch (c) {
+        case CURLE_COULDNT_RESOLVE_HOST:
+        case CURLE_COULDNT_RESOLVE_PROXY:
+        case CURLE_COULDNT_CONNECT:
+        case CURLE_OPERATION_TIMEDOUT:
+        case CURLE_SSL_CONNECT_ERROR:
+        case CURLE_PEER_FAILED_VERIFICATION:
+        case CURLE_RECV_ERROR:
+        case CURLE_SEND_ERROR:
+        case CURLE_GOT_NOTHING:
+        case CURLE_PARTIAL_FILE:
+                return err_set(err, err_len, -ENETUNREACH,
+                               "cannot reach the hub at %s (%s); %s/%s at %s is not in the cache %s",
+                               F->set.endpoint, why, F->ref->repo, F->ref->file, F->ref->revision, F->set.cache_dir);
+        case CURLE_OUT_OF_MEMORY:
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        default:
+                return err_set(err, err_len, -EPROTO, "%s: %s", url, why);
+        }
+}
+
+/* An error status of the hub as our code and message, with huggingface_hub's
+ * reading of X-Error-Code. */
+static int status_error(struct fetch *F, const struct answer *a, char *err, size_t err_len)
+{
+        const struct hub_ref *ref = F->ref;
+        const char *tok = F->set.token ? "the token sent was refused"
+                                       : "no token was sent: set HF_TOKEN (or log in with huggingface-cli)";
+
+        if (strcmp(a->error_code, "RevisionNotFound") == 0)
+                return err_set(err, err_len, -ENOENT, "revision '%s' not found in %s (404)", ref->revision, ref->repo);
+        if (strcmp(a->error_code, "EntryNotFound") == 0)
+                return err_set(err, err_len, -ENOENT, "file '%s' not found in %s at revision %s (404)", ref->file,
+                               ref->repo, ref->revision);
+        if (strcmp(a->error_code, "GatedRepo") == 0 || a->status == 403)
+                return err_set(err, err_len, -EACCES,
+                               "%s is gated or private (%ld): it needs a token of an account with access; %s%s%s",
+                               ref->repo, a->status, tok, a->error_message[0] ? ": " : "", a->error_message);
+        if (a->status == 401)
+                /* The hub answers 401 both for private repositories and for
+                 * ones that do not exist, to an anonymous client. */
+                return err_set(err, err_len, -EACCES,
+                               "%s not found, or private or gated (401): a token is needed; %s", ref->repo, tok);
+        if (a->status == 404)
+                return err_set(err, err_len, -ENOENT, "%s: repository or file not found (404): %s/%s at %s",
+                               ref->repo, ref->repo, ref->file, ref->revision);
+        return err_set(err, err_len, -EPROTO, "the hub at %s answered %ld for %s%s%s", F->set.endpoint, a->status,
+                       F->url, a->error_message[0] ? ": " : "", a->error_message);
+}
+
+/* huggingface_hub's metadata request: HEAD on the resolve URL, following
+ * only redirects within the same host (a renamed repository), and taking an
+ * absolute one (a CDN for LFS files) as where to download from. */
+static int head(struct fetch *F, char *err, size_t err_len)
+{
+        struct curl_slist *h = NULL;
+        char *url = strdup(F->url);
+        char origin[1024];
+        int r = 0;
+
+        if (!url)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        for (int hop = 0;; hop++) {
+                if ((r = request_setup(F, url, &h, &F->ans, true)) < 0) {
+                        r = err_set(err, err_len, r, "out of memory");
+                        break;
+                }
+                curl_easy_setopt(F->curl, CURLOPT_NOBODY, 1L);
+                curl_easy_setopt(F->curl, CURLOPT_TIMEOUT, (long)F->set.etag_timeout_s);
+                CURLcode c = curl_easy_perform(F->curl);
+                curl_slist_free_all(h);
+                h = NULL;
+                if (c != CURLE_OK) {
+                        r = transport_error(F, c, url, err, err_len);
+                        break;
+                }
+                curl_easy_getinfo(F->curl, CURLINFO_RESPONSE_CODE, &F->ans.status);
+                long st = F->ans.status;
+                if (st >= 300 && st < 400 && F->ans.location[0] == '/' && F->ans.location[1] != '/') {
+                        if (hop >= HUB_MAX_REDIRECTS) {
+                                r = err_set(err, err_len, -EPROTO, "%s: more than %d redirects", F->url,
+                                            HUB_MAX_REDIRECTS);
+                                break;
+                        }
+                        url_origin(url, origin, sizeof origin);
+                        char *next = strdup_printf("%s%s", origin, F->ans.location);
+                        free(url);
+                        if (!(url = next)) {
+                                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                                break;
+                        }
+                        continue;
+                }
+                if (st >= 300 && st < 400) {
+                        const char *loc = F->ans.location;
+                        url_origin(url, origin, sizeof origin);
+                        if (strncmp(loc, "//", 2) == 0) {
+                                /* Scheme-relative: the current scheme. */
+                                const char *colon = strchr(origin, ':');
+                                F->download_url = strdup_printf("%.*s:%s", colon ? (int)(colon - origin) : 0, origin,
+                                                                loc);
+                        } else if (strstr(loc, "://")) {
+                                F->download_url = strdup(loc);
+                        } else {
+                                r = err_set(err, err_len, -EPROTO, "%s: redirect to '%s' not understood", F->url,
+                                            loc);
+                                break;
+                        }
+                        if (!F->download_url) {
+                                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                                break;
+                        }
+                        /* A signed CDN address needs no token and must not see it. */
+                        char dorigin[1024];
+                        url_origin(F->download_url, dorigin, sizeof dorigin);
+                        F->send_token = strcmp(origin, dorigin) == 0;
+                } else if (st >= 200 && st < 300) {
+                        if (!(F->download_url = strdup(url))) {
+                                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                                break;
+                        }
+                        F->send_token = true;
+                } else {
+                        r = status_error(F, &F->ans, err, err_len);
+                }
+                break;
+        }
+        free(url);
+        return r;
+}
+
+/* The commit, blob name and size from the metadata answer. */
+static int read_metadata(struct fetch *F, char *err, size_t err_len)
+{
+        const struct answer *a = &F->ans;
+        const char *etag = a->linked_etag[0] ? a->linked_etag : a->etag;
+
+        if (!is_hex(a->commit, 40))
+                return err_set(err, err_len, -EBADMSG,
+                               "%s: no commit in the answer (X-Repo-Commit '%s'): is %s a Hugging Face Hub "
+                               "(HF_ENDPOINT, proxy)?", F->url, a->commit, F->set.endpoint);
+        memcpy(F->commit, a->commit, 41);
+        /* huggingface_hub's _normalize_etag: W/"x" or "x" -> x. */
+        if (strncmp(etag, "W/", 2) == 0)
+                etag += 2;
+        size_t n = strlen(etag);
+        if (n >= 2 && etag[0] == '"' && etag[n - 1] == '"') {
+                etag++;
+                n -= 2;
+        }
+        snprintf(F->etag, sizeof F->etag, "%.*s", (int)n, etag);
+        bool ok = n > 0 && n <= 255 && F->etag[0] != '.';
+        for (size_t i = 0; ok && i < n; i++)
+                ok = isalnum((unsigned char)F->etag[i]) || F->etag[i] == '-' || F->etag[i] == '_' ||
+                     F->etag[i] == '.';
+        if (!ok)
+                return err_set(err, err_len, -EBADMSG, "%s: no usable ETag in the answer ('%s')", F->url, F->etag);
+        F->size = a->linked_size >= 0 ? a->linked_size : a->content_length;
+        if (F->size < 0)
+                return err_set(err, err_len, -EBADMSG, "%s: the answer gives no size (X-Linked-Size, Content-Length)",
+                               F->url);
+        if (F->size > F->max_bytes)
+                return err_set(err, err_len, -E2BIG, "%s/%s is %lld bytes, over the limit of %lld", F->ref->repo,
+                               F->ref->file, (long long)F->size, (long long)F->max_bytes);
+        return 0;
+}
+
+static void report(struct fetch *F, bool started, bool finished)
+{
+        if (!F->opts || !F->opts->progress)
+                return;
+        int64_t now = time_now_ns();
+        if (!started && !finished && now - F->last_progress_ns < PROGRESS_PERIOD_NS)
+                return;
+        F->last_progress_ns = now;
+        struct hub_progress p = { .url = F->shown_url, .blob = F->blob, .done = F->written, .total = F->size,
+                                  .resumed = F->resumed, .started = started, .finished = finished };
+        F->opts->progress(F->opts->userdata, &p);
+}
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
+{
+        struct fetch *F = userdata;
+        size_t n = size * nmemb;
+
+        if (F->get_ans.status != 200 && F->get_ans.status != 206) {
+                F->write_error = -EPROTO;   /* an error page: not ours to keep */
+                return 0;
+        }
+        if (!F->body_started && F->get_ans.status == 200 && F->written > 0) {
+                /* The server ignored the Range: start the file over. */
+                if (ftruncate(F->fd, 0) < 0) {
+                        F->write_error = -errno;
+                        return 0;
+                }
+                F->written = 0;
+        }
+        F->body_started = true;
+        if (F->written + (int64_t)n > F->size) {
+                F->write_error = -E2BIG;
+                return 0;
+        }
+        for (size_t off = 0; off < n;) {
+                ssize_t w = write(F->fd, data + off, n - off);
+                if (w < 0 && errno == EINTR)
+                        continue;
+                if (w <= 0) {
+                        F->write_error = w < 0 ? -errno : -EIO;
+                        return 0;
+                }
+                off += (size_t)w;
+        }
+        F->written += (int64_t)n;
+        report(F, false, false);
+        return n;
+}
+
+static bool transient(CURLcode c)
+{
+        return c == CURLE_PARTIAL_FILE || c == CURLE_RECV_ERROR || c == CURLE_SEND_ERROR || c == CURLE_GOT_NOTHING ||
+               c == CURLE_OPERATION_TIMEDOUT || c == CURLE_HTTP2 || c == CURLE_HTTP2_STREAM;
+}
+
+/* Downloads into incomplete, resuming what is there, until it holds size
+ * bytes. */
+static int download(struct fetch *F, const char *incomplete, char *err, size_t err_len)
+{
+        struct curl_slist *h = NULL;
+        struct stat st;
+        int r = 0;
+
+        F->fd = open(incomplete, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (F->fd < 0)
+                return err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
+        if (fstat(F->fd, &st) < 0) {
+                r = err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
+                goto out;
+        }
+        F->written = F->resumed = st.st_size;
+        if (F->written > F->size) {
+                /* Not a prefix of this file: start over. */
+                if (ftruncate(F->fd, 0) < 0) {
+                        r = err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
+                        goto out;
+                }
+                F->written = F->resumed = 0;
+        }
+        struct statvfs vfs;
+        if (fstatvfs(F->fd, &vfs) == 0 && (int64_t)vfs.f_bavail * (int64_t)vfs.f_frsize < F->size - F->written)
+                r = err_set(err, err_len, -ENOSPC, "%s: %lld bytes needed, %lld free", incomplete,
+                            (long long)(F->size - F->written), (long long)vfs.f_bavail * (long long)vfs.f_frsize);
+        if (r < 0)
+                goto out;
+        report(F, true, false);
+        for (int attempt = 0; F->written < F->size; attempt++) {
+                char range[64];
+                if ((r = request_setup(F, F->download_url, &h, &F->get_ans, F->send_token)) < 0) {
+                        r = err_set(err, err_len, r, "out of memory");
+                        goto out;
+                }
+                curl_easy_setopt(F->curl, CURLOPT_FOLLOWLOCATION, 1L);
+                curl_easy_setopt(F->curl, CURLOPT_MAXREDIRS, (long)HUB_MAX_REDIRECTS);
+                curl_easy_setopt(F->curl, CURLOPT_WRITEFUNCTION, on_body);
+                curl_easy_setopt(F->curl, CURLOPT_WRITEDATA, F);
+                /* No limit on the whole transfer (files are large), but on a
+                 * stall: fewer than 1 byte/s for the download timeout. */
+                curl_easy_setopt(F->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
+                curl_easy_setopt(F->curl, CURLOPT_LOW_SPEED_TIME, (long)F->set.download_timeout_s);
+                if (F->written > 0) {
+                        snprintf(range, sizeof range, "%lld-", (long long)F->written);
+                        curl_easy_setopt(F->curl, CURLOPT_RANGE, range);
+                }
+                F->write_error = 0;
+                F->body_started = false;
+                CURLcode c = curl_easy_perform(F->curl);
+                curl_slist_free_all(h);
+                h = NULL;
+                long status = F->get_ans.status;
+                if (status == 416 && attempt < HUB_RETRIES) {
+                        /* What is on disk does not fit this file: start over. */
+                        if (ftruncate(F->fd, 0) < 0) {
+                                r = err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
+                                goto out;
+                        }
+                        F->written = F->resumed = 0;
+                        continue;
+                }
+                if (c == CURLE_WRITE_ERROR && F->write_error == -EPROTO) {
+                        r = status_error(F, &F->get_ans, err, err_len);
+                        goto out;
+                }
+                if (c == CURLE_WRITE_ERROR && F->write_error == -E2BIG) {
+                        r = err_set(err, err_len, -EBADMSG, "%s: more than the %lld bytes announced; discarded",
+                                    F->download_url, (long long)F->size);
+                        unlink(incomplete);
+                        goto out;
+                }
+                if (c == CURLE_WRITE_ERROR && F->write_error < 0) {
+                        r = err_set(err, err_len, F->write_error, "%s: %s", incomplete, strerror(-F->write_error));
+                        goto out;
+                }
+                if (c == CURLE_OK && status >= 400) {
+                        r = status_error(F, &F->get_ans, err, err_len);
+                        goto out;
+                }
+                if ((c == CURLE_OK || transient(c)) && F->written < F->size && attempt < HUB_RETRIES) {
+                        /* Cut off: resume from what arrived, after a pause. */
+                        struct timespec pause = { .tv_sec = 1 };
+                        nanosleep(&pause, NULL);
+                        continue;
+                }
+                if (c != CURLE_OK) {
+                        r = transport_error(F, c, F->download_url, err, err_len);
+                        goto out;
+                }
+                if (F->written < F->size) {
+                        r = err_set(err, err_len, -EIO, "%s: %lld of %lld bytes after %d attempts", F->download_url,
+                                    (long long)F->written, (long long)F->size, attempt + 1);
+                        goto out;
+                }
+        }
+        report(F, false, true);
+        /* On disk before it is renamed into the cache, which then trusts it. */
+        if (fsync(F->fd) < 0)
+                r = err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
+out:
+        if (close(F->fd) < 0 && r == 0)
+                r = err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
+        F->fd = -1;
+        return r;
+}
+
+/* huggingface_hub's lock of a blob download (filelock: flock on
+ * CACHE/.locks/models--ORG--NAME/ETAG.lock), so that we and it never write
+ * the same .incomplete at once. */
+static int lock_blob(struct fetch *F, const char *folder, char *err, size_t err_len, int *ret_fd)
+{
+        char *path = strdup_printf("%s/.locks/%s/%s.lock", F->set.cache_dir, folder, F->etag);
+        int fd = -1, r = 0;
+
+        if (!path)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        if ((r = mkdir_parents(path)) < 0) {
+                r = err_set(err, err_len, r, "%s: %s", path, strerror(-r));
+                goto out;
+        }
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd < 0) {
+                r = err_set(err, err_len, -errno, "%s: %s", path, strerror(errno));
+                goto out;
+        }
+        int64_t until = time_now_ns() + (int64_t)HUB_LOCK_WAIT_S * 1000000000;
+        while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+                if (errno != EWOULDBLOCK && errno != EINTR) {
+                        r = err_set(err, err_len, -errno, "%s: %s", path, strerror(errno));
+                        goto out;
+                }
+                if (time_now_ns() > until) {
+                        r = err_set(err, err_len, -ETIMEDOUT, "%s: another download held it for %d s", path,
+                                    HUB_LOCK_WAIT_S);
+                        goto out;
+                }
+                struct timespec pause = { .tv_nsec = 200000000 };
+                nanosleep(&pause, NULL);
+        }
+        *ret_fd = fd;
+        fd = -1;
+out:
+        if (fd >= 0)
+                close(fd);
+        free(path);
+        return r;
+}
+
+static int make_result(const char *pointer, const char *commit, bool downloaded, bool network,
+                       struct hub_file **ret_file)
+{
+        struct hub_file *f = calloc(1, sizeof *f);
+        if (!f || !(f->path = strdup(pointer))) {
+                free(f);
+                return -ENOMEM;
+        }
+        memcpy(f->commit, commit, 41);
+        f->downloaded = downloaded;
+        f->network = network;
+        *ret_file = f;
+        return 0;
+}
+
+int hub_fetch(const struct hub_ref *ref, const struct hub_opts *opts, char *err, size_t err_len,
+              struct hub_file **ret_file)
+{
+        struct fetch F = { .ref = ref, .opts = opts, .fd = -1 };
+        char folder[HUB_REPO_MAX + 16], commit[41], got[65];
+        char *pointer = NULL, *blob = NULL, *incomplete = NULL;
+        bool downloaded = false;
+        int lock_fd = -1, r;
+
+        if ((r = hub_settings_get(opts, err, err_len, &F.set)) < 0)
+                return r;
+        F.max_bytes = opts && opts->max_bytes > 0 ? opts->max_bytes : HUB_MAX_BYTES_DEFAULT;
+        /* huggingface_hub's repo_folder_name: models--ORG--NAME. */
+        snprintf(folder, sizeof folder, "models--%s", ref->repo);
+        for (char *s = strchr(folder + 8, '/'); s; s = strchr(s, '/')) {
+                memmove(s + 2, s + 1, strlen(s + 1) + 1);
+                s[0] = s[1] = '-';
+        }
+        if (!(F.storage = strdup_printf("%s/%s", F.set.cache_dir, folder))) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto out;
+        }
+
+        /* In the cache for this revision: no network. */
+        bool refresh = opts && opts->refresh && !F.set.offline;
+        if (!refresh && read_ref(F.storage, ref, commit) == 0) {
+                if (!(pointer = strdup_printf("%s/snapshots/%s/%s", F.storage, commit, ref->file))) {
+                        r = err_set(err, err_len, -ENOMEM, "out of memory");
+                        goto out;
+                }
+                if (file_exists(pointer)) {
+                        r = make_result(pointer, commit, false, false, ret_file);
+                        if (r < 0)
+                                err_set(err, err_len, r, "out of memory");
+                        goto out;
+                }
+                free(pointer);
+                pointer = NULL;
+        }
+        if (F.set.offline) {
+                r = err_set(err, err_len, -ENOENT, "%s/%s at %s is not in the cache %s, and HF_HUB_OFFLINE is set",
+                            ref->repo, ref->file, ref->revision, F.set.cache_dir);
+                goto out;
+        }
+
+        pthread_once(&curl_once, curl_init_once);
+        if (curl_init_result != CURLE_OK) {
+                r = err_set(err, err_len, -ENOMEM, "libcurl: %s", curl_easy_strerror(curl_init_result));
+                goto out;
+        }
+        {
+                char *u = NULL;
+                size_t len = 0;
+                FILE *f = open_memstream(&u, &len);
+                if (f) {
+                        fprintf(f, "%s/%s/resolve/", F.set.endpoint, ref->repo);
+                        url_quote(f, ref->revision, false);
+                        fputc('/', f);
+                        url_quote(f, ref->file, true);
+                        if (fclose(f) != 0) {
+                                free(u);
+                                u = NULL;
+                        }
+                }
+                F.url = u;
+        }
+        if (!F.url || !(F.curl = curl_easy_init())) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto out;
+        }
+        if ((r = head(&F, err, err_len)) < 0 || (r = read_metadata(&F, err, err_len)) < 0)
+                goto out;
+        if (!(F.shown_url = strndup(F.download_url, strcspn(F.download_url, "?#")))) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto out;
+        }
+
+        pointer = strdup_printf("%s/snapshots/%s/%s", F.storage, F.commit, ref->file);
+        blob = strdup_printf("%s/blobs/%s", F.storage, F.etag);
+        incomplete = strdup_printf("%s/blobs/%s.incomplete", F.storage, F.etag);
+        if (!pointer || !blob || !incomplete) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto out;
+        }
+        F.blob = blob;
+        if (!file_exists(blob)) {
+                if ((r = mkdir_parents(blob)) < 0) {
+                        r = err_set(err, err_len, r, "%s: %s", blob, strerror(-r));
+                        goto out;
+                }
+                if ((r = lock_blob(&F, folder, err, err_len, &lock_fd)) < 0)
+                        goto out;
+        }
+        /* Another process may have finished it while we waited. */
+        if (!file_exists(blob)) {
+                if ((r = download(&F, incomplete, err, err_len)) < 0)
+                        goto out;
+                /* Nothing enters the cache unchecked: an LFS file's ETag is
+                 * the sha256 of its content. */
+                if (is_hex(F.etag, 64)) {
+                        if ((r = file_sha256(incomplete, got)) < 0) {
+                                r = err_set(err, err_len, r, "%s: %s", incomplete, strerror(-r));
+                                goto out;
+                        }
+                        if (strcmp(got, F.etag) != 0) {
+                                unlink(incomplete);
+                                r = err_set(err, err_len, -EBADMSG,
+                                            "%s/%s: sha256 of the download is %s, the hub says %s; discarded",
+                                            ref->repo, ref->file, got, F.etag);
+                                goto out;
+                        }
+                }
+                if (rename(incomplete, blob) < 0) {
+                        r = err_set(err, err_len, -errno, "%s: %s", blob, strerror(errno));
+                        goto out;
+                }
+                downloaded = true;
+        }
+        if (!file_exists(pointer) && (r = link_snapshot(pointer, ref->file, F.etag)) < 0) {
+                r = err_set(err, err_len, r, "%s: %s", pointer, strerror(-r));
+                goto out;
+        }
+        if ((r = write_ref(F.storage, ref, F.commit)) < 0) {
+                r = err_set(err, err_len, r, "%s/refs/%s: %s", F.storage, ref->revision, strerror(-r));
+                goto out;
+        }
+        if ((r = make_result(pointer, F.commit, downloaded, true, ret_file)) < 0)
+                err_set(err, err_len, r, "out of memory");
+out:
+        if (lock_fd >= 0)
+                close(lock_fd);   /* releases the flock */
+        if (F.curl)
+                curl_easy_cleanup(F.curl);
+        free(pointer);
+        free(blob);
+        free(incomplete);
+        free(F.url);
+        free(F.download_url);
+        free(F.shown_url);
+        free(F.storage);
+        hub_settings_clear(&F.set);
+        return r;
+}

@@ -1,0 +1,409 @@
+"""effnet pull and hf:// weights against a stand-in of the Hugging Face Hub's
+resolve endpoint, started here on 127.0.0.1 (HF_ENDPOINT points at it):
+redirects, ETag / X-Linked-Etag / X-Repo-Commit, Range resume of an
+interrupted transfer, corrupt bytes, 404, 401/403 and tokens, the cache
+layout huggingface_hub reads, no request when cached, and effnet inspect /
+effnetd --weights hf://... serving from the cache. Loopback only.
+
+Usage: test_hub.py EFFNETD EFFNET"""
+
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from daemon import Daemon, check, content_type_of, finish, free_port, sample_photos, read  # noqa: E402
+
+EFFNETD, EFFNET = sys.argv[1], sys.argv[2]
+REPO = "timm/tf_efficientnetv2_s.in21k_ft_in1k"
+TOKEN = "hf_s3cret"
+
+
+def commit_of(name):
+    return hashlib.sha1(name.encode()).hexdigest()
+
+
+class Hub:
+    """The resolve endpoint as the hub answers it: LFS files are a 302 to a
+    content URL (here on the same server, /lfs/SHA256) with X-Linked-Etag
+    (the sha256), X-Linked-Size and X-Repo-Commit; small files are 200 with
+    a git-sha1 ETag. Counts every request."""
+
+    def __init__(self, weights):
+        self.blob = weights
+        self.sha = hashlib.sha256(weights).hexdigest()
+        self.config = b'{"architecture": "tf_efficientnetv2_s"}\n'
+        self.requests = []          # (method, path, headers dict)
+        self.cut_first = set()      # repos whose first content GET is cut mid-body
+        self.lock = threading.Lock()
+        # repo -> (needs token: None | 401 | 403, served bytes for its LFS file)
+        self.repos = {
+            REPO: (None, weights),
+            "acme/resume": (None, weights),
+            "acme/corrupt": (None, weights[:1000] + bytes([weights[1000] ^ 0xFF]) + weights[1001:]),
+            "acme/private": (401, weights),
+            "acme/gated": (403, weights),
+            "acme/cache2": (None, weights),
+            "acme/offline": (None, weights),
+            "acme/tty": (None, weights),
+        }
+        self.revisions = {"main": commit_of("main"), "v1": commit_of("v1")}
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                hub.answer(self, head=True)
+
+            def do_GET(self):
+                hub.answer(self, head=False)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def count(self):
+        with self.lock:
+            return len(self.requests)
+
+    def since(self, n):
+        with self.lock:
+            return list(self.requests[n:])
+
+    def answer(self, h, head):
+        with self.lock:
+            self.requests.append((h.command, h.path, {k.lower(): v for k, v in h.headers.items()}))
+        path = h.path
+        if path.startswith("/lfs/"):
+            return self.content(h, head, path[len("/lfs/"):])
+        parts = path.lstrip("/").split("/")
+        # /ORG/NAME/resolve/REVISION/FILE...
+        if len(parts) < 5 or parts[2] != "resolve":
+            return self.error(h, 404, None)
+        repo, rev, file = "/".join(parts[:2]), parts[3], "/".join(parts[4:])
+        if repo == "timm/old_name":
+            # A renamed repository: a relative redirect, followed by HEAD.
+            return self.send(h, 307, {"Location": f"/{REPO}/resolve/{rev}/{file}"}, b"")
+        if repo not in self.repos:
+            return self.error(h, 404, "RepoNotFound")
+        needs, served = self.repos[repo]
+        if needs and h.headers.get("Authorization") != f"Bearer {TOKEN}":
+            return self.error(h, needs, "GatedRepo" if needs == 403 else "RepoNotFound")
+        if rev not in self.revisions:
+            return self.error(h, 404, "RevisionNotFound")
+        commit = self.revisions[rev]
+        if file.endswith("model.safetensors"):
+            headers = {
+                "Location": f"{self.url}/lfs/{self.sha}?repo={repo}",
+                "X-Repo-Commit": commit,
+                "X-Linked-Etag": f'"{self.sha}"',
+                "X-Linked-Size": str(len(self.blob)),
+                "ETag": '"0123456789abcdef0123456789abcdef01234567"',   # the LFS pointer's
+            }
+            return self.send(h, 302, headers, b"", head)
+        if file == "config.json":
+            sha1 = hashlib.sha1(b"blob %d\0" % len(self.config) + self.config).hexdigest()
+            headers = {"X-Repo-Commit": commit, "ETag": f'"{sha1}"'}
+            return self.send(h, 200, headers, self.config, head)
+        return self.error(h, 404, "EntryNotFound", {"X-Repo-Commit": commit})
+
+    def content(self, h, head, rest):
+        sha, _, query = rest.partition("?repo=")
+        repo = query
+        if sha != self.sha or repo not in self.repos:
+            return self.error(h, 404, None)
+        data = self.repos[repo][1]
+        start = 0
+        rng = h.headers.get("Range")
+        if rng:
+            start = int(rng.split("=")[1].rstrip("-"))
+        status = 206 if rng else 200
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(data) - start)}
+        if rng:
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        with self.lock:
+            cut = repo in self.cut_first
+            self.cut_first.discard(repo)
+        h.send_response(status)
+        for k, v in headers.items():
+            h.send_header(k, v)
+        h.end_headers()
+        if head:
+            return
+        body = data[start:]
+        if cut:
+            # The connection drops half-way: the client must resume.
+            h.wfile.write(body[: len(body) // 2])
+            h.wfile.flush()
+            time.sleep(0.2)   # let the first half arrive before the cut
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        h.wfile.write(body)
+
+    def send(self, h, status, headers, body, head=False):
+        h.send_response(status)
+        for k, v in headers.items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if not head:
+            h.wfile.write(body)
+
+    def error(self, h, status, code, extra=None):
+        headers = dict(extra or {})
+        if code:
+            headers["X-Error-Code"] = code
+        body = json.dumps({"error": code or "not found"}).encode()
+        self.send(h, status, headers, body, h.command == "HEAD")
+
+
+def run(args, env, timeout=120):
+    p = subprocess.run([EFFNET] + args, env=env, capture_output=True, timeout=timeout)
+    return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+
+def storage(cache, repo):
+    return os.path.join(cache, "models--" + repo.replace("/", "--"))
+
+
+def try_to_load_from_cache(cache, repo, filename, revision="main"):
+    """huggingface_hub's lookup (file_download.try_to_load_from_cache), by
+    hand since Debian 12 does not package it: refs/REVISION -> commit ->
+    snapshots/COMMIT/FILENAME, a file."""
+    folder = storage(cache, repo)
+    if not os.path.isdir(folder):
+        return None
+    ref = os.path.join(folder, "refs", revision)
+    if os.path.isfile(ref):
+        with open(ref) as f:
+            revision = f.read()
+    snapshots = os.path.join(folder, "snapshots")
+    if not os.path.isdir(snapshots) or revision not in os.listdir(snapshots):
+        return None
+    path = os.path.join(snapshots, revision, filename)
+    return path if os.path.isfile(path) else None
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="effnet-hub-")
+    weights_file = os.path.join(work, "b0.safetensors")
+    subprocess.run([EFFNET, "init-weights", "--variant", "b0", "--seed", "1", "-o", weights_file], check=True,
+                   timeout=600)
+    weights = read(weights_file)
+    hub = Hub(weights)
+    home = os.path.join(work, "hf")
+    cache = os.path.join(home, "hub")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
+    env.update(HF_ENDPOINT=hub.url, HF_HOME=home)
+
+    # ---- first pull: 302 to the content, cut mid-body, resumed with Range.
+    hub.cut_first.add(REPO)
+    n0 = hub.count()
+    rc, out, err = run(["pull", REPO], env)
+    reqs = hub.since(n0)
+    check(rc == 0, f"pull {REPO} succeeds (rc {rc}: {err.strip()})")
+    snap = os.path.join(storage(cache, REPO), "snapshots", commit_of("main"), "model.safetensors")
+    check(out == snap + "\n", f"stdout is the snapshot path ({out.strip()!r})")
+    check(err == "", f"nothing on stderr when it is not a terminal ({err!r})")
+    check(reqs and reqs[0][0] == "HEAD" and reqs[0][1] == f"/{REPO}/resolve/main/model.safetensors",
+          "first a HEAD on {endpoint}/{repo}/resolve/{revision}/{file}")
+    gets = [r for r in reqs if r[0] == "GET"]
+    check(len(gets) == 2 and all(g[1].startswith("/lfs/") for g in gets),
+          f"content fetched at the redirect ({len(gets)} GETs)")
+    check(len(gets) == 2 and "range" not in gets[0][2] and gets[1][2].get("range", "").startswith("bytes="),
+          f"the interrupted transfer is resumed with Range ({gets[1][2].get('range') if len(gets) > 1 else None})")
+    if len(gets) == 2:
+        start = int(gets[1][2]["range"].split("=")[1].rstrip("-"))
+        check(0 < start < len(weights), f"resumed at byte {start} of {len(weights)}")
+    check(os.path.isfile(snap) and read(snap) == weights, "the cached file is the hub's, byte for byte")
+
+    # ---- the layout huggingface_hub reads.
+    folder = storage(cache, REPO)
+    link = os.readlink(snap) if os.path.islink(snap) else None
+    check(link == f"../../blobs/{hub.sha}", f"snapshot is a relative symlink to ../../blobs/SHA256 ({link})")
+    with open(os.path.join(folder, "refs", "main")) as f:
+        check(f.read() == commit_of("main"), "refs/main holds the commit (X-Repo-Commit), no newline")
+    check(sorted(os.listdir(os.path.join(folder, "blobs"))) == [hub.sha],
+          f"blobs/ holds the blob named by X-Linked-Etag, no .incomplete ({os.listdir(os.path.join(folder, 'blobs'))})")
+    check(try_to_load_from_cache(cache, REPO, "model.safetensors") == snap,
+          "huggingface_hub's try_to_load_from_cache finds our download")
+    check(os.path.isfile(os.path.join(cache, ".locks", "models--" + REPO.replace("/", "--"), hub.sha + ".lock")),
+          "the download took huggingface_hub's lock file")
+
+    # ---- cached: no request at all, for pull, hf:// inspect, and the same path.
+    n0 = hub.count()
+    rc, out2, err = run(["pull", REPO], env)
+    check(rc == 0 and out2 == out, "a second pull prints the same path")
+    rc, out3, err = run(["inspect", f"hf://{REPO}"], env)
+    check(rc == 0 and "variant:       efficientnetv2-b0" in out3 and f"file:          {snap}" in out3,
+          f"effnet inspect hf://{REPO} reads the cached file ({err.strip()})")
+    check(hub.count() == n0, f"no request when the file is cached ({hub.count() - n0} made)")
+
+    # ---- --refresh asks again (HEAD only: the blob is there).
+    n0 = hub.count()
+    rc, out4, err = run(["pull", "--refresh", REPO], env)
+    methods = [r[0] for r in hub.since(n0)]
+    check(rc == 0 and out4 == out and methods == ["HEAD"], f"pull --refresh: one HEAD, no download ({methods})")
+
+    # ---- a file in a folder: one more "../"; the blob is there, only linked.
+    n0 = hub.count()
+    rc, out9, err = run(["pull", REPO, "--file", "sub/dir/model.safetensors"], env)
+    nested = os.path.join(folder, "snapshots", commit_of("main"), "sub", "dir", "model.safetensors")
+    check(rc == 0 and out9.strip() == nested and os.readlink(nested) == f"../../../../blobs/{hub.sha}",
+          f"a nested file links to ../../../../blobs/SHA256 ({err.strip()})")
+    check([r[0] for r in hub.since(n0)] == ["HEAD"], "a blob already in the cache is linked, not downloaded")
+
+    # ---- on a terminal: a progress bar on stderr.
+    if shutil.which("script"):
+        cmd = f"{EFFNET} pull acme/tty 2>&1"
+        p = subprocess.run(["script", "-qec", cmd, "/dev/null"], env=env, capture_output=True, timeout=120)
+        text = p.stdout.decode(errors="replace")
+        check(p.returncode == 0 and "100%" in text and "MB" in text and "[###" in text,
+              f"a progress bar on a terminal ({text[-200:]!r})")
+    else:
+        print("note: no script(1) (bsdutils): the progress bar on a terminal is not tried")
+
+    # ---- a renamed repository: relative redirect followed by the HEAD.
+    rc, out5, err = run(["pull", "timm/old_name"], env)
+    check(rc == 0 and out5.strip().endswith("models--timm--old_name/snapshots/" + commit_of("main") +
+                                            "/model.safetensors"), f"relative redirect followed ({err.strip()})")
+
+    # ---- another revision and a small (non-LFS) file: ETag fallback, refs/v1.
+    rc, out6, err = run(["pull", REPO, "--revision", "v1", "--file", "config.json"], env)
+    sha1 = hashlib.sha1(b"blob %d\0" % len(hub.config) + hub.config).hexdigest()
+    check(rc == 0 and out6.strip() == os.path.join(folder, "snapshots", commit_of("v1"), "config.json"),
+          f"--revision v1 --file config.json ({err.strip()})")
+    check(os.path.isfile(os.path.join(folder, "blobs", sha1)), "a small file's blob is named by its ETag")
+    with open(os.path.join(folder, "refs", "v1")) as f:
+        check(f.read() == commit_of("v1"), "refs/v1 holds its commit")
+    rc, out7, err = run(["pull", f"hf://{REPO}@{commit_of('v1')}/config.json"], env)
+    check(rc == 0 and out7 == out6, "hf://ORG/NAME@COMMIT/FILE finds the same file")
+
+    # ---- an .incomplete left by an earlier run is resumed with Range.
+    rfolder = storage(cache, "acme/resume")
+    os.makedirs(os.path.join(rfolder, "blobs"))
+    with open(os.path.join(rfolder, "blobs", hub.sha + ".incomplete"), "wb") as f:
+        f.write(weights[:12345])
+    n0 = hub.count()
+    rc, out8, err = run(["pull", "acme/resume"], env)
+    gets = [r for r in hub.since(n0) if r[0] == "GET"]
+    check(rc == 0 and len(gets) == 1 and gets[0][2].get("range") == "bytes=12345-",
+          f"an earlier .incomplete is resumed at its size ({[g[2].get('range') for g in gets]})")
+    check(rc == 0 and read(out8.strip()) == weights, "the resumed file is whole")
+
+    # ---- corrupt bytes: sha256 mismatch, nothing enters the cache.
+    rc, out, err = run(["pull", "acme/corrupt"], env)
+    cfolder = storage(cache, "acme/corrupt")
+    snaps = os.path.join(cfolder, "snapshots")
+    check(rc != 0 and "sha256" in err and out == "", f"corrupt bytes: error ({err.strip()})")
+    check(not os.path.exists(snaps) or os.listdir(snaps) == [], "corrupt bytes: nothing in snapshots/")
+    blobs = os.path.join(cfolder, "blobs")
+    check(not os.path.exists(blobs) or os.listdir(blobs) == [], "corrupt bytes: no blob, no .incomplete")
+
+    # ---- 404s.
+    rc, out, err = run(["pull", "acme/nope"], env)
+    check(rc != 0 and "not found" in err and "404" in err, f"unknown repository: 404 error ({err.strip()})")
+    rc, out, err = run(["pull", REPO, "--file", "nope.bin"], env)
+    check(rc != 0 and "nope.bin" in err and "not found" in err, f"unknown file: 404 error ({err.strip()})")
+    rc, out, err = run(["pull", REPO, "--revision", "nope"], env)
+    check(rc != 0 and "revision" in err and "not found" in err, f"unknown revision: 404 error ({err.strip()})")
+
+    # ---- tokens: 401/403 without, 200 with HF_TOKEN or the token file.
+    rc, out, err = run(["pull", "acme/private"], env)
+    check(rc != 0 and "token" in err and "HF_TOKEN" in err and "401" in err, f"private without a token ({err.strip()})")
+    rc, out, err = run(["pull", "acme/gated"], env)
+    check(rc != 0 and "gated" in err and "HF_TOKEN" in err, f"gated without a token ({err.strip()})")
+    n0 = hub.count()
+    rc, out, err = run(["pull", "acme/private"], dict(env, HF_TOKEN=TOKEN))
+    heads = [r for r in hub.since(n0) if r[0] == "HEAD"]
+    check(rc == 0 and heads and heads[0][2].get("authorization") == f"Bearer {TOKEN}",
+          f"HF_TOKEN is sent as Authorization: Bearer ({err.strip()})")
+    with open(os.path.join(home, "token"), "w") as f:
+        f.write(TOKEN + "\n")
+    rc, out, err = run(["pull", "acme/gated"], env)
+    check(rc == 0, f"the token file $HF_HOME/token is used ({err.strip()})")
+    os.unlink(os.path.join(home, "token"))
+
+    # ---- HF_HUB_CACHE wins over HF_HOME.
+    cache2 = os.path.join(work, "cache2")
+    rc, out, err = run(["pull", "acme/cache2"], dict(env, HF_HUB_CACHE=cache2))
+    check(rc == 0 and out.startswith(cache2 + "/models--acme--cache2/snapshots/"), f"HF_HUB_CACHE ({out.strip()})")
+
+    # ---- no network: a closed port, and HF_HUB_OFFLINE.
+    rc, out, err = run(["pull", "acme/offline"], dict(env, HF_ENDPOINT=f"http://127.0.0.1:{free_port()}"))
+    check(rc != 0 and "cannot reach" in err, f"no network: error ({err.strip()})")
+    n0 = hub.count()
+    rc, out, err = run(["pull", "acme/offline"], dict(env, HF_HUB_OFFLINE="1"))
+    check(rc != 0 and "HF_HUB_OFFLINE" in err and hub.count() == n0, f"HF_HUB_OFFLINE: no request ({err.strip()})")
+    rc, out, err = run(["pull", REPO], dict(env, HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9"))
+    check(rc == 0 and out.strip() == snap, "offline, a cached file is still found")
+
+    # ---- bad names.
+    for bad in ["hf://timm", "hf://a--b/c", "hf://timm/x@/f", "hf://timm/x/../../etc/passwd"]:
+        rc, out, err = run(["inspect", bad], env)
+        check(rc != 0 and out == "", f"{bad} is refused ({err.strip()})")
+
+    # ---- effnetd --weights hf://...: downloads (saying so), then serves.
+    home3 = os.path.join(work, "hf3")
+    env3 = dict(env, HF_HOME=home3)
+    n0 = hub.count()
+    d = Daemon(EFFNETD, f"hf://{REPO}", work, name="effnetd-hub", env=env3)
+    try:
+        log = d.log_text()
+        check("downloading" in log and hub.url in log, "effnetd logs the download with where it comes from")
+        check(commit_of("main") in log, "effnetd logs the commit it serves")
+        lines = [line for line in log.splitlines() if "downloading" in line]
+        check(lines and "?" not in lines[0], "the logged download URL has no query (a CDN's signature)")
+        check(any(r[0] == "GET" for r in hub.since(n0)), "effnetd downloaded the weights")
+        status, _, body = d.request("GET", "/v1/models")
+        check(status == 200 and b"b0" in body, f"/v1/models answers ({status})")
+        photos = sample_photos()
+        if photos:
+            image = read(next(iter(photos.values())))
+            status, _, answer = d.classify(image, content_type_of(image))
+            check(status == 200 and answer.get("predictions"), f"classify answers from the hub file ({status})")
+        else:
+            print("note: no sample photo installed (python3-matplotlib, python3-skimage): classify not tried")
+    finally:
+        check(d.stop() == 0, "effnetd stops cleanly")
+    check(try_to_load_from_cache(os.path.join(home3, "hub"), REPO, "model.safetensors") is not None,
+          "effnetd's download is in the shared cache layout")
+    n0 = hub.count()
+    d = Daemon(EFFNETD, f"hf://{REPO}", work, name="effnetd-hub2", env=env3)
+    try:
+        check(hub.count() == n0, "a second start uses the cache: no request")
+        # SIGHUP resolves the name again, on the reload thread, from the cache.
+        d.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 120
+        while "reloaded" not in d.log_text() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        check("reloaded" in d.log_text() and hub.count() == n0,
+              "SIGHUP reloads hf:// weights from the cache, no request")
+    finally:
+        d.stop()
+    rc = subprocess.run([EFFNETD, "--check-config", "--weights", "hf://acme/missing"], env=env3,
+                        capture_output=True, timeout=60)
+    check(rc.returncode == 0 and b"not in the hub cache yet" in rc.stderr,
+          f"--check-config names hf:// weights not cached yet, without a request ({rc.stderr.decode().strip()})")
+
+    hub.server.shutdown()
+    if not __import__("daemon").failures:
+        shutil.rmtree(work, ignore_errors=True)
+    finish()
+
+
+if __name__ == "__main__":
+    main()

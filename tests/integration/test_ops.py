@@ -313,7 +313,13 @@ def test_socket_activation(effnetd, weights, workdir):
                 break
             data += b
         c.close()
-        text = open(log_path, "rb").read().decode(errors="replace")
+        # The server answers as soon as it runs; its "listening on" line is
+        # written just after.
+        deadline = time.monotonic() + 10
+        text = ""
+        while "socket from systemd" not in text and time.monotonic() < deadline:
+            text = open(log_path, "rb").read().decode(errors="replace")
+            time.sleep(0.05)
         check(data.startswith(b"HTTP/1.1 200") and "socket from systemd" in text
               and f"127.0.0.1:{port}" in text, f"socket activation: served on the passed socket ({data[:40]!r})")
     finally:

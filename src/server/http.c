@@ -111,7 +111,8 @@ struct req {
         int n_images;
         float *tensors;             /* [n_images][3][size][size], owned */
         float *logits;              /* [n_images][classes], owned */
-        struct batch_job job;       /* /v1: one job for every image; /v2: what its jobs did, summed up */
+        struct batch_job job;       /* /v1: one job for every image; /v2: its jobs' first pass,
+                                     * longest pass and largest batch (for the log) */
         struct batch_job *jobs;     /* /v2: one job per image, [n_images], owned */
         atomic_int pending;         /* /v2: jobs whose callback has not fired */
         atomic_int job_error;       /* /v2: the first error of its jobs, or 0 */

@@ -78,8 +78,7 @@ static const struct conf_setting settings[] = {
         { "max-body-bytes", "limits", CONF_INT, F(max_body_bytes), "10485760", 1, 1024 * MiB, NULL,
           "largest request body (413 beyond)" },
         { "v2-max-body-bytes", "limits", CONF_INT, F(v2_max_body_bytes), "100663296", 1, 1024 * MiB, NULL,
-          "largest /v2 infer request body (413 beyond); the default fits 8 V2-S 384x384 FP32 images as JSON "
-          "(about 9 MiB each); binary tensors need 1.7 MiB per image, encoded images what /v1 takes" },
+          "largest /v2 infer request body (413 beyond); the default fits 8 384x384 FP32 images as JSON" },
         { "max-body-total", "limits", CONF_INT, F(max_body_total), "536870912", 1, 65536 * MiB, NULL,
           "request bodies buffered over all connections (503 beyond)" },
         { "max-images", "limits", CONF_INT, F(max_images), "32", 1, 65536, NULL,

@@ -24,6 +24,10 @@
  * its end; past this many dropped bytes the connection closes instead. */
 #define DISCARD_MAX ((size_t)64 << 20)
 #define BODY_MIN_ALLOC ((size_t)64 << 10)
+/* jansson's tree of a JSON infer request costs about 1.7 times its text
+ * (some 40 bytes per number of a tensor, measured): while it lives, twice
+ * the JSON's length counts against max-body-total too. */
+#define V2_JSON_TREE_FACTOR 2
 
 /* One model generation (struct http_backend) as requests use it. */
 struct http_gen {
@@ -116,7 +120,8 @@ struct req {
         int n_images;
         float *tensors;             /* [n_images][3][size][size], owned */
         float *logits;              /* [n_images][classes], owned */
-        struct batch_job job;       /* /v1: one job for every image; /v2: what its jobs did, summed up */
+        struct batch_job job;       /* /v1: one job for every image; /v2: its jobs' first pass,
+                                     * longest pass and largest batch (for the log) */
         struct batch_job *jobs;     /* /v2: one job per image, [n_images], owned */
         atomic_int pending;         /* /v2: jobs whose callback has not fired */
         atomic_int job_error;       /* /v2: the first error of its jobs, or 0 */
@@ -770,7 +775,21 @@ static enum MHD_Result v2_on_complete(struct req *q)
         char err[256];
         int r;
 
+        size_t json_len = q->v2_header_len >= 0 && (size_t)q->v2_header_len < q->len ? (size_t)q->v2_header_len
+                                                                                       : q->len;
+        long long tree = (long long)json_len * V2_JSON_TREE_FACTOR;
+        if ((long long)q->cap + tree > s->opts.max_body_total) {
+                snprintf(err, sizeof err, "%zu bytes of JSON need %lld bytes to parse, more than max-body-total "
+                         "(%lld): send the tensors as binary data", json_len, (long long)q->cap + tree,
+                         (long long)s->opts.max_body_total);
+                return respond_error(q, API_E_TOO_LARGE, err);
+        }
+        if (atomic_fetch_add(&s->body_total, tree) + tree > s->opts.max_body_total) {
+                atomic_fetch_sub(&s->body_total, tree);
+                return respond_error(q, API_E_OVERLOADED, "too many request bodies in flight; retry later");
+        }
         r = v2_parse_infer(q->body, q->len, q->v2_header_len, &g->v2, &lim, err, sizeof err, &q->v2req);
+        atomic_fetch_sub(&s->body_total, tree);
         if (r == -E2BIG)
                 return respond_error(q, API_E_TOO_LARGE, err);
         if (r == -ENOMEM)

@@ -660,7 +660,8 @@ int v2_infer_body(const struct v2_model *m, const struct v2_request *r, float *l
         if (!out)
                 goto out;
         if (k) {
-                /* Labels are short (ImageNet's longest is under 100 bytes). */
+                /* Labels are short (ImageNet's longest is under 100 bytes); a
+                 * longer one from a labels file is cut at 500. */
                 json_t *data = r->binary_output ? NULL : json_array();
                 if ((!r->binary_output && !data) || !(idx = malloc(sizeof(int) * k)))
                         goto out;

@@ -69,9 +69,9 @@ struct v2_path {
  * V2_ROUTE_NONE or V2_ROUTE_UNKNOWN. */
 enum v2_route v2_parse_path(const char *path, struct v2_path *ret_path);
 
-/* Whether the path names model `name` (and version V2_MODEL_VERSION, when it
- * names one). */
+/* Whether the path names model `name`. */
 bool v2_path_model_is(const struct v2_path *p, const char *name);
+/* Whether the path names no version, or V2_MODEL_VERSION. */
 bool v2_path_version_ok(const struct v2_path *p);
 
 /* What the bodies describe. */

@@ -433,9 +433,11 @@ def test_drain(d, jpeg):
 
 
 def test_small(effnetd, weights, workdir, jpeg, x):
-    """Overload (503 + Retry-After) on a queue of 2, and the v2-max-body-bytes setting."""
+    """Overload (503 + Retry-After) on a queue of 2, the v2-max-body-bytes
+    setting, and JSON's parse tree counted against max-body-total."""
     d = dm.Daemon(effnetd, weights, workdir, "--queue", 2, "--max-images", 2, "--max-batch", 1, "--max-delay-ms", 0,
-                  "--retry-after", 3, "--v2-max-body-bytes", 1000000, name="effnetd-v2-small")
+                  "--retry-after", 3, "--v2-max-body-bytes", 1000000, "--max-body-bytes", 1000000,
+                  "--max-body-total", 2500000, name="effnetd-v2-small")
     try:
         def one():
             return V2Client(d.port).infer(MODEL, [Tensor("input", "BYTES", [jpeg, jpeg])])
@@ -456,6 +458,13 @@ def test_small(effnetd, weights, workdir, jpeg, x):
         check_result_error(res, 413, "JSON FP32 of ~3 MB over --v2-max-body-bytes 1000000", "limit")
         res = V2Client(d.port).infer(MODEL, [Tensor("input", "FP32", x[:1])])
         check(res.status == 200, "binary FP32 (600 kB) fits the same limit")
+        # 900 kB of JSON (ignored padding) would take 2.7 MB with its parse tree.
+        head, _ = encode_request([Tensor("input", "BYTES", [jpeg], binary=False)])
+        padded = head[:-1] + b', "padding": "' + b"x" * 900000 + b'"}'
+        res = Result(*V2Client(d.port).request("POST", f"/v2/models/{MODEL}/infer", padded))
+        check_result_error(res, 413, "900 kB of JSON with --max-body-total 2500000", "max-body-total")
+        res = Result(*V2Client(d.port).request("POST", f"/v2/models/{MODEL}/infer", head))
+        check(res.status == 200, f"the same request without the padding: 200 ({res.status})")
     finally:
         check(d.stop() == 0, "small server exits 0")
 

@@ -105,8 +105,8 @@ struct eng_net {
 };
 
 /* Activation buffers; a tensor lives in one of them. Reuse is planned so that
- * no step reads a slot it also writes, except the intended in-place ones. */
-/* SLOT_TMP holds a conv's input reordered into the layout the conv chose
+ * no step reads a slot it also writes, except the intended in-place ones.
+ * SLOT_TMP holds a conv's input reordered into the layout the conv chose
  * (only in plans that let oneDNN choose, EFFNET_LAYOUT=any). */
 enum slot { SLOT_X0, SLOT_X1, SLOT_M0, SLOT_M1, SLOT_POOL, SLOT_SE1, SLOT_SE2,
             SLOT_LOGITS, SLOT_TMP, N_SLOTS };

@@ -80,6 +80,9 @@ struct effnet_info {
         const char *dtype;    /* stored dtype: "F32", "F16", "BF16" */
         int64_t params;       /* parameters, BN statistics excluded */
         struct effnet_preproc preproc; /* defaults for this source */
+        int64_t seed;         /* >= 0: deterministic untrained weights made by
+                               * effnet init-weights with this seed (the file's
+                               * metadata says so); -1 otherwise */
 };
 
 struct effnet_open_opts {

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <stdarg.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -190,6 +191,49 @@ static void on_progress(void *userdata, const struct hub_progress *p)
         fprintf(stderr, "\r%.30s %3.0f%% [%s] %.1f/%.1f MB %.1f MB/s%s", b->name, frac * 100, bar,
                 (double)p->done / 1e6, (double)p->total / 1e6, rate / 1e6, p->finished ? "\n" : "  ");
         fflush(stderr);
+}
+
+/* A status line on stderr for long work (init-weights, bench), redrawn in
+ * place, only on a terminal. */
+struct status_line {
+        bool tty;
+        bool shown;
+};
+
+static void status_show(struct status_line *sl, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void status_show(struct status_line *sl, const char *fmt, ...)
+{
+        va_list ap;
+
+        if (!sl->tty)
+                return;
+        fprintf(stderr, "\r\033[K");   /* start of line, erased */
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fflush(stderr);
+        sl->shown = true;
+}
+
+/* Erases the line, so that what follows starts clean. */
+static void status_clear(struct status_line *sl)
+{
+        if (sl->tty && sl->shown)
+                fprintf(stderr, "\r\033[K");
+        sl->shown = false;
+}
+
+struct init_progress {
+        struct status_line sl;
+        int pass, passes;
+        int64_t t0;
+};
+
+static void on_init_progress(void *userdata, int done, int total)
+{
+        struct init_progress *ip = userdata;
+        status_show(&ip->sl, "init-weights: pass %d of %d, calibrating block %d of %d, %.0f s", ip->pass, ip->passes,
+                    done, total, (double)(time_now_ns() - ip->t0) / 1e9);
 }
 
 /* The cached file of ref, pulled when missing; a bar on a terminal. */
@@ -435,10 +479,21 @@ static int cmd_init_weights(const struct args *a)
         }
         /* BatchNorm is calibrated at a small size for speed; a second pass at
          * the real input size sets the classifier's scale there. */
-        int r = model_write_seeded(a->output, a->variant, scheme, a->classes, a->seed, dtype, 1.0, err, sizeof err);
-        if (r == 0 && (r = logit_std(a->output, &sd)) == 0 && sd > 0)
-                r = model_write_seeded(a->output, a->variant, scheme, a->classes, a->seed, dtype, 4.0 / sd, err,
-                                       sizeof err);
+        struct init_progress ip = { .sl.tty = isatty(STDERR_FILENO) == 1, .pass = 1, .passes = 2,
+                                    .t0 = time_now_ns() };
+        int r = model_write_seeded_ex(a->output, a->variant, scheme, a->classes, a->seed, dtype, 1.0,
+                                      on_init_progress, &ip, err, sizeof err);
+        if (r == 0) {
+                status_show(&ip.sl, "init-weights: measuring the logits' spread at the input size, %.0f s",
+                            (double)(time_now_ns() - ip.t0) / 1e9);
+                r = logit_std(a->output, &sd);
+        }
+        if (r == 0 && sd > 0) {
+                ip.pass = 2;
+                r = model_write_seeded_ex(a->output, a->variant, scheme, a->classes, a->seed, dtype, 4.0 / sd,
+                                          on_init_progress, &ip, err, sizeof err);
+        }
+        status_clear(&ip.sl);
         if (r < 0) {
                 fprintf(stderr, "%s: %s\n", prog, err);
                 return 1;
@@ -493,6 +548,7 @@ static int cmd_bench(const struct args *a)
         char err[512], tmp[] = "/tmp/effnet-bench-XXXXXX.safetensors";
         const char *weights = a->weights;
         int r = 0, tmp_made = 0;
+        struct status_line sl = { .tty = isatty(STDERR_FILENO) == 1 };
 
         if (!weights && !a->variant) {
                 fprintf(stderr, "%s bench: --weights FILE or --variant V is required\n", prog);
@@ -506,6 +562,7 @@ static int cmd_bench(const struct args *a)
                 }
                 close(fd);
                 tmp_made = 1;
+                status_show(&sl, "bench: generating seeded %s weights", a->variant);
                 if ((r = model_write_seeded(tmp, a->variant, EFFNET_SCHEME_TORCHVISION, 1000, 1, ST_F32, 1.0, err,
                                             sizeof err)) < 0) {
                         fprintf(stderr, "%s: %s\n", prog, err);
@@ -514,6 +571,7 @@ static int cmd_bench(const struct args *a)
                 weights = tmp;
         }
         int64_t t0 = time_now_ns();
+        status_show(&sl, "bench: loading the weights");
         if ((r = model_open_arg(weights, &a->open, &m)) < 0)
                 goto out;
         double load_ms = (double)(time_now_ns() - t0) / 1e6;
@@ -534,7 +592,9 @@ static int cmd_bench(const struct args *a)
                 struct effnet_exec_opts eo = { .batch = batch, .threads = threads, .precision = a->precision,
                                                .size = size };
                 t0 = time_now_ns();
+                status_show(&sl, "bench: batch %d: building the executor", batch);
                 if ((r = effnet_exec_new(m, &eo, err, sizeof err, &x)) < 0) {
+                        status_clear(&sl);
                         fprintf(stderr, "%s: %s\n", prog, err);
                         goto out;
                 }
@@ -552,13 +612,17 @@ static int cmd_bench(const struct args *a)
                 /* A smooth deterministic pattern: values do not change the timing. */
                 for (size_t i = 0; i < in_n; i++)
                         in[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
-                for (int i = 0; i < a->warmup && r == 0; i++)
+                for (int i = 0; i < a->warmup && r == 0; i++) {
+                        status_show(&sl, "bench: batch %d: warm-up run %d of %d", batch, i + 1, a->warmup);
                         r = effnet_exec_forward(x, in, batch, logits);
+                }
                 for (int i = 0; i < a->runs && r == 0; i++) {
+                        status_show(&sl, "bench: batch %d: run %d of %d", batch, i + 1, a->runs);
                         t0 = time_now_ns();
                         r = effnet_exec_forward(x, in, batch, logits);
                         ms[i] = (double)(time_now_ns() - t0) / 1e6;
                 }
+                status_clear(&sl);
                 if (r == 0) {
                         qsort(ms, (size_t)a->runs, sizeof *ms, cmp_double);
                         double med = a->runs % 2 ? ms[a->runs / 2] : (ms[a->runs / 2 - 1] + ms[a->runs / 2]) / 2;
@@ -592,6 +656,7 @@ static int cmd_bench(const struct args *a)
                         goto out;
         }
 out:
+        status_clear(&sl);
         effnet_model_free(m);
         if (tmp_made)
                 unlink(tmp);

@@ -427,7 +427,16 @@ int model_from_st(struct st_file *f, const char *path,
                 .dtype = t0 && t0->dtype == ST_F16 ? "F16" : t0 && t0->dtype == ST_BF16 ? "BF16" : "F32",
                 .params = arch_params(v, classes),
                 .preproc = scheme == EFFNET_SCHEME_TIMM ? v->timm : v->torchvision,
+                .seed = -1,
         };
+        const char *seed = st_metadata(f, MODEL_META_SEED);
+        if (seed) {
+                char *end;
+                errno = 0;
+                long long sv = strtoll(seed, &end, 10);
+                if (!errno && end != seed && !*end && sv >= 0)
+                        m->info.seed = sv;
+        }
         free(l.used);
         *ret_model = m;
         return 0;

@@ -94,6 +94,13 @@ struct model *model_free(struct model *m);
 int model_write_seeded(const char *path, const char *variant, int scheme,
                        int classes, uint64_t seed, int dtype, double gain,
                        char *err, size_t err_len);
+/* The same, calling progress(userdata, done, total) after each block's
+ * calibration and once the file is written (done == total); NULL: none. */
+int model_write_seeded_ex(const char *path, const char *variant, int scheme, int classes, uint64_t seed,
+                          int dtype, double gain, void (*progress)(void *userdata, int done, int total),
+                          void *userdata, char *err, size_t err_len);
+/* The safetensors metadata key of seeded weights: the seed, in decimal. */
+#define MODEL_META_SEED "effnet.seed"
 /* n smooth random images [n][3][size][size], deterministic in seed. */
 void model_smooth_images(uint64_t seed, int n, int size, float *ret_images);
 

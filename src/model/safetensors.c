@@ -26,6 +26,7 @@ struct st_file {
         struct st_tensor *tensors;       /* [n] in header order */
         const struct st_tensor **by_name; /* [n] into tensors, sorted by strcmp(name) */
         char *names;                     /* every name, NUL-terminated, back to back */
+        json_t *meta;                    /* "__metadata__" (strings), or NULL; a reference */
 };
 
 struct dtype_info {
@@ -407,6 +408,7 @@ static int parse(const struct errbuf *e, const unsigned char *buf, size_t len, s
                         r = parse_metadata(e, v);
                         if (r < 0)
                                 goto out;
+                        f->meta = json_incref(v);
                         continue;
                 }
                 memcpy(name, key, kl + 1);
@@ -570,8 +572,14 @@ struct st_file *st_free(struct st_file *f)
         free(f->tensors);
         free(f->by_name);
         free(f->names);
+        json_decref(f->meta);
         free(f);
         return NULL;
+}
+
+const char *st_metadata(const struct st_file *f, const char *key)
+{
+        return f->meta ? json_string_value(json_object_get(f->meta, key)) : NULL;
 }
 
 size_t st_count(const struct st_file *f)
@@ -750,6 +758,27 @@ struct st_writer *st_writer_free(struct st_writer *w)
         free(w->entries);
         free(w);
         return NULL;
+}
+
+int st_writer_set_metadata(struct st_writer *w, const char *key, const char *value)
+{
+        json_t *meta = json_object_get(w->header, "__metadata__");
+        json_t *k = key ? json_string(key) : NULL;       /* NULL if not UTF-8 */
+        json_t *v = value ? json_string(value) : NULL;
+
+        json_decref(k);
+        if (!k || !v) {
+                json_decref(v);
+                return -EINVAL;
+        }
+        if (!meta) {
+                meta = json_object();
+                if (!meta || json_object_set_new(w->header, "__metadata__", meta) < 0) {
+                        json_decref(v);
+                        return -ENOMEM;
+                }
+        }
+        return json_object_set_new(meta, key, v) < 0 ? -ENOMEM : 0;
 }
 
 int st_writer_add(struct st_writer *w, const char *name, int dtype, int ndim, const int64_t *shape,

@@ -65,6 +65,8 @@ int st_parse(const void *buf, size_t len, char *err, size_t err_len,
 struct st_file *st_free(struct st_file *f); /* accepts NULL, returns NULL */
 
 size_t st_count(const struct st_file *f);
+/* The value of key in "__metadata__", owned by f; NULL when absent. */
+const char *st_metadata(const struct st_file *f, const char *key);
 const struct st_tensor *st_at(const struct st_file *f, size_t i); /* file order of the header */
 const struct st_tensor *st_find(const struct st_file *f, const char *name); /* NULL if absent; O(log n) */
 
@@ -89,6 +91,10 @@ int st_writer_add(struct st_writer *w, const char *name, int dtype, int ndim,
  * the old file or the whole new one. Mode 0644. Returns the errno of the
  * failing call, -E2BIG if the header exceeds ST_MAX_HEADER, or -ENOMEM; the
  * message names path. */
+/* Sets "__metadata__"[key] = value (both copied, UTF-8). Called before the
+ * first st_writer_add, the map comes first in the header, as the format's
+ * other writers put it. -EINVAL (NULL or not UTF-8), -ENOMEM. */
+int st_writer_set_metadata(struct st_writer *w, const char *key, const char *value);
 int st_writer_save(struct st_writer *w, const char *path, char *err, size_t err_len);
 struct st_writer *st_writer_free(struct st_writer *w); /* accepts NULL, returns NULL */
 

@@ -331,6 +331,13 @@ static int calibration_images(struct rng *rng, struct act *a)
 int model_write_seeded(const char *path, const char *variant, int scheme, int classes, uint64_t seed, int dtype,
                        double gain, char *err, size_t err_len)
 {
+        return model_write_seeded_ex(path, variant, scheme, classes, seed, dtype, gain, NULL, NULL, err, err_len);
+}
+
+int model_write_seeded_ex(const char *path, const char *variant, int scheme, int classes, uint64_t seed, int dtype,
+                          double gain, void (*progress)(void *userdata, int done, int total), void *userdata,
+                          char *err, size_t err_len)
+{
         const struct arch_variant *v = arch_find(variant);
         struct seeded s = { .rng = { seed }, .scheme = scheme };
         struct arch_block blocks[ARCH_MAX_BLOCKS];
@@ -355,9 +362,12 @@ int model_write_seeded(const char *path, const char *variant, int scheme, int cl
         x = h;
         h.d = NULL;
         int nb = arch_blocks(v, blocks);
-        for (int i = 0; i < nb; i++)
+        for (int i = 0; i < nb; i++) {
                 if ((r = block(&s, &blocks[i], &x)) < 0)
                         goto out;
+                if (progress)
+                        progress(userdata, i + 1, nb + 1);
+        }
         model_top_key(scheme, v->n_stages, "conv_head", "weight", wk, sizeof wk);
         model_top_key(scheme, v->n_stages, "bn2", NULL, bk, sizeof bk);
         if ((r = conv_bn(&s, wk, bk, &x, arch_head(v), 1, 1, 1, 0.5, 1.5, 1, &h)) < 0)
@@ -401,7 +411,11 @@ int model_write_seeded(const char *path, const char *variant, int scheme, int cl
         for (int k = 0; k < classes; k++)
                 cb[k] = (float)(0.1 * rng_normal(&s.rng));
 
-        if ((r = st_writer_new(&w)) < 0)
+        /* The file says what it is: effnetd reports these weights as seeded
+         * (untrained) rather than as a model. */
+        char seed_text[24];
+        snprintf(seed_text, sizeof seed_text, "%llu", (unsigned long long)seed);
+        if ((r = st_writer_new(&w)) < 0 || (r = st_writer_set_metadata(w, MODEL_META_SEED, seed_text)) < 0)
                 goto out;
         for (int i = 0; i < s.n; i++)
                 if ((r = st_writer_add(w, s.t[i].name, dtype, s.t[i].ndim, s.t[i].shape, s.t[i].data)) < 0)
@@ -409,6 +423,8 @@ int model_write_seeded(const char *path, const char *variant, int scheme, int cl
         r = st_writer_save(w, path, err, err_len);
         if (r < 0)
                 goto out_msg_set;
+        if (progress)
+                progress(userdata, nb + 1, nb + 1);
 out:
         if (r == -ENOMEM)
                 err_set(err, err_len, r, "out of memory generating %s weights", v ? v->name : variant);

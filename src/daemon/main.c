@@ -63,6 +63,11 @@ struct serving {
         char *weights;
         char sha256[65];
         int precision;
+        char *path;                /* the local file */
+        struct hub_file *hub;      /* hf:// weights: the cached file; NULL otherwise */
+        struct hub_ref ref;        /* hf:// weights: what was asked for */
+        char *hub_config;          /* hf:// weights: the repository's config.json in the cache, or NULL */
+        struct api_weights source; /* for /v1/models; points into the fields above */
 };
 
 static struct serving *serving_free(struct serving *sv)
@@ -73,6 +78,9 @@ static struct serving *serving_free(struct serving *sv)
         sv->labels = api_labels_free(sv->labels);
         sv->model = effnet_model_free(sv->model);
         free(sv->weights);
+        free(sv->path);
+        hub_file_free(sv->hub);
+        free(sv->hub_config);
         free(sv);
         return NULL;
 }
@@ -135,12 +143,37 @@ static void on_pull_progress(void *userdata, const struct hub_progress *p)
         }
 }
 
-/* The local file of the weights setting: the file itself, or for
- * hf://ORG/NAME[@REVISION][/FILE] the hub cache's snapshot, downloaded
- * first when it is not there. *ret_path is the caller's. */
-static int weights_resolve(const char *weights, char *err, size_t err_len, char **ret_path)
+/* The repository's config.json at the weights' commit, for its class names
+ * (timm writes label_names there). From the cache only when the weights
+ * came from it, so that a start that needed no network needs none for
+ * this either; effnet pull fetches it alongside the weights. NULL when
+ * there is none. */
+static char *hub_config_of(const struct hub_ref *weights_ref, const struct hub_file *f)
 {
         struct hub_ref ref;
+        struct hub_file *cf = NULL;
+        struct hub_opts o = { .offline = !f->network };
+        char why[1024];
+        const char *slash = strrchr(weights_ref->file, '/');
+        char file[HUB_FILE_MAX + 1];
+
+        /* config.json next to the weights' file (timm puts both at the top). */
+        snprintf(file, sizeof file, "%.*sconfig.json", slash ? (int)(slash - weights_ref->file + 1) : 0,
+                 weights_ref->file);
+        if (hub_ref_init(weights_ref->repo, f->commit, file, why, sizeof why, &ref) < 0 ||
+            hub_fetch(&ref, &o, why, sizeof why, &cf) < 0)
+                return NULL;
+        char *path = cf->path;
+        cf->path = NULL;
+        hub_file_free(cf);
+        return path;
+}
+
+/* The local file of the weights setting: the file itself, or for
+ * hf://ORG/NAME[@REVISION][/FILE] the hub cache's snapshot, downloaded
+ * first when it is not there (sv->hub, sv->ref, sv->hub_config then). */
+static int weights_resolve(const char *weights, struct serving *sv, char *err, size_t err_len)
+{
         struct hub_file *f = NULL;
         struct pull_log pl = { .uri = weights };
         struct hub_opts o = { .progress = on_pull_progress, .userdata = &pl };
@@ -148,28 +181,75 @@ static int weights_resolve(const char *weights, char *err, size_t err_len, char 
         int r;
 
         if (!hub_is_uri(weights)) {
-                char *p = strdup(weights);
-                if (!p)
-                        return err_set(err, err_len, -ENOMEM, "out of memory");
-                *ret_path = p;
-                return 0;
+                sv->path = strdup(weights);
+                return sv->path ? 0 : err_set(err, err_len, -ENOMEM, "out of memory");
         }
-        if ((r = hub_parse_uri(weights, why, sizeof why, &ref)) < 0 ||
-            (r = hub_fetch(&ref, &o, why, sizeof why, &f)) < 0)
+        if ((r = hub_parse_uri(weights, why, sizeof why, &sv->ref)) < 0 ||
+            (r = hub_fetch(&sv->ref, &o, why, sizeof why, &f)) < 0)
                 return err_set(err, err_len, r, "weights %s: %s", weights, why);
         log_msg(LOG_INFO, "weights %s: commit %s, %s (%s)", weights, f->commit, f->path,
                 f->downloaded ? "downloaded" : f->network ? "in the cache, linked" : "from the cache");
-        *ret_path = f->path;
-        f->path = NULL;
-        hub_file_free(f);
+        sv->path = strdup(f->path);
+        if (!sv->path) {
+                hub_file_free(f);
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        }
+        sv->hub_config = hub_config_of(&sv->ref, f);
+        sv->hub = f;
         return 0;
+}
+
+/* Warm-up (building and running each executor once) in the log and in
+ * STATUS=: on a large model or a small machine it takes a while. */
+struct warm_log {
+        pthread_mutex_t lock;      /* workers report at once */
+        int64_t t0, last_log_ns;
+        int last_done;
+};
+
+#define WARM_LOG_PERIOD_NS ((int64_t)2 * 1000000000)
+
+static void on_warm_progress(void *userdata, int done, int total)
+{
+        struct warm_log *wl = userdata;
+        int64_t now = time_now_ns();
+
+        pthread_mutex_lock(&wl->lock);
+        if (done > wl->last_done) {
+                wl->last_done = done;
+                sd_send_status("not ready: warming up, %d of %d executor steps (build, first run)", done, total);
+                if (done == total || now - wl->last_log_ns >= WARM_LOG_PERIOD_NS) {
+                        log_msg(LOG_INFO, "warm-up: %d of %d executor steps done (%.1f s)", done, total,
+                                (double)(now - wl->t0) / 1e9);
+                        wl->last_log_ns = now;
+                }
+        }
+        pthread_mutex_unlock(&wl->lock);
+}
+
+/* The class names: the labels setting's file, else the hub repository's
+ * config.json when it names every class, else the built-in ImageNet-1k
+ * names for 1000 classes, else the indices (said in the log: the answers
+ * carry numbers, not names). */
+static int labels_open(const struct conf *c, struct serving *sv, int classes, char *err, size_t err_len)
+{
+        char why[512];
+        int r;
+
+        if (c->labels || !sv->hub_config)
+                return api_labels_load(c->labels, classes, err, err_len, &sv->labels);
+        r = api_labels_load_hub_config(sv->hub_config, classes, why, sizeof why, &sv->labels);
+        if (r == 0)
+                return 0;
+        if (r != -ENOENT)
+                log_msg(LOG_WARNING, "labels: not taken from the repository's config.json: %s", why);
+        return api_labels_load(NULL, classes, err, err_len, &sv->labels);
 }
 
 /* Loads the model of c, its labels, and a warm batcher. */
 static int serving_open(const struct conf *c, char *err, size_t err_len, struct serving **ret)
 {
         struct serving *sv = calloc(1, sizeof *sv);
-        char *path = NULL;
         int r;
 
         if (!sv)
@@ -180,13 +260,14 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
                 r = err_set(err, err_len, -ENOMEM, "out of memory");
                 goto fail;
         }
-        if ((r = weights_resolve(c->weights, err, err_len, &path)) < 0)
+        if ((r = weights_resolve(c->weights, sv, err, err_len)) < 0)
                 goto fail;
         /* The file is read into memory, so that one rewritten in place
          * (cp over it) cannot fault the daemon, and hashed from those bytes,
          * so that the sha256 reported is that of what is served. */
         struct effnet_open_opts oo = { .padding = (int)c->padding, .bn_eps = (float)c->bn_eps, .copy = 1 };
-        if ((r = effnet_model_open(path, &oo, err, err_len, &sv->model)) < 0)
+        sd_send_status("not ready: loading weights %s", sv->weights);
+        if ((r = effnet_model_open(sv->path, &oo, err, err_len, &sv->model)) < 0)
                 goto fail;
         size_t file_len = 0;
         const void *file = effnet_model_file(sv->model, &file_len);
@@ -195,7 +276,13 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
                 goto fail;
         }
         const struct effnet_info *info = effnet_model_info(sv->model);
-        if ((r = api_labels_load(c->labels, info->classes, err, err_len, &sv->labels)) < 0)
+        sv->source = (struct api_weights){
+                .source = sv->hub ? API_WEIGHTS_HUB : info->seed >= 0 ? API_WEIGHTS_SEEDED : API_WEIGHTS_FILE,
+                .path = sv->path, .sha256 = sv->sha256, .seed = info->seed,
+                .repo = sv->hub ? sv->ref.repo : NULL, .revision = sv->hub ? sv->ref.revision : NULL,
+                .commit = sv->hub ? sv->hub->commit : NULL, .file = sv->hub ? sv->ref.file : NULL,
+        };
+        if ((r = labels_open(c, sv, info->classes, err, err_len)) < 0)
                 goto fail;
         struct batch_opts bo = {
                 .max_batch = (int)c->max_batch,
@@ -204,25 +291,56 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
                 .workers = (int)c->workers,
                 .threads = (int)c->threads,
                 .precision = sv->precision,
+                .progress = on_warm_progress,
         };
-        if ((r = batch_new(sv->model, &bo, err, err_len, &sv->batch)) < 0)
+        struct warm_log wl = { .t0 = time_now_ns() };
+        bo.userdata = &wl;
+        pthread_mutex_init(&wl.lock, NULL);
+        r = batch_new(sv->model, &bo, err, err_len, &sv->batch);
+        pthread_mutex_destroy(&wl.lock);
+        if (r < 0)
                 goto fail;
         /* Every executor exists and holds its weights: the copy of the file
          * is not needed any more. */
         effnet_model_drop_file(sv->model);
-        free(path);
         *ret = sv;
         return 0;
 fail:
-        free(path);
         serving_free(sv);
         return r;
+}
+
+/* What is served, where its weights and names come from, in the log: the
+ * untrained default and answers without names say so. */
+static void log_model(const struct serving *sv)
+{
+        const struct effnet_info *info = effnet_model_info(sv->model);
+        const struct api_weights *w = &sv->source;
+        char from[1200];
+
+        if (w->source == API_WEIGHTS_HUB)
+                snprintf(from, sizeof from, "hub %s revision %s commit %s file %s", w->repo, w->revision, w->commit,
+                         w->file);
+        else
+                snprintf(from, sizeof from, "%s %s", w->source == API_WEIGHTS_SEEDED ? "seeded" : "file", w->path);
+        log_msg(LOG_INFO, "model %s: %s, %d classes, input %d, %s weights from %s (sha256 %.16s...), labels %s",
+                sv->weights, info->variant, info->classes, info->preproc.size, info->dtype, from, sv->sha256,
+                api_labels_source(sv->labels));
+        if (w->seed >= 0)
+                log_msg(LOG_WARNING, "weights %s are seeded (seed %lld), not trained: the classes predicted mean "
+                        "nothing; serve trained weights, e.g. --weights hf://timm/tf_efficientnetv2_s.in21k_ft_in1k",
+                        sv->weights, (long long)w->seed);
+        if (strcmp(api_labels_source(sv->labels), "indices") == 0)
+                log_msg(LOG_NOTICE, "labels: no names for the model's %d classes (none built in, none in the "
+                        "weights' repository): each label is the class index; --labels FILE names them",
+                        info->classes);
 }
 
 static struct http_backend backend_of(struct serving *sv)
 {
         return (struct http_backend){ .model = sv->model, .batch = sv->batch, .labels = sv->labels,
-                                      .weights = sv->weights, .weights_sha256 = sv->sha256, .owner = sv };
+                                      .weights = sv->weights, .weights_sha256 = sv->sha256,
+                                      .source = &sv->source, .owner = sv };
 }
 
 static void describe(const struct serving *sv, char *buf, size_t n)
@@ -563,10 +681,7 @@ int main(int argc, char **argv)
         struct effnet_cpu cpu;
         batch_get_config(sv->batch, &bc);
         effnet_cpu_info(&cpu);
-        const struct effnet_info *info = effnet_model_info(sv->model);
-        log_msg(LOG_INFO, "model %s: %s, %d classes, input %d, %s weights (sha256 %.16s...), labels %s", c.weights,
-                info->variant, info->classes, info->preproc.size, info->dtype, sv->sha256,
-                api_labels_source(sv->labels));
+        log_model(sv);
         log_msg(LOG_INFO,
                 "%d worker(s) x %d thread(s) of %d usable CPUs, %s (precision %s, CPU %s), batch sizes up to %d, "
                 "ready in %.0f ms (%.0f MB of executor memory)",
@@ -654,6 +769,7 @@ int main(int argc, char **argv)
                                 L.current = sv = n;
                                 describe(sv, L.what, sizeof L.what);
                                 log_msg(LOG_INFO, "reloaded: now serving %s (sha256 %.16s...)", L.what, sv->sha256);
+                                log_model(sv);
                                 http_count_reload(http, true);
                         } else {
                                 log_msg(LOG_ERR, "reload failed, still serving %s: %s", L.what, rl.err);

@@ -95,6 +95,8 @@ out:
         return r;
 }
 
+static int labels_finish(struct api_labels *l, size_t len, char *err, size_t err_len);
+
 int api_labels_load(const char *path, int classes, char *err, size_t err_len, struct api_labels **ret_labels)
 {
         struct api_labels *l = NULL;
@@ -115,11 +117,12 @@ int api_labels_load(const char *path, int classes, char *err, size_t err_len, st
                         r = err_set(err, err_len, -EBADMSG, "labels %s: NUL byte at offset %td", path, nul - l->text);
                         goto fail;
                 }
-                l->source = strdup(path);
+                if (asprintf(&l->source, "file:%s", path) < 0)
+                        l->source = NULL;
         } else if (classes == 1000) {
                 l->text = strdup(api_builtin_imagenet_labels);
                 len = l->text ? strlen(l->text) : 0;
-                l->source = strdup("builtin:imagenet-1k");
+                l->source = strdup("builtin-imagenet-1k");
         } else {
                 /* Index labels: "0", "1", ... each up to 10 digits. */
                 size_t cap = (size_t)classes * 12;
@@ -128,41 +131,134 @@ int api_labels_load(const char *path, int classes, char *err, size_t err_len, st
                         for (int i = 0; i < classes; i++)
                                 len += (size_t)snprintf(l->text + len, cap - len, "%d\n", i);
                 }
-                l->source = strdup("index");
+                l->source = strdup("indices");
         }
         if (!l->text || !l->source) {
                 r = err_set(err, err_len, -ENOMEM, "out of memory");
                 goto fail;
         }
-        l->names = calloc((size_t)classes, sizeof *l->names);
-        if (!l->names) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
+        if ((r = labels_finish(l, len, err, err_len)) < 0)
                 goto fail;
-        }
-        int n = split_lines(l->text, len, l->names, classes);
-        if (n != classes) {
-                if (n < 0)
-                        r = err_set(err, err_len, -EINVAL, "labels %s: more lines than the model's %d classes",
-                                    l->source, classes);
-                else
-                        r = err_set(err, err_len, -EINVAL, "labels %s: %d lines but the model has %d classes",
-                                    l->source, n, classes);
-                goto fail;
-        }
-        /* Names go into every answer as JSON strings and into logs. */
-        for (int i = 0; i < classes; i++) {
-                ptrdiff_t at = str_unprintable(l->names[i]);
-                if (at >= 0) {
-                        r = err_set(err, err_len, -EBADMSG,
-                                    "labels %s:%d: byte 0x%02x at column %td is not printable UTF-8 text", l->source,
-                                    i + 1, (unsigned char)l->names[i][at], at + 1);
-                        goto fail;
-                }
-        }
         *ret_labels = l;
         return 0;
 fail:
         api_labels_free(l);
+        return r;
+}
+
+/* Splits l->text (len bytes, one name per line) into l->names and checks
+ * the names. */
+static int labels_finish(struct api_labels *l, size_t len, char *err, size_t err_len)
+{
+        int classes = l->classes;
+
+        l->names = calloc((size_t)classes, sizeof *l->names);
+        if (!l->names)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        int n = split_lines(l->text, len, l->names, classes);
+        if (n != classes) {
+                if (n < 0)
+                        return err_set(err, err_len, -EINVAL, "labels %s: more lines than the model's %d classes",
+                                       l->source, classes);
+                return err_set(err, err_len, -EINVAL, "labels %s: %d lines but the model has %d classes",
+                               l->source, n, classes);
+        }
+        /* Names go into every answer as JSON strings and into logs. */
+        for (int i = 0; i < classes; i++) {
+                ptrdiff_t at = str_unprintable(l->names[i]);
+                if (at >= 0)
+                        return err_set(err, err_len, -EBADMSG,
+                                       "labels %s:%d: byte 0x%02x at column %td is not printable UTF-8 text",
+                                       l->source, i + 1, (unsigned char)l->names[i][at], at + 1);
+        }
+        return 0;
+}
+
+/* The name of class i in timm's label_names (a list, or an object keyed by
+ * the index in decimal), or NULL. */
+static const char *hub_label_name(json_t *names, int i)
+{
+        char key[16];
+
+        if (json_is_array(names))
+                return json_string_value(json_array_get(names, (size_t)i));
+        snprintf(key, sizeof key, "%d", i);
+        return json_string_value(json_object_get(names, key));
+}
+
+int api_labels_load_hub_config(const char *config_path, int classes, char *err, size_t err_len,
+                               struct api_labels **ret_labels)
+{
+        struct api_labels *l = NULL;
+        json_error_t jerr;
+        json_t *root;
+        size_t len = 0;
+        int r;
+
+        if (classes < 1)
+                return err_set(err, err_len, -EINVAL, "labels: %d classes", classes);
+        root = json_load_file(config_path, JSON_REJECT_DUPLICATES, &jerr);
+        if (!root)
+                return err_set(err, err_len, -EBADMSG, "%s: not JSON: %s", config_path, jerr.text);
+        json_t *names = json_object_get(root, "label_names");
+        json_t *desc = json_object_get(root, "label_descriptions");
+        if (!json_is_array(names) && !json_is_object(names)) {
+                r = err_set(err, err_len, -ENOENT, "%s: no label_names", config_path);
+                goto out;
+        }
+        size_t count = json_is_array(names) ? json_array_size(names) : json_object_size(names);
+        if (count != (size_t)classes) {
+                r = err_set(err, err_len, -EINVAL, "%s: %zu label_names but the model has %d classes", config_path,
+                            count, classes);
+                goto out;
+        }
+        /* One name per line, as a labels file holds them. */
+        char *text = NULL;
+        size_t text_len = 0;
+        FILE *f = open_memstream(&text, &text_len);
+        if (!f) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto out;
+        }
+        for (int i = 0; i < classes; i++) {
+                const char *name = hub_label_name(names, i);
+                const char *d = name && json_is_object(desc) ? json_string_value(json_object_get(desc, name)) : NULL;
+                if (!name || strchr(d ? d : name, '\n')) {
+                        fclose(f);
+                        free(text);
+                        r = err_set(err, err_len, -EINVAL, "%s: label_names has no name for class %d", config_path, i);
+                        goto out;
+                }
+                fprintf(f, "%s\n", d ? d : name);
+        }
+        if (fclose(f) != 0 || !text) {
+                free(text);
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto out;
+        }
+        l = calloc(1, sizeof *l);
+        if (!l) {
+                free(text);
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto out;
+        }
+        l->classes = classes;
+        l->text = text;
+        len = text_len;
+        l->source = strdup("hub:config.json");
+        if (!l->source) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto out;
+        }
+        /* A name with a NUL inside would end early and be cut: not printable. */
+        if ((r = labels_finish(l, len, err, err_len)) < 0)
+                goto out;
+        *ret_labels = l;
+        l = NULL;
+        r = 0;
+out:
+        api_labels_free(l);
+        json_decref(root);
         return r;
 }
 
@@ -174,6 +270,42 @@ const char *api_labels_get(const struct api_labels *l, int index)
 const char *api_labels_source(const struct api_labels *l)
 {
         return l->source;
+}
+
+int api_labels_count(const struct api_labels *l)
+{
+        return l->classes;
+}
+
+const char *api_weights_source_name(int source)
+{
+        return source == API_WEIGHTS_SEEDED ? "seeded" : source == API_WEIGHTS_HUB ? "hub" : "file";
+}
+
+/* {"source", "trained": false for seeded weights, "seed", "path", "sha256",
+ * and for hub weights "repo", "revision", "commit", "file"}. */
+static json_t *weights_json(const struct api_weights *w)
+{
+        json_t *o = json_pack("{s:s, s:s, s:s}", "source", api_weights_source_name(w->source), "path",
+                              w->path ? w->path : "", "sha256", w->sha256 ? w->sha256 : "");
+        if (!o)
+                return NULL;
+        int r = 0;
+        if (w->seed >= 0) {
+                r |= json_object_set_new(o, "trained", json_false());
+                r |= json_object_set_new(o, "seed", json_integer((json_int_t)w->seed));
+        }
+        if (w->source == API_WEIGHTS_HUB) {
+                const char *keys[] = { "repo", "revision", "commit", "file" };
+                const char *vals[] = { w->repo, w->revision, w->commit, w->file };
+                for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
+                        r |= json_object_set_new(o, keys[i], json_string(vals[i] ? vals[i] : ""));
+        }
+        if (r) {
+                json_decref(o);
+                return NULL;
+        }
+        return o;
 }
 
 int api_parse_top_k(const char *s, int classes, int *ret_k)
@@ -321,16 +453,21 @@ int api_models_body(const struct api_model_desc *d, char **ret_body)
                 }
         struct effnet_cpu cpu;
         effnet_cpu_info(&cpu);
+        json_t *weights = weights_json(d->weights);
+        if (!weights) {
+                json_decref(sizes);
+                return -ENOMEM;
+        }
         json_t *model = json_pack(
-                "{s:s, s:s, s:i, s:i, s:s, s:s, s:s, s:s, s:I, s:s, s:s,"
+                "{s:s, s:s, s:i, s:i, s:s, s:s, s:o, s:s, s:I, s:s, s:{s:s, s:i},"
                 " s:{s:s, s:s, s:f, s:[f,f,f], s:[f,f,f]},"
                 " s:{s:i, s:f, s:i, s:i, s:i, s:o},"
                 " s:{s:I, s:i, s:I}}",
                 "name", i->variant, "variant", i->variant, "input_size", pp->size, "classes", i->classes,
-                "precision", effnet_precision_name(b->precision), "cpu_isa", cpu.isa, "weights", d->weights,
+                "precision", effnet_precision_name(b->precision), "cpu_isa", cpu.isa, "weights", weights,
                 "weights_scheme",
                 i->scheme == EFFNET_SCHEME_TIMM ? "timm" : "torchvision", "parameters", (json_int_t)i->params,
-                "dtype", i->dtype, "labels", d->labels,
+                "dtype", i->dtype, "labels", "source", d->labels, "count", i->classes,
                 "preprocessing", "resize", pp->resize == EFFNET_RESIZE_BICUBIC ? "bicubic" : "bilinear", "crop",
                 pp->crop == EFFNET_CROP_SQUASH ? "squash" : "center", "crop_pct", (double)pp->crop_pct, "mean",
                 (double)pp->mean[0], (double)pp->mean[1], (double)pp->mean[2], "std", (double)pp->std[0],

@@ -34,8 +34,19 @@ int api_labels_load(const char *path, int classes, char *err, size_t err_len,
 struct api_labels *api_labels_free(struct api_labels *l);
 /* Owned by l; index in 0..classes-1. */
 const char *api_labels_get(const struct api_labels *l, int index);
-/* "builtin:imagenet-1k", the file's path, or "index". */
+/* Class names from a Hugging Face Hub repository's config.json as timm
+ * writes it: "label_names", a list of classes' names (or an object of
+ * "INDEX": name), each shown as its "label_descriptions" entry when there
+ * is one (timm's synsets: "n01440764" -> "tench, Tinca tinca"). -ENOENT
+ * when the file has no label_names, -EINVAL when their count differs from
+ * classes or a name is missing, -EBADMSG for a file that is not JSON or
+ * names that are not printable text; a message in err either way. */
+int api_labels_load_hub_config(const char *config_path, int classes, char *err, size_t err_len,
+                               struct api_labels **ret_labels);
+/* Where the names come from: "builtin-imagenet-1k", "file:PATH",
+ * "hub:config.json", or "indices" (the label is the class index). */
 const char *api_labels_source(const struct api_labels *l);
+int api_labels_count(const struct api_labels *l);
 
 /* ---- requests -------------------------------------------------------------- */
 
@@ -74,9 +85,27 @@ int api_error_body(enum api_error e, const char *message, char **ret_body);
 
 /* ---- models, metrics --------------------------------------------------------- */
 
+/* Where the weights served come from, for /v1/models and the log. */
+enum api_weights_source {
+        API_WEIGHTS_FILE,              /* a file on disk */
+        API_WEIGHTS_SEEDED,            /* a file of effnet init-weights: deterministic, untrained */
+        API_WEIGHTS_HUB,               /* hf://: a file of a Hugging Face Hub repository, from its cache */
+};
+
+struct api_weights {
+        int source;                    /* enum api_weights_source */
+        const char *path;              /* the local file: as given, or the hub cache's snapshot */
+        const char *sha256;            /* hex digest of the bytes served */
+        int64_t seed;                  /* >= 0: seeded weights (also under API_WEIGHTS_HUB); -1 otherwise */
+        const char *repo, *revision, *commit, *file;   /* API_WEIGHTS_HUB only; NULL otherwise */
+};
+
+/* "seeded", "file" or "hub". */
+const char *api_weights_source_name(int source);
+
 struct api_model_desc {
         const struct effnet_info *info;
-        const char *weights;           /* path as given */
+        const struct api_weights *weights;
         const char *labels;            /* api_labels_source() */
         struct batch_config batch;
         int64_t deadline_ms;

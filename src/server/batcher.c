@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,10 @@ struct batch {
         uint64_t *sizes;                /* [max_batch + 1] passes per image count */
         uint64_t forward_hist[BATCH_FORWARD_BUCKETS + 1]; /* passes per forward time bucket, +Inf last */
         int64_t last_take_ns;           /* when a worker last took a batch (or started) */
+
+        void (*progress)(void *userdata, int done, int total);   /* start-up, see batch_opts */
+        void *userdata;
+        atomic_int steps;               /* start-up steps done, over every worker */
 
         int n_workers;
         struct batch_worker *workers;   /* [n_workers] */
@@ -161,6 +166,14 @@ static int take_batch(struct batch *b, struct chunk *chunks, int *ret_n_chunks, 
         return n;
 }
 
+/* One step of a worker's start-up done: tells the caller's progress. */
+static void start_step(struct batch *b)
+{
+        int done = atomic_fetch_add(&b->steps, 1) + 1;
+        if (b->progress)
+                b->progress(b->userdata, done, 2 * b->cfg.n_exec * b->n_workers);
+}
+
 static int worker_start(struct batch_worker *w)
 {
         struct batch *b = w->b;
@@ -174,6 +187,7 @@ static int worker_start(struct batch_worker *w)
                         return r;
                 w->n_exec = i + 1;
                 w->bytes += effnet_exec_bytes(w->exec[i]);
+                start_step(b);
         }
         w->input = calloc((size_t)c->max_batch * b->image_floats, sizeof(float));
         w->logits = calloc((size_t)c->max_batch * (size_t)b->classes, sizeof(float));
@@ -181,10 +195,12 @@ static int worker_start(struct batch_worker *w)
                 return err_set(w->err, sizeof w->err, -ENOMEM, "out of memory for batch buffers");
         /* Warm-up: the first pass of each executor (and of this thread's
          * OpenMP team) is slow; pay for it before the first request. */
-        for (int i = 0; i < w->n_exec; i++)
+        for (int i = 0; i < w->n_exec; i++) {
                 if ((r = effnet_exec_forward(w->exec[i], w->input, c->exec_batch[i], w->logits)) < 0)
                         return err_set(w->err, sizeof w->err, r, "warm-up forward (batch %d) failed: %s",
                                        c->exec_batch[i], strerror(-r));
+                start_step(b);
+        }
         return 0;
 }
 
@@ -379,6 +395,8 @@ int batch_new(struct effnet_model *m, const struct batch_opts *opts, char *err, 
         b->cond_init = true;
 
         b->n_workers = workers;
+        b->progress = opts->progress;
+        b->userdata = opts->userdata;
         for (int i = 0; i < workers; i++) {
                 struct batch_worker *w = &b->workers[i];
                 w->b = b;

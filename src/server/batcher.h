@@ -39,6 +39,12 @@ struct batch_opts {
         int workers;          /* 0 = 1 */
         int threads;          /* oneDNN threads per worker; 0 = usable CPUs / workers */
         int precision;        /* enum effnet_precision */
+        /* Start-up progress: called on a worker thread after each executor
+         * is built and after its warm-up pass, with steps done and the
+         * total (2 per executor of every worker); calls may come from
+         * several workers at once. NULL: none. */
+        void (*progress)(void *userdata, int done, int total);
+        void *userdata;
 };
 
 #define BATCH_OPTS_DEFAULT { \

@@ -1219,9 +1219,11 @@ static int gen_new(struct http_server *s, const struct http_backend *be, char *e
         g->image_floats = (size_t)3 * (size_t)g->info->preproc.size * (size_t)g->info->preproc.size;
         snprintf(g->sha256, sizeof g->sha256, "%s", be->weights_sha256 ? be->weights_sha256 : "");
         g->weights = strdup(be->weights ? be->weights : "");
+        struct api_weights fallback = { .source = API_WEIGHTS_FILE, .path = g->weights, .sha256 = g->sha256,
+                                        .seed = g->info->seed };
         struct api_model_desc d = {
                 .info = g->info,
-                .weights = g->weights ? g->weights : "",
+                .weights = be->source ? be->source : &fallback,
                 .labels = api_labels_source(g->labels),
                 .batch = bc,
                 .deadline_ms = s->opts.deadline_ms,

@@ -66,6 +66,8 @@ struct http_backend {
         const struct api_labels *labels;
         const char *weights;             /* path, shown by /v1/models and /metrics (copied) */
         const char *weights_sha256;      /* hex digest of the file (copied) */
+        const struct api_weights *source;   /* where the weights come from, for /v1/models (read by
+                                             * http_new and http_swap_backend only) */
         void *owner;                     /* the caller's handle, returned by http_collect_retired */
 };
 

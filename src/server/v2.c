@@ -632,7 +632,7 @@ int v2_config_body(const struct v2_model *m, char **ret_body)
  * without the label when the model has none but indices. */
 static int class_string(const struct v2_model *m, float p, int idx, char *buf, size_t n)
 {
-        bool labelled = strcmp(api_labels_source(m->labels), "index") != 0;
+        bool labelled = strcmp(api_labels_source(m->labels), "indices") != 0;
         if (labelled)
                 return snprintf(buf, n, "%f:%d:%s", (double)p, idx, api_labels_get(m->labels, idx));
         return snprintf(buf, n, "%f:%d", (double)p, idx);

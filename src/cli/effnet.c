@@ -250,6 +250,29 @@ static int pull(const struct hub_ref *ref, bool refresh, struct hub_file **ret)
         return r;
 }
 
+/* The repository's config.json next to the weights, at the same commit,
+ * into the cache too: effnetd takes class names from it (timm writes
+ * label_names there) and, when the weights come from the cache, looks for
+ * it there only. Quiet: many repositories have none. */
+static void pull_config(const struct hub_ref *weights_ref, const struct hub_file *wf)
+{
+        struct hub_ref ref;
+        struct hub_file *f = NULL;
+        struct hub_opts o = { 0 };
+        char err[1024], file[HUB_FILE_MAX + 1];
+        const char *slash = strrchr(weights_ref->file, '/');
+
+        snprintf(file, sizeof file, "%.*sconfig.json", slash ? (int)(slash - weights_ref->file + 1) : 0,
+                 weights_ref->file);
+        if (strcmp(file, weights_ref->file) == 0 || hub_ref_init(weights_ref->repo, wf->commit, file, err,
+                                                                 sizeof err, &ref) < 0)
+                return;
+        int r = hub_fetch(&ref, &o, err, sizeof err, &f);
+        if (r < 0 && r != -ENOENT)
+                fprintf(stderr, "%s: note: %s\n", prog, err);
+        hub_file_free(f);
+}
+
 /* The local file of a weights argument: itself, or for hf://... the cached
  * snapshot (pulled first when missing). *ret_path is the caller's. */
 static int weights_path(const char *arg, char **ret_path)
@@ -865,6 +888,7 @@ static int cmd_pull(int argc, char **argv)
         if (pull(&ref, refresh, &f) < 0)
                 return 1;
         printf("%s\n", f->path);
+        pull_config(&ref, f);
         hub_file_free(f);
         return 0;
 }

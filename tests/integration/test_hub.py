@@ -25,7 +25,13 @@ from daemon import Daemon, check, content_type_of, finish, free_port, sample_pho
 
 EFFNETD, EFFNET = sys.argv[1], sys.argv[2]
 REPO = "timm/tf_efficientnetv2_s.in21k_ft_in1k"
+FEW = 12   # classes of the weights of acme/named (a stand-in for 21,843), named by its config.json
 TOKEN = "hf_s3cret"
+
+
+def few_of(hub):
+    """The few-class weights: those of the repositories about class names."""
+    return hub.repos["acme/named"][1]
 
 
 def commit_of(name):
@@ -38,10 +44,21 @@ class Hub:
     (the sha256), X-Linked-Size and X-Repo-Commit; small files are 200 with
     a git-sha1 ETag. Counts every request."""
 
-    def __init__(self, weights):
+    def __init__(self, weights, few):
         self.blob = weights
         self.sha = hashlib.sha256(weights).hexdigest()
         self.config = b'{"architecture": "tf_efficientnetv2_s"}\n'
+        # Class names as timm writes them into config.json: label_names
+        # (synsets for ImageNet) and label_descriptions for some of them.
+        names = [f"n{9000000 + i:08d}" for i in range(FEW)]
+        self.configs = {
+            "acme/named": json.dumps({"architecture": "tf_efficientnetv2_b0", "num_classes": FEW,
+                              "label_names": names,
+                              "label_descriptions": {n: f"thing {i}, a kind" for i, n in enumerate(names) if i % 2}
+                              }).encode(),
+            "acme/wrong-count": json.dumps({"num_classes": FEW - 1, "label_names": names[:-1]}).encode(),
+        }
+        self.blobs = {self.sha: weights, hashlib.sha256(few).hexdigest(): few}
         self.requests = []          # (method, path, headers dict)
         self.cut_first = set()      # repos whose first content GET is cut mid-body
         self.lock = threading.Lock()
@@ -55,6 +72,9 @@ class Hub:
             "acme/cache2": (None, weights),
             "acme/offline": (None, weights),
             "acme/tty": (None, weights),
+            "acme/named": (None, few),
+            "acme/wrong-count": (None, few),
+            "acme/no-names": (None, few),
         }
         self.revisions = {"main": commit_of("main"), "v1": commit_of("v1")}
         hub = self
@@ -78,9 +98,11 @@ class Hub:
         with self.lock:
             return len(self.requests)
 
-    def since(self, n):
+    def since(self, n, config=False):
+        """Requests from the n-th on; without config, not those for the
+        config.json that effnet pull fetches after the weights."""
         with self.lock:
-            return list(self.requests[n:])
+            return [r for r in self.requests[n:] if config or not r[1].endswith("/config.json")]
 
     def answer(self, h, head):
         with self.lock:
@@ -101,28 +123,32 @@ class Hub:
         needs, served = self.repos[repo]
         if needs and h.headers.get("Authorization") != f"Bearer {TOKEN}":
             return self.error(h, needs, "GatedRepo" if needs == 403 else "RepoNotFound")
-        if rev not in self.revisions:
+        # A branch, a tag or a commit, as the hub takes them.
+        commit = self.revisions.get(rev) or (rev if rev in self.revisions.values() else None)
+        if not commit:
             return self.error(h, 404, "RevisionNotFound")
-        commit = self.revisions[rev]
         if file.endswith("model.safetensors"):
+            blob = served if served is few_of(self) else self.blob
+            sha = hashlib.sha256(blob).hexdigest()
             headers = {
-                "Location": f"{self.url}/lfs/{self.sha}?repo={repo}",
+                "Location": f"{self.url}/lfs/{sha}?repo={repo}",
                 "X-Repo-Commit": commit,
-                "X-Linked-Etag": f'"{self.sha}"',
-                "X-Linked-Size": str(len(self.blob)),
+                "X-Linked-Etag": f'"{sha}"',
+                "X-Linked-Size": str(len(blob)),
                 "ETag": '"0123456789abcdef0123456789abcdef01234567"',   # the LFS pointer's
             }
             return self.send(h, 302, headers, b"", head)
-        if file == "config.json":
-            sha1 = hashlib.sha1(b"blob %d\0" % len(self.config) + self.config).hexdigest()
+        if file == "config.json" and repo != "acme/no-names":
+            config = self.configs.get(repo, self.config)
+            sha1 = hashlib.sha1(b"blob %d\0" % len(config) + config).hexdigest()
             headers = {"X-Repo-Commit": commit, "ETag": f'"{sha1}"'}
-            return self.send(h, 200, headers, self.config, head)
+            return self.send(h, 200, headers, config, head)
         return self.error(h, 404, "EntryNotFound", {"X-Repo-Commit": commit})
 
     def content(self, h, head, rest):
         sha, _, query = rest.partition("?repo=")
         repo = query
-        if sha != self.sha or repo not in self.repos:
+        if sha not in self.blobs or repo not in self.repos:
             return self.error(h, 404, None)
         data = self.repos[repo][1]
         start = 0
@@ -197,13 +223,75 @@ def try_to_load_from_cache(cache, repo, filename, revision="main"):
     return path if os.path.isfile(path) else None
 
 
+def labels_from_the_hub(hub, env, work):
+    """Class names from the repository's config.json (timm's label_names,
+    shown as their label_descriptions where there are some), fetched by
+    effnet pull into the cache; else the class index, said so."""
+    n0 = hub.count()
+    rc, out, err = run(["pull", "acme/named"], env)
+    cfg = [r for r in hub.since(n0, config=True) if r[1].endswith("/config.json")]
+    snapdir = os.path.dirname(out.strip())
+    check(rc == 0 and cfg and cfg[0][1] == f"/acme/named/resolve/{commit_of('main')}/config.json",
+          f"pull fetches config.json at the weights' commit ({[r[1] for r in cfg]})")
+    check(os.path.isfile(os.path.join(snapdir, "config.json")), "config.json is in the same snapshot")
+    names = json.loads(hub.configs["acme/named"])
+    expect = [names["label_descriptions"].get(n, n) for n in names["label_names"]]
+    photos = sample_photos()
+    image = read(next(iter(photos.values()))) if photos else None
+    n0 = hub.count()
+    d = Daemon(EFFNETD, "hf://acme/named", work, name="effnetd-named", env=dict(env, HF_HUB_OFFLINE="1"))
+    try:
+        status, _, body = d.request("GET", "/v1/models")
+        m = json.loads(body)["models"][0] if status == 200 else {}
+        check(m.get("labels") == {"source": "hub:config.json", "count": FEW},
+              f"/v1/models: labels from the hub's config.json ({m.get('labels')})")
+        w = m.get("weights", {})
+        check(w.get("source") == "hub" and w.get("repo") == "acme/named" and w.get("revision") == "main"
+              and w.get("commit") == commit_of("main") and w.get("file") == "model.safetensors"
+              and w.get("path") == out.strip() and w.get("sha256") == hashlib.sha256(few_of(hub)).hexdigest(),
+              f"/v1/models: the weights' repository, revision, commit, file, path and sha256 ({w})")
+        check(w.get("trained") is False and w.get("seed") == 2,
+              "/v1/models: seeded weights from the hub are still said to be untrained")
+        if image:
+            status, _, answer = d.classify(image, content_type_of(image), query=f"?top_k={FEW}")
+            preds = answer.get("predictions") or []
+            check(status == 200 and len(preds) == FEW and all(p["label"] == expect[p["index"]] for p in preds),
+                  f"answers carry the config's names, descriptions where given ({preds[:2]})")
+        log = d.log_text()
+        check("labels hub:config.json" in log and "hub acme/named revision main commit " + commit_of("main") in log,
+              "the start-up log names the labels' and the weights' source")
+        check(hub.count() == n0, "served from the cache: no request")
+    finally:
+        check(d.stop() == 0, "effnetd stops cleanly")
+
+    for repo, why in (("acme/no-names", "no config.json"), ("acme/wrong-count", "label_names of another count")):
+        rc, out, err = run(["pull", repo], env)
+        check(rc == 0 and err == "", f"pull {repo}: {why} is no error ({err.strip()})")
+        d = Daemon(EFFNETD, f"hf://{repo}", work, name="effnetd-" + repo.split("/")[1], env=dict(env, HF_HUB_OFFLINE="1"))
+        try:
+            status, _, body = d.request("GET", "/v1/models")
+            m = json.loads(body)["models"][0] if status == 200 else {}
+            check(m.get("labels") == {"source": "indices", "count": FEW}, f"{repo}: labels are indices ({m.get('labels')})")
+            log = d.log_text()
+            check("each label is the class index" in log, f"{repo}: the log says the labels are indices")
+            if repo == "acme/wrong-count":
+                check(f"{FEW - 1} label_names but the model has {FEW} classes" in log,
+                      "the log says why the config's names were not taken")
+        finally:
+            check(d.stop() == 0, f"effnetd ({repo}) stops cleanly")
+
+
 def main():
     work = tempfile.mkdtemp(prefix="effnet-hub-")
     weights_file = os.path.join(work, "b0.safetensors")
     subprocess.run([EFFNET, "init-weights", "--variant", "b0", "--seed", "1", "-o", weights_file], check=True,
                    timeout=600)
     weights = read(weights_file)
-    hub = Hub(weights)
+    few_file = os.path.join(work, "b0-few.safetensors")
+    subprocess.run([EFFNET, "init-weights", "--variant", "b0", "--classes", str(FEW), "--seed", "2", "-o", few_file],
+                   check=True, timeout=600)
+    few = read(few_file)
+    hub = Hub(weights, few)
     home = os.path.join(work, "hf")
     cache = os.path.join(home, "hub")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
@@ -236,8 +324,10 @@ def main():
     check(link == f"../../blobs/{hub.sha}", f"snapshot is a relative symlink to ../../blobs/SHA256 ({link})")
     with open(os.path.join(folder, "refs", "main")) as f:
         check(f.read() == commit_of("main"), "refs/main holds the commit (X-Repo-Commit), no newline")
-    check(sorted(os.listdir(os.path.join(folder, "blobs"))) == [hub.sha],
-          f"blobs/ holds the blob named by X-Linked-Etag, no .incomplete ({os.listdir(os.path.join(folder, 'blobs'))})")
+    config_sha1 = hashlib.sha1(b"blob %d\0" % len(hub.config) + hub.config).hexdigest()
+    check(sorted(os.listdir(os.path.join(folder, "blobs"))) == sorted([hub.sha, config_sha1]),
+          "blobs/ holds the blob named by X-Linked-Etag (and config.json's), no .incomplete "
+          f"({os.listdir(os.path.join(folder, 'blobs'))})")
     check(try_to_load_from_cache(cache, REPO, "model.safetensors") == snap,
           "huggingface_hub's try_to_load_from_cache finds our download")
     check(os.path.isfile(os.path.join(cache, ".locks", "models--" + REPO.replace("/", "--"), hub.sha + ".lock")),
@@ -398,6 +488,8 @@ def main():
                         capture_output=True, timeout=60)
     check(rc.returncode == 0 and b"not in the hub cache yet" in rc.stderr,
           f"--check-config names hf:// weights not cached yet, without a request ({rc.stderr.decode().strip()})")
+
+    labels_from_the_hub(hub, env, work)
 
     hub.server.shutdown()
     if not __import__("daemon").failures:

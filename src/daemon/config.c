@@ -63,6 +63,9 @@ static const struct conf_setting settings[] = {
         { "retry-after", "server", CONF_INT, F(retry_after), "1", 0, 3600, NULL, "Retry-After seconds of 503 answers" },
         { "drain-timeout", "server", CONF_INT, F(drain_timeout), "30", 0, 3600, NULL,
           "seconds to finish requests in flight on SIGTERM before exiting" },
+        { "ui", "server", CONF_BOOL, F(ui), "true", 0, 0, NULL,
+          "serve the try-it page at GET / on the main listener (a browser picks images, sees the classes); "
+          "false: GET / is 404" },
         { "max-batch", "batching", CONF_INT, F(max_batch), "8", 1, 256, NULL, "most images per forward pass" },
         { "max-delay-ms", "batching", CONF_FLOAT, F(max_delay_ms), "2", 0, 10000, NULL,
           "longest wait for a batch to fill, from the oldest request's arrival" },

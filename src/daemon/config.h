@@ -46,6 +46,7 @@ struct conf {
         int64_t retry_after;
         int64_t drain_timeout;
         bool jpeg_fast;
+        bool ui;                    /* the try-it page at GET / */
         bool access_log;
         int64_t log_format;         /* enum conf_log_format */
         int64_t watchdog_stall;     /* seconds a busy worker may go without finishing a batch */

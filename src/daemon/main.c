@@ -37,6 +37,7 @@ static void usage(FILE *f)
                 "Serves EfficientNetV2 image classification over HTTP:\n"
                 "  POST /v1/classify[?top_k=K]  (image/jpeg, image/png or multipart/form-data)\n"
                 "  GET  /v1/models, /healthz, /readyz, /metrics\n"
+                "  GET  /  the try-it page in a browser (and /ui/app.js, /ui/app.css; --no-ui: off)\n"
                 "KServe v2 / Open Inference Protocol (with Triton's binary data, classification\n"
                 "and model configuration extensions):\n"
                 "  GET  /v2, /v2/health/live, /v2/health/ready\n"
@@ -704,6 +705,7 @@ int main(int argc, char **argv)
                 .max_images = (int)c.max_images,
                 .deadline_ms = c.deadline_ms,
                 .retry_after_s = (int)c.retry_after,
+                .ui = c.ui,
                 .img = IMG_OPTS_DEFAULT,
                 .access_log = c.access_log ? on_access : NULL,
                 .error_log = on_http_error,

@@ -498,6 +498,7 @@ const char *api_route_path(enum api_route r)
                 [API_ROUTE_CLASSIFY] = "/v1/classify", [API_ROUTE_MODELS] = "/v1/models",
                 [API_ROUTE_HEALTHZ] = "/healthz",      [API_ROUTE_READYZ] = "/readyz",
                 [API_ROUTE_METRICS] = "/metrics",      [API_ROUTE_OTHER] = "other",
+                [API_ROUTE_UI] = "/",                  [API_ROUTE_UI_ASSET] = "/ui/{asset}",
                 [API_ROUTE_V2_SERVER] = "/v2",
                 [API_ROUTE_V2_LIVE] = "/v2/health/live",
                 [API_ROUTE_V2_READY] = "/v2/health/ready",

@@ -121,6 +121,8 @@ enum api_route {
         API_ROUTE_HEALTHZ,
         API_ROUTE_READYZ,
         API_ROUTE_METRICS,
+        API_ROUTE_UI,                  /* the try-it page, GET / */
+        API_ROUTE_UI_ASSET,            /* its script and style, GET /ui/... */
         API_ROUTE_OTHER,               /* unknown paths */
         /* KServe v2 (the model name is a template: one series per route) */
         API_ROUTE_V2_SERVER,

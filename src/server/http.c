@@ -2,6 +2,7 @@
 #include "server/http.h"
 #include "common/util.h"
 #include "server/multipart.h"
+#include "server/ui.h"
 #include "server/v2.h"
 
 #include <arpa/inet.h>
@@ -207,6 +208,21 @@ static void access_log(struct req *q, int status, const char *error, size_t answ
         s->opts.access_log(s->opts.userdata, &a);
 }
 
+/* Server-Timing on classify answers: the server's own time for a client
+ * (the try-it page shows it) without parsing the access log. total: from
+ * the request's headers to its answer; queue: waiting for a worker; infer:
+ * the forward passes of its images. */
+static void add_server_timing(struct req *q, struct MHD_Response *resp)
+{
+        char st[160];
+        double total = (double)(time_now_ns() - q->start_ns) / 1e6;
+        double queue = q->job.taken_ns && q->submit_ns ? (double)(q->job.taken_ns - q->submit_ns) / 1e6 : 0;
+
+        snprintf(st, sizeof st, "total;dur=%.2f, queue;dur=%.2f, infer;dur=%.2f", total, queue,
+                 (double)q->job.forward_ns / 1e6);
+        MHD_add_response_header(resp, "Server-Timing", st);
+}
+
 /* Queues n bytes of body (malloc'ed, taken over; NULL answers 500 with a
  * fixed body). header_len >= 0: a v2 answer with binary data after its JSON
  * header of that length (Inference-Header-Content-Length). */
@@ -243,6 +259,15 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
                 MHD_add_response_header(resp, "Inference-Header-Content-Length", hl);
         }
         MHD_add_response_header(resp, "X-Request-Id", q->id);
+        if (q->route == API_ROUTE_UI || q->route == API_ROUTE_UI_ASSET) {
+                MHD_add_response_header(resp, "Content-Security-Policy", UI_CSP);
+                MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
+                MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
+                MHD_add_response_header(resp, "X-Frame-Options", "DENY");
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, UI_CACHE_CONTROL);
+        }
+        if (q->route == API_ROUTE_CLASSIFY && status == 200)
+                add_server_timing(q, resp);
         if (atomic_load(&s->draining))
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
         if (status == 503) {
@@ -315,13 +340,17 @@ static bool admin_route(enum api_route r)
                r == API_ROUTE_V2_READY;
 }
 
-static enum api_route route_of(const char *url)
+static enum api_route route_of(const struct http_server *s, const char *url)
 {
         static const enum api_route routes[] = { API_ROUTE_CLASSIFY, API_ROUTE_MODELS, API_ROUTE_HEALTHZ,
                                                  API_ROUTE_READYZ, API_ROUTE_METRICS };
+        struct ui_asset a;
+
         for (size_t i = 0; i < ARRAY_SIZE(routes); i++)
                 if (strcmp(url, api_route_path(routes[i])) == 0)
                         return routes[i];
+        if (s->opts.ui && ui_find(url, &a) == 0)
+                return strcmp(url, "/") == 0 ? API_ROUTE_UI : API_ROUTE_UI_ASSET;
         return API_ROUTE_OTHER;
 }
 
@@ -442,6 +471,16 @@ static enum MHD_Result serve_get(struct req *q)
                 if (metrics_body(q, &body) < 0)
                         body = NULL;
                 return respond(q, 200, body, "text/plain; version=0.0.4; charset=utf-8", NULL);
+        case API_ROUTE_UI:
+        case API_ROUTE_UI_ASSET: {
+                struct ui_asset a;
+                if (ui_find(q->path, &a) < 0)
+                        return respond_error(q, API_E_NOT_FOUND, "no such path");
+                body = malloc(a.len + 1);
+                if (body)
+                        memcpy(body, a.body, a.len + 1);
+                return respond_n(q, 200, body, a.len, a.content_type, NULL, -1);
+        }
         default:
                 return respond_error(q, API_E_NOT_FOUND, "no such path");
         }
@@ -1077,7 +1116,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 q->path = url;
                 q->v2_header_len = -1;
                 q->max_body = (size_t)s->opts.max_body_bytes;
-                q->route = v2_parse_path(url, &q->v2) != V2_ROUTE_NONE ? route_of_v2(q->v2.route) : route_of(url);
+                q->route = v2_parse_path(url, &q->v2) != V2_ROUTE_NONE ? route_of_v2(q->v2.route) : route_of(s, url);
                 if (s->admin && !admin_route(q->route) &&
                     MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON)->daemon == s->admin) {
                         q->route = API_ROUTE_OTHER;

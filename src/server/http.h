@@ -3,6 +3,7 @@
  *
  *   POST /v1/classify[?top_k=K]  one image body, or multipart/form-data parts
  *   GET  /v1/models | /healthz | /readyz | /metrics
+ *   GET  / and /ui/{app.js,app.css}  the try-it page (server/ui.h), unless turned off
  *   KServe v2 (server/v2.h): GET /v2, /v2/health/{live,ready},
  *   /v2/models/{m}[/versions/{v}][/ready|/config]; POST .../infer
  *
@@ -86,6 +87,7 @@ struct http_opts {
         int retry_after_s;           /* Retry-After of 503 answers */
         struct img_opts img;         /* decode limits, fast JPEG path */
         int64_t max_request_pixels;  /* encoded pixels of all of a request's images together */
+        bool ui;                     /* serve the try-it page (GET /, /ui/...) on the main listener */
         int listen_fd;               /* > 0: an already listening socket (systemd), taken over; listen unused */
         const char *admin_listen;    /* HOST:PORT of a second listener that serves only /healthz, /readyz,
                                       * /metrics and /v2/health/live, ready, with its own thread and connections;

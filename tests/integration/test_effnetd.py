@@ -135,8 +135,10 @@ def test_endpoints(d, labels, jpeg, png):
     m = models[0] if models else {}
     check(s == 200 and h.get("content-type") == "application/json", "GET /v1/models 200 JSON")
     check(m.get("variant") == "efficientnetv2-b0" and m.get("input_size") == 224 and m.get("classes") == 1000
-          and m.get("precision") == "fp32" and m.get("weights", "").endswith("b0.safetensors")
-          and m.get("labels") == "builtin:imagenet-1k", f"/v1/models describes the model: {m}")
+          and m.get("precision") == "fp32" and m.get("weights", {}).get("path", "").endswith("b0.safetensors")
+          and m["weights"].get("source") == "seeded" and m["weights"].get("trained") is False
+          and len(m["weights"].get("sha256", "")) == 64
+          and m.get("labels") == {"source": "builtin-imagenet-1k", "count": 1000}, f"/v1/models describes the model: {m}")
     bt = m.get("batching", {})
     check(bt.get("max_batch_size") == 8 and bt.get("workers") == 1 and "max_queue_delay_ms" in bt
           and bt.get("executor_batch_sizes") == [1, 2, 4, 8], f"/v1/models shows batching: {bt}")

@@ -59,6 +59,7 @@ VALUES = {
     "jpeg-fast": "true",
     "access-log": "false",
     "log-format": "json",
+    "ui": "false",
 }
 
 # Values each setting must refuse.
@@ -68,7 +69,7 @@ BAD = {
     "max-batch": "257", "max-delay-ms": "nan", "queue": "0", "workers": "65", "threads": "1.5",
     "deadline-ms": "0", "watchdog-stall": "0", "max-body-bytes": "2G", "max-body-total": "0",
     "v2-max-body-bytes": "0",
-    "max-images": "65537", "max-pixels": "-5", "max-request-pixels": "0", "jpeg-fast": "maybe", "access-log": "2",
+    "max-images": "65537", "max-pixels": "-5", "max-request-pixels": "0", "jpeg-fast": "maybe", "access-log": "2", "ui": "sometimes",
     "log-format": "xml", "weights": "", "labels": "", "listen": "", "admin-listen": "",
 }
 
@@ -402,7 +403,7 @@ def test_reload(effnetd, effnet, weights, weights2, workdir, jpeg):
         check(models == {"efficientnetv2-b0", "efficientnetv2-b1"}, f"answers from both models ({models})")
         s, _, b = d.request("GET", "/v1/models")
         m1 = dm.parse_json(b)["models"][0]
-        check(m1["variant"] == "efficientnetv2-b1" and m1["weights"] == weights2 and m1["input_size"] == 240,
+        check(m1["variant"] == "efficientnetv2-b1" and m1["weights"]["path"] == weights2 and m1["input_size"] == 240,
               "after the reload: the new variant and file")
         sha = hashlib.sha256(open(weights2, "rb").read()).hexdigest()
         _, _, mb = d.request("GET", "/metrics")

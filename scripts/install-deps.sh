@@ -18,6 +18,8 @@ pkgs=(
   systemd prometheus python3-yaml podman debootstrap
   # hostile suite: slow-header, slow-body and slow-read clients
   slowhttptest
+  # the try-it page in a headless browser (integration/ui-browser)
+  chromium chromium-driver python3-selenium
   # benchmarks (tests/bench): ONNX Runtime peer from npm; load generator and
   # the FastAPI + PyTorch peer server for serve-peers.sh
   nodejs

@@ -119,9 +119,11 @@ def conforms(path, method, status, headers, body, what):
     errs = []
     if ctype not in content:
         errs.append(f"content type {ctype} not in {list(content)}")
-    for h in resp.get("headers", {}):
+    for h, spec in resp.get("headers", {}).items():
         if h.lower() not in headers:
             errs.append(f"header {h} missing")
+        elif "enum" in resolve(spec).get("schema", {}) and headers[h.lower()] not in resolve(spec)["schema"]["enum"]:
+            errs.append(f"header {h}: {headers[h.lower()]!r} not as documented")
     if ctype == "application/json" and ctype in content:
         errs += validate(dm.parse_json(body), content[ctype]["schema"])
     check(not errs, f"{what}: {method.upper()} {path} {status} matches the schema {errs[:3]}")
@@ -135,8 +137,8 @@ def main():
         sys.exit(dm.SKIP)
     jpeg = dm.read(photos["grace_hopper.jpg"])
     help_text = subprocess.run([effnetd, "--help"], capture_output=True, text=True).stdout
-    routes = set(re.findall(r"(/[a-z0-9/]+)", help_text.split("Options")[0]))
-    routes = {r for r in routes if r.startswith(("/v1/", "/healthz", "/readyz", "/metrics"))}
+    routes = set(re.findall(r"(/[a-z0-9/.]*)", help_text.split("Options")[0]))
+    routes = {r for r in routes if r.startswith(("/v1/", "/healthz", "/readyz", "/metrics", "/ui/")) or r == "/"}
     check(routes == {p for p in SPEC["paths"] if not p.startswith("/v2")},
           f"documented paths = the server's routes ({sorted(routes)})")
     check({p for p in SPEC["paths"] if p.startswith("/v2")} == V2_PATHS
@@ -185,7 +187,7 @@ def main():
             req("post", "/v1/classify", os.urandom(300000), {"Content-Type": "image/jpeg"}, "too big")
             req("post", "/v1/classify", b"hello", {"Content-Type": "text/plain"}, "text")
             req("get", "/v1/classify", what="wrong method")
-            for p in ("/v1/models", "/healthz", "/readyz", "/metrics"):
+            for p in ("/v1/models", "/healthz", "/readyz", "/metrics", "/", "/ui/app.js", "/ui/app.css"):
                 req("get", p)
                 req("post", p, b"x", {"Content-Type": "text/plain"}, "wrong method")
             req("get", "/no/such/path", what="unknown path")

@@ -244,7 +244,7 @@ def test_bad_input(d, jpeg, png):
     check("part 2" in b.get("error", {}).get("message", ""), "the error names the bad part")
 
     # Unknown paths and wrong methods.
-    for method, path in (("GET", "/"), ("GET", "/v1"), ("POST", "/v1/classify/x"), ("GET", "/v2x"),
+    for method, path in (("GET", "/ui/"), ("GET", "/index.html"), ("GET", "/v1"), ("POST", "/v1/classify/x"), ("GET", "/v2x"),
                          ("DELETE", "/nothing"), ("GET", "/healthz/"), ("GET", "/V1/MODELS")):
         s, _, b = d.request(method, path)
         check_error(s, dm.parse_json(b), 404, "not_found", f"{method} {path}")

@@ -249,6 +249,15 @@ def test_systemd(effnetd, weights, weights2, workdir, jpeg):
         check(i_ready is not None and "listening on" in d.log_text(), "READY=1 once listening")
         st = n.messages[i_ready][1].get("STATUS", "") if i_ready is not None else ""
         check("efficientnetv2-b0" in st and "http://127.0.0.1:" in st, f"READY carries STATUS ({st})")
+        # Before READY, STATUS= tells the warm-up's progress, step by step up
+        # to all of them (each executor built, then run once).
+        warm = [m["STATUS"] for _, m in n.messages[:i_ready or 0] if "warming up" in m.get("STATUS", "")]
+        steps = [tuple(map(int, re.search(r"(\d+) of (\d+) executor steps", w).groups())) for w in warm]
+        check(steps and steps[-1][0] == steps[-1][1] and steps[0][0] < steps[-1][0]
+              and [a for a, _ in steps] == sorted(a for a, _ in steps),
+              f"STATUS= shows the warm-up's progress before READY ({warm[:1]} ... {warm[-1:]})")
+        check(re.search(r"warm-up: (\d+) of \1 executor steps done", d.log_text()) is not None,
+              "the log says when the warm-up is done")
         s, _, _ = d.classify(jpeg)
         check(s == 200, "classify answers after READY")
         i_wd = n.wait_for("WATCHDOG", "1", after=(i_ready or 0) + 1, timeout=10)

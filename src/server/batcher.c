@@ -59,9 +59,20 @@ struct batch {
         bool lock_init, cond_init;
 };
 
-/* Completes every job on a list linked through ->next. No lock held. */
+/* Completes every job on a list linked through ->next. Lists are built by
+ * pushing jobs in queue order, so the list is reversed first: callbacks then
+ * fire in the order the jobs were submitted. No lock held. */
 static void complete_list(struct batch_job *list)
 {
+        struct batch_job *fifo = NULL;
+
+        while (list) {
+                struct batch_job *next = list->next;
+                list->next = fifo;
+                fifo = list;
+                list = next;
+        }
+        list = fifo;
         while (list) {
                 struct batch_job *next = list->next;
                 list->next = NULL;

@@ -128,42 +128,6 @@ static void env_name(const struct conf_setting *s, char *out, size_t n)
         out[i] = '\0';
 }
 
-static int parse_bool(const char *v, bool *ret)
-{
-        static const char *const yes[] = { "1", "true", "yes", "on" }, *const no[] = { "0", "false", "no", "off" };
-        for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
-                if (strcasecmp(v, yes[i]) == 0)
-                        return *ret = true, 0;
-                if (strcasecmp(v, no[i]) == 0)
-                        return *ret = false, 0;
-        }
-        return -EINVAL;
-}
-
-/* Integer with an optional binary suffix (k, M, G: 1024-based). */
-static int parse_int(const char *v, long long *ret)
-{
-        char *end;
-
-        errno = 0;
-        long long x = strtoll(v, &end, 10);
-        if (errno || end == v)
-                return -EINVAL;
-        long long mul = 1;
-        if (*end && !end[1]) {
-                switch (*end) {
-                case 'k': case 'K': mul = 1LL << 10; end++; break;
-                case 'M': mul = 1LL << 20; end++; break;
-                case 'G': mul = 1LL << 30; end++; break;
-                default: break;
-                }
-        }
-        if (*end || (x != 0 && (x > LLONG_MAX / mul || x < LLONG_MIN / mul)))
-                return -EINVAL;
-        *ret = x * mul;
-        return 0;
-}
-
 /* Checks v for setting s and, when c is not NULL, stores it there with its
  * origin. The message (without where) goes to why. */
 static int set_value(struct conf *c, const struct conf_setting *s, const char *v, const char *origin, char *why,
@@ -171,7 +135,6 @@ static int set_value(struct conf *c, const struct conf_setting *s, const char *v
 {
         void *field = c ? (char *)c + s->offset : NULL;
         size_t idx = (size_t)(s - settings);
-        char *end;
 
         switch (s->type) {
         case CONF_STRING:
@@ -186,28 +149,25 @@ static int set_value(struct conf *c, const struct conf_setting *s, const char *v
                 }
                 break;
         case CONF_INT: {
-                long long x;
-                if (parse_int(v, &x) < 0 || (double)x < s->min || (double)x > s->max)
-                        return err_set(why, why_len, -EINVAL, "%s '%s' is not an integer in %.0f..%.0f", s->name,
-                                       v, s->min, s->max);
+                int64_t x;
+                if (parse_size(s->name, v, (int64_t)s->min, (int64_t)s->max, why, why_len, &x) < 0)
+                        return -EINVAL;
                 if (c)
                         *(int64_t *)field = x;
                 break;
         }
         case CONF_FLOAT: {
-                errno = 0;
-                double x = strtod(v, &end);
-                if (errno || end == v || *end || !isfinite(x) || x < s->min || x > s->max)
-                        return err_set(why, why_len, -EINVAL, "%s '%s' is not a number in %g..%g", s->name, v,
-                                       s->min, s->max);
+                double x;
+                if (parse_double(s->name, v, s->min, s->max, why, why_len, &x) < 0)
+                        return -EINVAL;
                 if (c)
                         *(double *)field = x;
                 break;
         }
         case CONF_BOOL: {
                 bool b;
-                if (parse_bool(v, &b) < 0)
-                        return err_set(why, why_len, -EINVAL, "%s '%s' is not true or false", s->name, v);
+                if (parse_bool(s->name, v, why, why_len, &b) < 0)
+                        return -EINVAL;
                 if (c)
                         *(bool *)field = b;
                 break;

@@ -5,6 +5,7 @@
 #include <ctype.h>
 #include <limits.h>
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -333,56 +334,62 @@ static int load_file(struct conf *c, const char *path, bool must_exist, struct d
         return d->errors > errors ? -EINVAL : 0;
 }
 
-/* Walks the flags: with c NULL only finds --config; otherwise applies all. */
+enum { FLAG_CONFIG = 1000, FLAG_SET = 2000, FLAG_UNSET = 3000 };
+
+/* Walks the flags with getopt_long: "--name VALUE", "--name=VALUE", and
+ * "--name" / "--no-name" for booleans, each named by the settings table.
+ * With c NULL only finds --config; otherwise applies all, reporting every
+ * bad flag. Not thread-safe (getopt's state): called from main only. */
 static void scan_flags(int argc, char **argv, struct conf *c, const char **ret_config, struct diag *d)
 {
-        char why[256], origin[80];
+        struct option opts[2 * ARRAY_SIZE(settings) + 2];
+        char no_names[ARRAY_SIZE(settings)][48], why[256], origin[80];
+        size_t n = 0;
+        int ch;
 
-        for (int i = 1; i < argc; i++) {
-                const char *a = argv[i];
-                if (strncmp(a, "--", 2) != 0) {
-                        if (c)
-                                diag_add(d, "unexpected argument '%s'", a);
+        opts[n++] = (struct option){ "config", required_argument, NULL, FLAG_CONFIG };
+        for (size_t i = 0; i < ARRAY_SIZE(settings); i++) {
+                bool is_bool = settings[i].type == CONF_BOOL;
+                opts[n++] = (struct option){ settings[i].name, is_bool ? optional_argument : required_argument, NULL,
+                                             FLAG_SET + (int)i };
+                if (is_bool) {
+                        snprintf(no_names[i], sizeof no_names[i], "no-%s", settings[i].name);
+                        opts[n++] = (struct option){ no_names[i], no_argument, NULL, FLAG_UNSET + (int)i };
+                }
+        }
+        opts[n] = (struct option){ 0 };
+
+        opterr = 0;
+        optind = 0; /* a full re-initialisation: conf_load runs again on SIGHUP */
+        /* "-": arguments that are not options come back as 1, in order (no
+         * permutation of argv); ":": a missing value is told apart. */
+        while ((ch = getopt_long(argc, argv, "-:", opts, NULL)) != -1) {
+                const char *arg = argv[optind - 1];
+                if (ch == 1 || ch == '?' || ch == ':') {
+                        if (!c)
+                                continue;
+                        if (ch == 1)
+                                diag_add(d, "unexpected argument '%s'", optarg);
+                        else if (ch == ':')
+                                diag_add(d, "%s needs a value", arg);
+                        else
+                                diag_add(d, "unknown option '%.64s' (see --help)", arg);
                         continue;
                 }
-                a += 2;
-                const char *eq = strchr(a, '=');
-                size_t len = eq ? (size_t)(eq - a) : strlen(a);
-                const char *v = eq ? eq + 1 : NULL;
-                if (len == 6 && strncmp(a, "config", 6) == 0) {
-                        if (!v && i + 1 < argc)
-                                v = argv[++i];
-                        if (!v || !*v) {
+                if (ch == FLAG_CONFIG) {
+                        if (!*optarg) {
                                 if (c)
                                         diag_add(d, "--config needs a file name");
                         } else if (!c) {
-                                *ret_config = v;
+                                *ret_config = optarg;
                         }
                         continue;
-                }
-                const struct conf_setting *s = find(a, len);
-                bool negated = false;
-                if (!s && len > 3 && strncmp(a, "no-", 3) == 0 && (s = find(a + 3, len - 3)) &&
-                    s->type == CONF_BOOL && !eq)
-                        negated = true;
-                if (!s || (negated && s->type != CONF_BOOL) || strchr(a, '_')) {
-                        if (c)
-                                diag_add(d, "unknown option '--%.*s' (see --help)", (int)len, a);
-                        continue;
-                }
-                if (!v) {
-                        if (s->type == CONF_BOOL)
-                                v = negated ? "false" : "true";
-                        else if (i + 1 < argc)
-                                v = argv[++i];
-                        else {
-                                if (c)
-                                        diag_add(d, "--%s needs a value", s->name);
-                                continue;
-                        }
                 }
                 if (!c)
                         continue;
+                bool unset = ch >= FLAG_UNSET;
+                const struct conf_setting *s = &settings[ch - (unset ? FLAG_UNSET : FLAG_SET)];
+                const char *v = unset ? "false" : optarg ? optarg : "true";
                 snprintf(origin, sizeof origin, "--%s", s->name);
                 if (set_value(c, s, v, origin, why, sizeof why) < 0)
                         diag_add(d, "%s: %s", origin, why);

@@ -1,6 +1,7 @@
 /* config: every effnetd setting in one table. */
 #include "daemon/config.h"
 #include "common/util.h"
+#include "server/batcher.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -64,12 +65,14 @@ static const struct conf_setting settings[] = {
         { "retry-after", "server", CONF_INT, F(retry_after), "1", 0, 3600, NULL, "Retry-After seconds of 503 answers" },
         { "drain-timeout", "server", CONF_INT, F(drain_timeout), "30", 0, 3600, NULL,
           "seconds to finish requests in flight on SIGTERM before exiting" },
-        { "max-batch", "batching", CONF_INT, F(max_batch), "8", 1, 256, NULL, "most images per forward pass" },
+        { "max-batch", "batching", CONF_INT, F(max_batch), "8", 1, BATCH_MAX_BATCH, NULL,
+          "most images per forward pass" },
         { "max-delay-ms", "batching", CONF_FLOAT, F(max_delay_ms), "2", 0, 10000, NULL,
           "longest wait for a batch to fill, from the oldest request's arrival" },
         { "queue", "batching", CONF_INT, F(queue), "64", 1, 65536, NULL,
           "images that may wait for inference; beyond it requests get 503" },
-        { "workers", "batching", CONF_INT, F(workers), "1", 1, 64, NULL, "inference workers (engine executors)" },
+        { "workers", "batching", CONF_INT, F(workers), "1", 1, BATCH_MAX_WORKERS, NULL,
+          "inference workers (engine executors)" },
         { "threads", "batching", CONF_INT, F(threads), "0", 0, 1024, NULL,
           "oneDNN threads per worker; 0 = usable CPUs (affinity, cgroup quota) / workers" },
         { "deadline-ms", "batching", CONF_INT, F(deadline_ms), "30000", 1, 3600000, NULL,

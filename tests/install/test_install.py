@@ -144,20 +144,25 @@ def main():
         p = run(["pkg-config", "--cflags", "--libs", "effnet"], env=env)
         check(p.returncode == 0 and dest in p.stdout, f"pkg-config effnet points into DESTDIR ({p.stdout.strip()})")
         flags = shlex.split(p.stdout)
+        version = run(["pkg-config", "--modversion", "effnet"], env=env).stdout.strip()
+        in_header = re.search(r'^#define EFFNET_VERSION "([^"]+)"', open(d(f"{incdir}/effnet.h")).read(), re.M)
+        check(in_header is not None and in_header.group(1) == version,
+              f"effnet.h's EFFNET_VERSION is effnet.pc's {version} ({in_header.group(1) if in_header else None})")
         strict = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-pedantic"]
         san = [f"-fsanitize={sanitize}"] if sanitize else []
-        hdr = os.path.join(tmp, "headers.c")
-        with open(hdr, "w") as f:
-            f.write("#include <effnet.h>\n#include <effnet/image.h>\nint main(void) { return 0; }\n")
         cflags = [f for f in flags if f.startswith("-I")]
-        p = run(cc + strict + cflags + ["-c", hdr, "-o", os.path.join(tmp, "headers.o")])
-        check(p.returncode == 0, f"installed headers compile with {' '.join(strict)} ({p.stderr.strip()[:400]})")
         cxx = shutil.which("c++")
-        if cxx:
-            shutil.copy(hdr, hdr + "c")
-            p = run([cxx, "-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic"] + cflags
-                    + ["-c", hdr + "c", "-o", os.path.join(tmp, "headers_cxx.o")])
-            check(p.returncode == 0, f"and as C++11 ({p.stderr.strip()[:400]})")
+        for header in ("effnet.h", "effnet/image.h"):   # each by itself
+            hdr = os.path.join(tmp, "header.c")
+            with open(hdr, "w") as f:
+                f.write(f"#include <{header}>\nint main(void) {{ return 0; }}\n")
+            p = run(cc + strict + cflags + ["-c", hdr, "-o", os.path.join(tmp, "header.o")])
+            check(p.returncode == 0, f"installed {header} compiles with {' '.join(strict)} ({p.stderr.strip()[:400]})")
+            if cxx:
+                shutil.copy(hdr, hdr + "c")
+                p = run([cxx, "-std=c++11", "-Wall", "-Wextra", "-Werror", "-pedantic"] + cflags
+                        + ["-c", hdr + "c", "-o", os.path.join(tmp, "header_cxx.o")])
+                check(p.returncode == 0, f"and as C++11 ({p.stderr.strip()[:400]})")
         consumer = os.path.join(tmp, "consumer")
         p = run(cc + strict + san + [os.path.join(SOURCE_ROOT, "tests", "install", "consumer.c"), "-o", consumer]
                 + flags, env=env)

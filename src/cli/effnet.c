@@ -1,12 +1,15 @@
 /* effnet: command-line tool over libeffnet (forward, bench, inspect,
  * init-weights, classify, pull). */
 #include "effnet.h"
+#include "effnet/image.h"
+/* Internals beyond the public API: .npy files, the hub's cache, seeded
+ * weights, and the server's JSON bodies (classify prints what effnetd
+ * answers). */
 #include "common/npy.h"
 #include "common/util.h"
+#include "hub/hub.h"
 #include "model/model.h"
 #include "model/safetensors.h"
-#include "hub/hub.h"
-#include "image/image.h"
 #include "server/api.h"
 
 #include <errno.h>
@@ -702,23 +705,23 @@ static int cmd_classify(int argc, char **argv)
                 r = -ENOMEM;
                 goto out;
         }
-        struct img_opts io = IMG_OPTS_DEFAULT;
+        const size_t max_bytes = EFFNET_IMAGE_MAX_BYTES;
         for (int i = optind; i < argc; i++) {
                 uint8_t *data = NULL;
                 size_t len = 0;
                 char *body = NULL;
-                int fr = read_file(argv[i], io.limits.max_bytes, &data, &len);
+                int fr = read_file(argv[i], max_bytes, &data, &len);
                 if (fr < 0 && fr != -E2BIG) {
                         fprintf(stderr, "%s: %s: %s\n", prog, argv[i], strerror(-fr));
                         failed = 1;
                         continue;
                 }
                 if (fr == -E2BIG)
-                        snprintf(err, sizeof err, "file larger than %zu bytes", io.limits.max_bytes);
+                        snprintf(err, sizeof err, "file larger than %zu bytes", max_bytes);
                 else if (len == 0)
                         fr = err_set(err, sizeof err, -EBADMSG, "empty file");
                 else
-                        fr = img_prepare(data, len, &io, &info->preproc, in, err, sizeof err);
+                        fr = effnet_image_prepare(data, len, NULL, &info->preproc, err, sizeof err, in);
                 free(data);
                 if (fr == 0 && (fr = effnet_exec_forward(x, in, 1, logits)) < 0)
                         snprintf(err, sizeof err, "forward failed: %s", strerror(-fr));

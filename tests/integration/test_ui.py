@@ -3,7 +3,8 @@ and friends) and routes, the ui setting (ui = false: 404), the admin
 listener (never), and the page itself in a real headless browser (Debian's
 chromium and chromedriver through python3-selenium): a photo picked
 through the file input, its top-1 label checked against the API's, the
-notice on seeded weights (and none on others), no CSP violation in the
+notice on seeded weights (and none on others), the note on class-index
+labels, no CSP violation in the
 console, keyboard reach of the input, a phone-sized viewport, and a
 screenshot in meson-logs.
 
@@ -129,9 +130,15 @@ def browser_checks(d, photo, api_top1, seeded, shot):
         if seeded:
             check(notice.is_displayed() and "untrained" in notice.text and "seeded" in weights,
                   f"the untrained notice shows for seeded weights ({weights!r})")
+            check(not driver.find_element(By.ID, "indices").is_displayed(),
+                  "no class-index note with the built-in ImageNet names")
         else:
             check(not notice.is_displayed() and weights.startswith("file "),
                   f"no untrained notice for other weights ({weights!r})")
+            note = driver.find_element(By.ID, "indices")
+            labels = driver.find_element(By.ID, "model-labels").text
+            check(note.is_displayed() and "class index" in note.text and "12 classes" in labels,
+                  f"the page says the labels are class indices ({labels!r})")
             return
         # Keyboard: Tab from the start of the page reaches the file input.
         body = driver.find_element(By.TAG_NAME, "body")
@@ -216,8 +223,12 @@ def main():
     work = tempfile.mkdtemp(prefix="effnetd-ui-")
     seeded = os.path.join(work, "b0.safetensors")
     subprocess.run([EFFNET, "init-weights", "--variant", "b0", "--seed", "1", "-o", seeded], check=True, timeout=600)
+    # Weights of unknown origin (no seed mark) with 12 unnamed classes.
+    few = os.path.join(work, "b0-12.safetensors")
+    subprocess.run([EFFNET, "init-weights", "--variant", "b0", "--classes", "12", "--seed", "1", "-o", few], check=True,
+                   timeout=600)
     plain = os.path.join(work, "b0-plain.safetensors")
-    strip_metadata(seeded, plain)
+    strip_metadata(few, plain)
 
     d = dm.Daemon(EFFNETD, seeded, work, "--admin-listen", "127.0.0.1:0", "--max-batch", "2", name="effnetd-ui")
     try:

@@ -1273,12 +1273,15 @@ static int gen_new(struct http_server *s, const struct http_backend *be, char *e
         g->v2 = (struct v2_model){ .name = g->info->variant, .size = g->info->preproc.size,
                                    .classes = g->info->classes, .max_batch = bc.max_batch,
                                    .max_delay_us = bc.max_delay_us, .exec_batch = g->exec_batch,
-                                   .n_exec = bc.n_exec, .labels = g->labels };
+                                   .n_exec = bc.n_exec, .labels = g->labels, .weights = d.weights };
         if (!g->weights || api_models_body(&d, &g->models_body) < 0 ||
             v2_model_body(&g->v2, &g->v2_model_body) < 0 || v2_config_body(&g->v2, &g->v2_config_body) < 0) {
                 gen_free(g);
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         }
+        /* The bodies are built: the weights' description may go (it is the
+         * caller's, or on this stack). */
+        g->v2.weights = NULL;
         *ret_gen = g;
         return 0;
 }

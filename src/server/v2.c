@@ -604,6 +604,41 @@ int v2_model_body(const struct v2_model *m, char **ret_body)
                     ret_body);
 }
 
+/* Triton's model parameters (a map of {"string_value": ...}): where the
+ * weights and the class names come from, as /v1/models says, so that a v2
+ * client sees untrained seeded weights for what they are. */
+static json_t *config_parameters(const struct v2_model *m)
+{
+        json_t *p = json_object();
+        const struct api_weights *w = m->weights;
+        char seed[24];
+        int r = 0;
+
+        if (!p)
+                return NULL;
+        r |= json_object_set_new(p, "labels_source",
+                                 json_pack("{s:s}", "string_value", api_labels_source(m->labels)));
+        if (w) {
+                r |= json_object_set_new(p, "weights_source",
+                                         json_pack("{s:s}", "string_value", api_weights_source_name(w->source)));
+                r |= json_object_set_new(p, "weights_sha256", json_pack("{s:s}", "string_value", w->sha256 ? w->sha256 : ""));
+                if (w->seed >= 0) {
+                        snprintf(seed, sizeof seed, "%lld", (long long)w->seed);
+                        r |= json_object_set_new(p, "weights_trained", json_pack("{s:s}", "string_value", "false"));
+                        r |= json_object_set_new(p, "weights_seed", json_pack("{s:s}", "string_value", seed));
+                }
+                if (w->source == API_WEIGHTS_HUB && w->repo && w->commit) {
+                        r |= json_object_set_new(p, "weights_repo", json_pack("{s:s}", "string_value", w->repo));
+                        r |= json_object_set_new(p, "weights_commit", json_pack("{s:s}", "string_value", w->commit));
+                }
+        }
+        if (r) {
+                json_decref(p);
+                return NULL;
+        }
+        return p;
+}
+
 int v2_config_body(const struct v2_model *m, char **ret_body)
 {
         json_t *sizes = json_array();
@@ -615,11 +650,17 @@ int v2_config_body(const struct v2_model *m, char **ret_body)
                 }
         if (!sizes)
                 return -ENOMEM;
-        return dump(json_pack("{s:s, s:s, s:s, s:{s:{s:i}}, s:i,"
+        json_t *params = config_parameters(m);
+        if (!params) {
+                json_decref(sizes);
+                return -ENOMEM;
+        }
+        return dump(json_pack("{s:s, s:s, s:s, s:{s:{s:i}}, s:i, s:o,"
                               " s:[{s:s, s:s, s:s, s:[i,i,i]}], s:[{s:s, s:s, s:[i]}],"
                               " s:{s:o, s:I}}",
                               "name", m->name, "platform", V2_PLATFORM, "backend", "onednn",
                               "version_policy", "latest", "num_versions", 1, "max_batch_size", m->max_batch,
+                              "parameters", params,
                               "input", "name", V2_INPUT_NAME, "data_type", "TYPE_FP32", "format", "FORMAT_NCHW",
                               "dims", 3, m->size, m->size,
                               "output", "name", V2_OUTPUT_NAME, "data_type", "TYPE_FP32", "dims", m->classes,

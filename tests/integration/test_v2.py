@@ -110,6 +110,12 @@ def test_metadata(d, c):
               and j.get("output") == [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [CLASSES]}]
               and j.get("dynamic_batching", {}).get("max_queue_delay_microseconds") == 20000
               and j.get("platform") and j.get("backend"), f"GET {base}/config: Triton model configuration ({j})")
+        params = j.get("parameters", {})
+        check(params.get("weights_source") == {"string_value": "seeded"}
+              and params.get("weights_trained") == {"string_value": "false"}
+              and params.get("labels_source") == {"string_value": "builtin-imagenet-1k"}
+              and len(params.get("weights_sha256", {}).get("string_value", "")) == 64,
+              f"GET {base}/config: parameters say the weights are seeded, untrained ({params})")
     s, h, _ = c.request("HEAD", "/v2/health/ready")
     check(s == 200, "HEAD /v2/health/ready: 200")
 

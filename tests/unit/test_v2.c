@@ -283,7 +283,18 @@ static void test_bodies(struct api_labels *labels)
         CHECK(v2_config_body(&model, &body) == 0 && strstr(body, "\"max_batch_size\":4") &&
               strstr(body, "\"dims\":[3,2,2]") && strstr(body, "\"format\":\"FORMAT_NCHW\"") &&
               strstr(body, "\"max_queue_delay_microseconds\":2000"));
+        CHECK(body && !strstr(body, "weights_source"));
         free(body);
+        /* Seeded weights are called untrained there too. */
+        struct api_weights w = { .source = API_WEIGHTS_SEEDED, .path = "/w", .sha256 = "ab12", .seed = 3 };
+        model.weights = &w;
+        CHECK(v2_config_body(&model, &body) == 0 &&
+              strstr(body, "\"weights_source\":{\"string_value\":\"seeded\"}") &&
+              strstr(body, "\"weights_trained\":{\"string_value\":\"false\"}") &&
+              strstr(body, "\"weights_sha256\":{\"string_value\":\"ab12\"}") &&
+              strstr(body, "\"labels_source\":{\"string_value\":\""));
+        free(body);
+        model.weights = NULL;
 
         float logits[2 * CLASSES] = { 0, 1, 2, 3, 4, 4, 3, 2, 1, 0 };
         snprintf(json, sizeof json, "{\"id\":\"x7\",\"inputs\":[{\"name\":\"input\",\"shape\":[1,3,2,2],"

@@ -14,7 +14,8 @@
 # logs, new inputs and crashes to $XDG_CACHE_HOME/effnetd-fuzz. The report
 # (markdown) is printed and written to that directory as report.md. Exit
 # status 1 when a target crashed (its input is then in the corpus as
-# crash-<kind>-<sha1>, and the fuzz suite fails on it until it is fixed).
+# regress_<kind>_<sha1>, and the fuzz suite fails on it until it is fixed;
+# rename it to say what it was).
 #
 # Each target runs under `nice` with -jobs=1 (one fuzzing process), so the
 # campaign takes about one core for targets x seconds.
@@ -199,7 +200,8 @@ for t in "${targets[@]}"; do
                 -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
                 -artifact_prefix="$dir/artifacts/" "$dir/new" "$ROOT/tests/fuzz/corpus/$t" \
                 >"$dir/run.log" 2>&1) || true
-        cpu=$(awk '{ printf "%.0f", $1 + $2 }' "$dir/time")
+        # The last line: before it, time notes a non-zero exit (a crash).
+        cpu=$(awk 'END { printf "%.0f", $1 + $2 }' "$dir/time")
         execs=$(awk '/stat::number_of_executed_units/ { print $NF }' "$dir/fuzz-0.log" | tail -1)
         execs=${execs:-0}
         eps=$(awk -v e="$execs" -v c="$cpu" 'BEGIN { printf "%.0f", (c > 0 ? e / c : 0) }')
@@ -209,8 +211,8 @@ for t in "${targets[@]}"; do
                 [ -f "$a" ] || continue
                 kind=$(basename "$a" | cut -d- -f1)
                 sha=$(sha1sum "$a" | cut -c1-12)
-                cp "$a" "tests/fuzz/corpus/$t/crash-$kind-$sha"
-                echo "campaign: $t: $kind input kept as tests/fuzz/corpus/$t/crash-$kind-$sha" >&2
+                cp "$a" "tests/fuzz/corpus/$t/regress_${kind}_$sha"
+                echo "campaign: $t: $kind input kept as tests/fuzz/corpus/$t/regress_${kind}_$sha" >&2
                 ncrash=$((ncrash + 1))
         done
         [ "$ncrash" = 0 ] || crashed=1
@@ -219,7 +221,10 @@ for t in "${targets[@]}"; do
                 # Candidates: what this run found, minus files too large for the tree.
                 find "$dir/new" -type f -size +"$MAX_FILE"c -delete
                 before=$(find "tests/fuzz/corpus/$t" -type f | wc -l)
-                nice "$exe" -merge=1 -timeout=10 -rss_limit_mb=2048 "tests/fuzz/corpus/$t" "$dir/new" \
+                # A crash while merging (an input already kept above) goes to
+                # the work directory, not the tree.
+                nice "$exe" -merge=1 -timeout=10 -rss_limit_mb=2048 -artifact_prefix="$dir/merge-" \
+                        "tests/fuzz/corpus/$t" "$dir/new" \
                         >"$dir/merge.log" 2>&1 || echo "campaign: $t: merge failed, see $dir/merge.log" >&2
                 merged=$(( $(find "tests/fuzz/corpus/$t" -type f | wc -l) - before ))
         fi

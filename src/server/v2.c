@@ -131,6 +131,16 @@ int v2_base64_decode(const char *in, size_t len, uint8_t *out, size_t *ret_len)
         return 0;
 }
 
+/* Bytes that v2_base64_decode makes of a valid string: unpadded strings carry
+ * 1 or 2 bytes in a last group of 2 or 3 characters, so len / 4 * 3 alone
+ * would let an image over the limit by up to 2 bytes. */
+static size_t base64_decoded_len(const char *in, size_t len)
+{
+        for (int pad = 0; pad < 2 && len > 0 && in[len - 1] == '='; pad++)
+                len--;
+        return len / 4 * 3 + (len % 4 > 1 ? len % 4 - 1 : 0);
+}
+
 /* ---- infer requests ------------------------------------------------------------ */
 
 struct v2_request *v2_request_free(struct v2_request *r)
@@ -285,13 +295,13 @@ static int parse_bytes(struct v2_request *r, const json_t *data, const uint8_t *
                         return -ENOMEM;
                 fill_strings(data, s, &at);
                 for (size_t i = 0; i < n; i++) {
-                        size_t l = json_string_length(s[i]);
-                        if (l / 4 * 3 > lim->max_image_bytes) {
+                        size_t l = base64_decoded_len(json_string_value(s[i]), json_string_length(s[i]));
+                        if (l > lim->max_image_bytes) {
                                 free(s);
                                 return err_set(err, err_len, -E2BIG, "input '%s': image %zu is over the limit of "
                                                "%zu bytes", V2_INPUT_NAME, i + 1, lim->max_image_bytes);
                         }
-                        total += l / 4 * 3 + 3;
+                        total += l + 3;
                 }
                 r->decoded = malloc(total ? total : 1);
                 if (!r->decoded) {

@@ -149,6 +149,11 @@ static void test_valid(void)
                     "\"data\":[\"aGVsbG8=\",\"aGk\"]}]}", NULL, 0, false, &r, err) == 0);
         CHECK(r && r->images[0].len == 5 && memcmp(r->images[0].data, "hello", 5) == 0 && r->images[1].len == 2);
         r = v2_request_free(r);
+        /* Exactly the limit of 16 bytes, padded: 24 characters, 18 bytes by length alone. */
+        CHECK(parse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1],\"datatype\":\"BYTES\","
+                    "\"data\":[\"aGVsbG8gd29ybGQgaGVsbA==\"]}]}", NULL, 0, false, &r, err) == 0);
+        CHECK(r && r->images[0].len == 16);
+        r = v2_request_free(r);
 }
 
 static void test_malformed(void)
@@ -251,6 +256,9 @@ static void test_malformed(void)
                false, -EBADMSG, "base64 strings");
         refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1],\"datatype\":\"BYTES\","
                "\"data\":[\"aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ=\"]}]}", NULL, 0, false, -E2BIG, "over the limit");
+        /* 17 bytes unpadded: 23 characters, whose last group of 3 carries 2 bytes. */
+        refuse("{\"inputs\":[{\"name\":\"input\",\"shape\":[1],\"datatype\":\"BYTES\","
+               "\"data\":[\"aGVsbG8gd29ybGQgaGVsbG8\"]}]}", NULL, 0, false, -E2BIG, "over the limit");
         const char *bytes_bin = "{\"inputs\":[{\"name\":\"input\",\"shape\":[1],\"datatype\":\"BYTES\","
                                 "\"parameters\":{\"binary_data_size\":7}}]}";
         refuse(bytes_bin, bb, 6, true, -EBADMSG, "truncated");

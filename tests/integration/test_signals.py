@@ -14,11 +14,14 @@ V2-S executors up to batch 16 takes many seconds:
   - the weights file rewritten in place while reloads read it never faults
     the daemon, and the sha256 reported is that of the bytes served;
   - a request still decoding when drain-timeout ends is not submitted to a
-    stopping server: 503 or cut off, exit 0.
+    stopping server: 503 or cut off, exit 0;
+  - a body trickled in across three reloads holds none of the retired
+    models: they are freed before it ends, and it is then classified.
 """
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -150,6 +153,67 @@ def test_drain_race(effnetd, weights, workdir):
           f"a request decoding while the server stops: exit {rc}, answer {answer[:40]!r}")
 
 
+def reloads_ok(d):
+    return d.metrics().get('effnetd_reloads_total{result="ok"}', 0)
+
+
+def test_slow_upload_reload(effnetd, effnet, workdir):
+    """A request's model generation is taken when its body is complete: an
+    upload trickled in while the weights are reloaded three times keeps no
+    retired model (executors, worker threads) alive."""
+    photo = dm.sample_photos().get("grace_hopper.jpg")
+    if not photo:
+        print("     no sample photo: the slow upload across reloads not checked")
+        return
+    image = dm.read(photo)
+    seeds = []
+    for seed in (1, 2, 3, 4):
+        path = os.path.join(workdir, f"b0-seed{seed}.safetensors")
+        subprocess.run([effnet, "init-weights", "--variant", "b0", "--seed", str(seed), "-o", path], check=True,
+                       timeout=600)
+        seeds.append(path)
+    conf = os.path.join(workdir, "slow-upload.conf")
+    with open(conf, "w") as f:
+        f.write(f"[model]\nweights = {seeds[0]}\n")
+    d = dm.Daemon(effnetd, None, workdir, "--config", conf, "--body-timeout", 200, name="slow-upload")
+    c = None
+    try:
+        c = socket.create_connection(("127.0.0.1", d.port), timeout=60)
+        c.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                  f"Content-Length: {len(image)}\r\n\r\n".encode() + image[:-200])
+        sent = len(image) - 200
+        for i, w in enumerate(seeds[1:], 1):
+            with open(conf, "w") as f:
+                f.write(f"[model]\nweights = {w}\n")
+            d.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 120
+            while reloads_ok(d) < i and time.monotonic() < deadline:
+                c.sendall(image[sent:sent + 1])   # a byte now and then: never idle
+                sent += 1
+                time.sleep(0.3)
+        deadline = time.monotonic() + 10
+        retired = d.metrics().get("effnetd_retired_models")
+        while retired != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            retired = d.metrics().get("effnetd_retired_models")
+        check(reloads_ok(d) == 3 and retired == 0 and sent < len(image),
+              f"3 reloads during a trickled upload ({sent} of {len(image)} bytes sent): "
+              f"{retired} retired models still held")
+        c.sendall(image[sent:])
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        check(answer.startswith(b"HTTP/1.1 200") and b'"predictions"' in answer,
+              f"the upload then completes with the current model: {answer[:60]!r}")
+    finally:
+        if c:
+            c.close()
+        d.stop()
+
+
 def main():
     effnetd, effnet = dm.find_effnet_tools()
     with tempfile.TemporaryDirectory(prefix="effnetd-signals-") as workdir:
@@ -199,6 +263,7 @@ def main():
               f"SIGTERM during a reload: exit {rc} after {secs:.1f} s (reload still loading: {reloading})")
         test_rewrite_in_place(effnetd, effnet, b0, workdir)
         test_drain_race(effnetd, b0, workdir)
+        test_slow_upload_reload(effnetd, effnet, workdir)
     finish()
 
 

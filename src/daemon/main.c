@@ -449,7 +449,7 @@ static void tick(struct loop *L, bool stopping)
 
 /* OpenMP threads (oneDNN's runtime, libgomp) spin for about 3 ms at every
  * barrier and after every parallel region before they sleep. When a teammate
- * has been preempted (by the HTTP threads decoding images, or by anything
+ * has been preempted (by the threads decoding images, or by anything
  * else on a few cores) that spinning burns whole time slices, and a forward
  * pass, a few hundred regions, gets several times slower. A spin of about
  * 0.1 ms (GOMP_SPINCOUNT=10000) is as fast on idle CPUs and degrades

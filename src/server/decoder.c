@@ -11,11 +11,12 @@ struct dec_pool {
         pthread_mutex_t lock;           /* guards everything below but threads */
         pthread_cond_t work;            /* a job was queued, or stopping */
         struct dec_job *head, *tail;    /* waiting jobs, FIFO */
-        int queued, busy, queue;        /* queue: bound of queued + busy beyond n_threads */
+        int queued, busy, queue;        /* queue: bound of queued + busy beyond size */
         int busy_large;                 /* running a large step */
         uint64_t jobs, rejected;
         bool stopping;
-        int n_threads;                  /* started; written before any job */
+        int size;                       /* threads wanted; immutable once they start */
+        int n_threads;                  /* started (dec_new and dec_free only) */
         pthread_t *threads;             /* [n_threads] */
 };
 
@@ -23,7 +24,7 @@ struct dec_pool {
  * steps leave one thread to the small ones. Under p->lock. */
 static struct dec_job *take(struct dec_pool *p)
 {
-        int large_cap = p->n_threads > 1 ? p->n_threads - 1 : 1;
+        int large_cap = p->size > 1 ? p->size - 1 : 1;
         struct dec_job *prev = NULL;
 
         for (struct dec_job *j = p->head; j; prev = j, j = j->next) {
@@ -105,6 +106,7 @@ int dec_new(const struct dec_opts *opts, struct dec_pool **ret_pool)
                 return -ENOMEM;
         }
         p->queue = opts->queue;
+        p->size = n;
         pthread_mutex_init(&p->lock, NULL);
         pthread_cond_init(&p->work, NULL);
         for (; p->n_threads < n; p->n_threads++)
@@ -123,7 +125,7 @@ int dec_submit(struct dec_pool *p, struct dec_job *job)
         pthread_mutex_lock(&p->lock);
         if (p->stopping) {
                 r = -ESHUTDOWN;
-        } else if (p->queued + p->busy >= p->n_threads + p->queue) {
+        } else if (p->queued + p->busy >= p->size + p->queue) {
                 p->rejected++;
                 r = -EAGAIN;
         } else {
@@ -143,7 +145,7 @@ int dec_submit(struct dec_pool *p, struct dec_job *job)
 void dec_get_stats(struct dec_pool *p, struct dec_stats *ret_stats)
 {
         pthread_mutex_lock(&p->lock);
-        *ret_stats = (struct dec_stats){ .threads = p->n_threads, .queue_capacity = p->queue,
+        *ret_stats = (struct dec_stats){ .threads = p->size, .queue_capacity = p->queue,
                                          .queued = p->queued, .busy = p->busy, .jobs = p->jobs,
                                          .rejected = p->rejected };
         pthread_mutex_unlock(&p->lock);

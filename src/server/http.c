@@ -925,6 +925,12 @@ static enum dec_step decode_main(struct dec_job *job)
         struct http_gen *g = q->g;
         int i = q->next_part;
 
+        /* http_stop waits for this request: answer it now. */
+        if (atomic_load(&q->s->stopping)) {
+                fail(q, API_E_DRAINING, "the server is shutting down");
+                req_finish(q);
+                return DEC_DONE;
+        }
         if (i == 0) {
                 q->pixels_left = q->s->opts.max_request_pixels;
                 q->tensors = malloc(sizeof(float) * g->image_floats * (size_t)q->n_parts);

@@ -20,7 +20,8 @@ struct tjob {
         int finished_as;            /* 1-based place among finished jobs */
 };
 
-static atomic_int finished;
+static atomic_int finished;         /* places handed out */
+static atomic_int recorded;         /* jobs whose place and steps are written: what the test waits for */
 static atomic_int running_large, max_running_large;
 
 static void sleep_ms(int ms)
@@ -47,6 +48,7 @@ static enum dec_step run(struct dec_job *job)
         if (++t->done_steps < t->steps)
                 return DEC_AGAIN;
         t->finished_as = atomic_fetch_add(&finished, 1) + 1;
+        atomic_fetch_add(&recorded, 1);   /* after the writes: the waiter may read them */
         return DEC_DONE;
 }
 
@@ -60,7 +62,7 @@ static void init(struct tjob *t, int steps, int step_ms, bool large)
 
 static void wait_finished(int n)
 {
-        for (int i = 0; i < 5000 && atomic_load(&finished) < n; i++)
+        for (int i = 0; i < 5000 && atomic_load(&recorded) < n; i++)
                 sleep_ms(1);
 }
 
@@ -84,6 +86,7 @@ static void test_bound_and_turns(void)
         struct dec_stats st;
 
         atomic_store(&finished, 0);
+        atomic_store(&recorded, 0);
         REQUIRE(dec_new(&(struct dec_opts){ .threads = 1, .queue = 1 }, &p) == 0);
         init(&a, 5, 20, false);
         a.gated = true;
@@ -110,6 +113,7 @@ static void test_small_lane(void)
         struct tjob big[4], small;
 
         atomic_store(&finished, 0);
+        atomic_store(&recorded, 0);
         atomic_store(&max_running_large, 0);
         REQUIRE(dec_new(&(struct dec_opts){ .threads = 3, .queue = 8 }, &p) == 0);
         for (int i = 0; i < 4; i++) {
@@ -132,6 +136,7 @@ static void test_free_drains(void)
         struct tjob t[6];
 
         atomic_store(&finished, 0);
+        atomic_store(&recorded, 0);
         REQUIRE(dec_new(&(struct dec_opts){ .threads = 2, .queue = 4 }, &p) == 0);
         for (int i = 0; i < 6; i++) {
                 init(&t[i], 2, 5, false);

@@ -423,8 +423,12 @@ static void tick(struct loop *L, bool stopping)
         char err[256];
         void *old;
 
-        while ((old = http_collect_retired(L->http)))
-                serving_free(old);
+        while ((old = http_collect_retired(L->http))) {
+                struct serving *sv = old;
+                /* Its last request is answered: executors and threads go. */
+                log_msg(LOG_INFO, "released the replaced model (sha256 %.16s...)", sv->sha256);
+                serving_free(sv);
+        }
         if (L->watchdog_ns && now >= L->next_watchdog) {
                 L->next_watchdog = now + L->watchdog_ns;
                 if (batch_check_progress(L->current->batch, L->stall_ns, err, sizeof err) == 0) {

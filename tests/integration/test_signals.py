@@ -201,9 +201,10 @@ def test_slow_upload_reload(effnetd, effnet, workdir):
         while retired != 0 and time.monotonic() < deadline:
             time.sleep(0.2)
             retired = d.metrics().get("effnetd_retired_models")
-        check(reloads_ok(d) == 3 and retired == 0 and sent < len(image),
+        released = d.log_text().count("released the replaced model")
+        check(reloads_ok(d) == 3 and retired == 0 and released == 3 and sent < len(image),
               f"3 reloads during a trickled upload ({sent} of {len(image)} bytes sent): "
-              f"{retired} retired models still held")
+              f"{retired} retired models still held, {released} released (log)")
         c.sendall(image[sent:])
         answer = b""
         while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):

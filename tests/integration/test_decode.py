@@ -43,7 +43,7 @@ def png(w, h, pixel=None):
             chunk(b"IDAT", data) + chunk(b"IEND", b""))
 
 
-def post_in_background(d, body, ctype, results, timeout=180):
+def post_in_background(d, body, ctype, results, timeout=400):
     def run():
         t0 = time.monotonic()
         try:
@@ -98,8 +98,11 @@ def test_large_in_flight(effnetd, weights, workdir, big, small):
 
 def test_queue_full(effnetd, weights, workdir, big):
     body, ctype = dm.multipart([("black.png", "image/png", big)] * 4)
+    # A deadline long enough for 8 such images on one thread in the
+    # sanitizer builds too.
     d = dm.Daemon(effnetd, weights, workdir, "--decode-threads", 1, "--decode-queue", 1,
-                  "--max-request-pixels", 2000000000, "--retry-after", 3, "--access-log=false", name="queue-full")
+                  "--max-request-pixels", 2000000000, "--deadline-ms", 300000, "--retry-after", 3,
+                  "--access-log=false", name="queue-full")
     try:
         admitted = []
         threads = []
@@ -118,10 +121,10 @@ def test_queue_full(effnetd, weights, workdir, big):
               f"{hdrs.get('retry-after')}, {err}")
         check(d.metrics().get("effnetd_decode_rejected_total") == 1.0, "and it is counted")
         for t in threads:
-            t.join(200)
+            t.join(400)
         got = sorted(r[0] for r in admitted)
         check(got == [200, 200], f"the two admitted requests are classified: {got}")
-        status, _, _ = d.classify(body, ctype, timeout=60)
+        status, _, _ = d.classify(body, ctype, timeout=300)
         check(status == 200, f"once they are done a new request is decoded ({status})")
     finally:
         d.stop()

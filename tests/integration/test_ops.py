@@ -295,7 +295,11 @@ def test_socket_activation(effnetd, weights, workdir):
     port = dm.free_port()
     log_path = os.path.join(workdir, "activate.log")
     with open(log_path, "wb") as log:
-        p = subprocess.Popen([activate, "-l", f"127.0.0.1:{port}", effnetd, "--weights", weights,
+        # It passes no environment but what -E names: the sanitizers'
+        # settings (suppressions) must reach the daemon.
+        keep = [a for v in ("ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS") if v in os.environ
+                for a in ("-E", v)]
+        p = subprocess.Popen([activate, "-l", f"127.0.0.1:{port}"] + keep + [effnetd, "--weights", weights,
                               "--listen", "127.0.0.1:1"], stdout=subprocess.DEVNULL, stderr=log)
     try:
         # systemd-socket-activate starts effnetd on the first connection,

@@ -1,5 +1,5 @@
 /* http: the effnetd HTTP server on libmicrohttpd (the only module that
- * includes microhttpd.h). Routes (DESIGN.md section 1):
+ * includes microhttpd.h). Routes:
  *
  *   POST /v1/classify[?top_k=K]  one image body, or multipart/form-data parts
  *   GET  /v1/models | /healthz | /readyz | /metrics

@@ -1252,6 +1252,8 @@ static void conn_request_done(struct http_server *s, struct MHD_Connection *conn
 
         if (!c)
                 return;
+        if (s->admin && MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON)->daemon == s->admin)
+                idle_s = HTTP_ADMIN_TIMEOUT_S;
         pthread_mutex_lock(&s->conn_lock);
         c->deadline_ns = idle_s > 0 ? time_now_ns() + (idle_s + s->opts.header_timeout_s) * 1000000000 : 0;
         pthread_mutex_unlock(&s->conn_lock);

@@ -168,7 +168,7 @@ void effnet_cpu_info(struct effnet_cpu *ret_cpu);
 int effnet_precision_resolve(int precision, char *err, size_t err_len, int *ret_precision);
 /* "fp32", "bf16", "auto"; NULL for an unknown value. */
 const char *effnet_precision_name(int precision);
-/* The inverse ("f32" is accepted for fp32); -EINVAL for anything else. */
+/* The inverse; -EINVAL for anything else. */
 int effnet_precision_parse(const char *s, int *ret_precision);
 
 /* Numerically stable softmax of one row, in place. */

@@ -3,8 +3,8 @@
 # "N passed, N failed". Usage: scripts/test.sh [--asan | --tsan] [meson test args...]
 #   --asan  AddressSanitizer + UBSan build in build-asan
 #   --tsan  ThreadSanitizer build in build-tsan; with no test arguments it
-#           runs the tests where threads meet: the decode pool, the batcher
-#           under /v1 and /v2 traffic, reloads, signals, abandoned requests
+#           runs the tests where threads meet: the batcher and the decode
+#           pool, /v1 and /v2 traffic, reloads, signals, abandoned requests
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -40,7 +40,7 @@ if $tsan; then
   # fails the test (the daemon aborts, the test sees it).
   export TSAN_OPTIONS="${TSAN_OPTIONS:-suppressions=$PWD/tests/tsan.supp:halt_on_error=1:abort_on_error=1:second_deadlock_stack=1}"
   if [ $# -eq 0 ]; then
-    set -- decoder effnetd v2 decode signals ops abandoned
+    set -- batcher decoder effnetd v2 decode signals ops abandoned
   fi
 fi
 

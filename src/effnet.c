@@ -157,10 +157,6 @@ int effnet_precision_parse(const char *s, int *ret_precision)
                         *ret_precision = i;
                         return 0;
                 }
-        if (strcmp(s, "f32") == 0) {
-                *ret_precision = EFFNET_FP32;
-                return 0;
-        }
         return -EINVAL;
 }
 

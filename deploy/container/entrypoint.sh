@@ -14,4 +14,4 @@ if [ -z "${EFFNETD_WEIGHTS:-}" ]; then
   fi
   export EFFNETD_WEIGHTS
 fi
-exec /usr/local/bin/effnetd "$@"
+exec /usr/sbin/effnetd "$@"

@@ -1,12 +1,15 @@
 /* effnet: command-line tool over libeffnet (forward, bench, inspect,
  * init-weights, classify, pull). */
 #include "effnet.h"
+#include "effnet/image.h"
+/* Internals beyond the public API: .npy files, the hub's cache, seeded
+ * weights, and the server's JSON bodies (classify prints what effnetd
+ * answers). */
 #include "common/npy.h"
 #include "common/util.h"
+#include "hub/hub.h"
 #include "model/model.h"
 #include "model/safetensors.h"
-#include "hub/hub.h"
-#include "image/image.h"
 #include "server/api.h"
 
 #include <errno.h>
@@ -69,12 +72,11 @@ static int parse_padding(const char *s, int *ret)
         return 0;
 }
 
-static int parse_int(const char *s, int lo, int hi, int *ret)
+/* An int flag value in lo..hi (the message is the caller's). */
+static int int_arg(const char *s, int lo, int hi, int *ret)
 {
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (errno || end == s || *end || v < lo || v > hi)
+        int64_t v;
+        if (parse_int("", s, lo, hi, NULL, 0, &v) < 0)
                 return -EINVAL;
         *ret = (int)v;
         return 0;
@@ -128,22 +130,22 @@ static int parse_args(int argc, char **argv, struct args *a)
                 case OPT_JSON: a->json = 1; break;
                 case OPT_PRECISION: bad = effnet_precision_parse(optarg, &a->precision); break;
                 case OPT_PADDING: bad = parse_padding(optarg, &a->open.padding); break;
-                case OPT_THREADS: bad = parse_int(optarg, 0, 1024, &a->threads); break;
-                case OPT_SIZE: bad = parse_int(optarg, 32, 4096, &a->size); break;
-                case OPT_RUNS: bad = parse_int(optarg, 1, 100000, &a->runs); break;
-                case OPT_WARMUP: bad = parse_int(optarg, 0, 100000, &a->warmup); break;
-                case OPT_CLASSES: bad = parse_int(optarg, 1, 1000000, &a->classes); break;
+                case OPT_THREADS: bad = int_arg(optarg, 0, 1024, &a->threads); break;
+                case OPT_SIZE: bad = int_arg(optarg, 32, 4096, &a->size); break;
+                case OPT_RUNS: bad = int_arg(optarg, 1, 100000, &a->runs); break;
+                case OPT_WARMUP: bad = int_arg(optarg, 0, 100000, &a->warmup); break;
+                case OPT_CLASSES: bad = int_arg(optarg, 1, 1000000, &a->classes); break;
                 case OPT_BN_EPS: {
-                        char *end;
-                        a->open.bn_eps = strtof(optarg, &end);
-                        bad = *end || !(a->open.bn_eps > 0 && a->open.bn_eps < 1) ? -EINVAL : 0;
+                        /* The bounds of the daemon's bn-eps setting; 0 = from the weights. */
+                        double eps;
+                        bad = parse_double("", optarg, 0, 0.1, NULL, 0, &eps);
+                        a->open.bn_eps = (float)eps;
                         break;
                 }
                 case OPT_SEED: {
-                        char *end;
-                        errno = 0;
-                        a->seed = strtoull(optarg, &end, 0);
-                        bad = errno || *end || end == optarg ? -EINVAL : 0;
+                        int64_t seed;
+                        bad = parse_int("", optarg, 0, INT64_MAX, NULL, 0, &seed);
+                        a->seed = (unsigned long long)seed;
                         a->have_seed = 1;
                         break;
                 }
@@ -525,7 +527,7 @@ static int cmd_bench(const struct args *a)
         snprintf(list, sizeof list, "%s", a->batches);
         for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
                 int batch;
-                if (parse_int(tok, 1, 4096, &batch) < 0) {
+                if (int_arg(tok, 1, 4096, &batch) < 0) {
                         fprintf(stderr, "%s: bad batch size '%s'\n", prog, tok);
                         r = -EINVAL;
                         goto out;
@@ -663,7 +665,7 @@ static int cmd_classify(int argc, char **argv)
                 case 'k': top_k_arg = optarg; break;
                 case 'l': labels_path = optarg; break;
                 case 'p': r = effnet_precision_parse(optarg, &precision); break;
-                case 't': r = parse_int(optarg, 0, 1024, &threads); break;
+                case 't': r = int_arg(optarg, 0, 1024, &threads); break;
                 case 'h':
                         printf("Usage: %s classify --weights FILE [--top-k K] [--labels FILE] "
                                "[--precision fp32|bf16|auto] [--threads T] IMG...\n", prog);
@@ -703,23 +705,23 @@ static int cmd_classify(int argc, char **argv)
                 r = -ENOMEM;
                 goto out;
         }
-        struct img_opts io = IMG_OPTS_DEFAULT;
+        const size_t max_bytes = EFFNET_IMAGE_MAX_BYTES;
         for (int i = optind; i < argc; i++) {
                 uint8_t *data = NULL;
                 size_t len = 0;
                 char *body = NULL;
-                int fr = read_file(argv[i], io.limits.max_bytes, &data, &len);
+                int fr = read_file(argv[i], max_bytes, &data, &len);
                 if (fr < 0 && fr != -E2BIG) {
                         fprintf(stderr, "%s: %s: %s\n", prog, argv[i], strerror(-fr));
                         failed = 1;
                         continue;
                 }
                 if (fr == -E2BIG)
-                        snprintf(err, sizeof err, "file larger than %zu bytes", io.limits.max_bytes);
+                        snprintf(err, sizeof err, "file larger than %zu bytes", max_bytes);
                 else if (len == 0)
                         fr = err_set(err, sizeof err, -EBADMSG, "empty file");
                 else
-                        fr = img_prepare(data, len, &io, &info->preproc, in, err, sizeof err);
+                        fr = effnet_image_prepare(data, len, NULL, &info->preproc, err, sizeof err, in);
                 free(data);
                 if (fr == 0 && (fr = effnet_exec_forward(x, in, 1, logits)) < 0)
                         snprintf(err, sizeof err, "forward failed: %s", strerror(-fr));

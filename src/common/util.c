@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <dirent.h>
 #include <sched.h>
@@ -11,6 +12,7 @@
 #include <stdbool.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -296,4 +298,95 @@ void proc_get_stats(struct proc_stats *ret_stats)
         if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
                 st.max_fds = rl.rlim_cur == RLIM_INFINITY ? -1 : (int64_t)rl.rlim_cur;
         *ret_stats = st;
+}
+
+/* Digits with an optional leading '-' (no space, no '+'), into *ret with
+ * *ret_end after them. */
+static int parse_digits(const char *s, int64_t *ret, const char **ret_end)
+{
+        const char *p = s + (*s == '-');
+        char *end;
+
+        if (*p < '0' || *p > '9')
+                return -EINVAL;
+        errno = 0;
+        long long x = strtoll(s, &end, 10);
+        if (errno)
+                return -EINVAL;
+        *ret = x;
+        *ret_end = end;
+        return 0;
+}
+
+static int parse_fail(const char *what, const char *s, const char *kind, double min, double max, char *err,
+                      size_t err_len)
+{
+        char shown[48];
+        str_escape(s, shown, sizeof shown);
+        if (min == 0 && max == 0)
+                return err_set(err, err_len, -EINVAL, "%s '%s' is not %s", what, shown, kind);
+        return err_set(err, err_len, -EINVAL, "%s '%s' is not %s in %.15g..%.15g", what, shown, kind, min, max);
+}
+
+int parse_int(const char *what, const char *s, int64_t min, int64_t max, char *err, size_t err_len, int64_t *ret)
+{
+        const char *end;
+        int64_t x;
+
+        if (!s || parse_digits(s, &x, &end) < 0 || *end || x < min || x > max)
+                return parse_fail(what, s ? s : "", "an integer", (double)min, (double)max, err, err_len);
+        *ret = x;
+        return 0;
+}
+
+int parse_size(const char *what, const char *s, int64_t min, int64_t max, char *err, size_t err_len, int64_t *ret)
+{
+        const char *end;
+        int64_t x, mul = 1;
+
+        if (!s || parse_digits(s, &x, &end) < 0)
+                goto fail;
+        if (*end && !end[1]) {
+                switch (*end) {
+                case 'k': case 'K': mul = 1LL << 10; end++; break;
+                case 'M': mul = 1LL << 20; end++; break;
+                case 'G': mul = 1LL << 30; end++; break;
+                default: break;
+                }
+        }
+        if (*end || (x != 0 && (x > INT64_MAX / mul || x < INT64_MIN / mul)) || x * mul < min || x * mul > max)
+                goto fail;
+        *ret = x * mul;
+        return 0;
+fail:
+        return parse_fail(what, s ? s : "", "an integer", (double)min, (double)max, err, err_len);
+}
+
+int parse_double(const char *what, const char *s, double min, double max, char *err, size_t err_len, double *ret)
+{
+        char *end;
+
+        if (!s || !*s || *s == ' ' || *s == '+' || (*s >= '\t' && *s <= '\r'))
+                goto fail;
+        errno = 0;
+        double x = strtod(s, &end);
+        if (errno || *end || !isfinite(x) || x < min || x > max)
+                goto fail;
+        *ret = x;
+        return 0;
+fail:
+        return parse_fail(what, s ? s : "", "a number", min, max, err, err_len);
+}
+
+int parse_bool(const char *what, const char *s, char *err, size_t err_len, bool *ret)
+{
+        static const char *const yes[] = { "1", "true", "yes", "on" }, *const no[] = { "0", "false", "no", "off" };
+
+        for (size_t i = 0; s && i < ARRAY_SIZE(yes); i++) {
+                if (strcasecmp(s, yes[i]) == 0)
+                        return *ret = true, 0;
+                if (strcasecmp(s, no[i]) == 0)
+                        return *ret = false, 0;
+        }
+        return parse_fail(what, s ? s : "", "true or false", 0, 0, err, err_len);
 }

@@ -2,6 +2,7 @@
 #ifndef EFFNET_UTIL_H
 #define EFFNET_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,6 +24,26 @@ size_t str_escape(const char *in, char *out, size_t out_len);
 /* Offset of the first byte of s that str_escape would escape (backslashes
  * aside), or -1 when s is printable UTF-8 throughout. */
 ptrdiff_t str_unprintable(const char *s);
+
+/* The parsers of every number and switch that a user or a client gives us:
+ * settings, command-line flags, query strings and headers. The whole of s
+ * must be the value: no leading space or '+', nothing after it. Each returns
+ * 0 and writes *ret, or -EINVAL with a message in err (may be NULL) that
+ * names `what`, quotes s (escaped, shortened) and gives the bounds:
+ *   "queue 'lots' is not an integer in 1..65536"
+ *   int64_t q;
+ *   if (parse_int("queue", v, 1, 65536, err, sizeof err, &q) < 0) fail(err);
+ */
+int parse_int(const char *what, const char *s, int64_t min, int64_t max, char *err, size_t err_len,
+              int64_t *ret);
+/* An integer with an optional 1024-based suffix k, M or G ("10M"). */
+int parse_size(const char *what, const char *s, int64_t min, int64_t max, char *err, size_t err_len,
+               int64_t *ret);
+/* A finite decimal number. */
+int parse_double(const char *what, const char *s, double min, double max, char *err, size_t err_len,
+                 double *ret);
+/* true/false, yes/no, on/off, 1/0, in any case. */
+int parse_bool(const char *what, const char *s, char *err, size_t err_len, bool *ret);
 
 /* Monotonic clock in nanoseconds. */
 int64_t time_now_ns(void);

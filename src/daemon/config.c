@@ -1,10 +1,13 @@
 /* config: every effnetd setting in one table. */
 #include "daemon/config.h"
 #include "common/util.h"
+#include "server/batcher.h"
+#include "server/decoder.h"
 
 #include <ctype.h>
 #include <limits.h>
 #include <errno.h>
+#include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -63,19 +66,21 @@ static const struct conf_setting settings[] = {
         { "header-timeout", "server", CONF_INT, F(header_timeout), "10", 0, 3600, NULL,
           "seconds a connection may take to send a request line and headers (from its start, or from the end "
           "of its previous request plus connection-timeout); slower ones are closed (0 = no limit)" },
-        { "decode-threads", "server", CONF_INT, F(decode_threads), "0", 0, 256, NULL,
+        { "decode-threads", "server", CONF_INT, F(decode_threads), "0", 0, DEC_MAX_THREADS, NULL,
           "threads that decode and preprocess images; 0 = usable CPUs, at most 8" },
         { "decode-queue", "server", CONF_INT, F(decode_queue), "64", 1, 65536, NULL,
           "requests that may wait for a decoding thread; beyond it requests get 503" },
         { "retry-after", "server", CONF_INT, F(retry_after), "1", 0, 3600, NULL, "Retry-After seconds of 503 answers" },
         { "drain-timeout", "server", CONF_INT, F(drain_timeout), "30", 0, 3600, NULL,
           "seconds to finish requests in flight on SIGTERM before exiting" },
-        { "max-batch", "batching", CONF_INT, F(max_batch), "8", 1, 256, NULL, "most images per forward pass" },
+        { "max-batch", "batching", CONF_INT, F(max_batch), "8", 1, BATCH_MAX_BATCH, NULL,
+          "most images per forward pass" },
         { "max-delay-ms", "batching", CONF_FLOAT, F(max_delay_ms), "2", 0, 10000, NULL,
           "longest wait for a batch to fill, from the oldest request's arrival" },
         { "queue", "batching", CONF_INT, F(queue), "64", 1, 65536, NULL,
           "images that may wait for inference; beyond it requests get 503" },
-        { "workers", "batching", CONF_INT, F(workers), "1", 1, 64, NULL, "inference workers (engine executors)" },
+        { "workers", "batching", CONF_INT, F(workers), "1", 1, BATCH_MAX_WORKERS, NULL,
+          "inference workers (engine executors)" },
         { "threads", "batching", CONF_INT, F(threads), "0", 0, 1024, NULL,
           "oneDNN threads per worker; 0 = usable CPUs (affinity, cgroup quota) / workers" },
         { "deadline-ms", "batching", CONF_INT, F(deadline_ms), "30000", 1, 3600000, NULL,
@@ -135,42 +140,6 @@ static void env_name(const struct conf_setting *s, char *out, size_t n)
         out[i] = '\0';
 }
 
-static int parse_bool(const char *v, bool *ret)
-{
-        static const char *const yes[] = { "1", "true", "yes", "on" }, *const no[] = { "0", "false", "no", "off" };
-        for (size_t i = 0; i < ARRAY_SIZE(yes); i++) {
-                if (strcasecmp(v, yes[i]) == 0)
-                        return *ret = true, 0;
-                if (strcasecmp(v, no[i]) == 0)
-                        return *ret = false, 0;
-        }
-        return -EINVAL;
-}
-
-/* Integer with an optional binary suffix (k, M, G: 1024-based). */
-static int parse_int(const char *v, long long *ret)
-{
-        char *end;
-
-        errno = 0;
-        long long x = strtoll(v, &end, 10);
-        if (errno || end == v)
-                return -EINVAL;
-        long long mul = 1;
-        if (*end && !end[1]) {
-                switch (*end) {
-                case 'k': case 'K': mul = 1LL << 10; end++; break;
-                case 'M': mul = 1LL << 20; end++; break;
-                case 'G': mul = 1LL << 30; end++; break;
-                default: break;
-                }
-        }
-        if (*end || (x != 0 && (x > LLONG_MAX / mul || x < LLONG_MIN / mul)))
-                return -EINVAL;
-        *ret = x * mul;
-        return 0;
-}
-
 /* Checks v for setting s and, when c is not NULL, stores it there with its
  * origin. The message (without where) goes to why. */
 static int set_value(struct conf *c, const struct conf_setting *s, const char *v, const char *origin, char *why,
@@ -178,7 +147,6 @@ static int set_value(struct conf *c, const struct conf_setting *s, const char *v
 {
         void *field = c ? (char *)c + s->offset : NULL;
         size_t idx = (size_t)(s - settings);
-        char *end;
 
         switch (s->type) {
         case CONF_STRING:
@@ -193,28 +161,25 @@ static int set_value(struct conf *c, const struct conf_setting *s, const char *v
                 }
                 break;
         case CONF_INT: {
-                long long x;
-                if (parse_int(v, &x) < 0 || (double)x < s->min || (double)x > s->max)
-                        return err_set(why, why_len, -EINVAL, "%s '%s' is not an integer in %.0f..%.0f", s->name,
-                                       v, s->min, s->max);
+                int64_t x;
+                if (parse_size(s->name, v, (int64_t)s->min, (int64_t)s->max, why, why_len, &x) < 0)
+                        return -EINVAL;
                 if (c)
                         *(int64_t *)field = x;
                 break;
         }
         case CONF_FLOAT: {
-                errno = 0;
-                double x = strtod(v, &end);
-                if (errno || end == v || *end || !isfinite(x) || x < s->min || x > s->max)
-                        return err_set(why, why_len, -EINVAL, "%s '%s' is not a number in %g..%g", s->name, v,
-                                       s->min, s->max);
+                double x;
+                if (parse_double(s->name, v, s->min, s->max, why, why_len, &x) < 0)
+                        return -EINVAL;
                 if (c)
                         *(double *)field = x;
                 break;
         }
         case CONF_BOOL: {
                 bool b;
-                if (parse_bool(v, &b) < 0)
-                        return err_set(why, why_len, -EINVAL, "%s '%s' is not true or false", s->name, v);
+                if (parse_bool(s->name, v, why, why_len, &b) < 0)
+                        return -EINVAL;
                 if (c)
                         *(bool *)field = b;
                 break;
@@ -380,56 +345,62 @@ static int load_file(struct conf *c, const char *path, bool must_exist, struct d
         return d->errors > errors ? -EINVAL : 0;
 }
 
-/* Walks the flags: with c NULL only finds --config; otherwise applies all. */
+enum { FLAG_CONFIG = 1000, FLAG_SET = 2000, FLAG_UNSET = 3000 };
+
+/* Walks the flags with getopt_long: "--name VALUE", "--name=VALUE", and
+ * "--name" / "--no-name" for booleans, each named by the settings table.
+ * With c NULL only finds --config; otherwise applies all, reporting every
+ * bad flag. Not thread-safe (getopt's state): called from main only. */
 static void scan_flags(int argc, char **argv, struct conf *c, const char **ret_config, struct diag *d)
 {
-        char why[256], origin[80];
+        struct option opts[2 * ARRAY_SIZE(settings) + 2];
+        char no_names[ARRAY_SIZE(settings)][48], why[256], origin[80];
+        size_t n = 0;
+        int ch;
 
-        for (int i = 1; i < argc; i++) {
-                const char *a = argv[i];
-                if (strncmp(a, "--", 2) != 0) {
-                        if (c)
-                                diag_add(d, "unexpected argument '%s'", a);
+        opts[n++] = (struct option){ "config", required_argument, NULL, FLAG_CONFIG };
+        for (size_t i = 0; i < ARRAY_SIZE(settings); i++) {
+                bool is_bool = settings[i].type == CONF_BOOL;
+                opts[n++] = (struct option){ settings[i].name, is_bool ? optional_argument : required_argument, NULL,
+                                             FLAG_SET + (int)i };
+                if (is_bool) {
+                        snprintf(no_names[i], sizeof no_names[i], "no-%s", settings[i].name);
+                        opts[n++] = (struct option){ no_names[i], no_argument, NULL, FLAG_UNSET + (int)i };
+                }
+        }
+        opts[n] = (struct option){ 0 };
+
+        opterr = 0;
+        optind = 0; /* a full re-initialisation: conf_load runs again on SIGHUP */
+        /* "-": arguments that are not options come back as 1, in order (no
+         * permutation of argv); ":": a missing value is told apart. */
+        while ((ch = getopt_long(argc, argv, "-:", opts, NULL)) != -1) {
+                const char *arg = argv[optind - 1];
+                if (ch == 1 || ch == '?' || ch == ':') {
+                        if (!c)
+                                continue;
+                        if (ch == 1)
+                                diag_add(d, "unexpected argument '%s'", optarg);
+                        else if (ch == ':')
+                                diag_add(d, "%s needs a value", arg);
+                        else
+                                diag_add(d, "unknown option '%.64s' (see --help)", arg);
                         continue;
                 }
-                a += 2;
-                const char *eq = strchr(a, '=');
-                size_t len = eq ? (size_t)(eq - a) : strlen(a);
-                const char *v = eq ? eq + 1 : NULL;
-                if (len == 6 && strncmp(a, "config", 6) == 0) {
-                        if (!v && i + 1 < argc)
-                                v = argv[++i];
-                        if (!v || !*v) {
+                if (ch == FLAG_CONFIG) {
+                        if (!*optarg) {
                                 if (c)
                                         diag_add(d, "--config needs a file name");
                         } else if (!c) {
-                                *ret_config = v;
+                                *ret_config = optarg;
                         }
                         continue;
-                }
-                const struct conf_setting *s = find(a, len);
-                bool negated = false;
-                if (!s && len > 3 && strncmp(a, "no-", 3) == 0 && (s = find(a + 3, len - 3)) &&
-                    s->type == CONF_BOOL && !eq)
-                        negated = true;
-                if (!s || (negated && s->type != CONF_BOOL) || strchr(a, '_')) {
-                        if (c)
-                                diag_add(d, "unknown option '--%.*s' (see --help)", (int)len, a);
-                        continue;
-                }
-                if (!v) {
-                        if (s->type == CONF_BOOL)
-                                v = negated ? "false" : "true";
-                        else if (i + 1 < argc)
-                                v = argv[++i];
-                        else {
-                                if (c)
-                                        diag_add(d, "--%s needs a value", s->name);
-                                continue;
-                        }
                 }
                 if (!c)
                         continue;
+                bool unset = ch >= FLAG_UNSET;
+                const struct conf_setting *s = &settings[ch - (unset ? FLAG_UNSET : FLAG_SET)];
+                const char *v = unset ? "false" : optarg ? optarg : "true";
                 snprintf(origin, sizeof origin, "--%s", s->name);
                 if (set_value(c, s, v, origin, why, sizeof why) < 0)
                         diag_add(d, "%s: %s", origin, why);

@@ -1,6 +1,6 @@
 /* config: every effnetd setting in one table (name, section, type, default,
  * bounds, help). Sources in rising precedence: defaults, the config file
- * (/etc/effnetd/effnetd.conf or --config FILE; "key = value" lines under
+ * (SYSCONFDIR/effnetd/effnetd.conf or --config FILE; "key = value" lines under
  * [sections]), EFFNETD_<NAME> environment variables, command-line flags
  * --name VALUE. --help, --print-config and --check-config come from the same
  * table. */
@@ -12,7 +12,12 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#define CONF_DEFAULT_FILE "/etc/effnetd/effnetd.conf"
+/* The build sets EFFNETD_SYSCONFDIR to meson's sysconfdir, where meson
+ * install puts effnetd.conf (/etc with --prefix=/usr). */
+#ifndef EFFNETD_SYSCONFDIR
+#define EFFNETD_SYSCONFDIR "/etc"
+#endif
+#define CONF_DEFAULT_FILE EFFNETD_SYSCONFDIR "/effnetd/effnetd.conf"
 #define CONF_MAX_SETTINGS 40
 #define CONF_MAX_FILE_BYTES (1 << 20)   /* a config file larger than this is refused */
 

@@ -194,9 +194,8 @@ static bool env_true(const char *name)
 static int env_seconds(const char *name, int def)
 {
         const char *v = env_nonempty(name);
-        char *end;
-        long x = v ? strtol(v, &end, 10) : 0;
-        return v && !*end && x > 0 && x <= 86400 ? (int)x : def;
+        int64_t x;
+        return v && parse_int(name, v, 1, 86400, NULL, 0, &x) == 0 ? (int)x : def;
 }
 
 /* Python's os.path.expandvars(os.path.expanduser(s)): a leading "~" is the
@@ -666,10 +665,8 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
         else if (IS("X-Linked-Size") || IS("Content-Length")) {
                 char num[32];
                 copy_value(num, sizeof num, v, vlen);
-                char *e;
-                errno = 0;
-                long long x = strtoll(num, &e, 10);
-                if (!errno && e != num && !*e && x >= 0)
+                int64_t x;
+                if (parse_int("size", num, 0, INT64_MAX, NULL, 0, &x) == 0)
                         *(IS("X-Linked-Size") ? &a->linked_size : &a->content_length) = x;
         }
 #undef IS

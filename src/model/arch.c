@@ -6,7 +6,7 @@
 #include <math.h>
 #include <string.h>
 
-/* DESIGN: stage tables from the paper, google/automl, timm and torchvision. */
+/* Stage tables: docs/model.md, "Variants S, M, L and XL" and "B0 to B3". */
 static const struct arch_stage stages_s[] = {
         { ARCH_FUSED, 1, 1, 24, 2, 0, 0 },    { ARCH_FUSED, 4, 2, 48, 4, 0, 0 },
         { ARCH_FUSED, 4, 2, 64, 4, 0, 0 },    { ARCH_MBCONV, 4, 2, 128, 6, 1, 0 },
@@ -47,7 +47,7 @@ static const struct arch_stage stages_b[] = {
 #define HALF { 0.5f, 0.5f, 0.5f }, { 0.5f, 0.5f, 0.5f }
 #define PP(size, resize, crop, pct, norm) { size, EFFNET_RESIZE_##resize, EFFNET_CROP_##crop, pct, norm }
 
-/* DESIGN preprocessing table; torchvision ships S, M and L only, so the other
+/* docs/model.md, "Preprocessing per weight source"; torchvision ships S, M and L only, so the other
  * variants take timm's transforms under either naming. */
 static const struct arch_variant variants[] = {
         { "s", "efficientnetv2-s", stages_s, 6, 24, 1280, 1.0, 1.0, 0,

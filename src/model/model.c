@@ -14,7 +14,7 @@
 #include <unistd.h>
 
 
-/* DESIGN weight-name table. */
+/* docs/model.md, "Weight names". */
 void model_block_key(int scheme, const struct arch_block *b, int role,
                       const char *leaf, char *out, size_t n)
 {

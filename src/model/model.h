@@ -62,7 +62,7 @@ struct model {
         char path[512];
 };
 
-/* Tensor names of a block's parts (DESIGN weight-name table). */
+/* Tensor names of a block's parts (docs/model.md, "Weight names"). */
 enum model_role { R_CONV1, R_BN1, R_DW, R_BN2, R_SE_R, R_SE_E, R_PROJ, R_BNP };
 /* "blocks.S.B.<part>.<leaf>" (timm) or "features.S+1.B.block.<part>.<leaf>";
  * leaf NULL gives the part's prefix without the trailing ".<leaf>". */

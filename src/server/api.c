@@ -182,14 +182,8 @@ int api_parse_top_k(const char *s, int classes, int *ret_k)
                 *ret_k = API_DEFAULT_TOP_K < classes ? API_DEFAULT_TOP_K : classes;
                 return 0;
         }
-        /* Digits only: no sign, spaces, exponent or trailing garbage. */
-        if (!*s || strlen(s) > 9)
-                return -EINVAL;
-        for (const char *p = s; *p; p++)
-                if (*p < '0' || *p > '9')
-                        return -EINVAL;
-        long v = strtol(s, NULL, 10);
-        if (v < 1 || v > classes)
+        int64_t v;
+        if (parse_int("top_k", s, 1, classes, NULL, 0, &v) < 0)
                 return -EINVAL;
         *ret_k = (int)v;
         return 0;

@@ -1,5 +1,5 @@
 /* api: the JSON (and Prometheus text) bodies of the effnetd HTTP API, and
- * class labels. The shapes are the product contract (DESIGN.md section 1):
+ * class labels. The shapes are the HTTP contract (docs/openapi.yaml):
  *
  *   {"model":"efficientnetv2-s","predictions":[{"index":281,"label":"tabby","score":0.8123},...]}
  *   {"model":"efficientnetv2-s","results":[{"predictions":[...]},...]}     (multipart)

@@ -10,14 +10,13 @@
 #include <string.h>
 #include <time.h>
 
-#define MAX_EXEC 16
 
 struct batch_worker {
         struct batch *b;
         pthread_t thread;
         bool started;
         int n_exec;
-        struct effnet_exec *exec[MAX_EXEC]; /* exec[i] runs up to cfg.exec_batch[i] images */
+        struct effnet_exec *exec[BATCH_MAX_EXEC]; /* exec[i] runs up to cfg.exec_batch[i] images */
         float *input;   /* [max_batch][3][size][size] images gathered from several jobs */
         float *logits;  /* [max_batch][classes] */
         size_t bytes;   /* executor memory */
@@ -59,9 +58,20 @@ struct batch {
         bool lock_init, cond_init;
 };
 
-/* Completes every job on a list linked through ->next. No lock held. */
+/* Completes every job on a list linked through ->next. Lists are built by
+ * pushing jobs in queue order, so the list is reversed first: callbacks then
+ * fire in the order the jobs were submitted. No lock held. */
 static void complete_list(struct batch_job *list)
 {
+        struct batch_job *fifo = NULL;
+
+        while (list) {
+                struct batch_job *next = list->next;
+                list->next = fifo;
+                fifo = list;
+                list = next;
+        }
+        list = fifo;
         while (list) {
                 struct batch_job *next = list->next;
                 list->next = NULL;
@@ -351,7 +361,7 @@ int batch_new(struct effnet_model *m, const struct batch_opts *opts, char *err, 
                                         .threads = threads, .precision = opts->precision };
         /* Executors for 1, 2, 4, ... and max_batch images: a pass costs what
          * its executor's batch size costs, whatever the image count. */
-        for (int s = 1; s < opts->max_batch && b->cfg.n_exec < MAX_EXEC - 1; s *= 2)
+        for (int s = 1; s < opts->max_batch && b->cfg.n_exec < BATCH_MAX_EXEC - 1; s *= 2)
                 b->cfg.exec_batch[b->cfg.n_exec++] = s;
         b->cfg.exec_batch[b->cfg.n_exec++] = opts->max_batch;
 

@@ -9,7 +9,7 @@
  * passed are dropped before inference.
  *
  * Usage:
- *   struct batch_opts o = BATCH_OPTS_DEFAULT;
+ *   struct batch_opts o = { .max_batch = 8, .max_delay_us = 2000, .queue_images = 64 };
  *   batch_new(model, &o, err, sizeof err, &b);       // builds and warms executors
  *   job->n = 2; job->images = x; job->logits = y; job->done = on_done; ...
  *   r = batch_submit(b, job);   // -EAGAIN: queue full; the callback never fires
@@ -26,11 +26,9 @@
 
 #include "effnet.h"
 
-#define BATCH_DEFAULT_MAX_BATCH     8
-#define BATCH_DEFAULT_MAX_DELAY_US  2000
-#define BATCH_DEFAULT_QUEUE_IMAGES  64
 #define BATCH_MAX_BATCH             256
 #define BATCH_MAX_WORKERS           64
+#define BATCH_MAX_EXEC              16   /* executors per worker: batch sizes 1, 2, 4, ... and max_batch */
 
 struct batch_opts {
         int max_batch;        /* images per forward pass, 1..BATCH_MAX_BATCH */
@@ -40,15 +38,6 @@ struct batch_opts {
         int threads;          /* oneDNN threads per worker; 0 = usable CPUs / workers */
         int precision;        /* enum effnet_precision */
 };
-
-#define BATCH_OPTS_DEFAULT { \
-        .max_batch = BATCH_DEFAULT_MAX_BATCH, \
-        .max_delay_us = BATCH_DEFAULT_MAX_DELAY_US, \
-        .queue_images = BATCH_DEFAULT_QUEUE_IMAGES, \
-        .workers = 0, \
-        .threads = 0, \
-        .precision = EFFNET_FP32, \
-}
 
 struct batch;
 struct batch_job;
@@ -114,7 +103,7 @@ struct batch_config {
         int threads;
         int precision;
         int n_exec;               /* executors per worker */
-        int exec_batch[16];       /* their batch sizes, ascending */
+        int exec_batch[BATCH_MAX_EXEC]; /* their batch sizes, ascending */
         size_t exec_bytes;        /* scratch memory over all workers */
 };
 

@@ -15,7 +15,7 @@
  * gives it the work.
  *
  * Usage:
- *   struct dec_opts o = DEC_OPTS_DEFAULT;
+ *   struct dec_opts o = { .threads = 0, .queue = 64 };
  *   dec_new(&o, &pool);
  *   job->run = decode_one_image;          // runs on a pool thread, until DEC_DONE
  *   r = dec_submit(pool, job);            // -EAGAIN: queue full, run never fires
@@ -29,7 +29,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define DEC_DEFAULT_QUEUE       64   /* jobs waiting for a thread */
 #define DEC_DEFAULT_MAX_THREADS 8    /* cap of the default (usable CPUs) */
 #define DEC_MAX_THREADS         256
 /* Past this many pixels an image is large: a 6000x6000 PNG takes about a
@@ -40,8 +39,6 @@ struct dec_opts {
         int threads;    /* 0 = usable CPUs, at most DEC_DEFAULT_MAX_THREADS */
         int queue;      /* jobs waiting (not running), >= 1 */
 };
-
-#define DEC_OPTS_DEFAULT { .threads = 0, .queue = DEC_DEFAULT_QUEUE }
 
 enum dec_step {
         DEC_DONE,       /* the job is over and may be gone */

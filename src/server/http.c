@@ -45,7 +45,7 @@ struct http_gen {
         char sha256[65];
         char *models_body;                 /* GET /v1/models, built once; owned */
         struct v2_model v2;                /* the model as /v2 describes it */
-        int exec_batch[16];                /* v2.exec_batch points here */
+        int exec_batch[BATCH_MAX_EXEC];    /* v2.exec_batch points here */
         char *v2_model_body;               /* GET /v2/models/{m}, built once; owned */
         char *v2_config_body;              /* GET /v2/models/{m}/config, built once; owned */
         size_t image_floats;               /* 3 * size * size */

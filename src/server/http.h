@@ -1,5 +1,5 @@
 /* http: the effnetd HTTP server on libmicrohttpd (the only module that
- * includes microhttpd.h). Routes:
+ * includes microhttpd.h). Routes (docs/openapi.yaml):
  *
  *   POST /v1/classify[?top_k=K]  one image body, or multipart/form-data parts
  *   GET  /v1/models | /healthz | /readyz | /metrics
@@ -28,16 +28,6 @@
 #include "image/image.h"
 #include "server/api.h"
 #include "server/batcher.h"
-
-#define HTTP_DEFAULT_LISTEN             "127.0.0.1:8080"
-#define HTTP_DEFAULT_MAX_BODY_BYTES     ((int64_t)10 << 20)
-#define HTTP_DEFAULT_MAX_BODY_TOTAL     ((int64_t)512 << 20)
-#define HTTP_DEFAULT_MAX_IMAGES         32
-#define HTTP_DEFAULT_MAX_CONNECTIONS    512
-#define HTTP_DEFAULT_CONN_TIMEOUT_S     30
-#define HTTP_DEFAULT_DEADLINE_MS        30000
-#define HTTP_DEFAULT_RETRY_AFTER_S      1
-#define HTTP_DEFAULT_HEADER_TIMEOUT_S   10
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
 

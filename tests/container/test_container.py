@@ -2,8 +2,11 @@
 """Builds deploy/container/Containerfile with podman from a Debian 12 base
 image made here (debootstrap from this machine's Debian mirror, then
 `podman import`: no registry pull), and checks the result: the user, the
-health check, the binary's --version, and /healthz served from the image's
-root file system through chroot (containers cannot run on this machine).
+health check, the layout meson install gives it (effnetd in /usr/sbin,
+effnet in /usr/bin, the config, the labels, libeffnet without its
+development files), the binaries' --version, and /healthz served from the
+image's root file system through chroot (containers cannot run on this
+machine).
 Prints the image size. Slow (an apt install and a compile inside the
 build): suite 'container', not run by default.
 
@@ -95,9 +98,23 @@ def main():
     root = subprocess.run(["podman", "image", "mount", IMAGE], capture_output=True, check=True,
                           text=True).stdout.strip()
     try:
-        v = subprocess.run(["chroot", "--userspec=10001:10001", root, "/usr/local/bin/effnetd", "--version"],
-                           capture_output=True, text=True, timeout=60)
-        check(v.returncode == 0 and v.stdout.startswith("effnetd "), f"effnetd --version in the image ({v.stdout!r})")
+        def there(path):
+            return os.path.lexists(root + path)
+        for path in ("/usr/sbin/effnetd", "/usr/bin/effnet", "/etc/effnetd/effnetd.conf",
+                     "/usr/share/effnetd/labels/imagenet-1k.txt", "/usr/share/effnetd/default-v2s.safetensors",
+                     "/usr/local/bin/effnetd-entrypoint"):
+            check(there(path), f"{path} in the image")
+        libs = [n for n in os.listdir(root + "/usr/lib/x86_64-linux-gnu") if n.startswith("libeffnet")]
+        check("libeffnet.so.0" in libs and "libeffnet.so" not in libs, f"libeffnet.so.0, no development link ({libs})")
+        for path in ("/usr/include/effnet.h", "/usr/lib/x86_64-linux-gnu/pkgconfig/effnet.pc", "/usr/local/bin/effnetd"):
+            check(not there(path), f"no {path} in the image")
+        conf = open(root + "/etc/effnetd/effnetd.conf").read()
+        check(conf == open(os.path.join(SOURCE_ROOT, "etc", "effnetd.conf")).read(),
+              "/etc/effnetd/effnetd.conf is etc/effnetd.conf")
+        for tool, path in (("effnetd", "/usr/sbin/effnetd"), ("effnet", "/usr/bin/effnet")):
+            v = subprocess.run(["chroot", "--userspec=10001:10001", root, path, "--version"],
+                               capture_output=True, text=True, timeout=60)
+            check(v.returncode == 0 and v.stdout.startswith(f"{tool} "), f"{tool} --version in the image ({v.stdout!r})")
         port = free_port()
         log_path = os.path.join(CACHE, "chroot-effnetd.log")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "EFFNETD_LISTEN": f"127.0.0.1:{port}",

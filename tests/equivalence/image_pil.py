@@ -42,7 +42,7 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
 # (name, size, filter, crop, crop_pct, (mean, std)) — the preprocessing table
-# of DESIGN.md plus a padding case (crop_pct > 1).
+# of docs/model.md plus a padding case (crop_pct > 1).
 CONFIGS = [
     ("tv-s bilinear center 384", 384, "bilinear", "center", 1.0, IMAGENET),
     ("timm-b0 bicubic center 224/.875", 224, "bicubic", "center", 0.875, IMAGENET),

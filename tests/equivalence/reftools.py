@@ -42,7 +42,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # --------------------------------------------------------------------------
-# Variant tables (DESIGN.md section 3). A stage is
+# Variant tables (docs/model.md). A stage is
 # (kind, expand, stride, out_channels, repeats); every kernel is 3x3.
 
 FUSED, MBCONV = "fused", "mbconv"
@@ -70,7 +70,7 @@ B_BASE = dict(stem=32, head=1280, stages=[
     (MBCONV, 4, 2, 96, 3), (MBCONV, 6, 1, 112, 5), (MBCONV, 6, 2, 192, 8)])
 B_SCALES = {"b0": (1.0, 1.0), "b1": (1.0, 1.1), "b2": (1.1, 1.2), "b3": (1.2, 1.4)}
 
-# Parameter counts with 1000 classes, from DESIGN.md.
+# Parameter counts with 1000 classes, from docs/model.md.
 PARAM_COUNTS = {"s": 21458488, "m": 54139356, "l": 118515272, "xl": 208119808,
                 "b0": 7139704, "b1": 8141052, "b2": 10096086, "b3": 14358406}
 
@@ -793,7 +793,7 @@ def _selfcheck():
         m = build_table_model(v)
         n = count_params(m)
         out.check(n == PARAM_COUNTS[v], f"{v} params {n} != {PARAM_COUNTS[v]}")
-        print(f"{v}: {n} parameters (DESIGN {PARAM_COUNTS[v]})")
+        print(f"{v}: {n} parameters (published {PARAM_COUNTS[v]})")
         if v in ("s", "m", "l"):
             tv = build_torch_model(v)
             a = {k: tuple(t.shape) for k, t in tv.state_dict().items()}

@@ -33,13 +33,17 @@ def main():
                 s.close()
             status, _, body = d.classify(photo)
             assert status == 200, (status, body)
-            # Wait for the abandoned jobs to finish, then the gauge must be 0.
+            # Every abandoned job still runs to its end (17 images in all with
+            # the request above), and then nothing may be counted as queued.
             deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
+            while True:
                 m = d.metrics()
                 queued = sum(v for k, v in m.items() if k.startswith("effnetd_queue_images"))
-                if queued == 0:
+                done = sum(v for k, v in m.items() if k.startswith("effnetd_batch_images_total"))
+                if queued == 0 and done >= 17:
                     break
+                assert time.monotonic() < deadline, \
+                    f"queue not drained after 120 s: {queued} images queued, {done} of 17 inferred"
                 time.sleep(0.2)
             time.sleep(1.0)
             t0 = time.monotonic()

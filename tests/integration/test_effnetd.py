@@ -2,7 +2,7 @@
 """Integration test of effnetd: starts the real daemon on loopback ports with
 seeded B0 weights (`effnet init-weights`) and talks HTTP to it with
 http.client, raw sockets and curl. Covers every endpoint, every status code
-of DESIGN.md section 1, multipart, top_k bounds, 64 concurrent clients,
+of docs/openapi.yaml, multipart, top_k bounds, 64 concurrent clients,
 batching, limits, overload, deadlines, labels, graceful shutdown, and
 `effnet classify` printing the server's JSON.
 

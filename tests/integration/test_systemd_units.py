@@ -1,6 +1,7 @@
 #!/usr/bin/python3
-"""deploy/systemd/: `systemd-analyze verify` accepts effnetd.service and
-effnetd.socket (with ExecStart pointing at the built effnetd), the service
+"""deploy/systemd/: `systemd-analyze verify` accepts effnetd.service (from
+its template effnetd.service.in, with ExecStart pointing at the built
+effnetd as meson install writes the installed one) and effnetd.socket, the service
 is Type=notify with a watchdog and the hardening the docs promise, its
 `systemd-analyze security --offline` exposure stays low, and the socket
 listens on the daemon's default address.
@@ -30,7 +31,11 @@ def main():
     if not analyze:
         print("SKIP: systemd-analyze missing (package systemd)")
         sys.exit(dm.SKIP)
-    service = open(os.path.join(UNITS, "effnetd.service")).read()
+    template = open(os.path.join(UNITS, "effnetd.service.in")).read()
+    check("ExecStart=@sbindir@/effnetd --config @sysconfdir@/effnetd/effnetd.conf" in template,
+          "the template's ExecStart takes the installed paths")
+    service = template.replace("@sbindir@/effnetd", os.path.abspath(effnetd)).replace("@sysconfdir@", "/etc")
+    check(re.search(r"@\w+@", service) is None, "every placeholder of the template is known")
     socket_unit = open(os.path.join(UNITS, "effnetd.socket")).read()
     settings = dict(re.findall(r"^(\w+)=(.*)$", service, re.M))
     for key, want in {"Type": "notify", "DynamicUser": "yes", "ProtectSystem": "strict", "NoNewPrivileges": "yes",
@@ -50,7 +55,7 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="effnetd-units-") as d:
         with open(os.path.join(d, "effnetd.service"), "w") as f:
-            f.write(service.replace("/usr/local/bin/effnetd", os.path.abspath(effnetd)))
+            f.write(service)
         shutil.copy(os.path.join(UNITS, "effnetd.socket"), d)
         p = subprocess.run([analyze, "verify", os.path.join(d, "effnetd.service"), os.path.join(d, "effnetd.socket")],
                            capture_output=True, text=True, timeout=120)

@@ -5,9 +5,12 @@
 #include <errno.h>
 #include <string.h>
 
+/* The message of the last failed parse: the offsets it names are checked. */
+static char err[256];
+
 static int parse(const char *body, const char *boundary, struct http_part *parts, int max, int *n)
 {
-        char err[256];
+        err[0] = 0;
         return http_multipart_parse((const uint8_t *)body, strlen(body), boundary, parts, max, n, err, sizeof err);
 }
 
@@ -47,24 +50,37 @@ int main(void)
         CHECK(parse("preamble\r\n--XY \t\r\n\r\ndata\r\n--XY\r\nA: b\r\n\r\n\r\n--XY--", "XY", parts, 4, &n) == 0 &&
               n == 2 && part_is(&parts[0], "data") && parts[1].len == 0);
 
-        /* Limits and malformed bodies; n untouched on failure. */
+        /* Limits and malformed bodies; n untouched on failure; each message
+         * names the part and the byte offset where the body went wrong. */
         n = -1;
-        CHECK(parse(ok, "XY", parts, 1, &n) == -E2BIG && n == -1);
-        CHECK(parse("", "XY", parts, 4, &n) == -EBADMSG);
-        CHECK(parse("--XY--\r\n", "XY", parts, 4, &n) == -EBADMSG);               /* no parts */
-        CHECK(parse("--XY\r\nA: b\r\n\r\ndata", "XY", parts, 4, &n) == -EBADMSG); /* no closing delimiter */
-        CHECK(parse("--XY\r\nA: b\r\ndata\r\n--XY--", "XY", parts, 4, &n) == -EBADMSG); /* no blank line */
-        CHECK(parse("--XY\r\nnot a header\r\n\r\nd\r\n--XY--", "XY", parts, 4, &n) == -EBADMSG);
-        CHECK(parse("--XYjunk\r\n\r\nd\r\n--XY--", "XY", parts, 4, &n) == -EBADMSG);
-        CHECK(parse("--XY", "XY", parts, 4, &n) == -EBADMSG);
-        CHECK(parse("no delimiter", "XY", parts, 4, &n) == -EBADMSG);
-        CHECK(parse("--XY\r\n\r\nd\r\n--XY--", "", parts, 4, &n) == -EBADMSG);
-        CHECK(n == -1);
+        CHECK_EQ(parse(ok, "XY", parts, 1, &n), -E2BIG);
+        CHECK_CONTAINS(err, "more than 1 parts");
+        CHECK_EQ(parse("", "XY", parts, 4, &n), -EBADMSG);
+        CHECK_CONTAINS(err, "no boundary delimiter");
+        CHECK_EQ(parse("--XY--\r\n", "XY", parts, 4, &n), -EBADMSG);
+        CHECK_CONTAINS(err, "no parts");
+        CHECK_EQ(parse("--XY\r\nA: b\r\n\r\ndata", "XY", parts, 4, &n), -EBADMSG);
+        CHECK_CONTAINS(err, "part 1: no closing boundary");
+        CHECK_EQ(parse("--XY\r\nA: b\r\ndata\r\n--XY--", "XY", parts, 4, &n), -EBADMSG);
+        CHECK_CONTAINS(err, "part 1: headers not ended by a blank line (byte 6)");
+        CHECK_EQ(parse("--XY\r\nA: b\r\n\r\nd\r\n--XY\r\nnot a header\r\n\r\nd\r\n--XY--", "XY", parts, 4, &n),
+                 -EBADMSG);
+        CHECK_CONTAINS(err, "part 2: malformed header at byte 23");
+        CHECK_EQ(parse("--XYjunk\r\n\r\nd\r\n--XY--", "XY", parts, 4, &n), -EBADMSG);
+        CHECK_CONTAINS(err, "bad delimiter line at byte 4");
+        CHECK_EQ(parse("--XY", "XY", parts, 4, &n), -EBADMSG);
+        CHECK_CONTAINS(err, "bad delimiter line at byte 4");
+        CHECK_EQ(parse("no delimiter", "XY", parts, 4, &n), -EBADMSG);
+        CHECK_CONTAINS(err, "no boundary delimiter");
+        CHECK_EQ(parse("--XY\r\n\r\nd\r\n--XY--", "", parts, 4, &n), -EBADMSG);
+        CHECK_CONTAINS(err, "bad boundary");
+        CHECK_EQ(n, -1);
         /* A header block that never ends stops at the header limit. */
         static char big[HTTP_MULTIPART_MAX_HEADERS + 64];
         strcpy(big, "--XY\r\nA: ");
         memset(big + strlen(big), 'x', HTTP_MULTIPART_MAX_HEADERS);
         strcat(big, "\r\n\r\nd\r\n--XY--");
-        CHECK(parse(big, "XY", parts, 4, &n) == -EBADMSG);
+        CHECK_EQ(parse(big, "XY", parts, 4, &n), -EBADMSG);
+        CHECK_CONTAINS(err, "part 1: headers not ended by a blank line (byte 6)");
         return CHECK_DONE();
 }

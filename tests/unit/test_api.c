@@ -1,0 +1,232 @@
+/* Unit test of the API's shapes (src/server/api.c): the classify answers,
+ * top_k parsing, labels, error bodies, and the Prometheus text of
+ * /metrics (every family typed once, cumulative histogram buckets). */
+#include "check.h"
+#include "server/api.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static json_t *parse(const char *body)
+{
+        json_error_t e;
+        json_t *j = json_loads(body, 0, &e);
+        CHECK_MSG(j != NULL, "not JSON (%s): %s", e.text, body);
+        return j;
+}
+
+static void test_classify(void)
+{
+        struct api_labels *labels = NULL;
+        char err[256], *body = NULL;
+
+        REQUIRE(api_labels_load(NULL, 4, err, sizeof err, &labels) == 0);
+        CHECK(strcmp(api_labels_source(labels), "index") == 0);
+        CHECK(strcmp(api_labels_get(labels, 3), "3") == 0);
+
+        /* One image: top 3 of 4 in falling order, softmax scores. */
+        float logits[8] = { 0.0f, 2.0f, 1.0f, 2.0f, 5.0f, 0.0f, 0.0f, 0.0f };
+        CHECK_EQ(api_classify_body("efficientnetv2-b0", labels, logits, 1, 4, 3, false, &body), 0);
+        json_t *j = body ? parse(body) : NULL;
+        json_t *p = json_object_get(j, "predictions");
+        CHECK(strcmp(json_string_value(json_object_get(j, "model")), "efficientnetv2-b0") == 0);
+        CHECK_EQ(json_array_size(p), 3);
+        double z = 1 + 2 * exp(2.0) + exp(1.0);
+        int want_index[3] = { 1, 3, 2 };  /* ties: the lower index first */
+        double want_score[3] = { exp(2.0) / z, exp(2.0) / z, exp(1.0) / z };
+        for (int i = 0; i < 3; i++) {
+                json_t *e = json_array_get(p, (size_t)i);
+                CHECK_EQ(json_integer_value(json_object_get(e, "index")), want_index[i]);
+                CHECK(fabs(json_real_value(json_object_get(e, "score")) - want_score[i]) < 1e-5);
+                char want_label[8];
+                snprintf(want_label, sizeof want_label, "%d", want_index[i]);
+                CHECK(strcmp(json_string_value(json_object_get(e, "label")), want_label) == 0);
+        }
+        json_decref(j);
+        free(body);
+
+        /* Two images: the multipart "results" shape, in order. */
+        float two[8] = { 0.0f, 2.0f, 1.0f, 2.0f, 5.0f, 0.0f, 0.0f, 0.0f };
+        body = NULL;
+        CHECK_EQ(api_classify_body("m", labels, two, 2, 4, 1, true, &body), 0);
+        j = body ? parse(body) : NULL;
+        json_t *r = json_object_get(j, "results");
+        CHECK_EQ(json_array_size(r), 2);
+        json_t *second = json_array_get(json_object_get(json_array_get(r, 1), "predictions"), 0);
+        CHECK_EQ(json_integer_value(json_object_get(second, "index")), 0);
+        json_decref(j);
+        free(body);
+
+        /* Bad calls, and NaN from broken weights, return no body. */
+        body = NULL;
+        CHECK_EQ(api_classify_body("m", labels, two, 2, 4, 1, false, &body), -EINVAL);
+        CHECK_EQ(api_classify_body("m", labels, two, 1, 4, 5, false, &body), -EINVAL);
+        float nan[4] = { 0.0f, NAN, 0.0f, 0.0f };
+        CHECK_EQ(api_classify_body("m", labels, nan, 1, 4, 1, false, &body), -EDOM);
+        CHECK(body == NULL);
+        labels = api_labels_free(labels);
+}
+
+static void test_top_k(void)
+{
+        int k = -1;
+        CHECK(api_parse_top_k(NULL, 1000, &k) == 0 && k == API_DEFAULT_TOP_K);
+        CHECK(api_parse_top_k(NULL, 3, &k) == 0 && k == 3);
+        CHECK(api_parse_top_k("1000", 1000, &k) == 0 && k == 1000);
+        k = -1;
+        const char *bad[] = { "0", "1001", "-1", "", "5x", " 5", "1e2", "99999999999999999999" };
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+                CHECK_MSG(api_parse_top_k(bad[i], 1000, &k) == -EINVAL, "top_k '%s' accepted", bad[i]);
+        CHECK_EQ(k, -1);
+}
+
+static void test_labels_file(void)
+{
+        char path[] = "/tmp/effnet-test-labels-XXXXXX", err[256] = "";
+        struct api_labels *l = NULL;
+        int fd = mkstemp(path);
+        REQUIRE(fd >= 0);
+        REQUIRE(write(fd, "cat\ndog\n", 8) == 8);
+        close(fd);
+        CHECK_EQ(api_labels_load(path, 2, err, sizeof err, &l), 0);
+        CHECK(l && strcmp(api_labels_get(l, 1), "dog") == 0);
+        CHECK(l && strcmp(api_labels_source(l), path) == 0);
+        l = api_labels_free(l);
+        /* A count that disagrees with the model says both counts. */
+        CHECK_EQ(api_labels_load(path, 3, err, sizeof err, &l), -EINVAL);
+        CHECK(l == NULL);
+        CHECK_CONTAINS(err, "2");
+        CHECK_CONTAINS(err, "3");
+        unlink(path);
+        /* The built-in names for 1000 classes. */
+        CHECK_EQ(api_labels_load(NULL, 1000, err, sizeof err, &l), 0);
+        CHECK(l && strcmp(api_labels_get(l, 281), "tabby") == 0);
+        l = api_labels_free(l);
+}
+
+static void test_errors(void)
+{
+        for (int e = 0; e < API_N_ERRORS; e++) {
+                char *body = NULL;
+                int status = api_error_status((enum api_error)e);
+                CHECK_MSG(status >= 400 && status < 600, "error %d: status %d", e, status);
+                CHECK_EQ(api_status_index(status) < API_N_STATUSES, 1);
+                CHECK_EQ(api_statuses[api_status_index(status)], status);
+                /* Control bytes from a client are escaped, never copied. */
+                CHECK_EQ(api_error_body((enum api_error)e, "bad \"x\"\n\x01", &body), 0);
+                json_t *j = body ? parse(body) : NULL;
+                json_t *o = json_object_get(j, "error");
+                CHECK(strcmp(json_string_value(json_object_get(o, "code")), api_error_code((enum api_error)e)) == 0);
+                const char *m = json_string_value(json_object_get(o, "message"));
+                CHECK_MSG(m && !strchr(m, '\n') && !strchr(m, '\x01'), "message not clean: %s", body);
+                json_decref(j);
+                free(body);
+        }
+        CHECK_EQ(api_error_status(API_E_NOT_FOUND), 404);
+        CHECK_EQ(api_error_status(API_E_OVERLOADED), 503);
+        CHECK_EQ(api_error_status(API_E_DEADLINE), 504);
+}
+
+/* The value of the sample whose line starts with `series ` in a Prometheus
+ * text body; NAN when it is missing. */
+static double sample(const char *body, const char *series)
+{
+        size_t n = strlen(series);
+        for (const char *l = body; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL)
+                if (strncmp(l, series, n) == 0 && l[n] == ' ')
+                        return strtod(l + n + 1, NULL);
+        return NAN;
+}
+
+/* A sample equals want (NAN, for a missing series, never does). */
+#define CHECK_SAMPLE(body, series, want)                                             \
+        do {                                                                         \
+                double v_ = sample(body, series);                                    \
+                CHECK_MSG(v_ == (want), "%s = %g, want %g", series, v_, (double)(want)); \
+        } while (0)
+
+static void test_metrics(void)
+{
+        struct api_http_stats hs = { 0 };
+        uint64_t sizes[5] = { 0, 3, 0, 0, 2 };
+        struct batch_stats bs = { .jobs = 7, .batches = 5, .batch_images = 11, .queue_capacity = 64,
+                                  .batch_sizes = sizes };
+        char *body = NULL;
+
+        hs.model = (struct api_model_stats){ .variant = "efficientnetv2-b0", .precision = "fp32",
+                                             .weights = "w\"x\n.safetensors", .weights_sha256 = "ab",
+                                             .labels = "index", .classes = 10, .input_size = 224,
+                                             .max_batch = 4 };
+        hs.process = (struct api_process_stats){ .rss_bytes = -1, .cpu_seconds = -1, .open_fds = -1,
+                                                 .max_fds = -1 };
+        hs.requests[API_ROUTE_CLASSIFY][api_status_index(200)] = 6;
+        hs.requests[API_ROUTE_CLASSIFY][api_status_index(503)] = 1;
+        hs.latency[API_ROUTE_CLASSIFY].buckets[0] = 2;
+        hs.latency[API_ROUTE_CLASSIFY].buckets[3] = 4;
+        hs.latency[API_ROUTE_CLASSIFY].buckets[API_LATENCY_BUCKETS] = 1;
+        hs.latency[API_ROUTE_CLASSIFY].sum = 1.5;
+        hs.ready = true;
+        CHECK_EQ(api_metrics_body(&hs, &bs, &body), 0);
+        REQUIRE(body);
+
+        /* Every family has one TYPE line, and no series repeats. */
+        char *copy = strdup(body), *save = NULL;
+        int types = 0;
+        for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+                if (strncmp(l, "# TYPE ", 7) == 0) {
+                        types++;
+                        char name[128];
+                        CHECK(sscanf(l + 7, "%127s", name) == 1);
+                        char twice[160];
+                        snprintf(twice, sizeof twice, "# TYPE %s ", name);
+                        CHECK_MSG(strstr(strstr(body, twice) + 1, twice) == NULL, "%s typed twice", name);
+                } else if (l[0] != '#') {
+                        CHECK_MSG(strchr(l, ' ') != NULL, "bad sample line: %s", l);
+                }
+        }
+        free(copy);
+        CHECK_MSG(types > 20, "%d families", types);
+
+        /* Counters and gauges carry the stats given. */
+        CHECK_SAMPLE(body, "effnetd_batch_jobs_total", 7);
+        CHECK_SAMPLE(body, "effnetd_ready", 1);
+        CHECK_SAMPLE(body, "effnetd_batches_total", 5);
+        /* The label value with a quote and a newline is escaped. */
+        CHECK_MSG(strstr(body, "w\\\"x\\n.safetensors") != NULL, "label not escaped");
+
+        /* The latency histogram is cumulative and ends at the count. */
+        const char *path = api_route_path(API_ROUTE_CLASSIFY);
+        char series[256];
+        double last = 0;
+        for (int b = 0; b < API_LATENCY_BUCKETS; b++) {
+                char le[32];
+                snprintf(le, sizeof le, "%g", api_latency_bounds[b]);
+                snprintf(series, sizeof series,
+                         "effnetd_http_request_duration_seconds_bucket{protocol=\"v1\",route=\"%s\",le=\"%s\"}",
+                         path, le);
+                double v = sample(body, series);
+                CHECK_MSG(!isnan(v) && v >= last, "%s = %g after %g", series, v, last);
+                last = v;
+        }
+        snprintf(series, sizeof series,
+                 "effnetd_http_request_duration_seconds_bucket{protocol=\"v1\",route=\"%s\",le=\"+Inf\"}", path);
+        CHECK_SAMPLE(body, series, 7);
+        snprintf(series, sizeof series, "effnetd_http_request_duration_seconds_count{protocol=\"v1\",route=\"%s\"}",
+                 path);
+        CHECK_SAMPLE(body, series, 7);
+        free(body);
+}
+
+int main(void)
+{
+        test_classify();
+        test_top_k();
+        test_labels_file();
+        test_errors();
+        test_metrics();
+        return CHECK_DONE();
+}

@@ -1,0 +1,168 @@
+/* Unit test of effnetd's settings (src/daemon/config.c): precedence of
+ * defaults < file < environment < flags, where each value came from, every
+ * error reported with its place, and the list of changed settings. */
+#include "check.h"
+#include "daemon/config.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char dir[] = "/tmp/effnet-test-config-XXXXXX";
+static char path[64];
+
+static void write_file(const char *text)
+{
+        FILE *f = fopen(path, "w");
+        REQUIRE(f);
+        fputs(text, f);
+        fclose(f);
+}
+
+/* conf_load over "effnetd --config PATH" and the given flags. */
+static int load(struct conf *c, char *err, size_t err_len, const char *flag, const char *value)
+{
+        char *argv[] = { "effnetd", "--config", path, (char *)flag, (char *)value, NULL };
+        int argc = flag ? (value ? 5 : 4) : 3;
+        return conf_load(argc, argv, c, err, err_len);
+}
+
+/* The "# origin" comment --print-config writes after `name = value`. */
+static void check_origin(const struct conf *c, const char *line_start, const char *origin)
+{
+        char buf[16384] = "";
+        FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+        REQUIRE(f);
+        conf_print(f, c);
+        fclose(f);
+        const char *line = strstr(buf, line_start);
+        CHECK_MSG(line != NULL, "no line '%s' in:\n%s", line_start, buf);
+        if (!line)
+                return;
+        const char *eol = strchr(line, '\n');
+        char want[128];
+        snprintf(want, sizeof want, "# %s", origin);
+        const char *o = strstr(line, want);
+        CHECK_MSG(o && (!eol || o < eol), "'%s' is not from %s", line_start, origin);
+}
+
+static void test_precedence(void)
+{
+        struct conf c;
+        char err[1024], origin[80];
+
+        write_file("# comment\n[batching]\nqueue = 100\nmax-batch = 4\n\n[server]\nlisten = \"127.0.0.1:9\"\n"
+                   "[model]\nweights = w.safetensors\n");
+        unsetenv("EFFNETD_QUEUE");
+
+        /* Defaults, then the file. */
+        int r = load(&c, err, sizeof err, NULL, NULL);
+        CHECK_MSG(r == 0, "%s", err);
+        REQUIRE(r == 0);
+        CHECK_EQ(c.queue, 100);
+        CHECK_EQ(c.max_batch, 4);
+        CHECK_EQ(c.drain_timeout, 30);
+        CHECK(c.listen && strcmp(c.listen, "127.0.0.1:9") == 0);
+        CHECK(c.file && strcmp(c.file, path) == 0);
+        snprintf(origin, sizeof origin, "%s:3", path);
+        check_origin(&c, "queue = 100", origin);
+        check_origin(&c, "drain-timeout = 30", "default");
+        conf_free(&c);
+
+        /* The environment over the file. */
+        setenv("EFFNETD_QUEUE", "200", 1);
+        REQUIRE(load(&c, err, sizeof err, NULL, NULL) == 0);
+        CHECK_EQ(c.queue, 200);
+        CHECK_EQ(c.max_batch, 4);
+        check_origin(&c, "queue = 200", "EFFNETD_QUEUE");
+        conf_free(&c);
+
+        /* Flags over both, as "--name value" and "--name=value". */
+        REQUIRE(load(&c, err, sizeof err, "--queue", "300") == 0);
+        CHECK_EQ(c.queue, 300);
+        check_origin(&c, "queue = 300", "--queue");
+        conf_free(&c);
+        REQUIRE(load(&c, err, sizeof err, "--queue=301", NULL) == 0);
+        CHECK_EQ(c.queue, 301);
+        conf_free(&c);
+        unsetenv("EFFNETD_QUEUE");
+
+        /* Booleans: --name, --no-name, and values in the file. */
+        REQUIRE(load(&c, err, sizeof err, "--no-access-log", NULL) == 0);
+        CHECK_EQ(c.access_log, 0);
+        conf_free(&c);
+}
+
+static void test_errors(void)
+{
+        struct conf c = { 0 };
+        char err[2048];
+
+        /* Every bad line is reported with its place; nothing is returned. */
+        write_file("[batching]\nqueue = 0\nmax-batch = lots\n[nowhere]\nx = 1\n[server]\nqueue = 5\nbogus = 1\n");
+        c.queue = -7;
+        CHECK_EQ(load(&c, err, sizeof err, NULL, NULL), -EINVAL);
+        CHECK_EQ(c.queue, -7);
+        char want[128];
+        snprintf(want, sizeof want, "%s:2:", path);
+        CHECK_CONTAINS(err, want);
+        snprintf(want, sizeof want, "%s:3:", path);
+        CHECK_CONTAINS(err, want);
+        CHECK_CONTAINS(err, "unknown section [nowhere]");
+        CHECK_CONTAINS(err, "queue belongs in section [batching]");
+        CHECK_CONTAINS(err, "unknown key 'bogus'");
+
+        /* Bad environment values and flags name their source. */
+        write_file("[model]\nweights = w.safetensors\n");
+        setenv("EFFNETD_MAX_BATCH", "9999", 1);
+        CHECK_EQ(load(&c, err, sizeof err, "--drain-timeout", "-1"), -EINVAL);
+        CHECK_CONTAINS(err, "EFFNETD_MAX_BATCH");
+        CHECK_CONTAINS(err, "--drain-timeout");
+        unsetenv("EFFNETD_MAX_BATCH");
+        CHECK_EQ(load(&c, err, sizeof err, "--no-such-flag", NULL), -EINVAL);
+        CHECK_CONTAINS(err, "unknown option '--no-such-flag'");
+        CHECK_EQ(load(&c, err, sizeof err, "--queue", NULL), -EINVAL);
+        CHECK_CONTAINS(err, "--queue needs a value");
+
+        /* Settings checked against each other name both origins. */
+        write_file("[batching]\nqueue = 10\n[model]\nweights = w.safetensors\n");
+        CHECK_EQ(load(&c, err, sizeof err, NULL, NULL), -EINVAL);
+        CHECK_CONTAINS(err, "max-images (32, from default) exceeds queue");
+
+        /* A named file that does not exist is an error; the default one is optional. */
+        char *argv[] = { "effnetd", "--config", "/nonexistent/effnetd.conf", NULL };
+        CHECK_EQ(conf_load(3, argv, &c, err, sizeof err), -EINVAL);
+        CHECK_CONTAINS(err, "/nonexistent/effnetd.conf");
+}
+
+static void test_changes(void)
+{
+        struct conf a, b;
+        char err[1024], buf[512];
+
+        write_file("[batching]\nqueue = 40\n[model]\nbn-eps = 0.001\nweights = w.safetensors\n");
+        REQUIRE(load(&a, err, sizeof err, NULL, NULL) == 0);
+        write_file("[batching]\nqueue = 50\n[model]\nbn-eps = 0.002\nweights = w.safetensors\n");
+        REQUIRE(load(&b, err, sizeof err, NULL, NULL) == 0);
+        /* Model settings reload with the weights: only queue is listed. */
+        CHECK_EQ(conf_changes(&a, &b, "model", buf, sizeof buf), 1);
+        CHECK_CONTAINS(buf, "queue (40 -> 50)");
+        CHECK_EQ(conf_changes(&a, &b, "none", buf, sizeof buf), 2);
+        CHECK_EQ(conf_changes(&a, &a, "none", buf, sizeof buf), 0);
+        conf_free(&a);
+        conf_free(&b);
+}
+
+int main(void)
+{
+        REQUIRE(mkdtemp(dir));
+        snprintf(path, sizeof path, "%s/effnetd.conf", dir);
+        unsetenv("EFFNETD_CONFIG");
+        test_precedence();
+        test_errors();
+        test_changes();
+        unlink(path);
+        rmdir(dir);
+        return CHECK_DONE();
+}

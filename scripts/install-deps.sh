@@ -6,7 +6,7 @@ set -eu
 pkgs=(
   # build (scdoc: the man pages)
   build-essential meson ninja-build pkg-config cmake
-  libdnnl-dev libjansson-dev libmicrohttpd-dev libturbojpeg0-dev
+  libdnnl-dev libjansson-dev libmicrohttpd-dev libturbojpeg0-dev libjpeg62-turbo-dev
   libpng-dev libsystemd-dev libssl-dev libcurl4-openssl-dev scdoc
   # tests: references and tools
   python3 python3-numpy python3-torch python3-torchvision python3-pil

@@ -2,6 +2,7 @@
 #include "daemon/config.h"
 #include "common/util.h"
 #include "server/batcher.h"
+#include "server/decoder.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -51,7 +52,7 @@ static const struct conf_setting settings[] = {
           "HOST:PORT of a second listener for /healthz, /readyz, /metrics and /v2/health/* only, with its own "
           "thread and connections, so that probes answer while clients hold the main one; unset: none" },
         { "http-threads", "server", CONF_INT, F(http_threads), "0", 0, 64, NULL,
-          "HTTP threads (parse, decode); 0 = usable CPUs, at most 4" },
+          "HTTP threads (read requests, send answers); 0 = usable CPUs, at most 4" },
         { "max-connections", "server", CONF_INT, F(max_connections), "512", 1, 1000000, NULL,
           "open connections at once" },
         { "max-connections-per-client", "server", CONF_INT, F(max_connections_per_client), "128", 0, 1000000,
@@ -62,6 +63,13 @@ static const struct conf_setting settings[] = {
         { "body-timeout", "server", CONF_INT, F(body_timeout), "60", 0, 86400, NULL,
           "seconds from a request's headers to the end of its body; a slower body closes the connection "
           "(0 = no limit; connection-timeout still drops an idle one)" },
+        { "header-timeout", "server", CONF_INT, F(header_timeout), "10", 0, 3600, NULL,
+          "seconds a connection may take to send a request line and headers (from its start, or from the end "
+          "of its previous request plus connection-timeout); slower ones are closed (0 = no limit)" },
+        { "decode-threads", "server", CONF_INT, F(decode_threads), "0", 0, DEC_MAX_THREADS, NULL,
+          "threads that decode and preprocess images; 0 = usable CPUs, at most 8" },
+        { "decode-queue", "server", CONF_INT, F(decode_queue), "64", 1, 65536, NULL,
+          "requests that may wait for a decoding thread; beyond it requests get 503" },
         { "retry-after", "server", CONF_INT, F(retry_after), "1", 0, 3600, NULL, "Retry-After seconds of 503 answers" },
         { "drain-timeout", "server", CONF_INT, F(drain_timeout), "30", 0, 3600, NULL,
           "seconds to finish requests in flight on SIGTERM before exiting" },

@@ -47,6 +47,9 @@ struct conf {
         int64_t max_connections_per_client;
         int64_t connection_timeout;
         int64_t body_timeout;
+        int64_t header_timeout;
+        int64_t decode_threads;
+        int64_t decode_queue;
         int64_t deadline_ms;
         int64_t retry_after;
         int64_t drain_timeout;

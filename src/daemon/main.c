@@ -542,8 +542,12 @@ static void tick(struct loop *L, bool stopping)
         char err[256];
         void *old;
 
-        while ((old = http_collect_retired(L->http)))
-                serving_free(old);
+        while ((old = http_collect_retired(L->http))) {
+                struct serving *sv = old;
+                /* Its last request is answered: executors and threads go. */
+                log_msg(LOG_INFO, "released the replaced model (sha256 %.16s...)", sv->sha256);
+                serving_free(sv);
+        }
         if (L->watchdog_ns && now >= L->next_watchdog) {
                 L->next_watchdog = now + L->watchdog_ns;
                 if (batch_check_progress(L->current->batch, L->stall_ns, err, sizeof err) == 0) {
@@ -568,7 +572,7 @@ static void tick(struct loop *L, bool stopping)
 
 /* OpenMP threads (oneDNN's runtime, libgomp) spin for about 3 ms at every
  * barrier and after every parallel region before they sleep. When a teammate
- * has been preempted (by the HTTP threads decoding images, or by anything
+ * has been preempted (by the threads decoding images, or by anything
  * else on a few cores) that spinning burns whole time slices, and a forward
  * pass, a few hundred regions, gets several times slower. A spin of about
  * 0.1 ms (GOMP_SPINCOUNT=10000) is as fast on idle CPUs and degrades
@@ -699,6 +703,9 @@ int main(int argc, char **argv)
                 .max_connections_per_client = (int)c.max_connections_per_client,
                 .connection_timeout_s = (int)c.connection_timeout,
                 .body_timeout_s = (int)c.body_timeout,
+                .header_timeout_s = (int)c.header_timeout,
+                .decode_threads = (int)c.decode_threads,
+                .decode_queue = (int)c.decode_queue,
                 .max_body_bytes = c.max_body_bytes,
                 .v2_max_body_bytes = c.v2_max_body_bytes,
                 .max_body_total = c.max_body_total,

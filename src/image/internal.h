@@ -22,4 +22,8 @@ int img_png_header(const void *data, size_t len, int *ret_width, int *ret_height
 int img_jpeg_header(const void *data, size_t len, char *err, size_t err_len,
                     int *ret_width, int *ret_height);
 
+/* JPEG decoding passes since start (any thread): the tests check that a
+ * stream is decoded once. */
+unsigned long long img_jpeg_decode_passes(void);
+
 #endif

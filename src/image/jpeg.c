@@ -1,10 +1,15 @@
-/* jpeg: JPEG decoding through TurboJPEG, the only file that sees turbojpeg.h. */
+/* jpeg: JPEG decoding through libjpeg-turbo (TurboJPEG for headers, libjpeg
+ * for pixels), the only file that sees turbojpeg.h and jpeglib.h. */
 #include <errno.h>
+#include <setjmp.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <turbojpeg.h>
+/* after stdio.h, which it needs */
+#include <jpeglib.h>
 
 #include "common/util.h"
 #include "image/image.h"
@@ -97,66 +102,130 @@ static void cmyk_to_rgb(uint8_t *px, size_t n)
         }
 }
 
-/* Decodes at 1/reduce scale into a new image. Returns 0 for a clean stream,
- * 1 for one with recoverable corruption (decoded, as PIL would), or a
- * negative code. */
+/* TurboJPEG's TJFLAG_LIMITSCANS bound: a progressive stream of many scans
+ * costs a full pass each (a decompression bomb). */
+#define JPEG_MAX_SCANS 500
+
+/* libjpeg's error manager, ours: fatal errors jump back with their
+ * message; warnings (recoverable corruption) are counted, the first one
+ * kept; nothing is printed. */
+struct jpeg_err {
+        struct jpeg_error_mgr mgr;
+        jmp_buf jump;
+        int warnings;
+        char fatal[JMSG_LENGTH_MAX];
+};
+
+static void on_error_exit(j_common_ptr cinfo)
+{
+        struct jpeg_err *e = (struct jpeg_err *)cinfo->err;
+
+        cinfo->err->format_message(cinfo, e->fatal);
+        longjmp(e->jump, 1);
+}
+
+static void on_emit_message(j_common_ptr cinfo, int level)
+{
+        struct jpeg_err *e = (struct jpeg_err *)cinfo->err;
+
+        if (level < 0)
+                e->warnings++;
+}
+
+static void on_output_message(j_common_ptr cinfo)
+{
+        (void)cinfo;
+}
+
+static void on_progress(j_common_ptr cinfo)
+{
+        struct jpeg_err *e = (struct jpeg_err *)cinfo->err;
+
+        if (cinfo->is_decompressor && ((j_decompress_ptr)cinfo)->input_scan_number > JPEG_MAX_SCANS) {
+                snprintf(e->fatal, sizeof e->fatal, "Progressive JPEG image has more than %d scans",
+                         JPEG_MAX_SCANS);
+                longjmp(e->jump, 1);
+        }
+}
+
+static atomic_ullong decode_passes;
+
+unsigned long long img_jpeg_decode_passes(void)
+{
+        return atomic_load(&decode_passes);
+}
+
+/* Decodes at 1/reduce scale into a new image, in one pass of libjpeg (the
+ * API under TurboJPEG, with its defaults: the islow IDCT and fancy
+ * upsampling, as PIL). Returns 0 for a clean stream, 1 for one with
+ * recoverable corruption (decoded, as PIL would), or a negative code. Our
+ * own error manager tells a warning from a fatal error that follows one,
+ * which TurboJPEG reports alike: no second pass to find out. */
 static int decode_scaled(const void *data, size_t len, int w, int h, int cs, int reduce,
                          char *err, size_t err_len, struct img_rgb **ret_img)
 {
-        int sw = (w + reduce - 1) / reduce; /* TJSCALED with 1/reduce */
+        int sw = (w + reduce - 1) / reduce; /* libjpeg's scaled size: ceil(w / reduce) */
         int sh = (h + reduce - 1) / reduce;
         int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
-        int pf = cmyk ? TJPF_CMYK : TJPF_RGB;
-        struct img_rgb *img = NULL;
-        tjhandle tj = NULL;
-        int r = 0;
+        int ch = cmyk ? 4 : 3;
+        struct jpeg_decompress_struct d;
+        struct jpeg_progress_mgr progress = { .progress_monitor = on_progress };
+        struct jpeg_err e = { .warnings = 0 };
+        struct img_rgb *img;
+        JSAMPROW *rows;
+        int r;
 
-        img = img_rgb_alloc(sw, sh, cmyk ? 4 : 3);
-        tj = tjInitDecompress();
-        if (!img || !tj) {
+        /* Everything the jump back may free is set before setjmp. */
+        img = img_rgb_alloc(sw, sh, ch);
+        rows = malloc(sizeof *rows * (size_t)sh);
+        if (!img || !rows) {
                 r = err_set(err, err_len, -ENOMEM, "JPEG: out of memory for %dx%d", sw, sh);
                 goto fail;
         }
         img->reduce = reduce;
         img->full_width = w;
         img->full_height = h;
+        for (int y = 0; y < sh; y++)
+                rows[y] = img->pixels + (size_t)y * (size_t)sw * (size_t)ch;
 
-        /* Default flags: the islow IDCT and fancy upsampling, as PIL. The
-         * first pass stops at the first warning, so that a clean stream (the
-         * usual case) is decoded once and its outcome is unambiguous. */
-        if (tjDecompress2(tj, data, (unsigned long)len, img->pixels, sw, 0, sh, pf,
-                          TJFLAG_LIMITSCANS | TJFLAG_STOPONWARNING) < 0) {
-                char first[256]; /* libjpeg messages are shorter */
+        d.err = jpeg_std_error(&e.mgr);
+        e.mgr.error_exit = on_error_exit;
+        e.mgr.emit_message = on_emit_message;
+        e.mgr.output_message = on_output_message;
+        if (setjmp(e.jump)) {
+                jpeg_destroy_decompress(&d);
+                r = err_set(err, err_len, -EBADMSG, "JPEG: %s", e.fatal);
+                goto fail;
+        }
+        jpeg_create_decompress(&d);
+        d.progress = &progress;
+        atomic_fetch_add(&decode_passes, 1);
+        jpeg_mem_src(&d, data, (unsigned long)len);
+        jpeg_read_header(&d, TRUE);
+        d.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
+        d.scale_num = 1;
+        d.scale_denom = (unsigned)reduce;
+        jpeg_start_decompress(&d);
+        if ((int)d.output_width != sw || (int)d.output_height != sh || d.output_components != ch) {
+                jpeg_destroy_decompress(&d);
+                r = err_set(err, err_len, -EBADMSG, "JPEG: the stream's size changed after its header");
+                goto fail;
+        }
+        while (d.output_scanline < d.output_height)
+                jpeg_read_scanlines(&d, rows + d.output_scanline, d.output_height - d.output_scanline);
+        jpeg_finish_decompress(&d);
+        jpeg_destroy_decompress(&d);
+        free(rows);
+        rows = NULL;
 
-                if (tjGetErrorCode(tj) != TJERR_WARNING) {
-                        r = err_set(err, err_len, -EBADMSG, "JPEG: %s", tjGetErrorStr2(tj));
-                        goto fail;
-                }
-                /* Data that end before the image does: PIL fails them as
-                 * truncated, and so do we. */
+        r = 0;
+        if (e.warnings > 0) {
+                /* Data that end before the image does: libjpeg-turbo only
+                 * warns (and pads with gray); PIL fails them as truncated,
+                 * and so do we. Other corruption libjpeg recovers from is
+                 * accepted, as by PIL. */
                 if (!jpeg_reaches_eoi(data, len)) {
-                        r = err_set(err, err_len, -EBADMSG,
-                                    "JPEG: truncated (data end before the EOI marker)");
-                        goto fail;
-                }
-                /* Corrupt data libjpeg recovers from (it warns and goes on)
-                 * are accepted, as by PIL, unless a fatal error follows.
-                 * TurboJPEG's error code stays "warning" once one was
-                 * raised, but its message is the first warning's unless a
-                 * fatal error replaced it: decode again, without stopping,
-                 * on a fresh handle, and compare. */
-                snprintf(first, sizeof first, "%s", tjGetErrorStr2(tj));
-                tjDestroy(tj);
-                tj = tjInitDecompress();
-                if (!tj) {
-                        r = err_set(err, err_len, -ENOMEM, "JPEG: cannot create a decoder");
-                        goto fail;
-                }
-                if (tjDecompress2(tj, data, (unsigned long)len, img->pixels, sw, 0, sh, pf,
-                                  TJFLAG_LIMITSCANS) < 0 &&
-                    (tjGetErrorCode(tj) != TJERR_WARNING ||
-                     strcmp(tjGetErrorStr2(tj), first) != 0)) {
-                        r = err_set(err, err_len, -EBADMSG, "JPEG: %s", tjGetErrorStr2(tj));
+                        r = err_set(err, err_len, -EBADMSG, "JPEG: truncated (data end before the EOI marker)");
                         goto fail;
                 }
                 r = 1;
@@ -169,13 +238,11 @@ static int decode_scaled(const void *data, size_t len, int w, int h, int cs, int
                 if (shrunk)
                         img->pixels = shrunk;
         }
-        tjDestroy(tj);
         *ret_img = img;
         return r;
 fail:
+        free(rows);
         img_rgb_free(img);
-        if (tj)
-                tjDestroy(tj);
         return r;
 }
 

@@ -621,6 +621,25 @@ int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *
         put_head(f, "effnetd_http_body_timeouts_total", "counter",
                  "Connections closed because the request body took longer than body-timeout.");
         fprintf(f, "effnetd_http_body_timeouts_total %llu\n", (unsigned long long)hs->body_timeouts);
+        put_head(f, "effnetd_http_header_timeouts_total", "counter",
+                 "Connections shut down because a request line and headers took longer than header-timeout.");
+        fprintf(f, "effnetd_http_header_timeouts_total %llu\n", (unsigned long long)hs->header_timeouts);
+        put_head(f, "effnetd_decode_threads", "gauge", "Image decoding threads.");
+        fprintf(f, "effnetd_decode_threads %d\n", hs->decode.threads);
+        put_head(f, "effnetd_decode_queue_capacity", "gauge", "Requests that may wait for a decoding thread.");
+        fprintf(f, "effnetd_decode_queue_capacity %d\n", hs->decode.queue_capacity);
+        put_head(f, "effnetd_decode_queue_requests", "gauge", "Requests waiting for a decoding thread.");
+        fprintf(f, "effnetd_decode_queue_requests %d\n", hs->decode.queued);
+        put_head(f, "effnetd_decode_busy_threads", "gauge", "Decoding threads at work.");
+        fprintf(f, "effnetd_decode_busy_threads %d\n", hs->decode.busy);
+        put_head(f, "effnetd_decode_requests_total", "counter", "Requests whose images were decoded (or failed to).");
+        fprintf(f, "effnetd_decode_requests_total %llu\n", (unsigned long long)hs->decode.jobs);
+        put_head(f, "effnetd_decode_rejected_total", "counter",
+                 "Requests answered 503 because the decode queue was full (decode-queue).");
+        fprintf(f, "effnetd_decode_rejected_total %llu\n", (unsigned long long)hs->decode.rejected);
+        put_head(f, "effnetd_retired_models", "gauge",
+                 "Models swapped out by a reload and still held by requests in flight.");
+        fprintf(f, "effnetd_retired_models %d\n", hs->retired_models);
         put_head(f, "effnetd_http_answer_bytes", "gauge", "Bytes of answers queued and not yet sent to their clients.");
         fprintf(f, "effnetd_http_answer_bytes %lld\n", (long long)hs->answer_bytes);
         put_head(f, "effnetd_http_inflight_requests", "gauge", "Requests being served.");

@@ -176,6 +176,16 @@ struct api_process_stats {
         double start_time_seconds;     /* since the epoch; <= 0: unknown */
 };
 
+/* The image decoding threads (server/decoder.h). */
+struct api_decode_stats {
+        int threads;
+        int queue_capacity;
+        int queued;                    /* requests waiting for a decoding thread */
+        int busy;                      /* threads decoding now */
+        uint64_t jobs;                 /* requests decoded */
+        uint64_t rejected;             /* refused with 503: the decode queue was full */
+};
+
 struct api_http_stats {
         uint64_t requests[API_N_ROUTES][API_N_STATUSES];
         uint64_t errors[API_N_ERRORS];
@@ -184,6 +194,9 @@ struct api_http_stats {
         uint64_t images;               /* images classified and answered */
         uint64_t connections;          /* accepted since start */
         uint64_t body_timeouts;        /* closed because the body took longer than body-timeout */
+        uint64_t header_timeouts;      /* shut down because the headers took longer than header-timeout */
+        struct api_decode_stats decode;
+        int retired_models;            /* swapped out by reloads, still used by requests */
         int64_t answer_bytes;          /* answers queued and not yet sent */
         uint64_t reloads, reload_failures;
         int inflight;                  /* requests being served now */

@@ -1,6 +1,7 @@
 /* http: the effnetd HTTP server on libmicrohttpd. */
 #include "server/http.h"
 #include "common/util.h"
+#include "server/decoder.h"
 #include "server/multipart.h"
 #include "server/ui.h"
 #include "server/v2.h"
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 /* libmicrohttpd cannot answer while a body is arriving, so after a chunked
@@ -29,6 +31,9 @@
  * (some 40 bytes per number of a tensor, measured): while it lives, twice
  * the JSON's length counts against max-body-total too. */
 #define V2_JSON_TREE_FACTOR 2
+/* How often connections still without their headers are checked against
+ * header-timeout: the cut comes at most this late. */
+#define HEADER_SWEEP_NS 250000000LL
 
 /* One model generation (struct http_backend) as requests use it. */
 struct http_gen {
@@ -47,6 +52,16 @@ struct http_gen {
         size_t image_floats;               /* 3 * size * size */
         atomic_int refs;                   /* requests using it */
         struct http_gen *next;             /* on the retired list */
+};
+
+/* One accepted connection, tracked for header-timeout from libmicrohttpd's
+ * connection notifications. Guarded by http_server.conn_lock. */
+struct http_conn {
+        struct http_conn *prev, *next;
+        int fd;                            /* valid while listed: the closed notification comes before close */
+        int64_t deadline_ns;               /* its request's headers are due then; 0 = none due (a request
+                                            * is being served, or no limit) */
+        bool cut;                          /* shut down once, counted once */
 };
 
 struct http_server {
@@ -68,6 +83,14 @@ struct http_server {
         atomic_bool draining;
         atomic_bool stopping;              /* http_stop began: nothing new is suspended or submitted */
         atomic_int submitting;             /* requests between submit_enter and submit_leave */
+        atomic_int resuming;               /* threads inside MHD_resume_connection (see req_resume) */
+        struct dec_pool *dec;              /* decodes images off the polling threads */
+        pthread_mutex_t conn_lock;         /* guards conns and every http_conn on it, sweeping */
+        pthread_cond_t conn_cond;          /* sweeping became false */
+        struct http_conn *conns;           /* connections, while header-timeout is on */
+        bool sweeping;
+        bool sweeper_started;
+        pthread_t sweeper;
         atomic_llong answer_bytes;         /* bodies of answers queued and not yet sent (a gauge) */
         atomic_int inflight;
         atomic_int waiting;                /* suspended while the batcher has their job */
@@ -77,6 +100,7 @@ struct http_server {
         atomic_ullong images;
         atomic_ullong connections;
         atomic_ullong body_timeouts;       /* connections closed past body-timeout */
+        atomic_ullong header_timeouts;     /* connections shut down past header-timeout */
         atomic_ullong latency[API_N_ROUTES][API_LATENCY_BUCKETS + 1];
         atomic_ullong latency_us[API_N_ROUTES];
         atomic_ullong queue_wait[API_LATENCY_BUCKETS + 1];
@@ -85,7 +109,7 @@ struct http_server {
 
 enum req_state {
         REQ_BODY,      /* reading the body */
-        REQ_WAITING,   /* suspended, the job is in the batcher */
+        REQ_WAITING,   /* suspended, its images are being decoded or its job is in the batcher */
         REQ_DONE,      /* the job completed (or failed to submit); answer now */
         REQ_ANSWERED,
 };
@@ -93,7 +117,8 @@ enum req_state {
 /* One request; freed when libmicrohttpd reports it completed. */
 struct req {
         struct http_server *s;
-        struct http_gen *g;         /* the generation it is served with (a reference) */
+        struct http_gen *g;         /* the generation it is served with (a reference), NULL while its
+                                     * body arrives: a slow upload holds no retired model */
         char id[HTTP_MAX_REQUEST_ID + 1];
         struct MHD_Connection *conn;
         const char *method;         /* libmicrohttpd's, valid for the request */
@@ -119,6 +144,12 @@ struct req {
         char msg[256];
 
         int n_images;
+        struct http_part one;       /* a body of one image */
+        struct http_part *parts;    /* [n_parts] into body: &one or owned */
+        int n_parts;
+        struct dec_job djob;        /* decoding, on the decoder's pool */
+        int next_part;              /* the next image it decodes */
+        int64_t pixels_left;        /* of max-request-pixels, while decoding */
         float *tensors;             /* [n_images][3][size][size], owned */
         float *logits;              /* [n_images][classes], owned */
         struct batch_job job;       /* /v1: one job for every image; /v2: its jobs' first pass,
@@ -142,11 +173,31 @@ static void body_release(struct req *q)
 
 /* Everything but the request's own record: its body, images, outputs and
  * its reference to the generation (so that a retired model can go). */
-static void req_release_work(struct req *q)
+static void req_drop_gen(struct req *q)
 {
         if (q->g)
                 atomic_fetch_sub(&q->g->refs, 1);
         q->g = NULL;
+}
+
+/* The generation served now; a reference until req_drop_gen. */
+static void req_take_gen(struct req *q)
+{
+        struct http_server *s = q->s;
+
+        pthread_mutex_lock(&s->gen_lock);
+        q->g = s->current;
+        atomic_fetch_add(&q->g->refs, 1);
+        pthread_mutex_unlock(&s->gen_lock);
+}
+
+static void req_release_work(struct req *q)
+{
+        req_drop_gen(q);
+        if (q->parts != &q->one)
+                free(q->parts);
+        q->parts = NULL;
+        q->n_parts = 0;
         body_release(q);
         free(q->tensors);
         free(q->logits);
@@ -412,6 +463,12 @@ static int metrics_body(struct req *q, char **ret_body)
         hs.images = atomic_load(&s->images);
         hs.connections = atomic_load(&s->connections);
         hs.body_timeouts = atomic_load(&s->body_timeouts);
+        hs.header_timeouts = atomic_load(&s->header_timeouts);
+        struct dec_stats ds;
+        dec_get_stats(s->dec, &ds);
+        hs.decode = (struct api_decode_stats){ .threads = ds.threads, .queue_capacity = ds.queue_capacity,
+                                               .queued = ds.queued, .busy = ds.busy, .jobs = ds.jobs,
+                                               .rejected = ds.rejected };
         hs.answer_bytes = atomic_load(&s->answer_bytes);
         hs.inflight = atomic_load(&s->inflight);
         hs.ready = !atomic_load(&s->draining);
@@ -434,7 +491,9 @@ static int metrics_body(struct req *q, char **ret_body)
         bs = s->retired_stats;
         bs.batch_sizes = keep;
         memcpy(bs.batch_sizes, s->retired_sizes, sizeof(uint64_t) * ((size_t)s->max_batch + 1));
+        hs.retired_models = 0;
         for (struct http_gen *x = s->retired; x; x = x->next) {
+                hs.retired_models++;
                 batch_get_stats(x->batch, &now);
                 add_batch_stats(&bs, &now, s->max_batch);
                 bs.queue_images += now.queue_images;
@@ -702,14 +761,32 @@ static enum MHD_Result on_body(struct req *q, const char *data, size_t n)
         return MHD_YES;
 }
 
+/* Hands a suspended request back to its polling thread, from any thread.
+ * Last touch of q: its thread may answer and free it at once. Counted in
+ * resuming until MHD_resume_connection returns, so that http_stop does not
+ * stop the daemon under a resume still signalling it. */
+static void req_resume(struct req *q)
+{
+        struct http_server *s = q->s;
+
+        atomic_fetch_add(&s->resuming, 1);
+        MHD_resume_connection(q->conn);
+        atomic_fetch_sub(&s->resuming, 1);
+}
+
+/* A suspended request is over (q->failed or job_status say how). */
+static void req_finish(struct req *q)
+{
+        q->state = REQ_DONE;
+        req_resume(q);
+}
+
 static void on_job_done(struct batch_job *job, int status)
 {
         struct req *q = job->userdata;
 
         q->job_status = status;
-        q->state = REQ_DONE;
-        /* Last touch: the connection's thread may answer and free q now. */
-        MHD_resume_connection(q->conn);
+        req_finish(q);
 }
 
 /* Maps an image module error to the answer. */
@@ -769,12 +846,12 @@ static bool prepare_image(struct req *q, int i, const void *data, size_t len, in
         return true;
 }
 
-/* Entering the batcher (suspend, submit): false once http_stop began, so
- * that no connection is suspended and no job submitted while or after the
- * server stops (the caller answers 503 draining). Then submit_leave. Both
- * sides are sequentially consistent: http_stop sets stopping and then reads
- * submitting, this counts itself and then reads stopping, so one of them
- * sees the other. */
+/* Entering the batcher or the decoder (suspend, submit): false once
+ * http_stop began, so that no connection is suspended and no job submitted
+ * while or after the server stops (the caller answers 503 draining). Then
+ * submit_leave. Both sides are sequentially consistent: http_stop sets
+ * stopping and then reads submitting, this counts itself and then reads
+ * stopping, so one of them sees the other. */
 static bool submit_enter(struct http_server *s)
 {
         atomic_fetch_add(&s->submitting, 1);
@@ -789,6 +866,16 @@ static void submit_leave(struct http_server *s)
         atomic_fetch_sub(&s->submitting, 1);
 }
 
+/* Suspends q's connection (inside submit_enter): it holds no polling
+ * thread until req_resume. Counted in waiting, which http_stop waits for. */
+static void req_suspend(struct req *q)
+{
+        q->state = REQ_WAITING;
+        q->counted_waiting = true;
+        atomic_fetch_add(&q->s->waiting, 1);
+        MHD_suspend_connection(q->conn);
+}
+
 /* One image of a /v2 request done: the last one resumes the connection. */
 static void on_v2_job_done(struct batch_job *job, int status)
 {
@@ -797,15 +884,148 @@ static void on_v2_job_done(struct batch_job *job, int status)
 
         if (status)
                 atomic_compare_exchange_strong(&q->job_error, &none, status);
-        if (atomic_fetch_sub(&q->pending, 1) == 1) {
-                q->state = REQ_DONE;
-                /* Last touch: the connection's thread may answer and free q now. */
-                MHD_resume_connection(q->conn);
-        }
+        if (atomic_fetch_sub(&q->pending, 1) == 1)
+                req_finish(q);
 }
 
-/* A whole /v2 infer body: parse, decode BYTES images, queue one job per
- * image, so that they share forward passes with every other request. */
+/* The images of suspended q are tensors: queue its job(s), or finish it.
+ * Any thread. Every path ends with q resumed (now or by the batcher). */
+static void start_inference(struct req *q)
+{
+        struct http_server *s = q->s;
+        struct http_gen *g = q->g;
+        int n = q->n_images, r;
+
+        if (time_now_ns() > q->deadline_ns) {
+                fail(q, API_E_DEADLINE, "past the deadline of %lld ms before inference",
+                     (long long)s->opts.deadline_ms);
+                req_finish(q);
+                return;
+        }
+        /* Decoded while http_stop began: its wait covers this request. */
+        if (atomic_load(&s->stopping)) {
+                fail(q, API_E_DRAINING, "the server is shutting down");
+                req_finish(q);
+                return;
+        }
+        q->submit_ns = time_now_ns();
+        if (q->v2.route != V2_ROUTE_INFER) {
+                q->job = (struct batch_job){ .n = n, .images = q->tensors, .logits = q->logits,
+                                             .deadline_ns = q->deadline_ns, .done = on_job_done, .userdata = q };
+                r = batch_submit(g->batch, &q->job);
+                if (r < 0) {
+                        q->job_status = r;
+                        req_finish(q);
+                }
+                return;
+        }
+        /* One job per image, so that they share forward passes with every
+         * other request. */
+        atomic_store(&q->pending, n);
+        int i;
+        for (i = 0; i < n; i++) {
+                /* q stays alive here: the jobs not yet submitted hold pending up. */
+                q->jobs[i] = (struct batch_job){ .n = 1, .images = q->tensors + (size_t)i * g->image_floats,
+                                                 .logits = q->logits + (size_t)i * (size_t)g->info->classes,
+                                                 .deadline_ns = q->deadline_ns, .done = on_v2_job_done,
+                                                 .userdata = q };
+                r = batch_submit(g->batch, &q->jobs[i]);
+                if (r < 0) {
+                        int none = 0;
+                        atomic_compare_exchange_strong(&q->job_error, &none, r);
+                        break;
+                }
+        }
+        /* Jobs never submitted never call back: count them done here. */
+        if (i < n && atomic_fetch_sub(&q->pending, n - i) == n - i)
+                req_finish(q);
+}
+
+/* Whether part i of q is a large image for the decoder's scheduling, from
+ * its header (a broken one fails when it is decoded). */
+static bool part_is_large(struct req *q, int i)
+{
+        struct img_info info;
+        char err[256];
+
+        if (img_probe(q->parts[i].data, q->parts[i].len, &q->s->opts.img.limits, err, sizeof err, &info) < 0)
+                return false;
+        return (int64_t)info.width * info.height > DEC_LARGE_PIXELS;
+}
+
+/* On a decoder thread: one of q's images (its parts, or its /v2 BYTES) to
+ * its tensor; after the last one, inference. Image by image, so that the
+ * requests being decoded take turns: a small one waits for at most one
+ * image of each large one ahead. The tensors are allocated at the first
+ * image, so that requests waiting for a decoder hold their bodies only. */
+static enum dec_step decode_main(struct dec_job *job)
+{
+        struct req *q = job->userdata;
+        struct http_gen *g = q->g;
+        int i = q->next_part;
+
+        /* http_stop waits for this request: answer it now. */
+        if (atomic_load(&q->s->stopping)) {
+                fail(q, API_E_DRAINING, "the server is shutting down");
+                req_finish(q);
+                return DEC_DONE;
+        }
+        if (i == 0) {
+                q->pixels_left = q->s->opts.max_request_pixels;
+                q->tensors = malloc(sizeof(float) * g->image_floats * (size_t)q->n_parts);
+                if (!q->tensors) {
+                        fail(q, API_E_OVERLOADED, "out of memory; retry later");
+                        req_finish(q);
+                        return DEC_DONE;
+                }
+        }
+        if (!prepare_image(q, i, q->parts[i].data, q->parts[i].len, &q->pixels_left)) {
+                req_finish(q);
+                return DEC_DONE;
+        }
+        if (++q->next_part < q->n_parts) {
+                job->large = part_is_large(q, q->next_part);
+                return DEC_AGAIN;
+        }
+        /* The parts pointed into the body: both go. */
+        if (q->parts != &q->one)
+                free(q->parts);
+        q->parts = NULL;
+        body_release(q);
+        q->n_images = q->n_parts;
+        start_inference(q);
+        return DEC_DONE;
+}
+
+/* Hands q's parts to the decoder, its connection suspended meanwhile. A
+ * full decoder queue answers 503 at once: bodies do not pile up behind a
+ * few slow images. */
+static enum MHD_Result start_decode(struct req *q)
+{
+        struct http_server *s = q->s;
+        int r;
+
+        if (!submit_enter(s)) {
+                fail(q, API_E_DRAINING, "the server is shutting down");
+                return respond_failed(q);
+        }
+        /* Suspend first: the decoder may resume before dec_submit returns. */
+        req_suspend(q);
+        q->djob = (struct dec_job){ .run = decode_main, .userdata = q, .large = part_is_large(q, 0) };
+        r = dec_submit(s->dec, &q->djob);
+        if (r < 0) {
+                struct dec_stats ds;
+                dec_get_stats(s->dec, &ds);
+                fail(q, API_E_OVERLOADED, "%d requests are being decoded, the limit (decode-threads + "
+                     "decode-queue); retry later", ds.threads + ds.queue_capacity);
+                req_finish(q);
+        }
+        submit_leave(s);
+        return MHD_YES;
+}
+
+/* A whole /v2 infer body: parse, then decode BYTES images on the decoder,
+ * or queue FP32 tensors at once. */
 static enum MHD_Result v2_on_complete(struct req *q)
 {
         struct http_server *s = q->s;
@@ -840,72 +1060,59 @@ static enum MHD_Result v2_on_complete(struct req *q)
                 return respond_error(q, API_E_OVERLOADED, "the queue is full; retry later");
         q->logits = malloc(sizeof(float) * (size_t)g->info->classes * (size_t)n);
         q->jobs = calloc((size_t)n, sizeof *q->jobs);
-        if (q->v2req->datatype == V2_FP32) {
-                q->tensors = q->v2req->tensor;   /* taken over */
-                q->v2req->tensor = NULL;
-        } else {
-                q->tensors = malloc(sizeof(float) * g->image_floats * (size_t)n);
-        }
-        if (!q->tensors || !q->logits || !q->jobs)
+        if (!q->logits || !q->jobs)
                 return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
-        int64_t pixels_left = s->opts.max_request_pixels;
-        for (int i = 0; q->v2req->datatype == V2_BYTES && i < n; i++)
-                if (!prepare_image(q, i, q->v2req->images[i].data, q->v2req->images[i].len, &pixels_left))
-                        return respond_failed(q);
-        body_release(q);   /* BYTES images of binary data pointed into it */
-        q->n_images = n;
-        if (time_now_ns() > q->deadline_ns) {
-                fail(q, API_E_DEADLINE, "past the deadline of %lld ms before inference",
-                     (long long)s->opts.deadline_ms);
-                return respond_failed(q);
+        if (q->v2req->datatype == V2_BYTES) {
+                /* Its images point into the body (binary data) or the request. */
+                q->parts = calloc((size_t)n, sizeof *q->parts);
+                if (!q->parts)
+                        return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
+                for (int i = 0; i < n; i++)
+                        q->parts[i] = (struct http_part){ .data = q->v2req->images[i].data,
+                                                          .len = q->v2req->images[i].len };
+                q->n_parts = n;
+                return start_decode(q);
         }
+        q->tensors = q->v2req->tensor;   /* taken over */
+        q->v2req->tensor = NULL;
+        body_release(q);
+        q->n_images = n;
         if (!submit_enter(s)) {
                 fail(q, API_E_DRAINING, "the server is shutting down");
                 return respond_failed(q);
         }
-        atomic_store(&q->pending, n);
         /* Suspend first: the callbacks may resume before batch_submit returns. */
-        q->state = REQ_WAITING;
-        q->counted_waiting = true;
-        atomic_fetch_add(&s->waiting, 1);
-        MHD_suspend_connection(q->conn);
-        q->submit_ns = time_now_ns();
-        int i;
-        for (i = 0; i < n; i++) {
-                /* q stays alive here: the jobs not yet submitted hold pending up. */
-                q->jobs[i] = (struct batch_job){ .n = 1, .images = q->tensors + (size_t)i * g->image_floats,
-                                                 .logits = q->logits + (size_t)i * (size_t)g->info->classes,
-                                                 .deadline_ns = q->deadline_ns, .done = on_v2_job_done,
-                                                 .userdata = q };
-                r = batch_submit(g->batch, &q->jobs[i]);
-                if (r < 0) {
-                        int none = 0;
-                        atomic_compare_exchange_strong(&q->job_error, &none, r);
-                        break;
-                }
-        }
-        /* Jobs never submitted never call back: count them done here. */
-        if (i < n && atomic_fetch_sub(&q->pending, n - i) == n - i) {
-                q->state = REQ_DONE;
-                MHD_resume_connection(q->conn);
-        }
+        req_suspend(q);
+        start_inference(q);
         submit_leave(s);
         return MHD_YES;
 }
 
-/* The whole body is here: split, decode, queue. */
+/* The whole body is here: take the model generation served now, split the
+ * body into images and hand them to the decoder. */
 static enum MHD_Result on_complete(struct req *q)
 {
         struct http_server *s = q->s;
-        struct http_gen *g = q->g;
-        struct http_part one, *parts = &one;
-        char err[256];
+        struct http_gen *g;
+        char err[256], msg[200];
         int n = 1, r;
 
         if (q->failed)
                 return respond_failed(q);
-        if (q->v2.route == V2_ROUTE_INFER)
+        req_take_gen(q);
+        g = q->g;
+        if (q->v2.route == V2_ROUTE_INFER) {
+                /* A reload while the body arrived may have changed the model. */
+                if (q->v2.model && !v2_path_model_is(&q->v2, g->info->variant)) {
+                        snprintf(msg, sizeof msg, "this server serves '%s' now (reloaded)", g->info->variant);
+                        return respond_error(q, API_E_NOT_FOUND, msg);
+                }
                 return v2_on_complete(q);
+        }
+        if (q->top_k > g->info->classes) {
+                snprintf(msg, sizeof msg, "top_k must be an integer in 1..%d", g->info->classes);
+                return respond_error(q, API_E_INVALID_ARGUMENT, msg);
+        }
         if (q->len == 0)
                 return respond_error(q, API_E_INVALID_IMAGE, "empty body: send an image");
         if (q->multipart) {
@@ -913,69 +1120,28 @@ static enum MHD_Result on_complete(struct req *q)
                 if (http_multipart_boundary(q->content_type, boundary) < 0)
                         return respond_error(q, API_E_INVALID_MULTIPART,
                                              "multipart/form-data without a valid boundary parameter");
-                parts = calloc((size_t)s->opts.max_images, sizeof *parts);
-                if (!parts)
+                q->parts = calloc((size_t)s->opts.max_images, sizeof *q->parts);
+                if (!q->parts)
                         return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
-                r = http_multipart_parse(q->body, q->len, boundary, parts, s->opts.max_images, &n, err, sizeof err);
+                r = http_multipart_parse(q->body, q->len, boundary, q->parts, s->opts.max_images, &n, err,
+                                         sizeof err);
                 if (r == -E2BIG) {
-                        fail(q, API_E_TOO_LARGE, "more than %d images in one request", s->opts.max_images);
-                        goto fail;
+                        snprintf(msg, sizeof msg, "more than %d images in one request", s->opts.max_images);
+                        return respond_error(q, API_E_TOO_LARGE, msg);
                 }
-                if (r < 0) {
-                        fail(q, API_E_INVALID_MULTIPART, "%s", err);
-                        goto fail;
-                }
+                if (r < 0)
+                        return respond_error(q, API_E_INVALID_MULTIPART, err);
         } else {
-                one = (struct http_part){ .data = q->body, .len = q->len };
+                q->one = (struct http_part){ .data = q->body, .len = q->len };
+                q->parts = &q->one;
         }
-        if (!batch_has_room(g->batch, n)) {
-                fail(q, API_E_OVERLOADED, "the queue is full; retry later");
-                goto fail;
-        }
-        q->tensors = malloc(sizeof(float) * g->image_floats * (size_t)n);
+        q->n_parts = n;
+        if (!batch_has_room(g->batch, n))
+                return respond_error(q, API_E_OVERLOADED, "the queue is full; retry later");
         q->logits = malloc(sizeof(float) * (size_t)g->info->classes * (size_t)n);
-        if (!q->tensors || !q->logits) {
-                fail(q, API_E_OVERLOADED, "out of memory; retry later");
-                goto fail;
-        }
-        int64_t pixels_left = s->opts.max_request_pixels;
-        for (int i = 0; i < n; i++)
-                if (!prepare_image(q, i, parts[i].data, parts[i].len, &pixels_left))
-                        goto fail;
-        if (parts != &one)
-                free(parts);
-        parts = NULL;
-        body_release(q);
-        q->n_images = n;
-        if (time_now_ns() > q->deadline_ns) {
-                fail(q, API_E_DEADLINE, "past the deadline of %lld ms before inference",
-                     (long long)s->opts.deadline_ms);
-                return respond_failed(q);
-        }
-        q->job = (struct batch_job){ .n = n, .images = q->tensors, .logits = q->logits,
-                                     .deadline_ns = q->deadline_ns, .done = on_job_done, .userdata = q };
-        if (!submit_enter(s)) {
-                fail(q, API_E_DRAINING, "the server is shutting down");
-                return respond_failed(q);
-        }
-        /* Suspend first: the callback may resume before batch_submit returns. */
-        q->state = REQ_WAITING;
-        q->counted_waiting = true;
-        atomic_fetch_add(&s->waiting, 1);
-        MHD_suspend_connection(q->conn);
-        q->submit_ns = time_now_ns();
-        r = batch_submit(g->batch, &q->job);
-        if (r < 0) {
-                q->job_status = r;
-                q->state = REQ_DONE;
-                MHD_resume_connection(q->conn);
-        }
-        submit_leave(s);
-        return MHD_YES;
-fail:
-        if (parts != &one)
-                free(parts);
-        return respond_failed(q);
+        if (!q->logits)
+                return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
+        return start_decode(q);
 }
 
 /* The answer of a request whose jobs are done (or failed). */
@@ -986,6 +1152,8 @@ static enum MHD_Result answer(struct req *q)
 
         q->counted_waiting = false;
         atomic_fetch_sub(&s->waiting, 1);
+        if (q->failed)
+                return respond_failed(q);
         if (q->v2.route == V2_ROUTE_INFER) {
                 /* Its images' jobs as one for the log: the first pass, the
                  * longest, the largest batch. */
@@ -1094,6 +1262,78 @@ static void request_id(struct req *q)
         snprintf(q->id, sizeof q->id, "%016llx", (unsigned long long)x);
 }
 
+static struct http_conn *conn_of(struct MHD_Connection *conn)
+{
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        return ci ? ci->socket_context : NULL;
+}
+
+/* A request's headers are in: no header deadline while it is served. */
+static void conn_headers_seen(struct http_server *s, struct MHD_Connection *conn)
+{
+        struct http_conn *c = conn_of(conn);
+
+        if (!c)
+                return;
+        pthread_mutex_lock(&s->conn_lock);
+        c->deadline_ns = 0;
+        pthread_mutex_unlock(&s->conn_lock);
+}
+
+/* A request is over; the next one on the connection may first wait idle
+ * (up to connection-timeout, which libmicrohttpd enforces), then must have
+ * its headers within header-timeout. Without an idle limit, a kept-alive
+ * connection waits for its next request without a header deadline. */
+static void conn_request_done(struct http_server *s, struct MHD_Connection *conn)
+{
+        struct http_conn *c = conn_of(conn);
+        int64_t idle_s = s->opts.connection_timeout_s;
+
+        if (!c)
+                return;
+        if (s->admin && MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON)->daemon == s->admin)
+                idle_s = HTTP_ADMIN_TIMEOUT_S;
+        pthread_mutex_lock(&s->conn_lock);
+        c->deadline_ns = idle_s > 0 ? time_now_ns() + (idle_s + s->opts.header_timeout_s) * 1000000000 : 0;
+        pthread_mutex_unlock(&s->conn_lock);
+}
+
+static void *sweeper_main(void *arg)
+{
+        struct http_server *s = arg;
+
+        pthread_mutex_lock(&s->conn_lock);
+        while (s->sweeping) {
+                int64_t now = time_now_ns();
+                for (struct http_conn *c = s->conns; c; c = c->next)
+                        if (c->deadline_ns && !c->cut && now > c->deadline_ns) {
+                                /* libmicrohttpd sees the end of the stream and closes it. */
+                                shutdown(c->fd, SHUT_RDWR);
+                                c->cut = true;
+                                atomic_fetch_add(&s->header_timeouts, 1);
+                        }
+                struct timespec ts;
+                int64_t at = now + HEADER_SWEEP_NS;
+                ts.tv_sec = at / 1000000000;
+                ts.tv_nsec = at % 1000000000;
+                pthread_cond_timedwait(&s->conn_cond, &s->conn_lock, &ts);
+        }
+        pthread_mutex_unlock(&s->conn_lock);
+        return NULL;
+}
+
+static void sweeper_stop(struct http_server *s)
+{
+        if (!s->sweeper_started)
+                return;
+        pthread_mutex_lock(&s->conn_lock);
+        s->sweeping = false;
+        pthread_cond_signal(&s->conn_cond);
+        pthread_mutex_unlock(&s->conn_lock);
+        pthread_join(s->sweeper, NULL);
+        s->sweeper_started = false;
+}
+
 static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                  const char *version, const char *upload_data, size_t *upload_data_size,
                                  void **con_cls)
@@ -1106,10 +1346,8 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 if (!q)
                         return MHD_NO;
                 q->s = s;
-                pthread_mutex_lock(&s->gen_lock);
-                q->g = s->current;
-                atomic_fetch_add(&q->g->refs, 1);
-                pthread_mutex_unlock(&s->gen_lock);
+                conn_headers_seen(s, conn);
+                req_take_gen(q);
                 q->conn = conn;
                 request_id(q);
                 q->method = method;
@@ -1126,7 +1364,13 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
                 q->deadline_ns = q->start_ns + s->opts.deadline_ms * 1000000;
                 *con_cls = q;
                 atomic_fetch_add(&s->inflight, 1);
-                return on_headers(q);
+                enum MHD_Result r = on_headers(q);
+                /* The body may take long (up to body-timeout): a model
+                 * retired meanwhile is not held for it. on_complete takes
+                 * the generation served then. */
+                if (q->state == REQ_BODY)
+                        req_drop_gen(q);
+                return r;
         }
         if (*upload_data_size) {
                 size_t n = *upload_data_size;
@@ -1151,6 +1395,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         struct http_server *s = cls;
         struct req *q = *con_cls;
 
+        conn_request_done(s, conn);
         if (!q)
                 return;
         *con_cls = NULL;
@@ -1163,13 +1408,51 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         atomic_fetch_sub(&s->inflight, 1);
 }
 
+/* header-timeout: libmicrohttpd drops idle connections only, and a client
+ * that sends a header byte now and then is never idle. Every connection is
+ * listed from its start notification to its closed one, with the time its
+ * request's headers are due; a sweeper thread shuts down those past it.
+ * libmicrohttpd sends the closed notification before it closes the socket,
+ * and both the listing and the shutdown hold conn_lock, so a listed fd is
+ * always the connection's own, never a reused number. */
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode toe)
 {
         struct http_server *s = cls;
+        struct http_conn *c;
 
-        if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
                 atomic_fetch_add(&s->connections, 1);
+                if (s->opts.header_timeout_s <= 0)
+                        return;
+                const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn,
+                                                                             MHD_CONNECTION_INFO_CONNECTION_FD);
+                c = calloc(1, sizeof *c);
+                if (!c || !ci) {
+                        free(c);
+                        return;   /* untracked: the idle timeout still applies */
+                }
+                c->fd = ci->connect_fd;
+                c->deadline_ns = time_now_ns() + (int64_t)s->opts.header_timeout_s * 1000000000;
+                pthread_mutex_lock(&s->conn_lock);
+                c->next = s->conns;
+                if (s->conns)
+                        s->conns->prev = c;
+                s->conns = c;
+                pthread_mutex_unlock(&s->conn_lock);
+                *socket_context = c;
+        } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED && (c = *socket_context) != NULL) {
+                pthread_mutex_lock(&s->conn_lock);
+                if (c->prev)
+                        c->prev->next = c->next;
+                else
+                        s->conns = c->next;
+                if (c->next)
+                        c->next->prev = c->prev;
+                pthread_mutex_unlock(&s->conn_lock);
+                *socket_context = NULL;
+                free(c);
+        }
 }
 
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
@@ -1292,6 +1575,11 @@ struct http_server *http_free(struct http_server *s)
                 return NULL;
         if (s->daemon)
                 MHD_stop_daemon(s->daemon);
+        if (s->admin)
+                MHD_stop_daemon(s->admin);
+        sweeper_stop(s);
+        /* No request is suspended now: the pool has no job left. */
+        s->dec = dec_free(s->dec);
         while (s->retired) {
                 struct http_gen *g = s->retired;
                 s->retired = g->next;
@@ -1300,6 +1588,8 @@ struct http_server *http_free(struct http_server *s)
         gen_free(s->current);
         free(s->retired_sizes);
         pthread_mutex_destroy(&s->gen_lock);
+        pthread_cond_destroy(&s->conn_cond);
+        pthread_mutex_destroy(&s->conn_lock);
         free(s);
         return NULL;
 }
@@ -1371,7 +1661,9 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
         if (opts->max_body_bytes < 1 || opts->max_body_total < opts->max_body_bytes || opts->v2_max_body_bytes < 1 ||
             opts->max_body_total < opts->v2_max_body_bytes || opts->max_images < 1 ||
             opts->max_connections < 1 || opts->deadline_ms < 1 || opts->connection_timeout_s < 0 ||
-            opts->retry_after_s < 0 || !be || !be->model || !be->batch || !be->labels)
+            opts->retry_after_s < 0 || opts->header_timeout_s < 0 || opts->decode_threads < 0 ||
+            opts->decode_threads > DEC_MAX_THREADS || opts->decode_queue < 1 || !be || !be->model || !be->batch ||
+            !be->labels)
                 return err_set(err, err_len, -EINVAL, "http: bad limits");
         if (opts->listen_fd > 0) {
                 socklen_t sl = sizeof addr;
@@ -1387,6 +1679,12 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         s->opts = *opts;
         pthread_mutex_init(&s->gen_lock, NULL);
+        pthread_mutex_init(&s->conn_lock, NULL);
+        pthread_condattr_t ca;
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);   /* time_now_ns's clock */
+        pthread_cond_init(&s->conn_cond, &ca);
+        pthread_condattr_destroy(&ca);
         s->id_salt = (uint64_t)time_now_ns() ^ ((uint64_t)getpid() << 32);
         struct batch_config bc;
         batch_get_config(be->batch, &bc);
@@ -1398,6 +1696,19 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
         }
         if ((r = gen_new(s, be, err, err_len, &s->current)) < 0)
                 goto fail;
+        struct dec_opts dopts = { .threads = opts->decode_threads, .queue = opts->decode_queue };
+        if ((r = dec_new(&dopts, &s->dec)) < 0) {
+                err_set(err, err_len, r, "decoder threads: %s", strerror(-r));
+                goto fail;
+        }
+        if (opts->header_timeout_s > 0) {
+                s->sweeping = true;
+                if ((r = -pthread_create(&s->sweeper, NULL, sweeper_main, s)) < 0) {
+                        err_set(err, err_len, r, "header-timeout thread: %s", strerror(-r));
+                        goto fail;
+                }
+                s->sweeper_started = true;
+        }
         int threads = opts->threads > 0 ? opts->threads : cpu_usable_count();
         if (opts->threads <= 0 && threads > 4)
                 threads = 4;
@@ -1443,7 +1754,8 @@ void http_stop(struct http_server *s)
         if (s && s->daemon) {
                 struct timespec ms = { .tv_sec = 0, .tv_nsec = 1000000 };
                 atomic_store(&s->stopping, true);
-                while (atomic_load(&s->submitting) > 0 || atomic_load(&s->waiting) > 0)
+                while (atomic_load(&s->submitting) > 0 || atomic_load(&s->waiting) > 0 ||
+                       atomic_load(&s->resuming) > 0)
                         nanosleep(&ms, NULL);
         }
         if (s && s->daemon) {
@@ -1454,6 +1766,8 @@ void http_stop(struct http_server *s)
                 MHD_stop_daemon(s->admin);
                 s->admin = NULL;
         }
+        if (s)
+                sweeper_stop(s);
 }
 
 int http_swap_backend(struct http_server *s, const struct http_backend *be, char *err, size_t err_len)

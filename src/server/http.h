@@ -7,11 +7,15 @@
  *   KServe v2 (server/v2.h): GET /v2, /v2/health/{live,ready},
  *   /v2/models/{m}[/versions/{v}][/ready|/config]; POST .../infer
  *
- * libmicrohttpd's polling threads (epoll) read requests and decode images;
- * a request that waits for inference is suspended, so waiting clients hold
- * no thread, and the batcher's completion callback resumes it. Every client
- * controllable resource has a limit: body bytes per request and buffered in
- * all, images per request, pixels, connections, idle time, request deadline.
+ * libmicrohttpd's polling threads (epoll) read requests; their images are
+ * decoded on a bounded pool of decoding threads (server/decoder.h), and the
+ * batcher runs inference. Meanwhile the request is suspended, so waiting
+ * clients hold no thread, and the decoder (on failure) or the batcher's
+ * completion callback resumes it. A request takes the model generation
+ * served when its body is complete. Every client controllable resource has
+ * a limit: body bytes per request and buffered in all, images per request,
+ * pixels, connections, idle time, time to send the headers and the body,
+ * requests waiting for decoding, request deadline.
  */
 #ifndef EFFNET_SERVER_HTTP_H
 #define EFFNET_SERVER_HTTP_H
@@ -70,6 +74,10 @@ struct http_opts {
         int max_connections_per_client;  /* per client address; 0 = none */
         int connection_timeout_s;    /* idle time before a connection is dropped */
         int body_timeout_s;          /* from the headers to the body's end; 0 = none */
+        int header_timeout_s;        /* from a connection's start (or its previous request's end plus
+                                      * connection_timeout_s) to its request's last header; 0 = none */
+        int decode_threads;          /* image decoding threads; 0 = usable CPUs (at most 8) */
+        int decode_queue;            /* requests that may wait for a decoding thread; 503 beyond */
         int64_t max_body_bytes;      /* per request */
         int64_t v2_max_body_bytes;   /* per /v2 infer request (JSON tensors are large) */
         int64_t max_body_total;      /* bodies buffered over all connections */

@@ -41,6 +41,9 @@ VALUES = {
     "max-connections-per-client": "9",
     "connection-timeout": "12",
     "body-timeout": "13",
+    "header-timeout": "14",
+    "decode-threads": "2",
+    "decode-queue": "5",
     "retry-after": "4",
     "drain-timeout": "9",
     "max-batch": "6",
@@ -65,7 +68,8 @@ VALUES = {
 # Values each setting must refuse.
 BAD = {
     "precision": "fp64", "padding": "valid", "bn-eps": "0.5", "http-threads": "65",
-    "max-connections": "0", "max-connections-per-client": "-1", "connection-timeout": "-1", "body-timeout": "-2", "retry-after": "x", "drain-timeout": "3601",
+    "max-connections": "0", "max-connections-per-client": "-1", "connection-timeout": "-1", "body-timeout": "-2", "header-timeout": "3601",
+    "decode-threads": "257", "decode-queue": "0", "retry-after": "x", "drain-timeout": "3601",
     "max-batch": "257", "max-delay-ms": "nan", "queue": "0", "workers": "65", "threads": "1.5",
     "deadline-ms": "0", "watchdog-stall": "0", "max-body-bytes": "2G", "max-body-total": "0",
     "v2-max-body-bytes": "0",
@@ -301,7 +305,11 @@ def test_socket_activation(effnetd, weights, workdir):
     port = dm.free_port()
     log_path = os.path.join(workdir, "activate.log")
     with open(log_path, "wb") as log:
-        p = subprocess.Popen([activate, "-l", f"127.0.0.1:{port}", effnetd, "--weights", weights,
+        # It passes no environment but what -E names: the sanitizers'
+        # settings (suppressions) must reach the daemon.
+        keep = [a for v in ("ASAN_OPTIONS", "LSAN_OPTIONS", "UBSAN_OPTIONS", "TSAN_OPTIONS") if v in os.environ
+                for a in ("-E", v)]
+        p = subprocess.Popen([activate, "-l", f"127.0.0.1:{port}"] + keep + [effnetd, "--weights", weights,
                               "--listen", "127.0.0.1:1"], stdout=subprocess.DEVNULL, stderr=log)
     try:
         # systemd-socket-activate starts effnetd on the first connection,

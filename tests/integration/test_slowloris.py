@@ -12,10 +12,13 @@ loopback:
      the admin listener (admin-listen) keeps answering /healthz, /readyz and
      /metrics, and serves nothing else (404 for /v1/classify there);
   3. clients that never read their (large) answers hold no decoded images;
-  4. a body trickled in is cut off at body-timeout.
+  4. a body trickled in is cut off at body-timeout;
+  5. header bytes trickled in (never idle for connection-timeout) are cut
+     off at header-timeout, while a kept-alive client is unaffected.
 Each probe must answer within 3 s, as a kubelet probe would need.
 """
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -69,6 +72,47 @@ def test_slow_body(effnetd, weights, workdir):
         check(closed is not None and closed < 6 and m.get("effnetd_http_body_timeouts_total") == 1.0,
               f"a body trickled at 10 B/s is closed at body-timeout 2 s (after {closed} s), and counted")
         check(dm.get_status(d.port, "/readyz") == 200, "the daemon serves others")
+    finally:
+        d.stop()
+
+
+def test_slow_headers(effnetd, weights, workdir):
+    """A header byte every 0.5 s: never idle for connection-timeout (30 s),
+    cut off at header-timeout (2 s) and counted; a kept-alive connection
+    that waits 3 s between its requests is not cut."""
+    d = dm.Daemon(effnetd, weights, workdir, "--header-timeout", 2, "--connection-timeout", 30,
+                  name="slow-headers")
+    try:
+        keep = d.conn(timeout=10)
+        keep.request("GET", "/healthz")
+        first = keep.getresponse()
+        first.read()
+        t_first = time.monotonic()
+        c = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        t0 = time.monotonic()
+        closed = None
+        while time.monotonic() - t0 < 15 and closed is None:
+            readable, _, _ = select.select([c], [], [], 0.5)
+            try:
+                if readable and not c.recv(100):
+                    closed = time.monotonic() - t0
+                else:
+                    c.sendall(b"x")
+            except OSError:
+                closed = time.monotonic() - t0
+        c.close()
+        m = d.metrics()
+        check(closed is not None and 1.5 < closed < 4.5 and m.get("effnetd_http_header_timeouts_total") == 1.0,
+              f"headers trickled at a byte per 0.5 s are cut at header-timeout 2 s (after {closed} s), not at "
+              f"connection-timeout 30 s, and counted ({m.get('effnetd_http_header_timeouts_total')})")
+        time.sleep(max(0.0, 3 - (time.monotonic() - t_first)))
+        keep.request("GET", "/healthz")
+        second = keep.getresponse()
+        second.read()
+        keep.close()
+        check(first.status == 200 and second.status == 200,
+              "a kept-alive client idle past header-timeout (within connection-timeout) is served again")
     finally:
         d.stop()
 
@@ -176,6 +220,7 @@ def main():
             d.stop()
         test_slow_readers(effnetd, weights, workdir)
         test_slow_body(effnetd, weights, workdir)
+        test_slow_headers(effnetd, weights, workdir)
     finish()
 
 

@@ -6,6 +6,7 @@
  */
 #include "check.h"
 #include "image/image.h"
+#include "image/internal.h"
 
 #include <errno.h>
 #include <math.h>
@@ -495,15 +496,20 @@ static void test_jpeg_regressions(void)
 
         /* a warning, then a fatal error: TurboJPEG still reports a warning;
          * PIL refuses the file, and so must we (the pixels are unset) */
+        unsigned long long before = img_jpeg_decode_passes();
         CHECK_RC(img_decode(b.p, b.n, NULL, 0, 0, err, sizeof err, &img), -EBADMSG);
         CHECK(img == NULL && strstr(err, "Huffman") != NULL);
+        { unsigned long long n = img_jpeg_decode_passes() - before; CHECK_MSG(n == 1, "%llu passes", n); }
         free(b.p);
 
         /* recoverable corruption: accepted, as PIL does, and decoded at
          * full size even when a reduced scale was allowed (at 1/8 it made
          * libjpeg-turbo read coefficients it never set) */
         b = load("jpeg", "regress_corrupt_at_1_8.jpg");
+        unsigned long long passes = img_jpeg_decode_passes();
         CHECK_RC(img_decode(b.p, b.n, NULL, 0, 0, err, sizeof err, &img), 0);
+        /* decoded once: a warning does not cost a second pass */
+        { unsigned long long n = img_jpeg_decode_passes() - passes; CHECK_MSG(n == 1, "%llu passes", n); }
         CHECK(img && img->reduce == 1 && img->width == 48 && img->height == 64);
         img = img_rgb_free(img);
         CHECK_RC(img_decode(b.p, b.n, NULL, 1, 1, err, sizeof err, &img), 0);

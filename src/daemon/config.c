@@ -101,7 +101,8 @@ static const struct conf_setting settings[] = {
         { "max-pixels", "limits", CONF_INT, F(max_pixels), "40000000", 1, 1e10, NULL,
           "largest decoded image, width x height (413 beyond)" },
         { "max-request-pixels", "limits", CONF_INT, F(max_request_pixels), "100000000", 1, 1e11, NULL,
-          "encoded pixels of all of one request's images together, checked from their headers before decoding" },
+          "pixels of all of one request's images together; each image is decoded only if its header fits what "
+          "is left (413 beyond)" },
         { "jpeg-fast", "limits", CONF_BOOL, F(jpeg_fast), "false", 0, 0, NULL,
           "decode large JPEGs at a reduced DCT scale (faster, not bit-exact to PIL)" },
         { "access-log", "log", CONF_BOOL, F(access_log), "true", 0, 0, NULL, "one log line per request on stderr" },

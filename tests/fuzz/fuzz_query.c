@@ -4,8 +4,8 @@
  * count (1..2048), the rest is the value as the client sent it, cut at the
  * first NUL as a C string would be; fewer than two bytes stand for an absent
  * parameter. The parser must agree with a plain reading of its contract:
- * 1 to 9 decimal digits whose value lies in 1..classes, else -EINVAL with
- * the out-parameter untouched; absent gives min(API_DEFAULT_TOP_K, classes). */
+ * decimal digits only (any number of them: leading zeros are allowed) whose
+ * value lies in 1..classes, else -EINVAL with the out-parameter untouched; absent gives min(API_DEFAULT_TOP_K, classes). */
 #include "server/api.h"
 
 #include <errno.h>
@@ -20,12 +20,13 @@ static long expected(const char *s, int classes)
         long v = 0;
         size_t n = strlen(s);
 
-        if (n < 1 || n > 9)
+        if (n < 1)
                 return -1;
         for (size_t i = 0; i < n; i++) {
                 if (s[i] < '0' || s[i] > '9')
                         return -1;
-                v = v * 10 + (s[i] - '0');
+                if (v <= 1000000)  /* past every class count: stays out of range */
+                        v = v * 10 + (s[i] - '0');
         }
         return v >= 1 && v <= classes ? v : -1;
 }

@@ -1,8 +1,10 @@
-/* effnetd: the EfficientNetV2 classification daemon (settings, start-up,
- * systemd integration, signals: SIGTERM/SIGINT drain, SIGHUP reload). */
+/* effnetd: the EfficientNetV2 classification daemon. main() runs its
+ * phases in order: settings, process set-up, model, listeners, serving
+ * (signals, SIGHUP reloads through daemon/reload.h), drain, teardown. */
 #include "common/util.h"
 #include "daemon/config.h"
 #include "daemon/log.h"
+#include "daemon/reload.h"
 #include "daemon/sd.h"
 #include "effnet.h"
 #include "hub/hub.h"
@@ -351,88 +353,6 @@ static void describe(const struct serving *sv, char *buf, size_t n)
                  effnet_precision_name(sv->precision), info->classes, info->preproc.size, sv->weights);
 }
 
-/* A reload runs on its own thread so that the main loop keeps answering
- * signals and feeding the watchdog while the new executors warm up. */
-struct reload {
-        pthread_t thread;
-        bool running;
-        atomic_bool done;
-        struct conf conf;          /* owned by the thread until done */
-        struct serving *result;    /* NULL on failure */
-        char err[512];
-};
-
-static void *reload_main(void *arg)
-{
-        struct reload *rl = arg;
-
-        if (serving_open(&rl->conf, rl->err, sizeof rl->err, &rl->result) < 0)
-                rl->result = NULL;
-        atomic_store(&rl->done, true);
-        return NULL;
-}
-
-/* The first load runs on a thread of its own while this one waits for
- * signals: SIGTERM or SIGINT during a long load or warm-up ends the process
- * at once (nothing is served yet, so nothing is lost), where waiting for the
- * load could outlast the service manager's stop timeout. */
-static int open_first(const struct conf *c, const sigset_t *sigs, char *err, size_t err_len, struct serving **ret)
-{
-        struct reload rl = { .conf = *c };   /* the thread only reads it; c keeps owning it */
-        int r;
-
-        if ((r = -pthread_create(&rl.thread, NULL, reload_main, &rl)) < 0)
-                return err_set(err, err_len, r, "loading thread: %s", strerror(-r));
-        while (!atomic_load(&rl.done)) {
-                struct timespec ts = { .tv_sec = 0, .tv_nsec = 50000000 };
-                int sig = sigtimedwait(sigs, NULL, &ts);
-                if (sig == SIGTERM || sig == SIGINT) {
-                        log_msg(LOG_INFO, "%s during start-up: exiting without waiting for the model load",
-                                sig == SIGTERM ? "SIGTERM" : "SIGINT");
-                        _exit(0);
-                }
-                if (sig == SIGHUP)
-                        log_msg(LOG_NOTICE, "SIGHUP during start-up: ignored, the model is loading");
-        }
-        pthread_join(rl.thread, NULL);
-        if (!rl.result)
-                return err_set(err, err_len, -EINVAL, "%s", rl.err);
-        *ret = rl.result;
-        return 0;
-}
-
-/* Reads the settings again; the [model] ones (weights, labels, precision,
- * padding, bn-eps) take effect, the others need a restart. */
-static int reload_start(struct reload *rl, int argc, char **argv, const struct conf *running)
-{
-        char err[2048];
-        int r;
-
-        memset(rl, 0, sizeof *rl);
-        if ((r = conf_load(argc, argv, &rl->conf, err, sizeof err)) < 0) {
-                log_msg(LOG_ERR, "reload: bad settings, keeping the running model: %s", err);
-                return r;
-        }
-        /* Batching, limits and HTTP stay as started: swap only the model. */
-        struct conf *n = &rl->conf;
-        char changed[1024];
-        if (conf_changes(running, n, "model", changed, sizeof changed) > 0)
-                log_msg(LOG_WARNING, "reload: only [model] settings change on reload; these keep their running "
-                        "values until a restart: %s", changed);
-        n->max_batch = running->max_batch;
-        n->queue = running->queue;
-        n->workers = running->workers;
-        n->threads = running->threads;
-        n->max_delay_ms = running->max_delay_ms;
-        if ((r = -pthread_create(&rl->thread, NULL, reload_main, rl)) < 0) {
-                log_msg(LOG_ERR, "reload: thread: %s", strerror(-r));
-                conf_free(&rl->conf);
-                return r;
-        }
-        rl->running = true;
-        return 0;
-}
-
 static void on_access(void *userdata, const struct http_access *a)
 {
         struct log_access la = { .request_id = a->request_id, .client = a->client, .method = a->method,
@@ -522,51 +442,156 @@ static void print_errors(const char *err)
         }
 }
 
-struct loop {
-        struct http_server *http;
-        struct serving *current;
+/* What the daemon holds while it runs. Each phase below says which fields
+ * it fills; daemon_teardown undoes them all (each accepts what was never
+ * filled). */
+struct daemon {
+        struct conf conf;          /* settings_open */
+        char **args;               /* settings_open: the command line without the actions, for reloads */
+        int nargs;
+        sigset_t sigs;             /* process_setup: SIGTERM, SIGINT, SIGHUP, blocked in every thread */
+        int listen_fd;             /* process_setup: systemd's socket, or -1 (http takes it over) */
+        struct serving *sv;        /* model_open: the generation served */
+        struct http_server *http;  /* listeners_open */
+        struct reload reload;      /* serve: a SIGHUP's load */
+        struct conf next;          /* serve: the settings the running reload reads */
+        bool abandon_reload;       /* drain: a reload still loading, left to the process exit */
+        /* The main loop's periodic work (tick). */
         int64_t watchdog_ns;       /* keep-alive period / 2; 0 = no watchdog */
         int64_t next_watchdog, next_status;
         int64_t stall_ns;
         uint64_t last_images;
         int64_t last_status_ns;
-        char what[512];
+        char what[512];            /* describe(sv) */
+        char status[700];          /* the STATUS= of READY=1 */
         bool stalled;              /* logged once per stall */
 };
 
+/* The loader of a generation, on the reload's thread: input is the
+ * struct conf to load. */
+static int serving_load(const void *input, char *err, size_t err_len, void **ret_result)
+{
+        struct serving *sv = NULL;
+        int r = serving_open(input, err, err_len, &sv);
+
+        if (r == 0)
+                *ret_result = sv;
+        return r;
+}
+
+/* The settings of a reload, read again: the [model] ones (weights, labels,
+ * precision, padding, bn-eps) take effect, the others need a restart. */
+static int reload_settings(const struct daemon *d, struct conf *ret_next)
+{
+        const struct conf *running = &d->conf;
+        struct conf n = { 0 };
+        char err[2048], changed[1024];
+        int r;
+
+        if ((r = conf_load(d->nargs, d->args, &n, err, sizeof err)) < 0) {
+                log_msg(LOG_ERR, "reload: bad settings, keeping the running model: %s", err);
+                return r;
+        }
+        /* Batching, limits and HTTP stay as started: swap only the model. */
+        if (conf_changes(running, &n, "model", changed, sizeof changed) > 0)
+                log_msg(LOG_WARNING, "reload: only [model] settings change on reload; these keep their running "
+                        "values until a restart: %s", changed);
+        n.max_batch = running->max_batch;
+        n.queue = running->queue;
+        n.workers = running->workers;
+        n.threads = running->threads;
+        n.max_delay_ms = running->max_delay_ms;
+        *ret_next = n;
+        return 0;
+}
+
+/* SIGHUP: starts loading the next generation, unless one is loading. */
+static void reload_begin(struct daemon *d)
+{
+        int r;
+
+        if (reload_running(&d->reload)) {
+                log_msg(LOG_NOTICE, "SIGHUP: a reload is already running");
+                return;
+        }
+        sd_send_reloading();
+        log_msg(LOG_INFO, "SIGHUP: reloading the model");
+        if ((r = reload_settings(d, &d->next)) < 0)
+                goto fail;
+        if ((r = reload_start(&d->reload, serving_load, &d->next)) < 0) {
+                log_msg(LOG_ERR, "reload: thread: %s", strerror(-r));
+                conf_free(&d->next);
+                goto fail;
+        }
+        return;
+fail:
+        http_count_reload(d->http, false);
+        sd_send_ready(d->status);
+}
+
+/* A loaded generation swapped in (the old one retires: tick frees it once
+ * its last request is answered), or the reason it is not. */
+static void reload_complete(struct daemon *d)
+{
+        struct serving *n = NULL;
+        struct http_backend nb;
+        char err[512];
+        void *next;
+
+        if (reload_finish(&d->reload, err, sizeof err, &next) == 0) {
+                n = next;
+                nb = backend_of(n);
+                if (http_swap_backend(d->http, &nb, err, sizeof err) < 0)
+                        n = serving_free(n);
+        }
+        if (n) {
+                d->sv = n;
+                describe(d->sv, d->what, sizeof d->what);
+                log_msg(LOG_INFO, "reloaded: now serving %s (sha256 %.16s...)", d->what, d->sv->sha256);
+                log_model(d->sv);
+                http_count_reload(d->http, true);
+        } else {
+                log_msg(LOG_ERR, "reload failed, still serving %s: %s", d->what, err);
+                http_count_reload(d->http, false);
+        }
+        conf_free(&d->next);
+        snprintf(d->status, sizeof d->status, "serving %s on %s", d->what, http_url(d->http));
+        sd_send_ready(d->status);
+}
+
 /* Periodic work of the main loop: watchdog keep-alive when the workers make
  * progress, STATUS= with the rate, and freeing retired generations. */
-static void tick(struct loop *L, bool stopping)
+static void tick(struct daemon *d, bool stopping)
 {
         int64_t now = time_now_ns();
         char err[256];
         void *old;
 
-        while ((old = http_collect_retired(L->http))) {
+        while ((old = http_collect_retired(d->http))) {
                 struct serving *sv = old;
                 /* Its last request is answered: executors and threads go. */
                 log_msg(LOG_INFO, "released the replaced model (sha256 %.16s...)", sv->sha256);
                 serving_free(sv);
         }
-        if (L->watchdog_ns && now >= L->next_watchdog) {
-                L->next_watchdog = now + L->watchdog_ns;
-                if (batch_check_progress(L->current->batch, L->stall_ns, err, sizeof err) == 0) {
+        if (d->watchdog_ns && now >= d->next_watchdog) {
+                d->next_watchdog = now + d->watchdog_ns;
+                if (batch_check_progress(d->sv->batch, d->stall_ns, err, sizeof err) == 0) {
                         sd_send_watchdog();
-                        L->stalled = false;
-                } else if (!L->stalled) {
-                        L->stalled = true;
+                        d->stalled = false;
+                } else if (!d->stalled) {
+                        d->stalled = true;
                         log_msg(LOG_ERR, "no watchdog keep-alive: %s", err);
                 }
         }
-        if (!stopping && now >= L->next_status) {
-                uint64_t images = http_images(L->http);
-                double secs = (double)(now - L->last_status_ns) / 1e9;
-                double rate = secs > 0 ? (double)(images - L->last_images) / secs : 0;
-                sd_send_status("serving %s on %s; %llu images, %.1f images/s", L->what, http_url(L->http),
+        if (!stopping && now >= d->next_status) {
+                uint64_t images = http_images(d->http);
+                double secs = (double)(now - d->last_status_ns) / 1e9;
+                double rate = secs > 0 ? (double)(images - d->last_images) / secs : 0;
+                sd_send_status("serving %s on %s; %llu images, %.1f images/s", d->what, http_url(d->http),
                                (unsigned long long)images, rate);
-                L->last_images = images;
-                L->last_status_ns = now;
-                L->next_status = now + STATUS_PERIOD_NS;
+                d->last_images = images;
+                d->last_status_ns = now;
+                d->next_status = now + STATUS_PERIOD_NS;
         }
 }
 
@@ -596,243 +621,291 @@ static void omp_spin_default(char **argv)
         unsetenv("GOMP_SPINCOUNT");
 }
 
-int main(int argc, char **argv)
-{
-        struct conf c = { 0 };
-        struct http_server *http = NULL;
-        struct serving *sv = NULL;
-        struct reload rl = { 0 };
-        bool check = false, print = false, abandon_reload = false;
-        char err[4096];
-        char **args = NULL;
-        int nargs = 1, listen_fd = -1, r;
-        sigset_t sigs;
 
-        omp_spin_default(argv);
+/* Phase 1, settings: d->conf and d->args from the config file, the
+ * environment and the flags. The actions (--help, --version,
+ * --check-config, --print-config) run here: then the exit code is in
+ * *ret_exit and 1 returned; 0 means serve. Undone by daemon_teardown. */
+static int settings_open(int argc, char **argv, struct daemon *d, int *ret_exit)
+{
+        bool check = false, print = false;
+        char err[4096];
+        int r;
+
         for (int i = 1; i < argc; i++) {
                 if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
                         usage(stdout);
-                        return 0;
+                        *ret_exit = 0;
+                        return 1;
                 }
                 if (strcmp(argv[i], "--version") == 0) {
                         printf("effnetd %s\n", EFFNET_VERSION);
-                        return 0;
+                        *ret_exit = 0;
+                        return 1;
                 }
         }
         /* The actions are not settings: take them out before parsing. */
-        args = calloc((size_t)argc + 1, sizeof *args);
-        if (!args)
+        d->args = calloc((size_t)argc + 1, sizeof *d->args);
+        if (!d->args) {
+                *ret_exit = 1;
                 return 1;
-        args[0] = argv[0];
+        }
+        d->args[0] = argv[0];
+        d->nargs = 1;
         for (int i = 1; i < argc; i++) {
                 if (strcmp(argv[i], "--check-config") == 0)
                         check = true;
                 else if (strcmp(argv[i], "--print-config") == 0)
                         print = true;
                 else
-                        args[nargs++] = argv[i];
+                        d->args[d->nargs++] = argv[i];
         }
-        if (conf_load(nargs, args, &c, err, sizeof err) < 0) {
+        if (conf_load(d->nargs, d->args, &d->conf, err, sizeof err) < 0) {
                 print_errors(err);
-                free(args);
-                return 2;
+                *ret_exit = 2;
+                return 1;
         }
         if (check || print) {
-                r = check ? check_files(&c) : 0;
+                r = check ? check_files(&d->conf) : 0;
                 if (print)
-                        conf_print(stdout, &c);
+                        conf_print(stdout, &d->conf);
                 if (check && r == 0)
                         fprintf(stderr, "%s: configuration OK (config file: %s)\n", prog,
-                                c.file ? c.file : "none read");
-                conf_free(&c);
-                free(args);
-                return r < 0 ? 2 : 0;
+                                d->conf.file ? d->conf.file : "none read");
+                *ret_exit = r < 0 ? 2 : 0;
+                return 1;
         }
-        log_setup(prog, c.log_format == CONF_LOG_JSON);
+        return 0;
+}
 
-        /* Signals go to the main thread's sigtimedwait; every thread started
-         * from here on inherits the mask. */
-        sigemptyset(&sigs);
-        sigaddset(&sigs, SIGTERM);
-        sigaddset(&sigs, SIGINT);
-        sigaddset(&sigs, SIGHUP);
-        pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+/* Phase 2, the process: the log, the signal mask (every thread started
+ * from here on inherits it: signals go to the main thread's sigtimedwait),
+ * the descriptor limit, and systemd's listening socket in d->listen_fd
+ * (taken over by http, or closed by the exit). */
+static int process_setup(struct daemon *d, char *err, size_t err_len)
+{
+        int r;
+
+        log_setup(prog, d->conf.log_format == CONF_LOG_JSON);
+        sigemptyset(&d->sigs);
+        sigaddset(&d->sigs, SIGTERM);
+        sigaddset(&d->sigs, SIGINT);
+        sigaddset(&d->sigs, SIGHUP);
+        pthread_sigmask(SIG_BLOCK, &d->sigs, NULL);
         signal(SIGPIPE, SIG_IGN);
-        raise_fd_limit(c.max_connections);
-        {
-                char *line = NULL;
-                size_t len = 0;
-                FILE *f = open_memstream(&line, &len);
-                if (f) {
-                        conf_print_line(f, &c);
-                        fclose(f);
-                        if (line && len)
-                                line[len - 1] = '\0';
-                        log_msg(LOG_INFO, "settings: %s", line ? line : "");
-                        free(line);
-                }
+        raise_fd_limit(d->conf.max_connections);
+        char *line = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&line, &len);
+        if (f) {
+                conf_print_line(f, &d->conf);
+                fclose(f);
+                if (line && len)
+                        line[len - 1] = '\0';
+                log_msg(LOG_INFO, "settings: %s", line ? line : "");
+                free(line);
         }
-        if ((r = sd_take_listen_fd(&listen_fd)) < 0) {
-                log_msg(LOG_ERR, "socket activation: expected one listening stream socket");
-                goto out;
-        }
+        if ((r = sd_take_listen_fd(&d->listen_fd)) < 0)
+                return err_set(err, err_len, r, "socket activation: expected one listening stream socket");
+        return 0;
+}
 
-        int64_t t0 = time_now_ns();
-        if ((r = open_first(&c, &sigs, err, sizeof err, &sv)) < 0) {
-                log_msg(LOG_ERR, "%s", err);
-                goto out;
-        }
+/* Phase 3, the model: d->sv, loaded on a thread of its own while this one
+ * waits for signals: SIGTERM or SIGINT during a long load or warm-up ends
+ * the process at once (nothing is served yet, so nothing is lost), where
+ * waiting for the load could outlast the service manager's stop timeout.
+ * Undone by daemon_teardown (serving_free). */
+static int model_open(struct daemon *d, char *err, size_t err_len)
+{
+        struct reload first = RELOAD_INIT;
         struct batch_config bc;
         struct effnet_cpu cpu;
-        batch_get_config(sv->batch, &bc);
+        int64_t t0 = time_now_ns();
+        void *sv = NULL;
+        int r;
+
+        if ((r = reload_start(&first, serving_load, &d->conf)) < 0)
+                return err_set(err, err_len, r, "loading thread: %s", strerror(-r));
+        while (!reload_ready(&first)) {
+                struct timespec ts = { .tv_sec = 0, .tv_nsec = 50000000 };
+                int sig = sigtimedwait(&d->sigs, NULL, &ts);
+                if (sig == SIGTERM || sig == SIGINT) {
+                        log_msg(LOG_INFO, "%s during start-up: exiting without waiting for the model load",
+                                sig == SIGTERM ? "SIGTERM" : "SIGINT");
+                        _exit(0);
+                }
+                if (sig == SIGHUP)
+                        log_msg(LOG_NOTICE, "SIGHUP during start-up: ignored, the model is loading");
+        }
+        if ((r = reload_finish(&first, err, err_len, &sv)) < 0)
+                return r;
+        d->sv = sv;
+        batch_get_config(d->sv->batch, &bc);
         effnet_cpu_info(&cpu);
-        log_model(sv);
+        log_model(d->sv);
         log_msg(LOG_INFO,
                 "%d worker(s) x %d thread(s) of %d usable CPUs, %s (precision %s, CPU %s), batch sizes up to %d, "
                 "ready in %.0f ms (%.0f MB of executor memory)",
-                bc.workers, bc.threads, cpu_usable_count(), effnet_precision_name(sv->precision),
-                effnet_precision_name((int)c.precision), cpu.isa, bc.max_batch,
+                bc.workers, bc.threads, cpu_usable_count(), effnet_precision_name(d->sv->precision),
+                effnet_precision_name((int)d->conf.precision), cpu.isa, bc.max_batch,
                 (double)(time_now_ns() - t0) / 1e6, (double)bc.exec_bytes / (1024.0 * 1024.0));
+        return 0;
+}
 
+/* Phase 4, the listeners: d->http serving d->sv. Undone by
+ * daemon_teardown (http_stop, http_free). */
+static int listeners_open(struct daemon *d, char *err, size_t err_len)
+{
+        const struct conf *c = &d->conf;
         struct http_opts ho = {
-                .listen = c.listen,
-                .admin_listen = c.admin_listen,
-                .listen_fd = listen_fd,
-                .threads = (int)c.http_threads,
-                .max_connections = (int)c.max_connections,
-                .max_connections_per_client = (int)c.max_connections_per_client,
-                .connection_timeout_s = (int)c.connection_timeout,
-                .body_timeout_s = (int)c.body_timeout,
-                .header_timeout_s = (int)c.header_timeout,
-                .decode_threads = (int)c.decode_threads,
-                .decode_queue = (int)c.decode_queue,
-                .max_body_bytes = c.max_body_bytes,
-                .v2_max_body_bytes = c.v2_max_body_bytes,
-                .max_body_total = c.max_body_total,
-                .max_images = (int)c.max_images,
-                .deadline_ms = c.deadline_ms,
-                .retry_after_s = (int)c.retry_after,
-                .ui = c.ui,
+                .listen = c->listen,
+                .admin_listen = c->admin_listen,
+                .listen_fd = d->listen_fd,
+                .threads = (int)c->http_threads,
+                .max_connections = (int)c->max_connections,
+                .max_connections_per_client = (int)c->max_connections_per_client,
+                .connection_timeout_s = (int)c->connection_timeout,
+                .body_timeout_s = (int)c->body_timeout,
+                .header_timeout_s = (int)c->header_timeout,
+                .decode_threads = (int)c->decode_threads,
+                .decode_queue = (int)c->decode_queue,
+                .max_body_bytes = c->max_body_bytes,
+                .v2_max_body_bytes = c->v2_max_body_bytes,
+                .max_body_total = c->max_body_total,
+                .max_images = (int)c->max_images,
+                .deadline_ms = c->deadline_ms,
+                .retry_after_s = (int)c->retry_after,
+                .ui = c->ui,
                 .img = IMG_OPTS_DEFAULT,
-                .access_log = c.access_log ? on_access : NULL,
+                .access_log = c->access_log ? on_access : NULL,
                 .error_log = on_http_error,
         };
-        ho.img.limits.max_bytes = (size_t)c.max_body_bytes;
-        ho.img.limits.max_pixels = c.max_pixels;
-        ho.max_request_pixels = c.max_request_pixels;
-        ho.img.jpeg_fast = c.jpeg_fast;
-        struct http_backend be = backend_of(sv);
-        if ((r = http_new(&ho, &be, err, sizeof err, &http)) < 0) {
-                log_msg(LOG_ERR, "%s", err);
-                goto out;
-        }
-        log_msg(LOG_INFO, "listening on %s%s", http_url(http), listen_fd >= 0 ? " (socket from systemd)" : "");
-        if (*http_admin_url(http))
-                log_msg(LOG_INFO, "admin (probes, metrics) listening on %s", http_admin_url(http));
+        int r;
 
-        struct loop L = { .http = http, .current = sv, .stall_ns = c.watchdog_stall * 1000000000 };
+        ho.img.limits.max_bytes = (size_t)c->max_body_bytes;
+        ho.img.limits.max_pixels = c->max_pixels;
+        ho.max_request_pixels = c->max_request_pixels;
+        ho.img.jpeg_fast = c->jpeg_fast;
+        struct http_backend be = backend_of(d->sv);
+        if ((r = http_new(&ho, &be, err, err_len, &d->http)) < 0)
+                return r;
+        log_msg(LOG_INFO, "listening on %s%s", http_url(d->http),
+                d->listen_fd >= 0 ? " (socket from systemd)" : "");
+        if (*http_admin_url(d->http))
+                log_msg(LOG_INFO, "admin (probes, metrics) listening on %s", http_admin_url(d->http));
+        return 0;
+}
+
+/* Phase 5, serving: READY=1, then signals, reloads and the periodic work
+ * until SIGTERM or SIGINT, which is returned. A reload still running is
+ * left in d->reload for drain. */
+static int serve(struct daemon *d)
+{
         uint64_t wd = sd_watchdog_period_usec();
-        L.watchdog_ns = (int64_t)wd * 1000 / 2;
-        L.last_status_ns = time_now_ns();
-        describe(sv, L.what, sizeof L.what);
-        char status[700];
-        snprintf(status, sizeof status, "serving %s on %s", L.what, http_url(http));
-        sd_send_ready(status);
-        L.next_status = time_now_ns() + STATUS_PERIOD_NS;
+        int sig;
+
+        d->stall_ns = d->conf.watchdog_stall * 1000000000;
+        d->watchdog_ns = (int64_t)wd * 1000 / 2;
+        d->last_status_ns = time_now_ns();
+        describe(d->sv, d->what, sizeof d->what);
+        snprintf(d->status, sizeof d->status, "serving %s on %s", d->what, http_url(d->http));
+        sd_send_ready(d->status);
+        d->next_status = time_now_ns() + STATUS_PERIOD_NS;
         if (wd)
                 sd_send_watchdog();
-        L.next_watchdog = time_now_ns() + L.watchdog_ns;
-
-        int sig = 0;
+        d->next_watchdog = time_now_ns() + d->watchdog_ns;
         for (;;) {
                 int64_t wait_ns = 250000000;   /* signals, reload completion, watchdog, status */
-                if (L.watchdog_ns && L.watchdog_ns < wait_ns)
-                        wait_ns = L.watchdog_ns;
+                if (d->watchdog_ns && d->watchdog_ns < wait_ns)
+                        wait_ns = d->watchdog_ns;
                 struct timespec ts = { .tv_sec = wait_ns / 1000000000, .tv_nsec = wait_ns % 1000000000 };
-                sig = sigtimedwait(&sigs, NULL, &ts);
+                sig = sigtimedwait(&d->sigs, NULL, &ts);
                 if (sig == SIGTERM || sig == SIGINT)
-                        break;
-                if (sig == SIGHUP) {
-                        if (rl.running) {
-                                log_msg(LOG_NOTICE, "SIGHUP: a reload is already running");
-                        } else {
-                                sd_send_reloading();
-                                log_msg(LOG_INFO, "SIGHUP: reloading the model");
-                                if (reload_start(&rl, nargs, args, &c) < 0) {
-                                        http_count_reload(http, false);
-                                        sd_send_ready(status);
-                                }
-                        }
-                }
-                if (rl.running && atomic_load(&rl.done)) {
-                        pthread_join(rl.thread, NULL);
-                        rl.running = false;
-                        struct serving *n = rl.result;
-                        struct http_backend nb;
-                        if (n) {
-                                nb = backend_of(n);
-                                if (http_swap_backend(http, &nb, rl.err, sizeof rl.err) < 0)
-                                        n = serving_free(n);
-                        }
-                        if (n) {
-                                L.current = sv = n;
-                                describe(sv, L.what, sizeof L.what);
-                                log_msg(LOG_INFO, "reloaded: now serving %s (sha256 %.16s...)", L.what, sv->sha256);
-                                log_model(sv);
-                                http_count_reload(http, true);
-                        } else {
-                                log_msg(LOG_ERR, "reload failed, still serving %s: %s", L.what, rl.err);
-                                http_count_reload(http, false);
-                        }
-                        conf_free(&rl.conf);
-                        snprintf(status, sizeof status, "serving %s on %s", L.what, http_url(http));
-                        sd_send_ready(status);
-                }
-                tick(&L, false);
+                        return sig;
+                if (sig == SIGHUP)
+                        reload_begin(d);
+                if (reload_ready(&d->reload))
+                        reload_complete(d);
+                tick(d, false);
         }
+}
+
+/* Phase 6, draining: new requests get 503, queued ones finish; slow
+ * readers of answers are cut off after drain-timeout. */
+static void drain(struct daemon *d, int sig)
+{
+        void *abandoned;
+        char err[512];
 
         log_msg(LOG_INFO, "%s: draining (%d requests in flight, up to %lld s)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
-                http_inflight(http), (long long)c.drain_timeout);
+                http_inflight(d->http), (long long)d->conf.drain_timeout);
         sd_send_stopping("draining");
-        http_drain(http);
+        http_drain(d->http);
         /* Queued requests always finish (result or deadline), since
          * libmicrohttpd cannot stop with suspended connections; only slow
          * readers of answers are cut off after drain-timeout. */
-        int64_t until = time_now_ns() + c.drain_timeout * 1000000000;
-        while (http_waiting(http) > 0 || (http_inflight(http) > 0 && time_now_ns() < until)) {
+        int64_t until = time_now_ns() + d->conf.drain_timeout * 1000000000;
+        while (http_waiting(d->http) > 0 || (http_inflight(d->http) > 0 && time_now_ns() < until)) {
                 struct timespec ts = { .tv_sec = 0, .tv_nsec = 10000000 };
                 nanosleep(&ts, NULL);
-                tick(&L, true);
+                tick(d, true);
         }
-        if (http_inflight(http) > 0)
-                log_msg(LOG_WARNING, "closing %d connection(s) still sending answers", http_inflight(http));
+        if (http_inflight(d->http) > 0)
+                log_msg(LOG_WARNING, "closing %d connection(s) still sending answers", http_inflight(d->http));
         /* A reload still loading is not waited for: it could outlast the
          * stop timeout. Its thread is left to the process exit. */
-        if (rl.running && !atomic_load(&rl.done)) {
+        if (reload_running(&d->reload) && !reload_ready(&d->reload)) {
                 log_msg(LOG_INFO, "not waiting for the reload in progress");
-                abandon_reload = true;
-        } else if (rl.running) {
-                pthread_join(rl.thread, NULL);
-                rl.running = false;
-                serving_free(rl.result);
-                conf_free(&rl.conf);
+                d->abandon_reload = true;
+        } else if (reload_running(&d->reload)) {
+                if (reload_finish(&d->reload, err, sizeof err, &abandoned) == 0)
+                        serving_free(abandoned);
+                conf_free(&d->next);
         }
-        r = 0;
-out:
-        if (http) {
-                void *old;
-                http_stop(http);
-                while ((old = http_collect_retired(http)))
+}
+
+/* Phase 7, teardown: undoes what the phases filled in, in reverse. */
+static void daemon_teardown(struct daemon *d)
+{
+        void *old;
+
+        if (d->http) {
+                http_stop(d->http);
+                while ((old = http_collect_retired(d->http)))
                         serving_free(old);
         }
-        http = http_free(http);
-        sv = serving_free(sv);
-        if (r == 0)
-                log_msg(LOG_INFO, "stopped");
+        d->http = http_free(d->http);
+        d->sv = serving_free(d->sv);
+}
+
+int main(int argc, char **argv)
+{
+        struct daemon d = { .listen_fd = -1, .reload = RELOAD_INIT };
+        char err[4096];
+        int sig, r, code;
+
+        omp_spin_default(argv);
+        if (settings_open(argc, argv, &d, &code) > 0)
+                goto out;
+        if ((r = process_setup(&d, err, sizeof err)) < 0 || (r = model_open(&d, err, sizeof err)) < 0 ||
+            (r = listeners_open(&d, err, sizeof err)) < 0) {
+                log_msg(LOG_ERR, "%s", err);
+                goto fail;
+        }
+        sig = serve(&d);
+        drain(&d, sig);
+        daemon_teardown(&d);
+        log_msg(LOG_INFO, "stopped");
         /* exit() would run library destructors under the loading thread. */
-        if (abandon_reload)
+        if (d.abandon_reload)
                 _exit(0);
-        conf_free(&c);
-        free(args);
-        return r < 0 ? 1 : 0;
+        code = 0;
+        goto out;
+fail:
+        daemon_teardown(&d);
+        code = 1;
+out:
+        conf_free(&d.conf);
+        free(d.args);
+        return code;
 }

@@ -131,7 +131,7 @@ void log_msg(int prio, const char *fmt, ...)
         }
 }
 
-void log_access(const struct log_access *a)
+void log_access(const struct http_access *a)
 {
         char path[512], method[64];
 
@@ -141,8 +141,8 @@ void log_access(const struct log_access *a)
         if (log_json) {
                 json_t *o = json_pack("{s:s, s:s, s:s, s:s, s:i, s:I, s:I, s:i, s:f, s:f, s:i, s:f}",
                                       "request_id", a->request_id, "client", a->client, "method", method,
-                                      "path", path, "status", a->status, "bytes_in", (json_int_t)a->bytes_in,
-                                      "bytes_out", (json_int_t)a->bytes_out, "images", a->images, "queue_ms",
+                                      "path", path, "status", a->status, "bytes_in", (json_int_t)a->body_bytes,
+                                      "bytes_out", (json_int_t)a->answer_bytes, "images", a->images, "queue_ms",
                                       a->queue_ms < 0 ? 0.0 : a->queue_ms, "inference_ms", a->inference_ms,
                                       "batch_size", a->batch_size, "ms", a->ms);
                 if (!o)
@@ -157,7 +157,8 @@ void log_access(const struct log_access *a)
                  "access id=%s client=%s \"%s %s\" %d%s%s bytes_in=%zu bytes_out=%zu images=%d queue_ms=%.1f "
                  "inference_ms=%.1f batch=%d ms=%.1f",
                  a->request_id, a->client, method, path, a->status, a->error ? " " : "",
-                 a->error ? a->error : "", a->bytes_in, a->bytes_out, a->images, a->queue_ms < 0 ? 0.0 : a->queue_ms,
+                 a->error ? a->error : "", a->body_bytes, a->answer_bytes, a->images,
+                 a->queue_ms < 0 ? 0.0 : a->queue_ms,
                  a->inference_ms, a->batch_size, a->ms);
         emit_text(LOG_INFO, msg);
 }

@@ -10,21 +10,7 @@
 #include <stddef.h>
 #include <syslog.h>
 
-struct log_access {
-        const char *request_id;
-        const char *client;       /* numeric address */
-        const char *method;
-        const char *path;         /* without the query */
-        int status;
-        const char *error;        /* error code, or NULL */
-        size_t bytes_in;          /* request body */
-        size_t bytes_out;         /* answer body */
-        int images;
-        double queue_ms;          /* waiting for a worker; < 0 when never queued */
-        double inference_ms;      /* forward passes */
-        int batch_size;           /* images in its (largest) forward pass; 0 if none */
-        double ms;                /* headers received -> answer queued */
-};
+#include "server/access.h"
 
 /* json: one JSON object per line; otherwise text, with priority prefixes
  * when JOURNAL_STREAM matches stderr. */
@@ -33,6 +19,7 @@ void log_setup(const char *prog, bool json);
 /* prio: LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO, LOG_DEBUG. */
 void log_msg(int prio, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-void log_access(const struct log_access *a);
+/* One access line (LOG_INFO) for an answered request. */
+void log_access(const struct http_access *a);
 
 #endif

@@ -355,12 +355,7 @@ static void describe(const struct serving *sv, char *buf, size_t n)
 
 static void on_access(void *userdata, const struct http_access *a)
 {
-        struct log_access la = { .request_id = a->request_id, .client = a->client, .method = a->method,
-                                 .path = a->path, .status = a->status, .error = a->error,
-                                 .bytes_in = a->body_bytes, .bytes_out = a->answer_bytes, .images = a->images,
-                                 .queue_ms = a->queue_ms, .inference_ms = a->inference_ms,
-                                 .batch_size = a->batch_size, .ms = a->ms };
-        log_access(&la);
+        log_access(a);
 }
 
 static void on_http_error(void *userdata, const char *fmt, va_list ap)

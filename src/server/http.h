@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "effnet.h"
+#include "server/access.h"
 #include "image/image.h"
 #include "server/api.h"
 #include "server/batcher.h"
@@ -36,23 +37,6 @@
 #define HTTP_ADMIN_MAX_CONNECTIONS 32
 #define HTTP_ADMIN_PER_CLIENT      8
 #define HTTP_ADMIN_TIMEOUT_S       10
-
-/* One answered request, for the access log. */
-struct http_access {
-        const char *request_id;  /* the client's X-Request-Id, or one made up; echoed in the answer */
-        const char *client;      /* numeric address */
-        const char *method;
-        const char *path;        /* without the query */
-        int status;
-        const char *error;       /* error code, or NULL */
-        int images;
-        size_t body_bytes;       /* request body received */
-        size_t answer_bytes;     /* answer body */
-        double queue_ms;         /* waiting for a worker; -1 when never queued */
-        double inference_ms;     /* forward passes of its images */
-        int batch_size;          /* images in its (largest) forward pass; 0 if none */
-        double ms;               /* headers received -> answer queued */
-};
 
 /* What requests are served with: one model generation. SIGHUP swaps in a
  * new one; requests keep the generation they started with. */

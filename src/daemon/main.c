@@ -58,7 +58,10 @@ static void usage(FILE *f)
                    "  --help, --version\n");
 }
 
-/* One model generation: what a reload builds and swaps in. */
+/* One model generation: what a reload builds and swaps in, and the owner
+ * of its model, batcher and labels. The http server borrows them through
+ * a struct http_backend (backend_of) and returns the generation from
+ * http_collect_retired once no request uses it. */
 struct serving {
         struct effnet_model *model;
         struct api_labels *labels;
@@ -560,10 +563,9 @@ static void tick(struct daemon *d, bool stopping)
 {
         int64_t now = time_now_ns();
         char err[256];
-        void *old;
+        struct serving *sv;
 
-        while ((old = http_collect_retired(d->http))) {
-                struct serving *sv = old;
+        while ((sv = http_collect_retired(d->http))) {
                 /* Its last request is answered: executors and threads go. */
                 log_msg(LOG_INFO, "released the replaced model (sha256 %.16s...)", sv->sha256);
                 serving_free(sv);
@@ -862,7 +864,7 @@ static void drain(struct daemon *d, int sig)
 /* Phase 7, teardown: undoes what the phases filled in, in reverse. */
 static void daemon_teardown(struct daemon *d)
 {
-        void *old;
+        struct serving *old;
 
         if (d->http) {
                 http_stop(d->http);

@@ -35,13 +35,14 @@
  * header-timeout: the cut comes at most this late. */
 #define HEADER_SWEEP_NS 250000000LL
 
-/* One model generation (struct http_backend) as requests use it. */
+/* The server's view of one model generation (struct http_backend): what
+ * requests hold a reference to; its owner's objects stay the owner's. */
 struct http_gen {
         struct effnet_model *model;        /* not owned: see http_backend */
         const struct effnet_info *info;
         struct batch *batch;
         const struct api_labels *labels;
-        void *owner;
+        struct serving *owner;             /* handed back by http_collect_retired */
         char *weights;                     /* owned */
         char sha256[65];
         char *models_body;                 /* GET /v1/models, built once; owned */
@@ -1788,11 +1789,11 @@ int http_swap_backend(struct http_server *s, const struct http_backend *be, char
         return 0;
 }
 
-void *http_collect_retired(struct http_server *s)
+struct serving *http_collect_retired(struct http_server *s)
 {
         struct batch_stats st = { 0 };
         struct http_gen **p, *g = NULL;
-        void *owner = NULL;
+        struct serving *owner = NULL;
 
         pthread_mutex_lock(&s->gen_lock);
         for (p = &s->retired; *p; p = &(*p)->next)

@@ -38,8 +38,16 @@
 #define HTTP_ADMIN_PER_CLIENT      8
 #define HTTP_ADMIN_TIMEOUT_S       10
 
-/* What requests are served with: one model generation. SIGHUP swaps in a
- * new one; requests keep the generation they started with. */
+/* The caller's model generation, which owns the model, batcher and labels
+ * a backend points to (effnetd's is in src/daemon/main.c); opaque here. */
+struct serving;
+
+/* What requests are served with: one model generation, as its owner lends
+ * it. The server keeps a view of it per generation (reference-counted by
+ * the requests using it, with its answers to /v1/models and /v2 built
+ * once), and hands the owner back when no request uses it any more.
+ * SIGHUP swaps in a new one; requests keep the generation they started
+ * with. */
 struct http_backend {
         struct effnet_model *model;      /* not owned, with batch and labels */
         struct batch *batch;
@@ -48,7 +56,7 @@ struct http_backend {
         const char *weights_sha256;      /* hex digest of the file (copied) */
         const struct api_weights *source;   /* where the weights come from, for /v1/models (read by
                                              * http_new and http_swap_backend only) */
-        void *owner;                     /* the caller's handle, returned by http_collect_retired */
+        struct serving *owner;           /* returned by http_collect_retired */
 };
 
 struct http_opts {
@@ -99,7 +107,7 @@ int http_swap_backend(struct http_server *s, const struct http_backend *be, char
 /* The owner of a retired backend that no request uses any more (its batch
  * counters are kept for /metrics), removed from the server: the caller may
  * free its objects now. NULL when there is none. Main thread only. */
-void *http_collect_retired(struct http_server *s);
+struct serving *http_collect_retired(struct http_server *s);
 
 /* Counts a reload attempt for /metrics. */
 void http_count_reload(struct http_server *s, bool ok);

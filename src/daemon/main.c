@@ -5,7 +5,7 @@
 #include "daemon/config.h"
 #include "daemon/log.h"
 #include "daemon/reload.h"
-#include "daemon/sd.h"
+#include "daemon/service.h"
 #include "effnet.h"
 #include "hub/hub.h"
 #include "server/api.h"
@@ -143,8 +143,8 @@ static void on_pull_progress(void *userdata, const struct hub_progress *p)
                 pl->last_tenth = tenth;
         }
         if (p->started || p->finished || now - pl->last_status_ns >= PULL_STATUS_PERIOD_NS) {
-                sd_send_status("not ready: downloading weights %s, %.1f of %.1f MB", pl->uri, mb, total);
-                sd_extend_timeout(PULL_EXTEND_USEC);
+                service_notify_status("not ready: downloading weights %s, %.1f of %.1f MB", pl->uri, mb, total);
+                service_extend_timeout(PULL_EXTEND_USEC);
                 pl->last_status_ns = now;
         }
 }
@@ -223,7 +223,7 @@ static void on_warm_progress(void *userdata, int done, int total)
         pthread_mutex_lock(&wl->lock);
         if (done > wl->last_done) {
                 wl->last_done = done;
-                sd_send_status("not ready: warming up, %d of %d executor steps (build, first run)", done, total);
+                service_notify_status("not ready: warming up, %d of %d executor steps (build, first run)", done, total);
                 if (done == total || now - wl->last_log_ns >= WARM_LOG_PERIOD_NS) {
                         log_msg(LOG_INFO, "warm-up: %d of %d executor steps done (%.1f s)", done, total,
                                 (double)(now - wl->t0) / 1e9);
@@ -272,7 +272,7 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
          * (cp over it) cannot fault the daemon, and hashed from those bytes,
          * so that the sha256 reported is that of what is served. */
         struct effnet_open_opts oo = { .padding = (int)c->padding, .bn_eps = (float)c->bn_eps, .copy = 1 };
-        sd_send_status("not ready: loading weights %s", sv->weights);
+        service_notify_status("not ready: loading weights %s", sv->weights);
         if ((r = effnet_model_open(sv->path, &oo, err, err_len, &sv->model)) < 0)
                 goto fail;
         size_t file_len = 0;
@@ -356,7 +356,8 @@ static void describe(const struct serving *sv, char *buf, size_t n)
                  effnet_precision_name(sv->precision), info->classes, info->preproc.size, sv->weights);
 }
 
-static void on_access(void *userdata, const struct http_access *a)
+/* http's access_log callback: one access line per answered request. */
+static void on_answered(void *userdata, const struct http_access *a)
 {
         log_access(a);
 }
@@ -512,7 +513,7 @@ static void reload_begin(struct daemon *d)
                 log_msg(LOG_NOTICE, "SIGHUP: a reload is already running");
                 return;
         }
-        sd_send_reloading();
+        service_notify_reloading();
         log_msg(LOG_INFO, "SIGHUP: reloading the model");
         if ((r = reload_settings(d, &d->next)) < 0)
                 goto fail;
@@ -524,7 +525,7 @@ static void reload_begin(struct daemon *d)
         return;
 fail:
         http_count_reload(d->http, false);
-        sd_send_ready(d->status);
+        service_notify_ready(d->status);
 }
 
 /* A loaded generation swapped in (the old one retires: tick frees it once
@@ -554,7 +555,7 @@ static void reload_complete(struct daemon *d)
         }
         conf_free(&d->next);
         snprintf(d->status, sizeof d->status, "serving %s on %s", d->what, http_url(d->http));
-        sd_send_ready(d->status);
+        service_notify_ready(d->status);
 }
 
 /* Periodic work of the main loop: watchdog keep-alive when the workers make
@@ -573,7 +574,7 @@ static void tick(struct daemon *d, bool stopping)
         if (d->watchdog_ns && now >= d->next_watchdog) {
                 d->next_watchdog = now + d->watchdog_ns;
                 if (batch_check_progress(d->sv->batch, d->stall_ns, err, sizeof err) == 0) {
-                        sd_send_watchdog();
+                        service_notify_watchdog();
                         d->stalled = false;
                 } else if (!d->stalled) {
                         d->stalled = true;
@@ -584,8 +585,8 @@ static void tick(struct daemon *d, bool stopping)
                 uint64_t images = http_images(d->http);
                 double secs = (double)(now - d->last_status_ns) / 1e9;
                 double rate = secs > 0 ? (double)(images - d->last_images) / secs : 0;
-                sd_send_status("serving %s on %s; %llu images, %.1f images/s", d->what, http_url(d->http),
-                               (unsigned long long)images, rate);
+                service_notify_status("serving %s on %s; %llu images, %.1f images/s", d->what, http_url(d->http),
+                                      (unsigned long long)images, rate);
                 d->last_images = images;
                 d->last_status_ns = now;
                 d->next_status = now + STATUS_PERIOD_NS;
@@ -702,7 +703,7 @@ static int process_setup(struct daemon *d, char *err, size_t err_len)
                 log_msg(LOG_INFO, "settings: %s", line ? line : "");
                 free(line);
         }
-        if ((r = sd_take_listen_fd(&d->listen_fd)) < 0)
+        if ((r = service_take_listen_fd(&d->listen_fd)) < 0)
                 return err_set(err, err_len, r, "socket activation: expected one listening stream socket");
         return 0;
 }
@@ -774,7 +775,7 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .retry_after_s = (int)c->retry_after,
                 .ui = c->ui,
                 .img = IMG_OPTS_DEFAULT,
-                .access_log = c->access_log ? on_access : NULL,
+                .access_log = c->access_log ? on_answered : NULL,
                 .error_log = on_http_error,
         };
         int r;
@@ -798,7 +799,7 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
  * left in d->reload for drain. */
 static int serve(struct daemon *d)
 {
-        uint64_t wd = sd_watchdog_period_usec();
+        uint64_t wd = service_watchdog_period_usec();
         int sig;
 
         d->stall_ns = d->conf.watchdog_stall * 1000000000;
@@ -806,10 +807,10 @@ static int serve(struct daemon *d)
         d->last_status_ns = time_now_ns();
         describe(d->sv, d->what, sizeof d->what);
         snprintf(d->status, sizeof d->status, "serving %s on %s", d->what, http_url(d->http));
-        sd_send_ready(d->status);
+        service_notify_ready(d->status);
         d->next_status = time_now_ns() + STATUS_PERIOD_NS;
         if (wd)
-                sd_send_watchdog();
+                service_notify_watchdog();
         d->next_watchdog = time_now_ns() + d->watchdog_ns;
         for (;;) {
                 int64_t wait_ns = 250000000;   /* signals, reload completion, watchdog, status */
@@ -836,7 +837,7 @@ static void drain(struct daemon *d, int sig)
 
         log_msg(LOG_INFO, "%s: draining (%d requests in flight, up to %lld s)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                 http_inflight(d->http), (long long)d->conf.drain_timeout);
-        sd_send_stopping("draining");
+        service_notify_stopping("draining");
         http_drain(d->http);
         /* Queued requests always finish (result or deadline), since
          * libmicrohttpd cannot stop with suspended connections; only slow

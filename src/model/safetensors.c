@@ -72,8 +72,8 @@ struct errbuf {
 
 /* Writes "origin: message" and returns code. Control bytes become '?' because
  * names and JSON excerpts come from the file and end up in logs and terminals. */
-static int fail(const struct errbuf *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(const struct errbuf *e, int code, const char *fmt, ...)
+static int errbuf_set(const struct errbuf *e, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int errbuf_set(const struct errbuf *e, int code, const char *fmt, ...)
 {
         va_list ap;
         size_t off = 0;
@@ -177,7 +177,7 @@ static int parse_entry(const struct errbuf *e, const char *name, json_t *entry, 
         const char *key;
 
         if (!json_is_object(entry))
-                return fail(e, -EBADMSG, "%s: entry is not a JSON object", n);
+                return errbuf_set(e, -EBADMSG, "%s: entry is not a JSON object", n);
         json_object_foreach(entry, key, v) {
                 if (strcmp(key, "dtype") == 0)
                         dtype = v;
@@ -186,46 +186,46 @@ static int parse_entry(const struct errbuf *e, const char *name, json_t *entry, 
                 else if (strcmp(key, "data_offsets") == 0)
                         offsets = v;
                 else
-                        return fail(e, -EBADMSG, "%s: unexpected field \"%.40s\"", n, key);
+                        return errbuf_set(e, -EBADMSG, "%s: unexpected field \"%.40s\"", n, key);
         }
         if (!dtype || !shape || !offsets)
-                return fail(e, -EBADMSG, "%s: missing field \"%s\"", n,
-                            !dtype ? "dtype" : !shape ? "shape" : "data_offsets");
+                return errbuf_set(e, -EBADMSG, "%s: missing field \"%s\"", n,
+                                  !dtype ? "dtype" : !shape ? "shape" : "data_offsets");
 
         if (!json_is_string(dtype))
-                return fail(e, -EBADMSG, "%s: \"dtype\" is not a string", n);
+                return errbuf_set(e, -EBADMSG, "%s: \"dtype\" is not a string", n);
         di = dtype_lookup(json_string_value(dtype));
         if (!di)
-                return fail(e, -EBADMSG, "%s: unknown dtype \"%.16s\"", n, json_string_value(dtype));
+                return errbuf_set(e, -EBADMSG, "%s: unknown dtype \"%.16s\"", n, json_string_value(dtype));
 
         if (!json_is_array(shape))
-                return fail(e, -EBADMSG, "%s: \"shape\" is not an array", n);
+                return errbuf_set(e, -EBADMSG, "%s: \"shape\" is not an array", n);
         if (json_array_size(shape) > ST_MAX_DIMS)
-                return fail(e, -E2BIG, "%s: shape has %zu dimensions, more than the limit of %d", n,
-                            json_array_size(shape), ST_MAX_DIMS);
+                return errbuf_set(e, -E2BIG, "%s: shape has %zu dimensions, more than the limit of %d", n,
+                                  json_array_size(shape), ST_MAX_DIMS);
         t->ndim = (int)json_array_size(shape);
         for (int i = 0; i < t->ndim; i++) {
                 v = json_array_get(shape, (size_t)i);
                 if (!json_is_integer(v))
-                        return fail(e, -EBADMSG, "%s: shape[%d] is not an integer", n, i);
+                        return errbuf_set(e, -EBADMSG, "%s: shape[%d] is not an integer", n, i);
                 if (json_integer_value(v) < 0)
-                        return fail(e, -EBADMSG, "%s: shape[%d] is negative (%lld)", n, i,
-                                    (long long)json_integer_value(v));
+                        return errbuf_set(e, -EBADMSG, "%s: shape[%d] is negative (%lld)", n, i,
+                                          (long long)json_integer_value(v));
                 t->shape[i] = json_integer_value(v);
         }
 
         if (!json_is_array(offsets) || json_array_size(offsets) != 2)
-                return fail(e, -EBADMSG, "%s: \"data_offsets\" is not an array [begin, end]", n);
+                return errbuf_set(e, -EBADMSG, "%s: \"data_offsets\" is not an array [begin, end]", n);
         if (!json_is_index(json_array_get(offsets, 0)) || !json_is_index(json_array_get(offsets, 1)))
-                return fail(e, -EBADMSG, "%s: \"data_offsets\" are not non-negative integers", n);
+                return errbuf_set(e, -EBADMSG, "%s: \"data_offsets\" are not non-negative integers", n);
         uint64_t begin = (uint64_t)json_integer_value(json_array_get(offsets, 0));
         uint64_t end = (uint64_t)json_integer_value(json_array_get(offsets, 1));
         if (begin > end)
-                return fail(e, -EBADMSG, "%s: data_offsets [%llu, %llu] begin after end", n,
-                            (unsigned long long)begin, (unsigned long long)end);
+                return errbuf_set(e, -EBADMSG, "%s: data_offsets [%llu, %llu] begin after end", n,
+                                  (unsigned long long)begin, (unsigned long long)end);
         if (end > data_len)
-                return fail(e, -EBADMSG, "%s: data_offsets [%llu, %llu] exceed data area of %llu bytes", n,
-                            (unsigned long long)begin, (unsigned long long)end, (unsigned long long)data_len);
+                return errbuf_set(e, -EBADMSG, "%s: data_offsets [%llu, %llu] exceed data area of %llu bytes", n,
+                                  (unsigned long long)begin, (unsigned long long)end, (unsigned long long)data_len);
 
         /* A zero dimension makes the tensor empty whatever the others say;
          * otherwise every partial product must fit, checked before it is made. */
@@ -236,7 +236,7 @@ static int parse_entry(const struct errbuf *e, const char *name, json_t *entry, 
         for (int i = 0; i < t->ndim && !empty; i++) {
                 if (numel > INT64_MAX / t->shape[i]) {
                         shape_str(t->shape, t->ndim, sb, sizeof sb);
-                        return fail(e, -EBADMSG, "%s: shape %s: element count overflows", n, sb);
+                        return errbuf_set(e, -EBADMSG, "%s: shape %s: element count overflows", n, sb);
                 }
                 numel *= t->shape[i];
         }
@@ -244,14 +244,15 @@ static int parse_entry(const struct errbuf *e, const char *name, json_t *entry, 
                 numel = 0;
         if ((uint64_t)numel > UINT64_MAX / di->size) {
                 shape_str(t->shape, t->ndim, sb, sizeof sb);
-                return fail(e, -EBADMSG, "%s: shape %s x %s: byte count overflows", n, sb, di->name);
+                return errbuf_set(e, -EBADMSG, "%s: shape %s x %s: byte count overflows", n, sb, di->name);
         }
         uint64_t nbytes = (uint64_t)numel * di->size;
         if (nbytes != end - begin) {
                 shape_str(t->shape, t->ndim, sb, sizeof sb);
-                return fail(e, -EBADMSG, "%s: shape %s x %s (%zu bytes) = %llu bytes, but data_offsets [%llu, %llu] span %llu",
-                            n, sb, di->name, di->size, (unsigned long long)nbytes, (unsigned long long)begin,
-                            (unsigned long long)end, (unsigned long long)(end - begin));
+                return errbuf_set(e, -EBADMSG,
+                                  "%s: shape %s x %s (%zu bytes) = %llu bytes, but data_offsets [%llu, %llu] span %llu",
+                                  n, sb, di->name, di->size, (unsigned long long)nbytes, (unsigned long long)begin,
+                                  (unsigned long long)end, (unsigned long long)(end - begin));
         }
 
         t->dtype = di->dtype;
@@ -269,10 +270,11 @@ static int parse_metadata(const struct errbuf *e, json_t *meta)
         json_t *v;
 
         if (!json_is_object(meta))
-                return fail(e, -EBADMSG, "__metadata__: not a JSON object");
+                return errbuf_set(e, -EBADMSG, "__metadata__: not a JSON object");
         json_object_foreach(meta, key, v)
                 if (!json_is_string(v))
-                        return fail(e, -EBADMSG, "__metadata__: value of \"%s\" is not a string", msg_name(key, nb));
+                        return errbuf_set(e, -EBADMSG, "__metadata__: value of \"%s\" is not a string",
+                                          msg_name(key, nb));
         return 0;
 }
 
@@ -312,10 +314,10 @@ static int check_overlap(const struct errbuf *e, struct span *spans, size_t n)
                 if (s->begin == s->end)
                         continue;
                 if (last && s->begin < last->end)
-                        return fail(e, -EBADMSG, "%s: data_offsets [%llu, %llu] overlap %s [%llu, %llu]",
-                                    msg_name(s->t->name, n1), (unsigned long long)s->begin,
-                                    (unsigned long long)s->end, msg_name(last->t->name, n2),
-                                    (unsigned long long)last->begin, (unsigned long long)last->end);
+                        return errbuf_set(e, -EBADMSG, "%s: data_offsets [%llu, %llu] overlap %s [%llu, %llu]",
+                                          msg_name(s->t->name, n1), (unsigned long long)s->begin,
+                                          (unsigned long long)s->end, msg_name(last->t->name, n2),
+                                          (unsigned long long)last->begin, (unsigned long long)last->end);
                 if (!last || s->end > last->end)
                         last = s;
         }
@@ -333,40 +335,40 @@ static int parse(const struct errbuf *e, const unsigned char *buf, size_t len, s
         int r;
 
         if (len < 8)
-                return fail(e, -EBADMSG, "file is %zu bytes, too short for the 8-byte header length", len);
+                return errbuf_set(e, -EBADMSG, "file is %zu bytes, too short for the 8-byte header length", len);
         uint64_t hlen = load_le64(buf);
         if (hlen > len - 8)
-                return fail(e, -EBADMSG, "header length %llu runs past the end of the file (%zu bytes follow)",
-                            (unsigned long long)hlen, len - 8);
+                return errbuf_set(e, -EBADMSG, "header length %llu runs past the end of the file (%zu bytes follow)",
+                                  (unsigned long long)hlen, len - 8);
         if (hlen > ST_MAX_HEADER)
-                return fail(e, -E2BIG, "header length %llu exceeds the limit of %u bytes",
-                            (unsigned long long)hlen, ST_MAX_HEADER);
+                return errbuf_set(e, -E2BIG, "header length %llu exceeds the limit of %u bytes",
+                                  (unsigned long long)hlen, ST_MAX_HEADER);
 
         const char *text = (const char *)buf + 8;
         /* JSON never holds a raw NUL, yet jansson drops one that follows a
          * number and then miscounts byte positions; refuse it up front. */
         const char *nul = memchr(text, '\0', (size_t)hlen);
         if (nul)
-                return fail(e, -EBADMSG, "header JSON contains a NUL byte at byte %zu", (size_t)(nul - text) + 8);
+                return errbuf_set(e, -EBADMSG, "header JSON contains a NUL byte at byte %zu", (size_t)(nul - text) + 8);
         root = json_loadb(text, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
         if (!root) {
                 if (json_error_code(&jerr) == json_error_out_of_memory)
-                        return fail(e, -ENOMEM, "header JSON: out of memory");
+                        return errbuf_set(e, -ENOMEM, "header JSON: out of memory");
                 if (json_error_code(&jerr) == json_error_duplicate_key) {
                         char nb[NAME_IN_MSG + 4];
                         char *dup = duplicate_key(text, (size_t)hlen, (size_t)jerr.position);
 
                         if (!dup)
-                                return fail(e, -EBADMSG, "header: duplicate key at byte %d", jerr.position + 8);
-                        r = fail(e, -EBADMSG, "%s: duplicate key in header at byte %d", msg_name(dup, nb),
-                                 jerr.position + 8);
+                                return errbuf_set(e, -EBADMSG, "header: duplicate key at byte %d", jerr.position + 8);
+                        r = errbuf_set(e, -EBADMSG, "%s: duplicate key in header at byte %d", msg_name(dup, nb),
+                                       jerr.position + 8);
                         free(dup);
                         return r;
                 }
-                return fail(e, -EBADMSG, "header is not valid JSON at byte %d: %s", jerr.position + 8, jerr.text);
+                return errbuf_set(e, -EBADMSG, "header is not valid JSON at byte %d: %s", jerr.position + 8, jerr.text);
         }
         if (!json_is_object(root)) {
-                r = fail(e, -EBADMSG, "header is not a JSON object");
+                r = errbuf_set(e, -EBADMSG, "header is not a JSON object");
                 goto out;
         }
 
@@ -377,13 +379,13 @@ static int parse(const struct errbuf *e, const unsigned char *buf, size_t len, s
                 names_len += strlen(key) + 1;
         }
         if (n > ST_MAX_TENSORS) {
-                r = fail(e, -E2BIG, "header lists %zu tensors, more than the limit of %d", n, ST_MAX_TENSORS);
+                r = errbuf_set(e, -E2BIG, "header lists %zu tensors, more than the limit of %d", n, ST_MAX_TENSORS);
                 goto out;
         }
 
         f = calloc(1, sizeof *f);
         if (!f) {
-                r = fail(e, -ENOMEM, "out of memory");
+                r = errbuf_set(e, -ENOMEM, "out of memory");
                 goto out;
         }
         f->tensors = calloc(n ? n : 1, sizeof *f->tensors);
@@ -391,7 +393,7 @@ static int parse(const struct errbuf *e, const unsigned char *buf, size_t len, s
         f->names = malloc(names_len ? names_len : 1);
         spans = calloc(n ? n : 1, sizeof *spans);
         if (!f->tensors || !f->by_name || !f->names || !spans) {
-                r = fail(e, -ENOMEM, "out of memory for %zu tensors", n);
+                r = errbuf_set(e, -ENOMEM, "out of memory for %zu tensors", n);
                 goto out;
         }
 
@@ -445,7 +447,7 @@ int st_parse(const void *buf, size_t len, char *err, size_t err_len, struct st_f
         const struct errbuf e = { err, err_len, NULL };
 
         if (!buf && len > 0)
-                return fail(&e, -EINVAL, "no buffer");
+                return errbuf_set(&e, -EINVAL, "no buffer");
         return parse(&e, buf, len, ret_file);
 }
 
@@ -461,7 +463,7 @@ static int read_copy(const struct errbuf *e, int fd, const struct stat *before, 
         void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (map == MAP_FAILED) {
                 r = -errno;
-                return fail(e, r, "cannot allocate %zu bytes: %s", len, strerror_r(-r, eb, sizeof eb));
+                return errbuf_set(e, r, "cannot allocate %zu bytes: %s", len, strerror_r(-r, eb, sizeof eb));
         }
         while (got < len) {
                 ssize_t n = pread(fd, (char *)map + got, len - got, (off_t)got);
@@ -470,16 +472,17 @@ static int read_copy(const struct errbuf *e, int fd, const struct stat *before, 
                 if (n <= 0) {
                         r = n < 0 ? -errno : -ESTALE;
                         if (n < 0)
-                                fail(e, r, "read: %s", strerror_r(-r, eb, sizeof eb));
+                                errbuf_set(e, r, "read: %s", strerror_r(-r, eb, sizeof eb));
                         else
-                                fail(e, r, "the file shrank while it was read (%zu of %zu bytes)", got, len);
+                                errbuf_set(e, r, "the file shrank while it was read (%zu of %zu bytes)", got, len);
                         goto fail;
                 }
                 got += (size_t)n;
         }
         if (fstat(fd, &after) < 0 || after.st_size != before->st_size ||
             after.st_mtim.tv_sec != before->st_mtim.tv_sec || after.st_mtim.tv_nsec != before->st_mtim.tv_nsec) {
-                r = fail(e, -ESTALE, "the file changed while it was read; replace weights by rename, then load again");
+                r = errbuf_set(e, -ESTALE,
+                               "the file changed while it was read; replace weights by rename, then load again");
                 goto fail;
         }
         *ret_map = map;
@@ -507,20 +510,20 @@ int st_open_ex(const char *path, bool copy, char *err, size_t err_len, struct st
         fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
                 r = -errno;
-                return fail(&e, r, "open: %s", strerror_r(-r, eb, sizeof eb));
+                return errbuf_set(&e, r, "open: %s", strerror_r(-r, eb, sizeof eb));
         }
         if (fstat(fd, &st) < 0) {
                 r = -errno;
-                fail(&e, r, "stat: %s", strerror_r(-r, eb, sizeof eb));
+                errbuf_set(&e, r, "stat: %s", strerror_r(-r, eb, sizeof eb));
                 goto out;
         }
         if (!S_ISREG(st.st_mode)) {
                 r = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
-                fail(&e, r, "not a regular file");
+                errbuf_set(&e, r, "not a regular file");
                 goto out;
         }
         if ((uint64_t)st.st_size > SIZE_MAX) {
-                r = fail(&e, -E2BIG, "file of %lld bytes does not fit in memory", (long long)st.st_size);
+                r = errbuf_set(&e, -E2BIG, "file of %lld bytes does not fit in memory", (long long)st.st_size);
                 goto out;
         }
         len = (size_t)st.st_size;
@@ -543,7 +546,7 @@ int st_open_ex(const char *path, bool copy, char *err, size_t err_len, struct st
                 map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
                 if (map == MAP_FAILED) {
                         r = -errno;
-                        fail(&e, r, "mmap: %s", strerror_r(-r, eb, sizeof eb));
+                        errbuf_set(&e, r, "mmap: %s", strerror_r(-r, eb, sizeof eb));
                         goto out;
                 }
         }
@@ -939,23 +942,23 @@ int st_writer_save(struct st_writer *w, const char *path, char *err, size_t err_
         int fd = -1, r;
 
         if (!w || !path)
-                return fail(&e, -EINVAL, "no writer or path");
+                return errbuf_set(&e, -EINVAL, "no writer or path");
         json = json_dumps(w->header, JSON_COMPACT | JSON_PRESERVE_ORDER);
         if (!json)
-                return fail(&e, -ENOMEM, "out of memory for the header");
+                return errbuf_set(&e, -ENOMEM, "out of memory for the header");
         jlen = strlen(json);
         /* Spaces (valid JSON whitespace) up to a multiple of 8, so the data
          * area starts 8-byte aligned in the file and in an mmap of it. */
         hlen = (jlen + 7) & ~(size_t)7;
         if (hlen > ST_MAX_HEADER) {
-                r = fail(&e, -E2BIG, "header of %zu bytes exceeds the limit of %u", hlen, ST_MAX_HEADER);
+                r = errbuf_set(&e, -E2BIG, "header of %zu bytes exceeds the limit of %u", hlen, ST_MAX_HEADER);
                 goto out;
         }
         header = malloc(8 + hlen);
         if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
                 tmp = NULL;
         if (!header || !tmp) {
-                r = fail(&e, -ENOMEM, "out of memory");
+                r = errbuf_set(&e, -ENOMEM, "out of memory");
                 goto out;
         }
         for (int b = 0; b < 8; b++)
@@ -968,36 +971,36 @@ int st_writer_save(struct st_writer *w, const char *path, char *err, size_t err_
                 r = -errno;
                 free(tmp); /* nothing was created: keep the cleanup from unlinking a template */
                 tmp = NULL;
-                fail(&e, r, "create temporary file: %s", strerror_r(-r, eb, sizeof eb));
+                errbuf_set(&e, r, "create temporary file: %s", strerror_r(-r, eb, sizeof eb));
                 goto out;
         }
         if (fchmod(fd, 0644) < 0) {
                 r = -errno;
-                fail(&e, r, "chmod %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+                errbuf_set(&e, r, "chmod %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
                 goto out;
         }
         r = write_all(fd, header, 8 + hlen);
         for (size_t i = 0; r >= 0 && i < w->n; i++)
                 r = write_tensor(fd, &w->entries[i]);
         if (r < 0) {
-                fail(&e, r, "write %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+                errbuf_set(&e, r, "write %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
                 goto out;
         }
         if (fsync(fd) < 0) {
                 r = -errno;
-                fail(&e, r, "fsync %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+                errbuf_set(&e, r, "fsync %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
                 goto out;
         }
         r = close(fd);
         fd = -1;
         if (r < 0) {
                 r = -errno;
-                fail(&e, r, "close %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+                errbuf_set(&e, r, "close %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
                 goto out;
         }
         if (rename(tmp, path) < 0) {
                 r = -errno;
-                fail(&e, r, "rename from %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+                errbuf_set(&e, r, "rename from %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
                 goto out;
         }
         free(tmp);

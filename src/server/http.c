@@ -145,8 +145,8 @@ struct req {
         char msg[256];
 
         int n_images;
-        struct http_part one;       /* a body of one image */
-        struct http_part *parts;    /* [n_parts] into body: &one or owned */
+        struct multipart_part one;       /* a body of one image */
+        struct multipart_part *parts;    /* [n_parts] into body: &one or owned */
         int n_parts;
         struct dec_job djob;        /* decoding, on the decoder's pool */
         int next_part;              /* the next image it decodes */
@@ -216,8 +216,8 @@ static void req_free(struct req *q)
         free(q);
 }
 
-static void fail(struct req *q, enum api_error e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void fail(struct req *q, enum api_error e, const char *fmt, ...)
+static void req_fail(struct req *q, enum api_error e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void req_fail(struct req *q, enum api_error e, const char *fmt, ...)
 {
         va_list ap;
 
@@ -228,7 +228,9 @@ static void fail(struct req *q, enum api_error e, const char *fmt, ...)
         q->err = e;
 }
 
-static void access_log(struct req *q, int status, const char *error, size_t answer_bytes)
+/* An answer queued: counted in /metrics (requests by route and status,
+ * latency, queue wait), then handed to the access log callback, if any. */
+static void count_answer(struct req *q, int status, const char *error, size_t answer_bytes)
 {
         struct http_server *s = q->s;
         double ms = (double)(time_now_ns() - q->start_ns) / 1e6;
@@ -335,7 +337,7 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
         enum MHD_Result r = MHD_queue_response(q->conn, (unsigned)status, resp);
         MHD_destroy_response(resp);
         q->state = REQ_ANSWERED;
-        access_log(q, status, error, n);
+        count_answer(q, status, error, n);
         return r;
 }
 
@@ -605,7 +607,7 @@ static int parse_header_len(const char *v, int64_t *ret)
  * the limit, see on_body), then answered. */
 static enum MHD_Result fail_after_body(struct req *q, enum api_error e, const char *msg)
 {
-        fail(q, e, "%s", msg);
+        req_fail(q, e, "%s", msg);
         q->state = REQ_BODY;
         return MHD_YES;
 }
@@ -730,7 +732,7 @@ static enum MHD_Result on_body(struct req *q, const char *data, size_t n)
         if (q->failed)
                 return q->received > q->max_body + DISCARD_MAX ? MHD_NO : MHD_YES;
         if (q->len + n > q->max_body) {
-                fail(q, API_E_TOO_LARGE, "body over the limit of %zu bytes", q->max_body);
+                req_fail(q, API_E_TOO_LARGE, "body over the limit of %zu bytes", q->max_body);
                 body_release(q);
                 return MHD_YES;
         }
@@ -743,14 +745,14 @@ static enum MHD_Result on_body(struct req *q, const char *data, size_t n)
                 long long grow = (long long)(cap - q->cap);
                 if (atomic_fetch_add(&s->body_total, grow) + grow > s->opts.max_body_total) {
                         atomic_fetch_sub(&s->body_total, grow);
-                        fail(q, API_E_OVERLOADED, "too many request bodies in flight; retry later");
+                        req_fail(q, API_E_OVERLOADED, "too many request bodies in flight; retry later");
                         body_release(q);
                         return MHD_YES;
                 }
                 uint8_t *b = realloc(q->body, cap);
                 if (!b) {
                         atomic_fetch_sub(&s->body_total, grow);
-                        fail(q, API_E_OVERLOADED, "out of memory for the body; retry later");
+                        req_fail(q, API_E_OVERLOADED, "out of memory for the body; retry later");
                         body_release(q);
                         return MHD_YES;
                 }
@@ -800,13 +802,13 @@ static void fail_image(struct req *q, int r, int part, const char *what)
         else if (q->v2.route != V2_ROUTE_NONE)
                 snprintf(where, sizeof where, "image %d: ", part + 1);
         if (r == -E2BIG)
-                fail(q, API_E_TOO_LARGE, "%s%s", where, what);
+                req_fail(q, API_E_TOO_LARGE, "%s%s", where, what);
         else if (r == -ENOTSUP || r == -EBADMSG)
-                fail(q, API_E_INVALID_IMAGE, "%s%s", where, what);
+                req_fail(q, API_E_INVALID_IMAGE, "%s%s", where, what);
         else if (r == -ENOMEM)
-                fail(q, API_E_OVERLOADED, "%sout of memory; retry later", where);
+                req_fail(q, API_E_OVERLOADED, "%sout of memory; retry later", where);
         else
-                fail(q, API_E_INTERNAL, "%s%s", where, what);
+                req_fail(q, API_E_INTERNAL, "%s%s", where, what);
 }
 
 /* Decodes image i of q into its tensor, within the request's deadline
@@ -825,15 +827,15 @@ static bool prepare_image(struct req *q, int i, const void *data, size_t len, in
                 return false;
         }
         if (time_now_ns() > q->deadline_ns) {
-                fail(q, API_E_DEADLINE, "past the deadline of %lld ms while decoding image %d",
-                     (long long)s->opts.deadline_ms, i + 1);
+                req_fail(q, API_E_DEADLINE, "past the deadline of %lld ms while decoding image %d",
+                         (long long)s->opts.deadline_ms, i + 1);
                 return false;
         }
         if ((r = img_probe(data, len, &s->opts.img.limits, err, sizeof err, &info)) == 0) {
                 int64_t px = (int64_t)info.width * info.height;
                 if (px > *pixels_left) {
-                        fail(q, API_E_TOO_LARGE, "the request's images hold more than %lld pixels in all "
-                             "(max-request-pixels)", (long long)s->opts.max_request_pixels);
+                        req_fail(q, API_E_TOO_LARGE, "the request's images hold more than %lld pixels in all "
+                                 "(max-request-pixels)", (long long)s->opts.max_request_pixels);
                         return false;
                 }
                 *pixels_left -= px;
@@ -898,14 +900,14 @@ static void start_inference(struct req *q)
         int n = q->n_images, r;
 
         if (time_now_ns() > q->deadline_ns) {
-                fail(q, API_E_DEADLINE, "past the deadline of %lld ms before inference",
-                     (long long)s->opts.deadline_ms);
+                req_fail(q, API_E_DEADLINE, "past the deadline of %lld ms before inference",
+                         (long long)s->opts.deadline_ms);
                 req_finish(q);
                 return;
         }
         /* Decoded while http_stop began: its wait covers this request. */
         if (atomic_load(&s->stopping)) {
-                fail(q, API_E_DRAINING, "the server is shutting down");
+                req_fail(q, API_E_DRAINING, "the server is shutting down");
                 req_finish(q);
                 return;
         }
@@ -967,7 +969,7 @@ static enum dec_step decode_main(struct dec_job *job)
 
         /* http_stop waits for this request: answer it now. */
         if (atomic_load(&q->s->stopping)) {
-                fail(q, API_E_DRAINING, "the server is shutting down");
+                req_fail(q, API_E_DRAINING, "the server is shutting down");
                 req_finish(q);
                 return DEC_DONE;
         }
@@ -975,7 +977,7 @@ static enum dec_step decode_main(struct dec_job *job)
                 q->pixels_left = q->s->opts.max_request_pixels;
                 q->tensors = malloc(sizeof(float) * g->image_floats * (size_t)q->n_parts);
                 if (!q->tensors) {
-                        fail(q, API_E_OVERLOADED, "out of memory; retry later");
+                        req_fail(q, API_E_OVERLOADED, "out of memory; retry later");
                         req_finish(q);
                         return DEC_DONE;
                 }
@@ -1007,7 +1009,7 @@ static enum MHD_Result start_decode(struct req *q)
         int r;
 
         if (!submit_enter(s)) {
-                fail(q, API_E_DRAINING, "the server is shutting down");
+                req_fail(q, API_E_DRAINING, "the server is shutting down");
                 return respond_failed(q);
         }
         /* Suspend first: the decoder may resume before dec_submit returns. */
@@ -1017,8 +1019,8 @@ static enum MHD_Result start_decode(struct req *q)
         if (r < 0) {
                 struct dec_stats ds;
                 dec_get_stats(s->dec, &ds);
-                fail(q, API_E_OVERLOADED, "%d requests are being decoded, the limit (decode-threads + "
-                     "decode-queue); retry later", ds.threads + ds.queue_capacity);
+                req_fail(q, API_E_OVERLOADED, "%d requests are being decoded, the limit (decode-threads + "
+                         "decode-queue); retry later", ds.threads + ds.queue_capacity);
                 req_finish(q);
         }
         submit_leave(s);
@@ -1069,8 +1071,8 @@ static enum MHD_Result v2_on_complete(struct req *q)
                 if (!q->parts)
                         return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
                 for (int i = 0; i < n; i++)
-                        q->parts[i] = (struct http_part){ .data = q->v2req->images[i].data,
-                                                          .len = q->v2req->images[i].len };
+                        q->parts[i] = (struct multipart_part){ .data = q->v2req->images[i].data,
+                                                                .len = q->v2req->images[i].len };
                 q->n_parts = n;
                 return start_decode(q);
         }
@@ -1079,7 +1081,7 @@ static enum MHD_Result v2_on_complete(struct req *q)
         body_release(q);
         q->n_images = n;
         if (!submit_enter(s)) {
-                fail(q, API_E_DRAINING, "the server is shutting down");
+                req_fail(q, API_E_DRAINING, "the server is shutting down");
                 return respond_failed(q);
         }
         /* Suspend first: the callbacks may resume before batch_submit returns. */
@@ -1117,15 +1119,15 @@ static enum MHD_Result on_complete(struct req *q)
         if (q->len == 0)
                 return respond_error(q, API_E_INVALID_IMAGE, "empty body: send an image");
         if (q->multipart) {
-                char boundary[HTTP_MULTIPART_MAX_BOUNDARY + 1];
-                if (http_multipart_boundary(q->content_type, boundary) < 0)
+                char boundary[MULTIPART_MAX_BOUNDARY + 1];
+                if (multipart_boundary(q->content_type, boundary) < 0)
                         return respond_error(q, API_E_INVALID_MULTIPART,
                                              "multipart/form-data without a valid boundary parameter");
                 q->parts = calloc((size_t)s->opts.max_images, sizeof *q->parts);
                 if (!q->parts)
                         return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
-                r = http_multipart_parse(q->body, q->len, boundary, q->parts, s->opts.max_images, &n, err,
-                                         sizeof err);
+                r = multipart_parse(q->body, q->len, boundary, q->parts, s->opts.max_images, &n, err,
+                                    sizeof err);
                 if (r == -E2BIG) {
                         snprintf(msg, sizeof msg, "more than %d images in one request", s->opts.max_images);
                         return respond_error(q, API_E_TOO_LARGE, msg);
@@ -1133,7 +1135,7 @@ static enum MHD_Result on_complete(struct req *q)
                 if (r < 0)
                         return respond_error(q, API_E_INVALID_MULTIPART, err);
         } else {
-                q->one = (struct http_part){ .data = q->body, .len = q->len };
+                q->one = (struct multipart_part){ .data = q->body, .len = q->len };
                 q->parts = &q->one;
         }
         q->n_parts = n;
@@ -1172,8 +1174,8 @@ static enum MHD_Result answer(struct req *q)
                         size_t len = 0, hlen = 0;
                         int r = v2_infer_body(&q->g->v2, q->v2req, q->logits, &body, &len, &hlen);
                         if (r == -EDOM) {
-                                fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its "
-                                     "weights are broken");
+                                req_fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its "
+                                         "weights are broken");
                                 return respond_failed(q);
                         }
                         if (r < 0)
@@ -1189,8 +1191,8 @@ static enum MHD_Result answer(struct req *q)
                 int r = api_classify_body(q->g->info->variant, q->g->labels, q->logits, q->n_images,
                                           q->g->info->classes, q->top_k, q->multipart, &body);
                 if (r == -EDOM) {
-                        fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its weights are "
-                             "broken");
+                        req_fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its weights are "
+                                 "broken");
                         break;
                 }
                 if (r < 0)
@@ -1199,20 +1201,20 @@ static enum MHD_Result answer(struct req *q)
                 return respond(q, 200, body, "application/json", NULL);
         }
         case -ETIMEDOUT:
-                fail(q, API_E_DEADLINE, "waited past the deadline of %lld ms in the queue",
-                     (long long)s->opts.deadline_ms);
+                req_fail(q, API_E_DEADLINE, "waited past the deadline of %lld ms in the queue",
+                         (long long)s->opts.deadline_ms);
                 break;
         case -EAGAIN:
-                fail(q, API_E_OVERLOADED, "the queue is full; retry later");
+                req_fail(q, API_E_OVERLOADED, "the queue is full; retry later");
                 break;
         case -ESHUTDOWN:
-                fail(q, API_E_DRAINING, "the server is shutting down");
+                req_fail(q, API_E_DRAINING, "the server is shutting down");
                 break;
         case -E2BIG:
-                fail(q, API_E_TOO_LARGE, "more images than the queue holds");
+                req_fail(q, API_E_TOO_LARGE, "more images than the queue holds");
                 break;
         default:
-                fail(q, API_E_INTERNAL, "inference failed: %s", strerror(-q->job_status));
+                req_fail(q, API_E_INTERNAL, "inference failed: %s", strerror(-q->job_status));
                 break;
         }
         return respond_failed(q);
@@ -1335,9 +1337,12 @@ static void sweeper_stop(struct http_server *s)
         s->sweeper_started = false;
 }
 
-static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
-                                 const char *version, const char *upload_data, size_t *upload_data_size,
-                                 void **con_cls)
+/* libmicrohttpd's access handler: called once with the headers, then with
+ * each piece of the body, then once more at its end, and again when a
+ * suspended request is resumed. */
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
 {
         struct http_server *s = cls;
         struct req *q = *con_cls;
@@ -1639,7 +1644,7 @@ static struct MHD_Daemon *start_daemon(struct http_server *s, const struct socka
                               : (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, (void *)addr },
                 { MHD_OPTION_END, 0, NULL },
         };
-        return MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+        return MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
                                 MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
                                 MHD_OPTION_ARRAY, listen,
                                 MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),

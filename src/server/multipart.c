@@ -7,7 +7,7 @@
 #include <string.h>
 #include <strings.h>
 
-int http_multipart_boundary(const char *content_type, char *ret_boundary)
+int multipart_boundary(const char *content_type, char *ret_boundary)
 {
         const char *p = content_type ? strchr(content_type, ';') : NULL;
 
@@ -29,7 +29,7 @@ int http_multipart_boundary(const char *content_type, char *ret_boundary)
                 } else {
                         n = strcspn(p, "; \t");
                 }
-                if (n < 1 || n > HTTP_MULTIPART_MAX_BOUNDARY)
+                if (n < 1 || n > MULTIPART_MAX_BOUNDARY)
                         return -EBADMSG;
                 memcpy(ret_boundary, p, n);
                 ret_boundary[n] = '\0';
@@ -43,15 +43,15 @@ static bool starts_with(const uint8_t *p, const uint8_t *end, const void *s, siz
         return (size_t)(end - p) >= n && memcmp(p, s, n) == 0;
 }
 
-int http_multipart_parse(const uint8_t *body, size_t len, const char *boundary, struct http_part *parts,
-                         int max_parts, int *ret_n, char *err, size_t err_len)
+int multipart_parse(const uint8_t *body, size_t len, const char *boundary, struct multipart_part *parts,
+                    int max_parts, int *ret_n, char *err, size_t err_len)
 {
-        char delim[HTTP_MULTIPART_MAX_BOUNDARY + 5]; /* "\r\n--" boundary */
+        char delim[MULTIPART_MAX_BOUNDARY + 5]; /* "\r\n--" boundary */
         size_t blen = strlen(boundary);
         const uint8_t *end = body + len, *p;
         int n = 0;
 
-        if (blen < 1 || blen > HTTP_MULTIPART_MAX_BOUNDARY)
+        if (blen < 1 || blen > MULTIPART_MAX_BOUNDARY)
                 return err_set(err, err_len, -EBADMSG, "multipart: bad boundary");
         memcpy(delim, "\r\n--", 4);
         memcpy(delim + 4, boundary, blen);
@@ -87,8 +87,8 @@ int http_multipart_parse(const uint8_t *body, size_t len, const char *boundary, 
                         content = p + 2;
                 } else {
                         size_t window = (size_t)(end - p);
-                        if (window > HTTP_MULTIPART_MAX_HEADERS + 4)
-                                window = HTTP_MULTIPART_MAX_HEADERS + 4;
+                        if (window > MULTIPART_MAX_HEADERS + 4)
+                                window = MULTIPART_MAX_HEADERS + 4;
                         const uint8_t *blank = memmem(p, window, "\r\n\r\n", 4);
                         if (!blank)
                                 return err_set(err, err_len, -EBADMSG,
@@ -114,7 +114,7 @@ int http_multipart_parse(const uint8_t *body, size_t len, const char *boundary, 
                                        "multipart: part %d: no closing boundary (truncated body?)", n + 1);
                 if (n == max_parts)
                         return err_set(err, err_len, -E2BIG, "multipart: more than %d parts", max_parts);
-                parts[n++] = (struct http_part){ .data = content, .len = (size_t)(next - content),
+                parts[n++] = (struct multipart_part){ .data = content, .len = (size_t)(next - content),
                                                  .headers = (const char *)headers, .headers_len = headers_len };
                 p = next + dlen;
         }

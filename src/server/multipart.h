@@ -8,11 +8,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define HTTP_MULTIPART_MAX_BOUNDARY 70
+#define MULTIPART_MAX_BOUNDARY 70
 /* Headers of one part larger than this are malformed (ours are a few lines). */
-#define HTTP_MULTIPART_MAX_HEADERS 8192
+#define MULTIPART_MAX_HEADERS 8192
 
-struct http_part {
+struct multipart_part {
         const uint8_t *data;   /* into the body */
         size_t len;
         const char *headers;   /* into the body: the part's header block, */
@@ -21,16 +21,16 @@ struct http_part {
 
 /* Copies the boundary parameter of a Content-Type value such as
  * `multipart/form-data; boundary="abc"` into ret_boundary (at least
- * HTTP_MULTIPART_MAX_BOUNDARY + 1 bytes). -EBADMSG when it is missing,
+ * MULTIPART_MAX_BOUNDARY + 1 bytes). -EBADMSG when it is missing,
  * empty or longer than 70 characters. */
-int http_multipart_boundary(const char *content_type, char *ret_boundary);
+int multipart_boundary(const char *content_type, char *ret_boundary);
 
 /* Splits body into its parts, in order. Returns -EBADMSG for a malformed
  * body (no opening or closing delimiter, a part without its blank line or
  * with oversized headers, no parts), -E2BIG for more than max_parts parts;
  * err names the problem and the byte offset. parts: max_parts entries;
  * *ret_n is written on success only. */
-int http_multipart_parse(const uint8_t *body, size_t len, const char *boundary, struct http_part *parts,
-                         int max_parts, int *ret_n, char *err, size_t err_len);
+int multipart_parse(const uint8_t *body, size_t len, const char *boundary, struct multipart_part *parts,
+                    int max_parts, int *ret_n, char *err, size_t err_len);
 
 #endif

@@ -12,8 +12,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-        struct http_part parts[8];
-        char ctype[256], boundary[HTTP_MULTIPART_MAX_BOUNDARY + 1], err[256];
+        struct multipart_part parts[8];
+        char ctype[256], boundary[MULTIPART_MAX_BOUNDARY + 1], err[256];
         const uint8_t *nl = memchr(data, '\n', size < sizeof ctype ? size : sizeof ctype - 1);
         int n = -1;
 
@@ -28,14 +28,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!body)
                 return 0;
         memcpy(body, nl + 1, len);
-        if (http_multipart_boundary(ctype, boundary) < 0) {
+        if (multipart_boundary(ctype, boundary) < 0) {
                 free(body);
                 return 0;
         }
-        if (strlen(boundary) < 1 || strlen(boundary) > HTTP_MULTIPART_MAX_BOUNDARY)
+        if (strlen(boundary) < 1 || strlen(boundary) > MULTIPART_MAX_BOUNDARY)
                 abort();
         memset(err, 'x', sizeof err);
-        int r = http_multipart_parse(body, len, boundary, parts, 8, &n, err, sizeof err);
+        int r = multipart_parse(body, len, boundary, parts, 8, &n, err, sizeof err);
         if (r < 0) {
                 if ((r != -EBADMSG && r != -E2BIG) || n != -1 || !memchr(err, '\0', sizeof err) || !err[0])
                         abort();

@@ -8,34 +8,34 @@
 /* The message of the last failed parse: the offsets it names are checked. */
 static char err[256];
 
-static int parse(const char *body, const char *boundary, struct http_part *parts, int max, int *n)
+static int parse(const char *body, const char *boundary, struct multipart_part *parts, int max, int *n)
 {
         err[0] = 0;
-        return http_multipart_parse((const uint8_t *)body, strlen(body), boundary, parts, max, n, err, sizeof err);
+        return multipart_parse((const uint8_t *)body, strlen(body), boundary, parts, max, n, err, sizeof err);
 }
 
-static int part_is(const struct http_part *p, const char *want)
+static int part_is(const struct multipart_part *p, const char *want)
 {
         return p->len == strlen(want) && memcmp(p->data, want, p->len) == 0;
 }
 
 int main(void)
 {
-        struct http_part parts[4];
-        char b[HTTP_MULTIPART_MAX_BOUNDARY + 1];
+        struct multipart_part parts[4];
+        char b[MULTIPART_MAX_BOUNDARY + 1];
         int n = -1;
 
         /* Boundary parameter. */
-        CHECK(http_multipart_boundary("multipart/form-data; boundary=abc", b) == 0 && strcmp(b, "abc") == 0);
-        CHECK(http_multipart_boundary("multipart/form-data;charset=x; BOUNDARY=\"a b;c\"", b) == 0 &&
+        CHECK(multipart_boundary("multipart/form-data; boundary=abc", b) == 0 && strcmp(b, "abc") == 0);
+        CHECK(multipart_boundary("multipart/form-data;charset=x; BOUNDARY=\"a b;c\"", b) == 0 &&
               strcmp(b, "a b;c") == 0);
-        CHECK(http_multipart_boundary("multipart/form-data", b) == -EBADMSG);
-        CHECK(http_multipart_boundary("multipart/form-data; boundary=", b) == -EBADMSG);
-        CHECK(http_multipart_boundary("multipart/form-data; boundary=\"abc", b) == -EBADMSG);
-        CHECK(http_multipart_boundary(NULL, b) == -EBADMSG);
+        CHECK(multipart_boundary("multipart/form-data", b) == -EBADMSG);
+        CHECK(multipart_boundary("multipart/form-data; boundary=", b) == -EBADMSG);
+        CHECK(multipart_boundary("multipart/form-data; boundary=\"abc", b) == -EBADMSG);
+        CHECK(multipart_boundary(NULL, b) == -EBADMSG);
         char longb[120] = "multipart/form-data; boundary=";
         memset(longb + strlen(longb), 'x', 71);
-        CHECK(http_multipart_boundary(longb, b) == -EBADMSG);
+        CHECK(multipart_boundary(longb, b) == -EBADMSG);
 
         /* Two parts in order, with headers, binary content and a CRLF inside. */
         const char *ok = "--XY\r\nContent-Disposition: form-data; name=\"a\"; filename=\"a.jpg\"\r\n"
@@ -76,9 +76,9 @@ int main(void)
         CHECK_CONTAINS(err, "bad boundary");
         CHECK_EQ(n, -1);
         /* A header block that never ends stops at the header limit. */
-        static char big[HTTP_MULTIPART_MAX_HEADERS + 64];
+        static char big[MULTIPART_MAX_HEADERS + 64];
         strcpy(big, "--XY\r\nA: ");
-        memset(big + strlen(big), 'x', HTTP_MULTIPART_MAX_HEADERS);
+        memset(big + strlen(big), 'x', MULTIPART_MAX_HEADERS);
         strcat(big, "\r\n\r\nd\r\n--XY--");
         CHECK_EQ(parse(big, "XY", parts, 4, &n), -EBADMSG);
         CHECK_CONTAINS(err, "part 1: headers not ended by a blank line (byte 6)");

@@ -1,5 +1,5 @@
-/* sd: sd_notify, watchdog and socket activation for effnetd. */
-#include "daemon/sd.h"
+/* service: sd_notify, watchdog and socket activation for effnetd (service.h). */
+#include "daemon/service.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -9,12 +9,12 @@
 #include <systemd/sd-daemon.h>
 #include <time.h>
 
-void sd_send_ready(const char *status)
+void service_notify_ready(const char *status)
 {
         sd_notifyf(0, "READY=1\nSTATUS=%s", status);
 }
 
-void sd_send_status(const char *fmt, ...)
+void service_notify_status(const char *fmt, ...)
 {
         char buf[512];
         va_list ap;
@@ -25,12 +25,12 @@ void sd_send_status(const char *fmt, ...)
         sd_notifyf(0, "STATUS=%s", buf);
 }
 
-void sd_extend_timeout(uint64_t usec)
+void service_extend_timeout(uint64_t usec)
 {
         sd_notifyf(0, "EXTEND_TIMEOUT_USEC=%llu", (unsigned long long)usec);
 }
 
-void sd_send_reloading(void)
+void service_notify_reloading(void)
 {
         struct timespec ts;
 
@@ -39,24 +39,24 @@ void sd_send_reloading(void)
                    (unsigned long long)ts.tv_sec * 1000000ULL + (unsigned long long)ts.tv_nsec / 1000ULL);
 }
 
-void sd_send_stopping(const char *status)
+void service_notify_stopping(const char *status)
 {
         sd_notifyf(0, "STOPPING=1\nSTATUS=%s", status);
 }
 
-void sd_send_watchdog(void)
+void service_notify_watchdog(void)
 {
         sd_notify(0, "WATCHDOG=1");
 }
 
-uint64_t sd_watchdog_period_usec(void)
+uint64_t service_watchdog_period_usec(void)
 {
         uint64_t usec = 0;
 
         return sd_watchdog_enabled(0, &usec) > 0 ? usec : 0;
 }
 
-int sd_take_listen_fd(int *ret_fd)
+int service_take_listen_fd(int *ret_fd)
 {
         int n = sd_listen_fds(1);
 

@@ -1,6 +1,7 @@
 /* api: JSON and Prometheus bodies of the effnetd HTTP API, class labels. */
 #include "server/api.h"
 #include "common/util.h"
+#include "server/batcher.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -436,7 +437,7 @@ int api_models_body(const struct api_model_desc *d, char **ret_body)
 {
         const struct effnet_info *i = d->info;
         const struct effnet_preproc *pp = &i->preproc;
-        const struct batch_config *b = &d->batch;
+        const struct batch_config *b = d->batch;
         json_t *sizes = json_array();
 
         if (!sizes)

@@ -5,7 +5,11 @@
  *   {"model":"efficientnetv2-s","results":[{"predictions":[...]},...]}     (multipart)
  *   {"error":{"code":"invalid_image","message":"..."}}
  *
- * No HTTP inside: the http module and the effnet CLI both print these.
+ * No HTTP machinery inside (no sockets, no libmicrohttpd): the http module
+ * and the effnet CLI both print these bodies. What it knows of HTTP is
+ * data: the status of each error code, and the routes and statuses that
+ * label the /metrics series it writes. The batcher's settings and counters
+ * are passed in by pointer; this header only names their types.
  * Bodies are returned as NUL-terminated strings owned by the caller (free).
  * Every function is reentrant; labels are immutable once loaded.
  */
@@ -17,7 +21,11 @@
 #include <stdint.h>
 
 #include "effnet.h"
-#include "server/batcher.h"
+
+/* The batcher's settings and counters, shown by /v1/models and /metrics
+ * (server/batcher.h). */
+struct batch_config;
+struct batch_stats;
 
 #define API_DEFAULT_TOP_K 5
 
@@ -107,7 +115,7 @@ struct api_model_desc {
         const struct effnet_info *info;
         const struct api_weights *weights;
         const char *labels;            /* api_labels_source() */
-        struct batch_config batch;
+        const struct batch_config *batch;
         int64_t deadline_ms;
         int max_images;                /* per request */
         int64_t max_body_bytes;

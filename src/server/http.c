@@ -1553,7 +1553,7 @@ static int gen_new(struct http_server *s, const struct http_backend *be, char *e
                 .info = g->info,
                 .weights = be->source ? be->source : &fallback,
                 .labels = api_labels_source(g->labels),
-                .batch = bc,
+                .batch = &bc,
                 .deadline_ms = s->opts.deadline_ms,
                 .max_images = s->opts.max_images,
                 .max_body_bytes = s->opts.max_body_bytes,

@@ -5,6 +5,7 @@
  * histogram buckets). */
 #include "check.h"
 #include "server/api.h"
+#include "server/batcher.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -173,8 +174,8 @@ static void test_models_sources(void)
                                    .file = "model.safetensors" };
         struct api_weights seeded = { .source = API_WEIGHTS_SEEDED, .path = "/w.safetensors", .sha256 = "cd",
                                       .seed = 7 };
-        struct api_model_desc d = { .info = &info, .weights = &hub, .labels = "hub:config.json",
-                                    .batch = { .max_batch = 1, .n_exec = 1, .exec_batch = { 1 } } };
+        struct batch_config bc = { .max_batch = 1, .n_exec = 1, .exec_batch = { 1 } };
+        struct api_model_desc d = { .info = &info, .weights = &hub, .labels = "hub:config.json", .batch = &bc };
         char *body = NULL;
 
         CHECK_EQ(api_models_body(&d, &body), 0);

@@ -480,7 +480,7 @@ static int serving_load(const void *input, char *err, size_t err_len, void **ret
 
 /* The settings of a reload, read again: the [model] ones (weights, labels,
  * precision, padding, bn-eps) take effect, the others need a restart. */
-static int reload_settings(const struct daemon *d, struct conf *ret_next)
+static int next_settings(const struct daemon *d, struct conf *ret_next)
 {
         const struct conf *running = &d->conf;
         struct conf n = { 0 };
@@ -505,7 +505,7 @@ static int reload_settings(const struct daemon *d, struct conf *ret_next)
 }
 
 /* SIGHUP: starts loading the next generation, unless one is loading. */
-static void reload_begin(struct daemon *d)
+static void on_sighup(struct daemon *d)
 {
         int r;
 
@@ -515,7 +515,7 @@ static void reload_begin(struct daemon *d)
         }
         service_notify_reloading();
         log_msg(LOG_INFO, "SIGHUP: reloading the model");
-        if ((r = reload_settings(d, &d->next)) < 0)
+        if ((r = next_settings(d, &d->next)) < 0)
                 goto fail;
         if ((r = reload_start(&d->reload, serving_load, &d->next)) < 0) {
                 log_msg(LOG_ERR, "reload: thread: %s", strerror(-r));
@@ -530,7 +530,7 @@ fail:
 
 /* A loaded generation swapped in (the old one retires: tick frees it once
  * its last request is answered), or the reason it is not. */
-static void reload_complete(struct daemon *d)
+static void swap_in_reloaded(struct daemon *d)
 {
         struct serving *n = NULL;
         struct http_backend nb;
@@ -821,9 +821,9 @@ static int serve(struct daemon *d)
                 if (sig == SIGTERM || sig == SIGINT)
                         return sig;
                 if (sig == SIGHUP)
-                        reload_begin(d);
+                        on_sighup(d);
                 if (reload_ready(&d->reload))
-                        reload_complete(d);
+                        swap_in_reloaded(d);
                 tick(d, false);
         }
 }

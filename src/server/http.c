@@ -100,6 +100,7 @@ struct http_server {
         atomic_ullong images;
         atomic_ullong connections;
         atomic_ullong body_timeouts;       /* connections closed past body-timeout */
+        atomic_ullong connections_refused; /* closed at accept: max-connections open */
         atomic_ullong header_timeouts;     /* connections shut down past header-timeout */
         atomic_ullong latency[API_N_ROUTES][API_LATENCY_BUCKETS + 1];
         atomic_ullong latency_us[API_N_ROUTES];
@@ -463,6 +464,7 @@ static int metrics_body(struct req *q, char **ret_body)
         hs.images = atomic_load(&s->images);
         hs.connections = atomic_load(&s->connections);
         hs.body_timeouts = atomic_load(&s->body_timeouts);
+        hs.connections_refused = atomic_load(&s->connections_refused);
         hs.header_timeouts = atomic_load(&s->header_timeouts);
         struct dec_stats ds;
         dec_get_stats(s->dec, &ds);
@@ -1621,10 +1623,34 @@ static void bound_port(struct MHD_Daemon *d, struct sockaddr_storage *addr)
                 ((struct sockaddr_in *)addr)->sin_port = port;
 }
 
+/* The main listener's accept policy: a connection beyond max-connections is
+ * closed at once. libmicrohttpd's own limit stops accepting instead, which
+ * leaves new clients waiting in the kernel's backlog until they time out;
+ * that limit is set above ours (see start_daemon) so that it is never
+ * reached. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+        struct http_server *s = cls;
+        struct MHD_Daemon *d = s->daemon;
+        const union MHD_DaemonInfo *di = d ? MHD_get_daemon_info(d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS) : NULL;
+
+        if (di && di->num_connections >= (unsigned)s->opts.max_connections) {
+                atomic_fetch_add(&s->connections_refused, 1);
+                return MHD_NO;
+        }
+        return MHD_YES;
+}
+
 /* One libmicrohttpd daemon on addr, or on listen_fd when > 0. */
 static struct MHD_Daemon *start_daemon(struct http_server *s, const struct sockaddr_storage *addr, int listen_fd,
-                                       int threads, int max_connections, int per_client, int timeout_s)
+                                       int threads, int max_connections, int per_client, int timeout_s,
+                                       MHD_AcceptPolicyCallback accept_policy)
 {
+        /* With a policy that refuses at max_connections, libmicrohttpd's
+         * limit is only a backstop. It is split between the pool's threads,
+         * and a thread at its share stops accepting: twice the limit keeps
+         * every share above what the policy lets in. */
+        unsigned mhd_limit = (unsigned)max_connections * (accept_policy ? 2u : 1u);
         unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                          MHD_USE_ERROR_LOG;
         /* [::] takes IPv4 clients too, as users of "any address" expect;
@@ -1638,11 +1664,11 @@ static struct MHD_Daemon *start_daemon(struct http_server *s, const struct socka
                               : (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, (void *)addr },
                 { MHD_OPTION_END, 0, NULL },
         };
-        return MHD_start_daemon(flags, 0, NULL, NULL, on_access, s,
+        return MHD_start_daemon(flags, 0, accept_policy, s, on_access, s,
                                 MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
                                 MHD_OPTION_ARRAY, listen,
                                 MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
-                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)max_connections,
+                                MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)per_client,
                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)timeout_s,
                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
@@ -1713,7 +1739,7 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
         if (opts->threads <= 0 && threads > 4)
                 threads = 4;
         s->daemon = start_daemon(s, &addr, opts->listen_fd, threads, opts->max_connections,
-                                 opts->max_connections_per_client, opts->connection_timeout_s);
+                                 opts->max_connections_per_client, opts->connection_timeout_s, on_accept);
         if (!s->daemon) {
                 r = err_set(err, err_len, -EIO, "cannot listen on %s (address in use, or not permitted?)",
                             opts->listen_fd > 0 ? "the passed socket" : opts->listen);
@@ -1729,7 +1755,7 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
                 if ((r = parse_listen(opts->admin_listen, &aaddr, err, err_len)) < 0)
                         goto fail;
                 s->admin = start_daemon(s, &aaddr, -1, 1, HTTP_ADMIN_MAX_CONNECTIONS, HTTP_ADMIN_PER_CLIENT,
-                                        HTTP_ADMIN_TIMEOUT_S);
+                                        HTTP_ADMIN_TIMEOUT_S, NULL);
                 if (!s->admin) {
                         r = err_set(err, err_len, -EIO, "cannot listen on %s for admin (address in use?)",
                                     opts->admin_listen);

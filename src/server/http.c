@@ -611,6 +611,20 @@ static enum MHD_Result fail_after_body(struct req *q, enum api_error e, const ch
         return MHD_YES;
 }
 
+/* Whether answers that clients have not read yet fill max-answer-total:
+ * then a new request is refused (503) before any work is spent on it, so
+ * that slow readers cannot make the daemon hold their answers without bound. */
+static bool answers_full(struct http_server *s, char *msg, size_t len)
+{
+        long long held = atomic_load(&s->answer_bytes);
+
+        if (held < s->opts.max_answer_total)
+                return false;
+        snprintf(msg, len, "answers not yet read by their clients hold %lld bytes (the max-answer-total setting); "
+                 "retry later", held);
+        return true;
+}
+
 /* The headers of a /v2 request: method, model and version, limits. */
 static enum MHD_Result v2_on_headers(struct req *q, bool get)
 {
@@ -649,6 +663,8 @@ static enum MHD_Result v2_on_headers(struct req *q, bool get)
         }
         if (atomic_load(&s->draining))
                 return fail_after_body(q, API_E_DRAINING, "the server is shutting down");
+        if (answers_full(s, msg, sizeof msg))
+                return fail_after_body(q, API_E_OVERLOADED, msg);
         const char *ce = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_ENCODING);
         if (ce && strcasecmp(ce, "identity") != 0) {
                 snprintf(msg, sizeof msg, "Content-Encoding %.40s is not supported: send the body uncompressed", ce);
@@ -683,6 +699,8 @@ static enum MHD_Result on_headers(struct req *q)
                 return respond_error(q, API_E_METHOD_NOT_ALLOWED, "use POST");
         if (atomic_load(&s->draining))
                 return respond_error(q, API_E_DRAINING, "the server is shutting down");
+        if (answers_full(s, msg, sizeof msg))
+                return respond_error(q, API_E_OVERLOADED, msg);
 
         const char *k = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, "top_k");
         if (api_parse_top_k(k, q->g->info->classes, &q->top_k) < 0) {
@@ -1685,7 +1703,7 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
         int r;
 
         if (opts->max_body_bytes < 1 || opts->max_body_total < opts->max_body_bytes || opts->v2_max_body_bytes < 1 ||
-            opts->max_body_total < opts->v2_max_body_bytes || opts->max_images < 1 ||
+            opts->max_body_total < opts->v2_max_body_bytes || opts->max_answer_total < 1 || opts->max_images < 1 ||
             opts->max_connections < 1 || opts->deadline_ms < 1 || opts->connection_timeout_s < 0 ||
             opts->retry_after_s < 0 || opts->header_timeout_s < 0 || opts->decode_threads < 0 ||
             opts->decode_threads > DEC_MAX_THREADS || opts->decode_queue < 1 || !be || !be->model || !be->batch ||

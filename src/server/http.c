@@ -101,6 +101,7 @@ struct http_server {
         atomic_ullong connections;
         atomic_ullong body_timeouts;       /* connections closed past body-timeout */
         atomic_ullong connections_refused; /* closed at accept: max-connections open */
+        atomic_int main_open;              /* connections open on the main listener */
         atomic_ullong header_timeouts;     /* connections shut down past header-timeout */
         atomic_ullong latency[API_N_ROUTES][API_LATENCY_BUCKETS + 1];
         atomic_ullong latency_us[API_N_ROUTES];
@@ -1475,6 +1476,20 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         }
 }
 
+/* The main listener's connections are also counted, for its accept policy
+ * (on_accept); the admin listener keeps libmicrohttpd's own limit. */
+static void on_main_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                               enum MHD_ConnectionNotificationCode toe)
+{
+        struct http_server *s = cls;
+
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+                atomic_fetch_add(&s->main_open, 1);
+        else if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
+                atomic_fetch_sub(&s->main_open, 1);
+        on_connection(cls, conn, socket_context, toe);
+}
+
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
         struct http_server *s = cls;
@@ -1649,10 +1664,10 @@ static void bound_port(struct MHD_Daemon *d, struct sockaddr_storage *addr)
 static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
 {
         struct http_server *s = cls;
-        struct MHD_Daemon *d = s->daemon;
-        const union MHD_DaemonInfo *di = d ? MHD_get_daemon_info(d, MHD_DAEMON_INFO_CURRENT_CONNECTIONS) : NULL;
 
-        if (di && di->num_connections >= (unsigned)s->opts.max_connections) {
+        /* Racing accepts on the pool's threads may each let one more in:
+         * libmicrohttpd's limit, twice ours, bounds that. */
+        if (atomic_load(&s->main_open) >= s->opts.max_connections) {
                 atomic_fetch_add(&s->connections_refused, 1);
                 return MHD_NO;
         }
@@ -1690,7 +1705,7 @@ static struct MHD_Daemon *start_daemon(struct http_server *s, const struct socka
                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)per_client,
                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)timeout_s,
                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                                MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                                MHD_OPTION_NOTIFY_CONNECTION, accept_policy ? on_main_connection : on_connection, s,
                                 MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
                                 MHD_OPTION_END);
 }

@@ -96,6 +96,9 @@ static const struct conf_setting settings[] = {
           "largest /v2 infer request body (413 beyond); the default fits 8 384x384 FP32 images as JSON" },
         { "max-body-total", "limits", CONF_INT, F(max_body_total), "536870912", 1, 65536 * MiB, NULL,
           "request bodies buffered over all connections (503 beyond)" },
+        { "max-answer-total", "limits", CONF_INT, F(max_answer_total), "268435456", 1, 65536 * MiB, NULL,
+          "answers finished but not yet read by their clients, over all connections; past it new requests get "
+          "503 until clients read" },
         { "max-images", "limits", CONF_INT, F(max_images), "32", 1, 65536, NULL,
           "images per request (413 beyond); at most the queue" },
         { "max-pixels", "limits", CONF_INT, F(max_pixels), "40000000", 1, 1e10, NULL,

@@ -40,6 +40,7 @@ struct conf {
         int64_t max_body_bytes;
         int64_t v2_max_body_bytes;
         int64_t max_body_total;
+        int64_t max_answer_total;
         int64_t max_images;
         int64_t max_pixels;
         int64_t max_request_pixels;

@@ -770,6 +770,7 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .max_body_bytes = c->max_body_bytes,
                 .v2_max_body_bytes = c->v2_max_body_bytes,
                 .max_body_total = c->max_body_total,
+                .max_answer_total = c->max_answer_total,
                 .max_images = (int)c->max_images,
                 .deadline_ms = c->deadline_ms,
                 .retry_after_s = (int)c->retry_after,

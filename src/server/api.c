@@ -619,6 +619,9 @@ int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *
         }
         put_head(f, "effnetd_http_connections_total", "counter", "Connections accepted.");
         fprintf(f, "effnetd_http_connections_total %llu\n", (unsigned long long)hs->connections);
+        put_head(f, "effnetd_http_connections_refused_total", "counter",
+                 "Connections closed as soon as they were accepted, because max-connections were open.");
+        fprintf(f, "effnetd_http_connections_refused_total %llu\n", (unsigned long long)hs->connections_refused);
         put_head(f, "effnetd_http_body_timeouts_total", "counter",
                  "Connections closed because the request body took longer than body-timeout.");
         fprintf(f, "effnetd_http_body_timeouts_total %llu\n", (unsigned long long)hs->body_timeouts);

@@ -202,6 +202,7 @@ struct api_http_stats {
         uint64_t images;               /* images classified and answered */
         uint64_t connections;          /* accepted since start */
         uint64_t body_timeouts;        /* closed because the body took longer than body-timeout */
+        uint64_t connections_refused;  /* closed at accept: max-connections were open */
         uint64_t header_timeouts;      /* shut down because the headers took longer than header-timeout */
         struct api_decode_stats decode;
         int retired_models;            /* swapped out by reloads, still used by requests */

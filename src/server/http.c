@@ -101,6 +101,8 @@ struct http_server {
         atomic_ullong images;
         atomic_ullong connections;
         atomic_ullong body_timeouts;       /* connections closed past body-timeout */
+        atomic_ullong connections_refused; /* closed at accept: max-connections open */
+        atomic_int main_open;              /* connections open on the main listener */
         atomic_ullong header_timeouts;     /* connections shut down past header-timeout */
         atomic_ullong latency[API_N_ROUTES][API_LATENCY_BUCKETS + 1];
         atomic_ullong latency_us[API_N_ROUTES];
@@ -466,6 +468,7 @@ static int metrics_body(struct req *q, char **ret_body)
         hs.images = atomic_load(&s->images);
         hs.connections = atomic_load(&s->connections);
         hs.body_timeouts = atomic_load(&s->body_timeouts);
+        hs.connections_refused = atomic_load(&s->connections_refused);
         hs.header_timeouts = atomic_load(&s->header_timeouts);
         struct dec_stats ds;
         dec_get_stats(s->dec, &ds);
@@ -612,6 +615,20 @@ static enum MHD_Result fail_after_body(struct req *q, enum api_error e, const ch
         return MHD_YES;
 }
 
+/* Whether answers that clients have not read yet fill max-answer-total:
+ * then a new request is refused (503) before any work is spent on it, so
+ * that slow readers cannot make the daemon hold their answers without bound. */
+static bool answers_full(struct http_server *s, char *msg, size_t len)
+{
+        long long held = atomic_load(&s->answer_bytes);
+
+        if (held < s->opts.max_answer_total)
+                return false;
+        snprintf(msg, len, "answers not yet read by their clients hold %lld bytes (the max-answer-total setting); "
+                 "retry later", held);
+        return true;
+}
+
 /* The headers of a /v2 request: method, model and version, limits. */
 static enum MHD_Result v2_on_headers(struct req *q, bool get)
 {
@@ -650,6 +667,8 @@ static enum MHD_Result v2_on_headers(struct req *q, bool get)
         }
         if (atomic_load(&s->draining))
                 return fail_after_body(q, API_E_DRAINING, "the server is shutting down");
+        if (answers_full(s, msg, sizeof msg))
+                return fail_after_body(q, API_E_OVERLOADED, msg);
         const char *ce = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_ENCODING);
         if (ce && strcasecmp(ce, "identity") != 0) {
                 snprintf(msg, sizeof msg, "Content-Encoding %.40s is not supported: send the body uncompressed", ce);
@@ -684,6 +703,8 @@ static enum MHD_Result on_headers(struct req *q)
                 return respond_error(q, API_E_METHOD_NOT_ALLOWED, "use POST");
         if (atomic_load(&s->draining))
                 return respond_error(q, API_E_DRAINING, "the server is shutting down");
+        if (answers_full(s, msg, sizeof msg))
+                return respond_error(q, API_E_OVERLOADED, msg);
 
         const char *k = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, "top_k");
         if (api_parse_top_k(k, q->g->info->classes, &q->top_k) < 0) {
@@ -1461,6 +1482,20 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
         }
 }
 
+/* The main listener's connections are also counted, for its accept policy
+ * (on_accept); the admin listener keeps libmicrohttpd's own limit. */
+static void on_main_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                               enum MHD_ConnectionNotificationCode toe)
+{
+        struct http_server *s = cls;
+
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED)
+                atomic_fetch_add(&s->main_open, 1);
+        else if (toe == MHD_CONNECTION_NOTIFY_CLOSED)
+                atomic_fetch_sub(&s->main_open, 1);
+        on_connection(cls, conn, socket_context, toe);
+}
+
 static void on_mhd_log(void *cls, const char *fmt, va_list ap)
 {
         struct http_server *s = cls;
@@ -1627,10 +1662,34 @@ static void bound_port(struct MHD_Daemon *d, struct sockaddr_storage *addr)
                 ((struct sockaddr_in *)addr)->sin_port = port;
 }
 
+/* The main listener's accept policy: a connection beyond max-connections is
+ * closed at once. libmicrohttpd's own limit stops accepting instead, which
+ * leaves new clients waiting in the kernel's backlog until they time out;
+ * that limit is set above ours (see start_daemon) so that it is never
+ * reached. */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+        struct http_server *s = cls;
+
+        /* Racing accepts on the pool's threads may each let one more in:
+         * libmicrohttpd's limit, twice ours, bounds that. */
+        if (atomic_load(&s->main_open) >= s->opts.max_connections) {
+                atomic_fetch_add(&s->connections_refused, 1);
+                return MHD_NO;
+        }
+        return MHD_YES;
+}
+
 /* One libmicrohttpd daemon on addr, or on listen_fd when > 0. */
 static struct MHD_Daemon *start_daemon(struct http_server *s, const struct sockaddr_storage *addr, int listen_fd,
-                                       int threads, int max_connections, int per_client, int timeout_s)
+                                       int threads, int max_connections, int per_client, int timeout_s,
+                                       MHD_AcceptPolicyCallback accept_policy)
 {
+        /* With a policy that refuses at max_connections, libmicrohttpd's
+         * limit is only a backstop. It is split between the pool's threads,
+         * and a thread at its share stops accepting: twice the limit keeps
+         * every share above what the policy lets in. */
+        unsigned mhd_limit = (unsigned)max_connections * (accept_policy ? 2u : 1u);
         unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                          MHD_USE_ERROR_LOG;
         /* [::] takes IPv4 clients too, as users of "any address" expect;
@@ -1644,15 +1703,15 @@ static struct MHD_Daemon *start_daemon(struct http_server *s, const struct socka
                               : (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, (void *)addr },
                 { MHD_OPTION_END, 0, NULL },
         };
-        return MHD_start_daemon(flags, 0, NULL, NULL, on_request, s,
+        return MHD_start_daemon(flags, 0, accept_policy, s, on_request, s,
                                 MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
                                 MHD_OPTION_ARRAY, listen,
                                 MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
-                                MHD_OPTION_CONNECTION_LIMIT, (unsigned)max_connections,
+                                MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)per_client,
                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)timeout_s,
                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                                MHD_OPTION_NOTIFY_CONNECTION, on_connection, s,
+                                MHD_OPTION_NOTIFY_CONNECTION, accept_policy ? on_main_connection : on_connection, s,
                                 MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
                                 MHD_OPTION_END);
 }
@@ -1665,7 +1724,7 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
         int r;
 
         if (opts->max_body_bytes < 1 || opts->max_body_total < opts->max_body_bytes || opts->v2_max_body_bytes < 1 ||
-            opts->max_body_total < opts->v2_max_body_bytes || opts->max_images < 1 ||
+            opts->max_body_total < opts->v2_max_body_bytes || opts->max_answer_total < 1 || opts->max_images < 1 ||
             opts->max_connections < 1 || opts->deadline_ms < 1 || opts->connection_timeout_s < 0 ||
             opts->retry_after_s < 0 || opts->header_timeout_s < 0 || opts->decode_threads < 0 ||
             opts->decode_threads > DEC_MAX_THREADS || opts->decode_queue < 1 || !be || !be->model || !be->batch ||
@@ -1719,7 +1778,7 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
         if (opts->threads <= 0 && threads > 4)
                 threads = 4;
         s->daemon = start_daemon(s, &addr, opts->listen_fd, threads, opts->max_connections,
-                                 opts->max_connections_per_client, opts->connection_timeout_s);
+                                 opts->max_connections_per_client, opts->connection_timeout_s, on_accept);
         if (!s->daemon) {
                 r = err_set(err, err_len, -EIO, "cannot listen on %s (address in use, or not permitted?)",
                             opts->listen_fd > 0 ? "the passed socket" : opts->listen);
@@ -1735,7 +1794,7 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
                 if ((r = parse_listen(opts->admin_listen, &aaddr, err, err_len)) < 0)
                         goto fail;
                 s->admin = start_daemon(s, &aaddr, -1, 1, HTTP_ADMIN_MAX_CONNECTIONS, HTTP_ADMIN_PER_CLIENT,
-                                        HTTP_ADMIN_TIMEOUT_S);
+                                        HTTP_ADMIN_TIMEOUT_S, NULL);
                 if (!s->admin) {
                         r = err_set(err, err_len, -EIO, "cannot listen on %s for admin (address in use?)",
                                     opts->admin_listen);

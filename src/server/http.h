@@ -73,6 +73,7 @@ struct http_opts {
         int64_t max_body_bytes;      /* per request */
         int64_t v2_max_body_bytes;   /* per /v2 infer request (JSON tensors are large) */
         int64_t max_body_total;      /* bodies buffered over all connections */
+        int64_t max_answer_total;    /* answers queued and not yet sent, over all connections */
         int max_images;              /* per request; <= the queue's capacity */
         int64_t deadline_ms;         /* from request headers to the start of inference */
         int retry_after_s;           /* Retry-After of 503 answers */

@@ -150,6 +150,46 @@ def test_non_finite(effnetd, effnet, weights, workdir):
           f"effnet classify: the same error ({p.returncode} {p.stdout.strip()[:200]})")
 
 
+def test_global_cap(effnetd, weights, workdir):
+    """Past max-connections a new connection is closed at once (not left in
+    the kernel's backlog until the client gives up), counted, and once a
+    held connection closes a new one is served again."""
+    import socket
+    d = dm.Daemon(effnetd, weights, workdir, "--max-connections", 4, "--max-connections-per-client", 0,
+                  name="global-cap")
+    held = []
+    try:
+        for _ in range(4):
+            c = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")   # headers never finished
+            held.append(c)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        extra = socket.create_connection(("127.0.0.1", d.port), timeout=2)
+        try:
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            answer = extra.recv(100)
+        except ConnectionResetError:
+            answer = b""
+        except socket.timeout:
+            answer = None
+        took = time.monotonic() - t0
+        extra.close()
+        check(answer == b"", f"a 5th connection past max-connections 4 is closed at once ({answer!r}, {took:.2f} s)")
+        for c in held:
+            c.close()
+        held = []
+        time.sleep(0.3)
+        status, _, _ = d.request("GET", "/healthz")
+        refused = d.metrics().get("effnetd_http_connections_refused_total", 0)
+        check(status == 200 and refused >= 1,
+              f"served again once the held ones closed ({status}); refused counted ({refused:.0f})")
+    finally:
+        for c in held:
+            c.close()
+        d.stop()
+
+
 def test_connections(effnetd, weights, workdir):
     """One client address holding its whole per-client allowance of idle
     connections does not starve another address; [::] takes IPv4 too."""
@@ -255,6 +295,7 @@ def main():
         test_labels(effnetd, weights, workdir)
         test_non_finite(effnetd, effnet, weights, workdir)
         test_connections(effnetd, weights, workdir)
+        test_global_cap(effnetd, weights, workdir)
         test_decoding_budget(effnetd, weights, workdir)
     finish()
 

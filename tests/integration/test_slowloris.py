@@ -131,6 +131,10 @@ def unread_socket(port):
     the daemon's side."""
     c = socket.socket()
     c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    # Small segments, as a client on a slow link has: the daemon's send
+    # buffer grows with segment size times window, so it stays small too
+    # (on loopback's 64 kB segments the kernel would take whole answers).
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
     c.settimeout(30)
     c.connect(("127.0.0.1", port))
     return c
@@ -150,7 +154,8 @@ def test_slow_readers(effnetd, weights, workdir):
     # that what is freed leaves the RSS as in a normal build.
     asan = os.environ.get("ASAN_OPTIONS", "")
     env = {"ASAN_OPTIONS": (asan + ":" if asan else "") + "quarantine_size_mb=0"}
-    d = dm.Daemon(effnetd, weights, workdir, "--max-batch", 8, "--access-log=false", name="slow-readers", env=env)
+    d = dm.Daemon(effnetd, weights, workdir, "--max-batch", 8, "--queue", 128, "--access-log=false", name="slow-readers",
+                  env=env)
     socks = []
     try:
         d.classify(dm.read(photo))
@@ -161,14 +166,61 @@ def test_slow_readers(effnetd, weights, workdir):
                       f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
             socks.append(c)
         deadline = time.monotonic() + 120
-        while d.metrics().get("effnetd_images_total", 0) < 1 + 8 * 16 and time.monotonic() < deadline:
+        # Every image inferred (the answers themselves stay unsent).
+        while d.metrics().get("effnetd_batch_images_total", 0) < 1 + 8 * 16 and time.monotonic() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)
         grown = rss_mb(d.proc.pid) - base
         check(grown < 40, f"8 unread answers of 16 images each: RSS grew {grown:.0f} MB "
               f"(their tensors alone are 77 MB)")
         check(dm.get_status(d.port, "/healthz") == 200, "the daemon answers meanwhile")
-        print(f"     answers not yet handed to the kernel: {d.metrics().get('effnetd_http_answer_bytes')} bytes")
+        print(f"     answers not yet sent: {d.metrics().get('effnetd_http_answer_bytes'):.0f} bytes held")
+    finally:
+        for c in socks:
+            c.close()
+        d.stop()
+
+
+def test_answer_budget(effnetd, weights, workdir):
+    """Answers that slow readers leave unread count against max-answer-total:
+    once they hold it, a new request is refused with 503 before any work is
+    spent on it, and it is served again once those clients go away."""
+    photo = dm.sample_photos().get("grace_hopper.jpg")
+    if not photo:
+        print("     no sample photo: the answer budget not checked")
+        return
+    body, ctype = dm.multipart([("p.jpg", "image/jpeg", dm.read(photo))] * 16)
+    limit = 200000
+    d = dm.Daemon(effnetd, weights, workdir, "--max-answer-total", limit, "--access-log=false",
+                  name="answer-budget")
+    socks = []
+    try:
+        for _ in range(4):
+            c = unread_socket(d.port)
+            c.sendall(f"POST /v1/classify?top_k=1000 HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            socks.append(c)
+        deadline = time.monotonic() + 120
+        held = 0
+        while time.monotonic() < deadline:
+            held = d.metrics().get("effnetd_http_answer_bytes", 0)
+            if held >= limit:
+                break
+            time.sleep(0.2)
+        check(held >= limit, f"4 unread answers of 16 images with top_k=1000 hold {held:.0f} bytes")
+        status, hdrs, answer = d.classify(dm.read(photo))
+        err = (answer or {}).get("error", {})
+        check(status == 503 and err.get("code") == "overloaded" and "max-answer-total" in err.get("message", "")
+              and hdrs.get("retry-after"), f"a new request then gets 503 ({status}, {err})")
+        check(dm.get_status(d.port, "/healthz") == 200, "the probes still answer")
+        for c in socks:
+            c.close()
+        socks = []
+        deadline = time.monotonic() + 30
+        while d.metrics().get("effnetd_http_answer_bytes", 0) >= limit and time.monotonic() < deadline:
+            time.sleep(0.2)
+        status, _, _ = d.classify(dm.read(photo))
+        check(status == 200, f"served again once the slow readers left ({status})")
     finally:
         for c in socks:
             c.close()
@@ -219,6 +271,7 @@ def main():
         finally:
             d.stop()
         test_slow_readers(effnetd, weights, workdir)
+        test_answer_budget(effnetd, weights, workdir)
         test_slow_body(effnetd, weights, workdir)
         test_slow_headers(effnetd, weights, workdir)
     finish()

@@ -20,6 +20,18 @@ struct dec_pool {
         pthread_t *threads;             /* [n_threads] */
 };
 
+/* Queues job at the tail. Under p->lock. */
+static void queue_append(struct dec_pool *p, struct dec_job *job)
+{
+        job->next = NULL;
+        if (p->tail)
+                p->tail->next = job;
+        else
+                p->head = job;
+        p->tail = job;
+        p->queued++;
+}
+
 /* The first waiting job this thread may run, unlinked; NULL if none: large
  * steps leave one thread to the small ones. Under p->lock. */
 static struct dec_job *take(struct dec_pool *p)
@@ -67,13 +79,7 @@ static void *dec_main(void *arg)
                         pthread_cond_broadcast(&p->work);
                 if (step == DEC_AGAIN) {
                         /* Admitted already: never refused, behind those waiting. */
-                        job->next = NULL;
-                        if (p->tail)
-                                p->tail->next = job;
-                        else
-                                p->head = job;
-                        p->tail = job;
-                        p->queued++;
+                        queue_append(p, job);
                 } else {
                         p->jobs++;
                 }
@@ -129,13 +135,7 @@ int dec_submit(struct dec_pool *p, struct dec_job *job)
                 p->rejected++;
                 r = -EAGAIN;
         } else {
-                job->next = NULL;
-                if (p->tail)
-                        p->tail->next = job;
-                else
-                        p->head = job;
-                p->tail = job;
-                p->queued++;
+                queue_append(p, job);
                 pthread_cond_signal(&p->work);
         }
         pthread_mutex_unlock(&p->lock);

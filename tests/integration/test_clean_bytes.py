@@ -150,6 +150,18 @@ def test_non_finite(effnetd, effnet, weights, workdir):
           f"effnet classify: the same error ({p.returncode} {p.stdout.strip()[:200]})")
 
 
+def hold_connections(port, n):
+    """n connections from 127.0.0.1 whose headers never end."""
+    import socket
+    held = []
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", port), timeout=10)
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        held.append(c)
+    time.sleep(0.3)
+    return held
+
+
 def test_global_cap(effnetd, weights, workdir):
     """Past max-connections a new connection is closed at once (not left in
     the kernel's backlog until the client gives up), counted, and once a
@@ -159,11 +171,7 @@ def test_global_cap(effnetd, weights, workdir):
                   name="global-cap")
     held = []
     try:
-        for _ in range(4):
-            c = socket.create_connection(("127.0.0.1", d.port), timeout=10)
-            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")   # headers never finished
-            held.append(c)
-        time.sleep(0.3)
+        held = hold_connections(d.port, 4)
         t0 = time.monotonic()
         extra = socket.create_connection(("127.0.0.1", d.port), timeout=2)
         try:
@@ -198,11 +206,7 @@ def test_connections(effnetd, weights, workdir):
                   name="per-client")
     held = []
     try:
-        for _ in range(4):
-            c = socket.create_connection(("127.0.0.1", d.port), timeout=10)
-            c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")   # headers never finished
-            held.append(c)
-        time.sleep(0.3)
+        held = hold_connections(d.port, 4)
         extra = socket.create_connection(("127.0.0.1", d.port), timeout=10)
         extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         try:

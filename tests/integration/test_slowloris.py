@@ -140,6 +140,14 @@ def unread_socket(port):
     return c
 
 
+def post_unread(port, body, ctype):
+    """Sends a classify request with top_k=1000 on an unread_socket."""
+    c = unread_socket(port)
+    c.sendall(f"POST /v1/classify?top_k=1000 HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+              f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return c
+
+
 def test_slow_readers(effnetd, weights, workdir):
     """Clients that send 16-image requests with top_k=1000 and never read
     the answers: once the answers are queued, their decoded images (9.6 MB
@@ -160,11 +168,7 @@ def test_slow_readers(effnetd, weights, workdir):
     try:
         d.classify(dm.read(photo))
         base = rss_mb(d.proc.pid)
-        for _ in range(8):
-            c = unread_socket(d.port)
-            c.sendall(f"POST /v1/classify?top_k=1000 HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            socks.append(c)
+        socks += [post_unread(d.port, body, ctype) for _ in range(8)]
         deadline = time.monotonic() + 120
         # Every image inferred (the answers themselves stay unsent).
         while d.metrics().get("effnetd_batch_images_total", 0) < 1 + 8 * 16 and time.monotonic() < deadline:
@@ -195,11 +199,7 @@ def test_answer_budget(effnetd, weights, workdir):
                   name="answer-budget")
     socks = []
     try:
-        for _ in range(4):
-            c = unread_socket(d.port)
-            c.sendall(f"POST /v1/classify?top_k=1000 HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
-                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            socks.append(c)
+        socks += [post_unread(d.port, body, ctype) for _ in range(4)]
         deadline = time.monotonic() + 120
         held = 0
         while time.monotonic() < deadline:

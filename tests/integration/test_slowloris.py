@@ -33,11 +33,54 @@ from daemon import check, finish  # noqa: E402
 ATTACK_S = 20
 
 
-def attack(port, connections):
-    """slowhttptest in slowloris mode against /healthz, in the background."""
-    return subprocess.Popen(["slowhttptest", "-c", str(connections), "-H", "-i", "5", "-r", "200", "-t", "GET",
-                             "-u", f"http://127.0.0.1:{port}/healthz", "-x", "24", "-p", "3", "-l", str(ATTACK_S)],
+# slowhttptest's modes: slow headers (slowloris), slow body (R-U-Dead-Yet)
+# and slow read (a tiny window, answers read a few bytes at a time).
+ATTACKS = {
+    "headers": ["-H", "-i", "5", "-r", "200", "-t", "GET", "-x", "24", "-p", "3"],
+    "body": ["-B", "-i", "5", "-r", "200", "-s", "8192", "-t", "POST", "-x", "10", "-p", "3"],
+    "read": ["-X", "-r", "200", "-w", "10", "-y", "20", "-n", "5", "-z", "32", "-k", "3", "-p", "3"],
+}
+
+
+def attack(port, connections, mode="headers", path="/healthz"):
+    """slowhttptest against path, in the background."""
+    return subprocess.Popen(["slowhttptest", "-c", str(connections)] + ATTACKS[mode] +
+                            ["-u", f"http://127.0.0.1:{port}{path}", "-l", str(ATTACK_S)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def classify_from(port, photo, source):
+    """Status of a classify of photo sent from the address source."""
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=20, source_address=(source, 0))
+    try:
+        c.request("POST", "/v1/classify", body=photo, headers={"Content-Type": "image/jpeg"})
+        r = c.getresponse()
+        r.read()
+        return r.status
+    except (OSError, http.client.HTTPException) as e:
+        return type(e).__name__
+    finally:
+        c.close()
+
+
+def test_slow_body_and_read_attacks(effnetd, weights, workdir):
+    """slowhttptest's slow-body and slow-read attacks from 127.0.0.1: probes
+    and a classify from another address keep answering."""
+    photo = dm.read(dm.sample_photos()["grace_hopper.jpg"])
+    for mode, path in (("body", "/v1/classify"), ("read", "/v1/models")):
+        d = dm.Daemon(effnetd, weights, workdir, "--max-connections", 256, "--body-timeout", 10,
+                      "--access-log=false", name=f"slow-{mode}")
+        try:
+            a = attack(d.port, 300, mode, path)
+            got = probes_during(a, lambda: (dm.get_status(d.port, "/healthz", "127.0.0.2"),
+                                            classify_from(d.port, photo, "127.0.0.2")))
+            opened = d.metrics().get("effnetd_http_connections_total", 0)
+            check(opened >= 100 and all(g == (200, 200) for g in got),
+                  f"slowhttptest slow {mode} on {path} from 127.0.0.1 ({opened:.0f} connections accepted): "
+                  f"/healthz from 127.0.0.2 and classify answer {got}")
+        finally:
+            d.stop()
 
 
 def probes_during(a, fn, rounds=5):
@@ -270,6 +313,7 @@ def main():
             check(after == 200, f"after the attack the main listener answers again ({after})")
         finally:
             d.stop()
+        test_slow_body_and_read_attacks(effnetd, weights, workdir)
         test_slow_readers(effnetd, weights, workdir)
         test_answer_budget(effnetd, weights, workdir)
         test_slow_body(effnetd, weights, workdir)

@@ -590,18 +590,9 @@ static enum MHD_Result serve_v2_get(struct req *q)
 /* Inference-Header-Content-Length: digits only. */
 static int parse_header_len(const char *v, int64_t *ret)
 {
-        char *end;
-
         if (!v)
                 return *ret = -1, 0;
-        if (*v < '0' || *v > '9' || strlen(v) > 18)
-                return -EINVAL;
-        errno = 0;
-        long long x = strtoll(v, &end, 10);
-        if (errno || *end)
-                return -EINVAL;
-        *ret = x;
-        return 0;
+        return parse_int("Inference-Header-Content-Length", v, 0, INT64_MAX, NULL, 0, ret);
 }
 
 /* An infer request refused at its headers. Triton's clients send the whole
@@ -655,15 +646,11 @@ static enum MHD_Result v2_on_headers(struct req *q, bool get)
         if (!infer)
                 return serve_v2_get(q);
         const char *cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl) {
-                char *end;
-                errno = 0;
-                unsigned long long v = strtoull(cl, &end, 10);
-                if (errno || end == cl || v > (unsigned long long)q->max_body) {
-                        snprintf(msg, sizeof msg, "body of %.30s bytes; the limit of /v2 infer requests is %zu "
-                                 "(the v2-max-body-bytes setting)", cl, q->max_body);
-                        return respond_error(q, API_E_TOO_LARGE, msg);
-                }
+        int64_t cl_bytes;
+        if (cl && parse_int("Content-Length", cl, 0, (int64_t)q->max_body, NULL, 0, &cl_bytes) < 0) {
+                snprintf(msg, sizeof msg, "body of %.30s bytes; the limit of /v2 infer requests is %zu "
+                         "(the v2-max-body-bytes setting)", cl, q->max_body);
+                return respond_error(q, API_E_TOO_LARGE, msg);
         }
         if (atomic_load(&s->draining))
                 return fail_after_body(q, API_E_DRAINING, "the server is shutting down");
@@ -723,15 +710,11 @@ static enum MHD_Result on_headers(struct req *q)
                 return respond_error(q, API_E_UNSUPPORTED_MEDIA, msg);
         }
         const char *cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-        if (cl) {
-                char *end;
-                errno = 0;
-                unsigned long long v = strtoull(cl, &end, 10);
-                if (errno || end == cl || v > (unsigned long long)s->opts.max_body_bytes) {
-                        snprintf(msg, sizeof msg, "body of %.30s bytes; the limit is %lld", cl,
-                                 (long long)s->opts.max_body_bytes);
-                        return respond_error(q, API_E_TOO_LARGE, msg);
-                }
+        int64_t cl_bytes;
+        if (cl && parse_int("Content-Length", cl, 0, s->opts.max_body_bytes, NULL, 0, &cl_bytes) < 0) {
+                snprintf(msg, sizeof msg, "body of %.30s bytes; the limit is %lld", cl,
+                         (long long)s->opts.max_body_bytes);
+                return respond_error(q, API_E_TOO_LARGE, msg);
         }
         q->state = REQ_BODY;
         return MHD_YES;
@@ -1528,11 +1511,10 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ret_addr, c
                 memcpy(host, listen, (size_t)(colon - listen));
                 host[colon - listen] = '\0';
         }
-        char *end;
-        long p = strtol(colon + 1, &end, 10);
-        if (end == colon + 1 || *end || p < 0 || p > 65535)
+        int64_t p;
+        if (parse_int("port", colon + 1, 0, 65535, NULL, 0, &p) < 0)
                 return err_set(err, err_len, -EINVAL, "listen %s: bad port", listen);
-        snprintf(port, sizeof port, "%ld", p);
+        snprintf(port, sizeof port, "%lld", (long long)p);
         int r = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
         if (r != 0)
                 return err_set(err, err_len, -EINVAL, "listen %s: %s", listen, gai_strerror(r));

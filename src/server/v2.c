@@ -411,15 +411,125 @@ static int parse_shape(const json_t *shape, int64_t *dims, size_t *rank, char *e
         return 0;
 }
 
+/* The one input's name, datatype and shape: sets r->datatype and r->n. */
+static int parse_input_head(struct v2_request *r, const json_t *in, const struct v2_model *m,
+                            const struct v2_limits *lim, char *shape, size_t shape_len, char *err, size_t err_len)
+{
+        const json_t *name = json_object_get(in, "name"), *dtype = json_object_get(in, "datatype");
+        int64_t dims[8];
+        size_t rank = 0;
+        int ret;
+
+        if (!json_is_object(in) || !json_is_string(name) || !json_is_string(dtype))
+                return bad(err, err_len, "the input needs a 'name', a 'datatype' and a 'shape'");
+        if (strcmp(json_string_value(name), V2_INPUT_NAME) != 0)
+                return bad(err, err_len, "unexpected inference input '%.64s' for model '%s' (it has '%s')",
+                           json_string_value(name), m->name, V2_INPUT_NAME);
+        if ((ret = parse_shape(json_object_get(in, "shape"), dims, &rank, err, err_len)) < 0)
+                return ret;
+        shape_str(dims, rank, shape, shape_len);
+        if (strcmp(json_string_value(dtype), "FP32") == 0) {
+                r->datatype = V2_FP32;
+                if (rank != 4 || dims[1] != 3 || dims[2] != m->size || dims[3] != m->size)
+                        return bad(err, err_len, "input '%s': shape %s of FP32 does not match the model's "
+                                   "[-1,3,%d,%d] (NCHW)", V2_INPUT_NAME, shape, m->size, m->size);
+        } else if (strcmp(json_string_value(dtype), "BYTES") == 0) {
+                r->datatype = V2_BYTES;
+                if (rank != 1)
+                        return bad(err, err_len, "input '%s': shape %s of BYTES must be [N], one encoded image "
+                                   "per element", V2_INPUT_NAME, shape);
+        } else {
+                return bad(err, err_len, "input '%s': datatype %.32s; the model takes FP32 [-1,3,%d,%d] or BYTES "
+                           "[N] (encoded images)", V2_INPUT_NAME, json_string_value(dtype), m->size, m->size);
+        }
+        if (dims[0] < 1)
+                return bad(err, err_len, "input '%s': shape %s has no images", V2_INPUT_NAME, shape);
+        if (dims[0] > lim->max_images)
+                return err_set(err, err_len, -E2BIG, "input '%s': %lld images in one request; the limit is %d",
+                               V2_INPUT_NAME, (long long)dims[0], lim->max_images);
+        r->n = (int)dims[0];
+        return 0;
+}
+
+/* Where the input's data is: JSON 'data', or bin_len bytes of binary data
+ * after the header (header_len >= 0), which binary_data_size, when given,
+ * must match exactly. */
+static int check_input_framing(const json_t *in, int64_t header_len, size_t bin_len, char *err, size_t err_len)
+{
+        const json_t *data = json_object_get(in, "data");
+        const json_t *ip = json_object_get(in, "parameters");
+
+        if (ip && !json_is_object(ip))
+                return bad(err, err_len, "input '%s': 'parameters' must be an object", V2_INPUT_NAME);
+        const json_t *bds = json_object_get(ip, "binary_data_size");
+        if (bds) {
+                if (!json_is_integer(bds) || json_integer_value(bds) < 0)
+                        return bad(err, err_len, "input '%s': 'binary_data_size' must be a non-negative integer",
+                                   V2_INPUT_NAME);
+                if (header_len < 0)
+                        return bad(err, err_len, "input '%s' has binary_data_size but the request has no "
+                                   "Inference-Header-Content-Length header", V2_INPUT_NAME);
+                if (data)
+                        return bad(err, err_len, "input '%s' has both 'data' and binary_data_size", V2_INPUT_NAME);
+                uint64_t want = (uint64_t)json_integer_value(bds);
+                if (want > bin_len)
+                        return bad(err, err_len, "input '%s': binary_data_size %llu, but the body has %zu bytes "
+                                   "after the header (truncated?)", V2_INPUT_NAME, (unsigned long long)want,
+                                   bin_len);
+                if (want < bin_len)
+                        return bad(err, err_len, "%zu bytes after the binary data of the inputs",
+                                   bin_len - (size_t)want);
+        } else if (data) {
+                if (!json_is_array(data))
+                        return bad(err, err_len, "input '%s': 'data' must be an array", V2_INPUT_NAME);
+                if (bin_len)
+                        return bad(err, err_len, "%zu bytes after the header, but no input has binary_data_size",
+                                   bin_len);
+        } else if (header_len < 0) {
+                return bad(err, err_len, "input '%s' has no 'data' (and no binary data)", V2_INPUT_NAME);
+        }
+        /* else: the one input's binary data is the rest of the body */
+        return 0;
+}
+
+/* The request's 'id', 'outputs' and its one input. */
+static int parse_root(struct v2_request *r, const json_t *root, const uint8_t *bin, size_t bin_len,
+                      int64_t header_len, const struct v2_model *m, const struct v2_limits *lim, char *err,
+                      size_t err_len)
+{
+        char shape[128];
+        int ret;
+
+        if (!json_is_object(root))
+                return bad(err, err_len, "the request must be a JSON object");
+        const json_t *id = json_object_get(root, "id");
+        if (id && (!json_is_string(id) || json_string_length(id) > V2_MAX_ID))
+                return bad(err, err_len, "'id' must be a string of up to %d bytes", V2_MAX_ID);
+        if (id && !(r->id = strdup(json_string_value(id))))
+                return -ENOMEM;
+        if ((ret = parse_outputs(r, root, m, err, err_len)) < 0)
+                return ret;
+        const json_t *inputs = json_object_get(root, "inputs");
+        if (!json_is_array(inputs) || json_array_size(inputs) != 1)
+                return bad(err, err_len, "model '%s' has one input ('%s'); the request has %zu", m->name,
+                           V2_INPUT_NAME, json_array_size(inputs));
+        const json_t *in = json_array_get(inputs, 0);
+        if ((ret = parse_input_head(r, in, m, lim, shape, sizeof shape, err, err_len)) < 0 ||
+            (ret = check_input_framing(in, header_len, bin_len, err, err_len)) < 0)
+                return ret;
+        const json_t *data = json_object_get(in, "data");
+        if (r->datatype == V2_FP32)
+                return parse_fp32(r, data, bin, bin_len, m, shape, err, err_len);
+        return parse_bytes(r, data, bin, bin_len, lim, err, err_len);
+}
+
 int v2_parse_infer(const uint8_t *body, size_t len, int64_t header_len, const struct v2_model *m,
                    const struct v2_limits *lim, char *err, size_t err_len, struct v2_request **ret_request)
 {
         struct v2_request *r = NULL;
         json_t *root = NULL;
         json_error_t je;
-        int64_t dims[8];
-        size_t rank = 0, hlen = len;
-        char shape[128];
+        size_t hlen = len;
         int ret;
 
         if (header_len >= 0) {
@@ -434,142 +544,18 @@ int v2_parse_infer(const uint8_t *body, size_t len, int64_t header_len, const st
         if (!root)
                 return bad(err, err_len, "the request JSON is malformed at byte %d%s: %.100s", je.position,
                            header_len >= 0 ? " of the header" : "", je.text);
-        r = calloc(1, sizeof *r);
-        if (!r) {
+        if (!(r = calloc(1, sizeof *r)))
                 ret = -ENOMEM;
-                goto fail;
-        }
-        if (!json_is_object(root)) {
-                ret = bad(err, err_len, "the request must be a JSON object");
-                goto fail;
-        }
-        const json_t *id = json_object_get(root, "id");
-        if (id && (!json_is_string(id) || json_string_length(id) > V2_MAX_ID)) {
-                ret = bad(err, err_len, "'id' must be a string of up to %d bytes", V2_MAX_ID);
-                goto fail;
-        }
-        if (id && !(r->id = strdup(json_string_value(id)))) {
-                ret = -ENOMEM;
-                goto fail;
-        }
-        if ((ret = parse_outputs(r, root, m, err, err_len)) < 0)
-                goto fail;
-
-        const json_t *inputs = json_object_get(root, "inputs");
-        if (!json_is_array(inputs) || json_array_size(inputs) != 1) {
-                ret = bad(err, err_len, "model '%s' has one input ('%s'); the request has %zu", m->name,
-                          V2_INPUT_NAME, json_array_size(inputs));
-                goto fail;
-        }
-        const json_t *in = json_array_get(inputs, 0);
-        const json_t *name = json_object_get(in, "name"), *dtype = json_object_get(in, "datatype");
-        if (!json_is_object(in) || !json_is_string(name) || !json_is_string(dtype)) {
-                ret = bad(err, err_len, "the input needs a 'name', a 'datatype' and a 'shape'");
-                goto fail;
-        }
-        if (strcmp(json_string_value(name), V2_INPUT_NAME) != 0) {
-                ret = bad(err, err_len, "unexpected inference input '%.64s' for model '%s' (it has '%s')",
-                          json_string_value(name), m->name, V2_INPUT_NAME);
-                goto fail;
-        }
-        if ((ret = parse_shape(json_object_get(in, "shape"), dims, &rank, err, err_len)) < 0)
-                goto fail;
-        shape_str(dims, rank, shape, sizeof shape);
-        if (strcmp(json_string_value(dtype), "FP32") == 0) {
-                r->datatype = V2_FP32;
-                if (rank != 4 || dims[1] != 3 || dims[2] != m->size || dims[3] != m->size) {
-                        ret = bad(err, err_len, "input '%s': shape %s of FP32 does not match the model's "
-                                  "[-1,3,%d,%d] (NCHW)", V2_INPUT_NAME, shape, m->size, m->size);
-                        goto fail;
-                }
-        } else if (strcmp(json_string_value(dtype), "BYTES") == 0) {
-                r->datatype = V2_BYTES;
-                if (rank != 1) {
-                        ret = bad(err, err_len, "input '%s': shape %s of BYTES must be [N], one encoded image "
-                                  "per element", V2_INPUT_NAME, shape);
-                        goto fail;
-                }
-        } else {
-                ret = bad(err, err_len, "input '%s': datatype %.32s; the model takes FP32 [-1,3,%d,%d] or BYTES "
-                          "[N] (encoded images)", V2_INPUT_NAME, json_string_value(dtype), m->size, m->size);
-                goto fail;
-        }
-        if (dims[0] < 1) {
-                ret = bad(err, err_len, "input '%s': shape %s has no images", V2_INPUT_NAME, shape);
-                goto fail;
-        }
-        if (dims[0] > lim->max_images) {
-                ret = err_set(err, err_len, -E2BIG, "input '%s': %lld images in one request; the limit is %d",
-                              V2_INPUT_NAME, (long long)dims[0], lim->max_images);
-                goto fail;
-        }
-        r->n = (int)dims[0];
-
-        /* Its data: JSON, or binary after the header. */
-        const json_t *data = json_object_get(in, "data");
-        const json_t *ip = json_object_get(in, "parameters");
-        if (ip && !json_is_object(ip)) {
-                ret = bad(err, err_len, "input '%s': 'parameters' must be an object", V2_INPUT_NAME);
-                goto fail;
-        }
-        const json_t *bds = json_object_get(ip, "binary_data_size");
-        size_t bin_len = len - hlen;
-        if (bds) {
-                if (!json_is_integer(bds) || json_integer_value(bds) < 0) {
-                        ret = bad(err, err_len, "input '%s': 'binary_data_size' must be a non-negative integer",
-                                  V2_INPUT_NAME);
-                        goto fail;
-                }
-                if (header_len < 0) {
-                        ret = bad(err, err_len, "input '%s' has binary_data_size but the request has no "
-                                  "Inference-Header-Content-Length header", V2_INPUT_NAME);
-                        goto fail;
-                }
-                if (data) {
-                        ret = bad(err, err_len, "input '%s' has both 'data' and binary_data_size", V2_INPUT_NAME);
-                        goto fail;
-                }
-                uint64_t want = (uint64_t)json_integer_value(bds);
-                if (want > bin_len) {
-                        ret = bad(err, err_len, "input '%s': binary_data_size %llu, but the body has %zu bytes "
-                                  "after the header (truncated?)", V2_INPUT_NAME, (unsigned long long)want, bin_len);
-                        goto fail;
-                }
-                if (want < bin_len) {
-                        ret = bad(err, err_len, "%zu bytes after the binary data of the inputs", bin_len -
-                                  (size_t)want);
-                        goto fail;
-                }
-        } else if (data) {
-                if (!json_is_array(data)) {
-                        ret = bad(err, err_len, "input '%s': 'data' must be an array", V2_INPUT_NAME);
-                        goto fail;
-                }
-                if (bin_len) {
-                        ret = bad(err, err_len, "%zu bytes after the header, but no input has binary_data_size",
-                                  bin_len);
-                        goto fail;
-                }
-        } else if (header_len < 0) {
-                ret = bad(err, err_len, "input '%s' has no 'data' (and no binary data)", V2_INPUT_NAME);
-                goto fail;
-        }
-        /* else: the one input's binary data is the rest of the body */
-        const uint8_t *bin = body + hlen;
-        if (r->datatype == V2_FP32)
-                ret = parse_fp32(r, data, bin, bin_len, m, shape, err, err_len);
         else
-                ret = parse_bytes(r, data, bin, bin_len, lim, err, err_len);
-        if (ret < 0)
-                goto fail;
+                ret = parse_root(r, root, body + hlen, len - hlen, header_len, m, lim, err, err_len);
+        if (ret < 0) {
+                if (ret == -ENOMEM)
+                        err_set(err, err_len, -ENOMEM, "out of memory");
+                v2_request_free(r);
+        } else {
+                *ret_request = r;
+        }
         json_decref(root);
-        *ret_request = r;
-        return 0;
-fail:
-        if (ret == -ENOMEM)
-                err_set(err, err_len, -ENOMEM, "out of memory");
-        json_decref(root);
-        v2_request_free(r);
         return ret;
 }
 
@@ -689,15 +675,131 @@ static int class_string(const struct v2_model *m, float p, int idx, char *buf, s
         return snprintf(buf, n, "%f:%d", (double)p, idx);
 }
 
+/* Binary output data, grown as strings are appended. */
+struct bin_buf {
+        uint8_t *data;
+        size_t len, cap;
+};
+
+/* Appends one BYTES element: its 4-byte little-endian length, then s. */
+static int bin_put_string(struct bin_buf *b, const char *s, size_t l)
+{
+        if (b->len + 4 + l > b->cap) {
+                size_t cap = b->cap ? b->cap * 2 : 4096;
+                while (cap < b->len + 4 + l)
+                        cap *= 2;
+                uint8_t *d = realloc(b->data, cap);
+                if (!d)
+                        return -ENOMEM;
+                b->data = d;
+                b->cap = cap;
+        }
+        uint32_t ul = (uint32_t)l;
+        uint8_t le[4] = { (uint8_t)ul, (uint8_t)(ul >> 8), (uint8_t)(ul >> 16), (uint8_t)(ul >> 24) };
+        memcpy(b->data + b->len, le, 4);
+        memcpy(b->data + b->len + 4, s, l);
+        b->len += 4 + l;
+        return 0;
+}
+
+/* The classification extension: k strings per image, into out's "data"
+ * or, for a binary output, into bin. probs: [n][classes]. */
+static int put_classes(const struct v2_model *m, const struct v2_request *r, const float *probs, json_t *out,
+                       struct bin_buf *bin)
+{
+        size_t classes = (size_t)m->classes, k = (size_t)r->classification;
+        json_t *data = NULL;
+        int *idx = malloc(sizeof(int) * k);
+        int ret = -ENOMEM;
+
+        if (!idx)
+                return -ENOMEM;
+        if (!r->binary_output && (!(data = json_array()) || json_object_set_new(out, "data", data) < 0))
+                goto out;
+        for (size_t i = 0; i < (size_t)r->n; i++) {
+                const float *p = probs + i * classes;
+                int got = effnet_topk(p, (int)classes, (int)k, idx);
+                for (int j = 0; j < got; j++) {
+                        /* Labels are short (ImageNet's longest is under 100
+                         * bytes); a longer one from a labels file is cut at 500. */
+                        char s[512];
+                        int l = class_string(m, p[idx[j]], idx[j], s, sizeof s);
+                        if (l < 0)
+                                goto out;
+                        if ((size_t)l >= sizeof s)
+                                l = (int)sizeof s - 1;
+                        if (data ? json_array_append_new(data, json_stringn(s, (size_t)l)) < 0
+                                 : bin_put_string(bin, s, (size_t)l) < 0)
+                                goto out;
+                }
+        }
+        ret = 0;
+out:
+        free(idx);
+        return ret;
+}
+
+/* FP32 probabilities [n][classes], into out's "data" or into bin. */
+static int put_probabilities(const struct v2_request *r, const float *probs, size_t count, json_t *out,
+                             struct bin_buf *bin)
+{
+        if (r->binary_output) {
+                if (!(bin->data = malloc(count * sizeof(float))))
+                        return -ENOMEM;
+                memcpy(bin->data, probs, count * sizeof(float));
+                bin->len = bin->cap = count * sizeof(float);
+                return 0;
+        }
+        json_t *data = json_array();
+        if (!data || json_object_set_new(out, "data", data) < 0)
+                return -ENOMEM;
+        for (size_t i = 0; i < count; i++)
+                if (json_array_append_new(data, json_real((double)probs[i])) < 0)
+                        return -ENOMEM;
+        return 0;
+}
+
+/* The answer: the JSON header, then the binary output data if any. */
+static int frame_answer(const struct v2_model *m, const struct v2_request *r, json_t *out, const struct bin_buf *bin,
+                        char **ret_body, size_t *ret_len, size_t *ret_header_len)
+{
+        json_t *root = json_pack("{s:s, s:s, s:[O]}", "model_name", m->name, "model_version", V2_MODEL_VERSION,
+                                 "outputs", out);
+        char *head = NULL;
+        int ret;
+
+        if (!root || (r->id && json_object_set_new(root, "id", json_string(r->id)) < 0)) {
+                json_decref(root);
+                return -ENOMEM;
+        }
+        if ((ret = dump(root, &head)) < 0)
+                return ret;
+        size_t hlen = strlen(head);
+        if (r->binary_output) {
+                char *all = malloc(hlen + bin->len + 1);
+                if (!all) {
+                        free(head);
+                        return -ENOMEM;
+                }
+                memcpy(all, head, hlen);
+                if (bin->len)
+                        memcpy(all + hlen, bin->data, bin->len);
+                all[hlen + bin->len] = '\0';
+                free(head);
+                head = all;
+        }
+        *ret_body = head;
+        *ret_len = hlen + (r->binary_output ? bin->len : 0);
+        *ret_header_len = hlen;
+        return 0;
+}
+
 int v2_infer_body(const struct v2_model *m, const struct v2_request *r, float *logits, char **ret_body,
                   size_t *ret_len, size_t *ret_header_len)
 {
         size_t classes = (size_t)m->classes, n = (size_t)r->n, k = (size_t)r->classification;
-        uint8_t *bin = NULL;
-        size_t bin_len = 0, bin_cap = 0;
-        int *idx = NULL;
-        char *head = NULL;
-        json_t *out = NULL, *root = NULL;
+        struct bin_buf bin = { 0 };
+        json_t *out = NULL;
         int ret = -ENOMEM;
 
         /* NaN or Inf would make softmax and the JSON meaningless. */
@@ -710,98 +812,17 @@ int v2_infer_body(const struct v2_model *m, const struct v2_request *r, float *l
                         (json_int_t)n, (json_int_t)(k ? k : classes));
         if (!out)
                 goto out;
-        if (k) {
-                /* Labels are short (ImageNet's longest is under 100 bytes); a
-                 * longer one from a labels file is cut at 500. */
-                json_t *data = r->binary_output ? NULL : json_array();
-                if ((!r->binary_output && !data) || !(idx = malloc(sizeof(int) * k)))
-                        goto out;
-                if (data && json_object_set_new(out, "data", data) < 0)
-                        goto out;
-                for (size_t i = 0; i < n; i++) {
-                        const float *p = logits + i * classes;
-                        int got = effnet_topk(p, (int)classes, (int)k, idx);
-                        for (int j = 0; j < got; j++) {
-                                char s[512];
-                                int l = class_string(m, p[idx[j]], idx[j], s, sizeof s);
-                                if (l < 0)
-                                        goto out;
-                                if ((size_t)l >= sizeof s)
-                                        l = (int)sizeof s - 1;
-                                if (data) {
-                                        if (json_array_append_new(data, json_stringn(s, (size_t)l)) < 0)
-                                                goto out;
-                                        continue;
-                                }
-                                if (bin_len + 4 + (size_t)l > bin_cap) {
-                                        size_t cap = bin_cap ? bin_cap * 2 : 4096;
-                                        while (cap < bin_len + 4 + (size_t)l)
-                                                cap *= 2;
-                                        uint8_t *b = realloc(bin, cap);
-                                        if (!b)
-                                                goto out;
-                                        bin = b;
-                                        bin_cap = cap;
-                                }
-                                uint32_t ul = (uint32_t)l;
-                                uint8_t le[4] = { (uint8_t)ul, (uint8_t)(ul >> 8), (uint8_t)(ul >> 16),
-                                                  (uint8_t)(ul >> 24) };
-                                memcpy(bin + bin_len, le, 4);
-                                memcpy(bin + bin_len + 4, s, (size_t)l);
-                                bin_len += 4 + (size_t)l;
-                        }
-                }
-        } else if (r->binary_output) {
-                bin_len = n * classes * sizeof(float);
-                if (!(bin = malloc(bin_len)))
-                        goto out;
-                memcpy(bin, logits, bin_len);
-        } else {
-                json_t *data = json_array();
-                if (!data || json_object_set_new(out, "data", data) < 0)
-                        goto out;
-                for (size_t i = 0; i < n * classes; i++)
-                        if (json_array_append_new(data, json_real((double)logits[i])) < 0)
-                                goto out;
-        }
+        if ((ret = k ? put_classes(m, r, logits, out, &bin) : put_probabilities(r, logits, n * classes, out, &bin)) < 0)
+                goto out;
+        ret = -ENOMEM;
         if (r->binary_output) {
-                json_t *params = json_pack("{s:I}", "binary_data_size", (json_int_t)bin_len);
+                json_t *params = json_pack("{s:I}", "binary_data_size", (json_int_t)bin.len);
                 if (!params || json_object_set_new(out, "parameters", params) < 0)
                         goto out;
         }
-        root = json_pack("{s:s, s:s, s:[O]}", "model_name", m->name, "model_version", V2_MODEL_VERSION, "outputs",
-                         out);
-        if (!root || (r->id && json_object_set_new(root, "id", json_string(r->id)) < 0))
-                goto out;
-        if ((ret = dump(root, &head)) < 0) {
-                root = NULL;
-                goto out;
-        }
-        root = NULL;
-        size_t hlen = strlen(head);
-        if (r->binary_output) {
-                char *all = malloc(hlen + bin_len + 1);
-                if (!all) {
-                        ret = -ENOMEM;
-                        goto out;
-                }
-                memcpy(all, head, hlen);
-                if (bin_len)
-                        memcpy(all + hlen, bin, bin_len);
-                all[hlen + bin_len] = '\0';
-                free(head);
-                head = all;
-        }
-        *ret_body = head;
-        *ret_len = hlen + (r->binary_output ? bin_len : 0);
-        *ret_header_len = hlen;
-        head = NULL;
-        ret = 0;
+        ret = frame_answer(m, r, out, &bin, ret_body, ret_len, ret_header_len);
 out:
-        free(head);
-        free(idx);
-        free(bin);
+        free(bin.data);
         json_decref(out);
-        json_decref(root);
         return ret;
 }

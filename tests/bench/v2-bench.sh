@@ -15,6 +15,7 @@
 # keeps each kind's best round. Prints a markdown report.
 #
 #   tests/bench/v2-bench.sh [--duration 10] [--concurrency 16] [--threads 2] [--rounds 2]
+#   tests/bench/v2-bench.sh --workers 2      # effnetd: 2 workers of threads/2 each
 #
 # A benchmark run by hand, not a test: it never fails on a slow result.
 set -euo pipefail
@@ -25,6 +26,7 @@ root=$(cd "$here/../.." && pwd)
 duration=10
 concurrency=16
 threads=2
+workers=1
 rounds=2
 max_batch=8
 variant=s
@@ -41,7 +43,10 @@ usage() {
 usage: $0 [options]
   --duration S       seconds of load per kind and round (default $duration)
   --concurrency N    wrk connections (default $concurrency)
-  --threads N        effnetd --threads and effnet bench --threads (default $threads)
+  --threads N        CPU threads: effnet bench --threads, and effnetd's workers x
+                     threads (default $threads)
+  --workers N        effnetd --workers, each with threads/N oneDNN threads
+                     (default $workers)
   --rounds N         rounds; each kind keeps its best (default $rounds)
   --max-batch N      effnetd --max-batch; effnet bench runs 1, 2, 4, ... N (default $max_batch)
   --variant V        effnet init-weights --variant, torchvision scheme (default $variant)
@@ -58,6 +63,7 @@ while [ $# -gt 0 ]; do
     --duration) duration=$2; shift 2 ;;
     --concurrency) concurrency=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
+    --workers) workers=$2; shift 2 ;;
     --rounds) rounds=$2; shift 2 ;;
     --max-batch) max_batch=$2; shift 2 ;;
     --variant) variant=$2; shift 2 ;;
@@ -71,6 +77,7 @@ done
 
 command -v wrk >/dev/null || die "wrk not found (Debian package wrk; scripts/install-deps.sh)"
 [ -x "$effnetd" ] && [ -x "$effnet" ] && [ -x "$preprocess" ] || die "build first: meson setup build && ninja -C build"
+[ "$workers" -ge 1 ] && [ $((threads % workers)) -eq 0 ] || die "--threads must be a multiple of --workers"
 if [ -z "$image" ]; then
   for p in /usr/share/matplotlib/mpl-data/sample_data/grace_hopper.jpg \
            /usr/lib/python3/dist-packages/matplotlib/mpl-data/sample_data/grace_hopper.jpg; do
@@ -99,7 +106,8 @@ bench() {  # the engine alone, while effnetd idles
 }
 
 log="$workdir/effnetd.log"
-EFFNETD_ACCESS_LOG=false "$effnetd" --weights "$weights" --listen 127.0.0.1:0 --threads "$threads" --max-batch "$max_batch" \
+EFFNETD_ACCESS_LOG=false "$effnetd" --weights "$weights" --listen 127.0.0.1:0 --workers "$workers" \
+  --threads $((threads / workers)) --max-batch "$max_batch" \
   --max-images "$max_batch" 2> "$log" &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
@@ -178,13 +186,13 @@ trap - EXIT
 
 /usr/bin/python3 - "$results" "$concurrency" "$duration" "$(basename "$image")" "$model" \
   "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" "$("$effnet" cpu 2>/dev/null | head -1)" \
-  "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY' | tee ${out:+"$out"}
+  "$(cut -d' ' -f1-3 /proc/loadavg)" "$workers x $((threads / workers))" "$max_batch" <<'PY' | tee ${out:+"$out"}
 import json, sys
-path, conc, dur, image, model, cpu, isa, load = sys.argv[1:9]
+path, conc, dur, image, model, cpu, isa, load, shape, mb = sys.argv[1:11]
 rows = [json.loads(l) for l in open(path)]
 rounds = sorted({r["round"] for r in rows})
 print(f"CPU: {cpu}; effnet cpu: {isa}; model {model}; {dur} s per kind and round, {len(rounds)} rounds; "
-      f"image {image}; load average at the end {load}\n")
+      f"image {image}; load average at the end {load}; effnetd workers x threads {shape}, max-batch {mb}\n")
 print("| round | requests | images/request | connections | images/s | p50 ms | p99 ms | non-2xx | ratio |")
 print("|---:|---|---:|---:|---:|---:|---:|---:|---|")
 names = {"v1": "POST /v1/classify (JPEG)", "v2-bytes": "v2 BYTES (JPEG, binary)", "v2-fp32": "v2 FP32 (binary tensor)"}

@@ -336,15 +336,12 @@ struct batch *batch_free(struct batch *b)
         return NULL;
 }
 
-int batch_new(struct effnet_model *m, const struct batch_opts *opts, char *err, size_t err_len,
-              struct batch **ret_batch)
+/* Checks the options and resolves workers and threads for this process's
+ * usable CPUs into *cfg. */
+static int config_resolve(const struct batch_opts *opts, char *err, size_t err_len, struct batch_config *cfg)
 {
-        struct batch *b = NULL;
-        pthread_condattr_t ca;
-        int r, cpus = cpu_usable_count();
+        int cpus = cpu_usable_count();
 
-        if (!m || !opts)
-                return err_set(err, err_len, -EINVAL, "batcher: no model or options");
         if (opts->max_batch < 1 || opts->max_batch > BATCH_MAX_BATCH)
                 return err_set(err, err_len, -EINVAL, "max batch %d not in 1..%d", opts->max_batch,
                                BATCH_MAX_BATCH);
@@ -363,34 +360,26 @@ int batch_new(struct effnet_model *m, const struct batch_opts *opts, char *err, 
                 return err_set(err, err_len, -EINVAL,
                                "%d workers x %d threads exceed the %d CPUs this process may use", workers,
                                threads, cpus);
-
-        b = calloc(1, sizeof *b);
-        if (!b)
-                return err_set(err, err_len, -ENOMEM, "out of memory");
-        const struct effnet_info *info = effnet_model_info(m);
-        b->model = m;
-        b->size = info->preproc.size;
-        b->classes = info->classes;
-        b->image_floats = (size_t)3 * (size_t)b->size * (size_t)b->size;
-        b->cfg = (struct batch_config){ .max_batch = opts->max_batch, .max_delay_us = opts->max_delay_us,
-                                        .queue_images = opts->queue_images, .workers = workers,
-                                        .threads = threads, .precision = opts->precision };
+        *cfg = (struct batch_config){ .max_batch = opts->max_batch, .max_delay_us = opts->max_delay_us,
+                                      .queue_images = opts->queue_images, .workers = workers,
+                                      .threads = threads, .precision = opts->precision };
         /* Executors for 1, 2, 4, ... and max_batch images: a pass costs what
          * its executor's batch size costs, whatever the image count. */
-        for (int s = 1; s < opts->max_batch && b->cfg.n_exec < BATCH_MAX_EXEC - 1; s *= 2)
-                b->cfg.exec_batch[b->cfg.n_exec++] = s;
-        b->cfg.exec_batch[b->cfg.n_exec++] = opts->max_batch;
+        for (int s = 1; s < opts->max_batch && cfg->n_exec < BATCH_MAX_EXEC - 1; s *= 2)
+                cfg->exec_batch[cfg->n_exec++] = s;
+        cfg->exec_batch[cfg->n_exec++] = opts->max_batch;
+        return 0;
+}
 
-        b->sizes = calloc((size_t)opts->max_batch + 1, sizeof *b->sizes);
-        b->workers = calloc((size_t)workers, sizeof *b->workers);
-        if (!b->sizes || !b->workers) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto fail;
-        }
-        if ((r = -pthread_mutex_init(&b->lock, NULL)) < 0) {
-                err_set(err, err_len, r, "mutex: %s", strerror(-r));
-                goto fail;
-        }
+/* The lock and the two condition variables; work waits on the monotonic
+ * clock (deadlines and max_delay are monotonic). */
+static int sync_init(struct batch *b, char *err, size_t err_len)
+{
+        pthread_condattr_t ca;
+        int r;
+
+        if ((r = -pthread_mutex_init(&b->lock, NULL)) < 0)
+                return err_set(err, err_len, r, "mutex: %s", strerror(-r));
         b->lock_init = true;
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -398,49 +387,75 @@ int batch_new(struct effnet_model *m, const struct batch_opts *opts, char *err, 
         if (r == 0 && (r = -pthread_cond_init(&b->started, NULL)) < 0)
                 pthread_cond_destroy(&b->work);
         pthread_condattr_destroy(&ca);
-        if (r < 0) {
-                err_set(err, err_len, r, "condition variable: %s", strerror(-r));
-                goto fail;
-        }
+        if (r < 0)
+                return err_set(err, err_len, r, "condition variable: %s", strerror(-r));
         b->cond_init = true;
+        return 0;
+}
 
-        b->n_workers = workers;
-        b->progress = opts->progress;
-        b->userdata = opts->userdata;
-        for (int i = 0; i < workers; i++) {
+/* Starts every worker and waits until each has built and warmed its
+ * executors (or failed to). On failure, started workers have all finished
+ * their start-up, so that batch_free can stop them. */
+static int workers_start(struct batch *b, char *err, size_t err_len)
+{
+        int r = 0, started = 0;
+
+        for (int i = 0; i < b->n_workers && r == 0; i++) {
                 struct batch_worker *w = &b->workers[i];
                 w->b = b;
                 if ((r = -pthread_create(&w->thread, NULL, worker_main, w)) < 0) {
                         err_set(err, err_len, r, "worker thread: %s", strerror(-r));
-                        goto fail;
+                        break;
                 }
                 w->started = true;
+                started++;
         }
         pthread_mutex_lock(&b->lock);
-        while (b->ready < workers)
+        while (b->ready < started)
                 pthread_cond_wait(&b->started, &b->lock);
         b->last_take_ns = time_now_ns();
         pthread_mutex_unlock(&b->lock);
-        for (int i = 0; i < workers; i++) {
-                if (b->workers[i].status < 0) {
+        for (int i = 0; i < started && r == 0; i++) {
+                if (b->workers[i].status < 0)
                         r = err_set(err, err_len, b->workers[i].status, "worker %d: %s", i, b->workers[i].err);
-                        goto fail;
-                }
                 b->cfg.exec_bytes += b->workers[i].bytes;
         }
+        return r;
+}
+
+int batch_new(struct effnet_model *m, const struct batch_opts *opts, char *err, size_t err_len,
+              struct batch **ret_batch)
+{
+        struct batch *b = NULL;
+        struct batch_config cfg;
+        int r;
+
+        if (!m || !opts)
+                return err_set(err, err_len, -EINVAL, "batcher: no model or options");
+        if ((r = config_resolve(opts, err, err_len, &cfg)) < 0)
+                return r;
+        if (!(b = calloc(1, sizeof *b)))
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        const struct effnet_info *info = effnet_model_info(m);
+        b->model = m;
+        b->size = info->preproc.size;
+        b->classes = info->classes;
+        b->image_floats = (size_t)3 * (size_t)b->size * (size_t)b->size;
+        b->cfg = cfg;
+        b->n_workers = cfg.workers;
+        b->progress = opts->progress;
+        b->userdata = opts->userdata;
+        b->sizes = calloc((size_t)cfg.max_batch + 1, sizeof *b->sizes);
+        b->workers = calloc((size_t)cfg.workers, sizeof *b->workers);
+        if (!b->sizes || !b->workers) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        if ((r = sync_init(b, err, err_len)) < 0 || (r = workers_start(b, err, err_len)) < 0)
+                goto fail;
         *ret_batch = b;
         return 0;
 fail:
-        if (b->lock_init && b->cond_init) {
-                /* Started workers wait for ready; let them all finish start-up. */
-                pthread_mutex_lock(&b->lock);
-                int started = 0;
-                for (int i = 0; i < b->n_workers; i++)
-                        started += b->workers[i].started;
-                while (b->ready < started)
-                        pthread_cond_wait(&b->started, &b->lock);
-                pthread_mutex_unlock(&b->lock);
-        }
         batch_free(b);
         return r;
 }

@@ -313,57 +313,89 @@ void hub_settings_clear(struct hub_settings *s)
         *s = (struct hub_settings){ 0 };
 }
 
-int hub_settings_get(const struct hub_opts *opts, char *err, size_t err_len, struct hub_settings *ret)
+/* The hub's address without trailing slashes, or NULL. */
+static char *settings_endpoint(const struct hub_opts *opts)
 {
-        struct hub_settings s = { 0 };
-        char *home = NULL;
+        const char *v = opts && opts->endpoint ? opts->endpoint : env_nonempty("HF_ENDPOINT");
+        char *endpoint = strdup(v ? v : HUB_DEFAULT_ENDPOINT);
+
+        if (endpoint) {
+                size_t n = strlen(endpoint);
+                while (n > 0 && endpoint[n - 1] == '/')
+                        endpoint[--n] = '\0';
+        }
+        return endpoint;
+}
+
+/* huggingface_hub's HF_HOME, or NULL. */
+static char *settings_home(void)
+{
+        const char *v;
+
+        if ((v = env_nonempty("HF_HOME")))
+                return expand_path(v);
+        if ((v = env_nonempty("XDG_CACHE_HOME"))) {
+                char *joined = strdup_printf("%s/huggingface", v);
+                char *home = joined ? expand_path(joined) : NULL;
+                free(joined);
+                return home;
+        }
+        return expand_path("~/.cache/huggingface");
+}
+
+/* The hub cache's folder, or NULL. */
+static char *settings_cache_dir(const struct hub_opts *opts, const char *home)
+{
+        const char *v;
+
+        if (opts && opts->cache_dir)
+                return strdup(opts->cache_dir);
+        if ((v = env_nonempty("HF_HUB_CACHE")) || (v = env_nonempty("HUGGINGFACE_HUB_CACHE")))
+                return expand_path(v);
+        return strdup_printf("%s/hub", home);
+}
+
+/* The first source that holds a token wins; a blank one counts as none, as
+ * in huggingface_hub's get_token. *ret_token stays NULL when none has one. */
+static int settings_token(const struct hub_opts *opts, const char *home, char *err, size_t err_len,
+                          char **ret_token)
+{
+        char *token = NULL;
         const char *v;
         int r = 0;
 
-        v = opts && opts->endpoint ? opts->endpoint : env_nonempty("HF_ENDPOINT");
-        s.endpoint = strdup(v ? v : HUB_DEFAULT_ENDPOINT);
-        if (s.endpoint) {
-                size_t n = strlen(s.endpoint);
-                while (n > 0 && s.endpoint[n - 1] == '/')
-                        s.endpoint[--n] = '\0';
-        }
-        if ((v = env_nonempty("HF_HOME")))
-                home = expand_path(v);
-        else if ((v = env_nonempty("XDG_CACHE_HOME"))) {
-                char *joined = strdup_printf("%s/huggingface", v);
-                home = joined ? expand_path(joined) : NULL;
-                free(joined);
-        } else
-                home = expand_path("~/.cache/huggingface");
-        if (!s.endpoint || !home) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto fail;
-        }
-        if (opts && opts->cache_dir)
-                s.cache_dir = strdup(opts->cache_dir);
-        else if ((v = env_nonempty("HF_HUB_CACHE")) || (v = env_nonempty("HUGGINGFACE_HUB_CACHE")))
-                s.cache_dir = expand_path(v);
-        else
-                s.cache_dir = strdup_printf("%s/hub", home);
-        if (!s.cache_dir) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto fail;
-        }
-        /* The first source that holds a token wins; a blank one counts as
-         * none, as in huggingface_hub's get_token. */
         if (opts && opts->token)
-                r = clean_token(opts->token, err, err_len, "the caller", &s.token);
-        if (r == 0 && !s.token && (v = env_nonempty("HF_TOKEN")))
-                r = clean_token(v, err, err_len, "HF_TOKEN", &s.token);
-        if (r == 0 && !s.token && (v = env_nonempty("HUGGING_FACE_HUB_TOKEN")))
-                r = clean_token(v, err, err_len, "HUGGING_FACE_HUB_TOKEN", &s.token);
-        if (r == 0 && !s.token) {
+                r = clean_token(opts->token, err, err_len, "the caller", &token);
+        if (r == 0 && !token && (v = env_nonempty("HF_TOKEN")))
+                r = clean_token(v, err, err_len, "HF_TOKEN", &token);
+        if (r == 0 && !token && (v = env_nonempty("HUGGING_FACE_HUB_TOKEN")))
+                r = clean_token(v, err, err_len, "HUGGING_FACE_HUB_TOKEN", &token);
+        if (r == 0 && !token) {
                 char *path = (v = env_nonempty("HF_TOKEN_PATH")) ? expand_path(v) : strdup_printf("%s/token", home);
-                r = path ? token_from_file(path, err, err_len, &s.token)
+                r = path ? token_from_file(path, err, err_len, &token)
                          : err_set(err, err_len, -ENOMEM, "out of memory");
                 free(path);
         }
-        if (r < 0)
+        if (r < 0) {
+                free(token);
+                return r;
+        }
+        *ret_token = token;
+        return 0;
+}
+
+int hub_settings_get(const struct hub_opts *opts, char *err, size_t err_len, struct hub_settings *ret)
+{
+        struct hub_settings s = { 0 };
+        char *home = settings_home();
+        int r = 0;
+
+        s.endpoint = settings_endpoint(opts);
+        if (!s.endpoint || !home || !(s.cache_dir = settings_cache_dir(opts, home))) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        if ((r = settings_token(opts, home, err, err_len, &s.token)) < 0)
                 goto fail;
         s.offline = (opts && opts->offline) || env_true("HF_HUB_OFFLINE") || env_true("TRANSFORMERS_OFFLINE");
         s.etag_timeout_s = env_seconds("HF_HUB_ETAG_TIMEOUT", HUB_TIMEOUT_DEFAULT_S);

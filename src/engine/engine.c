@@ -630,7 +630,7 @@ static int layer_weights(struct eng_plan *p, const struct wsrc *ws, dnnl_primiti
 /* Descriptors of c applied to src_md: weights in src_md's type, output in
  * the plan's activations (or in place of res_t for RES_SUM). */
 static void conv_describe(const struct eng_plan *p, const struct model_conv *c, const dnnl_memory_desc_t *src_md,
-                          int res, int res_t, struct conv_descs *ret)
+                          int res, int res_t, struct conv_descs *ret_descs)
 {
         const int n = (int)src_md->dims[0], h = (int)src_md->dims[2], w = (int)src_md->dims[3];
         const dnnl_data_type_t wdt = src_md->data_type;
@@ -659,7 +659,7 @@ static void conv_describe(const struct eng_plan *p, const struct model_conv *c, 
          * layout too; a reorder then feeds it (add_conv). */
         if (p->act_tag == dnnl_format_tag_any)
                 init_md(&d.src, 4, src_md->dims, src_md->data_type, dnnl_format_tag_any);
-        *ret = d;
+        *ret_descs = d;
 }
 
 /* How a conv is computed. Winograd F(2,3) halves the multiplies of the
@@ -668,15 +668,15 @@ static void conv_describe(const struct eng_plan *p, const struct model_conv *c, 
  * (wino). The residual ones keep the direct kernel: the add must follow
  * SiLU, and oneDNN's eltwise with a binary post-op is a reference kernel. A
  * direct conv whose output type differs from its weights' and that oneDNN
- * has no fast kernel for writes in the weights' type, and a reorder then
- * converts (convert). */
+ * has no fast kernel for writes in the weights' type (d->dst says so), and a
+ * reorder then converts (convert). */
 struct conv_choice {
         dnnl_primitive_desc_t pd;
         int binary_idx, wino, convert;
 };
 
 static int conv_choose(struct eng_plan *p, const struct model_conv *c, struct conv_descs *d, int res, int res_t,
-                       struct conv_choice *ret)
+                       struct conv_choice *ret_choice)
 {
         struct conv_choice ch = { NULL, -1, 0, 0 };
         const int silu = c->act == MODEL_ACT_SILU;
@@ -698,7 +698,7 @@ static int conv_choose(struct eng_plan *p, const struct model_conv *c, struct co
         if (r < 0)
                 return err_set(p->err, p->err_len, r, "oneDNN: no convolution for %dx%d %d->%d stride %d", c->k,
                                c->k, c->ic, c->oc, c->stride);
-        *ret = ch;
+        *ret_choice = ch;
         return 0;
 }
 

@@ -198,7 +198,7 @@ struct entry_fields {
         json_t *dtype, *shape, *offsets;
 };
 
-static int entry_fields(const struct errbuf *e, const char *n, json_t *entry, struct entry_fields *ret)
+static int split_entry(const struct errbuf *e, const char *n, json_t *entry, struct entry_fields *ret_fields)
 {
         struct entry_fields fl = { NULL, NULL, NULL };
         const char *key;
@@ -219,7 +219,7 @@ static int entry_fields(const struct errbuf *e, const char *n, json_t *entry, st
         if (!fl.dtype || !fl.shape || !fl.offsets)
                 return errbuf_set(e, -EBADMSG, "%s: missing field \"%s\"", n,
                                   !fl.dtype ? "dtype" : !fl.shape ? "shape" : "data_offsets");
-        *ret = fl;
+        *ret_fields = fl;
         return 0;
 }
 
@@ -322,7 +322,7 @@ static int parse_entry(const struct errbuf *e, const char *name, json_t *entry, 
         struct span sp = { 0, 0, NULL };
         int r;
 
-        if ((r = entry_fields(e, n, entry, &fl)) < 0 || (r = entry_dtype(e, n, fl.dtype, &di)) < 0 ||
+        if ((r = split_entry(e, n, entry, &fl)) < 0 || (r = entry_dtype(e, n, fl.dtype, &di)) < 0 ||
             (r = entry_shape(e, n, fl.shape, t)) < 0 || (r = entry_offsets(e, n, fl.offsets, data_len, &sp)) < 0 ||
             (r = entry_size(e, n, di, &sp, t)) < 0)
                 return r;

@@ -225,41 +225,41 @@ struct wsrc {
         dnnl_memory_desc_t md;            /* plain f32 layout of what they write */
 };
 
-/* Returns a layer's weights in layout want, folding and reordering once per
- * (layer, layout) and caching the result in the net. */
-static int net_weights(struct eng_plan *p, const struct wsrc *src, const dnnl_memory_desc_t *want,
-                       void **ret_data)
+/* The cached copy of a layer's weights in layout want, or NULL. Under
+ * net->lock. */
+static void *cache_find(const struct eng_net *net, const void *key, const dnnl_memory_desc_t *want)
+{
+        for (size_t i = 0; i < net->n_cache; i++)
+                if (net->cache[i].key == key && dnnl_memory_desc_equal(&net->cache[i].md, want))
+                        return net->cache[i].data;
+        return NULL;
+}
+
+/* Room for one more cache entry. Under net->lock. */
+static int cache_reserve(struct eng_net *net)
+{
+        if (net->n_cache < net->cap_cache)
+                return 0;
+        size_t nc = net->cap_cache ? net->cap_cache * 2 : 256;
+        void *n = realloc(net->cache, nc * sizeof *net->cache);
+        if (!n)
+                return -ENOMEM;
+        net->cache = n;
+        net->cap_cache = nc;
+        return 0;
+}
+
+/* Folds a layer's weights into plain (laid out as src->md) and reorders
+ * them into data (laid out as want), on the net's stream. Under net->lock. */
+static int reorder_weights(struct eng_plan *p, const struct wsrc *src, float *plain, const dnnl_memory_desc_t *want,
+                           void *data)
 {
         struct eng_net *net = p->net;
         dnnl_memory_t from = NULL, to = NULL;
         dnnl_primitive_desc_t pd = NULL;
         dnnl_primitive_t reorder = NULL;
-        float *plain = NULL;
-        void *data = NULL;
         int r = 0;
 
-        pthread_mutex_lock(&net->lock);
-        for (size_t i = 0; i < net->n_cache; i++)
-                if (net->cache[i].key == src->key && dnnl_memory_desc_equal(&net->cache[i].md, want)) {
-                        *ret_data = net->cache[i].data;
-                        goto out;
-                }
-        if (net->n_cache == net->cap_cache) {
-                size_t nc = net->cap_cache ? net->cap_cache * 2 : 256;
-                void *n = realloc(net->cache, nc * sizeof *net->cache);
-                if (!n) {
-                        r = -ENOMEM;
-                        goto out;
-                }
-                net->cache = n;
-                net->cap_cache = nc;
-        }
-        data = aligned_buf(dnnl_memory_desc_get_size(want));
-        plain = aligned_buf(dnnl_memory_desc_get_size(&src->md));
-        if (!data || !plain) {
-                r = -ENOMEM;
-                goto out;
-        }
         if (src->conv)
                 model_conv_weights(src->conv, plain);
         else
@@ -273,16 +273,9 @@ static int net_weights(struct eng_plan *p, const struct wsrc *src, const dnnl_me
         }
         dnnl_exec_arg_t args[2] = { { DNNL_ARG_FROM, from }, { DNNL_ARG_TO, to } };
         if (dnnl_primitive_execute(reorder, net->stream, 2, args) != dnnl_success ||
-            dnnl_stream_wait(net->stream) != dnnl_success) {
+            dnnl_stream_wait(net->stream) != dnnl_success)
                 r = err_set(p->err, p->err_len, -EIO, "oneDNN: weight reorder failed");
-                goto out;
-        }
-        net->cache[net->n_cache++] = (struct wcache_entry){ src->key, *want, data };
-        *ret_data = data;
-        data = NULL;
 out:
-        free(data);
-        free(plain);
         if (reorder)
                 dnnl_primitive_destroy(reorder);
         if (pd)
@@ -291,6 +284,42 @@ out:
                 dnnl_memory_destroy(from);
         if (to)
                 dnnl_memory_destroy(to);
+        return r;
+}
+
+/* Returns a layer's weights in layout want, folding and reordering once per
+ * (layer, layout) and caching the result in the net. */
+static int net_weights(struct eng_plan *p, const struct wsrc *src, const dnnl_memory_desc_t *want,
+                       void **ret_data)
+{
+        struct eng_net *net = p->net;
+        float *plain = NULL;
+        void *data = NULL;
+        int r;
+
+        pthread_mutex_lock(&net->lock);
+        if ((data = cache_find(net, src->key, want))) {
+                *ret_data = data;
+                data = NULL;
+                r = 0;
+                goto out;
+        }
+        if ((r = cache_reserve(net)) < 0)
+                goto out;
+        data = aligned_buf(dnnl_memory_desc_get_size(want));
+        plain = aligned_buf(dnnl_memory_desc_get_size(&src->md));
+        if (!data || !plain) {
+                r = -ENOMEM;
+                goto out;
+        }
+        if ((r = reorder_weights(p, src, plain, want, data)) < 0)
+                goto out;
+        net->cache[net->n_cache++] = (struct wcache_entry){ src->key, *want, data };
+        *ret_data = data;
+        data = NULL;
+out:
+        free(data);
+        free(plain);
         pthread_mutex_unlock(&net->lock);
         return r;
 }
@@ -375,6 +404,38 @@ static void step_arg(struct step *s, int kind, int tensor, dnnl_memory_t mem)
         s->n_args++;
 }
 
+/* An argument of a step: a plan tensor, T_NEW for the tensor the step
+ * creates, or T_FIXED with mem (weights, bias). */
+#define T_FIXED (-1)
+#define T_NEW (-2)
+struct arg {
+        int kind;
+        int tensor;
+        dnnl_memory_t mem;
+};
+
+/* Appends the step for pd (which it takes over, on failure too) with
+ * args[n]. With dst_md, first a new tensor of that layout in dst_slot, which
+ * args name T_NEW and which goes to *ret_t; without, *ret_t is untouched. */
+static int emit_step(struct eng_plan *p, dnnl_primitive_desc_t pd, const dnnl_memory_desc_t *dst_md, int dst_slot,
+                     const struct arg *args, int n, int *ret_t)
+{
+        struct step *s;
+        int dst_t = T_NEW, r;
+
+        if (dst_md && (dst_t = new_tensor(p, dst_md, dst_slot)) < 0) {
+                dnnl_primitive_desc_destroy(pd);
+                return dst_t;
+        }
+        if ((r = add_step(p, pd, &s)) < 0)
+                return r;
+        for (int i = 0; i < n; i++)
+                step_arg(s, args[i].kind, args[i].tensor == T_NEW ? dst_t : args[i].tensor, args[i].mem);
+        if (dst_md)
+                *ret_t = dst_t;
+        return 0;
+}
+
 static void init_md(dnnl_memory_desc_t *md, int nd, const dnnl_dims_t dims, dnnl_data_type_t dt,
                     dnnl_format_tag_t tag)
 {
@@ -443,11 +504,11 @@ static void conv_geometry(int padding, int in, int k, int s, int *out, int *pl, 
         }
 }
 
-/* Convolution primitive descriptor with SiLU and residual post-ops. */
-static int conv_pd(struct eng_plan *p, dnnl_alg_kind_t alg, const dnnl_memory_desc_t *src_md,
-                   const dnnl_memory_desc_t *wmd, const dnnl_memory_desc_t *bmd, const dnnl_memory_desc_t *dmd,
-                   int stride, int plh, int plw, int prh, int prw, int silu, int res, int res_t,
-                   dnnl_primitive_desc_t *ret_pd, int *ret_binary_idx)
+/* The plan's attributes with post-ops: an eltwise alg (0: none), then the
+ * residual as a sum or as a binary add of res_md, whose post-op index goes to
+ * *ret_binary_idx (-1 if none). */
+static int post_ops_attr(int eltwise, int res, const dnnl_memory_desc_t *res_md, dnnl_primitive_attr_t *ret_attr,
+                         int *ret_binary_idx)
 {
         dnnl_primitive_attr_t attr = make_attr();
         dnnl_post_ops_t po = NULL;
@@ -458,24 +519,47 @@ static int conv_pd(struct eng_plan *p, dnnl_alg_kind_t alg, const dnnl_memory_de
                         dnnl_primitive_attr_destroy(attr);
                 return -ENOMEM;
         }
-        if (silu) {
-                dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_swish, 1.0f, 0.0f);
+        if (eltwise) {
+                dnnl_post_ops_append_eltwise(po, 1.0f, (dnnl_alg_kind_t)eltwise, 1.0f, 0.0f);
                 n_po++;
         }
         if (res == RES_SUM) {
                 dnnl_post_ops_append_sum(po, 1.0f);
                 n_po++;
         } else if (res == RES_BINARY) {
-                dnnl_post_ops_append_binary(po, dnnl_binary_add, &p->tensors[res_t].md);
+                dnnl_post_ops_append_binary(po, dnnl_binary_add, res_md);
                 binary_idx = n_po++;
         }
         dnnl_primitive_attr_set_post_ops(attr, po);
         dnnl_post_ops_destroy(po);
+        *ret_attr = attr;
+        *ret_binary_idx = binary_idx;
+        return 0;
+}
+
+/* What a convolution is built from: memory descriptors (weights and output
+ * as the primitive may choose them), geometry, the plain weights' source. */
+struct conv_descs {
+        dnnl_memory_desc_t src, w, b, dst;
+        struct wsrc ws;
+        int stride, oh, ow, plh, prh, plw, prw;
+};
+
+/* Convolution primitive descriptor with SiLU and residual post-ops. */
+static int conv_pd(struct eng_plan *p, dnnl_alg_kind_t alg, const struct conv_descs *d, int silu, int res,
+                   int res_t, dnnl_primitive_desc_t *ret_pd, int *ret_binary_idx)
+{
+        dnnl_primitive_attr_t attr = NULL;
+        int binary_idx = -1;
+
+        if (post_ops_attr(silu ? dnnl_eltwise_swish : 0, res, res == RES_BINARY ? &p->tensors[res_t].md : NULL, &attr,
+                          &binary_idx) < 0)
+                return -ENOMEM;
 
         dnnl_convolution_desc_t cd;
-        dnnl_dims_t strides = { stride, stride }, padl = { plh, plw }, padr = { prh, prw };
-        dnnl_status_t st = dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, alg, src_md, wmd, bmd, dmd,
-                                                              strides, padl, padr);
+        dnnl_dims_t strides = { d->stride, d->stride }, padl = { d->plh, d->plw }, padr = { d->prh, d->prw };
+        dnnl_status_t st = dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, alg, &d->src, &d->w, &d->b,
+                                                              &d->dst, strides, padl, padr);
         if (st == dnnl_success)
                 st = create_pd(p, &cd, attr, ret_pd);
         dnnl_primitive_attr_destroy(attr);
@@ -485,32 +569,138 @@ static int conv_pd(struct eng_plan *p, dnnl_alg_kind_t alg, const dnnl_memory_de
         return 0;
 }
 
+/* pd for desc (whose init returned st) with the plan's attributes; the
+ * message names what for. */
+static int plain_pd(struct eng_plan *p, dnnl_status_t st, const_dnnl_op_desc_t desc, const char *what,
+                    dnnl_primitive_desc_t *ret_pd)
+{
+        dnnl_primitive_attr_t attr = make_attr();
+
+        if (!attr)
+                return -ENOMEM;
+        if (st == dnnl_success)
+                st = dnnl_primitive_desc_create(ret_pd, desc, attr, p->net->eng, NULL);
+        dnnl_primitive_attr_destroy(attr);
+        if (st != dnnl_success)
+                return err_set(p->err, p->err_len, -EIO, "oneDNN: no %s: %s", what, dnnl_status2str(st));
+        return 0;
+}
+
 /* x = SiLU(x), in place. */
 static int add_silu(struct eng_plan *p, int x_t)
 {
         dnnl_eltwise_desc_t desc;
         dnnl_primitive_desc_t pd = NULL;
-        dnnl_primitive_attr_t attr = make_attr();
-        struct step *s;
         int r;
 
-        if (!attr)
-                return -ENOMEM;
-        dnnl_status_t st = dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, dnnl_eltwise_swish,
-                                                          &p->tensors[x_t].md, 1.0f, 0.0f);
-        if (st == dnnl_success)
-                st = dnnl_primitive_desc_create(&pd, &desc, attr, p->net->eng, NULL);
-        dnnl_primitive_attr_destroy(attr);
-        if (st != dnnl_success)
-                return err_set(p->err, p->err_len, -EIO, "oneDNN: no SiLU: %s", dnnl_status2str(st));
-        if ((r = add_step(p, pd, &s)) < 0)
+        r = plain_pd(p, dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, dnnl_eltwise_swish,
+                                                       &p->tensors[x_t].md, 1.0f, 0.0f),
+                     &desc, "SiLU", &pd);
+        if (r < 0)
                 return r;
-        step_arg(s, DNNL_ARG_SRC, x_t, NULL);
-        step_arg(s, DNNL_ARG_DST, x_t, NULL);
+        const struct arg args[] = { { DNNL_ARG_SRC, x_t, NULL }, { DNNL_ARG_DST, x_t, NULL } };
+        return emit_step(p, pd, NULL, 0, args, 2, NULL);
+}
+
+static int add_reorder(struct eng_plan *p, int src_t, const dnnl_memory_desc_t *to, int dst_slot, int *ret_t)
+{
+        dnnl_primitive_desc_t pd = NULL;
+        DN(dnnl_reorder_primitive_desc_create(&pd, &p->tensors[src_t].md, p->net->eng, to, p->net->eng, NULL));
+        const struct arg args[] = { { DNNL_ARG_FROM, src_t, NULL }, { DNNL_ARG_TO, T_NEW, NULL } };
+        return emit_step(p, pd, to, dst_slot, args, 2, ret_t);
+}
+
+/* Memory objects over a layer's weights in the layout pd chose (reordered
+ * once per net) and over its bias b. Destroys pd on failure. */
+static int layer_weights(struct eng_plan *p, const struct wsrc *ws, dnnl_primitive_desc_t pd,
+                         const dnnl_memory_desc_t *bmd, const float *b, dnnl_memory_t *ret_w, dnnl_memory_t *ret_b)
+{
+        const dnnl_memory_desc_t want_w = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        void *wdata;
+        int r;
+
+        if ((r = net_weights(p, ws, &want_w, &wdata)) < 0 || (r = owned_mem(p, &want_w, wdata, ret_w)) < 0 ||
+            (r = owned_mem(p, bmd, (void *)b, ret_b)) < 0) {
+                dnnl_primitive_desc_destroy(pd);
+                return r;
+        }
         return 0;
 }
 
-static int add_reorder(struct eng_plan *p, int src_t, const dnnl_memory_desc_t *to, int dst_slot, int *ret_t);
+/* Descriptors of c applied to src_md: weights in src_md's type, output in
+ * the plan's activations (or in place of res_t for RES_SUM). */
+static void conv_describe(const struct eng_plan *p, const struct model_conv *c, const dnnl_memory_desc_t *src_md,
+                          int res, int res_t, struct conv_descs *ret_descs)
+{
+        const int n = (int)src_md->dims[0], h = (int)src_md->dims[2], w = (int)src_md->dims[3];
+        const dnnl_data_type_t wdt = src_md->data_type;
+        struct conv_descs d = { .src = *src_md, .ws = { .key = c, .conv = c }, .stride = c->stride };
+
+        conv_geometry(p->net->m->info.padding, h, c->k, c->stride, &d.oh, &d.plh, &d.prh);
+        conv_geometry(p->net->m->info.padding, w, c->k, c->stride, &d.ow, &d.plw, &d.prw);
+        if (c->groups > 1) {
+                dnnl_dims_t wd = { c->groups, c->oc / c->groups, c->ic / c->groups, c->k, c->k };
+                init_md(&d.w, 5, wd, wdt, dnnl_format_tag_any);
+                init_md(&d.ws.md, 5, wd, dnnl_f32, dnnl_goihw);
+        } else {
+                dnnl_dims_t wd = { c->oc, c->ic, c->k, c->k };
+                init_md(&d.w, 4, wd, wdt, dnnl_format_tag_any);
+                init_md(&d.ws.md, 4, wd, dnnl_f32, dnnl_oihw);
+        }
+        dnnl_dims_t bd = { c->oc };
+        init_md(&d.b, 1, bd, dnnl_f32, dnnl_a);
+        if (res == RES_SUM) {
+                d.dst = p->tensors[res_t].md;
+        } else {
+                dnnl_dims_t dd = { n, c->oc, d.oh, d.ow };
+                init_md(&d.dst, 4, dd, p->act_dt, p->act_tag);
+        }
+        /* A plan that lets oneDNN choose lets each conv choose its input
+         * layout too; a reorder then feeds it (add_conv). */
+        if (p->act_tag == dnnl_format_tag_any)
+                init_md(&d.src, 4, src_md->dims, src_md->data_type, dnnl_format_tag_any);
+        *ret_descs = d;
+}
+
+/* How a conv is computed. Winograd F(2,3) halves the multiplies of the
+ * dense 3x3 stride-1 convs of the Fused-MBConv stages; oneDNN has it for fp32
+ * on blocked layouts, without a SiLU post-op, so SiLU then runs in place
+ * (wino). The residual ones keep the direct kernel: the add must follow
+ * SiLU, and oneDNN's eltwise with a binary post-op is a reference kernel. A
+ * direct conv whose output type differs from its weights' and that oneDNN
+ * has no fast kernel for writes in the weights' type (d->dst says so), and a
+ * reorder then converts (convert). */
+struct conv_choice {
+        dnnl_primitive_desc_t pd;
+        int binary_idx, wino, convert;
+};
+
+static int conv_choose(struct eng_plan *p, const struct model_conv *c, struct conv_descs *d, int res, int res_t,
+                       struct conv_choice *ret_choice)
+{
+        struct conv_choice ch = { NULL, -1, 0, 0 };
+        const int silu = c->act == MODEL_ACT_SILU;
+        int r;
+
+        ch.wino = p->act_dt == dnnl_f32 && p->act_tag == dnnl_nChw16c && c->k == 3 && c->stride == 1 &&
+                  c->groups == 1 && res == RES_NONE && silu && !getenv("EFFNET_NO_WINOGRAD");
+        if (ch.wino && conv_pd(p, dnnl_convolution_winograd, d, 0, RES_NONE, -1, &ch.pd, &ch.binary_idx) < 0)
+                ch.wino = 0;
+        r = ch.wino ? 0 : conv_pd(p, dnnl_convolution_direct, d, silu, res, res_t, &ch.pd, &ch.binary_idx);
+        ch.convert = !ch.wino && res == RES_NONE && d->dst.data_type != d->w.data_type &&
+                     (r < 0 || is_reference_kernel(ch.pd));
+        if (ch.convert) {
+                if (r == 0)
+                        dnnl_primitive_desc_destroy(ch.pd);
+                d->dst.data_type = d->w.data_type;
+                r = conv_pd(p, dnnl_convolution_direct, d, silu, RES_NONE, -1, &ch.pd, &ch.binary_idx);
+        }
+        if (r < 0)
+                return err_set(p->err, p->err_len, r, "oneDNN: no convolution for %dx%d %d->%d stride %d", c->k,
+                               c->k, c->ic, c->oc, c->stride);
+        *ret_choice = ch;
+        return 0;
+}
 
 /* conv(src) + bias [+ SiLU] [+ residual] -> new tensor in dst_slot (or, for
  * RES_SUM, in place into the residual tensor). The weights take the type of
@@ -521,99 +711,38 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
                     int res, int res_t, int *ret_t)
 {
         const dnnl_memory_desc_t src_md = p->tensors[src_t].md;
-        const int n = (int)src_md.dims[0], h = (int)src_md.dims[2], w = (int)src_md.dims[3];
-        int oh, ow, plh, prh, plw, prw, r;
-        conv_geometry(p->net->m->info.padding, h, c->k, c->stride, &oh, &plh, &prh);
-        conv_geometry(p->net->m->info.padding, w, c->k, c->stride, &ow, &plw, &prw);
-
-        dnnl_memory_desc_t wmd, bmd, dmd;
-        struct wsrc ws = { .key = c, .conv = c };
-        dnnl_data_type_t wdt = src_md.data_type;
-        if (c->groups > 1) {
-                dnnl_dims_t wd = { c->groups, c->oc / c->groups, c->ic / c->groups, c->k, c->k };
-                init_md(&wmd, 5, wd, wdt, dnnl_format_tag_any);
-                init_md(&ws.md, 5, wd, dnnl_f32, dnnl_goihw);
-        } else {
-                dnnl_dims_t wd = { c->oc, c->ic, c->k, c->k };
-                init_md(&wmd, 4, wd, wdt, dnnl_format_tag_any);
-                init_md(&ws.md, 4, wd, dnnl_f32, dnnl_oihw);
-        }
-        dnnl_dims_t bd = { c->oc };
-        init_md(&bmd, 1, bd, dnnl_f32, dnnl_a);
-        if (res == RES_SUM) {
-                dmd = p->tensors[res_t].md;
-        } else {
-                dnnl_dims_t dd = { n, c->oc, oh, ow };
-                init_md(&dmd, 4, dd, p->act_dt, p->act_tag);
-        }
-
-        /* Winograd F(2,3) halves the multiplies of the dense 3x3 stride-1
-         * convs of the Fused-MBConv stages; oneDNN has it for fp32 on blocked
-         * layouts, without a SiLU post-op, so SiLU then runs in place. The
-         * residual ones keep the direct kernel: the add must follow SiLU, and
-         * oneDNN's eltwise with a binary post-op is a reference kernel. */
-        int wino = p->act_dt == dnnl_f32 && p->act_tag == dnnl_nChw16c && c->k == 3 && c->stride == 1 &&
-                   c->groups == 1 && res == RES_NONE && c->act == MODEL_ACT_SILU && !getenv("EFFNET_NO_WINOGRAD");
-        /* A plan that lets oneDNN choose lets each conv choose its input
-         * layout too; a reorder then feeds it (below). */
-        dnnl_memory_desc_t conv_src = src_md;
-        if (p->act_tag == dnnl_format_tag_any)
-                init_md(&conv_src, 4, src_md.dims, src_md.data_type, dnnl_format_tag_any);
-        dnnl_primitive_desc_t pd = NULL;
-        int binary_idx = -1;
-        if (wino && conv_pd(p, dnnl_convolution_winograd, &conv_src, &wmd, &bmd, &dmd, c->stride, plh, plw, prh, prw,
-                            0, RES_NONE, -1, &pd, &binary_idx) < 0)
-                wino = 0;
-        r = wino ? 0 : conv_pd(p, dnnl_convolution_direct, &conv_src, &wmd, &bmd, &dmd, c->stride, plh, plw, prh,
-                               prw, c->act == MODEL_ACT_SILU, res, res_t, &pd, &binary_idx);
-        int convert = !wino && res == RES_NONE && dmd.data_type != wdt && (r < 0 || is_reference_kernel(pd));
-        if (convert) {
-                if (r == 0)
-                        dnnl_primitive_desc_destroy(pd);
-                dmd.data_type = wdt;
-                r = conv_pd(p, dnnl_convolution_direct, &conv_src, &wmd, &bmd, &dmd, c->stride, plh, plw, prh, prw,
-                            c->act == MODEL_ACT_SILU, RES_NONE, -1, &pd, &binary_idx);
-        }
-        if (r < 0)
-                return err_set(p->err, p->err_len, r, "oneDNN: no convolution for %dx%d %d->%d stride %d", c->k,
-                               c->k, c->ic, c->oc, c->stride);
-
-        const dnnl_memory_desc_t want_w = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-        const dnnl_memory_desc_t out_md = *dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
-        void *wdata;
+        struct conv_descs d;
+        struct conv_choice ch = { NULL, -1, 0, 0 };
         dnnl_memory_t wmem, bmem;
-        if ((r = net_weights(p, &ws, &want_w, &wdata)) < 0 ||
-            (r = owned_mem(p, &want_w, wdata, &wmem)) < 0 || (r = owned_mem(p, &bmd, (void *)c->b, &bmem)) < 0) {
-                dnnl_primitive_desc_destroy(pd);
+        int r;
+
+        conv_describe(p, c, &src_md, res, res_t, &d);
+        if ((r = conv_choose(p, c, &d, res, res_t, &ch)) < 0 ||
+            (r = layer_weights(p, &d.ws, ch.pd, &d.b, c->b, &wmem, &bmem)) < 0)
                 return r;
-        }
+        const dnnl_memory_desc_t out_md = *dnnl_primitive_desc_query_md(ch.pd, dnnl_query_dst_md, 0);
         /* A converted output passes through whichever of M0/M1 src is not in. */
-        int out_slot = !convert ? dst_slot : p->tensors[src_t].slot == SLOT_M0 ? SLOT_M1 : SLOT_M0;
-        const dnnl_memory_desc_t want_src = *dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+        int out_slot = !ch.convert ? dst_slot : p->tensors[src_t].slot == SLOT_M0 ? SLOT_M1 : SLOT_M0;
+        const dnnl_memory_desc_t want_src = *dnnl_primitive_desc_query_md(ch.pd, dnnl_query_src_md, 0);
         if (!dnnl_memory_desc_equal(&want_src, &src_md) && (r = add_reorder(p, src_t, &want_src, SLOT_TMP, &src_t)) < 0) {
-                dnnl_primitive_desc_destroy(pd);
+                dnnl_primitive_desc_destroy(ch.pd);
                 return r;
         }
-        int dst_t = res == RES_SUM ? res_t : new_tensor(p, &out_md, out_slot);
-        if (dst_t < 0) {
-                dnnl_primitive_desc_destroy(pd);
-                return dst_t;
-        }
-        struct step *s;
-        if ((r = add_step(p, pd, &s)) < 0)
+        int dst_t = res == RES_SUM ? res_t : T_NEW;
+        const struct arg args[] = { { DNNL_ARG_SRC, src_t, NULL },
+                                    { DNNL_ARG_WEIGHTS, T_FIXED, wmem },
+                                    { DNNL_ARG_BIAS, T_FIXED, bmem },
+                                    { DNNL_ARG_DST, dst_t, NULL },
+                                    { DNNL_ARG_ATTR_MULTIPLE_POST_OP(ch.binary_idx) | DNNL_ARG_SRC_1, res_t, NULL } };
+        if ((r = emit_step(p, ch.pd, res == RES_SUM ? NULL : &out_md, out_slot, args, ch.binary_idx >= 0 ? 5 : 4,
+                           &dst_t)) < 0)
                 return r;
-        step_arg(s, DNNL_ARG_SRC, src_t, NULL);
-        step_arg(s, DNNL_ARG_WEIGHTS, -1, wmem);
-        step_arg(s, DNNL_ARG_BIAS, -1, bmem);
-        step_arg(s, DNNL_ARG_DST, dst_t, NULL);
-        if (binary_idx >= 0)
-                step_arg(s, DNNL_ARG_ATTR_MULTIPLE_POST_OP(binary_idx) | DNNL_ARG_SRC_1, res_t, NULL);
-        if (wino && (r = add_silu(p, dst_t)) < 0)
+        if (ch.wino && (r = add_silu(p, dst_t)) < 0)
                 return r;
-        if (convert) {
-                dnnl_dims_t dd = { n, c->oc, oh, ow };
-                init_md(&dmd, 4, dd, p->act_dt, p->act_tag);
-                return add_reorder(p, dst_t, &dmd, dst_slot, ret_t);
+        if (ch.convert) {
+                dnnl_dims_t dd = { src_md.dims[0], c->oc, d.oh, d.ow };
+                init_md(&d.dst, 4, dd, p->act_dt, p->act_tag);
+                return add_reorder(p, dst_t, &d.dst, dst_slot, ret_t);
         }
         *ret_t = dst_t;
         return 0;
@@ -631,7 +760,6 @@ static int add_global_pool(struct eng_plan *p, int src_t, int dst_slot, int *ret
         dnnl_primitive_desc_t pd = NULL;
         dnnl_primitive_attr_t attr = make_attr();
         dnnl_status_t st = dnnl_runtime_error;
-        int r;
 
         if (!attr)
                 return -ENOMEM;
@@ -648,18 +776,8 @@ static int add_global_pool(struct eng_plan *p, int src_t, int dst_slot, int *ret
         dnnl_primitive_attr_destroy(attr);
         if (st != dnnl_success)
                 return err_set(p->err, p->err_len, -EIO, "oneDNN: no global pooling: %s", dnnl_status2str(st));
-        int dst_t = new_tensor(p, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0), dst_slot);
-        struct step *s;
-        if (dst_t < 0) {
-                dnnl_primitive_desc_destroy(pd);
-                return dst_t;
-        }
-        if ((r = add_step(p, pd, &s)) < 0)
-                return r;
-        step_arg(s, DNNL_ARG_SRC, src_t, NULL);
-        step_arg(s, DNNL_ARG_DST, dst_t, NULL);
-        *ret_t = dst_t;
-        return 0;
+        const struct arg args[] = { { DNNL_ARG_SRC, src_t, NULL }, { DNNL_ARG_DST, T_NEW, NULL } };
+        return emit_step(p, pd, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0), dst_slot, args, 2, ret_t);
 }
 
 /* Fully connected: src (4D [N][C][1][1] any layout, or 2D [N][C]) -> [N][out]
@@ -668,11 +786,12 @@ static int add_fc(struct eng_plan *p, const struct model_fc *fc, int src_t, int 
                   int *ret_t)
 {
         const dnnl_memory_desc_t src_md = p->tensors[src_t].md;
-        const int n = (int)src_md.dims[0];
         dnnl_memory_desc_t wmd, bmd, dmd;
         struct wsrc ws = { .key = fc, .fc = fc };
         dnnl_data_type_t wdt = src_md.data_type == dnnl_bf16 ? dnnl_bf16 : dnnl_f32;
-        int r;
+        dnnl_primitive_attr_t attr = NULL;
+        dnnl_memory_t wmem, bmem;
+        int binary_idx, r;
 
         if (src_md.ndims == 4) {
                 dnnl_dims_t wd = { fc->out, fc->in, 1, 1 };
@@ -683,21 +802,11 @@ static int add_fc(struct eng_plan *p, const struct model_fc *fc, int src_t, int 
                 init_md(&wmd, 2, wd, wdt, dnnl_format_tag_any);
                 init_md(&ws.md, 2, wd, dnnl_f32, dnnl_oi);
         }
-        dnnl_dims_t bd = { fc->out }, dd = { n, fc->out };
+        dnnl_dims_t bd = { fc->out }, dd = { src_md.dims[0], fc->out };
         init_md(&bmd, 1, bd, dnnl_f32, dnnl_a);
         init_md(&dmd, 2, dd, dnnl_f32, dnnl_nc);
-
-        dnnl_primitive_attr_t attr = make_attr();
-        dnnl_post_ops_t po = NULL;
-        if (!attr || dnnl_post_ops_create(&po) != dnnl_success) {
-                if (attr)
-                        dnnl_primitive_attr_destroy(attr);
+        if (post_ops_attr(alg, RES_NONE, NULL, &attr, &binary_idx) < 0)
                 return -ENOMEM;
-        }
-        if (alg)
-                dnnl_post_ops_append_eltwise(po, 1.0f, (dnnl_alg_kind_t)alg, 1.0f, 0.0f);
-        dnnl_primitive_attr_set_post_ops(attr, po);
-        dnnl_post_ops_destroy(po);
 
         dnnl_inner_product_desc_t desc;
         dnnl_primitive_desc_t pd = NULL;
@@ -708,28 +817,13 @@ static int add_fc(struct eng_plan *p, const struct model_fc *fc, int src_t, int 
         if (st != dnnl_success)
                 return err_set(p->err, p->err_len, -EIO, "oneDNN: no inner product %d->%d: %s", fc->in, fc->out,
                                dnnl_status2str(st));
-        const dnnl_memory_desc_t want_w = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-        void *wdata;
-        dnnl_memory_t wmem, bmem;
-        if ((r = net_weights(p, &ws, &want_w, &wdata)) < 0 ||
-            (r = owned_mem(p, &want_w, wdata, &wmem)) < 0 || (r = owned_mem(p, &bmd, (void *)fc->b, &bmem)) < 0) {
-                dnnl_primitive_desc_destroy(pd);
+        if ((r = layer_weights(p, &ws, pd, &bmd, fc->b, &wmem, &bmem)) < 0)
                 return r;
-        }
-        int dst_t = new_tensor(p, &dmd, dst_slot);
-        struct step *s;
-        if (dst_t < 0) {
-                dnnl_primitive_desc_destroy(pd);
-                return dst_t;
-        }
-        if ((r = add_step(p, pd, &s)) < 0)
-                return r;
-        step_arg(s, DNNL_ARG_SRC, src_t, NULL);
-        step_arg(s, DNNL_ARG_WEIGHTS, -1, wmem);
-        step_arg(s, DNNL_ARG_BIAS, -1, bmem);
-        step_arg(s, DNNL_ARG_DST, dst_t, NULL);
-        *ret_t = dst_t;
-        return 0;
+        const struct arg args[] = { { DNNL_ARG_SRC, src_t, NULL },
+                                    { DNNL_ARG_WEIGHTS, T_FIXED, wmem },
+                                    { DNNL_ARG_BIAS, T_FIXED, bmem },
+                                    { DNNL_ARG_DST, T_NEW, NULL } };
+        return emit_step(p, pd, &dmd, dst_slot, args, 4, ret_t);
 }
 
 /* x[n][c][h][w] *= gates[n][c], in place. */
@@ -752,42 +846,13 @@ static int add_scale(struct eng_plan *p, int x_t, int gates_t)
 
         dnnl_binary_desc_t desc;
         dnnl_primitive_desc_t pd = NULL;
-        dnnl_primitive_attr_t attr = make_attr();
-        if (!attr)
-                return -ENOMEM;
-        dnnl_status_t st = dnnl_binary_desc_init(&desc, dnnl_binary_mul, &xmd, &gmd, &xmd);
-        if (st == dnnl_success)
-                st = dnnl_primitive_desc_create(&pd, &desc, attr, p->net->eng, NULL);
-        dnnl_primitive_attr_destroy(attr);
-        if (st != dnnl_success)
-                return err_set(p->err, p->err_len, -EIO, "oneDNN: no broadcast multiply: %s", dnnl_status2str(st));
-        struct step *s;
-        int r = add_step(p, pd, &s);
+        int r = plain_pd(p, dnnl_binary_desc_init(&desc, dnnl_binary_mul, &xmd, &gmd, &xmd), &desc,
+                         "broadcast multiply", &pd);
         if (r < 0)
                 return r;
-        step_arg(s, DNNL_ARG_SRC_0, x_t, NULL);
-        step_arg(s, DNNL_ARG_SRC_1, g4, NULL);
-        step_arg(s, DNNL_ARG_DST, x_t, NULL);
-        return 0;
-}
-
-static int add_reorder(struct eng_plan *p, int src_t, const dnnl_memory_desc_t *to, int dst_slot, int *ret_t)
-{
-        dnnl_primitive_desc_t pd = NULL;
-        DN(dnnl_reorder_primitive_desc_create(&pd, &p->tensors[src_t].md, p->net->eng, to, p->net->eng, NULL));
-        int dst_t = new_tensor(p, to, dst_slot);
-        struct step *s;
-        int r;
-        if (dst_t < 0) {
-                dnnl_primitive_desc_destroy(pd);
-                return dst_t;
-        }
-        if ((r = add_step(p, pd, &s)) < 0)
-                return r;
-        step_arg(s, DNNL_ARG_FROM, src_t, NULL);
-        step_arg(s, DNNL_ARG_TO, dst_t, NULL);
-        *ret_t = dst_t;
-        return 0;
+        const struct arg args[] = { { DNNL_ARG_SRC_0, x_t, NULL }, { DNNL_ARG_SRC_1, g4, NULL },
+                                    { DNNL_ARG_DST, x_t, NULL } };
+        return emit_step(p, pd, NULL, 0, args, 3, NULL);
 }
 
 static int build_block(struct eng_plan *p, const struct model_block *b, int *x_t)
@@ -904,6 +969,29 @@ static int bind(struct eng_plan *p)
         return 0;
 }
 
+/* The activations' layout of a plan of precision on cpu. */
+static dnnl_format_tag_t choose_layout(int precision, const struct isa_class *cpu)
+{
+        /* One layout from the stem to the head, so that nothing is reordered
+         * between layers. bf16: channels-last, the layout of oneDNN's brgemm
+         * kernels, which use AMX tiles where the CPU has them. fp32: the
+         * channel blocks of the CPU class's direct kernels, which split small
+         * batches between threads better (docs/engine.md).
+         * EFFNET_LAYOUT=nhwc|nChw8c|nChw16c overrides, and any lets each
+         * primitive choose (reordering between them), for measuring. */
+        dnnl_format_tag_t tag = precision == EFFNET_BF16 ? dnnl_nhwc : cpu->fp32_tag;
+        const char *lt = getenv("EFFNET_LAYOUT");
+        if (lt && strcmp(lt, "nChw16c") == 0)
+                tag = dnnl_nChw16c;
+        else if (lt && strcmp(lt, "nChw8c") == 0)
+                tag = dnnl_nChw8c;
+        else if (lt && strcmp(lt, "nhwc") == 0)
+                tag = dnnl_nhwc;
+        else if (lt && strcmp(lt, "any") == 0)
+                tag = dnnl_format_tag_any;
+        return tag;
+}
+
 int eng_plan_new(struct eng_net *net, int batch, int height, int width, int precision, int threads,
                  char *err, size_t err_len, struct eng_plan **ret_plan)
 {
@@ -929,23 +1017,7 @@ int eng_plan_new(struct eng_net *net, int batch, int height, int width, int prec
         p->classes = net->m->info.classes;
         p->act_dt = precision == EFFNET_BF16 ? dnnl_bf16 : dnnl_f32;
         p->cpu = isa_class();
-        /* One layout from the stem to the head, so that nothing is reordered
-         * between layers. bf16: channels-last, the layout of oneDNN's brgemm
-         * kernels, which use AMX tiles where the CPU has them. fp32: the
-         * channel blocks of the CPU class's direct kernels, which split small
-         * batches between threads better (docs/engine.md).
-         * EFFNET_LAYOUT=nhwc|nChw8c|nChw16c overrides, and any lets each
-         * primitive choose (reordering between them), for measuring. */
-        p->act_tag = precision == EFFNET_BF16 ? dnnl_nhwc : p->cpu->fp32_tag;
-        const char *lt = getenv("EFFNET_LAYOUT");
-        if (lt && strcmp(lt, "nChw16c") == 0)
-                p->act_tag = dnnl_nChw16c;
-        else if (lt && strcmp(lt, "nChw8c") == 0)
-                p->act_tag = dnnl_nChw8c;
-        else if (lt && strcmp(lt, "nhwc") == 0)
-                p->act_tag = dnnl_nhwc;
-        else if (lt && strcmp(lt, "any") == 0)
-                p->act_tag = dnnl_format_tag_any;
+        p->act_tag = choose_layout(precision, p->cpu);
         p->err = err;
         p->err_len = err_len;
         /* Kernels partition work for the thread count current at creation. */

@@ -313,57 +313,89 @@ void hub_settings_clear(struct hub_settings *s)
         *s = (struct hub_settings){ 0 };
 }
 
-int hub_settings_get(const struct hub_opts *opts, char *err, size_t err_len, struct hub_settings *ret)
+/* The hub's address without trailing slashes, or NULL. */
+static char *settings_endpoint(const struct hub_opts *opts)
 {
-        struct hub_settings s = { 0 };
-        char *home = NULL;
+        const char *v = opts && opts->endpoint ? opts->endpoint : env_nonempty("HF_ENDPOINT");
+        char *endpoint = strdup(v ? v : HUB_DEFAULT_ENDPOINT);
+
+        if (endpoint) {
+                size_t n = strlen(endpoint);
+                while (n > 0 && endpoint[n - 1] == '/')
+                        endpoint[--n] = '\0';
+        }
+        return endpoint;
+}
+
+/* huggingface_hub's HF_HOME, or NULL. */
+static char *settings_home(void)
+{
+        const char *v;
+
+        if ((v = env_nonempty("HF_HOME")))
+                return expand_path(v);
+        if ((v = env_nonempty("XDG_CACHE_HOME"))) {
+                char *joined = strdup_printf("%s/huggingface", v);
+                char *home = joined ? expand_path(joined) : NULL;
+                free(joined);
+                return home;
+        }
+        return expand_path("~/.cache/huggingface");
+}
+
+/* The hub cache's folder, or NULL. */
+static char *settings_cache_dir(const struct hub_opts *opts, const char *home)
+{
+        const char *v;
+
+        if (opts && opts->cache_dir)
+                return strdup(opts->cache_dir);
+        if ((v = env_nonempty("HF_HUB_CACHE")) || (v = env_nonempty("HUGGINGFACE_HUB_CACHE")))
+                return expand_path(v);
+        return strdup_printf("%s/hub", home);
+}
+
+/* The first source that holds a token wins; a blank one counts as none, as
+ * in huggingface_hub's get_token. *ret_token stays NULL when none has one. */
+static int settings_token(const struct hub_opts *opts, const char *home, char *err, size_t err_len,
+                          char **ret_token)
+{
+        char *token = NULL;
         const char *v;
         int r = 0;
 
-        v = opts && opts->endpoint ? opts->endpoint : env_nonempty("HF_ENDPOINT");
-        s.endpoint = strdup(v ? v : HUB_DEFAULT_ENDPOINT);
-        if (s.endpoint) {
-                size_t n = strlen(s.endpoint);
-                while (n > 0 && s.endpoint[n - 1] == '/')
-                        s.endpoint[--n] = '\0';
-        }
-        if ((v = env_nonempty("HF_HOME")))
-                home = expand_path(v);
-        else if ((v = env_nonempty("XDG_CACHE_HOME"))) {
-                char *joined = strdup_printf("%s/huggingface", v);
-                home = joined ? expand_path(joined) : NULL;
-                free(joined);
-        } else
-                home = expand_path("~/.cache/huggingface");
-        if (!s.endpoint || !home) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto fail;
-        }
-        if (opts && opts->cache_dir)
-                s.cache_dir = strdup(opts->cache_dir);
-        else if ((v = env_nonempty("HF_HUB_CACHE")) || (v = env_nonempty("HUGGINGFACE_HUB_CACHE")))
-                s.cache_dir = expand_path(v);
-        else
-                s.cache_dir = strdup_printf("%s/hub", home);
-        if (!s.cache_dir) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto fail;
-        }
-        /* The first source that holds a token wins; a blank one counts as
-         * none, as in huggingface_hub's get_token. */
         if (opts && opts->token)
-                r = clean_token(opts->token, err, err_len, "the caller", &s.token);
-        if (r == 0 && !s.token && (v = env_nonempty("HF_TOKEN")))
-                r = clean_token(v, err, err_len, "HF_TOKEN", &s.token);
-        if (r == 0 && !s.token && (v = env_nonempty("HUGGING_FACE_HUB_TOKEN")))
-                r = clean_token(v, err, err_len, "HUGGING_FACE_HUB_TOKEN", &s.token);
-        if (r == 0 && !s.token) {
+                r = clean_token(opts->token, err, err_len, "the caller", &token);
+        if (r == 0 && !token && (v = env_nonempty("HF_TOKEN")))
+                r = clean_token(v, err, err_len, "HF_TOKEN", &token);
+        if (r == 0 && !token && (v = env_nonempty("HUGGING_FACE_HUB_TOKEN")))
+                r = clean_token(v, err, err_len, "HUGGING_FACE_HUB_TOKEN", &token);
+        if (r == 0 && !token) {
                 char *path = (v = env_nonempty("HF_TOKEN_PATH")) ? expand_path(v) : strdup_printf("%s/token", home);
-                r = path ? token_from_file(path, err, err_len, &s.token)
+                r = path ? token_from_file(path, err, err_len, &token)
                          : err_set(err, err_len, -ENOMEM, "out of memory");
                 free(path);
         }
-        if (r < 0)
+        if (r < 0) {
+                free(token);
+                return r;
+        }
+        *ret_token = token;
+        return 0;
+}
+
+int hub_settings_get(const struct hub_opts *opts, char *err, size_t err_len, struct hub_settings *ret)
+{
+        struct hub_settings s = { 0 };
+        char *home = settings_home();
+        int r = 0;
+
+        s.endpoint = settings_endpoint(opts);
+        if (!s.endpoint || !home || !(s.cache_dir = settings_cache_dir(opts, home))) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        if ((r = settings_token(opts, home, err, err_len, &s.token)) < 0)
                 goto fail;
         s.offline = (opts && opts->offline) || env_true("HF_HUB_OFFLINE") || env_true("TRANSFORMERS_OFFLINE");
         s.etag_timeout_s = env_seconds("HF_HUB_ETAG_TIMEOUT", HUB_TIMEOUT_DEFAULT_S);
@@ -711,7 +743,10 @@ struct fetch {
         /* download state */
         int fd;
         int64_t written, resumed, last_progress_ns;
-        const char *blob;
+        char *pointer;                 /* CACHE/.../snapshots/COMMIT/FILE */
+        char *blob;                    /* CACHE/.../blobs/ETAG */
+        char *incomplete;              /* the blob while it downloads */
+        int lock_fd;                   /* flock of the blob's download, or -1 */
         int write_error;
         bool body_started;             /* of the current response */
         struct answer get_ans;
@@ -813,82 +848,106 @@ static int status_error(struct fetch *F, const struct answer *a, char *err, size
                        F->url, a->error_message[0] ? ": " : "", a->error_message);
 }
 
+/* One HEAD request of url; F->ans holds the answer. */
+static int head_once(struct fetch *F, const char *url, char *err, size_t err_len)
+{
+        struct curl_slist *h = NULL;
+        int r;
+
+        if ((r = request_setup(F, url, &h, &F->ans, true)) < 0)
+                return err_set(err, err_len, r, "out of memory");
+        curl_easy_setopt(F->curl, CURLOPT_NOBODY, 1L);
+        curl_easy_setopt(F->curl, CURLOPT_TIMEOUT, (long)F->set.etag_timeout_s);
+        CURLcode c = curl_easy_perform(F->curl);
+        curl_slist_free_all(h);
+        if (c != CURLE_OK)
+                return transport_error(F, c, url, err, err_len);
+        curl_easy_getinfo(F->curl, CURLINFO_RESPONSE_CODE, &F->ans.status);
+        return 0;
+}
+
+/* A redirect to a path on the same host (a renamed repository). */
+static bool is_local_redirect(const struct answer *a)
+{
+        return a->status >= 300 && a->status < 400 && a->location[0] == '/' && a->location[1] != '/';
+}
+
+/* Replaces *url by the address a local redirect names, for hop number hop. */
+static int next_hop(struct fetch *F, int hop, char **url, char *err, size_t err_len)
+{
+        char origin[1024];
+
+        if (hop >= HUB_MAX_REDIRECTS)
+                return err_set(err, err_len, -EPROTO, "%s: more than %d redirects", F->url, HUB_MAX_REDIRECTS);
+        url_origin(*url, origin, sizeof origin);
+        char *next = strdup_printf("%s%s", origin, F->ans.location);
+        free(*url);
+        *url = next;
+        if (!next)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        return 0;
+}
+
+/* An absolute redirect from url (a CDN for LFS files) as where to download
+ * from; the token goes along only to the same origin. */
+static int take_redirect(struct fetch *F, const char *url, char *err, size_t err_len)
+{
+        const char *loc = F->ans.location;
+        char origin[1024], dorigin[1024];
+
+        url_origin(url, origin, sizeof origin);
+        if (strncmp(loc, "//", 2) == 0) {
+                /* Scheme-relative: the current scheme. */
+                const char *colon = strchr(origin, ':');
+                F->download_url = strdup_printf("%.*s:%s", colon ? (int)(colon - origin) : 0, origin, loc);
+        } else if (strstr(loc, "://")) {
+                F->download_url = strdup(loc);
+        } else {
+                return err_set(err, err_len, -EPROTO, "%s: redirect to '%s' not understood", F->url, loc);
+        }
+        if (!F->download_url)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        /* A signed CDN address needs no token and must not see it. */
+        url_origin(F->download_url, dorigin, sizeof dorigin);
+        F->send_token = strcmp(origin, dorigin) == 0;
+        return 0;
+}
+
+/* The last answer of the metadata request, to url: where to download from,
+ * or the error it is. */
+static int take_answer(struct fetch *F, const char *url, char *err, size_t err_len)
+{
+        long st = F->ans.status;
+
+        if (st >= 300 && st < 400)
+                return take_redirect(F, url, err, err_len);
+        if (st < 200 || st >= 300)
+                return status_error(F, &F->ans, err, err_len);
+        if (!(F->download_url = strdup(url)))
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        F->send_token = true;
+        return 0;
+}
+
 /* huggingface_hub's metadata request: HEAD on the resolve URL, following
  * only redirects within the same host (a renamed repository), and taking an
  * absolute one (a CDN for LFS files) as where to download from. */
 static int head(struct fetch *F, char *err, size_t err_len)
 {
-        struct curl_slist *h = NULL;
         char *url = strdup(F->url);
-        char origin[1024];
-        int r = 0;
+        int r;
 
         if (!url)
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         for (int hop = 0;; hop++) {
-                if ((r = request_setup(F, url, &h, &F->ans, true)) < 0) {
-                        r = err_set(err, err_len, r, "out of memory");
+                if ((r = head_once(F, url, err, err_len)) < 0)
+                        break;
+                if (!is_local_redirect(&F->ans)) {
+                        r = take_answer(F, url, err, err_len);
                         break;
                 }
-                curl_easy_setopt(F->curl, CURLOPT_NOBODY, 1L);
-                curl_easy_setopt(F->curl, CURLOPT_TIMEOUT, (long)F->set.etag_timeout_s);
-                CURLcode c = curl_easy_perform(F->curl);
-                curl_slist_free_all(h);
-                h = NULL;
-                if (c != CURLE_OK) {
-                        r = transport_error(F, c, url, err, err_len);
+                if ((r = next_hop(F, hop, &url, err, err_len)) < 0)
                         break;
-                }
-                curl_easy_getinfo(F->curl, CURLINFO_RESPONSE_CODE, &F->ans.status);
-                long st = F->ans.status;
-                if (st >= 300 && st < 400 && F->ans.location[0] == '/' && F->ans.location[1] != '/') {
-                        if (hop >= HUB_MAX_REDIRECTS) {
-                                r = err_set(err, err_len, -EPROTO, "%s: more than %d redirects", F->url,
-                                            HUB_MAX_REDIRECTS);
-                                break;
-                        }
-                        url_origin(url, origin, sizeof origin);
-                        char *next = strdup_printf("%s%s", origin, F->ans.location);
-                        free(url);
-                        if (!(url = next)) {
-                                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                                break;
-                        }
-                        continue;
-                }
-                if (st >= 300 && st < 400) {
-                        const char *loc = F->ans.location;
-                        url_origin(url, origin, sizeof origin);
-                        if (strncmp(loc, "//", 2) == 0) {
-                                /* Scheme-relative: the current scheme. */
-                                const char *colon = strchr(origin, ':');
-                                F->download_url = strdup_printf("%.*s:%s", colon ? (int)(colon - origin) : 0, origin,
-                                                                loc);
-                        } else if (strstr(loc, "://")) {
-                                F->download_url = strdup(loc);
-                        } else {
-                                r = err_set(err, err_len, -EPROTO, "%s: redirect to '%s' not understood", F->url,
-                                            loc);
-                                break;
-                        }
-                        if (!F->download_url) {
-                                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                                break;
-                        }
-                        /* A signed CDN address needs no token and must not see it. */
-                        char dorigin[1024];
-                        url_origin(F->download_url, dorigin, sizeof dorigin);
-                        F->send_token = strcmp(origin, dorigin) == 0;
-                } else if (st >= 200 && st < 300) {
-                        if (!(F->download_url = strdup(url))) {
-                                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                                break;
-                        }
-                        F->send_token = true;
-                } else {
-                        r = status_error(F, &F->ans, err, err_len);
-                }
-                break;
         }
         free(url);
         return r;
@@ -986,12 +1045,13 @@ static bool transient(CURLcode c)
                c == CURLE_OPERATION_TIMEDOUT || c == CURLE_HTTP2 || c == CURLE_HTTP2_STREAM;
 }
 
-/* Downloads into incomplete, resuming what is there, until it holds size
- * bytes. */
-static int download(struct fetch *F, const char *incomplete, char *err, size_t err_len)
+/* Opens incomplete for appending (F->fd) and takes what it holds as the
+ * start of the file unless it is longer; checks that the rest fits on the
+ * disk. */
+static int open_incomplete(struct fetch *F, const char *incomplete, char *err, size_t err_len)
 {
-        struct curl_slist *h = NULL;
         struct stat st;
+        struct statvfs vfs;
         int r = 0;
 
         F->fd = open(incomplete, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -999,90 +1059,116 @@ static int download(struct fetch *F, const char *incomplete, char *err, size_t e
                 return err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
         if (fstat(F->fd, &st) < 0) {
                 r = err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
-                goto out;
+                goto fail;
         }
         F->written = F->resumed = st.st_size;
         if (F->written > F->size) {
                 /* Not a prefix of this file: start over. */
                 if (ftruncate(F->fd, 0) < 0) {
                         r = err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
-                        goto out;
+                        goto fail;
                 }
                 F->written = F->resumed = 0;
         }
-        struct statvfs vfs;
-        if (fstatvfs(F->fd, &vfs) == 0 && (int64_t)vfs.f_bavail * (int64_t)vfs.f_frsize < F->size - F->written)
+        if (fstatvfs(F->fd, &vfs) == 0 && (int64_t)vfs.f_bavail * (int64_t)vfs.f_frsize < F->size - F->written) {
                 r = err_set(err, err_len, -ENOSPC, "%s: %lld bytes needed, %lld free", incomplete,
                             (long long)(F->size - F->written), (long long)vfs.f_bavail * (long long)vfs.f_frsize);
-        if (r < 0)
-                goto out;
+                goto fail;
+        }
+        return 0;
+fail:
+        close(F->fd);
+        F->fd = -1;
+        return r;
+}
+
+/* One GET of the rest of the file, from F->written on; its result goes to
+ * *ret_code, the body into F->fd (on_body). */
+static int get_rest(struct fetch *F, char *err, size_t err_len, CURLcode *ret_code)
+{
+        struct curl_slist *h = NULL;
+        char range[64];
+        int r;
+
+        if ((r = request_setup(F, F->download_url, &h, &F->get_ans, F->send_token)) < 0)
+                return err_set(err, err_len, r, "out of memory");
+        curl_easy_setopt(F->curl, CURLOPT_FOLLOWLOCATION, 1L);
+        curl_easy_setopt(F->curl, CURLOPT_MAXREDIRS, (long)HUB_MAX_REDIRECTS);
+        curl_easy_setopt(F->curl, CURLOPT_WRITEFUNCTION, on_body);
+        curl_easy_setopt(F->curl, CURLOPT_WRITEDATA, F);
+        /* No limit on the whole transfer (files are large), but on a
+         * stall: fewer than 1 byte/s for the download timeout. */
+        curl_easy_setopt(F->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(F->curl, CURLOPT_LOW_SPEED_TIME, (long)F->set.download_timeout_s);
+        if (F->written > 0) {
+                snprintf(range, sizeof range, "%lld-", (long long)F->written);
+                curl_easy_setopt(F->curl, CURLOPT_RANGE, range);
+        }
+        F->write_error = 0;
+        F->body_started = false;
+        *ret_code = curl_easy_perform(F->curl);
+        curl_slist_free_all(h);
+        return 0;
+}
+
+/* Why on_body refused the body (F->write_error) as our code and message. */
+static int body_error(struct fetch *F, const char *incomplete, char *err, size_t err_len)
+{
+        if (F->write_error == -EPROTO)
+                return status_error(F, &F->get_ans, err, err_len);
+        if (F->write_error == -E2BIG) {
+                unlink(incomplete);
+                return err_set(err, err_len, -EBADMSG, "%s: more than the %lld bytes announced; discarded",
+                               F->download_url, (long long)F->size);
+        }
+        return err_set(err, err_len, F->write_error, "%s: %s", incomplete, strerror(-F->write_error));
+}
+
+/* What the GET number attempt ended in (c) means: 0 to go on (the file is
+ * complete, or the next attempt resumes or starts over), or the error. */
+static int judge_get(struct fetch *F, CURLcode c, int attempt, const char *incomplete, char *err, size_t err_len)
+{
+        long status = F->get_ans.status;
+
+        if (status == 416 && attempt < HUB_RETRIES) {
+                /* What is on disk does not fit this file: start over. */
+                if (ftruncate(F->fd, 0) < 0)
+                        return err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
+                F->written = F->resumed = 0;
+                return 0;
+        }
+        if (c == CURLE_WRITE_ERROR && F->write_error < 0)
+                return body_error(F, incomplete, err, err_len);
+        if (c == CURLE_OK && status >= 400)
+                return status_error(F, &F->get_ans, err, err_len);
+        if ((c == CURLE_OK || transient(c)) && F->written < F->size && attempt < HUB_RETRIES) {
+                /* Cut off: resume from what arrived, after a pause. */
+                struct timespec pause = { .tv_sec = 1 };
+                nanosleep(&pause, NULL);
+                return 0;
+        }
+        if (c != CURLE_OK)
+                return transport_error(F, c, F->download_url, err, err_len);
+        if (F->written < F->size)
+                return err_set(err, err_len, -EIO, "%s: %lld of %lld bytes after %d attempts", F->download_url,
+                               (long long)F->written, (long long)F->size, attempt + 1);
+        return 0;
+}
+
+/* Downloads into incomplete, resuming what is there, until it holds size
+ * bytes. */
+static int download(struct fetch *F, const char *incomplete, char *err, size_t err_len)
+{
+        int r;
+
+        if ((r = open_incomplete(F, incomplete, err, err_len)) < 0)
+                return r;
         report(F, true, false);
         for (int attempt = 0; F->written < F->size; attempt++) {
-                char range[64];
-                if ((r = request_setup(F, F->download_url, &h, &F->get_ans, F->send_token)) < 0) {
-                        r = err_set(err, err_len, r, "out of memory");
+                CURLcode c = CURLE_OK;
+
+                if ((r = get_rest(F, err, err_len, &c)) < 0 || (r = judge_get(F, c, attempt, incomplete, err, err_len)) < 0)
                         goto out;
-                }
-                curl_easy_setopt(F->curl, CURLOPT_FOLLOWLOCATION, 1L);
-                curl_easy_setopt(F->curl, CURLOPT_MAXREDIRS, (long)HUB_MAX_REDIRECTS);
-                curl_easy_setopt(F->curl, CURLOPT_WRITEFUNCTION, on_body);
-                curl_easy_setopt(F->curl, CURLOPT_WRITEDATA, F);
-                /* No limit on the whole transfer (files are large), but on a
-                 * stall: fewer than 1 byte/s for the download timeout. */
-                curl_easy_setopt(F->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
-                curl_easy_setopt(F->curl, CURLOPT_LOW_SPEED_TIME, (long)F->set.download_timeout_s);
-                if (F->written > 0) {
-                        snprintf(range, sizeof range, "%lld-", (long long)F->written);
-                        curl_easy_setopt(F->curl, CURLOPT_RANGE, range);
-                }
-                F->write_error = 0;
-                F->body_started = false;
-                CURLcode c = curl_easy_perform(F->curl);
-                curl_slist_free_all(h);
-                h = NULL;
-                long status = F->get_ans.status;
-                if (status == 416 && attempt < HUB_RETRIES) {
-                        /* What is on disk does not fit this file: start over. */
-                        if (ftruncate(F->fd, 0) < 0) {
-                                r = err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
-                                goto out;
-                        }
-                        F->written = F->resumed = 0;
-                        continue;
-                }
-                if (c == CURLE_WRITE_ERROR && F->write_error == -EPROTO) {
-                        r = status_error(F, &F->get_ans, err, err_len);
-                        goto out;
-                }
-                if (c == CURLE_WRITE_ERROR && F->write_error == -E2BIG) {
-                        r = err_set(err, err_len, -EBADMSG, "%s: more than the %lld bytes announced; discarded",
-                                    F->download_url, (long long)F->size);
-                        unlink(incomplete);
-                        goto out;
-                }
-                if (c == CURLE_WRITE_ERROR && F->write_error < 0) {
-                        r = err_set(err, err_len, F->write_error, "%s: %s", incomplete, strerror(-F->write_error));
-                        goto out;
-                }
-                if (c == CURLE_OK && status >= 400) {
-                        r = status_error(F, &F->get_ans, err, err_len);
-                        goto out;
-                }
-                if ((c == CURLE_OK || transient(c)) && F->written < F->size && attempt < HUB_RETRIES) {
-                        /* Cut off: resume from what arrived, after a pause. */
-                        struct timespec pause = { .tv_sec = 1 };
-                        nanosleep(&pause, NULL);
-                        continue;
-                }
-                if (c != CURLE_OK) {
-                        r = transport_error(F, c, F->download_url, err, err_len);
-                        goto out;
-                }
-                if (F->written < F->size) {
-                        r = err_set(err, err_len, -EIO, "%s: %lld of %lld bytes after %d attempts", F->download_url,
-                                    (long long)F->written, (long long)F->size, attempt + 1);
-                        goto out;
-                }
         }
         report(F, false, true);
         /* On disk before it is renamed into the cache, which then trusts it. */
@@ -1152,146 +1238,187 @@ static int make_result(const char *pointer, const char *commit, bool downloaded,
         return 0;
 }
 
+/* huggingface_hub's repo_folder_name: models--ORG--NAME. */
+static void repo_folder(const char *repo, char *out, size_t len)
+{
+        snprintf(out, len, "models--%s", repo);
+        for (char *s = strchr(out + 8, '/'); s; s = strchr(s, '/')) {
+                memmove(s + 2, s + 1, strlen(s + 1) + 1);
+                s[0] = s[1] = '-';
+        }
+}
+
+/* The file as the cache has it for the revision: -ENOENT (no message) if
+ * the revision or the file is not there. */
+static int from_cache(struct fetch *F, char *err, size_t err_len, struct hub_file **ret_file)
+{
+        char commit[41];
+        int r;
+
+        if (read_ref(F->storage, F->ref, commit) < 0)
+                return -ENOENT;
+        if (!(F->pointer = strdup_printf("%s/snapshots/%s/%s", F->storage, commit, F->ref->file)))
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        if (!file_exists(F->pointer)) {
+                free(F->pointer);
+                F->pointer = NULL;
+                return -ENOENT;
+        }
+        if ((r = make_result(F->pointer, commit, false, false, ret_file)) < 0)
+                return err_set(err, err_len, r, "out of memory");
+        return 0;
+}
+
+/* The resolve URL of the file, with revision and path quoted, or NULL. */
+static char *resolve_url(const struct fetch *F)
+{
+        char *u = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&u, &len);
+
+        if (!f)
+                return NULL;
+        fprintf(f, "%s/%s/resolve/", F->set.endpoint, F->ref->repo);
+        url_quote(f, F->ref->revision, false);
+        fputc('/', f);
+        url_quote(f, F->ref->file, true);
+        if (fclose(f) != 0) {
+                free(u);
+                return NULL;
+        }
+        return u;
+}
+
+/* libcurl, the resolve URL and a handle for the requests. */
+static int connect_hub(struct fetch *F, char *err, size_t err_len)
+{
+        pthread_once(&curl_once, curl_init_once);
+        if (curl_init_result != CURLE_OK)
+                return err_set(err, err_len, -ENOMEM, "libcurl: %s", curl_easy_strerror(curl_init_result));
+        F->url = resolve_url(F);
+        if (!F->url || !(F->curl = curl_easy_init()))
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        return 0;
+}
+
+/* Paths of the snapshot, the blob and its download, and the download URL
+ * as shown (without its query: a CDN's holds a signature). */
+static int cache_paths(struct fetch *F, char *err, size_t err_len)
+{
+        F->shown_url = strndup(F->download_url, strcspn(F->download_url, "?#"));
+        F->pointer = strdup_printf("%s/snapshots/%s/%s", F->storage, F->commit, F->ref->file);
+        F->blob = strdup_printf("%s/blobs/%s", F->storage, F->etag);
+        F->incomplete = strdup_printf("%s/blobs/%s.incomplete", F->storage, F->etag);
+        if (!F->shown_url || !F->pointer || !F->blob || !F->incomplete)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        return 0;
+}
+
+/* Nothing enters the cache unchecked: an LFS file's ETag is the sha256 of
+ * its content. A mismatch discards the download. */
+static int check_download(struct fetch *F, char *err, size_t err_len)
+{
+        char got[65];
+        int r;
+
+        if (!is_hex(F->etag, 64))
+                return 0;
+        if ((r = file_sha256(F->incomplete, got)) < 0)
+                return err_set(err, err_len, r, "%s: %s", F->incomplete, strerror(-r));
+        if (strcmp(got, F->etag) != 0) {
+                unlink(F->incomplete);
+                return err_set(err, err_len, -EBADMSG, "%s/%s: sha256 of the download is %s, the hub says %s; discarded",
+                               F->ref->repo, F->ref->file, got, F->etag);
+        }
+        return 0;
+}
+
+/* The blob in the cache: downloaded, checked and renamed into place unless
+ * it is there already (or another process finished it while we waited for
+ * its lock, held until the end of the fetch). */
+static int store_blob(struct fetch *F, const char *folder, char *err, size_t err_len, bool *ret_downloaded)
+{
+        int r;
+
+        if (!file_exists(F->blob)) {
+                if ((r = mkdir_parents(F->blob)) < 0)
+                        return err_set(err, err_len, r, "%s: %s", F->blob, strerror(-r));
+                if ((r = lock_blob(F, folder, err, err_len, &F->lock_fd)) < 0)
+                        return r;
+        }
+        if (file_exists(F->blob)) {
+                *ret_downloaded = false;
+                return 0;
+        }
+        if ((r = download(F, F->incomplete, err, err_len)) < 0 || (r = check_download(F, err, err_len)) < 0)
+                return r;
+        if (rename(F->incomplete, F->blob) < 0)
+                return err_set(err, err_len, -errno, "%s: %s", F->blob, strerror(errno));
+        *ret_downloaded = true;
+        return 0;
+}
+
+/* The snapshot's link to the blob and the revision's ref to the commit. */
+static int publish(struct fetch *F, bool downloaded, char *err, size_t err_len, struct hub_file **ret_file)
+{
+        int r;
+
+        if (!file_exists(F->pointer) && (r = link_snapshot(F->pointer, F->ref->file, F->etag)) < 0)
+                return err_set(err, err_len, r, "%s: %s", F->pointer, strerror(-r));
+        if ((r = write_ref(F->storage, F->ref, F->commit)) < 0)
+                return err_set(err, err_len, r, "%s/refs/%s: %s", F->storage, F->ref->revision, strerror(-r));
+        if ((r = make_result(F->pointer, F->commit, downloaded, true, ret_file)) < 0)
+                return err_set(err, err_len, r, "out of memory");
+        return 0;
+}
+
+static void fetch_clear(struct fetch *F)
+{
+        if (F->lock_fd >= 0)
+                close(F->lock_fd); /* releases the flock */
+        if (F->curl)
+                curl_easy_cleanup(F->curl);
+        free(F->pointer);
+        free(F->blob);
+        free(F->incomplete);
+        free(F->url);
+        free(F->download_url);
+        free(F->shown_url);
+        free(F->storage);
+        hub_settings_clear(&F->set);
+}
+
 int hub_fetch(const struct hub_ref *ref, const struct hub_opts *opts, char *err, size_t err_len,
               struct hub_file **ret_file)
 {
-        struct fetch F = { .ref = ref, .opts = opts, .fd = -1 };
-        char folder[HUB_REPO_MAX + 16], commit[41], got[65];
-        char *pointer = NULL, *blob = NULL, *incomplete = NULL;
+        struct fetch F = { .ref = ref, .opts = opts, .fd = -1, .lock_fd = -1 };
+        char folder[HUB_REPO_MAX + 16];
         bool downloaded = false;
-        int lock_fd = -1, r;
+        int r;
 
         if ((r = hub_settings_get(opts, err, err_len, &F.set)) < 0)
                 return r;
         F.max_bytes = opts && opts->max_bytes > 0 ? opts->max_bytes : HUB_MAX_BYTES_DEFAULT;
-        /* huggingface_hub's repo_folder_name: models--ORG--NAME. */
-        snprintf(folder, sizeof folder, "models--%s", ref->repo);
-        for (char *s = strchr(folder + 8, '/'); s; s = strchr(s, '/')) {
-                memmove(s + 2, s + 1, strlen(s + 1) + 1);
-                s[0] = s[1] = '-';
-        }
+        repo_folder(ref->repo, folder, sizeof folder);
         if (!(F.storage = strdup_printf("%s/%s", F.set.cache_dir, folder))) {
                 r = err_set(err, err_len, -ENOMEM, "out of memory");
                 goto out;
         }
-
         /* In the cache for this revision: no network. */
         bool refresh = opts && opts->refresh && !F.set.offline;
-        if (!refresh && read_ref(F.storage, ref, commit) == 0) {
-                if (!(pointer = strdup_printf("%s/snapshots/%s/%s", F.storage, commit, ref->file))) {
-                        r = err_set(err, err_len, -ENOMEM, "out of memory");
-                        goto out;
-                }
-                if (file_exists(pointer)) {
-                        r = make_result(pointer, commit, false, false, ret_file);
-                        if (r < 0)
-                                err_set(err, err_len, r, "out of memory");
-                        goto out;
-                }
-                free(pointer);
-                pointer = NULL;
-        }
+        if (!refresh && (r = from_cache(&F, err, err_len, ret_file)) != -ENOENT)
+                goto out;
         if (F.set.offline) {
                 r = err_set(err, err_len, -ENOENT, "%s/%s at %s is not in the cache %s, and HF_HUB_OFFLINE is set",
                             ref->repo, ref->file, ref->revision, F.set.cache_dir);
                 goto out;
         }
-
-        pthread_once(&curl_once, curl_init_once);
-        if (curl_init_result != CURLE_OK) {
-                r = err_set(err, err_len, -ENOMEM, "libcurl: %s", curl_easy_strerror(curl_init_result));
+        if ((r = connect_hub(&F, err, err_len)) < 0 || (r = head(&F, err, err_len)) < 0 ||
+            (r = read_metadata(&F, err, err_len)) < 0 || (r = cache_paths(&F, err, err_len)) < 0 ||
+            (r = store_blob(&F, folder, err, err_len, &downloaded)) < 0)
                 goto out;
-        }
-        {
-                char *u = NULL;
-                size_t len = 0;
-                FILE *f = open_memstream(&u, &len);
-                if (f) {
-                        fprintf(f, "%s/%s/resolve/", F.set.endpoint, ref->repo);
-                        url_quote(f, ref->revision, false);
-                        fputc('/', f);
-                        url_quote(f, ref->file, true);
-                        if (fclose(f) != 0) {
-                                free(u);
-                                u = NULL;
-                        }
-                }
-                F.url = u;
-        }
-        if (!F.url || !(F.curl = curl_easy_init())) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto out;
-        }
-        if ((r = head(&F, err, err_len)) < 0 || (r = read_metadata(&F, err, err_len)) < 0)
-                goto out;
-        if (!(F.shown_url = strndup(F.download_url, strcspn(F.download_url, "?#")))) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto out;
-        }
-
-        pointer = strdup_printf("%s/snapshots/%s/%s", F.storage, F.commit, ref->file);
-        blob = strdup_printf("%s/blobs/%s", F.storage, F.etag);
-        incomplete = strdup_printf("%s/blobs/%s.incomplete", F.storage, F.etag);
-        if (!pointer || !blob || !incomplete) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto out;
-        }
-        F.blob = blob;
-        if (!file_exists(blob)) {
-                if ((r = mkdir_parents(blob)) < 0) {
-                        r = err_set(err, err_len, r, "%s: %s", blob, strerror(-r));
-                        goto out;
-                }
-                if ((r = lock_blob(&F, folder, err, err_len, &lock_fd)) < 0)
-                        goto out;
-        }
-        /* Another process may have finished it while we waited. */
-        if (!file_exists(blob)) {
-                if ((r = download(&F, incomplete, err, err_len)) < 0)
-                        goto out;
-                /* Nothing enters the cache unchecked: an LFS file's ETag is
-                 * the sha256 of its content. */
-                if (is_hex(F.etag, 64)) {
-                        if ((r = file_sha256(incomplete, got)) < 0) {
-                                r = err_set(err, err_len, r, "%s: %s", incomplete, strerror(-r));
-                                goto out;
-                        }
-                        if (strcmp(got, F.etag) != 0) {
-                                unlink(incomplete);
-                                r = err_set(err, err_len, -EBADMSG,
-                                            "%s/%s: sha256 of the download is %s, the hub says %s; discarded",
-                                            ref->repo, ref->file, got, F.etag);
-                                goto out;
-                        }
-                }
-                if (rename(incomplete, blob) < 0) {
-                        r = err_set(err, err_len, -errno, "%s: %s", blob, strerror(errno));
-                        goto out;
-                }
-                downloaded = true;
-        }
-        if (!file_exists(pointer) && (r = link_snapshot(pointer, ref->file, F.etag)) < 0) {
-                r = err_set(err, err_len, r, "%s: %s", pointer, strerror(-r));
-                goto out;
-        }
-        if ((r = write_ref(F.storage, ref, F.commit)) < 0) {
-                r = err_set(err, err_len, r, "%s/refs/%s: %s", F.storage, ref->revision, strerror(-r));
-                goto out;
-        }
-        if ((r = make_result(pointer, F.commit, downloaded, true, ret_file)) < 0)
-                err_set(err, err_len, r, "out of memory");
+        r = publish(&F, downloaded, err, err_len, ret_file);
 out:
-        if (lock_fd >= 0)
-                close(lock_fd);   /* releases the flock */
-        if (F.curl)
-                curl_easy_cleanup(F.curl);
-        free(pointer);
-        free(blob);
-        free(incomplete);
-        free(F.url);
-        free(F.download_url);
-        free(F.shown_url);
-        free(F.storage);
-        hub_settings_clear(&F.set);
+        fetch_clear(&F);
         return r;
 }

@@ -328,96 +328,136 @@ static size_t arena_floats(const struct arch_variant *v, int classes)
         return total;
 }
 
-int model_from_st(struct st_file *f, const char *path,
-                  const struct effnet_open_opts *opts, char *err, size_t err_len,
-                  struct model **ret_model)
+/* The name scheme, from the stem's weight. */
+static int detect_scheme(const struct st_file *f, char *err, size_t err_len, int *ret_scheme)
 {
-        struct model *m = NULL;
-        struct loader l = { .f = f, .err = err, .err_len = err_len };
-        char wk[160], bk[160];
-        int scheme, r;
-
         if (st_find(f, "conv_stem.weight")) {
-                scheme = EFFNET_SCHEME_TIMM;
-        } else if (st_find(f, "features.0.0.weight")) {
-                scheme = EFFNET_SCHEME_TORCHVISION;
-        } else {
-                st_free(f);
-                return err_set(err, err_len, -ENOTSUP,
-                               "neither timm (conv_stem.weight) nor torchvision (features.0.0.weight) names");
+                *ret_scheme = EFFNET_SCHEME_TIMM;
+                return 0;
         }
-        const struct arch_variant *v = detect_variant(f, scheme, err, err_len);
-        if (!v) {
-                st_free(f);
-                return -ENOTSUP;
+        if (st_find(f, "features.0.0.weight")) {
+                *ret_scheme = EFFNET_SCHEME_TORCHVISION;
+                return 0;
         }
+        return err_set(err, err_len, -ENOTSUP,
+                       "neither timm (conv_stem.weight) nor torchvision (features.0.0.weight) names");
+}
+
+/* The class count, from the classifier's weight [classes][head]. */
+static int detect_classes(const struct st_file *f, int scheme, const struct arch_variant *v, char *err,
+                          size_t err_len, int *ret_classes)
+{
+        char wk[160];
 
         model_top_key(scheme, v->n_stages, "classifier", "weight", wk, sizeof wk);
         const struct st_tensor *cls = st_find(f, wk);
-        if (!cls || cls->ndim != 2 || cls->shape[0] < 1 || cls->shape[0] > 1000000 || cls->shape[1] != arch_head(v)) {
-                st_free(f);
+        if (!cls || cls->ndim != 2 || cls->shape[0] < 1 || cls->shape[0] > 1000000 || cls->shape[1] != arch_head(v))
                 return err_set(err, err_len, -EBADMSG, "tensor %s: missing or not [classes, %d]", wk, arch_head(v));
-        }
-        int classes = (int)cls->shape[0];
+        *ret_classes = (int)cls->shape[0];
+        return 0;
+}
 
-        m = calloc(1, sizeof *m);
-        l.used = calloc(st_count(f) + 1, 1);
-        l.arena_cap = arena_floats(v, classes);
-        l.arena = malloc(sizeof(float) * l.arena_cap);
-        if (!m || !l.used || !l.arena) {
+/* The model over f (which it then owns) and the loader that fills it. */
+static int model_alloc(struct st_file *f, const struct arch_variant *v, int classes, struct loader *l,
+                       struct model **ret_model)
+{
+        struct model *m = calloc(1, sizeof *m);
+
+        l->used = calloc(st_count(f) + 1, 1);
+        l->arena_cap = arena_floats(v, classes);
+        l->arena = malloc(sizeof(float) * l->arena_cap);
+        if (!m || !l->used || !l->arena) {
                 free(m);
-                free(l.used);
-                free(l.arena);
-                st_free(f);
-                return err_set(err, err_len, -ENOMEM, "out of memory");
+                free(l->used);
+                free(l->arena);
+                l->used = NULL;
+                return err_set(l->err, l->err_len, -ENOMEM, "out of memory");
         }
-        m->arena = l.arena;
+        m->arena = l->arena;
         m->file = f;
-        l.m = m;
         m->variant = v;
-        snprintf(m->path, sizeof m->path, "%s", path);
-        /* timm names: TF ports (tf_*) unless the structure is one only
-         * PyTorch-trained timm models have. */
+        l->m = m;
+        *ret_model = m;
+        return 0;
+}
+
+/* Padding and BatchNorm eps: timm names are TF ports (tf_*, 'SAME' and
+ * 1e-3) unless the structure is one only PyTorch-trained timm models have;
+ * torchvision V2 uses 1e-3 too. Options override. */
+static void choose_numerics(int scheme, const struct arch_variant *v, const struct effnet_open_opts *opts,
+                            int *ret_padding, double *ret_eps)
+{
         int padding = scheme == EFFNET_SCHEME_TIMM && !v->pt_native ? EFFNET_PAD_SAME : EFFNET_PAD_SYMMETRIC;
-        double eps = v->pt_native ? 1e-5 : 1e-3; /* torchvision V2 and timm tf_ ports: 1e-3 */
+        double eps = v->pt_native ? 1e-5 : 1e-3;
+
         if (opts && opts->padding != EFFNET_PAD_AUTO)
                 padding = opts->padding;
         if (opts && opts->bn_eps > 0)
                 eps = opts->bn_eps;
-        l.eps = eps;
+        *ret_padding = padding;
+        *ret_eps = eps;
+}
+
+/* Stem, blocks, head and classifier, in the order of the network. */
+static int load_layers(struct loader *l, int scheme, int classes, struct model *m)
+{
+        const struct arch_variant *v = m->variant;
+        struct arch_block ab[ARCH_MAX_BLOCKS];
+        char wk[160], bk[160];
+        int r;
 
         model_top_key(scheme, v->n_stages, "conv_stem", "weight", wk, sizeof wk);
         model_top_key(scheme, v->n_stages, "bn1", NULL, bk, sizeof bk);
-        if ((r = load_conv_bn(&l, wk, bk, 3, arch_stem(v), 3, 2, 1, MODEL_ACT_SILU, &m->stem)) < 0)
-                goto fail;
-
-        struct arch_block ab[ARCH_MAX_BLOCKS];
+        if ((r = load_conv_bn(l, wk, bk, 3, arch_stem(v), 3, 2, 1, MODEL_ACT_SILU, &m->stem)) < 0)
+                return r;
         m->n_blocks = arch_blocks(v, ab);
         for (int i = 0; i < m->n_blocks; i++) {
                 m->blocks[i].a = ab[i];
-                if ((r = load_block(&l, scheme, &m->blocks[i])) < 0)
-                        goto fail;
+                if ((r = load_block(l, scheme, &m->blocks[i])) < 0)
+                        return r;
         }
-        int last = ab[m->n_blocks - 1].out;
         model_top_key(scheme, v->n_stages, "conv_head", "weight", wk, sizeof wk);
         model_top_key(scheme, v->n_stages, "bn2", NULL, bk, sizeof bk);
-        if ((r = load_conv_bn(&l, wk, bk, last, arch_head(v), 1, 1, 1, MODEL_ACT_SILU, &m->head)) < 0)
-                goto fail;
+        if ((r = load_conv_bn(l, wk, bk, ab[m->n_blocks - 1].out, arch_head(v), 1, 1, 1, MODEL_ACT_SILU,
+                              &m->head)) < 0)
+                return r;
         model_top_key(scheme, v->n_stages, "classifier", NULL, wk, sizeof wk);
-        if ((r = load_fc(&l, wk, arch_head(v), classes, 0, &m->classifier)) < 0)
-                goto fail;
+        return load_fc(l, wk, arch_head(v), classes, 0, &m->classifier);
+}
 
-        for (size_t i = 0; i < st_count(f); i++) {
-                const char *name = st_at(f, i)->name;
+/* Every tensor of the file belongs to a layer (BatchNorm's counters aside):
+ * a stray one means the file is not the variant it looks like. */
+static int check_all_used(const struct loader *l, int scheme)
+{
+        for (size_t i = 0; i < st_count(l->f); i++) {
+                const char *name = st_at(l->f, i)->name;
                 size_t len = strlen(name);
-                if (l.used[i] || (len >= 19 && strcmp(name + len - 19, "num_batches_tracked") == 0))
+                if (l->used[i] || (len >= 19 && strcmp(name + len - 19, "num_batches_tracked") == 0))
                         continue;
-                r = err_set(err, err_len, -EBADMSG, "unexpected tensor %s for %s (%s names)", name, v->name,
-                            scheme == EFFNET_SCHEME_TIMM ? "timm" : "torchvision");
-                goto fail;
+                return err_set(l->err, l->err_len, -EBADMSG, "unexpected tensor %s for %s (%s names)", name,
+                               l->m->variant->name, scheme == EFFNET_SCHEME_TIMM ? "timm" : "torchvision");
         }
+        return 0;
+}
 
-        const struct st_tensor *t0 = st_at(f, 0);
+/* The seed of seeded weights, from the file's metadata; -1 if none. */
+static long long metadata_seed(const struct st_file *f)
+{
+        const char *seed = st_metadata(f, MODEL_META_SEED);
+        char *end;
+
+        if (!seed)
+                return -1;
+        errno = 0;
+        long long sv = strtoll(seed, &end, 10);
+        return !errno && end != seed && !*end && sv >= 0 ? sv : -1;
+}
+
+static void fill_info(struct model *m, int scheme, int classes, int padding, double eps)
+{
+        const struct arch_variant *v = m->variant;
+        const struct st_tensor *t0 = st_at(m->file, 0);
+
         m->info = (struct effnet_info){
                 .variant = v->name,
                 .scheme = scheme,
@@ -427,19 +467,39 @@ int model_from_st(struct st_file *f, const char *path,
                 .dtype = t0 && t0->dtype == ST_F16 ? "F16" : t0 && t0->dtype == ST_BF16 ? "BF16" : "F32",
                 .params = arch_params(v, classes),
                 .preproc = scheme == EFFNET_SCHEME_TIMM ? v->timm : v->torchvision,
-                .seed = -1,
+                .seed = metadata_seed(m->file),
         };
-        const char *seed = st_metadata(f, MODEL_META_SEED);
-        if (seed) {
-                char *end;
-                errno = 0;
-                long long sv = strtoll(seed, &end, 10);
-                if (!errno && end != seed && !*end && sv >= 0)
-                        m->info.seed = sv;
+}
+
+int model_from_st(struct st_file *f, const char *path,
+                  const struct effnet_open_opts *opts, char *err, size_t err_len,
+                  struct model **ret_model)
+{
+        struct model *m = NULL;
+        struct loader l = { .f = f, .err = err, .err_len = err_len };
+        const struct arch_variant *v;
+        int scheme = 0, classes = 0, padding = 0, r;
+
+        if ((r = detect_scheme(f, err, err_len, &scheme)) < 0)
+                goto fail_file;
+        if (!(v = detect_variant(f, scheme, err, err_len))) {
+                r = -ENOTSUP;
+                goto fail_file;
         }
+        if ((r = detect_classes(f, scheme, v, err, err_len, &classes)) < 0 ||
+            (r = model_alloc(f, v, classes, &l, &m)) < 0)
+                goto fail_file;
+        snprintf(m->path, sizeof m->path, "%s", path);
+        choose_numerics(scheme, v, opts, &padding, &l.eps);
+        if ((r = load_layers(&l, scheme, classes, m)) < 0 || (r = check_all_used(&l, scheme)) < 0)
+                goto fail;
+        fill_info(m, scheme, classes, padding, l.eps);
         free(l.used);
         *ret_model = m;
         return 0;
+fail_file:
+        st_free(f);
+        return r;
 fail:
         free(l.used);
         model_free(m);

@@ -161,43 +161,85 @@ static char *duplicate_key(const char *text, size_t len, size_t end)
         return key;
 }
 
+/* Where a tensor's bytes lie in the data area: [begin, end). */
+struct span {
+        uint64_t begin, end;
+        const struct st_tensor *t;
+};
+
 static bool json_is_index(const json_t *v)
 {
         return json_is_integer(v) && json_integer_value(v) >= 0;
 }
 
-/* Validates one entry and fills t, except name and data. */
-static int parse_entry(const struct errbuf *e, const char *name, json_t *entry, uint64_t data_len,
-                       struct st_tensor *t, uint64_t *ret_begin)
+/* Elements of a shape: a zero dimension makes the tensor empty whatever the
+ * others say; otherwise every partial product must fit in int64_t, checked
+ * before it is made. Dimensions must be non-negative. -EOVERFLOW if not. */
+static int shape_numel(const int64_t *shape, int ndim, int64_t *ret_numel)
 {
-        char nb[NAME_IN_MSG + 4], sb[8 * 24 + 4];
-        const char *n = msg_name(name, nb);
-        json_t *dtype = NULL, *shape = NULL, *offsets = NULL, *v;
-        const struct dtype_info *di;
+        int64_t numel = 1;
+
+        for (int i = 0; i < ndim; i++)
+                if (shape[i] == 0) {
+                        *ret_numel = 0;
+                        return 0;
+                }
+        for (int i = 0; i < ndim; i++) {
+                if (numel > INT64_MAX / shape[i])
+                        return -EOVERFLOW;
+                numel *= shape[i];
+        }
+        *ret_numel = numel;
+        return 0;
+}
+
+/* The three fields of an entry, each once, and no other. */
+struct entry_fields {
+        json_t *dtype, *shape, *offsets;
+};
+
+static int split_entry(const struct errbuf *e, const char *n, json_t *entry, struct entry_fields *ret_fields)
+{
+        struct entry_fields fl = { NULL, NULL, NULL };
         const char *key;
+        json_t *v;
 
         if (!json_is_object(entry))
                 return errbuf_set(e, -EBADMSG, "%s: entry is not a JSON object", n);
         json_object_foreach(entry, key, v) {
                 if (strcmp(key, "dtype") == 0)
-                        dtype = v;
+                        fl.dtype = v;
                 else if (strcmp(key, "shape") == 0)
-                        shape = v;
+                        fl.shape = v;
                 else if (strcmp(key, "data_offsets") == 0)
-                        offsets = v;
+                        fl.offsets = v;
                 else
                         return errbuf_set(e, -EBADMSG, "%s: unexpected field \"%.40s\"", n, key);
         }
-        if (!dtype || !shape || !offsets)
+        if (!fl.dtype || !fl.shape || !fl.offsets)
                 return errbuf_set(e, -EBADMSG, "%s: missing field \"%s\"", n,
-                                  !dtype ? "dtype" : !shape ? "shape" : "data_offsets");
+                                  !fl.dtype ? "dtype" : !fl.shape ? "shape" : "data_offsets");
+        *ret_fields = fl;
+        return 0;
+}
+
+static int entry_dtype(const struct errbuf *e, const char *n, const json_t *dtype,
+                       const struct dtype_info **ret_di)
+{
+        const struct dtype_info *di;
 
         if (!json_is_string(dtype))
                 return errbuf_set(e, -EBADMSG, "%s: \"dtype\" is not a string", n);
         di = dtype_lookup(json_string_value(dtype));
         if (!di)
                 return errbuf_set(e, -EBADMSG, "%s: unknown dtype \"%.16s\"", n, json_string_value(dtype));
+        *ret_di = di;
+        return 0;
+}
 
+/* Fills t->ndim and t->shape. */
+static int entry_shape(const struct errbuf *e, const char *n, const json_t *shape, struct st_tensor *t)
+{
         if (!json_is_array(shape))
                 return errbuf_set(e, -EBADMSG, "%s: \"shape\" is not an array", n);
         if (json_array_size(shape) > ST_MAX_DIMS)
@@ -205,7 +247,8 @@ static int parse_entry(const struct errbuf *e, const char *name, json_t *entry, 
                                   json_array_size(shape), ST_MAX_DIMS);
         t->ndim = (int)json_array_size(shape);
         for (int i = 0; i < t->ndim; i++) {
-                v = json_array_get(shape, (size_t)i);
+                const json_t *v = json_array_get(shape, (size_t)i);
+
                 if (!json_is_integer(v))
                         return errbuf_set(e, -EBADMSG, "%s: shape[%d] is not an integer", n, i);
                 if (json_integer_value(v) < 0)
@@ -213,7 +256,13 @@ static int parse_entry(const struct errbuf *e, const char *name, json_t *entry, 
                                           (long long)json_integer_value(v));
                 t->shape[i] = json_integer_value(v);
         }
+        return 0;
+}
 
+/* [begin, end] within a data area of data_len bytes. */
+static int entry_offsets(const struct errbuf *e, const char *n, const json_t *offsets, uint64_t data_len,
+                         struct span *ret_span)
+{
         if (!json_is_array(offsets) || json_array_size(offsets) != 2)
                 return errbuf_set(e, -EBADMSG, "%s: \"data_offsets\" is not an array [begin, end]", n);
         if (!json_is_index(json_array_get(offsets, 0)) || !json_is_index(json_array_get(offsets, 1)))
@@ -226,40 +275,61 @@ static int parse_entry(const struct errbuf *e, const char *name, json_t *entry, 
         if (end > data_len)
                 return errbuf_set(e, -EBADMSG, "%s: data_offsets [%llu, %llu] exceed data area of %llu bytes", n,
                                   (unsigned long long)begin, (unsigned long long)end, (unsigned long long)data_len);
+        ret_span->begin = begin;
+        ret_span->end = end;
+        return 0;
+}
 
-        /* A zero dimension makes the tensor empty whatever the others say;
-         * otherwise every partial product must fit, checked before it is made. */
-        int64_t numel = 1;
-        bool empty = false;
-        for (int i = 0; i < t->ndim; i++)
-                empty |= t->shape[i] == 0;
-        for (int i = 0; i < t->ndim && !empty; i++) {
-                if (numel > INT64_MAX / t->shape[i]) {
-                        shape_str(t->shape, t->ndim, sb, sizeof sb);
-                        return errbuf_set(e, -EBADMSG, "%s: shape %s: element count overflows", n, sb);
-                }
-                numel *= t->shape[i];
+/* Checks that t's shape times the element size spans exactly sp; fills
+ * t->numel and t->nbytes. */
+static int entry_size(const struct errbuf *e, const char *n, const struct dtype_info *di, const struct span *sp,
+                      struct st_tensor *t)
+{
+        char sb[8 * 24 + 4];
+        int64_t numel;
+
+        if (shape_numel(t->shape, t->ndim, &numel) < 0) {
+                shape_str(t->shape, t->ndim, sb, sizeof sb);
+                return errbuf_set(e, -EBADMSG, "%s: shape %s: element count overflows", n, sb);
         }
-        if (empty)
-                numel = 0;
         if ((uint64_t)numel > UINT64_MAX / di->size) {
                 shape_str(t->shape, t->ndim, sb, sizeof sb);
                 return errbuf_set(e, -EBADMSG, "%s: shape %s x %s: byte count overflows", n, sb, di->name);
         }
         uint64_t nbytes = (uint64_t)numel * di->size;
-        if (nbytes != end - begin) {
+        if (nbytes != sp->end - sp->begin) {
                 shape_str(t->shape, t->ndim, sb, sizeof sb);
                 return errbuf_set(e, -EBADMSG,
                                   "%s: shape %s x %s (%zu bytes) = %llu bytes, but data_offsets [%llu, %llu] span %llu",
-                                  n, sb, di->name, di->size, (unsigned long long)nbytes, (unsigned long long)begin,
-                                  (unsigned long long)end, (unsigned long long)(end - begin));
+                                  n, sb, di->name, di->size, (unsigned long long)nbytes,
+                                  (unsigned long long)sp->begin, (unsigned long long)sp->end,
+                                  (unsigned long long)(sp->end - sp->begin));
         }
-
-        t->dtype = di->dtype;
-        t->dtype_name = di->name;
         t->numel = numel;
         t->nbytes = (size_t)nbytes; /* <= data_len, which fits in size_t */
-        *ret_begin = begin;
+        return 0;
+}
+
+/* Validates one entry and fills t, except name and data; the span it
+ * occupies in the data area goes to ret_span. */
+static int parse_entry(const struct errbuf *e, const char *name, json_t *entry, uint64_t data_len,
+                       struct st_tensor *t, struct span *ret_span)
+{
+        char nb[NAME_IN_MSG + 4];
+        const char *n = msg_name(name, nb);
+        const struct dtype_info *di = NULL;
+        struct entry_fields fl = { NULL, NULL, NULL };
+        struct span sp = { 0, 0, NULL };
+        int r;
+
+        if ((r = split_entry(e, n, entry, &fl)) < 0 || (r = entry_dtype(e, n, fl.dtype, &di)) < 0 ||
+            (r = entry_shape(e, n, fl.shape, t)) < 0 || (r = entry_offsets(e, n, fl.offsets, data_len, &sp)) < 0 ||
+            (r = entry_size(e, n, di, &sp, t)) < 0)
+                return r;
+        t->dtype = di->dtype;
+        t->dtype_name = di->name;
+        sp.t = t;
+        *ret_span = sp;
         return 0;
 }
 
@@ -277,11 +347,6 @@ static int parse_metadata(const struct errbuf *e, json_t *meta)
                                           msg_name(key, nb));
         return 0;
 }
-
-struct span {
-        uint64_t begin, end;
-        const struct st_tensor *t;
-};
 
 static int cmp_span(const void *a, const void *b)
 {
@@ -324,16 +389,10 @@ static int check_overlap(const struct errbuf *e, struct span *spans, size_t n)
         return 0;
 }
 
-static int parse(const struct errbuf *e, const unsigned char *buf, size_t len, struct st_file **ret_file)
+/* The header's JSON text: its length (8-byte little endian, bounded by the
+ * file and ST_MAX_HEADER) and no NUL byte in it. */
+static int header_text(const struct errbuf *e, const unsigned char *buf, size_t len, size_t *ret_hlen)
 {
-        struct st_file *f = NULL;
-        struct span *spans = NULL;
-        json_t *root = NULL, *v;
-        json_error_t jerr;
-        const char *key;
-        size_t n = 0, names_len = 0, i;
-        int r;
-
         if (len < 8)
                 return errbuf_set(e, -EBADMSG, "file is %zu bytes, too short for the 8-byte header length", len);
         uint64_t hlen = load_le64(buf);
@@ -350,13 +409,23 @@ static int parse(const struct errbuf *e, const unsigned char *buf, size_t len, s
         const char *nul = memchr(text, '\0', (size_t)hlen);
         if (nul)
                 return errbuf_set(e, -EBADMSG, "header JSON contains a NUL byte at byte %zu", (size_t)(nul - text) + 8);
-        root = json_loadb(text, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
+        *ret_hlen = (size_t)hlen;
+        return 0;
+}
+
+/* Parses the header text into a JSON object (a new reference). */
+static int header_json(const struct errbuf *e, const char *text, size_t hlen, json_t **ret_root)
+{
+        json_error_t jerr;
+        json_t *root = json_loadb(text, hlen, JSON_REJECT_DUPLICATES, &jerr);
+
         if (!root) {
                 if (json_error_code(&jerr) == json_error_out_of_memory)
                         return errbuf_set(e, -ENOMEM, "header JSON: out of memory");
                 if (json_error_code(&jerr) == json_error_duplicate_key) {
                         char nb[NAME_IN_MSG + 4];
-                        char *dup = duplicate_key(text, (size_t)hlen, (size_t)jerr.position);
+                        char *dup = duplicate_key(text, hlen, (size_t)jerr.position);
+                        int r;
 
                         if (!dup)
                                 return errbuf_set(e, -EBADMSG, "header: duplicate key at byte %d", jerr.position + 8);
@@ -368,9 +437,21 @@ static int parse(const struct errbuf *e, const unsigned char *buf, size_t len, s
                 return errbuf_set(e, -EBADMSG, "header is not valid JSON at byte %d: %s", jerr.position + 8, jerr.text);
         }
         if (!json_is_object(root)) {
-                r = errbuf_set(e, -EBADMSG, "header is not a JSON object");
-                goto out;
+                json_decref(root);
+                return errbuf_set(e, -EBADMSG, "header is not a JSON object");
         }
+        *ret_root = root;
+        return 0;
+}
+
+/* A file sized for the tensors of root, with spans[n] for the overlap check. */
+static int file_alloc(const struct errbuf *e, json_t *root, struct st_file **ret_file, struct span **ret_spans)
+{
+        size_t n = 0, names_len = 0;
+        struct st_file *f;
+        struct span *spans;
+        const char *key;
+        json_t *v;
 
         json_object_foreach(root, key, v) {
                 if (strcmp(key, "__metadata__") == 0)
@@ -378,63 +459,80 @@ static int parse(const struct errbuf *e, const unsigned char *buf, size_t len, s
                 n++;
                 names_len += strlen(key) + 1;
         }
-        if (n > ST_MAX_TENSORS) {
-                r = errbuf_set(e, -E2BIG, "header lists %zu tensors, more than the limit of %d", n, ST_MAX_TENSORS);
-                goto out;
-        }
+        if (n > ST_MAX_TENSORS)
+                return errbuf_set(e, -E2BIG, "header lists %zu tensors, more than the limit of %d", n, ST_MAX_TENSORS);
 
         f = calloc(1, sizeof *f);
-        if (!f) {
-                r = errbuf_set(e, -ENOMEM, "out of memory");
-                goto out;
-        }
+        if (!f)
+                return errbuf_set(e, -ENOMEM, "out of memory");
         f->tensors = calloc(n ? n : 1, sizeof *f->tensors);
         f->by_name = calloc(n ? n : 1, sizeof *f->by_name);
         f->names = malloc(names_len ? names_len : 1);
         spans = calloc(n ? n : 1, sizeof *spans);
         if (!f->tensors || !f->by_name || !f->names || !spans) {
-                r = errbuf_set(e, -ENOMEM, "out of memory for %zu tensors", n);
-                goto out;
+                free(spans);
+                st_free(f);
+                return errbuf_set(e, -ENOMEM, "out of memory for %zu tensors", n);
         }
+        f->n = n;
+        *ret_file = f;
+        *ret_spans = spans;
+        return 0;
+}
 
-        const unsigned char *data = buf + 8 + hlen;
-        uint64_t data_len = len - 8 - hlen;
+/* Fills f's tensors (names, fields, data pointers) and spans from root, in
+ * header order; keeps "__metadata__". */
+static int fill_tensors(const struct errbuf *e, json_t *root, const unsigned char *data, uint64_t data_len,
+                        struct st_file *f, struct span *spans)
+{
         char *name = f->names;
-        i = 0;
+        const char *key;
+        size_t i = 0;
+        json_t *v;
+        int r;
+
         json_object_foreach(root, key, v) {
                 struct st_tensor *t = &f->tensors[i];
                 size_t kl = strlen(key);
-                uint64_t begin = 0;
 
                 if (strcmp(key, "__metadata__") == 0) {
-                        r = parse_metadata(e, v);
-                        if (r < 0)
-                                goto out;
+                        if ((r = parse_metadata(e, v)) < 0)
+                                return r;
                         f->meta = json_incref(v);
                         continue;
                 }
                 memcpy(name, key, kl + 1);
                 t->name = name;
                 name += kl + 1;
-                r = parse_entry(e, key, v, data_len, t, &begin);
-                if (r < 0)
-                        goto out;
-                t->data = data + begin;
-                spans[i] = (struct span){ begin, begin + t->nbytes, t };
+                if ((r = parse_entry(e, key, v, data_len, t, &spans[i])) < 0)
+                        return r;
+                t->data = data + spans[i].begin;
                 f->by_name[i] = t;
                 i++;
         }
-        f->n = n;
+        return 0;
+}
 
-        r = check_overlap(e, spans, n);
-        if (r < 0)
+static int parse(const struct errbuf *e, const unsigned char *buf, size_t len, struct st_file **ret_file)
+{
+        struct st_file *f = NULL;
+        struct span *spans = NULL;
+        json_t *root = NULL;
+        size_t hlen = 0;
+        int r;
+
+        if ((r = header_text(e, buf, len, &hlen)) < 0 ||
+            (r = header_json(e, (const char *)buf + 8, hlen, &root)) < 0)
+                return r;
+        if ((r = file_alloc(e, root, &f, &spans)) < 0 ||
+            (r = fill_tensors(e, root, buf + 8 + hlen, len - 8 - hlen, f, spans)) < 0 ||
+            (r = check_overlap(e, spans, f->n)) < 0)
                 goto out;
         /* Names are unique (duplicates were rejected), so the order is total. */
-        qsort(f->by_name, n, sizeof *f->by_name, cmp_name);
+        qsort(f->by_name, f->n, sizeof *f->by_name, cmp_name);
 
         *ret_file = f;
         f = NULL;
-        r = 0;
 out:
         free(spans);
         st_free(f);
@@ -497,35 +595,67 @@ int st_open(const char *path, char *err, size_t err_len, struct st_file **ret_fi
         return st_open_ex(path, false, err, err_len, ret_file);
 }
 
-int st_open_ex(const char *path, bool copy, char *err, size_t err_len, struct st_file **ret_file)
+/* Opens path, which must be a regular file whose size fits in memory. */
+static int open_regular(const struct errbuf *e, const char *path, int *ret_fd, struct stat *ret_st)
 {
-        const struct errbuf e = { err, err_len, path };
-        struct st_file *f = NULL;
         struct stat st;
-        void *map = MAP_FAILED;
-        size_t len = 0;
         char eb[128];
         int fd, r;
 
         fd = open(path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) {
                 r = -errno;
-                return errbuf_set(&e, r, "open: %s", strerror_r(-r, eb, sizeof eb));
+                return errbuf_set(e, r, "open: %s", strerror_r(-r, eb, sizeof eb));
         }
         if (fstat(fd, &st) < 0) {
                 r = -errno;
-                errbuf_set(&e, r, "stat: %s", strerror_r(-r, eb, sizeof eb));
-                goto out;
-        }
-        if (!S_ISREG(st.st_mode)) {
+                errbuf_set(e, r, "stat: %s", strerror_r(-r, eb, sizeof eb));
+        } else if (!S_ISREG(st.st_mode)) {
                 r = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
-                errbuf_set(&e, r, "not a regular file");
-                goto out;
+                errbuf_set(e, r, "not a regular file");
+        } else if ((uint64_t)st.st_size > SIZE_MAX) {
+                r = errbuf_set(e, -E2BIG, "file of %lld bytes does not fit in memory", (long long)st.st_size);
+        } else {
+                *ret_fd = fd;
+                *ret_st = st;
+                return 0;
         }
-        if ((uint64_t)st.st_size > SIZE_MAX) {
-                r = errbuf_set(&e, -E2BIG, "file of %lld bytes does not fit in memory", (long long)st.st_size);
-                goto out;
+        close(fd);
+        return r;
+}
+
+/* The file's len bytes in memory: copied (see read_copy), or a private
+ * read-only mapping, where weights are used in place. A file truncated by
+ * someone else while mapped faults on access (SIGBUS); copy is for callers
+ * that must survive that. */
+static int map_bytes(const struct errbuf *e, int fd, const struct stat *st, size_t len, bool copy, void **ret_map)
+{
+        char eb[128];
+        void *map;
+        int r;
+
+        if (copy)
+                return read_copy(e, fd, st, len, ret_map);
+        map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) {
+                r = -errno;
+                return errbuf_set(e, r, "mmap: %s", strerror_r(-r, eb, sizeof eb));
         }
+        *ret_map = map;
+        return 0;
+}
+
+int st_open_ex(const char *path, bool copy, char *err, size_t err_len, struct st_file **ret_file)
+{
+        const struct errbuf e = { err, err_len, path };
+        struct st_file *f = NULL;
+        struct stat st = { 0 };
+        void *map = MAP_FAILED;
+        size_t len;
+        int fd = -1, r;
+
+        if ((r = open_regular(&e, path, &fd, &st)) < 0)
+                return r;
         len = (size_t)st.st_size;
         if (len < 8) {
                 /* mmap cannot map an empty file; the parser rejects the size
@@ -533,25 +663,11 @@ int st_open_ex(const char *path, bool copy, char *err, size_t err_len, struct st
                 r = parse(&e, NULL, len, &f);
                 goto out;
         }
-        if (copy) {
-                if ((r = read_copy(&e, fd, &st, len, &map)) < 0) {
-                        map = MAP_FAILED;
-                        goto out;
-                }
-        } else {
-                /* Private read-only mapping: weights are used in place. A
-                 * file truncated by someone else while mapped faults on
-                 * access (SIGBUS); copy is for callers that must survive
-                 * that. */
-                map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-                if (map == MAP_FAILED) {
-                        r = -errno;
-                        errbuf_set(&e, r, "mmap: %s", strerror_r(-r, eb, sizeof eb));
-                        goto out;
-                }
+        if ((r = map_bytes(&e, fd, &st, len, copy, &map)) < 0) {
+                map = MAP_FAILED;
+                goto out;
         }
-        r = parse(&e, map, len, &f);
-        if (r < 0)
+        if ((r = parse(&e, map, len, &f)) < 0)
                 goto out;
         f->map = map;
         f->map_len = len;
@@ -784,14 +900,13 @@ int st_writer_set_metadata(struct st_writer *w, const char *key, const char *val
         return json_object_set_new(meta, key, v) < 0 ? -ENOMEM : 0;
 }
 
-int st_writer_add(struct st_writer *w, const char *name, int dtype, int ndim, const int64_t *shape,
-                  const float *data)
+/* Bytes of a tensor to add: -EINVAL for a bad name, dtype or shape, -EEXIST
+ * for a name taken, -E2BIG past a limit. */
+static int writer_check(const struct st_writer *w, const char *name, const struct dtype_info *di, int ndim,
+                        const int64_t *shape, const float *data, uint64_t *ret_nbytes)
 {
-        const struct dtype_info *di = dtype_of(dtype);
-        json_t *entry = NULL, *jshape = NULL, *joff = NULL, *jname = NULL;
-        uint64_t numel = 1, nbytes;
-        bool empty = false;
-        int r;
+        json_t *jname;
+        int64_t numel;
 
         if (!w || !name || !di || ndim < 0 || ndim > ST_MAX_DIMS || (ndim > 0 && !shape))
                 return -EINVAL;
@@ -805,70 +920,80 @@ int st_writer_add(struct st_writer *w, const char *name, int dtype, int ndim, co
                 return -EEXIST;
         if (w->n >= ST_MAX_TENSORS)
                 return -E2BIG;
-        for (int i = 0; i < ndim; i++) {
+        for (int i = 0; i < ndim; i++)
                 if (shape[i] < 0)
                         return -EINVAL;
-                empty |= shape[i] == 0;
-        }
-        for (int i = 0; i < ndim && !empty; i++) {
-                if (numel > (uint64_t)INT64_MAX / (uint64_t)shape[i])
-                        return -E2BIG;
-                numel *= (uint64_t)shape[i];
-        }
-        if (empty)
-                numel = 0;
-        if (numel > SIZE_MAX / di->size || numel * di->size > (uint64_t)INT64_MAX - w->data_len)
+        if (shape_numel(shape, ndim, &numel) < 0)
                 return -E2BIG;
-        nbytes = numel * di->size;
+        if ((uint64_t)numel > SIZE_MAX / di->size || (uint64_t)numel * di->size > (uint64_t)INT64_MAX - w->data_len)
+                return -E2BIG;
         if (numel > 0 && !data)
                 return -EINVAL;
+        *ret_nbytes = (uint64_t)numel * di->size;
+        return 0;
+}
 
-        if (w->n == w->cap) {
-                size_t cap = w->cap ? 2 * w->cap : 64;
-                struct st_wentry *e = realloc(w->entries, cap * sizeof *e);
+static int writer_reserve(struct st_writer *w)
+{
+        if (w->n < w->cap)
+                return 0;
+        size_t cap = w->cap ? 2 * w->cap : 64;
+        struct st_wentry *e = realloc(w->entries, cap * sizeof *e);
 
-                if (!e)
-                        return -ENOMEM;
-                w->entries = e;
-                w->cap = cap;
+        if (!e)
+                return -ENOMEM;
+        w->entries = e;
+        w->cap = cap;
+        return 0;
+}
+
+/* The header entry {"dtype", "shape", "data_offsets"} of a tensor of nbytes
+ * laid out after those added so far (a new reference). */
+static int writer_entry(const struct st_writer *w, const struct dtype_info *di, int ndim, const int64_t *shape,
+                        uint64_t nbytes, json_t **ret_entry)
+{
+        json_t *entry = json_object(), *jshape = json_array();
+        json_t *joff = json_pack("[II]", (json_int_t)w->data_len, (json_int_t)(w->data_len + nbytes));
+        int r = 0;
+
+        if (!entry || !jshape || !joff)
+                r = -1;
+        for (int i = 0; r == 0 && i < ndim; i++)
+                r = json_array_append_new(jshape, json_integer(shape[i]));
+        if (r < 0) {
+                json_decref(entry);
+                json_decref(jshape);
+                json_decref(joff);
+                return -ENOMEM;
         }
-
-        entry = json_object();
-        jshape = json_array();
-        joff = json_pack("[II]", (json_int_t)w->data_len, (json_int_t)(w->data_len + nbytes));
-        if (!entry || !jshape || !joff) {
-                r = -ENOMEM;
-                goto fail;
-        }
-        for (int i = 0; i < ndim; i++)
-                if (json_array_append_new(jshape, json_integer(shape[i])) < 0) {
-                        r = -ENOMEM;
-                        goto fail;
-                }
         /* The _new setters take the reference even when they fail. */
         r = json_object_set_new(entry, "dtype", json_string(di->name));
         r |= json_object_set_new(entry, "shape", jshape);
-        jshape = NULL;
         r |= json_object_set_new(entry, "data_offsets", joff);
-        joff = NULL;
         if (r < 0) {
-                r = -ENOMEM;
-                goto fail;
+                json_decref(entry);
+                return -ENOMEM;
         }
-        r = json_object_set_new(w->header, name, entry);
-        entry = NULL;
-        if (r < 0) {
-                r = -ENOMEM;
-                goto fail;
-        }
-        w->entries[w->n++] = (struct st_wentry){ dtype, (size_t)numel, data };
+        *ret_entry = entry;
+        return 0;
+}
+
+int st_writer_add(struct st_writer *w, const char *name, int dtype, int ndim, const int64_t *shape,
+                  const float *data)
+{
+        const struct dtype_info *di = dtype_of(dtype);
+        json_t *entry = NULL;
+        uint64_t nbytes = 0;
+        int r;
+
+        if ((r = writer_check(w, name, di, ndim, shape, data, &nbytes)) < 0 || (r = writer_reserve(w)) < 0 ||
+            (r = writer_entry(w, di, ndim, shape, nbytes, &entry)) < 0)
+                return r;
+        if (json_object_set_new(w->header, name, entry) < 0)
+                return -ENOMEM;
+        w->entries[w->n++] = (struct st_wentry){ dtype, (size_t)(nbytes / di->size), data };
         w->data_len += nbytes;
         return 0;
-fail:
-        json_decref(entry);
-        json_decref(jshape);
-        json_decref(joff);
-        return r;
 }
 
 static int write_all(int fd, const void *buf, size_t len)
@@ -934,38 +1059,76 @@ static void sync_parent(const char *path)
         free(dir);
 }
 
-int st_writer_save(struct st_writer *w, const char *path, char *err, size_t err_len)
+/* The 8-byte length and the header JSON, padded with spaces (valid JSON
+ * whitespace) to a multiple of 8 so that the data area starts 8-byte aligned
+ * in the file and in an mmap of it. The caller frees *ret_header. */
+static int writer_header(const struct errbuf *e, const struct st_writer *w, char **ret_header, size_t *ret_len)
 {
-        const struct errbuf e = { err, err_len, path };
-        char *json = NULL, *tmp = NULL, *header = NULL, eb[128];
+        char *json = json_dumps(w->header, JSON_COMPACT | JSON_PRESERVE_ORDER), *header;
         size_t jlen, hlen;
-        int fd = -1, r;
 
-        if (!w || !path)
-                return errbuf_set(&e, -EINVAL, "no writer or path");
-        json = json_dumps(w->header, JSON_COMPACT | JSON_PRESERVE_ORDER);
         if (!json)
-                return errbuf_set(&e, -ENOMEM, "out of memory for the header");
+                return errbuf_set(e, -ENOMEM, "out of memory for the header");
         jlen = strlen(json);
-        /* Spaces (valid JSON whitespace) up to a multiple of 8, so the data
-         * area starts 8-byte aligned in the file and in an mmap of it. */
         hlen = (jlen + 7) & ~(size_t)7;
         if (hlen > ST_MAX_HEADER) {
-                r = errbuf_set(&e, -E2BIG, "header of %zu bytes exceeds the limit of %u", hlen, ST_MAX_HEADER);
-                goto out;
+                free(json);
+                return errbuf_set(e, -E2BIG, "header of %zu bytes exceeds the limit of %u", hlen, ST_MAX_HEADER);
         }
         header = malloc(8 + hlen);
-        if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0)
-                tmp = NULL;
-        if (!header || !tmp) {
-                r = errbuf_set(&e, -ENOMEM, "out of memory");
-                goto out;
+        if (!header) {
+                free(json);
+                return errbuf_set(e, -ENOMEM, "out of memory");
         }
         for (int b = 0; b < 8; b++)
                 header[b] = (char)(unsigned char)((uint64_t)hlen >> (8 * b));
         memcpy(header + 8, json, jlen);
         memset(header + 8 + jlen, ' ', hlen - jlen);
+        free(json);
+        *ret_header = header;
+        *ret_len = 8 + hlen;
+        return 0;
+}
 
+/* Writes the header and every tensor to fd, the temporary file tmp, and
+ * flushes it to disk. */
+static int writer_fill(const struct errbuf *e, const struct st_writer *w, const char *header, size_t len, int fd,
+                       const char *tmp)
+{
+        char eb[128];
+        int r;
+
+        if (fchmod(fd, 0644) < 0) {
+                r = -errno;
+                return errbuf_set(e, r, "chmod %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+        }
+        r = write_all(fd, header, len);
+        for (size_t i = 0; r >= 0 && i < w->n; i++)
+                r = write_tensor(fd, &w->entries[i]);
+        if (r < 0)
+                return errbuf_set(e, r, "write %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+        if (fsync(fd) < 0) {
+                r = -errno;
+                return errbuf_set(e, r, "fsync %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+        }
+        return 0;
+}
+
+int st_writer_save(struct st_writer *w, const char *path, char *err, size_t err_len)
+{
+        const struct errbuf e = { err, err_len, path };
+        char *tmp = NULL, *header = NULL, eb[128];
+        size_t len = 0;
+        int fd = -1, r;
+
+        if (!w || !path)
+                return errbuf_set(&e, -EINVAL, "no writer or path");
+        if ((r = writer_header(&e, w, &header, &len)) < 0)
+                return r;
+        if (asprintf(&tmp, "%s.tmp.XXXXXX", path) < 0) {
+                free(header);
+                return errbuf_set(&e, -ENOMEM, "out of memory");
+        }
         fd = mkostemp(tmp, O_CLOEXEC);
         if (fd < 0) {
                 r = -errno;
@@ -974,23 +1137,8 @@ int st_writer_save(struct st_writer *w, const char *path, char *err, size_t err_
                 errbuf_set(&e, r, "create temporary file: %s", strerror_r(-r, eb, sizeof eb));
                 goto out;
         }
-        if (fchmod(fd, 0644) < 0) {
-                r = -errno;
-                errbuf_set(&e, r, "chmod %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
+        if ((r = writer_fill(&e, w, header, len, fd, tmp)) < 0)
                 goto out;
-        }
-        r = write_all(fd, header, 8 + hlen);
-        for (size_t i = 0; r >= 0 && i < w->n; i++)
-                r = write_tensor(fd, &w->entries[i]);
-        if (r < 0) {
-                errbuf_set(&e, r, "write %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
-                goto out;
-        }
-        if (fsync(fd) < 0) {
-                r = -errno;
-                errbuf_set(&e, r, "fsync %s: %s", tmp, strerror_r(-r, eb, sizeof eb));
-                goto out;
-        }
         r = close(fd);
         fd = -1;
         if (r < 0) {
@@ -1006,7 +1154,6 @@ int st_writer_save(struct st_writer *w, const char *path, char *err, size_t err_
         free(tmp);
         tmp = NULL;
         sync_parent(path);
-        r = 0;
 out:
         if (fd >= 0)
                 close(fd);
@@ -1014,7 +1161,6 @@ out:
                 unlink(tmp);
         free(tmp);
         free(header);
-        free(json);
         return r;
 }
 

@@ -90,6 +90,28 @@ static int act_new(struct act *a, int n, int c, int h, int w)
         return a->d ? 0 : -ENOMEM;
 }
 
+/* Replaces *x by *y, which gives its buffer to x. */
+static void act_move(struct act *x, struct act *y)
+{
+        free(x->d);
+        *x = *y;
+        y->d = NULL;
+}
+
+/* Mean over H and W: ret_pooled[n][c]. */
+static void act_mean_pool(const struct act *a, float *ret_pooled)
+{
+        size_t hw = (size_t)a->h * a->w;
+
+        for (int n = 0; n < a->n; n++)
+                for (int c = 0; c < a->c; c++) {
+                        double acc = 0;
+                        for (size_t i = 0; i < hw; i++)
+                                acc += a->d[((size_t)n * a->c + c) * hw + i];
+                        ret_pooled[(size_t)n * a->c + c] = (float)(acc / hw);
+                }
+}
+
 /* Plain convolution, symmetric k/2 padding (calibration only needs stats). */
 static int conv(const struct act *in, const float *w, int oc, int k, int stride, int groups, struct act *out)
 {
@@ -191,6 +213,24 @@ static int conv_bn(struct seeded *s, const char *wname, const char *bn, const st
         return 0;
 }
 
+/* gates[n][c] = sigmoid(b2 + w2 . SiLU(b1 + w1 . pooled[n])), hid[r] scratch. */
+static void se_gates(const float *w1, const float *b1, const float *w2, const float *b2, int mid, int r,
+                     const float *pooled, float *hid, float *ret_gates)
+{
+        for (int j = 0; j < r; j++) {
+                double acc = b1[j];
+                for (int c = 0; c < mid; c++)
+                        acc += w1[(size_t)j * mid + c] * pooled[c];
+                hid[j] = silu((float)acc);
+        }
+        for (int c = 0; c < mid; c++) {
+                double acc = b2[c];
+                for (int j = 0; j < r; j++)
+                        acc += w2[(size_t)c * r + j] * hid[j];
+                ret_gates[c] = (float)(1.0 / (1.0 + exp(-acc)));
+        }
+}
+
 /* Squeeze-excite with random 1x1 convs (with bias), applied to a in place. */
 static int se(struct seeded *s, const struct arch_block *blk, struct act *a)
 {
@@ -204,7 +244,8 @@ static int se(struct seeded *s, const struct arch_block *blk, struct act *a)
         float *w2 = add(s, k2, 4, mid, r, 1, 1);
         model_block_key(s->scheme, blk, R_SE_E, "bias", k2, sizeof k2);
         float *b2 = add(s, k2, 1, mid, 0, 0, 0);
-        float *pool = calloc((size_t)mid + r, sizeof(float));
+        /* [n][mid] pooled, [mid] gates, [r] hidden */
+        float *pool = calloc((size_t)a->n * mid + mid + r, sizeof(float));
         if (!w1 || !b1 || !w2 || !b2 || !pool) {
                 free(pool);
                 return -ENOMEM;
@@ -218,29 +259,14 @@ static int se(struct seeded *s, const struct arch_block *blk, struct act *a)
         for (int i = 0; i < mid; i++)
                 b2[i] = (float)(0.5 + 0.5 * rng_normal(&s->rng));
         size_t hw = (size_t)a->h * a->w;
-        float *hid = pool + mid;
+        float *gates = pool + (size_t)a->n * mid, *hid = gates + mid;
+        act_mean_pool(a, pool);
         for (int n = 0; n < a->n; n++) {
                 float *x = a->d + (size_t)n * mid * hw;
-                for (int c = 0; c < mid; c++) {
-                        double acc = 0;
+                se_gates(w1, b1, w2, b2, mid, r, pool + (size_t)n * mid, hid, gates);
+                for (int c = 0; c < mid; c++)
                         for (size_t i = 0; i < hw; i++)
-                                acc += x[c * hw + i];
-                        pool[c] = (float)(acc / hw);
-                }
-                for (int j = 0; j < r; j++) {
-                        double acc = b1[j];
-                        for (int c = 0; c < mid; c++)
-                                acc += w1[(size_t)j * mid + c] * pool[c];
-                        hid[j] = silu((float)acc);
-                }
-                for (int c = 0; c < mid; c++) {
-                        double acc = b2[c];
-                        for (int j = 0; j < r; j++)
-                                acc += w2[(size_t)c * r + j] * hid[j];
-                        float gate = (float)(1.0 / (1.0 + exp(-acc)));
-                        for (size_t i = 0; i < hw; i++)
-                                x[c * hw + i] *= gate;
-                }
+                                x[c * hw + i] *= gates[c];
         }
         free(pool);
         return 0;
@@ -277,18 +303,14 @@ static int block(struct seeded *s, const struct arch_block *b, struct act *x)
         }
         KEYS(R_PROJ, R_BNP);
         r = conv_bn(s, wk, bk, &t, b->out, 1, 1, 1, lo, hi, 0, &o);
-        free(t.d);
-        t = o;
-        o.d = NULL;
+        act_move(&t, &o);
 #undef KEYS
 done:
         if (r == 0) {
                 if (b->residual)
                         for (size_t i = 0; i < (size_t)t.n * t.c * t.h * t.w; i++)
                                 t.d[i] += x->d[i];
-                free(x->d);
-                *x = t;
-                t.d = NULL;
+                act_move(x, &t);
         }
         free(t.d);
         free(u.d);
@@ -334,69 +356,58 @@ int model_write_seeded(const char *path, const char *variant, int scheme, int cl
         return model_write_seeded_ex(path, variant, scheme, classes, seed, dtype, gain, NULL, NULL, err, err_len);
 }
 
-int model_write_seeded_ex(const char *path, const char *variant, int scheme, int classes, uint64_t seed, int dtype,
-                          double gain, void (*progress)(void *userdata, int done, int total), void *userdata,
-                          char *err, size_t err_len)
+/* Stem, blocks and head with BatchNorms calibrated on *x, the calibration
+ * images, which become the head's output; reports each block done. */
+static int features(struct seeded *s, const struct arch_variant *v, const struct arch_block *blocks, int nb,
+                    struct act *x, void (*progress)(void *userdata, int done, int total), void *userdata)
 {
-        const struct arch_variant *v = arch_find(variant);
-        struct seeded s = { .rng = { seed }, .scheme = scheme };
-        struct arch_block blocks[ARCH_MAX_BLOCKS];
-        struct act x = { 0 }, h = { 0 };
-        struct st_writer *w = NULL;
+        struct act h = { 0 };
         char wk[160], bk[160];
         int r;
 
-        if (!v)
-                return err_set(err, err_len, -EINVAL, "unknown variant '%s' (s, m, l, xl, b0, b1, b2, b3, rw_s)", variant);
-        if (classes < 1 || classes > 100000)
-                return err_set(err, err_len, -EINVAL, "classes %d out of range 1..100000", classes);
-        s.n_stages = v->n_stages;
-        if ((r = calibration_images(&s.rng, &x)) < 0)
+        model_top_key(s->scheme, v->n_stages, "conv_stem", "weight", wk, sizeof wk);
+        model_top_key(s->scheme, v->n_stages, "bn1", NULL, bk, sizeof bk);
+        if ((r = conv_bn(s, wk, bk, x, arch_stem(v), 3, 2, 1, 0.5, 1.5, 1, &h)) < 0)
                 goto out;
-
-        model_top_key(scheme, v->n_stages, "conv_stem", "weight", wk, sizeof wk);
-        model_top_key(scheme, v->n_stages, "bn1", NULL, bk, sizeof bk);
-        if ((r = conv_bn(&s, wk, bk, &x, arch_stem(v), 3, 2, 1, 0.5, 1.5, 1, &h)) < 0)
-                goto out;
-        free(x.d);
-        x = h;
-        h.d = NULL;
-        int nb = arch_blocks(v, blocks);
+        act_move(x, &h);
         for (int i = 0; i < nb; i++) {
-                if ((r = block(&s, &blocks[i], &x)) < 0)
+                if ((r = block(s, &blocks[i], x)) < 0)
                         goto out;
                 if (progress)
                         progress(userdata, i + 1, nb + 1);
         }
-        model_top_key(scheme, v->n_stages, "conv_head", "weight", wk, sizeof wk);
-        model_top_key(scheme, v->n_stages, "bn2", NULL, bk, sizeof bk);
-        if ((r = conv_bn(&s, wk, bk, &x, arch_head(v), 1, 1, 1, 0.5, 1.5, 1, &h)) < 0)
+        model_top_key(s->scheme, v->n_stages, "conv_head", "weight", wk, sizeof wk);
+        model_top_key(s->scheme, v->n_stages, "bn2", NULL, bk, sizeof bk);
+        if ((r = conv_bn(s, wk, bk, x, arch_head(v), 1, 1, 1, 0.5, 1.5, 1, &h)) < 0)
                 goto out;
+        act_move(x, &h);
+out:
+        free(h.d);
+        return r;
+}
 
-        /* Classifier scaled so that the logits' spread is LOGIT_STD. */
+/* Classifier on the head's output h, scaled so that the logits' spread over
+ * the calibration images is LOGIT_STD times gain. */
+static int classifier(struct seeded *s, const struct arch_variant *v, const struct act *h, int classes,
+                      double gain)
+{
         int hc = arch_head(v);
-        model_top_key(scheme, v->n_stages, "classifier", "weight", wk, sizeof wk);
-        float *cw = add(&s, wk, 2, classes, hc, 0, 0);
-        model_top_key(scheme, v->n_stages, "classifier", "bias", wk, sizeof wk);
-        float *cb = add(&s, wk, 1, classes, 0, 0, 0);
-        float *pooled = calloc((size_t)hc * CAL_BATCH, sizeof(float));
+        char wk[160];
+
+        model_top_key(s->scheme, v->n_stages, "classifier", "weight", wk, sizeof wk);
+        float *cw = add(s, wk, 2, classes, hc, 0, 0);
+        model_top_key(s->scheme, v->n_stages, "classifier", "bias", wk, sizeof wk);
+        float *cb = add(s, wk, 1, classes, 0, 0, 0);
+        float *pooled = calloc((size_t)hc * h->n, sizeof(float)); /* [n][hc] */
         if (!cw || !cb || !pooled) {
                 free(pooled);
-                r = -ENOMEM;
-                goto out;
+                return -ENOMEM;
         }
         for (size_t i = 0; i < (size_t)classes * hc; i++)
-                cw[i] = (float)rng_normal(&s.rng);
-        size_t hw = (size_t)h.h * h.w;
-        for (int n = 0; n < CAL_BATCH; n++)
-                for (int c = 0; c < hc; c++) {
-                        double acc = 0;
-                        for (size_t i = 0; i < hw; i++)
-                                acc += h.d[((size_t)n * hc + c) * hw + i];
-                        pooled[(size_t)n * hc + c] = (float)(acc / hw);
-                }
+                cw[i] = (float)rng_normal(&s->rng);
+        act_mean_pool(h, pooled);
         double sum = 0, sum2 = 0;
-        for (int n = 0; n < CAL_BATCH; n++)
+        for (int n = 0; n < h->n; n++)
                 for (int k = 0; k < classes; k++) {
                         double acc = 0;
                         for (int c = 0; c < hc; c++)
@@ -405,37 +416,69 @@ int model_write_seeded_ex(const char *path, const char *variant, int scheme, int
                         sum2 += acc * acc;
                 }
         free(pooled);
-        double cnt = (double)CAL_BATCH * classes, sd = sqrt(fmax(sum2 / cnt - (sum / cnt) * (sum / cnt), 1e-12));
+        double cnt = (double)h->n * classes, sd = sqrt(fmax(sum2 / cnt - (sum / cnt) * (sum / cnt), 1e-12));
         for (size_t i = 0; i < (size_t)classes * hc; i++)
                 cw[i] = (float)(cw[i] * LOGIT_STD / sd * gain);
         for (int k = 0; k < classes; k++)
-                cb[k] = (float)(0.1 * rng_normal(&s.rng));
+                cb[k] = (float)(0.1 * rng_normal(&s->rng));
+        return 0;
+}
 
-        /* The file says what it is: effnetd reports these weights as seeded
-         * (untrained) rather than as a model. */
+/* A writer of the tensors as dtype, with the seed in the metadata: effnetd
+ * reports such weights as seeded (untrained) rather than as a model. */
+static int seeded_writer(const struct seeded *s, uint64_t seed, int dtype, struct st_writer **ret_writer)
+{
+        struct st_writer *w = NULL;
         char seed_text[24];
+        int r;
+
         snprintf(seed_text, sizeof seed_text, "%llu", (unsigned long long)seed);
         if ((r = st_writer_new(&w)) < 0 || (r = st_writer_set_metadata(w, MODEL_META_SEED, seed_text)) < 0)
-                goto out;
-        for (int i = 0; i < s.n; i++)
-                if ((r = st_writer_add(w, s.t[i].name, dtype, s.t[i].ndim, s.t[i].shape, s.t[i].data)) < 0)
-                        goto out;
-        r = st_writer_save(w, path, err, err_len);
-        if (r < 0)
-                goto out_msg_set;
-        if (progress)
+                goto fail;
+        for (int i = 0; i < s->n; i++)
+                if ((r = st_writer_add(w, s->t[i].name, dtype, s->t[i].ndim, s->t[i].shape, s->t[i].data)) < 0)
+                        goto fail;
+        *ret_writer = w;
+        return 0;
+fail:
+        st_writer_free(w);
+        return r;
+}
+
+int model_write_seeded_ex(const char *path, const char *variant, int scheme, int classes, uint64_t seed, int dtype,
+                          double gain, void (*progress)(void *userdata, int done, int total), void *userdata,
+                          char *err, size_t err_len)
+{
+        const struct arch_variant *v = arch_find(variant);
+        struct seeded s = { .rng = { seed }, .scheme = scheme };
+        struct arch_block blocks[ARCH_MAX_BLOCKS];
+        struct st_writer *w = NULL;
+        struct act x = { 0 };
+        int nb, r;
+
+        if (!v)
+                return err_set(err, err_len, -EINVAL, "unknown variant '%s' (s, m, l, xl, b0, b1, b2, b3, rw_s)", variant);
+        if (classes < 1 || classes > 100000)
+                return err_set(err, err_len, -EINVAL, "classes %d out of range 1..100000", classes);
+        s.n_stages = v->n_stages;
+        nb = arch_blocks(v, blocks);
+        if ((r = calibration_images(&s.rng, &x)) < 0 || (r = features(&s, v, blocks, nb, &x, progress, userdata)) < 0 ||
+            (r = classifier(&s, v, &x, classes, gain)) < 0 || (r = seeded_writer(&s, seed, dtype, &w)) < 0)
+                goto fail;
+        r = st_writer_save(w, path, err, err_len); /* names the file itself */
+        if (r == 0 && progress)
                 progress(userdata, nb + 1, nb + 1);
-out:
+        goto out;
+fail:
         if (r == -ENOMEM)
-                err_set(err, err_len, r, "out of memory generating %s weights", v ? v->name : variant);
-        else if (r < 0)
+                err_set(err, err_len, r, "out of memory generating %s weights", v->name);
+        else
                 err_set(err, err_len, r, "cannot generate weights: %s", strerror(-r));
-out_msg_set:
+out:
         st_writer_free(w);
         for (int i = 0; i < s.n; i++)
                 free(s.t[i].data);
         free(s.t);
         free(x.d);
-        free(h.d);
         return r;
 }

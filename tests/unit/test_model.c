@@ -91,6 +91,107 @@ static void test_npy(void)
         CHECK(y == NULL);
 }
 
+/* Writes a .npy of version ver with header dict hdr and n data bytes. */
+static void write_npy(const char *path, int ver, const char *hdr, size_t n)
+{
+        FILE *f = fopen(path, "wb");
+        size_t hl = strlen(hdr);
+        unsigned char pre[12] = { 0x93, 'N', 'U', 'M', 'P', 'Y', (unsigned char)ver, 0, (unsigned char)hl,
+                                  (unsigned char)(hl >> 8), (unsigned char)(hl >> 16), (unsigned char)(hl >> 24) };
+
+        REQUIRE(f);
+        fwrite(pre, 1, ver == 1 ? 10 : 12, f);
+        fputs(hdr, f);
+        for (size_t i = 0; i < n; i++)
+                fputc(0, f);
+        fclose(f);
+}
+
+/* Each check of the reader, one bad file each: code and message, and the
+ * out-parameters left as they were. */
+static void test_npy_errors(void)
+{
+#define DICT(descr, fortran, shape) "{'descr': '" descr "', 'fortran_order': " fortran ", 'shape': " shape ", }"
+        static const struct {
+                int ver;
+                const char *hdr;
+                size_t data;
+                int code;
+                const char *msg;
+        } cases[] = {
+                { 1, DICT("<f4", "False", "(2, 3)"), 24, 0, NULL },
+                { 3, DICT("<f4", "False", "(2, 3)"), 24, 0, NULL },
+                { 1, DICT("<f4", "False", "()"), 4, 0, NULL },
+                { 4, DICT("<f4", "False", "(2, 3)"), 24, -EBADMSG, "unsupported .npy version 4" },
+                { 1, DICT("<f8", "False", "(2, 3)"), 48, -EBADMSG, "dtype must be float32" },
+                { 1, DICT(">f4", "False", "(2, 3)"), 24, -EBADMSG, "dtype must be float32" },
+                { 1, DICT("<f4", "True", "(2, 3)"), 24, -EBADMSG, "fortran_order must be False" },
+                { 1, "{'descr': '<f4', 'fortran_order': False, }", 0, -EBADMSG, "no shape" },
+                { 1, DICT("<f4", "False", "[2, 3]"), 24, -EBADMSG, "no shape" },
+                { 1, DICT("<f4", "False", "(2, -3)"), 24, -EBADMSG, "bad shape (at most 4 dims)" },
+                { 1, DICT("<f4", "False", "(2, x)"), 24, -EBADMSG, "bad shape" },
+                { 1, DICT("<f4", "False", "(1, 1, 1, 1, 1)"), 4, -EBADMSG, "bad shape (at most 4 dims)" },
+                { 1, DICT("<f4", "False", "(100000000000, 100000000000)"), 0, -E2BIG, "array too large" },
+                { 1, DICT("<f4", "False", "(2, 3)"), 23, -EBADMSG, "data shorter than shape" },
+        };
+#undef DICT
+        char path[128], err[256];
+
+        snprintf(path, sizeof path, "%s/e.npy", dir);
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                float *y = NULL;
+                int64_t got[4] = { -7, -7, -7, -7 };
+                int nd = -7;
+
+                write_npy(path, cases[i].ver, cases[i].hdr, cases[i].data);
+                err[0] = '\0';
+                int r = npy_read_f32(path, 4, err, sizeof err, &y, &nd, got);
+                CHECK_EQ(r, cases[i].code);
+                if (cases[i].code == 0) {
+                        CHECK_MSG(y != NULL && nd >= 0, "case %zu", i);
+                        free(y);
+                        continue;
+                }
+                CHECK_MSG(y == NULL && nd == -7 && got[0] == -7, "case %zu: out-parameters written", i);
+                CHECK_CONTAINS(err, cases[i].msg);
+                CHECK_CONTAINS(err, path);
+        }
+
+        /* Truncated in the preamble, in the length of a version-2 header,
+         * and in the header itself. */
+        static const unsigned char cut[][12] = { { 0x93, 'N', 'U', 'M' },
+                                                 { 0x93, 'N', 'U', 'M', 'P', 'Y', 2, 0, 16, 0 },
+                                                 { 0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, 16, 0, '{', ' ' } };
+        static const size_t cut_len[] = { 4, 10, 12 };
+        static const char *const cut_msg[] = { "not a .npy file", "truncated header", "truncated header" };
+        for (size_t i = 0; i < 3; i++) {
+                FILE *f = fopen(path, "wb");
+                float *y = NULL;
+                int64_t got[4];
+                int nd = -7;
+
+                REQUIRE(f);
+                fwrite(cut[i], 1, cut_len[i], f);
+                fclose(f);
+                CHECK_EQ(npy_read_f32(path, 4, err, sizeof err, &y, &nd, got), -EBADMSG);
+                CHECK_CONTAINS(err, cut_msg[i]);
+                CHECK(y == NULL && nd == -7);
+        }
+
+        /* A header over the 1 MiB limit is refused before it is read. */
+        FILE *f = fopen(path, "wb");
+        REQUIRE(f);
+        fwrite((const unsigned char[]){ 0x93, 'N', 'U', 'M', 'P', 'Y', 2, 0, 0, 0, 0x20, 0 }, 1, 12, f);
+        fclose(f);
+        float *y = NULL;
+        int64_t got[4];
+        int nd = -7;
+        CHECK_EQ(npy_read_f32(path, 4, err, sizeof err, &y, &nd, got), -E2BIG);
+        CHECK_CONTAINS(err, "header of 2097152 bytes");
+        CHECK_EQ(npy_read_f32("/nonexistent/e.npy", 4, err, sizeof err, &y, &nd, got), -ENOENT);
+        CHECK(y == NULL && nd == -7);
+}
+
 static int file_equal(const char *a, const char *b)
 {
         FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
@@ -323,6 +424,7 @@ int main(void)
         test_arch();
         test_topk_softmax();
         test_npy();
+        test_npy_errors();
         test_seeded_and_detection();
         test_bad_models();
         test_engine();

@@ -1,9 +1,9 @@
 /* effnet: the public libeffnet API over the model and engine modules. */
 #include "effnet.h"
-#include "engine/engine.h"
-#include "model/model.h"
-#include "model/safetensors.h"
-#include "common/util.h"
+#include "engine.h"
+#include "model.h"
+#include "safetensors.h"
+#include "util.h"
 
 #include <errno.h>
 #include <math.h>

@@ -5,12 +5,12 @@
 /* Internals beyond the public API: .npy files, the hub's cache, seeded
  * weights, and the server's JSON bodies (classify prints what effnetd
  * answers). */
-#include "common/npy.h"
-#include "common/util.h"
-#include "hub/hub.h"
-#include "model/model.h"
-#include "model/safetensors.h"
-#include "server/api.h"
+#include "npy.h"
+#include "util.h"
+#include "hub.h"
+#include "model.h"
+#include "safetensors.h"
+#include "api.h"
 
 #include <errno.h>
 #include <getopt.h>

@@ -2,14 +2,12 @@
  * init-weights, classify, pull). */
 #include "effnet.h"
 #include "effnet/image.h"
-/* Internals beyond the public API: .npy files, the hub's cache, seeded
- * weights, and the server's JSON bodies (classify prints what effnetd
- * answers). */
+/* Internals beyond the public API (docs/architecture.md says why): flag
+ * parsers, clocks and .npy files (common), the hub's cache (hub), and the
+ * server's JSON bodies (api: classify prints what effnetd answers). */
 #include "npy.h"
 #include "util.h"
 #include "hub.h"
-#include "model.h"
-#include "safetensors.h"
 #include "api.h"
 
 #include <errno.h>
@@ -438,11 +436,11 @@ static int parse_scheme(const char *s, int *ret)
 static int parse_dtype(const char *s, int *ret)
 {
         if (strcmp(s, "f32") == 0 || strcmp(s, "F32") == 0)
-                *ret = ST_F32;
+                *ret = EFFNET_DTYPE_F32;
         else if (strcmp(s, "f16") == 0 || strcmp(s, "F16") == 0)
-                *ret = ST_F16;
+                *ret = EFFNET_DTYPE_F16;
         else if (strcmp(s, "bf16") == 0 || strcmp(s, "BF16") == 0)
-                *ret = ST_BF16;
+                *ret = EFFNET_DTYPE_BF16;
         else
                 return -EINVAL;
         return 0;
@@ -469,7 +467,7 @@ static int logit_std(const char *path, double *ret_std)
                 r = -ENOMEM;
                 goto out;
         }
-        model_smooth_images(7, n, size, in);
+        effnet_smooth_images(7, n, size, in);
         if ((r = effnet_exec_new(m, &eo, err, sizeof err, &x)) < 0 || (r = effnet_exec_forward(x, in, n, out)) < 0)
                 goto out;
         double s = 0, s2 = 0, cnt = (double)n * info->classes;
@@ -506,8 +504,9 @@ static int cmd_init_weights(const struct args *a)
          * the real input size sets the classifier's scale there. */
         struct init_progress ip = { .sl.tty = isatty(STDERR_FILENO) == 1, .pass = 1, .passes = 2,
                                     .t0 = time_now_ns() };
-        int r = model_write_seeded_ex(a->output, a->variant, scheme, a->classes, a->seed, dtype, 1.0,
-                                      on_init_progress, &ip, err, sizeof err);
+        struct effnet_seeded_opts so = { .scheme = scheme, .classes = a->classes, .dtype = dtype, .gain = 1.0,
+                                         .progress = on_init_progress, .userdata = &ip };
+        int r = effnet_seeded_write(a->output, a->variant, a->seed, &so, err, sizeof err);
         if (r == 0) {
                 status_show(&ip.sl, "init-weights: measuring the logits' spread at the input size, %.0f s",
                             (double)(time_now_ns() - ip.t0) / 1e9);
@@ -515,8 +514,8 @@ static int cmd_init_weights(const struct args *a)
         }
         if (r == 0 && sd > 0) {
                 ip.pass = 2;
-                r = model_write_seeded_ex(a->output, a->variant, scheme, a->classes, a->seed, dtype, 4.0 / sd,
-                                          on_init_progress, &ip, err, sizeof err);
+                so.gain = 4.0 / sd;
+                r = effnet_seeded_write(a->output, a->variant, a->seed, &so, err, sizeof err);
         }
         status_clear(&ip.sl);
         if (r < 0) {
@@ -586,7 +585,9 @@ static int bench_seeded_weights(struct bench *b, const char *tmp)
         int r;
 
         status_show(&b->sl, "bench: generating seeded %s weights", b->a->variant);
-        r = model_write_seeded(tmp, b->a->variant, EFFNET_SCHEME_TORCHVISION, 1000, 1, ST_F32, 1.0, err, sizeof err);
+        struct effnet_seeded_opts so = { .scheme = EFFNET_SCHEME_TORCHVISION, .classes = 1000,
+                                         .dtype = EFFNET_DTYPE_F32, .gain = 1.0 };
+        r = effnet_seeded_write(tmp, b->a->variant, 1, &so, err, sizeof err);
         if (r < 0)
                 fprintf(stderr, "%s: %s\n", prog, err);
         return r;

@@ -116,7 +116,8 @@ static unsigned char *whole(const char *path, size_t *ret_len)
 }
 
 /* Seeded weights: the same bytes for the same arguments, read back with
- * their seed, classes, scheme and dtype; bad options refused. */
+ * their seed, classes, scheme and dtype; bad options refused (test_model
+ * checks that another seed gives other weights). */
 static void test_seeded(void)
 {
         const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
@@ -132,10 +133,6 @@ static void test_seeded(void)
         CHECK_MSG(effnet_seeded_write(p2, "b0", 42, &so, err, sizeof err) == 0, "%s", err);
         unsigned char *a = whole(p1, &n1), *b = whole(p2, &n2);
         CHECK(n1 == n2 && memcmp(a, b, n1) == 0);
-        free(b);
-        CHECK_MSG(effnet_seeded_write(p2, "b0", 43, &so, err, sizeof err) == 0, "%s", err);
-        b = whole(p2, &n2);
-        CHECK(n1 != n2 || memcmp(a, b, n1) != 0);
         free(a);
         free(b);
 

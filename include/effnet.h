@@ -180,6 +180,41 @@ void effnet_softmax(float *v, int n);
  * first); k is clamped to n. Returns the number written. */
 int effnet_topk(const float *v, int n, int k, int *ret_idx);
 
+/* Seeded weights: deterministic, untrained, nothing downloaded. They
+ * classify nothing; they serve tests, benchmarks and a first start:
+ *
+ *   struct effnet_seeded_opts so = { .scheme = EFFNET_SCHEME_TORCHVISION };
+ *   if (effnet_seeded_write("b0.safetensors", "b0", 1, &so, err, sizeof err) < 0)
+ *           die("%s", err);
+ */
+enum effnet_dtype { EFFNET_DTYPE_F32 = 0, EFFNET_DTYPE_F16 = 1, EFFNET_DTYPE_BF16 = 2 };
+
+/* Zeroed (or NULL) is the default: timm names, 1000 classes, F32, gain 1. */
+struct effnet_seeded_opts {
+        int scheme;     /* enum effnet_scheme: the tensor names written */
+        int classes;    /* 1..100000; 0 = 1000 */
+        int dtype;      /* enum effnet_dtype of the stored tensors */
+        double gain;    /* the classifier's scale: 1 (or 0) gives logits
+                         * spread by about 4 on small smooth images */
+        /* Called after each block's BatchNorm calibration and once the file
+         * is written (done == total); NULL: not called. */
+        void (*progress)(void *userdata, int done, int total);
+        void *userdata;
+};
+
+/* Writes weights of variant ("s", "m", "l", "xl", "b0".."b3", "rw_s") to
+ * path as safetensors: random from seed, BatchNorm statistics calibrated on
+ * smooth random images so that activations stay in range. The same
+ * arguments give the same bytes; the file's metadata holds the seed
+ * (effnet_info.seed once opened). -EINVAL for an unknown variant or an
+ * option out of range, a negative errno of writing the file; a message in
+ * err either way. Thread-safe. */
+int effnet_seeded_write(const char *path, const char *variant, uint64_t seed,
+                        const struct effnet_seeded_opts *opts, char *err, size_t err_len);
+/* n smooth random images [n][3][size][size] of about unit variance, like
+ * normalized photos, deterministic in seed. */
+void effnet_smooth_images(uint64_t seed, int n, int size, float *ret_images);
+
 #ifdef __cplusplus
 }
 #endif

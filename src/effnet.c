@@ -1,9 +1,9 @@
 /* effnet: the public libeffnet API over the model and engine modules. */
 #include "effnet.h"
-#include "engine/engine.h"
-#include "model/model.h"
-#include "model/safetensors.h"
-#include "common/util.h"
+#include "engine.h"
+#include "model.h"
+#include "safetensors.h"
+#include "util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -195,4 +195,33 @@ int effnet_topk(const float *v, int n, int k, int *ret_idx)
                 ret_idx[j] = i;
         }
         return m;
+}
+
+/* The public dtypes are their own enum: st_dtype may change without
+ * touching the ABI. */
+static const int seeded_dtypes[] = { [EFFNET_DTYPE_F32] = ST_F32, [EFFNET_DTYPE_F16] = ST_F16,
+                                     [EFFNET_DTYPE_BF16] = ST_BF16 };
+
+int effnet_seeded_write(const char *path, const char *variant, uint64_t seed,
+                        const struct effnet_seeded_opts *opts, char *err, size_t err_len)
+{
+        const struct effnet_seeded_opts o = opts ? *opts : (struct effnet_seeded_opts){ 0 };
+        int classes = o.classes ? o.classes : 1000;
+        double gain = o.gain != 0 ? o.gain : 1.0;
+
+        if (!path || !variant)
+                return err_set(err, err_len, -EINVAL, "no path or no variant");
+        if (o.scheme != EFFNET_SCHEME_TIMM && o.scheme != EFFNET_SCHEME_TORCHVISION)
+                return err_set(err, err_len, -EINVAL, "unknown scheme %d", o.scheme);
+        if (o.dtype < 0 || o.dtype >= (int)ARRAY_SIZE(seeded_dtypes))
+                return err_set(err, err_len, -EINVAL, "unknown dtype %d", o.dtype);
+        if (!(gain > 0 && gain < INFINITY))
+                return err_set(err, err_len, -EINVAL, "gain %g is not a positive number", gain);
+        return model_write_seeded_ex(path, variant, o.scheme, classes, seed, seeded_dtypes[o.dtype], gain, o.progress,
+                                     o.userdata, err, err_len);
+}
+
+void effnet_smooth_images(uint64_t seed, int n, int size, float *ret_images)
+{
+        model_smooth_images(seed, n, size, ret_images);
 }

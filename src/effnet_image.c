@@ -1,6 +1,6 @@
 /* effnet_image: the public libeffnet image API over the image module. */
 #include "effnet/image.h"
-#include "image/image.h"
+#include "image.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -2,15 +2,13 @@
  * init-weights, classify, pull). */
 #include "effnet.h"
 #include "effnet/image.h"
-/* Internals beyond the public API: .npy files, the hub's cache, seeded
- * weights, and the server's JSON bodies (classify prints what effnetd
- * answers). */
-#include "common/npy.h"
-#include "common/util.h"
-#include "hub/hub.h"
-#include "model/model.h"
-#include "model/safetensors.h"
-#include "server/api.h"
+/* Internals beyond the public API (docs/architecture.md says why): flag
+ * parsers, clocks and .npy files (common), the hub's cache (hub), and the
+ * server's JSON bodies (api: classify prints what effnetd answers). */
+#include "npy.h"
+#include "util.h"
+#include "hub.h"
+#include "api.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -438,11 +436,11 @@ static int parse_scheme(const char *s, int *ret)
 static int parse_dtype(const char *s, int *ret)
 {
         if (strcmp(s, "f32") == 0 || strcmp(s, "F32") == 0)
-                *ret = ST_F32;
+                *ret = EFFNET_DTYPE_F32;
         else if (strcmp(s, "f16") == 0 || strcmp(s, "F16") == 0)
-                *ret = ST_F16;
+                *ret = EFFNET_DTYPE_F16;
         else if (strcmp(s, "bf16") == 0 || strcmp(s, "BF16") == 0)
-                *ret = ST_BF16;
+                *ret = EFFNET_DTYPE_BF16;
         else
                 return -EINVAL;
         return 0;
@@ -469,7 +467,7 @@ static int logit_std(const char *path, double *ret_std)
                 r = -ENOMEM;
                 goto out;
         }
-        model_smooth_images(7, n, size, in);
+        effnet_smooth_images(7, n, size, in);
         if ((r = effnet_exec_new(m, &eo, err, sizeof err, &x)) < 0 || (r = effnet_exec_forward(x, in, n, out)) < 0)
                 goto out;
         double s = 0, s2 = 0, cnt = (double)n * info->classes;
@@ -506,8 +504,9 @@ static int cmd_init_weights(const struct args *a)
          * the real input size sets the classifier's scale there. */
         struct init_progress ip = { .sl.tty = isatty(STDERR_FILENO) == 1, .pass = 1, .passes = 2,
                                     .t0 = time_now_ns() };
-        int r = model_write_seeded_ex(a->output, a->variant, scheme, a->classes, a->seed, dtype, 1.0,
-                                      on_init_progress, &ip, err, sizeof err);
+        struct effnet_seeded_opts so = { .scheme = scheme, .classes = a->classes, .dtype = dtype, .gain = 1.0,
+                                         .progress = on_init_progress, .userdata = &ip };
+        int r = effnet_seeded_write(a->output, a->variant, a->seed, &so, err, sizeof err);
         if (r == 0) {
                 status_show(&ip.sl, "init-weights: measuring the logits' spread at the input size, %.0f s",
                             (double)(time_now_ns() - ip.t0) / 1e9);
@@ -515,8 +514,8 @@ static int cmd_init_weights(const struct args *a)
         }
         if (r == 0 && sd > 0) {
                 ip.pass = 2;
-                r = model_write_seeded_ex(a->output, a->variant, scheme, a->classes, a->seed, dtype, 4.0 / sd,
-                                          on_init_progress, &ip, err, sizeof err);
+                so.gain = 4.0 / sd;
+                r = effnet_seeded_write(a->output, a->variant, a->seed, &so, err, sizeof err);
         }
         status_clear(&ip.sl);
         if (r < 0) {
@@ -567,13 +566,173 @@ static int cmd_cpu(void)
         return 0;
 }
 
+/* One bench command: the model under test and what every batch size
+ * reports with it. */
+struct bench {
+        const struct args *a;
+        struct effnet_model *m;          /* owned */
+        const struct effnet_info *info;  /* the model's */
+        int size, threads;
+        double load_ms;
+        struct status_line sl;
+};
+
+/* --variant without --weights: seeded weights (torchvision names, 1000
+ * classes) into the temporary file tmp, which the caller made and unlinks. */
+static int bench_seeded_weights(struct bench *b, const char *tmp)
+{
+        char err[512];
+        int r;
+
+        status_show(&b->sl, "bench: generating seeded %s weights", b->a->variant);
+        struct effnet_seeded_opts so = { .scheme = EFFNET_SCHEME_TORCHVISION, .classes = 1000,
+                                         .dtype = EFFNET_DTYPE_F32, .gain = 1.0 };
+        r = effnet_seeded_write(tmp, b->a->variant, 1, &so, err, sizeof err);
+        if (r < 0)
+                fprintf(stderr, "%s: %s\n", prog, err);
+        return r;
+}
+
+/* Opens the weights into b->m, timing the load. */
+static int bench_open(struct bench *b, const char *weights)
+{
+        int64_t t0 = time_now_ns();
+        int r;
+
+        status_show(&b->sl, "bench: loading the weights");
+        if ((r = model_open_arg(weights, &b->a->open, &b->m)) < 0)
+                return r;
+        b->load_ms = (double)(time_now_ns() - t0) / 1e6;
+        b->info = effnet_model_info(b->m);
+        b->size = b->a->size ? b->a->size : b->info->preproc.size;
+        b->threads = b->a->threads ? b->a->threads : cpu_usable_count();
+        return 0;
+}
+
+/* The executor of one batch size, and how long it took to build. */
+static int bench_exec_new(struct bench *b, int batch, struct effnet_exec **ret_exec, double *ret_build_ms)
+{
+        struct effnet_exec_opts eo = { .batch = batch, .threads = b->threads, .precision = b->a->precision,
+                                       .size = b->size };
+        int64_t t0 = time_now_ns();
+        char err[512];
+        int r;
+
+        status_show(&b->sl, "bench: batch %d: building the executor", batch);
+        if ((r = effnet_exec_new(b->m, &eo, err, sizeof err, ret_exec)) < 0) {
+                status_clear(&b->sl);
+                fprintf(stderr, "%s: %s\n", prog, err);
+                return r;
+        }
+        *ret_build_ms = (double)(time_now_ns() - t0) / 1e6;
+        return 0;
+}
+
+/* The warm-up runs, then the timed ones: ms[i] is run i's milliseconds. */
+static int bench_runs(struct bench *b, struct effnet_exec *x, int batch, const float *in, float *logits, double *ms)
+{
+        const struct args *a = b->a;
+        int r = 0;
+
+        for (int i = 0; i < a->warmup && r == 0; i++) {
+                status_show(&b->sl, "bench: batch %d: warm-up run %d of %d", batch, i + 1, a->warmup);
+                r = effnet_exec_forward(x, in, batch, logits);
+        }
+        for (int i = 0; i < a->runs && r == 0; i++) {
+                status_show(&b->sl, "bench: batch %d: run %d of %d", batch, i + 1, a->runs);
+                int64_t t0 = time_now_ns();
+                r = effnet_exec_forward(x, in, batch, logits);
+                ms[i] = (double)(time_now_ns() - t0) / 1e6;
+        }
+        status_clear(&b->sl);
+        return r;
+}
+
+/* One line for a batch size: the median of the runs (ms, sorted here). */
+static void bench_report(const struct bench *b, const struct effnet_exec *x, int batch, double build_ms, double *ms)
+{
+        const struct args *a = b->a;
+
+        qsort(ms, (size_t)a->runs, sizeof *ms, cmp_double);
+        double med = a->runs % 2 ? ms[a->runs / 2] : (ms[a->runs / 2 - 1] + ms[a->runs / 2]) / 2;
+        double rss = (double)proc_peak_rss() / (1024.0 * 1024.0);
+        const char *prec = effnet_precision_name(effnet_exec_precision(x));
+        if (a->json) {
+                printf("{\"variant\":\"%s\",\"precision\":\"%s\",\"size\":%d,\"threads\":%d,"
+                       "\"batch\":%d,\"images_per_s\":%.3f,\"ms_per_batch\":%.3f,"
+                       "\"ms_min\":%.3f,\"ms_max\":%.3f,\"runs\":%d,\"load_ms\":%.1f,"
+                       "\"build_ms\":%.1f,\"exec_mb\":%.1f,\"peak_rss_mb\":%.1f,",
+                       b->info->variant, prec, b->size, b->threads, batch, batch * 1000.0 / med, med, ms[0],
+                       ms[a->runs - 1], a->runs, b->load_ms, build_ms,
+                       (double)effnet_exec_bytes(x) / (1024.0 * 1024.0), rss);
+                print_kernels(x);
+                printf("}\n");
+        } else {
+                printf("%s %s %dpx threads %d batch %d: %.2f img/s, %.2f ms/batch (median of %d; "
+                       "min %.2f max %.2f), load %.0f ms, build %.0f ms, peak RSS %.0f MB\n",
+                       b->info->variant, prec, b->size, b->threads, batch, batch * 1000.0 / med, med, a->runs,
+                       ms[0], ms[a->runs - 1], b->load_ms, build_ms, rss);
+        }
+        fflush(stdout);
+}
+
+/* Builds, runs and reports one batch size. */
+static int bench_batch(struct bench *b, int batch)
+{
+        struct effnet_exec *x = NULL;
+        size_t in_n = (size_t)batch * 3 * (size_t)b->size * (size_t)b->size;
+        float *in = NULL, *logits = NULL;
+        double *ms = NULL, build_ms;
+        int r;
+
+        if ((r = bench_exec_new(b, batch, &x, &build_ms)) < 0)
+                return r;
+        in = malloc(sizeof(float) * in_n);
+        logits = malloc(sizeof(float) * (size_t)batch * (size_t)b->info->classes);
+        ms = malloc(sizeof(double) * (size_t)b->a->runs);
+        if (!in || !logits || !ms) {
+                r = -ENOMEM;
+                goto out;
+        }
+        /* A smooth deterministic pattern: values do not change the timing. */
+        for (size_t i = 0; i < in_n; i++)
+                in[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+        if ((r = bench_runs(b, x, batch, in, logits, ms)) == 0)
+                bench_report(b, x, batch, build_ms, ms);
+        else
+                fprintf(stderr, "%s: forward failed: %s\n", prog, strerror(-r));
+out:
+        free(in);
+        free(logits);
+        free(ms);
+        effnet_exec_free(x);
+        return r;
+}
+
+/* Each size of the --batch list in turn; the first failure stops. */
+static int bench_batches(struct bench *b)
+{
+        char list[256];
+
+        snprintf(list, sizeof list, "%s", b->a->batches);
+        for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                int batch, r;
+                if (int_arg(tok, 1, 4096, &batch) < 0) {
+                        fprintf(stderr, "%s: bad batch size '%s'\n", prog, tok);
+                        return -EINVAL;
+                }
+                if ((r = bench_batch(b, batch)) < 0)
+                        return r;
+        }
+        return 0;
+}
+
 static int cmd_bench(const struct args *a)
 {
-        struct effnet_model *m = NULL;
-        char err[512], tmp[] = "/tmp/effnet-bench-XXXXXX.safetensors";
+        struct bench b = { .a = a, .sl.tty = isatty(STDERR_FILENO) == 1 };
+        char tmp[] = "/tmp/effnet-bench-XXXXXX.safetensors";
         const char *weights = a->weights;
         int r = 0, tmp_made = 0;
-        struct status_line sl = { .tty = isatty(STDERR_FILENO) == 1 };
 
         if (!weights && !a->variant) {
                 fprintf(stderr, "%s bench: --weights FILE or --variant V is required\n", prog);
@@ -587,102 +746,15 @@ static int cmd_bench(const struct args *a)
                 }
                 close(fd);
                 tmp_made = 1;
-                status_show(&sl, "bench: generating seeded %s weights", a->variant);
-                if ((r = model_write_seeded(tmp, a->variant, EFFNET_SCHEME_TORCHVISION, 1000, 1, ST_F32, 1.0, err,
-                                            sizeof err)) < 0) {
-                        fprintf(stderr, "%s: %s\n", prog, err);
+                if ((r = bench_seeded_weights(&b, tmp)) < 0)
                         goto out;
-                }
                 weights = tmp;
         }
-        int64_t t0 = time_now_ns();
-        status_show(&sl, "bench: loading the weights");
-        if ((r = model_open_arg(weights, &a->open, &m)) < 0)
-                goto out;
-        double load_ms = (double)(time_now_ns() - t0) / 1e6;
-        const struct effnet_info *info = effnet_model_info(m);
-        int size = a->size ? a->size : info->preproc.size;
-        int threads = a->threads ? a->threads : cpu_usable_count();
-
-        char list[256];
-        snprintf(list, sizeof list, "%s", a->batches);
-        for (char *save = NULL, *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-                int batch;
-                if (int_arg(tok, 1, 4096, &batch) < 0) {
-                        fprintf(stderr, "%s: bad batch size '%s'\n", prog, tok);
-                        r = -EINVAL;
-                        goto out;
-                }
-                struct effnet_exec *x = NULL;
-                struct effnet_exec_opts eo = { .batch = batch, .threads = threads, .precision = a->precision,
-                                               .size = size };
-                t0 = time_now_ns();
-                status_show(&sl, "bench: batch %d: building the executor", batch);
-                if ((r = effnet_exec_new(m, &eo, err, sizeof err, &x)) < 0) {
-                        status_clear(&sl);
-                        fprintf(stderr, "%s: %s\n", prog, err);
-                        goto out;
-                }
-                double build_ms = (double)(time_now_ns() - t0) / 1e6;
-                size_t in_n = (size_t)batch * 3 * (size_t)size * (size_t)size;
-                float *in = malloc(sizeof(float) * in_n);
-                float *logits = malloc(sizeof(float) * (size_t)batch * (size_t)info->classes);
-                double *ms = malloc(sizeof(double) * (size_t)a->runs);
-                if (!in || !logits || !ms) {
-                        free(in), free(logits), free(ms);
-                        effnet_exec_free(x);
-                        r = -ENOMEM;
-                        goto out;
-                }
-                /* A smooth deterministic pattern: values do not change the timing. */
-                for (size_t i = 0; i < in_n; i++)
-                        in[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
-                for (int i = 0; i < a->warmup && r == 0; i++) {
-                        status_show(&sl, "bench: batch %d: warm-up run %d of %d", batch, i + 1, a->warmup);
-                        r = effnet_exec_forward(x, in, batch, logits);
-                }
-                for (int i = 0; i < a->runs && r == 0; i++) {
-                        status_show(&sl, "bench: batch %d: run %d of %d", batch, i + 1, a->runs);
-                        t0 = time_now_ns();
-                        r = effnet_exec_forward(x, in, batch, logits);
-                        ms[i] = (double)(time_now_ns() - t0) / 1e6;
-                }
-                status_clear(&sl);
-                if (r == 0) {
-                        qsort(ms, (size_t)a->runs, sizeof *ms, cmp_double);
-                        double med = a->runs % 2 ? ms[a->runs / 2] : (ms[a->runs / 2 - 1] + ms[a->runs / 2]) / 2;
-                        double rss = (double)proc_peak_rss() / (1024.0 * 1024.0);
-                        const char *prec = effnet_precision_name(effnet_exec_precision(x));
-                        if (a->json) {
-                                printf("{\"variant\":\"%s\",\"precision\":\"%s\",\"size\":%d,\"threads\":%d,"
-                                       "\"batch\":%d,\"images_per_s\":%.3f,\"ms_per_batch\":%.3f,"
-                                       "\"ms_min\":%.3f,\"ms_max\":%.3f,\"runs\":%d,\"load_ms\":%.1f,"
-                                       "\"build_ms\":%.1f,\"exec_mb\":%.1f,\"peak_rss_mb\":%.1f,",
-                                       info->variant, prec, size, threads, batch, batch * 1000.0 / med, med, ms[0],
-                                       ms[a->runs - 1], a->runs, load_ms, build_ms,
-                                       (double)effnet_exec_bytes(x) / (1024.0 * 1024.0), rss);
-                                print_kernels(x);
-                                printf("}\n");
-                        } else {
-                                printf("%s %s %dpx threads %d batch %d: %.2f img/s, %.2f ms/batch (median of %d; "
-                                       "min %.2f max %.2f), load %.0f ms, build %.0f ms, peak RSS %.0f MB\n",
-                                       info->variant, prec, size, threads, batch, batch * 1000.0 / med, med, a->runs,
-                                       ms[0], ms[a->runs - 1], load_ms, build_ms, rss);
-                        }
-                        fflush(stdout);
-                } else {
-                        fprintf(stderr, "%s: forward failed: %s\n", prog, strerror(-r));
-                }
-                free(in);
-                free(logits);
-                free(ms);
-                effnet_exec_free(x);
-                if (r < 0)
-                        goto out;
-        }
+        if ((r = bench_open(&b, weights)) == 0)
+                r = bench_batches(&b);
 out:
-        status_clear(&sl);
-        effnet_model_free(m);
+        status_clear(&b.sl);
+        effnet_model_free(b.m);
         if (tmp_made)
                 unlink(tmp);
         return r < 0 ? 1 : 0;
@@ -730,7 +802,14 @@ static int read_file(const char *path, size_t max, uint8_t **ret_data, size_t *r
         return 0;
 }
 
-static int cmd_classify(int argc, char **argv)
+/* The flags of the classify command; images are argv[first..]. */
+struct classify_args {
+        const char *weights, *labels_path, *top_k_arg;
+        int precision, threads, first;
+};
+
+/* 0 to go on, 1 when --help was printed, -EINVAL for a usage error (said). */
+static int classify_parse(int argc, char **argv, struct classify_args *ret)
 {
         static const struct option opts[] = {
                 { "weights", required_argument, 0, 'w' },   { "top-k", required_argument, 0, 'k' },
@@ -738,108 +817,163 @@ static int cmd_classify(int argc, char **argv)
                 { "threads", required_argument, 0, 't' },   { "help", no_argument, 0, 'h' },
                 { 0, 0, 0, 0 },
         };
-        const char *weights = NULL, *labels_path = NULL, *top_k_arg = NULL;
-        struct effnet_model *m = NULL;
-        struct effnet_exec *x = NULL;
-        struct api_labels *labels = NULL;
-        float *in = NULL, *logits = NULL;
-        int precision = EFFNET_FP32, threads = 0, top_k, c, r = 0, failed = 0;
-        char err[512];
+        struct classify_args ca = { .precision = EFFNET_FP32 };
+        int c, r = 0;
 
         optind = 1;
         while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
                 switch (c) {
-                case 'w': weights = optarg; break;
-                case 'k': top_k_arg = optarg; break;
-                case 'l': labels_path = optarg; break;
-                case 'p': r = effnet_precision_parse(optarg, &precision); break;
-                case 't': r = int_arg(optarg, 0, 1024, &threads); break;
+                case 'w': ca.weights = optarg; break;
+                case 'k': ca.top_k_arg = optarg; break;
+                case 'l': ca.labels_path = optarg; break;
+                case 'p': r = effnet_precision_parse(optarg, &ca.precision); break;
+                case 't': r = int_arg(optarg, 0, 1024, &ca.threads); break;
                 case 'h':
                         printf("Usage: %s classify --weights FILE [--top-k K] [--labels FILE] "
                                "[--precision fp32|bf16|auto] [--threads T] IMG...\n", prog);
-                        return 0;
-                default: return 2;
+                        return 1;
+                default: return -EINVAL;
                 }
                 if (r < 0) {
                         fprintf(stderr, "%s classify: invalid value '%s'\n", prog, optarg);
-                        return 2;
+                        return -EINVAL;
                 }
         }
-        if (!weights || optind >= argc) {
+        if (!ca.weights || optind >= argc) {
                 fprintf(stderr, "Usage: %s classify --weights FILE [--top-k K] IMG...\n", prog);
-                return 2;
+                return -EINVAL;
         }
-        if ((r = model_open_arg(weights, NULL, &m)) < 0)
-                goto out;
-        const struct effnet_info *info = effnet_model_info(m);
-        if (api_parse_top_k(top_k_arg, info->classes, &top_k) < 0) {
-                fprintf(stderr, "%s classify: --top-k must be an integer in 1..%d\n", prog, info->classes);
-                r = -EINVAL;
-                goto out;
+        ca.first = optind;
+        *ret = ca;
+        return 0;
+}
+
+/* The model, its labels and one executor of batch 1, with the buffers of
+ * one image. */
+struct classify {
+        struct effnet_model *m;          /* owned, as is everything below */
+        const struct effnet_info *info;  /* the model's */
+        struct effnet_exec *x;
+        struct api_labels *labels;
+        float *in;                       /* [3][size][size] */
+        float *logits;                   /* [classes] */
+        int top_k;
+};
+
+static void classify_close(struct classify *c)
+{
+        free(c->in);
+        free(c->logits);
+        api_labels_free(c->labels);
+        effnet_exec_free(c->x);
+        effnet_model_free(c->m);
+}
+
+/* Fills c (zeroed by the caller, closed by it on failure too). */
+static int classify_open(const struct classify_args *ca, struct classify *c)
+{
+        char err[512];
+        int r;
+
+        if ((r = model_open_arg(ca->weights, NULL, &c->m)) < 0)
+                return r;
+        c->info = effnet_model_info(c->m);
+        if (api_parse_top_k(ca->top_k_arg, c->info->classes, &c->top_k) < 0) {
+                fprintf(stderr, "%s classify: --top-k must be an integer in 1..%d\n", prog, c->info->classes);
+                return -EINVAL;
         }
-        if ((r = api_labels_load(labels_path, info->classes, err, sizeof err, &labels)) < 0) {
+        if ((r = api_labels_load(ca->labels_path, c->info->classes, err, sizeof err, &c->labels)) < 0) {
                 fprintf(stderr, "%s: %s\n", prog, err);
-                goto out;
+                return r;
         }
-        struct effnet_exec_opts eo = { .batch = 1, .threads = threads, .precision = precision };
-        if ((r = effnet_exec_new(m, &eo, err, sizeof err, &x)) < 0) {
+        struct effnet_exec_opts eo = { .batch = 1, .threads = ca->threads, .precision = ca->precision };
+        if ((r = effnet_exec_new(c->m, &eo, err, sizeof err, &c->x)) < 0) {
                 fprintf(stderr, "%s: %s\n", prog, err);
-                goto out;
+                return r;
         }
-        int size = info->preproc.size;
-        in = malloc(sizeof(float) * 3 * (size_t)size * (size_t)size);
-        logits = malloc(sizeof(float) * (size_t)info->classes);
-        if (!in || !logits) {
-                r = -ENOMEM;
-                goto out;
-        }
+        int size = c->info->preproc.size;
+        c->in = malloc(sizeof(float) * 3 * (size_t)size * (size_t)size);
+        c->logits = malloc(sizeof(float) * (size_t)c->info->classes);
+        return c->in && c->logits ? 0 : -ENOMEM;
+}
+
+/* c->logits of an image's bytes; the reason in err on failure. */
+static int classify_forward(struct classify *c, const uint8_t *data, size_t len, char *err, size_t err_len)
+{
+        int r;
+
+        if (len == 0)
+                return err_set(err, err_len, -EBADMSG, "empty file");
+        if ((r = effnet_image_prepare(data, len, NULL, &c->info->preproc, err, err_len, c->in)) < 0)
+                return r;
+        if ((r = effnet_exec_forward(c->x, c->in, 1, c->logits)) < 0)
+                snprintf(err, err_len, "forward failed: %s", strerror(-r));
+        return r;
+}
+
+/* The server's error for what failed on an image. */
+static enum api_error classify_error(int r)
+{
+        return r == -E2BIG                       ? API_E_TOO_LARGE
+               : r == -ENOTSUP || r == -EBADMSG ? API_E_INVALID_IMAGE
+               : r == -EDOM                      ? API_E_NON_FINITE
+                                                 : API_E_INTERNAL;
+}
+
+/* One image file: a line on stdout with what effnetd answers for the same
+ * bytes, and the reason on stderr when that is an error (*failed set then;
+ * a file that cannot be read gets no line). Returns a negative code only
+ * for a failure that stops the command. */
+static int classify_file(struct classify *c, const char *path, bool *failed)
+{
         const size_t max_bytes = EFFNET_IMAGE_MAX_BYTES;
-        for (int i = optind; i < argc; i++) {
-                uint8_t *data = NULL;
-                size_t len = 0;
-                char *body = NULL;
-                int fr = read_file(argv[i], max_bytes, &data, &len);
-                if (fr < 0 && fr != -E2BIG) {
-                        fprintf(stderr, "%s: %s: %s\n", prog, argv[i], strerror(-fr));
-                        failed = 1;
-                        continue;
-                }
-                if (fr == -E2BIG)
-                        snprintf(err, sizeof err, "file larger than %zu bytes", max_bytes);
-                else if (len == 0)
-                        fr = err_set(err, sizeof err, -EBADMSG, "empty file");
-                else
-                        fr = effnet_image_prepare(data, len, NULL, &info->preproc, err, sizeof err, in);
-                free(data);
-                if (fr == 0 && (fr = effnet_exec_forward(x, in, 1, logits)) < 0)
-                        snprintf(err, sizeof err, "forward failed: %s", strerror(-fr));
-                if (fr == 0 && (r = api_classify_body(info->variant, labels, logits, 1, info->classes, top_k, false,
-                                                      &body)) == -EDOM) {
-                        fr = r;
-                        snprintf(err, sizeof err, "the model computed NaN or Inf for this input: its weights are broken");
-                }
-                if (fr != 0) {
-                        /* The server's answer for the same bytes. */
-                        enum api_error e = fr == -E2BIG                      ? API_E_TOO_LARGE
-                                           : fr == -ENOTSUP || fr == -EBADMSG ? API_E_INVALID_IMAGE
-                                           : fr == -EDOM                      ? API_E_NON_FINITE
-                                                                              : API_E_INTERNAL;
-                        r = api_error_body(e, err, &body);
-                        fprintf(stderr, "%s: %s: %s\n", prog, argv[i], err);
-                        failed = 1;
-                }
-                if (r < 0)
-                        goto out;
-                printf("%s\n", body);
-                free(body);
+        char err[512], *body = NULL;
+        uint8_t *data = NULL;
+        size_t len = 0;
+        int r = 0, fr = read_file(path, max_bytes, &data, &len);
+
+        if (fr < 0 && fr != -E2BIG) {
+                fprintf(stderr, "%s: %s: %s\n", prog, path, strerror(-fr));
+                *failed = true;
+                return 0;
         }
-        fflush(stdout);
-out:
-        free(in);
-        free(logits);
-        api_labels_free(labels);
-        effnet_exec_free(x);
-        effnet_model_free(m);
+        if (fr == -E2BIG)
+                snprintf(err, sizeof err, "file larger than %zu bytes", max_bytes);
+        else
+                fr = classify_forward(c, data, len, err, sizeof err);
+        free(data);
+        if (fr == 0 && (r = api_classify_body(c->info->variant, c->labels, c->logits, 1, c->info->classes, c->top_k,
+                                              false, &body)) == -EDOM) {
+                fr = r;
+                snprintf(err, sizeof err, "the model computed NaN or Inf for this input: its weights are broken");
+        }
+        if (fr != 0) {
+                r = api_error_body(classify_error(fr), err, &body);
+                fprintf(stderr, "%s: %s: %s\n", prog, path, err);
+                *failed = true;
+        }
+        if (r < 0)
+                return r;
+        printf("%s\n", body);
+        free(body);
+        return 0;
+}
+
+static int cmd_classify(int argc, char **argv)
+{
+        struct classify_args ca;
+        struct classify c = { 0 };
+        bool failed = false;
+        int r = classify_parse(argc, argv, &ca);
+
+        if (r != 0)
+                return r > 0 ? 0 : 2;
+        if ((r = classify_open(&ca, &c)) == 0) {
+                for (int i = ca.first; i < argc && r == 0; i++)
+                        r = classify_file(&c, argv[i], &failed);
+                fflush(stdout);
+        }
+        classify_close(&c);
         return r < 0 ? 1 : failed;
 }
 

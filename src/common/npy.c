@@ -1,6 +1,6 @@
 /* npy: read and write NumPy .npy files of float32 (little-endian, C order). */
-#include "common/npy.h"
-#include "common/util.h"
+#include "npy.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /* util: small helpers shared by every module (error messages, time, sizes). */
-#include "common/util.h"
+#include "util.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -1,8 +1,8 @@
 /* config: every effnetd setting in one table. */
-#include "daemon/config.h"
-#include "common/util.h"
-#include "server/batcher.h"
-#include "server/decoder.h"
+#include "config.h"
+#include "util.h"
+#include "batcher.h"
+#include "decoder.h"
 
 #include <ctype.h>
 #include <limits.h>

@@ -1,6 +1,6 @@
 /* log: effnetd's log lines on stderr (text, journald prefixes, JSON). */
-#include "daemon/log.h"
-#include "common/util.h"
+#include "log.h"
+#include "util.h"
 
 #include <jansson.h>
 #include <stdarg.h>

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <syslog.h>
 
-#include "server/access.h"
+#include "access.h"
 
 /* json: one JSON object per line; otherwise text, with priority prefixes
  * when JOURNAL_STREAM matches stderr. */

@@ -1,16 +1,16 @@
 /* effnetd: the EfficientNetV2 classification daemon. main() runs its
  * phases in order: settings, process set-up, model, listeners, serving
  * (signals, SIGHUP reloads through daemon/reload.h), drain, teardown. */
-#include "common/util.h"
-#include "daemon/config.h"
-#include "daemon/log.h"
-#include "daemon/reload.h"
-#include "daemon/service.h"
+#include "util.h"
+#include "config.h"
+#include "log.h"
+#include "reload.h"
+#include "service.h"
 #include "effnet.h"
-#include "hub/hub.h"
-#include "server/api.h"
-#include "server/batcher.h"
-#include "server/http.h"
+#include "hub.h"
+#include "api.h"
+#include "batcher.h"
+#include "http.h"
 
 #include <errno.h>
 #include <fcntl.h>

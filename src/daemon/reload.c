@@ -1,5 +1,5 @@
 /* reload: a model generation loaded on a thread of its own (reload.h). */
-#include "daemon/reload.h"
+#include "reload.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -1,5 +1,5 @@
 /* service: sd_notify, watchdog and socket activation for effnetd (service.h). */
-#include "daemon/service.h"
+#include "service.h"
 
 #include <errno.h>
 #include <fcntl.h>

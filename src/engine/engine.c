@@ -1,9 +1,9 @@
 /* engine: EfficientNetV2 forward pass on oneDNN — one primitive per layer with
  * BN folded, SiLU and residual adds fused as post-ops, blocked layouts chosen
  * by the primitives, all memory bound when a plan is built. */
-#include "engine/engine.h"
-#include "model/model.h"
-#include "common/util.h"
+#include "engine.h"
+#include "model.h"
+#include "util.h"
 
 #include <dnnl.h>
 #include <dnnl_debug.h>

@@ -1,7 +1,7 @@
 /* hub: files of Hugging Face Hub model repositories in huggingface_hub's
  * cache layout (see hub.h). */
-#include "hub/hub.h"
-#include "common/util.h"
+#include "hub.h"
+#include "util.h"
 #include "effnet.h"
 
 #include <ctype.h>

@@ -1,6 +1,6 @@
 /* image: format sniffing, limits, the geometry of Resize/CenterCrop, and the
  * decode -> resize -> normalize pipeline. */
-#include "image/image.h"
+#include "image.h"
 
 #include <errno.h>
 #include <float.h>
@@ -11,8 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/util.h"
-#include "image/internal.h"
+#include "util.h"
+#include "internal.h"
 
 /* Largest model input edge we accept; keeps every product below in range. */
 #define IMG_MAX_SIZE 8192

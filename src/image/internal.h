@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 
-#include "image/image.h"
+#include "image.h"
 
 /* -E2BIG with a message if width x height breaks a limit, -EBADMSG if a side
  * is < 1, else 0. what names the format in the message. */

@@ -11,9 +11,9 @@
 /* after stdio.h, which it needs */
 #include <jpeglib.h>
 
-#include "common/util.h"
-#include "image/image.h"
-#include "image/internal.h"
+#include "util.h"
+#include "image.h"
+#include "internal.h"
 
 /* Whether the stream reaches its EOI marker. Walks marker segments by their
  * lengths as libjpeg's marker reader does; entropy-coded data, stuffed

@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common/util.h"
-#include "image/image.h"
-#include "image/internal.h"
+#include "util.h"
+#include "image.h"
+#include "internal.h"
 
 /* Bytes libpng may allocate for one ancillary chunk (iCCP, zTXt, ...). */
 #define PNG_CHUNK_MALLOC_MAX ((png_alloc_size_t)8 << 20)

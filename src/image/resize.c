@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "image/image.h"
+#include "image.h"
 
 /* 8 bits of result, 2 of headroom for negative lobes and sums above 1. */
 #define PRECISION_BITS (32 - 8 - 2)

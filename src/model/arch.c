@@ -1,7 +1,7 @@
 /* arch: EfficientNetV2 variant tables (S/M/L/XL, B0..B3) and the block list
  * they expand to. */
-#include "model/arch.h"
-#include "common/util.h"
+#include "arch.h"
+#include "util.h"
 
 #include <math.h>
 #include <string.h>

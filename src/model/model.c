@@ -1,8 +1,8 @@
 /* model: EfficientNetV2 weights by name scheme (timm, torchvision), variant
  * and class detection from the tensors, validation, BatchNorm folding. */
-#include "model/model.h"
-#include "model/safetensors.h"
-#include "common/util.h"
+#include "model.h"
+#include "safetensors.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdbool.h>

@@ -14,7 +14,7 @@
 #include <stdint.h>
 
 #include "effnet.h"
-#include "model/arch.h"
+#include "arch.h"
 
 struct st_file;
 

@@ -2,7 +2,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* GNU strerror_r, mkostemp */
 #endif
-#include "model/safetensors.h"
+#include "safetensors.h"
 
 #include <errno.h>
 #include <fcntl.h>

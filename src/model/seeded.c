@@ -1,9 +1,9 @@
 /* model (seeded): deterministic EfficientNetV2 weights whose BatchNorm
  * statistics are calibrated by a plain forward pass over smooth random images,
  * so that the network is far from collapsed (distinct, confident logits). */
-#include "model/model.h"
-#include "model/safetensors.h"
-#include "common/util.h"
+#include "model.h"
+#include "safetensors.h"
+#include "util.h"
 
 #include <errno.h>
 #include <math.h>

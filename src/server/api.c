@@ -1,7 +1,7 @@
 /* api: JSON and Prometheus bodies of the effnetd HTTP API, class labels. */
-#include "server/api.h"
-#include "common/util.h"
-#include "server/batcher.h"
+#include "api.h"
+#include "util.h"
+#include "batcher.h"
 
 #include <errno.h>
 #include <jansson.h>

@@ -1,6 +1,6 @@
 /* batcher: dynamic batching of image jobs into engine forward passes. */
-#include "server/batcher.h"
-#include "common/util.h"
+#include "batcher.h"
+#include "util.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -1,6 +1,6 @@
 /* decoder: a bounded pool of image decoding threads. */
-#include "server/decoder.h"
-#include "common/util.h"
+#include "decoder.h"
+#include "util.h"
 
 #include <errno.h>
 #include <pthread.h>

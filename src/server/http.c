@@ -1,10 +1,10 @@
 /* http: the effnetd HTTP server on libmicrohttpd. */
-#include "server/http.h"
-#include "common/util.h"
-#include "server/decoder.h"
-#include "server/multipart.h"
-#include "server/ui.h"
-#include "server/v2.h"
+#include "http.h"
+#include "util.h"
+#include "decoder.h"
+#include "multipart.h"
+#include "ui.h"
+#include "v2.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>

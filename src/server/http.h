@@ -26,10 +26,10 @@
 #include <stdint.h>
 
 #include "effnet.h"
-#include "server/access.h"
-#include "image/image.h"
-#include "server/api.h"
-#include "server/batcher.h"
+#include "access.h"
+#include "image.h"
+#include "api.h"
+#include "batcher.h"
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
 

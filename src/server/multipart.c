@@ -1,6 +1,6 @@
 /* multipart: a bounded parser of multipart/form-data bodies. */
-#include "server/multipart.h"
-#include "common/util.h"
+#include "multipart.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdbool.h>

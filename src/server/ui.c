@@ -1,6 +1,6 @@
 /* ui: the try-it page's files, built in. */
-#include "server/ui.h"
-#include "common/util.h"
+#include "ui.h"
+#include "util.h"
 
 #include <errno.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 /* v2: the KServe v2 / Open Inference Protocol: paths, infer parser, bodies. */
-#include "server/v2.h"
-#include "common/util.h"
+#include "v2.h"
+#include "util.h"
 
 #include <errno.h>
 #include <float.h>

@@ -30,7 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "server/api.h"
+#include "api.h"
 
 #define V2_INPUT_NAME    "input"
 #define V2_OUTPUT_NAME   "probabilities"

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "image/image.h"
+#include "image.h"
 
 static int read_file(const char *path, uint8_t **ret_buf, size_t *ret_len)
 {

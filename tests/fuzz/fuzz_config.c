@@ -1,7 +1,7 @@
 /* Fuzz target for the effnetd config file parser: the input is a config
  * file. Any input must load or fail with -EINVAL and a message; a loaded
  * configuration must print and free cleanly. */
-#include "daemon/config.h"
+#include "config.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -2,7 +2,7 @@
  * weights setting. Any input must parse or fail with -EINVAL and a message;
  * a parsed name must be safe to join to the cache directory (no empty, "."
  * or ".." parts, no "--" in the repository id) and format back. */
-#include "hub/hub.h"
+#include "hub.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -10,7 +10,7 @@
 #ifndef EFFNETD_FUZZ_IMAGE_H
 #define EFFNETD_FUZZ_IMAGE_H
 
-#include "image/image.h"
+#include "image.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -2,7 +2,7 @@
  * Content-Type value up to the first newline, then the body. Any input must
  * parse or fail with a known code and a message, and every part must lie
  * inside the body, in order. */
-#include "server/multipart.h"
+#include "multipart.h"
 
 #include <errno.h>
 #include <stdlib.h>

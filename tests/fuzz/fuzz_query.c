@@ -6,7 +6,7 @@
  * parameter. The parser must agree with a plain reading of its contract:
  * decimal digits only (any number of them: leading zeros are allowed) whose
  * value lies in 1..classes, else -EINVAL with the out-parameter untouched; absent gives min(API_DEFAULT_TOP_K, classes). */
-#include "server/api.h"
+#include "api.h"
 
 #include <errno.h>
 #include <stdlib.h>

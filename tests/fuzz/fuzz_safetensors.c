@@ -1,5 +1,5 @@
 /* Fuzz target for the safetensors header parser: any input must parse or fail cleanly, never read outside it. */
-#include "model/safetensors.h"
+#include "safetensors.h"
 
 #include <errno.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
  * none), the rest is the body. Any input must parse, or fail with a known
  * code and a message; a parsed request must be within its limits, its
  * images inside the body or its own storage, and answerable. */
-#include "server/v2.h"
+#include "v2.h"
 
 #include <errno.h>
 #include <stdlib.h>

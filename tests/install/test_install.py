@@ -83,7 +83,8 @@ def main():
         so = d(f"{libdir}/libeffnet.so")
         check(os.path.islink(so) and os.path.exists(so), "libeffnet.so, a link for the linker")
         check(os.path.exists(d(f"{libdir}/libeffnet.so.0")), "libeffnet.so.0, the soname")
-        check(not os.path.exists(d(f"{libdir}/libeffnet_core.a")), "the internal static core is not installed")
+        static = [f for f in installed if f.endswith(".a")]
+        check(not static, f"no static library of the modules is installed ({static})")
         soname = run(["readelf", "-d", so]).stdout if shutil.which("readelf") else ""
         check(not soname or "Library soname: [libeffnet.so.0]" in soname, "SONAME libeffnet.so.0")
         if shutil.which("nm"):
@@ -93,8 +94,8 @@ def main():
             exported = [n for n in names if not n.startswith("effnet_")]
             check(len(names) > 20 and not exported,
                   f"libeffnet exports {len(names)} effnet_* functions and nothing else ({exported[:5]})")
-            check({"effnet_model_open", "effnet_image_prepare", "effnet_image_decode"} <= set(names),
-                  "model and image API exported")
+            check({"effnet_model_open", "effnet_image_prepare", "effnet_image_decode", "effnet_seeded_write"}
+                  <= set(names), "model, image and seeded-weights API exported")
         for h in ("effnet.h", "effnet/image.h"):
             check(filecmp.cmp(d(f"{incdir}/{h}"), os.path.join(SOURCE_ROOT, "include", h), shallow=False),
                   f"{incdir}/{h}")

@@ -4,8 +4,8 @@
  * Prometheus text of /metrics (every family typed once, cumulative
  * histogram buckets). */
 #include "check.h"
-#include "server/api.h"
-#include "server/batcher.h"
+#include "api.h"
+#include "batcher.h"
 
 #include <errno.h>
 #include <jansson.h>

@@ -4,10 +4,10 @@
  * callback exactly once. */
 #include "check.h"
 #include "effnet.h"
-#include "common/util.h"
-#include "model/model.h"
-#include "model/safetensors.h"
-#include "server/batcher.h"
+#include "util.h"
+#include "model.h"
+#include "safetensors.h"
+#include "batcher.h"
 
 #include <errno.h>
 #include <math.h>

@@ -1,6 +1,6 @@
 /* Unit test of the cgroup CPU quota reader (src/common/util.c) on fake
  * cgroup trees: v2 with nested limits, v1 co-mounted controllers, no limit. */
-#include "common/util.h"
+#include "util.h"
 #include "check.h"
 
 #include <errno.h>

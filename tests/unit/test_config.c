@@ -2,7 +2,7 @@
  * defaults < file < environment < flags, where each value came from, every
  * error reported with its place, and the list of changed settings. */
 #include "check.h"
-#include "daemon/config.h"
+#include "config.h"
 
 #include <errno.h>
 #include <stdlib.h>

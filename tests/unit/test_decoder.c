@@ -1,7 +1,7 @@
 /* decoder: the pool's bound, steps taking turns, the lane kept for small
  * steps, and jobs still queued run by dec_free. */
 #include "check.h"
-#include "server/decoder.h"
+#include "decoder.h"
 
 #include <errno.h>
 #include <pthread.h>

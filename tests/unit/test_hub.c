@@ -2,7 +2,7 @@
  * repository id parsing, the settings as huggingface_hub resolves them from
  * the environment, and cache look-ups in a hand-made cache. The downloads
  * themselves are tested against a stand-in hub in tests/integration. */
-#include "hub/hub.h"
+#include "hub.h"
 #include "check.h"
 
 #include <errno.h>

@@ -5,8 +5,8 @@
  *   test_image CORPUS_DIR      (tests/fuzz/corpus: jpeg/ and png/ seeds)
  */
 #include "check.h"
-#include "image/image.h"
-#include "image/internal.h"
+#include "image.h"
+#include "internal.h"
 
 #include <errno.h>
 #include <math.h>

@@ -1,7 +1,7 @@
 /* Unit tests of libeffnet's public image API, linked against the shared
  * library alone (so also a check that it exports what the headers declare):
  * formats, limits from the options, error codes, outputs untouched on
- * failure, and prepare = decode + preprocess.
+ * failure, and prepare = decode + preprocess; and its seeded weights.
  *
  *   test_libeffnet CORPUS_DIR   (tests/fuzz/corpus: jpeg/ and png/ files) */
 #include "check.h"
@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static unsigned char *slurp(const char *dir, const char *name, size_t *ret_len)
 {
@@ -99,6 +100,80 @@ static void test_file(const char *dir, const char *name, int format, int width, 
         free(data);
 }
 
+static unsigned char *whole(const char *path, size_t *ret_len)
+{
+        FILE *f = fopen(path, "rb");
+        REQUIRE(f);
+        REQUIRE(fseek(f, 0, SEEK_END) == 0);
+        long n = ftell(f);
+        REQUIRE(n > 0);
+        rewind(f);
+        unsigned char *buf = malloc((size_t)n);
+        REQUIRE(buf && fread(buf, 1, (size_t)n, f) == (size_t)n);
+        fclose(f);
+        *ret_len = (size_t)n;
+        return buf;
+}
+
+/* Seeded weights: the same bytes for the same arguments, read back with
+ * their seed, classes, scheme and dtype; bad options refused (test_model
+ * checks that another seed gives other weights). */
+static void test_seeded(void)
+{
+        const char *dir = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+        char p1[512], p2[512], err[256] = "";
+        struct effnet_seeded_opts so = { .scheme = EFFNET_SCHEME_TORCHVISION, .classes = 3,
+                                         .dtype = EFFNET_DTYPE_BF16 };
+        struct effnet_model *m = NULL;
+        size_t n1, n2;
+
+        snprintf(p1, sizeof p1, "%s/test_libeffnet_%d_1.safetensors", dir, (int)getpid());
+        snprintf(p2, sizeof p2, "%s/test_libeffnet_%d_2.safetensors", dir, (int)getpid());
+        CHECK_MSG(effnet_seeded_write(p1, "b0", 42, &so, err, sizeof err) == 0, "%s", err);
+        CHECK_MSG(effnet_seeded_write(p2, "b0", 42, &so, err, sizeof err) == 0, "%s", err);
+        unsigned char *a = whole(p1, &n1), *b = whole(p2, &n2);
+        CHECK(n1 == n2 && memcmp(a, b, n1) == 0);
+        free(a);
+        free(b);
+
+        CHECK_MSG(effnet_model_open(p1, NULL, err, sizeof err, &m) == 0, "%s", err);
+        if (m) {
+                const struct effnet_info *i = effnet_model_info(m);
+                CHECK_EQ(i->seed, 42);
+                CHECK_EQ(i->classes, 3);
+                CHECK_EQ(i->scheme, EFFNET_SCHEME_TORCHVISION);
+                CHECK(strcmp(i->dtype, "BF16") == 0 && strcmp(i->variant, "efficientnetv2-b0") == 0);
+        }
+        m = effnet_model_free(m);
+
+        struct effnet_seeded_opts bad = so;
+        bad.dtype = 3;
+        CHECK(effnet_seeded_write(p2, "b0", 1, &bad, err, sizeof err) == -EINVAL);
+        CHECK_CONTAINS(err, "dtype");
+        bad = so;
+        bad.scheme = 2;
+        CHECK(effnet_seeded_write(p2, "b0", 1, &bad, err, sizeof err) == -EINVAL);
+        bad = so;
+        bad.gain = -1;
+        CHECK(effnet_seeded_write(p2, "b0", 1, &bad, err, sizeof err) == -EINVAL);
+        bad = so;
+        bad.classes = 100001;
+        CHECK(effnet_seeded_write(p2, "b0", 1, &bad, err, sizeof err) == -EINVAL);
+        CHECK(effnet_seeded_write(p2, "q9", 1, NULL, err, sizeof err) == -EINVAL);
+        CHECK_CONTAINS(err, "q9");
+        CHECK(effnet_seeded_write(p2, NULL, 1, NULL, err, sizeof err) == -EINVAL);
+        unlink(p1);
+        unlink(p2);
+
+        float x[2][3 * 8 * 8], y[3 * 8 * 8];
+        effnet_smooth_images(5, 2, 8, &x[0][0]);
+        effnet_smooth_images(5, 1, 8, y);
+        CHECK(memcmp(x[0], y, sizeof y) == 0);
+        CHECK(memcmp(x[0], x[1], sizeof y) != 0);
+        effnet_smooth_images(6, 1, 8, y);
+        CHECK(memcmp(x[0], y, sizeof y) != 0);
+}
+
 int main(int argc, char **argv)
 {
         char err[256] = "";
@@ -115,5 +190,6 @@ int main(int argc, char **argv)
 
         test_file(argv[1], "jpeg/baseline_420_64x48.jpg", EFFNET_IMAGE_JPEG, 64, 48);
         test_file(argv[1], "png/rgb8_8x6.png", EFFNET_IMAGE_PNG, 8, 6);
+        test_seeded();
         return CHECK_DONE();
 }

@@ -2,10 +2,10 @@
  * seeded networks. */
 #include "check.h"
 #include "effnet.h"
-#include "common/npy.h"
-#include "model/arch.h"
-#include "model/model.h"
-#include "model/safetensors.h"
+#include "npy.h"
+#include "arch.h"
+#include "model.h"
+#include "safetensors.h"
 
 #include <errno.h>
 #include <math.h>

@@ -1,5 +1,5 @@
 /* Unit test of the multipart/form-data parser (src/server/multipart.c). */
-#include "server/multipart.h"
+#include "multipart.h"
 #include "check.h"
 
 #include <errno.h>

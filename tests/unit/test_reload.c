@@ -2,7 +2,7 @@
  * that waits for the test, results and errors handed over, one load at a
  * time. */
 #include "check.h"
-#include "daemon/reload.h"
+#include "reload.h"
 
 #include <errno.h>
 #include <stdio.h>

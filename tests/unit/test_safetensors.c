@@ -1,6 +1,6 @@
 /* Unit test of the safetensors reader and writer: round trips, float16/bfloat16 rounding, hostile headers. */
 #include "check.h"
-#include "model/safetensors.h"
+#include "safetensors.h"
 
 #include <dirent.h>
 #include <errno.h>

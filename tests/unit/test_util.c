@@ -2,7 +2,7 @@
 #include "check.h"
 
 #include <errno.h>
-#include "common/util.h"
+#include "util.h"
 
 #include <string.h>
 

@@ -1,7 +1,7 @@
 /* Unit test of the KServe v2 module (src/server/v2.c): paths, base64, the
  * infer parser on valid and malformed requests (JSON and binary framing),
  * and the answer bodies. */
-#include "server/v2.h"
+#include "v2.h"
 #include "check.h"
 
 #include <errno.h>

@@ -606,8 +606,8 @@ int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *
         put_head(f, "effnetd_batch_size", "histogram", "Images per forward pass.");
         {
                 uint64_t cum = 0;
-                for (int k = 1; k <= m->max_batch; k++) {
-                        cum += bs->batch_sizes ? bs->batch_sizes[k] : 0;
+                for (int k = 1; k <= bs->max_batch && k <= BATCH_MAX_BATCH; k++) {
+                        cum += bs->batch_sizes[k];
                         fprintf(f, "effnetd_batch_size_bucket{le=\"%d\"} %llu\n", k, (unsigned long long)cum);
                 }
                 fprintf(f,

@@ -173,7 +173,6 @@ struct api_model_stats {
         const char *labels;            /* api_labels_source() */
         int classes;
         int input_size;
-        int max_batch;                 /* batch_stats.batch_sizes has max_batch + 1 entries */
 };
 
 struct api_process_stats {

@@ -75,8 +75,8 @@ struct http_server {
         pthread_mutex_t gen_lock;          /* guards current and retired */
         struct http_gen *current;
         struct http_gen *retired;          /* swapped out, maybe still in use */
-        struct batch_stats retired_stats;  /* counters of collected generations (main thread) */
-        uint64_t *retired_sizes;           /* [max_batch + 1] */
+        struct batch_stats retired_stats;  /* the final counters of the batchers of collected generations,
+                                            * which are gone (guarded by gen_lock) */
         atomic_ullong reloads, reload_failures;
         atomic_ullong id_seq;              /* made-up request ids */
         uint64_t id_salt;
@@ -418,22 +418,6 @@ static bool media_is(const char *ct, const char *type)
         return strncasecmp(ct, type, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ' || ct[n] == '\t');
 }
 
-static void add_batch_stats(struct batch_stats *to, const struct batch_stats *from, int max_batch)
-{
-        to->jobs += from->jobs;
-        to->jobs_rejected += from->jobs_rejected;
-        to->jobs_timed_out += from->jobs_timed_out;
-        to->jobs_failed += from->jobs_failed;
-        to->batches += from->batches;
-        to->batch_images += from->batch_images;
-        to->forward_seconds += from->forward_seconds;
-        for (int i = 0; i <= BATCH_FORWARD_BUCKETS; i++)
-                to->forward_hist[i] += from->forward_hist[i];
-        if (to->batch_sizes && from->batch_sizes)
-                for (int i = 0; i <= max_batch; i++)
-                        to->batch_sizes[i] += from->batch_sizes[i];
-}
-
 static void hist_load(struct api_hist *h, atomic_ullong *buckets, atomic_ullong *sum_us)
 {
         for (int i = 0; i <= API_LATENCY_BUCKETS; i++)
@@ -446,17 +430,10 @@ static int metrics_body(struct req *q, char **ret_body)
         struct http_server *s = q->s;
         struct http_gen *g = q->g;
         struct api_http_stats hs = { 0 };
-        struct batch_stats bs = { 0 }, now = { 0 };
+        struct batch_stats bs, now;
         struct proc_stats ps;
         struct batch_config bc;
-        int r;
 
-        bs.batch_sizes = calloc((size_t)s->max_batch + 1, sizeof *bs.batch_sizes);
-        now.batch_sizes = calloc((size_t)s->max_batch + 1, sizeof *now.batch_sizes);
-        if (!bs.batch_sizes || !now.batch_sizes) {
-                r = -ENOMEM;
-                goto out;
-        }
         for (int i = 0; i < API_N_ROUTES; i++) {
                 for (int k = 0; k < API_N_STATUSES; k++)
                         hs.requests[i][k] = atomic_load(&s->requests[i][k]);
@@ -471,7 +448,7 @@ static int metrics_body(struct req *q, char **ret_body)
         hs.connections_refused = atomic_load(&s->connections_refused);
         hs.header_timeouts = atomic_load(&s->header_timeouts);
         struct dec_stats ds;
-        dec_get_stats(s->dec, &ds);
+        dec_stats_snapshot(s->dec, &ds);
         hs.decode = (struct api_decode_stats){ .threads = ds.threads, .queue_capacity = ds.queue_capacity,
                                                .queued = ds.queued, .busy = ds.busy, .jobs = ds.jobs,
                                                .rejected = ds.rejected };
@@ -484,7 +461,7 @@ static int metrics_body(struct req *q, char **ret_body)
         hs.model = (struct api_model_stats){
                 .variant = g->info->variant, .precision = effnet_precision_name(bc.precision),
                 .weights = g->weights, .weights_sha256 = g->sha256, .labels = api_labels_source(g->labels),
-                .classes = g->info->classes, .input_size = g->info->preproc.size, .max_batch = s->max_batch };
+                .classes = g->info->classes, .input_size = g->info->preproc.size };
         proc_get_stats(&ps);
         hs.process = (struct api_process_stats){ .rss_bytes = ps.rss_bytes, .cpu_seconds = ps.cpu_seconds,
                                                  .open_fds = ps.open_fds, .max_fds = ps.max_fds,
@@ -493,29 +470,17 @@ static int metrics_body(struct req *q, char **ret_body)
         /* Counters over every generation: the collected ones, those retired
          * but still in use, and the current one (as of now). */
         pthread_mutex_lock(&s->gen_lock);
-        uint64_t *keep = bs.batch_sizes;
         bs = s->retired_stats;
-        bs.batch_sizes = keep;
-        memcpy(bs.batch_sizes, s->retired_sizes, sizeof(uint64_t) * ((size_t)s->max_batch + 1));
         hs.retired_models = 0;
         for (struct http_gen *x = s->retired; x; x = x->next) {
                 hs.retired_models++;
-                batch_get_stats(x->batch, &now);
-                add_batch_stats(&bs, &now, s->max_batch);
-                bs.queue_images += now.queue_images;
-                bs.busy_workers += now.busy_workers;
+                batch_stats_snapshot(x->batch, &now);
+                batch_stats_add(&bs, &now);
         }
-        batch_get_stats(s->current->batch, &now);
+        batch_stats_snapshot(s->current->batch, &now);
         pthread_mutex_unlock(&s->gen_lock);
-        add_batch_stats(&bs, &now, s->max_batch);
-        bs.queue_images += now.queue_images;
-        bs.busy_workers += now.busy_workers;
-        bs.queue_capacity = now.queue_capacity;
-        r = api_metrics_body(&hs, &bs, ret_body);
-out:
-        free(bs.batch_sizes);
-        free(now.batch_sizes);
-        return r;
+        batch_stats_add(&bs, &now);
+        return api_metrics_body(&hs, &bs, ret_body);
 }
 
 static enum MHD_Result serve_get(struct req *q)
@@ -1022,7 +987,7 @@ static enum MHD_Result start_decode(struct req *q)
         r = dec_submit(s->dec, &q->djob);
         if (r < 0) {
                 struct dec_stats ds;
-                dec_get_stats(s->dec, &ds);
+                dec_stats_snapshot(s->dec, &ds);
                 req_fail(q, API_E_OVERLOADED, "%d requests are being decoded, the limit (decode-threads + "
                          "decode-queue); retry later", ds.threads + ds.queue_capacity);
                 req_finish(q);
@@ -1609,7 +1574,6 @@ struct http_server *http_free(struct http_server *s)
                 gen_free(g);
         }
         gen_free(s->current);
-        free(s->retired_sizes);
         pthread_mutex_destroy(&s->gen_lock);
         pthread_cond_destroy(&s->conn_cond);
         pthread_mutex_destroy(&s->conn_lock);
@@ -1736,11 +1700,6 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
         struct batch_config bc;
         batch_get_config(be->batch, &bc);
         s->max_batch = bc.max_batch;
-        s->retired_sizes = calloc((size_t)s->max_batch + 1, sizeof *s->retired_sizes);
-        if (!s->retired_sizes) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto fail;
-        }
         if ((r = gen_new(s, be, err, err_len, &s->current)) < 0)
                 goto fail;
         struct dec_opts dopts = { .threads = opts->decode_threads, .queue = opts->decode_queue };
@@ -1837,7 +1796,7 @@ int http_swap_backend(struct http_server *s, const struct http_backend *be, char
 
 struct serving *http_collect_retired(struct http_server *s)
 {
-        struct batch_stats st = { 0 };
+        struct batch_stats st;
         struct http_gen **p, *g = NULL;
         struct serving *owner = NULL;
 
@@ -1850,14 +1809,8 @@ struct serving *http_collect_retired(struct http_server *s)
                 }
         if (g) {
                 /* Its batcher keeps no job now: fold its final counters in. */
-                uint64_t *sizes = calloc((size_t)s->max_batch + 1, sizeof *sizes);
-                st.batch_sizes = sizes;
-                batch_get_stats(g->batch, &st);
-                uint64_t *keep = s->retired_stats.batch_sizes;
-                s->retired_stats.batch_sizes = s->retired_sizes;
-                add_batch_stats(&s->retired_stats, &st, s->max_batch);
-                s->retired_stats.batch_sizes = keep;
-                free(sizes);
+                batch_stats_snapshot(g->batch, &st);
+                batch_stats_add(&s->retired_stats, &st);
                 owner = g->owner;
         }
         pthread_mutex_unlock(&s->gen_lock);

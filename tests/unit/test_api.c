@@ -248,15 +248,13 @@ static double sample(const char *body, const char *series)
 static void test_metrics(void)
 {
         struct api_http_stats hs = { 0 };
-        uint64_t sizes[5] = { 0, 3, 0, 0, 2 };
         struct batch_stats bs = { .jobs = 7, .batches = 5, .batch_images = 11, .queue_capacity = 64,
-                                  .batch_sizes = sizes };
+                                  .max_batch = 4, .batch_sizes = { 0, 3, 0, 0, 2 } };
         char *body = NULL;
 
         hs.model = (struct api_model_stats){ .variant = "efficientnetv2-b0", .precision = "fp32",
                                              .weights = "w\"x\n.safetensors", .weights_sha256 = "ab",
-                                             .labels = "index", .classes = 10, .input_size = 224,
-                                             .max_batch = 4 };
+                                             .labels = "index", .classes = 10, .input_size = 224 };
         hs.process = (struct api_process_stats){ .rss_bytes = -1, .cpu_seconds = -1, .open_fds = -1,
                                                  .max_fds = -1 };
         hs.requests[API_ROUTE_CLASSIFY][api_status_index(200)] = 6;

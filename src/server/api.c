@@ -1,4 +1,4 @@
-/* api: JSON and Prometheus bodies of the effnetd HTTP API, class labels. */
+/* api: JSON bodies of the effnetd HTTP API, error codes, class labels. */
 #include "api.h"
 #include "util.h"
 #include "batcher.h"
@@ -394,33 +394,25 @@ nomem:
         return -ENOMEM;
 }
 
-static const struct {
-        int status;
-        const char *code;
-} errors[API_N_ERRORS] = {
-        [API_E_INVALID_ARGUMENT] = { 400, "invalid_argument" },
-        [API_E_INVALID_IMAGE] = { 400, "invalid_image" },
-        [API_E_INVALID_MULTIPART] = { 400, "invalid_multipart" },
-        [API_E_INVALID_REQUEST] = { 400, "invalid_request" },
-        [API_E_NOT_FOUND] = { 404, "not_found" },
-        [API_E_METHOD_NOT_ALLOWED] = { 405, "method_not_allowed" },
-        [API_E_TOO_LARGE] = { 413, "payload_too_large" },
-        [API_E_UNSUPPORTED_MEDIA] = { 415, "unsupported_media_type" },
-        [API_E_INTERNAL] = { 500, "internal" },
-        [API_E_NON_FINITE] = { 500, "non_finite_output" },
-        [API_E_OVERLOADED] = { 503, "overloaded" },
-        [API_E_DRAINING] = { 503, "draining" },
-        [API_E_DEADLINE] = { 504, "deadline_exceeded" },
+static const char *const error_codes[API_N_ERRORS] = {
+        [API_E_INVALID_ARGUMENT] = "invalid_argument",
+        [API_E_INVALID_IMAGE] = "invalid_image",
+        [API_E_INVALID_MULTIPART] = "invalid_multipart",
+        [API_E_INVALID_REQUEST] = "invalid_request",
+        [API_E_NOT_FOUND] = "not_found",
+        [API_E_METHOD_NOT_ALLOWED] = "method_not_allowed",
+        [API_E_TOO_LARGE] = "payload_too_large",
+        [API_E_UNSUPPORTED_MEDIA] = "unsupported_media_type",
+        [API_E_INTERNAL] = "internal",
+        [API_E_NON_FINITE] = "non_finite_output",
+        [API_E_OVERLOADED] = "overloaded",
+        [API_E_DRAINING] = "draining",
+        [API_E_DEADLINE] = "deadline_exceeded",
 };
-
-int api_error_status(enum api_error e)
-{
-        return errors[e].status;
-}
 
 const char *api_error_code(enum api_error e)
 {
-        return errors[e].code;
+        return error_codes[e];
 }
 
 int api_error_body(enum api_error e, const char *message, char **ret_body)
@@ -429,7 +421,7 @@ int api_error_body(enum api_error e, const char *message, char **ret_body)
          * UTF-8 there would make the JSON fail, and the answer a 500. */
         char clean[1024];
         str_escape(message ? message : "", clean, sizeof clean);
-        return dump(json_pack("{s:{s:s, s:s}}", "error", "code", errors[e].code, "message", clean),
+        return dump(json_pack("{s:{s:s, s:s}}", "error", "code", error_codes[e], "message", clean),
                     ret_body);
 }
 
@@ -476,254 +468,4 @@ int api_models_body(const struct api_model_desc *d, char **ret_body)
         if (!model)
                 return -ENOMEM;
         return dump(json_pack("{s:[o]}", "models", model), ret_body);
-}
-
-const int api_statuses[API_N_STATUSES] = { 200, 400, 404, 405, 413, 415, 503, 504, 500 };
-
-int api_status_index(int status)
-{
-        for (int i = 0; i < API_N_STATUSES; i++)
-                if (api_statuses[i] == status)
-                        return i;
-        return API_N_STATUSES - 1;
-}
-
-const char *api_route_path(enum api_route r)
-{
-        static const char *const paths[API_N_ROUTES] = {
-                [API_ROUTE_CLASSIFY] = "/v1/classify", [API_ROUTE_MODELS] = "/v1/models",
-                [API_ROUTE_HEALTHZ] = "/healthz",      [API_ROUTE_READYZ] = "/readyz",
-                [API_ROUTE_METRICS] = "/metrics",      [API_ROUTE_OTHER] = "other",
-                [API_ROUTE_UI] = "/",                  [API_ROUTE_UI_ASSET] = "/ui/{asset}",
-                [API_ROUTE_V2_SERVER] = "/v2",
-                [API_ROUTE_V2_LIVE] = "/v2/health/live",
-                [API_ROUTE_V2_READY] = "/v2/health/ready",
-                [API_ROUTE_V2_MODEL] = "/v2/models/{model}",
-                [API_ROUTE_V2_MODEL_READY] = "/v2/models/{model}/ready",
-                [API_ROUTE_V2_MODEL_CONFIG] = "/v2/models/{model}/config",
-                [API_ROUTE_V2_INFER] = "/v2/models/{model}/infer",
-                [API_ROUTE_V2_OTHER] = "other",
-        };
-        return paths[r];
-}
-
-const char *api_route_protocol(enum api_route r)
-{
-        return r >= API_ROUTE_V2_SERVER ? "v2" : "v1";
-}
-
-const double api_latency_bounds[API_LATENCY_BUCKETS] = {
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
-};
-
-int api_hist_bucket(double v)
-{
-        int i = 0;
-        while (i < API_LATENCY_BUCKETS && v > api_latency_bounds[i])
-                i++;
-        return i;
-}
-
-/* A label value with \, " and newline escaped (text format 0.0.4). */
-static void put_label(FILE *f, const char *v)
-{
-        for (; v && *v; v++) {
-                if (*v == '\\' || *v == '"')
-                        fputc('\\', f), fputc(*v, f);
-                else if (*v == '\n')
-                        fputs("\\n", f);
-                else
-                        fputc(*v, f);
-        }
-}
-
-/* One histogram series: cumulative buckets, sum, count. labels: "" or
- * "route=\"/x\"," (ends with a comma). */
-static void put_hist(FILE *f, const char *name, const char *labels, const double *bounds, int n,
-                     const uint64_t *counts, double sum)
-{
-        uint64_t cum = 0;
-        size_t ll = strlen(labels);
-
-        for (int i = 0; i <= n; i++) {
-                cum += counts[i];
-                if (i < n)
-                        fprintf(f, "%s_bucket{%sle=\"%g\"} %llu\n", name, labels, bounds[i], (unsigned long long)cum);
-                else
-                        fprintf(f, "%s_bucket{%sle=\"+Inf\"} %llu\n", name, labels, (unsigned long long)cum);
-        }
-        if (ll)
-                fprintf(f, "%s_sum{%.*s} %.6f\n%s_count{%.*s} %llu\n", name, (int)ll - 1, labels, sum, name,
-                        (int)ll - 1, labels, (unsigned long long)cum);
-        else
-                fprintf(f, "%s_sum %.6f\n%s_count %llu\n", name, sum, name, (unsigned long long)cum);
-}
-
-static void put_head(FILE *f, const char *name, const char *type, const char *help)
-{
-        fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-}
-
-int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *bs, char **ret_body)
-{
-        const struct api_model_stats *m = &hs->model;
-        const struct api_process_stats *p = &hs->process;
-        char *buf = NULL, labels[128];
-        size_t len = 0;
-        FILE *f = open_memstream(&buf, &len);
-
-        if (!f)
-                return -ENOMEM;
-        put_head(f, "effnetd_http_requests_total", "counter",
-                 "HTTP requests answered, by protocol (v1: effnetd's own API, v2: KServe), route and status.");
-        for (int r = 0; r < API_N_ROUTES; r++)
-                for (int s = 0; s < API_N_STATUSES; s++)
-                        if (hs->requests[r][s] || ((r == API_ROUTE_CLASSIFY || r == API_ROUTE_V2_INFER) && s == 0))
-                                fprintf(f,
-                                        "effnetd_http_requests_total{protocol=\"%s\",route=\"%s\",code=\"%d\"} %llu\n",
-                                        api_route_protocol((enum api_route)r), api_route_path((enum api_route)r),
-                                        api_statuses[s],
-                                        (unsigned long long)hs->requests[r][s]);
-        put_head(f, "effnetd_http_errors_total", "counter", "Error answers, by error code.");
-        for (int e = 0; e < API_N_ERRORS; e++)
-                fprintf(f, "effnetd_http_errors_total{code=\"%s\"} %llu\n", errors[e].code,
-                        (unsigned long long)hs->errors[e]);
-        put_head(f, "effnetd_http_request_duration_seconds", "histogram",
-                 "Time from request headers to the answer, by protocol and route.");
-        for (int r = 0; r < API_N_ROUTES; r++) {
-                snprintf(labels, sizeof labels, "protocol=\"%s\",route=\"%s\",", api_route_protocol((enum api_route)r),
-                         api_route_path((enum api_route)r));
-                put_hist(f, "effnetd_http_request_duration_seconds", labels, api_latency_bounds,
-                         API_LATENCY_BUCKETS, hs->latency[r].buckets, hs->latency[r].sum);
-        }
-        put_head(f, "effnetd_queue_wait_seconds", "histogram",
-                 "Time a classify request waited in the queue before its first forward pass.");
-        put_hist(f, "effnetd_queue_wait_seconds", "", api_latency_bounds, API_LATENCY_BUCKETS,
-                 hs->queue_wait.buckets, hs->queue_wait.sum);
-        put_head(f, "effnetd_inference_seconds", "histogram", "Time of one forward pass (a batch).");
-        put_hist(f, "effnetd_inference_seconds", "", batch_forward_bounds, BATCH_FORWARD_BUCKETS, bs->forward_hist,
-                 bs->forward_seconds);
-        put_head(f, "effnetd_batch_size", "histogram", "Images per forward pass.");
-        {
-                uint64_t cum = 0;
-                for (int k = 1; k <= m->max_batch; k++) {
-                        cum += bs->batch_sizes ? bs->batch_sizes[k] : 0;
-                        fprintf(f, "effnetd_batch_size_bucket{le=\"%d\"} %llu\n", k, (unsigned long long)cum);
-                }
-                fprintf(f,
-                        "effnetd_batch_size_bucket{le=\"+Inf\"} %llu\n"
-                        "effnetd_batch_size_sum %llu\n"
-                        "effnetd_batch_size_count %llu\n",
-                        (unsigned long long)cum, (unsigned long long)bs->batch_images,
-                        (unsigned long long)bs->batches);
-        }
-        put_head(f, "effnetd_http_connections_total", "counter", "Connections accepted.");
-        fprintf(f, "effnetd_http_connections_total %llu\n", (unsigned long long)hs->connections);
-        put_head(f, "effnetd_http_connections_refused_total", "counter",
-                 "Connections closed as soon as they were accepted, because max-connections were open.");
-        fprintf(f, "effnetd_http_connections_refused_total %llu\n", (unsigned long long)hs->connections_refused);
-        put_head(f, "effnetd_http_body_timeouts_total", "counter",
-                 "Connections closed because the request body took longer than body-timeout.");
-        fprintf(f, "effnetd_http_body_timeouts_total %llu\n", (unsigned long long)hs->body_timeouts);
-        put_head(f, "effnetd_http_header_timeouts_total", "counter",
-                 "Connections shut down because a request line and headers took longer than header-timeout.");
-        fprintf(f, "effnetd_http_header_timeouts_total %llu\n", (unsigned long long)hs->header_timeouts);
-        put_head(f, "effnetd_decode_threads", "gauge", "Image decoding threads.");
-        fprintf(f, "effnetd_decode_threads %d\n", hs->decode.threads);
-        put_head(f, "effnetd_decode_queue_capacity", "gauge", "Requests that may wait for a decoding thread.");
-        fprintf(f, "effnetd_decode_queue_capacity %d\n", hs->decode.queue_capacity);
-        put_head(f, "effnetd_decode_queue_requests", "gauge", "Requests waiting for a decoding thread.");
-        fprintf(f, "effnetd_decode_queue_requests %d\n", hs->decode.queued);
-        put_head(f, "effnetd_decode_busy_threads", "gauge", "Decoding threads at work.");
-        fprintf(f, "effnetd_decode_busy_threads %d\n", hs->decode.busy);
-        put_head(f, "effnetd_decode_requests_total", "counter", "Requests whose images were decoded (or failed to).");
-        fprintf(f, "effnetd_decode_requests_total %llu\n", (unsigned long long)hs->decode.jobs);
-        put_head(f, "effnetd_decode_rejected_total", "counter",
-                 "Requests answered 503 because the decode queue was full (decode-queue).");
-        fprintf(f, "effnetd_decode_rejected_total %llu\n", (unsigned long long)hs->decode.rejected);
-        put_head(f, "effnetd_retired_models", "gauge",
-                 "Models swapped out by a reload and still held by requests in flight.");
-        fprintf(f, "effnetd_retired_models %d\n", hs->retired_models);
-        put_head(f, "effnetd_http_answer_bytes", "gauge", "Bytes of answers queued and not yet sent to their clients.");
-        fprintf(f, "effnetd_http_answer_bytes %lld\n", (long long)hs->answer_bytes);
-        put_head(f, "effnetd_http_inflight_requests", "gauge", "Requests being served.");
-        fprintf(f, "effnetd_http_inflight_requests %d\n", hs->inflight);
-        put_head(f, "effnetd_images_total", "counter", "Images classified and answered.");
-        fprintf(f, "effnetd_images_total %llu\n", (unsigned long long)hs->images);
-        put_head(f, "effnetd_ready", "gauge", "Whether the server takes requests (1) or is draining (0).");
-        fprintf(f, "effnetd_ready %d\n", hs->ready ? 1 : 0);
-        put_head(f, "effnetd_reloads_total", "counter", "Weight reloads (SIGHUP), by result.");
-        fprintf(f, "effnetd_reloads_total{result=\"ok\"} %llu\neffnetd_reloads_total{result=\"error\"} %llu\n",
-                (unsigned long long)hs->reloads, (unsigned long long)hs->reload_failures);
-
-        put_head(f, "effnetd_batch_jobs_total", "counter", "Jobs (requests) accepted by the batch queue.");
-        fprintf(f, "effnetd_batch_jobs_total %llu\n", (unsigned long long)bs->jobs);
-        put_head(f, "effnetd_batch_jobs_rejected_total", "counter", "Jobs refused because the queue was full.");
-        fprintf(f, "effnetd_batch_jobs_rejected_total %llu\n", (unsigned long long)bs->jobs_rejected);
-        put_head(f, "effnetd_batch_jobs_timed_out_total", "counter",
-                 "Jobs dropped before inference past their deadline.");
-        fprintf(f, "effnetd_batch_jobs_timed_out_total %llu\n", (unsigned long long)bs->jobs_timed_out);
-        put_head(f, "effnetd_batch_jobs_failed_total", "counter", "Jobs whose forward pass failed.");
-        fprintf(f, "effnetd_batch_jobs_failed_total %llu\n", (unsigned long long)bs->jobs_failed);
-        put_head(f, "effnetd_batches_total", "counter", "Forward passes.");
-        fprintf(f, "effnetd_batches_total %llu\n", (unsigned long long)bs->batches);
-        put_head(f, "effnetd_batch_images_total", "counter", "Images in forward passes.");
-        fprintf(f, "effnetd_batch_images_total %llu\n", (unsigned long long)bs->batch_images);
-        put_head(f, "effnetd_queue_images", "gauge", "Images waiting for a worker (queue depth).");
-        fprintf(f, "effnetd_queue_images %d\n", bs->queue_images);
-        put_head(f, "effnetd_queue_capacity_images", "gauge", "Capacity of the queue.");
-        fprintf(f, "effnetd_queue_capacity_images %d\n", bs->queue_capacity);
-        put_head(f, "effnetd_busy_workers", "gauge", "Workers inside a forward pass.");
-        fprintf(f, "effnetd_busy_workers %d\n", bs->busy_workers);
-
-        put_head(f, "effnetd_model_info", "gauge", "The model being served (value 1).");
-        fprintf(f, "effnetd_model_info{variant=\"");
-        put_label(f, m->variant);
-        fprintf(f, "\",precision=\"");
-        put_label(f, m->precision);
-        fprintf(f, "\",classes=\"%d\",input_size=\"%d\",weights=\"", m->classes, m->input_size);
-        put_label(f, m->weights);
-        fprintf(f, "\",weights_sha256=\"");
-        put_label(f, m->weights_sha256);
-        fprintf(f, "\",labels=\"");
-        put_label(f, m->labels);
-        fprintf(f, "\"} 1\n");
-        put_head(f, "effnetd_model_classes", "gauge", "Output classes of the model being served.");
-        fprintf(f, "effnetd_model_classes %d\n", m->classes);
-        put_head(f, "effnetd_build_info", "gauge", "effnetd's version (value 1).");
-        fprintf(f, "effnetd_build_info{version=\"%s\",compiler=\"%s\"} 1\n", EFFNET_VERSION,
-#ifdef __VERSION__
-                "gcc-compatible " __VERSION__
-#else
-                "unknown"
-#endif
-        );
-
-        if (p->rss_bytes >= 0) {
-                put_head(f, "process_resident_memory_bytes", "gauge", "Resident memory size in bytes.");
-                fprintf(f, "process_resident_memory_bytes %lld\n", (long long)p->rss_bytes);
-        }
-        if (p->cpu_seconds >= 0) {
-                put_head(f, "process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.");
-                fprintf(f, "process_cpu_seconds_total %.2f\n", p->cpu_seconds);
-        }
-        if (p->open_fds >= 0) {
-                put_head(f, "process_open_fds", "gauge", "Number of open file descriptors.");
-                fprintf(f, "process_open_fds %d\n", p->open_fds);
-        }
-        if (p->max_fds >= 0) {
-                put_head(f, "process_max_fds", "gauge", "Maximum number of open file descriptors.");
-                fprintf(f, "process_max_fds %lld\n", (long long)p->max_fds);
-        }
-        if (p->start_time_seconds > 0) {
-                put_head(f, "process_start_time_seconds", "gauge",
-                         "Start time of the process since unix epoch in seconds.");
-                fprintf(f, "process_start_time_seconds %.2f\n", p->start_time_seconds);
-        }
-        if (fclose(f) != 0 || !buf) {
-                free(buf);
-                return -ENOMEM;
-        }
-        *ret_body = buf;
-        return 0;
 }

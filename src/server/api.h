@@ -1,15 +1,17 @@
-/* api: the JSON (and Prometheus text) bodies of the effnetd HTTP API, and
- * class labels. The shapes are the HTTP contract (docs/openapi.yaml):
+/* api: the JSON bodies of the effnetd HTTP API, its error codes, and class
+ * labels. The shapes are the HTTP contract (docs/openapi.yaml):
  *
  *   {"model":"efficientnetv2-s","predictions":[{"index":281,"label":"tabby","score":0.8123},...]}
  *   {"model":"efficientnetv2-s","results":[{"predictions":[...]},...]}     (multipart)
  *   {"error":{"code":"invalid_image","message":"..."}}
  *
- * No HTTP machinery inside (no sockets, no libmicrohttpd): the http module
- * and the effnet CLI both print these bodies. What it knows of HTTP is
- * data: the status of each error code, and the routes and statuses that
- * label the /metrics series it writes. The batcher's settings and counters
- * are passed in by pointer; this header only names their types.
+ *   char *body;
+ *   if (api_error_body(API_E_INVALID_IMAGE, "not a JPEG or PNG", &body) == 0) { puts(body); free(body); }
+ *
+ * No HTTP inside (no sockets, statuses or routes): the http module answers
+ * with these bodies and gives each error code its status, and the effnet
+ * CLI prints the same bodies. The batcher's settings are passed in by
+ * pointer; this header only names their type.
  * Bodies are returned as NUL-terminated strings owned by the caller (free).
  * Every function is reentrant; labels are immutable once loaded.
  */
@@ -22,10 +24,8 @@
 
 #include "effnet.h"
 
-/* The batcher's settings and counters, shown by /v1/models and /metrics
- * (server/batcher.h). */
+/* The batcher's settings, shown by /v1/models (server/batcher.h). */
 struct batch_config;
-struct batch_stats;
 
 #define API_DEFAULT_TOP_K 5
 
@@ -70,28 +70,28 @@ int api_classify_body(const char *model, const struct api_labels *labels, float 
 
 /* ---- errors ---------------------------------------------------------------- */
 
+/* What went wrong, as the "code" of an error body says it. */
 enum api_error {
-        API_E_INVALID_ARGUMENT,     /* 400: a bad query parameter */
-        API_E_INVALID_IMAGE,        /* 400: empty, truncated, corrupt or not an image */
-        API_E_INVALID_MULTIPART,    /* 400: malformed multipart/form-data */
-        API_E_INVALID_REQUEST,      /* 400: a malformed or mismatched /v2 infer request */
-        API_E_NOT_FOUND,            /* 404 */
-        API_E_METHOD_NOT_ALLOWED,   /* 405 */
-        API_E_TOO_LARGE,            /* 413: body, images or pixels over a limit */
-        API_E_UNSUPPORTED_MEDIA,    /* 415 */
-        API_E_INTERNAL,             /* 500 */
-        API_E_NON_FINITE,           /* 500: the model computed NaN or Inf (broken weights) */
-        API_E_OVERLOADED,           /* 503: queue or memory budget full */
-        API_E_DRAINING,             /* 503: shutting down */
-        API_E_DEADLINE,             /* 504 */
+        API_E_INVALID_ARGUMENT,     /* a bad query parameter */
+        API_E_INVALID_IMAGE,        /* empty, truncated, corrupt or not an image */
+        API_E_INVALID_MULTIPART,    /* malformed multipart/form-data */
+        API_E_INVALID_REQUEST,      /* a malformed or mismatched /v2 infer request */
+        API_E_NOT_FOUND,
+        API_E_METHOD_NOT_ALLOWED,
+        API_E_TOO_LARGE,            /* body, images or pixels over a limit */
+        API_E_UNSUPPORTED_MEDIA,
+        API_E_INTERNAL,
+        API_E_NON_FINITE,           /* the model computed NaN or Inf (broken weights) */
+        API_E_OVERLOADED,           /* queue or memory budget full */
+        API_E_DRAINING,             /* shutting down */
+        API_E_DEADLINE,
         API_N_ERRORS,
 };
 
-int api_error_status(enum api_error e);
 const char *api_error_code(enum api_error e);
 int api_error_body(enum api_error e, const char *message, char **ret_body);
 
-/* ---- models, metrics --------------------------------------------------------- */
+/* ---- models ------------------------------------------------------------------ */
 
 /* Where the weights served come from, for /v1/models and the log. */
 enum api_weights_source {
@@ -122,99 +122,5 @@ struct api_model_desc {
 };
 
 int api_models_body(const struct api_model_desc *d, char **ret_body);
-
-enum api_route {
-        API_ROUTE_CLASSIFY,
-        API_ROUTE_MODELS,
-        API_ROUTE_HEALTHZ,
-        API_ROUTE_READYZ,
-        API_ROUTE_METRICS,
-        API_ROUTE_UI,                  /* the try-it page, GET / */
-        API_ROUTE_UI_ASSET,            /* its script and style, GET /ui/... */
-        API_ROUTE_OTHER,               /* unknown paths */
-        /* KServe v2 (the model name is a template: one series per route) */
-        API_ROUTE_V2_SERVER,
-        API_ROUTE_V2_LIVE,
-        API_ROUTE_V2_READY,
-        API_ROUTE_V2_MODEL,
-        API_ROUTE_V2_MODEL_READY,
-        API_ROUTE_V2_MODEL_CONFIG,
-        API_ROUTE_V2_INFER,
-        API_ROUTE_V2_OTHER,            /* unknown paths under /v2 */
-        API_N_ROUTES,
-};
-
-/* The HTTP statuses the server answers with, in counter order. */
-#define API_N_STATUSES 9
-extern const int api_statuses[API_N_STATUSES];
-/* Index of status in api_statuses (the last one, 500, for anything else). */
-int api_status_index(int status);
-const char *api_route_path(enum api_route r);
-/* "v2" for the KServe v2 routes, "v1" for effnetd's own API. */
-const char *api_route_protocol(enum api_route r);
-
-/* Request latency and queue wait histogram buckets (upper bounds, seconds). */
-#define API_LATENCY_BUCKETS 14
-extern const double api_latency_bounds[API_LATENCY_BUCKETS];
-
-struct api_hist {
-        uint64_t buckets[API_LATENCY_BUCKETS + 1];   /* observations per bucket (not cumulative), +Inf last */
-        double sum;                                  /* seconds */
-};
-
-/* Index of the bucket of an observation of v seconds. */
-int api_hist_bucket(double v);
-
-struct api_model_stats {
-        const char *variant;
-        const char *precision;         /* "fp32", "bf16" */
-        const char *weights;           /* path as given */
-        const char *weights_sha256;    /* hex */
-        const char *labels;            /* api_labels_source() */
-        int classes;
-        int input_size;
-        int max_batch;                 /* batch_stats.batch_sizes has max_batch + 1 entries */
-};
-
-struct api_process_stats {
-        int64_t rss_bytes;             /* < 0: unknown (line left out) */
-        double cpu_seconds;            /* user + system; < 0: unknown */
-        int open_fds;                  /* < 0: unknown */
-        int64_t max_fds;               /* < 0: unknown */
-        double start_time_seconds;     /* since the epoch; <= 0: unknown */
-};
-
-/* The image decoding threads (server/decoder.h). */
-struct api_decode_stats {
-        int threads;
-        int queue_capacity;
-        int queued;                    /* requests waiting for a decoding thread */
-        int busy;                      /* threads decoding now */
-        uint64_t jobs;                 /* requests decoded */
-        uint64_t rejected;             /* refused with 503: the decode queue was full */
-};
-
-struct api_http_stats {
-        uint64_t requests[API_N_ROUTES][API_N_STATUSES];
-        uint64_t errors[API_N_ERRORS];
-        struct api_hist latency[API_N_ROUTES];  /* headers received -> answer queued */
-        struct api_hist queue_wait;    /* submitted -> first image in a forward pass, per request */
-        uint64_t images;               /* images classified and answered */
-        uint64_t connections;          /* accepted since start */
-        uint64_t body_timeouts;        /* closed because the body took longer than body-timeout */
-        uint64_t connections_refused;  /* closed at accept: max-connections were open */
-        uint64_t header_timeouts;      /* shut down because the headers took longer than header-timeout */
-        struct api_decode_stats decode;
-        int retired_models;            /* swapped out by reloads, still used by requests */
-        int64_t answer_bytes;          /* answers queued and not yet sent */
-        uint64_t reloads, reload_failures;
-        int inflight;                  /* requests being served now */
-        bool ready;
-        struct api_model_stats model;
-        struct api_process_stats process;
-};
-
-/* Prometheus text exposition format (version 0.0.4). */
-int api_metrics_body(const struct api_http_stats *hs, const struct batch_stats *bs, char **ret_body);
 
 #endif

@@ -504,10 +504,8 @@ int batch_has_room(struct batch *b, int n)
         return ok;
 }
 
-void batch_get_stats(struct batch *b, struct batch_stats *ret_stats)
+void batch_stats_snapshot(struct batch *b, struct batch_stats *ret_stats)
 {
-        uint64_t *sizes = ret_stats->batch_sizes;
-
         pthread_mutex_lock(&b->lock);
         *ret_stats = (struct batch_stats){
                 .jobs = b->jobs,
@@ -520,12 +518,30 @@ void batch_get_stats(struct batch *b, struct batch_stats *ret_stats)
                 .queue_images = b->queued,
                 .queue_capacity = b->cfg.queue_images,
                 .busy_workers = b->busy,
-                .batch_sizes = sizes,
+                .max_batch = b->cfg.max_batch,
         };
         memcpy(ret_stats->forward_hist, b->forward_hist, sizeof b->forward_hist);
-        if (sizes)
-                memcpy(sizes, b->sizes, sizeof(uint64_t) * ((size_t)b->cfg.max_batch + 1));
+        memcpy(ret_stats->batch_sizes, b->sizes, sizeof(uint64_t) * ((size_t)b->cfg.max_batch + 1));
         pthread_mutex_unlock(&b->lock);
+}
+
+void batch_stats_add(struct batch_stats *to, const struct batch_stats *from)
+{
+        to->jobs += from->jobs;
+        to->jobs_rejected += from->jobs_rejected;
+        to->jobs_timed_out += from->jobs_timed_out;
+        to->jobs_failed += from->jobs_failed;
+        to->batches += from->batches;
+        to->batch_images += from->batch_images;
+        to->forward_seconds += from->forward_seconds;
+        to->queue_images += from->queue_images;
+        to->busy_workers += from->busy_workers;
+        to->queue_capacity = from->queue_capacity;
+        to->max_batch = from->max_batch;
+        for (int i = 0; i <= BATCH_MAX_BATCH; i++)
+                to->batch_sizes[i] += from->batch_sizes[i];
+        for (int i = 0; i <= BATCH_FORWARD_BUCKETS; i++)
+                to->forward_hist[i] += from->forward_hist[i];
 }
 
 void batch_get_config(const struct batch *b, struct batch_config *ret_config)

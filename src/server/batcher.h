@@ -81,7 +81,7 @@ struct batch_job {
 #define BATCH_FORWARD_BUCKETS 12
 extern const double batch_forward_bounds[BATCH_FORWARD_BUCKETS];
 
-/* Counters since start; a consistent snapshot. */
+/* The batcher's counters since start and its gauges now. */
 struct batch_stats {
         uint64_t jobs;            /* accepted by batch_submit */
         uint64_t jobs_rejected;   /* -EAGAIN */
@@ -93,9 +93,9 @@ struct batch_stats {
         int queue_images;         /* waiting now */
         int queue_capacity;
         int busy_workers;
-        /* batch_sizes[k]: passes with exactly k images, k = 1..max_batch;
-         * owned by the caller, max_batch + 1 entries, may be NULL. */
-        uint64_t *batch_sizes;
+        int max_batch;            /* batch_sizes[1..max_batch] are used */
+        /* batch_sizes[k]: passes with exactly k images, k = 1..max_batch. */
+        uint64_t batch_sizes[BATCH_MAX_BATCH + 1];
         /* Passes per forward time bucket (batch_forward_bounds; +Inf last). */
         uint64_t forward_hist[BATCH_FORWARD_BUCKETS + 1];
 };
@@ -135,7 +135,14 @@ int batch_submit(struct batch *b, struct batch_job *job);
 /* Whether n more images would fit now (a hint: submit may still fail). */
 int batch_has_room(struct batch *b, int n);
 
-void batch_get_stats(struct batch *b, struct batch_stats *ret_stats);
+/* A consistent snapshot of b's counters and gauges, taken under its lock. */
+void batch_stats_snapshot(struct batch *b, struct batch_stats *ret_stats);
+
+/* Adds the snapshot from to to: counters, histograms and the gauges of
+ * load (waiting images, busy workers), for the batchers of several model
+ * generations together. to's queue_capacity and max_batch become from's:
+ * add the batcher serving now last. */
+void batch_stats_add(struct batch_stats *to, const struct batch_stats *from);
 
 /* Whether the workers make progress: -ETIMEDOUT (with the reason in err)
  * when a worker has been inside one forward pass for longer than stall_ns,

@@ -142,7 +142,7 @@ int dec_submit(struct dec_pool *p, struct dec_job *job)
         return r;
 }
 
-void dec_get_stats(struct dec_pool *p, struct dec_stats *ret_stats)
+void dec_stats_snapshot(struct dec_pool *p, struct dec_stats *ret_stats)
 {
         pthread_mutex_lock(&p->lock);
         *ret_stats = (struct dec_stats){ .threads = p->size, .queue_capacity = p->queue,

@@ -75,7 +75,8 @@ int dec_new(const struct dec_opts *opts, struct dec_pool **ret_pool);
  * run never fires and the caller still owns job. */
 int dec_submit(struct dec_pool *p, struct dec_job *job);
 
-void dec_get_stats(struct dec_pool *p, struct dec_stats *ret_stats);
+/* A consistent snapshot of p's counters and gauges, taken under its lock. */
+void dec_stats_snapshot(struct dec_pool *p, struct dec_stats *ret_stats);
 
 /* Runs the jobs still queued, stops and joins the threads. Accepts NULL;
  * returns NULL. Not from a pool thread. */

@@ -2,6 +2,7 @@
 #include "http.h"
 #include "util.h"
 #include "decoder.h"
+#include "metrics.h"
 #include "multipart.h"
 #include "ui.h"
 #include "v2.h"
@@ -75,8 +76,8 @@ struct http_server {
         pthread_mutex_t gen_lock;          /* guards current and retired */
         struct http_gen *current;
         struct http_gen *retired;          /* swapped out, maybe still in use */
-        struct batch_stats retired_stats;  /* counters of collected generations (main thread) */
-        uint64_t *retired_sizes;           /* [max_batch + 1] */
+        struct batch_stats retired_stats;  /* the final counters of the batchers of collected generations,
+                                            * which are gone (guarded by gen_lock) */
         atomic_ullong reloads, reload_failures;
         atomic_ullong id_seq;              /* made-up request ids */
         uint64_t id_salt;
@@ -96,7 +97,7 @@ struct http_server {
         atomic_int inflight;
         atomic_int waiting;                /* suspended while the batcher has their job */
         atomic_llong body_total;           /* bytes buffered over all requests */
-        atomic_ullong requests[API_N_ROUTES][API_N_STATUSES];
+        atomic_ullong requests[HTTP_N_ROUTES][HTTP_N_STATUSES];
         atomic_ullong errors[API_N_ERRORS];
         atomic_ullong images;
         atomic_ullong connections;
@@ -104,9 +105,9 @@ struct http_server {
         atomic_ullong connections_refused; /* closed at accept: max-connections open */
         atomic_int main_open;              /* connections open on the main listener */
         atomic_ullong header_timeouts;     /* connections shut down past header-timeout */
-        atomic_ullong latency[API_N_ROUTES][API_LATENCY_BUCKETS + 1];
-        atomic_ullong latency_us[API_N_ROUTES];
-        atomic_ullong queue_wait[API_LATENCY_BUCKETS + 1];
+        atomic_ullong latency[HTTP_N_ROUTES][HTTP_LATENCY_BUCKETS + 1];
+        atomic_ullong latency_us[HTTP_N_ROUTES];
+        atomic_ullong queue_wait[HTTP_LATENCY_BUCKETS + 1];
         atomic_ullong queue_wait_us;
 };
 
@@ -126,7 +127,7 @@ struct req {
         struct MHD_Connection *conn;
         const char *method;         /* libmicrohttpd's, valid for the request */
         const char *path;
-        enum api_route route;
+        enum http_route route;
         enum req_state state;
         int64_t start_ns;
         int64_t submit_ns;          /* handed to the batcher; 0 before */
@@ -239,12 +240,12 @@ static void count_answer(struct req *q, int status, const char *error, size_t an
         char host[INET6_ADDRSTRLEN + 8] = "-";
         double queue_ms = -1;
 
-        atomic_fetch_add(&s->requests[q->route][api_status_index(status)], 1);
-        atomic_fetch_add(&s->latency[q->route][api_hist_bucket(ms / 1e3)], 1);
+        atomic_fetch_add(&s->requests[q->route][http_status_index(status)], 1);
+        atomic_fetch_add(&s->latency[q->route][http_latency_bucket(ms / 1e3)], 1);
         atomic_fetch_add(&s->latency_us[q->route], (unsigned long long)(ms * 1000.0));
         if (q->job.taken_ns && q->submit_ns) {
                 queue_ms = (double)(q->job.taken_ns - q->submit_ns) / 1e6;
-                atomic_fetch_add(&s->queue_wait[api_hist_bucket(queue_ms / 1e3)], 1);
+                atomic_fetch_add(&s->queue_wait[http_latency_bucket(queue_ms / 1e3)], 1);
                 atomic_fetch_add(&s->queue_wait_us, (unsigned long long)(queue_ms * 1000.0));
         }
         if (!s->opts.access_log)
@@ -315,14 +316,14 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
                 MHD_add_response_header(resp, "Inference-Header-Content-Length", hl);
         }
         MHD_add_response_header(resp, "X-Request-Id", q->id);
-        if (q->route == API_ROUTE_UI || q->route == API_ROUTE_UI_ASSET) {
+        if (q->route == HTTP_ROUTE_UI || q->route == HTTP_ROUTE_UI_ASSET) {
                 MHD_add_response_header(resp, "Content-Security-Policy", UI_CSP);
                 MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
                 MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
                 MHD_add_response_header(resp, "X-Frame-Options", "DENY");
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, UI_CACHE_CONTROL);
         }
-        if (q->route == API_ROUTE_CLASSIFY && status == 200)
+        if (q->route == HTTP_ROUTE_CLASSIFY && status == 200)
                 add_server_timing(q, resp);
         if (atomic_load(&s->draining))
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -333,7 +334,7 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
         }
         if (status == 405)
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
-                                        q->route == API_ROUTE_CLASSIFY || q->route == API_ROUTE_V2_INFER
+                                        q->route == HTTP_ROUTE_CLASSIFY || q->route == HTTP_ROUTE_V2_INFER
                                                 ? "POST"
                                                 : "GET, HEAD");
         enum MHD_Result r = MHD_queue_response(q->conn, (unsigned)status, resp);
@@ -362,7 +363,7 @@ static enum MHD_Result respond_error(struct req *q, enum api_error e, const char
                 r = api_error_body(e, msg, &body);
         if (r < 0)
                 body = NULL;
-        return respond(q, api_error_status(e), body, "application/json", api_error_code(e));
+        return respond(q, http_error_status(e), body, "application/json", api_error_code(e));
 }
 
 static enum MHD_Result respond_failed(struct req *q)
@@ -375,39 +376,39 @@ static enum MHD_Result respond_json(struct req *q, int status, const char *json)
         return respond(q, status, strdup(json), "application/json", NULL);
 }
 
-static enum api_route route_of_v2(enum v2_route r)
+static enum http_route route_of_v2(enum v2_route r)
 {
         switch (r) {
-        case V2_ROUTE_SERVER: return API_ROUTE_V2_SERVER;
-        case V2_ROUTE_LIVE: return API_ROUTE_V2_LIVE;
-        case V2_ROUTE_READY: return API_ROUTE_V2_READY;
-        case V2_ROUTE_MODEL: return API_ROUTE_V2_MODEL;
-        case V2_ROUTE_MODEL_READY: return API_ROUTE_V2_MODEL_READY;
-        case V2_ROUTE_MODEL_CONFIG: return API_ROUTE_V2_MODEL_CONFIG;
-        case V2_ROUTE_INFER: return API_ROUTE_V2_INFER;
-        default: return API_ROUTE_V2_OTHER;
+        case V2_ROUTE_SERVER: return HTTP_ROUTE_V2_SERVER;
+        case V2_ROUTE_LIVE: return HTTP_ROUTE_V2_LIVE;
+        case V2_ROUTE_READY: return HTTP_ROUTE_V2_READY;
+        case V2_ROUTE_MODEL: return HTTP_ROUTE_V2_MODEL;
+        case V2_ROUTE_MODEL_READY: return HTTP_ROUTE_V2_MODEL_READY;
+        case V2_ROUTE_MODEL_CONFIG: return HTTP_ROUTE_V2_MODEL_CONFIG;
+        case V2_ROUTE_INFER: return HTTP_ROUTE_V2_INFER;
+        default: return HTTP_ROUTE_V2_OTHER;
         }
 }
 
 /* What the admin listener serves: probes and metrics. */
-static bool admin_route(enum api_route r)
+static bool admin_route(enum http_route r)
 {
-        return r == API_ROUTE_HEALTHZ || r == API_ROUTE_READYZ || r == API_ROUTE_METRICS || r == API_ROUTE_V2_LIVE ||
-               r == API_ROUTE_V2_READY;
+        return r == HTTP_ROUTE_HEALTHZ || r == HTTP_ROUTE_READYZ || r == HTTP_ROUTE_METRICS ||
+               r == HTTP_ROUTE_V2_LIVE || r == HTTP_ROUTE_V2_READY;
 }
 
-static enum api_route route_of(const struct http_server *s, const char *url)
+static enum http_route route_of(const struct http_server *s, const char *url)
 {
-        static const enum api_route routes[] = { API_ROUTE_CLASSIFY, API_ROUTE_MODELS, API_ROUTE_HEALTHZ,
-                                                 API_ROUTE_READYZ, API_ROUTE_METRICS };
+        static const enum http_route routes[] = { HTTP_ROUTE_CLASSIFY, HTTP_ROUTE_MODELS, HTTP_ROUTE_HEALTHZ,
+                                                  HTTP_ROUTE_READYZ, HTTP_ROUTE_METRICS };
         struct ui_asset a;
 
         for (size_t i = 0; i < ARRAY_SIZE(routes); i++)
-                if (strcmp(url, api_route_path(routes[i])) == 0)
+                if (strcmp(url, http_route_path(routes[i])) == 0)
                         return routes[i];
         if (s->opts.ui && ui_find(url, &a) == 0)
-                return strcmp(url, "/") == 0 ? API_ROUTE_UI : API_ROUTE_UI_ASSET;
-        return API_ROUTE_OTHER;
+                return strcmp(url, "/") == 0 ? HTTP_ROUTE_UI : HTTP_ROUTE_UI_ASSET;
+        return HTTP_ROUTE_OTHER;
 }
 
 /* The media type of a Content-Type value without parameters, compared
@@ -418,104 +419,81 @@ static bool media_is(const char *ct, const char *type)
         return strncasecmp(ct, type, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ' || ct[n] == '\t');
 }
 
-static void add_batch_stats(struct batch_stats *to, const struct batch_stats *from, int max_batch)
+static void hist_load(struct http_hist *h, atomic_ullong *buckets, atomic_ullong *sum_us)
 {
-        to->jobs += from->jobs;
-        to->jobs_rejected += from->jobs_rejected;
-        to->jobs_timed_out += from->jobs_timed_out;
-        to->jobs_failed += from->jobs_failed;
-        to->batches += from->batches;
-        to->batch_images += from->batch_images;
-        to->forward_seconds += from->forward_seconds;
-        for (int i = 0; i <= BATCH_FORWARD_BUCKETS; i++)
-                to->forward_hist[i] += from->forward_hist[i];
-        if (to->batch_sizes && from->batch_sizes)
-                for (int i = 0; i <= max_batch; i++)
-                        to->batch_sizes[i] += from->batch_sizes[i];
-}
-
-static void hist_load(struct api_hist *h, atomic_ullong *buckets, atomic_ullong *sum_us)
-{
-        for (int i = 0; i <= API_LATENCY_BUCKETS; i++)
+        for (int i = 0; i <= HTTP_LATENCY_BUCKETS; i++)
                 h->buckets[i] = atomic_load(&buckets[i]);
         h->sum = (double)atomic_load(sum_us) / 1e6;
 }
 
+void http_stats_snapshot(struct http_server *s, struct http_stats *ret_stats)
+{
+        struct http_stats *st = ret_stats;
+
+        *st = (struct http_stats){ 0 };
+        for (int i = 0; i < HTTP_N_ROUTES; i++) {
+                for (int k = 0; k < HTTP_N_STATUSES; k++)
+                        st->requests[i][k] = atomic_load(&s->requests[i][k]);
+                hist_load(&st->latency[i], s->latency[i], &s->latency_us[i]);
+        }
+        hist_load(&st->queue_wait, s->queue_wait, &s->queue_wait_us);
+        for (int e = 0; e < API_N_ERRORS; e++)
+                st->errors[e] = atomic_load(&s->errors[e]);
+        st->images = atomic_load(&s->images);
+        st->connections = atomic_load(&s->connections);
+        st->connections_refused = atomic_load(&s->connections_refused);
+        st->body_timeouts = atomic_load(&s->body_timeouts);
+        st->header_timeouts = atomic_load(&s->header_timeouts);
+        st->reloads = atomic_load(&s->reloads);
+        st->reload_failures = atomic_load(&s->reload_failures);
+        st->answer_bytes = atomic_load(&s->answer_bytes);
+        st->inflight = atomic_load(&s->inflight);
+        st->ready = !atomic_load(&s->draining);
+        pthread_mutex_lock(&s->gen_lock);
+        for (struct http_gen *x = s->retired; x; x = x->next)
+                st->retired_models++;
+        pthread_mutex_unlock(&s->gen_lock);
+}
+
+/* The batchers' counters over every generation: the collected ones, those
+ * retired but still in use, and the current one (as of now). */
+static void batch_totals(struct http_server *s, struct batch_stats *ret_stats)
+{
+        struct batch_stats now;
+
+        pthread_mutex_lock(&s->gen_lock);
+        *ret_stats = s->retired_stats;
+        for (struct http_gen *x = s->retired; x; x = x->next) {
+                batch_stats_snapshot(x->batch, &now);
+                batch_stats_add(ret_stats, &now);
+        }
+        batch_stats_snapshot(s->current->batch, &now);
+        pthread_mutex_unlock(&s->gen_lock);
+        batch_stats_add(ret_stats, &now);
+}
+
+/* GET /metrics: every owner's snapshot, rendered by the metrics module. */
 static int metrics_body(struct req *q, char **ret_body)
 {
         struct http_server *s = q->s;
         struct http_gen *g = q->g;
-        struct api_http_stats hs = { 0 };
-        struct batch_stats bs = { 0 }, now = { 0 };
+        struct http_stats hs;
+        struct batch_stats bs;
+        struct dec_stats ds;
         struct proc_stats ps;
         struct batch_config bc;
-        int r;
 
-        bs.batch_sizes = calloc((size_t)s->max_batch + 1, sizeof *bs.batch_sizes);
-        now.batch_sizes = calloc((size_t)s->max_batch + 1, sizeof *now.batch_sizes);
-        if (!bs.batch_sizes || !now.batch_sizes) {
-                r = -ENOMEM;
-                goto out;
-        }
-        for (int i = 0; i < API_N_ROUTES; i++) {
-                for (int k = 0; k < API_N_STATUSES; k++)
-                        hs.requests[i][k] = atomic_load(&s->requests[i][k]);
-                hist_load(&hs.latency[i], s->latency[i], &s->latency_us[i]);
-        }
-        hist_load(&hs.queue_wait, s->queue_wait, &s->queue_wait_us);
-        for (int e = 0; e < API_N_ERRORS; e++)
-                hs.errors[e] = atomic_load(&s->errors[e]);
-        hs.images = atomic_load(&s->images);
-        hs.connections = atomic_load(&s->connections);
-        hs.body_timeouts = atomic_load(&s->body_timeouts);
-        hs.connections_refused = atomic_load(&s->connections_refused);
-        hs.header_timeouts = atomic_load(&s->header_timeouts);
-        struct dec_stats ds;
-        dec_get_stats(s->dec, &ds);
-        hs.decode = (struct api_decode_stats){ .threads = ds.threads, .queue_capacity = ds.queue_capacity,
-                                               .queued = ds.queued, .busy = ds.busy, .jobs = ds.jobs,
-                                               .rejected = ds.rejected };
-        hs.answer_bytes = atomic_load(&s->answer_bytes);
-        hs.inflight = atomic_load(&s->inflight);
-        hs.ready = !atomic_load(&s->draining);
-        hs.reloads = atomic_load(&s->reloads);
-        hs.reload_failures = atomic_load(&s->reload_failures);
-        batch_get_config(g->batch, &bc);
-        hs.model = (struct api_model_stats){
-                .variant = g->info->variant, .precision = effnet_precision_name(bc.precision),
-                .weights = g->weights, .weights_sha256 = g->sha256, .labels = api_labels_source(g->labels),
-                .classes = g->info->classes, .input_size = g->info->preproc.size, .max_batch = s->max_batch };
+        http_stats_snapshot(s, &hs);
+        batch_totals(s, &bs);
+        dec_stats_snapshot(s->dec, &ds);
         proc_get_stats(&ps);
-        hs.process = (struct api_process_stats){ .rss_bytes = ps.rss_bytes, .cpu_seconds = ps.cpu_seconds,
-                                                 .open_fds = ps.open_fds, .max_fds = ps.max_fds,
-                                                 .start_time_seconds = ps.start_time_seconds };
-
-        /* Counters over every generation: the collected ones, those retired
-         * but still in use, and the current one (as of now). */
-        pthread_mutex_lock(&s->gen_lock);
-        uint64_t *keep = bs.batch_sizes;
-        bs = s->retired_stats;
-        bs.batch_sizes = keep;
-        memcpy(bs.batch_sizes, s->retired_sizes, sizeof(uint64_t) * ((size_t)s->max_batch + 1));
-        hs.retired_models = 0;
-        for (struct http_gen *x = s->retired; x; x = x->next) {
-                hs.retired_models++;
-                batch_get_stats(x->batch, &now);
-                add_batch_stats(&bs, &now, s->max_batch);
-                bs.queue_images += now.queue_images;
-                bs.busy_workers += now.busy_workers;
-        }
-        batch_get_stats(s->current->batch, &now);
-        pthread_mutex_unlock(&s->gen_lock);
-        add_batch_stats(&bs, &now, s->max_batch);
-        bs.queue_images += now.queue_images;
-        bs.busy_workers += now.busy_workers;
-        bs.queue_capacity = now.queue_capacity;
-        r = api_metrics_body(&hs, &bs, ret_body);
-out:
-        free(bs.batch_sizes);
-        free(now.batch_sizes);
-        return r;
+        batch_get_config(g->batch, &bc);
+        struct metrics_model m = { .variant = g->info->variant, .precision = effnet_precision_name(bc.precision),
+                                   .weights = g->weights, .weights_sha256 = g->sha256,
+                                   .labels = api_labels_source(g->labels), .classes = g->info->classes,
+                                   .input_size = g->info->preproc.size };
+        struct metrics_sources src = { .http = &hs, .batch = &bs, .decode = &ds, .model = &m, .process = &ps };
+        return metrics_render(&src, ret_body);
 }
 
 static enum MHD_Result serve_get(struct req *q)
@@ -524,20 +502,20 @@ static enum MHD_Result serve_get(struct req *q)
         char *body = NULL;
 
         switch (q->route) {
-        case API_ROUTE_HEALTHZ:
+        case HTTP_ROUTE_HEALTHZ:
                 return respond_json(q, 200, "{\"status\":\"ok\"}");
-        case API_ROUTE_READYZ:
+        case HTTP_ROUTE_READYZ:
                 if (atomic_load(&s->draining))
                         return respond_error(q, API_E_DRAINING, "the server is shutting down");
                 return respond_json(q, 200, "{\"status\":\"ready\"}");
-        case API_ROUTE_MODELS:
+        case HTTP_ROUTE_MODELS:
                 return respond_json(q, 200, q->g->models_body);
-        case API_ROUTE_METRICS:
+        case HTTP_ROUTE_METRICS:
                 if (metrics_body(q, &body) < 0)
                         body = NULL;
                 return respond(q, 200, body, "text/plain; version=0.0.4; charset=utf-8", NULL);
-        case API_ROUTE_UI:
-        case API_ROUTE_UI_ASSET: {
+        case HTTP_ROUTE_UI:
+        case HTTP_ROUTE_UI_ASSET: {
                 struct ui_asset a;
                 if (ui_find(q->path, &a) < 0)
                         return respond_error(q, API_E_NOT_FOUND, "no such path");
@@ -678,13 +656,13 @@ static enum MHD_Result on_headers(struct req *q)
         bool get = strcmp(q->method, MHD_HTTP_METHOD_GET) == 0 || strcmp(q->method, MHD_HTTP_METHOD_HEAD) == 0;
         char msg[200];
 
-        if (q->route == API_ROUTE_OTHER || q->route == API_ROUTE_V2_OTHER) {
+        if (q->route == HTTP_ROUTE_OTHER || q->route == HTTP_ROUTE_V2_OTHER) {
                 snprintf(msg, sizeof msg, "no such path: %.120s", q->path);
                 return respond_error(q, API_E_NOT_FOUND, msg);
         }
         if (q->v2.route != V2_ROUTE_NONE)
                 return v2_on_headers(q, get);
-        if (q->route != API_ROUTE_CLASSIFY)
+        if (q->route != HTTP_ROUTE_CLASSIFY)
                 return get ? serve_get(q) : respond_error(q, API_E_METHOD_NOT_ALLOWED, "use GET");
         if (strcmp(q->method, MHD_HTTP_METHOD_POST) != 0)
                 return respond_error(q, API_E_METHOD_NOT_ALLOWED, "use POST");
@@ -1022,7 +1000,7 @@ static enum MHD_Result start_decode(struct req *q)
         r = dec_submit(s->dec, &q->djob);
         if (r < 0) {
                 struct dec_stats ds;
-                dec_get_stats(s->dec, &ds);
+                dec_stats_snapshot(s->dec, &ds);
                 req_fail(q, API_E_OVERLOADED, "%d requests are being decoded, the limit (decode-threads + "
                          "decode-queue); retry later", ds.threads + ds.queue_capacity);
                 req_finish(q);
@@ -1367,7 +1345,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 q->route = v2_parse_path(url, &q->v2) != V2_ROUTE_NONE ? route_of_v2(q->v2.route) : route_of(s, url);
                 if (s->admin && !admin_route(q->route) &&
                     MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON)->daemon == s->admin) {
-                        q->route = API_ROUTE_OTHER;
+                        q->route = HTTP_ROUTE_OTHER;
                         q->v2.route = V2_ROUTE_NONE;
                 }
                 q->start_ns = time_now_ns();
@@ -1609,7 +1587,6 @@ struct http_server *http_free(struct http_server *s)
                 gen_free(g);
         }
         gen_free(s->current);
-        free(s->retired_sizes);
         pthread_mutex_destroy(&s->gen_lock);
         pthread_cond_destroy(&s->conn_cond);
         pthread_mutex_destroy(&s->conn_lock);
@@ -1736,11 +1713,6 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
         struct batch_config bc;
         batch_get_config(be->batch, &bc);
         s->max_batch = bc.max_batch;
-        s->retired_sizes = calloc((size_t)s->max_batch + 1, sizeof *s->retired_sizes);
-        if (!s->retired_sizes) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto fail;
-        }
         if ((r = gen_new(s, be, err, err_len, &s->current)) < 0)
                 goto fail;
         struct dec_opts dopts = { .threads = opts->decode_threads, .queue = opts->decode_queue };
@@ -1837,7 +1809,7 @@ int http_swap_backend(struct http_server *s, const struct http_backend *be, char
 
 struct serving *http_collect_retired(struct http_server *s)
 {
-        struct batch_stats st = { 0 };
+        struct batch_stats st;
         struct http_gen **p, *g = NULL;
         struct serving *owner = NULL;
 
@@ -1850,14 +1822,8 @@ struct serving *http_collect_retired(struct http_server *s)
                 }
         if (g) {
                 /* Its batcher keeps no job now: fold its final counters in. */
-                uint64_t *sizes = calloc((size_t)s->max_batch + 1, sizeof *sizes);
-                st.batch_sizes = sizes;
-                batch_get_stats(g->batch, &st);
-                uint64_t *keep = s->retired_stats.batch_sizes;
-                s->retired_stats.batch_sizes = s->retired_sizes;
-                add_batch_stats(&s->retired_stats, &st, s->max_batch);
-                s->retired_stats.batch_sizes = keep;
-                free(sizes);
+                batch_stats_snapshot(g->batch, &st);
+                batch_stats_add(&s->retired_stats, &st);
                 owner = g->owner;
         }
         pthread_mutex_unlock(&s->gen_lock);

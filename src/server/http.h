@@ -16,6 +16,10 @@
  * a limit: body bytes per request and buffered in all, images per request,
  * pixels, connections, idle time, time to send the headers and the body,
  * requests waiting for decoding, request deadline.
+ *
+ * The routes, the statuses of error answers and the counters of /metrics
+ * are this module's (server/http_stats.h); server/metrics.h renders them
+ * with the batcher's and the decoding pool's.
  */
 #ifndef EFFNET_SERVER_HTTP_H
 #define EFFNET_SERVER_HTTP_H
@@ -30,6 +34,7 @@
 #include "image.h"
 #include "api.h"
 #include "batcher.h"
+#include "http_stats.h"
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
 
@@ -112,6 +117,11 @@ struct serving *http_collect_retired(struct http_server *s);
 
 /* Counts a reload attempt for /metrics. */
 void http_count_reload(struct http_server *s, bool ok);
+
+/* The server's counters and gauges (server/http_stats.h), each read from
+ * its atomic; the batchers' and the decoding pool's are theirs to snapshot.
+ * Any thread. */
+void http_stats_snapshot(struct http_server *s, struct http_stats *ret_stats);
 
 /* "http://127.0.0.1:8080" with the port actually bound. */
 const char *http_url(const struct http_server *s);

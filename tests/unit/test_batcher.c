@@ -116,16 +116,16 @@ static void test_fifo(void)
 static void test_never_split_and_span(void)
 {
         struct batch *b = start(4, 200000, 16);
-        uint64_t sizes[5] = { 0 };
-        struct batch_stats st = { .batch_sizes = sizes };
+        struct batch_stats st;
 
         reset();
         for (int i = 0; i < 4; i++)
                 CHECK_EQ(submit(b, i, 0, 3, 0), 0);
         wait_completed(4);
-        batch_get_stats(b, &st);
-        CHECK_EQ(sizes[3], 4);
-        CHECK_EQ(sizes[4], 0);
+        batch_stats_snapshot(b, &st);
+        CHECK_EQ(st.max_batch, 4);
+        CHECK_EQ(st.batch_sizes[3], 4);
+        CHECK_EQ(st.batch_sizes[4], 0);
         for (int i = 0; i < 4; i++) {
                 CHECK_EQ(recs[i].order, i);
                 CHECK_EQ(recs[i].job.batch_size, 3);
@@ -146,7 +146,7 @@ static void test_never_split_and_span(void)
                         worst = d > worst ? d : worst;
                 }
         CHECK_MSG(worst < 1e-3, "a spanning job's logits differ from single images by %g", worst);
-        batch_get_stats(b, &st);
+        batch_stats_snapshot(b, &st);
         CHECK_EQ(st.jobs, 4 + 1 + MAX_N);
         b = batch_free(b);
 }
@@ -164,7 +164,7 @@ static void test_deadline(void)
         CHECK_EQ(recs[0].status, -ETIMEDOUT);
         CHECK_EQ(recs[0].job.taken_ns, 0);
         CHECK_EQ(recs[1].status, 0);
-        batch_get_stats(b, &st);
+        batch_stats_snapshot(b, &st);
         CHECK_EQ(st.jobs_timed_out, 1);
         CHECK_EQ(st.batch_images, 1);
         b = batch_free(b);
@@ -186,7 +186,7 @@ static void test_full_queue_and_shutdown(void)
         CHECK_EQ(submit(b, 3, 0, 5, 0), -E2BIG);
         CHECK_EQ(batch_submit(b, &(struct batch_job){ .n = 0, .done = on_done }), -EINVAL);
         CHECK_EQ(batch_has_room(b, 1), 0);
-        batch_get_stats(b, &st);
+        batch_stats_snapshot(b, &st);
         CHECK_EQ(st.jobs_rejected, 1);
         CHECK_EQ(st.queue_images, 4);
         int64_t t0 = time_now_ns();
@@ -200,6 +200,39 @@ static void test_full_queue_and_shutdown(void)
         CHECK_EQ(recs[1].status, 0);
         CHECK_EQ(recs[0].order, 0);
         CHECK_EQ(recs[2].calls + recs[3].calls, 0);
+}
+
+/* Two generations' snapshots add up; the capacity is the last one's. */
+static void test_stats_add(void)
+{
+        struct batch_stats sum = { 0 };
+        struct batch_stats old = { .jobs = 3, .jobs_rejected = 1, .batches = 2, .batch_images = 5,
+                                   .forward_seconds = 0.5, .queue_capacity = 8, .max_batch = 4 };
+        struct batch_stats now = { .jobs = 4, .jobs_timed_out = 2, .jobs_failed = 1, .batches = 3,
+                                   .batch_images = 6, .forward_seconds = 0.25, .queue_images = 2,
+                                   .queue_capacity = 16, .busy_workers = 1, .max_batch = 4 };
+
+        old.batch_sizes[1] = 1, old.batch_sizes[4] = 1;
+        now.batch_sizes[2] = 3;
+        old.forward_hist[0] = 2, now.forward_hist[0] = 1, now.forward_hist[BATCH_FORWARD_BUCKETS] = 2;
+        batch_stats_add(&sum, &old);
+        batch_stats_add(&sum, &now);
+        CHECK_EQ(sum.jobs, 7);
+        CHECK_EQ(sum.jobs_rejected, 1);
+        CHECK_EQ(sum.jobs_timed_out, 2);
+        CHECK_EQ(sum.jobs_failed, 1);
+        CHECK_EQ(sum.batches, 5);
+        CHECK_EQ(sum.batch_images, 11);
+        CHECK(sum.forward_seconds == 0.75);
+        CHECK_EQ(sum.queue_images, 2);
+        CHECK_EQ(sum.busy_workers, 1);
+        CHECK_EQ(sum.queue_capacity, 16);
+        CHECK_EQ(sum.max_batch, 4);
+        CHECK_EQ(sum.batch_sizes[1], 1);
+        CHECK_EQ(sum.batch_sizes[2], 3);
+        CHECK_EQ(sum.batch_sizes[4], 1);
+        CHECK_EQ(sum.forward_hist[0], 3);
+        CHECK_EQ(sum.forward_hist[BATCH_FORWARD_BUCKETS], 2);
 }
 
 int main(void)
@@ -220,6 +253,7 @@ int main(void)
         REQUIRE((images = malloc(MAX_N * image_floats * sizeof(float))));
         model_smooth_images(11, MAX_N, size, images);
 
+        test_stats_add();
         test_fifo();
         test_never_split_and_span();
         test_deadline();

@@ -95,13 +95,13 @@ static void test_bound_and_turns(void)
         CHECK(dec_submit(p, &a.job) == 0);
         CHECK(dec_submit(p, &b.job) == 0);
         CHECK(dec_submit(p, &c.job) == -EAGAIN);
-        dec_get_stats(p, &st);
+        dec_stats_snapshot(p, &st);
         CHECK(st.threads == 1 && st.queue_capacity == 1 && st.rejected == 1);
         atomic_store(&a.gate_open, true);
         wait_finished(2);
         CHECK_MSG(b.finished_as == 1 && a.finished_as == 2, "b %d, a %d", b.finished_as, a.finished_as);
         CHECK(a.done_steps == 5);
-        dec_get_stats(p, &st);
+        dec_stats_snapshot(p, &st);
         CHECK(st.jobs == 2 && st.queued == 0 && st.busy == 0);
         p = dec_free(p);
 }

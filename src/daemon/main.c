@@ -260,7 +260,7 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
 
         if (!sv)
                 return err_set(err, err_len, -ENOMEM, "out of memory");
-        if ((r = effnet_precision_resolve((int)c->precision, err, err_len, &sv->precision)) < 0)
+        if ((r = effnet_precision_resolve(c->precision, err, err_len, &sv->precision)) < 0)
                 goto fail;
         if (!(sv->weights = strdup(c->weights))) {
                 r = err_set(err, err_len, -ENOMEM, "out of memory");
@@ -271,7 +271,7 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
         /* The file is read into memory, so that one rewritten in place
          * (cp over it) cannot fault the daemon, and hashed from those bytes,
          * so that the sha256 reported is that of what is served. */
-        struct effnet_open_opts oo = { .padding = (int)c->padding, .bn_eps = (float)c->bn_eps, .copy = 1 };
+        struct effnet_open_opts oo = { .padding = c->padding, .bn_eps = (float)c->bn_eps, .copy = 1 };
         service_notify_status("not ready: loading weights %s", sv->weights);
         if ((r = effnet_model_open(sv->path, &oo, err, err_len, &sv->model)) < 0)
                 goto fail;
@@ -292,7 +292,7 @@ static int serving_open(const struct conf *c, char *err, size_t err_len, struct 
                 goto fail;
         struct batch_opts bo = {
                 .max_batch = (int)c->max_batch,
-                .max_delay_us = (int64_t)(c->max_delay_ms * 1000.0),
+                .max_delay_us = c->max_delay_us,
                 .queue_images = (int)c->queue,
                 .workers = (int)c->workers,
                 .threads = (int)c->threads,
@@ -499,7 +499,7 @@ static int next_settings(const struct daemon *d, struct conf *ret_next)
         n.queue = running->queue;
         n.workers = running->workers;
         n.threads = running->threads;
-        n.max_delay_ms = running->max_delay_ms;
+        n.max_delay_us = running->max_delay_us;
         *ret_next = n;
         return 0;
 }
@@ -745,7 +745,7 @@ static int model_open(struct daemon *d, char *err, size_t err_len)
                 "%d worker(s) x %d thread(s) of %d usable CPUs, %s (precision %s, CPU %s), batch sizes up to %d, "
                 "ready in %.0f ms (%.0f MB of executor memory)",
                 bc.workers, bc.threads, cpu_usable_count(), effnet_precision_name(d->sv->precision),
-                effnet_precision_name((int)d->conf.precision), cpu.isa, bc.max_batch,
+                effnet_precision_name(d->conf.precision), cpu.isa, bc.max_batch,
                 (double)(time_now_ns() - t0) / 1e6, (double)bc.exec_bytes / (1024.0 * 1024.0));
         return 0;
 }
@@ -762,9 +762,9 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .threads = (int)c->http_threads,
                 .max_connections = (int)c->max_connections,
                 .max_connections_per_client = (int)c->max_connections_per_client,
-                .connection_timeout_s = (int)c->connection_timeout,
-                .body_timeout_s = (int)c->body_timeout,
-                .header_timeout_s = (int)c->header_timeout,
+                .connection_timeout_s = (int)(c->connection_timeout_us / PARSE_S),
+                .body_timeout_s = (int)(c->body_timeout_us / PARSE_S),
+                .header_timeout_s = (int)(c->header_timeout_us / PARSE_S),
                 .decode_threads = (int)c->decode_threads,
                 .decode_queue = (int)c->decode_queue,
                 .max_body_bytes = c->max_body_bytes,
@@ -772,8 +772,8 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .max_body_total = c->max_body_total,
                 .max_answer_total = c->max_answer_total,
                 .max_images = (int)c->max_images,
-                .deadline_ms = c->deadline_ms,
-                .retry_after_s = (int)c->retry_after,
+                .deadline_ms = c->deadline_us / PARSE_MS,
+                .retry_after_s = (int)(c->retry_after_us / PARSE_S),
                 .ui = c->ui,
                 .img = IMG_OPTS_DEFAULT,
                 .access_log = c->access_log ? on_answered : NULL,
@@ -803,7 +803,7 @@ static int serve(struct daemon *d)
         uint64_t wd = service_watchdog_period_usec();
         int sig;
 
-        d->stall_ns = d->conf.watchdog_stall * 1000000000;
+        d->stall_ns = d->conf.watchdog_stall_us * 1000;
         d->watchdog_ns = (int64_t)wd * 1000 / 2;
         d->last_status_ns = time_now_ns();
         describe(d->sv, d->what, sizeof d->what);
@@ -836,14 +836,14 @@ static void drain(struct daemon *d, int sig)
         void *abandoned;
         char err[512];
 
-        log_msg(LOG_INFO, "%s: draining (%d requests in flight, up to %lld s)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
-                http_inflight(d->http), (long long)d->conf.drain_timeout);
+        log_msg(LOG_INFO, "%s: draining (%d requests in flight, up to %g s)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                http_inflight(d->http), (double)d->conf.drain_timeout_us / PARSE_S);
         service_notify_stopping("draining");
         http_drain(d->http);
         /* Queued requests always finish (result or deadline), since
          * libmicrohttpd cannot stop with suspended connections; only slow
          * readers of answers are cut off after drain-timeout. */
-        int64_t until = time_now_ns() + d->conf.drain_timeout * 1000000000;
+        int64_t until = time_now_ns() + d->conf.drain_timeout_us * 1000;
         while (http_waiting(d->http) > 0 || (http_inflight(d->http) > 0 && time_now_ns() < until)) {
                 struct timespec ts = { .tv_sec = 0, .tv_nsec = 10000000 };
                 nanosleep(&ts, NULL);

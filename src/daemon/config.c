@@ -55,9 +55,10 @@ static const struct conf_choice paddings[] = {
 };
 static const struct conf_choice log_formats[] = { { "text", CONF_LOG_TEXT }, { "json", CONF_LOG_JSON }, { NULL, 0 } };
 
-/* A duration type's bare unit and step; false for the other types. */
+/* A duration type's bare unit and step; false (and 1 us) for the other types. */
 static bool duration_of(enum conf_type t, int64_t *ret_unit_us, int64_t *ret_res_us)
 {
+        *ret_unit_us = *ret_res_us = 1;
         switch (t) {
         case CONF_SECONDS: *ret_unit_us = *ret_res_us = PARSE_S; return true;
         case CONF_MS: *ret_unit_us = *ret_res_us = PARSE_MS; return true;

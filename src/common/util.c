@@ -390,3 +390,112 @@ int parse_bool(const char *what, const char *s, char *err, size_t err_len, bool 
         }
         return parse_fail(what, s ? s : "", "true or false", 0, 0, err, err_len);
 }
+
+static const struct {
+        const char *name;
+        int64_t us;
+} duration_units[] = { { "us", PARSE_US }, { "ms", PARSE_MS }, { "s", PARSE_S }, { "m", PARSE_M }, { "h", PARSE_H } };
+
+static const char *duration_unit_name(int64_t unit_us)
+{
+        for (size_t i = 0; i < ARRAY_SIZE(duration_units); i++)
+                if (duration_units[i].us == unit_us)
+                        return duration_units[i].name;
+        return "us";
+}
+
+int duration_format(int64_t us, int64_t unit_us, bool without_unit, char *buf, size_t len)
+{
+        const char *name = duration_unit_name(unit_us);
+        int64_t unit = strcmp(name, "us") == 0 ? 1 : unit_us, p10 = 1;
+        char frac[24] = "";
+
+        while (p10 < unit)
+                p10 *= 10;
+        if (us % unit != 0 && p10 != unit)   /* a fraction of m or h: in the finest whole unit instead */
+                return duration_format(us, us % PARSE_S == 0 ? PARSE_S : us % PARSE_MS == 0 ? PARSE_MS : PARSE_US,
+                                       false, buf, len);
+        if (us % unit != 0) {
+                /* p10 + rest has the digits below the point after its leading 1. */
+                snprintf(frac, sizeof frac, "%lld", (long long)(p10 + us % unit));
+                frac[0] = '.';
+                for (size_t n = strlen(frac); frac[n - 1] == '0'; n--)
+                        frac[n - 1] = '\0';
+        }
+        return snprintf(buf, len, "%lld%s%s", (long long)(us / unit), frac, without_unit ? "" : name);
+}
+
+/* "DIGITS[.DIGITS]" into whole and a fraction num / den (den <= 10^9; more
+ * fractional digits must be zeros), *ret_end after it. */
+static int parse_decimal(const char *s, int64_t *ret_whole, int64_t *ret_num, int64_t *ret_den, const char **ret_end)
+{
+        int64_t whole = 0, num = 0, den = 1;
+        const char *p = s;
+
+        if (*p < '0' || *p > '9')
+                return -EINVAL;
+        for (; *p >= '0' && *p <= '9'; p++) {
+                if (whole > (INT64_MAX - (*p - '0')) / 10)
+                        return -ERANGE;
+                whole = whole * 10 + (*p - '0');
+        }
+        if (*p == '.') {
+                p++;
+                if (*p < '0' || *p > '9')
+                        return -EINVAL;
+                for (; *p >= '0' && *p <= '9'; p++) {
+                        if (den < 1000000000) {
+                                num = num * 10 + (*p - '0');
+                                den *= 10;
+                        } else if (*p != '0') {
+                                return -ERANGE;   /* finer than a nanosecond of an hour: never whole us */
+                        }
+                }
+        }
+        *ret_whole = whole;
+        *ret_num = num;
+        *ret_den = den;
+        *ret_end = p;
+        return 0;
+}
+
+int parse_duration(const char *what, const char *s, int64_t unit_us, int64_t res_us, int64_t min_us,
+                   int64_t max_us, char *err, size_t err_len, int64_t *ret_us)
+{
+        int64_t whole, num, den, unit = unit_us, x;
+        const char *end;
+
+        if (!s || parse_decimal(s, &whole, &num, &den, &end) < 0)
+                goto fail;
+        if (*end) {
+                unit = 0;
+                for (size_t i = 0; i < ARRAY_SIZE(duration_units); i++)
+                        if (strcmp(end, duration_units[i].name) == 0)
+                                unit = duration_units[i].us;
+                if (!unit)
+                        goto fail;
+        }
+        /* whole * unit + num * unit / den, exactly; num * unit < 10^9 * 3.6e9 fits. */
+        if (whole > INT64_MAX / unit || (num * unit) % den != 0)
+                goto fail;
+        x = whole * unit;
+        if (x > INT64_MAX - (num * unit) / den)
+                goto fail;
+        x += (num * unit) / den;
+        if (x % res_us != 0 || x < min_us || x > max_us)
+                goto fail;
+        *ret_us = x;
+        return 0;
+fail:;
+        char shown[48], lo[32], hi[32], step[48] = "";
+        str_escape(s ? s : "", shown, sizeof shown);
+        duration_format(min_us, unit_us, true, lo, sizeof lo);
+        duration_format(max_us, unit_us, false, hi, sizeof hi);
+        if (res_us > 1) {
+                char r[24];
+                duration_format(res_us, res_us, false, r, sizeof r);
+                snprintf(step, sizeof step, " in steps of %s", r);
+        }
+        return err_set(err, err_len, -EINVAL, "%s '%s' is not a duration in %s..%s%s (us, ms, s, m or h; bare: %s)",
+                       what, shown, lo, hi, step, duration_unit_name(unit_us));
+}

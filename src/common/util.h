@@ -45,6 +45,29 @@ int parse_double(const char *what, const char *s, double min, double max, char *
 /* true/false, yes/no, on/off, 1/0, in any case. */
 int parse_bool(const char *what, const char *s, char *err, size_t err_len, bool *ret);
 
+/* A duration, returned in microseconds: a decimal number with one unit,
+ * us, ms, s, m or h ("250ms", "1.5s", "2m"); a bare number is in unit_us
+ * (so that settings that took plain seconds keep their meaning). The
+ * result must be a whole multiple of res_us (the finest step its user
+ * can honour, e.g. a whole second for a socket timeout) and within
+ * min_us..max_us; larger than int64_t microseconds is out of bounds.
+ *   int64_t t;
+ *   if (parse_duration("body-timeout", v, PARSE_S, PARSE_S, 0, 86400 * PARSE_S, err, sizeof err, &t) < 0)
+ *           fail(err);   // "body-timeout '5d' is not a duration in 0..86400s (us, ms, s, m or h; bare: s)"
+ */
+#define PARSE_US INT64_C(1)
+#define PARSE_MS INT64_C(1000)
+#define PARSE_S  INT64_C(1000000)
+#define PARSE_M  (60 * PARSE_S)
+#define PARSE_H  (3600 * PARSE_S)
+int parse_duration(const char *what, const char *s, int64_t unit_us, int64_t res_us, int64_t min_us,
+                   int64_t max_us, char *err, size_t err_len, int64_t *ret_us);
+
+/* us as a number of unit_us (us, ms, s, m or h) with the unit's name, e.g.
+ * 1500 us in PARSE_MS is "1.5ms"; without_unit leaves the name out, which
+ * parse_duration with that unit reads back. Returns the length (snprintf). */
+int duration_format(int64_t us, int64_t unit_us, bool without_unit, char *buf, size_t len);
+
 /* Monotonic clock in nanoseconds. */
 int64_t time_now_ns(void);
 

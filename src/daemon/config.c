@@ -14,7 +14,23 @@
 #include <string.h>
 #include <strings.h>
 
-enum conf_type { CONF_STRING, CONF_INT, CONF_FLOAT, CONF_BOOL, CONF_ENUM };
+/* The durations are stored in microseconds. Their type says what a bare
+ * number counts (seconds, or ms for a name ending in -ms, as before units
+ * were read) and the finest step their user honours (libmicrohttpd's
+ * timeouts and Retry-After have whole seconds). */
+enum conf_type {
+        CONF_STRING, CONF_INT, CONF_FLOAT, CONF_BOOL, CONF_ENUM,
+        CONF_SECONDS,      /* a duration: bare seconds, in whole seconds */
+        CONF_MS,           /* a duration: bare ms, in whole ms */
+        CONF_MS_US,        /* a duration: bare ms, to the microsecond */
+};
+
+/* One name of an enumeration and its value: the only place where a
+ * setting's words meet the enum (parsing and printing both use it). */
+struct conf_choice {
+        const char *name;
+        int value;
+};
 
 struct conf_setting {
         const char *name;            /* flag --name, env EFFNETD_NAME ('-' -> '_', upper case), file key */
@@ -22,15 +38,34 @@ struct conf_setting {
         enum conf_type type;
         size_t offset;               /* into struct conf */
         const char *def;             /* default, parsed as any value; NULL: unset */
-        double min, max;             /* CONF_INT, CONF_FLOAT */
-        const char *const *choices;  /* CONF_ENUM: NULL-terminated; stored as the index */
+        double min, max;             /* CONF_INT, CONF_FLOAT; durations: in their bare unit */
+        const struct conf_choice *choices;  /* CONF_ENUM: ends with a NULL name */
         const char *help;
 };
 
-/* In enum effnet_precision order. */
-static const char *const precisions[] = { "fp32", "bf16", "auto", NULL };
-static const char *const paddings[] = { "auto", "same", "symmetric", NULL };
-static const char *const log_formats[] = { "text", "json", NULL };
+/* CONF_ENUM fields are written as int: each enum of struct conf is one. */
+_Static_assert(sizeof(enum effnet_precision) == sizeof(int) && sizeof(enum effnet_padding) == sizeof(int) &&
+               sizeof(enum conf_log_format) == sizeof(int), "CONF_ENUM fields must be int-sized");
+
+static const struct conf_choice precisions[] = {
+        { "fp32", EFFNET_FP32 }, { "bf16", EFFNET_BF16 }, { "auto", EFFNET_PRECISION_AUTO }, { NULL, 0 },
+};
+static const struct conf_choice paddings[] = {
+        { "auto", EFFNET_PAD_AUTO }, { "same", EFFNET_PAD_SAME }, { "symmetric", EFFNET_PAD_SYMMETRIC }, { NULL, 0 },
+};
+static const struct conf_choice log_formats[] = { { "text", CONF_LOG_TEXT }, { "json", CONF_LOG_JSON }, { NULL, 0 } };
+
+/* A duration type's bare unit and step; false (and 1 us) for the other types. */
+static bool duration_of(enum conf_type t, int64_t *ret_unit_us, int64_t *ret_res_us)
+{
+        *ret_unit_us = *ret_res_us = 1;
+        switch (t) {
+        case CONF_SECONDS: *ret_unit_us = *ret_res_us = PARSE_S; return true;
+        case CONF_MS: *ret_unit_us = *ret_res_us = PARSE_MS; return true;
+        case CONF_MS_US: *ret_unit_us = PARSE_MS, *ret_res_us = PARSE_US; return true;
+        default: return false;
+        }
+}
 
 #define MiB (1024.0 * 1024.0)
 #define F(field) offsetof(struct conf, field)
@@ -58,27 +93,28 @@ static const struct conf_setting settings[] = {
         { "max-connections-per-client", "server", CONF_INT, F(max_connections_per_client), "128", 0, 1000000,
           NULL, "connections one client address may hold at once (0 = no limit below max-connections), so "
           "that one client cannot take them all from the others and the probes" },
-        { "connection-timeout", "server", CONF_INT, F(connection_timeout), "30", 0, 86400, NULL,
-          "seconds a connection may stay idle; 0 = never drop" },
-        { "body-timeout", "server", CONF_INT, F(body_timeout), "60", 0, 86400, NULL,
-          "seconds from a request's headers to the end of its body; a slower body closes the connection "
-          "(0 = no limit; connection-timeout still drops an idle one)" },
-        { "header-timeout", "server", CONF_INT, F(header_timeout), "10", 0, 3600, NULL,
-          "seconds a connection may take to send a request line and headers (from its start, or from the end "
-          "of its previous request plus connection-timeout); slower ones are closed (0 = no limit)" },
+        { "connection-timeout", "server", CONF_SECONDS, F(connection_timeout_us), "30", 0, 86400, NULL,
+          "time a connection may stay idle (whole seconds); 0 = never drop" },
+        { "body-timeout", "server", CONF_SECONDS, F(body_timeout_us), "60", 0, 86400, NULL,
+          "time from a request's headers to the end of its body (whole seconds); a slower body closes the "
+          "connection (0 = no limit; connection-timeout still drops an idle one)" },
+        { "header-timeout", "server", CONF_SECONDS, F(header_timeout_us), "10", 0, 3600, NULL,
+          "time a connection may take to send a request line and headers (whole seconds; from its start, or "
+          "from the end of its previous request plus connection-timeout); slower ones are closed (0 = no limit)" },
         { "decode-threads", "server", CONF_INT, F(decode_threads), "0", 0, DEC_MAX_THREADS, NULL,
           "threads that decode and preprocess images; 0 = usable CPUs, at most 8" },
         { "decode-queue", "server", CONF_INT, F(decode_queue), "64", 1, 65536, NULL,
           "requests that may wait for a decoding thread; beyond it requests get 503" },
-        { "retry-after", "server", CONF_INT, F(retry_after), "1", 0, 3600, NULL, "Retry-After seconds of 503 answers" },
-        { "drain-timeout", "server", CONF_INT, F(drain_timeout), "30", 0, 3600, NULL,
-          "seconds to finish requests in flight on SIGTERM before exiting" },
+        { "retry-after", "server", CONF_SECONDS, F(retry_after_us), "1", 0, 3600, NULL,
+          "Retry-After of 503 answers (whole seconds, as the header has them)" },
+        { "drain-timeout", "server", CONF_SECONDS, F(drain_timeout_us), "30", 0, 3600, NULL,
+          "time to finish requests in flight on SIGTERM before exiting" },
         { "ui", "server", CONF_BOOL, F(ui), "true", 0, 0, NULL,
           "serve the try-it page at GET / on the main listener (a browser picks images, sees the classes); "
           "false: GET / is 404" },
         { "max-batch", "batching", CONF_INT, F(max_batch), "8", 1, BATCH_MAX_BATCH, NULL,
           "most images per forward pass" },
-        { "max-delay-ms", "batching", CONF_FLOAT, F(max_delay_ms), "2", 0, 10000, NULL,
+        { "max-delay-ms", "batching", CONF_MS_US, F(max_delay_us), "2", 0, 10000, NULL,
           "longest wait for a batch to fill, from the oldest request's arrival" },
         { "queue", "batching", CONF_INT, F(queue), "64", 1, 65536, NULL,
           "images that may wait for inference; beyond it requests get 503" },
@@ -86,10 +122,10 @@ static const struct conf_setting settings[] = {
           "inference workers (engine executors)" },
         { "threads", "batching", CONF_INT, F(threads), "0", 0, 1024, NULL,
           "oneDNN threads per worker; 0 = usable CPUs (affinity, cgroup quota) / workers" },
-        { "deadline-ms", "batching", CONF_INT, F(deadline_ms), "30000", 1, 3600000, NULL,
+        { "deadline-ms", "batching", CONF_MS, F(deadline_us), "30000", 1, 3600000, NULL,
           "time from request headers to the start of inference (504 beyond)" },
-        { "watchdog-stall", "batching", CONF_INT, F(watchdog_stall), "120", 1, 86400, NULL,
-          "seconds a worker may spend on one batch before the systemd watchdog is no longer fed" },
+        { "watchdog-stall", "batching", CONF_SECONDS, F(watchdog_stall_us), "120", 1, 86400, NULL,
+          "time a worker may spend on one batch before the systemd watchdog is no longer fed" },
         { "max-body-bytes", "limits", CONF_INT, F(max_body_bytes), "10485760", 1, 1024 * MiB, NULL,
           "largest request body (413 beyond)" },
         { "v2-max-body-bytes", "limits", CONF_INT, F(v2_max_body_bytes), "100663296", 1, 1024 * MiB, NULL,
@@ -192,19 +228,32 @@ static int set_value(struct conf *c, const struct conf_setting *s, const char *v
                 break;
         }
         case CONF_ENUM: {
-                int found = -1;
-                for (int i = 0; s->choices[i]; i++)
-                        if (strcmp(v, s->choices[i]) == 0)
-                                found = i;
-                if (found < 0) {
-                        char list[128] = "";
-                        for (int i = 0; s->choices[i]; i++)
-                                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "",
-                                         s->choices[i]);
-                        return err_set(why, why_len, -EINVAL, "%s '%s' is not one of %s", s->name, v, list);
+                const struct conf_choice *found = NULL;
+                for (const struct conf_choice *ch = s->choices; ch->name; ch++)
+                        if (strcmp(v, ch->name) == 0)
+                                found = ch;
+                if (!found) {
+                        char list[128] = "", shown[48];
+                        for (const struct conf_choice *ch = s->choices; ch->name; ch++)
+                                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s",
+                                         ch == s->choices ? "" : ", ", ch->name);
+                        str_escape(v, shown, sizeof shown);
+                        return err_set(why, why_len, -EINVAL, "%s '%s' is not one of %s", s->name, shown, list);
                 }
                 if (c)
-                        *(int64_t *)field = found;
+                        *(int *)field = found->value;
+                break;
+        }
+        case CONF_SECONDS:
+        case CONF_MS:
+        case CONF_MS_US: {
+                int64_t unit, res, us;
+                duration_of(s->type, &unit, &res);
+                if (parse_duration(s->name, v, unit, res, (int64_t)s->min * unit, (int64_t)s->max * unit, why,
+                                   why_len, &us) < 0)
+                        return -EINVAL;
+                if (c)
+                        *(int64_t *)field = us;
                 break;
         }
         }
@@ -484,13 +533,20 @@ static void print_bounds(FILE *f, const struct conf_setting *s)
 {
         if (s->choices) {
                 fprintf(f, ", one of");
-                for (int k = 0; s->choices[k]; k++)
-                        fprintf(f, " %s", s->choices[k]);
+                for (const struct conf_choice *ch = s->choices; ch->name; ch++)
+                        fprintf(f, " %s", ch->name);
         }
         if (s->type == CONF_INT)
                 fprintf(f, ", %.0f..%.0f", s->min, s->max);
         else if (s->type == CONF_FLOAT && s->max > 0)
                 fprintf(f, ", %g..%g", s->min, s->max);
+        int64_t unit, res;
+        if (duration_of(s->type, &unit, &res)) {
+                char name[8];
+                duration_format(0, unit, false, name, sizeof name);
+                fprintf(f, ", %.0f..%.0f%s (with us, ms, s, m or h; bare: %s)", s->min, s->max, name + 1,
+                        name + 1);
+        }
 }
 
 void conf_usage(FILE *f)
@@ -512,6 +568,14 @@ void conf_usage(FILE *f)
         }
 }
 
+static const char *choice_name(const struct conf_choice *choices, int value)
+{
+        for (const struct conf_choice *ch = choices; ch->name; ch++)
+                if (ch->value == value)
+                        return ch->name;
+        return "?";
+}
+
 static void print_value(FILE *f, const struct conf_setting *s, const struct conf *c)
 {
         const void *field = (const char *)c + s->offset;
@@ -525,7 +589,17 @@ static void print_value(FILE *f, const struct conf_setting *s, const struct conf
         case CONF_INT: fprintf(f, "%lld", (long long)*(const int64_t *)field); break;
         case CONF_FLOAT: fprintf(f, "%g", *(const double *)field); break;
         case CONF_BOOL: fprintf(f, "%s", *(const bool *)field ? "true" : "false"); break;
-        case CONF_ENUM: fprintf(f, "%s", s->choices[*(const int64_t *)field]); break;
+        case CONF_ENUM: fprintf(f, "%s", choice_name(s->choices, *(const int *)field)); break;
+        case CONF_SECONDS:
+        case CONF_MS:
+        case CONF_MS_US: {
+                char buf[48];
+                int64_t unit, res;
+                duration_of(s->type, &unit, &res);
+                duration_format(*(const int64_t *)field, unit, true, buf, sizeof buf);
+                fprintf(f, "%s", buf);
+                break;
+        }
         }
 }
 

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "effnet.h"
+
 /* The build sets EFFNETD_SYSCONFDIR to meson's sysconfdir, where meson
  * install puts effnetd.conf (/etc with --prefix=/usr). */
 #ifndef EFFNETD_SYSCONFDIR
@@ -28,11 +30,11 @@ struct conf {
         char *listen;
         char *admin_listen;
         char *labels;
-        int64_t precision;          /* enum effnet_precision */
-        int64_t padding;            /* enum effnet_padding */
+        enum effnet_precision precision;
+        enum effnet_padding padding;
         double bn_eps;              /* 0 = from the weights' source */
         int64_t max_batch;
-        double max_delay_ms;
+        int64_t max_delay_us;       /* durations: in microseconds whatever unit they were written in */
         int64_t queue;
         int64_t workers;
         int64_t threads;
@@ -46,19 +48,19 @@ struct conf {
         int64_t max_request_pixels;
         int64_t max_connections;
         int64_t max_connections_per_client;
-        int64_t connection_timeout;
-        int64_t body_timeout;
-        int64_t header_timeout;
+        int64_t connection_timeout_us;
+        int64_t body_timeout_us;
+        int64_t header_timeout_us;
         int64_t decode_threads;
         int64_t decode_queue;
-        int64_t deadline_ms;
-        int64_t retry_after;
-        int64_t drain_timeout;
+        int64_t deadline_us;
+        int64_t retry_after_us;
+        int64_t drain_timeout_us;
         bool jpeg_fast;
         bool ui;                    /* the try-it page at GET / */
         bool access_log;
-        int64_t log_format;         /* enum conf_log_format */
-        int64_t watchdog_stall;     /* seconds a busy worker may go without finishing a batch */
+        enum conf_log_format log_format;
+        int64_t watchdog_stall_us;  /* a busy worker may go this long without finishing a batch */
 
         char *file;                 /* owned: the config file read, or NULL */
         char *origin[CONF_MAX_SETTINGS]; /* owned: where each setting's value came from */

@@ -1,23 +1,32 @@
-/* log: effnetd's log lines on stderr (text, journald prefixes, JSON). */
+/* log: effnetd's log lines on stderr (text, journald prefixes, JSON), and
+ * access records as journal fields when stderr is journald's stream. */
 #include "log.h"
 #include "util.h"
 
+#include <errno.h>
 #include <jansson.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
+#include <systemd/sd-journal.h>
 #include <time.h>
 #include <unistd.h>
 
 static const char *log_prog = "effnetd";
 static bool log_json;
 static bool log_journal;   /* stderr is journald's stream: prefix <prio> */
+static bool log_fields;    /* ... and a socket: access records as journal fields */
+static atomic_bool fields_failed;   /* the journal refused one: stream lines from then on */
+static int (*journal_sendv)(const struct iovec *iov, int n) = sd_journal_sendv;
 
 /* JOURNAL_STREAM is "DEV:INODE" of the stream systemd connected; it only
- * counts when stderr still is that stream (not redirected by a wrapper). */
-static bool stderr_is_journal(void)
+ * counts when stderr still is that stream (not redirected by a wrapper).
+ * journald's end is always a socket; ret_socket says whether stderr is. */
+static bool stderr_is_journal(bool *ret_socket)
 {
         const char *e = getenv("JOURNAL_STREAM");
         unsigned long long dev, ino;
@@ -25,14 +34,24 @@ static bool stderr_is_journal(void)
 
         if (!e || sscanf(e, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) < 0)
                 return false;
+        *ret_socket = S_ISSOCK(st.st_mode);
         return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
 }
 
 void log_setup(const char *prog, bool json)
 {
+        bool sock = false;
+
         log_prog = prog;
         log_json = json;
-        log_journal = stderr_is_journal();
+        log_journal = stderr_is_journal(&sock);
+        log_fields = log_journal && sock && !json;
+        atomic_store(&fields_failed, false);
+}
+
+void log_set_journal_sender(int (*sendv)(const struct iovec *iov, int n))
+{
+        journal_sendv = sendv ? sendv : sd_journal_sendv;
 }
 
 static void write_line(const char *s, size_t n)
@@ -131,6 +150,48 @@ void log_msg(int prio, const char *fmt, ...)
         }
 }
 
+/* One access record as journal fields, with the text line as MESSAGE, so
+ * that `journalctl -u effnetd STATUS=503` or `REQUEST_ID=...` finds it.
+ * method and path are escaped already. A refusal (journald gone, the
+ * record too large) is remembered: the caller writes the line instead. */
+static int send_access_fields(const struct http_access *a, const char *method, const char *path,
+                              const char *msg)
+{
+        char message[1600], f[15][600], id[520], client[80], error[80];
+        struct iovec iov[16];
+        int n = 0;
+
+        str_escape(a->request_id, id, sizeof id);
+        str_escape(a->client, client, sizeof client);
+        snprintf(message, sizeof message, "MESSAGE=%s", msg);
+        snprintf(f[n++], sizeof f[0], "PRIORITY=%d", LOG_INFO);
+        snprintf(f[n++], sizeof f[0], "SYSLOG_IDENTIFIER=%.64s", log_prog);
+        snprintf(f[n++], sizeof f[0], "REQUEST_ID=%s", id);
+        snprintf(f[n++], sizeof f[0], "CLIENT=%s", client);
+        snprintf(f[n++], sizeof f[0], "METHOD=%s", method);
+        snprintf(f[n++], sizeof f[0], "PATH=%.580s", path);
+        snprintf(f[n++], sizeof f[0], "STATUS=%d", a->status);
+        if (a->error) {
+                str_escape(a->error, error, sizeof error);
+                snprintf(f[n++], sizeof f[0], "ERROR=%s", error);
+        }
+        snprintf(f[n++], sizeof f[0], "BYTES_IN=%zu", a->body_bytes);
+        snprintf(f[n++], sizeof f[0], "BYTES_OUT=%zu", a->answer_bytes);
+        snprintf(f[n++], sizeof f[0], "IMAGES=%d", a->images);
+        snprintf(f[n++], sizeof f[0], "QUEUE_MS=%.1f", a->queue_ms < 0 ? 0.0 : a->queue_ms);
+        snprintf(f[n++], sizeof f[0], "INFERENCE_MS=%.1f", a->inference_ms);
+        snprintf(f[n++], sizeof f[0], "BATCH_SIZE=%d", a->batch_size);
+        snprintf(f[n++], sizeof f[0], "DURATION_MS=%.1f", a->ms);
+        iov[0] = (struct iovec){ .iov_base = message, .iov_len = strlen(message) };
+        for (int i = 0; i < n; i++)
+                iov[i + 1] = (struct iovec){ .iov_base = f[i], .iov_len = strlen(f[i]) };
+        if (journal_sendv(iov, n + 1) < 0) {
+                atomic_store(&fields_failed, true);
+                return -EIO;
+        }
+        return 0;
+}
+
 void log_access(const struct http_access *a)
 {
         char path[512], method[64];
@@ -160,5 +221,7 @@ void log_access(const struct http_access *a)
                  a->error ? a->error : "", a->body_bytes, a->answer_bytes, a->images,
                  a->queue_ms < 0 ? 0.0 : a->queue_ms,
                  a->inference_ms, a->batch_size, a->ms);
+        if (log_fields && !atomic_load(&fields_failed) && send_access_fields(a, method, path, msg) == 0)
+                return;
         emit_text(LOG_INFO, msg);
 }

@@ -58,37 +58,21 @@ static void usage(FILE *f)
                    "  --help, --version\n");
 }
 
-/* One model generation: what a reload builds and swaps in, and the owner
- * of its model, batcher and labels. The http server borrows them through
- * a struct http_backend (backend_of) and returns the generation from
- * http_collect_retired once no request uses it. */
-struct serving {
-        struct effnet_model *model;
-        struct api_labels *labels;
-        struct batch *batch;
-        char *weights;
-        char sha256[65];
-        int precision;
+/* The local file of the weights setting while a generation is built: the
+ * file itself, or the hub cache's snapshot of hf:// weights. */
+struct weights_file {
         char *path;                /* the local file */
         struct hub_file *hub;      /* hf:// weights: the cached file; NULL otherwise */
         struct hub_ref ref;        /* hf:// weights: what was asked for */
         char *hub_config;          /* hf:// weights: the repository's config.json in the cache, or NULL */
-        struct api_weights source; /* for /v1/models; points into the fields above */
 };
 
-static struct serving *serving_free(struct serving *sv)
+static void weights_file_clear(struct weights_file *wf)
 {
-        if (!sv)
-                return NULL;
-        sv->batch = batch_free(sv->batch);   /* finishes queued jobs first */
-        sv->labels = api_labels_free(sv->labels);
-        sv->model = effnet_model_free(sv->model);
-        free(sv->weights);
-        free(sv->path);
-        hub_file_free(sv->hub);
-        free(sv->hub_config);
-        free(sv);
-        return NULL;
+        free(wf->path);
+        hub_file_free(wf->hub);
+        free(wf->hub_config);
+        *wf = (struct weights_file){ 0 };
 }
 
 /* The SHA-256 of n bytes as 64 hex digits (and a NUL) in ret_hex. */
@@ -177,8 +161,8 @@ static char *hub_config_of(const struct hub_ref *weights_ref, const struct hub_f
 
 /* The local file of the weights setting: the file itself, or for
  * hf://ORG/NAME[@REVISION][/FILE] the hub cache's snapshot, downloaded
- * first when it is not there (sv->hub, sv->ref, sv->hub_config then). */
-static int weights_resolve(const char *weights, struct serving *sv, char *err, size_t err_len)
+ * first when it is not there (wf->hub, wf->ref, wf->hub_config then). */
+static int weights_resolve(const char *weights, struct weights_file *wf, char *err, size_t err_len)
 {
         struct hub_file *f = NULL;
         struct pull_log pl = { .uri = weights };
@@ -187,21 +171,21 @@ static int weights_resolve(const char *weights, struct serving *sv, char *err, s
         int r;
 
         if (!hub_is_uri(weights)) {
-                sv->path = strdup(weights);
-                return sv->path ? 0 : err_set(err, err_len, -ENOMEM, "out of memory");
+                wf->path = strdup(weights);
+                return wf->path ? 0 : err_set(err, err_len, -ENOMEM, "out of memory");
         }
-        if ((r = hub_parse_uri(weights, why, sizeof why, &sv->ref)) < 0 ||
-            (r = hub_fetch(&sv->ref, &o, why, sizeof why, &f)) < 0)
+        if ((r = hub_parse_uri(weights, why, sizeof why, &wf->ref)) < 0 ||
+            (r = hub_fetch(&wf->ref, &o, why, sizeof why, &f)) < 0)
                 return err_set(err, err_len, r, "weights %s: %s", weights, why);
         log_msg(LOG_INFO, "weights %s: commit %s, %s (%s)", weights, f->commit, f->path,
                 f->downloaded ? "downloaded" : f->network ? "in the cache, linked" : "from the cache");
-        sv->path = strdup(f->path);
-        if (!sv->path) {
+        wf->path = strdup(f->path);
+        if (!wf->path) {
                 hub_file_free(f);
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         }
-        sv->hub_config = hub_config_of(&sv->ref, f);
-        sv->hub = f;
+        wf->hub_config = hub_config_of(&wf->ref, f);
+        wf->hub = f;
         return 0;
 }
 
@@ -237,91 +221,110 @@ static void on_warm_progress(void *userdata, int done, int total)
  * config.json when it names every class, else the built-in ImageNet-1k
  * names for 1000 classes, else the indices (said in the log: the answers
  * carry numbers, not names). */
-static int labels_open(const struct conf *c, struct serving *sv, int classes, char *err, size_t err_len)
+static int labels_open(const struct conf *c, const char *hub_config, int classes, char *err, size_t err_len,
+                       struct api_labels **ret_labels)
 {
         char why[512];
         int r;
 
-        if (c->labels || !sv->hub_config)
-                return api_labels_load(c->labels, classes, err, err_len, &sv->labels);
-        r = api_labels_load_hub_config(sv->hub_config, classes, why, sizeof why, &sv->labels);
+        if (c->labels || !hub_config)
+                return api_labels_load(c->labels, classes, err, err_len, ret_labels);
+        r = api_labels_load_hub_config(hub_config, classes, why, sizeof why, ret_labels);
         if (r == 0)
                 return 0;
         if (r != -ENOENT)
                 log_msg(LOG_WARNING, "labels: not taken from the repository's config.json: %s", why);
-        return api_labels_load(NULL, classes, err, err_len, &sv->labels);
+        return api_labels_load(NULL, classes, err, err_len, ret_labels);
 }
 
-/* Loads the model of c, its labels, and a warm batcher. */
-static int serving_open(const struct conf *c, char *err, size_t err_len, struct serving **ret)
+/* The model of c (read into memory, so that a file rewritten in place
+ * cannot fault the daemon) into g, with the sha256 of those bytes (what is
+ * served) and where they came from. */
+static int model_load(const struct conf *c, const struct weights_file *wf, struct generation *g, char *err,
+                      size_t err_len)
 {
-        struct serving *sv = calloc(1, sizeof *sv);
+        struct effnet_open_opts oo = { .padding = c->padding, .bn_eps = (float)c->bn_eps, .copy = 1 };
+        char sha256[65];
+        size_t file_len = 0;
         int r;
 
-        if (!sv)
-                return err_set(err, err_len, -ENOMEM, "out of memory");
-        if ((r = effnet_precision_resolve((int)c->precision, err, err_len, &sv->precision)) < 0)
-                goto fail;
-        if (!(sv->weights = strdup(c->weights))) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto fail;
-        }
-        if ((r = weights_resolve(c->weights, sv, err, err_len)) < 0)
-                goto fail;
-        /* The file is read into memory, so that one rewritten in place
-         * (cp over it) cannot fault the daemon, and hashed from those bytes,
-         * so that the sha256 reported is that of what is served. */
-        struct effnet_open_opts oo = { .padding = (int)c->padding, .bn_eps = (float)c->bn_eps, .copy = 1 };
-        service_notify_status("not ready: loading weights %s", sv->weights);
-        if ((r = effnet_model_open(sv->path, &oo, err, err_len, &sv->model)) < 0)
-                goto fail;
-        size_t file_len = 0;
-        const void *file = effnet_model_file(sv->model, &file_len);
-        if ((r = sha256_hex(file, file_len, sv->sha256)) < 0) {
-                err_set(err, err_len, r, "sha256: out of memory");
-                goto fail;
-        }
-        const struct effnet_info *info = effnet_model_info(sv->model);
-        sv->source = (struct api_weights){
-                .source = sv->hub ? API_WEIGHTS_HUB : info->seed >= 0 ? API_WEIGHTS_SEEDED : API_WEIGHTS_FILE,
-                .path = sv->path, .sha256 = sv->sha256, .seed = info->seed,
-                .repo = sv->hub ? sv->ref.repo : NULL, .revision = sv->hub ? sv->ref.revision : NULL,
-                .commit = sv->hub ? sv->hub->commit : NULL, .file = sv->hub ? sv->ref.file : NULL,
+        service_notify_status("not ready: loading weights %s", c->weights);
+        if ((r = effnet_model_open(wf->path, &oo, err, err_len, &g->model)) < 0)
+                return r;
+        const void *file = effnet_model_file(g->model, &file_len);
+        if ((r = sha256_hex(file, file_len, sha256)) < 0)
+                return err_set(err, err_len, r, "sha256: out of memory");
+        const struct effnet_info *info = effnet_model_info(g->model);
+        bool hub = wf->hub != NULL;
+        struct api_weights source = {
+                .source = hub ? API_WEIGHTS_HUB : info->seed >= 0 ? API_WEIGHTS_SEEDED : API_WEIGHTS_FILE,
+                .path = wf->path, .sha256 = sha256, .seed = info->seed,
+                .repo = hub ? wf->ref.repo : NULL, .revision = hub ? wf->ref.revision : NULL,
+                .commit = hub ? wf->hub->commit : NULL, .file = hub ? wf->ref.file : NULL,
         };
-        if ((r = labels_open(c, sv, info->classes, err, err_len)) < 0)
-                goto fail;
+        if (gen_set_weights(g, c->weights, &source) < 0)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        return 0;
+}
+
+/* A warm batcher for g's model. */
+static int batcher_open(const struct conf *c, struct generation *g, char *err, size_t err_len)
+{
         struct batch_opts bo = {
                 .max_batch = (int)c->max_batch,
-                .max_delay_us = (int64_t)(c->max_delay_ms * 1000.0),
+                .max_delay_us = c->max_delay_us,
                 .queue_images = (int)c->queue,
                 .workers = (int)c->workers,
                 .threads = (int)c->threads,
-                .precision = sv->precision,
+                .precision = g->precision,
                 .progress = on_warm_progress,
         };
         struct warm_log wl = { .t0 = time_now_ns() };
+        int r;
+
         bo.userdata = &wl;
         pthread_mutex_init(&wl.lock, NULL);
-        r = batch_new(sv->model, &bo, err, err_len, &sv->batch);
+        r = batch_new(g->model, &bo, err, err_len, &g->batch);
         pthread_mutex_destroy(&wl.lock);
-        if (r < 0)
+        return r;
+}
+
+/* The generation of c: its model, labels, and a warm batcher. */
+static int generation_open(const struct conf *c, char *err, size_t err_len, struct generation **ret_gen)
+{
+        struct weights_file wf = { 0 };
+        struct generation *g = NULL;
+        int r;
+
+        if ((r = gen_new(&g)) < 0) {
+                err_set(err, err_len, r, "out of memory");
+                goto fail;
+        }
+        if ((r = effnet_precision_resolve(c->precision, err, err_len, &g->precision)) < 0 ||
+            (r = weights_resolve(c->weights, &wf, err, err_len)) < 0 ||
+            (r = model_load(c, &wf, g, err, err_len)) < 0 ||
+            (r = labels_open(c, wf.hub_config, effnet_model_info(g->model)->classes, err, err_len,
+                             &g->labels)) < 0 ||
+            (r = batcher_open(c, g, err, err_len)) < 0)
                 goto fail;
         /* Every executor exists and holds its weights: the copy of the file
          * is not needed any more. */
-        effnet_model_drop_file(sv->model);
-        *ret = sv;
+        effnet_model_drop_file(g->model);
+        weights_file_clear(&wf);
+        *ret_gen = g;
         return 0;
 fail:
-        serving_free(sv);
+        weights_file_clear(&wf);
+        gen_free(g);
         return r;
 }
 
 /* What is served, where its weights and names come from, in the log: the
  * untrained default and answers without names say so. */
-static void log_model(const struct serving *sv)
+static void log_model(const struct generation *g)
 {
-        const struct effnet_info *info = effnet_model_info(sv->model);
-        const struct api_weights *w = &sv->source;
+        const struct effnet_info *info = effnet_model_info(g->model);
+        const struct api_weights *w = &g->source;
         char from[1200];
 
         if (w->source == API_WEIGHTS_HUB)
@@ -330,30 +333,23 @@ static void log_model(const struct serving *sv)
         else
                 snprintf(from, sizeof from, "%s %s", w->source == API_WEIGHTS_SEEDED ? "seeded" : "file", w->path);
         log_msg(LOG_INFO, "model %s: %s, %d classes, input %d, %s weights from %s (sha256 %.16s...), labels %s",
-                sv->weights, info->variant, info->classes, info->preproc.size, info->dtype, from, sv->sha256,
-                api_labels_source(sv->labels));
+                g->weights, info->variant, info->classes, info->preproc.size, info->dtype, from, g->sha256,
+                api_labels_source(g->labels));
         if (w->seed >= 0)
                 log_msg(LOG_WARNING, "weights %s are seeded (seed %lld), not trained: the classes predicted mean "
                         "nothing; serve trained weights, e.g. --weights hf://timm/tf_efficientnetv2_s.in21k_ft_in1k",
-                        sv->weights, (long long)w->seed);
-        if (strcmp(api_labels_source(sv->labels), "indices") == 0)
+                        g->weights, (long long)w->seed);
+        if (strcmp(api_labels_source(g->labels), "indices") == 0)
                 log_msg(LOG_NOTICE, "labels: no names for the model's %d classes (none built in, none in the "
                         "weights' repository): each label is the class index; --labels FILE names them",
                         info->classes);
 }
 
-static struct http_backend backend_of(struct serving *sv)
+static void describe(const struct generation *g, char *buf, size_t n)
 {
-        return (struct http_backend){ .model = sv->model, .batch = sv->batch, .labels = sv->labels,
-                                      .weights = sv->weights, .weights_sha256 = sv->sha256,
-                                      .source = &sv->source, .owner = sv };
-}
-
-static void describe(const struct serving *sv, char *buf, size_t n)
-{
-        const struct effnet_info *info = effnet_model_info(sv->model);
+        const struct effnet_info *info = effnet_model_info(g->model);
         snprintf(buf, n, "%s, %s, %d classes, input %d, weights %s", info->variant,
-                 effnet_precision_name(sv->precision), info->classes, info->preproc.size, sv->weights);
+                 effnet_precision_name(g->precision), info->classes, info->preproc.size, g->weights);
 }
 
 /* http's access_log callback: one access line per answered request. */
@@ -450,7 +446,8 @@ struct daemon {
         int nargs;
         sigset_t sigs;             /* process_setup: SIGTERM, SIGINT, SIGHUP, blocked in every thread */
         int listen_fd;             /* process_setup: systemd's socket, or -1 (http takes it over) */
-        struct serving *sv;        /* model_open: the generation served */
+        struct generation *gen;    /* model_open: the generation served; owned until listeners_open
+                                    * hands it to http, then http's (the current one, main thread only) */
         struct http_server *http;  /* listeners_open */
         struct reload reload;      /* serve: a SIGHUP's load */
         struct conf next;          /* serve: the settings the running reload reads */
@@ -461,20 +458,20 @@ struct daemon {
         int64_t stall_ns;
         uint64_t last_images;
         int64_t last_status_ns;
-        char what[512];            /* describe(sv) */
+        char what[512];            /* describe(gen) */
         char status[700];          /* the STATUS= of READY=1 */
         bool stalled;              /* logged once per stall */
 };
 
 /* The loader of a generation, on the reload's thread: input is the
  * struct conf to load. */
-static int serving_load(const void *input, char *err, size_t err_len, void **ret_result)
+static int generation_load(const void *input, char *err, size_t err_len, void **ret_result)
 {
-        struct serving *sv = NULL;
-        int r = serving_open(input, err, err_len, &sv);
+        struct generation *g = NULL;
+        int r = generation_open(input, err, err_len, &g);
 
         if (r == 0)
-                *ret_result = sv;
+                *ret_result = g;
         return r;
 }
 
@@ -499,7 +496,7 @@ static int next_settings(const struct daemon *d, struct conf *ret_next)
         n.queue = running->queue;
         n.workers = running->workers;
         n.threads = running->threads;
-        n.max_delay_ms = running->max_delay_ms;
+        n.max_delay_us = running->max_delay_us;
         *ret_next = n;
         return 0;
 }
@@ -517,7 +514,7 @@ static void on_sighup(struct daemon *d)
         log_msg(LOG_INFO, "SIGHUP: reloading the model");
         if ((r = next_settings(d, &d->next)) < 0)
                 goto fail;
-        if ((r = reload_start(&d->reload, serving_load, &d->next)) < 0) {
+        if ((r = reload_start(&d->reload, generation_load, &d->next)) < 0) {
                 log_msg(LOG_ERR, "reload: thread: %s", strerror(-r));
                 conf_free(&d->next);
                 goto fail;
@@ -532,22 +529,20 @@ fail:
  * its last request is answered), or the reason it is not. */
 static void swap_in_reloaded(struct daemon *d)
 {
-        struct serving *n = NULL;
-        struct http_backend nb;
+        struct generation *n = NULL;
         char err[512];
         void *next;
 
         if (reload_finish(&d->reload, err, sizeof err, &next) == 0) {
                 n = next;
-                nb = backend_of(n);
-                if (http_swap_backend(d->http, &nb, err, sizeof err) < 0)
-                        n = serving_free(n);
+                if (http_swap_generation(d->http, n, err, sizeof err) < 0)
+                        n = gen_free(n);
         }
         if (n) {
-                d->sv = n;
-                describe(d->sv, d->what, sizeof d->what);
-                log_msg(LOG_INFO, "reloaded: now serving %s (sha256 %.16s...)", d->what, d->sv->sha256);
-                log_model(d->sv);
+                d->gen = n;
+                describe(d->gen, d->what, sizeof d->what);
+                log_msg(LOG_INFO, "reloaded: now serving %s (sha256 %.16s...)", d->what, d->gen->sha256);
+                log_model(d->gen);
                 http_count_reload(d->http, true);
         } else {
                 log_msg(LOG_ERR, "reload failed, still serving %s: %s", d->what, err);
@@ -564,16 +559,16 @@ static void tick(struct daemon *d, bool stopping)
 {
         int64_t now = time_now_ns();
         char err[256];
-        struct serving *sv;
+        struct generation *old;
 
-        while ((sv = http_collect_retired(d->http))) {
+        while ((old = http_collect_retired(d->http))) {
                 /* Its last request is answered: executors and threads go. */
-                log_msg(LOG_INFO, "released the replaced model (sha256 %.16s...)", sv->sha256);
-                serving_free(sv);
+                log_msg(LOG_INFO, "released the replaced model (sha256 %.16s...)", old->sha256);
+                gen_free(old);
         }
         if (d->watchdog_ns && now >= d->next_watchdog) {
                 d->next_watchdog = now + d->watchdog_ns;
-                if (batch_check_progress(d->sv->batch, d->stall_ns, err, sizeof err) == 0) {
+                if (batch_check_progress(d->gen->batch, d->stall_ns, err, sizeof err) == 0) {
                         service_notify_watchdog();
                         d->stalled = false;
                 } else if (!d->stalled) {
@@ -708,21 +703,21 @@ static int process_setup(struct daemon *d, char *err, size_t err_len)
         return 0;
 }
 
-/* Phase 3, the model: d->sv, loaded on a thread of its own while this one
+/* Phase 3, the model: d->gen, loaded on a thread of its own while this one
  * waits for signals: SIGTERM or SIGINT during a long load or warm-up ends
  * the process at once (nothing is served yet, so nothing is lost), where
  * waiting for the load could outlast the service manager's stop timeout.
- * Undone by daemon_teardown (serving_free). */
+ * Undone by daemon_teardown (gen_free, unless http has it). */
 static int model_open(struct daemon *d, char *err, size_t err_len)
 {
         struct reload first = RELOAD_INIT;
         struct batch_config bc;
         struct effnet_cpu cpu;
         int64_t t0 = time_now_ns();
-        void *sv = NULL;
+        void *gen = NULL;
         int r;
 
-        if ((r = reload_start(&first, serving_load, &d->conf)) < 0)
+        if ((r = reload_start(&first, generation_load, &d->conf)) < 0)
                 return err_set(err, err_len, r, "loading thread: %s", strerror(-r));
         while (!reload_ready(&first)) {
                 struct timespec ts = { .tv_sec = 0, .tv_nsec = 50000000 };
@@ -735,22 +730,22 @@ static int model_open(struct daemon *d, char *err, size_t err_len)
                 if (sig == SIGHUP)
                         log_msg(LOG_NOTICE, "SIGHUP during start-up: ignored, the model is loading");
         }
-        if ((r = reload_finish(&first, err, err_len, &sv)) < 0)
+        if ((r = reload_finish(&first, err, err_len, &gen)) < 0)
                 return r;
-        d->sv = sv;
-        batch_get_config(d->sv->batch, &bc);
+        d->gen = gen;
+        batch_get_config(d->gen->batch, &bc);
         effnet_cpu_info(&cpu);
-        log_model(d->sv);
+        log_model(d->gen);
         log_msg(LOG_INFO,
                 "%d worker(s) x %d thread(s) of %d usable CPUs, %s (precision %s, CPU %s), batch sizes up to %d, "
                 "ready in %.0f ms (%.0f MB of executor memory)",
-                bc.workers, bc.threads, cpu_usable_count(), effnet_precision_name(d->sv->precision),
-                effnet_precision_name((int)d->conf.precision), cpu.isa, bc.max_batch,
+                bc.workers, bc.threads, cpu_usable_count(), effnet_precision_name(d->gen->precision),
+                effnet_precision_name(d->conf.precision), cpu.isa, bc.max_batch,
                 (double)(time_now_ns() - t0) / 1e6, (double)bc.exec_bytes / (1024.0 * 1024.0));
         return 0;
 }
 
-/* Phase 4, the listeners: d->http serving d->sv. Undone by
+/* Phase 4, the listeners: d->http serving d->gen (http's from then on). Undone by
  * daemon_teardown (http_stop, http_free). */
 static int listeners_open(struct daemon *d, char *err, size_t err_len)
 {
@@ -762,9 +757,9 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .threads = (int)c->http_threads,
                 .max_connections = (int)c->max_connections,
                 .max_connections_per_client = (int)c->max_connections_per_client,
-                .connection_timeout_s = (int)c->connection_timeout,
-                .body_timeout_s = (int)c->body_timeout,
-                .header_timeout_s = (int)c->header_timeout,
+                .connection_timeout_s = (int)(c->connection_timeout_us / PARSE_S),
+                .body_timeout_s = (int)(c->body_timeout_us / PARSE_S),
+                .header_timeout_s = (int)(c->header_timeout_us / PARSE_S),
                 .decode_threads = (int)c->decode_threads,
                 .decode_queue = (int)c->decode_queue,
                 .max_body_bytes = c->max_body_bytes,
@@ -772,8 +767,8 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .max_body_total = c->max_body_total,
                 .max_answer_total = c->max_answer_total,
                 .max_images = (int)c->max_images,
-                .deadline_ms = c->deadline_ms,
-                .retry_after_s = (int)c->retry_after,
+                .deadline_ms = c->deadline_us / PARSE_MS,
+                .retry_after_s = (int)(c->retry_after_us / PARSE_S),
                 .ui = c->ui,
                 .img = IMG_OPTS_DEFAULT,
                 .access_log = c->access_log ? on_answered : NULL,
@@ -785,8 +780,7 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
         ho.img.limits.max_pixels = c->max_pixels;
         ho.max_request_pixels = c->max_request_pixels;
         ho.img.jpeg_fast = c->jpeg_fast;
-        struct http_backend be = backend_of(d->sv);
-        if ((r = http_new(&ho, &be, err, err_len, &d->http)) < 0)
+        if ((r = http_new(&ho, d->gen, err, err_len, &d->http)) < 0)
                 return r;
         log_msg(LOG_INFO, "listening on %s%s", http_url(d->http),
                 d->listen_fd >= 0 ? " (socket from systemd)" : "");
@@ -803,10 +797,10 @@ static int serve(struct daemon *d)
         uint64_t wd = service_watchdog_period_usec();
         int sig;
 
-        d->stall_ns = d->conf.watchdog_stall * 1000000000;
+        d->stall_ns = d->conf.watchdog_stall_us * 1000;
         d->watchdog_ns = (int64_t)wd * 1000 / 2;
         d->last_status_ns = time_now_ns();
-        describe(d->sv, d->what, sizeof d->what);
+        describe(d->gen, d->what, sizeof d->what);
         snprintf(d->status, sizeof d->status, "serving %s on %s", d->what, http_url(d->http));
         service_notify_ready(d->status);
         d->next_status = time_now_ns() + STATUS_PERIOD_NS;
@@ -836,14 +830,14 @@ static void drain(struct daemon *d, int sig)
         void *abandoned;
         char err[512];
 
-        log_msg(LOG_INFO, "%s: draining (%d requests in flight, up to %lld s)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
-                http_inflight(d->http), (long long)d->conf.drain_timeout);
+        log_msg(LOG_INFO, "%s: draining (%d requests in flight, up to %g s)", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                http_inflight(d->http), (double)d->conf.drain_timeout_us / PARSE_S);
         service_notify_stopping("draining");
         http_drain(d->http);
         /* Queued requests always finish (result or deadline), since
          * libmicrohttpd cannot stop with suspended connections; only slow
          * readers of answers are cut off after drain-timeout. */
-        int64_t until = time_now_ns() + d->conf.drain_timeout * 1000000000;
+        int64_t until = time_now_ns() + d->conf.drain_timeout_us * 1000;
         while (http_waiting(d->http) > 0 || (http_inflight(d->http) > 0 && time_now_ns() < until)) {
                 struct timespec ts = { .tv_sec = 0, .tv_nsec = 10000000 };
                 nanosleep(&ts, NULL);
@@ -858,7 +852,7 @@ static void drain(struct daemon *d, int sig)
                 d->abandon_reload = true;
         } else if (reload_running(&d->reload)) {
                 if (reload_finish(&d->reload, err, sizeof err, &abandoned) == 0)
-                        serving_free(abandoned);
+                        gen_free(abandoned);
                 conf_free(&d->next);
         }
 }
@@ -866,15 +860,17 @@ static void drain(struct daemon *d, int sig)
 /* Phase 7, teardown: undoes what the phases filled in, in reverse. */
 static void daemon_teardown(struct daemon *d)
 {
-        struct serving *old;
+        struct generation *old;
 
         if (d->http) {
                 http_stop(d->http);
                 while ((old = http_collect_retired(d->http)))
-                        serving_free(old);
+                        gen_free(old);
         }
-        d->http = http_free(d->http);
-        d->sv = serving_free(d->sv);
+        if (!d->http)
+                d->gen = gen_free(d->gen);   /* never handed to http */
+        d->http = http_free(d->http);        /* frees the generations it has */
+        d->gen = NULL;
 }
 
 int main(int argc, char **argv)

@@ -36,26 +36,6 @@
  * header-timeout: the cut comes at most this late. */
 #define HEADER_SWEEP_NS 250000000LL
 
-/* The server's view of one model generation (struct http_backend): what
- * requests hold a reference to; its owner's objects stay the owner's. */
-struct http_gen {
-        struct effnet_model *model;        /* not owned: see http_backend */
-        const struct effnet_info *info;
-        struct batch *batch;
-        const struct api_labels *labels;
-        struct serving *owner;             /* handed back by http_collect_retired */
-        char *weights;                     /* owned */
-        char sha256[65];
-        char *models_body;                 /* GET /v1/models, built once; owned */
-        struct v2_model v2;                /* the model as /v2 describes it */
-        int exec_batch[BATCH_MAX_EXEC];    /* v2.exec_batch points here */
-        char *v2_model_body;               /* GET /v2/models/{m}, built once; owned */
-        char *v2_config_body;              /* GET /v2/models/{m}/config, built once; owned */
-        size_t image_floats;               /* 3 * size * size */
-        atomic_int refs;                   /* requests using it */
-        struct http_gen *next;             /* on the retired list */
-};
-
 /* One accepted connection, tracked for header-timeout from libmicrohttpd's
  * connection notifications. Guarded by http_server.conn_lock. */
 struct http_conn {
@@ -74,8 +54,8 @@ struct http_server {
         int max_batch;
 
         pthread_mutex_t gen_lock;          /* guards current and retired */
-        struct http_gen *current;
-        struct http_gen *retired;          /* swapped out, maybe still in use */
+        struct generation *current;
+        struct generation *retired;        /* swapped out, maybe still in use */
         struct batch_stats retired_stats;  /* the final counters of the batchers of collected generations,
                                             * which are gone (guarded by gen_lock) */
         atomic_ullong reloads, reload_failures;
@@ -121,7 +101,7 @@ enum req_state {
 /* One request; freed when libmicrohttpd reports it completed. */
 struct req {
         struct http_server *s;
-        struct http_gen *g;         /* the generation it is served with (a reference), NULL while its
+        struct generation *g;       /* the generation it is served with (a reference), NULL while its
                                      * body arrives: a slow upload holds no retired model */
         char id[HTTP_MAX_REQUEST_ID + 1];
         struct MHD_Connection *conn;
@@ -450,7 +430,7 @@ void http_stats_snapshot(struct http_server *s, struct http_stats *ret_stats)
         st->inflight = atomic_load(&s->inflight);
         st->ready = !atomic_load(&s->draining);
         pthread_mutex_lock(&s->gen_lock);
-        for (struct http_gen *x = s->retired; x; x = x->next)
+        for (struct generation *x = s->retired; x; x = x->next)
                 st->retired_models++;
         pthread_mutex_unlock(&s->gen_lock);
 }
@@ -463,7 +443,7 @@ static void batch_totals(struct http_server *s, struct batch_stats *ret_stats)
 
         pthread_mutex_lock(&s->gen_lock);
         *ret_stats = s->retired_stats;
-        for (struct http_gen *x = s->retired; x; x = x->next) {
+        for (struct generation *x = s->retired; x; x = x->next) {
                 batch_stats_snapshot(x->batch, &now);
                 batch_stats_add(ret_stats, &now);
         }
@@ -476,7 +456,7 @@ static void batch_totals(struct http_server *s, struct batch_stats *ret_stats)
 static int metrics_body(struct req *q, char **ret_body)
 {
         struct http_server *s = q->s;
-        struct http_gen *g = q->g;
+        struct generation *g = q->g;
         struct http_stats hs;
         struct batch_stats bs;
         struct dec_stats ds;
@@ -534,7 +514,7 @@ static enum MHD_Result serve_get(struct req *q)
 static enum MHD_Result serve_v2_get(struct req *q)
 {
         struct http_server *s = q->s;
-        struct http_gen *g = q->g;
+        struct generation *g = q->g;
         char *body = NULL;
 
         switch (q->v2.route) {
@@ -602,7 +582,7 @@ static bool answers_full(struct http_server *s, char *msg, size_t len)
 static enum MHD_Result v2_on_headers(struct req *q, bool get)
 {
         struct http_server *s = q->s;
-        struct http_gen *g = q->g;
+        struct generation *g = q->g;
         bool infer = q->v2.route == V2_ROUTE_INFER;
         char msg[256];
 
@@ -878,7 +858,7 @@ static void on_v2_job_done(struct batch_job *job, int status)
 static void start_inference(struct req *q)
 {
         struct http_server *s = q->s;
-        struct http_gen *g = q->g;
+        struct generation *g = q->g;
         int n = q->n_images, r;
 
         if (time_now_ns() > q->deadline_ns) {
@@ -946,7 +926,7 @@ static bool part_is_large(struct req *q, int i)
 static enum dec_step decode_main(struct dec_job *job)
 {
         struct req *q = job->userdata;
-        struct http_gen *g = q->g;
+        struct generation *g = q->g;
         int i = q->next_part;
 
         /* http_stop waits for this request: answer it now. */
@@ -1014,7 +994,7 @@ static enum MHD_Result start_decode(struct req *q)
 static enum MHD_Result v2_on_complete(struct req *q)
 {
         struct http_server *s = q->s;
-        struct http_gen *g = q->g;
+        struct generation *g = q->g;
         struct v2_limits lim = { .max_images = s->opts.max_images, .max_image_bytes = s->opts.img.limits.max_bytes };
         char err[256];
         int r;
@@ -1078,7 +1058,7 @@ static enum MHD_Result v2_on_complete(struct req *q)
 static enum MHD_Result on_complete(struct req *q)
 {
         struct http_server *s = q->s;
-        struct http_gen *g;
+        struct generation *g;
         char err[256], msg[200];
         int n = 1, r;
 
@@ -1506,67 +1486,27 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ret_addr, c
         return 0;
 }
 
-static struct http_gen *gen_free(struct http_gen *g)
-{
-        if (!g)
-                return NULL;
-        free(g->weights);
-        free(g->models_body);
-        free(g->v2_model_body);
-        free(g->v2_config_body);
-        free(g);
-        return NULL;
-}
-
-static int gen_new(struct http_server *s, const struct http_backend *be, char *err, size_t err_len,
-                   struct http_gen **ret_gen)
+/* Takes g as the server's: checks that it fits the server and builds its
+ * answers. The caller keeps g on failure. */
+static int adopt_generation(struct http_server *s, struct generation *g, char *err, size_t err_len)
 {
         struct batch_config bc;
-        struct http_gen *g;
+        struct gen_limits lim = { .deadline_ms = s->opts.deadline_ms, .max_images = s->opts.max_images,
+                                  .max_body_bytes = s->opts.max_body_bytes };
 
-        batch_get_config(be->batch, &bc);
+        if (!g || !g->model || !g->batch || !g->labels)
+                return err_set(err, err_len, -EINVAL, "http: incomplete model generation");
+        batch_get_config(g->batch, &bc);
         if (bc.max_batch != s->max_batch)
                 return err_set(err, err_len, -EINVAL, "max batch %d differs from the server's %d", bc.max_batch,
                                s->max_batch);
         if (s->opts.max_images > bc.queue_images)
                 return err_set(err, err_len, -EINVAL, "max images per request (%d) exceeds the queue (%d images)",
                                s->opts.max_images, bc.queue_images);
-        g = calloc(1, sizeof *g);
-        if (!g)
+        if (gen_build_answers(g, &lim) < 0)
                 return err_set(err, err_len, -ENOMEM, "out of memory");
-        g->model = be->model;
-        g->info = effnet_model_info(be->model);
-        g->batch = be->batch;
-        g->labels = be->labels;
-        g->owner = be->owner;
-        g->image_floats = (size_t)3 * (size_t)g->info->preproc.size * (size_t)g->info->preproc.size;
-        snprintf(g->sha256, sizeof g->sha256, "%s", be->weights_sha256 ? be->weights_sha256 : "");
-        g->weights = strdup(be->weights ? be->weights : "");
-        struct api_weights fallback = { .source = API_WEIGHTS_FILE, .path = g->weights, .sha256 = g->sha256,
-                                        .seed = g->info->seed };
-        struct api_model_desc d = {
-                .info = g->info,
-                .weights = be->source ? be->source : &fallback,
-                .labels = api_labels_source(g->labels),
-                .batch = &bc,
-                .deadline_ms = s->opts.deadline_ms,
-                .max_images = s->opts.max_images,
-                .max_body_bytes = s->opts.max_body_bytes,
-        };
-        memcpy(g->exec_batch, bc.exec_batch, sizeof g->exec_batch);
-        g->v2 = (struct v2_model){ .name = g->info->variant, .size = g->info->preproc.size,
-                                   .classes = g->info->classes, .max_batch = bc.max_batch,
-                                   .max_delay_us = bc.max_delay_us, .exec_batch = g->exec_batch,
-                                   .n_exec = bc.n_exec, .labels = g->labels, .weights = d.weights };
-        if (!g->weights || api_models_body(&d, &g->models_body) < 0 ||
-            v2_model_body(&g->v2, &g->v2_model_body) < 0 || v2_config_body(&g->v2, &g->v2_config_body) < 0) {
-                gen_free(g);
-                return err_set(err, err_len, -ENOMEM, "out of memory");
-        }
-        /* The bodies are built: the weights' description may go (it is the
-         * caller's, or on this stack). */
-        g->v2.weights = NULL;
-        *ret_gen = g;
+        atomic_store(&g->refs, 0);
+        g->next = NULL;
         return 0;
 }
 
@@ -1582,7 +1522,7 @@ struct http_server *http_free(struct http_server *s)
         /* No request is suspended now: the pool has no job left. */
         s->dec = dec_free(s->dec);
         while (s->retired) {
-                struct http_gen *g = s->retired;
+                struct generation *g = s->retired;
                 s->retired = g->next;
                 gen_free(g);
         }
@@ -1675,7 +1615,7 @@ static struct MHD_Daemon *start_daemon(struct http_server *s, const struct socka
                                 MHD_OPTION_END);
 }
 
-int http_new(const struct http_opts *opts, const struct http_backend *be, char *err, size_t err_len,
+int http_new(const struct http_opts *opts, struct generation *g, char *err, size_t err_len,
              struct http_server **ret_server)
 {
         struct sockaddr_storage addr = { 0 };
@@ -1686,8 +1626,8 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
             opts->max_body_total < opts->v2_max_body_bytes || opts->max_answer_total < 1 || opts->max_images < 1 ||
             opts->max_connections < 1 || opts->deadline_ms < 1 || opts->connection_timeout_s < 0 ||
             opts->retry_after_s < 0 || opts->header_timeout_s < 0 || opts->decode_threads < 0 ||
-            opts->decode_threads > DEC_MAX_THREADS || opts->decode_queue < 1 || !be || !be->model || !be->batch ||
-            !be->labels)
+            opts->decode_threads > DEC_MAX_THREADS || opts->decode_queue < 1 || !g || !g->model || !g->batch ||
+            !g->labels)
                 return err_set(err, err_len, -EINVAL, "http: bad limits");
         if (opts->listen_fd > 0) {
                 socklen_t sl = sizeof addr;
@@ -1711,10 +1651,11 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
         pthread_condattr_destroy(&ca);
         s->id_salt = (uint64_t)time_now_ns() ^ ((uint64_t)getpid() << 32);
         struct batch_config bc;
-        batch_get_config(be->batch, &bc);
+        batch_get_config(g->batch, &bc);
         s->max_batch = bc.max_batch;
-        if ((r = gen_new(s, be, err, err_len, &s->current)) < 0)
+        if ((r = adopt_generation(s, g, err, err_len)) < 0)
                 goto fail;
+        s->current = g;
         struct dec_opts dopts = { .threads = opts->decode_threads, .queue = opts->decode_queue };
         if ((r = dec_new(&dopts, &s->dec)) < 0) {
                 err_set(err, err_len, r, "decoder threads: %s", strerror(-r));
@@ -1760,6 +1701,7 @@ int http_new(const struct http_opts *opts, const struct http_backend *be, char *
         *ret_server = s;
         return 0;
 fail:
+        s->current = NULL;   /* the caller's again */
         http_free(s);
         return r;
 }
@@ -1789,17 +1731,14 @@ void http_stop(struct http_server *s)
                 sweeper_stop(s);
 }
 
-int http_swap_backend(struct http_server *s, const struct http_backend *be, char *err, size_t err_len)
+int http_swap_generation(struct http_server *s, struct generation *g, char *err, size_t err_len)
 {
-        struct http_gen *g;
         int r;
 
-        if (!be || !be->model || !be->batch || !be->labels)
-                return err_set(err, err_len, -EINVAL, "http: incomplete backend");
-        if ((r = gen_new(s, be, err, err_len, &g)) < 0)
+        if ((r = adopt_generation(s, g, err, err_len)) < 0)
                 return r;
         pthread_mutex_lock(&s->gen_lock);
-        struct http_gen *old = s->current;
+        struct generation *old = s->current;
         s->current = g;
         old->next = s->retired;
         s->retired = old;
@@ -1807,11 +1746,10 @@ int http_swap_backend(struct http_server *s, const struct http_backend *be, char
         return 0;
 }
 
-struct serving *http_collect_retired(struct http_server *s)
+struct generation *http_collect_retired(struct http_server *s)
 {
         struct batch_stats st;
-        struct http_gen **p, *g = NULL;
-        struct serving *owner = NULL;
+        struct generation **p, *g = NULL;
 
         pthread_mutex_lock(&s->gen_lock);
         for (p = &s->retired; *p; p = &(*p)->next)
@@ -1824,11 +1762,10 @@ struct serving *http_collect_retired(struct http_server *s)
                 /* Its batcher keeps no job now: fold its final counters in. */
                 batch_stats_snapshot(g->batch, &st);
                 batch_stats_add(&s->retired_stats, &st);
-                owner = g->owner;
+                g->next = NULL;
         }
         pthread_mutex_unlock(&s->gen_lock);
-        gen_free(g);
-        return owner;
+        return g;
 }
 
 void http_count_reload(struct http_server *s, bool ok)

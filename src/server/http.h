@@ -34,6 +34,7 @@
 #include "image.h"
 #include "api.h"
 #include "batcher.h"
+#include "generation.h"
 #include "http_stats.h"
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
@@ -43,26 +44,10 @@
 #define HTTP_ADMIN_PER_CLIENT      8
 #define HTTP_ADMIN_TIMEOUT_S       10
 
-/* The caller's model generation, which owns the model, batcher and labels
- * a backend points to (effnetd's is in src/daemon/main.c); opaque here. */
-struct serving;
-
-/* What requests are served with: one model generation, as its owner lends
- * it. The server keeps a view of it per generation (reference-counted by
- * the requests using it, with its answers to /v1/models and /v2 built
- * once), and hands the owner back when no request uses it any more.
- * SIGHUP swaps in a new one; requests keep the generation they started
- * with. */
-struct http_backend {
-        struct effnet_model *model;      /* not owned, with batch and labels */
-        struct batch *batch;
-        const struct api_labels *labels;
-        const char *weights;             /* path, shown by /v1/models and /metrics (copied) */
-        const char *weights_sha256;      /* hex digest of the file (copied) */
-        const struct api_weights *source;   /* where the weights come from, for /v1/models (read by
-                                             * http_new and http_swap_backend only) */
-        struct serving *owner;           /* returned by http_collect_retired */
-};
+/* What requests are served with: one model generation (server/generation.h).
+ * Requests take a reference to the current one when their body is
+ * complete; SIGHUP swaps in a new one, and requests keep the generation
+ * they started with. */
 
 struct http_opts {
         const char *listen;          /* "HOST:PORT", "[V6]:PORT"; port 0 picks a free one */
@@ -98,22 +83,25 @@ struct http_opts {
 
 struct http_server;
 
-/* Starts listening and serving with backend be, whose objects must stay
- * valid until http_collect_retired returns its owner or the server is freed.
- * Errors: -EINVAL (bad listen address or options), -EADDRINUSE and other
- * socket errors (libmicrohttpd does not say which: -EIO), -ENOMEM. */
-int http_new(const struct http_opts *opts, const struct http_backend *be, char *err, size_t err_len,
+/* Starts listening and serving generation g (its model, batcher and labels
+ * set), which the server owns from then on: it stays until a swap retires
+ * it and http_collect_retired hands it back, or http_free frees it. On
+ * failure g stays the caller's. Errors: -EINVAL (bad listen address or
+ * options, incomplete g), -EADDRINUSE and other socket errors
+ * (libmicrohttpd does not say which: -EIO), -ENOMEM. */
+int http_new(const struct http_opts *opts, struct generation *g, char *err, size_t err_len,
              struct http_server **ret_server);
 
-/* Serves new requests with be from now on (atomically); requests already
- * received finish with the backend they started with, which is retired.
- * be's batcher must have the same max batch size. -ENOMEM, -EINVAL. */
-int http_swap_backend(struct http_server *s, const struct http_backend *be, char *err, size_t err_len);
+/* Serves new requests with g from now on (atomically), taking it as
+ * http_new does; requests already received finish with the generation
+ * they started with, which is retired. g's batcher must have the same max
+ * batch size. -ENOMEM, -EINVAL: g stays the caller's. Main thread only. */
+int http_swap_generation(struct http_server *s, struct generation *g, char *err, size_t err_len);
 
-/* The owner of a retired backend that no request uses any more (its batch
- * counters are kept for /metrics), removed from the server: the caller may
- * free its objects now. NULL when there is none. Main thread only. */
-struct serving *http_collect_retired(struct http_server *s);
+/* A retired generation that no request uses any more (its batch counters
+ * are kept for /metrics), removed from the server and the caller's again:
+ * gen_free it. NULL when there is none. Main thread only. */
+struct generation *http_collect_retired(struct http_server *s);
 
 /* Counts a reload attempt for /metrics. */
 void http_count_reload(struct http_server *s, bool ok);
@@ -146,12 +134,13 @@ uint64_t http_images(struct http_server *s);
  * batcher (those that would be get 503 draining); waits for the requests
  * already submitted to get their answers (result or deadline), then closes
  * every connection (requests still reading or writing are cut off and
- * release their backend). http_free follows. */
+ * release their generation). http_free follows. */
 void http_stop(struct http_server *s);
 
-/* Stops the server. Call when http_waiting() is 0 (libmicrohttpd cannot stop
- * with suspended connections) and, for a clean drain, http_inflight() too.
- * Accepts NULL; returns NULL. */
+/* Stops the server and frees the generations it holds. Call when
+ * http_waiting() is 0 (libmicrohttpd cannot stop with suspended
+ * connections) and, for a clean drain, http_inflight() too. Accepts NULL;
+ * returns NULL. */
 struct http_server *http_free(struct http_server *s);
 
 #endif

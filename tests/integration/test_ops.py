@@ -39,7 +39,7 @@ VALUES = {
     "http-threads": "3",
     "max-connections": "77",
     "max-connections-per-client": "9",
-    "connection-timeout": "12",
+    "connection-timeout": "2m",
     "body-timeout": "13",
     "header-timeout": "14",
     "decode-threads": "2",
@@ -47,11 +47,11 @@ VALUES = {
     "retry-after": "4",
     "drain-timeout": "9",
     "max-batch": "6",
-    "max-delay-ms": "3.5",
+    "max-delay-ms": "3500us",
     "queue": "40",
     "workers": "2",
     "threads": "1",
-    "deadline-ms": "1234",
+    "deadline-ms": "1.234s",
     "watchdog-stall": "33",
     "max-body-bytes": "2000000",
     "max-body-total": "9000000",
@@ -66,11 +66,15 @@ VALUES = {
     "ui": "false",
 }
 
+# How --print-config shows the values above that it writes in another form
+# (durations in the setting's bare unit).
+PRINTED = {"connection-timeout": "120", "deadline-ms": "1234", "max-delay-ms": "3.5"}
+
 # Values each setting must refuse.
 BAD = {
     "precision": "fp64", "padding": "valid", "bn-eps": "0.5", "http-threads": "65",
-    "max-connections": "0", "max-connections-per-client": "-1", "connection-timeout": "-1", "body-timeout": "-2", "header-timeout": "3601",
-    "decode-threads": "257", "decode-queue": "0", "retry-after": "x", "drain-timeout": "3601",
+    "max-connections": "0", "max-connections-per-client": "-1", "connection-timeout": "-1", "body-timeout": "1d", "header-timeout": "3601",
+    "decode-threads": "257", "decode-queue": "0", "retry-after": "1500ms", "drain-timeout": "3601",
     "max-batch": "257", "max-delay-ms": "nan", "queue": "0", "workers": "65", "threads": "1.5",
     "deadline-ms": "0", "watchdog-stall": "0", "max-body-bytes": "2G", "max-body-total": "0", "max-answer-total": "0",
     "v2-max-body-bytes": "0",
@@ -105,6 +109,7 @@ def check_config(effnetd, args, env=None):
 
 def test_config(effnetd, weights, labels, workdir):
     values = dict(VALUES, weights=weights, labels=labels)
+    shown = {k: PRINTED.get(k, str(v)) for k, v in values.items()}
     rc, defaults, err = print_config(effnetd, ["--config", "/nonexistent/none.conf"])
     check(rc == 2 and "/nonexistent/none.conf" in err, "--config of a missing file is an error")
     rc, defaults, err = print_config(effnetd, ["--weights", weights])
@@ -126,20 +131,20 @@ def test_config(effnetd, weights, labels, workdir):
     with open(conf, "w") as f:
         f.write("\n".join(lines))
     rc, got, err = print_config(effnetd, ["--config", conf])
-    check(rc == 0 and all(got[k][1] == str(values[k]) and got[k][2] == f"{conf}:{where[k]}" for k in values),
+    check(rc == 0 and all(got[k][1] == shown[k] and got[k][2] == f"{conf}:{where[k]}" for k in values),
           f"every setting from the file, with FILE:LINE as its origin ({err.strip()[:200]})")
 
     # From the environment, over the file.
     env = {"EFFNETD_" + k.upper().replace("-", "_"): str(v) for k, v in values.items()}
     rc, got, err = print_config(effnetd, [], env)
-    check(rc == 0 and all(got[k][1] == str(values[k]) and got[k][2] == "EFFNETD_" + k.upper().replace("-", "_")
+    check(rc == 0 and all(got[k][1] == shown[k] and got[k][2] == "EFFNETD_" + k.upper().replace("-", "_")
                           for k in values), f"every setting from the environment ({err.strip()[:200]})")
     # From flags.
     flags = []
     for k, v in values.items():
         flags += [f"--{k}={v}"] if v in ("true", "false") else [f"--{k}", str(v)]
     rc, got, err = print_config(effnetd, flags)
-    check(rc == 0 and all(got[k][1] == str(values[k]) and got[k][2] == f"--{k}" for k in values),
+    check(rc == 0 and all(got[k][1] == shown[k] and got[k][2] == f"--{k}" for k in values),
           f"every setting from a flag ({err.strip()[:200]})")
 
     # Precedence: file < env < flag.

@@ -3,6 +3,7 @@
  * error reported with its place, and the list of changed settings. */
 #include "check.h"
 #include "config.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -62,7 +63,7 @@ static void test_precedence(void)
         REQUIRE(r == 0);
         CHECK_EQ(c.queue, 100);
         CHECK_EQ(c.max_batch, 4);
-        CHECK_EQ(c.drain_timeout, 30);
+        CHECK_EQ(c.drain_timeout_us, 30 * PARSE_S);
         CHECK(c.listen && strcmp(c.listen, "127.0.0.1:9") == 0);
         CHECK(c.file && strcmp(c.file, path) == 0);
         snprintf(origin, sizeof origin, "%s:3", path);
@@ -136,6 +137,69 @@ static void test_errors(void)
         CHECK_CONTAINS(err, "/nonexistent/effnetd.conf");
 }
 
+/* Durations from every source take a unit; a bare number keeps the
+ * setting's own unit; --print-config shows that unit, so that what it
+ * prints reads back the same. Enumerations are stored as their enum. */
+static void test_durations_and_enums(void)
+{
+        struct conf c, back;
+        char err[1024], printed[16384] = "";
+
+        write_file("[model]\nweights = w.safetensors\nprecision = bf16\npadding = same\n"
+                   "[server]\nconnection-timeout = 2m\nbody-timeout = 45\n"
+                   "[batching]\nmax-delay-ms = 500us\ndeadline-ms = 1.5s\n[log]\nlog-format = json\n");
+        setenv("EFFNETD_HEADER_TIMEOUT", "1h", 1);
+        int r = load(&c, err, sizeof err, "--drain-timeout", "90s");
+        unsetenv("EFFNETD_HEADER_TIMEOUT");
+        CHECK_MSG(r == 0, "%s", err);
+        REQUIRE(r == 0);
+        CHECK_EQ(c.connection_timeout_us, 120 * PARSE_S);
+        CHECK_EQ(c.body_timeout_us, 45 * PARSE_S);
+        CHECK_EQ(c.header_timeout_us, 3600 * PARSE_S);
+        CHECK_EQ(c.drain_timeout_us, 90 * PARSE_S);
+        CHECK_EQ(c.max_delay_us, 500);
+        CHECK_EQ(c.deadline_us, 1500 * PARSE_MS);
+        CHECK_EQ(c.retry_after_us, PARSE_S);     /* the default, "1" */
+        CHECK(c.precision == EFFNET_BF16 && c.padding == EFFNET_PAD_SAME && c.log_format == CONF_LOG_JSON);
+        char origin[80];
+        const char *lines[][2] = { { "connection-timeout = 120 ", "6" }, { "max-delay-ms = 0.5 ", "9" },
+                                   { "deadline-ms = 1500 ", "10" }, { "precision = bf16 ", "3" } };
+        for (size_t i = 0; i < ARRAY_SIZE(lines); i++) {
+                snprintf(origin, sizeof origin, "%s:%s", path, lines[i][1]);
+                check_origin(&c, lines[i][0], origin);
+        }
+
+        /* What --print-config wrote, without its origin comments, is a
+         * config file with the same values. */
+        FILE *f = fmemopen(printed, sizeof printed - 1, "w");
+        REQUIRE(f);
+        conf_print(f, &c);
+        fclose(f);
+        for (char *p = strstr(printed, "    # "); p; p = strstr(p, "    # ")) {
+                char *eol = strchr(p, '\n');
+                memmove(p, eol ? eol : p + strlen(p), strlen(eol ? eol : p + strlen(p)) + 1);
+        }
+        write_file(printed);
+        r = load(&back, err, sizeof err, NULL, NULL);
+        CHECK_MSG(r == 0, "%s", err);
+        REQUIRE(r == 0);
+        CHECK_EQ(conf_changes(&c, &back, "none", err, sizeof err), 0);
+        conf_free(&back);
+        conf_free(&c);
+
+        /* Bad units, steps finer than the setting honours, and bounds in any unit. */
+        write_file("[model]\nweights = w.safetensors\n[server]\nbody-timeout = 5d\nretry-after = 1500ms\n"
+                   "header-timeout = 61m\n[batching]\ndeadline-ms = 0.5ms\n");
+        CHECK_EQ(load(&c, err, sizeof err, "--max-delay-ms", "11s"), -EINVAL);
+        CHECK_CONTAINS(err, "effnetd.conf:4: body-timeout '5d' is not a duration in 0..86400s");
+        CHECK_CONTAINS(err, "effnetd.conf:5: retry-after '1500ms' is not a duration in 0..3600s in steps of 1s");
+        CHECK_CONTAINS(err, "effnetd.conf:6: header-timeout '61m'");
+        CHECK_CONTAINS(err, "effnetd.conf:8: deadline-ms '0.5ms' is not a duration in 1..3600000ms");
+        CHECK_CONTAINS(err, "--max-delay-ms: max-delay-ms '11s' is not a duration in 0..10000ms");
+        CHECK_EQ(load(&c, err, sizeof err, "--log-format", "xml"), -EINVAL);
+        CHECK_CONTAINS(err, "log-format 'xml' is not one of text, json");
+}
+
 static void test_changes(void)
 {
         struct conf a, b;
@@ -161,6 +225,7 @@ int main(void)
         unsetenv("EFFNETD_CONFIG");
         test_precedence();
         test_errors();
+        test_durations_and_enums();
         test_changes();
         unlink(path);
         rmdir(dir);

@@ -64,9 +64,96 @@ static void test_parsers(void)
         CHECK_CONTAINS(err, "b 'maybe' is not true or false");
 }
 
+static void expect_duration(const char *s, int64_t unit, int64_t res, int64_t want)
+{
+        char err[160] = "";
+        int64_t us = -7;
+        int r = parse_duration("t", s, unit, res, 0, INT64_MAX, err, sizeof err, &us);
+        CHECK_MSG(r == 0 && us == want, "'%s': r %d, got %lld us, want %lld (%s)", s, r, (long long)us,
+                  (long long)want, err);
+}
+
+static void expect_format(int64_t us, int64_t unit, bool bare, const char *want)
+{
+        char buf[48];
+        duration_format(us, unit, bare, buf, sizeof buf);
+        CHECK_MSG(strcmp(buf, want) == 0, "%lld us in %lld: got '%s', want '%s'", (long long)us, (long long)unit,
+                  buf, want);
+}
+
+/* Durations: a unit suffix, or the setting's own unit when bare; exact
+ * decimal arithmetic; bounds and steps; overflow is an error, not a wrap. */
+static void test_durations(void)
+{
+        char err[160];
+        int64_t us = -7;
+
+        expect_duration("30", PARSE_S, PARSE_S, 30 * PARSE_S);
+        expect_duration("30", PARSE_MS, PARSE_MS, 30 * PARSE_MS);
+        expect_duration("250ms", PARSE_S, PARSE_US, 250 * PARSE_MS);
+        expect_duration("1.5s", PARSE_MS, PARSE_MS, 1500 * PARSE_MS);
+        expect_duration("2m", PARSE_S, PARSE_S, 120 * PARSE_S);
+        expect_duration("1h", PARSE_S, PARSE_S, 3600 * PARSE_S);
+        expect_duration("0.5h", PARSE_S, PARSE_S, 1800 * PARSE_S);
+        expect_duration("1.25m", PARSE_S, PARSE_S, 75 * PARSE_S);
+        expect_duration("750us", PARSE_MS, PARSE_US, 750);
+        expect_duration("3.5", PARSE_MS, PARSE_US, 3500);
+        expect_duration("0.001", PARSE_MS, PARSE_US, 1);
+        expect_duration("0", PARSE_S, PARSE_S, 0);
+        expect_duration("1.000000000000s", PARSE_S, PARSE_S, PARSE_S);
+        expect_duration("9223372036854775807us", PARSE_S, PARSE_US, INT64_MAX);
+
+        const char *bad[] = {
+                "", " 1", "+1", "-1", "1 ", "1 s", "s", "1x", "1d", "1S", "1sec", "1.s", ".5s", "1..5", "1e3",
+                "0x10", "nan", "inf", "1.5", /* not whole seconds */ "1500ms", "0.0001ms" /* below 1us */,
+                "9223372036854775808us", "9223372036854775807s", "99999999999999999999", "2562047789h",
+                "1.0000000001s",
+        };
+        for (size_t k = 0; k < ARRAY_SIZE(bad); k++)
+                CHECK_MSG(parse_duration("t", bad[k], PARSE_S, PARSE_S, 0, INT64_MAX, err, sizeof err, &us) == -EINVAL,
+                          "'%s' accepted as %lld us", bad[k], (long long)us);
+        CHECK_EQ(us, -7);
+        CHECK_EQ(parse_duration("t", NULL, PARSE_S, PARSE_S, 0, 1, NULL, 0, &us), -EINVAL);
+
+        /* Bounds, in microseconds whatever the unit written. */
+        CHECK(parse_duration("t", "3600s", PARSE_S, PARSE_S, 0, 3600 * PARSE_S, err, sizeof err, &us) == 0);
+        CHECK_EQ(parse_duration("t", "61m", PARSE_S, PARSE_S, 0, 3600 * PARSE_S, err, sizeof err, &us), -EINVAL);
+        CHECK_EQ(parse_duration("deadline-ms", "0.5ms", PARSE_MS, PARSE_MS, PARSE_MS, 3600 * PARSE_S, err,
+                                sizeof err, &us), -EINVAL);
+        CHECK_CONTAINS(err, "deadline-ms '0.5ms' is not a duration in 1..3600000ms in steps of 1ms "
+                            "(us, ms, s, m or h; bare: ms)");
+        CHECK_EQ(parse_duration("body-timeout", "5d", PARSE_S, PARSE_S, 0, 86400 * PARSE_S, err, sizeof err, &us),
+                 -EINVAL);
+        CHECK_CONTAINS(err, "body-timeout '5d' is not a duration in 0..86400s in steps of 1s");
+        CHECK_EQ(parse_duration("t", "1\ns", PARSE_S, PARSE_US, 0, 10, err, sizeof err, &us), -EINVAL);
+        CHECK_CONTAINS(err, "'1\\x0as'");
+
+        /* What --print-config shows reads back the same. */
+        expect_format(3500, PARSE_MS, true, "3.5");
+        expect_format(3500, PARSE_MS, false, "3.5ms");
+        expect_format(30 * PARSE_S, PARSE_S, true, "30");
+        expect_format(1, PARSE_S, false, "0.000001s");
+        expect_format(0, PARSE_MS, true, "0");
+        expect_format(120 * PARSE_S, PARSE_M, false, "2m");
+        expect_format(90 * PARSE_S, PARSE_M, false, "90s");
+        expect_format(1500, PARSE_M, false, "1500us");
+        const int64_t samples[] = { 0, 1, 999, 1000, 1001, 123456789, PARSE_H + 1, INT64_MAX };
+        const int64_t units[] = { PARSE_US, PARSE_MS, PARSE_S };
+        for (size_t i = 0; i < ARRAY_SIZE(samples); i++)
+                for (size_t u = 0; u < ARRAY_SIZE(units); u++) {
+                        char buf[48];
+                        duration_format(samples[i], units[u], true, buf, sizeof buf);
+                        us = -1;
+                        CHECK_MSG(parse_duration("t", buf, units[u], 1, 0, INT64_MAX, err, sizeof err, &us) == 0 &&
+                                  us == samples[i], "%lld us as '%s' reads back as %lld", (long long)samples[i], buf,
+                                  (long long)us);
+                }
+}
+
 int main(void)
 {
         test_parsers();
+        test_durations();
         expect_escape("GET /healthz", 256, "GET /healthz");
         expect_escape("", 256, "");
         /* Line breaks and other controls cannot start a second log line. */

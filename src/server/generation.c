@@ -1,0 +1,118 @@
+/* generation: one model generation and what the server answers about it. */
+#include "generation.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int gen_new(struct generation **ret_gen)
+{
+        struct generation *g = calloc(1, sizeof *g);
+
+        if (!g)
+                return -ENOMEM;
+        atomic_init(&g->refs, 0);
+        *ret_gen = g;
+        return 0;
+}
+
+static void free_answers(struct generation *g)
+{
+        free(g->models_body);
+        free(g->v2_model_body);
+        free(g->v2_config_body);
+        g->models_body = g->v2_model_body = g->v2_config_body = NULL;
+}
+
+struct generation *gen_free(struct generation *g)
+{
+        if (!g)
+                return NULL;
+        batch_free(g->batch);
+        api_labels_free(g->labels);
+        effnet_model_free(g->model);
+        free(g->weights);
+        free(g->strings);
+        free_answers(g);
+        free(g);
+        return NULL;
+}
+
+/* Appends s (NULL stays NULL) to the block at *p, returning where it went. */
+static const char *put(char **p, const char *s)
+{
+        if (!s)
+                return NULL;
+        char *at = *p;
+        size_t n = strlen(s) + 1;
+        memcpy(at, s, n);
+        *p += n;
+        return at;
+}
+
+int gen_set_weights(struct generation *g, const char *weights, const struct api_weights *source)
+{
+        const char *parts[] = { source->path, source->repo, source->revision, source->commit, source->file };
+        size_t n = 0;
+
+        for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+                n += parts[i] ? strlen(parts[i]) + 1 : 0;
+        char *w = strdup(weights), *block = malloc(n ? n : 1);
+        if (!w || !block) {
+                free(w);
+                free(block);
+                return -ENOMEM;
+        }
+        free(g->weights);
+        free(g->strings);
+        g->weights = w;
+        g->strings = block;
+        snprintf(g->sha256, sizeof g->sha256, "%s", source->sha256 ? source->sha256 : "");
+        g->source = (struct api_weights){ .source = source->source, .sha256 = g->sha256, .seed = source->seed };
+        g->source.path = put(&block, source->path);
+        g->source.repo = put(&block, source->repo);
+        g->source.revision = put(&block, source->revision);
+        g->source.commit = put(&block, source->commit);
+        g->source.file = put(&block, source->file);
+        return 0;
+}
+
+int gen_build_answers(struct generation *g, const struct gen_limits *lim)
+{
+        struct batch_config bc;
+
+        if (!g->model || !g->batch || !g->labels)
+                return -EINVAL;
+        batch_get_config(g->batch, &bc);
+        g->info = effnet_model_info(g->model);
+        g->image_floats = (size_t)3 * (size_t)g->info->preproc.size * (size_t)g->info->preproc.size;
+        /* Without gen_set_weights: a file of unknown name. */
+        struct api_weights fallback = { .source = API_WEIGHTS_FILE, .path = g->weights ? g->weights : "",
+                                        .sha256 = g->sha256, .seed = g->info->seed };
+        const struct api_weights *w = g->weights ? &g->source : &fallback;
+        struct api_model_desc d = {
+                .info = g->info,
+                .weights = w,
+                .labels = api_labels_source(g->labels),
+                .batch = &bc,
+                .deadline_ms = lim->deadline_ms,
+                .max_images = lim->max_images,
+                .max_body_bytes = lim->max_body_bytes,
+        };
+        memcpy(g->exec_batch, bc.exec_batch, sizeof g->exec_batch);
+        g->v2 = (struct v2_model){ .name = g->info->variant, .size = g->info->preproc.size,
+                                   .classes = g->info->classes, .max_batch = bc.max_batch,
+                                   .max_delay_us = bc.max_delay_us, .exec_batch = g->exec_batch,
+                                   .n_exec = bc.n_exec, .labels = g->labels, .weights = w };
+        free_answers(g);
+        if (api_models_body(&d, &g->models_body) < 0 || v2_model_body(&g->v2, &g->v2_model_body) < 0 ||
+            v2_config_body(&g->v2, &g->v2_config_body) < 0) {
+                free_answers(g);
+                g->v2.weights = NULL;
+                return -ENOMEM;
+        }
+        /* The bodies are built; the fallback on this stack goes. */
+        g->v2.weights = NULL;
+        return 0;
+}

@@ -447,16 +447,15 @@ static int parse_dtype(const char *s, int *ret)
 }
 
 /* Spread of the logits of a few smooth images at the model's input size. */
-static int logit_std(const char *path, double *ret_std)
+static int logit_std(const char *path, char *err, size_t err_len, double *ret_std)
 {
         struct effnet_model *m = NULL;
         struct effnet_exec *x = NULL;
         float *in = NULL, *out = NULL;
-        char err[512];
         const int n = 2;
         int r;
 
-        if ((r = effnet_model_open(path, NULL, err, sizeof err, &m)) < 0)
+        if ((r = effnet_model_open(path, NULL, err, err_len, &m)) < 0)
                 goto out;
         const struct effnet_info *info = effnet_model_info(m);
         int size = info->preproc.size;
@@ -465,11 +464,16 @@ static int logit_std(const char *path, double *ret_std)
         out = malloc(sizeof(float) * (size_t)n * info->classes);
         if (!in || !out) {
                 r = -ENOMEM;
+                snprintf(err, err_len, "out of memory");
                 goto out;
         }
         effnet_smooth_images(7, n, size, in);
-        if ((r = effnet_exec_new(m, &eo, err, sizeof err, &x)) < 0 || (r = effnet_exec_forward(x, in, n, out)) < 0)
+        if ((r = effnet_exec_new(m, &eo, err, err_len, &x)) < 0)
                 goto out;
+        if ((r = effnet_exec_forward(x, in, n, out)) < 0) {
+                snprintf(err, err_len, "forward pass: %s", strerror(-r));
+                goto out;
+        }
         double s = 0, s2 = 0, cnt = (double)n * info->classes;
         for (size_t i = 0; i < (size_t)n * info->classes; i++) {
                 s += out[i];
@@ -477,8 +481,6 @@ static int logit_std(const char *path, double *ret_std)
         }
         *ret_std = sqrt(s2 / cnt - (s / cnt) * (s / cnt));
 out:
-        if (r < 0)
-                fprintf(stderr, "%s: %s\n", prog, err);
         free(in);
         free(out);
         effnet_exec_free(x);
@@ -510,7 +512,7 @@ static int cmd_init_weights(const struct args *a)
         if (r == 0) {
                 status_show(&ip.sl, "init-weights: measuring the logits' spread at the input size, %.0f s",
                             (double)(time_now_ns() - ip.t0) / 1e9);
-                r = logit_std(a->output, &sd);
+                r = logit_std(a->output, err, sizeof err, &sd);
         }
         if (r == 0 && sd > 0) {
                 ip.pass = 2;

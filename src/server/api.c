@@ -249,18 +249,14 @@ static int labels_of_text(char *text, size_t len, int classes, const char *sourc
         l->classes = classes;
         l->text = text;
         l->source = strdup(source);
-        if (!l->source) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto fail;
-        }
         /* A name with a NUL inside would end early and be cut: not printable. */
-        if ((r = labels_finish(l, len, err, err_len)) < 0)
-                goto fail;
+        r = l->source ? labels_finish(l, len, err, err_len) : err_set(err, err_len, -ENOMEM, "out of memory");
+        if (r < 0) {
+                api_labels_free(l);
+                return r;
+        }
         *ret_labels = l;
         return 0;
-fail:
-        api_labels_free(l);
-        return r;
 }
 
 int api_labels_load_hub_config(const char *config_path, int classes, char *err, size_t err_len,

@@ -1125,6 +1125,18 @@ static void v2_merge_jobs(struct req *q)
         }
 }
 
+/* The answer when building the body of a successful request failed (r):
+ * the logits were not finite, or something inside us broke. */
+static enum MHD_Result answer_body_error(struct req *q, int r)
+{
+        if (r == -EDOM) {
+                req_fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its weights are "
+                         "broken");
+                return respond_failed(q);
+        }
+        return respond(q, 500, NULL, NULL, "internal");
+}
+
 /* The outputs of a /v2 infer request whose jobs all succeeded. */
 static enum MHD_Result answer_v2_infer(struct req *q)
 {
@@ -1132,13 +1144,8 @@ static enum MHD_Result answer_v2_infer(struct req *q)
         size_t len = 0, hlen = 0;
         int r = v2_infer_body(&q->g->v2, q->v2req, q->logits, &body, &len, &hlen);
 
-        if (r == -EDOM) {
-                req_fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its "
-                         "weights are broken");
-                return respond_failed(q);
-        }
         if (r < 0)
-                return respond(q, 500, NULL, NULL, "internal");
+                return answer_body_error(q, r);
         atomic_fetch_add(&q->s->images, (unsigned long long)q->n_images);
         if (q->v2req->binary_output)
                 return respond_n(q, 200, body, len, "application/octet-stream", NULL, (int64_t)hlen);
@@ -1152,13 +1159,8 @@ static enum MHD_Result answer_classify(struct req *q)
         int r = api_classify_body(q->g->info->variant, q->g->labels, q->logits, q->n_images,
                                   q->g->info->classes, q->top_k, q->multipart, &body);
 
-        if (r == -EDOM) {
-                req_fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its weights are "
-                         "broken");
-                return respond_failed(q);
-        }
         if (r < 0)
-                return respond(q, 500, NULL, NULL, "internal");
+                return answer_body_error(q, r);
         atomic_fetch_add(&q->s->images, (unsigned long long)q->n_images);
         return respond(q, 200, body, "application/json", NULL);
 }

@@ -43,22 +43,17 @@ static bool starts_with(const uint8_t *p, const uint8_t *end, const void *s, siz
         return (size_t)(end - p) >= n && memcmp(p, s, n) == 0;
 }
 
-/* Where the first part's delimiter line goes on: the first delimiter opens
- * the body or follows a preamble line. */
-static int first_delimiter(const uint8_t *body, size_t len, const char *delim, size_t dlen, char *err,
-                           size_t err_len, const uint8_t **ret_p)
+/* Where the first part's delimiter line goes on, or NULL when the body has
+ * no delimiter: the first delimiter opens the body or follows a preamble
+ * line. */
+static const uint8_t *first_delimiter(const uint8_t *body, size_t len, const char *delim, size_t dlen)
 {
         const uint8_t *d;
 
-        if (starts_with(body, body + len, delim + 2, dlen - 2)) {
-                *ret_p = body + dlen - 2;
-                return 0;
-        }
+        if (starts_with(body, body + len, delim + 2, dlen - 2))
+                return body + dlen - 2;
         d = memmem(body, len, delim, dlen);
-        if (!d)
-                return err_set(err, err_len, -EBADMSG, "multipart: no boundary delimiter in the body");
-        *ret_p = d + dlen;
-        return 0;
+        return d ? d + dlen : NULL;
 }
 
 /* Checks that every line of a header block [p, blank) is "Name: value";
@@ -111,7 +106,7 @@ int multipart_parse(const uint8_t *body, size_t len, const char *boundary, struc
 {
         char delim[MULTIPART_MAX_BOUNDARY + 5]; /* "\r\n--" boundary */
         size_t blen = strlen(boundary);
-        const uint8_t *end = body + len, *p = NULL;
+        const uint8_t *end = body + len, *p;
         int n = 0, r;
 
         if (blen < 1 || blen > MULTIPART_MAX_BOUNDARY)
@@ -120,8 +115,9 @@ int multipart_parse(const uint8_t *body, size_t len, const char *boundary, struc
         memcpy(delim + 4, boundary, blen);
         size_t dlen = blen + 4;
 
-        if ((r = first_delimiter(body, len, delim, dlen, err, err_len, &p)) < 0)
-                return r;
+        p = first_delimiter(body, len, delim, dlen);
+        if (!p)
+                return err_set(err, err_len, -EBADMSG, "multipart: no boundary delimiter in the body");
         for (;;) {
                 if (starts_with(p, end, "--", 2)) {
                         if (n == 0)
@@ -135,7 +131,7 @@ int multipart_parse(const uint8_t *body, size_t len, const char *boundary, struc
                         return err_set(err, err_len, -EBADMSG, "multipart: bad delimiter line at byte %zu",
                                        (size_t)(p - body));
                 p += 2;
-                const uint8_t *headers = p, *content = NULL;
+                const uint8_t *headers = p, *content = p;
                 size_t headers_len = 0;
                 if ((r = part_headers(body, p, end, n + 1, err, err_len, &headers_len, &content)) < 0)
                         return r;

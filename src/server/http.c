@@ -1694,7 +1694,7 @@ static int server_alloc(const struct http_opts *opts, const struct generation *g
 }
 
 /* The decoder's threads and, with a header timeout, the sweeper. */
-static int helpers_start(struct http_server *s, char *err, size_t err_len)
+static int threads_start(struct http_server *s, char *err, size_t err_len)
 {
         struct dec_opts dopts = { .threads = s->opts.decode_threads, .queue = s->opts.decode_queue };
         int r;
@@ -1767,7 +1767,7 @@ int http_new(const struct http_opts *opts, struct generation *g, char *err, size
         if ((r = adopt_generation(s, g, err, err_len)) < 0)
                 goto fail;
         s->current = g;
-        if ((r = helpers_start(s, err, err_len)) < 0)
+        if ((r = threads_start(s, err, err_len)) < 0)
                 goto fail;
         if ((r = main_listen(s, &addr, err, err_len)) < 0)
                 goto fail;

@@ -183,87 +183,111 @@ static void env_name(const struct conf_setting *s, char *out, size_t n)
         out[i] = '\0';
 }
 
+/* The value of enumeration s named v. */
+static int parse_choice(const struct conf_setting *s, const char *v, char *why, size_t why_len, int *ret_value)
+{
+        const struct conf_choice *found = NULL;
+        char list[128] = "", shown[48];
+
+        for (const struct conf_choice *ch = s->choices; ch->name; ch++)
+                if (strcmp(v, ch->name) == 0)
+                        found = ch;
+        if (found) {
+                *ret_value = found->value;
+                return 0;
+        }
+        for (const struct conf_choice *ch = s->choices; ch->name; ch++)
+                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", ch == s->choices ? "" : ", ",
+                         ch->name);
+        str_escape(v, shown, sizeof shown);
+        return err_set(why, why_len, -EINVAL, "%s '%s' is not one of %s", s->name, shown, list);
+}
+
+/* A copy of v into the string field (when not NULL), which owns it. */
+static int store_string(const struct conf_setting *s, const char *v, char **field, char *why, size_t why_len)
+{
+        char *dup;
+
+        if (!*v)
+                return err_set(why, why_len, -EINVAL, "%s must not be empty", s->name);
+        if (!field)
+                return 0;
+        dup = strdup(v);
+        if (!dup)
+                return err_set(why, why_len, -ENOMEM, "out of memory");
+        free(*field);
+        *field = dup;
+        return 0;
+}
+
+/* Checks v for setting s and, when field is not NULL, stores it there as
+ * s's type. */
+static int store_typed(const struct conf_setting *s, const char *v, void *field, char *why, size_t why_len)
+{
+        int64_t i = 0, unit, res;
+        double x = 0;
+        bool b = false;
+        int e = 0;
+
+        switch (s->type) {
+        case CONF_STRING:
+                return store_string(s, v, field, why, why_len);
+        case CONF_INT:
+                if (parse_size(s->name, v, (int64_t)s->min, (int64_t)s->max, why, why_len, &i) < 0)
+                        return -EINVAL;
+                if (field)
+                        *(int64_t *)field = i;
+                return 0;
+        case CONF_FLOAT:
+                if (parse_double(s->name, v, s->min, s->max, why, why_len, &x) < 0)
+                        return -EINVAL;
+                if (field)
+                        *(double *)field = x;
+                return 0;
+        case CONF_BOOL:
+                if (parse_bool(s->name, v, why, why_len, &b) < 0)
+                        return -EINVAL;
+                if (field)
+                        *(bool *)field = b;
+                return 0;
+        case CONF_ENUM:
+                if (parse_choice(s, v, why, why_len, &e) < 0)
+                        return -EINVAL;
+                if (field)
+                        *(int *)field = e;
+                return 0;
+        case CONF_SECONDS:
+        case CONF_MS:
+        case CONF_MS_US:
+                duration_of(s->type, &unit, &res);
+                if (parse_duration(s->name, v, unit, res, (int64_t)s->min * unit, (int64_t)s->max * unit, why,
+                                   why_len, &i) < 0)
+                        return -EINVAL;
+                if (field)
+                        *(int64_t *)field = i;
+                return 0;
+        }
+        return 0;
+}
+
 /* Checks v for setting s and, when c is not NULL, stores it there with its
  * origin. The message (without where) goes to why. */
 static int set_value(struct conf *c, const struct conf_setting *s, const char *v, const char *origin, char *why,
                      size_t why_len)
 {
-        void *field = c ? (char *)c + s->offset : NULL;
         size_t idx = (size_t)(s - settings);
+        char *o;
+        int r;
 
-        switch (s->type) {
-        case CONF_STRING:
-                if (!*v)
-                        return err_set(why, why_len, -EINVAL, "%s must not be empty", s->name);
-                if (c) {
-                        char *dup = strdup(v);
-                        if (!dup)
-                                return err_set(why, why_len, -ENOMEM, "out of memory");
-                        free(*(char **)field);
-                        *(char **)field = dup;
-                }
-                break;
-        case CONF_INT: {
-                int64_t x;
-                if (parse_size(s->name, v, (int64_t)s->min, (int64_t)s->max, why, why_len, &x) < 0)
-                        return -EINVAL;
-                if (c)
-                        *(int64_t *)field = x;
-                break;
-        }
-        case CONF_FLOAT: {
-                double x;
-                if (parse_double(s->name, v, s->min, s->max, why, why_len, &x) < 0)
-                        return -EINVAL;
-                if (c)
-                        *(double *)field = x;
-                break;
-        }
-        case CONF_BOOL: {
-                bool b;
-                if (parse_bool(s->name, v, why, why_len, &b) < 0)
-                        return -EINVAL;
-                if (c)
-                        *(bool *)field = b;
-                break;
-        }
-        case CONF_ENUM: {
-                const struct conf_choice *found = NULL;
-                for (const struct conf_choice *ch = s->choices; ch->name; ch++)
-                        if (strcmp(v, ch->name) == 0)
-                                found = ch;
-                if (!found) {
-                        char list[128] = "", shown[48];
-                        for (const struct conf_choice *ch = s->choices; ch->name; ch++)
-                                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s",
-                                         ch == s->choices ? "" : ", ", ch->name);
-                        str_escape(v, shown, sizeof shown);
-                        return err_set(why, why_len, -EINVAL, "%s '%s' is not one of %s", s->name, shown, list);
-                }
-                if (c)
-                        *(int *)field = found->value;
-                break;
-        }
-        case CONF_SECONDS:
-        case CONF_MS:
-        case CONF_MS_US: {
-                int64_t unit, res, us;
-                duration_of(s->type, &unit, &res);
-                if (parse_duration(s->name, v, unit, res, (int64_t)s->min * unit, (int64_t)s->max * unit, why,
-                                   why_len, &us) < 0)
-                        return -EINVAL;
-                if (c)
-                        *(int64_t *)field = us;
-                break;
-        }
-        }
-        if (c) {
-                char *o = strdup(origin);
-                if (!o)
-                        return err_set(why, why_len, -ENOMEM, "out of memory");
-                free(c->origin[idx]);
-                c->origin[idx] = o;
-        }
+        if ((r = store_typed(s, v, c ? (char *)c + s->offset : NULL, why, why_len)) < 0)
+                return r;
+        if (!c)
+                return 0;
+        o = strdup(origin);
+        if (!o)
+                return err_set(why, why_len, -ENOMEM, "out of memory");
+        free(c->origin[idx]);
+        c->origin[idx] = o;
         return 0;
 }
 
@@ -319,13 +343,97 @@ static char *strip(char *s)
         return s;
 }
 
+/* Where a config file is read: its path, the line, and the section the
+ * line is in ("?" after an unknown one, whose keys are not reported). */
+struct file_pos {
+        const char *path;
+        int lineno;
+        char section[64];
+};
+
+/* Whether the line just read fits: 1 to parse it, 0 to skip it (too long:
+ * reported, and the rest of it drained from f), -E2BIG to stop (the file
+ * is too large). */
+static int line_fits(FILE *f, const char *line, size_t size, const struct file_pos *at, long *total,
+                     struct diag *d)
+{
+        int ch;
+
+        *total += (long)strlen(line);
+        if (*total > CONF_MAX_FILE_BYTES) {
+                diag_add(d, "%s:%d: file larger than %d bytes", at->path, at->lineno, CONF_MAX_FILE_BYTES);
+                return -E2BIG;
+        }
+        if (!strchr(line, '\n') && !feof(f)) {
+                diag_add(d, "%s:%d: line longer than %zu bytes", at->path, at->lineno, size - 2);
+                while ((ch = fgetc(f)) != EOF && ch != '\n')
+                        ;
+                return 0;
+        }
+        return 1;
+}
+
+/* A "[section]" line s: the section the next lines are in. */
+static void read_section(char *s, struct file_pos *at, struct diag *d)
+{
+        char *close = strchr(s, ']');
+
+        if (!close || strip(close + 1)[0] != '\0') {
+                diag_add(d, "%s:%d: malformed section header", at->path, at->lineno);
+                return;
+        }
+        *close = '\0';
+        char *name = strip(s + 1);
+        if (!section_known(name) || strlen(name) >= sizeof at->section) {
+                diag_add(d, "%s:%d: unknown section [%.64s]", at->path, at->lineno, name);
+                at->section[0] = '?';
+                at->section[1] = '\0';
+                return;
+        }
+        snprintf(at->section, sizeof at->section, "%s", name);
+}
+
+/* A "key = value" line s: the value of its setting, in c. */
+static void read_assignment(struct conf *c, char *s, const struct file_pos *at, struct diag *d)
+{
+        char why[256], origin[4200];
+        char *eq = strchr(s, '=');
+
+        if (!eq) {
+                diag_add(d, "%s:%d: expected key = value", at->path, at->lineno);
+                return;
+        }
+        *eq = '\0';
+        char *key = strip(s), *value = strip(eq + 1);
+        size_t vl = strlen(value);
+        if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
+                value[vl - 1] = '\0';
+                value++;
+        }
+        if (at->section[0] == '?')
+                return;  /* already reported */
+        const struct conf_setting *st = find(key, strlen(key));
+        if (!st) {
+                diag_add(d, "%s:%d: unknown key '%.64s'", at->path, at->lineno, key);
+                return;
+        }
+        if (strcmp(st->section, at->section) != 0) {
+                diag_add(d, "%s:%d: %s belongs in section [%s]", at->path, at->lineno, st->name, st->section);
+                return;
+        }
+        snprintf(origin, sizeof origin, "%s:%d", at->path, at->lineno);
+        if (set_value(c, st, value, origin, why, sizeof why) < 0)
+                diag_add(d, "%s:%d: %s", at->path, at->lineno, why);
+}
+
 /* Reads "key = value" lines under "[section]" headers; '#' and ';' start
  * comment lines; values may be "double quoted". */
 static int load_file(struct conf *c, const char *path, bool must_exist, struct diag *d)
 {
         FILE *f = fopen(path, "re");
-        char section[64] = "", line[4096], why[256], origin[4200];
-        int lineno = 0, errors = d->errors;
+        struct file_pos at = { .path = path };
+        char line[4096];
+        int errors = d->errors, r;
         long total = 0;
 
         if (!f) {
@@ -335,65 +443,18 @@ static int load_file(struct conf *c, const char *path, bool must_exist, struct d
                 return -errno;
         }
         while (fgets(line, sizeof line, f)) {
-                lineno++;
-                total += (long)strlen(line);
-                if (total > CONF_MAX_FILE_BYTES) {
-                        diag_add(d, "%s:%d: file larger than %d bytes", path, lineno, CONF_MAX_FILE_BYTES);
+                at.lineno++;
+                if ((r = line_fits(f, line, sizeof line, &at, &total, d)) < 0)
                         break;
-                }
-                if (!strchr(line, '\n') && !feof(f)) {
-                        diag_add(d, "%s:%d: line longer than %zu bytes", path, lineno, sizeof line - 2);
-                        int ch;
-                        while ((ch = fgetc(f)) != EOF && ch != '\n')
-                                ;
+                if (r == 0)
                         continue;
-                }
                 char *s = strip(line);
                 if (!*s || *s == '#' || *s == ';')
                         continue;
-                if (*s == '[') {
-                        char *close = strchr(s, ']');
-                        if (!close || strip(close + 1)[0] != '\0') {
-                                diag_add(d, "%s:%d: malformed section header", path, lineno);
-                                continue;
-                        }
-                        *close = '\0';
-                        char *name = strip(s + 1);
-                        if (!section_known(name) || strlen(name) >= sizeof section) {
-                                diag_add(d, "%s:%d: unknown section [%.64s]", path, lineno, name);
-                                section[0] = '?';
-                                section[1] = '\0';
-                                continue;
-                        }
-                        snprintf(section, sizeof section, "%s", name);
-                        continue;
-                }
-                char *eq = strchr(s, '=');
-                if (!eq) {
-                        diag_add(d, "%s:%d: expected key = value", path, lineno);
-                        continue;
-                }
-                *eq = '\0';
-                char *key = strip(s), *value = strip(eq + 1);
-                size_t vl = strlen(value);
-                if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
-                        value[vl - 1] = '\0';
-                        value++;
-                }
-                if (section[0] == '?')
-                        continue;  /* already reported */
-                const struct conf_setting *st = find(key, strlen(key));
-                if (!st) {
-                        diag_add(d, "%s:%d: unknown key '%.64s'", path, lineno, key);
-                        continue;
-                }
-                if (strcmp(st->section, section) != 0) {
-                        diag_add(d, "%s:%d: %s belongs in section [%s]", path, lineno, st->name, st->section);
-                        continue;
-                }
-                snprintf(origin, sizeof origin, "%s:%d", path, lineno);
-                if (set_value(c, st, value, origin, why, sizeof why) < 0)
-                        diag_add(d, "%s:%d: %s", path, lineno, why);
+                if (*s == '[')
+                        read_section(s, &at, d);
+                else
+                        read_assignment(c, s, &at, d);
         }
         if (ferror(f))
                 diag_add(d, "%s: read error", path);

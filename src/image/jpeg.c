@@ -155,38 +155,42 @@ unsigned long long img_jpeg_decode_passes(void)
         return atomic_load(&decode_passes);
 }
 
-/* Decodes at 1/reduce scale into a new image, in one pass of libjpeg (the
- * API under TurboJPEG, with its defaults: the islow IDCT and fancy
- * upsampling, as PIL). Returns 0 for a clean stream, 1 for one with
- * recoverable corruption (decoded, as PIL would), or a negative code. Our
- * own error manager tells a warning from a fatal error that follows one,
- * which TurboJPEG reports alike: no second pass to find out. */
-static int decode_scaled(const void *data, size_t len, int w, int h, int cs, int reduce,
-                         char *err, size_t err_len, struct img_rgb **ret_img)
+/* A new image of ch bytes a pixel for a decode of w x h at 1/reduce, and
+ * the row pointers libjpeg writes through. */
+static int scaled_alloc(int w, int h, int reduce, int ch, char *err, size_t err_len,
+                        struct img_rgb **ret_img, JSAMPROW **ret_rows)
 {
         int sw = (w + reduce - 1) / reduce; /* libjpeg's scaled size: ceil(w / reduce) */
         int sh = (h + reduce - 1) / reduce;
-        int cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
-        int ch = cmyk ? 4 : 3;
-        struct jpeg_decompress_struct d;
-        struct jpeg_progress_mgr progress = { .progress_monitor = on_progress };
-        struct jpeg_err e = { .warnings = 0 };
-        struct img_rgb *img;
-        JSAMPROW *rows;
-        int r;
+        struct img_rgb *img = img_rgb_alloc(sw, sh, ch);
+        JSAMPROW *rows = malloc(sizeof *rows * (size_t)sh);
 
-        /* Everything the jump back may free is set before setjmp. */
-        img = img_rgb_alloc(sw, sh, ch);
-        rows = malloc(sizeof *rows * (size_t)sh);
         if (!img || !rows) {
-                r = err_set(err, err_len, -ENOMEM, "JPEG: out of memory for %dx%d", sw, sh);
-                goto fail;
+                free(rows);
+                img_rgb_free(img);
+                return err_set(err, err_len, -ENOMEM, "JPEG: out of memory for %dx%d", sw, sh);
         }
         img->reduce = reduce;
         img->full_width = w;
         img->full_height = h;
         for (int y = 0; y < sh; y++)
                 rows[y] = img->pixels + (size_t)y * (size_t)sw * (size_t)ch;
+        *ret_img = img;
+        *ret_rows = rows;
+        return 0;
+}
+
+/* One pass of libjpeg at 1/reduce scale into rows, which hold sw x sh
+ * pixels of RGB (or of CMYK when cmyk). The part libjpeg may leave by
+ * longjmp: what the jump back may free is the caller's, set before it.
+ * Returns 0 and the count of warnings, or -EBADMSG. */
+static int libjpeg_read(const void *data, size_t len, bool cmyk, int reduce, int sw, int sh, JSAMPROW *rows,
+                        char *err, size_t err_len, int *ret_warnings)
+{
+        int ch = cmyk ? 4 : 3;
+        struct jpeg_decompress_struct d;
+        struct jpeg_progress_mgr progress = { .progress_monitor = on_progress };
+        struct jpeg_err e = { .warnings = 0 };
 
         d.err = jpeg_std_error(&e.mgr);
         e.mgr.error_exit = on_error_exit;
@@ -194,8 +198,7 @@ static int decode_scaled(const void *data, size_t len, int w, int h, int cs, int
         e.mgr.output_message = on_output_message;
         if (setjmp(e.jump)) {
                 jpeg_destroy_decompress(&d);
-                r = err_set(err, err_len, -EBADMSG, "JPEG: %s", e.fatal);
-                goto fail;
+                return err_set(err, err_len, -EBADMSG, "JPEG: %s", e.fatal);
         }
         jpeg_create_decompress(&d);
         d.progress = &progress;
@@ -208,40 +211,71 @@ static int decode_scaled(const void *data, size_t len, int w, int h, int cs, int
         jpeg_start_decompress(&d);
         if ((int)d.output_width != sw || (int)d.output_height != sh || d.output_components != ch) {
                 jpeg_destroy_decompress(&d);
-                r = err_set(err, err_len, -EBADMSG, "JPEG: the stream's size changed after its header");
-                goto fail;
+                return err_set(err, err_len, -EBADMSG, "JPEG: the stream's size changed after its header");
         }
         while (d.output_scanline < d.output_height)
                 jpeg_read_scanlines(&d, rows + d.output_scanline, d.output_height - d.output_scanline);
         jpeg_finish_decompress(&d);
         jpeg_destroy_decompress(&d);
+        *ret_warnings = e.warnings;
+        return 0;
+}
+
+/* 0 for a stream decoded without warnings, 1 for one with corruption
+ * libjpeg recovered from, -EBADMSG for one that ends early. */
+static int judge_warnings(const void *data, size_t len, int warnings, char *err, size_t err_len)
+{
+        if (warnings == 0)
+                return 0;
+        /* Data that end before the image does: libjpeg-turbo only warns
+         * (and pads with gray); PIL fails them as truncated, and so do we.
+         * Other corruption libjpeg recovers from is accepted, as by PIL. */
+        if (!jpeg_reaches_eoi(data, len))
+                return err_set(err, err_len, -EBADMSG, "JPEG: truncated (data end before the EOI marker)");
+        return 1;
+}
+
+/* CMYK pixels of img to RGB, in place, giving back the fourth byte. */
+static void cmyk_shrink(struct img_rgb *img)
+{
+        size_t n = (size_t)img->width * (size_t)img->height;
+        uint8_t *shrunk;
+
+        cmyk_to_rgb(img->pixels, n);
+        shrunk = realloc(img->pixels, n * 3);
+        if (shrunk)
+                img->pixels = shrunk;
+}
+
+/* Decodes at 1/reduce scale into a new image, in one pass of libjpeg (the
+ * API under TurboJPEG, with its defaults: the islow IDCT and fancy
+ * upsampling, as PIL). Returns 0 for a clean stream, 1 for one with
+ * recoverable corruption (decoded, as PIL would), or a negative code. Our
+ * own error manager tells a warning from a fatal error that follows one,
+ * which TurboJPEG reports alike: no second pass to find out. */
+static int decode_scaled(const void *data, size_t len, int w, int h, int cs, int reduce,
+                         char *err, size_t err_len, struct img_rgb **ret_img)
+{
+        bool cmyk = cs == TJCS_CMYK || cs == TJCS_YCCK;
+        struct img_rgb *img = NULL;
+        JSAMPROW *rows = NULL;
+        int warnings = 0, r;
+
+        r = scaled_alloc(w, h, reduce, cmyk ? 4 : 3, err, err_len, &img, &rows);
+        if (r < 0)
+                return r;
+        r = libjpeg_read(data, len, cmyk, reduce, img->width, img->height, rows, err, err_len, &warnings);
         free(rows);
-        rows = NULL;
-
-        r = 0;
-        if (e.warnings > 0) {
-                /* Data that end before the image does: libjpeg-turbo only
-                 * warns (and pads with gray); PIL fails them as truncated,
-                 * and so do we. Other corruption libjpeg recovers from is
-                 * accepted, as by PIL. */
-                if (!jpeg_reaches_eoi(data, len)) {
-                        r = err_set(err, err_len, -EBADMSG, "JPEG: truncated (data end before the EOI marker)");
-                        goto fail;
-                }
-                r = 1;
-        }
-        if (cmyk) {
-                uint8_t *shrunk;
-
-                cmyk_to_rgb(img->pixels, (size_t)sw * (size_t)sh);
-                shrunk = realloc(img->pixels, (size_t)sw * (size_t)sh * 3);
-                if (shrunk)
-                        img->pixels = shrunk;
-        }
+        if (r < 0)
+                goto fail;
+        r = judge_warnings(data, len, warnings, err, err_len);
+        if (r < 0)
+                goto fail;
+        if (cmyk)
+                cmyk_shrink(img);
         *ret_img = img;
         return r;
 fail:
-        free(rows);
         img_rgb_free(img);
         return r;
 }

@@ -69,17 +69,18 @@ static void row_to_rgb(const uint8_t *in, int channels, int width, uint8_t *out)
         }
 }
 
-/* The part that libpng may leave by longjmp. */
-static int png_run(struct png_job *job, const struct img_limits *lim,
-                   char *err, size_t err_len)
-{
-        png_uint_32 w, h;
-        int depth, color, interlace, channels, passes, r;
+/* The decoded layout: every row is rowbytes = width * channels bytes of
+ * 8-bit samples. */
+struct png_layout {
+        png_uint_32 width, height;
+        int channels;
+        int passes;             /* 7 for Adam7, else 1 */
         size_t rowbytes;
+};
 
-        if (setjmp(png_jmpbuf(job->png)))
-                return job->code ? job->code : -EBADMSG;
-
+/* libpng's input, limits and chunk handling, before anything is read. */
+static void png_configure(struct png_job *job, const struct img_limits *lim)
+{
         png_set_read_fn(job->png, job, on_read);
         png_set_user_limits(job->png, (png_uint_32)lim->max_width, (png_uint_32)lim->max_height);
         png_set_chunk_malloc_max(job->png, PNG_CHUNK_MALLOC_MAX);
@@ -92,6 +93,18 @@ static int png_run(struct png_job *job, const struct img_limits *lim,
         png_set_crc_action(job->png, PNG_CRC_QUIET_USE, PNG_CRC_QUIET_USE);
         png_set_option(job->png, PNG_IGNORE_ADLER32, PNG_OPTION_ON);
 #endif
+}
+
+/* Reads the chunks before the image data, checks the size against lim and
+ * sets the conversions to 8-bit samples. Called under png_run's setjmp:
+ * libpng's errors leave by longjmp. */
+static int png_read_layout(struct png_job *job, const struct img_limits *lim, char *err, size_t err_len,
+                           struct png_layout *ret_layout)
+{
+        png_uint_32 w, h;
+        int depth, color, interlace, channels, passes, r;
+        size_t rowbytes;
+
         png_read_info(job->png, job->info);
         png_get_IHDR(job->png, job->info, &w, &h, &depth, &color, &interlace, NULL, NULL);
         r = img_check_dims(lim, "PNG", w > INT32_MAX ? -1 : (int)w, h > INT32_MAX ? -1 : (int)h,
@@ -116,38 +129,70 @@ static int png_run(struct png_job *job, const struct img_limits *lim,
                 job->code = -EBADMSG;
                 png_error(job->png, "unexpected pixel layout after conversion");
         }
+        *ret_layout = (struct png_layout){ .width = w, .height = h, .channels = channels, .passes = passes,
+                                           .rowbytes = rowbytes };
+        return 0;
+}
 
-        job->img = img_rgb_alloc((int)w, (int)h, 3);
+/* Every pass of an interlaced image into job->buf, then its rows to RGB.
+ * Under png_run's setjmp. */
+static void png_read_interlaced(struct png_job *job, const struct png_layout *lo)
+{
+        /* Adam7 needs the whole image before a row is complete. */
+        job->buf = malloc(lo->rowbytes * lo->height);
+        job->rows = malloc(sizeof(png_bytep) * lo->height);
+        if (!job->buf || !job->rows) {
+                job->code = -ENOMEM;
+                png_error(job->png, "out of memory");
+        }
+        for (png_uint_32 y = 0; y < lo->height; y++)
+                job->rows[y] = job->buf + (size_t)y * lo->rowbytes;
+        png_read_image(job->png, job->rows);
+        for (png_uint_32 y = 0; y < lo->height; y++)
+                row_to_rgb(job->rows[y], lo->channels, (int)lo->width,
+                           job->img->pixels + (size_t)y * lo->width * 3);
+}
+
+/* A non-interlaced image row by row through one row buffer. Under
+ * png_run's setjmp. */
+static void png_read_sequential(struct png_job *job, const struct png_layout *lo)
+{
+        job->buf = malloc(lo->rowbytes);
+        if (!job->buf) {
+                job->code = -ENOMEM;
+                png_error(job->png, "out of memory");
+        }
+        for (png_uint_32 y = 0; y < lo->height; y++) {
+                png_read_row(job->png, job->buf, NULL);
+                row_to_rgb(job->buf, lo->channels, (int)lo->width,
+                           job->img->pixels + (size_t)y * lo->width * 3);
+        }
+}
+
+/* The part that libpng may leave by longjmp: the functions it calls jump
+ * back here. */
+static int png_run(struct png_job *job, const struct img_limits *lim,
+                   char *err, size_t err_len)
+{
+        struct png_layout lo;
+        int r;
+
+        if (setjmp(png_jmpbuf(job->png)))
+                return job->code ? job->code : -EBADMSG;
+
+        png_configure(job, lim);
+        r = png_read_layout(job, lim, err, err_len, &lo);
+        if (r < 0)
+                return r;
+        job->img = img_rgb_alloc((int)lo.width, (int)lo.height, 3);
         if (!job->img) {
                 job->code = -ENOMEM;
                 png_error(job->png, "out of memory");
         }
-        if (passes > 1) {
-                /* Adam7 needs the whole image before a row is complete. */
-                job->buf = malloc(rowbytes * h);
-                job->rows = malloc(sizeof(png_bytep) * h);
-                if (!job->buf || !job->rows) {
-                        job->code = -ENOMEM;
-                        png_error(job->png, "out of memory");
-                }
-                for (png_uint_32 y = 0; y < h; y++)
-                        job->rows[y] = job->buf + (size_t)y * rowbytes;
-                png_read_image(job->png, job->rows);
-                for (png_uint_32 y = 0; y < h; y++)
-                        row_to_rgb(job->rows[y], channels, (int)w,
-                                   job->img->pixels + (size_t)y * w * 3);
-        } else {
-                job->buf = malloc(rowbytes);
-                if (!job->buf) {
-                        job->code = -ENOMEM;
-                        png_error(job->png, "out of memory");
-                }
-                for (png_uint_32 y = 0; y < h; y++) {
-                        png_read_row(job->png, job->buf, NULL);
-                        row_to_rgb(job->buf, channels, (int)w,
-                                   job->img->pixels + (size_t)y * w * 3);
-                }
-        }
+        if (lo.passes > 1)
+                png_read_interlaced(job, &lo);
+        else
+                png_read_sequential(job, &lo);
         /* Chunks after the image data are not read: PIL does not need an
          * IEND either. */
         return 0;

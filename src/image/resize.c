@@ -11,6 +11,7 @@
  * into FMAs that would round differently from PIL. */
 #include <errno.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -165,17 +166,128 @@ static void pass_v(const uint8_t *base, size_t stride, int first, int taps,
         }
 }
 
+/* The part of the resized image a crop keeps, and what it takes from the
+ * source. */
+struct window {
+        int x0, y0, x1, y1;     /* [x0, x1) x [y0, y1) of the resized image */
+        int nx, ny;             /* its size; <= 0 when the crop misses the image */
+        double ext_w, ext_h;    /* the source's extent, in its pixels */
+        bool need_h, need_v;    /* which passes resample (else they copy) */
+};
+
+/* The window of g, clipped to the resized image. */
+static void window_of(const struct img_rgb *src, const struct img_geometry *g, struct window *ret_win)
+{
+        struct window w;
+
+        w.x0 = g->crop_x < 0 ? 0 : g->crop_x;
+        w.y0 = g->crop_y < 0 ? 0 : g->crop_y;
+        w.x1 = g->crop_x + g->size < g->resize_width ? g->crop_x + g->size : g->resize_width;
+        w.y1 = g->crop_y + g->size < g->resize_height ? g->crop_y + g->size : g->resize_height;
+        w.nx = w.x1 - w.x0;
+        w.ny = w.y1 - w.y0;
+        /* A reduced-scale decode covers the full image's extent divided by
+         * reduce, which can end inside its last pixel. */
+        w.ext_w = src->reduce == 1 ? src->width : (double)src->full_width / src->reduce;
+        w.ext_h = src->reduce == 1 ? src->height : (double)src->full_height / src->reduce;
+        w.need_h = g->resize_width != src->width || w.ext_w != src->width;
+        w.need_v = g->resize_height != src->height || w.ext_h != src->height;
+        *ret_win = w;
+}
+
+/* The vertical weights (when the pass resamples) and the source rows
+ * [row_lo, row_hi) the window reads. */
+static int plan_vertical(const struct filter *f, const struct img_rgb *src, const struct img_geometry *g,
+                         const struct window *win, struct coeffs *vc, int *ret_row_lo, int *ret_row_hi)
+{
+        int row_lo, row_hi, r;
+
+        if (!win->need_v) {
+                *ret_row_lo = win->y0;
+                *ret_row_hi = win->y1;
+                return 0;
+        }
+        r = coeffs_init(vc, f, src->height, win->ext_h, g->resize_height, win->y0, win->ny);
+        if (r < 0)
+                return r;
+        row_lo = vc->bounds[0];
+        row_hi = row_lo;
+        for (int j = 0; j < win->ny; j++) {
+                int lo = vc->bounds[2 * j], hi = lo + vc->bounds[2 * j + 1];
+                if (lo < row_lo)
+                        row_lo = lo;
+                if (hi > row_hi)
+                        row_hi = hi;
+        }
+        *ret_row_lo = row_lo;
+        *ret_row_hi = row_hi;
+        return 0;
+}
+
+/* The horizontal pass over source rows [row_lo, row_hi) into a new *ret_tmp
+ * (NULL when the pass is a copy), and where the vertical pass reads its
+ * input: *ret_base, a row every *ret_stride bytes, starting at row_lo. */
+static int pass_horizontal(const struct filter *f, const struct img_rgb *src, const struct img_geometry *g,
+                           const struct window *win, int row_lo, int row_hi, struct coeffs *hc,
+                           uint8_t **ret_tmp, const uint8_t **ret_base, size_t *ret_stride)
+{
+        size_t sstride = (size_t)src->width * 3;
+        uint8_t *tmp; /* [row_hi - row_lo][nx][3] after the horizontal pass */
+        int r;
+
+        if (!win->need_h) {
+                /* Same size, same extent: PIL skips the pass (its weights
+                 * would be the identity). */
+                *ret_tmp = NULL;
+                *ret_base = src->pixels + (size_t)row_lo * sstride + (size_t)win->x0 * 3;
+                *ret_stride = sstride;
+                return 0;
+        }
+        r = coeffs_init(hc, f, src->width, win->ext_w, g->resize_width, win->x0, win->nx);
+        if (r < 0)
+                return r;
+        tmp = malloc((size_t)(row_hi > row_lo ? row_hi - row_lo : 1) * (size_t)win->nx * 3);
+        if (!tmp)
+                return -ENOMEM;
+        for (int y = row_lo; y < row_hi; y++)
+                pass_h(src->pixels + (size_t)y * sstride, hc, win->nx,
+                       tmp + (size_t)(y - row_lo) * (size_t)win->nx * 3);
+        *ret_tmp = tmp;
+        *ret_base = tmp;
+        *ret_stride = (size_t)win->nx * 3;
+        return 0;
+}
+
+/* The vertical pass (or a copy) from base into the window's place in out,
+ * the rest of out zero. Cannot fail. */
+static void pass_vertical(const struct img_geometry *g, const struct window *win, const struct coeffs *vc,
+                          const uint8_t *base, size_t stride, int row_lo, uint8_t *out)
+{
+        size_t out_stride = (size_t)g->size * 3;
+
+        if (win->nx < g->size || win->ny < g->size)
+                memset(out, 0, out_stride * (size_t)g->size);
+        for (int j = 0; j < win->ny; j++) {
+                uint8_t *d = out + (size_t)(win->y0 + j - g->crop_y) * out_stride +
+                             (size_t)(win->x0 - g->crop_x) * 3;
+                if (win->need_v)
+                        pass_v(base, stride, vc->bounds[2 * j] - row_lo, vc->bounds[2 * j + 1],
+                               &vc->k[(size_t)j * (size_t)vc->ksize], (size_t)win->nx * 3, d);
+                else
+                        memcpy(d, base + (size_t)(win->y0 + j - row_lo) * stride, (size_t)win->nx * 3);
+        }
+}
+
 int img_resize_crop(const struct img_rgb *src, const struct img_geometry *g,
                     int filter, uint8_t *out)
 {
         const struct filter *f;
         struct coeffs hc = { 0 }, vc = { 0 };
-        double ext_w, ext_h;
-        int x0, x1, y0, y1, nx, ny, need_h, need_v, r;
-        int row_lo, row_hi;
-        uint8_t *tmp = NULL; /* [row_hi - row_lo][nx][3] after the horizontal pass */
+        struct window win;
+        int row_lo, row_hi, r;
+        uint8_t *tmp = NULL;
         const uint8_t *base;
-        size_t stride, sstride, out_stride;
+        size_t stride;
 
         if (!src || !src->pixels || !g || !out || g->size < 1 ||
             g->resize_width < 1 || g->resize_height < 1 ||
@@ -183,80 +295,19 @@ int img_resize_crop(const struct img_rgb *src, const struct img_geometry *g,
             src->reduce < 1)
                 return -EINVAL;
         f = &filters[filter];
-
-        /* The window, clipped to the resized image. */
-        x0 = g->crop_x < 0 ? 0 : g->crop_x;
-        y0 = g->crop_y < 0 ? 0 : g->crop_y;
-        x1 = g->crop_x + g->size < g->resize_width ? g->crop_x + g->size : g->resize_width;
-        y1 = g->crop_y + g->size < g->resize_height ? g->crop_y + g->size : g->resize_height;
-        nx = x1 - x0;
-        ny = y1 - y0;
-
-        /* A reduced-scale decode covers the full image's extent divided by
-         * reduce, which can end inside its last pixel. */
-        ext_w = src->reduce == 1 ? src->width : (double)src->full_width / src->reduce;
-        ext_h = src->reduce == 1 ? src->height : (double)src->full_height / src->reduce;
-        need_h = g->resize_width != src->width || ext_w != src->width;
-        need_v = g->resize_height != src->height || ext_h != src->height;
-        sstride = (size_t)src->width * 3;
-        out_stride = (size_t)g->size * 3;
-
-        if (nx <= 0 || ny <= 0) {
-                memset(out, 0, out_stride * (size_t)g->size);
+        window_of(src, g, &win);
+        if (win.nx <= 0 || win.ny <= 0) {
+                memset(out, 0, (size_t)g->size * 3 * (size_t)g->size);
                 return 0;
         }
-
-        if (need_v) {
-                r = coeffs_init(&vc, f, src->height, ext_h, g->resize_height, y0, ny);
-                if (r < 0)
-                        goto fail;
-                row_lo = vc.bounds[0];
-                row_hi = row_lo;
-                for (int j = 0; j < ny; j++) {
-                        int lo = vc.bounds[2 * j], hi = lo + vc.bounds[2 * j + 1];
-                        if (lo < row_lo)
-                                row_lo = lo;
-                        if (hi > row_hi)
-                                row_hi = hi;
-                }
-        } else {
-                row_lo = y0;
-                row_hi = y1;
-        }
-
-        if (need_h) {
-                r = coeffs_init(&hc, f, src->width, ext_w, g->resize_width, x0, nx);
-                if (r < 0)
-                        goto fail;
-                tmp = malloc((size_t)(row_hi > row_lo ? row_hi - row_lo : 1) * (size_t)nx * 3);
-                if (!tmp) {
-                        r = -ENOMEM;
-                        goto fail;
-                }
-                for (int y = row_lo; y < row_hi; y++)
-                        pass_h(src->pixels + (size_t)y * sstride, &hc, nx,
-                               tmp + (size_t)(y - row_lo) * (size_t)nx * 3);
-                base = tmp;
-                stride = (size_t)nx * 3;
-        } else {
-                /* Same size, same extent: PIL skips the pass (its weights
-                 * would be the identity). */
-                base = src->pixels + (size_t)row_lo * sstride + (size_t)x0 * 3;
-                stride = sstride;
-        }
-
+        r = plan_vertical(f, src, g, &win, &vc, &row_lo, &row_hi);
+        if (r < 0)
+                goto fail;
+        r = pass_horizontal(f, src, g, &win, row_lo, row_hi, &hc, &tmp, &base, &stride);
+        if (r < 0)
+                goto fail;
         /* Nothing fails from here on: out is written only on success. */
-        if (nx < g->size || ny < g->size)
-                memset(out, 0, out_stride * (size_t)g->size);
-        for (int j = 0; j < ny; j++) {
-                uint8_t *d = out + (size_t)(y0 + j - g->crop_y) * out_stride +
-                             (size_t)(x0 - g->crop_x) * 3;
-                if (need_v)
-                        pass_v(base, stride, vc.bounds[2 * j] - row_lo, vc.bounds[2 * j + 1],
-                               &vc.k[(size_t)j * (size_t)vc.ksize], (size_t)nx * 3, d);
-                else
-                        memcpy(d, base + (size_t)(y0 + j - row_lo) * stride, (size_t)nx * 3);
-        }
+        pass_vertical(g, &win, &vc, base, stride, row_lo, out);
         r = 0;
 fail:
         free(tmp);

@@ -187,12 +187,84 @@ static const char *hub_label_name(json_t *names, int i)
         return json_string_value(json_object_get(names, key));
 }
 
+/* timm's label_names in root, which must name classes classes. */
+static int hub_names(json_t *root, const char *config_path, int classes, char *err, size_t err_len,
+                     json_t **ret_names)
+{
+        json_t *names = json_object_get(root, "label_names");
+
+        if (!json_is_array(names) && !json_is_object(names))
+                return err_set(err, err_len, -ENOENT, "%s: no label_names", config_path);
+        size_t count = json_is_array(names) ? json_array_size(names) : json_object_size(names);
+        if (count != (size_t)classes)
+                return err_set(err, err_len, -EINVAL, "%s: %zu label_names but the model has %d classes",
+                               config_path, count, classes);
+        *ret_names = names;
+        return 0;
+}
+
+/* One name per line, as a labels file holds them: each class's
+ * description when desc has one, else its name. *ret_text is new. */
+static int hub_labels_text(json_t *names, json_t *desc, const char *config_path, int classes, char *err,
+                           size_t err_len, char **ret_text, size_t *ret_len)
+{
+        char *text = NULL;
+        size_t text_len = 0;
+        FILE *f = open_memstream(&text, &text_len);
+
+        if (!f)
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        for (int i = 0; i < classes; i++) {
+                const char *name = hub_label_name(names, i);
+                const char *d = name && json_is_object(desc) ? json_string_value(json_object_get(desc, name)) : NULL;
+                if (!name || strchr(d ? d : name, '\n')) {
+                        fclose(f);
+                        free(text);
+                        return err_set(err, err_len, -EINVAL, "%s: the name of class %d is %s", config_path, i,
+                                       name ? "more than one line" : "missing or not a string");
+                }
+                fprintf(f, "%s\n", d ? d : name);
+        }
+        if (fclose(f) != 0 || !text) {
+                free(text);
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        }
+        *ret_text = text;
+        *ret_len = text_len;
+        return 0;
+}
+
+/* Labels of classes classes from text (len bytes, taken: freed on
+ * failure too), from source. */
+static int labels_of_text(char *text, size_t len, int classes, const char *source, char *err, size_t err_len,
+                          struct api_labels **ret_labels)
+{
+        struct api_labels *l = calloc(1, sizeof *l);
+        int r;
+
+        if (!l) {
+                free(text);
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        }
+        l->classes = classes;
+        l->text = text;
+        l->source = strdup(source);
+        /* A name with a NUL inside would end early and be cut: not printable. */
+        r = l->source ? labels_finish(l, len, err, err_len) : err_set(err, err_len, -ENOMEM, "out of memory");
+        if (r < 0) {
+                api_labels_free(l);
+                return r;
+        }
+        *ret_labels = l;
+        return 0;
+}
+
 int api_labels_load_hub_config(const char *config_path, int classes, char *err, size_t err_len,
                                struct api_labels **ret_labels)
 {
-        struct api_labels *l = NULL;
         json_error_t jerr;
-        json_t *root;
+        json_t *root, *names = NULL;
+        char *text = NULL;
         size_t len = 0;
         int r;
 
@@ -201,65 +273,14 @@ int api_labels_load_hub_config(const char *config_path, int classes, char *err, 
         root = json_load_file(config_path, JSON_REJECT_DUPLICATES, &jerr);
         if (!root)
                 return err_set(err, err_len, -EBADMSG, "%s: not JSON: %s", config_path, jerr.text);
-        json_t *names = json_object_get(root, "label_names");
-        json_t *desc = json_object_get(root, "label_descriptions");
-        if (!json_is_array(names) && !json_is_object(names)) {
-                r = err_set(err, err_len, -ENOENT, "%s: no label_names", config_path);
+        if ((r = hub_names(root, config_path, classes, err, err_len, &names)) < 0)
                 goto out;
-        }
-        size_t count = json_is_array(names) ? json_array_size(names) : json_object_size(names);
-        if (count != (size_t)classes) {
-                r = err_set(err, err_len, -EINVAL, "%s: %zu label_names but the model has %d classes", config_path,
-                            count, classes);
+        r = hub_labels_text(names, json_object_get(root, "label_descriptions"), config_path, classes, err, err_len,
+                            &text, &len);
+        if (r < 0)
                 goto out;
-        }
-        /* One name per line, as a labels file holds them. */
-        char *text = NULL;
-        size_t text_len = 0;
-        FILE *f = open_memstream(&text, &text_len);
-        if (!f) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto out;
-        }
-        for (int i = 0; i < classes; i++) {
-                const char *name = hub_label_name(names, i);
-                const char *d = name && json_is_object(desc) ? json_string_value(json_object_get(desc, name)) : NULL;
-                if (!name || strchr(d ? d : name, '\n')) {
-                        fclose(f);
-                        free(text);
-                        r = err_set(err, err_len, -EINVAL, "%s: the name of class %d is %s", config_path, i,
-                                    name ? "more than one line" : "missing or not a string");
-                        goto out;
-                }
-                fprintf(f, "%s\n", d ? d : name);
-        }
-        if (fclose(f) != 0 || !text) {
-                free(text);
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto out;
-        }
-        l = calloc(1, sizeof *l);
-        if (!l) {
-                free(text);
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto out;
-        }
-        l->classes = classes;
-        l->text = text;
-        len = text_len;
-        l->source = strdup("hub:config.json");
-        if (!l->source) {
-                r = err_set(err, err_len, -ENOMEM, "out of memory");
-                goto out;
-        }
-        /* A name with a NUL inside would end early and be cut: not printable. */
-        if ((r = labels_finish(l, len, err, err_len)) < 0)
-                goto out;
-        *ret_labels = l;
-        l = NULL;
-        r = 0;
+        r = labels_of_text(text, len, classes, "hub:config.json", err, err_len, ret_labels);
 out:
-        api_labels_free(l);
         json_decref(root);
         return r;
 }

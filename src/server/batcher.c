@@ -214,26 +214,28 @@ static int worker_start(struct batch_worker *w)
         return 0;
 }
 
-static void *worker_main(void *arg)
+/* Tells batch_new how the worker's start-up went (r); a worker that failed
+ * waits for batch_new to stop all. Lock held. */
+static void worker_announce(struct batch_worker *w, int r)
 {
-        struct batch_worker *w = arg;
         struct batch *b = w->b;
-        struct chunk *chunks = NULL;
-        int r = worker_start(w);
 
-        if (r == 0 && !(chunks = calloc((size_t)b->cfg.max_batch, sizeof *chunks)))
-                r = err_set(w->err, sizeof w->err, -ENOMEM, "out of memory");
-        pthread_mutex_lock(&b->lock);
         w->status = r;
         b->ready++;
         pthread_cond_broadcast(&b->started);
-        /* A worker that failed to start waits for batch_new to stop all. */
         while (r < 0 && !b->stopping)
                 pthread_cond_wait(&b->work, &b->lock);
-        while (r == 0) {
+}
+
+/* Waits until the head of the queue is due: a full batch is queued, its
+ * first job has waited max_delay, or the batcher is stopping. False when
+ * stopping with nothing queued. Lock held. */
+static bool wait_for_batch(struct batch *b)
+{
+        for (;;) {
                 if (!b->head) {
                         if (b->stopping)
-                                break;
+                                return false;
                         pthread_cond_wait(&b->work, &b->lock);
                         continue;
                 }
@@ -246,54 +248,94 @@ static void *worker_main(void *arg)
                                 continue;
                         }
                 }
-                struct batch_job *done_list = NULL;
-                int n_chunks = 0;
-                int n = take_batch(b, chunks, &n_chunks, &done_list);
-                if (n > 0) {
-                        b->busy++;
-                        b->last_take_ns = w->busy_since_ns = time_now_ns();
-                }
-                pthread_mutex_unlock(&b->lock);
-                complete_list(done_list);
-                done_list = NULL;
-                int64_t t0 = time_now_ns();
-                int fr = n > 0 ? run_batch(w, chunks, n_chunks, n) : 0;
-                int64_t t1 = time_now_ns();
-                double secs = (double)(t1 - t0) / 1e9;
-                pthread_mutex_lock(&b->lock);
-                if (n == 0)
-                        continue;
-                w->busy_since_ns = 0;
-                b->busy--;
-                b->batches++;
-                b->batch_images += (uint64_t)n;
-                b->sizes[n]++;
-                b->forward_seconds += secs;
-                int bucket = 0;
-                while (bucket < BATCH_FORWARD_BUCKETS && secs > batch_forward_bounds[bucket])
-                        bucket++;
-                b->forward_hist[bucket]++;
-                for (int i = 0; i < n_chunks; i++) {
-                        struct batch_job *job = chunks[i].job;
-                        if (job->taken_ns == 0)
-                                job->taken_ns = t0;
-                        job->forward_ns += t1 - t0;
-                        if (n > job->batch_size)
-                                job->batch_size = n;
-                        if (fr < 0 && job->status == 0) {
-                                job->status = -EIO;
-                                b->jobs_failed++;
-                        }
-                        job->remaining -= chunks[i].count;
-                        if (job->remaining == 0) {
-                                job->next = done_list;
-                                done_list = job;
-                        }
-                }
-                pthread_mutex_unlock(&b->lock);
-                complete_list(done_list);
-                pthread_mutex_lock(&b->lock);
+                return true;
         }
+}
+
+/* Counts a forward pass of n images that took secs. Lock held. */
+static void count_pass(struct batch *b, struct batch_worker *w, int n, double secs)
+{
+        int bucket = 0;
+
+        w->busy_since_ns = 0;
+        b->busy--;
+        b->batches++;
+        b->batch_images += (uint64_t)n;
+        b->sizes[n]++;
+        b->forward_seconds += secs;
+        while (bucket < BATCH_FORWARD_BUCKETS && secs > batch_forward_bounds[bucket])
+                bucket++;
+        b->forward_hist[bucket]++;
+}
+
+/* Settles each chunk's job after a pass of n images over [t0, t1] that
+ * returned fr; jobs with no image left go to *done_list. Lock held. */
+static void settle_chunks(struct batch *b, const struct chunk *chunks, int n_chunks, int n, int fr, int64_t t0,
+                          int64_t t1, struct batch_job **done_list)
+{
+        for (int i = 0; i < n_chunks; i++) {
+                struct batch_job *job = chunks[i].job;
+                if (job->taken_ns == 0)
+                        job->taken_ns = t0;
+                job->forward_ns += t1 - t0;
+                if (n > job->batch_size)
+                        job->batch_size = n;
+                if (fr < 0 && job->status == 0) {
+                        job->status = -EIO;
+                        b->jobs_failed++;
+                }
+                job->remaining -= chunks[i].count;
+                if (job->remaining == 0) {
+                        job->next = *done_list;
+                        *done_list = job;
+                }
+        }
+}
+
+/* Takes one batch from the queue, runs it without the lock and completes
+ * the jobs it finished (and those that expired) without the lock too.
+ * Lock held on entry and on return. */
+static void serve_batch(struct batch_worker *w, struct chunk *chunks)
+{
+        struct batch *b = w->b;
+        struct batch_job *done_list = NULL;
+        int n_chunks = 0;
+        int n = take_batch(b, chunks, &n_chunks, &done_list);
+
+        if (n > 0) {
+                b->busy++;
+                b->last_take_ns = w->busy_since_ns = time_now_ns();
+        }
+        pthread_mutex_unlock(&b->lock);
+        complete_list(done_list);
+        done_list = NULL;
+        int64_t t0 = time_now_ns();
+        int fr = n > 0 ? run_batch(w, chunks, n_chunks, n) : 0;
+        int64_t t1 = time_now_ns();
+        double secs = (double)(t1 - t0) / 1e9;
+        pthread_mutex_lock(&b->lock);
+        if (n == 0)
+                return;
+        count_pass(b, w, n, secs);
+        settle_chunks(b, chunks, n_chunks, n, fr, t0, t1, &done_list);
+        pthread_mutex_unlock(&b->lock);
+        complete_list(done_list);
+        pthread_mutex_lock(&b->lock);
+}
+
+static void *worker_main(void *arg)
+{
+        struct batch_worker *w = arg;
+        struct batch *b = w->b;
+        struct chunk *chunks = NULL;
+        int r = worker_start(w);
+
+        if (r == 0 && !(chunks = calloc((size_t)b->cfg.max_batch, sizeof *chunks)))
+                r = err_set(w->err, sizeof w->err, -ENOMEM, "out of memory");
+        pthread_mutex_lock(&b->lock);
+        worker_announce(w, r);
+        while (r == 0 && wait_for_batch(b))
+                serve_batch(w, chunks);
         pthread_mutex_unlock(&b->lock);
         free(chunks);
         return NULL;

@@ -1109,62 +1109,69 @@ static enum MHD_Result on_complete(struct req *q)
         return start_decode(q);
 }
 
-/* The answer of a request whose jobs are done (or failed). */
-static enum MHD_Result answer(struct req *q)
+/* A /v2 request's image jobs as one for the log: the first pass, the
+ * longest, the largest batch; and their first error as its status. */
+static void v2_merge_jobs(struct req *q)
 {
-        struct http_server *s = q->s;
-        char *body = NULL;
+        q->job_status = atomic_load(&q->job_error);
+        for (int i = 0; i < q->n_images; i++) {
+                const struct batch_job *j = &q->jobs[i];
+                if (j->taken_ns && (!q->job.taken_ns || j->taken_ns < q->job.taken_ns))
+                        q->job.taken_ns = j->taken_ns;
+                if (j->forward_ns > q->job.forward_ns)
+                        q->job.forward_ns = j->forward_ns;
+                if (j->batch_size > q->job.batch_size)
+                        q->job.batch_size = j->batch_size;
+        }
+}
 
-        q->counted_waiting = false;
-        atomic_fetch_sub(&s->waiting, 1);
-        if (q->failed)
+/* The answer when building the body of a successful request failed (r):
+ * the logits were not finite, or something inside us broke. */
+static enum MHD_Result answer_body_error(struct req *q, int r)
+{
+        if (r == -EDOM) {
+                req_fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its weights are "
+                         "broken");
                 return respond_failed(q);
-        if (q->v2.route == V2_ROUTE_INFER) {
-                /* Its images' jobs as one for the log: the first pass, the
-                 * longest, the largest batch. */
-                q->job_status = atomic_load(&q->job_error);
-                for (int i = 0; i < q->n_images; i++) {
-                        const struct batch_job *j = &q->jobs[i];
-                        if (j->taken_ns && (!q->job.taken_ns || j->taken_ns < q->job.taken_ns))
-                                q->job.taken_ns = j->taken_ns;
-                        if (j->forward_ns > q->job.forward_ns)
-                                q->job.forward_ns = j->forward_ns;
-                        if (j->batch_size > q->job.batch_size)
-                                q->job.batch_size = j->batch_size;
-                }
-                if (q->job_status == 0) {
-                        size_t len = 0, hlen = 0;
-                        int r = v2_infer_body(&q->g->v2, q->v2req, q->logits, &body, &len, &hlen);
-                        if (r == -EDOM) {
-                                req_fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its "
-                                         "weights are broken");
-                                return respond_failed(q);
-                        }
-                        if (r < 0)
-                                return respond(q, 500, NULL, NULL, "internal");
-                        atomic_fetch_add(&s->images, (unsigned long long)q->n_images);
-                        if (q->v2req->binary_output)
-                                return respond_n(q, 200, body, len, "application/octet-stream", NULL, (int64_t)hlen);
-                        return respond_n(q, 200, body, len, "application/json", NULL, -1);
-                }
         }
-        switch (q->job_status) {
-        case 0: {
-                int r = api_classify_body(q->g->info->variant, q->g->labels, q->logits, q->n_images,
-                                          q->g->info->classes, q->top_k, q->multipart, &body);
-                if (r == -EDOM) {
-                        req_fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its weights are "
-                                 "broken");
-                        break;
-                }
-                if (r < 0)
-                        return respond(q, 500, NULL, NULL, "internal");
-                atomic_fetch_add(&s->images, (unsigned long long)q->n_images);
-                return respond(q, 200, body, "application/json", NULL);
-        }
+        return respond(q, 500, NULL, NULL, "internal");
+}
+
+/* The outputs of a /v2 infer request whose jobs all succeeded. */
+static enum MHD_Result answer_v2_infer(struct req *q)
+{
+        char *body = NULL;
+        size_t len = 0, hlen = 0;
+        int r = v2_infer_body(&q->g->v2, q->v2req, q->logits, &body, &len, &hlen);
+
+        if (r < 0)
+                return answer_body_error(q, r);
+        atomic_fetch_add(&q->s->images, (unsigned long long)q->n_images);
+        if (q->v2req->binary_output)
+                return respond_n(q, 200, body, len, "application/octet-stream", NULL, (int64_t)hlen);
+        return respond_n(q, 200, body, len, "application/json", NULL, -1);
+}
+
+/* The classes of effnetd's own request whose job succeeded. */
+static enum MHD_Result answer_classify(struct req *q)
+{
+        char *body = NULL;
+        int r = api_classify_body(q->g->info->variant, q->g->labels, q->logits, q->n_images,
+                                  q->g->info->classes, q->top_k, q->multipart, &body);
+
+        if (r < 0)
+                return answer_body_error(q, r);
+        atomic_fetch_add(&q->s->images, (unsigned long long)q->n_images);
+        return respond(q, 200, body, "application/json", NULL);
+}
+
+/* The error of a job that failed with status (not 0). */
+static enum MHD_Result answer_job_error(struct req *q, int status)
+{
+        switch (status) {
         case -ETIMEDOUT:
                 req_fail(q, API_E_DEADLINE, "waited past the deadline of %lld ms in the queue",
-                         (long long)s->opts.deadline_ms);
+                         (long long)q->s->opts.deadline_ms);
                 break;
         case -EAGAIN:
                 req_fail(q, API_E_OVERLOADED, "the queue is full; retry later");
@@ -1176,10 +1183,27 @@ static enum MHD_Result answer(struct req *q)
                 req_fail(q, API_E_TOO_LARGE, "more images than the queue holds");
                 break;
         default:
-                req_fail(q, API_E_INTERNAL, "inference failed: %s", strerror(-q->job_status));
+                req_fail(q, API_E_INTERNAL, "inference failed: %s", strerror(-status));
                 break;
         }
         return respond_failed(q);
+}
+
+/* The answer of a request whose jobs are done (or failed). */
+static enum MHD_Result answer(struct req *q)
+{
+        q->counted_waiting = false;
+        atomic_fetch_sub(&q->s->waiting, 1);
+        if (q->failed)
+                return respond_failed(q);
+        if (q->v2.route == V2_ROUTE_INFER) {
+                v2_merge_jobs(q);
+                if (q->job_status == 0)
+                        return answer_v2_infer(q);
+        }
+        if (q->job_status == 0)
+                return answer_classify(q);
+        return answer_job_error(q, q->job_status);
 }
 
 /* After the batcher's callback resumed the connection. */
@@ -1615,89 +1639,140 @@ static struct MHD_Daemon *start_daemon(struct http_server *s, const struct socka
                                 MHD_OPTION_END);
 }
 
-int http_new(const struct http_opts *opts, struct generation *g, char *err, size_t err_len,
-             struct http_server **ret_server)
+/* Whether opts' limits hold together and g is complete. */
+static bool opts_valid(const struct http_opts *opts, const struct generation *g)
+{
+        return opts->max_body_bytes >= 1 && opts->max_body_total >= opts->max_body_bytes &&
+               opts->v2_max_body_bytes >= 1 && opts->max_body_total >= opts->v2_max_body_bytes &&
+               opts->max_answer_total >= 1 && opts->max_images >= 1 && opts->max_connections >= 1 &&
+               opts->deadline_ms >= 1 && opts->connection_timeout_s >= 0 && opts->retry_after_s >= 0 &&
+               opts->header_timeout_s >= 0 && opts->decode_threads >= 0 &&
+               opts->decode_threads <= DEC_MAX_THREADS && opts->decode_queue >= 1 && g && g->model && g->batch &&
+               g->labels;
+}
+
+/* The main listener's address: the passed socket's, or opts->listen's. */
+static int main_address(const struct http_opts *opts, char *err, size_t err_len,
+                        struct sockaddr_storage *ret_addr)
 {
         struct sockaddr_storage addr = { 0 };
-        struct http_server *s;
-        int r;
+        socklen_t sl = sizeof addr;
 
-        if (opts->max_body_bytes < 1 || opts->max_body_total < opts->max_body_bytes || opts->v2_max_body_bytes < 1 ||
-            opts->max_body_total < opts->v2_max_body_bytes || opts->max_answer_total < 1 || opts->max_images < 1 ||
-            opts->max_connections < 1 || opts->deadline_ms < 1 || opts->connection_timeout_s < 0 ||
-            opts->retry_after_s < 0 || opts->header_timeout_s < 0 || opts->decode_threads < 0 ||
-            opts->decode_threads > DEC_MAX_THREADS || opts->decode_queue < 1 || !g || !g->model || !g->batch ||
-            !g->labels)
-                return err_set(err, err_len, -EINVAL, "http: bad limits");
-        if (opts->listen_fd > 0) {
-                socklen_t sl = sizeof addr;
-                if (getsockname(opts->listen_fd, (struct sockaddr *)&addr, &sl) < 0)
-                        return err_set(err, err_len, -errno, "passed socket: %s", strerror(errno));
-                if (addr.ss_family != AF_INET && addr.ss_family != AF_INET6)
-                        return err_set(err, err_len, -EINVAL, "passed socket is not TCP/IP");
-        } else if ((r = parse_listen(opts->listen, &addr, err, err_len)) < 0) {
-                return r;
-        }
-        s = calloc(1, sizeof *s);
+        if (opts->listen_fd <= 0)
+                return parse_listen(opts->listen, ret_addr, err, err_len);
+        if (getsockname(opts->listen_fd, (struct sockaddr *)&addr, &sl) < 0)
+                return err_set(err, err_len, -errno, "passed socket: %s", strerror(errno));
+        if (addr.ss_family != AF_INET && addr.ss_family != AF_INET6)
+                return err_set(err, err_len, -EINVAL, "passed socket is not TCP/IP");
+        *ret_addr = addr;
+        return 0;
+}
+
+/* A new server with opts, its locks and the max batch of g's batcher; no
+ * thread yet. */
+static int server_alloc(const struct http_opts *opts, const struct generation *g, char *err, size_t err_len,
+                        struct http_server **ret_server)
+{
+        struct http_server *s = calloc(1, sizeof *s);
+        struct batch_config bc;
+        pthread_condattr_t ca;
+
         if (!s)
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         s->opts = *opts;
         pthread_mutex_init(&s->gen_lock, NULL);
         pthread_mutex_init(&s->conn_lock, NULL);
-        pthread_condattr_t ca;
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);   /* time_now_ns's clock */
         pthread_cond_init(&s->conn_cond, &ca);
         pthread_condattr_destroy(&ca);
         s->id_salt = (uint64_t)time_now_ns() ^ ((uint64_t)getpid() << 32);
-        struct batch_config bc;
         batch_get_config(g->batch, &bc);
         s->max_batch = bc.max_batch;
+        *ret_server = s;
+        return 0;
+}
+
+/* The decoder's threads and, with a header timeout, the sweeper. */
+static int threads_start(struct http_server *s, char *err, size_t err_len)
+{
+        struct dec_opts dopts = { .threads = s->opts.decode_threads, .queue = s->opts.decode_queue };
+        int r;
+
+        if ((r = dec_new(&dopts, &s->dec)) < 0)
+                return err_set(err, err_len, r, "decoder threads: %s", strerror(-r));
+        if (s->opts.header_timeout_s > 0) {
+                s->sweeping = true;
+                if ((r = -pthread_create(&s->sweeper, NULL, sweeper_main, s)) < 0)
+                        return err_set(err, err_len, r, "header-timeout thread: %s", strerror(-r));
+                s->sweeper_started = true;
+        }
+        return 0;
+}
+
+/* The main listener on addr (its bound port written back), and its URL. */
+static int main_listen(struct http_server *s, struct sockaddr_storage *addr, char *err, size_t err_len)
+{
+        const struct http_opts *opts = &s->opts;
+        int threads = opts->threads > 0 ? opts->threads : cpu_usable_count();
+
+        if (opts->threads <= 0 && threads > 4)
+                threads = 4;
+        s->daemon = start_daemon(s, addr, opts->listen_fd, threads, opts->max_connections,
+                                 opts->max_connections_per_client, opts->connection_timeout_s, on_accept);
+        if (!s->daemon)
+                return err_set(err, err_len, -EIO, "cannot listen on %s (address in use, or not permitted?)",
+                               opts->listen_fd > 0 ? "the passed socket" : opts->listen);
+        if (opts->listen_fd <= 0)
+                bound_port(s->daemon, addr);
+        url_of(addr, s->url, sizeof s->url);
+        return 0;
+}
+
+/* The admin listener, when one is set: its own thread and connection
+ * budget, so that clients that hold the main listener's connections cannot
+ * reach it. */
+static int admin_listen(struct http_server *s, char *err, size_t err_len)
+{
+        struct sockaddr_storage aaddr;
+        int r;
+
+        if (!s->opts.admin_listen)
+                return 0;
+        if ((r = parse_listen(s->opts.admin_listen, &aaddr, err, err_len)) < 0)
+                return r;
+        s->admin = start_daemon(s, &aaddr, -1, 1, HTTP_ADMIN_MAX_CONNECTIONS, HTTP_ADMIN_PER_CLIENT,
+                                HTTP_ADMIN_TIMEOUT_S, NULL);
+        if (!s->admin)
+                return err_set(err, err_len, -EIO, "cannot listen on %s for admin (address in use?)",
+                               s->opts.admin_listen);
+        bound_port(s->admin, &aaddr);
+        url_of(&aaddr, s->admin_url, sizeof s->admin_url);
+        return 0;
+}
+
+int http_new(const struct http_opts *opts, struct generation *g, char *err, size_t err_len,
+             struct http_server **ret_server)
+{
+        struct sockaddr_storage addr = { 0 };
+        struct http_server *s = NULL;
+        int r;
+
+        if (!opts_valid(opts, g))
+                return err_set(err, err_len, -EINVAL, "http: bad limits");
+        if ((r = main_address(opts, err, err_len, &addr)) < 0)
+                return r;
+        if ((r = server_alloc(opts, g, err, err_len, &s)) < 0)
+                return r;
         if ((r = adopt_generation(s, g, err, err_len)) < 0)
                 goto fail;
         s->current = g;
-        struct dec_opts dopts = { .threads = opts->decode_threads, .queue = opts->decode_queue };
-        if ((r = dec_new(&dopts, &s->dec)) < 0) {
-                err_set(err, err_len, r, "decoder threads: %s", strerror(-r));
+        if ((r = threads_start(s, err, err_len)) < 0)
                 goto fail;
-        }
-        if (opts->header_timeout_s > 0) {
-                s->sweeping = true;
-                if ((r = -pthread_create(&s->sweeper, NULL, sweeper_main, s)) < 0) {
-                        err_set(err, err_len, r, "header-timeout thread: %s", strerror(-r));
-                        goto fail;
-                }
-                s->sweeper_started = true;
-        }
-        int threads = opts->threads > 0 ? opts->threads : cpu_usable_count();
-        if (opts->threads <= 0 && threads > 4)
-                threads = 4;
-        s->daemon = start_daemon(s, &addr, opts->listen_fd, threads, opts->max_connections,
-                                 opts->max_connections_per_client, opts->connection_timeout_s, on_accept);
-        if (!s->daemon) {
-                r = err_set(err, err_len, -EIO, "cannot listen on %s (address in use, or not permitted?)",
-                            opts->listen_fd > 0 ? "the passed socket" : opts->listen);
+        if ((r = main_listen(s, &addr, err, err_len)) < 0)
                 goto fail;
-        }
-        if (opts->listen_fd <= 0)
-                bound_port(s->daemon, &addr);
-        url_of(&addr, s->url, sizeof s->url);
-        if (opts->admin_listen) {
-                /* Its own thread and connection budget: clients that hold
-                 * the main listener's connections cannot reach it. */
-                struct sockaddr_storage aaddr;
-                if ((r = parse_listen(opts->admin_listen, &aaddr, err, err_len)) < 0)
-                        goto fail;
-                s->admin = start_daemon(s, &aaddr, -1, 1, HTTP_ADMIN_MAX_CONNECTIONS, HTTP_ADMIN_PER_CLIENT,
-                                        HTTP_ADMIN_TIMEOUT_S, NULL);
-                if (!s->admin) {
-                        r = err_set(err, err_len, -EIO, "cannot listen on %s for admin (address in use?)",
-                                    opts->admin_listen);
-                        goto fail;
-                }
-                bound_port(s->admin, &aaddr);
-                url_of(&aaddr, s->admin_url, sizeof s->admin_url);
-        }
+        if ((r = admin_listen(s, err, err_len)) < 0)
+                goto fail;
         *ret_server = s;
         return 0;
 fail:

@@ -274,55 +274,77 @@ static int parse_fp32(struct v2_request *r, const json_t *data, const uint8_t *b
         return 0;
 }
 
-/* The BYTES input: base64 strings in JSON, or length-prefixed binary. */
-static int parse_bytes(struct v2_request *r, const json_t *data, const uint8_t *bin, size_t bin_len,
-                       const struct v2_limits *lim, char *err, size_t err_len)
+/* The decoded size of every string of s[n] against the image limit, and
+ * their sum with room for each decode's padding. */
+static int base64_total(const json_t **s, size_t n, const struct v2_limits *lim, char *err, size_t err_len,
+                        size_t *ret_total)
 {
-        size_t n = (size_t)r->n;
+        size_t total = 0;
 
-        if (!(r->images = calloc(n, sizeof *r->images)))
-                return -ENOMEM;
-        if (data) {
-                size_t count = 0, at = 0, total = 0, used = 0;
-                if (count_leaves(data, 1, true, &count) < 0)
-                        return bad(err, err_len, "input '%s': BYTES data must be a flat array of base64 strings",
-                                   V2_INPUT_NAME);
-                if (count != n)
-                        return bad(err, err_len, "input '%s': %zu elements for shape [%zu]", V2_INPUT_NAME, count,
-                                   n);
-                const json_t **s = calloc(n, sizeof *s);
-                if (!s)
-                        return -ENOMEM;
-                fill_strings(data, s, &at);
-                for (size_t i = 0; i < n; i++) {
-                        size_t l = base64_decoded_len(json_string_value(s[i]), json_string_length(s[i]));
-                        if (l > lim->max_image_bytes) {
-                                free(s);
-                                return err_set(err, err_len, -E2BIG, "input '%s': image %zu is over the limit of "
-                                               "%zu bytes", V2_INPUT_NAME, i + 1, lim->max_image_bytes);
-                        }
-                        total += l + 3;
-                }
-                r->decoded = malloc(total ? total : 1);
-                if (!r->decoded) {
-                        free(s);
-                        return -ENOMEM;
-                }
-                for (size_t i = 0; i < n; i++) {
-                        size_t l = 0;
-                        if (v2_base64_decode(json_string_value(s[i]), json_string_length(s[i]), r->decoded + used,
-                                             &l) < 0) {
-                                free(s);
-                                return bad(err, err_len, "input '%s': element %zu is not base64 (RFC 4648)",
-                                           V2_INPUT_NAME, i + 1);
-                        }
-                        r->images[i] = (struct v2_image){ .data = r->decoded + used, .len = l };
-                        used += l;
-                }
-                free(s);
-                return 0;
+        for (size_t i = 0; i < n; i++) {
+                size_t l = base64_decoded_len(json_string_value(s[i]), json_string_length(s[i]));
+                if (l > lim->max_image_bytes)
+                        return err_set(err, err_len, -E2BIG, "input '%s': image %zu is over the limit of "
+                                       "%zu bytes", V2_INPUT_NAME, i + 1, lim->max_image_bytes);
+                total += l + 3;
         }
-        size_t off = 0;
+        *ret_total = total;
+        return 0;
+}
+
+/* Decodes the strings s[r->n] into one new buffer, r->decoded, that
+ * r->images point into. */
+static int base64_decode_all(struct v2_request *r, const json_t **s, const struct v2_limits *lim, char *err,
+                             size_t err_len)
+{
+        size_t n = (size_t)r->n, total = 0, used = 0;
+        int e;
+
+        if ((e = base64_total(s, n, lim, err, err_len, &total)) < 0)
+                return e;
+        r->decoded = malloc(total ? total : 1);
+        if (!r->decoded)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                size_t l = 0;
+                if (v2_base64_decode(json_string_value(s[i]), json_string_length(s[i]), r->decoded + used,
+                                     &l) < 0)
+                        return bad(err, err_len, "input '%s': element %zu is not base64 (RFC 4648)",
+                                   V2_INPUT_NAME, i + 1);
+                r->images[i] = (struct v2_image){ .data = r->decoded + used, .len = l };
+                used += l;
+        }
+        return 0;
+}
+
+/* BYTES in JSON: a flat array of r->n base64 strings. */
+static int bytes_from_json(struct v2_request *r, const json_t *data, const struct v2_limits *lim, char *err,
+                           size_t err_len)
+{
+        size_t n = (size_t)r->n, count = 0, at = 0;
+        int e;
+
+        if (count_leaves(data, 1, true, &count) < 0)
+                return bad(err, err_len, "input '%s': BYTES data must be a flat array of base64 strings",
+                           V2_INPUT_NAME);
+        if (count != n)
+                return bad(err, err_len, "input '%s': %zu elements for shape [%zu]", V2_INPUT_NAME, count, n);
+        const json_t **s = calloc(n, sizeof *s);
+        if (!s)
+                return -ENOMEM;
+        fill_strings(data, s, &at);
+        e = base64_decode_all(r, s, lim, err, err_len);
+        free(s);
+        return e;
+}
+
+/* BYTES in binary: r->n elements, each a 4-byte little-endian length and
+ * that many bytes, filling bin exactly. */
+static int bytes_from_binary(struct v2_request *r, const uint8_t *bin, size_t bin_len,
+                             const struct v2_limits *lim, char *err, size_t err_len)
+{
+        size_t n = (size_t)r->n, off = 0;
+
         for (size_t i = 0; i < n; i++) {
                 if (bin_len - off < 4)
                         return bad(err, err_len, "input '%s': binary data ends before the length of element "
@@ -342,6 +364,17 @@ static int parse_bytes(struct v2_request *r, const json_t *data, const uint8_t *
                 return bad(err, err_len, "input '%s': %zu bytes after its %zu elements of binary data",
                            V2_INPUT_NAME, bin_len - off, n);
         return 0;
+}
+
+/* The BYTES input: base64 strings in JSON, or length-prefixed binary. */
+static int parse_bytes(struct v2_request *r, const json_t *data, const uint8_t *bin, size_t bin_len,
+                       const struct v2_limits *lim, char *err, size_t err_len)
+{
+        if (!(r->images = calloc((size_t)r->n, sizeof *r->images)))
+                return -ENOMEM;
+        if (data)
+                return bytes_from_json(r, data, lim, err, err_len);
+        return bytes_from_binary(r, bin, bin_len, lim, err, err_len);
 }
 
 /* The requested output and the request's parameters. */

@@ -140,6 +140,57 @@ static void test_errors(void)
 /* Durations from every source take a unit; a bare number keeps the
  * setting's own unit; --print-config shows that unit, so that what it
  * prints reads back the same. Enumerations are stored as their enum. */
+/* A file line by line: a line too long is reported and skipped whole, a
+ * malformed header keeps the section, keys under an unknown section are
+ * not reported again, quotes are taken off before the value is checked,
+ * and a file over the limit stops being read. */
+static void test_file_lines(void)
+{
+        struct conf c = { 0 };
+        char err[2048], want[160];
+        FILE *f;
+
+        f = fopen(path, "w");
+        REQUIRE(f);
+        fputs("[batching]\n# ", f);
+        for (int i = 0; i < 5000; i++)
+                fputc('x', f);
+        fputs("\nqueue = 0\n", f);
+        fclose(f);
+        CHECK_EQ(load(&c, err, sizeof err, NULL, NULL), -EINVAL);
+        snprintf(want, sizeof want, "%s:2: line longer than 4094 bytes", path);
+        CHECK_CONTAINS(err, want);
+        CHECK_MSG(!strstr(err, "expected key"), "the rest of the long line was parsed: %s", err);
+        snprintf(want, sizeof want, "%s:3: queue", path);
+        CHECK_CONTAINS(err, want);
+
+        write_file("[batching\nqueue = 5\n[nowhere]\nbogus = 1\n[model]\nweights = \"\"\nlabels\n");
+        CHECK_EQ(load(&c, err, sizeof err, NULL, NULL), -EINVAL);
+        snprintf(want, sizeof want, "%s:1: malformed section header", path);
+        CHECK_CONTAINS(err, want);
+        snprintf(want, sizeof want, "%s:2: queue belongs in section [batching]", path);
+        CHECK_CONTAINS(err, want);
+        snprintf(want, sizeof want, "%s:3: unknown section [nowhere]", path);
+        CHECK_CONTAINS(err, want);
+        CHECK_MSG(!strstr(err, "bogus"), "a key under an unknown section was reported: %s", err);
+        snprintf(want, sizeof want, "%s:6: weights must not be empty", path);
+        CHECK_CONTAINS(err, want);
+        snprintf(want, sizeof want, "%s:7: expected key = value", path);
+        CHECK_CONTAINS(err, want);
+
+        f = fopen(path, "w");
+        REQUIRE(f);
+        for (int i = 0; i < CONF_MAX_FILE_BYTES / 64 + 1; i++)
+                fprintf(f, "# %61d\n", i);
+        fputs("bogus = 1\n", f);
+        fclose(f);
+        CHECK_EQ(load(&c, err, sizeof err, NULL, NULL), -EINVAL);
+        snprintf(want, sizeof want, "file larger than %d bytes", CONF_MAX_FILE_BYTES);
+        CHECK_CONTAINS(err, want);
+        CHECK_MSG(!strstr(err, "bogus"), "a line past the size limit was read: %s", err);
+        conf_free(&c);
+}
+
 static void test_durations_and_enums(void)
 {
         struct conf c, back;
@@ -225,6 +276,7 @@ int main(void)
         unsetenv("EFFNETD_CONFIG");
         test_precedence();
         test_errors();
+        test_file_lines();
         test_durations_and_enums();
         test_changes();
         unlink(path);

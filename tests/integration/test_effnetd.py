@@ -357,8 +357,12 @@ def test_cli(effnet, weights, workdir, jpeg_path, server_answer):
 
 def test_overload(effnetd, weights, workdir, jpeg):
     """503 + Retry-After with a tiny queue; 413 for too many images."""
+    # One decoding thread and one waiting request as well: whichever stage
+    # is the slower here (under a sanitizer, our preprocessing is), its
+    # queue is the one that fills.
     d = dm.Daemon(effnetd, weights, workdir, "--queue", 2, "--max-images", 2, "--max-batch", 1,
-                  "--max-delay-ms", 0, "--retry-after", 3, "--connection-timeout", 1, name="effnetd-small")
+                  "--max-delay-ms", 0, "--retry-after", 3, "--connection-timeout", 1,
+                  "--decode-threads", 1, "--decode-queue", 1, name="effnetd-small")
     try:
         def one():
             return d.classify(jpeg, "image/jpeg")

@@ -101,7 +101,7 @@ struct eng_net {
         pthread_mutex_t lock;     /* guards cache and stream */
         dnnl_stream_t stream;     /* for weight reorders */
         struct wcache_entry *cache;
-        size_t n_cache, cap_cache;
+        int n_cache, cap_cache;
 };
 
 /* Activation buffers; a tensor lives in one of them. Reuse is planned so that
@@ -205,7 +205,7 @@ struct eng_net *eng_net_free(struct eng_net *net)
 {
         if (!net)
                 return NULL;
-        for (size_t i = 0; i < net->n_cache; i++)
+        for (int i = 0; i < net->n_cache; i++)
                 free(net->cache[i].data);
         free(net->cache);
         if (net->stream)
@@ -229,24 +229,10 @@ struct wsrc {
  * net->lock. */
 static void *cache_find(const struct eng_net *net, const void *key, const dnnl_memory_desc_t *want)
 {
-        for (size_t i = 0; i < net->n_cache; i++)
+        for (int i = 0; i < net->n_cache; i++)
                 if (net->cache[i].key == key && dnnl_memory_desc_equal(&net->cache[i].md, want))
                         return net->cache[i].data;
         return NULL;
-}
-
-/* Room for one more cache entry. Under net->lock. */
-static int cache_reserve(struct eng_net *net)
-{
-        if (net->n_cache < net->cap_cache)
-                return 0;
-        size_t nc = net->cap_cache ? net->cap_cache * 2 : 256;
-        void *n = realloc(net->cache, nc * sizeof *net->cache);
-        if (!n)
-                return -ENOMEM;
-        net->cache = n;
-        net->cap_cache = nc;
-        return 0;
 }
 
 /* Folds a layer's weights into plain (laid out as src->md) and reorders
@@ -304,7 +290,7 @@ static int net_weights(struct eng_plan *p, const struct wsrc *src, const dnnl_me
                 r = 0;
                 goto out;
         }
-        if ((r = cache_reserve(net)) < 0)
+        if ((r = grow((void **)&net->cache, &net->cap_cache, net->n_cache + 1, sizeof *net->cache)) < 0)
                 goto out;
         data = aligned_buf(dnnl_memory_desc_get_size(want));
         plain = aligned_buf(dnnl_memory_desc_get_size(&src->md));

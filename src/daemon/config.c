@@ -130,8 +130,14 @@ static const struct conf_setting settings[] = {
           "largest request body (413 beyond)" },
         { "v2-max-body-bytes", "limits", CONF_INT, F(v2_max_body_bytes), "100663296", 1, 1024 * MiB, NULL,
           "largest /v2 infer request body (413 beyond); the default fits 8 384x384 FP32 images as JSON" },
-        { "max-body-total", "limits", CONF_INT, F(max_body_total), "536870912", 1, 65536 * MiB, NULL,
-          "request bodies buffered over all connections (503 beyond)" },
+        { "memory-budget", "limits", CONF_INT, F(memory_budget), "536870912", 1, 65536 * MiB, NULL,
+          "memory that requests may hold over all clients: bodies, decoded images, outputs and answers not yet "
+          "read, charged before they are allocated; a request that does not fit gets 503" },
+        { "max-client-share", "limits", CONF_INT, F(max_client_share), "0", 0, 65536 * MiB, NULL,
+          "the part of memory-budget that the requests of one client address may hold at once (503 beyond); "
+          "0 = half of memory-budget, and at least max-body-bytes and v2-max-body-bytes" },
+        { "max-body-total", "limits", CONF_INT, F(max_body_total), NULL, 1, 65536 * MiB, NULL,
+          "the former name of memory-budget, which it sets when given" },
         { "max-answer-total", "limits", CONF_INT, F(max_answer_total), "268435456", 1, 65536 * MiB, NULL,
           "answers finished but not yet read by their clients, over all connections; past it new requests get "
           "503 until clients read" },
@@ -531,6 +537,53 @@ static const char *origin_of(const struct conf *c, const char *name)
         return o ? o : "unset";
 }
 
+/* memory-budget (or its former name, max-body-total) and max-client-share
+ * against the body limits: a body that fits its limit must fit the budget
+ * and the share too, or it could never be served. A share of 0 becomes its
+ * default here. */
+static void budget_check(struct conf *c, struct diag *d)
+{
+        const struct conf_setting *old = find("max-body-total", strlen("max-body-total"));
+        const struct conf_setting *now = find("memory-budget", strlen("memory-budget"));
+        char **old_origin = &c->origin[old - settings], **origin = &c->origin[now - settings];
+        const char *name = "memory-budget";
+
+        if (*old_origin && *origin && strcmp(*origin, "default") != 0) {
+                if (c->memory_budget != c->max_body_total) {
+                        diag_add(d, "max-body-total (%lld, from %s) is the former name of memory-budget (%lld, "
+                                 "from %s): set memory-budget only", (long long)c->max_body_total, *old_origin,
+                                 (long long)c->memory_budget, *origin);
+                        return;
+                }
+        } else if (*old_origin) {
+                char *o = strdup(*old_origin);
+                if (!o) {
+                        diag_add(d, "out of memory");
+                        return;
+                }
+                free(*origin);
+                *origin = o;
+                c->memory_budget = c->max_body_total;
+                name = "max-body-total";
+        }
+        int64_t largest = c->max_body_bytes > c->v2_max_body_bytes ? c->max_body_bytes : c->v2_max_body_bytes;
+        if (c->memory_budget < largest) {
+                diag_add(d, "%s (%lld) is smaller than %s (%lld)", name, (long long)c->memory_budget,
+                         largest == c->max_body_bytes ? "max-body-bytes" : "v2-max-body-bytes", (long long)largest);
+                return;
+        }
+        if (c->max_client_share == 0) {
+                c->max_client_share = c->memory_budget / 2 > largest ? c->memory_budget / 2 : largest;
+        } else if (c->max_client_share > c->memory_budget) {
+                diag_add(d, "max-client-share (%lld) is larger than %s (%lld)", (long long)c->max_client_share, name,
+                         (long long)c->memory_budget);
+        } else if (c->max_client_share < largest) {
+                diag_add(d, "max-client-share (%lld) is smaller than %s (%lld): such a body could never be served",
+                         (long long)c->max_client_share,
+                         largest == c->max_body_bytes ? "max-body-bytes" : "v2-max-body-bytes", (long long)largest);
+        }
+}
+
 int conf_load(int argc, char **argv, struct conf *c, char *err, size_t err_len)
 {
         struct conf tmp = { 0 };
@@ -575,12 +628,7 @@ int conf_load(int argc, char **argv, struct conf *c, char *err, size_t err_len)
                         diag_add(&d, "max-images (%lld, from %s) exceeds queue (%lld images, from %s)",
                                  (long long)tmp.max_images, origin_of(&tmp, "max-images"), (long long)tmp.queue,
                                  origin_of(&tmp, "queue"));
-                if (tmp.max_body_total < tmp.max_body_bytes)
-                        diag_add(&d, "max-body-total (%lld) is smaller than max-body-bytes (%lld)",
-                                 (long long)tmp.max_body_total, (long long)tmp.max_body_bytes);
-                if (tmp.max_body_total < tmp.v2_max_body_bytes)
-                        diag_add(&d, "max-body-total (%lld) is smaller than v2-max-body-bytes (%lld)",
-                                 (long long)tmp.max_body_total, (long long)tmp.v2_max_body_bytes);
+                budget_check(&tmp, &d);
         }
         if (d.errors > 0) {
                 conf_free(&tmp);
@@ -676,7 +724,10 @@ void conf_print(FILE *f, const struct conf *c)
                         fprintf(f, "%s[%s]\n", i ? "\n" : "", section);
                 }
                 const char *origin = c->origin[i] ? c->origin[i] : "unset";
-                if (s->type == CONF_STRING && !*(char *const *)((const char *)c + s->offset))
+                /* Unset: a string without a value, or a setting without a default
+                 * that was not given. */
+                if ((s->type == CONF_STRING && !*(char *const *)((const char *)c + s->offset)) ||
+                    (!s->def && !c->origin[i]))
                         fprintf(f, "# %s =", s->name);
                 else {
                         fprintf(f, "%s = ", s->name);

@@ -20,7 +20,7 @@
 #define EFFNETD_SYSCONFDIR "/etc"
 #endif
 #define CONF_DEFAULT_FILE EFFNETD_SYSCONFDIR "/effnetd/effnetd.conf"
-#define CONF_MAX_SETTINGS 40
+#define CONF_MAX_SETTINGS 48
 #define CONF_MAX_FILE_BYTES (1 << 20)   /* a config file larger than this is refused */
 
 enum conf_log_format { CONF_LOG_TEXT, CONF_LOG_JSON };
@@ -41,7 +41,9 @@ struct conf {
         int64_t http_threads;
         int64_t max_body_bytes;
         int64_t v2_max_body_bytes;
-        int64_t max_body_total;
+        int64_t memory_budget;      /* what requests may hold in all (server/budget.h) */
+        int64_t max_client_share;   /* of it, per client address; filled in when 0 (the default) */
+        int64_t max_body_total;     /* the former name of memory_budget: 0 unless set */
         int64_t max_answer_total;
         int64_t max_images;
         int64_t max_pixels;

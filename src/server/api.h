@@ -85,6 +85,7 @@ enum api_error {
         API_E_OVERLOADED,           /* queue or memory budget full */
         API_E_DRAINING,             /* shutting down */
         API_E_DEADLINE,
+        API_E_CLIENT_GONE,          /* the client closed its connection before its answer (nobody reads it) */
         API_N_ERRORS,
 };
 

@@ -87,6 +87,12 @@ int gen_build_answers(struct generation *g, const struct gen_limits *lim)
         batch_get_config(g->batch, &bc);
         g->info = effnet_model_info(g->model);
         g->image_floats = (size_t)3 * (size_t)g->info->preproc.size * (size_t)g->info->preproc.size;
+        g->label_max = 0;
+        for (int i = 0; i < api_labels_count(g->labels); i++) {
+                size_t n = strlen(api_labels_get(g->labels, i));
+                if (n > g->label_max)
+                        g->label_max = n;
+        }
         /* Without gen_set_weights: a file of unknown name. */
         struct api_weights fallback = { .source = API_WEIGHTS_FILE, .path = g->weights ? g->weights : "",
                                         .sha256 = g->sha256, .seed = g->info->seed };

@@ -51,6 +51,7 @@ struct generation {
         /* What the server answers about it (gen_build_answers); owned. */
         const struct effnet_info *info;     /* the model's */
         size_t image_floats;          /* 3 * size * size: one preprocessed image */
+        size_t label_max;             /* bytes of its longest label (answers' bounds) */
         char *models_body;            /* GET /v1/models */
         struct v2_model v2;           /* the model as /v2 describes it */
         int exec_batch[BATCH_MAX_EXEC];     /* v2.exec_batch points here */

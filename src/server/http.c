@@ -1,6 +1,7 @@
 /* http: the effnetd HTTP server on libmicrohttpd. */
 #include "http.h"
 #include "util.h"
+#include "budget.h"
 #include "decoder.h"
 #include "metrics.h"
 #include "multipart.h"
@@ -32,6 +33,14 @@
  * (some 40 bytes per number of a tensor, measured): while it lives, twice
  * the JSON's length counts against max-body-total too. */
 #define V2_JSON_TREE_FACTOR 2
+/* The bound of one prediction in an answer, besides its label (escaped:
+ * labels are printable UTF-8, so only '"' and '\\' grow, to two bytes):
+ * {"index":I,"label":"","score":S}, with I of at most 10 digits and S
+ * printed with 6 significant digits (at most 13 characters). /v2's FP32
+ * probabilities are printed with 9 (at most 16 characters and a comma). */
+#define ANSWER_PREDICTION_MAX 64
+#define ANSWER_FLOAT_MAX 24
+#define ANSWER_FIXED_MAX 1024
 /* How often connections still without their headers are checked against
  * header-timeout: the cut comes at most this late. */
 #define HEADER_SWEEP_NS 250000000LL
@@ -76,7 +85,7 @@ struct http_server {
         atomic_llong answer_bytes;         /* bodies of answers queued and not yet sent (a gauge) */
         atomic_int inflight;
         atomic_int waiting;                /* suspended while the batcher has their job */
-        atomic_llong body_total;           /* bytes buffered over all requests */
+        struct budget *budget;             /* what requests hold: bodies, tensors, outputs, answers */
         atomic_ullong requests[HTTP_N_ROUTES][HTTP_N_STATUSES];
         atomic_ullong errors[API_N_ERRORS];
         atomic_ullong images;
@@ -119,8 +128,11 @@ struct req {
         int64_t v2_header_len;      /* Inference-Header-Content-Length; -1 when absent */
         struct v2_request *v2req;   /* the parsed infer request, owned */
         size_t max_body;            /* body limit of its route */
+        struct budget_client *client;   /* its address's account in s->budget (a reference); NULL: unknown */
+        int client_fd;              /* its connection's socket: a client that left is noticed while its
+                                     * images are decoded; -1 when unknown */
 
-        uint8_t *body;              /* owned, counted in s->body_total */
+        uint8_t *body;              /* owned, its capacity charged to the budget */
         size_t len, cap;
         size_t received;            /* body bytes, kept or dropped */
         bool failed;                /* err/msg hold the answer */
@@ -142,15 +154,31 @@ struct req {
         atomic_int pending;         /* /v2: jobs whose callback has not fired */
         atomic_int job_error;       /* /v2: the first error of its jobs, or 0 */
         int job_status;             /* written by the batcher's callback(s) */
-        size_t answer_len;          /* its answer's body, counted in s->answer_bytes until completed */
+        int64_t reserved;           /* charged at admission until its work is released: tensors, logits
+                                     * and the bound of its answer */
+        size_t answer_len;          /* its answer's body, counted in s->answer_bytes and charged to the
+                                     * budget until completed */
         bool counted_waiting;       /* counted in http_server.waiting */
 };
 
+/* Charges bytes that q is about to allocate to the budget, its client's
+ * share included: 0, -ENOBUFS (the budget is full) or -EDQUOT (the
+ * client's share is). */
+static int req_charge(struct req *q, int64_t bytes)
+{
+        return budget_charge(q->s->budget, q->client, bytes);
+}
+
+static void req_uncharge(struct req *q, int64_t bytes)
+{
+        budget_release(q->s->budget, q->client, bytes);
+}
+
 static void body_release(struct req *q)
 {
-        if (q->cap)
-                atomic_fetch_sub(&q->s->body_total, (long long)q->cap);
         free(q->body);
+        if (q->cap)
+                req_uncharge(q, (int64_t)q->cap);
         q->body = NULL;
         q->len = q->cap = 0;
 }
@@ -189,6 +217,8 @@ static void req_release_work(struct req *q)
         q->tensors = q->logits = NULL;
         q->jobs = NULL;
         q->v2req = v2_request_free(q->v2req);
+        req_uncharge(q, q->reserved);
+        q->reserved = 0;
 }
 
 static void req_free(struct req *q)
@@ -196,6 +226,8 @@ static void req_free(struct req *q)
         if (!q)
                 return;
         req_release_work(q);
+        budget_release(q->s->budget, q->client, (int64_t)q->answer_len);
+        q->client = budget_client_put(q->s->budget, q->client);
         free(q);
 }
 
@@ -276,8 +308,11 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
                 if (!resp) {
                         free(body);
                 } else {
+                        /* Allocated already, and small unless its bound was reserved at
+                         * admission: charged, never refused (a probe must answer). */
                         q->answer_len = n;
                         atomic_fetch_add(&s->answer_bytes, (long long)n);
+                        budget_charge_force(s->budget, q->client, (int64_t)n);
                 }
         } else {
                 const char *fixed = q->v2.route != V2_ROUTE_NONE ? oom_v2 : oom;
@@ -427,6 +462,13 @@ void http_stats_snapshot(struct http_server *s, struct http_stats *ret_stats)
         st->reloads = atomic_load(&s->reloads);
         st->reload_failures = atomic_load(&s->reload_failures);
         st->answer_bytes = atomic_load(&s->answer_bytes);
+        struct budget_stats bs;
+        budget_stats_snapshot(s->budget, &bs);
+        st->memory_budget = bs.total;
+        st->memory_client_share = bs.client_share;
+        st->memory_charged = bs.used;
+        st->memory_refused = bs.refused_total;
+        st->memory_refused_client = bs.refused_client;
         st->inflight = atomic_load(&s->inflight);
         st->ready = !atomic_load(&s->draining);
         pthread_mutex_lock(&s->gen_lock);
@@ -678,6 +720,34 @@ static enum MHD_Result on_headers(struct req *q)
         return MHD_YES;
 }
 
+/* q failed to get a charge of the budget (r from req_charge): 503, naming
+ * the setting that was full. */
+static void fail_budget(struct req *q, int r, const char *what)
+{
+        const struct http_opts *o = &q->s->opts;
+
+        if (r == -EDQUOT)
+                req_fail(q, API_E_OVERLOADED, "%s: this client's requests hold their share of memory "
+                         "(max-client-share, %lld bytes); retry later", what, (long long)o->max_client_share);
+        else
+                req_fail(q, API_E_OVERLOADED, "%s: requests in flight hold the memory budget (memory-budget, "
+                         "%lld bytes); retry later", what, (long long)o->memory_budget);
+}
+
+/* The most bytes q's body can have: its Content-Length when it sent one
+ * (libmicrohttpd holds the body to it), else its route's limit. The buffer
+ * grows to this and no further, so its capacity (what is charged) is never
+ * more than the body's own length when that is known. */
+static size_t body_bound(struct req *q)
+{
+        const char *cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        int64_t n;
+
+        if (cl && parse_int("Content-Length", cl, 1, (int64_t)q->max_body, NULL, 0, &n) == 0)
+                return (size_t)n;
+        return q->max_body;
+}
+
 /* A piece of the body: keep it, or drop it once the request has failed. */
 static enum MHD_Result on_body(struct req *q, const char *data, size_t n)
 {
@@ -699,21 +769,26 @@ static enum MHD_Result on_body(struct req *q, const char *data, size_t n)
                 return MHD_YES;
         }
         if (q->len + n > q->cap) {
+                /* Doubling (a body arrives in many small pieces), up to the
+                 * body's own length when it is known: the capacity charged
+                 * is at most twice what arrived, and the length exactly at
+                 * the end. */
+                size_t bound = body_bound(q);
                 size_t cap = q->cap ? q->cap * 2 : BODY_MIN_ALLOC;
                 if (cap < q->len + n)
                         cap = q->len + n;
-                if (cap > q->max_body)
-                        cap = q->max_body;
-                long long grow = (long long)(cap - q->cap);
-                if (atomic_fetch_add(&s->body_total, grow) + grow > s->opts.max_body_total) {
-                        atomic_fetch_sub(&s->body_total, grow);
-                        req_fail(q, API_E_OVERLOADED, "too many request bodies in flight; retry later");
+                if (cap > bound)
+                        cap = bound > q->len + n ? bound : q->len + n;
+                int64_t grow = (int64_t)(cap - q->cap);
+                int r = req_charge(q, grow);
+                if (r < 0) {
+                        fail_budget(q, r, "the request body");
                         body_release(q);
                         return MHD_YES;
                 }
                 uint8_t *b = realloc(q->body, cap);
                 if (!b) {
-                        atomic_fetch_sub(&s->body_total, grow);
+                        req_uncharge(q, grow);
                         req_fail(q, API_E_OVERLOADED, "out of memory for the body; retry later");
                         body_release(q);
                         return MHD_YES;
@@ -918,6 +993,21 @@ static bool part_is_large(struct req *q, int i)
         return (int64_t)info.width * info.height > DEC_LARGE_PIXELS;
 }
 
+/* Whether the client of suspended q closed its connection: the end of its
+ * stream, with nothing unread before it (a pipelined request would be), or
+ * an error such as a reset. A client that only shuts down its sending side
+ * and waits for the answer is taken as gone too, as nginx takes it. */
+static bool client_gone(struct req *q)
+{
+        char c;
+        ssize_t n;
+
+        if (q->client_fd < 0)
+                return false;
+        n = recv(q->client_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
 /* On a decoder thread: one of q's images (its parts, or its /v2 BYTES) to
  * its tensor; after the last one, inference. Image by image, so that the
  * requests being decoded take turns: a small one waits for at most one
@@ -932,6 +1022,13 @@ static enum dec_step decode_main(struct dec_job *job)
         /* http_stop waits for this request: answer it now. */
         if (atomic_load(&q->s->stopping)) {
                 req_fail(q, API_E_DRAINING, "the server is shutting down");
+                req_finish(q);
+                return DEC_DONE;
+        }
+        /* Nobody waits for the answer: the pool's time goes to others. */
+        if (client_gone(q)) {
+                req_fail(q, API_E_CLIENT_GONE, "the client closed the connection while image %d of %d was due",
+                         i + 1, q->n_parts);
                 req_finish(q);
                 return DEC_DONE;
         }
@@ -962,6 +1059,45 @@ static enum dec_step decode_main(struct dec_job *job)
         return DEC_DONE;
 }
 
+/* The most bytes of q's answer, for n images: its JSON with top_k
+ * predictions each (api_classify_body), or /v2's outputs (v2_infer_body:
+ * the classification's k strings "score:index:label", or every class's
+ * probability as JSON text or 4 bytes). */
+static size_t answer_bound(const struct req *q, int n)
+{
+        const struct generation *g = q->g;
+        size_t per;
+
+        if (q->v2.route == V2_ROUTE_INFER) {
+                size_t k = (size_t)q->v2req->classification;
+                per = k ? k * (ANSWER_PREDICTION_MAX + 2 * g->label_max) : (size_t)g->info->classes * ANSWER_FLOAT_MAX;
+        } else {
+                per = ANSWER_PREDICTION_MAX / 2 + (size_t)q->top_k * (ANSWER_PREDICTION_MAX + 2 * g->label_max);
+        }
+        return ANSWER_FIXED_MAX + 2 * strlen(g->info->variant) + (size_t)n * per;
+}
+
+/* Admission: charges what q's n images will need before any of it is
+ * allocated (their tensors, logits and the bound of the answer), so that
+ * the requests being decoded or queued never hold more than the budget.
+ * false: q failed (503). */
+static bool req_admit(struct req *q, int n)
+{
+        const struct generation *g = q->g;
+        int64_t bytes = (int64_t)(sizeof(float) * (size_t)n * ((size_t)g->info->classes + g->image_floats)) +
+                        (int64_t)answer_bound(q, n);
+        int r = req_charge(q, bytes);
+
+        if (r < 0) {
+                char what[64];
+                snprintf(what, sizeof what, "%d images need %lld bytes", n, (long long)bytes);
+                fail_budget(q, r, what);
+                return false;
+        }
+        q->reserved += bytes;
+        return true;
+}
+
 /* Hands q's parts to the decoder, its connection suspended meanwhile. A
  * full decoder queue answers 503 at once: bodies do not pile up behind a
  * few slow images. */
@@ -974,6 +1110,8 @@ static enum MHD_Result start_decode(struct req *q)
                 req_fail(q, API_E_DRAINING, "the server is shutting down");
                 return respond_failed(q);
         }
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(q->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        q->client_fd = ci ? ci->connect_fd : -1;
         /* Suspend first: the decoder may resume before dec_submit returns. */
         req_suspend(q);
         q->djob = (struct dec_job){ .run = decode_main, .userdata = q, .large = part_is_large(q, 0) };
@@ -1002,18 +1140,18 @@ static enum MHD_Result v2_on_complete(struct req *q)
         size_t json_len = q->v2_header_len >= 0 && (size_t)q->v2_header_len < q->len ? (size_t)q->v2_header_len
                                                                                        : q->len;
         long long tree = (long long)json_len * V2_JSON_TREE_FACTOR;
-        if ((long long)q->cap + tree > s->opts.max_body_total) {
+        if ((long long)q->cap + tree > s->opts.max_client_share) {
                 snprintf(err, sizeof err, "%zu bytes of JSON need %lld bytes to parse, more than max-body-total "
-                         "(%lld): send the tensors as binary data", json_len, (long long)q->cap + tree,
-                         (long long)s->opts.max_body_total);
+                         "(memory-budget or max-client-share, %lld): send the tensors as binary data", json_len,
+                         (long long)q->cap + tree, (long long)s->opts.max_client_share);
                 return respond_error(q, API_E_TOO_LARGE, err);
         }
-        if (atomic_fetch_add(&s->body_total, tree) + tree > s->opts.max_body_total) {
-                atomic_fetch_sub(&s->body_total, tree);
-                return respond_error(q, API_E_OVERLOADED, "too many request bodies in flight; retry later");
+        if ((r = req_charge(q, tree)) < 0) {
+                fail_budget(q, r, "parsing the JSON");
+                return respond_failed(q);
         }
         r = v2_parse_infer(q->body, q->len, q->v2_header_len, &g->v2, &lim, err, sizeof err, &q->v2req);
-        atomic_fetch_sub(&s->body_total, tree);
+        req_uncharge(q, tree);
         if (r == -E2BIG)
                 return respond_error(q, API_E_TOO_LARGE, err);
         if (r == -ENOMEM)
@@ -1023,6 +1161,10 @@ static enum MHD_Result v2_on_complete(struct req *q)
         int n = q->v2req->n;
         if (!batch_has_room(g->batch, n))
                 return respond_error(q, API_E_OVERLOADED, "the queue is full; retry later");
+        /* FP32 tensors are the parse's, allocated under the tree's charge:
+         * charged from now on with the rest. */
+        if (!req_admit(q, n))
+                return respond_failed(q);
         q->logits = malloc(sizeof(float) * (size_t)g->info->classes * (size_t)n);
         q->jobs = calloc((size_t)n, sizeof *q->jobs);
         if (!q->logits || !q->jobs)
@@ -1103,6 +1245,8 @@ static enum MHD_Result on_complete(struct req *q)
         q->n_parts = n;
         if (!batch_has_room(g->batch, n))
                 return respond_error(q, API_E_OVERLOADED, "the queue is full; retry later");
+        if (!req_admit(q, n))
+                return respond_failed(q);
         q->logits = malloc(sizeof(float) * (size_t)g->info->classes * (size_t)n);
         if (!q->logits)
                 return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
@@ -1323,6 +1467,33 @@ static void sweeper_stop(struct http_server *s)
         s->sweeper_started = false;
 }
 
+/* q's account in the budget: its client's address (an IPv4 address mapped
+ * into IPv6 counts as the IPv4 one), without the port. Without one (no
+ * address, out of memory) q is charged to the total only. */
+static void req_take_client(struct req *q, struct MHD_Connection *conn)
+{
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        unsigned char key[1 + 16];
+        size_t len = 0;
+
+        if (!ci || !ci->client_addr)
+                return;
+        if (ci->client_addr->sa_family == AF_INET) {
+                const struct sockaddr_in *a = (const struct sockaddr_in *)ci->client_addr;
+                key[0] = 4;
+                memcpy(key + 1, &a->sin_addr, 4);
+                len = 5;
+        } else if (ci->client_addr->sa_family == AF_INET6) {
+                const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ci->client_addr;
+                bool v4 = IN6_IS_ADDR_V4MAPPED(&a->sin6_addr);
+                key[0] = v4 ? 4 : 6;
+                memcpy(key + 1, a->sin6_addr.s6_addr + (v4 ? 12 : 0), v4 ? 4 : 16);
+                len = v4 ? 5 : 17;
+        }
+        if (len && budget_client_get(q->s->budget, key, len, &q->client) < 0)
+                q->client = NULL;
+}
+
 /* libmicrohttpd's access handler: called once with the headers, then with
  * each piece of the body, then once more at its end, and again when a
  * suspended request is resumed. */
@@ -1338,6 +1509,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 if (!q)
                         return MHD_NO;
                 q->s = s;
+                q->client_fd = -1;
+                req_take_client(q, conn);
                 conn_headers_seen(s, conn);
                 req_take_gen(q);
                 q->conn = conn;
@@ -1545,6 +1718,7 @@ struct http_server *http_free(struct http_server *s)
         sweeper_stop(s);
         /* No request is suspended now: the pool has no job left. */
         s->dec = dec_free(s->dec);
+        s->budget = budget_free(s->budget);
         while (s->retired) {
                 struct generation *g = s->retired;
                 s->retired = g->next;
@@ -1642,8 +1816,9 @@ static struct MHD_Daemon *start_daemon(struct http_server *s, const struct socka
 /* Whether opts' limits hold together and g is complete. */
 static bool opts_valid(const struct http_opts *opts, const struct generation *g)
 {
-        return opts->max_body_bytes >= 1 && opts->max_body_total >= opts->max_body_bytes &&
-               opts->v2_max_body_bytes >= 1 && opts->max_body_total >= opts->v2_max_body_bytes &&
+        return opts->max_body_bytes >= 1 && opts->max_client_share >= opts->max_body_bytes &&
+               opts->v2_max_body_bytes >= 1 && opts->max_client_share >= opts->v2_max_body_bytes &&
+               opts->memory_budget >= opts->max_client_share &&
                opts->max_answer_total >= 1 && opts->max_images >= 1 && opts->max_connections >= 1 &&
                opts->deadline_ms >= 1 && opts->connection_timeout_s >= 0 && opts->retry_after_s >= 0 &&
                opts->header_timeout_s >= 0 && opts->decode_threads >= 0 &&
@@ -1680,6 +1855,12 @@ static int server_alloc(const struct http_opts *opts, const struct generation *g
         if (!s)
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         s->opts = *opts;
+        struct budget_opts bo = { .total = opts->memory_budget, .client_share = opts->max_client_share };
+        int r = budget_new(&bo, &s->budget);
+        if (r < 0) {
+                free(s);
+                return err_set(err, err_len, r, "memory budget: %s", strerror(-r));
+        }
         pthread_mutex_init(&s->gen_lock, NULL);
         pthread_mutex_init(&s->conn_lock, NULL);
         pthread_condattr_init(&ca);

@@ -13,7 +13,8 @@
  * clients hold no thread, and the decoder (on failure) or the batcher's
  * completion callback resumes it. A request takes the model generation
  * served when its body is complete. Every client controllable resource has
- * a limit: body bytes per request and buffered in all, images per request,
+ * a limit: body bytes per request, memory held in all and per client
+ * address (bodies, tensors, outputs, answers), images per request,
  * pixels, connections, idle time, time to send the headers and the body,
  * requests waiting for decoding, request deadline.
  *
@@ -62,7 +63,9 @@ struct http_opts {
         int decode_queue;            /* requests that may wait for a decoding thread; 503 beyond */
         int64_t max_body_bytes;      /* per request */
         int64_t v2_max_body_bytes;   /* per /v2 infer request (JSON tensors are large) */
-        int64_t max_body_total;      /* bodies buffered over all connections */
+        int64_t memory_budget;       /* what requests may hold over all clients (server/budget.h): bodies,
+                                      * tensors, outputs, answers not yet read */
+        int64_t max_client_share;    /* of memory_budget, per client address */
         int64_t max_answer_total;    /* answers queued and not yet sent, over all connections */
         int max_images;              /* per request; <= the queue's capacity */
         int64_t deadline_ms;         /* from request headers to the start of inference */

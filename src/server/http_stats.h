@@ -69,12 +69,13 @@ static inline const char *http_route_protocol(enum http_route r)
 
 /* The statuses the server answers with, in counter order: 500 last, as it
  * also counts any status not listed. */
-#define HTTP_N_STATUSES 9
+#define HTTP_N_STATUSES 10
 
-/* The status counted at index i, 0..HTTP_N_STATUSES-1. */
+/* The status counted at index i, 0..HTTP_N_STATUSES-1. 499 is nginx's
+ * "client closed request": an answer nobody received, counted only. */
 static inline int http_status_at(int i)
 {
-        static const int statuses[HTTP_N_STATUSES] = { 200, 400, 404, 405, 413, 415, 503, 504, 500 };
+        static const int statuses[HTTP_N_STATUSES] = { 200, 400, 404, 405, 413, 415, 499, 503, 504, 500 };
         return statuses[i];
 }
 
@@ -102,6 +103,7 @@ static inline int http_error_status(enum api_error e)
         case API_E_OVERLOADED:
         case API_E_DRAINING: return 503;
         case API_E_DEADLINE: return 504;
+        case API_E_CLIENT_GONE: return 499;
         case API_E_INTERNAL:
         case API_E_NON_FINITE:
         case API_N_ERRORS: break;      /* no default: a new code must be given its status here */
@@ -149,6 +151,9 @@ struct http_stats {
         uint64_t reloads, reload_failures;     /* http_count_reload */
         int retired_models;                    /* swapped out by reloads, still used by requests */
         int64_t answer_bytes;                  /* answers queued and not yet sent */
+        int64_t memory_budget, memory_client_share;   /* the memory-budget and max-client-share settings */
+        int64_t memory_charged;                /* charged to the budget now (server/budget.h) */
+        uint64_t memory_refused, memory_refused_client;   /* charges refused: the budget, a client's share */
         int inflight;                          /* requests being served now */
         bool ready;                            /* not draining */
 };

@@ -154,6 +154,19 @@ static void put_server(FILE *f, const struct http_stats *hs)
         put_one(f, "effnetd_http_answer_bytes", "gauge", "Bytes of answers queued and not yet sent to their clients.",
                 hs->answer_bytes);
         put_one(f, "effnetd_http_inflight_requests", "gauge", "Requests being served.", hs->inflight);
+        put_one(f, "effnetd_memory_budget_bytes", "gauge",
+                "Memory that requests may hold in all (memory-budget).", hs->memory_budget);
+        put_one(f, "effnetd_memory_client_share_bytes", "gauge",
+                "Memory that the requests of one client address may hold (max-client-share).",
+                hs->memory_client_share);
+        put_one(f, "effnetd_memory_charged_bytes", "gauge",
+                "Memory held by requests now: bodies, decoded images, outputs, answers not yet read.",
+                hs->memory_charged);
+        put_head(f, "effnetd_memory_refused_total", "counter",
+                 "Requests refused (503) because their memory did not fit, by what was full.");
+        fprintf(f, "effnetd_memory_refused_total{limit=\"budget\"} %llu\n"
+                "effnetd_memory_refused_total{limit=\"client_share\"} %llu\n",
+                (unsigned long long)hs->memory_refused, (unsigned long long)hs->memory_refused_client);
         put_counter(f, "effnetd_images_total", "Images classified and answered.", hs->images);
         put_one(f, "effnetd_ready", "gauge", "Whether the server takes requests (1) or is draining (0).",
                 hs->ready ? 1 : 0);

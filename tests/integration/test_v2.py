@@ -446,7 +446,8 @@ def test_small(effnetd, weights, workdir, jpeg, x):
     # queue is the one that fills.
     d = dm.Daemon(effnetd, weights, workdir, "--queue", 2, "--max-images", 2, "--max-batch", 1, "--max-delay-ms", 0,
                   "--retry-after", 3, "--v2-max-body-bytes", 1000000, "--max-body-bytes", 1000000,
-                  "--max-body-total", 2500000, "--decode-threads", 1, "--decode-queue", 1,
+                  "--max-body-total", 2500000, "--max-client-share", 2500000, "--decode-threads", 1,
+                  "--decode-queue", 1,
                   name="effnetd-v2-small")
     try:
         def one():

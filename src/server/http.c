@@ -1080,14 +1080,21 @@ static size_t answer_bound(const struct req *q, int n)
 /* Admission: charges what q's n images will need before any of it is
  * allocated (their tensors, logits and the bound of the answer), so that
  * the requests being decoded or queued never hold more than the budget.
- * false: q failed (503). */
+ * false: q failed (503; 413 when it could never fit). */
 static bool req_admit(struct req *q, int n)
 {
         const struct generation *g = q->g;
         int64_t bytes = (int64_t)(sizeof(float) * (size_t)n * ((size_t)g->info->classes + g->image_floats)) +
                         (int64_t)answer_bound(q, n);
-        int r = req_charge(q, bytes);
+        int r;
 
+        if (bytes > q->s->opts.max_client_share) {
+                req_fail(q, API_E_TOO_LARGE, "%d images need %lld bytes of memory, more than one client may hold "
+                         "(max-client-share, %lld bytes): send fewer images per request", n, (long long)bytes,
+                         (long long)q->s->opts.max_client_share);
+                return false;
+        }
+        r = req_charge(q, bytes);
         if (r < 0) {
                 char what[64];
                 snprintf(what, sizeof what, "%d images need %lld bytes", n, (long long)bytes);

@@ -18,7 +18,8 @@ arenas), and /healthz must keep answering meanwhile:
      them while the PNGs decoded);
   3. the per-client share: one address holding slow uploads cannot fill
      the budget; its next upload gets 503 naming max-client-share while
-     another address is served;
+     another address is served; a request that could never fit the share
+     gets 413;
   4. clients that leave while their images are being decoded stop costing
      decoding time: the pool is idle within seconds (before, every image of
      every abandoned request was decoded), and the requests are counted as
@@ -273,6 +274,24 @@ def test_client_share(effnetd, weights, workdir, photo):
         d.stop()
 
 
+def test_never_fits(effnetd, weights, workdir, tiny):
+    """A request whose images alone need more than one client's share can
+    never be served: 413 naming max-client-share, not a 503 to retry."""
+    d = dm.Daemon(effnetd, weights, workdir, "--memory-budget", "16M", "--max-client-share", "12M",
+                  "--max-body-bytes", "8M", "--v2-max-body-bytes", "8M", "--access-log=false", name="never-fits")
+    try:
+        body, ctype = dm.multipart([("t.jpg", "image/jpeg", tiny)] * 24)
+        status, _, answer = d.classify(body, ctype)
+        err = (answer or {}).get("error", {})
+        check(status == 413 and "max-client-share" in err.get("message", ""),
+              f"24 images at 224 px (14 MB of tensors) with a share of 12 MB: 413 ({status}, {err})")
+        body, ctype = dm.multipart([("t.jpg", "image/jpeg", tiny)] * 8)
+        status, _, _ = d.classify(body, ctype)
+        check(status == 200, f"8 of them are served ({status})")
+    finally:
+        d.stop()
+
+
 def test_left_while_decoding(effnetd, weights, workdir, tiny, big):
     """Three clients send 32 images each (a tiny JPEG, then flat PNGs that
     take a while each) and leave: the decoding pool is idle again within a
@@ -330,6 +349,7 @@ def main():
         test_tensors(effnetd, weights, workdir, photo)
         test_slow_images(effnetd, weights, workdir, tiny, png(1000, 1000))
         test_client_share(effnetd, weights, workdir, photo)
+        test_never_fits(effnetd, weights, workdir, tiny)
         test_left_while_decoding(effnetd, weights, workdir, tiny, png(3000, 3000))
     finish()
 

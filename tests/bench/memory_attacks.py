@@ -51,7 +51,9 @@ def shape_unread(d, ctx):
     m = d.metrics()
     for s in socks:
         s.close()
-    return f"{m.get('effnetd_memory_refused_total{limit=\"budget\"}', 0):.0f} of 24 refused by the budget"
+    refused = m.get('effnetd_memory_refused_total{limit="budget"}', float("nan"))
+    overloaded = m.get('effnetd_http_errors_total{code="overloaded"}', 0)
+    return f"{overloaded:.0f} of 24 answered 503 ({refused:.0f} by the budget)"
 
 
 def shape_slow_pngs(d, ctx):
@@ -61,16 +63,19 @@ def shape_slow_pngs(d, ctx):
 
 def model_name(d):
     _, _, body = d.request("GET", "/v1/models")
-    return dm.parse_json(body)["variant"]
+    j = dm.parse_json(body)
+    return (j.get("models") or [j])[0]["variant"]
 
 
 def shape_uploads(d, ctx):
-    """One address holds slow /v2 uploads (90% sent of 5 x 96 MiB and one
-    30 MiB: enough to fill a budget of 512 MiB without shares); then another
-    address asks for a classification."""
+    """One address holds slow /v2 uploads (90% sent of 5 of v2-max-body-bytes
+    and one of 5/16 of it: 96 MiB and 30 MiB by default, enough to fill a
+    budget of 512 MiB without shares); then another address asks for a
+    classification."""
     held = []
     path = f"/v2/models/{model_name(d)}/infer"
-    for size in [96 * MB] * 5 + [30 * MB]:
+    big = ctx["v2max"]
+    for size in [big] * 5 + [big * 5 // 16]:
         s = socket.create_connection(("127.0.0.1", d.port), timeout=120)
         try:
             s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -120,13 +125,13 @@ def shape_v2_json(d, ctx):
 SHAPES = {
     "unread-answers": ("24 clients x 16 JPEGs, top_k=1000, never read", shape_unread),
     "slow-pngs": ("multipart: a tiny JPEG then 31 flat PNGs, many clients", shape_slow_pngs),
-    "uploads-one-address": ("slow /v2 uploads of 96 MiB from one address", shape_uploads),
+    "uploads-one-address": ("slow /v2 uploads (v2-max-body-bytes) from one address", shape_uploads),
     "v2-json-empty-arrays": ("/v2 JSON [[],[],...] from two addresses", shape_v2_json),
 }
 
 
 def run(effnetd, weights, workdir, name, shape, budget, ctx):
-    env = dict(tm.env_for_rss(), EFFNETD_MAX_BODY_TOTAL=str(budget))
+    env = dict(tm.env_for_rss(), EFFNETD_MAX_BODY_TOTAL=str(budget), EFFNETD_V2_MAX_BODY_BYTES=str(ctx["v2max"]))
     d = dm.Daemon(effnetd, weights, workdir, "--access-log=false", "--max-request-pixels", 10 ** 10,
                   "--deadline-ms", 600000, name=name, env=env)
     try:
@@ -157,7 +162,8 @@ def main():
     a = ap.parse_args()
     budget = size_arg(a.budget)
     ctx = {"photo": dm.read(dm.sample_photos()["grace_hopper.jpg"]), "tiny": tm.tiny_jpeg(),
-           "flat": png(1000, 1000), "png_clients": a.png_clients, "json_mb": a.json_mb}
+           "flat": png(1000, 1000), "png_clients": a.png_clients, "json_mb": a.json_mb,
+           "v2max": min(96 * MB, budget * 3 // 16)}
     builds = [("this build", a.effnetd)] + ([("compared", a.compare)] if a.compare else [])
     cpu = "?"
     with open("/proc/cpuinfo") as f:

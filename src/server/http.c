@@ -31,7 +31,7 @@
 #define BODY_MIN_ALLOC ((size_t)64 << 10)
 /* jansson's tree of a JSON infer request costs about 1.7 times its text
  * (some 40 bytes per number of a tensor, measured): while it lives, twice
- * the JSON's length counts against max-body-total too. */
+ * the JSON's length is charged to the memory budget too. */
 #define V2_JSON_TREE_FACTOR 2
 /* The bound of one prediction in an answer, besides its label (escaped:
  * labels are printable UTF-8, so only '"' and '\\' grow, to two bytes):

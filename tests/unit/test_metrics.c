@@ -171,6 +171,8 @@ static void test_decode_and_server(void)
         x.hs.connections = 12, x.hs.connections_refused = 4, x.hs.body_timeouts = 2, x.hs.header_timeouts = 6;
         x.hs.retired_models = 1, x.hs.answer_bytes = 4096, x.hs.inflight = 8, x.hs.images = 99;
         x.hs.reloads = 2, x.hs.reload_failures = 1, x.hs.ready = false;
+        x.hs.memory_budget = 1000, x.hs.memory_client_share = 500, x.hs.memory_charged = 321;
+        x.hs.memory_refused = 7, x.hs.memory_refused_client = 3;
         char *body = render(&x);
 
         CHECK_SAMPLE(body, "effnetd_decode_threads", 3);
@@ -191,6 +193,11 @@ static void test_decode_and_server(void)
         CHECK_SAMPLE(body, "effnetd_reloads_total{result=\"ok\"}", 2);
         CHECK_SAMPLE(body, "effnetd_reloads_total{result=\"error\"}", 1);
         CHECK_SAMPLE(body, "effnetd_model_classes", 10);
+        CHECK_SAMPLE(body, "effnetd_memory_budget_bytes", 1000);
+        CHECK_SAMPLE(body, "effnetd_memory_client_share_bytes", 500);
+        CHECK_SAMPLE(body, "effnetd_memory_charged_bytes", 321);
+        CHECK_SAMPLE(body, "effnetd_memory_refused_total{limit=\"budget\"}", 7);
+        CHECK_SAMPLE(body, "effnetd_memory_refused_total{limit=\"client_share\"}", 3);
         free(body);
 }
 
@@ -240,6 +247,7 @@ static void test_statuses(void)
         CHECK_EQ(http_error_status(API_E_NON_FINITE), 500);
         CHECK_EQ(http_error_status(API_E_OVERLOADED), 503);
         CHECK_EQ(http_error_status(API_E_DEADLINE), 504);
+        CHECK_EQ(http_error_status(API_E_CLIENT_GONE), 499);
 }
 
 /* Routes label distinct series; a bound falls in its own bucket. */

@@ -1571,6 +1571,18 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         if (!q)
                 return;
         *con_cls = NULL;
+        /* A client that left before its answer was queued (while its body
+         * was read, its images decoded or its job queued; libmicrohttpd
+         * may not call the handler again then, or fail to send) is counted
+         * once, as 499, as nginx logs it. Connections the server cut while
+         * reading the body (body-timeout, too much discarded: the handler's
+         * error) or for idling are counted by their own counters. */
+        bool left = toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT || toe == MHD_REQUEST_TERMINATED_READ_ERROR ||
+                    (toe == MHD_REQUEST_TERMINATED_WITH_ERROR && q->state != REQ_BODY);
+        if (q->state != REQ_ANSWERED && left) {
+                atomic_fetch_add(&s->errors[API_E_CLIENT_GONE], 1);
+                count_answer(q, http_error_status(API_E_CLIENT_GONE), api_error_code(API_E_CLIENT_GONE), 0);
+        }
         /* A client that left while its job was queued: libmicrohttpd completes
          * the resumed connection without calling the handler again. */
         if (q->counted_waiting)

@@ -25,6 +25,8 @@ arenas), and /healthz must keep answering meanwhile:
      every abandoned request was decoded), and the requests are counted as
      client_closed_request.
 """
+import base64
+import json
 import os
 import shutil
 import socket
@@ -288,6 +290,15 @@ def test_never_fits(effnetd, weights, workdir, tiny):
         body, ctype = dm.multipart([("t.jpg", "image/jpeg", tiny)] * 8)
         status, _, _ = d.classify(body, ctype)
         check(status == 200, f"8 of them are served ({status})")
+        # The same for /v2 BYTES images.
+        for n, want in ((24, 413), (8, 200)):
+            infer = json.dumps({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [n],
+                                            "data": [base64.b64encode(tiny).decode()] * n}]}).encode()
+            status, _, answer = d.request("POST", "/v2/models/efficientnetv2-b0/infer", infer,
+                                          {"Content-Type": "application/json"})
+            err = dm.parse_json(answer).get("error", "")
+            check(status == want and (want == 200 or "max-client-share" in err),
+                  f"/v2 BYTES of {n} images: {want} ({status}, {str(err)[:120]})")
     finally:
         d.stop()
 

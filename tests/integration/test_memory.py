@@ -189,8 +189,8 @@ def attack_slow_images(d, tiny, flat, clients=12, images=32):
 
 def test_tensors(effnetd, weights, workdir, photo):
     budget = 48
-    d = dm.Daemon(effnetd, weights, workdir, "--memory-budget", f"{budget}M", "--v2-max-body-bytes", "8M", "--access-log=false",
-                  name="tensors", env=env_for_rss())
+    d = dm.Daemon(effnetd, weights, workdir, "--memory-budget", f"{budget}M", "--v2-max-body-bytes", "8M",
+                  "--access-log=false", name="tensors", env=env_for_rss())
     socks = []
     try:
         d.classify(photo)
@@ -217,8 +217,8 @@ def test_tensors(effnetd, weights, workdir, photo):
 
 def test_slow_images(effnetd, weights, workdir, tiny, flat):
     budget = 48
-    d = dm.Daemon(effnetd, weights, workdir, "--memory-budget", f"{budget}M", "--v2-max-body-bytes", "8M", "--max-request-pixels", 10 ** 10,
-                  "--access-log=false", name="slow-images", env=env_for_rss())
+    d = dm.Daemon(effnetd, weights, workdir, "--memory-budget", f"{budget}M", "--v2-max-body-bytes", "8M",
+                  "--max-request-pixels", 10 ** 10, "--access-log=false", name="slow-images", env=env_for_rss())
     try:
         d.classify(tiny)
         peak = Peak(d.proc.pid)
@@ -243,9 +243,9 @@ def test_client_share(effnetd, weights, workdir, photo):
     its third upload is refused with 503 naming max-client-share, while
     another address is served."""
     budget, share = 48, 24
-    d = dm.Daemon(effnetd, weights, workdir, "--memory-budget", f"{budget}M", "--v2-max-body-bytes", "8M", "--max-client-share", f"{share}M",
-                  "--max-body-bytes", "10M", "--body-timeout", 120, "--access-log=false", name="share",
-                  env=env_for_rss())
+    d = dm.Daemon(effnetd, weights, workdir, "--memory-budget", f"{budget}M", "--v2-max-body-bytes", "8M",
+                  "--max-client-share", f"{share}M", "--max-body-bytes", "10M", "--body-timeout", 120,
+                  "--access-log=false", name="share", env=env_for_rss())
     held = []
     try:
         peak = Peak(d.proc.pid)

@@ -770,6 +770,8 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .deadline_ms = c->deadline_us / PARSE_MS,
                 .retry_after_s = (int)(c->retry_after_us / PARSE_S),
                 .ui = c->ui,
+                .allowed_hosts = c->allowed_hosts,
+                .show_paths = c->show_paths,
                 .img = IMG_OPTS_DEFAULT,
                 .access_log = c->access_log ? on_answered : NULL,
                 .error_log = on_http_error,
@@ -784,8 +786,10 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 return r;
         log_msg(LOG_INFO, "listening on %s%s", http_url(d->http),
                 d->listen_fd >= 0 ? " (socket from systemd)" : "");
+        log_msg(LOG_INFO, "Host names answered: %s", http_hosts(d->http, false));
         if (*http_admin_url(d->http))
-                log_msg(LOG_INFO, "admin (probes, metrics) listening on %s", http_admin_url(d->http));
+                log_msg(LOG_INFO, "admin (probes, metrics) listening on %s; Host names answered: %s",
+                        http_admin_url(d->http), http_hosts(d->http, true));
         return 0;
 }
 

@@ -86,11 +86,11 @@ int hosts_new(const char *list, bool loopback_only, char *err, size_t err_len, s
                 h->any = true;
         h->literals = set;
         if (h->any)
-                snprintf(h->what, sizeof h->what, "any Host");
+                snprintf(h->what, sizeof h->what, "any");
         else if (!set)
                 snprintf(h->what, sizeof h->what, "loopback names and addresses only (localhost, 127.0.0.1, [::1])");
         else
-                snprintf(h->what, sizeof h->what, "the allowed-hosts setting's %d name(s), loopback names and IP "
+                snprintf(h->what, sizeof h->what, "the %d name(s) of allowed-hosts, loopback names and IP "
                          "addresses", h->n);
         *ret_hosts = h;
         return 0;

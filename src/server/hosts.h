@@ -4,11 +4,11 @@
  * (rebind.example), which its browser sends as Host; loopback names and IP
  * address literals never come from a rebinding.
  *
- * The policy (the allowed-hosts setting and where the server listens):
- *   - unset, every listener on a loopback address: loopback names and
- *     addresses only (localhost, *.localhost, 127.0.0.0/8, [::1]);
- *   - unset, some listener elsewhere: any Host (the daemon is reachable
- *     from the network under names it cannot know);
+ * The policy of one listener (the allowed-hosts setting and its address):
+ *   - unset, on a loopback address: loopback names and addresses only
+ *     (localhost, *.localhost, 127.0.0.0/8, [::1]);
+ *   - unset, on any other address: any Host (the listener is reachable
+ *     from the network under names the daemon cannot know);
  *   - "*" among the names: any Host;
  *   - a list: loopback names, IP address literals (Kubernetes probes send
  *     the pod's address), and the names listed ("api.example.com", or
@@ -32,8 +32,8 @@
 struct hosts;
 
 /* The policy of the allowed-hosts setting list (names separated by commas
- * or white space; NULL or empty: unset), for a server whose listeners are
- * all on loopback addresses (loopback_only) or not. -EINVAL (err names the
+ * or white space; NULL or empty: unset), for a listener on a loopback
+ * address (loopback_only) or not. -EINVAL (err names the
  * entry: one with a port, a character no host name has, too many names),
  * -ENOMEM. */
 int hosts_new(const char *list, bool loopback_only, char *err, size_t err_len, struct hosts **ret_hosts);

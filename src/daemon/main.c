@@ -11,6 +11,7 @@
 #include "api.h"
 #include "batcher.h"
 #include "http.h"
+#include "hosts.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -409,7 +410,8 @@ static int check_hub_weights(const char *weights)
         return 0;
 }
 
-/* Whether the files the settings name can be read (for --check-config). */
+/* Whether the files the settings name can be read and allowed-hosts
+ * parses (for --check-config). */
 static int check_files(const struct conf *c)
 {
         /* hf:// weights are no local file. */
@@ -422,6 +424,14 @@ static int check_files(const struct conf *c)
                         fprintf(stderr, "%s: %s: %s\n", prog, files[i], strerror(errno));
                         r = -errno;
                 }
+        struct hosts *h = NULL;
+        char err[256];
+        int hr = hosts_new(c->allowed_hosts, true, err, sizeof err, &h);
+        if (hr < 0) {
+                fprintf(stderr, "%s: %s\n", prog, err);
+                r = hr;
+        }
+        hosts_free(h);
         return r;
 }
 

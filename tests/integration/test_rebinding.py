@@ -223,6 +223,9 @@ def main():
         check(p.returncode != 0 and "allowed-hosts" in p.stderr and "api.example.com:8080" in p.stderr,
               f"allowed-hosts with a port: the start fails naming it (exit {p.returncode}, "
               f"{p.stderr.strip()[-200:]})")
+        p = subprocess.run([effnetd, "--check-config", "--weights", weights, "--allowed-hosts", "http://a.example"],
+                           capture_output=True, text=True, timeout=60)
+        check(p.returncode == 2 and "allowed-hosts" in p.stderr, f"--check-config names it too ({p.stderr.strip()})")
     finish()
 
 

@@ -86,6 +86,10 @@ static const struct conf_setting settings[] = {
         { "admin-listen", "server", CONF_STRING, F(admin_listen), NULL, 0, 0, NULL,
           "HOST:PORT of a second listener for /healthz, /readyz, /metrics and /v2/health/* only, with its own "
           "thread and connections, so that probes answer while clients hold the main one; unset: none" },
+        { "allowed-hosts", "server", CONF_STRING, F(allowed_hosts), NULL, 0, 0, NULL,
+          "Host names answered besides loopback names and IP addresses, separated by commas (\".example.com\": "
+          "it and the names under it; \"*\": any), against DNS rebinding; others get 421. Unset: loopback names "
+          "only when every listener is on a loopback address, any Host otherwise" },
         { "http-threads", "server", CONF_INT, F(http_threads), "0", 0, 64, NULL,
           "HTTP threads (read requests, send answers); 0 = usable CPUs, at most 4" },
         { "max-connections", "server", CONF_INT, F(max_connections), "512", 1, 1000000, NULL,
@@ -112,6 +116,9 @@ static const struct conf_setting settings[] = {
         { "ui", "server", CONF_BOOL, F(ui), "true", 0, 0, NULL,
           "serve the try-it page at GET / on the main listener (a browser picks images, sees the classes); "
           "false: GET / is 404" },
+        { "show-paths", "server", CONF_BOOL, F(show_paths), "false", 0, 0, NULL,
+          "name the weights' and labels' files by their absolute paths in /v1/models, /v2/models/{m}/config and "
+          "/metrics (false: by their file names, since any client reads those answers)" },
         { "max-batch", "batching", CONF_INT, F(max_batch), "8", 1, BATCH_MAX_BATCH, NULL,
           "most images per forward pass" },
         { "max-delay-ms", "batching", CONF_MS_US, F(max_delay_us), "2", 0, 10000, NULL,

@@ -29,6 +29,7 @@ struct conf {
         char *weights;              /* owned strings; NULL when unset */
         char *listen;
         char *admin_listen;
+        char *allowed_hosts;
         char *labels;
         enum effnet_precision precision;
         enum effnet_padding padding;
@@ -60,6 +61,7 @@ struct conf {
         int64_t drain_timeout_us;
         bool jpeg_fast;
         bool ui;                    /* the try-it page at GET / */
+        bool show_paths;            /* absolute file paths in the answers about the model */
         bool access_log;
         enum conf_log_format log_format;
         int64_t watchdog_stall_us;  /* a busy worker may go this long without finishing a batch */

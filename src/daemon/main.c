@@ -11,6 +11,7 @@
 #include "api.h"
 #include "batcher.h"
 #include "http.h"
+#include "hosts.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -409,7 +410,8 @@ static int check_hub_weights(const char *weights)
         return 0;
 }
 
-/* Whether the files the settings name can be read (for --check-config). */
+/* Whether the files the settings name can be read and allowed-hosts
+ * parses (for --check-config). */
 static int check_files(const struct conf *c)
 {
         /* hf:// weights are no local file. */
@@ -422,6 +424,14 @@ static int check_files(const struct conf *c)
                         fprintf(stderr, "%s: %s: %s\n", prog, files[i], strerror(errno));
                         r = -errno;
                 }
+        struct hosts *h = NULL;
+        char err[256];
+        int hr = hosts_new(c->allowed_hosts, true, err, sizeof err, &h);
+        if (hr < 0) {
+                fprintf(stderr, "%s: %s\n", prog, err);
+                r = hr;
+        }
+        hosts_free(h);
         return r;
 }
 
@@ -771,6 +781,8 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .deadline_ms = c->deadline_us / PARSE_MS,
                 .retry_after_s = (int)(c->retry_after_us / PARSE_S),
                 .ui = c->ui,
+                .allowed_hosts = c->allowed_hosts,
+                .show_paths = c->show_paths,
                 .img = IMG_OPTS_DEFAULT,
                 .access_log = c->access_log ? on_answered : NULL,
                 .error_log = on_http_error,
@@ -785,8 +797,10 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 return r;
         log_msg(LOG_INFO, "listening on %s%s", http_url(d->http),
                 d->listen_fd >= 0 ? " (socket from systemd)" : "");
+        log_msg(LOG_INFO, "Host names answered: %s", http_hosts(d->http, false));
         if (*http_admin_url(d->http))
-                log_msg(LOG_INFO, "admin (probes, metrics) listening on %s", http_admin_url(d->http));
+                log_msg(LOG_INFO, "admin (probes, metrics) listening on %s; Host names answered: %s",
+                        http_admin_url(d->http), http_hosts(d->http, true));
         return 0;
 }
 

@@ -305,22 +305,27 @@ const char *api_weights_source_name(int source)
         return source == API_WEIGHTS_SEEDED ? "seeded" : source == API_WEIGHTS_HUB ? "hub" : "file";
 }
 
-/* {"source", "trained": false for seeded weights, "seed", "path", "sha256",
- * and for hub weights "repo", "revision", "commit", "file"}. */
+/* {"source", "trained": false for seeded weights, "seed", "file", "path"
+ * (when w has one), "sha256", and for hub weights "repo", "revision",
+ * "commit"}. */
 static json_t *weights_json(const struct api_weights *w)
 {
-        json_t *o = json_pack("{s:s, s:s, s:s}", "source", api_weights_source_name(w->source), "path",
-                              w->path ? w->path : "", "sha256", w->sha256 ? w->sha256 : "");
+        json_t *o = json_pack("{s:s, s:s}", "source", api_weights_source_name(w->source), "sha256",
+                              w->sha256 ? w->sha256 : "");
         if (!o)
                 return NULL;
         int r = 0;
+        if (w->file)
+                r |= json_object_set_new(o, "file", json_string(w->file));
+        if (w->path)
+                r |= json_object_set_new(o, "path", json_string(w->path));
         if (w->seed >= 0) {
                 r |= json_object_set_new(o, "trained", json_false());
                 r |= json_object_set_new(o, "seed", json_integer((json_int_t)w->seed));
         }
         if (w->source == API_WEIGHTS_HUB) {
-                const char *keys[] = { "repo", "revision", "commit", "file" };
-                const char *vals[] = { w->repo, w->revision, w->commit, w->file };
+                const char *keys[] = { "repo", "revision", "commit" };
+                const char *vals[] = { w->repo, w->revision, w->commit };
                 for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
                         r |= json_object_set_new(o, keys[i], json_string(vals[i] ? vals[i] : ""));
         }
@@ -422,6 +427,7 @@ static const char *const error_codes[API_N_ERRORS] = {
         [API_E_INVALID_REQUEST] = "invalid_request",
         [API_E_NOT_FOUND] = "not_found",
         [API_E_METHOD_NOT_ALLOWED] = "method_not_allowed",
+        [API_E_MISDIRECTED] = "misdirected_request",
         [API_E_TOO_LARGE] = "payload_too_large",
         [API_E_UNSUPPORTED_MEDIA] = "unsupported_media_type",
         [API_E_INTERNAL] = "internal",

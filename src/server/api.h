@@ -78,6 +78,7 @@ enum api_error {
         API_E_INVALID_REQUEST,      /* a malformed or mismatched /v2 infer request */
         API_E_NOT_FOUND,
         API_E_METHOD_NOT_ALLOWED,
+        API_E_MISDIRECTED,          /* a Host this server does not answer (DNS rebinding) */
         API_E_TOO_LARGE,            /* body, images or pixels over a limit */
         API_E_UNSUPPORTED_MEDIA,
         API_E_INTERNAL,
@@ -103,10 +104,12 @@ enum api_weights_source {
 
 struct api_weights {
         int source;                    /* enum api_weights_source */
-        const char *path;              /* the local file: as given, or the hub cache's snapshot */
+        const char *path;              /* the local file: as given, or the hub cache's snapshot; answers
+                                        * leave out a NULL one */
         const char *sha256;            /* hex digest of the bytes served */
         int64_t seed;                  /* >= 0: seeded weights (also under API_WEIGHTS_HUB); -1 otherwise */
-        const char *repo, *revision, *commit, *file;   /* API_WEIGHTS_HUB only; NULL otherwise */
+        const char *repo, *revision, *commit;   /* API_WEIGHTS_HUB only; NULL otherwise */
+        const char *file;              /* hub: the file in the repository; in answers also that of a local file */
 };
 
 /* "seeded", "file" or "hub". */

@@ -22,7 +22,9 @@ static void free_answers(struct generation *g)
         free(g->models_body);
         free(g->v2_model_body);
         free(g->v2_config_body);
-        g->models_body = g->v2_model_body = g->v2_config_body = NULL;
+        free(g->labels_shown);
+        g->models_body = g->v2_model_body = g->v2_config_body = g->labels_shown = NULL;
+        g->weights_shown = NULL;
 }
 
 struct generation *gen_free(struct generation *g)
@@ -78,6 +80,36 @@ int gen_set_weights(struct generation *g, const char *weights, const struct api_
         return 0;
 }
 
+/* The file name of a path: what follows its last '/'. */
+static const char *file_name(const char *path)
+{
+        const char *slash = strrchr(path, '/');
+        return slash ? slash + 1 : path;
+}
+
+/* How the answers name the weights and the labels' source: by file name
+ * unless lim->paths. hf:// names are no local path and stay whole. */
+static int name_files(struct generation *g, const struct gen_limits *lim, const struct api_weights *w,
+                      struct api_weights *ret_shown)
+{
+        const char *labels = api_labels_source(g->labels);
+        bool local = g->weights && strncmp(g->weights, "hf://", 5) != 0;
+
+        *ret_shown = *w;
+        if (w->source != API_WEIGHTS_HUB && w->path)
+                ret_shown->file = file_name(w->path);
+        if (!lim->paths)
+                ret_shown->path = NULL;
+        g->weights_shown = g->weights && local && !lim->paths ? file_name(g->weights) : g->weights;
+        if (!lim->paths && strncmp(labels, "file:", 5) == 0) {
+                if (asprintf(&g->labels_shown, "file:%s", file_name(labels + 5)) < 0)
+                        g->labels_shown = NULL;
+        } else {
+                g->labels_shown = strdup(labels);
+        }
+        return g->labels_shown ? 0 : -ENOMEM;
+}
+
 int gen_build_answers(struct generation *g, const struct gen_limits *lim)
 {
         struct batch_config bc;
@@ -96,11 +128,15 @@ int gen_build_answers(struct generation *g, const struct gen_limits *lim)
         /* Without gen_set_weights: a file of unknown name. */
         struct api_weights fallback = { .source = API_WEIGHTS_FILE, .path = g->weights ? g->weights : "",
                                         .sha256 = g->sha256, .seed = g->info->seed };
-        const struct api_weights *w = g->weights ? &g->source : &fallback;
+        struct api_weights shown;
+        free_answers(g);
+        if (name_files(g, lim, g->weights ? &g->source : &fallback, &shown) < 0)
+                return -ENOMEM;
+        const struct api_weights *w = &shown;
         struct api_model_desc d = {
                 .info = g->info,
                 .weights = w,
-                .labels = api_labels_source(g->labels),
+                .labels = g->labels_shown,
                 .batch = &bc,
                 .deadline_ms = lim->deadline_ms,
                 .max_images = lim->max_images,
@@ -110,15 +146,16 @@ int gen_build_answers(struct generation *g, const struct gen_limits *lim)
         g->v2 = (struct v2_model){ .name = g->info->variant, .size = g->info->preproc.size,
                                    .classes = g->info->classes, .max_batch = bc.max_batch,
                                    .max_delay_us = bc.max_delay_us, .exec_batch = g->exec_batch,
-                                   .n_exec = bc.n_exec, .labels = g->labels, .weights = w };
-        free_answers(g);
+                                   .n_exec = bc.n_exec, .labels = g->labels, .labels_source = g->labels_shown,
+                                   .weights = w };
         if (api_models_body(&d, &g->models_body) < 0 || v2_model_body(&g->v2, &g->v2_model_body) < 0 ||
             v2_config_body(&g->v2, &g->v2_config_body) < 0) {
                 free_answers(g);
                 g->v2.weights = NULL;
                 return -ENOMEM;
         }
-        /* The bodies are built; the fallback on this stack goes. */
+        /* The bodies are built; the names on this stack go. */
         g->v2.weights = NULL;
+        g->v2.labels_source = NULL;
         return 0;
 }

@@ -19,6 +19,7 @@
 #define EFFNET_SERVER_GENERATION_H
 
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -27,11 +28,14 @@
 #include "batcher.h"
 #include "v2.h"
 
-/* The limits /v1/models reports with the model. */
+/* The limits /v1/models reports with the model, and how the answers name
+ * files. */
 struct gen_limits {
         int64_t deadline_ms;
         int max_images;
         int64_t max_body_bytes;
+        bool paths;                   /* absolute paths of the weights and labels; false: file names only,
+                                       * since any client reads the answers (and a path may name a home) */
 };
 
 struct generation {
@@ -57,6 +61,9 @@ struct generation {
         int exec_batch[BATCH_MAX_EXEC];     /* v2.exec_batch points here */
         char *v2_model_body;          /* GET /v2/models/{m} */
         char *v2_config_body;         /* GET /v2/models/{m}/config */
+        const char *weights_shown;    /* the weights setting as the answers name it: weights, or its file name
+                                       * (points into weights) */
+        char *labels_shown;           /* where the labels come from, as the answers name it */
 
         /* Requests using it; the server's list of retired generations.
          * Both belong to the server (guarded by its generation lock). */

@@ -3,6 +3,7 @@
 #include "util.h"
 #include "budget.h"
 #include "decoder.h"
+#include "hosts.h"
 #include "metrics.h"
 #include "multipart.h"
 #include "ui.h"
@@ -41,17 +42,20 @@
 #define ANSWER_PREDICTION_MAX 64
 #define ANSWER_FLOAT_MAX 24
 #define ANSWER_FIXED_MAX 1024
-/* How often connections still without their headers are checked against
- * header-timeout: the cut comes at most this late. */
+/* How often connections still without their headers, or with a body still
+ * arriving, are checked against header-timeout and body-timeout: the cut
+ * comes at most this late. */
 #define HEADER_SWEEP_NS 250000000LL
 
-/* One accepted connection, tracked for header-timeout from libmicrohttpd's
- * connection notifications. Guarded by http_server.conn_lock. */
+/* One accepted connection, tracked for header-timeout and body-timeout
+ * from libmicrohttpd's connection notifications. Guarded by
+ * http_server.conn_lock. */
 struct http_conn {
         struct http_conn *prev, *next;
         int fd;                            /* valid while listed: the closed notification comes before close */
-        int64_t deadline_ns;               /* its request's headers are due then; 0 = none due (a request
-                                            * is being served, or no limit) */
+        int64_t deadline_ns;               /* its request's headers, or its body, are due then; 0 = none due
+                                            * (a request is being served, or no limit) */
+        bool body;                         /* the deadline is its body's */
         bool cut;                          /* shut down once, counted once */
 };
 
@@ -59,6 +63,8 @@ struct http_server {
         struct http_opts opts;             /* strings below are not owned */
         struct MHD_Daemon *daemon;
         struct MHD_Daemon *admin;          /* probes and metrics only, or NULL */
+        struct hosts *hosts;               /* the Host names the main listener answers (immutable) */
+        struct hosts *admin_hosts;         /* those the admin listener answers, or NULL */
         char url[128], admin_url[128];
         int max_batch;
 
@@ -116,12 +122,13 @@ struct req {
         struct MHD_Connection *conn;
         const char *method;         /* libmicrohttpd's, valid for the request */
         const char *path;
+        const struct hosts *hosts;  /* the Host names its listener answers */
         enum http_route route;
         enum req_state state;
         int64_t start_ns;
         int64_t submit_ns;          /* handed to the batcher; 0 before */
         int64_t deadline_ns;
-        int top_k;
+        int top_k;                  /* 0: the default, until the request takes its generation */
         const char *content_type;   /* NULL when absent */
         bool multipart;
         struct v2_path v2;          /* route V2_ROUTE_NONE for effnetd's own API */
@@ -331,9 +338,11 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
                 MHD_add_response_header(resp, "Inference-Header-Content-Length", hl);
         }
         MHD_add_response_header(resp, "X-Request-Id", q->id);
+        /* A browser must not read an answer as anything but its type (JSON
+         * as a script or a page). */
+        MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
         if (q->route == HTTP_ROUTE_UI || q->route == HTTP_ROUTE_UI_ASSET) {
                 MHD_add_response_header(resp, "Content-Security-Policy", UI_CSP);
-                MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
                 MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
                 MHD_add_response_header(resp, "X-Frame-Options", "DENY");
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, UI_CACHE_CONTROL);
@@ -356,6 +365,9 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
         MHD_destroy_response(resp);
         q->state = REQ_ANSWERED;
         count_answer(q, status, error, n);
+        /* The answer has its own copy: a slow reader of it holds no model
+         * generation (a retired one could not go), body or tensors. */
+        req_release_work(q);
         return r;
 }
 
@@ -511,8 +523,8 @@ static int metrics_body(struct req *q, char **ret_body)
         proc_get_stats(&ps);
         batch_get_config(g->batch, &bc);
         struct metrics_model m = { .variant = g->info->variant, .precision = effnet_precision_name(bc.precision),
-                                   .weights = g->weights, .weights_sha256 = g->sha256,
-                                   .labels = api_labels_source(g->labels), .classes = g->info->classes,
+                                   .weights = g->weights_shown, .weights_sha256 = g->sha256,
+                                   .labels = g->labels_shown, .classes = g->info->classes,
                                    .input_size = g->info->preproc.size };
         struct metrics_sources src = { .http = &hs, .batch = &bs, .decode = &ds, .model = &m, .process = &ps };
         return metrics_render(&src, ret_body);
@@ -676,8 +688,16 @@ static enum MHD_Result on_headers(struct req *q)
 {
         struct http_server *s = q->s;
         bool get = strcmp(q->method, MHD_HTTP_METHOD_GET) == 0 || strcmp(q->method, MHD_HTTP_METHOD_HEAD) == 0;
-        char msg[200];
+        const char *host = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+        char msg[200], why[320];
 
+        /* Before anything is served or read: a page that reached us by DNS
+         * rebinding gets nothing but this. */
+        if (!hosts_allow(q->hosts, host)) {
+                snprintf(why, sizeof why, "Host %.60s is not served here (Host names answered: %s; see the "
+                         "allowed-hosts setting)", host, hosts_describe(q->hosts));
+                return respond_error(q, API_E_MISDIRECTED, why);
+        }
         if (q->route == HTTP_ROUTE_OTHER || q->route == HTTP_ROUTE_V2_OTHER) {
                 snprintf(msg, sizeof msg, "no such path: %.120s", q->path);
                 return respond_error(q, API_E_NOT_FOUND, msg);
@@ -693,8 +713,11 @@ static enum MHD_Result on_headers(struct req *q)
         if (answers_full(s, msg, sizeof msg))
                 return respond_error(q, API_E_OVERLOADED, msg);
 
+        /* Without top_k, q->top_k stays 0: the default is taken against the
+         * model that serves the request (on_complete), which a reload may
+         * change while the body arrives. */
         const char *k = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, "top_k");
-        if (api_parse_top_k(k, q->g->info->classes, &q->top_k) < 0) {
+        if (k && api_parse_top_k(k, q->g->info->classes, &q->top_k) < 0) {
                 snprintf(msg, sizeof msg, "top_k must be an integer in 1..%d", q->g->info->classes);
                 return respond_error(q, API_E_INVALID_ARGUMENT, msg);
         }
@@ -1223,6 +1246,8 @@ static enum MHD_Result on_complete(struct req *q)
                 }
                 return v2_on_complete(q);
         }
+        if (q->top_k == 0)
+                api_parse_top_k(NULL, g->info->classes, &q->top_k);
         if (q->top_k > g->info->classes) {
                 snprintf(msg, sizeof msg, "top_k must be an integer in 1..%d", g->info->classes);
                 return respond_error(q, API_E_INVALID_ARGUMENT, msg);
@@ -1420,6 +1445,34 @@ static void conn_headers_seen(struct http_server *s, struct MHD_Connection *conn
         pthread_mutex_unlock(&s->conn_lock);
 }
 
+/* A request's body follows its headers: it must end by body-timeout from
+ * start_ns (the headers), also when no byte comes (on_body checks only as
+ * bytes arrive, and without connection-timeout nothing else would). */
+static void conn_body_due(struct http_server *s, struct MHD_Connection *conn, int64_t start_ns)
+{
+        struct http_conn *c = conn_of(conn);
+
+        if (!c || s->opts.body_timeout_s <= 0)
+                return;
+        pthread_mutex_lock(&s->conn_lock);
+        c->deadline_ns = start_ns + (int64_t)s->opts.body_timeout_s * 1000000000;
+        c->body = true;
+        pthread_mutex_unlock(&s->conn_lock);
+}
+
+/* A request's body is complete: no deadline while it is served. */
+static void conn_body_done(struct http_server *s, struct MHD_Connection *conn)
+{
+        struct http_conn *c = conn_of(conn);
+
+        if (!c)
+                return;
+        pthread_mutex_lock(&s->conn_lock);
+        c->deadline_ns = 0;
+        c->body = false;
+        pthread_mutex_unlock(&s->conn_lock);
+}
+
 /* A request is over; the next one on the connection may first wait idle
  * (up to connection-timeout, which libmicrohttpd enforces), then must have
  * its headers within header-timeout. Without an idle limit, a kept-alive
@@ -1434,7 +1487,10 @@ static void conn_request_done(struct http_server *s, struct MHD_Connection *conn
         if (s->admin && MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON)->daemon == s->admin)
                 idle_s = HTTP_ADMIN_TIMEOUT_S;
         pthread_mutex_lock(&s->conn_lock);
-        c->deadline_ns = idle_s > 0 ? time_now_ns() + (idle_s + s->opts.header_timeout_s) * 1000000000 : 0;
+        c->deadline_ns = idle_s > 0 && s->opts.header_timeout_s > 0
+                                 ? time_now_ns() + (idle_s + s->opts.header_timeout_s) * 1000000000
+                                 : 0;
+        c->body = false;
         pthread_mutex_unlock(&s->conn_lock);
 }
 
@@ -1450,7 +1506,7 @@ static void *sweeper_main(void *arg)
                                 /* libmicrohttpd sees the end of the stream and closes it. */
                                 shutdown(c->fd, SHUT_RDWR);
                                 c->cut = true;
-                                atomic_fetch_add(&s->header_timeouts, 1);
+                                atomic_fetch_add(c->body ? &s->body_timeouts : &s->header_timeouts, 1);
                         }
                 struct timespec ts;
                 int64_t at = now + HEADER_SWEEP_NS;
@@ -1527,10 +1583,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 q->v2_header_len = -1;
                 q->max_body = (size_t)s->opts.max_body_bytes;
                 q->route = v2_parse_path(url, &q->v2) != V2_ROUTE_NONE ? route_of_v2(q->v2.route) : route_of(s, url);
-                if (s->admin && !admin_route(q->route) &&
-                    MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON)->daemon == s->admin) {
-                        q->route = HTTP_ROUTE_OTHER;
-                        q->v2.route = V2_ROUTE_NONE;
+                q->hosts = s->hosts;
+                if (s->admin && MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON)->daemon == s->admin) {
+                        q->hosts = s->admin_hosts;
+                        if (!admin_route(q->route)) {
+                                q->route = HTTP_ROUTE_OTHER;
+                                q->v2.route = V2_ROUTE_NONE;
+                        }
                 }
                 q->start_ns = time_now_ns();
                 q->deadline_ns = q->start_ns + s->opts.deadline_ms * 1000000;
@@ -1540,8 +1599,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 /* The body may take long (up to body-timeout): a model
                  * retired meanwhile is not held for it. on_complete takes
                  * the generation served then. */
-                if (q->state == REQ_BODY)
+                if (q->state == REQ_BODY) {
                         req_drop_gen(q);
+                        conn_body_due(s, conn, q->start_ns);
+                }
                 return r;
         }
         if (*upload_data_size) {
@@ -1553,6 +1614,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         switch (q->state) {
         case REQ_BODY:
+                conn_body_done(s, conn);
                 return on_complete(q);
         case REQ_DONE:
                 return on_result(q);
@@ -1592,10 +1654,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         atomic_fetch_sub(&s->inflight, 1);
 }
 
-/* header-timeout: libmicrohttpd drops idle connections only, and a client
- * that sends a header byte now and then is never idle. Every connection is
- * listed from its start notification to its closed one, with the time its
- * request's headers are due; a sweeper thread shuts down those past it.
+/* header-timeout and body-timeout: libmicrohttpd drops idle connections
+ * only, a client that sends a header byte now and then is never idle, and
+ * one that stops sending its body is never cut without connection-timeout.
+ * Every connection is listed from its start notification to its closed
+ * one, with the time its request's headers (or its body) are due; a
+ * sweeper thread shuts down those past it.
  * libmicrohttpd sends the closed notification before it closes the socket,
  * and both the listing and the shutdown hold conn_lock, so a listed fd is
  * always the connection's own, never a reused number. */
@@ -1607,7 +1671,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 
         if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
                 atomic_fetch_add(&s->connections, 1);
-                if (s->opts.header_timeout_s <= 0)
+                if (s->opts.header_timeout_s <= 0 && s->opts.body_timeout_s <= 0)
                         return;
                 const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn,
                                                                              MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -1617,7 +1681,9 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
                         return;   /* untracked: the idle timeout still applies */
                 }
                 c->fd = ci->connect_fd;
-                c->deadline_ns = time_now_ns() + (int64_t)s->opts.header_timeout_s * 1000000000;
+                c->deadline_ns = s->opts.header_timeout_s > 0
+                                         ? time_now_ns() + (int64_t)s->opts.header_timeout_s * 1000000000
+                                         : 0;
                 pthread_mutex_lock(&s->conn_lock);
                 c->next = s->conns;
                 if (s->conns)
@@ -1708,7 +1774,7 @@ static int adopt_generation(struct http_server *s, struct generation *g, char *e
 {
         struct batch_config bc;
         struct gen_limits lim = { .deadline_ms = s->opts.deadline_ms, .max_images = s->opts.max_images,
-                                  .max_body_bytes = s->opts.max_body_bytes };
+                                  .max_body_bytes = s->opts.max_body_bytes, .paths = s->opts.show_paths };
 
         if (!g || !g->model || !g->batch || !g->labels)
                 return err_set(err, err_len, -EINVAL, "http: incomplete model generation");
@@ -1738,6 +1804,8 @@ struct http_server *http_free(struct http_server *s)
         /* No request is suspended now: the pool has no job left. */
         s->dec = dec_free(s->dec);
         s->budget = budget_free(s->budget);
+        s->hosts = hosts_free(s->hosts);
+        s->admin_hosts = hosts_free(s->admin_hosts);
         while (s->retired) {
                 struct generation *g = s->retired;
                 s->retired = g->next;
@@ -1862,6 +1930,31 @@ static int main_address(const struct http_opts *opts, char *err, size_t err_len,
         return 0;
 }
 
+static bool addr_is_loopback(const struct sockaddr_storage *addr)
+{
+        if (addr->ss_family == AF_INET6) {
+                const struct in6_addr *a = &((const struct sockaddr_in6 *)addr)->sin6_addr;
+                return IN6_IS_ADDR_LOOPBACK(a) || (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+        }
+        return (ntohl(((const struct sockaddr_in *)addr)->sin_addr.s_addr) >> 24) == 127;
+}
+
+/* The Host names each listener answers (server/hosts.h): by default
+ * loopback ones only on a loopback address (the main listener's is addr). */
+static int hosts_setup(struct http_server *s, const struct sockaddr_storage *addr, char *err, size_t err_len)
+{
+        struct sockaddr_storage aaddr;
+        int r;
+
+        if ((r = hosts_new(s->opts.allowed_hosts, addr_is_loopback(addr), err, err_len, &s->hosts)) < 0)
+                return r;
+        if (!s->opts.admin_listen)
+                return 0;
+        if ((r = parse_listen(s->opts.admin_listen, &aaddr, err, err_len)) < 0)
+                return r;
+        return hosts_new(s->opts.allowed_hosts, addr_is_loopback(&aaddr), err, err_len, &s->admin_hosts);
+}
+
 /* A new server with opts, its locks and the max batch of g's batcher; no
  * thread yet. */
 static int server_alloc(const struct http_opts *opts, const struct generation *g, char *err, size_t err_len,
@@ -1893,7 +1986,7 @@ static int server_alloc(const struct http_opts *opts, const struct generation *g
         return 0;
 }
 
-/* The decoder's threads and, with a header timeout, the sweeper. */
+/* The decoder's threads and, with a header or body timeout, the sweeper. */
 static int threads_start(struct http_server *s, char *err, size_t err_len)
 {
         struct dec_opts dopts = { .threads = s->opts.decode_threads, .queue = s->opts.decode_queue };
@@ -1901,10 +1994,10 @@ static int threads_start(struct http_server *s, char *err, size_t err_len)
 
         if ((r = dec_new(&dopts, &s->dec)) < 0)
                 return err_set(err, err_len, r, "decoder threads: %s", strerror(-r));
-        if (s->opts.header_timeout_s > 0) {
+        if (s->opts.header_timeout_s > 0 || s->opts.body_timeout_s > 0) {
                 s->sweeping = true;
                 if ((r = -pthread_create(&s->sweeper, NULL, sweeper_main, s)) < 0)
-                        return err_set(err, err_len, r, "header-timeout thread: %s", strerror(-r));
+                        return err_set(err, err_len, r, "timeout thread: %s", strerror(-r));
                 s->sweeper_started = true;
         }
         return 0;
@@ -1967,6 +2060,8 @@ int http_new(const struct http_opts *opts, struct generation *g, char *err, size
         if ((r = adopt_generation(s, g, err, err_len)) < 0)
                 goto fail;
         s->current = g;
+        if ((r = hosts_setup(s, &addr, err, err_len)) < 0)
+                goto fail;
         if ((r = threads_start(s, err, err_len)) < 0)
                 goto fail;
         if ((r = main_listen(s, &addr, err, err_len)) < 0)
@@ -2061,6 +2156,11 @@ const char *http_url(const struct http_server *s)
 const char *http_admin_url(const struct http_server *s)
 {
         return s->admin_url;
+}
+
+const char *http_hosts(const struct http_server *s, bool admin)
+{
+        return admin ? (s->admin_hosts ? hosts_describe(s->admin_hosts) : "") : hosts_describe(s->hosts);
 }
 
 void http_drain(struct http_server *s)

@@ -73,6 +73,9 @@ struct http_opts {
         struct img_opts img;         /* decode limits, fast JPEG path */
         int64_t max_request_pixels;  /* encoded pixels of all of a request's images together */
         bool ui;                     /* serve the try-it page (GET /, /ui/...) on the main listener */
+        const char *allowed_hosts;   /* Host names answered (server/hosts.h); NULL = loopback names only
+                                      * when every listener is on a loopback address, any otherwise */
+        bool show_paths;             /* absolute file paths in /v1/models, /v2 model config, /metrics */
         int listen_fd;               /* > 0: an already listening socket (systemd), taken over; listen unused */
         const char *admin_listen;    /* HOST:PORT of a second listener that serves only /healthz, /readyz,
                                       * /metrics and /v2/health/live, ready, with its own thread and connections;
@@ -118,6 +121,10 @@ void http_stats_snapshot(struct http_server *s, struct http_stats *ret_stats);
 const char *http_url(const struct http_server *s);
 /* The same for the admin listener; "" without one. */
 const char *http_admin_url(const struct http_server *s);
+
+/* The Host names the main (or the admin) listener answers, in words
+ * (server/hosts.h), for the log; "" without an admin listener. */
+const char *http_hosts(const struct http_server *s, bool admin);
 
 /* Starts draining: /readyz and new classify requests answer 503 (with
  * Retry-After) from now on, every answer closes its connection; requests

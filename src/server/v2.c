@@ -646,7 +646,8 @@ static json_t *config_parameters(const struct v2_model *m)
         if (!p)
                 return NULL;
         r |= json_object_set_new(p, "labels_source",
-                                 json_pack("{s:s}", "string_value", api_labels_source(m->labels)));
+                                 json_pack("{s:s}", "string_value",
+                                           m->labels_source ? m->labels_source : api_labels_source(m->labels)));
         if (w) {
                 r |= json_object_set_new(p, "weights_source",
                                          json_pack("{s:s}", "string_value", api_weights_source_name(w->source)));

@@ -84,6 +84,8 @@ struct v2_model {
         const int *exec_batch;    /* executor batch sizes, ascending */
         int n_exec;
         const struct api_labels *labels;  /* for classification strings */
+        const char *labels_source;         /* where they come from, for v2_config_body's "parameters";
+                                            * NULL: api_labels_source(labels) */
         const struct api_weights *weights; /* where the weights come from, for v2_config_body's
                                             * "parameters"; NULL: left out */
 };

@@ -21,7 +21,7 @@ def main():
         photo = read(sample_photos()["grace_hopper.jpg"])
         d = Daemon(effnetd, weights, tmp, "--max-batch", "4", "--drain-timeout", "60")
         try:
-            head = (f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            head = (f"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
                     f"Content-Length: {len(photo)}\r\n\r\n").encode()
             socks = []
             for _ in range(16):

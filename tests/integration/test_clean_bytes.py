@@ -36,7 +36,7 @@ from daemon import check, finish  # noqa: E402
 
 def raw_get(d, target, extra=b""):
     """(status, parsed JSON body) of a GET sent byte for byte."""
-    resp = dm.raw_http(d.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra +
+    resp = dm.raw_http(d.port, b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" + extra +
                        b"\r\n")
     head, _, body = resp.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
@@ -76,7 +76,7 @@ def test_bytes(effnetd, weights, workdir):
         check(s == 404, f"GET /healthz%00x: 404, not /healthz ({s} {b})")
         s, b = raw_get(d, b"/healthz")
         check(s == 200, "GET /healthz still 200")
-        resp = dm.raw_http(d.port, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        resp = dm.raw_http(d.port, b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
                            b"Content-Type: image/\xff\x01\r\nContent-Length: 4\r\n\r\nabcd")
         head, _, body = resp.partition(b"\r\n\r\n")
         b = dm.parse_json(body)
@@ -156,7 +156,7 @@ def hold_connections(port, n):
     held = []
     for _ in range(n):
         c = socket.create_connection(("127.0.0.1", port), timeout=10)
-        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
         held.append(c)
     time.sleep(0.3)
     return held
@@ -175,7 +175,7 @@ def test_global_cap(effnetd, weights, workdir):
         t0 = time.monotonic()
         extra = socket.create_connection(("127.0.0.1", d.port), timeout=2)
         try:
-            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             answer = extra.recv(100)
         except ConnectionResetError:
             answer = b""
@@ -208,14 +208,14 @@ def test_connections(effnetd, weights, workdir):
     try:
         held = hold_connections(d.port, 4)
         extra = socket.create_connection(("127.0.0.1", d.port), timeout=10)
-        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        extra.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         try:
             refused = extra.recv(100) == b""
         except (ConnectionResetError, socket.timeout):
             refused = True
         extra.close()
         other = socket.create_connection(("127.0.0.1", d.port), timeout=10, source_address=("127.0.0.2", 0))
-        other.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        other.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         answer = other.recv(100)
         other.close()
         check(refused and answer.startswith(b"HTTP/1.1 200"),
@@ -234,10 +234,10 @@ def test_connections(effnetd, weights, workdir):
             time.sleep(0.05)
         m = re.search(r"listening on http://\[::\]:(\d+)", d.log_text())
         port = int(m.group(1)) if m else 0
-        v4 = dm.raw_http(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n") if port else b""
+        v4 = dm.raw_http(port, b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n") if port else b""
         c6 = socket.create_connection(("::1", port), timeout=10) if port else None
         if c6:
-            c6.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            c6.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             v6 = c6.recv(100)
             c6.close()
         else:

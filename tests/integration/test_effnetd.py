@@ -135,7 +135,8 @@ def test_endpoints(d, labels, jpeg, png):
     m = models[0] if models else {}
     check(s == 200 and h.get("content-type") == "application/json", "GET /v1/models 200 JSON")
     check(m.get("variant") == "efficientnetv2-b0" and m.get("input_size") == 224 and m.get("classes") == 1000
-          and m.get("precision") == "fp32" and m.get("weights", {}).get("path", "").endswith("b0.safetensors")
+          and m.get("precision") == "fp32" and m.get("weights", {}).get("file") == "b0.safetensors"
+          and "path" not in m["weights"]
           and m["weights"].get("source") == "seeded" and m["weights"].get("trained") is False
           and len(m["weights"].get("sha256", "")) == 64
           and m.get("labels") == {"source": "builtin-imagenet-1k", "count": 1000}, f"/v1/models describes the model: {m}")
@@ -263,7 +264,7 @@ def test_bad_input(d, jpeg, png):
         check_error(s, b, 415, "unsupported_media_type", f"Content-Type {ctype}")
 
     # 413: the announced length alone is enough; nothing else is read.
-    ans = dm.raw_http(d.port, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    ans = dm.raw_http(d.port, b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
                               b"Content-Length: 20000000\r\n\r\n", timeout=10, read_all=True)
     head, _, rest = ans.partition(b"\r\n\r\n")
     check(head.startswith(b"HTTP/1.1 413") and b"payload_too_large" in rest,
@@ -305,7 +306,7 @@ def test_bad_input(d, jpeg, png):
 
     # Malformed HTTP does not hurt the server.
     dm.raw_http(d.port, b"\x00\x01garbage\r\n\r\n", timeout=5)
-    dm.raw_http(d.port, b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nshort",
+    dm.raw_http(d.port, b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\nshort",
                 timeout=2)
 
 
@@ -383,7 +384,7 @@ def test_overload(effnetd, weights, workdir, jpeg):
         check_error(s, b, 413, "payload_too_large", "3 images with --max-images 2")
         # A client that stalls in its headers is dropped after the timeout.
         sock = socket.create_connection(("127.0.0.1", d.port), timeout=10)
-        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\n")
+        sock.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\n")
         t0 = time.monotonic()
         try:
             closed = sock.recv(100) == b""

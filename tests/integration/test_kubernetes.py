@@ -9,6 +9,7 @@ one effnetd and the container image listen on, and every probe path answers
 Usage: test_kubernetes.py EFFNETD EFFNET
 """
 
+import http.client
 import os
 import re
 import shutil
@@ -145,12 +146,28 @@ def main():
         weights = os.path.join(workdir, "b0.safetensors")
         subprocess.run([effnet, "init-weights", "--variant", "b0", "--seed", "1", "-o", weights], check=True,
                        timeout=600)
-        d = dm.Daemon(effnetd, weights, workdir, "--max-batch", 1, "--admin-listen", "127.0.0.1:0")
+        # The kubelet sends the pod's address as Host: the admin listener
+        # on the manifest's address (its port picked here) answers it.
+        admin_host = env.get("EFFNETD_ADMIN_LISTEN", "").rsplit(":", 1)[0]
+        check(admin_host not in ("", "127.0.0.1", "localhost", "[::1]"),
+              f"the admin listener is not on loopback in the pod ({admin_host!r}), so it answers any Host")
+        d = dm.Daemon(effnetd, weights, workdir, "--max-batch", 1, "--admin-listen", f"{admin_host or '0.0.0.0'}:0")
         try:
-            admin = dm.admin_port(d)
+            m = re.search(r"admin \(probes, metrics\) listening on http://[^ ]*:(\d+)", d.log_text())
+            admin = int(m.group(1)) if m else 0
             paths = [p["path"] for p in probes.values() if p] + [annotations.get("prometheus.io/path", "/metrics")]
-            got = {p: dm.get_status(admin, p, timeout=30) for p in paths}
-            check(all(s == 200 for s in got.values()), f"probe paths answer 200 on the admin listener ({got})")
+            got = {}
+            for p in paths:
+                c = http.client.HTTPConnection("127.0.0.1", admin, timeout=30)
+                try:
+                    c.request("GET", p, headers={"Host": f"10.244.3.17:{admin}"})
+                    got[p] = c.getresponse().status
+                except (OSError, http.client.HTTPException) as e:
+                    got[p] = type(e).__name__
+                finally:
+                    c.close()
+            check(all(s == 200 for s in got.values()),
+                  f"probe paths answer 200 on the admin listener, Host the pod's address ({got})")
         finally:
             d.stop()
     finish()

@@ -211,6 +211,12 @@ def main():
                 req("post", base + "/infer", b"{}", {"Content-Encoding": "gzip"}, "v2 compressed")
             s, h, _ = d.request("GET", "/healthz", headers={"X-Request-Id": "openapi-7"})
             check(h.get("x-request-id") == "openapi-7", "X-Request-Id is echoed as documented")
+            # 421: every documented operation, from a page that named another Host.
+            for p, ops in SPEC["paths"].items():
+                path = p.replace("{model}", MODEL).replace("{version}", "1")
+                for m in ops:
+                    if m in METHODS:
+                        req(m, path, b"x" if m == "post" else None, {"Host": "rebind.example"}, "foreign Host")
 
             # 503: a request waits for its batch to fill while SIGTERM starts the drain.
             held = []

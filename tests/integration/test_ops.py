@@ -66,6 +66,8 @@ VALUES = {
     "access-log": "false",
     "log-format": "json",
     "ui": "false",
+    "allowed-hosts": "api.example.com, .internal.example",
+    "show-paths": "true",
 }
 
 # How --print-config shows the values above that it writes in another form
@@ -82,6 +84,7 @@ BAD = {
     "max-client-share": "-1", "max-answer-total": "0",
     "v2-max-body-bytes": "0",
     "max-images": "65537", "max-pixels": "-5", "max-request-pixels": "0", "jpeg-fast": "maybe", "access-log": "2", "ui": "sometimes",
+    "show-paths": "perhaps", "allowed-hosts": "",
     "log-format": "xml", "weights": "", "labels": "", "listen": "", "admin-listen": "",
 }
 
@@ -332,7 +335,7 @@ def test_socket_activation(effnetd, weights, workdir):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
-        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         data = b""
         while True:
             b = c.recv(4096)
@@ -429,7 +432,8 @@ def test_reload(effnetd, effnet, weights, weights2, workdir, jpeg):
         check(models == {"efficientnetv2-b0", "efficientnetv2-b1"}, f"answers from both models ({models})")
         s, _, b = d.request("GET", "/v1/models")
         m1 = dm.parse_json(b)["models"][0]
-        check(m1["variant"] == "efficientnetv2-b1" and m1["weights"]["path"] == weights2 and m1["input_size"] == 240,
+        check(m1["variant"] == "efficientnetv2-b1" and m1["weights"]["file"] == os.path.basename(weights2)
+              and m1["input_size"] == 240,
               "after the reload: the new variant and file")
         sha = hashlib.sha256(open(weights2, "rb").read()).hexdigest()
         _, _, mb = d.request("GET", "/metrics")

@@ -134,7 +134,7 @@ def test_drain_race(effnetd, weights, workdir):
     body, ctype = dm.multipart([("big.png", "image/png", buf.getvalue())] * 8)
     d = dm.Daemon(effnetd, weights, workdir, "--drain-timeout", 1, "--deadline-ms", 60000, name="drain-race")
     c = socket.create_connection(("127.0.0.1", d.port), timeout=30)
-    c.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+    c.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: {ctype}\r\n"
               f"Content-Length: {len(body)}\r\n\r\n".encode() + body[:-10])
     time.sleep(0.3)
     d.proc.send_signal(signal.SIGTERM)
@@ -184,7 +184,7 @@ def test_slow_upload_reload(effnetd, effnet, workdir):
     c = None
     try:
         c = socket.create_connection(("127.0.0.1", d.port), timeout=60)
-        c.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        c.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
                   f"Content-Length: {len(image)}\r\n\r\n".encode() + image[:-200])
         sent = len(image) - 200
         for i, w in enumerate(seeds[1:], 1):

@@ -99,7 +99,7 @@ def test_slow_body(effnetd, weights, workdir):
     d = dm.Daemon(effnetd, weights, workdir, "--body-timeout", 2, name="slow-body")
     try:
         c = socket.create_connection(("127.0.0.1", d.port), timeout=10)
-        c.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        c.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
                   b"Content-Length: 100000\r\n\r\n")
         t0 = time.monotonic()
         closed = None
@@ -132,7 +132,7 @@ def test_slow_headers(effnetd, weights, workdir):
         first.read()
         t_first = time.monotonic()
         c = socket.create_connection(("127.0.0.1", d.port), timeout=10)
-        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        c.sendall(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
         t0 = time.monotonic()
         closed = None
         while time.monotonic() - t0 < 15 and closed is None:
@@ -186,7 +186,7 @@ def unread_socket(port):
 def post_unread(port, body, ctype):
     """Sends a classify request with top_k=1000 on an unread_socket."""
     c = unread_socket(port)
-    c.sendall(f"POST /v1/classify?top_k=1000 HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+    c.sendall(f"POST /v1/classify?top_k=1000 HTTP/1.1\r\nHost: localhost\r\nContent-Type: {ctype}\r\n"
               f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
     return c
 

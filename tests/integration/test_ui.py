@@ -128,12 +128,14 @@ def browser_checks(d, photo, api_top1, seeded, shot):
         weights = driver.find_element(By.ID, "model-weights").text
         notice = driver.find_element(By.ID, "untrained")
         if seeded:
-            check(notice.is_displayed() and "untrained" in notice.text and "seeded" in weights,
+            check(notice.is_displayed() and "untrained" in notice.text and "seeded" in weights
+                  and ".safetensors" in weights and "undefined" not in weights,
                   f"the untrained notice shows for seeded weights ({weights!r})")
             check(not driver.find_element(By.ID, "indices").is_displayed(),
                   "no class-index note with the built-in ImageNet names")
         else:
-            check(not notice.is_displayed() and weights.startswith("file "),
+            check(not notice.is_displayed() and weights.startswith("file ") and ".safetensors" in weights
+                  and "undefined" not in weights,
                   f"no untrained notice for other weights ({weights!r})")
             note = driver.find_element(By.ID, "indices")
             labels = driver.find_element(By.ID, "model-labels").text

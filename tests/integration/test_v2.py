@@ -279,7 +279,7 @@ def test_errors(d, c, x, jpeg, png):
                "limit is 4")
     infer_json({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1000000000],
                             "parameters": {"binary_data_size": 4}}]}, b"\0\0\0\0", "BYTES N = 10^9", 413, "limit")
-    ans = dm.raw_http(d.port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 200000000\r\n\r\n".encode(),
+    ans = dm.raw_http(d.port, f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 200000000\r\n\r\n".encode(),
                       timeout=10)
     head, _, rest = ans.partition(b"\r\n\r\n")
     check(head.startswith(b"HTTP/1.1 413") and rest.startswith(b'{"error":"') and b"v2-max-body-bytes" in rest,
@@ -328,7 +328,7 @@ def test_errors(d, c, x, jpeg, png):
     s, h, b = post(b"{}", {"content-encoding": "gzip"})
     check_error(s, h, b, 415, "Content-Encoding gzip", "Content-Encoding")
     # A body cut short by a client that leaves: the server carries on.
-    dm.raw_http(d.port, f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n".encode() + head[:100],
+    dm.raw_http(d.port, f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000\r\n\r\n".encode() + head[:100],
                 timeout=2)
     s, _, j = c.get("/v2/health/ready")
     check(s == 200, "after the bad requests: still ready")
@@ -411,7 +411,7 @@ def test_drain(d, jpeg):
     head, _ = encode_request([Tensor("input", "BYTES", [jpeg])])
     body_hl = head.index(b"}]}") + 3   # the JSON ends before the binary data
     held = socket.create_connection(("127.0.0.1", d.port), timeout=60)
-    held.sendall(f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nhost: x\r\ncontent-length: {len(head)}\r\n"
+    held.sendall(f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nhost: localhost\r\ncontent-length: {len(head)}\r\n"
                  f"inference-header-content-length: {body_hl}\r\n\r\n".encode() + head[:1000])
     time.sleep(0.3)
     d.proc.send_signal(15)

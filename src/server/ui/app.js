@@ -20,8 +20,10 @@ function describeWeights(w) {
     return "hf://" + w.repo + "@" + w.revision + "/" + w.file + ", commit " + (w.commit || "").slice(0, 12) +
       (w.trained === false ? ", seeded: untrained" : "") + sha;
   }
-  if (w.source === "seeded") return "seeded, untrained (seed " + w.seed + "): " + w.path + sha;
-  return "file " + w.path + sha;
+  // The path only with the server's show-paths setting; the file's name always.
+  const file = w.path || w.file;
+  if (w.source === "seeded") return "seeded, untrained (seed " + w.seed + "): " + file + sha;
+  return "file " + file + sha;
 }
 
 function describeLabels(l) {

@@ -3,7 +3,13 @@ resolve endpoint, started here on 127.0.0.1 (HF_ENDPOINT points at it):
 redirects, ETag / X-Linked-Etag / X-Repo-Commit, Range resume of an
 interrupted transfer, corrupt bytes, 404, 401/403 and tokens, the cache
 layout huggingface_hub reads, no request when cached, and effnet inspect /
-effnetd --weights hf://... serving from the cache. Loopback only.
+effnetd --weights hf://... serving from the cache. And hostile hubs: one
+that trickles (the download's deadline ends the pull, the start and a
+reload, and bounds systemd's start timeout extensions), signed CDN
+addresses in failures (never in a message), a non-LFS file that is not its
+git blob, resumes answered with other bytes, links planted in a shared
+cache, and an HTTPS hub (a self-signed CA made with openssl) redirecting to
+plain HTTP. Loopback only.
 
 Usage: test_hub.py EFFNETD EFFNET"""
 

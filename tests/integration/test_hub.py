@@ -37,6 +37,7 @@ FEW = 12   # classes of the weights of acme/named (a stand-in for 21,843), named
 TOKEN = "hf_s3cret"
 SECRET = "SECRETSIG0123456789"   # a CDN signature: never in a message
 TRICKLE_S = 0.5                  # a byte every TRICKLE_S seconds: 2 B/s, never a stall
+SLOW_S, SLOW_BODY = 1.5, b'{"a":1}'   # 0.67 B/s, but never 3 s without a byte
 
 
 def few_of(hub):
@@ -87,6 +88,7 @@ class Hub:
             "acme/no-names": (None, few),
             # Hostile or broken servers, each in its own way (content()).
             "acme/trickle": (None, weights),
+            "acme/slow": (None, weights),
             "acme/signed-big": (None, weights),
             "acme/signed-loop": (None, weights),
             "acme/bad-sha1": (None, weights),
@@ -178,6 +180,14 @@ class Hub:
                 "ETag": '"0123456789abcdef0123456789abcdef01234567"',   # the LFS pointer's
             }
             return self.send(h, 302, headers, b"", head)
+        if repo == "acme/slow" and file == "slow.json":
+            # A small file sent a byte every SLOW_S seconds: slow, never a stall.
+            body = SLOW_BODY
+            sha1 = hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()
+            headers = {"X-Repo-Commit": commit, "ETag": f'"{sha1}"'}
+            if head:
+                return self.send(h, 200, headers, body, head)
+            return self.trickle(h, repo, body, headers, SLOW_S)
         if file == "config.json" and repo != "acme/no-names":
             config = self.configs.get(repo, self.config)
             sha1 = hashlib.sha1(b"blob %d\0" % len(config) + config).hexdigest()
@@ -236,10 +246,12 @@ class Hub:
             return
         h.wfile.write(body)
 
-    def trickle(self, h, repo, data):
-        """The whole size announced, then a byte every TRICKLE_S seconds:
-        never a stall of 10 s, never an end."""
+    def trickle(self, h, repo, data, headers=None, period=TRICKLE_S):
+        """The whole size announced, then a byte every period seconds:
+        never a stall of 10 s, and for a large file never an end."""
         h.send_response(200)
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
         h.send_header("Content-Length", str(len(data)))
         h.end_headers()
         try:
@@ -248,7 +260,7 @@ class Hub:
                 h.wfile.flush()
                 with self.lock:
                     self.trickled[repo] = self.trickled.get(repo, 0) + 1
-                time.sleep(TRICKLE_S)
+                time.sleep(period)
         except OSError:
             pass   # the client gave up
 
@@ -391,6 +403,15 @@ def trickling_hub(hub, env, work):
     deadline and its setting, and systemd's start timeout is extended no
     further than the deadline allows; a reload stuck on it ends too, so
     that the next SIGHUP is taken."""
+    # HF_HUB_DOWNLOAD_TIMEOUT is seconds without a byte, as documented (and
+    # as huggingface_hub's read timeout): slower than 1 B/s is not a stall.
+    n0 = hub.count()
+    rc, out, err = run(["pull", "acme/slow", "--file", "slow.json"], dict(env, HF_HUB_DOWNLOAD_TIMEOUT="3"))
+    gets = [r for r in hub.since(n0) if r[0] == "GET"]
+    check(rc == 0 and read(out.strip()) == SLOW_BODY and len(gets) == 1,
+          f"HF_HUB_DOWNLOAD_TIMEOUT=3: a byte every {SLOW_S} s is slow, not stalled: one GET ({len(gets)}, "
+          f"{err.strip()})")
+
     t0 = time.monotonic()
     rc, out, err = run(["pull", "acme/trickle", "--deadline", "4"], env, timeout=120)
     took = time.monotonic() - t0

@@ -101,18 +101,22 @@ struct pull_log {
 #define PULL_LOG_PERIOD_NS ((int64_t)10 * 1000000000)
 #define PULL_STATUS_PERIOD_NS ((int64_t)1000000000)
 /* Each sign of progress gives the start this much more time under systemd,
- * but never past the download's deadline plus the time to check the file
- * (a sha256 of up to 8 GiB): a server that trickles bytes cannot keep the
- * service starting for longer than hub-download-deadline. */
+ * but while bytes arrive never more than to the download's deadline (and
+ * a margin for the failure to be logged): a server that trickles bytes
+ * cannot keep the service starting past hub-download-deadline. The end of
+ * the download gives the time to check the file (a sha256 of up to 8 GiB). */
 #define PULL_EXTEND_USEC ((int64_t)60 * 1000000)
+#define PULL_DEADLINE_MARGIN_USEC ((int64_t)10 * 1000000)
 #define PULL_CHECK_USEC ((int64_t)60 * 1000000)
 #define HUB_DEADLINE_SETTING "hub-download-deadline"
 
 /* How much longer the start may take, given the download's deadline. */
 static uint64_t pull_extension_usec(const struct hub_progress *p, int64_t now_ns)
 {
-        int64_t until = (p->deadline_ns - now_ns) / 1000 + PULL_CHECK_USEC;
+        int64_t until = (p->deadline_ns - now_ns) / 1000 + PULL_DEADLINE_MARGIN_USEC;
 
+        if (p->finished)
+                return (uint64_t)PULL_CHECK_USEC;
         if (until < 0)
                 until = 0;
         return (uint64_t)(until < PULL_EXTEND_USEC ? until : PULL_EXTEND_USEC);

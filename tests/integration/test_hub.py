@@ -433,7 +433,8 @@ def trickling_hub(hub, env, work):
         except subprocess.TimeoutExpired:
             p.kill()
             rc = p.wait()
-    took = time.monotonic() - t0
+    t_exit = time.monotonic()
+    took = t_exit - t0
     time.sleep(0.3)
     notify.close()
     with open(log_path, "rb") as f:
@@ -443,12 +444,14 @@ def trickling_hub(hub, env, work):
           "the download's start-up line names the deadline and its setting")
     check("deadline of 4 s (hub-download-deadline)" in log, f"the error names the deadline ({log.strip()[-300:]})")
     ext = [(t, int(m["EXTEND_TIMEOUT_USEC"])) for t, m in notify.messages if "EXTEND_TIMEOUT_USEC" in m]
-    # The start may be extended to the deadline plus 60 s to check the file,
-    # never further (a second of slack for the clocks).
-    worst = max((t + us / 1e6 - t0 for t, us in ext), default=0)
-    check(ext and worst <= 4 + 60 + 1,
+    # While bytes trickle in, the start is extended up to the deadline and
+    # a 10 s margin, never further: no extension reaches more than that past
+    # the moment the deadline ended the start (2 s of slack for this
+    # listener). One of 60 s per sign of progress would.
+    worst = max((t + us / 1e6 - t_exit for t, us in ext), default=0)
+    check(ext and worst <= 10 + 2,
           f"systemd's start timeout is extended no further than the deadline allows ({len(ext)} extensions, "
-          f"the last reaching {worst:.1f} s after the start)")
+          f"the furthest reaching {worst:.1f} s past the failed start's end)")
 
     # A reload that downloads from it fails at the deadline; the next one is taken.
     conf = os.path.join(work, "trickle.conf")

@@ -43,7 +43,8 @@ static int usage(FILE *f)
                 "  init-weights --variant s|m|l|xl|b0|b1|b2|b3|rw_s [--scheme timm|torchvision]\n"
                 "          [--classes N] [--dtype f32|f16|bf16] --seed N -o FILE\n"
                 "      Deterministic seeded weights (the embedded default).\n"
-                "  pull REPO_ID [--revision R] [--file F] [--refresh]   (or: pull hf://ORG/NAME[@R][/F])\n"
+                "  pull REPO_ID [--revision R] [--file F] [--refresh] [--deadline S]\n"
+                "          (or: pull hf://ORG/NAME[@R][/F])\n"
                 "      Downloads a file of a Hugging Face Hub repository (default\n"
                 "      model.safetensors at main) into the hub's cache, as huggingface_hub\n"
                 "      does (HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN), and prints its path.\n"
@@ -236,13 +237,15 @@ static void on_init_progress(void *userdata, int done, int total)
                     done, total, (double)(time_now_ns() - ip->t0) / 1e9);
 }
 
-/* The cached file of ref, pulled when missing; a bar on a terminal. */
-static int pull(const struct hub_ref *ref, bool refresh, struct hub_file **ret)
+/* The cached file of ref, pulled when missing (giving up after deadline_s,
+ * 0: the hub's default); a bar on a terminal. */
+static int pull(const struct hub_ref *ref, bool refresh, int64_t deadline_s, struct hub_file **ret)
 {
         char err[1024];
         const char *base = strrchr(ref->file, '/');
         struct bar b = { .tty = isatty(STDERR_FILENO) == 1, .name = base ? base + 1 : ref->file };
-        struct hub_opts o = { .refresh = refresh, .progress = on_progress, .userdata = &b };
+        struct hub_opts o = { .refresh = refresh, .progress = on_progress, .userdata = &b, .deadline_s = deadline_s,
+                              .deadline_name = "--deadline" };
 
         int r = hub_fetch(ref, &o, err, sizeof err, ret);
         if (r < 0)
@@ -254,11 +257,11 @@ static int pull(const struct hub_ref *ref, bool refresh, struct hub_file **ret)
  * into the cache too: effnetd takes class names from it (timm writes
  * label_names there) and, when the weights come from the cache, looks for
  * it there only. Quiet: many repositories have none. */
-static void pull_config(const struct hub_ref *weights_ref, const struct hub_file *wf)
+static void pull_config(const struct hub_ref *weights_ref, const struct hub_file *wf, int64_t deadline_s)
 {
         struct hub_ref ref;
         struct hub_file *f = NULL;
-        struct hub_opts o = { 0 };
+        struct hub_opts o = { .deadline_s = deadline_s, .deadline_name = "--deadline" };
         char err[1024], file[HUB_FILE_MAX + 1];
         const char *slash = strrchr(weights_ref->file, '/');
 
@@ -293,7 +296,7 @@ static int weights_path(const char *arg, char **ret_path)
                 fprintf(stderr, "%s: %s\n", prog, err);
                 return r;
         }
-        if ((r = pull(&ref, false, &f)) < 0)
+        if ((r = pull(&ref, false, 0, &f)) < 0)
                 return r;
         *ret_path = f->path;
         f->path = NULL;
@@ -983,11 +986,12 @@ static int cmd_pull(int argc, char **argv)
 {
         static const struct option opts[] = {
                 { "revision", required_argument, 0, 'r' }, { "file", required_argument, 0, 'f' },
-                { "refresh", no_argument, 0, 'R' },        { "help", no_argument, 0, 'h' },
-                { 0, 0, 0, 0 },
+                { "refresh", no_argument, 0, 'R' },        { "deadline", required_argument, 0, 'd' },
+                { "help", no_argument, 0, 'h' },           { 0, 0, 0, 0 },
         };
         const char *revision = NULL, *file = NULL;
         bool refresh = false;
+        int64_t deadline_us = (int64_t)HUB_DEADLINE_DEFAULT_S * PARSE_S;
         struct hub_ref ref;
         struct hub_file *f = NULL;
         char err[512];
@@ -999,11 +1003,20 @@ static int cmd_pull(int argc, char **argv)
                 case 'r': revision = optarg; break;
                 case 'f': file = optarg; break;
                 case 'R': refresh = true; break;
+                case 'd':
+                        if (parse_duration("--deadline", optarg, PARSE_S, PARSE_S, PARSE_S, (int64_t)604800 * PARSE_S,
+                                           err, sizeof err, &deadline_us) < 0) {
+                                fprintf(stderr, "%s pull: %s\n", prog, err);
+                                return 2;
+                        }
+                        break;
                 case 'h':
-                        printf("Usage: %s pull REPO_ID [--revision R] [--file F] [--refresh]\n"
-                               "       %s pull hf://ORG/NAME[@REVISION][/FILE] [--refresh]\n"
+                        printf("Usage: %s pull REPO_ID [--revision R] [--file F] [--refresh] [--deadline S]\n"
+                               "       %s pull hf://ORG/NAME[@REVISION][/FILE] [--refresh] [--deadline S]\n"
                                "Prints the cached file's path. --refresh asks the hub even when the\n"
-                               "revision is cached (a branch may have moved on).\n", prog, prog);
+                               "revision is cached (a branch may have moved on). --deadline: the time\n"
+                               "one file's download may take in all (default %d s).\n", prog, prog,
+                               HUB_DEADLINE_DEFAULT_S);
                         return 0;
                 default: return 2;
                 }
@@ -1023,10 +1036,10 @@ static int cmd_pull(int argc, char **argv)
                 fprintf(stderr, "%s pull: %s\n", prog, err);
                 return 2;
         }
-        if (pull(&ref, refresh, &f) < 0)
+        if (pull(&ref, refresh, deadline_us / PARSE_S, &f) < 0)
                 return 1;
         printf("%s\n", f->path);
-        pull_config(&ref, f);
+        pull_config(&ref, f, deadline_us / PARSE_S);
         hub_file_free(f);
         return 0;
 }

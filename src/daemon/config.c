@@ -74,6 +74,9 @@ static const struct conf_setting settings[] = {
         { "weights", "model", CONF_STRING, F(weights), NULL, 0, 0, NULL,
           "model weights (.safetensors, timm or torchvision names), or hf://ORG/NAME[@REVISION][/FILE] from the "
           "Hugging Face Hub cache (downloaded when missing); required. SIGHUP loads them again" },
+        { "hub-download-deadline", "model", CONF_SECONDS, F(hub_download_deadline_us), "1800", 1, 604800, NULL,
+          "time one download of hf:// weights (or their config.json) may take in all, retries and waiting for "
+          "another download of the same file included; past it the start (or the reload) fails" },
         { "labels", "model", CONF_STRING, F(labels), NULL, 0, 0, NULL,
           "class names, one per line (default: built-in ImageNet-1k for 1000 classes, else the index)" },
         { "precision", "model", CONF_ENUM, F(precision), "fp32", 0, 0, precisions,

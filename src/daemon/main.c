@@ -94,14 +94,34 @@ static int sha256_hex(const void *data, size_t n, char ret_hex[65])
  * (nor listening) until the model is loaded. */
 struct pull_log {
         const char *uri;
+        int64_t deadline_s;        /* hub-download-deadline */
         int64_t last_log_ns, last_status_ns;
         int last_tenth;
 };
 
 #define PULL_LOG_PERIOD_NS ((int64_t)10 * 1000000000)
 #define PULL_STATUS_PERIOD_NS ((int64_t)1000000000)
-/* Each sign of progress gives the start this much more time under systemd. */
-#define PULL_EXTEND_USEC ((uint64_t)60 * 1000000)
+/* Each sign of progress gives the start this much more time under systemd,
+ * but while bytes arrive never more than to the download's deadline (and
+ * a margin for the failure to be logged): a server that trickles bytes
+ * cannot keep the service starting past hub-download-deadline. The end of
+ * the download gives the time to check the file (a sha256 of up to 8 GiB). */
+#define PULL_EXTEND_USEC ((int64_t)60 * 1000000)
+#define PULL_DEADLINE_MARGIN_USEC ((int64_t)10 * 1000000)
+#define PULL_CHECK_USEC ((int64_t)60 * 1000000)
+#define HUB_DEADLINE_SETTING "hub-download-deadline"
+
+/* How much longer the start may take, given the download's deadline. */
+static uint64_t pull_extension_usec(const struct hub_progress *p, int64_t now_ns)
+{
+        int64_t until = (p->deadline_ns - now_ns) / 1000 + PULL_DEADLINE_MARGIN_USEC;
+
+        if (p->finished)
+                return (uint64_t)PULL_CHECK_USEC;
+        if (until < 0)
+                until = 0;
+        return (uint64_t)(until < PULL_EXTEND_USEC ? until : PULL_EXTEND_USEC);
+}
 
 static void on_pull_progress(void *userdata, const struct hub_progress *p)
 {
@@ -111,12 +131,12 @@ static void on_pull_progress(void *userdata, const struct hub_progress *p)
         int tenth = p->total > 0 ? (int)(p->done * 10 / p->total) : 10;
 
         if (p->started) {
+                char resuming[64] = "";
                 if (p->resumed > 0)
-                        log_msg(LOG_INFO, "weights %s: downloading %.1f MB from %s into %s, resuming at %.1f MB",
-                                pl->uri, total, p->url, p->blob, mb);
-                else
-                        log_msg(LOG_INFO, "weights %s: downloading %.1f MB from %s into %s", pl->uri, total, p->url,
-                                p->blob);
+                        snprintf(resuming, sizeof resuming, ", resuming at %.1f MB", mb);
+                log_msg(LOG_INFO, "weights %s: downloading %.1f MB from %s into %s%s; gives up after %lld s "
+                        "(" HUB_DEADLINE_SETTING ")", pl->uri, total, p->url, p->blob, resuming,
+                        (long long)pl->deadline_s);
                 pl->last_log_ns = now;
                 pl->last_tenth = tenth;
         } else if (p->finished) {
@@ -129,7 +149,9 @@ static void on_pull_progress(void *userdata, const struct hub_progress *p)
         }
         if (p->started || p->finished || now - pl->last_status_ns >= PULL_STATUS_PERIOD_NS) {
                 service_notify_status("not ready: downloading weights %s, %.1f of %.1f MB", pl->uri, mb, total);
-                service_extend_timeout(PULL_EXTEND_USEC);
+                uint64_t more = pull_extension_usec(p, now);
+                if (more > 0)
+                        service_extend_timeout(more);
                 pl->last_status_ns = now;
         }
 }
@@ -139,11 +161,12 @@ static void on_pull_progress(void *userdata, const struct hub_progress *p)
  * came from it, so that a start that needed no network needs none for
  * this either; effnet pull fetches it alongside the weights. NULL when
  * there is none. */
-static char *hub_config_of(const struct hub_ref *weights_ref, const struct hub_file *f)
+static char *hub_config_of(const struct hub_ref *weights_ref, const struct hub_file *f, int64_t deadline_s)
 {
         struct hub_ref ref;
         struct hub_file *cf = NULL;
-        struct hub_opts o = { .offline = !f->network };
+        struct hub_opts o = { .offline = !f->network, .deadline_s = deadline_s,
+                              .deadline_name = HUB_DEADLINE_SETTING };
         char why[1024];
         const char *slash = strrchr(weights_ref->file, '/');
         char file[HUB_FILE_MAX + 1];
@@ -163,11 +186,14 @@ static char *hub_config_of(const struct hub_ref *weights_ref, const struct hub_f
 /* The local file of the weights setting: the file itself, or for
  * hf://ORG/NAME[@REVISION][/FILE] the hub cache's snapshot, downloaded
  * first when it is not there (wf->hub, wf->ref, wf->hub_config then). */
-static int weights_resolve(const char *weights, struct weights_file *wf, char *err, size_t err_len)
+static int weights_resolve(const struct conf *c, struct weights_file *wf, char *err, size_t err_len)
 {
+        const char *weights = c->weights;
+        int64_t deadline_s = c->hub_download_deadline_us / PARSE_S;
         struct hub_file *f = NULL;
-        struct pull_log pl = { .uri = weights };
-        struct hub_opts o = { .progress = on_pull_progress, .userdata = &pl };
+        struct pull_log pl = { .uri = weights, .deadline_s = deadline_s };
+        struct hub_opts o = { .progress = on_pull_progress, .userdata = &pl, .deadline_s = deadline_s,
+                              .deadline_name = HUB_DEADLINE_SETTING };
         char why[1024];
         int r;
 
@@ -185,7 +211,7 @@ static int weights_resolve(const char *weights, struct weights_file *wf, char *e
                 hub_file_free(f);
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         }
-        wf->hub_config = hub_config_of(&wf->ref, f);
+        wf->hub_config = hub_config_of(&wf->ref, f, deadline_s);
         wf->hub = f;
         return 0;
 }
@@ -302,7 +328,7 @@ static int generation_open(const struct conf *c, char *err, size_t err_len, stru
                 goto fail;
         }
         if ((r = effnet_precision_resolve(c->precision, err, err_len, &g->precision)) < 0 ||
-            (r = weights_resolve(c->weights, &wf, err, err_len)) < 0 ||
+            (r = weights_resolve(c, &wf, err, err_len)) < 0 ||
             (r = model_load(c, &wf, g, err, err_len)) < 0 ||
             (r = labels_open(c, wf.hub_config, effnet_model_info(g->model)->classes, err, err_len,
                              &g->labels)) < 0 ||

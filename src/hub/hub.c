@@ -173,6 +173,108 @@ void hub_ref_format(const struct hub_ref *ref, char *buf, size_t len)
         snprintf(buf, len, HUB_URI_PREFIX "%s@%s/%s", ref->repo, ref->revision, ref->file);
 }
 
+/* ---- addresses in messages --------------------------------------------- */
+
+/* A bounded writer into a caller's buffer: what does not fit is cut. */
+struct sink {
+        char *buf;
+        size_t len, used;
+};
+
+static void sink_put(struct sink *s, const char *data, size_t n)
+{
+        if (s->used + 1 >= s->len)
+                return;
+        if (n > s->len - 1 - s->used)
+                n = s->len - 1 - s->used;
+        memcpy(s->buf + s->used, data, n);
+        s->used += n;
+        s->buf[s->used] = '\0';
+}
+
+/* Whether p is past the end of a URL inside a message. URLs hold no white
+ * space; a ':' or ',' before white space is the message's. */
+static bool url_end(const char *p)
+{
+        unsigned char c = (unsigned char)*p;
+
+        if (c == '\0' || isspace(c) || c == '"' || c == '\'' || c == '<' || c == '>')
+                return true;
+        return (c == ',' || c == ';' || c == ':' || c == ')') && (p[1] == '\0' || isspace((unsigned char)p[1]));
+}
+
+/* The one place where an address becomes shown text: url (its authority
+ * after sep + 3 when sep is not NULL) without user name, password, query
+ * and fragment (a CDN's query is a signature that grants access). Returns
+ * where the URL ends in its text. */
+static const char *redact_url(struct sink *s, const char *url, const char *sep)
+{
+        const char *auth = sep ? sep + 3 : url, *end = auth, *host = auth, *q;
+
+        while (!url_end(end))
+                end++;
+        for (const char *c = auth; c < end && *c != '/' && *c != '?' && *c != '#'; c++)
+                if (*c == '@')
+                        host = c + 1;
+        sink_put(s, url, (size_t)(auth - url));
+        for (q = host; q < end && *q != '?' && *q != '#'; q++)
+                ;
+        sink_put(s, host, (size_t)(q - host));
+        if (q < end)
+                sink_put(s, "?[redacted]", strlen("?[redacted]"));
+        return end;
+}
+
+void hub_redact(const char *text, char *out, size_t out_len)
+{
+        struct sink s = { .buf = out, .len = out_len };
+        const char *p = text;
+
+        if (out_len == 0)
+                return;
+        out[0] = '\0';
+        while (*p) {
+                const char *sep = strstr(p, "://"), *start = sep;
+                if (!sep) {
+                        sink_put(&s, p, strlen(p));
+                        break;
+                }
+                while (start > p && (isalnum((unsigned char)start[-1]) || start[-1] == '+' || start[-1] == '-' ||
+                                     start[-1] == '.'))
+                        start--;
+                sink_put(&s, p, (size_t)(start - p));
+                p = redact_url(&s, start, sep);
+        }
+}
+
+/* A message with its addresses redacted in place: the last filter of every
+ * error, whatever a server or libcurl put in it. */
+static void redact_message(char *msg, size_t len)
+{
+        char *copy = msg && len > 0 ? strndup(msg, len - 1) : NULL;
+
+        if (copy)
+                hub_redact(copy, msg, len);
+        else if (msg && len > 0)
+                msg[0] = '\0';   /* unchecked text is not shown */
+        free(copy);
+}
+
+/* url as a message may show it (redact_url), in a new string; NULL when out
+ * of memory. */
+static char *url_shown(const char *url)
+{
+        size_t len = strlen(url) + sizeof "?[redacted]";
+        char *out = malloc(len);
+
+        if (out) {
+                struct sink s = { .buf = out, .len = len };
+                out[0] = '\0';
+                redact_url(&s, url, strstr(url, "://"));
+        }
+        return out;
+}
+
 /* ---- settings ---------------------------------------------------------- */
 
 static const char *env_nonempty(const char *name)
@@ -310,6 +412,7 @@ void hub_settings_clear(struct hub_settings *s)
         free(s->endpoint);
         free(s->cache_dir);
         free(s->token);
+        free(s->ca_bundle);
         *s = (struct hub_settings){ 0 };
 }
 
@@ -400,6 +503,14 @@ int hub_settings_get(const struct hub_opts *opts, char *err, size_t err_len, str
         s.offline = (opts && opts->offline) || env_true("HF_HUB_OFFLINE") || env_true("TRANSFORMERS_OFFLINE");
         s.etag_timeout_s = env_seconds("HF_HUB_ETAG_TIMEOUT", HUB_TIMEOUT_DEFAULT_S);
         s.download_timeout_s = env_seconds("HF_HUB_DOWNLOAD_TIMEOUT", HUB_TIMEOUT_DEFAULT_S);
+        /* requests' order (huggingface_hub sends through it). */
+        const char *ca = env_nonempty("REQUESTS_CA_BUNDLE");
+        if (!ca)
+                ca = env_nonempty("CURL_CA_BUNDLE");
+        if (ca && !(s.ca_bundle = expand_path(ca))) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto fail;
+        }
         free(home);
         *ret = s;
         return 0;
@@ -465,21 +576,25 @@ static bool file_exists(const char *path)
 }
 
 /* Writes text to path through a temporary file and rename(), so that a
- * reader never sees half of it. */
+ * reader never sees half of it. The temporary file is made new under a
+ * name nobody can guess (mkostemp: O_EXCL), so a link planted in a shared
+ * cache is never written through. */
 static int write_atomic(const char *path, const char *text)
 {
-        char *tmp = strdup_printf("%s.tmp.%ld", path, (long)getpid());
+        char *tmp = strdup_printf("%s.tmpXXXXXX", path);
         int fd, r = 0;
 
         if (!tmp)
                 return -ENOMEM;
-        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        fd = mkostemp(tmp, O_CLOEXEC);
         if (fd < 0) {
                 r = -errno;
                 goto out;
         }
         size_t n = strlen(text);
-        if (write(fd, text, n) != (ssize_t)n)
+        if (fchmod(fd, 0644) < 0)
+                r = -errno;
+        else if (write(fd, text, n) != (ssize_t)n)
                 r = -EIO;
         if (close(fd) < 0 && r == 0)
                 r = -errno;
@@ -586,7 +701,10 @@ out:
         return r;
 }
 
-static int file_sha256(const char *path, char ret_hex[65])
+/* The digest md of prefix (prefix_len bytes) and then the file's content,
+ * as lower-case hex in ret_hex (2 * the digest's size + 1). */
+static int file_digest(const char *path, const EVP_MD *md_type, const void *prefix, size_t prefix_len,
+                       char *ret_hex)
 {
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned md_len = 0;
@@ -594,13 +712,14 @@ static int file_sha256(const char *path, char ret_hex[65])
         uint8_t *buf = NULL;
         ssize_t n;
         int r = 0;
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
 
         if (fd < 0)
                 return -errno;
         buf = malloc(HASH_CHUNK);
         ctx = EVP_MD_CTX_new();
-        if (!buf || !ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+        if (!buf || !ctx || EVP_DigestInit_ex(ctx, md_type, NULL) != 1 ||
+            EVP_DigestUpdate(ctx, prefix, prefix_len) != 1) {
                 r = -ENOMEM;
                 goto out;
         }
@@ -611,7 +730,7 @@ static int file_sha256(const char *path, char ret_hex[65])
                 goto out;
         }
         EVP_DigestFinal_ex(ctx, md, &md_len);
-        for (unsigned i = 0; i < md_len && i < 32; i++)
+        for (unsigned i = 0; i < md_len; i++)
                 snprintf(ret_hex + 2 * i, 3, "%02x", md[i]);
 out:
         EVP_MD_CTX_free(ctx);
@@ -638,11 +757,49 @@ struct answer {
         char commit[HEADER_VALUE_MAX], etag[HEADER_VALUE_MAX], linked_etag[HEADER_VALUE_MAX];
         char location[HEADER_VALUE_MAX], error_code[128], error_message[512];
         int64_t linked_size, content_length;
+        /* Content-Range: bytes FIRST-LAST/TOTAL; -1 when absent (TOTAL
+         * also when "*") */
+        int64_t range_first, range_last, range_total;
 };
 
 static void answer_reset(struct answer *a)
 {
-        *a = (struct answer){ .linked_size = -1, .content_length = -1 };
+        *a = (struct answer){ .linked_size = -1, .content_length = -1, .range_first = -1, .range_last = -1,
+                              .range_total = -1 };
+}
+
+/* "bytes FIRST-LAST/TOTAL" (TOTAL may be "*") into a; left at -1 when it
+ * is anything else. */
+static void parse_content_range(struct answer *a, const char *v, size_t n)
+{
+        char buf[96], *end;
+        long long first, last, total = -1;
+
+        if (n >= sizeof buf)
+                return;
+        memcpy(buf, v, n);
+        buf[n] = '\0';
+        if (strncasecmp(buf, "bytes ", 6) != 0 || !isdigit((unsigned char)buf[6]))
+                return;
+        errno = 0;
+        first = strtoll(buf + 6, &end, 10);
+        if (*end != '-' || !isdigit((unsigned char)end[1]))
+                return;
+        last = strtoll(end + 1, &end, 10);
+        if (*end != '/')
+                return;
+        if (strcmp(end + 1, "*") != 0) {
+                if (!isdigit((unsigned char)end[1]))
+                        return;
+                total = strtoll(end + 1, &end, 10);
+                if (*end != '\0')
+                        return;
+        }
+        if (errno != 0 || last < first)
+                return;
+        a->range_first = first;
+        a->range_last = last;
+        a->range_total = total;
 }
 
 static void copy_value(char *dst, size_t cap, const char *v, size_t n)
@@ -694,6 +851,8 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *userdata)
                 copy_value(a->error_code, sizeof a->error_code, v, vlen);
         else if (IS("X-Error-Message"))
                 copy_value(a->error_message, sizeof a->error_message, v, vlen);
+        else if (IS("Content-Range"))
+                parse_content_range(a, v, vlen);
         else if (IS("X-Linked-Size") || IS("Content-Length")) {
                 char num[32];
                 copy_value(num, sizeof num, v, vlen);
@@ -736,9 +895,11 @@ struct fetch {
         char *storage;                 /* CACHE/models--ORG--NAME */
         char *url;                     /* the resolve URL */
         char *download_url;            /* where the content is (a CDN for LFS files) */
-        char *shown_url;               /* download_url without its query: a CDN's holds a signature */
+        char *shown_url;               /* download_url as messages show it (url_shown) */
         bool send_token;               /* not to another host than the hub's */
         int64_t size, max_bytes;
+        int64_t deadline_ns;           /* time_now_ns() at which the fetch gives up */
+        int64_t deadline_s;
         char commit[41], etag[HEADER_VALUE_MAX];
         /* download state */
         int fd;
@@ -749,16 +910,45 @@ struct fetch {
         int lock_fd;                   /* flock of the blob's download, or -1 */
         int write_error;
         bool body_started;             /* of the current response */
+        bool restart;                  /* the answer to a Range was not the rest of the file */
+        bool ranged;                   /* a Range request was made in this download */
+        bool stalled;                  /* the transfer went HF_HUB_DOWNLOAD_TIMEOUT without a byte */
+        int64_t xfer_seen, last_byte_ns;  /* bytes of the transfer so far, and when one last came */
         struct answer get_ans;
 };
 
-/* Common options of every request: protocols, redirects, timeouts, user
- * agent, the token. */
+/* Milliseconds left before the fetch's deadline (<= 0: passed). */
+static int64_t left_ms(const struct fetch *F)
+{
+        return (F->deadline_ns - time_now_ns()) / 1000000;
+}
+
+/* The deadline as an error: what the fetch had got, and how to change it. */
+static int deadline_error(struct fetch *F, char *err, size_t err_len)
+{
+        const char *name = F->opts ? F->opts->deadline_name : NULL;
+
+        return err_set(err, err_len, -ETIMEDOUT,
+                       "%s/%s at %s: not fetched within its deadline of %lld s%s%s%s (%lld of %lld bytes on disk)",
+                       F->ref->repo, F->ref->file, F->ref->revision, (long long)F->deadline_s, name ? " (" : "",
+                       name ? name : "", name ? ")" : "", (long long)F->written, (long long)F->size);
+}
+
+/* Whether url is https, which may then only be redirected to https. */
+static bool is_https(const char *url)
+{
+        return strncasecmp(url, "https://", 8) == 0;
+}
+
+/* Common options of every request: protocols, redirects, timeouts (none
+ * past the deadline, which the caller checked is ahead), user agent, CA,
+ * the token. */
 static int request_setup(struct fetch *F, const char *url, struct curl_slist **ret_headers, struct answer *ans,
                          bool token)
 {
         struct curl_slist *h = NULL, *n;
         char *auth = NULL;
+        int64_t connect_ms = (int64_t)F->set.etag_timeout_s * 1000, left = left_ms(F);
 
         curl_easy_reset(F->curl);
         F->curl_err[0] = '\0';
@@ -766,9 +956,15 @@ static int request_setup(struct fetch *F, const char *url, struct curl_slist **r
         curl_easy_setopt(F->curl, CURLOPT_URL, url);
         curl_easy_setopt(F->curl, CURLOPT_ERRORBUFFER, F->curl_err);
         curl_easy_setopt(F->curl, CURLOPT_PROTOCOLS_STR, "http,https");
-        curl_easy_setopt(F->curl, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+        /* A signed address or the content itself must not travel in clear
+         * text once the hub is reached over TLS: no https -> http. */
+        curl_easy_setopt(F->curl, CURLOPT_REDIR_PROTOCOLS_STR, is_https(url) ? "https" : "http,https");
         curl_easy_setopt(F->curl, CURLOPT_NOSIGNAL, 1L);
-        curl_easy_setopt(F->curl, CURLOPT_CONNECTTIMEOUT, (long)F->set.etag_timeout_s);
+        curl_easy_setopt(F->curl, CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_ms < left ? connect_ms : left));
+        /* No transfer goes past the deadline (0 would mean no limit). */
+        curl_easy_setopt(F->curl, CURLOPT_TIMEOUT_MS, (long)(left > 0 ? left : 1));
+        if (F->set.ca_bundle)
+                curl_easy_setopt(F->curl, CURLOPT_CAINFO, F->set.ca_bundle);
         curl_easy_setopt(F->curl, CURLOPT_USERAGENT, "effnet/" EFFNET_VERSION);
         curl_easy_setopt(F->curl, CURLOPT_HEADERFUNCTION, on_header);
         curl_easy_setopt(F->curl, CURLOPT_HEADERDATA, ans);
@@ -794,10 +990,14 @@ oom:
         return -ENOMEM;
 }
 
-/* A libcurl failure as our code and message. */
+/* A libcurl failure as our code and message (url as messages show it). */
 static int transport_error(struct fetch *F, CURLcode c, const char *url, char *err, size_t err_len)
 {
         const char *why = F->curl_err[0] ? F->curl_err : curl_easy_strerror(c);
+
+        /* The timeout of every request ends at the deadline at the latest. */
+        if (c == CURLE_OPERATION_TIMEDOUT && left_ms(F) <= 100)
+                return deadline_error(F, err, err_len);
         switch (c) {
         case CURLE_COULDNT_RESOLVE_HOST:
         case CURLE_COULDNT_RESOLVE_PROXY:
@@ -852,12 +1052,15 @@ static int status_error(struct fetch *F, const struct answer *a, char *err, size
 static int head_once(struct fetch *F, const char *url, char *err, size_t err_len)
 {
         struct curl_slist *h = NULL;
+        int64_t left = left_ms(F), etag_ms = (int64_t)F->set.etag_timeout_s * 1000;
         int r;
 
+        if (left <= 0)
+                return deadline_error(F, err, err_len);
         if ((r = request_setup(F, url, &h, &F->ans, true)) < 0)
                 return err_set(err, err_len, r, "out of memory");
         curl_easy_setopt(F->curl, CURLOPT_NOBODY, 1L);
-        curl_easy_setopt(F->curl, CURLOPT_TIMEOUT, (long)F->set.etag_timeout_s);
+        curl_easy_setopt(F->curl, CURLOPT_TIMEOUT_MS, (long)(etag_ms < left ? etag_ms : left));
         CURLcode c = curl_easy_perform(F->curl);
         curl_slist_free_all(h);
         if (c != CURLE_OK)
@@ -903,10 +1106,21 @@ static int take_redirect(struct fetch *F, const char *url, char *err, size_t err
         } else if (strstr(loc, "://")) {
                 F->download_url = strdup(loc);
         } else {
-                return err_set(err, err_len, -EPROTO, "%s: redirect to '%s' not understood", F->url, loc);
+                char *shown = url_shown(loc);
+                int r = err_set(err, err_len, -EPROTO, "%s: redirect to '%s' not understood", F->url,
+                                shown ? shown : "");
+                free(shown);
+                return r;
         }
         if (!F->download_url)
                 return err_set(err, err_len, -ENOMEM, "out of memory");
+        if (is_https(url) && !is_https(F->download_url)) {
+                char *shown = url_shown(F->download_url);
+                int r = err_set(err, err_len, -EPERM, "%s: redirect from https to '%s' refused: only https may follow",
+                                F->url, shown ? shown : "");
+                free(shown);
+                return r;
+        }
         /* A signed CDN address needs no token and must not see it. */
         url_origin(F->download_url, dorigin, sizeof dorigin);
         F->send_token = strcmp(origin, dorigin) == 0;
@@ -998,8 +1212,41 @@ static void report(struct fetch *F, bool started, bool finished)
                 return;
         F->last_progress_ns = now;
         struct hub_progress p = { .url = F->shown_url, .blob = F->blob, .done = F->written, .total = F->size,
-                                  .resumed = F->resumed, .started = started, .finished = finished };
+                                  .resumed = F->resumed, .deadline_ns = F->deadline_ns, .started = started,
+                                  .finished = finished };
         F->opts->progress(F->opts->userdata, &p);
+}
+
+/* Empties the file on disk: what follows starts at byte 0. */
+static int start_over(struct fetch *F)
+{
+        if (ftruncate(F->fd, 0) < 0)
+                return -errno;
+        F->written = F->resumed = 0;
+        return 0;
+}
+
+/* Whether the answer's body continues the file on disk: a 200 is the whole
+ * file (what is on disk is dropped); a 206 must say, in Content-Range, that
+ * it starts right where the file on disk ends, within the hub's size. If it
+ * does not, the file starts over (F->restart) and this body is dropped. */
+static bool body_fits(struct fetch *F)
+{
+        const struct answer *a = &F->get_ans;
+        int r;
+
+        if (a->status == 200 && F->written > 0 && (r = start_over(F)) < 0) {
+                F->write_error = r;
+                return false;
+        }
+        if (a->status == 206 && (a->range_first != F->written || a->range_last >= F->size ||
+                                 (a->range_total >= 0 && a->range_total != F->size))) {
+                if ((r = start_over(F)) < 0)
+                        F->write_error = r;
+                F->restart = r == 0;
+                return false;
+        }
+        return true;
 }
 
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
@@ -1011,14 +1258,8 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
                 F->write_error = -EPROTO;   /* an error page: not ours to keep */
                 return 0;
         }
-        if (!F->body_started && F->get_ans.status == 200 && F->written > 0) {
-                /* The server ignored the Range: start the file over. */
-                if (ftruncate(F->fd, 0) < 0) {
-                        F->write_error = -errno;
-                        return 0;
-                }
-                F->written = 0;
-        }
+        if (!F->body_started && !body_fits(F))
+                return 0;
         F->body_started = true;
         if (F->written + (int64_t)n > F->size) {
                 F->write_error = -E2BIG;
@@ -1039,10 +1280,75 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
         return n;
 }
 
-static bool transient(CURLcode c)
+/* huggingface_hub's HF_HUB_DOWNLOAD_TIMEOUT is requests' read timeout:
+ * seconds without a byte. libcurl's low-speed limit is not that (an average
+ * over a window, which a slow but live transfer can fail), so the transfer
+ * is watched here: libcurl calls this at least once a second. */
+static int on_transfer(void *userdata, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+        struct fetch *F = userdata;
+        int64_t now = time_now_ns();
+
+        if (dlnow != F->xfer_seen) {
+                F->xfer_seen = dlnow;
+                F->last_byte_ns = now;
+                return 0;
+        }
+        if (now - F->last_byte_ns > (int64_t)F->set.download_timeout_s * 1000000000) {
+                F->stalled = true;
+                return 1;   /* CURLE_ABORTED_BY_CALLBACK */
+        }
+        return 0;
+}
+
+static bool transient(const struct fetch *F, CURLcode c)
 {
         return c == CURLE_PARTIAL_FILE || c == CURLE_RECV_ERROR || c == CURLE_SEND_ERROR || c == CURLE_GOT_NOTHING ||
-               c == CURLE_OPERATION_TIMEDOUT || c == CURLE_HTTP2 || c == CURLE_HTTP2_STREAM;
+               c == CURLE_OPERATION_TIMEDOUT || c == CURLE_HTTP2 || c == CURLE_HTTP2_STREAM ||
+               (c == CURLE_ABORTED_BY_CALLBACK && F->stalled);
+}
+
+/* Opens path for writing without following a symbolic link (nor blocking
+ * on a FIFO) and makes sure that it is a plain file of its own: anything
+ * else found there (a link planted in a shared cache, a hard link to
+ * another file) is removed and the file made new (O_EXCL). flags: the
+ * access mode and extra flags. */
+static int open_own_file(const char *path, int flags, struct stat *ret_st)
+{
+        const int safe = O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
+
+        for (int tries = 0;; tries++) {
+                int fd = open(path, flags | O_CREAT | safe, 0644);
+                if (fd >= 0) {
+                        if (fstat(fd, ret_st) < 0) {
+                                int r = -errno;
+                                close(fd);
+                                return r;
+                        }
+                        if (S_ISREG(ret_st->st_mode) && ret_st->st_nlink == 1)
+                                return fd;
+                        close(fd);
+                } else if (errno != ELOOP && errno != ENXIO && errno != EISDIR) {
+                        return -errno;
+                }
+                if (tries > 0)
+                        return -EEXIST;
+                /* Not ours to write to: replaced by a new file. */
+                if (unlink(path) < 0 && errno != ENOENT)
+                        return -errno;
+                fd = open(path, flags | O_CREAT | O_EXCL | safe, 0644);
+                if (fd >= 0) {
+                        if (fstat(fd, ret_st) < 0) {
+                                int r = -errno;
+                                close(fd);
+                                return r;
+                        }
+                        return fd;
+                }
+                if (errno != EEXIST)
+                        return -errno;
+                /* Someone made it in between: look again, once. */
+        }
 }
 
 /* Opens incomplete for appending (F->fd) and takes what it holds as the
@@ -1054,12 +1360,11 @@ static int open_incomplete(struct fetch *F, const char *incomplete, char *err, s
         struct statvfs vfs;
         int r = 0;
 
-        F->fd = open(incomplete, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-        if (F->fd < 0)
-                return err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
-        if (fstat(F->fd, &st) < 0) {
-                r = err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
-                goto fail;
+        F->fd = open_own_file(incomplete, O_WRONLY | O_APPEND, &st);
+        if (F->fd < 0) {
+                r = F->fd;
+                F->fd = -1;
+                return err_set(err, err_len, r, "%s: %s", incomplete, strerror(-r));
         }
         F->written = F->resumed = st.st_size;
         if (F->written > F->size) {
@@ -1096,16 +1401,20 @@ static int get_rest(struct fetch *F, char *err, size_t err_len, CURLcode *ret_co
         curl_easy_setopt(F->curl, CURLOPT_MAXREDIRS, (long)HUB_MAX_REDIRECTS);
         curl_easy_setopt(F->curl, CURLOPT_WRITEFUNCTION, on_body);
         curl_easy_setopt(F->curl, CURLOPT_WRITEDATA, F);
-        /* No limit on the whole transfer (files are large), but on a
-         * stall: fewer than 1 byte/s for the download timeout. */
-        curl_easy_setopt(F->curl, CURLOPT_LOW_SPEED_LIMIT, 1L);
-        curl_easy_setopt(F->curl, CURLOPT_LOW_SPEED_TIME, (long)F->set.download_timeout_s);
+        /* The whole transfer ends at the deadline (request_setup); a stall
+         * of the download timeout ends this attempt (on_transfer). */
+        curl_easy_setopt(F->curl, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(F->curl, CURLOPT_XFERINFOFUNCTION, on_transfer);
+        curl_easy_setopt(F->curl, CURLOPT_XFERINFODATA, F);
         if (F->written > 0) {
                 snprintf(range, sizeof range, "%lld-", (long long)F->written);
                 curl_easy_setopt(F->curl, CURLOPT_RANGE, range);
+                F->ranged = true;
         }
         F->write_error = 0;
-        F->body_started = false;
+        F->body_started = F->restart = F->stalled = false;
+        F->xfer_seen = 0;
+        F->last_byte_ns = time_now_ns();
         *ret_code = curl_easy_perform(F->curl);
         curl_slist_free_all(h);
         return 0;
@@ -1119,7 +1428,7 @@ static int body_error(struct fetch *F, const char *incomplete, char *err, size_t
         if (F->write_error == -E2BIG) {
                 unlink(incomplete);
                 return err_set(err, err_len, -EBADMSG, "%s: more than the %lld bytes announced; discarded",
-                               F->download_url, (long long)F->size);
+                               F->shown_url, (long long)F->size);
         }
         return err_set(err, err_len, F->write_error, "%s: %s", incomplete, strerror(-F->write_error));
 }
@@ -1130,27 +1439,46 @@ static int judge_get(struct fetch *F, CURLcode c, int attempt, const char *incom
 {
         long status = F->get_ans.status;
 
+        int r;
+
         if (status == 416 && attempt < HUB_RETRIES) {
                 /* What is on disk does not fit this file: start over. */
-                if (ftruncate(F->fd, 0) < 0)
-                        return err_set(err, err_len, -errno, "%s: %s", incomplete, strerror(errno));
-                F->written = F->resumed = 0;
+                if ((r = start_over(F)) < 0)
+                        return err_set(err, err_len, r, "%s: %s", incomplete, strerror(-r));
                 return 0;
         }
+        if (c == CURLE_WRITE_ERROR && F->restart)
+                return attempt < HUB_RETRIES ? 0
+                                             : err_set(err, err_len, -EPROTO,
+                                                       "%s: answers a Range with other bytes than asked for "
+                                                       "(Content-Range)", F->shown_url);
         if (c == CURLE_WRITE_ERROR && F->write_error < 0)
                 return body_error(F, incomplete, err, err_len);
         if (c == CURLE_OK && status >= 400)
                 return status_error(F, &F->get_ans, err, err_len);
-        if ((c == CURLE_OK || transient(c)) && F->written < F->size && attempt < HUB_RETRIES) {
-                /* Cut off: resume from what arrived, after a pause. */
-                struct timespec pause = { .tv_sec = 1 };
+        if ((c == CURLE_OK || transient(F, c)) && F->written < F->size && attempt < HUB_RETRIES) {
+                /* Cut off: resume from what arrived, after a pause (not
+                 * past the deadline, which the next attempt checks). */
+                int64_t left = left_ms(F);
+                struct timespec pause = { .tv_sec = left >= 1000 ? 1 : 0,
+                                          .tv_nsec = left >= 1000 || left <= 0 ? 0 : left * 1000000 };
                 nanosleep(&pause, NULL);
                 return 0;
         }
+        if (c == CURLE_ABORTED_BY_CALLBACK && F->stalled)
+                return err_set(err, err_len, -ENETUNREACH, "%s: no byte for %d s (HF_HUB_DOWNLOAD_TIMEOUT), %d times",
+                               F->shown_url, F->set.download_timeout_s, attempt + 1);
+        if (c == CURLE_UNSUPPORTED_PROTOCOL && is_https(F->download_url) && F->get_ans.location[0]) {
+                char *shown = url_shown(F->get_ans.location);
+                r = err_set(err, err_len, -EPERM, "%s: redirect from https to '%s' refused: only https may follow",
+                            F->shown_url, shown ? shown : "");
+                free(shown);
+                return r;
+        }
         if (c != CURLE_OK)
-                return transport_error(F, c, F->download_url, err, err_len);
+                return transport_error(F, c, F->shown_url, err, err_len);
         if (F->written < F->size)
-                return err_set(err, err_len, -EIO, "%s: %lld of %lld bytes after %d attempts", F->download_url,
+                return err_set(err, err_len, -EIO, "%s: %lld of %lld bytes after %d attempts", F->shown_url,
                                (long long)F->written, (long long)F->size, attempt + 1);
         return 0;
 }
@@ -1167,6 +1495,10 @@ static int download(struct fetch *F, const char *incomplete, char *err, size_t e
         for (int attempt = 0; F->written < F->size; attempt++) {
                 CURLcode c = CURLE_OK;
 
+                if (left_ms(F) <= 0) {
+                        r = deadline_error(F, err, err_len);
+                        goto out;
+                }
                 if ((r = get_rest(F, err, err_len, &c)) < 0 || (r = judge_get(F, c, attempt, incomplete, err, err_len)) < 0)
                         goto out;
         }
@@ -1195,20 +1527,24 @@ static int lock_blob(struct fetch *F, const char *folder, char *err, size_t err_
                 r = err_set(err, err_len, r, "%s: %s", path, strerror(-r));
                 goto out;
         }
-        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        struct stat st;
+        fd = open_own_file(path, O_RDWR, &st);
         if (fd < 0) {
-                r = err_set(err, err_len, -errno, "%s: %s", path, strerror(errno));
+                r = err_set(err, err_len, fd, "%s: %s", path, strerror(-fd));
                 goto out;
         }
         int64_t until = time_now_ns() + (int64_t)HUB_LOCK_WAIT_S * 1000000000;
+        bool deadline_first = F->deadline_ns < until;
+        until = deadline_first ? F->deadline_ns : until;
         while (flock(fd, LOCK_EX | LOCK_NB) < 0) {
                 if (errno != EWOULDBLOCK && errno != EINTR) {
                         r = err_set(err, err_len, -errno, "%s: %s", path, strerror(errno));
                         goto out;
                 }
                 if (time_now_ns() > until) {
-                        r = err_set(err, err_len, -ETIMEDOUT, "%s: another download held it for %d s", path,
-                                    HUB_LOCK_WAIT_S);
+                        r = deadline_first ? deadline_error(F, err, err_len)
+                                           : err_set(err, err_len, -ETIMEDOUT, "%s: another download held it for %d s",
+                                                     path, HUB_LOCK_WAIT_S);
                         goto out;
                 }
                 struct timespec pause = { .tv_nsec = 200000000 };
@@ -1305,7 +1641,7 @@ static int connect_hub(struct fetch *F, char *err, size_t err_len)
  * as shown (without its query: a CDN's holds a signature). */
 static int cache_paths(struct fetch *F, char *err, size_t err_len)
 {
-        F->shown_url = strndup(F->download_url, strcspn(F->download_url, "?#"));
+        F->shown_url = url_shown(F->download_url);
         F->pointer = strdup_printf("%s/snapshots/%s/%s", F->storage, F->commit, F->ref->file);
         F->blob = strdup_printf("%s/blobs/%s", F->storage, F->etag);
         F->incomplete = strdup_printf("%s/blobs/%s.incomplete", F->storage, F->etag);
@@ -1315,20 +1651,27 @@ static int cache_paths(struct fetch *F, char *err, size_t err_len)
 }
 
 /* Nothing enters the cache unchecked: an LFS file's ETag is the sha256 of
- * its content. A mismatch discards the download. */
+ * its content, and a file kept in git (config.json) has its git blob id,
+ * the sha1 of "blob SIZE\0" and the content. Any other ETag leaves the
+ * size (download stops at it and wants all of it). A mismatch discards the
+ * download. */
 static int check_download(struct fetch *F, char *err, size_t err_len)
 {
-        char got[65];
-        int r;
+        char got[2 * EVP_MAX_MD_SIZE + 1], prefix[48];
+        bool lfs = is_hex(F->etag, 64);
+        int r, n = 0;
 
-        if (!is_hex(F->etag, 64))
+        if (!lfs && !is_hex(F->etag, 40))
                 return 0;
-        if ((r = file_sha256(F->incomplete, got)) < 0)
+        if (!lfs)
+                n = snprintf(prefix, sizeof prefix, "blob %lld", (long long)F->size) + 1;   /* with its NUL */
+        r = file_digest(F->incomplete, lfs ? EVP_sha256() : EVP_sha1(), prefix, (size_t)n, got);
+        if (r < 0)
                 return err_set(err, err_len, r, "%s: %s", F->incomplete, strerror(-r));
         if (strcmp(got, F->etag) != 0) {
                 unlink(F->incomplete);
-                return err_set(err, err_len, -EBADMSG, "%s/%s: sha256 of the download is %s, the hub says %s; discarded",
-                               F->ref->repo, F->ref->file, got, F->etag);
+                return err_set(err, err_len, -EBADMSG, "%s/%s: %s of the download is %s, the hub says %s; discarded",
+                               F->ref->repo, F->ref->file, lfs ? "sha256" : "git blob sha1", got, F->etag);
         }
         return 0;
 }
@@ -1350,7 +1693,15 @@ static int store_blob(struct fetch *F, const char *folder, char *err, size_t err
                 *ret_downloaded = false;
                 return 0;
         }
-        if ((r = download(F, F->incomplete, err, err_len)) < 0 || (r = check_download(F, err, err_len)) < 0)
+        F->ranged = false;
+        if ((r = download(F, F->incomplete, err, err_len)) == 0)
+                r = check_download(F, err, err_len);
+        /* Bytes from before a Range (an earlier run's, or a server's idea of
+         * the rest) may be what failed: once more from zero. */
+        if (r == -EBADMSG && F->ranged)
+                if ((r = download(F, F->incomplete, err, err_len)) == 0)
+                        r = check_download(F, err, err_len);
+        if (r < 0)
                 return r;
         if (rename(F->incomplete, F->blob) < 0)
                 return err_set(err, err_len, -errno, "%s: %s", F->blob, strerror(errno));
@@ -1399,6 +1750,8 @@ int hub_fetch(const struct hub_ref *ref, const struct hub_opts *opts, char *err,
         if ((r = hub_settings_get(opts, err, err_len, &F.set)) < 0)
                 return r;
         F.max_bytes = opts && opts->max_bytes > 0 ? opts->max_bytes : HUB_MAX_BYTES_DEFAULT;
+        F.deadline_s = opts && opts->deadline_s > 0 ? opts->deadline_s : HUB_DEADLINE_DEFAULT_S;
+        F.deadline_ns = time_now_ns() + F.deadline_s * 1000000000;
         repo_folder(ref->repo, folder, sizeof folder);
         if (!(F.storage = strdup_printf("%s/%s", F.set.cache_dir, folder))) {
                 r = err_set(err, err_len, -ENOMEM, "out of memory");
@@ -1420,5 +1773,7 @@ int hub_fetch(const struct hub_ref *ref, const struct hub_opts *opts, char *err,
         r = publish(&F, downloaded, err, err_len, ret_file);
 out:
         fetch_clear(&F);
+        if (r < 0)
+                redact_message(err, err_len);
         return r;
 }

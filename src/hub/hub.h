@@ -23,8 +23,15 @@
 #define HUB_MAX_BYTES_DEFAULT ((int64_t)8 << 30)
 /* Seconds to connect, for the metadata request, and without a byte while
  * downloading: huggingface_hub's defaults (HF_HUB_ETAG_TIMEOUT and
- * HF_HUB_DOWNLOAD_TIMEOUT override them there and here). */
+ * HF_HUB_DOWNLOAD_TIMEOUT override them there and here). A stall resumes
+ * the transfer; it does not end the fetch. */
 #define HUB_TIMEOUT_DEFAULT_S 10
+/* Seconds one fetch of one file may take in all (the metadata, waiting for
+ * another download's lock, every attempt and pause of the transfer): a
+ * server that trickles a byte now and then never stalls, so without this a
+ * start or a reload could wait on it for ever. 30 minutes is 0.9 GB (V2-XL)
+ * at 0.5 MB/s. */
+#define HUB_DEADLINE_DEFAULT_S 1800
 /* Interrupted downloads are resumed (Range) this many times in one fetch. */
 #define HUB_RETRIES 5
 /* Redirects followed for one request. */
@@ -70,6 +77,7 @@ struct hub_progress {
         int64_t done;          /* bytes of the file on disk, resumed ones included */
         int64_t total;         /* the file's size */
         int64_t resumed;       /* bytes that were already on disk at the start */
+        int64_t deadline_ns;   /* time_now_ns() at which the fetch gives up (its deadline) */
         bool started;          /* first call of a download */
         bool finished;         /* last call: the file is complete (not yet verified) */
 };
@@ -84,6 +92,9 @@ struct hub_opts {
         bool refresh;          /* ask the hub even when the revision is cached (a
                                 * branch may have moved); offline wins */
         int64_t max_bytes;     /* 0: HUB_MAX_BYTES_DEFAULT */
+        int64_t deadline_s;    /* the fetch's deadline; 0: HUB_DEADLINE_DEFAULT_S */
+        const char *deadline_name;  /* how the caller's user sets deadline_s (a setting, a
+                                     * flag), named in the error when it passes; or NULL */
         /* Called on the calling thread at the start of a download, at most
          * ten times a second while bytes arrive, and at the end. Never
          * called when the file is found in the cache. */
@@ -99,10 +110,17 @@ struct hub_opts {
  *             ~/.cache/huggingface ('~' and $VARS expanded);
  *   token:    HF_TOKEN, else HUGGING_FACE_HUB_TOKEN, else the file
  *             HF_TOKEN_PATH (default HF_HOME/token), whitespace trimmed;
- *   offline:  HF_HUB_OFFLINE (1, ON, YES, TRUE).
+ *   offline:  HF_HUB_OFFLINE (1, ON, YES, TRUE);
+ *   CA bundle: REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE (as requests reads
+ *             them): the certificates that HTTPS trusts instead of the
+ *             system's (a proxy's own CA);
+ *   timeouts: HF_HUB_ETAG_TIMEOUT (connecting, the metadata request) and
+ *             HF_HUB_DOWNLOAD_TIMEOUT (seconds without a byte of content,
+ *             as requests' read timeout), 10 s each.
  * The strings are owned by the result; free them with hub_settings_clear. */
 struct hub_settings {
         char *endpoint, *cache_dir, *token;   /* token NULL when none */
+        char *ca_bundle;                      /* NULL: the system's */
         bool offline;
         int etag_timeout_s, download_timeout_s;
 };
@@ -122,23 +140,41 @@ struct hub_file {
  * else asks the hub (HEAD on {endpoint}/{repo}/resolve/{revision}/{file},
  * as huggingface_hub does), downloads into blobs/ETAG.incomplete (resuming
  * one that is there with a Range request), checks the size and, when the
- * ETag is a sha256 (every LFS file), the content's sha256, and only then
- * moves it to blobs/ETAG and links snapshots/COMMIT/FILE to it.
+ * ETag is a sha256 (every LFS file), the content's sha256, when it is a
+ * git blob id (files kept in git, such as config.json), the content's git
+ * sha1, and only then moves it to blobs/ETAG and links
+ * snapshots/COMMIT/FILE to it. A resumed transfer must answer the Range
+ * with a Content-Range that starts where the file on disk ends, else the
+ * file starts over; a verification that fails after a resume starts over
+ * once too. HTTPS is never redirected to plain HTTP. The files it creates
+ * in the cache are opened without following symbolic links, and its
+ * temporary files are made new (O_EXCL), so that a cache shared with other
+ * users cannot aim its writes elsewhere. Messages never show a URL's query
+ * (a CDN's holds a signature) nor its user name and password.
  * Errors, each with a message in err:
  *   -ENOENT     unknown repository, revision or file (404), or offline and
  *               not in the cache;
  *   -EACCES     401/403: a private or gated repository that needs a token;
- *   -EBADMSG    the content's sha256 or size differs from the hub's (the
+ *   -EBADMSG    the content's sha256, git sha1 or size differs from the hub's (the
  *               download is discarded: nothing enters snapshots/), or the
  *               answer is not the hub's (no X-Repo-Commit, no ETag);
  *   -E2BIG      larger than max_bytes;  -ENOSPC  not enough disk;
  *   -ENETUNREACH  the endpoint cannot be reached;  -EPROTO  other statuses;
- *   -ETIMEDOUT  another download of the same blob held the lock too long.
+ *   -ETIMEDOUT  the fetch's deadline passed (the message names deadline_name),
+ *               or another download of the same blob held the lock too long;
+ *   -EPERM      a redirect from https:// to http://.
  * Thread-safe (no shared state besides libcurl's one-time set-up); blocks.
  * On success *ret_file is the caller's, freed with hub_file_free. */
 int hub_fetch(const struct hub_ref *ref, const struct hub_opts *opts, char *err, size_t err_len,
               struct hub_file **ret_file);
 
 struct hub_file *hub_file_free(struct hub_file *f);
+
+/* text with every URL's query and fragment replaced by "?[redacted]" and
+ * its user name and password removed, into out (cut at out_len): what a
+ * message may show of an address. A URL is a scheme followed by "://", up
+ * to white space, a quote or '<' '>', or ',' ';' ':' ')' before white space
+ * or the end. */
+void hub_redact(const char *text, char *out, size_t out_len);
 
 #endif

@@ -3,7 +3,13 @@ resolve endpoint, started here on 127.0.0.1 (HF_ENDPOINT points at it):
 redirects, ETag / X-Linked-Etag / X-Repo-Commit, Range resume of an
 interrupted transfer, corrupt bytes, 404, 401/403 and tokens, the cache
 layout huggingface_hub reads, no request when cached, and effnet inspect /
-effnetd --weights hf://... serving from the cache. Loopback only.
+effnetd --weights hf://... serving from the cache. And hostile hubs: one
+that trickles (the download's deadline ends the pull, the start and a
+reload, and bounds systemd's start timeout extensions), signed CDN
+addresses in failures (never in a message), a non-LFS file that is not its
+git blob, resumes answered with other bytes, links planted in a shared
+cache, and an HTTPS hub (a self-signed CA made with openssl) redirecting to
+plain HTTP. Loopback only.
 
 Usage: test_hub.py EFFNETD EFFNET"""
 
@@ -16,9 +22,11 @@ import signal
 import socket
 import subprocess
 import sys
+import ssl
 import tempfile
 import threading
 import time
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from daemon import Daemon, check, content_type_of, finish, free_port, sample_photos, read  # noqa: E402
@@ -27,6 +35,9 @@ EFFNETD, EFFNET = sys.argv[1], sys.argv[2]
 REPO = "timm/tf_efficientnetv2_s.in21k_ft_in1k"
 FEW = 12   # classes of the weights of acme/named (a stand-in for 21,843), named by its config.json
 TOKEN = "hf_s3cret"
+SECRET = "SECRETSIG0123456789"   # a CDN signature: never in a message
+TRICKLE_S = 0.5                  # a byte every TRICKLE_S seconds: 2 B/s, never a stall
+SLOW_S, SLOW_BODY = 1.5, b'{"a":1}'   # 0.67 B/s, but never 3 s without a byte
 
 
 def few_of(hub):
@@ -44,7 +55,7 @@ class Hub:
     (the sha256), X-Linked-Size and X-Repo-Commit; small files are 200 with
     a git-sha1 ETag. Counts every request."""
 
-    def __init__(self, weights, few):
+    def __init__(self, weights, few, tls=None):
         self.blob = weights
         self.sha = hashlib.sha256(weights).hexdigest()
         self.config = b'{"architecture": "tf_efficientnetv2_s"}\n'
@@ -75,7 +86,22 @@ class Hub:
             "acme/named": (None, few),
             "acme/wrong-count": (None, few),
             "acme/no-names": (None, few),
+            # Hostile or broken servers, each in its own way (content()).
+            "acme/trickle": (None, weights),
+            "acme/slow": (None, weights),
+            "acme/signed-big": (None, weights),
+            "acme/signed-loop": (None, weights),
+            "acme/bad-sha1": (None, weights),
+            "acme/badrange": (None, weights),
+            "acme/norange": (None, weights),
+            "acme/garbage": (None, weights),
+            "acme/symlink": (None, weights),
+            "acme/tls": (None, weights),
+            "acme/downgrade": (None, weights),
+            "acme/downgrade-get": (None, weights),
         }
+        self.trickled = {}          # repo -> bytes trickled
+        self.downgrade_to = None    # the plain http:// hub a TLS one redirects to
         self.revisions = {"main": commit_of("main"), "v1": commit_of("v1")}
         hub = self
 
@@ -90,8 +116,14 @@ class Hub:
                 hub.answer(self, head=False)
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(*tls)
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            self.url = f"https://127.0.0.1:{self.port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def count(self):
@@ -108,8 +140,11 @@ class Hub:
         with self.lock:
             self.requests.append((h.command, h.path, {k.lower(): v for k, v in h.headers.items()}))
         path = h.path
-        if path.startswith("/lfs/"):
-            return self.content(h, head, path[len("/lfs/"):])
+        if path.startswith(("/lfs/", "/signed/")):
+            return self.content(h, head, path)
+        if path.startswith("/down/"):
+            # TLS content that redirects to plain HTTP.
+            return self.send(h, 302, {"Location": f"{self.downgrade_to}/lfs/{path[len('/down/'):]}"}, b"", head)
         parts = path.lstrip("/").split("/")
         # /ORG/NAME/resolve/REVISION/FILE...
         if len(parts) < 5 or parts[2] != "resolve":
@@ -130,35 +165,67 @@ class Hub:
         if file.endswith("model.safetensors"):
             blob = served if served is few_of(self) else self.blob
             sha = hashlib.sha256(blob).hexdigest()
+            location = f"{self.url}/lfs/{sha}?repo={repo}"
+            if repo.startswith("acme/signed"):
+                location = f"{self.url}/signed/{sha}?repo={repo}&X-Amz-Signature={SECRET}"
+            elif repo == "acme/downgrade":
+                location = f"{self.downgrade_to}/lfs/{sha}?repo={repo}"
+            elif repo == "acme/downgrade-get":
+                location = f"{self.url}/down/{sha}?repo={repo}"
             headers = {
-                "Location": f"{self.url}/lfs/{sha}?repo={repo}",
+                "Location": location,
                 "X-Repo-Commit": commit,
                 "X-Linked-Etag": f'"{sha}"',
                 "X-Linked-Size": str(len(blob)),
                 "ETag": '"0123456789abcdef0123456789abcdef01234567"',   # the LFS pointer's
             }
             return self.send(h, 302, headers, b"", head)
+        if repo == "acme/slow" and file == "slow.json":
+            # A small file sent a byte every SLOW_S seconds: slow, never a stall.
+            body = SLOW_BODY
+            sha1 = hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()
+            headers = {"X-Repo-Commit": commit, "ETag": f'"{sha1}"'}
+            if head:
+                return self.send(h, 200, headers, body, head)
+            return self.trickle(h, repo, body, headers, SLOW_S)
         if file == "config.json" and repo != "acme/no-names":
             config = self.configs.get(repo, self.config)
             sha1 = hashlib.sha1(b"blob %d\0" % len(config) + config).hexdigest()
+            if repo == "acme/bad-sha1":
+                # The git blob id of other content: what arrives is not it.
+                sha1 = hashlib.sha1(b"blob 5\0other").hexdigest()
             headers = {"X-Repo-Commit": commit, "ETag": f'"{sha1}"'}
             return self.send(h, 200, headers, config, head)
         return self.error(h, 404, "EntryNotFound", {"X-Repo-Commit": commit})
 
-    def content(self, h, head, rest):
-        sha, _, query = rest.partition("?repo=")
-        repo = query
+    def content(self, h, head, path):
+        u = urllib.parse.urlsplit(path)
+        sha = u.path.split("/")[-1]
+        repo = urllib.parse.parse_qs(u.query).get("repo", [""])[0]
         if sha not in self.blobs or repo not in self.repos:
             return self.error(h, 404, None)
         data = self.repos[repo][1]
+        if repo == "acme/signed-loop":
+            # Redirects to itself, signature and all, until the client gives up.
+            return self.send(h, 302, {"Location": path}, b"", head)
+        if repo == "acme/trickle":
+            return self.trickle(h, repo, data)
         start = 0
         rng = h.headers.get("Range")
-        if rng:
+        if rng and repo != "acme/norange":   # that one ignores Range: 200, all of it
             start = int(rng.split("=")[1].rstrip("-"))
-        status = 206 if rng else 200
+        status = 206 if start else 200
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(len(data) - start)}
-        if rng:
+        if start:
             headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        if start and repo == "acme/badrange":
+            # 206, but the whole file: its Content-Range says it starts at 0.
+            start = 0
+            headers.update({"Content-Length": str(len(data)), "Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}"})
+        if repo == "acme/signed-big":
+            # More bytes than X-Linked-Size said.
+            data = data + b"extra"
+            headers["Content-Length"] = str(len(data) - start)
         with self.lock:
             cut = repo in self.cut_first
             self.cut_first.discard(repo)
@@ -178,6 +245,24 @@ class Hub:
             h.connection.shutdown(socket.SHUT_RDWR)
             return
         h.wfile.write(body)
+
+    def trickle(self, h, repo, data, headers=None, period=TRICKLE_S):
+        """The whole size announced, then a byte every period seconds:
+        never a stall of 10 s, and for a large file never an end."""
+        h.send_response(200)
+        for k, v in (headers or {}).items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        try:
+            for i in range(len(data)):
+                h.wfile.write(data[i:i + 1])
+                h.wfile.flush()
+                with self.lock:
+                    self.trickled[repo] = self.trickled.get(repo, 0) + 1
+                time.sleep(period)
+        except OSError:
+            pass   # the client gave up
 
     def send(self, h, status, headers, body, head=False):
         h.send_response(status)
@@ -279,6 +364,223 @@ def labels_from_the_hub(hub, env, work):
                       "the log says why the config's names were not taken")
         finally:
             check(d.stop() == 0, f"effnetd ({repo}) stops cleanly")
+
+
+class Notify:
+    """A NOTIFY_SOCKET (AF_UNIX datagrams) as systemd has it: every message
+    with the time it came."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.2)
+        self.messages = []
+        self.stop = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+
+    def close(self):
+        self.stop = True
+        self.thread.join()
+        self.sock.close()
+
+
+def trickling_hub(hub, env, work):
+    """A hub that sends a byte every TRICKLE_S seconds (2 B/s: no stall, no
+    end): the download's deadline ends it, with an error that names the
+    deadline and its setting, and systemd's start timeout is extended no
+    further than the deadline allows; a reload stuck on it ends too, so
+    that the next SIGHUP is taken."""
+    # HF_HUB_DOWNLOAD_TIMEOUT is seconds without a byte, as documented (and
+    # as huggingface_hub's read timeout): slower than 1 B/s is not a stall.
+    n0 = hub.count()
+    rc, out, err = run(["pull", "acme/slow", "--file", "slow.json"], dict(env, HF_HUB_DOWNLOAD_TIMEOUT="3"))
+    gets = [r for r in hub.since(n0) if r[0] == "GET"]
+    check(rc == 0 and read(out.strip()) == SLOW_BODY and len(gets) == 1,
+          f"HF_HUB_DOWNLOAD_TIMEOUT=3: a byte every {SLOW_S} s is slow, not stalled: one GET ({len(gets)}, "
+          f"{err.strip()})")
+
+    t0 = time.monotonic()
+    rc, out, err = run(["pull", "acme/trickle", "--deadline", "4"], env, timeout=120)
+    took = time.monotonic() - t0
+    check(rc != 0 and "deadline of 4 s" in err and "--deadline" in err,
+          f"pull of a trickling hub fails at its deadline, naming it ({err.strip()})")
+    check(took < 4 + 15, f"... within the deadline and a bounded margin ({took:.1f} s for a 4 s deadline)")
+    check(hub.trickled.get("acme/trickle", 0) >= 3, f"... while bytes kept coming ({hub.trickled.get('acme/trickle')})")
+
+    # effnetd under a NOTIFY_SOCKET: the start fails at the deadline.
+    notify = Notify(os.path.join(work, "notify.sock"))
+    log_path = os.path.join(work, "effnetd-trickle.log")
+    t0 = time.monotonic()
+    with open(log_path, "wb") as log:
+        p = subprocess.Popen([EFFNETD, "--weights", "hf://acme/trickle", "--listen", "127.0.0.1:0",
+                              "--hub-download-deadline", "4"], stdout=subprocess.DEVNULL, stderr=log,
+                             env=dict(env, NOTIFY_SOCKET=notify.path, HF_HOME=os.path.join(work, "hf-trickle")))
+        try:
+            rc = p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+    t_exit = time.monotonic()
+    took = t_exit - t0
+    time.sleep(0.3)
+    notify.close()
+    with open(log_path, "rb") as f:
+        log = f.read().decode(errors="replace")
+    check(rc != 0 and took < 4 + 30, f"effnetd's start on a trickling hub fails, within bounds (rc {rc}, {took:.1f} s)")
+    check("gives up after 4 s (hub-download-deadline)" in log,
+          "the download's start-up line names the deadline and its setting")
+    check("deadline of 4 s (hub-download-deadline)" in log, f"the error names the deadline ({log.strip()[-300:]})")
+    ext = [(t, int(m["EXTEND_TIMEOUT_USEC"])) for t, m in notify.messages if "EXTEND_TIMEOUT_USEC" in m]
+    # While bytes trickle in, the start is extended up to the deadline and
+    # a 10 s margin, never further: no extension reaches more than that past
+    # the moment the deadline ended the start (2 s of slack for this
+    # listener). One of 60 s per sign of progress would.
+    worst = max((t + us / 1e6 - t_exit for t, us in ext), default=0)
+    check(ext and worst <= 10 + 2,
+          f"systemd's start timeout is extended no further than the deadline allows ({len(ext)} extensions, "
+          f"the furthest reaching {worst:.1f} s past the failed start's end)")
+
+    # A reload that downloads from it fails at the deadline; the next one is taken.
+    conf = os.path.join(work, "trickle.conf")
+    with open(conf, "w") as f:
+        f.write(f"[model]\nweights = hf://{REPO}\n")
+    d = Daemon(EFFNETD, None, work, "--config", conf, name="effnetd-trickle-reload", env=dict(env, HF_HUB_OFFLINE=""))
+    try:
+        with open(conf, "w") as f:
+            f.write("[model]\nweights = hf://acme/trickle\nhub-download-deadline = 3\n")
+        d.proc.send_signal(signal.SIGHUP)
+        t0 = time.monotonic()
+        while "reload failed" not in d.log_text() and time.monotonic() - t0 < 60:
+            time.sleep(0.1)
+        log = d.log_text()
+        check("reload failed" in log and "deadline of 3 s (hub-download-deadline)" in log,
+              f"a reload stuck on a trickling hub fails at its deadline ({time.monotonic() - t0:.1f} s)")
+        with open(conf, "w") as f:
+            f.write(f"[model]\nweights = hf://{REPO}\n")
+        n = log.count("reloaded: now serving")
+        d.proc.send_signal(signal.SIGHUP)
+        t0 = time.monotonic()
+        while d.log_text().count("reloaded: now serving") == n and time.monotonic() - t0 < 60:
+            time.sleep(0.1)
+        log = d.log_text()
+        check(log.count("reloaded: now serving") > n and "a reload is already running" not in log,
+              "the next SIGHUP is taken and reloads")
+        status, _, _ = d.request("GET", "/readyz")
+        check(status == 200, f"still serving ({status})")
+    finally:
+        check(d.stop() == 0, "effnetd stops cleanly")
+
+
+def leaky_hubs(hub, env, work):
+    """The hub redirects to a signed URL (?X-Amz-Signature=...), which then
+    fails: more bytes than announced, or redirects until the client gives
+    up. The signature is in no message, of effnet or of effnetd."""
+    for repo in ("acme/signed-big", "acme/signed-loop"):
+        rc, out, err = run(["pull", repo], env)
+        check(rc != 0 and SECRET not in err and "/signed/" in err,
+              f"pull {repo}: fails, naming the address without its signature ({err.strip()})")
+        d = Daemon(EFFNETD, f"hf://{repo}", work, name="effnetd-" + repo.split("/")[1], wait=False,
+                   env=dict(env, HF_HOME=os.path.join(work, "hf-" + repo.split("/")[1])))
+        try:
+            rc = d.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            rc = None
+        log = d.log_text()
+        check(rc not in (0, None) and repo in log and SECRET not in log,
+              f"effnetd --weights hf://{repo}: fails, its log without the signature ({log.strip()[-240:]})")
+        if rc is None:
+            d.stop()
+
+
+def unverified_bytes(hub, env, work, cache, weights):
+    """Files the hub sends are all verified: a non-LFS file against the git
+    blob id its ETag names; a resumed .incomplete only where the server's
+    Content-Range continues it, else from zero; a garbage prefix from an
+    earlier run costs a download from zero, not the fetch; links planted in
+    a shared cache are not followed."""
+    rc, out, err = run(["pull", "acme/bad-sha1", "--file", "config.json"], env)
+    folder = storage(cache, "acme/bad-sha1")
+    snaps = os.path.join(folder, "snapshots")
+    check(rc != 0 and "git blob sha1" in err and out == "",
+          f"a non-LFS file whose content is not its ETag's git blob is refused ({err.strip()})")
+    check(not os.path.exists(snaps) or os.listdir(snaps) == [], "... and nothing enters snapshots/")
+
+    def plant(repo, prefix):
+        blobs = os.path.join(storage(cache, repo), "blobs")
+        os.makedirs(blobs, exist_ok=True)
+        with open(os.path.join(blobs, hub.sha + ".incomplete"), "wb") as f:
+            f.write(prefix)
+
+    for repo, what in (("acme/badrange", "answers the Range with 206 and the whole file (Content-Range 0-)"),
+                       ("acme/norange", "ignores the Range (200, all of it)")):
+        plant(repo, weights[:12345])
+        n0 = hub.count()
+        rc, out, err = run(["pull", repo], env)
+        gets = [r[2].get("range") for r in hub.since(n0) if r[0] == "GET"]
+        check(rc == 0 and read(out.strip()) == weights and gets and gets[0] == "bytes=12345-",
+              f"a resume from a server that {what}: the file is whole ({gets}, {err.strip()})")
+
+    plant("acme/garbage", bytes(12345))
+    n0 = hub.count()
+    rc, out, err = run(["pull", "acme/garbage"], env)
+    gets = [r[2].get("range") for r in hub.since(n0) if r[0] == "GET"]
+    check(rc == 0 and read(out.strip()) == weights and gets == ["bytes=12345-", None],
+          f"an .incomplete that is not the file's start: its sha256 fails, then one download from zero ({gets}, "
+          f"{err.strip()})")
+
+    # A shared cache: the .incomplete and the lock file are links to files
+    # of someone else's.
+    victim = os.path.join(work, "victim")
+    with open(victim, "wb") as f:
+        f.write(b"precious")
+    folder = storage(cache, "acme/symlink")
+    os.makedirs(os.path.join(folder, "blobs"))
+    os.symlink(victim, os.path.join(folder, "blobs", hub.sha + ".incomplete"))
+    locks = os.path.join(cache, ".locks", "models--acme--symlink")
+    os.makedirs(locks)
+    made_by_lock = os.path.join(work, "made-by-lock")
+    os.symlink(made_by_lock, os.path.join(locks, hub.sha + ".lock"))
+    rc, out, err = run(["pull", "acme/symlink"], env)
+    check(read(victim) == b"precious", "a link planted at the .incomplete is not written through")
+    check(not os.path.exists(made_by_lock), "a link planted at the lock file is not followed")
+    check(rc == 0 and read(out.strip()) == weights, f"... and the download is whole ({err.strip()})")
+
+
+def tls_hubs(weights, few, env, work, plain):
+    """A hub on HTTPS (a self-signed CA, given as REQUESTS_CA_BUNDLE, as
+    requests reads it) never redirects to plain HTTP: not the metadata
+    answer's redirect, nor one of the content's."""
+    cert, key = os.path.join(work, "tls.pem"), os.path.join(work, "tls.key")
+    p = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                       capture_output=True, timeout=60)
+    if p.returncode != 0:
+        print(f"note: openssl could not make a certificate, HTTPS not tried: {p.stderr.decode()[-200:]}")
+        return
+    hub = Hub(weights, few, tls=(cert, key))
+    hub.downgrade_to = plain.url
+    e = dict(env, HF_ENDPOINT=hub.url, REQUESTS_CA_BUNDLE=cert, HF_HOME=os.path.join(work, "hf-tls"))
+    rc, out, err = run(["pull", "acme/tls"], e)
+    check(rc == 0 and read(out.strip()) == weights, f"a hub on HTTPS, its CA from REQUESTS_CA_BUNDLE ({err.strip()})")
+    for repo in ("acme/downgrade", "acme/downgrade-get"):
+        n0 = plain.count()
+        rc, out, err = run(["pull", repo], e)
+        check(rc != 0 and "refused" in err and "https" in err, f"{repo}: https -> http refused ({err.strip()})")
+        check(plain.count() == n0, f"{repo}: no request went out in clear text ({plain.count() - n0})")
+    hub.server.shutdown()
 
 
 def main():
@@ -456,7 +758,8 @@ def main():
         check("downloading" in log and hub.url in log, "effnetd logs the download with where it comes from")
         check(commit_of("main") in log, "effnetd logs the commit it serves")
         lines = [line for line in log.splitlines() if "downloading" in line]
-        check(lines and "?" not in lines[0], "the logged download URL has no query (a CDN's signature)")
+        check(lines and "repo=" not in lines[0] and "?[redacted]" in lines[0],
+              f"the logged download URL has its query redacted (a CDN's signature) ({lines[:1]})")
         check(any(r[0] == "GET" for r in hub.since(n0)), "effnetd downloaded the weights")
         status, _, body = d.request("GET", "/v1/models")
         check(status == 200 and b"b0" in body, f"/v1/models answers ({status})")
@@ -490,6 +793,10 @@ def main():
           f"--check-config names hf:// weights not cached yet, without a request ({rc.stderr.decode().strip()})")
 
     labels_from_the_hub(hub, env, work)
+    unverified_bytes(hub, env, work, cache, weights)
+    leaky_hubs(hub, env, work)
+    tls_hubs(weights, few, env, work, hub)
+    trickling_hub(hub, env, work)
 
     hub.server.shutdown()
     if not __import__("daemon").failures:

@@ -34,6 +34,7 @@ VALUES = {
     "precision": "auto",
     "padding": "symmetric",
     "bn-eps": "0.001",
+    "hub-download-deadline": "5m",
     "listen": "127.0.0.1:9",
     "admin-listen": "127.0.0.1:10",
     "http-threads": "3",
@@ -72,11 +73,11 @@ VALUES = {
 
 # How --print-config shows the values above that it writes in another form
 # (durations in the setting's bare unit).
-PRINTED = {"connection-timeout": "120", "deadline-ms": "1234", "max-delay-ms": "3.5"}
+PRINTED = {"hub-download-deadline": "300", "connection-timeout": "120", "deadline-ms": "1234", "max-delay-ms": "3.5"}
 
 # Values each setting must refuse.
 BAD = {
-    "precision": "fp64", "padding": "valid", "bn-eps": "0.5", "http-threads": "65",
+    "precision": "fp64", "padding": "valid", "bn-eps": "0.5", "hub-download-deadline": "0", "http-threads": "65",
     "max-connections": "0", "max-connections-per-client": "-1", "connection-timeout": "-1", "body-timeout": "1d", "header-timeout": "3601",
     "decode-threads": "257", "decode-queue": "0", "retry-after": "1500ms", "drain-timeout": "3601",
     "max-batch": "257", "max-delay-ms": "nan", "queue": "0", "workers": "65", "threads": "1.5",

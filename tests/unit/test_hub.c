@@ -15,7 +15,8 @@
 static const char *const hub_env[] = { "HF_ENDPOINT", "HF_HOME", "XDG_CACHE_HOME", "HF_HUB_CACHE",
                                        "HUGGINGFACE_HUB_CACHE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
                                        "HF_TOKEN_PATH", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE",
-                                       "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT" };
+                                       "HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT", "REQUESTS_CA_BUNDLE",
+                                       "CURL_CA_BUNDLE" };
 
 static void clear_env(void)
 {
@@ -176,9 +177,53 @@ static void test_settings(const char *dir)
         setenv("HF_TOKEN_PATH", "/nonexistent/token", 1);
         REQUIRE(hub_settings_get(NULL, err, sizeof err, &s) == 0);
         CHECK(s.token == NULL);
+        CHECK(s.ca_bundle == NULL);
         hub_settings_clear(&s);
         hub_settings_clear(NULL);
+
+        /* The CA bundle as requests reads it: REQUESTS_CA_BUNDLE first. */
+        setenv("CURL_CA_BUNDLE", "/etc/curl.pem", 1);
+        REQUIRE(hub_settings_get(NULL, err, sizeof err, &s) == 0);
+        CHECK(s.ca_bundle && strcmp(s.ca_bundle, "/etc/curl.pem") == 0);
+        hub_settings_clear(&s);
+        setenv("REQUESTS_CA_BUNDLE", "/etc/requests.pem", 1);
+        REQUIRE(hub_settings_get(NULL, err, sizeof err, &s) == 0);
+        CHECK(s.ca_bundle && strcmp(s.ca_bundle, "/etc/requests.pem") == 0);
+        hub_settings_clear(&s);
         clear_env();
+}
+
+/* Addresses in messages: the query (a CDN's signature) and user name and
+ * password never shown, the rest of the text as it was. */
+static void test_redact(void)
+{
+        static const struct {
+                const char *in, *out;
+        } cases[] = {
+                { "no address here?", "no address here?" },
+                { "https://cdn.example/b/c?X-Amz-Signature=s3cret&Expires=1",
+                  "https://cdn.example/b/c?[redacted]" },
+                { "GET https://u:pw@cdn.example:8443/x#frag failed",
+                  "GET https://cdn.example:8443/x?[redacted] failed" },
+                { "a http://h/p?sig=s3cret: more than announced; 'https://h2/?s3cret' and (http://h3/q?k=s3cret)",
+                  "a http://h/p?[redacted]: more than announced; 'https://h2/?[redacted]' and (http://h3/q?[redacted])" },
+                { "x-custom+scheme://user@h/p?s3cret, next", "x-custom+scheme://h/p?[redacted], next" },
+                { "http://h/p, https://h/q?s3cret", "http://h/p, https://h/q?[redacted]" },
+                { "://?s3cret", "://?[redacted]" },
+                { "", "" },
+        };
+        char out[256];
+
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+                hub_redact(cases[i].in, out, sizeof out);
+                CHECK_MSG(strcmp(out, cases[i].out) == 0, "'%s' -> '%s'", cases[i].in, out);
+                CHECK_MSG(strstr(out, "s3cret") == NULL && strstr(out, "pw@") == NULL, "%s", out);
+        }
+        /* Cut to the buffer, still terminated. */
+        char small[12];
+        hub_redact("https://h/p?s3cret", small, sizeof small);
+        CHECK(strcmp(small, "https://h/p") == 0);
+        hub_redact("https://h/p?s3cret", small, 0);
 }
 
 static void put(const char *path, const char *text)
@@ -255,6 +300,7 @@ int main(void)
         test_parse();
         test_ref_init();
         test_settings(dir);
+        test_redact();
         test_cache(dir);
         char cmd[256];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

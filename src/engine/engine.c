@@ -215,6 +215,21 @@ static const char *tag_name(dnnl_format_tag_t t)
         return t == dnnl_nhwc ? "nhwc" : t == dnnl_nChw8c ? "nChw8c" : t == dnnl_nChw16c ? "nChw16c" : "any";
 }
 
+static char onednn_version[32];
+
+static void onednn_version_format(void)
+{
+        const dnnl_version_t *v = dnnl_version();
+        snprintf(onednn_version, sizeof onednn_version, "%d.%d.%d", v->major, v->minor, v->patch);
+}
+
+const char *eng_onednn_version(void)
+{
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        pthread_once(&once, onednn_version_format);
+        return onednn_version;
+}
+
 void eng_cpu_get(struct effnet_cpu *ret)
 {
         const struct isa_class *c = isa_class();

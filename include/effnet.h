@@ -164,6 +164,10 @@ struct effnet_cpu {
 };
 void effnet_cpu_info(struct effnet_cpu *ret_cpu);
 
+/* The version of the oneDNN library in use, "2.6.3" or "3.7.2" (static):
+ * the build takes either 2.x or 3.x, and kernels differ between them. */
+const char *effnet_onednn_version(void);
+
 /* The precision an executor asked for precision would run: AUTO becomes
  * bf16 or fp32 by the CPU. -ENOTSUP, with a message saying what bf16 needs,
  * what this CPU has and what to use instead, for bf16 without native bf16;

@@ -126,6 +126,11 @@ void effnet_cpu_info(struct effnet_cpu *ret_cpu)
         eng_cpu_get(ret_cpu);
 }
 
+const char *effnet_onednn_version(void)
+{
+        return eng_onednn_version();
+}
+
 int effnet_precision_resolve(int precision, char *err, size_t err_len, int *ret_precision)
 {
         struct effnet_cpu cpu;

@@ -49,8 +49,8 @@ static int usage(FILE *f)
                 "      model.safetensors at main) into the hub's cache, as huggingface_hub\n"
                 "      does (HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN), and prints its path.\n"
                 "  cpu\n"
-                "      oneDNN's ISA on this CPU (DNNL_MAX_CPU_ISA caps it), native bf16,\n"
-                "      layouts and what --precision auto picks, as JSON.\n"
+                "      oneDNN's version and ISA on this CPU (DNNL_MAX_CPU_ISA caps it), native\n"
+                "      bf16, layouts and what --precision auto picks, as JSON.\n"
                 "  --version, --help\n"
                 "\n"
                 "Wherever a command takes weights, hf://ORG/NAME[@REVISION][/FILE] names a\n"
@@ -545,7 +545,8 @@ static void print_kernels(const struct effnet_exec *x)
         int n = effnet_exec_kernels(x, k, (int)ARRAY_SIZE(k));
 
         effnet_cpu_info(&cpu);
-        printf("\"isa\":\"%s\",\"layout\":\"%s\",\"kernels\":{", cpu.isa, effnet_exec_layout(x));
+        printf("\"onednn\":\"%s\",\"isa\":\"%s\",\"layout\":\"%s\",\"kernels\":{", effnet_onednn_version(), cpu.isa,
+               effnet_exec_layout(x));
         for (int i = 0; i < n; i++)
                 printf("%s\"%s\":%d", i ? "," : "", k[i].impl, k[i].count);
         printf("}");
@@ -559,9 +560,10 @@ static int cmd_cpu(void)
         effnet_cpu_info(&cpu);
         effnet_precision_resolve(EFFNET_PRECISION_AUTO, NULL, 0, &autop);
         printf("{\"isa\":\"%s\",\"bf16\":%s,\"fp32_layout\":\"%s\",\"bf16_layout\":%s%s%s,"
-               "\"auto_precision\":\"%s\",\"max_cpu_isa\":",
+               "\"auto_precision\":\"%s\",\"onednn\":\"%s\",\"max_cpu_isa\":",
                cpu.isa, cpu.bf16 ? "true" : "false", cpu.fp32_layout, cpu.bf16_layout ? "\"" : "",
-               cpu.bf16_layout ? cpu.bf16_layout : "null", cpu.bf16_layout ? "\"" : "", effnet_precision_name(autop));
+               cpu.bf16_layout ? cpu.bf16_layout : "null", cpu.bf16_layout ? "\"" : "", effnet_precision_name(autop),
+               effnet_onednn_version());
         const char *cap = getenv("DNNL_MAX_CPU_ISA");
         /* The cap is the user's text: print it only if it is plain. */
         int plain = cap != NULL;

@@ -5,8 +5,8 @@
 #include "model.h"
 #include "util.h"
 
-#include <dnnl.h>
-#include <dnnl_debug.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <oneapi/dnnl/dnnl_debug.h>
 #include <errno.h>
 #include <omp.h>
 #include <pthread.h>
@@ -16,6 +16,150 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <xmmintrin.h>
 #endif
+
+/* oneDNN 2.x (Debian 12) and 3.x (Debian 13) differ in their C API. The
+ * engine is written against 3.x's: memory descriptors are handles, and a
+ * primitive descriptor is made straight from them. Under 2.x a handle points
+ * at a heap copy of the descriptor struct. Each call that differs has one
+ * wrapper here with the version test inside, and no other code asks which
+ * version it has. md_t is a read-only descriptor owned by an md_set or by a
+ * primitive descriptor. */
+#if DNNL_VERSION_MAJOR >= 3
+typedef const_dnnl_memory_desc_t md_t;
+typedef dnnl_memory_desc_t md_owned_t;
+#define CPU_ISA_ANY dnnl_cpu_isa_default
+#else
+typedef const dnnl_memory_desc_t *md_t;
+typedef dnnl_memory_desc_t *md_owned_t;
+#define CPU_ISA_ANY dnnl_cpu_isa_all
+#endif
+
+/* Descriptors freed together: those a plan makes while it is built, those
+ * of the weights a net caches. */
+struct md_set {
+        md_owned_t *v;
+        int n, cap;
+};
+
+static int grow(void **arr, int *cap, int need, size_t elem);
+
+static void md_destroy(md_owned_t md)
+{
+#if DNNL_VERSION_MAJOR >= 3
+        dnnl_memory_desc_destroy(md);
+#else
+        free(md);
+#endif
+}
+
+static void md_set_clear(struct md_set *set)
+{
+        for (int i = 0; i < set->n; i++)
+                md_destroy(set->v[i]);
+        free(set->v);
+        *set = (struct md_set){ NULL, 0, 0 };
+}
+
+/* Takes md over, destroying it on failure. */
+static int md_set_add(struct md_set *set, md_owned_t md, md_t *ret_md)
+{
+        if (grow((void **)&set->v, &set->cap, set->n + 1, sizeof *set->v) < 0) {
+                md_destroy(md);
+                return -ENOMEM;
+        }
+        set->v[set->n++] = md;
+        *ret_md = md;
+        return 0;
+}
+
+/* A descriptor of dims in layout tag, owned by set. */
+static int md_new(struct md_set *set, int nd, const dnnl_dims_t dims, dnnl_data_type_t dt, dnnl_format_tag_t tag,
+                  md_t *ret_md)
+{
+        md_owned_t md = NULL;
+#if DNNL_VERSION_MAJOR >= 3
+        if (dnnl_memory_desc_create_with_tag(&md, nd, dims, dt, tag) != dnnl_success)
+                return -EINVAL;
+#else
+        if (!(md = malloc(sizeof *md)))
+                return -ENOMEM;
+        if (dnnl_memory_desc_init_by_tag(md, nd, dims, dt, tag) != dnnl_success) {
+                free(md);
+                return -EINVAL;
+        }
+#endif
+        return md_set_add(set, md, ret_md);
+}
+
+/* A copy of md owned by set (md may belong to a primitive descriptor). */
+static int md_copy(struct md_set *set, md_t md, md_t *ret_md)
+{
+        md_owned_t c = NULL;
+#if DNNL_VERSION_MAJOR >= 3
+        if (dnnl_memory_desc_clone(&c, md) != dnnl_success)
+                return -ENOMEM;
+#else
+        if (!(c = malloc(sizeof *c)))
+                return -ENOMEM;
+        *c = *md;
+#endif
+        return md_set_add(set, c, ret_md);
+}
+
+static int md_ndims(md_t md)
+{
+#if DNNL_VERSION_MAJOR >= 3
+        int n = 0;
+        dnnl_memory_desc_query(md, dnnl_query_ndims_s32, &n);
+        return n;
+#else
+        return md->ndims;
+#endif
+}
+
+/* Copies md's dimensions into ret (ndims of them). */
+static void md_dims(md_t md, dnnl_dims_t ret)
+{
+#if DNNL_VERSION_MAJOR >= 3
+        const dnnl_dims_t *d = NULL;
+        memset(ret, 0, sizeof(dnnl_dims_t));
+        if (dnnl_memory_desc_query(md, dnnl_query_dims, &d) == dnnl_success && d)
+                memcpy(ret, *d, sizeof(dnnl_dim_t) * (size_t)md_ndims(md));
+#else
+        memcpy(ret, md->dims, sizeof(dnnl_dims_t));
+#endif
+}
+
+static dnnl_data_type_t md_type(md_t md)
+{
+#if DNNL_VERSION_MAJOR >= 3
+        dnnl_data_type_t dt = dnnl_data_type_undef;
+        dnnl_memory_desc_query(md, dnnl_query_data_type, &dt);
+        return dt;
+#else
+        return md->data_type;
+#endif
+}
+
+/* Post-ops: 3.x dropped the eltwise scale and gave sum a zero point and a
+ * type. */
+static dnnl_status_t post_op_eltwise(dnnl_post_ops_t po, dnnl_alg_kind_t alg)
+{
+#if DNNL_VERSION_MAJOR >= 3
+        return dnnl_post_ops_append_eltwise(po, alg, 1.0f, 0.0f);
+#else
+        return dnnl_post_ops_append_eltwise(po, 1.0f, alg, 1.0f, 0.0f);
+#endif
+}
+
+static dnnl_status_t post_op_sum(dnnl_post_ops_t po)
+{
+#if DNNL_VERSION_MAJOR >= 3
+        return dnnl_post_ops_append_sum(po, 1.0f, 0, dnnl_data_type_undef);
+#else
+        return dnnl_post_ops_append_sum(po, 1.0f);
+#endif
+}
 
 /* CPU classes, from oneDNN's effective ISA (the CPU's, capped by
  * DNNL_MAX_CPU_ISA). Each names the fp32 activation layout whose kernels that
@@ -39,7 +183,7 @@ static const struct isa_class isa_classes[] = {
          * on 8-channel blocks, but has jit kernels for all of channels-last. */
         { dnnl_cpu_isa_avx, "avx", dnnl_nhwc, 0 },
         { dnnl_cpu_isa_sse41, "sse41", dnnl_nhwc, 0 },
-        { dnnl_cpu_isa_all, "none", dnnl_nhwc, 0 },
+        { CPU_ISA_ANY, "none", dnnl_nhwc, 0 },
 };
 
 static const struct isa_class *isa_class(void)
@@ -51,14 +195,16 @@ static const struct isa_class *isa_class(void)
         return &isa_classes[ARRAY_SIZE(isa_classes) - 1];
 }
 
-/* The layout, among those plans use, that md has; any if none. */
-static dnnl_format_tag_t tag_of(const dnnl_memory_desc_t *md)
+/* The layout, among those plans use, that md has; any if none (or out of
+ * memory, which the next step meets again). The probes go into set. */
+static dnnl_format_tag_t tag_of(struct md_set *set, md_t md)
 {
         static const dnnl_format_tag_t tags[] = { dnnl_nChw16c, dnnl_nChw8c, dnnl_nhwc, dnnl_nchw };
+        dnnl_dims_t dims;
+        md_dims(md, dims);
         for (size_t i = 0; i < ARRAY_SIZE(tags); i++) {
-                dnnl_memory_desc_t t;
-                if (dnnl_memory_desc_init_by_tag(&t, md->ndims, md->dims, md->data_type, tags[i]) == dnnl_success &&
-                    dnnl_memory_desc_equal(&t, md))
+                md_t t;
+                if (md_new(set, md_ndims(md), dims, md_type(md), tags[i], &t) == 0 && dnnl_memory_desc_equal(t, md))
                         return tags[i];
         }
         return dnnl_format_tag_any;
@@ -67,6 +213,21 @@ static dnnl_format_tag_t tag_of(const dnnl_memory_desc_t *md)
 static const char *tag_name(dnnl_format_tag_t t)
 {
         return t == dnnl_nhwc ? "nhwc" : t == dnnl_nChw8c ? "nChw8c" : t == dnnl_nChw16c ? "nChw16c" : "any";
+}
+
+static char onednn_version[32];
+
+static void onednn_version_format(void)
+{
+        const dnnl_version_t *v = dnnl_version();
+        snprintf(onednn_version, sizeof onednn_version, "%d.%d.%d", v->major, v->minor, v->patch);
+}
+
+const char *eng_onednn_version(void)
+{
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        pthread_once(&once, onednn_version_format);
+        return onednn_version;
 }
 
 void eng_cpu_get(struct effnet_cpu *ret)
@@ -91,7 +252,7 @@ int eng_check_precision(int precision, char *err, size_t err_len)
 /* Weights reordered into a primitive's layout, shared by all plans of a net. */
 struct wcache_entry {
         const void *key;          /* the model's layer */
-        dnnl_memory_desc_t md;    /* target layout and type */
+        md_t md;                  /* target layout and type, in the net's mds */
         void *data;               /* owned */
 };
 
@@ -102,6 +263,7 @@ struct eng_net {
         dnnl_stream_t stream;     /* for weight reorders */
         struct wcache_entry *cache;
         int n_cache, cap_cache;
+        struct md_set mds;        /* the cache's descriptors */
 };
 
 /* Activation buffers; a tensor lives in one of them. Reuse is planned so that
@@ -112,7 +274,7 @@ enum slot { SLOT_X0, SLOT_X1, SLOT_M0, SLOT_M1, SLOT_POOL, SLOT_SE1, SLOT_SE2,
             SLOT_LOGITS, SLOT_TMP, N_SLOTS };
 
 struct tensor {
-        dnnl_memory_desc_t md;
+        md_t md;                       /* in the plan's mds: only while it is built */
         int slot;
         dnnl_memory_t mem;
 };
@@ -125,7 +287,6 @@ struct step {
         int tensor[MAX_ARGS];          /* -1: mem[] is fixed */
         dnnl_memory_t mem[MAX_ARGS];
         dnnl_exec_arg_t exec[MAX_ARGS];
-        dnnl_memory_desc_t scratch_md;
 };
 
 struct eng_plan {
@@ -146,6 +307,8 @@ struct eng_plan {
         size_t scratch_size;
         int in_tensor, logits_tensor;
         const struct isa_class *cpu;
+        dnnl_primitive_attr_t attr;    /* of primitives without post-ops */
+        struct md_set mds;             /* descriptors made while building */
         char layer[64];                /* the layer being built, for errors */
         char *err;
         size_t err_len;
@@ -208,6 +371,7 @@ struct eng_net *eng_net_free(struct eng_net *net)
         for (int i = 0; i < net->n_cache; i++)
                 free(net->cache[i].data);
         free(net->cache);
+        md_set_clear(&net->mds);
         if (net->stream)
                 dnnl_stream_destroy(net->stream);
         if (net->eng)
@@ -222,23 +386,22 @@ struct wsrc {
         const void *key;                  /* the model's layer */
         const struct model_conv *conv;    /* either */
         const struct model_fc *fc;        /* or */
-        dnnl_memory_desc_t md;            /* plain f32 layout of what they write */
+        md_t md;                          /* plain f32 layout of what they write */
 };
 
 /* The cached copy of a layer's weights in layout want, or NULL. Under
  * net->lock. */
-static void *cache_find(const struct eng_net *net, const void *key, const dnnl_memory_desc_t *want)
+static void *cache_find(const struct eng_net *net, const void *key, md_t want)
 {
         for (int i = 0; i < net->n_cache; i++)
-                if (net->cache[i].key == key && dnnl_memory_desc_equal(&net->cache[i].md, want))
+                if (net->cache[i].key == key && dnnl_memory_desc_equal(net->cache[i].md, want))
                         return net->cache[i].data;
         return NULL;
 }
 
 /* Folds a layer's weights into plain (laid out as src->md) and reorders
  * them into data (laid out as want), on the net's stream. Under net->lock. */
-static int reorder_weights(struct eng_plan *p, const struct wsrc *src, float *plain, const dnnl_memory_desc_t *want,
-                           void *data)
+static int reorder_weights(struct eng_plan *p, const struct wsrc *src, float *plain, md_t want, void *data)
 {
         struct eng_net *net = p->net;
         dnnl_memory_t from = NULL, to = NULL;
@@ -250,9 +413,9 @@ static int reorder_weights(struct eng_plan *p, const struct wsrc *src, float *pl
                 model_conv_weights(src->conv, plain);
         else
                 model_fc_weights(src->fc, plain);
-        if (dnnl_memory_create(&from, &src->md, net->eng, plain) != dnnl_success ||
+        if (dnnl_memory_create(&from, src->md, net->eng, plain) != dnnl_success ||
             dnnl_memory_create(&to, want, net->eng, data) != dnnl_success ||
-            dnnl_reorder_primitive_desc_create(&pd, &src->md, net->eng, want, net->eng, NULL) != dnnl_success ||
+            dnnl_reorder_primitive_desc_create(&pd, src->md, net->eng, want, net->eng, NULL) != dnnl_success ||
             dnnl_primitive_create(&reorder, pd) != dnnl_success) {
                 r = err_set(p->err, p->err_len, -EIO, "oneDNN: cannot reorder weights");
                 goto out;
@@ -275,8 +438,7 @@ out:
 
 /* Returns a layer's weights in layout want, folding and reordering once per
  * (layer, layout) and caching the result in the net. */
-static int net_weights(struct eng_plan *p, const struct wsrc *src, const dnnl_memory_desc_t *want,
-                       void **ret_data)
+static int net_weights(struct eng_plan *p, const struct wsrc *src, md_t want, void **ret_data)
 {
         struct eng_net *net = p->net;
         float *plain = NULL;
@@ -293,14 +455,15 @@ static int net_weights(struct eng_plan *p, const struct wsrc *src, const dnnl_me
         if ((r = grow((void **)&net->cache, &net->cap_cache, net->n_cache + 1, sizeof *net->cache)) < 0)
                 goto out;
         data = aligned_buf(dnnl_memory_desc_get_size(want));
-        plain = aligned_buf(dnnl_memory_desc_get_size(&src->md));
+        plain = aligned_buf(dnnl_memory_desc_get_size(src->md));
         if (!data || !plain) {
                 r = -ENOMEM;
                 goto out;
         }
-        if ((r = reorder_weights(p, src, plain, want, data)) < 0)
+        md_t kept;
+        if ((r = reorder_weights(p, src, plain, want, data)) < 0 || (r = md_copy(&net->mds, want, &kept)) < 0)
                 goto out;
-        net->cache[net->n_cache++] = (struct wcache_entry){ src->key, *want, data };
+        net->cache[net->n_cache++] = (struct wcache_entry){ src->key, kept, data };
         *ret_data = data;
         data = NULL;
 out:
@@ -310,16 +473,19 @@ out:
         return r;
 }
 
-static int new_tensor(struct eng_plan *p, const dnnl_memory_desc_t *md, int slot)
+/* A tensor of layout md (copied: md may belong to a primitive descriptor). */
+static int new_tensor(struct eng_plan *p, md_t md, int slot)
 {
-        if (grow((void **)&p->tensors, &p->cap_tensors, p->n_tensors + 1, sizeof *p->tensors) < 0)
+        md_t kept;
+        if (grow((void **)&p->tensors, &p->cap_tensors, p->n_tensors + 1, sizeof *p->tensors) < 0 ||
+            md_copy(&p->mds, md, &kept) < 0)
                 return -ENOMEM;
-        p->tensors[p->n_tensors] = (struct tensor){ *md, slot, NULL };
+        p->tensors[p->n_tensors] = (struct tensor){ kept, slot, NULL };
         return p->n_tensors++;
 }
 
 /* A memory object the plan owns over fixed data (weights, bias). */
-static int owned_mem(struct eng_plan *p, const dnnl_memory_desc_t *md, void *data, dnnl_memory_t *ret)
+static int owned_mem(struct eng_plan *p, md_t md, void *data, dnnl_memory_t *ret)
 {
         if (grow((void **)&p->owned, &p->cap_owned, p->n_owned + 1, sizeof *p->owned) < 0)
                 return -ENOMEM;
@@ -370,9 +536,6 @@ static int add_step(struct eng_plan *p, dnnl_primitive_desc_t pd, struct step **
         struct step *s = &p->steps[p->n_steps];
         memset(s, 0, sizeof *s);
         dnnl_status_t st = dnnl_primitive_create(&s->prim, pd);
-        const dnnl_memory_desc_t *smd = dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
-        if (smd)
-                s->scratch_md = *smd;
         dnnl_primitive_desc_destroy(pd);
         if (st != dnnl_success)
                 return err_set(p->err, p->err_len, -EIO, "oneDNN: primitive creation failed: %s",
@@ -403,7 +566,7 @@ struct arg {
 /* Appends the step for pd (which it takes over, on failure too) with
  * args[n]. With dst_md, first a new tensor of that layout in dst_slot, which
  * args name T_NEW and which goes to *ret_t; without, *ret_t is untouched. */
-static int emit_step(struct eng_plan *p, dnnl_primitive_desc_t pd, const dnnl_memory_desc_t *dst_md, int dst_slot,
+static int emit_step(struct eng_plan *p, dnnl_primitive_desc_t pd, md_t dst_md, int dst_slot,
                      const struct arg *args, int n, int *ret_t)
 {
         struct step *s;
@@ -422,12 +585,6 @@ static int emit_step(struct eng_plan *p, dnnl_primitive_desc_t pd, const dnnl_me
         return 0;
 }
 
-static void init_md(dnnl_memory_desc_t *md, int nd, const dnnl_dims_t dims, dnnl_data_type_t dt,
-                    dnnl_format_tag_t tag)
-{
-        dnnl_memory_desc_init_by_tag(md, nd, dims, dt, tag);
-}
-
 static dnnl_primitive_attr_t make_attr(void)
 {
         dnnl_primitive_attr_t a = NULL;
@@ -437,16 +594,30 @@ static dnnl_primitive_attr_t make_attr(void)
         return a;
 }
 
-/* The first implementation oneDNN offers for desc that is not a reference
- * kernel, or the first one if all are (add_step then refuses it): oneDNN's
- * own choice, except where it lists a generic "ref" wrapper first. */
-static dnnl_status_t create_pd(struct eng_plan *p, const_dnnl_op_desc_t desc, const_dnnl_primitive_attr_t attr,
-                               dnnl_primitive_desc_t *ret_pd)
+/* A primitive descriptor on the first implementation oneDNN offers that is
+ * not a reference kernel, or on a reference one if all are (add_step then
+ * refuses it): oneDNN's own choice, except where it lists a generic "ref"
+ * wrapper first. 3.x creates the descriptor on its first choice and steps
+ * it on; 2.x iterates over the op descriptor. */
+#if DNNL_VERSION_MAJOR >= 3
+static dnnl_status_t first_fast(dnnl_status_t created, dnnl_primitive_desc_t *pd)
+{
+        if (created != dnnl_success)
+                return created;
+        while (is_reference_kernel(*pd) && dnnl_primitive_desc_next_impl(*pd) == dnnl_success)
+                ;
+        return dnnl_success;
+}
+#else
+static dnnl_status_t first_fast(dnnl_status_t inited, const_dnnl_op_desc_t desc, const_dnnl_primitive_attr_t attr,
+                                dnnl_engine_t eng, dnnl_primitive_desc_t *ret_pd)
 {
         dnnl_primitive_desc_iterator_t it = NULL;
         dnnl_primitive_desc_t first = NULL;
-        dnnl_status_t st = dnnl_primitive_desc_iterator_create(&it, desc, attr, p->net->eng, NULL);
+        dnnl_status_t st = inited;
 
+        if (st == dnnl_success)
+                st = dnnl_primitive_desc_iterator_create(&it, desc, attr, eng, NULL);
         if (st != dnnl_success)
                 return st;
         do {
@@ -470,6 +641,7 @@ static dnnl_status_t create_pd(struct eng_plan *p, const_dnnl_op_desc_t desc, co
         *ret_pd = first;
         return dnnl_success;
 }
+#endif
 
 enum res_mode { RES_NONE, RES_SUM, RES_BINARY };
 
@@ -490,14 +662,102 @@ static void conv_geometry(int padding, int in, int k, int s, int *out, int *pl, 
         }
 }
 
+/* What a convolution is built from: memory descriptors (weights and output
+ * as the primitive may choose them; in the plan's mds), geometry, the plain
+ * weights' source. */
+struct conv_descs {
+        md_t src, w, b, dst;
+        struct wsrc ws;
+        int stride, oh, ow, plh, prh, plw, prw;
+};
+
+/* Primitive descriptors, one wrapper per kind: 2.x builds an op descriptor
+ * first, 3.x takes the memory descriptors directly. */
+static dnnl_status_t pd_conv(dnnl_engine_t eng, dnnl_alg_kind_t alg, const struct conv_descs *d,
+                             const_dnnl_primitive_attr_t attr, dnnl_primitive_desc_t *ret_pd)
+{
+        dnnl_dims_t strides = { d->stride, d->stride }, padl = { d->plh, d->plw }, padr = { d->prh, d->prw };
+#if DNNL_VERSION_MAJOR >= 3
+        dnnl_dims_t dil = { 0, 0 };
+        return first_fast(dnnl_convolution_forward_primitive_desc_create(ret_pd, eng, dnnl_forward_inference, alg,
+                                                                          d->src, d->w, d->b, d->dst, strides, dil,
+                                                                          padl, padr, attr),
+                          ret_pd);
+#else
+        dnnl_convolution_desc_t desc;
+        return first_fast(dnnl_convolution_forward_desc_init(&desc, dnnl_forward_inference, alg, d->src, d->w, d->b,
+                                                             d->dst, strides, padl, padr),
+                          &desc, attr, eng, ret_pd);
+#endif
+}
+
+static dnnl_status_t pd_inner_product(dnnl_engine_t eng, md_t src, md_t w, md_t b, md_t dst,
+                                      const_dnnl_primitive_attr_t attr, dnnl_primitive_desc_t *ret_pd)
+{
+#if DNNL_VERSION_MAJOR >= 3
+        return first_fast(dnnl_inner_product_forward_primitive_desc_create(ret_pd, eng, dnnl_forward_inference, src,
+                                                                            w, b, dst, attr),
+                          ret_pd);
+#else
+        dnnl_inner_product_desc_t desc;
+        return first_fast(dnnl_inner_product_forward_desc_init(&desc, dnnl_forward_inference, src, w, b, dst), &desc,
+                          attr, eng, ret_pd);
+#endif
+}
+
+/* Average over whole [H][W] windows (kernel), no padding. */
+static dnnl_status_t pd_mean_pool(dnnl_engine_t eng, md_t src, md_t dst, const dnnl_dims_t kernel,
+                                  const_dnnl_primitive_attr_t attr, dnnl_primitive_desc_t *ret_pd)
+{
+        dnnl_dims_t strides = { 1, 1 }, dil = { 0, 0 }, pad = { 0, 0 };
+#if DNNL_VERSION_MAJOR >= 3
+        return first_fast(dnnl_pooling_forward_primitive_desc_create(ret_pd, eng, dnnl_forward_inference,
+                                                                      dnnl_pooling_avg_exclude_padding, src, dst,
+                                                                      strides, kernel, dil, pad, pad, attr),
+                          ret_pd);
+#else
+        dnnl_pooling_v2_desc_t desc;
+        return first_fast(dnnl_pooling_v2_forward_desc_init(&desc, dnnl_forward_inference,
+                                                            dnnl_pooling_avg_exclude_padding, src, dst, strides,
+                                                            kernel, dil, pad, pad),
+                          &desc, attr, eng, ret_pd);
+#endif
+}
+
+/* dst = alg(src) in src's layout. */
+static dnnl_status_t pd_eltwise(dnnl_engine_t eng, dnnl_alg_kind_t alg, md_t src, const_dnnl_primitive_attr_t attr,
+                                dnnl_primitive_desc_t *ret_pd)
+{
+#if DNNL_VERSION_MAJOR >= 3
+        return first_fast(dnnl_eltwise_forward_primitive_desc_create(ret_pd, eng, dnnl_forward_inference, alg, src,
+                                                                      src, 1.0f, 0.0f, attr),
+                          ret_pd);
+#else
+        dnnl_eltwise_desc_t desc;
+        return first_fast(dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, alg, src, 1.0f, 0.0f), &desc,
+                          attr, eng, ret_pd);
+#endif
+}
+
+static dnnl_status_t pd_binary(dnnl_engine_t eng, dnnl_alg_kind_t alg, md_t src0, md_t src1, md_t dst,
+                               const_dnnl_primitive_attr_t attr, dnnl_primitive_desc_t *ret_pd)
+{
+#if DNNL_VERSION_MAJOR >= 3
+        return first_fast(dnnl_binary_primitive_desc_create(ret_pd, eng, alg, src0, src1, dst, attr), ret_pd);
+#else
+        dnnl_binary_desc_t desc;
+        return first_fast(dnnl_binary_desc_init(&desc, alg, src0, src1, dst), &desc, attr, eng, ret_pd);
+#endif
+}
+
 /* The plan's attributes with post-ops: an eltwise alg (0: none), then the
  * residual as a sum or as a binary add of res_md, whose post-op index goes to
  * *ret_binary_idx (-1 if none). */
-static int post_ops_attr(int eltwise, int res, const dnnl_memory_desc_t *res_md, dnnl_primitive_attr_t *ret_attr,
-                         int *ret_binary_idx)
+static int post_ops_attr(int eltwise, int res, md_t res_md, dnnl_primitive_attr_t *ret_attr, int *ret_binary_idx)
 {
         dnnl_primitive_attr_t attr = make_attr();
         dnnl_post_ops_t po = NULL;
+        dnnl_status_t st = dnnl_success;
         int binary_idx = -1, n_po = 0;
 
         if (!attr || dnnl_post_ops_create(&po) != dnnl_success) {
@@ -506,30 +766,27 @@ static int post_ops_attr(int eltwise, int res, const dnnl_memory_desc_t *res_md,
                 return -ENOMEM;
         }
         if (eltwise) {
-                dnnl_post_ops_append_eltwise(po, 1.0f, (dnnl_alg_kind_t)eltwise, 1.0f, 0.0f);
+                st = post_op_eltwise(po, (dnnl_alg_kind_t)eltwise);
                 n_po++;
         }
-        if (res == RES_SUM) {
-                dnnl_post_ops_append_sum(po, 1.0f);
+        if (st == dnnl_success && res == RES_SUM) {
+                st = post_op_sum(po);
                 n_po++;
-        } else if (res == RES_BINARY) {
-                dnnl_post_ops_append_binary(po, dnnl_binary_add, res_md);
+        } else if (st == dnnl_success && res == RES_BINARY) {
+                st = dnnl_post_ops_append_binary(po, dnnl_binary_add, res_md);
                 binary_idx = n_po++;
         }
-        dnnl_primitive_attr_set_post_ops(attr, po);
+        if (st == dnnl_success)
+                st = dnnl_primitive_attr_set_post_ops(attr, po);
         dnnl_post_ops_destroy(po);
+        if (st != dnnl_success) {
+                dnnl_primitive_attr_destroy(attr);
+                return -ENOMEM;
+        }
         *ret_attr = attr;
         *ret_binary_idx = binary_idx;
         return 0;
 }
-
-/* What a convolution is built from: memory descriptors (weights and output
- * as the primitive may choose them), geometry, the plain weights' source. */
-struct conv_descs {
-        dnnl_memory_desc_t src, w, b, dst;
-        struct wsrc ws;
-        int stride, oh, ow, plh, prh, plw, prw;
-};
 
 /* Convolution primitive descriptor with SiLU and residual post-ops. */
 static int conv_pd(struct eng_plan *p, dnnl_alg_kind_t alg, const struct conv_descs *d, int silu, int res,
@@ -538,16 +795,10 @@ static int conv_pd(struct eng_plan *p, dnnl_alg_kind_t alg, const struct conv_de
         dnnl_primitive_attr_t attr = NULL;
         int binary_idx = -1;
 
-        if (post_ops_attr(silu ? dnnl_eltwise_swish : 0, res, res == RES_BINARY ? &p->tensors[res_t].md : NULL, &attr,
+        if (post_ops_attr(silu ? dnnl_eltwise_swish : 0, res, res == RES_BINARY ? p->tensors[res_t].md : NULL, &attr,
                           &binary_idx) < 0)
                 return -ENOMEM;
-
-        dnnl_convolution_desc_t cd;
-        dnnl_dims_t strides = { d->stride, d->stride }, padl = { d->plh, d->plw }, padr = { d->prh, d->prw };
-        dnnl_status_t st = dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, alg, &d->src, &d->w, &d->b,
-                                                              &d->dst, strides, padl, padr);
-        if (st == dnnl_success)
-                st = create_pd(p, &cd, attr, ret_pd);
+        dnnl_status_t st = pd_conv(p->net->eng, alg, d, attr, ret_pd);
         dnnl_primitive_attr_destroy(attr);
         if (st != dnnl_success)
                 return -EIO;
@@ -555,57 +806,43 @@ static int conv_pd(struct eng_plan *p, dnnl_alg_kind_t alg, const struct conv_de
         return 0;
 }
 
-/* pd for desc (whose init returned st) with the plan's attributes; the
- * message names what for. */
-static int plain_pd(struct eng_plan *p, dnnl_status_t st, const_dnnl_op_desc_t desc, const char *what,
-                    dnnl_primitive_desc_t *ret_pd)
+/* The error for a primitive descriptor oneDNN did not make (st); the message
+ * names what for. */
+static int pd_failed(struct eng_plan *p, dnnl_status_t st, const char *what)
 {
-        dnnl_primitive_attr_t attr = make_attr();
-
-        if (!attr)
-                return -ENOMEM;
-        if (st == dnnl_success)
-                st = dnnl_primitive_desc_create(ret_pd, desc, attr, p->net->eng, NULL);
-        dnnl_primitive_attr_destroy(attr);
-        if (st != dnnl_success)
-                return err_set(p->err, p->err_len, -EIO, "oneDNN: no %s: %s", what, dnnl_status2str(st));
-        return 0;
+        return err_set(p->err, p->err_len, -EIO, "oneDNN: no %s: %s", what, dnnl_status2str(st));
 }
 
 /* x = SiLU(x), in place. */
 static int add_silu(struct eng_plan *p, int x_t)
 {
-        dnnl_eltwise_desc_t desc;
         dnnl_primitive_desc_t pd = NULL;
-        int r;
+        dnnl_status_t st = pd_eltwise(p->net->eng, dnnl_eltwise_swish, p->tensors[x_t].md, p->attr, &pd);
 
-        r = plain_pd(p, dnnl_eltwise_forward_desc_init(&desc, dnnl_forward_inference, dnnl_eltwise_swish,
-                                                       &p->tensors[x_t].md, 1.0f, 0.0f),
-                     &desc, "SiLU", &pd);
-        if (r < 0)
-                return r;
+        if (st != dnnl_success)
+                return pd_failed(p, st, "SiLU");
         const struct arg args[] = { { DNNL_ARG_SRC, x_t, NULL }, { DNNL_ARG_DST, x_t, NULL } };
         return emit_step(p, pd, NULL, 0, args, 2, NULL);
 }
 
-static int add_reorder(struct eng_plan *p, int src_t, const dnnl_memory_desc_t *to, int dst_slot, int *ret_t)
+static int add_reorder(struct eng_plan *p, int src_t, md_t to, int dst_slot, int *ret_t)
 {
         dnnl_primitive_desc_t pd = NULL;
-        DN(dnnl_reorder_primitive_desc_create(&pd, &p->tensors[src_t].md, p->net->eng, to, p->net->eng, NULL));
+        DN(dnnl_reorder_primitive_desc_create(&pd, p->tensors[src_t].md, p->net->eng, to, p->net->eng, NULL));
         const struct arg args[] = { { DNNL_ARG_FROM, src_t, NULL }, { DNNL_ARG_TO, T_NEW, NULL } };
         return emit_step(p, pd, to, dst_slot, args, 2, ret_t);
 }
 
 /* Memory objects over a layer's weights in the layout pd chose (reordered
  * once per net) and over its bias b. Destroys pd on failure. */
-static int layer_weights(struct eng_plan *p, const struct wsrc *ws, dnnl_primitive_desc_t pd,
-                         const dnnl_memory_desc_t *bmd, const float *b, dnnl_memory_t *ret_w, dnnl_memory_t *ret_b)
+static int layer_weights(struct eng_plan *p, const struct wsrc *ws, dnnl_primitive_desc_t pd, md_t bmd,
+                         const float *b, dnnl_memory_t *ret_w, dnnl_memory_t *ret_b)
 {
-        const dnnl_memory_desc_t want_w = *dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+        md_t want_w = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
         void *wdata;
         int r;
 
-        if ((r = net_weights(p, ws, &want_w, &wdata)) < 0 || (r = owned_mem(p, &want_w, wdata, ret_w)) < 0 ||
+        if ((r = net_weights(p, ws, want_w, &wdata)) < 0 || (r = owned_mem(p, want_w, wdata, ret_w)) < 0 ||
             (r = owned_mem(p, bmd, (void *)b, ret_b)) < 0) {
                 dnnl_primitive_desc_destroy(pd);
                 return r;
@@ -615,37 +852,43 @@ static int layer_weights(struct eng_plan *p, const struct wsrc *ws, dnnl_primiti
 
 /* Descriptors of c applied to src_md: weights in src_md's type, output in
  * the plan's activations (or in place of res_t for RES_SUM). */
-static void conv_describe(const struct eng_plan *p, const struct model_conv *c, const dnnl_memory_desc_t *src_md,
-                          int res, int res_t, struct conv_descs *ret_descs)
+static int conv_describe(struct eng_plan *p, const struct model_conv *c, md_t src_md, int res, int res_t,
+                         struct conv_descs *ret_descs)
 {
-        const int n = (int)src_md->dims[0], h = (int)src_md->dims[2], w = (int)src_md->dims[3];
-        const dnnl_data_type_t wdt = src_md->data_type;
-        struct conv_descs d = { .src = *src_md, .ws = { .key = c, .conv = c }, .stride = c->stride };
+        dnnl_dims_t sd;
+        md_dims(src_md, sd);
+        const int n = (int)sd[0], h = (int)sd[2], w = (int)sd[3];
+        const dnnl_data_type_t wdt = md_type(src_md);
+        struct conv_descs d = { .src = src_md, .ws = { .key = c, .conv = c }, .stride = c->stride };
+        struct md_set *set = &p->mds;
+        int r;
 
         conv_geometry(p->net->m->info.padding, h, c->k, c->stride, &d.oh, &d.plh, &d.prh);
         conv_geometry(p->net->m->info.padding, w, c->k, c->stride, &d.ow, &d.plw, &d.prw);
         if (c->groups > 1) {
                 dnnl_dims_t wd = { c->groups, c->oc / c->groups, c->ic / c->groups, c->k, c->k };
-                init_md(&d.w, 5, wd, wdt, dnnl_format_tag_any);
-                init_md(&d.ws.md, 5, wd, dnnl_f32, dnnl_goihw);
+                if ((r = md_new(set, 5, wd, wdt, dnnl_format_tag_any, &d.w)) < 0 ||
+                    (r = md_new(set, 5, wd, dnnl_f32, dnnl_goihw, &d.ws.md)) < 0)
+                        return r;
         } else {
                 dnnl_dims_t wd = { c->oc, c->ic, c->k, c->k };
-                init_md(&d.w, 4, wd, wdt, dnnl_format_tag_any);
-                init_md(&d.ws.md, 4, wd, dnnl_f32, dnnl_oihw);
+                if ((r = md_new(set, 4, wd, wdt, dnnl_format_tag_any, &d.w)) < 0 ||
+                    (r = md_new(set, 4, wd, dnnl_f32, dnnl_oihw, &d.ws.md)) < 0)
+                        return r;
         }
-        dnnl_dims_t bd = { c->oc };
-        init_md(&d.b, 1, bd, dnnl_f32, dnnl_a);
-        if (res == RES_SUM) {
+        dnnl_dims_t bd = { c->oc }, dd = { n, c->oc, d.oh, d.ow };
+        if ((r = md_new(set, 1, bd, dnnl_f32, dnnl_a, &d.b)) < 0)
+                return r;
+        if (res == RES_SUM)
                 d.dst = p->tensors[res_t].md;
-        } else {
-                dnnl_dims_t dd = { n, c->oc, d.oh, d.ow };
-                init_md(&d.dst, 4, dd, p->act_dt, p->act_tag);
-        }
+        else if ((r = md_new(set, 4, dd, p->act_dt, p->act_tag, &d.dst)) < 0)
+                return r;
         /* A plan that lets oneDNN choose lets each conv choose its input
          * layout too; a reorder then feeds it (add_conv). */
-        if (p->act_tag == dnnl_format_tag_any)
-                init_md(&d.src, 4, src_md->dims, src_md->data_type, dnnl_format_tag_any);
+        if (p->act_tag == dnnl_format_tag_any && (r = md_new(set, 4, sd, wdt, dnnl_format_tag_any, &d.src)) < 0)
+                return r;
         *ret_descs = d;
+        return 0;
 }
 
 /* How a conv is computed. Winograd F(2,3) halves the multiplies of the
@@ -673,13 +916,16 @@ static int conv_choose(struct eng_plan *p, const struct model_conv *c, struct co
         if (ch.wino && conv_pd(p, dnnl_convolution_winograd, d, 0, RES_NONE, -1, &ch.pd, &ch.binary_idx) < 0)
                 ch.wino = 0;
         r = ch.wino ? 0 : conv_pd(p, dnnl_convolution_direct, d, silu, res, res_t, &ch.pd, &ch.binary_idx);
-        ch.convert = !ch.wino && res == RES_NONE && d->dst.data_type != d->w.data_type &&
+        ch.convert = !ch.wino && res == RES_NONE && md_type(d->dst) != md_type(d->w) &&
                      (r < 0 || is_reference_kernel(ch.pd));
         if (ch.convert) {
+                dnnl_dims_t dd;
                 if (r == 0)
                         dnnl_primitive_desc_destroy(ch.pd);
-                d->dst.data_type = d->w.data_type;
-                r = conv_pd(p, dnnl_convolution_direct, d, silu, RES_NONE, -1, &ch.pd, &ch.binary_idx);
+                md_dims(d->dst, dd);
+                r = md_new(&p->mds, 4, dd, md_type(d->w), p->act_tag, &d->dst);
+                if (r == 0)
+                        r = conv_pd(p, dnnl_convolution_direct, d, silu, RES_NONE, -1, &ch.pd, &ch.binary_idx);
         }
         if (r < 0)
                 return err_set(p->err, p->err_len, r, "oneDNN: no convolution for %dx%d %d->%d stride %d", c->k,
@@ -696,21 +942,20 @@ static int conv_choose(struct eng_plan *p, const struct model_conv *c, struct co
 static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, int dst_slot,
                     int res, int res_t, int *ret_t)
 {
-        const dnnl_memory_desc_t src_md = p->tensors[src_t].md;
+        md_t src_md = p->tensors[src_t].md;
         struct conv_descs d;
         struct conv_choice ch = { NULL, -1, 0, 0 };
         dnnl_memory_t wmem, bmem;
         int r;
 
-        conv_describe(p, c, &src_md, res, res_t, &d);
-        if ((r = conv_choose(p, c, &d, res, res_t, &ch)) < 0 ||
-            (r = layer_weights(p, &d.ws, ch.pd, &d.b, c->b, &wmem, &bmem)) < 0)
+        if ((r = conv_describe(p, c, src_md, res, res_t, &d)) < 0 || (r = conv_choose(p, c, &d, res, res_t, &ch)) < 0 ||
+            (r = layer_weights(p, &d.ws, ch.pd, d.b, c->b, &wmem, &bmem)) < 0)
                 return r;
-        const dnnl_memory_desc_t out_md = *dnnl_primitive_desc_query_md(ch.pd, dnnl_query_dst_md, 0);
+        md_t out_md = dnnl_primitive_desc_query_md(ch.pd, dnnl_query_dst_md, 0);
         /* A converted output passes through whichever of M0/M1 src is not in. */
         int out_slot = !ch.convert ? dst_slot : p->tensors[src_t].slot == SLOT_M0 ? SLOT_M1 : SLOT_M0;
-        const dnnl_memory_desc_t want_src = *dnnl_primitive_desc_query_md(ch.pd, dnnl_query_src_md, 0);
-        if (!dnnl_memory_desc_equal(&want_src, &src_md) && (r = add_reorder(p, src_t, &want_src, SLOT_TMP, &src_t)) < 0) {
+        md_t want_src = dnnl_primitive_desc_query_md(ch.pd, dnnl_query_src_md, 0);
+        if (!dnnl_memory_desc_equal(want_src, src_md) && (r = add_reorder(p, src_t, want_src, SLOT_TMP, &src_t)) < 0) {
                 dnnl_primitive_desc_destroy(ch.pd);
                 return r;
         }
@@ -720,15 +965,19 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
                                     { DNNL_ARG_BIAS, T_FIXED, bmem },
                                     { DNNL_ARG_DST, dst_t, NULL },
                                     { DNNL_ARG_ATTR_MULTIPLE_POST_OP(ch.binary_idx) | DNNL_ARG_SRC_1, res_t, NULL } };
-        if ((r = emit_step(p, ch.pd, res == RES_SUM ? NULL : &out_md, out_slot, args, ch.binary_idx >= 0 ? 5 : 4,
+        if ((r = emit_step(p, ch.pd, res == RES_SUM ? NULL : out_md, out_slot, args, ch.binary_idx >= 0 ? 5 : 4,
                            &dst_t)) < 0)
                 return r;
         if (ch.wino && (r = add_silu(p, dst_t)) < 0)
                 return r;
         if (ch.convert) {
-                dnnl_dims_t dd = { src_md.dims[0], c->oc, d.oh, d.ow };
-                init_md(&d.dst, 4, dd, p->act_dt, p->act_tag);
-                return add_reorder(p, dst_t, &d.dst, dst_slot, ret_t);
+                dnnl_dims_t sd, dd;
+                md_t to;
+                md_dims(src_md, sd);
+                dd[0] = sd[0], dd[1] = c->oc, dd[2] = d.oh, dd[3] = d.ow;
+                if ((r = md_new(&p->mds, 4, dd, p->act_dt, p->act_tag, &to)) < 0)
+                        return r;
+                return add_reorder(p, dst_t, to, dst_slot, ret_t);
         }
         *ret_t = dst_t;
         return 0;
@@ -737,33 +986,49 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
 /* Mean over H and W: [N][C][H][W] -> [N][C][1][1] float. */
 static int add_global_pool(struct eng_plan *p, int src_t, int dst_slot, int *ret_t)
 {
-        const dnnl_memory_desc_t src_md = p->tensors[src_t].md;
-        dnnl_dims_t dd = { src_md.dims[0], src_md.dims[1], 1, 1 };
-        dnnl_dims_t kernel = { src_md.dims[2], src_md.dims[3] }, strides = { 1, 1 }, dil = { 0, 0 },
-                    pad = { 0, 0 };
-        dnnl_memory_desc_t dmd;
-        dnnl_pooling_v2_desc_t desc;
+        md_t src_md = p->tensors[src_t].md, dmd;
+        dnnl_dims_t sd;
+        md_dims(src_md, sd);
+        dnnl_dims_t dd = { sd[0], sd[1], 1, 1 }, kernel = { sd[2], sd[3] };
         dnnl_primitive_desc_t pd = NULL;
-        dnnl_primitive_attr_t attr = make_attr();
         dnnl_status_t st = dnnl_runtime_error;
+        int r;
 
-        if (!attr)
-                return -ENOMEM;
         /* Float output keeps the SE and classifier inputs exact in bf16 plans;
          * fall back to the activation type where oneDNN has no such kernel. */
         dnnl_data_type_t dts[2] = { dnnl_f32, p->act_dt };
         for (int i = 0; i < 2 && st != dnnl_success; i++) {
-                init_md(&dmd, 4, dd, dts[i], dnnl_format_tag_any);
-                st = dnnl_pooling_v2_forward_desc_init(&desc, dnnl_forward_inference, dnnl_pooling_avg_exclude_padding,
-                                                       &src_md, &dmd, strides, kernel, dil, pad, pad);
-                if (st == dnnl_success)
-                        st = dnnl_primitive_desc_create(&pd, &desc, attr, p->net->eng, NULL);
+                if ((r = md_new(&p->mds, 4, dd, dts[i], dnnl_format_tag_any, &dmd)) < 0)
+                        return r;
+                st = pd_mean_pool(p->net->eng, src_md, dmd, kernel, p->attr, &pd);
         }
-        dnnl_primitive_attr_destroy(attr);
         if (st != dnnl_success)
-                return err_set(p->err, p->err_len, -EIO, "oneDNN: no global pooling: %s", dnnl_status2str(st));
+                return pd_failed(p, st, "global pooling");
         const struct arg args[] = { { DNNL_ARG_SRC, src_t, NULL }, { DNNL_ARG_DST, T_NEW, NULL } };
         return emit_step(p, pd, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0), dst_slot, args, 2, ret_t);
+}
+
+/* The pooled t ([N][C][1][1]) as a plain [N][C] tensor over the same bytes,
+ * or t itself if its layout pads C. Inner products get the 2-D view: oneDNN
+ * 3.x has only a reference kernel for a 4-D channels-last source below AVX2. */
+static int flat_view(struct eng_plan *p, int t, int *ret_t)
+{
+        md_t md = p->tensors[t].md, flat;
+        dnnl_dims_t d;
+        int r;
+
+        md_dims(md, d);
+        if ((r = md_new(&p->mds, 2, d, md_type(md), dnnl_nc, &flat)) < 0)
+                return r;
+        if (tag_of(&p->mds, md) == dnnl_format_tag_any ||
+            dnnl_memory_desc_get_size(flat) != dnnl_memory_desc_get_size(md)) {
+                *ret_t = t;
+                return 0;
+        }
+        if ((r = new_tensor(p, flat, p->tensors[t].slot)) < 0)
+                return r;
+        *ret_t = r;
+        return 0;
 }
 
 /* Fully connected: src (4D [N][C][1][1] any layout, or 2D [N][C]) -> [N][out]
@@ -771,71 +1036,75 @@ static int add_global_pool(struct eng_plan *p, int src_t, int dst_slot, int *ret
 static int add_fc(struct eng_plan *p, const struct model_fc *fc, int src_t, int dst_slot, int alg,
                   int *ret_t)
 {
-        const dnnl_memory_desc_t src_md = p->tensors[src_t].md;
-        dnnl_memory_desc_t wmd, bmd, dmd;
+        md_t src_md = p->tensors[src_t].md, wmd, bmd, dmd;
         struct wsrc ws = { .key = fc, .fc = fc };
-        dnnl_data_type_t wdt = src_md.data_type == dnnl_bf16 ? dnnl_bf16 : dnnl_f32;
+        dnnl_data_type_t wdt = md_type(src_md) == dnnl_bf16 ? dnnl_bf16 : dnnl_f32;
         dnnl_primitive_attr_t attr = NULL;
         dnnl_memory_t wmem, bmem;
+        dnnl_dims_t sd;
         int binary_idx, r;
 
-        if (src_md.ndims == 4) {
+        md_dims(src_md, sd);
+        if (md_ndims(src_md) == 4) {
                 dnnl_dims_t wd = { fc->out, fc->in, 1, 1 };
-                init_md(&wmd, 4, wd, wdt, dnnl_format_tag_any);
-                init_md(&ws.md, 4, wd, dnnl_f32, dnnl_oihw);
+                if ((r = md_new(&p->mds, 4, wd, wdt, dnnl_format_tag_any, &wmd)) < 0 ||
+                    (r = md_new(&p->mds, 4, wd, dnnl_f32, dnnl_oihw, &ws.md)) < 0)
+                        return r;
         } else {
                 dnnl_dims_t wd = { fc->out, fc->in };
-                init_md(&wmd, 2, wd, wdt, dnnl_format_tag_any);
-                init_md(&ws.md, 2, wd, dnnl_f32, dnnl_oi);
+                if ((r = md_new(&p->mds, 2, wd, wdt, dnnl_format_tag_any, &wmd)) < 0 ||
+                    (r = md_new(&p->mds, 2, wd, dnnl_f32, dnnl_oi, &ws.md)) < 0)
+                        return r;
         }
-        dnnl_dims_t bd = { fc->out }, dd = { src_md.dims[0], fc->out };
-        init_md(&bmd, 1, bd, dnnl_f32, dnnl_a);
-        init_md(&dmd, 2, dd, dnnl_f32, dnnl_nc);
+        dnnl_dims_t bd = { fc->out }, dd = { sd[0], fc->out };
+        if ((r = md_new(&p->mds, 1, bd, dnnl_f32, dnnl_a, &bmd)) < 0 ||
+            (r = md_new(&p->mds, 2, dd, dnnl_f32, dnnl_nc, &dmd)) < 0)
+                return r;
         if (post_ops_attr(alg, RES_NONE, NULL, &attr, &binary_idx) < 0)
                 return -ENOMEM;
 
-        dnnl_inner_product_desc_t desc;
         dnnl_primitive_desc_t pd = NULL;
-        dnnl_status_t st = dnnl_inner_product_forward_desc_init(&desc, dnnl_forward_inference, &src_md, &wmd, &bmd, &dmd);
-        if (st == dnnl_success)
-                st = dnnl_primitive_desc_create(&pd, &desc, attr, p->net->eng, NULL);
+        dnnl_status_t st = pd_inner_product(p->net->eng, src_md, wmd, bmd, dmd, attr, &pd);
         dnnl_primitive_attr_destroy(attr);
         if (st != dnnl_success)
                 return err_set(p->err, p->err_len, -EIO, "oneDNN: no inner product %d->%d: %s", fc->in, fc->out,
                                dnnl_status2str(st));
-        if ((r = layer_weights(p, &ws, pd, &bmd, fc->b, &wmem, &bmem)) < 0)
+        if ((r = layer_weights(p, &ws, pd, bmd, fc->b, &wmem, &bmem)) < 0)
                 return r;
         const struct arg args[] = { { DNNL_ARG_SRC, src_t, NULL },
                                     { DNNL_ARG_WEIGHTS, T_FIXED, wmem },
                                     { DNNL_ARG_BIAS, T_FIXED, bmem },
                                     { DNNL_ARG_DST, T_NEW, NULL } };
-        return emit_step(p, pd, &dmd, dst_slot, args, 4, ret_t);
+        return emit_step(p, pd, dmd, dst_slot, args, 4, ret_t);
 }
 
 /* x[n][c][h][w] *= gates[n][c], in place. */
 static int add_scale(struct eng_plan *p, int x_t, int gates_t)
 {
-        const dnnl_memory_desc_t xmd = p->tensors[x_t].md;
-        dnnl_memory_desc_t gmd;
-        dnnl_dims_t gd = { xmd.dims[0], xmd.dims[1], 1, 1 };
+        md_t xmd = p->tensors[x_t].md, gmd;
+        dnnl_dims_t xd;
+        md_dims(xmd, xd);
+        dnnl_dims_t gd = { xd[0], xd[1], 1, 1 };
+        int r;
+
         /* The [N][C] gates viewed as [N][C][1][1]: in the activations' own
          * layout when C fills whole channel blocks (always, for expand 4 or 6
          * of widths that are multiples of 8), the same bytes, and oneDNN's
          * jit kernel needs src1 in src0's layout. */
-        dnnl_format_tag_t xt = tag_of(&xmd);
-        init_md(&gmd, 4, gd, dnnl_f32, xt == dnnl_format_tag_any ? dnnl_nchw : xt);
-        if (dnnl_memory_desc_get_size(&gmd) != sizeof(float) * (size_t)(gd[0] * gd[1]))
-                init_md(&gmd, 4, gd, dnnl_f32, dnnl_nchw);
-        int g4 = new_tensor(p, &gmd, p->tensors[gates_t].slot);
+        dnnl_format_tag_t xt = tag_of(&p->mds, xmd);
+        if ((r = md_new(&p->mds, 4, gd, dnnl_f32, xt == dnnl_format_tag_any ? dnnl_nchw : xt, &gmd)) < 0)
+                return r;
+        if (dnnl_memory_desc_get_size(gmd) != sizeof(float) * (size_t)(gd[0] * gd[1]) &&
+            (r = md_new(&p->mds, 4, gd, dnnl_f32, dnnl_nchw, &gmd)) < 0)
+                return r;
+        int g4 = new_tensor(p, gmd, p->tensors[gates_t].slot);
         if (g4 < 0)
                 return g4;
 
-        dnnl_binary_desc_t desc;
         dnnl_primitive_desc_t pd = NULL;
-        int r = plain_pd(p, dnnl_binary_desc_init(&desc, dnnl_binary_mul, &xmd, &gmd, &xmd), &desc,
-                         "broadcast multiply", &pd);
-        if (r < 0)
-                return r;
+        dnnl_status_t st = pd_binary(p->net->eng, dnnl_binary_mul, xmd, gmd, xmd, p->attr, &pd);
+        if (st != dnnl_success)
+                return pd_failed(p, st, "broadcast multiply");
         const struct arg args[] = { { DNNL_ARG_SRC_0, x_t, NULL }, { DNNL_ARG_SRC_1, g4, NULL },
                                     { DNNL_ARG_DST, x_t, NULL } };
         return emit_step(p, pd, NULL, 0, args, 3, NULL);
@@ -859,6 +1128,7 @@ static int build_block(struct eng_plan *p, const struct model_block *b, int *x_t
                         return r;
                 if (b->se_reduce.out) {
                         if ((r = add_global_pool(p, t, SLOT_POOL, &pooled)) < 0 ||
+                            (r = flat_view(p, pooled, &pooled)) < 0 ||
                             (r = add_fc(p, &b->se_reduce, pooled, SLOT_SE1, dnnl_eltwise_swish, &s1)) < 0 ||
                             (r = add_fc(p, &b->se_expand, s1, SLOT_SE2, dnnl_eltwise_logistic, &gates)) < 0 ||
                             (r = add_scale(p, t, gates)) < 0)
@@ -874,13 +1144,14 @@ static int build_block(struct eng_plan *p, const struct model_block *b, int *x_t
 static int build(struct eng_plan *p)
 {
         const struct model *m = p->net->m;
-        dnnl_memory_desc_t in_md;
+        md_t in_md;
         dnnl_dims_t id = { p->batch, 3, p->height, p->width };
         int x, r;
 
-        init_md(&in_md, 4, id, dnnl_f32, dnnl_nchw);
+        if ((r = md_new(&p->mds, 4, id, dnnl_f32, dnnl_nchw, &in_md)) < 0)
+                return r;
         /* The input shares M0, free until the first block. */
-        if ((p->in_tensor = x = new_tensor(p, &in_md, SLOT_M0)) < 0)
+        if ((p->in_tensor = x = new_tensor(p, in_md, SLOT_M0)) < 0)
                 return x;
         /* Blocked kernels take the 3-channel image planar; channels-last ones
          * want it channels-last. One reorder at the edge, if any. The stem
@@ -889,9 +1160,9 @@ static int build(struct eng_plan *p)
          * plan's difference from fp32 (docs/benchmarks.md), for 0.5% of the
          * multiply-adds. */
         if (p->act_tag == dnnl_nhwc) {
-                dnnl_memory_desc_t md;
-                init_md(&md, 4, id, dnnl_f32, dnnl_nhwc);
-                if ((r = add_reorder(p, x, &md, SLOT_M1, &x)) < 0)
+                md_t md;
+                if ((r = md_new(&p->mds, 4, id, dnnl_f32, dnnl_nhwc, &md)) < 0 ||
+                    (r = add_reorder(p, x, md, SLOT_M1, &x)) < 0)
                         return r;
         }
         snprintf(p->layer, sizeof p->layer, "the stem");
@@ -907,22 +1178,32 @@ static int build(struct eng_plan *p)
         int h, pooled;
         snprintf(p->layer, sizeof p->layer, "the head");
         if ((r = add_conv(p, &m->head, x, SLOT_M0, RES_NONE, -1, &h)) < 0 ||
-            (r = add_global_pool(p, h, SLOT_POOL, &pooled)) < 0)
+            (r = add_global_pool(p, h, SLOT_POOL, &pooled)) < 0 || (r = flat_view(p, pooled, &pooled)) < 0)
                 return r;
         snprintf(p->layer, sizeof p->layer, "the classifier");
         return add_fc(p, &m->classifier, pooled, SLOT_LOGITS, 0, &p->logits_tensor);
+}
+
+/* The scratchpad a step's primitive needs (owned by the primitive). */
+static md_t scratch_md(const struct step *s)
+{
+        const_dnnl_primitive_desc_t pd = NULL;
+        if (dnnl_primitive_get_primitive_desc(s->prim, &pd) != dnnl_success)
+                return NULL;
+        return dnnl_primitive_desc_query_md(pd, dnnl_query_scratchpad_md, 0);
 }
 
 /* Sizes the slots, allocates them and the scratchpad, binds every argument. */
 static int bind(struct eng_plan *p)
 {
         for (int i = 0; i < p->n_tensors; i++) {
-                size_t sz = dnnl_memory_desc_get_size(&p->tensors[i].md);
+                size_t sz = dnnl_memory_desc_get_size(p->tensors[i].md);
                 if (sz > p->slot_size[p->tensors[i].slot])
                         p->slot_size[p->tensors[i].slot] = sz;
         }
         for (int i = 0; i < p->n_steps; i++) {
-                size_t sz = dnnl_memory_desc_get_size(&p->steps[i].scratch_md);
+                md_t smd = scratch_md(&p->steps[i]);
+                size_t sz = smd ? dnnl_memory_desc_get_size(smd) : 0;
                 if (sz > p->scratch_size)
                         p->scratch_size = sz;
         }
@@ -937,16 +1218,17 @@ static int bind(struct eng_plan *p)
         if (p->scratch_size && !(p->scratch = aligned_buf(p->scratch_size)))
                 return -ENOMEM;
         for (int i = 0; i < p->n_tensors; i++)
-                DN(dnnl_memory_create(&p->tensors[i].mem, &p->tensors[i].md, p->net->eng,
+                DN(dnnl_memory_create(&p->tensors[i].mem, p->tensors[i].md, p->net->eng,
                                       p->slot[p->tensors[i].slot]));
         for (int i = 0; i < p->n_steps; i++) {
                 struct step *s = &p->steps[i];
                 for (int a = 0; a < s->n_args; a++)
                         s->exec[a] = (dnnl_exec_arg_t){ s->kind[a],
                                                         s->tensor[a] >= 0 ? p->tensors[s->tensor[a]].mem : s->mem[a] };
-                if (dnnl_memory_desc_get_size(&s->scratch_md) > 0) {
+                md_t smd = scratch_md(s);
+                if (smd && dnnl_memory_desc_get_size(smd) > 0) {
                         dnnl_memory_t sm;
-                        int r = owned_mem(p, &s->scratch_md, p->scratch, &sm);
+                        int r = owned_mem(p, smd, p->scratch, &sm);
                         if (r < 0)
                                 return r;
                         s->exec[s->n_args++] = (dnnl_exec_arg_t){ DNNL_ARG_SCRATCHPAD, sm };
@@ -1012,8 +1294,15 @@ int eng_plan_new(struct eng_net *net, int batch, int height, int width, int prec
                 r = err_set(err, err_len, -EIO, "oneDNN: cannot create a stream");
                 goto fail;
         }
+        if (!(p->attr = make_attr())) {
+                r = -ENOMEM;
+                goto fail;
+        }
         if ((r = build(p)) < 0 || (r = bind(p)) < 0)
                 goto fail;
+        /* The memory objects hold their own descriptors: the ones made while
+         * building are no longer needed. */
+        md_set_clear(&p->mds);
         p->err = NULL;
         p->err_len = 0;
         *ret_plan = p;
@@ -1043,6 +1332,9 @@ struct eng_plan *eng_plan_free(struct eng_plan *p)
         free(p->steps);
         free(p->tensors);
         free(p->owned);
+        md_set_clear(&p->mds);
+        if (p->attr)
+                dnnl_primitive_attr_destroy(p->attr);
         if (p->stream)
                 dnnl_stream_destroy(p->stream);
         free(p);

@@ -50,6 +50,9 @@ int eng_plan_precision(const struct eng_plan *p);
 /* The activation layout of a plan: "nChw16c", "nChw8c" or "nhwc". */
 const char *eng_plan_layout(const struct eng_plan *p);
 
+/* The version of the oneDNN library the engine runs on, "3.7.2" (static). */
+const char *eng_onednn_version(void);
+
 /* What the engine makes of this CPU (see struct effnet_cpu). */
 void eng_cpu_get(struct effnet_cpu *ret);
 

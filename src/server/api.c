@@ -475,12 +475,13 @@ int api_models_body(const struct api_model_desc *d, char **ret_body)
                 return -ENOMEM;
         }
         json_t *model = json_pack(
-                "{s:s, s:s, s:i, s:i, s:s, s:s, s:o, s:s, s:I, s:s, s:{s:s, s:i},"
+                "{s:s, s:s, s:i, s:i, s:s, s:s, s:s, s:o, s:s, s:I, s:s, s:{s:s, s:i},"
                 " s:{s:s, s:s, s:f, s:[f,f,f], s:[f,f,f]},"
                 " s:{s:i, s:f, s:i, s:i, s:i, s:o},"
                 " s:{s:I, s:i, s:I}}",
                 "name", i->variant, "variant", i->variant, "input_size", pp->size, "classes", i->classes,
-                "precision", effnet_precision_name(b->precision), "cpu_isa", cpu.isa, "weights", weights,
+                "precision", effnet_precision_name(b->precision), "cpu_isa", cpu.isa, "onednn",
+                effnet_onednn_version(), "weights", weights,
                 "weights_scheme",
                 i->scheme == EFFNET_SCHEME_TIMM ? "timm" : "torchvision", "parameters", (json_int_t)i->params,
                 "dtype", i->dtype, "labels", "source", d->labels, "count", i->classes,

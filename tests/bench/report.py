@@ -244,8 +244,8 @@ def main():
         if busy > 0.5 + args.threads:
             print("- warning: other work was running on this machine; ratios are noisy, "
                   "see min/max above")
-    print(f"- effnet: {args.effnet_version or 'n/a'}; oneDNN (libdnnl2): "
-          f"{dpkg_version('libdnnl2') or 'n/a'}")
+    print(f"- effnet: {args.effnet_version or 'n/a'}; oneDNN (libdnnl-dev): "
+          f"{dpkg_version('libdnnl-dev') or 'n/a'}")
     print(f"- onnxruntime-node: {first(ort, 'version') or 'n/a'}"
           f" (node {args.node_version or 'n/a'})")
     print(f"- torch: {first(pt, 'version') or 'n/a'}"

@@ -14,7 +14,9 @@ Seeded V2-S (torchvision names) at 384 and B0 (timm names, TF SAME) at 224,
     use instead, and --precision auto runs fp32;
   - with it: --precision auto runs bf16;
   - effnetd --precision auto serves what `effnet cpu` says auto picks, and
-    /v1/models and the start-up log name it with the ISA.
+    /v1/models and the start-up log name it with the ISA;
+  - `effnet cpu` and /v1/models name the oneDNN version the package
+    manager has installed (2.x or 3.x: the engine builds on either).
 Negative control, under the AVX2 class: 16-channel blocks (EFFNET_LAYOUT),
 for which oneDNN has no AVX2 kernel, must be refused and the layer named.
 """
@@ -28,6 +30,12 @@ sys.path.insert(0, here)
 sys.path.insert(0, os.path.join(here, "..", "integration"))
 import reftools as rt  # noqa: E402  (exits 77 without torch)
 import daemon as dm  # noqa: E402
+
+
+def onednn_package_version():
+    """libdnnl-dev's version as dpkg knows it ("2.6.3-1"), or None."""
+    p = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libdnnl-dev"], capture_output=True, text=True)
+    return p.stdout.strip() if p.returncode == 0 and p.stdout.strip() else None
 
 
 def bench(exe, weights, precision, batches="1,8", env=None):
@@ -108,6 +116,12 @@ def main():
             print(f"{'ok  ' if ok else 'FAIL'} effnetd --precision auto serves {m.get('precision')} on "
                   f"{m.get('cpu_isa')}; log: {log}")
             out.check(ok, "effnetd --precision auto")
+            # Both report the oneDNN they run on, as the package manager knows it.
+            pkg = onednn_package_version()
+            ok = m.get("onednn") == cpu.get("onednn") and pkg is not None and pkg.startswith(f"{cpu.get('onednn')}")
+            print(f"{'ok  ' if ok else 'FAIL'} oneDNN version: /v1/models {m.get('onednn')}, effnet cpu "
+                  f"{cpu.get('onednn')}, libdnnl-dev {pkg}")
+            out.check(ok, "the oneDNN version reported")
 
         if cpu["isa"] == "avx2":
             rc, rows, err = bench(exe, path, "fp32", batches="1", env={"EFFNET_LAYOUT": "nChw16c"})

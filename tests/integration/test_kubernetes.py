@@ -14,6 +14,8 @@ At SIGTERM, readiness turns 503 while the main listener still answers.
 Usage: test_kubernetes.py EFFNETD EFFNET
 """
 
+import http.client
+import json
 import os
 import re
 import shutil
@@ -22,7 +24,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon as dm  # noqa: E402
@@ -178,10 +182,90 @@ def main():
                       if line and not line.startswith("#")}
             missing = sorted(set(adapter) - series)
             check(status == 200 and not missing, f"the series the adapter rules read are on /metrics ({sorted(adapter)}; missing {missing})")
+            check_adapter_in_prometheus(d, admin, workdir)
             check_drain_order(d, admin)
         finally:
             d.stop()
     finish()
+
+
+def adapter_queries(pod_regex):
+    """{metric name: query} as the adapter runs them for one namespace and
+    the pods pod_regex matches, grouped by pod."""
+    path = os.path.join(KDIR, "monitoring", "prometheus-adapter.yaml")
+    cm = next(d for d in yaml.safe_load_all(open(path)) if d)
+    out = {}
+    for r in yaml.safe_load(cm["data"]["config.yaml"])["rules"]:
+        series = re.match(r"^\s*(\w+)", r["seriesQuery"]).group(1)
+        name = re.sub(r["name"]["matches"], r["name"]["as"], series) if r["name"].get("as") else series
+        q = r["metricsQuery"].replace("<<.Series>>", series)
+        q = q.replace("<<.LabelMatchers>>", f'namespace="default",pod=~"{pod_regex}"').replace("<<.GroupBy>>", "pod")
+        out[name] = q
+    return out
+
+
+def check_adapter_in_prometheus(d, admin, workdir):
+    """Debian's Prometheus scrapes the daemon's admin /metrics (labelled as
+    a pod would be) while requests flow; the adapter rules' queries then
+    give one value per pod: the mean queue wait, which must agree with the
+    daemon's own histogram, and the requests in flight."""
+    prom = shutil.which("prometheus")
+    photos = dm.sample_photos()
+    if not prom or "grace_hopper.jpg" not in photos:
+        print("note: no prometheus binary or sample photo; the adapter queries were only parsed")
+        return
+    image = dm.read(photos["grace_hopper.jpg"])
+    port = dm.free_port()
+    cfg = os.path.join(workdir, "prometheus.yml")
+    with open(cfg, "w") as f:
+        yaml.safe_dump({"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                        "scrape_configs": [{"job_name": "effnetd", "scrape_interval": "1s",
+                                            "static_configs": [{"targets": [f"127.0.0.1:{admin}"],
+                                                                "labels": {"namespace": "default",
+                                                                           "pod": "effnetd-a"}}]}]}, f)
+    log = open(os.path.join(workdir, "prometheus.log"), "wb")
+    p = subprocess.Popen([prom, f"--config.file={cfg}", f"--storage.tsdb.path={os.path.join(workdir, 'tsdb')}",
+                          f"--web.listen-address=127.0.0.1:{port}"], stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and dm.get_status(port, "/-/ready") != 200:
+            time.sleep(0.2)
+        before = d.metrics()
+        stop = time.monotonic() + 8
+        clients = []
+
+        def load():
+            while time.monotonic() < stop:
+                d.classify(image)
+        for _ in range(3):
+            t = threading.Thread(target=load)
+            t.start()
+            clients.append(t)
+        for t in clients:
+            t.join()
+        after = d.metrics()
+        time.sleep(2.5)   # two more scrapes
+        n = after["effnetd_queue_wait_seconds_count"] - before["effnetd_queue_wait_seconds_count"]
+        mean = (after["effnetd_queue_wait_seconds_sum"] - before["effnetd_queue_wait_seconds_sum"]) / max(n, 1)
+        got = {}
+        for name, q in adapter_queries("effnetd-a|effnetd-b").items():
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            c.request("GET", "/api/v1/query?" + urllib.parse.urlencode({"query": q}))
+            res = json.loads(c.getresponse().read())
+            c.close()
+            vec = res.get("data", {}).get("result", [])
+            got[name] = {v["metric"].get("pod"): float(v["value"][1]) for v in vec}
+        wait = got.get("effnetd_queue_wait_seconds_mean", {})
+        check(list(wait) == ["effnetd-a"] and n > 0 and 0.5 * mean <= wait["effnetd-a"] <= 2 * mean,
+              f"Prometheus: the adapter's queue wait per pod agrees with the daemon's histogram "
+              f"({wait}, daemon {mean * 1000:.1f} ms over {n:.0f} requests)")
+        flight = got.get("effnetd_http_inflight_requests", {})
+        check(list(flight) == ["effnetd-a"] and 0 < flight["effnetd-a"] <= 4,
+              f"Prometheus: the adapter's requests in flight per pod ({flight}; 3 clients)")
+    finally:
+        p.terminate()
+        p.wait(60)
+        log.close()
 
 
 def check_drain_order(d, admin):

@@ -19,7 +19,7 @@ can still be lost is an answer the replica had begun to send, or a body too
 large for HAProxy's buffer (never retried). Timings are printed, never
 judged.
 
-Usage: test_rollout.py EFFNETD EFFNET [--clients N] [--settle SECONDS] [--default-retries]
+Usage: test_rollout.py EFFNETD EFFNET [--clients N] [--settle SECONDS] [--default-retries] [--json FILE]
   (tests/bench/rollout.sh runs it with more clients and longer windows)
 """
 
@@ -265,6 +265,7 @@ def main():
     ap.add_argument("--default-retries", action="store_true",
                     help="a control: the shipped config with HAProxy's default retry-on (conn-failure only); "
                          "prints the table, requires nothing")
+    ap.add_argument("--json", help="also append the table's rows to this file, one JSON object a line")
     opts = ap.parse_args()
     # meson's timeout sends SIGTERM: stop the replicas and HAProxy on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
@@ -359,6 +360,11 @@ def main():
                 if r["errors"]:
                     kinds = {e: sum(1 for x in load.records if phase_of(x, r) and str(x[2]) == e) for e in r["errors"]}
                     print(f"{r['phase']}: not 200: {kinds}")
+            if opts.json:
+                with open(opts.json, "a") as f:
+                    for r in rows:
+                        f.write(json.dumps(dict(r, config="default-retries" if opts.default_retries else "shipped",
+                                                clients=opts.clients)) + "\n")
             if opts.default_retries:
                 # A control for the benchmark: what the careful retries save.
                 rows = []

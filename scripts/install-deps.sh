@@ -18,6 +18,10 @@ pkgs=(
   systemd prometheus python3-yaml podman debootstrap
   # hostile suite: slow-header, slow-body and slow-read clients
   slowhttptest
+  # scale-out: the rolling-restart test behind HAProxy (suite rollout) and
+  # the schema checks of deploy/kubernetes and deploy/kserve (JSON Schema;
+  # Debian's kubectl needs a cluster even for --dry-run=client)
+  haproxy python3-jsonschema
   # the try-it page in a headless browser (integration/ui-browser)
   chromium chromium-driver python3-selenium
   # benchmarks (tests/bench): ONNX Runtime peer from npm; load generator and

@@ -297,7 +297,7 @@ def check_drain_order(d, admin):
     image = dm.read(photos["grace_hopper.jpg"])
     s = socket.create_connection(("127.0.0.1", d.port), timeout=60)
     try:
-        s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
                   + f"Content-Length: {len(image)}\r\n\r\n".encode() + image[:1000])
         time.sleep(0.5)
         d.proc.send_signal(signal.SIGTERM)

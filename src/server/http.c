@@ -28,10 +28,6 @@
  * its end; past this many dropped bytes the connection closes instead. */
 #define DISCARD_MAX ((size_t)64 << 20)
 #define BODY_MIN_ALLOC ((size_t)64 << 10)
-/* jansson's tree of a JSON infer request costs about 1.7 times its text
- * (some 40 bytes per number of a tensor, measured): while it lives, twice
- * the JSON's length counts against max-body-total too. */
-#define V2_JSON_TREE_FACTOR 2
 /* How often connections still without their headers are checked against
  * header-timeout: the cut comes at most this late. */
 #define HEADER_SWEEP_NS 250000000LL
@@ -118,6 +114,8 @@ struct req {
         struct v2_path v2;          /* route V2_ROUTE_NONE for effnetd's own API */
         int64_t v2_header_len;      /* Inference-Header-Content-Length; -1 when absent */
         struct v2_request *v2req;   /* the parsed infer request, owned */
+        long long v2_charge;        /* what its parse allocated (the tensor or images), counted in
+                                     * s->body_total until req_release_work */
         size_t max_body;            /* body limit of its route */
 
         uint8_t *body;              /* owned, counted in s->body_total */
@@ -145,6 +143,36 @@ struct req {
         size_t answer_len;          /* its answer's body, counted in s->answer_bytes until completed */
         bool counted_waiting;       /* counted in http_server.waiting */
 };
+
+/* Memory a request holds beyond its body buffer, charged against
+ * max-body-total (the same budget as bodies) before it is allocated:
+ * false when it does not fit now. */
+static bool budget_take(struct http_server *s, long long bytes)
+{
+        if (atomic_fetch_add(&s->body_total, bytes) + bytes > s->opts.max_body_total) {
+                atomic_fetch_sub(&s->body_total, bytes);
+                return false;
+        }
+        return true;
+}
+
+static void budget_give(struct http_server *s, long long bytes)
+{
+        atomic_fetch_sub(&s->body_total, bytes);
+}
+
+/* A line for the operator, through the error_log callback. */
+static void server_log(struct http_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void server_log(struct http_server *s, const char *fmt, ...)
+{
+        va_list ap;
+
+        if (!s->opts.error_log)
+                return;
+        va_start(ap, fmt);
+        s->opts.error_log(s->opts.userdata, fmt, ap);
+        va_end(ap);
+}
 
 static void body_release(struct req *q)
 {
@@ -189,6 +217,8 @@ static void req_release_work(struct req *q)
         q->tensors = q->logits = NULL;
         q->jobs = NULL;
         q->v2req = v2_request_free(q->v2req);
+        budget_give(q->s, q->v2_charge);
+        q->v2_charge = 0;
 }
 
 static void req_free(struct req *q)
@@ -962,10 +992,10 @@ static enum dec_step decode_main(struct dec_job *job)
         return DEC_DONE;
 }
 
-/* Hands q's parts to the decoder, its connection suspended meanwhile. A
- * full decoder queue answers 503 at once: bodies do not pile up behind a
- * few slow images. */
-static enum MHD_Result start_decode(struct req *q)
+/* Hands q to the decoder to run q->djob, its connection suspended
+ * meanwhile. A full decoder queue answers 503 at once: bodies do not pile
+ * up behind a few slow images. */
+static enum MHD_Result submit_djob(struct req *q)
 {
         struct http_server *s = q->s;
         int r;
@@ -976,7 +1006,6 @@ static enum MHD_Result start_decode(struct req *q)
         }
         /* Suspend first: the decoder may resume before dec_submit returns. */
         req_suspend(q);
-        q->djob = (struct dec_job){ .run = decode_main, .userdata = q, .large = part_is_large(q, 0) };
         r = dec_submit(s->dec, &q->djob);
         if (r < 0) {
                 struct dec_stats ds;
@@ -989,68 +1018,113 @@ static enum MHD_Result start_decode(struct req *q)
         return MHD_YES;
 }
 
+/* Hands q's parts to the decoder. */
+static enum MHD_Result start_decode(struct req *q)
+{
+        q->djob = (struct dec_job){ .run = decode_main, .userdata = q, .large = part_is_large(q, 0) };
+        return submit_djob(q);
+}
+
 /* A whole /v2 infer body: parse, then decode BYTES images on the decoder,
  * or queue FP32 tensors at once. */
-static enum MHD_Result v2_on_complete(struct req *q)
+/* Parses q's body into q->v2req, charging what the parse holds: its head
+ * while it runs, then its tensor or images for as long as q holds them.
+ * err: the message for the client. */
+static int v2_parse_charged(struct req *q, char *err, size_t err_len)
 {
         struct http_server *s = q->s;
-        struct generation *g = q->g;
+        const struct v2_model *m = &q->g->v2;
         struct v2_limits lim = { .max_images = s->opts.max_images, .max_image_bytes = s->opts.img.limits.max_bytes };
+        size_t json_len = q->v2_header_len >= 0 && (size_t)q->v2_header_len < q->len ? (size_t)q->v2_header_len
+                                                                                       : q->len;
+        long long head = (long long)v2_head_bytes(json_len);
+        int r;
+
+        if (!budget_take(s, head))
+                return -EAGAIN;
+        r = v2_parse_head(q->body, q->len, q->v2_header_len, m, &lim, err, err_len, &q->v2req);
+        budget_give(s, head);
+        if (r < 0)
+                return r;
+        long long data = (long long)v2_request_data_bytes(q->v2req, m, &lim);
+        if ((long long)q->cap + data > s->opts.max_body_total) {
+                snprintf(err, err_len, "the request's %lld bytes of body and %lld of tensors or images are more "
+                         "than max-body-total (%lld)", (long long)q->cap, data, (long long)s->opts.max_body_total);
+                return -E2BIG;
+        }
+        if (!budget_take(s, data))
+                return -EAGAIN;
+        q->v2_charge = data;
+        return v2_parse_data(q->v2req, q->body, q->len, m, &lim, err, err_len);
+}
+
+/* On a decoder thread: a /v2 infer body parsed, then its BYTES images
+ * decoded (as the next steps of the same job), or its FP32 tensors queued. */
+static enum dec_step v2_parse_main(struct dec_job *job)
+{
+        struct req *q = job->userdata;
+        struct generation *g = q->g;
         char err[256];
         int r;
 
-        size_t json_len = q->v2_header_len >= 0 && (size_t)q->v2_header_len < q->len ? (size_t)q->v2_header_len
-                                                                                       : q->len;
-        long long tree = (long long)json_len * V2_JSON_TREE_FACTOR;
-        if ((long long)q->cap + tree > s->opts.max_body_total) {
-                snprintf(err, sizeof err, "%zu bytes of JSON need %lld bytes to parse, more than max-body-total "
-                         "(%lld): send the tensors as binary data", json_len, (long long)q->cap + tree,
-                         (long long)s->opts.max_body_total);
-                return respond_error(q, API_E_TOO_LARGE, err);
+        /* http_stop waits for this request: answer it now. */
+        if (atomic_load(&q->s->stopping)) {
+                req_fail(q, API_E_DRAINING, "the server is shutting down");
+                goto done;
         }
-        if (atomic_fetch_add(&s->body_total, tree) + tree > s->opts.max_body_total) {
-                atomic_fetch_sub(&s->body_total, tree);
-                return respond_error(q, API_E_OVERLOADED, "too many request bodies in flight; retry later");
+        r = v2_parse_charged(q, err, sizeof err);
+        if (r < 0) {
+                if (r == -E2BIG)
+                        req_fail(q, API_E_TOO_LARGE, "%s", err);
+                else if (r == -EAGAIN)
+                        req_fail(q, API_E_OVERLOADED, "too many request bodies in flight; retry later");
+                else if (r == -ENOMEM)
+                        req_fail(q, API_E_OVERLOADED, "out of memory; retry later");
+                else
+                        req_fail(q, API_E_INVALID_REQUEST, "%s", err);
+                goto done;
         }
-        r = v2_parse_infer(q->body, q->len, q->v2_header_len, &g->v2, &lim, err, sizeof err, &q->v2req);
-        atomic_fetch_sub(&s->body_total, tree);
-        if (r == -E2BIG)
-                return respond_error(q, API_E_TOO_LARGE, err);
-        if (r == -ENOMEM)
-                return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
-        if (r < 0)
-                return respond_error(q, API_E_INVALID_REQUEST, err);
         int n = q->v2req->n;
-        if (!batch_has_room(g->batch, n))
-                return respond_error(q, API_E_OVERLOADED, "the queue is full; retry later");
+        if (!batch_has_room(g->batch, n)) {
+                req_fail(q, API_E_OVERLOADED, "the queue is full; retry later");
+                goto done;
+        }
         q->logits = malloc(sizeof(float) * (size_t)g->info->classes * (size_t)n);
         q->jobs = calloc((size_t)n, sizeof *q->jobs);
-        if (!q->logits || !q->jobs)
-                return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
+        if (q->v2req->datatype == V2_BYTES)
+                q->parts = calloc((size_t)n, sizeof *q->parts);
+        if (!q->logits || !q->jobs || (q->v2req->datatype == V2_BYTES && !q->parts)) {
+                req_fail(q, API_E_OVERLOADED, "out of memory; retry later");
+                goto done;
+        }
         if (q->v2req->datatype == V2_BYTES) {
                 /* Its images point into the body (binary data) or the request. */
-                q->parts = calloc((size_t)n, sizeof *q->parts);
-                if (!q->parts)
-                        return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
                 for (int i = 0; i < n; i++)
                         q->parts[i] = (struct multipart_part){ .data = q->v2req->images[i].data,
                                                                 .len = q->v2req->images[i].len };
                 q->n_parts = n;
-                return start_decode(q);
+                q->next_part = 0;
+                job->run = decode_main;
+                job->large = part_is_large(q, 0);
+                return DEC_AGAIN;
         }
         q->tensors = q->v2req->tensor;   /* taken over */
         q->v2req->tensor = NULL;
         body_release(q);
         q->n_images = n;
-        if (!submit_enter(s)) {
-                req_fail(q, API_E_DRAINING, "the server is shutting down");
-                return respond_failed(q);
-        }
-        /* Suspend first: the callbacks may resume before batch_submit returns. */
-        req_suspend(q);
         start_inference(q);
-        submit_leave(s);
-        return MHD_YES;
+        return DEC_DONE;
+done:
+        req_finish(q);
+        return DEC_DONE;
+}
+
+/* A whole /v2 infer body: parsed on the decoder's threads, since a large
+ * JSON body takes a while and the polling thread serves other connections. */
+static enum MHD_Result v2_on_complete(struct req *q)
+{
+        q->djob = (struct dec_job){ .run = v2_parse_main, .userdata = q };
+        return submit_djob(q);
 }
 
 /* The whole body is here: take the model generation served now, split the
@@ -1126,10 +1200,13 @@ static void v2_merge_jobs(struct req *q)
 }
 
 /* The answer when building the body of a successful request failed (r):
- * the logits were not finite, or something inside us broke. */
+ * the logits were not finite from an input within what images hold (a log
+ * line: the operator's to fix), or something inside us broke. */
 static enum MHD_Result answer_body_error(struct req *q, int r)
 {
         if (r == -EDOM) {
+                server_log(q->s, "request %s: the model computed NaN or Inf from an input that an image can "
+                           "hold: its weights are broken", q->id);
                 req_fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its weights are "
                          "broken");
                 return respond_failed(q);
@@ -1142,8 +1219,16 @@ static enum MHD_Result answer_v2_infer(struct req *q)
 {
         char *body = NULL;
         size_t len = 0, hlen = 0;
-        int r = v2_infer_body(&q->g->v2, q->v2req, q->logits, &body, &len, &hlen);
+        char err[256];
+        int r = v2_check_logits(&q->g->v2, q->v2req, q->logits, err, sizeof err);
 
+        /* The client's extreme values overflowed the network: its error. */
+        if (r == -ERANGE) {
+                req_fail(q, API_E_INVALID_REQUEST, "%s", err);
+                return respond_failed(q);
+        }
+        if (r == 0)
+                r = v2_infer_body(&q->g->v2, q->v2req, q->logits, &body, &len, &hlen);
         if (r < 0)
                 return answer_body_error(q, r);
         atomic_fetch_add(&q->s->images, (unsigned long long)q->n_images);

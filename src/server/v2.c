@@ -394,7 +394,8 @@ fail:
  * `[]`, for jansson; and where the first input's array is in the text. */
 struct head {
         const char *text, *end;
-        char *out;                      /* [V2_MAX_HEAD] */
+        char *out;                      /* [cap] */
+        size_t cap;                     /* the text's length, at most V2_MAX_HEAD */
         size_t len;
         struct cut { size_t at, removed; } *cuts; /* in head order: at (in the head) the text had removed more bytes */
         size_t n_cuts, cap_cuts;
@@ -407,7 +408,7 @@ enum head_where { W_OTHER, W_ROOT, W_INPUTS, W_INPUT, W_DATA };
 
 static int head_put(struct head *h, const char *s, size_t n)
 {
-        if (n > V2_MAX_HEAD - h->len)
+        if (n > h->cap - h->len)
                 return -E2BIG;
         memcpy(h->out + h->len, s, n);
         h->len += n;
@@ -547,8 +548,8 @@ static int head_parse(struct head *h, const char *text, size_t len, bool framed,
         json_error_t je;
         int r;
 
-        *h = (struct head){ .text = text, .end = text + len };
-        if (!(h->out = malloc(V2_MAX_HEAD)))
+        *h = (struct head){ .text = text, .end = text + len, .cap = len < V2_MAX_HEAD ? len : V2_MAX_HEAD };
+        if (!(h->out = malloc(h->cap)))
                 return -ENOMEM;
         if ((r = head_ws(h, &p)) == 0 && (r = head_value(h, &p, W_ROOT, 0, 0)) == 0 && (r = head_ws(h, &p)) == 0 &&
             p != h->end) {
@@ -574,6 +575,11 @@ static int head_parse(struct head *h, const char *text, size_t len, bool framed,
                            framed ? " of the header" : "", je.text);
         *ret_root = root;
         return 0;
+}
+
+size_t v2_head_bytes(size_t json_len)
+{
+        return (json_len < V2_MAX_HEAD ? json_len : V2_MAX_HEAD) * V2_HEAD_FACTOR;
 }
 
 static void head_done(struct head *h)

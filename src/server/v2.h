@@ -30,8 +30,8 @@
  * bytes in which the input's "data" array stands as `[]`, and lets jansson
  * parse only that head. v2_parse_data then reads the data array straight
  * from the text into the tensor (or the decoded images). The memory of a
- * parse is thus bounded by V2_HEAD_BOUND plus v2_request_data_bytes (the
- * tensor), whatever the text holds.
+ * parse is thus bounded by v2_head_bytes (at most V2_HEAD_BOUND) plus
+ * v2_request_data_bytes (the tensor), whatever the text holds.
  */
 #ifndef EFFNET_SERVER_V2_H
 #define EFFNET_SERVER_V2_H
@@ -55,11 +55,15 @@
 /* The request JSON apart from the input's "data" array (id, inputs' names,
  * shapes, parameters, outputs): a real one is a few hundred bytes; more is
  * refused (413), since jansson builds a tree of up to 78 times its size. */
-#define V2_MAX_HEAD ((size_t)16 << 10)
-/* What v2_parse_head holds at most while it runs: the head (V2_MAX_HEAD),
- * the places where data arrays were cut from it, and jansson's tree of it
- * (measured below 80 bytes per byte of head for every shape: tests/unit/test_v2.c). */
-#define V2_HEAD_BOUND (V2_MAX_HEAD * 128)
+#define V2_MAX_HEAD ((size_t)8 << 10)
+/* What v2_parse_head holds at most while it runs, for a JSON text of
+ * json_len bytes: the head (at most V2_MAX_HEAD bytes), the places where
+ * data arrays were cut from it, and jansson's tree of it, each below 128
+ * bytes per byte of head (jansson's worst, `{},`, takes 71 bytes and 5
+ * allocations: tests/unit/test_v2.c measures it). */
+#define V2_HEAD_FACTOR 128
+#define V2_HEAD_BOUND (V2_MAX_HEAD * V2_HEAD_FACTOR)
+size_t v2_head_bytes(size_t json_len);
 /* Arrays and objects nested deeper than this are refused (400). */
 #define V2_MAX_DEPTH 32
 /* FP32 input values beyond +-this are not an image's: a normalized image
@@ -158,8 +162,8 @@ struct v2_request *v2_request_free(struct v2_request *r);
 
 /* v2_parse_infer in two steps, so that a caller can charge the memory of
  * the second before it is taken. v2_parse_head checks the whole text and
- * parses everything but the data (holding at most V2_HEAD_BOUND bytes
- * meanwhile, freed when it returns); *ret_request then has its id, n,
+ * parses everything but the data (holding at most v2_head_bytes of its
+ * JSON's length meanwhile, freed when it returns); *ret_request then has its id, n,
  * datatype and outputs, and no tensor or images yet. v2_parse_data, with
  * the same body, m and lim, reads the data into it, allocating at most
  * v2_request_data_bytes (which stays allocated with the request). Errors

@@ -622,7 +622,6 @@ static int fp32_from_text(struct v2_request *r, const char *p, const char *end, 
                  * whitespace: strtof stops where it ends. */
                 const char *q = scan_number(p, end);
                 if (at < floats) {
-                        errno = 0;
                         float v = strtof(p, NULL);
                         if (isinf(v))
                                 return bad(err, err_len, "input '%s': a value out of the FP32 range (element %zu)",

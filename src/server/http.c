@@ -1025,8 +1025,6 @@ static enum MHD_Result start_decode(struct req *q)
         return submit_djob(q);
 }
 
-/* A whole /v2 infer body: parse, then decode BYTES images on the decoder,
- * or queue FP32 tensors at once. */
 /* Parses q's body into q->v2req, charging what the parse holds: its head
  * while it runs, then its tensor or images for as long as q holds them.
  * err: the message for the client. */

@@ -14,7 +14,14 @@
  * compiled in). */
 extern const char api_builtin_imagenet_labels[];
 
+/* A labels file is kept as read, with a pointer per class: 64 MiB is some
+ * 3 KB per class of an ImageNet-21k model. */
 #define LABELS_MAX_FILE_BYTES ((long)64 << 20)
+/* A hub repository's config.json, read whole and parsed by jansson, whose
+ * tree takes up to some 80 bytes per byte of text: 4 MiB (at most about 330
+ * MB of tree while a model loads) is three times timm's config.json of an
+ * ImageNet-21k model (21843 label names and descriptions, about 1.2 MB). */
+#define HUB_CONFIG_MAX_FILE_BYTES ((long)4 << 20)
 
 struct api_labels {
         int classes;
@@ -58,7 +65,10 @@ static int split_lines(char *text, size_t len, char **names, int max)
         return n;
 }
 
-static int read_text_file(const char *path, char **ret_text, size_t *ret_len, char *err, size_t err_len)
+/* The file at path, of at most max bytes (-E2BIG beyond, before it is
+ * read), NUL-terminated; messages start with what (e.g. "labels ") and path. */
+static int read_text_file(const char *path, long max, const char *what, char **ret_text, size_t *ret_len, char *err,
+                          size_t err_len)
 {
         FILE *f = fopen(path, "rbe");
         char *buf = NULL;
@@ -66,23 +76,22 @@ static int read_text_file(const char *path, char **ret_text, size_t *ret_len, ch
         int r;
 
         if (!f)
-                return err_set(err, err_len, -errno, "labels %s: %s", path, strerror(errno));
+                return err_set(err, err_len, -errno, "%s%s: %s", what, path, strerror(errno));
         if (fseek(f, 0, SEEK_END) < 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) < 0) {
-                r = err_set(err, err_len, -EIO, "labels %s: cannot get its size", path);
+                r = err_set(err, err_len, -EIO, "%s%s: cannot get its size", what, path);
                 goto out;
         }
-        if (size > LABELS_MAX_FILE_BYTES) {
-                r = err_set(err, err_len, -E2BIG, "labels %s: %ld bytes, more than %ld", path, size,
-                            LABELS_MAX_FILE_BYTES);
+        if (size > max) {
+                r = err_set(err, err_len, -E2BIG, "%s%s: %ld bytes, more than %ld", what, path, size, max);
                 goto out;
         }
         buf = malloc((size_t)size + 1);
         if (!buf) {
-                r = err_set(err, err_len, -ENOMEM, "labels %s: out of memory", path);
+                r = err_set(err, err_len, -ENOMEM, "%s%s: out of memory", what, path);
                 goto out;
         }
         if (fread(buf, 1, (size_t)size, f) != (size_t)size) {
-                r = err_set(err, err_len, -EIO, "labels %s: read error", path);
+                r = err_set(err, err_len, -EIO, "%s%s: read error", what, path);
                 goto out;
         }
         buf[size] = '\0';
@@ -111,7 +120,7 @@ int api_labels_load(const char *path, int classes, char *err, size_t err_len, st
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         l->classes = classes;
         if (path) {
-                if ((r = read_text_file(path, &l->text, &len, err, err_len)) < 0)
+                if ((r = read_text_file(path, LABELS_MAX_FILE_BYTES, "labels ", &l->text, &len, err, err_len)) < 0)
                         goto fail;
                 const char *nul = memchr(l->text, '\0', len);
                 if (nul) {
@@ -270,7 +279,12 @@ int api_labels_load_hub_config(const char *config_path, int classes, char *err, 
 
         if (classes < 1)
                 return err_set(err, err_len, -EINVAL, "labels: %d classes", classes);
-        root = json_load_file(config_path, JSON_REJECT_DUPLICATES, &jerr);
+        /* Its size first: jansson's tree of it costs many times its text. */
+        if ((r = read_text_file(config_path, HUB_CONFIG_MAX_FILE_BYTES, "", &text, &len, err, err_len)) < 0)
+                return r == -E2BIG || r == -ENOMEM ? r : -EIO;  /* -ENOENT says: no label_names */
+        root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
+        free(text);
+        text = NULL;
         if (!root)
                 return err_set(err, err_len, -EBADMSG, "%s: not JSON: %s", config_path, jerr.text);
         if ((r = hub_names(root, config_path, classes, err, err_len, &names)) < 0)

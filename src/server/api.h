@@ -48,7 +48,9 @@ const char *api_labels_get(const struct api_labels *l, int index);
  * is one (timm's synsets: "n01440764" -> "tench, Tinca tinca"). -ENOENT
  * when the file has no label_names, -EINVAL when their count differs from
  * classes or a name is missing, -EBADMSG for a file that is not JSON or
- * names that are not printable text; a message in err either way. */
+ * names that are not printable text, -E2BIG for a file of more than 4 MiB
+ * (refused before it is parsed: jansson's tree takes many times its text),
+ * -EIO when it cannot be read; a message in err either way. */
 int api_labels_load_hub_config(const char *config_path, int classes, char *err, size_t err_len,
                                struct api_labels **ret_labels);
 /* Where the names come from: "builtin-imagenet-1k", "file:PATH",

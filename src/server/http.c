@@ -30,10 +30,6 @@
  * its end; past this many dropped bytes the connection closes instead. */
 #define DISCARD_MAX ((size_t)64 << 20)
 #define BODY_MIN_ALLOC ((size_t)64 << 10)
-/* jansson's tree of a JSON infer request costs about 1.7 times its text
- * (some 40 bytes per number of a tensor, measured): while it lives, twice
- * the JSON's length is charged to the memory budget too. */
-#define V2_JSON_TREE_FACTOR 2
 /* The bound of one prediction in an answer, besides its label (escaped:
  * labels are printable UTF-8, so only '"' and '\\' grow, to two bytes):
  * {"index":I,"label":"","score":S}, with I of at most 10 digits and S
@@ -179,6 +175,19 @@ static int req_charge(struct req *q, int64_t bytes)
 static void req_uncharge(struct req *q, int64_t bytes)
 {
         budget_release(q->s->budget, q->client, bytes);
+}
+
+/* A line for the operator, through the error_log callback. */
+static void server_log(struct http_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void server_log(struct http_server *s, const char *fmt, ...)
+{
+        va_list ap;
+
+        if (!s->opts.error_log)
+                return;
+        va_start(ap, fmt);
+        s->opts.error_log(s->opts.userdata, fmt, ap);
+        va_end(ap);
 }
 
 static void body_release(struct req *q)
@@ -1101,14 +1110,15 @@ static size_t answer_bound(const struct req *q, int n)
 }
 
 /* Admission: charges what q's n images will need before any of it is
- * allocated (their tensors, logits and the bound of the answer), so that
- * the requests being decoded or queued never hold more than the budget.
+ * allocated (their logits, the bound of the answer and, with_tensors, their
+ * tensors: a /v2 FP32 tensor was charged by its parse), so that the
+ * requests being decoded or queued never hold more than the budget.
  * false: q failed (503; 413 when it could never fit). */
-static bool req_admit(struct req *q, int n)
+static bool req_admit(struct req *q, int n, bool with_tensors)
 {
         const struct generation *g = q->g;
-        int64_t bytes = (int64_t)(sizeof(float) * (size_t)n * ((size_t)g->info->classes + g->image_floats)) +
-                        (int64_t)answer_bound(q, n);
+        size_t floats = (size_t)g->info->classes + (with_tensors ? g->image_floats : 0);
+        int64_t bytes = (int64_t)(sizeof(float) * (size_t)n * floats) + (int64_t)answer_bound(q, n);
         int r;
 
         if (bytes > q->s->opts.max_client_share) {
@@ -1128,10 +1138,10 @@ static bool req_admit(struct req *q, int n)
         return true;
 }
 
-/* Hands q's parts to the decoder, its connection suspended meanwhile. A
- * full decoder queue answers 503 at once: bodies do not pile up behind a
- * few slow images. */
-static enum MHD_Result start_decode(struct req *q)
+/* Hands q to the decoder to run q->djob, its connection suspended
+ * meanwhile. A full decoder queue answers 503 at once: bodies do not pile
+ * up behind a few slow images. */
+static enum MHD_Result submit_djob(struct req *q)
 {
         struct http_server *s = q->s;
         int r;
@@ -1144,7 +1154,6 @@ static enum MHD_Result start_decode(struct req *q)
         q->client_fd = ci ? ci->connect_fd : -1;
         /* Suspend first: the decoder may resume before dec_submit returns. */
         req_suspend(q);
-        q->djob = (struct dec_job){ .run = decode_main, .userdata = q, .large = part_is_large(q, 0) };
         r = dec_submit(s->dec, &q->djob);
         if (r < 0) {
                 struct dec_stats ds;
@@ -1157,72 +1166,114 @@ static enum MHD_Result start_decode(struct req *q)
         return MHD_YES;
 }
 
-/* A whole /v2 infer body: parse, then decode BYTES images on the decoder,
- * or queue FP32 tensors at once. */
-static enum MHD_Result v2_on_complete(struct req *q)
+/* Hands q's parts to the decoder. */
+static enum MHD_Result start_decode(struct req *q)
+{
+        q->djob = (struct dec_job){ .run = decode_main, .userdata = q, .large = part_is_large(q, 0) };
+        return submit_djob(q);
+}
+
+/* Parses q's body into q->v2req, charging what the parse holds: its head
+ * while it runs, then its tensor or images for as long as q holds them.
+ * err: the message for the client. */
+static int v2_parse_charged(struct req *q, char *err, size_t err_len)
 {
         struct http_server *s = q->s;
-        struct generation *g = q->g;
+        const struct v2_model *m = &q->g->v2;
         struct v2_limits lim = { .max_images = s->opts.max_images, .max_image_bytes = s->opts.img.limits.max_bytes };
+        size_t json_len = q->v2_header_len >= 0 && (size_t)q->v2_header_len < q->len ? (size_t)q->v2_header_len
+                                                                                       : q->len;
+        int64_t head = (int64_t)v2_head_bytes(json_len);
+        int r;
+
+        if ((r = req_charge(q, head)) < 0)
+                return r;
+        r = v2_parse_head(q->body, q->len, q->v2_header_len, m, &lim, err, err_len, &q->v2req);
+        req_uncharge(q, head);
+        if (r < 0)
+                return r;
+        int64_t data = (int64_t)v2_request_data_bytes(q->v2req, m, &lim);
+        if ((int64_t)q->cap + data > s->opts.max_client_share) {
+                snprintf(err, err_len, "the request's %lld bytes of body and %lld of tensors or images are more "
+                         "than one client may hold (max-client-share, %lld)", (long long)q->cap, (long long)data,
+                         (long long)s->opts.max_client_share);
+                return -E2BIG;
+        }
+        if ((r = req_charge(q, data)) < 0)
+                return r;
+        q->reserved += data;
+        return v2_parse_data(q->v2req, q->body, q->len, m, &lim, err, err_len);
+}
+
+/* On a decoder thread: a /v2 infer body parsed, then its BYTES images
+ * decoded (as the next steps of the same job), or its FP32 tensors queued. */
+static enum dec_step v2_parse_main(struct dec_job *job)
+{
+        struct req *q = job->userdata;
+        struct generation *g = q->g;
         char err[256];
         int r;
 
-        size_t json_len = q->v2_header_len >= 0 && (size_t)q->v2_header_len < q->len ? (size_t)q->v2_header_len
-                                                                                       : q->len;
-        long long tree = (long long)json_len * V2_JSON_TREE_FACTOR;
-        if ((long long)q->cap + tree > s->opts.max_client_share) {
-                snprintf(err, sizeof err, "%zu bytes of JSON need %lld bytes to parse, more than max-body-total "
-                         "(memory-budget or max-client-share, %lld): send the tensors as binary data", json_len,
-                         (long long)q->cap + tree, (long long)s->opts.max_client_share);
-                return respond_error(q, API_E_TOO_LARGE, err);
+        /* http_stop waits for this request: answer it now. */
+        if (atomic_load(&q->s->stopping)) {
+                req_fail(q, API_E_DRAINING, "the server is shutting down");
+                goto done;
         }
-        if ((r = req_charge(q, tree)) < 0) {
-                fail_budget(q, r, "parsing the JSON");
-                return respond_failed(q);
+        r = v2_parse_charged(q, err, sizeof err);
+        if (r < 0) {
+                if (r == -E2BIG)
+                        req_fail(q, API_E_TOO_LARGE, "%s", err);
+                else if (r == -ENOBUFS || r == -EDQUOT)
+                        fail_budget(q, r, "parsing the request");
+                else if (r == -ENOMEM)
+                        req_fail(q, API_E_OVERLOADED, "out of memory; retry later");
+                else
+                        req_fail(q, API_E_INVALID_REQUEST, "%s", err);
+                goto done;
         }
-        r = v2_parse_infer(q->body, q->len, q->v2_header_len, &g->v2, &lim, err, sizeof err, &q->v2req);
-        req_uncharge(q, tree);
-        if (r == -E2BIG)
-                return respond_error(q, API_E_TOO_LARGE, err);
-        if (r == -ENOMEM)
-                return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
-        if (r < 0)
-                return respond_error(q, API_E_INVALID_REQUEST, err);
         int n = q->v2req->n;
-        if (!batch_has_room(g->batch, n))
-                return respond_error(q, API_E_OVERLOADED, "the queue is full; retry later");
-        /* FP32 tensors are the parse's, allocated under the tree's charge:
-         * charged from now on with the rest. */
-        if (!req_admit(q, n))
-                return respond_failed(q);
+        if (!batch_has_room(g->batch, n)) {
+                req_fail(q, API_E_OVERLOADED, "the queue is full; retry later");
+                goto done;
+        }
+        if (!req_admit(q, n, q->v2req->datatype == V2_BYTES))
+                goto done;
         q->logits = malloc(sizeof(float) * (size_t)g->info->classes * (size_t)n);
         q->jobs = calloc((size_t)n, sizeof *q->jobs);
-        if (!q->logits || !q->jobs)
-                return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
+        if (q->v2req->datatype == V2_BYTES)
+                q->parts = calloc((size_t)n, sizeof *q->parts);
+        if (!q->logits || !q->jobs || (q->v2req->datatype == V2_BYTES && !q->parts)) {
+                req_fail(q, API_E_OVERLOADED, "out of memory; retry later");
+                goto done;
+        }
         if (q->v2req->datatype == V2_BYTES) {
                 /* Its images point into the body (binary data) or the request. */
-                q->parts = calloc((size_t)n, sizeof *q->parts);
-                if (!q->parts)
-                        return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
                 for (int i = 0; i < n; i++)
                         q->parts[i] = (struct multipart_part){ .data = q->v2req->images[i].data,
                                                                 .len = q->v2req->images[i].len };
                 q->n_parts = n;
-                return start_decode(q);
+                q->next_part = 0;
+                job->run = decode_main;
+                job->large = part_is_large(q, 0);
+                return DEC_AGAIN;
         }
         q->tensors = q->v2req->tensor;   /* taken over */
         q->v2req->tensor = NULL;
         body_release(q);
         q->n_images = n;
-        if (!submit_enter(s)) {
-                req_fail(q, API_E_DRAINING, "the server is shutting down");
-                return respond_failed(q);
-        }
-        /* Suspend first: the callbacks may resume before batch_submit returns. */
-        req_suspend(q);
         start_inference(q);
-        submit_leave(s);
-        return MHD_YES;
+        return DEC_DONE;
+done:
+        req_finish(q);
+        return DEC_DONE;
+}
+
+/* A whole /v2 infer body: parsed on the decoder's threads, since a large
+ * JSON body takes a while and the polling thread serves other connections. */
+static enum MHD_Result v2_on_complete(struct req *q)
+{
+        q->djob = (struct dec_job){ .run = v2_parse_main, .userdata = q };
+        return submit_djob(q);
 }
 
 /* The whole body is here: take the model generation served now, split the
@@ -1277,7 +1328,7 @@ static enum MHD_Result on_complete(struct req *q)
         q->n_parts = n;
         if (!batch_has_room(g->batch, n))
                 return respond_error(q, API_E_OVERLOADED, "the queue is full; retry later");
-        if (!req_admit(q, n))
+        if (!req_admit(q, n, true))
                 return respond_failed(q);
         q->logits = malloc(sizeof(float) * (size_t)g->info->classes * (size_t)n);
         if (!q->logits)
@@ -1302,10 +1353,13 @@ static void v2_merge_jobs(struct req *q)
 }
 
 /* The answer when building the body of a successful request failed (r):
- * the logits were not finite, or something inside us broke. */
+ * the logits were not finite from an input within what images hold (a log
+ * line: the operator's to fix), or something inside us broke. */
 static enum MHD_Result answer_body_error(struct req *q, int r)
 {
         if (r == -EDOM) {
+                server_log(q->s, "request %s: the model computed NaN or Inf from an input that an image can "
+                           "hold: its weights are broken", q->id);
                 req_fail(q, API_E_NON_FINITE, "the model computed NaN or Inf for this input: its weights are "
                          "broken");
                 return respond_failed(q);
@@ -1318,8 +1372,16 @@ static enum MHD_Result answer_v2_infer(struct req *q)
 {
         char *body = NULL;
         size_t len = 0, hlen = 0;
-        int r = v2_infer_body(&q->g->v2, q->v2req, q->logits, &body, &len, &hlen);
+        char err[256];
+        int r = v2_check_logits(&q->g->v2, q->v2req, q->logits, err, sizeof err);
 
+        /* The client's extreme values overflowed the network: its error. */
+        if (r == -ERANGE) {
+                req_fail(q, API_E_INVALID_REQUEST, "%s", err);
+                return respond_failed(q);
+        }
+        if (r == 0)
+                r = v2_infer_body(&q->g->v2, q->v2req, q->logits, &body, &len, &hlen);
         if (r < 0)
                 return answer_body_error(q, r);
         atomic_fetch_add(&q->s->images, (unsigned long long)q->n_images);

@@ -82,7 +82,8 @@ struct http_opts {
                                       * NULL = none */
         /* Called once per answered request (any thread). May be NULL. */
         void (*access_log)(void *userdata, const struct http_access *a);
-        /* libmicrohttpd's own messages (any thread). May be NULL. */
+        /* libmicrohttpd's own messages, and a request's NaN or Inf outputs that
+         * its input did not make (broken weights) (any thread). May be NULL. */
         void (*error_log)(void *userdata, const char *fmt, va_list ap);
         void *userdata;
 };

@@ -131,16 +131,6 @@ int v2_base64_decode(const char *in, size_t len, uint8_t *out, size_t *ret_len)
         return 0;
 }
 
-/* Bytes that v2_base64_decode makes of a valid string: unpadded strings carry
- * 1 or 2 bytes in a last group of 2 or 3 characters, so len / 4 * 3 alone
- * would let an image over the limit by up to 2 bytes. */
-static size_t base64_decoded_len(const char *in, size_t len)
-{
-        for (int pad = 0; pad < 2 && len > 0 && in[len - 1] == '='; pad++)
-                len--;
-        return len / 4 * 3 + (len % 4 > 1 ? len % 4 - 1 : 0);
-}
-
 /* ---- infer requests ------------------------------------------------------------ */
 
 struct v2_request *v2_request_free(struct v2_request *r)
@@ -151,6 +141,7 @@ struct v2_request *v2_request_free(struct v2_request *r)
         free(r->tensor);
         free(r->images);
         free(r->decoded);
+        free(r->range);
         free(r);
         return NULL;
 }
@@ -177,93 +168,514 @@ static void shape_str(const int64_t *dims, size_t rank, char *buf, size_t n)
                 snprintf(buf + used, n - used, "]");
 }
 
-/* Leaves of a nested array, at most depth levels deep, all numbers
- * (want_string false) or all strings. */
-static int count_leaves(const json_t *a, int depth, bool want_string, size_t *count)
-{
-        size_t i;
-        json_t *v;
-
-        if (depth < 1)
-                return -EBADMSG;
-        json_array_foreach(a, i, v) {
-                if (json_is_array(v)) {
-                        if (count_leaves(v, depth - 1, want_string, count) < 0)
-                                return -EBADMSG;
-                } else if (want_string ? json_is_string(v) : json_is_number(v)) {
-                        (*count)++;
-                } else {
-                        return -EBADMSG;
-                }
-        }
-        return 0;
-}
-
-/* Row-major copy of the (counted, checked) numbers; -ERANGE for a value that
- * is no float. */
-static int fill_floats(const json_t *a, float *out, size_t *at)
-{
-        size_t i;
-        json_t *v;
-
-        json_array_foreach(a, i, v) {
-                if (json_is_array(v)) {
-                        if (fill_floats(v, out, at) < 0)
-                                return -ERANGE;
-                        continue;
-                }
-                double d = json_number_value(v);
-                if (!(fabs(d) <= FLT_MAX))
-                        return -ERANGE;
-                out[(*at)++] = (float)d;
-        }
-        return 0;
-}
-
-static void fill_strings(const json_t *a, const json_t **out, size_t *at)
-{
-        size_t i;
-        json_t *v;
-
-        json_array_foreach(a, i, v) {
-                if (json_is_array(v))
-                        fill_strings(v, out, at);
-                else
-                        out[(*at)++] = v;
-        }
-}
-
 static uint32_t le32(const uint8_t *p)
 {
         return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* The FP32 input: JSON data or binary bytes. */
-static int parse_fp32(struct v2_request *r, const json_t *data, const uint8_t *bin, size_t bin_len,
-                      const struct v2_model *m, const char *shape, char *err, size_t err_len)
-{
-        size_t floats = (size_t)r->n * 3 * (size_t)m->size * (size_t)m->size;
+/* ---- JSON text, read without a tree ----------------------------------------------
+ *
+ * A scanner of RFC 8259 that allocates nothing: scan_value checks one value
+ * and finds its end, the head copies the request without its data arrays
+ * for jansson, and the data readers below walk an array that scan_value
+ * has checked already, so that they need not check its syntax again. Its
+ * own code rather than a streaming library (yajl): the request is small
+ * apart from one array, both steps need only this much, and a scanner of
+ * a page can be fuzzed whole with the parser (tests/fuzz/fuzz_v2.c). */
 
-        if (data) {
-                size_t count = 0, at = 0;
-                if (count_leaves(data, 4, false, &count) < 0)
-                        return bad(err, err_len, "input '%s': data must be numbers, flat or nested up to the "
-                                   "shape's 4 levels", V2_INPUT_NAME);
-                if (count != floats)
-                        return bad(err, err_len, "input '%s': %zu values for shape %s, which needs %zu",
-                                   V2_INPUT_NAME, count, shape, floats);
-                if (!(r->tensor = malloc(sizeof(float) * floats)))
-                        return -ENOMEM;
-                if (fill_floats(data, r->tensor, &at) < 0)
-                        return bad(err, err_len, "input '%s': a value out of the FP32 range", V2_INPUT_NAME);
+static bool is_ws(char c)
+{
+        return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static const char *skip_ws(const char *p, const char *end)
+{
+        while (p < end && is_ws(*p))
+                p++;
+        return p;
+}
+
+static bool is_digit(char c)
+{
+        return c >= '0' && c <= '9';
+}
+
+static int hex_value(char c)
+{
+        if (is_digit(c))
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
+
+/* The end of the JSON number at p, or NULL. */
+static const char *scan_number(const char *p, const char *end)
+{
+        if (p < end && *p == '-')
+                p++;
+        if (p < end && *p == '0')
+                p++;
+        else if (p < end && *p >= '1' && *p <= '9')
+                while (p < end && is_digit(*p))
+                        p++;
+        else
+                return NULL;
+        if (p < end && *p == '.') {
+                if (++p >= end || !is_digit(*p))
+                        return NULL;
+                while (p < end && is_digit(*p))
+                        p++;
+        }
+        if (p < end && (*p == 'e' || *p == 'E')) {
+                if (++p < end && (*p == '+' || *p == '-'))
+                        p++;
+                if (p >= end || !is_digit(*p))
+                        return NULL;
+                while (p < end && is_digit(*p))
+                        p++;
+        }
+        return p;
+}
+
+/* The end (past the closing quote) of the JSON string whose opening quote
+ * is at p, or NULL: no raw control characters, only JSON's escapes. UTF-8
+ * is left to jansson (the head) and to base64 (data strings). */
+static const char *scan_string(const char *p, const char *end)
+{
+        for (p++; p < end; p++) {
+                unsigned char c = (unsigned char)*p;
+                if (c == '"')
+                        return p + 1;
+                if (c < 0x20)
+                        return NULL;
+                if (c != '\\')
+                        continue;
+                if (++p >= end)
+                        return NULL;
+                if (*p == 'u') {
+                        for (int i = 0; i < 4; i++)
+                                if (++p >= end || hex_value(*p) < 0)
+                                        return NULL;
+                } else if (!*p || !strchr("\"\\/bfnrt", *p)) {
+                        return NULL;
+                }
+        }
+        return NULL;
+}
+
+/* The next byte of a checked JSON string's content at *pp, escapes
+ * undone; -1 at its closing quote. A \u escape of a character beyond ASCII
+ * gives 0x80, which neither a key we look for nor base64 holds. */
+static int string_next(const char **pp)
+{
+        const char *p = *pp;
+        int c = (unsigned char)*p++;
+
+        if (c == '"')
+                return -1;
+        if (c == '\\') {
+                c = *p++;
+                switch (c) {
+                case 'b': c = '\b'; break;
+                case 'f': c = '\f'; break;
+                case 'n': c = '\n'; break;
+                case 'r': c = '\r'; break;
+                case 't': c = '\t'; break;
+                case 'u': {
+                        int v = 0;
+                        for (int i = 0; i < 4; i++)
+                                v = v << 4 | hex_value(*p++);
+                        c = v < 0x80 ? v : 0x80;
+                        break;
+                }
+                default: break; /* '"', '\\', '/' */
+                }
+        }
+        *pp = p;
+        return c;
+}
+
+/* Whether the checked JSON string at s (its opening quote) is name. */
+static bool string_is(const char *s, const char *name)
+{
+        const char *p = s + 1;
+        int c;
+
+        while ((c = string_next(&p)) >= 0)
+                if (*name == '\0' || c != (unsigned char)*name++)
+                        return false;
+        return *name == '\0';
+}
+
+/* Checks the JSON value at *pp (after any whitespace), nested at most
+ * max_depth levels (0: a scalar), and moves *pp past it. -EBADMSG for a
+ * syntax error, -ELOOP for nesting too deep, with *pp where it was found.
+ * Iterative: a bit per level says object or array. */
+static int scan_value(const char **pp, const char *end, int max_depth)
+{
+        const char *p = skip_ws(*pp, end);
+        uint64_t objects = 0;   /* bit d: level d+1 is an object */
+        int depth = 0, r = -EBADMSG;
+
+        if (max_depth > 64)
+                max_depth = 64;
+value:
+        if (p >= end)
+                goto fail;
+        if (*p == '{' || *p == '[') {
+                if (depth >= max_depth) {
+                        r = -ELOOP;
+                        goto fail;
+                }
+                bool obj = *p == '{';
+                objects = obj ? objects | (uint64_t)1 << depth : objects & ~((uint64_t)1 << depth);
+                depth++;
+                p = skip_ws(p + 1, end);
+                if (p < end && *p == (obj ? '}' : ']')) {
+                        p++;
+                        depth--;
+                        goto next;
+                }
+                if (obj)
+                        goto key;
+                goto value;
+        }
+        const char *q;
+        if (*p == '"')
+                q = scan_string(p, end);
+        else if (*p == 't')
+                q = end - p >= 4 && memcmp(p, "true", 4) == 0 ? p + 4 : NULL;
+        else if (*p == 'f')
+                q = end - p >= 5 && memcmp(p, "false", 5) == 0 ? p + 5 : NULL;
+        else if (*p == 'n')
+                q = end - p >= 4 && memcmp(p, "null", 4) == 0 ? p + 4 : NULL;
+        else
+                q = scan_number(p, end);
+        if (!q)
+                goto fail;
+        p = q;
+next:
+        if (depth == 0) {
+                *pp = p;
                 return 0;
         }
+        p = skip_ws(p, end);
+        if (p >= end)
+                goto fail;
+        bool in_obj = objects >> (depth - 1) & 1;
+        if (*p == ',') {
+                p = skip_ws(p + 1, end);
+                if (in_obj)
+                        goto key;
+                goto value;
+        }
+        if (*p != (in_obj ? '}' : ']'))
+                goto fail;
+        p++;
+        depth--;
+        goto next;
+key:
+        if (p >= end || *p != '"' || !(q = scan_string(p, end)))
+                goto fail;
+        p = skip_ws(q, end);
+        if (p >= end || *p != ':')
+                goto fail;
+        p = skip_ws(p + 1, end);
+        goto value;
+fail:
+        *pp = p;
+        return r;
+}
+
+/* The head: the request's JSON with the data array of every input cut to
+ * `[]`, for jansson; and where the first input's array is in the text. */
+struct head {
+        const char *text, *end;
+        char *out;                      /* [cap] */
+        size_t cap;                     /* the text's length, at most V2_MAX_HEAD */
+        size_t len;
+        struct cut { size_t at, removed; } *cuts; /* in head order: at (in the head) the text had removed more bytes */
+        size_t n_cuts, cap_cuts;
+        const char *data;               /* the first input's "data" array in text, or NULL */
+        size_t data_len;
+        const char *fail;               /* where a scan failed */
+};
+
+enum head_where { W_OTHER, W_ROOT, W_INPUTS, W_INPUT, W_DATA };
+
+static int head_put(struct head *h, const char *s, size_t n)
+{
+        if (n > h->cap - h->len)
+                return -E2BIG;
+        memcpy(h->out + h->len, s, n);
+        h->len += n;
+        return 0;
+}
+
+/* Copies whitespace at *pp, so that the head's offsets map to the text's. */
+static int head_ws(struct head *h, const char **pp)
+{
+        const char *p = skip_ws(*pp, h->end);
+        int r = head_put(h, *pp, (size_t)(p - *pp));
+
+        *pp = p;
+        return r;
+}
+
+/* The data array at p (an input's, index): checked, cut, and noted. */
+static int head_cut(struct head *h, const char **pp, int depth, size_t index)
+{
+        const char *p = *pp, *q = p;
+        int r;
+
+        if ((r = scan_value(&q, h->end, V2_MAX_DEPTH - depth)) < 0) {
+                h->fail = q;
+                return r;
+        }
+        if (h->n_cuts == h->cap_cuts) {
+                size_t cap = h->cap_cuts ? h->cap_cuts * 2 : 4;
+                struct cut *c = realloc(h->cuts, cap * sizeof *c);
+                if (!c)
+                        return -ENOMEM;
+                h->cuts = c;
+                h->cap_cuts = cap;
+        }
+        if ((r = head_put(h, "[]", 2)) < 0)
+                return r;
+        h->cuts[h->n_cuts++] = (struct cut){ .at = h->len, .removed = (size_t)(q - p) - 2 };
+        if (index == 0 && !h->data) {
+                h->data = p;
+                h->data_len = (size_t)(q - p);
+        }
+        *pp = q;
+        return 0;
+}
+
+/* Copies the value at *pp (no whitespace before it) into the head, cutting
+ * the data arrays of root.inputs[*]: where says which value this is. */
+static int head_value(struct head *h, const char **pp, enum head_where where, int depth, size_t index)
+{
+        const char *p = *pp, *q;
+        int r;
+
+        if (p < h->end && where == W_DATA && *p == '[')
+                return head_cut(h, pp, depth, index);
+        if (p >= h->end || (*p != '{' && *p != '[')) {
+                q = p;
+                if ((r = scan_value(&q, h->end, 0)) < 0) {
+                        h->fail = q;
+                        return r;
+                }
+                *pp = q;
+                return head_put(h, p, (size_t)(q - p));
+        }
+        bool obj = *p == '{';
+        char close = obj ? '}' : ']';
+        if (depth >= V2_MAX_DEPTH) {
+                h->fail = p;
+                return -ELOOP;
+        }
+        if ((r = head_put(h, p++, 1)) < 0 || (r = head_ws(h, &p)) < 0)
+                return r;
+        if (p < h->end && *p == close) {
+                *pp = p + 1;
+                return head_put(h, p, 1);
+        }
+        for (size_t i = 0;; i++) {
+                enum head_where w = W_OTHER;
+                if (obj) {
+                        if (p >= h->end || *p != '"' || !(q = scan_string(p, h->end))) {
+                                h->fail = p;
+                                return -EBADMSG;
+                        }
+                        if (where == W_ROOT && string_is(p, "inputs"))
+                                w = W_INPUTS;
+                        else if (where == W_INPUT && string_is(p, "data"))
+                                w = W_DATA;
+                        if ((r = head_put(h, p, (size_t)(q - p))) < 0)
+                                return r;
+                        p = q;
+                        if ((r = head_ws(h, &p)) < 0)
+                                return r;
+                        if (p >= h->end || *p != ':') {
+                                h->fail = p;
+                                return -EBADMSG;
+                        }
+                        if ((r = head_put(h, p++, 1)) < 0 || (r = head_ws(h, &p)) < 0)
+                                return r;
+                } else if (where == W_INPUTS) {
+                        w = W_INPUT;
+                }
+                if ((r = head_value(h, &p, w, depth + 1, where == W_INPUTS ? i : index)) < 0 ||
+                    (r = head_ws(h, &p)) < 0)
+                        return r;
+                if (p < h->end && (*p == ',' || *p == close)) {
+                        bool done = *p == close;
+                        if ((r = head_put(h, p++, 1)) < 0)
+                                return r;
+                        if (done) {
+                                *pp = p;
+                                return 0;
+                        }
+                        if ((r = head_ws(h, &p)) < 0)
+                                return r;
+                        continue;
+                }
+                h->fail = p;
+                return -EBADMSG;
+        }
+}
+
+/* The offset in the text of offset at of the head. */
+static size_t head_to_text(const struct head *h, size_t at)
+{
+        size_t shift = 0;
+
+        for (size_t i = 0; i < h->n_cuts && h->cuts[i].at <= at; i++)
+                shift += h->cuts[i].removed;
+        return at + shift;
+}
+
+/* The request's JSON text (len bytes) as a jansson tree of its head, and
+ * where the first input's data array is. */
+static int head_parse(struct head *h, const char *text, size_t len, bool framed, char *err, size_t err_len,
+                      json_t **ret_root)
+{
+        const char *p = text;
+        json_error_t je;
+        int r;
+
+        *h = (struct head){ .text = text, .end = text + len, .cap = len < V2_MAX_HEAD ? len : V2_MAX_HEAD };
+        if (!(h->out = malloc(h->cap)))
+                return -ENOMEM;
+        if ((r = head_ws(h, &p)) == 0 && (r = head_value(h, &p, W_ROOT, 0, 0)) == 0 && (r = head_ws(h, &p)) == 0 &&
+            p != h->end) {
+                h->fail = p;
+                r = -EBADMSG;
+        }
+        if (r == -E2BIG)
+                return err_set(err, err_len, -E2BIG, "the request JSON is more than %zu bytes apart from its "
+                               "input's data: send less, or the tensors as binary data", V2_MAX_HEAD);
+        if (r == -ELOOP)
+                return bad(err, err_len, "the request JSON nests arrays or objects more than %d levels deep, at "
+                           "byte %zu%s", V2_MAX_DEPTH, (size_t)(h->fail - text), framed ? " of the header" : "");
+        if (r == -EBADMSG)
+                return bad(err, err_len, "the request JSON is malformed at byte %zu%s: %s", (size_t)(h->fail - text),
+                           framed ? " of the header" : "", h->fail < h->end ? "unexpected character" :
+                           "it ends early");
+        if (r < 0)
+                return r;
+        json_t *root = json_loadb(h->out, h->len, JSON_REJECT_DUPLICATES, &je);
+        if (!root)
+                return bad(err, err_len, "the request JSON is malformed at byte %zu%s: %.100s",
+                           head_to_text(h, je.position > 0 ? (size_t)je.position : 0),
+                           framed ? " of the header" : "", je.text);
+        *ret_root = root;
+        return 0;
+}
+
+size_t v2_head_bytes(size_t json_len)
+{
+        return (json_len < V2_MAX_HEAD ? json_len : V2_MAX_HEAD) * V2_HEAD_FACTOR;
+}
+
+static void head_done(struct head *h)
+{
+        free(h->out);
+        free(h->cuts);
+        h->out = NULL;
+        h->cuts = NULL;
+}
+
+/* The FP32 input from its JSON data array (checked by scan_value): numbers,
+ * flat or nested up to the shape's 4 levels, in row-major order, each
+ * parsed with strtof (the nearest float; the process keeps the C locale)
+ * straight into the tensor. Every value is counted, so that a wrong count
+ * is reported whole. */
+static int fp32_from_text(struct v2_request *r, const char *p, const char *end, size_t floats,
+                          const char *shape, char *err, size_t err_len)
+{
+        size_t at = 0;
+        int depth = 0;
+
+        for (; p < end; p++) {
+                char c = *p;
+                if (is_ws(c) || c == ',')
+                        continue;
+                if (c == '[') {
+                        if (++depth > 4)
+                                return bad(err, err_len, "input '%s': data must be numbers, flat or nested up to the "
+                                           "shape's 4 levels", V2_INPUT_NAME);
+                        continue;
+                }
+                if (c == ']') {
+                        depth--;
+                        continue;
+                }
+                if (c != '-' && !is_digit(c))
+                        return bad(err, err_len, "input '%s': data must be numbers, flat or nested up to the "
+                                   "shape's 4 levels", V2_INPUT_NAME);
+                /* A checked number, followed inside the array by ',', ']' or
+                 * whitespace: strtof stops where it ends. */
+                const char *q = scan_number(p, end);
+                if (at < floats) {
+                        float v = strtof(p, NULL);
+                        if (isinf(v))
+                                return bad(err, err_len, "input '%s': a value out of the FP32 range (element %zu)",
+                                           V2_INPUT_NAME, at);
+                        r->tensor[at] = v;
+                }
+                at++;
+                p = q - 1;
+        }
+        if (at != floats)
+                return bad(err, err_len, "input '%s': %zu values for shape %s, which needs %zu", V2_INPUT_NAME, at,
+                           shape, floats);
+        return 0;
+}
+
+/* The least and greatest value of each image of the FP32 tensor. */
+static int fp32_ranges(struct v2_request *r, size_t image_floats)
+{
+        if (!(r->range = malloc(sizeof(float) * 2 * (size_t)r->n)))
+                return -ENOMEM;
+        for (size_t i = 0; i < (size_t)r->n; i++) {
+                const float *t = r->tensor + i * image_floats;
+                float lo = t[0], hi = t[0];
+                for (size_t k = 1; k < image_floats; k++) {
+                        lo = t[k] < lo ? t[k] : lo;
+                        hi = t[k] > hi ? t[k] : hi;
+                }
+                r->range[2 * i] = lo;
+                r->range[2 * i + 1] = hi;
+        }
+        return 0;
+}
+
+/* The FP32 input: JSON data or binary bytes. */
+static int parse_fp32(struct v2_request *r, const uint8_t *body, size_t len, const struct v2_model *m,
+                      const char *shape, char *err, size_t err_len)
+{
+        size_t image_floats = 3 * (size_t)m->size * (size_t)m->size, floats = (size_t)r->n * image_floats;
+        int e;
+
+        if (!(r->tensor = malloc(sizeof(float) * floats)))
+                return -ENOMEM;
+        if (r->data_len) {
+                const char *p = (const char *)body + r->data_off;
+                if ((e = fp32_from_text(r, p, p + r->data_len, floats, shape, err, err_len)) < 0)
+                        return e;
+                return fp32_ranges(r, image_floats);
+        }
+        const uint8_t *bin = body + r->bin_off;
+        size_t bin_len = len - r->bin_off;
         if (bin_len != floats * sizeof(float))
                 return bad(err, err_len,
                            "input '%s': %zu bytes of binary data, but shape %s of FP32 needs %zu",
                            V2_INPUT_NAME, bin_len, shape, floats * sizeof(float));
-        if (!(r->tensor = malloc(sizeof(float) * floats)))
-                return -ENOMEM;
         /* Little-endian on the wire and here (x86-64, aarch64): a copy, for
          * alignment. A NaN or infinity would only come back as a JSON error. */
         memcpy(r->tensor, bin, bin_len);
@@ -271,71 +683,140 @@ static int parse_fp32(struct v2_request *r, const json_t *data, const uint8_t *b
                 if (!isfinite(r->tensor[i]))
                         return bad(err, err_len, "input '%s': element %zu is not a finite number", V2_INPUT_NAME,
                                    i);
+        return fp32_ranges(r, image_floats);
+}
+
+/* Calls fn for each string of the checked flat JSON array at p (its '['):
+ * -EBADMSG for anything but strings, or nested arrays. */
+typedef int (*string_fn)(void *userdata, size_t i, const char *s, const char *e);
+static int each_string(const char *p, const char *end, string_fn fn, void *userdata, size_t *ret_count)
+{
+        size_t i = 0;
+        int r;
+
+        for (p++; p < end; p++) {
+                if (is_ws(*p) || *p == ',')
+                        continue;
+                if (*p == ']')
+                        break;
+                if (*p != '"')
+                        return -EBADMSG;
+                const char *q = scan_string(p, end);
+                if (fn && (r = fn(userdata, i, p, q)) < 0)
+                        return r;
+                i++;
+                p = q - 1;
+        }
+        *ret_count = i;
         return 0;
 }
 
-/* The decoded size of every string of s[n] against the image limit, and
- * their sum with room for each decode's padding. */
-static int base64_total(const json_t **s, size_t n, const struct v2_limits *lim, char *err, size_t err_len,
-                        size_t *ret_total)
-{
-        size_t total = 0;
+/* A BYTES element: its base64 text unescaped (len bytes, whether it held
+ * escapes), and the bytes that decoding it gives. */
+struct b64_text {
+        size_t len;
+        bool escaped;
+        size_t decoded;
+};
 
-        for (size_t i = 0; i < n; i++) {
-                size_t l = base64_decoded_len(json_string_value(s[i]), json_string_length(s[i]));
-                if (l > lim->max_image_bytes)
-                        return err_set(err, err_len, -E2BIG, "input '%s': image %zu is over the limit of "
-                                       "%zu bytes", V2_INPUT_NAME, i + 1, lim->max_image_bytes);
-                total += l + 3;
+static void b64_text_of(const char *s, const char *e, struct b64_text *ret)
+{
+        const char *p = s + 1;
+        int c, last = 0, before = 0;
+        size_t n = 0;
+
+        while ((c = string_next(&p)) >= 0) {
+                before = last;
+                last = c;
+                n++;
         }
-        *ret_total = total;
+        ret->len = n;
+        ret->escaped = n != (size_t)(e - s) - 2;
+        /* What v2_base64_decode makes of a valid string: up to two '=' of
+         * padding carry nothing, and unpadded strings carry 1 or 2 bytes in a
+         * last group of 2 or 3 characters, so len / 4 * 3 alone would let an
+         * image over the limit by up to 2 bytes. */
+        size_t pad = last == '=' ? 1 + (before == '=') : 0;
+        if (pad > n)
+                pad = n;
+        n -= pad;
+        ret->decoded = n / 4 * 3 + (n % 4 > 1 ? n % 4 - 1 : 0);
+}
+
+struct bytes_ctx {
+        struct v2_request *r;
+        const struct v2_limits *lim;
+        size_t total, used, longest_escaped;
+        char *err;
+        size_t err_len;
+};
+
+/* First pass: every element within the image limit, and the storage they need. */
+static int bytes_measure(void *userdata, size_t i, const char *s, const char *e)
+{
+        struct bytes_ctx *c = userdata;
+        struct b64_text t;
+
+        b64_text_of(s, e, &t);
+        if (t.decoded > c->lim->max_image_bytes)
+                return err_set(c->err, c->err_len, -E2BIG, "input '%s': image %zu is over the limit of %zu bytes",
+                               V2_INPUT_NAME, i + 1, c->lim->max_image_bytes);
+        c->total += t.decoded + 3;
+        if (t.escaped && t.len > c->longest_escaped)
+                c->longest_escaped = t.len;
         return 0;
 }
 
-/* Decodes the strings s[r->n] into one new buffer, r->decoded, that
- * r->images point into. */
-static int base64_decode_all(struct v2_request *r, const json_t **s, const struct v2_limits *lim, char *err,
-                             size_t err_len)
+/* Second pass: each element decoded into r->decoded; one with escapes
+ * (JSON may write '/' as "\/") unescaped first. */
+static int bytes_decode(void *userdata, size_t i, const char *s, const char *e)
 {
-        size_t n = (size_t)r->n, total = 0, used = 0;
-        int e;
+        struct bytes_ctx *c = userdata;
+        struct v2_request *r = c->r;
+        struct b64_text t;
+        char *tmp = NULL;
+        const char *in = s + 1;
+        size_t l = 0;
 
-        if ((e = base64_total(s, n, lim, err, err_len, &total)) < 0)
-                return e;
-        r->decoded = malloc(total ? total : 1);
-        if (!r->decoded)
-                return -ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-                size_t l = 0;
-                if (v2_base64_decode(json_string_value(s[i]), json_string_length(s[i]), r->decoded + used,
-                                     &l) < 0)
-                        return bad(err, err_len, "input '%s': element %zu is not base64 (RFC 4648)",
-                                   V2_INPUT_NAME, i + 1);
-                r->images[i] = (struct v2_image){ .data = r->decoded + used, .len = l };
-                used += l;
+        b64_text_of(s, e, &t);
+        if (t.escaped) {
+                const char *p = s + 1;
+                int ch;
+                size_t k = 0;
+                if (!(tmp = malloc(t.len ? t.len : 1)))
+                        return -ENOMEM;
+                while ((ch = string_next(&p)) >= 0)
+                        tmp[k++] = (char)ch;
+                in = tmp;
         }
+        int ret = v2_base64_decode(in, t.len, r->decoded + c->used, &l);
+        free(tmp);
+        if (ret < 0)
+                return bad(c->err, c->err_len, "input '%s': element %zu is not base64 (RFC 4648)", V2_INPUT_NAME,
+                           i + 1);
+        r->images[i] = (struct v2_image){ .data = r->decoded + c->used, .len = l };
+        c->used += l;
         return 0;
 }
 
 /* BYTES in JSON: a flat array of r->n base64 strings. */
-static int bytes_from_json(struct v2_request *r, const json_t *data, const struct v2_limits *lim, char *err,
-                           size_t err_len)
+static int bytes_from_text(struct v2_request *r, const char *p, const char *end, const struct v2_limits *lim,
+                           char *err, size_t err_len)
 {
-        size_t n = (size_t)r->n, count = 0, at = 0;
+        struct bytes_ctx c = { .r = r, .lim = lim, .err = err, .err_len = err_len };
+        size_t n = (size_t)r->n, count = 0;
         int e;
 
-        if (count_leaves(data, 1, true, &count) < 0)
+        if (each_string(p, end, NULL, NULL, &count) < 0)
                 return bad(err, err_len, "input '%s': BYTES data must be a flat array of base64 strings",
                            V2_INPUT_NAME);
         if (count != n)
                 return bad(err, err_len, "input '%s': %zu elements for shape [%zu]", V2_INPUT_NAME, count, n);
-        const json_t **s = calloc(n, sizeof *s);
-        if (!s)
+        if ((e = each_string(p, end, bytes_measure, &c, &count)) < 0)
+                return e;
+        if (!(r->decoded = malloc(c.total ? c.total : 1)))
                 return -ENOMEM;
-        fill_strings(data, s, &at);
-        e = base64_decode_all(r, s, lim, err, err_len);
-        free(s);
-        return e;
+        return each_string(p, end, bytes_decode, &c, &count);
 }
 
 /* BYTES in binary: r->n elements, each a 4-byte little-endian length and
@@ -366,16 +847,6 @@ static int bytes_from_binary(struct v2_request *r, const uint8_t *bin, size_t bi
         return 0;
 }
 
-/* The BYTES input: base64 strings in JSON, or length-prefixed binary. */
-static int parse_bytes(struct v2_request *r, const json_t *data, const uint8_t *bin, size_t bin_len,
-                       const struct v2_limits *lim, char *err, size_t err_len)
-{
-        if (!(r->images = calloc((size_t)r->n, sizeof *r->images)))
-                return -ENOMEM;
-        if (data)
-                return bytes_from_json(r, data, lim, err, err_len);
-        return bytes_from_binary(r, bin, bin_len, lim, err, err_len);
-}
 
 /* The requested output and the request's parameters. */
 static int parse_outputs(struct v2_request *r, const json_t *root, const struct v2_model *m, char *err,
@@ -526,7 +997,8 @@ static int check_input_framing(const json_t *in, int64_t header_len, size_t bin_
 }
 
 /* The request's 'id', 'outputs' and its one input. */
-static int parse_root(struct v2_request *r, const json_t *root, const uint8_t *bin, size_t bin_len,
+/* The request's 'id', 'outputs' and its one input's head; where its data is. */
+static int parse_root(struct v2_request *r, const json_t *root, const struct head *h, size_t hlen, size_t len,
                       int64_t header_len, const struct v2_model *m, const struct v2_limits *lim, char *err,
                       size_t err_len)
 {
@@ -548,20 +1020,23 @@ static int parse_root(struct v2_request *r, const json_t *root, const uint8_t *b
                            V2_INPUT_NAME, json_array_size(inputs));
         const json_t *in = json_array_get(inputs, 0);
         if ((ret = parse_input_head(r, in, m, lim, shape, sizeof shape, err, err_len)) < 0 ||
-            (ret = check_input_framing(in, header_len, bin_len, err, err_len)) < 0)
+            (ret = check_input_framing(in, header_len, len - hlen, err, err_len)) < 0)
                 return ret;
-        const json_t *data = json_object_get(in, "data");
-        if (r->datatype == V2_FP32)
-                return parse_fp32(r, data, bin, bin_len, m, shape, err, err_len);
-        return parse_bytes(r, data, bin, bin_len, lim, err, err_len);
+        r->bin_off = hlen;
+        if (json_object_get(in, "data")) {
+                /* An array (checked above), so cut from the head. */
+                r->data_off = (size_t)(h->data - h->text);
+                r->data_len = h->data_len;
+        }
+        return 0;
 }
 
-int v2_parse_infer(const uint8_t *body, size_t len, int64_t header_len, const struct v2_model *m,
-                   const struct v2_limits *lim, char *err, size_t err_len, struct v2_request **ret_request)
+int v2_parse_head(const uint8_t *body, size_t len, int64_t header_len, const struct v2_model *m,
+                  const struct v2_limits *lim, char *err, size_t err_len, struct v2_request **ret_request)
 {
         struct v2_request *r = NULL;
+        struct head h = { 0 };
         json_t *root = NULL;
-        json_error_t je;
         size_t hlen = len;
         int ret;
 
@@ -573,14 +1048,13 @@ int v2_parse_infer(const uint8_t *body, size_t len, int64_t header_len, const st
         }
         if (hlen == 0)
                 return bad(err, err_len, "empty request: send the inference request JSON");
-        root = json_loadb((const char *)body, hlen, JSON_REJECT_DUPLICATES, &je);
-        if (!root)
-                return bad(err, err_len, "the request JSON is malformed at byte %d%s: %.100s", je.position,
-                           header_len >= 0 ? " of the header" : "", je.text);
+        if ((ret = head_parse(&h, (const char *)body, hlen, header_len >= 0, err, err_len, &root)) < 0)
+                goto out;
         if (!(r = calloc(1, sizeof *r)))
                 ret = -ENOMEM;
         else
-                ret = parse_root(r, root, body + hlen, len - hlen, header_len, m, lim, err, err_len);
+                ret = parse_root(r, root, &h, hlen, len, header_len, m, lim, err, err_len);
+out:
         if (ret < 0) {
                 if (ret == -ENOMEM)
                         err_set(err, err_len, -ENOMEM, "out of memory");
@@ -589,7 +1063,89 @@ int v2_parse_infer(const uint8_t *body, size_t len, int64_t header_len, const st
                 *ret_request = r;
         }
         json_decref(root);
+        head_done(&h);
         return ret;
+}
+
+size_t v2_request_data_bytes(const struct v2_request *r, const struct v2_model *m, const struct v2_limits *lim)
+{
+        size_t n = (size_t)r->n;
+
+        if (r->datatype == V2_FP32)
+                return sizeof(float) * (n * 3 * (size_t)m->size * (size_t)m->size + 2 * n);
+        size_t bytes = n * sizeof(struct v2_image);
+        if (r->data_len) {
+                /* Base64 makes 3 bytes of 4 characters, each image is within
+                 * the limit, and one with escapes is unescaped first. */
+                size_t decoded = r->data_len / 4 * 3 + 3 * n, most = n * (lim->max_image_bytes + 3);
+                bytes += (decoded < most ? decoded : most) + lim->max_image_bytes / 3 * 4 + 8;
+        }
+        return bytes;
+}
+
+int v2_parse_data(struct v2_request *r, const uint8_t *body, size_t len, const struct v2_model *m,
+                  const struct v2_limits *lim, char *err, size_t err_len)
+{
+        char shape[128];
+        int ret;
+
+        if (r->datatype == V2_FP32) {
+                int64_t dims[4] = { r->n, 3, m->size, m->size };
+                shape_str(dims, 4, shape, sizeof shape);
+                ret = parse_fp32(r, body, len, m, shape, err, err_len);
+        } else if (!(r->images = calloc((size_t)r->n, sizeof *r->images))) {
+                ret = -ENOMEM;
+        } else if (r->data_len) {
+                const char *p = (const char *)body + r->data_off;
+                ret = bytes_from_text(r, p, p + r->data_len, lim, err, err_len);
+        } else {
+                ret = bytes_from_binary(r, body + r->bin_off, len - r->bin_off, lim, err, err_len);
+        }
+        if (ret == -ENOMEM)
+                err_set(err, err_len, -ENOMEM, "out of memory");
+        r->parsed = ret == 0;
+        return ret;
+}
+
+int v2_parse_infer(const uint8_t *body, size_t len, int64_t header_len, const struct v2_model *m,
+                   const struct v2_limits *lim, char *err, size_t err_len, struct v2_request **ret_request)
+{
+        struct v2_request *r = NULL;
+        int ret = v2_parse_head(body, len, header_len, m, lim, err, err_len, &r);
+
+        if (ret < 0)
+                return ret;
+        if ((ret = v2_parse_data(r, body, len, m, lim, err, err_len)) < 0) {
+                v2_request_free(r);
+                return ret;
+        }
+        *ret_request = r;
+        return 0;
+}
+
+int v2_check_logits(const struct v2_model *m, const struct v2_request *r, const float *logits, char *err,
+                    size_t err_len)
+{
+        size_t classes = (size_t)m->classes;
+        int client = -1;   /* the first image whose wild input overflowed */
+
+        for (size_t i = 0; i < (size_t)r->n; i++) {
+                bool finite = true;
+                for (size_t k = 0; k < classes && finite; k++)
+                        finite = isfinite(logits[i * classes + k]);
+                if (finite)
+                        continue;
+                if (!r->range || (r->range[2 * i] >= -V2_INPUT_PLAUSIBLE && r->range[2 * i + 1] <= V2_INPUT_PLAUSIBLE))
+                        return -EDOM;
+                if (client < 0)
+                        client = (int)i;
+        }
+        if (client < 0)
+                return 0;
+        return err_set(err, err_len, -ERANGE, "input '%s': image %d holds values from %g to %g, and the model's "
+                       "outputs overflowed to NaN or Inf; a normalized image holds values within about +-3 (and "
+                       "8-bit pixels within 255)", V2_INPUT_NAME, client + 1, (double)r->range[2 * client],
+                       (double)r->range[2 * client + 1]);
 }
 
 /* ---- bodies ------------------------------------------------------------------ */

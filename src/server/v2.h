@@ -22,6 +22,16 @@
  *
  * Pure: no HTTP, no globals; every function is reentrant. Bodies are
  * NUL-terminated (JSON) strings owned by the caller (free).
+ *
+ * Memory: jansson's tree costs 22 to 78 bytes per byte of JSON text (one
+ * `[],` is three bytes of text and a 46-byte array), so a request is never
+ * given to it whole. v2_parse_head reads the text with a scanner of its own
+ * that allocates nothing, copies it into a head of at most V2_MAX_HEAD
+ * bytes in which the input's "data" array stands as `[]`, and lets jansson
+ * parse only that head. v2_parse_data then reads the data array straight
+ * from the text into the tensor (or the decoded images). The memory of a
+ * parse is thus bounded by v2_head_bytes (at most V2_HEAD_BOUND) plus
+ * v2_request_data_bytes (the tensor), whatever the text holds.
  */
 #ifndef EFFNET_SERVER_V2_H
 #define EFFNET_SERVER_V2_H
@@ -42,6 +52,25 @@
 #define V2_DEFAULT_MAX_BODY_BYTES ((int64_t)96 << 20)
 /* Longest request "id" echoed back; longer ones are refused. */
 #define V2_MAX_ID 256
+/* The request JSON apart from the input's "data" array (id, inputs' names,
+ * shapes, parameters, outputs): a real one is a few hundred bytes; more is
+ * refused (413), since jansson builds a tree of up to 78 times its size. */
+#define V2_MAX_HEAD ((size_t)8 << 10)
+/* What v2_parse_head holds at most while it runs, for a JSON text of
+ * json_len bytes: the head (at most V2_MAX_HEAD bytes), the places where
+ * data arrays were cut from it, and jansson's tree of it, each below 128
+ * bytes per byte of head (jansson's worst, `{},`, takes 71 bytes and 5
+ * allocations: tests/unit/test_v2.c measures it). */
+#define V2_HEAD_FACTOR 128
+#define V2_HEAD_BOUND (V2_MAX_HEAD * V2_HEAD_FACTOR)
+size_t v2_head_bytes(size_t json_len);
+/* Arrays and objects nested deeper than this are refused (400). */
+#define V2_MAX_DEPTH 32
+/* FP32 input values beyond +-this are not an image's: a normalized image
+ * holds values within about +-3, and even unnormalized 8-bit pixels stay
+ * within 255. When logits are NaN or Inf, an image whose input went past
+ * it made them (the client's error, 400); otherwise the weights did (500). */
+#define V2_INPUT_PLAUSIBLE 255.0f
 
 enum v2_route {
         V2_ROUTE_NONE,          /* not under /v2 */
@@ -115,6 +144,12 @@ struct v2_request {
         uint8_t *decoded;         /* owned: storage of base64-decoded images */
         bool binary_output;       /* answer with the output as binary data */
         int classification;       /* K strings per image instead of probabilities; 0: none */
+        float *range;             /* FP32: [n][2] the least and the greatest value of each image, owned */
+        /* Private to the parser, between v2_parse_head and v2_parse_data:
+         * where the input's data is in the body. */
+        size_t data_off, data_len;  /* its JSON "data" array; data_len 0: binary data */
+        size_t bin_off;             /* the binary data after the JSON header */
+        bool parsed;                /* v2_parse_data ran and succeeded */
 };
 
 /* Parses an infer request body of len bytes for model m. header_len: the
@@ -126,6 +161,28 @@ struct v2_request {
 int v2_parse_infer(const uint8_t *body, size_t len, int64_t header_len, const struct v2_model *m,
                    const struct v2_limits *lim, char *err, size_t err_len, struct v2_request **ret_request);
 struct v2_request *v2_request_free(struct v2_request *r);
+
+/* v2_parse_infer in two steps, so that a caller can charge the memory of
+ * the second before it is taken. v2_parse_head checks the whole text and
+ * parses everything but the data (holding at most v2_head_bytes of its
+ * JSON's length meanwhile, freed when it returns); *ret_request then has its id, n,
+ * datatype and outputs, and no tensor or images yet. v2_parse_data, with
+ * the same body, m and lim, reads the data into it, allocating at most
+ * v2_request_data_bytes (which stays allocated with the request). Errors
+ * as v2_parse_infer's; after a failed v2_parse_data, free the request. */
+int v2_parse_head(const uint8_t *body, size_t len, int64_t header_len, const struct v2_model *m,
+                  const struct v2_limits *lim, char *err, size_t err_len, struct v2_request **ret_request);
+size_t v2_request_data_bytes(const struct v2_request *r, const struct v2_model *m, const struct v2_limits *lim);
+int v2_parse_data(struct v2_request *r, const uint8_t *body, size_t len, const struct v2_model *m,
+                  const struct v2_limits *lim, char *err, size_t err_len);
+
+/* Whether logits [r->n][classes] are all finite: 0; -ERANGE when an image
+ * whose FP32 input went past +-V2_INPUT_PLAUSIBLE made them NaN or Inf (the
+ * client's values overflowed the network; err names the image and its
+ * range, for a 400); -EDOM when an image within it did, or an image of
+ * BYTES did (the weights are broken: 500). */
+int v2_check_logits(const struct v2_model *m, const struct v2_request *r, const float *logits, char *err,
+                    size_t err_len);
 
 /* The infer answer for request r: logits [r->n][classes] are turned into
  * probabilities in place. ret_body holds ret_len bytes: the JSON (its

@@ -2,10 +2,12 @@
  * input's first line is the Inference-Header-Content-Length value ("-" for
  * none), the rest is the body. Any input must parse, or fail with a known
  * code and a message; a parsed request must be within its limits, its
- * images inside the body or its own storage, and answerable. */
+ * images inside the body or its own storage, its logits judged, and
+ * answerable. */
 #include "v2.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,6 +80,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         float logits[4 * CLASSES];
         for (int i = 0; i < 4 * CLASSES; i++)
                 logits[i] = (float)(i % 7);
+        /* Finite logits pass; an infinite one is the client's or the weights'. */
+        if (v2_check_logits(&m, r, logits, err, sizeof err) != 0)
+                abort();
+        logits[CLASSES * (r->n - 1)] = INFINITY;
+        int verdict = v2_check_logits(&m, r, logits, err, sizeof err);
+        if (verdict != -EDOM && (verdict != -ERANGE || r->datatype != V2_FP32 || !memchr(err, '\0', sizeof err)))
+                abort();
+        logits[CLASSES * (r->n - 1)] = 0;
         char *answer = NULL;
         size_t alen = 0, hlen = 0;
         if (v2_infer_body(&m, r, logits, &answer, &alen, &hlen) == 0 && (hlen > alen || memchr(answer, 0, hlen) || answer[alen] != 0))

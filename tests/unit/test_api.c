@@ -6,6 +6,7 @@
 #include "batcher.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
@@ -162,6 +163,51 @@ static void test_labels_hub_config(void)
         }
 }
 
+/* A file of text, then size bytes in all (a hole: no disk taken). */
+static void write_sized(char *path, const char *text, off_t size)
+{
+        write_config(path, text);
+        REQUIRE(truncate(path, size) == 0);
+}
+
+/* Labels files and config.json have a size cap, checked before they are
+ * read or parsed: a config.json of 4 MiB is parsed, one byte more is not
+ * (jansson's tree of it would take many times its size). */
+static void test_label_caps(void)
+{
+        char path[] = "/tmp/effnet-test-cap-XXXXXX", err[256] = "";
+        struct api_labels *l = NULL;
+
+        /* Spaces after the JSON, to the cap: valid, parsed. */
+        write_sized(path, "{\"label_names\": [\"a\", \"b\"]}", (off_t)4 << 20);
+        int fd = open(path, O_WRONLY);
+        REQUIRE(fd >= 0);
+        char spaces[4096];
+        memset(spaces, ' ', sizeof spaces);
+        off_t at = (off_t)strlen("{\"label_names\": [\"a\", \"b\"]}");
+        for (off_t o = at; o < ((off_t)4 << 20); o += (off_t)sizeof spaces) {
+                size_t n = (size_t)(((off_t)4 << 20) - o < (off_t)sizeof spaces ? ((off_t)4 << 20) - o : (off_t)sizeof spaces);
+                REQUIRE(pwrite(fd, spaces, n, o) == (ssize_t)n);
+        }
+        close(fd);
+        CHECK_EQ(api_labels_load_hub_config(path, 2, err, sizeof err, &l), 0);
+        l = api_labels_free(l);
+        REQUIRE(truncate(path, ((off_t)4 << 20) + 1) == 0);
+        CHECK_EQ(api_labels_load_hub_config(path, 2, err, sizeof err, &l), -E2BIG);
+        CHECK(l == NULL);
+        CHECK_CONTAINS(err, "4194305 bytes, more than 4194304");
+        unlink(path);
+        /* A missing config.json is an error to report, not "no label_names". */
+        CHECK_EQ(api_labels_load_hub_config("/nonexistent/config.json", 2, err, sizeof err, &l), -EIO);
+
+        char lpath[] = "/tmp/effnet-test-cap-XXXXXX";
+        write_sized(lpath, "a\nb\n", ((off_t)64 << 20) + 1);
+        CHECK_EQ(api_labels_load(lpath, 2, err, sizeof err, &l), -E2BIG);
+        CHECK(l == NULL);
+        CHECK_CONTAINS(err, "more than 67108864");
+        unlink(lpath);
+}
+
 /* /v1/models says where the weights and the names come from. */
 static void test_models_sources(void)
 {
@@ -224,6 +270,7 @@ int main(void)
         test_top_k();
         test_labels_file();
         test_labels_hub_config();
+        test_label_caps();
         test_models_sources();
         test_errors();
         return CHECK_DONE();

@@ -1076,9 +1076,11 @@ size_t v2_request_data_bytes(const struct v2_request *r, const struct v2_model *
         size_t bytes = n * sizeof(struct v2_image);
         if (r->data_len) {
                 /* Base64 makes 3 bytes of 4 characters, each image is within
-                 * the limit, and one with escapes is unescaped first. */
+                 * the limit, and one with escapes is unescaped first, into a
+                 * copy no longer than its text nor than an image's base64. */
                 size_t decoded = r->data_len / 4 * 3 + 3 * n, most = n * (lim->max_image_bytes + 3);
-                bytes += (decoded < most ? decoded : most) + lim->max_image_bytes / 3 * 4 + 8;
+                size_t unescaped = lim->max_image_bytes / 3 * 4 + 4;
+                bytes += (decoded < most ? decoded : most) + (r->data_len < unescaped ? r->data_len : unescaped) + 8;
         }
         return bytes;
 }

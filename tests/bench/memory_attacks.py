@@ -78,7 +78,7 @@ def shape_uploads(d, ctx):
     for size in [big] * 5 + [big * 5 // 16]:
         s = socket.create_connection(("127.0.0.1", d.port), timeout=120)
         try:
-            s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            s.sendall(f"POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                       f"Content-Length: {size}\r\n\r\n".encode() + b" " * (size * 9 // 10))
         except OSError:
             pass

@@ -117,7 +117,7 @@ def unread_socket(port, source):
 
 
 def post(sock, body, ctype, query=""):
-    sock.sendall(f"POST /v1/classify{query} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+    sock.sendall(f"POST /v1/classify{query} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {ctype}\r\n"
                  f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
 
 
@@ -252,7 +252,7 @@ def test_client_share(effnetd, weights, workdir, photo):
         size = 10 * MB
         for _ in range(2):
             s = socket.create_connection(("127.0.0.1", d.port), timeout=60)
-            s.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            s.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
                       f"Content-Length: {size}\r\n\r\n".encode() + b"x" * (size - 1000))
             held.append(s)
         wait_for(lambda: d.metrics().get("effnetd_memory_charged_bytes", 0) >= 2 * size, 20)

@@ -269,6 +269,55 @@ static void test_changes(void)
         conf_free(&b);
 }
 
+/* memory-budget, its former name max-body-total, and max-client-share:
+ * the share's default (half, at least the largest body), the old name
+ * setting the new one, and the combinations that could never serve a body. */
+static void test_memory_budget(void)
+{
+        struct conf c = { 0 };
+        char err[1024];
+
+        write_file("[model]\nweights = w.safetensors\n");
+        REQUIRE(load(&c, err, sizeof err, NULL, NULL) == 0);
+        CHECK_EQ(c.memory_budget, 512LL << 20);
+        CHECK_EQ(c.max_client_share, 256LL << 20);
+        check_origin(&c, "# max-body-total =", "unset");
+        conf_free(&c);
+
+        /* A small budget: the share is at least the largest body limit. */
+        write_file("[model]\nweights = w.safetensors\n[limits]\nmemory-budget = 120M\n");
+        REQUIRE(load(&c, err, sizeof err, NULL, NULL) == 0);
+        CHECK_EQ(c.max_client_share, 96LL << 20);   /* v2-max-body-bytes */
+        conf_free(&c);
+
+        /* The former name sets the budget, from where it was given. */
+        write_file("[model]\nweights = w.safetensors\n[limits]\nmax-body-total = 300M\n");
+        REQUIRE(load(&c, err, sizeof err, NULL, NULL) == 0);
+        CHECK_EQ(c.memory_budget, 300LL << 20);
+        CHECK_EQ(c.max_client_share, 150LL << 20);
+        char origin[80];
+        snprintf(origin, sizeof origin, "%s:4", path);
+        check_origin(&c, "memory-budget = ", origin);
+        conf_free(&c);
+        CHECK_EQ(load(&c, err, sizeof err, "--memory-budget", "200M"), -EINVAL);
+        CHECK_CONTAINS(err, "max-body-total (314572800, from");
+        CHECK_CONTAINS(err, "is the former name of memory-budget (209715200, from --memory-budget)");
+        REQUIRE(load(&c, err, sizeof err, "--memory-budget", "300M") == 0);   /* both, agreeing */
+        conf_free(&c);
+
+        write_file("[model]\nweights = w.safetensors\n[limits]\nmemory-budget = 64M\n");
+        CHECK_EQ(load(&c, err, sizeof err, NULL, NULL), -EINVAL);
+        CHECK_CONTAINS(err, "memory-budget (67108864) is smaller than v2-max-body-bytes (100663296)");
+        write_file("[model]\nweights = w.safetensors\n[limits]\nmemory-budget = 200M\nmax-client-share = 300M\n");
+        CHECK_EQ(load(&c, err, sizeof err, NULL, NULL), -EINVAL);
+        CHECK_CONTAINS(err, "max-client-share (314572800) is larger than memory-budget (209715200)");
+        CHECK_EQ(load(&c, err, sizeof err, "--max-client-share", "50M"), -EINVAL);
+        CHECK_CONTAINS(err, "max-client-share (52428800) is smaller than v2-max-body-bytes (100663296)");
+        REQUIRE(load(&c, err, sizeof err, "--max-client-share", "100M") == 0);
+        CHECK_EQ(c.max_client_share, 100LL << 20);
+        conf_free(&c);
+}
+
 int main(void)
 {
         REQUIRE(mkdtemp(dir));
@@ -279,6 +328,7 @@ int main(void)
         test_file_lines();
         test_durations_and_enums();
         test_changes();
+        test_memory_budget();
         unlink(path);
         rmdir(dir);
         return CHECK_DONE();

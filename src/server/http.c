@@ -55,8 +55,17 @@ struct http_conn {
         bool cut;                          /* shut down once, counted once */
 };
 
+/* Which listener a request came in on, given to its callbacks: set before
+ * either listener starts, so that its polling threads never read a daemon
+ * pointer that http_new is still writing. */
+struct http_listener {
+        struct http_server *s;
+        bool admin;
+};
+
 struct http_server {
         struct http_opts opts;             /* strings below are not owned */
+        struct http_listener main_listener, admin_listener;
         struct MHD_Daemon *daemon;
         struct MHD_Daemon *admin;          /* probes and metrics only, or NULL */
         struct hosts *hosts;               /* the Host names the main listener answers (immutable) */
@@ -1539,15 +1548,13 @@ static void conn_body_done(struct http_server *s, struct MHD_Connection *conn)
  * (up to connection-timeout, which libmicrohttpd enforces), then must have
  * its headers within header-timeout. Without an idle limit, a kept-alive
  * connection waits for its next request without a header deadline. */
-static void conn_request_done(struct http_server *s, struct MHD_Connection *conn)
+static void conn_request_done(struct http_server *s, struct MHD_Connection *conn, bool admin)
 {
         struct http_conn *c = conn_of(conn);
-        int64_t idle_s = s->opts.connection_timeout_s;
+        int64_t idle_s = admin ? HTTP_ADMIN_TIMEOUT_S : s->opts.connection_timeout_s;
 
         if (!c)
                 return;
-        if (s->admin && MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON)->daemon == s->admin)
-                idle_s = HTTP_ADMIN_TIMEOUT_S;
         pthread_mutex_lock(&s->conn_lock);
         c->deadline_ns = idle_s > 0 && s->opts.header_timeout_s > 0
                                  ? time_now_ns() + (idle_s + s->opts.header_timeout_s) * 1000000000
@@ -1626,7 +1633,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls)
 {
-        struct http_server *s = cls;
+        struct http_listener *l = cls;
+        struct http_server *s = l->s;
         struct req *q = *con_cls;
 
         if (!q) {
@@ -1646,7 +1654,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 q->max_body = (size_t)s->opts.max_body_bytes;
                 q->route = v2_parse_path(url, &q->v2) != V2_ROUTE_NONE ? route_of_v2(q->v2.route) : route_of(s, url);
                 q->hosts = s->hosts;
-                if (s->admin && MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON)->daemon == s->admin) {
+                if (l->admin) {
                         q->hosts = s->admin_hosts;
                         if (!admin_route(q->route)) {
                                 q->route = HTTP_ROUTE_OTHER;
@@ -1688,10 +1696,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
-        struct http_server *s = cls;
+        struct http_listener *l = cls;
+        struct http_server *s = l->s;
         struct req *q = *con_cls;
 
-        conn_request_done(s, conn);
+        conn_request_done(s, conn, l->admin);
         if (!q)
                 return;
         *con_cls = NULL;
@@ -1927,10 +1936,11 @@ static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen
 }
 
 /* One libmicrohttpd daemon on addr, or on listen_fd when > 0. */
-static struct MHD_Daemon *start_daemon(struct http_server *s, const struct sockaddr_storage *addr, int listen_fd,
+static struct MHD_Daemon *start_daemon(struct http_listener *l, const struct sockaddr_storage *addr, int listen_fd,
                                        int threads, int max_connections, int per_client, int timeout_s,
                                        MHD_AcceptPolicyCallback accept_policy)
 {
+        struct http_server *s = l->s;
         /* With a policy that refuses at max_connections, libmicrohttpd's
          * limit is only a backstop. It is split between the pool's threads,
          * and a thread at its share stops accepting: twice the limit keeps
@@ -1949,14 +1959,14 @@ static struct MHD_Daemon *start_daemon(struct http_server *s, const struct socka
                               : (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, (void *)addr },
                 { MHD_OPTION_END, 0, NULL },
         };
-        return MHD_start_daemon(flags, 0, accept_policy, s, on_request, s,
+        return MHD_start_daemon(flags, 0, accept_policy, s, on_request, l,
                                 MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
                                 MHD_OPTION_ARRAY, listen,
                                 MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
                                 MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
                                 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)per_client,
                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)timeout_s,
-                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                                MHD_OPTION_NOTIFY_COMPLETED, on_completed, l,
                                 MHD_OPTION_NOTIFY_CONNECTION, accept_policy ? on_main_connection : on_connection, s,
                                 MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
                                 MHD_OPTION_END);
@@ -2035,6 +2045,8 @@ static int server_alloc(const struct http_opts *opts, const struct generation *g
                 free(s);
                 return err_set(err, err_len, r, "memory budget: %s", strerror(-r));
         }
+        s->main_listener = (struct http_listener){ .s = s, .admin = false };
+        s->admin_listener = (struct http_listener){ .s = s, .admin = true };
         pthread_mutex_init(&s->gen_lock, NULL);
         pthread_mutex_init(&s->conn_lock, NULL);
         pthread_condattr_init(&ca);
@@ -2073,7 +2085,7 @@ static int main_listen(struct http_server *s, struct sockaddr_storage *addr, cha
 
         if (opts->threads <= 0 && threads > 4)
                 threads = 4;
-        s->daemon = start_daemon(s, addr, opts->listen_fd, threads, opts->max_connections,
+        s->daemon = start_daemon(&s->main_listener, addr, opts->listen_fd, threads, opts->max_connections,
                                  opts->max_connections_per_client, opts->connection_timeout_s, on_accept);
         if (!s->daemon)
                 return err_set(err, err_len, -EIO, "cannot listen on %s (address in use, or not permitted?)",
@@ -2096,7 +2108,7 @@ static int admin_listen(struct http_server *s, char *err, size_t err_len)
                 return 0;
         if ((r = parse_listen(s->opts.admin_listen, &aaddr, err, err_len)) < 0)
                 return r;
-        s->admin = start_daemon(s, &aaddr, -1, 1, HTTP_ADMIN_MAX_CONNECTIONS, HTTP_ADMIN_PER_CLIENT,
+        s->admin = start_daemon(&s->admin_listener, &aaddr, -1, 1, HTTP_ADMIN_MAX_CONNECTIONS, HTTP_ADMIN_PER_CLIENT,
                                 HTTP_ADMIN_TIMEOUT_S, NULL);
         if (!s->admin)
                 return err_set(err, err_len, -EIO, "cannot listen on %s for admin (address in use?)",

@@ -33,14 +33,6 @@ MODEL = "efficientnetv2-b0"
 SHAPES = (("[],", "data"), ("{},", "data"), ("0,", "data"), ("[],", "parameters"))
 
 
-def vm_kb(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def body_of(shape, where, size):
     filler = (shape * (size // len(shape)))[:-1].encode()
     if where == "data":
@@ -65,7 +57,7 @@ def one_round(exe, weights, workdir, body, total):
     d = dm.Daemon(exe, weights, workdir, "--v2-max-body-bytes", len(body) + MiB, "--max-body-total", total,
                   "--deadline-ms", 600000, "--access-log=false", name="attack")
     try:
-        before = vm_kb(d.proc.pid, "VmHWM")
+        before = dm.status_kb(d.proc.pid, "VmHWM")
         out, probes = [], []
         threads = [threading.Thread(target=post, args=(d.port, body, out)) for _ in range(2)]
         for t in threads:
@@ -80,7 +72,7 @@ def one_round(exe, weights, workdir, body, total):
             time.sleep(0.05)
         for t in threads:
             t.join()
-        grown = (vm_kb(d.proc.pid, "VmHWM") - before) / 1024
+        grown = (dm.status_kb(d.proc.pid, "VmHWM") - before) / 1024
         return {"grown": grown, "answer_s": max(s for _, s in out), "statuses": sorted(str(st) for st, _ in out),
                 "probe_max": max((s for _, s in probes), default=0), "probe_p50": statistics.median(
                     [s for _, s in probes]) if probes else 0, "probes_failed": sum(1 for st, _ in probes if st != 200)}

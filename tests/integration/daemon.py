@@ -220,3 +220,23 @@ def find_effnet_tools():
         sys.stderr.write(f"usage: {sys.argv[0]} EFFNETD EFFNET\n")
         sys.exit(2)
     return sys.argv[1], sys.argv[2]
+
+
+def status_kb(pid, field):
+    """A field of /proc/PID/status in kB (VmRSS, VmHWM), 0 when absent."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def wait_until(cond, timeout, step=0.1):
+    """cond()'s first true value within timeout seconds, else its last."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    return cond()

@@ -39,7 +39,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon as dm  # noqa: E402
-from daemon import check, finish  # noqa: E402
+from daemon import check, finish, status_kb  # noqa: E402
 from test_decode import png  # noqa: E402
 
 MB = 1 << 20
@@ -49,14 +49,6 @@ ALLOWANCE_MB = 48
 ASAN = "asan" in os.environ.get("MESON_BUILD_ROOT", "") or bool(os.environ.get("ASAN_OPTIONS"))
 SCALE = 1.5 if ASAN else 1.0
 ASAN_NOTE = ", x1.5 under AddressSanitizer" if ASAN else ""
-
-
-def status_kb(pid, field):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 class Peak:
@@ -126,16 +118,6 @@ def source(i):
     return f"127.0.0.{10 + i}"
 
 
-def wait_for(fn, timeout, step=0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = fn()
-        if v:
-            return v
-        time.sleep(step)
-    return fn()
-
-
 def settle(d, timeout=120):
     """Waits until no request is being decoded or queued."""
     def idle():
@@ -143,7 +125,7 @@ def settle(d, timeout=120):
         return (m.get("effnetd_decode_busy_threads", 0) == 0 and m.get("effnetd_decode_queue_requests", 0) == 0
                 and m.get("effnetd_queue_images", 0) == 0)
     time.sleep(0.5)
-    return wait_for(idle, timeout)
+    return dm.wait_until(idle, timeout)
 
 
 def attack_tensors(d, photo, clients=24, images=16):
@@ -255,7 +237,7 @@ def test_client_share(effnetd, weights, workdir, photo):
             s.sendall(f"POST /v1/classify HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
                       f"Content-Length: {size}\r\n\r\n".encode() + b"x" * (size - 1000))
             held.append(s)
-        wait_for(lambda: d.metrics().get("effnetd_memory_charged_bytes", 0) >= 2 * size, 20)
+        dm.wait_until(lambda: d.metrics().get("effnetd_memory_charged_bytes", 0) >= 2 * size, 20)
         charged = d.metrics().get("effnetd_memory_charged_bytes", 0)
         status, hdrs, body = d.request("POST", "/v1/classify", b"x" * (size - 1000), {"Content-Type": "image/jpeg"})
         err = dm.parse_json(body).get("error", {})
@@ -322,12 +304,12 @@ def test_left_while_decoding(effnetd, weights, workdir, tiny, big):
             s = socket.create_connection(("127.0.0.1", d.port), timeout=60)
             post(s, body, ctype)
             socks.append(s)
-        wait_for(lambda: d.metrics().get("effnetd_decode_busy_threads", 0) >= 1, 20, 0.05)
+        dm.wait_until(lambda: d.metrics().get("effnetd_decode_busy_threads", 0) >= 1, 20, 0.05)
         time.sleep(0.2)
         for s in socks:
             s.close()
         t_close = time.monotonic()
-        idle = wait_for(lambda: d.metrics().get("effnetd_decode_busy_threads", 1) == 0 and
+        idle = dm.wait_until(lambda: d.metrics().get("effnetd_decode_busy_threads", 1) == 0 and
                         d.metrics().get("effnetd_decode_queue_requests", 1) == 0, 120, 0.1)
         took = time.monotonic() - t_close
         m = d.metrics()

@@ -28,16 +28,6 @@ import daemon as dm  # noqa: E402
 from daemon import check, finish  # noqa: E402
 
 
-def wait_until(cond, timeout, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    return cond()
-
-
 def read_answer(c):
     """One answer (status line, headers, Content-Length bytes of body) from
     socket c; what came when it closes early."""
@@ -70,7 +60,7 @@ def reload_to(d, conf, weights, n):
     with open(conf, "w") as f:
         f.write(f"[model]\nweights = {weights}\n")
     d.proc.send_signal(signal.SIGHUP)
-    return wait_until(lambda: reloads_ok(d) >= n, 120, 0.2)
+    return dm.wait_until(lambda: reloads_ok(d) >= n, 120, 0.2)
 
 
 def stalled_reader(port, requests):
@@ -113,10 +103,10 @@ def test_slow_readers(effnetd, seeds, workdir):
         ]
         for i, (what, requests) in enumerate(kinds, 1):
             readers.append(stalled_reader(d.port, requests))
-            held = wait_until(lambda: d.metrics().get("effnetd_http_answer_bytes", 0) > 0, 10)
+            held = dm.wait_until(lambda: d.metrics().get("effnetd_http_answer_bytes", 0) > 0, 10)
             check(held, f"the server holds an unread answer of a client that does not read its {what}")
             ok = reload_to(d, conf, seeds[i], i)
-            retired = wait_until(lambda: d.metrics().get("effnetd_retired_models") == 0, 10)
+            retired = dm.wait_until(lambda: d.metrics().get("effnetd_retired_models") == 0, 10)
             released = d.log_text().count("released the replaced model")
             check(ok and retired and released == i,
                   f"a client that does not read its {what}: reload {i} done ({ok}), the replaced model released "

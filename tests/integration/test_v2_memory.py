@@ -28,18 +28,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon as dm  # noqa: E402
-from daemon import check, finish  # noqa: E402
+from daemon import check, finish, status_kb  # noqa: E402
 
 MODEL = "efficientnetv2-b0"
 MiB = 1 << 20
-
-
-def status_kb(pid, key):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 def body_of(shape, where, size):

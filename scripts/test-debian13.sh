@@ -68,7 +68,11 @@ git clone -q "$src" "$root/src"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
 trap unmount EXIT
 mount --bind /dev "$root/dev"
-mount -t devpts devpts "$root/dev/pts" 2>/dev/null || true
+# Private, so that the root's own pseudo-terminal instance (the tests that
+# need a terminal) stays in the root instead of propagating to this
+# machine's /dev/pts where mounts are shared (systemd's default).
+mount --make-private "$root/dev"
+mount -t devpts -o newinstance,ptmxmode=0666 devpts "$root/dev/pts"
 mount -t proc proc "$root/proc"
 mount -t sysfs sys "$root/sys"
 chroot "$root" /usr/bin/env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin CI=true \

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -240,3 +241,43 @@ def wait_until(cond, timeout, step=0.1):
             return v
         time.sleep(step)
     return cond()
+
+
+class Notify:
+    """A NOTIFY_SOCKET listener (AF_UNIX datagrams), as systemd has: every
+    message with the time it came."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.2)
+        self.messages = []
+        self.stop = False
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while not self.stop:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+
+    def wait_for(self, key, value=None, after=0, timeout=300):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i, (_, m) in enumerate(self.messages):
+                if i >= after and key in m and (value is None or m[key] == value):
+                    return i
+            time.sleep(0.05)
+        return None
+
+    def close(self):
+        self.stop = True
+        self.thread.join()
+        self.sock.close()

@@ -29,7 +29,7 @@ import time
 import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from daemon import Daemon, check, content_type_of, finish, free_port, sample_photos, read  # noqa: E402
+from daemon import Daemon, Notify, check, content_type_of, finish, free_port, sample_photos, read  # noqa: E402
 
 EFFNETD, EFFNET = sys.argv[1], sys.argv[2]
 REPO = "timm/tf_efficientnetv2_s.in21k_ft_in1k"
@@ -364,37 +364,6 @@ def labels_from_the_hub(hub, env, work):
                       "the log says why the config's names were not taken")
         finally:
             check(d.stop() == 0, f"effnetd ({repo}) stops cleanly")
-
-
-class Notify:
-    """A NOTIFY_SOCKET (AF_UNIX datagrams) as systemd has it: every message
-    with the time it came."""
-
-    def __init__(self, path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.2)
-        self.messages = []
-        self.stop = False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        while not self.stop:
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
-
-    def close(self):
-        self.stop = True
-        self.thread.join()
-        self.sock.close()
 
 
 def trickling_hub(hub, env, work):

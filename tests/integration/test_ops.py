@@ -214,47 +214,8 @@ def test_config(effnetd, weights, labels, workdir):
           "--help lists every setting with its variable")
 
 
-class Notify:
-    """A NOTIFY_SOCKET listener (AF_UNIX datagrams), as systemd has."""
-
-    def __init__(self, path):
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(path)
-        self.sock.settimeout(0.2)
-        self.messages = []
-        self.stop = False
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        while not self.stop:
-            try:
-                data = self.sock.recv(4096)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
-            self.messages.append((time.monotonic(), fields))
-
-    def wait_for(self, key, value=None, after=0, timeout=300):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i, (_, m) in enumerate(self.messages):
-                if i >= after and key in m and (value is None or m[key] == value):
-                    return i
-            time.sleep(0.05)
-        return None
-
-    def close(self):
-        self.stop = True
-        self.thread.join()
-        self.sock.close()
-
-
 def test_systemd(effnetd, weights, weights2, workdir, jpeg):
-    n = Notify(os.path.join(workdir, "notify.sock"))
+    n = dm.Notify(os.path.join(workdir, "notify.sock"))
     conf = os.path.join(workdir, "reload.conf")
     with open(conf, "w") as f:
         f.write(f"[model]\nweights = {weights}\n")

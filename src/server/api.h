@@ -136,4 +136,18 @@ struct api_model_desc {
 
 int api_models_body(const struct api_model_desc *d, char **ret_body);
 
+/* One model version (or a model with none serving) in GET /v1/models. */
+struct api_model_row {
+        const char *name;
+        int64_t version;             /* 0: none serving */
+        const char *state;           /* "READY", "UNAVAILABLE", "LOADING" */
+        const char *reason;          /* why it does not serve; "" or NULL: none */
+        const char *body;            /* its api_models_body, or NULL */
+};
+
+/* GET /v1/models: {"models": every row}, each its body's model with its
+ * name, version, state and reason (a one-model server's body, with those
+ * fields added). -ENOMEM, -EINVAL (a body that is not api_models_body's). */
+int api_models_list_body(const struct api_model_row *rows, int n, char **ret_body);
+
 #endif

@@ -117,7 +117,10 @@ int gen_build_answers(struct generation *g, const struct gen_limits *lim)
         if (!g->model || !g->batch || !g->labels)
                 return -EINVAL;
         batch_get_config(g->batch, &bc);
-        g->info = effnet_model_info(g->model);
+        /* The model's facts, but the input edge its executors were built for. */
+        g->info_served = *effnet_model_info(g->model);
+        g->info_served.preproc.size = bc.input_size;
+        g->info = &g->info_served;
         if (!g->name && !(g->name = strdup(g->info->variant)))
                 return -ENOMEM;
         if (g->version < 1)

@@ -51,7 +51,9 @@ struct generation {
         char *strings;                /* one block for source's path, repo, revision, commit, file */
 
         /* What the server answers about it (gen_build_answers); owned. */
-        const struct effnet_info *info;     /* the model's */
+        const struct effnet_info *info;     /* the model's, with the input size its batcher runs (points to
+                                             * info_served) */
+        struct effnet_info info_served;
         size_t image_floats;          /* 3 * size * size: one preprocessed image */
         size_t label_max;             /* bytes of its longest label (answers' bounds) */
         char *models_body;            /* GET /v1/models */

@@ -141,6 +141,7 @@ struct req {
         int n_images;               /* answered */
         size_t answer_len;          /* its answer's body, counted in s->answer_bytes and charged to the
                                      * budget until completed */
+        bool control;               /* a repository load or unload call, suspended for its answer */
         bool counted_waiting;       /* counted in http_server.waiting */
 };
 
@@ -224,6 +225,12 @@ static void count_answer(struct req *q, int status, const char *error, size_t an
                                  .body_bytes = q->received, .answer_bytes = answer_bytes, .queue_ms = queue_ms,
                                  .inference_ms = (double)pr->job.forward_ns / 1e6,
                                  .batch_size = pr->job.batch_size, .ms = ms };
+        const struct generation *g = req_gen(q);
+        if (g && (q->route == HTTP_ROUTE_CLASSIFY || q->route == HTTP_ROUTE_MODEL_CLASSIFY ||
+                  q->v2.route == V2_ROUTE_INFER)) {
+                a.model = g->name;
+                a.version = (long long)g->version;
+        }
         s->opts.access_log(s->opts.userdata, &a);
 }
 
@@ -291,7 +298,7 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
                 MHD_add_response_header(resp, "X-Frame-Options", "DENY");
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, UI_CACHE_CONTROL);
         }
-        if (q->route == HTTP_ROUTE_CLASSIFY && status == 200)
+        if ((q->route == HTTP_ROUTE_CLASSIFY || q->route == HTTP_ROUTE_MODEL_CLASSIFY) && status == 200)
                 add_server_timing(q, resp);
         if (atomic_load(&s->draining))
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -302,7 +309,10 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
         }
         if (status == 405)
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
-                                        q->route == HTTP_ROUTE_CLASSIFY || q->route == HTTP_ROUTE_V2_INFER
+                                        q->route == HTTP_ROUTE_CLASSIFY || q->route == HTTP_ROUTE_V2_INFER ||
+                                                        q->route == HTTP_ROUTE_MODEL_CLASSIFY ||
+                                                        q->route == HTTP_ROUTE_V2_REPO_INDEX ||
+                                                        q->route == HTTP_ROUTE_V2_REPO_CONTROL
                                                 ? "POST"
                                                 : "GET, HEAD");
         enum MHD_Result r = MHD_queue_response(q->conn, (unsigned)status, resp);
@@ -357,6 +367,9 @@ static enum http_route route_of_v2(enum v2_route r)
         case V2_ROUTE_MODEL_READY: return HTTP_ROUTE_V2_MODEL_READY;
         case V2_ROUTE_MODEL_CONFIG: return HTTP_ROUTE_V2_MODEL_CONFIG;
         case V2_ROUTE_INFER: return HTTP_ROUTE_V2_INFER;
+        case V2_ROUTE_REPO_INDEX: return HTTP_ROUTE_V2_REPO_INDEX;
+        case V2_ROUTE_REPO_LOAD:
+        case V2_ROUTE_REPO_UNLOAD: return HTTP_ROUTE_V2_REPO_CONTROL;
         default: return HTTP_ROUTE_V2_OTHER;
         }
 }
@@ -380,6 +393,33 @@ static enum http_route route_of(const struct http_server *s, const char *url)
         if (s->opts.ui && ui_find(url, &a) == 0)
                 return strcmp(url, "/") == 0 ? HTTP_ROUTE_UI : HTTP_ROUTE_UI_ASSET;
         return HTTP_ROUTE_OTHER;
+}
+
+/* POST /v1/models/{model}[/versions/{v}]/classify: the model and version
+ * into p (route V2_ROUTE_NONE: effnetd's own API and its answers). */
+static bool v1_model_path(const char *url, struct v2_path *p)
+{
+        const char *m = NULL, *v = NULL, *rest;
+        size_t ml = 0, vl = 0;
+
+        if (strncmp(url, "/v1/models/", 11) != 0)
+                return false;
+        m = url + 11;
+        rest = strchr(m, '/');
+        if (!rest || rest == m)
+                return false;
+        ml = (size_t)(rest - m);
+        if (strncmp(rest, "/versions/", 10) == 0) {
+                v = rest + 10;
+                rest = strchr(v, '/');
+                if (!rest || rest == v)
+                        return false;
+                vl = (size_t)(rest - v);
+        }
+        if (strcmp(rest, "/classify") != 0)
+                return false;
+        *p = (struct v2_path){ .route = V2_ROUTE_NONE, .model = m, .model_len = ml, .version = v, .version_len = vl };
+        return true;
 }
 
 /* The media type of a Content-Type value without parameters, compared
@@ -430,32 +470,184 @@ void http_stats_snapshot(struct http_server *s, struct http_stats *ret_stats)
         st->retired_models = reg_retired_count(s->reg);
 }
 
-/* GET /metrics: every owner's snapshot, rendered by the metrics module. */
+/* The registry's rows, copied (a version may go once the lock is
+ * released). */
+struct listing {
+        int n, cap;
+        struct listed {
+                char *name, *reason, *body;
+                int64_t version;
+                enum reg_state state;
+        } *rows;
+        bool bodies;
+};
+
+static int list_row(void *userdata, const struct reg_row *r)
+{
+        struct listing *l = userdata;
+
+        if (l->n == l->cap) {
+                int cap = l->cap ? l->cap * 2 : 16;
+                struct listed *x = realloc(l->rows, sizeof *x * (size_t)cap);
+                if (!x)
+                        return -ENOMEM;
+                l->rows = x;
+                l->cap = cap;
+        }
+        struct listed *x = &l->rows[l->n];
+        *x = (struct listed){ .name = strdup(r->name), .reason = strdup(r->reason ? r->reason : ""),
+                              .version = r->version, .state = r->state };
+        if (l->bodies && r->g)
+                x->body = strdup(r->g->models_body);
+        l->n++;
+        if (!x->name || !x->reason || (l->bodies && r->g && !x->body))
+                return -ENOMEM;
+        return 0;
+}
+
+static void listing_clear(struct listing *l)
+{
+        for (int i = 0; i < l->n; i++) {
+                free(l->rows[i].name);
+                free(l->rows[i].reason);
+                free(l->rows[i].body);
+        }
+        free(l->rows);
+        *l = (struct listing){ 0 };
+}
+
+static const char *state_name(enum reg_state st)
+{
+        switch (st) {
+        case REG_READY: return "READY";
+        case REG_LOADING: return "LOADING";
+        default: return "UNAVAILABLE";
+        }
+}
+
+/* GET /v1/models: every model and version with its state. */
+static int models_body(struct req *q, char **ret_body)
+{
+        struct listing l = { .bodies = true };
+        int r = reg_list(q->s->reg, list_row, &l);
+        struct api_model_row *rows = r == 0 ? calloc((size_t)l.n + 1, sizeof *rows) : NULL;
+
+        if (rows) {
+                for (int i = 0; i < l.n; i++)
+                        rows[i] = (struct api_model_row){ .name = l.rows[i].name, .version = l.rows[i].version,
+                                                          .state = state_name(l.rows[i].state),
+                                                          .reason = l.rows[i].reason, .body = l.rows[i].body };
+                r = api_models_list_body(rows, l.n, ret_body);
+        } else {
+                r = -ENOMEM;
+        }
+        free(rows);
+        listing_clear(&l);
+        return r;
+}
+
+/* POST /v2/repository/index: every model of the registry, loaded or not. */
+static enum MHD_Result respond_index(struct req *q)
+{
+        struct listing l = { 0 };
+        struct v2_index_row *rows = NULL;
+        char *body = NULL;
+        int r = reg_list(q->s->reg, list_row, &l);
+
+        if (r == 0 && (rows = calloc((size_t)l.n + 1, sizeof *rows))) {
+                for (int i = 0; i < l.n; i++)
+                        rows[i] = (struct v2_index_row){ .name = l.rows[i].name, .version = l.rows[i].version,
+                                                         .state = state_name(l.rows[i].state),
+                                                         .reason = l.rows[i].reason };
+                if (v2_repository_index_body(rows, l.n, &body) < 0)
+                        body = NULL;
+        }
+        free(rows);
+        listing_clear(&l);
+        return respond(q, 200, body, "application/json", NULL);
+}
+
+/* A model version's /metrics facts, copied under the registry's lock (a
+ * version may go once it is released). */
+struct metrics_row {
+        struct metrics_model m;
+        struct batch_stats bs;
+        char *strings[6];
+};
+
+struct metrics_rows {
+        struct metrics_row *rows;
+        int n, cap;
+};
+
+static int metrics_row(void *userdata, const struct reg_row *r)
+{
+        struct metrics_rows *l = userdata;
+        const struct generation *g = r->g;
+        struct batch_config bc;
+
+        if (!g)
+                return 0;
+        if (l->n == l->cap) {
+                int cap = l->cap ? l->cap * 2 : 8;
+                struct metrics_row *x = realloc(l->rows, sizeof *x * (size_t)cap);
+                if (!x)
+                        return -ENOMEM;
+                l->rows = x;
+                l->cap = cap;
+        }
+        struct metrics_row *x = &l->rows[l->n++];
+        memset(x, 0, sizeof *x);
+        batch_get_config(g->batch, &bc);
+        batch_stats_snapshot(g->batch, &x->bs);
+        const char *src[6] = { g->name, g->info->variant, effnet_precision_name(bc.precision), g->weights_shown,
+                               g->sha256, g->labels_shown };
+        for (int i = 0; i < 6; i++)
+                if (!(x->strings[i] = strdup(src[i] ? src[i] : "")))
+                        return -ENOMEM;
+        x->m = (struct metrics_model){ .name = x->strings[0], .version = (long long)g->version,
+                                       .variant = x->strings[1], .precision = x->strings[2],
+                                       .weights = x->strings[3], .weights_sha256 = x->strings[4],
+                                       .labels = x->strings[5], .classes = g->info->classes,
+                                       .input_size = g->info->preproc.size, .executor_bytes = bc.exec_bytes };
+        return 0;
+}
+
+/* GET /metrics: every owner's snapshot, rendered by the metrics module;
+ * every model version served with its own labels. */
 static int metrics_body(struct req *q, char **ret_body)
 {
         struct http_server *s = q->s;
-        const struct generation *g = req_gen(q);
         struct http_stats hs;
         struct batch_stats bs;
         struct wpool_stats ds;
         struct proc_stats ps;
-        struct batch_config bc;
+        struct metrics_rows l = { 0 };
+        struct metrics_model *models = NULL;
+        int r;
 
         http_stats_snapshot(s, &hs);
         reg_batch_totals(s->reg, &bs);
         pipe_pool_stats(s->pipe, &ds);
         proc_get_stats(&ps);
-        struct metrics_model m = { 0 };
-        if (g) {
-                batch_get_config(g->batch, &bc);
-                m = (struct metrics_model){ .variant = g->info->variant, .precision = effnet_precision_name(bc.precision),
-                                            .weights = g->weights_shown, .weights_sha256 = g->sha256,
-                                            .labels = g->labels_shown, .classes = g->info->classes,
-                                            .input_size = g->info->preproc.size };
+        r = reg_list(s->reg, metrics_row, &l);
+        if (r == 0 && !(models = calloc((size_t)l.n + 1, sizeof *models)))
+                r = -ENOMEM;
+        for (int i = 0; r == 0 && i < l.n; i++) {
+                models[i] = l.rows[i].m;
+                models[i].batch = &l.rows[i].bs;
         }
-        struct metrics_sources src = { .http = &hs, .batch = &bs, .decode = &ds, .model = g ? &m : NULL,
-                                       .process = &ps };
-        return metrics_render(&src, ret_body);
+        if (r == 0) {
+                struct metrics_sources src = { .http = &hs, .batch = &bs, .decode = &ds, .models = models,
+                                               .n_models = l.n, .process = &ps };
+                r = metrics_render(&src, ret_body);
+        }
+        for (int i = 0; i < l.n; i++)
+                for (int k = 0; k < 6; k++)
+                        free(l.rows[i].strings[k]);
+        free(l.rows);
+        free(models);
+        return r;
 }
 
 static enum MHD_Result serve_get(struct req *q)
@@ -471,9 +663,9 @@ static enum MHD_Result serve_get(struct req *q)
                         return respond_error(q, API_E_DRAINING, "the server is shutting down");
                 return respond_json(q, 200, "{\"status\":\"ready\"}");
         case HTTP_ROUTE_MODELS:
-                if (!req_gen(q))
-                        return respond_error(q, API_E_NOT_FOUND, "no model is served");
-                return respond_json(q, 200, req_gen(q)->models_body);
+                if (models_body(q, &body) < 0)
+                        body = NULL;
+                return respond(q, 200, body, "application/json", NULL);
         case HTTP_ROUTE_METRICS:
                 if (metrics_body(q, &body) < 0)
                         body = NULL;
@@ -585,12 +777,19 @@ static enum MHD_Result v2_on_headers(struct req *q, bool get)
 {
         struct http_server *s = q->s;
         bool infer = q->v2.route == V2_ROUTE_INFER;
+        bool repo = q->v2.route >= V2_ROUTE_REPO_INDEX && q->v2.route <= V2_ROUTE_REPO_UNLOAD;
         char msg[256];
 
-        if (infer ? strcmp(q->method, MHD_HTTP_METHOD_POST) != 0 : !get)
-                return respond_error(q, API_E_METHOD_NOT_ALLOWED, infer ? "use POST" : "use GET");
+        if (infer || repo ? strcmp(q->method, MHD_HTTP_METHOD_POST) != 0 : !get)
+                return respond_error(q, API_E_METHOD_NOT_ALLOWED, infer || repo ? "use POST" : "use GET");
         if (infer)
                 q->max_body = (size_t)s->opts.v2_max_body_bytes;
+        if (repo) {
+                /* Its parameters are not used: read and dropped. */
+                q->max_body = HTTP_CONTROL_MAX_BODY;
+                q->state = REQ_BODY;
+                return MHD_YES;
+        }
         if (q->v2.model && model_lookup_failed(q, msg, sizeof msg))
                 return infer ? fail_after_body(q, API_E_NOT_FOUND, msg) : respond_error(q, API_E_NOT_FOUND, msg);
         if (!infer)
@@ -642,8 +841,10 @@ static enum MHD_Result on_headers(struct req *q)
         }
         if (q->v2.route != V2_ROUTE_NONE)
                 return v2_on_headers(q, get);
-        if (q->route != HTTP_ROUTE_CLASSIFY)
+        if (q->route != HTTP_ROUTE_CLASSIFY && q->route != HTTP_ROUTE_MODEL_CLASSIFY)
                 return get ? serve_get(q) : respond_error(q, API_E_METHOD_NOT_ALLOWED, "use GET");
+        if (q->v2.model && model_lookup_failed(q, why, sizeof why))
+                return respond_error(q, API_E_NOT_FOUND, why);
         if (strcmp(q->method, MHD_HTTP_METHOD_POST) != 0)
                 return respond_error(q, API_E_METHOD_NOT_ALLOWED, "use POST");
         if (atomic_load(&s->draining))
@@ -893,6 +1094,46 @@ fail:
         return r;
 }
 
+/* The daemon's answer to a load or unload call (any thread). */
+static void on_control_done(void *token, bool ok, enum api_error e, const char *message)
+{
+        struct req *q = token;
+
+        if (!ok)
+                req_fail(q, e, "%s", message);
+        req_finish(q);
+}
+
+/* POST /v2/repository/models/{model}/load or /unload: handed to the
+ * daemon, the connection suspended until it answers. */
+static enum MHD_Result start_control(struct req *q)
+{
+        struct http_server *s = q->s;
+        char name[REG_MAX_NAME + 1], err[512];
+
+        if (!s->opts.repo_control)
+                return respond_error(q, API_E_INVALID_REQUEST, "this server does not load or unload models");
+        if (q->v2.model_len > REG_MAX_NAME) {
+                snprintf(err, sizeof err, "no model '%.*s'", REG_MAX_NAME, q->v2.model);
+                return respond_error(q, API_E_INVALID_REQUEST, err);
+        }
+        memcpy(name, q->v2.model, q->v2.model_len);
+        name[q->v2.model_len] = '\0';
+        if (!submit_enter(s)) {
+                req_fail(q, API_E_DRAINING, "the server is shutting down");
+                return respond_failed(q);
+        }
+        q->control = true;
+        req_suspend(q);
+        if (s->opts.repo_control(s->opts.userdata, name, q->v2.route == V2_ROUTE_REPO_LOAD, on_control_done, q, err,
+                                 sizeof err) < 0) {
+                req_fail(q, API_E_INVALID_REQUEST, "%s", err);
+                req_finish(q);
+        }
+        submit_leave(s);
+        return MHD_YES;
+}
+
 /* A whole /v2 infer body: parsed on the worker pool, since a large JSON
  * body takes a while and the polling thread serves other connections. */
 static enum MHD_Result v2_on_complete(struct req *q)
@@ -914,6 +1155,10 @@ static enum MHD_Result on_complete(struct req *q)
 
         if (q->pr->failed)
                 return respond_failed(q);
+        if (q->v2.route == V2_ROUTE_REPO_INDEX)
+                return respond_index(q);
+        if (q->v2.route == V2_ROUTE_REPO_LOAD || q->v2.route == V2_ROUTE_REPO_UNLOAD)
+                return start_control(q);
         if ((r = req_take_gen(q)) < 0) {
                 /* An unload while the body arrived. */
                 snprintf(msg, sizeof msg, "the model is not served now (unloaded or reloaded)");
@@ -1028,6 +1273,8 @@ static enum MHD_Result answer(struct req *q)
         atomic_fetch_sub(&q->s->waiting, 1);
         if (q->pr->failed)
                 return respond_failed(q);
+        if (q->control)
+                return respond(q, 200, strdup(""), "application/json", NULL);
         q->n_images = q->pr->n_images;
         if (q->v2.route == V2_ROUTE_INFER)
                 return answer_v2_infer(q);
@@ -1233,6 +1480,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 q->v2_header_len = -1;
                 q->max_body = (size_t)s->opts.max_body_bytes;
                 q->route = v2_parse_path(url, &q->v2) != V2_ROUTE_NONE ? route_of_v2(q->v2.route) : route_of(s, url);
+                if (q->route == HTTP_ROUTE_OTHER && v1_model_path(url, &q->v2))
+                        q->route = HTTP_ROUTE_MODEL_CLASSIFY;
                 q->hosts = s->hosts;
                 if (l->admin) {
                         q->hosts = s->admin_hosts;
@@ -1244,7 +1493,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 q->start_ns = q->pr->start_ns;
                 /* The default model, for the routes of effnetd's own API;
                  * /v2 model routes take the one their path names. */
-                if (!q->v2.model)
+                if (!q->v2.model && q->v2.route != V2_ROUTE_REPO_INDEX)
                         pipe_req_acquire(q->pr, NULL, 0, 0);
                 *con_cls = q;
                 atomic_fetch_add(&s->inflight, 1);

@@ -40,6 +40,7 @@
 #include "http_stats.h"
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
+#define HTTP_CONTROL_MAX_BODY (64 << 10)  /* a repository load or unload call's body (read, not used) */
 
 /* The admin listener's budget: probes and scrapes are few and quick. */
 #define HTTP_ADMIN_MAX_CONNECTIONS 32
@@ -50,6 +51,11 @@
  * registry (server/registry.h). Requests take a reference to the version
  * served when their body is complete; a reload serves a new one, and
  * requests keep the version they started with. */
+
+/* The answer to a repository load or unload call (Triton's model
+ * repository extension), from any thread, once: ok, or the error e with a
+ * message for the client. */
+typedef void (*http_control_done_fn)(void *token, bool ok, enum api_error e, const char *message);
 
 struct http_opts {
         const char *listen;          /* "HOST:PORT", "[V6]:PORT"; port 0 picks a free one */
@@ -86,6 +92,11 @@ struct http_opts {
         /* libmicrohttpd's own messages, and a request's NaN or Inf outputs that
          * its input did not make (broken weights) (any thread). May be NULL. */
         void (*error_log)(void *userdata, const char *fmt, va_list ap);
+        /* POST /v2/repository/models/NAME/load and /unload (any thread): 0 when
+         * the call is taken, and done(token, ...) follows exactly once; else
+         * the reason in err (400), and done never fires. NULL: refused. */
+        int (*repo_control)(void *userdata, const char *name, bool load, http_control_done_fn done, void *token,
+                            char *err, size_t err_len);
         void *userdata;
 };
 

@@ -22,8 +22,12 @@
 #include "workpool.h"
 #include "http_stats.h"
 
-/* The model being served, for effnetd_model_info. Strings are borrowed. */
+/* A model version being served, for effnetd_model_info and the
+ * effnetd_model_* families (labels model and version). Strings are
+ * borrowed. */
 struct metrics_model {
+        const char *name;              /* NULL: the variant */
+        long long version;             /* 0: 1 */
         const char *variant;
         const char *precision;         /* "fp32", "bf16" */
         const char *weights;           /* path as given */
@@ -31,6 +35,8 @@ struct metrics_model {
         const char *labels;            /* api_labels_source() */
         int classes;
         int input_size;
+        const struct batch_stats *batch;   /* its batcher's, or NULL */
+        size_t executor_bytes;
 };
 
 /* One snapshot per module, all borrowed for the call. process: a value
@@ -39,7 +45,9 @@ struct metrics_sources {
         const struct http_stats *http;
         const struct batch_stats *batch;   /* summed over the batchers of every model generation */
         const struct wpool_stats *decode;
-        const struct metrics_model *model;
+        const struct metrics_model *model;   /* one model (when models is NULL), or NULL */
+        const struct metrics_model *models;  /* [n_models], every model version served */
+        int n_models;
         const struct proc_stats *process;
 };
 

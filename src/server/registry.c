@@ -215,7 +215,8 @@ int reg_set_state(struct registry *reg, const char *name, enum reg_state state, 
         m = get_model(reg, name);
         if (m && !m->versions) {
                 m->state = state;
-                snprintf(m->reason, sizeof m->reason, "%s", reason ? reason : "");
+                if (reason)
+                        snprintf(m->reason, sizeof m->reason, "%s", reason);
         } else if (m && state == REG_FAILED) {
                 /* Its serving versions go on; the failure of the last load is still told. */
                 snprintf(m->reason, sizeof m->reason, "%s", reason ? reason : "");

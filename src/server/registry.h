@@ -89,7 +89,8 @@ int reg_retire(struct registry *reg, const char *name, int64_t version, enum reg
 
 /* Records model name's state without a serving version (loading, failed
  * with its reason, unavailable), e.g. for a load that failed; its serving
- * versions, if any, keep serving. -ENOMEM. */
+ * versions, if any, keep serving. reason NULL keeps the one it has.
+ * -ENOMEM. */
 int reg_set_state(struct registry *reg, const char *name, enum reg_state state, const char *reason);
 
 /* Forgets model name when it serves no version (it left the repository). */

@@ -49,6 +49,14 @@ enum v2_route v2_parse_path(const char *path, struct v2_path *ret_path)
                 p.route = V2_ROUTE_LIVE;
         } else if (strcmp(rest, "/health/ready") == 0) {
                 p.route = V2_ROUTE_READY;
+        } else if (strcmp(rest, "/repository/index") == 0) {
+                p.route = V2_ROUTE_REPO_INDEX;
+        } else if (segment(rest, "/repository/models", &rest) &&
+                   take_segment(rest, &p.model, &p.model_len, &rest)) {
+                if (strcmp(rest, "/load") == 0)
+                        p.route = V2_ROUTE_REPO_LOAD;
+                else if (strcmp(rest, "/unload") == 0)
+                        p.route = V2_ROUTE_REPO_UNLOAD;
         } else if (segment(rest, "/models", &rest) && take_segment(rest, &p.model, &p.model_len, &rest)) {
                 if (segment(rest, "/versions", &rest) &&
                     !take_segment(rest, &p.version, &p.version_len, &rest))
@@ -62,7 +70,8 @@ enum v2_route v2_parse_path(const char *path, struct v2_path *ret_path)
                 else if (strcmp(rest, "/infer") == 0)
                         p.route = V2_ROUTE_INFER;
         }
-        if (p.route == V2_ROUTE_NONE || p.route == V2_ROUTE_UNKNOWN || p.route <= V2_ROUTE_READY)
+        if (p.route == V2_ROUTE_NONE || p.route == V2_ROUTE_UNKNOWN || p.route <= V2_ROUTE_READY ||
+            p.route == V2_ROUTE_REPO_INDEX)
                 p.model = p.version = NULL, p.model_len = p.version_len = 0;
         *ret_path = p;
         return p.route;
@@ -1446,4 +1455,31 @@ out:
         free(bin.data);
         json_decref(out);
         return ret;
+}
+
+int v2_repository_index_body(const struct v2_index_row *rows, int n, char **ret_body)
+{
+        json_t *list = json_array();
+        char version[24];
+
+        if (!list)
+                return -ENOMEM;
+        for (int i = 0; i < n; i++) {
+                json_t *o = json_object();
+                if (!o) {
+                        json_decref(list);
+                        return -ENOMEM;
+                }
+                json_object_set_new(o, "name", json_string(rows[i].name));
+                if (rows[i].version > 0) {
+                        snprintf(version, sizeof version, "%lld", (long long)rows[i].version);
+                        json_object_set_new(o, "version", json_string(version));
+                }
+                if (rows[i].state)
+                        json_object_set_new(o, "state", json_string(rows[i].state));
+                if (rows[i].reason && *rows[i].reason)
+                        json_object_set_new(o, "reason", json_string(rows[i].reason));
+                json_array_append_new(list, o);
+        }
+        return dump(list, ret_body);
 }

@@ -81,6 +81,9 @@ enum v2_route {
         V2_ROUTE_MODEL_READY,   /* GET .../ready */
         V2_ROUTE_MODEL_CONFIG,  /* GET .../config */
         V2_ROUTE_INFER,         /* POST .../infer */
+        V2_ROUTE_REPO_INDEX,    /* POST /v2/repository/index (Triton's model repository extension) */
+        V2_ROUTE_REPO_LOAD,     /* POST /v2/repository/models/{m}/load */
+        V2_ROUTE_REPO_UNLOAD,   /* POST /v2/repository/models/{m}/unload */
         V2_ROUTE_UNKNOWN,       /* under /v2, but no such path */
 };
 
@@ -97,6 +100,18 @@ struct v2_path {
 /* Parses a request path (without its query). Never fails: anything else is
  * V2_ROUTE_NONE or V2_ROUTE_UNKNOWN. */
 enum v2_route v2_parse_path(const char *path, struct v2_path *ret_path);
+
+/* One entry of POST /v2/repository/index (Triton's model repository
+ * extension). */
+struct v2_index_row {
+        const char *name;
+        int64_t version;          /* 0: left out */
+        const char *state;        /* "READY", "UNAVAILABLE", "LOADING"; NULL: left out */
+        const char *reason;       /* "" or NULL: left out */
+};
+
+/* The index: a JSON array of the rows. -ENOMEM. */
+int v2_repository_index_body(const struct v2_index_row *rows, int n, char **ret_body);
 
 /* Whether the path names model `name`. */
 bool v2_path_model_is(const struct v2_path *p, const char *name);

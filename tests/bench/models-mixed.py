@@ -91,6 +91,9 @@ def main():
                 print(f"round {r + 1} {conf} model(s): {ips:.1f} images/s" + (f", errors {errors[:5]}" if errors else ""),
                       flush=True)
         m1, m2 = statistics.median(results["one"]), statistics.median(results["two"])
+        paired = [b / a for a, b in zip(results["one"], results["two"])]
+        print("per-round ratios (two / one, each round's pair run back to back): " +
+              ", ".join(f"{x:.2f}" for x in paired) + f"; their median {statistics.median(paired):.3f}")
         print(f"median: one model {m1:.1f} images/s, two models mixed {m2:.1f} images/s, ratio {m2 / m1:.3f} "
               f"({a.rounds} rounds of {a.seconds:.0f} s, {a.clients} clients, max-batch {a.batch}, "
               f"{os.cpu_count()} CPUs seen)")

@@ -288,6 +288,28 @@ def test_explicit(effnetd, repo, workdir):
         check(e.stop() == 0, "the explicit-mode daemon stops cleanly")
 
 
+def test_poll(effnetd, repo, workdir):
+    """poll: a version added is found by the scan alone, no signal."""
+    p = dm.Daemon(effnetd, None, workdir, "--model-repository", repo, "--model-control-mode", "poll",
+                  "--repository-poll-secs", "1", name="poll")
+    c = V2Client(p.port)
+    try:
+        check(index_of(c).get(("b0", "3"), {}).get("state") == "READY", "poll: b0 version 3 serves at start")
+        os.makedirs(f"{workdir}/staging/4")
+        shutil.copy(f"{workdir}/spare/b0-3.safetensors", f"{workdir}/staging/4/model.safetensors")
+        os.rename(f"{workdir}/staging/4", f"{repo}/b0/4")
+        ok = wait_index(c, lambda i: i.get(("b0", "4"), {}).get("state") == "READY", timeout=300)
+        check(ok, "poll: a version added is loaded by the next scan, without SIGHUP")
+        try:
+            c.unload_model("b0")
+            check(False, "poll: unload_model is refused")
+        except RepositoryError as err:
+            check(err.status == 400 and "poll" in err.message, f"poll: unload_model refused ({err})")
+    finally:
+        c.close()
+        check(p.stop() == 0, "the poll-mode daemon stops cleanly")
+
+
 def main():
     effnetd, effnet = dm.find_effnet_tools()
     with tempfile.TemporaryDirectory(prefix="effnetd-repository-") as workdir:
@@ -310,6 +332,7 @@ def main():
                 d.stop()
             check(r.stop() == 0, "the repository daemon stops cleanly")
         test_explicit(effnetd, repo, workdir)
+        test_poll(effnetd, repo, workdir)
     finish()
 
 

@@ -2,7 +2,7 @@
 #include "config.h"
 #include "util.h"
 #include "batcher.h"
-#include "decoder.h"
+#include "workpool.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -45,13 +45,18 @@ struct conf_setting {
 
 /* CONF_ENUM fields are written as int: each enum of struct conf is one. */
 _Static_assert(sizeof(enum effnet_precision) == sizeof(int) && sizeof(enum effnet_padding) == sizeof(int) &&
-               sizeof(enum conf_log_format) == sizeof(int), "CONF_ENUM fields must be int-sized");
+               sizeof(enum conf_log_format) == sizeof(int) && sizeof(enum conf_control_mode) == sizeof(int),
+               "CONF_ENUM fields must be int-sized");
 
 static const struct conf_choice precisions[] = {
         { "fp32", EFFNET_FP32 }, { "bf16", EFFNET_BF16 }, { "auto", EFFNET_PRECISION_AUTO }, { NULL, 0 },
 };
 static const struct conf_choice paddings[] = {
         { "auto", EFFNET_PAD_AUTO }, { "same", EFFNET_PAD_SAME }, { "symmetric", EFFNET_PAD_SYMMETRIC }, { NULL, 0 },
+};
+static const struct conf_choice control_modes[] = {
+        { "none", CONF_CONTROL_NONE }, { "poll", CONF_CONTROL_POLL }, { "explicit", CONF_CONTROL_EXPLICIT },
+        { NULL, 0 },
 };
 static const struct conf_choice log_formats[] = { { "text", CONF_LOG_TEXT }, { "json", CONF_LOG_JSON }, { NULL, 0 } };
 
@@ -74,6 +79,22 @@ static const struct conf_setting settings[] = {
         { "weights", "model", CONF_STRING, F(weights), NULL, 0, 0, NULL,
           "model weights (.safetensors, timm or torchvision names), or hf://ORG/NAME[@REVISION][/FILE] from the "
           "Hugging Face Hub cache (downloaded when missing); required. SIGHUP loads them again" },
+        { "model-repository", "model", CONF_STRING, F(model_repository), NULL, 0, 0, NULL,
+          "a directory of models to serve instead of weights: DIR/NAME/VERSION/model.safetensors (versions are "
+          "positive integers), with an optional DIR/NAME/config.conf (version-policy, labels, precision, padding, "
+          "bn-eps, input-size, max-batch, workers, threads) and DIR/NAME/labels.txt" },
+        { "model-control-mode", "model", CONF_ENUM, F(model_control_mode), "none", 0, 0, control_modes,
+          "none: load every model of model-repository at start (load and unload calls are refused); poll: also "
+          "rescan it every repository-poll-secs; explicit: load the load-model ones at start, then take "
+          "POST /v2/repository/models/NAME/load and /unload. SIGHUP rescans in every mode" },
+        { "load-model", "model", CONF_STRING, F(load_model), NULL, 0, 0, NULL,
+          "with model-control-mode explicit: the models loaded at start, separated by commas (the flag may be "
+          "repeated); * for all" },
+        { "repository-poll-secs", "model", CONF_SECONDS, F(repository_poll_us), "15", 1, 86400, NULL,
+          "with model-control-mode poll: time between two scans of model-repository" },
+        { "default-model", "model", CONF_STRING, F(default_model), NULL, 0, 0, NULL,
+          "the model POST /v1/classify and the try-it page serve when model-repository has several (unset: "
+          "the only one)" },
         { "hub-download-deadline", "model", CONF_SECONDS, F(hub_download_deadline_us), "1800", 1, 604800, NULL,
           "time one download of hf:// weights (or their config.json) may take in all, retries and waiting for "
           "another download of the same file included; past it the start (or the reload) fails" },
@@ -108,7 +129,7 @@ static const struct conf_setting settings[] = {
         { "header-timeout", "server", CONF_SECONDS, F(header_timeout_us), "10", 0, 3600, NULL,
           "time a connection may take to send a request line and headers (whole seconds; from its start, or "
           "from the end of its previous request plus connection-timeout); slower ones are closed (0 = no limit)" },
-        { "decode-threads", "server", CONF_INT, F(decode_threads), "0", 0, DEC_MAX_THREADS, NULL,
+        { "decode-threads", "server", CONF_INT, F(decode_threads), "0", 0, WPOOL_MAX_THREADS, NULL,
           "threads that decode and preprocess images; 0 = usable CPUs, at most 8" },
         { "decode-queue", "server", CONF_INT, F(decode_queue), "64", 1, 65536, NULL,
           "requests that may wait for a decoding thread; beyond it requests get 503" },
@@ -295,7 +316,17 @@ static int set_value(struct conf *c, const struct conf_setting *s, const char *v
         char *o;
         int r;
 
-        if ((r = store_typed(s, v, c ? (char *)c + s->offset : NULL, why, why_len)) < 0)
+        /* --load-model A --load-model B: both, as Triton's flag. */
+        char *joined = NULL;
+        if (c && strcmp(s->name, "load-model") == 0 && c->load_model && c->origin[idx] &&
+            strncmp(c->origin[idx], "--", 2) == 0 && strncmp(origin, "--", 2) == 0) {
+                if (asprintf(&joined, "%s,%s", c->load_model, v) < 0)
+                        return err_set(why, why_len, -ENOMEM, "out of memory");
+                v = joined;
+        }
+        r = store_typed(s, v, c ? (char *)c + s->offset : NULL, why, why_len);
+        free(joined);
+        if (r < 0)
                 return r;
         if (!c)
                 return 0;
@@ -631,9 +662,15 @@ int conf_load(int argc, char **argv, struct conf *c, char *err, size_t err_len)
         scan_flags(argc, argv, &tmp, NULL, &d);
 
         if (d.errors == 0) {
-                if (!tmp.weights)
-                        diag_add(&d, "no weights: set weights in [model] of %s, EFFNETD_WEIGHTS or --weights FILE",
-                                 file);
+                if (!tmp.weights && !tmp.model_repository)
+                        diag_add(&d, "no weights: set weights (or model-repository) in [model] of %s, "
+                                 "EFFNETD_WEIGHTS or --weights FILE", file);
+                if (tmp.weights && tmp.model_repository)
+                        diag_add(&d, "weights (from %s) and model-repository (from %s): set one of them",
+                                 origin_of(&tmp, "weights"), origin_of(&tmp, "model-repository"));
+                if (tmp.load_model && tmp.model_control_mode != CONF_CONTROL_EXPLICIT)
+                        diag_add(&d, "load-model (from %s) needs model-control-mode explicit",
+                                 origin_of(&tmp, "load-model"));
                 if (tmp.max_images > tmp.queue)
                         diag_add(&d, "max-images (%lld, from %s) exceeds queue (%lld images, from %s)",
                                  (long long)tmp.max_images, origin_of(&tmp, "max-images"), (long long)tmp.queue,

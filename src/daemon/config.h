@@ -24,6 +24,7 @@
 #define CONF_MAX_FILE_BYTES (1 << 20)   /* a config file larger than this is refused */
 
 enum conf_log_format { CONF_LOG_TEXT, CONF_LOG_JSON };
+enum conf_control_mode { CONF_CONTROL_NONE, CONF_CONTROL_POLL, CONF_CONTROL_EXPLICIT };
 
 struct conf {
         char *weights;              /* owned strings; NULL when unset */
@@ -31,6 +32,11 @@ struct conf {
         char *admin_listen;
         char *allowed_hosts;
         char *labels;
+        char *model_repository;     /* a directory of models, instead of weights */
+        enum conf_control_mode model_control_mode;
+        char *load_model;           /* explicit mode: names loaded at start, comma-separated; "*": all */
+        int64_t repository_poll_us;
+        char *default_model;
         int64_t hub_download_deadline_us;  /* one hf:// file's fetch, in all */
         enum effnet_precision precision;
         enum effnet_padding padding;

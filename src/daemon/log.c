@@ -157,8 +157,8 @@ void log_msg(int prio, const char *fmt, ...)
 static int send_access_fields(const struct http_access *a, const char *method, const char *path,
                               const char *msg)
 {
-        char message[1600], f[15][600], id[520], client[80], error[80];
-        struct iovec iov[16];
+        char message[1600], f[17][600], id[520], client[80], error[80];
+        struct iovec iov[18];
         int n = 0;
 
         str_escape(a->request_id, id, sizeof id);
@@ -182,6 +182,10 @@ static int send_access_fields(const struct http_access *a, const char *method, c
         snprintf(f[n++], sizeof f[0], "INFERENCE_MS=%.1f", a->inference_ms);
         snprintf(f[n++], sizeof f[0], "BATCH_SIZE=%d", a->batch_size);
         snprintf(f[n++], sizeof f[0], "DURATION_MS=%.1f", a->ms);
+        if (a->model) {
+                snprintf(f[n++], sizeof f[0], "MODEL=%.200s", a->model);
+                snprintf(f[n++], sizeof f[0], "MODEL_VERSION=%lld", a->version);
+        }
         iov[0] = (struct iovec){ .iov_base = message, .iov_len = strlen(message) };
         for (int i = 0; i < n; i++)
                 iov[i + 1] = (struct iovec){ .iov_base = f[i], .iov_len = strlen(f[i]) };
@@ -210,6 +214,10 @@ void log_access(const struct http_access *a)
                         return;
                 if (a->error)
                         json_object_set_new(o, "error", json_string(a->error));
+                if (a->model) {
+                        json_object_set_new(o, "model", json_string(a->model));
+                        json_object_set_new(o, "version", json_integer(a->version));
+                }
                 emit_json(o, LOG_INFO, "access");
                 return;
         }
@@ -221,6 +229,10 @@ void log_access(const struct http_access *a)
                  a->error ? a->error : "", a->body_bytes, a->answer_bytes, a->images,
                  a->queue_ms < 0 ? 0.0 : a->queue_ms,
                  a->inference_ms, a->batch_size, a->ms);
+        if (a->model) {
+                size_t n = strlen(msg);
+                snprintf(msg + n, sizeof msg - n, " model=%.200s version=%lld", a->model, a->version);
+        }
         if (log_fields && !atomic_load(&fields_failed) && send_access_fields(a, method, path, msg) == 0)
                 return;
         emit_text(LOG_INFO, msg);

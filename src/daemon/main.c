@@ -8,14 +8,17 @@
 #include "service.h"
 #include "effnet.h"
 #include "hub.h"
+#include "weights.h"
 #include "api.h"
 #include "batcher.h"
 #include "http.h"
+#include "pipeline.h"
+#include "registry.h"
+#include "repository.h"
 #include "hosts.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -33,12 +36,13 @@ static const char *prog = "effnetd";
 static void usage(FILE *f)
 {
         fprintf(f,
-                "Usage: %s [--config FILE] [--weights FILE|hf://ORG/NAME[@REV][/FILE]] [--listen 127.0.0.1:8080]\n"
-                "       [OPTIONS]\n"
+                "Usage: %s [--config FILE] [--weights FILE|hf://ORG/NAME[@REV][/FILE] | --model-repository DIR]\n"
+                "       [--listen 127.0.0.1:8080] [OPTIONS]\n"
                 "       %s --check-config | --print-config [OPTIONS]\n"
                 "\n"
                 "Serves EfficientNetV2 image classification over HTTP:\n"
                 "  POST /v1/classify[?top_k=K]  (image/jpeg, image/png or multipart/form-data)\n"
+                "  POST /v1/models/{model}/classify, /v1/models/{model}/versions/{version}/classify\n"
                 "  GET  /v1/models, /healthz, /readyz, /metrics\n"
                 "  GET  /  the try-it page in a browser (and /ui/app.js, /ui/app.css; --no-ui: off)\n"
                 "KServe v2 / Open Inference Protocol (with Triton's binary data, classification\n"
@@ -46,10 +50,13 @@ static void usage(FILE *f)
                 "  GET  /v2, /v2/health/live, /v2/health/ready\n"
                 "  GET  /v2/models/{model}[/versions/1][/ready|/config]\n"
                 "  POST /v2/models/{model}[/versions/1]/infer\n"
+                "  (with a model repository, any version it serves)\n"
+                "Triton's model repository extension:\n"
+                "  POST /v2/repository/index, /v2/repository/models/{model}/load and .../unload\n"
                 "\n"
                 "Settings come from the config file, then EFFNETD_* environment variables,\n"
                 "then flags (each later source wins). SIGHUP reloads the [model] settings\n"
-                "and the weights; SIGTERM drains and exits.\n"
+                "and the weights (with a model repository: rescans it); SIGTERM drains and exits.\n"
                 "\n"
                 "Options:\n",
                 prog, prog);
@@ -57,36 +64,6 @@ static void usage(FILE *f)
         fprintf(f, "  --check-config               validate the settings (and that the files exist), then exit\n"
                    "  --print-config               print the settings in effect and where each came from\n"
                    "  --help, --version\n");
-}
-
-/* The local file of the weights setting while a generation is built: the
- * file itself, or the hub cache's snapshot of hf:// weights. */
-struct weights_file {
-        char *path;                /* the local file */
-        struct hub_file *hub;      /* hf:// weights: the cached file; NULL otherwise */
-        struct hub_ref ref;        /* hf:// weights: what was asked for */
-        char *hub_config;          /* hf:// weights: the repository's config.json in the cache, or NULL */
-};
-
-static void weights_file_clear(struct weights_file *wf)
-{
-        free(wf->path);
-        hub_file_free(wf->hub);
-        free(wf->hub_config);
-        *wf = (struct weights_file){ 0 };
-}
-
-/* The SHA-256 of n bytes as 64 hex digits (and a NUL) in ret_hex. */
-static int sha256_hex(const void *data, size_t n, char ret_hex[65])
-{
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned md_len = 0;
-
-        if (EVP_Digest(data, n, md, &md_len, EVP_sha256(), NULL) != 1 || md_len != 32)
-                return -ENOMEM;
-        for (unsigned i = 0; i < md_len; i++)
-                snprintf(ret_hex + 2 * i, 3, "%02x", md[i]);
-        return 0;
 }
 
 /* A download of hf:// weights, in the log and in STATUS=: a start or a
@@ -156,63 +133,24 @@ static void on_pull_progress(void *userdata, const struct hub_progress *p)
         }
 }
 
-/* The repository's config.json at the weights' commit, for its class names
- * (timm writes label_names there). From the cache only when the weights
- * came from it, so that a start that needed no network needs none for
- * this either; effnet pull fetches it alongside the weights. NULL when
- * there is none. */
-static char *hub_config_of(const struct hub_ref *weights_ref, const struct hub_file *f, int64_t deadline_s)
-{
-        struct hub_ref ref;
-        struct hub_file *cf = NULL;
-        struct hub_opts o = { .offline = !f->network, .deadline_s = deadline_s,
-                              .deadline_name = HUB_DEADLINE_SETTING };
-        char why[1024];
-        const char *slash = strrchr(weights_ref->file, '/');
-        char file[HUB_FILE_MAX + 1];
-
-        /* config.json next to the weights' file (timm puts both at the top). */
-        snprintf(file, sizeof file, "%.*sconfig.json", slash ? (int)(slash - weights_ref->file + 1) : 0,
-                 weights_ref->file);
-        if (hub_ref_init(weights_ref->repo, f->commit, file, why, sizeof why, &ref) < 0 ||
-            hub_fetch(&ref, &o, why, sizeof why, &cf) < 0)
-                return NULL;
-        char *path = cf->path;
-        cf->path = NULL;
-        hub_file_free(cf);
-        return path;
-}
-
 /* The local file of the weights setting: the file itself, or for
  * hf://ORG/NAME[@REVISION][/FILE] the hub cache's snapshot, downloaded
- * first when it is not there (wf->hub, wf->ref, wf->hub_config then). */
-static int weights_resolve(const struct conf *c, struct weights_file *wf, char *err, size_t err_len)
+ * first when it is not there, with the repository's config.json
+ * (hub/weights.h), the download in the log and in STATUS=. */
+static int weights_open(const struct conf *c, struct weights_file *wf, char *err, size_t err_len)
 {
-        const char *weights = c->weights;
         int64_t deadline_s = c->hub_download_deadline_us / PARSE_S;
-        struct hub_file *f = NULL;
-        struct pull_log pl = { .uri = weights, .deadline_s = deadline_s };
+        struct pull_log pl = { .uri = c->weights, .deadline_s = deadline_s };
         struct hub_opts o = { .progress = on_pull_progress, .userdata = &pl, .deadline_s = deadline_s,
                               .deadline_name = HUB_DEADLINE_SETTING };
-        char why[1024];
         int r;
 
-        if (!hub_is_uri(weights)) {
-                wf->path = strdup(weights);
-                return wf->path ? 0 : err_set(err, err_len, -ENOMEM, "out of memory");
-        }
-        if ((r = hub_parse_uri(weights, why, sizeof why, &wf->ref)) < 0 ||
-            (r = hub_fetch(&wf->ref, &o, why, sizeof why, &f)) < 0)
-                return err_set(err, err_len, r, "weights %s: %s", weights, why);
-        log_msg(LOG_INFO, "weights %s: commit %s, %s (%s)", weights, f->commit, f->path,
-                f->downloaded ? "downloaded" : f->network ? "in the cache, linked" : "from the cache");
-        wf->path = strdup(f->path);
-        if (!wf->path) {
-                hub_file_free(f);
-                return err_set(err, err_len, -ENOMEM, "out of memory");
-        }
-        wf->hub_config = hub_config_of(&wf->ref, f, deadline_s);
-        wf->hub = f;
+        if ((r = weights_resolve(c->weights, &o, err, err_len, wf)) < 0)
+                return r;
+        if (wf->hub)
+                log_msg(LOG_INFO, "weights %s: commit %s, %s (%s)", c->weights, wf->hub->commit, wf->hub->path,
+                        wf->hub->downloaded ? "downloaded" : wf->hub->network ? "in the cache, linked"
+                                                                              : "from the cache");
         return 0;
 }
 
@@ -251,17 +189,12 @@ static void on_warm_progress(void *userdata, int done, int total)
 static int labels_open(const struct conf *c, const char *hub_config, int classes, char *err, size_t err_len,
                        struct api_labels **ret_labels)
 {
-        char why[512];
-        int r;
+        char note[512] = "";
+        int r = api_labels_open(c->labels, hub_config, classes, err, err_len, note, sizeof note, ret_labels);
 
-        if (c->labels || !hub_config)
-                return api_labels_load(c->labels, classes, err, err_len, ret_labels);
-        r = api_labels_load_hub_config(hub_config, classes, why, sizeof why, ret_labels);
-        if (r == 0)
-                return 0;
-        if (r != -ENOENT)
-                log_msg(LOG_WARNING, "labels: not taken from the repository's config.json: %s", why);
-        return api_labels_load(NULL, classes, err, err_len, ret_labels);
+        if (*note)
+                log_msg(LOG_WARNING, "labels: %s", note);
+        return r;
 }
 
 /* The model of c (read into memory, so that a file rewritten in place
@@ -279,7 +212,7 @@ static int model_load(const struct conf *c, const struct weights_file *wf, struc
         if ((r = effnet_model_open(wf->path, &oo, err, err_len, &g->model)) < 0)
                 return r;
         const void *file = effnet_model_file(g->model, &file_len);
-        if ((r = sha256_hex(file, file_len, sha256)) < 0)
+        if ((r = weights_sha256_hex(file, file_len, sha256)) < 0)
                 return err_set(err, err_len, r, "sha256: out of memory");
         const struct effnet_info *info = effnet_model_info(g->model);
         bool hub = wf->hub != NULL;
@@ -294,8 +227,22 @@ static int model_load(const struct conf *c, const struct weights_file *wf, struc
         return 0;
 }
 
+/* The CPUs every model's forward passes share (batcher.h's gate): made
+ * before the first load, freed at exit. */
+static struct batch_gate *cpu_gate;
+
+/* What one model version is loaded from: the settings (shallow: the
+ * strings are the caller's), and in a repository its name, version and
+ * input size. */
+struct load_spec {
+        struct conf c;
+        const char *name;          /* NULL: the variant (a one-model server) */
+        int64_t version;           /* 0: 1 */
+        int input_size;            /* 0: the model's */
+};
+
 /* A warm batcher for g's model. */
-static int batcher_open(const struct conf *c, struct generation *g, char *err, size_t err_len)
+static int batcher_open(const struct conf *c, int input_size, struct generation *g, char *err, size_t err_len)
 {
         struct batch_opts bo = {
                 .max_batch = (int)c->max_batch,
@@ -304,6 +251,8 @@ static int batcher_open(const struct conf *c, struct generation *g, char *err, s
                 .workers = (int)c->workers,
                 .threads = (int)c->threads,
                 .precision = g->precision,
+                .input_size = input_size,
+                .gate = cpu_gate,
                 .progress = on_warm_progress,
         };
         struct warm_log wl = { .t0 = time_now_ns() };
@@ -316,9 +265,10 @@ static int batcher_open(const struct conf *c, struct generation *g, char *err, s
         return r;
 }
 
-/* The generation of c: its model, labels, and a warm batcher. */
-static int generation_open(const struct conf *c, char *err, size_t err_len, struct generation **ret_gen)
+/* The model version of spec: its model, labels, and a warm batcher. */
+static int generation_open(const struct load_spec *spec, char *err, size_t err_len, struct generation **ret_gen)
 {
+        const struct conf *c = &spec->c;
         struct weights_file wf = { 0 };
         struct generation *g = NULL;
         int r;
@@ -328,12 +278,17 @@ static int generation_open(const struct conf *c, char *err, size_t err_len, stru
                 goto fail;
         }
         if ((r = effnet_precision_resolve(c->precision, err, err_len, &g->precision)) < 0 ||
-            (r = weights_resolve(c, &wf, err, err_len)) < 0 ||
+            (r = weights_open(c, &wf, err, err_len)) < 0 ||
             (r = model_load(c, &wf, g, err, err_len)) < 0 ||
-            (r = labels_open(c, wf.hub_config, effnet_model_info(g->model)->classes, err, err_len,
+            (r = labels_open(c, wf.config, effnet_model_info(g->model)->classes, err, err_len,
                              &g->labels)) < 0 ||
-            (r = batcher_open(c, g, err, err_len)) < 0)
+            (r = batcher_open(c, spec->input_size, g, err, err_len)) < 0)
                 goto fail;
+        if (spec->name && !(g->name = strdup(spec->name))) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto fail;
+        }
+        g->version = spec->version;
         /* Every executor exists and holds its weights: the copy of the file
          * is not needed any more. */
         effnet_model_drop_file(g->model);
@@ -374,6 +329,10 @@ static void log_model(const struct generation *g)
 
 static void describe(const struct generation *g, char *buf, size_t n)
 {
+        if (!g) {
+                snprintf(buf, n, "no model yet");
+                return;
+        }
         const struct effnet_info *info = effnet_model_info(g->model);
         snprintf(buf, n, "%s, %s, %d classes, input %d, weights %s", info->variant,
                  effnet_precision_name(g->precision), info->classes, info->preproc.size, g->weights);
@@ -441,9 +400,20 @@ static int check_hub_weights(const char *weights)
 static int check_files(const struct conf *c)
 {
         /* hf:// weights are no local file. */
-        bool hub = hub_is_uri(c->weights);
+        bool hub = c->weights && hub_is_uri(c->weights);
         const char *files[] = { hub ? NULL : c->weights, c->labels };
         int r = hub ? check_hub_weights(c->weights) : 0;
+
+        if (c->model_repository) {
+                struct repo_scan *sc = NULL;
+                char err[1024];
+                if ((r = repo_scan(c->model_repository, NULL, err, sizeof err, &sc)) < 0)
+                        fprintf(stderr, "%s: %s\n", prog, err);
+                for (int i = 0; sc && i < sc->n; i++)
+                        if (sc->models[i].error[0])
+                                fprintf(stderr, "%s: model %s: %s\n", prog, sc->models[i].name, sc->models[i].error);
+                repo_scan_free(sc);
+        }
 
         for (size_t i = 0; i < ARRAY_SIZE(files); i++)
                 if (files[i] && access(files[i], R_OK) < 0) {
@@ -482,8 +452,9 @@ struct daemon {
         int nargs;
         sigset_t sigs;             /* process_setup: SIGTERM, SIGINT, SIGHUP, blocked in every thread */
         int listen_fd;             /* process_setup: systemd's socket, or -1 (http takes it over) */
-        struct generation *gen;    /* model_open: the generation served; owned until listeners_open
-                                    * hands it to http, then http's (the current one, main thread only) */
+        struct registry *reg;      /* model_open: the model versions served */
+        struct pipeline *pipe;     /* model_open: requests' work, over reg */
+        const struct generation *gen;  /* model_open: the version served last (reg's; main thread only) */
         struct http_server *http;  /* listeners_open */
         struct reload reload;      /* serve: a SIGHUP's load */
         struct conf next;          /* serve: the settings the running reload reads */
@@ -504,7 +475,8 @@ struct daemon {
 static int generation_load(const void *input, char *err, size_t err_len, void **ret_result)
 {
         struct generation *g = NULL;
-        int r = generation_open(input, err, err_len, &g);
+        struct load_spec spec = { .c = *(const struct conf *)input };
+        int r = generation_open(&spec, err, err_len, &g);
 
         if (r == 0)
                 *ret_result = g;
@@ -537,11 +509,18 @@ static int next_settings(const struct daemon *d, struct conf *ret_next)
         return 0;
 }
 
+static void sync_start(struct daemon *d, const char *why);
+
 /* SIGHUP: starts loading the next generation, unless one is loading. */
 static void on_sighup(struct daemon *d)
 {
         int r;
 
+        if (d->conf.model_repository) {
+                log_msg(LOG_INFO, "SIGHUP: rescanning the model repository %s", d->conf.model_repository);
+                sync_start(d, "SIGHUP");
+                return;
+        }
         if (reload_running(&d->reload)) {
                 log_msg(LOG_NOTICE, "SIGHUP: a reload is already running");
                 return;
@@ -561,6 +540,531 @@ fail:
         service_notify_ready(d->status);
 }
 
+/* Serves g (built by generation_open) from now on, beside or in place of
+ * the versions served: its answers built with the limits of d's settings,
+ * then handed to the registry, which owns it from then on (also on
+ * failure: then it is freed). */
+static int serve_version(struct daemon *d, struct generation *g, bool only, char *err, size_t err_len)
+{
+        const struct conf *c = &d->conf;
+        struct gen_limits lim = { .deadline_ms = c->deadline_us / PARSE_MS, .max_images = (int)c->max_images,
+                                  .max_body_bytes = c->max_body_bytes, .paths = c->show_paths };
+        struct batch_config bc;
+        int r;
+
+        batch_get_config(g->batch, &bc);
+        if (c->max_images > bc.queue_images) {
+                err_set(err, err_len, -EINVAL, "max images per request (%lld) exceeds the queue (%d images)",
+                        (long long)c->max_images, bc.queue_images);
+                gen_free(g);
+                return -EINVAL;
+        }
+        if ((r = gen_build_answers(g, &lim)) < 0) {
+                gen_free(g);
+                return err_set(err, err_len, r, "out of memory");
+        }
+        /* One model (the weights setting): a reload replaces it, even when its variant, its name, changes. */
+        if ((r = only ? reg_serve_only(d->reg, g) : reg_serve(d->reg, g)) < 0)
+                return err_set(err, err_len, r, "out of memory");
+        d->gen = g;
+        return 0;
+}
+
+/* ---- a model repository (model-repository) ------------------------------------ */
+
+/* One model version to load from the repository, and what came of it. */
+struct load_item {
+        char name[REPO_MAX_NAME + 1];
+        int64_t version;
+        char path[1024];
+        char ident[400];              /* the file's and its settings' identity */
+        struct repo_model_conf mc;
+        struct generation *g;         /* loaded, or NULL */
+        char err[512];
+};
+
+/* A sync: the loads it needs (on the reload thread), and the scan that
+ * says which versions stay. */
+struct sync_job {
+        const struct conf *base;      /* the daemon's settings (main thread's; unchanged meanwhile) */
+        struct repo_scan *scan;
+        struct load_item *items;
+        int n;
+};
+
+/* A version the registry serves from the repository, and its identity. */
+struct served {
+        char name[REPO_MAX_NAME + 1];
+        int64_t version;
+        char ident[400];
+        struct served *next;
+};
+
+/* A load or unload call from a client, answered from the main thread. */
+struct control {
+        char name[REPO_MAX_NAME + 1];
+        bool load;
+        http_control_done_fn done;
+        void *token;
+        struct control *next;
+};
+
+/* The repository's state (main thread only, but the control queue). */
+struct repo_state {
+        struct served *served;
+        char *wanted;                 /* explicit mode: ",name,name," loaded on request; NULL: none */
+        bool wanted_all;              /* load-model = * */
+        struct sync_job *running;     /* the sync the reload thread loads */
+        struct control *attached;     /* load calls answered when the running sync ends */
+        bool pending;                 /* a rescan asked for while one runs */
+        int64_t next_poll_ns;
+        pthread_mutex_t lock;         /* guards queue (http threads add to it) */
+        struct control *queue;
+};
+
+static struct repo_state repo = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static bool repo_wants(const char *name)
+{
+        char key[REPO_MAX_NAME + 3];
+
+        if (repo.wanted_all)
+                return true;
+        snprintf(key, sizeof key, ",%s,", name);
+        return repo.wanted && strstr(repo.wanted, key);
+}
+
+static void repo_want(const char *name, bool want)
+{
+        char key[REPO_MAX_NAME + 3], *w = NULL;
+
+        snprintf(key, sizeof key, ",%s,", name);
+        if (want == repo_wants(name))
+                return;
+        if (want) {
+                if (asprintf(&w, "%s%s,", repo.wanted ? repo.wanted : ",", name) < 0)
+                        return;
+        } else if (repo.wanted) {
+                char *at = strstr(repo.wanted, key);
+                if (at && (w = strdup(repo.wanted)))
+                        memmove(w + (at - repo.wanted), w + (at - repo.wanted) + strlen(key) - 1,
+                                strlen(at + strlen(key) - 1) + 1);
+        }
+        free(repo.wanted);
+        repo.wanted = w;
+}
+
+static struct served *served_find(const char *name, int64_t version)
+{
+        for (struct served *x = repo.served; x; x = x->next)
+                if (strcmp(x->name, name) == 0 && (version == 0 || x->version == version))
+                        return x;
+        return NULL;
+}
+
+static void served_drop(const char *name, int64_t version)
+{
+        for (struct served **p = &repo.served; *p;) {
+                if (strcmp((*p)->name, name) == 0 && (version == 0 || (*p)->version == version)) {
+                        struct served *x = *p;
+                        *p = x->next;
+                        free(x);
+                } else {
+                        p = &(*p)->next;
+                }
+        }
+}
+
+/* On the reload thread: every item of the job, one after the other. */
+static int sync_load(const void *input, char *err, size_t err_len, void **ret_result)
+{
+        struct sync_job *job = (struct sync_job *)input;
+
+        for (int i = 0; i < job->n; i++) {
+                struct load_item *it = &job->items[i];
+                const struct repo_model_conf *mc = &it->mc;
+                struct load_spec spec = { .c = *job->base, .name = it->name, .version = it->version,
+                                          .input_size = mc->input_size };
+                spec.c.weights = it->path;
+                spec.c.labels = mc->labels[0] ? (char *)mc->labels : NULL;
+                if (mc->precision >= 0)
+                        spec.c.precision = mc->precision;
+                if (mc->padding >= 0)
+                        spec.c.padding = mc->padding;
+                if (mc->bn_eps >= 0)
+                        spec.c.bn_eps = mc->bn_eps;
+                if (mc->max_batch)
+                        spec.c.max_batch = mc->max_batch;
+                if (mc->workers)
+                        spec.c.workers = mc->workers;
+                if (mc->threads)
+                        spec.c.threads = mc->threads;
+                log_msg(LOG_INFO, "model %s version %lld: loading %s", it->name, (long long)it->version, it->path);
+                if (generation_open(&spec, it->err, sizeof it->err, &it->g) < 0)
+                        it->g = NULL;
+        }
+        *ret_result = job;
+        return 0;
+}
+
+static struct sync_job *sync_job_free(struct sync_job *job)
+{
+        if (!job)
+                return NULL;
+        for (int i = 0; i < job->n; i++)
+                gen_free(job->items[i].g);
+        repo_scan_free(job->scan);
+        free(job->items);
+        free(job);
+        return NULL;
+}
+
+/* Answers a load or unload call. */
+static void control_answer(struct control *c, bool ok, enum api_error e, const char *fmt, ...)
+        __attribute__((format(printf, 4, 5)));
+static void control_answer(struct control *c, bool ok, enum api_error e, const char *fmt, ...)
+{
+        char msg[600];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof msg, fmt, ap);
+        va_end(ap);
+        c->done(c->token, ok, e, msg);
+        free(c);
+}
+
+/* The reason a model of the registry does not serve, for a load's answer. */
+struct why_row {
+        const char *name;
+        char reason[300];
+        bool serving;
+};
+
+static int why_row(void *userdata, const struct reg_row *r)
+{
+        struct why_row *w = userdata;
+
+        if (strcmp(r->name, w->name) != 0)
+                return 0;
+        if (r->g)
+                w->serving = true;
+        if (r->reason && *r->reason)
+                snprintf(w->reason, sizeof w->reason, "%s", r->reason);
+        return 0;
+}
+
+/* Retires the versions the scan no longer wants, of the models it covers
+ * (only: that model's scan): a model left with none would serve nothing,
+ * so its old versions stay until a wanted one serves, unless the model
+ * left the repository. */
+static void sync_retire(struct daemon *d, const struct repo_scan *sc, const char *only)
+{
+        for (struct served *x = repo.served, *next; x; x = next) {
+                next = x->next;
+                if (only && strcmp(x->name, only) != 0)
+                        continue;
+                const struct repo_model *m = repo_scan_find(sc, x->name);
+                char name[REPO_MAX_NAME + 1];
+                int64_t v = x->version;
+                bool wanted = false, any = false;
+                for (int k = 0; m && k < m->n_versions; k++) {
+                        const struct served *s = served_find(x->name, m->versions[k].version);
+                        wanted = wanted || m->versions[k].version == v;
+                        any = any || s != NULL;
+                }
+                if (wanted || (m && !any))
+                        continue;
+                snprintf(name, sizeof name, "%s", x->name);
+                log_msg(LOG_INFO, "model %s version %lld: retired (%s)", name, (long long)v,
+                        m ? "its version-policy wants it no more" : "it left the model repository");
+                reg_retire(d->reg, name, v, REG_UNAVAILABLE, m ? "retired by its version-policy" : "removed");
+                served_drop(name, v);
+                if (!m && !served_find(name, 0))
+                        reg_forget(d->reg, name);
+        }
+}
+
+static void sync_end(struct daemon *d, struct sync_job *job);
+
+/* Scans the repository and loads what changed: the versions its policies
+ * want that are not served with the same file and settings. The loads run
+ * on the reload thread; sync_end serves them. A scan while one runs is
+ * done after it. */
+static void sync_start(struct daemon *d, const char *why)
+{
+        const struct conf *c = &d->conf;
+        struct sync_job *job = NULL;
+        char err[1024];
+
+        if (reload_running(&d->reload)) {
+                repo.pending = true;
+                return;
+        }
+        repo.pending = false;
+        if (!(job = calloc(1, sizeof *job)))
+                return;
+        job->base = c;
+        if (repo_scan(c->model_repository, NULL, err, sizeof err, &job->scan) < 0) {
+                log_msg(LOG_ERR, "%s: %s; serving what is loaded", why, err);
+                sync_job_free(job);
+                for (struct control *a = repo.attached, *n; a; a = n) {
+                        n = a->next;
+                        control_answer(a, false, API_E_INVALID_REQUEST, "failed to load '%s': %s", a->name, err);
+                }
+                repo.attached = NULL;
+                return;
+        }
+        const struct repo_scan *sc = job->scan;
+        int cap = 0;
+        for (int i = 0; i < sc->n; i++)
+                cap += sc->models[i].n_versions;
+        job->items = calloc((size_t)cap + 1, sizeof *job->items);
+        if (!job->items) {
+                sync_job_free(job);
+                return;
+        }
+        for (int i = 0; i < sc->n; i++) {
+                const struct repo_model *m = &sc->models[i];
+                if (c->model_control_mode == CONF_CONTROL_EXPLICIT && !repo_wants(m->name)) {
+                        if (!served_find(m->name, 0))
+                                reg_set_state(d->reg, m->name, REG_UNAVAILABLE, NULL);
+                        continue;
+                }
+                if (m->error[0]) {
+                        log_msg(LOG_ERR, "model %s: %s", m->name, m->error);
+                        reg_set_state(d->reg, m->name, REG_FAILED, m->error);
+                        continue;
+                }
+                for (int k = 0; k < m->n_versions; k++) {
+                        const struct repo_version *v = &m->versions[k];
+                        struct load_item *it = &job->items[job->n];
+                        snprintf(it->ident, sizeof it->ident, "%s|%s", v->ident, m->conf_ident);
+                        const struct served *s = served_find(m->name, v->version);
+                        if (s && strcmp(s->ident, it->ident) == 0)
+                                continue;
+                        snprintf(it->name, sizeof it->name, "%s", m->name);
+                        it->version = v->version;
+                        snprintf(it->path, sizeof it->path, "%s", v->path);
+                        it->mc = m->conf;
+                        job->n++;
+                }
+                if (!served_find(m->name, 0) && job->n > 0)
+                        reg_set_state(d->reg, m->name, REG_LOADING, "");
+        }
+        if (job->n == 0) {
+                sync_end(d, job);
+                return;
+        }
+        log_msg(LOG_INFO, "%s: loading %d model version(s)", why, job->n);
+        service_notify_reloading();
+        if (reload_start(&d->reload, sync_load, job) < 0) {
+                log_msg(LOG_ERR, "%s: no loading thread", why);
+                sync_job_free(job);
+                return;
+        }
+        repo.running = job;
+}
+
+/* The loads of a sync are done: serve the new versions (beside the ones
+ * serving), then retire what the repository wants no more, then answer
+ * the load calls waiting for it. */
+static void sync_end(struct daemon *d, struct sync_job *job)
+{
+        char err[512];
+
+        for (int i = 0; i < job->n; i++) {
+                struct load_item *it = &job->items[i];
+                if (!it->g) {
+                        log_msg(LOG_ERR, "model %s version %lld: failed to load: %s", it->name,
+                                (long long)it->version, it->err);
+                        reg_set_state(d->reg, it->name, REG_FAILED, it->err);
+                        continue;
+                }
+                struct generation *g = it->g;
+                it->g = NULL;
+                if (serve_version(d, g, false, err, sizeof err) < 0) {
+                        reg_set_state(d->reg, it->name, REG_FAILED, err);
+                        continue;
+                }
+                struct served *s = served_find(it->name, it->version);
+                if (!s && (s = calloc(1, sizeof *s))) {
+                        snprintf(s->name, sizeof s->name, "%s", it->name);
+                        s->version = it->version;
+                        s->next = repo.served;
+                        repo.served = s;
+                }
+                if (s)
+                        snprintf(s->ident, sizeof s->ident, "%s", it->ident);
+                log_msg(LOG_INFO, "model %s version %lld: serving (%s)", it->name, (long long)it->version,
+                        d->gen->info->variant);
+        }
+        sync_retire(d, job->scan, NULL);
+        for (struct control *a = repo.attached, *n; a; a = n) {
+                struct why_row w = { .name = a->name };
+                n = a->next;
+                reg_list(d->reg, why_row, &w);
+                bool failed = false;
+                for (int i = 0; i < job->n; i++)
+                        failed = failed || (strcmp(job->items[i].name, a->name) == 0 && job->items[i].err[0]);
+                const struct repo_model *m = repo_scan_find(job->scan, a->name);
+                if (!m)
+                        control_answer(a, false, API_E_INVALID_REQUEST, "failed to load '%s', no such model in the "
+                                       "model repository", a->name);
+                else if (m->error[0] || failed || !w.serving)
+                        control_answer(a, false, API_E_INVALID_REQUEST, "failed to load '%s': %s", a->name,
+                                       m->error[0] ? m->error : w.reason[0] ? w.reason : "no version loaded");
+                else
+                        control_answer(a, true, 0, "%s", "loaded");
+        }
+        repo.attached = NULL;
+        sync_job_free(job);
+        snprintf(d->status, sizeof d->status, "serving %d model version(s) of %s on %s", reg_serving_count(d->reg),
+                 d->conf.model_repository, d->http ? http_url(d->http) : "");
+        if (d->http)
+                service_notify_ready(d->status);
+}
+
+/* The running sync's loads are done (main loop). */
+static void sync_finish(struct daemon *d)
+{
+        void *result = NULL;
+        char err[512];
+
+        if (reload_finish(&d->reload, err, sizeof err, &result) < 0 || !result) {
+                log_msg(LOG_ERR, "model repository: %s", err);
+                sync_job_free(repo.running);
+        } else {
+                sync_end(d, result);
+        }
+        repo.running = NULL;
+        if (d->http)
+                http_count_reload(d->http, true);
+}
+
+/* http's repository control (any thread): queued for the main loop. */
+static int on_repo_control(void *userdata, const char *name, bool load, http_control_done_fn done, void *token,
+                           char *err, size_t err_len)
+{
+        struct daemon *d = userdata;
+        struct control *c;
+
+        if (!d->conf.model_repository)
+                return err_set(err, err_len, -EPERM, "this server serves its weights setting, not a model repository "
+                               "(the model-repository setting): nothing to %s", load ? "load" : "unload");
+        if (d->conf.model_control_mode != CONF_CONTROL_EXPLICIT)
+                return err_set(err, err_len, -EPERM, "explicit model load / unload is not allowed when "
+                               "model-control-mode is %s", d->conf.model_control_mode == CONF_CONTROL_POLL ? "poll"
+                                                                                                      : "none");
+        if (!repo_name_ok(name, strlen(name)))
+                return err_set(err, err_len, -EINVAL, "'%.80s' is not a model name", name);
+        if (!(c = calloc(1, sizeof *c)))
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        snprintf(c->name, sizeof c->name, "%s", name);
+        c->load = load;
+        c->done = done;
+        c->token = token;
+        pthread_mutex_lock(&repo.lock);
+        struct control **p = &repo.queue;
+        while (*p)
+                p = &(*p)->next;
+        *p = c;
+        pthread_mutex_unlock(&repo.lock);
+        return 0;
+}
+
+/* The main loop's share: queued load and unload calls, polling. */
+static void repo_tick(struct daemon *d, bool stopping)
+{
+        struct control *q;
+
+        if (!d->conf.model_repository)
+                return;
+        pthread_mutex_lock(&repo.lock);
+        q = repo.queue;
+        repo.queue = NULL;
+        pthread_mutex_unlock(&repo.lock);
+        bool load = false;
+        for (struct control *c = q, *n; c; c = n) {
+                n = c->next;
+                if (stopping) {
+                        control_answer(c, false, API_E_DRAINING, "the server is shutting down");
+                } else if (!c->load) {
+                        repo_want(c->name, false);
+                        if (!served_find(c->name, 0)) {
+                                control_answer(c, false, API_E_INVALID_REQUEST, "failed to unload '%s', no version "
+                                               "is available", c->name);
+                                continue;
+                        }
+                        reg_retire(d->reg, c->name, 0, REG_UNAVAILABLE, "unloaded");
+                        served_drop(c->name, 0);
+                        log_msg(LOG_INFO, "model %s: unloaded (its requests in flight finish)", c->name);
+                        control_answer(c, true, 0, "%s", "unloaded");
+                } else {
+                        /* Answered when the sync that loads it ends (a load of a
+                         * loaded model reads its folder again, as Triton does). */
+                        repo_want(c->name, true);
+                        c->next = repo.attached;
+                        repo.attached = c;
+                        load = true;
+                }
+        }
+        if (stopping) {
+                for (struct control *a = repo.attached, *n; a; a = n) {
+                        n = a->next;
+                        control_answer(a, false, API_E_DRAINING, "the server is shutting down");
+                }
+                repo.attached = NULL;
+                return;
+        }
+        int64_t now = time_now_ns();
+        bool poll = d->conf.model_control_mode == CONF_CONTROL_POLL && now >= repo.next_poll_ns;
+        if (poll)
+                repo.next_poll_ns = now + d->conf.repository_poll_us * 1000;
+        if ((load || poll || repo.pending) && !repo.running)
+                sync_start(d, load ? "load" : poll ? "repository poll" : "rescan");
+        else if (load || poll)
+                repo.pending = true;
+}
+
+/* Phase 3 for a repository: the first sync, run to its end here (SIGTERM
+ * during it exits at once, as for one model). */
+static int repo_open(struct daemon *d, char *err, size_t err_len)
+{
+        const struct conf *c = &d->conf;
+
+        if (c->load_model) {
+                if (strcmp(c->load_model, "*") == 0) {
+                        repo.wanted_all = true;
+                } else {
+                        char *copy = strdup(c->load_model), *save = NULL;
+                        if (!copy)
+                                return err_set(err, err_len, -ENOMEM, "out of memory");
+                        for (char *t = strtok_r(copy, ", ", &save); t; t = strtok_r(NULL, ", ", &save))
+                                repo_want(t, true);
+                        free(copy);
+                }
+        }
+        if ((c->default_model && reg_set_default(d->reg, c->default_model) < 0))
+                return err_set(err, err_len, -ENOMEM, "out of memory");
+        sync_start(d, "model repository");
+        while (repo.running && !reload_ready(&d->reload)) {
+                struct timespec ts = { .tv_sec = 0, .tv_nsec = 50000000 };
+                int sig = sigtimedwait(&d->sigs, NULL, &ts);
+                if (sig == SIGTERM || sig == SIGINT) {
+                        log_msg(LOG_INFO, "%s during start-up: exiting without waiting for the model loads",
+                                sig == SIGTERM ? "SIGTERM" : "SIGINT");
+                        _exit(0);
+                }
+        }
+        if (repo.running)
+                sync_finish(d);
+        repo.next_poll_ns = time_now_ns() + c->repository_poll_us * 1000;
+        if (reg_serving_count(d->reg) == 0 && c->model_control_mode != CONF_CONTROL_EXPLICIT)
+                log_msg(LOG_WARNING, "model repository %s: no model loaded", c->model_repository);
+        return 0;
+}
+
 /* A loaded generation swapped in (the old one retires: tick frees it once
  * its last request is answered), or the reason it is not. */
 static void swap_in_reloaded(struct daemon *d)
@@ -571,8 +1075,8 @@ static void swap_in_reloaded(struct daemon *d)
 
         if (reload_finish(&d->reload, err, sizeof err, &next) == 0) {
                 n = next;
-                if (http_swap_generation(d->http, n, err, sizeof err) < 0)
-                        n = gen_free(n);
+                if (serve_version(d, n, true, err, sizeof err) < 0)
+                        n = NULL;
         }
         if (n) {
                 d->gen = n;
@@ -589,6 +1093,32 @@ static void swap_in_reloaded(struct daemon *d)
         service_notify_ready(d->status);
 }
 
+/* Whether every serving version's workers make progress (the watchdog's
+ * question): the first stall's reason in err. */
+struct progress_check {
+        int64_t stall_ns;
+        char *err;
+        size_t err_len;
+        int r;
+};
+
+static int check_row(void *userdata, const struct reg_row *row)
+{
+        struct progress_check *pc = userdata;
+
+        if (row->g && pc->r == 0)
+                pc->r = batch_check_progress(row->g->batch, pc->stall_ns, pc->err, pc->err_len);
+        return 0;
+}
+
+static int check_progress(struct daemon *d, char *err, size_t err_len)
+{
+        struct progress_check pc = { .stall_ns = d->stall_ns, .err = err, .err_len = err_len };
+
+        reg_list(d->reg, check_row, &pc);
+        return pc.r;
+}
+
 /* Periodic work of the main loop: watchdog keep-alive when the workers make
  * progress, STATUS= with the rate, and freeing retired generations. */
 static void tick(struct daemon *d, bool stopping)
@@ -597,14 +1127,15 @@ static void tick(struct daemon *d, bool stopping)
         char err[256];
         struct generation *old;
 
-        while ((old = http_collect_retired(d->http))) {
+        repo_tick(d, stopping);
+        while ((old = reg_collect_retired(d->reg))) {
                 /* Its last request is answered: executors and threads go. */
                 log_msg(LOG_INFO, "released the replaced model (sha256 %.16s...)", old->sha256);
                 gen_free(old);
         }
         if (d->watchdog_ns && now >= d->next_watchdog) {
                 d->next_watchdog = now + d->watchdog_ns;
-                if (batch_check_progress(d->gen->batch, d->stall_ns, err, sizeof err) == 0) {
+                if (check_progress(d, err, sizeof err) == 0) {
                         service_notify_watchdog();
                         d->stalled = false;
                 } else if (!d->stalled) {
@@ -658,7 +1189,7 @@ static void omp_spin_default(char **argv)
 static int settings_open(int argc, char **argv, struct daemon *d, int *ret_exit)
 {
         bool check = false, print = false;
-        char err[4096];
+        char err[8192];
         int r;
 
         for (int i = 1; i < argc; i++) {
@@ -739,11 +1270,35 @@ static int process_setup(struct daemon *d, char *err, size_t err_len)
         return 0;
 }
 
+/* The registry and the pipeline requests go through (every front end's). */
+static int pipeline_open(struct daemon *d, char *err, size_t err_len)
+{
+        const struct conf *c = &d->conf;
+        struct pipe_opts po = {
+                .workers = (int)c->decode_threads,
+                .queue = (int)c->decode_queue,
+                .memory_budget = c->memory_budget,
+                .max_client_share = c->max_client_share,
+                .max_images = (int)c->max_images,
+                .deadline_ms = c->deadline_us / PARSE_MS,
+                .img = IMG_OPTS_DEFAULT,
+                .max_request_pixels = c->max_request_pixels,
+        };
+        int r;
+
+        po.img.limits.max_bytes = (size_t)c->max_body_bytes;
+        po.img.limits.max_pixels = c->max_pixels;
+        po.img.jpeg_fast = c->jpeg_fast;
+        if ((r = reg_new(&d->reg)) < 0 || (r = pipe_new(&po, d->reg, &d->pipe)) < 0)
+                return err_set(err, err_len, r, "request pipeline: %s", strerror(-r));
+        return 0;
+}
+
 /* Phase 3, the model: d->gen, loaded on a thread of its own while this one
  * waits for signals: SIGTERM or SIGINT during a long load or warm-up ends
  * the process at once (nothing is served yet, so nothing is lost), where
  * waiting for the load could outlast the service manager's stop timeout.
- * Undone by daemon_teardown (gen_free, unless http has it). */
+ * Undone by daemon_teardown (reg_free). */
 static int model_open(struct daemon *d, char *err, size_t err_len)
 {
         struct reload first = RELOAD_INIT;
@@ -753,6 +1308,17 @@ static int model_open(struct daemon *d, char *err, size_t err_len)
         void *gen = NULL;
         int r;
 
+        if ((r = batch_gate_new(cpu_usable_count(), &cpu_gate)) < 0)
+                return err_set(err, err_len, r, "out of memory");
+        if (d->conf.model_repository) {
+                if ((r = pipeline_open(d, err, err_len)) < 0 || (r = repo_open(d, err, err_len)) < 0)
+                        return r;
+                effnet_cpu_info(&cpu);
+                log_msg(LOG_INFO, "model repository %s: %d model version(s) ready in %.0f ms; forward passes of "
+                        "every model share the %d usable CPUs (CPU %s)", d->conf.model_repository,
+                        reg_serving_count(d->reg), (double)(time_now_ns() - t0) / 1e6, cpu_usable_count(), cpu.isa);
+                return 0;
+        }
         if ((r = reload_start(&first, generation_load, &d->conf)) < 0)
                 return err_set(err, err_len, r, "loading thread: %s", strerror(-r));
         while (!reload_ready(&first)) {
@@ -768,7 +1334,12 @@ static int model_open(struct daemon *d, char *err, size_t err_len)
         }
         if ((r = reload_finish(&first, err, err_len, &gen)) < 0)
                 return r;
-        d->gen = gen;
+        if ((r = pipeline_open(d, err, err_len)) < 0) {
+                gen_free(gen);
+                return r;
+        }
+        if ((r = serve_version(d, gen, true, err, err_len)) < 0)
+                return r;
         batch_get_config(d->gen->batch, &bc);
         effnet_cpu_info(&cpu);
         log_model(d->gen);
@@ -812,6 +1383,8 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .img = IMG_OPTS_DEFAULT,
                 .access_log = c->access_log ? on_answered : NULL,
                 .error_log = on_http_error,
+                .repo_control = on_repo_control,
+                .userdata = d,
         };
         int r;
 
@@ -819,7 +1392,7 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
         ho.img.limits.max_pixels = c->max_pixels;
         ho.max_request_pixels = c->max_request_pixels;
         ho.img.jpeg_fast = c->jpeg_fast;
-        if ((r = http_new(&ho, d->gen, err, err_len, &d->http)) < 0)
+        if ((r = http_new(&ho, d->pipe, err, err_len, &d->http)) < 0)
                 return r;
         log_msg(LOG_INFO, "listening on %s%s", http_url(d->http),
                 d->listen_fd >= 0 ? " (socket from systemd)" : "");
@@ -858,8 +1431,12 @@ static int serve(struct daemon *d)
                         return sig;
                 if (sig == SIGHUP)
                         on_sighup(d);
-                if (reload_ready(&d->reload))
-                        swap_in_reloaded(d);
+                if (reload_ready(&d->reload)) {
+                        if (d->conf.model_repository)
+                                sync_finish(d);
+                        else
+                                swap_in_reloaded(d);
+                }
                 tick(d, false);
         }
 }
@@ -892,8 +1469,11 @@ static void drain(struct daemon *d, int sig)
                 log_msg(LOG_INFO, "not waiting for the reload in progress");
                 d->abandon_reload = true;
         } else if (reload_running(&d->reload)) {
-                if (reload_finish(&d->reload, err, sizeof err, &abandoned) == 0)
+                if (reload_finish(&d->reload, err, sizeof err, &abandoned) == 0 && d->conf.model_repository)
+                        sync_job_free(abandoned);
+                else if (abandoned)
                         gen_free(abandoned);
+                repo.running = NULL;
                 conf_free(&d->next);
         }
 }
@@ -903,15 +1483,22 @@ static void daemon_teardown(struct daemon *d)
 {
         struct generation *old;
 
-        if (d->http) {
+        if (d->http)
                 http_stop(d->http);
-                while ((old = http_collect_retired(d->http)))
-                        gen_free(old);
-        }
-        if (!d->http)
-                d->gen = gen_free(d->gen);   /* never handed to http */
-        d->http = http_free(d->http);        /* frees the generations it has */
+        d->http = http_free(d->http);
+        d->pipe = pipe_free(d->pipe);
+        while (d->reg && (old = reg_collect_retired(d->reg)))
+                gen_free(old);
+        d->reg = reg_free(d->reg);           /* frees the versions it serves */
         d->gen = NULL;
+        cpu_gate = batch_gate_free(cpu_gate);
+        while (repo.served) {
+                struct served *x = repo.served;
+                repo.served = x->next;
+                free(x);
+        }
+        free(repo.wanted);
+        repo.wanted = NULL;
 }
 
 int main(int argc, char **argv)

@@ -26,6 +26,8 @@ struct http_access {
         double queue_ms;         /* waiting for a worker; -1 when never queued */
         double inference_ms;     /* forward passes of its images */
         int batch_size;          /* images in its (largest) forward pass; 0 if none */
+        const char *model;       /* the model it was served with, or NULL */
+        long long version;       /* that model's version; 0 with no model */
         double ms;               /* headers received -> answer queued */
 };
 

@@ -304,6 +304,24 @@ const char *api_labels_get(const struct api_labels *l, int index)
         return l->names[index];
 }
 
+int api_labels_open(const char *path, const char *hub_config, int classes, char *err, size_t err_len, char *note,
+                    size_t note_len, struct api_labels **ret_labels)
+{
+        char why[512];
+        int r;
+
+        if (note_len)
+                note[0] = '\0';
+        if (path || !hub_config)
+                return api_labels_load(path, classes, err, err_len, ret_labels);
+        r = api_labels_load_hub_config(hub_config, classes, why, sizeof why, ret_labels);
+        if (r == 0)
+                return 0;
+        if (r != -ENOENT && note_len)
+                snprintf(note, note_len, "not taken from the repository's config.json: %s", why);
+        return api_labels_load(NULL, classes, err, err_len, ret_labels);
+}
+
 const char *api_labels_source(const struct api_labels *l)
 {
         return l->source;
@@ -491,7 +509,7 @@ int api_models_body(const struct api_model_desc *d, char **ret_body)
         json_t *model = json_pack(
                 "{s:s, s:s, s:i, s:i, s:s, s:s, s:s, s:o, s:s, s:I, s:s, s:{s:s, s:i},"
                 " s:{s:s, s:s, s:f, s:[f,f,f], s:[f,f,f]},"
-                " s:{s:i, s:f, s:i, s:i, s:i, s:o},"
+                " s:{s:i, s:f, s:i, s:i, s:i, s:o, s:I},"
                 " s:{s:I, s:i, s:I}}",
                 "name", i->variant, "variant", i->variant, "input_size", pp->size, "classes", i->classes,
                 "precision", effnet_precision_name(b->precision), "cpu_isa", cpu.isa, "onednn",
@@ -505,10 +523,48 @@ int api_models_body(const struct api_model_desc *d, char **ret_body)
                 (double)pp->std[1], (double)pp->std[2],
                 "batching", "max_batch_size", b->max_batch, "max_queue_delay_ms", (double)b->max_delay_us / 1000.0,
                 "queue_images", b->queue_images, "workers", b->workers, "threads_per_worker", b->threads,
-                "executor_batch_sizes", sizes,
+                "executor_batch_sizes", sizes, "executor_bytes", (json_int_t)b->exec_bytes,
                 "limits", "deadline_ms", (json_int_t)d->deadline_ms, "max_images", d->max_images,
                 "max_body_bytes", (json_int_t)d->max_body_bytes);
         if (!model)
                 return -ENOMEM;
         return dump(json_pack("{s:[o]}", "models", model), ret_body);
+}
+
+int api_models_list_body(const struct api_model_row *rows, int n, char **ret_body)
+{
+        json_t *list = json_array();
+        int r = -ENOMEM;
+
+        if (!list)
+                return -ENOMEM;
+        for (int i = 0; i < n; i++) {
+                const struct api_model_row *x = &rows[i];
+                json_t *o = NULL;
+                if (x->body) {
+                        /* Its own body's one model. */
+                        json_t *body = json_loads(x->body, 0, NULL);
+                        json_t *m = json_array_get(json_object_get(body, "models"), 0);
+                        if (json_is_object(m))
+                                o = json_incref(m);
+                        json_decref(body);
+                        if (!o) {
+                                r = -EINVAL;
+                                goto fail;
+                        }
+                } else if (!(o = json_object())) {
+                        goto fail;
+                }
+                json_object_set_new(o, "name", json_string(x->name));
+                if (x->version > 0)
+                        json_object_set_new(o, "version", json_integer(x->version));
+                json_object_set_new(o, "state", json_string(x->state));
+                if (x->reason && *x->reason)
+                        json_object_set_new(o, "reason", json_string(x->reason));
+                json_array_append_new(list, o);
+        }
+        return dump(json_pack("{s:o}", "models", list), ret_body);
+fail:
+        json_decref(list);
+        return r;
 }

@@ -33,8 +33,70 @@ struct chunk {
         int count;
 };
 
+struct batch_gate {
+        pthread_mutex_t lock;
+        pthread_cond_t changed;
+        int free_units, units;
+        uint64_t next_ticket, serving;  /* FIFO: a pass runs when its ticket is served and its units are free */
+};
+
+int batch_gate_new(int units, struct batch_gate **ret_gate)
+{
+        struct batch_gate *g;
+
+        if (units < 1)
+                return -EINVAL;
+        if (!(g = calloc(1, sizeof *g)))
+                return -ENOMEM;
+        pthread_mutex_init(&g->lock, NULL);
+        pthread_cond_init(&g->changed, NULL);
+        g->free_units = g->units = units;
+        *ret_gate = g;
+        return 0;
+}
+
+struct batch_gate *batch_gate_free(struct batch_gate *g)
+{
+        if (!g)
+                return NULL;
+        pthread_mutex_destroy(&g->lock);
+        pthread_cond_destroy(&g->changed);
+        free(g);
+        return NULL;
+}
+
+/* Takes n units (at most all of them), in arrival order. */
+static void gate_enter(struct batch_gate *g, int n)
+{
+        if (!g)
+                return;
+        if (n > g->units)
+                n = g->units;
+        pthread_mutex_lock(&g->lock);
+        uint64_t ticket = g->next_ticket++;
+        while (ticket != g->serving || g->free_units < n)
+                pthread_cond_wait(&g->changed, &g->lock);
+        g->serving++;
+        g->free_units -= n;
+        pthread_cond_broadcast(&g->changed);
+        pthread_mutex_unlock(&g->lock);
+}
+
+static void gate_leave(struct batch_gate *g, int n)
+{
+        if (!g)
+                return;
+        if (n > g->units)
+                n = g->units;
+        pthread_mutex_lock(&g->lock);
+        g->free_units += n;
+        pthread_cond_broadcast(&g->changed);
+        pthread_mutex_unlock(&g->lock);
+}
+
 struct batch {
         struct effnet_model *model;     /* not owned; outlives the batcher */
+        struct batch_gate *gate;        /* not owned, or NULL */
         struct batch_config cfg;
         int size;                       /* input edge */
         int classes;
@@ -309,9 +371,15 @@ static void serve_batch(struct batch_worker *w, struct chunk *chunks)
         pthread_mutex_unlock(&b->lock);
         complete_list(done_list);
         done_list = NULL;
+        /* The CPUs shared with other models' batchers: the wait is not
+         * the pass's time. */
+        if (n > 0)
+                gate_enter(b->gate, b->cfg.threads);
         int64_t t0 = time_now_ns();
         int fr = n > 0 ? run_batch(w, chunks, n_chunks, n) : 0;
         int64_t t1 = time_now_ns();
+        if (n > 0)
+                gate_leave(b->gate, b->cfg.threads);
         double secs = (double)(t1 - t0) / 1e9;
         pthread_mutex_lock(&b->lock);
         if (n == 0)
@@ -404,7 +472,10 @@ static int config_resolve(const struct batch_opts *opts, char *err, size_t err_l
                                threads, cpus);
         *cfg = (struct batch_config){ .max_batch = opts->max_batch, .max_delay_us = opts->max_delay_us,
                                       .queue_images = opts->queue_images, .workers = workers,
-                                      .threads = threads, .precision = opts->precision };
+                                      .threads = threads, .precision = opts->precision,
+                                      .input_size = opts->input_size };
+        if (opts->input_size && (opts->input_size < 32 || opts->input_size > 4096))
+                return err_set(err, err_len, -EINVAL, "input size %d not in 32..4096", opts->input_size);
         /* Executors for 1, 2, 4, ... and max_batch images: a pass costs what
          * its executor's batch size costs, whatever the image count. */
         for (int s = 1; s < opts->max_batch && cfg->n_exec < BATCH_MAX_EXEC - 1; s *= 2)
@@ -480,7 +551,9 @@ int batch_new(struct effnet_model *m, const struct batch_opts *opts, char *err, 
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         const struct effnet_info *info = effnet_model_info(m);
         b->model = m;
-        b->size = info->preproc.size;
+        b->gate = opts->gate;
+        b->size = cfg.input_size ? cfg.input_size : info->preproc.size;
+        cfg.input_size = b->size;
         b->classes = info->classes;
         b->image_floats = (size_t)3 * (size_t)b->size * (size_t)b->size;
         b->cfg = cfg;

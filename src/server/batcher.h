@@ -30,6 +30,17 @@
 #define BATCH_MAX_WORKERS           64
 #define BATCH_MAX_EXEC              16   /* executors per worker: batch sizes 1, 2, 4, ... and max_batch */
 
+/* One CPU budget shared by the batchers of several models: a worker takes
+ * `threads` units of it for each forward pass and gives them back after,
+ * first come first served, so that the teams of every model together never
+ * run more threads than the units (the usable CPUs). Thread-safe. */
+struct batch_gate;
+
+/* A gate of units (>= 1) CPUs. -EINVAL, -ENOMEM. */
+int batch_gate_new(int units, struct batch_gate **ret_gate);
+/* No batcher may use it any more. Accepts NULL; returns NULL. */
+struct batch_gate *batch_gate_free(struct batch_gate *g);
+
 struct batch_opts {
         int max_batch;        /* images per forward pass, 1..BATCH_MAX_BATCH */
         int64_t max_delay_us; /* wait for a batch to fill, from the oldest job's arrival */
@@ -37,6 +48,9 @@ struct batch_opts {
         int workers;          /* 0 = 1 */
         int threads;          /* oneDNN threads per worker; 0 = usable CPUs / workers */
         int precision;        /* enum effnet_precision */
+        int input_size;       /* input edge in pixels; 0 = the model's preproc.size; 32..4096 */
+        struct batch_gate *gate;  /* the CPU budget shared with other batchers (not owned; outlives the
+                                   * batcher); NULL: none */
         /* Start-up progress: called on a worker thread after each executor
          * is built and after its warm-up pass, with steps done and the
          * total (2 per executor of every worker); calls may come from
@@ -108,6 +122,7 @@ struct batch_config {
         int workers;
         int threads;
         int precision;
+        int input_size;           /* input edge in pixels */
         int n_exec;               /* executors per worker */
         int exec_batch[BATCH_MAX_EXEC]; /* their batch sizes, ascending */
         size_t exec_bytes;        /* scratch memory over all workers */

@@ -7,12 +7,12 @@
  *   KServe v2 (server/v2.h): GET /v2, /v2/health/{live,ready},
  *   /v2/models/{m}[/versions/{v}][/ready|/config]; POST .../infer
  *
- * libmicrohttpd's polling threads (epoll) read requests; their images are
- * decoded on a bounded pool of decoding threads (server/decoder.h), and the
- * batcher runs inference. Meanwhile the request is suspended, so waiting
- * clients hold no thread, and the decoder (on failure) or the batcher's
- * completion callback resumes it. A request takes the model generation
- * served when its body is complete. Every client controllable resource has
+ * libmicrohttpd's polling threads (epoll) read requests and hand each one's
+ * work to the request pipeline (server/pipeline.h: decoding on a bounded
+ * worker pool, then the batcher of its model version). Meanwhile the
+ * request is suspended, so waiting clients hold no thread, and the
+ * pipeline's one completion resumes it. A request takes the model version
+ * served (server/registry.h) when its body is complete. Every client controllable resource has
  * a limit: body bytes per request, memory held in all and per client
  * address (bodies, tensors, outputs, answers), images per request,
  * pixels, connections, idle time, time to send the headers and the body,
@@ -36,19 +36,26 @@
 #include "api.h"
 #include "batcher.h"
 #include "generation.h"
+#include "pipeline.h"
 #include "http_stats.h"
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
+#define HTTP_CONTROL_MAX_BODY (64 << 10)  /* a repository load or unload call's body (read, not used) */
 
 /* The admin listener's budget: probes and scrapes are few and quick. */
 #define HTTP_ADMIN_MAX_CONNECTIONS 32
 #define HTTP_ADMIN_PER_CLIENT      8
 #define HTTP_ADMIN_TIMEOUT_S       10
 
-/* What requests are served with: one model generation (server/generation.h).
- * Requests take a reference to the current one when their body is
- * complete; SIGHUP swaps in a new one, and requests keep the generation
- * they started with. */
+/* What requests are served with: the model versions of the pipeline's
+ * registry (server/registry.h). Requests take a reference to the version
+ * served when their body is complete; a reload serves a new one, and
+ * requests keep the version they started with. */
+
+/* The answer to a repository load or unload call (Triton's model
+ * repository extension), from any thread, once: ok, or the error e with a
+ * message for the client. */
+typedef void (*http_control_done_fn)(void *token, bool ok, enum api_error e, const char *message);
 
 struct http_opts {
         const char *listen;          /* "HOST:PORT", "[V6]:PORT"; port 0 picks a free one */
@@ -85,30 +92,22 @@ struct http_opts {
         /* libmicrohttpd's own messages, and a request's NaN or Inf outputs that
          * its input did not make (broken weights) (any thread). May be NULL. */
         void (*error_log)(void *userdata, const char *fmt, va_list ap);
+        /* POST /v2/repository/models/NAME/load and /unload (any thread): 0 when
+         * the call is taken, and done(token, ...) follows exactly once; else
+         * the reason in err (400), and done never fires. NULL: refused. */
+        int (*repo_control)(void *userdata, const char *name, bool load, http_control_done_fn done, void *token,
+                            char *err, size_t err_len);
         void *userdata;
 };
 
 struct http_server;
 
-/* Starts listening and serving generation g (its model, batcher and labels
- * set), which the server owns from then on: it stays until a swap retires
- * it and http_collect_retired hands it back, or http_free frees it. On
- * failure g stays the caller's. Errors: -EINVAL (bad listen address or
- * options, incomplete g), -EADDRINUSE and other socket errors
- * (libmicrohttpd does not say which: -EIO), -ENOMEM. */
-int http_new(const struct http_opts *opts, struct generation *g, char *err, size_t err_len,
+/* Starts listening, serving requests through pipeline p (not owned: it
+ * must outlive the server) and the model versions of its registry.
+ * Errors: -EINVAL (bad listen address or options), -EADDRINUSE and other
+ * socket errors (libmicrohttpd does not say which: -EIO), -ENOMEM. */
+int http_new(const struct http_opts *opts, struct pipeline *p, char *err, size_t err_len,
              struct http_server **ret_server);
-
-/* Serves new requests with g from now on (atomically), taking it as
- * http_new does; requests already received finish with the generation
- * they started with, which is retired. g's batcher must have the same max
- * batch size. -ENOMEM, -EINVAL: g stays the caller's. Main thread only. */
-int http_swap_generation(struct http_server *s, struct generation *g, char *err, size_t err_len);
-
-/* A retired generation that no request uses any more (its batch counters
- * are kept for /metrics), removed from the server and the caller's again:
- * gen_free it. NULL when there is none. Main thread only. */
-struct generation *http_collect_retired(struct http_server *s);
 
 /* Counts a reload attempt for /metrics. */
 void http_count_reload(struct http_server *s, bool ok);
@@ -145,10 +144,10 @@ uint64_t http_images(struct http_server *s);
  * batcher (those that would be get 503 draining); waits for the requests
  * already submitted to get their answers (result or deadline), then closes
  * every connection (requests still reading or writing are cut off and
- * release their generation). http_free follows. */
+ * release their model versions; the pipeline stops too: pipe_stop). http_free follows. */
 void http_stop(struct http_server *s);
 
-/* Stops the server and frees the generations it holds. Call when
+/* Stops the server and frees it (not its pipeline). Call when
  * http_waiting() is 0 (libmicrohttpd cannot stop with suspended
  * connections) and, for a clean drain, http_inflight() too. Accepts NULL;
  * returns NULL. */

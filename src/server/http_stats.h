@@ -30,6 +30,7 @@ enum http_route {
         HTTP_ROUTE_UI,                  /* the try-it page, GET / */
         HTTP_ROUTE_UI_ASSET,            /* its script and style, GET /ui/... */
         HTTP_ROUTE_OTHER,               /* unknown paths */
+        HTTP_ROUTE_MODEL_CLASSIFY,      /* POST /v1/models/{model}[/versions/{v}]/classify */
         HTTP_ROUTE_V2_SERVER,
         HTTP_ROUTE_V2_LIVE,
         HTTP_ROUTE_V2_READY,
@@ -38,6 +39,8 @@ enum http_route {
         HTTP_ROUTE_V2_MODEL_CONFIG,
         HTTP_ROUTE_V2_INFER,
         HTTP_ROUTE_V2_OTHER,            /* unknown paths under /v2 */
+        HTTP_ROUTE_V2_REPO_INDEX,       /* POST /v2/repository/index */
+        HTTP_ROUTE_V2_REPO_CONTROL,     /* POST /v2/repository/models/{model}/load, /unload */
         HTTP_N_ROUTES,
 };
 
@@ -57,6 +60,9 @@ static inline const char *http_route_path(enum http_route r)
                 [HTTP_ROUTE_V2_MODEL_CONFIG] = "/v2/models/{model}/config",
                 [HTTP_ROUTE_V2_INFER] = "/v2/models/{model}/infer",
                 [HTTP_ROUTE_V2_OTHER] = "other",
+                [HTTP_ROUTE_MODEL_CLASSIFY] = "/v1/models/{model}/classify",
+                [HTTP_ROUTE_V2_REPO_INDEX] = "/v2/repository/index",
+                [HTTP_ROUTE_V2_REPO_CONTROL] = "/v2/repository/models/{model}/{action}",
         };
         return paths[r];
 }

@@ -133,7 +133,7 @@ static void put_http_connections(FILE *f, const struct http_stats *hs)
                     hs->header_timeouts);
 }
 
-static void put_decode(FILE *f, const struct dec_stats *ds)
+static void put_decode(FILE *f, const struct wpool_stats *ds)
 {
         put_one(f, "effnetd_decode_threads", "gauge", "Image decoding threads.", ds->threads);
         put_one(f, "effnetd_decode_queue_capacity", "gauge", "Requests that may wait for a decoding thread.",
@@ -192,21 +192,67 @@ static void put_batch_queue(FILE *f, const struct batch_stats *bs)
 }
 
 /* What is served, and by which build. */
-static void put_model(FILE *f, const struct metrics_model *m)
+/* effnetd_model{,_*}'s labels: model="..",version="..". */
+static void put_model_labels(FILE *f, const struct metrics_model *m)
 {
-        put_head(f, "effnetd_model_info", "gauge", "The model being served (value 1).");
-        fprintf(f, "effnetd_model_info{variant=\"");
-        put_label(f, m->variant);
-        fprintf(f, "\",precision=\"");
-        put_label(f, m->precision);
-        fprintf(f, "\",classes=\"%d\",input_size=\"%d\",weights=\"", m->classes, m->input_size);
-        put_label(f, m->weights);
-        fprintf(f, "\",weights_sha256=\"");
-        put_label(f, m->weights_sha256);
-        fprintf(f, "\",labels=\"");
-        put_label(f, m->labels);
-        fprintf(f, "\"} 1\n");
-        put_one(f, "effnetd_model_classes", "gauge", "Output classes of the model being served.", m->classes);
+        fprintf(f, "model=\"");
+        put_label(f, m->name ? m->name : m->variant);
+        fprintf(f, "\",version=\"%lld\"", m->version > 0 ? m->version : 1);
+}
+
+/* One counter or gauge per model version. */
+static void put_per_model(FILE *f, const char *name, const char *type, const char *help,
+                          const struct metrics_model *models, int n, double (*value)(const struct metrics_model *))
+{
+        put_head(f, name, type, help);
+        for (int i = 0; i < n; i++) {
+                fprintf(f, "%s{", name);
+                put_model_labels(f, &models[i]);
+                fprintf(f, "} %.17g\n", value(&models[i]));
+        }
+}
+
+static double v_images(const struct metrics_model *m) { return m->batch ? (double)m->batch->batch_images : 0; }
+static double v_passes(const struct metrics_model *m) { return m->batch ? (double)m->batch->batches : 0; }
+static double v_seconds(const struct metrics_model *m) { return m->batch ? m->batch->forward_seconds : 0; }
+static double v_queue(const struct metrics_model *m) { return m->batch ? m->batch->queue_images : 0; }
+static double v_rejected(const struct metrics_model *m) { return m->batch ? (double)m->batch->jobs_rejected : 0; }
+static double v_exec(const struct metrics_model *m) { return (double)m->executor_bytes; }
+
+static void put_model(FILE *f, const struct metrics_model *models, int n)
+{
+        put_head(f, "effnetd_model_info", "gauge", "The model versions being served (value 1).");
+        for (int i = 0; i < n; i++) {
+                const struct metrics_model *m = &models[i];
+                fprintf(f, "effnetd_model_info{");
+                put_model_labels(f, m);
+                fprintf(f, ",variant=\"");
+                put_label(f, m->variant);
+                fprintf(f, "\",precision=\"");
+                put_label(f, m->precision);
+                fprintf(f, "\",classes=\"%d\",input_size=\"%d\",weights=\"", m->classes, m->input_size);
+                put_label(f, m->weights);
+                fprintf(f, "\",weights_sha256=\"");
+                put_label(f, m->weights_sha256);
+                fprintf(f, "\",labels=\"");
+                put_label(f, m->labels);
+                fprintf(f, "\"} 1\n");
+        }
+        if (n == 1)
+                put_one(f, "effnetd_model_classes", "gauge", "Output classes of the model being served.",
+                        models[0].classes);
+        put_per_model(f, "effnetd_model_images_total", "counter", "Images through forward passes, by model version.",
+                      models, n, v_images);
+        put_per_model(f, "effnetd_model_batches_total", "counter", "Forward passes, by model version.", models, n,
+                      v_passes);
+        put_per_model(f, "effnetd_model_inference_seconds_total", "counter",
+                      "Time in forward passes, by model version.", models, n, v_seconds);
+        put_per_model(f, "effnetd_model_queue_images", "gauge", "Images waiting for a worker, by model version.",
+                      models, n, v_queue);
+        put_per_model(f, "effnetd_model_rejected_total", "counter",
+                      "Jobs refused by a full queue, by model version.", models, n, v_rejected);
+        put_per_model(f, "effnetd_model_executor_bytes", "gauge",
+                      "Scratch memory of the executors, by model version.", models, n, v_exec);
         put_head(f, "effnetd_build_info", "gauge", "effnetd's version (value 1).");
         fprintf(f, "effnetd_build_info{version=\"%s\",compiler=\"%s\"} 1\n", EFFNET_VERSION,
 #ifdef __VERSION__
@@ -252,7 +298,10 @@ int metrics_render(const struct metrics_sources *src, char **ret_body)
         put_decode(f, src->decode);
         put_server(f, src->http);
         put_batch_queue(f, src->batch);
-        put_model(f, src->model);
+        if (src->models)
+                put_model(f, src->models, src->n_models);
+        else
+                put_model(f, src->model, src->model ? 1 : 0);
         put_process(f, src->process);
         if (fclose(f) != 0 || !buf) {
                 free(buf);

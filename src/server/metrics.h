@@ -1,12 +1,12 @@
 /* metrics: the /metrics body, in the Prometheus text exposition format
  * (version 0.0.4), rendered from the snapshots of the modules that own the
  * counters: the http module (struct http_stats), the batcher (struct
- * batch_stats), the decoding pool (struct dec_stats) and the process
+ * batch_stats), the decoding pool (struct wpool_stats) and the process
  * (struct proc_stats). It keeps no counter of its own and knows no socket.
  *
  *   struct http_stats hs;  http_stats_snapshot(server, &hs);
  *   struct batch_stats bs; batch_stats_snapshot(batch, &bs);
- *   struct dec_stats ds;   dec_stats_snapshot(pool, &ds);
+ *   struct wpool_stats ds;   wpool_stats_snapshot(pool, &ds);
  *   struct proc_stats ps;  proc_get_stats(&ps);
  *   struct metrics_model m = { .variant = "efficientnetv2-s", ... };
  *   struct metrics_sources src = { .http = &hs, .batch = &bs, .decode = &ds,
@@ -19,11 +19,15 @@
 
 #include "util.h"
 #include "batcher.h"
-#include "decoder.h"
+#include "workpool.h"
 #include "http_stats.h"
 
-/* The model being served, for effnetd_model_info. Strings are borrowed. */
+/* A model version being served, for effnetd_model_info and the
+ * effnetd_model_* families (labels model and version). Strings are
+ * borrowed. */
 struct metrics_model {
+        const char *name;              /* NULL: the variant */
+        long long version;             /* 0: 1 */
         const char *variant;
         const char *precision;         /* "fp32", "bf16" */
         const char *weights;           /* path as given */
@@ -31,6 +35,8 @@ struct metrics_model {
         const char *labels;            /* api_labels_source() */
         int classes;
         int input_size;
+        const struct batch_stats *batch;   /* its batcher's, or NULL */
+        size_t executor_bytes;
 };
 
 /* One snapshot per module, all borrowed for the call. process: a value
@@ -38,8 +44,10 @@ struct metrics_model {
 struct metrics_sources {
         const struct http_stats *http;
         const struct batch_stats *batch;   /* summed over the batchers of every model generation */
-        const struct dec_stats *decode;
-        const struct metrics_model *model;
+        const struct wpool_stats *decode;
+        const struct metrics_model *model;   /* one model (when models is NULL), or NULL */
+        const struct metrics_model *models;  /* [n_models], every model version served */
+        int n_models;
         const struct proc_stats *process;
 };
 

@@ -49,6 +49,14 @@ enum v2_route v2_parse_path(const char *path, struct v2_path *ret_path)
                 p.route = V2_ROUTE_LIVE;
         } else if (strcmp(rest, "/health/ready") == 0) {
                 p.route = V2_ROUTE_READY;
+        } else if (strcmp(rest, "/repository/index") == 0) {
+                p.route = V2_ROUTE_REPO_INDEX;
+        } else if (segment(rest, "/repository/models", &rest) &&
+                   take_segment(rest, &p.model, &p.model_len, &rest)) {
+                if (strcmp(rest, "/load") == 0)
+                        p.route = V2_ROUTE_REPO_LOAD;
+                else if (strcmp(rest, "/unload") == 0)
+                        p.route = V2_ROUTE_REPO_UNLOAD;
         } else if (segment(rest, "/models", &rest) && take_segment(rest, &p.model, &p.model_len, &rest)) {
                 if (segment(rest, "/versions", &rest) &&
                     !take_segment(rest, &p.version, &p.version_len, &rest))
@@ -62,7 +70,8 @@ enum v2_route v2_parse_path(const char *path, struct v2_path *ret_path)
                 else if (strcmp(rest, "/infer") == 0)
                         p.route = V2_ROUTE_INFER;
         }
-        if (p.route == V2_ROUTE_NONE || p.route == V2_ROUTE_UNKNOWN || p.route <= V2_ROUTE_READY)
+        if (p.route == V2_ROUTE_NONE || p.route == V2_ROUTE_UNKNOWN || p.route <= V2_ROUTE_READY ||
+            p.route == V2_ROUTE_REPO_INDEX)
                 p.model = p.version = NULL, p.model_len = p.version_len = 0;
         *ret_path = p;
         return p.route;
@@ -77,6 +86,32 @@ bool v2_path_version_ok(const struct v2_path *p)
 {
         return !p->version ||
                (p->version_len == strlen(V2_MODEL_VERSION) && memcmp(p->version, V2_MODEL_VERSION, p->version_len) == 0);
+}
+
+int v2_path_version(const struct v2_path *p, int64_t *ret_version)
+{
+        int64_t v = 0;
+
+        if (!p->version) {
+                *ret_version = 0;
+                return 0;
+        }
+        if (p->version_len == 0 || p->version_len > 18 || p->version[0] == '0')
+                return -EINVAL;
+        for (size_t i = 0; i < p->version_len; i++) {
+                if (p->version[i] < '0' || p->version[i] > '9')
+                        return -EINVAL;
+                v = v * 10 + (p->version[i] - '0');
+        }
+        *ret_version = v;
+        return 0;
+}
+
+/* The version of m as text, for the bodies. */
+static const char *version_text(const struct v2_model *m, char buf[24])
+{
+        snprintf(buf, 24, "%lld", (long long)(m->version > 0 ? m->version : 1));
+        return buf;
 }
 
 /* ---- base64 ------------------------------------------------------------------ */
@@ -1184,8 +1219,10 @@ int v2_server_body(char **ret_body)
 
 int v2_model_body(const struct v2_model *m, char **ret_body)
 {
+        char version[24];
+
         return dump(json_pack("{s:s, s:[s], s:s, s:[{s:s, s:s, s:[i,i,i,i]}], s:[{s:s, s:s, s:[i,i]}]}", "name",
-                              m->name, "versions", V2_MODEL_VERSION, "platform", V2_PLATFORM, "inputs", "name",
+                              m->name, "versions", version_text(m, version), "platform", V2_PLATFORM, "inputs", "name",
                               V2_INPUT_NAME, "datatype", "FP32", "shape", -1, 3, m->size, m->size, "outputs", "name",
                               V2_OUTPUT_NAME, "datatype", "FP32", "shape", -1, m->classes),
                     ret_body);
@@ -1355,7 +1392,8 @@ static int put_probabilities(const struct v2_request *r, const float *probs, siz
 static int frame_answer(const struct v2_model *m, const struct v2_request *r, json_t *out, const struct bin_buf *bin,
                         char **ret_body, size_t *ret_len, size_t *ret_header_len)
 {
-        json_t *root = json_pack("{s:s, s:s, s:[O]}", "model_name", m->name, "model_version", V2_MODEL_VERSION,
+        char version[24];
+        json_t *root = json_pack("{s:s, s:s, s:[O]}", "model_name", m->name, "model_version", version_text(m, version),
                                  "outputs", out);
         char *head = NULL;
         int ret;
@@ -1417,4 +1455,31 @@ out:
         free(bin.data);
         json_decref(out);
         return ret;
+}
+
+int v2_repository_index_body(const struct v2_index_row *rows, int n, char **ret_body)
+{
+        json_t *list = json_array();
+        char version[24];
+
+        if (!list)
+                return -ENOMEM;
+        for (int i = 0; i < n; i++) {
+                json_t *o = json_object();
+                if (!o) {
+                        json_decref(list);
+                        return -ENOMEM;
+                }
+                json_object_set_new(o, "name", json_string(rows[i].name));
+                if (rows[i].version > 0) {
+                        snprintf(version, sizeof version, "%lld", (long long)rows[i].version);
+                        json_object_set_new(o, "version", json_string(version));
+                }
+                if (rows[i].state)
+                        json_object_set_new(o, "state", json_string(rows[i].state));
+                if (rows[i].reason && *rows[i].reason)
+                        json_object_set_new(o, "reason", json_string(rows[i].reason));
+                json_array_append_new(list, o);
+        }
+        return dump(list, ret_body);
 }

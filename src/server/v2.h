@@ -81,6 +81,9 @@ enum v2_route {
         V2_ROUTE_MODEL_READY,   /* GET .../ready */
         V2_ROUTE_MODEL_CONFIG,  /* GET .../config */
         V2_ROUTE_INFER,         /* POST .../infer */
+        V2_ROUTE_REPO_INDEX,    /* POST /v2/repository/index (Triton's model repository extension) */
+        V2_ROUTE_REPO_LOAD,     /* POST /v2/repository/models/{m}/load */
+        V2_ROUTE_REPO_UNLOAD,   /* POST /v2/repository/models/{m}/unload */
         V2_ROUTE_UNKNOWN,       /* under /v2, but no such path */
 };
 
@@ -98,14 +101,30 @@ struct v2_path {
  * V2_ROUTE_NONE or V2_ROUTE_UNKNOWN. */
 enum v2_route v2_parse_path(const char *path, struct v2_path *ret_path);
 
+/* One entry of POST /v2/repository/index (Triton's model repository
+ * extension). */
+struct v2_index_row {
+        const char *name;
+        int64_t version;          /* 0: left out */
+        const char *state;        /* "READY", "UNAVAILABLE", "LOADING"; NULL: left out */
+        const char *reason;       /* "" or NULL: left out */
+};
+
+/* The index: a JSON array of the rows. -ENOMEM. */
+int v2_repository_index_body(const struct v2_index_row *rows, int n, char **ret_body);
+
 /* Whether the path names model `name`. */
 bool v2_path_model_is(const struct v2_path *p, const char *name);
 /* Whether the path names no version, or V2_MODEL_VERSION. */
 bool v2_path_version_ok(const struct v2_path *p);
+/* The version the path names: 0 when it names none, or a positive
+ * integer; -EINVAL for anything else (no such version). */
+int v2_path_version(const struct v2_path *p, int64_t *ret_version);
 
 /* What the bodies describe. */
 struct v2_model {
-        const char *name;         /* the variant, as /v1/models reports */
+        const char *name;         /* the model's name (its variant in a one-model server) */
+        int64_t version;          /* its version, >= 1 (0 is taken as 1) */
         int size;                 /* input height = width */
         int classes;
         int max_batch;            /* the batcher's */

@@ -38,7 +38,10 @@ NOT_PROVOKED |= {(p, "post", st) for p in V2_INFER_PATHS for st in ("500", "504"
 METHODS = ("get", "put", "post", "delete", "head", "patch")
 MODEL = "efficientnetv2-b0"
 # The /v2 routes of the server (KServe v2 and Triton's extensions).
-V2_PATHS = {"/v2", "/v2/health/live", "/v2/health/ready"} | {
+# A one-model daemon cannot load or unload (tests/integration/test_repository.py does).
+NOT_PROVOKED |= {(f"/v2/repository/models/{{model}}/{a}", "post", "200") for a in ("load", "unload")}
+V2_PATHS = {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/repository/index",
+            "/v2/repository/models/{model}/load", "/v2/repository/models/{model}/unload"} | {
     base + tail for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}")
     for tail in ("", "/ready", "/config", "/infer")}
 
@@ -46,6 +49,12 @@ V2_PATHS = {"/v2", "/v2/health/live", "/v2/health/ready"} | {
 def template_of(path):
     """The documented path of a /v2 model path: /v2/models/x/versions/1/ready
     -> /v2/models/{model}/versions/{version}/ready."""
+    m = re.fullmatch(r"/v1/models/([^/]+)(/versions/[^/]+)?/classify", path)
+    if m:
+        return "/v1/models/{model}" + ("/versions/{version}" if m.group(2) else "") + "/classify"
+    m = re.fullmatch(r"/v2/repository/models/([^/]+)/(load|unload)", path)
+    if m:
+        return "/v2/repository/models/{model}/" + m.group(2)
     m = re.fullmatch(r"/v2/models/([^/]+)(/versions/[^/]+)?(/ready|/config|/infer)?", path)
     if not m:
         return path
@@ -137,7 +146,7 @@ def main():
         sys.exit(dm.SKIP)
     jpeg = dm.read(photos["grace_hopper.jpg"])
     help_text = subprocess.run([effnetd, "--help"], capture_output=True, text=True).stdout
-    routes = set(re.findall(r"(/[a-z0-9/.]*)", help_text.split("Options")[0]))
+    routes = set(re.findall(r"(/[a-z0-9/.{}]*)", help_text.split("Options")[0]))
     routes = {r for r in routes if r.startswith(("/v1/", "/healthz", "/readyz", "/metrics", "/ui/")) or r == "/"}
     check(routes == {p for p in SPEC["paths"] if not p.startswith("/v2")},
           f"documented paths = the server's routes ({sorted(routes)})")
@@ -187,6 +196,15 @@ def main():
             req("post", "/v1/classify", os.urandom(300000), {"Content-Type": "image/jpeg"}, "too big")
             req("post", "/v1/classify", b"hello", {"Content-Type": "text/plain"}, "text")
             req("get", "/v1/classify", what="wrong method")
+            for base in (f"/v1/models/{MODEL}", f"/v1/models/{MODEL}/versions/1"):
+                req("post", base + "/classify?top_k=3", jpeg, {"Content-Type": "image/jpeg"}, "one image, by model")
+                req("post", base.replace(MODEL, "nope") + "/classify", b"x", {"Content-Type": "image/jpeg"},
+                    "unknown model")
+            req("post", f"/v1/models/{MODEL}/versions/9/classify", b"x", {"Content-Type": "image/jpeg"},
+                "unknown version")
+            req("post", "/v2/repository/index", b"", what="repository index")
+            for action in ("load", "unload"):
+                req("post", f"/v2/repository/models/{MODEL}/{action}", b"{}", what="no repository to control")
             for p in ("/v1/models", "/healthz", "/readyz", "/metrics", "/", "/ui/app.js", "/ui/app.css"):
                 req("get", p)
                 req("post", p, b"x", {"Content-Type": "text/plain"}, "wrong method")

@@ -69,7 +69,14 @@ VALUES = {
     "ui": "false",
     "allowed-hosts": "api.example.com, .internal.example",
     "show-paths": "true",
+    "model-control-mode": "explicit",
+    "load-model": "b0,s",
+    "repository-poll-secs": "8",
+    "default-model": "b0",
 }
+# Settings that cannot be set with the others at once: model-repository
+# replaces weights (both set is an error, checked below).
+APART = {"model-repository": "/srv/models"}
 
 # How --print-config shows the values above that it writes in another form
 # (durations in the setting's bare unit).
@@ -87,6 +94,8 @@ BAD = {
     "max-images": "65537", "max-pixels": "-5", "max-request-pixels": "0", "jpeg-fast": "maybe", "access-log": "2", "ui": "sometimes",
     "show-paths": "perhaps", "allowed-hosts": "",
     "log-format": "xml", "weights": "", "labels": "", "listen": "", "admin-listen": "",
+    "model-control-mode": "manual", "repository-poll-secs": "0", "load-model": "", "default-model": "",
+    "model-repository": "",
 }
 
 
@@ -120,10 +129,15 @@ def test_config(effnetd, weights, labels, workdir):
     rc, defaults, err = print_config(effnetd, ["--config", "/nonexistent/none.conf"])
     check(rc == 2 and "/nonexistent/none.conf" in err, "--config of a missing file is an error")
     rc, defaults, err = print_config(effnetd, ["--weights", weights])
-    check(rc == 0 and set(defaults) == set(VALUES), f"--print-config lists every setting ({sorted(defaults)})")
+    check(rc == 0 and set(defaults) == set(VALUES) | set(APART),
+          f"--print-config lists every setting ({sorted(defaults)})")
+    rc, _, err = print_config(effnetd, ["--weights", weights, "--model-repository", workdir])
+    check(rc == 2 and "set one of them" in err, f"weights and model-repository together are refused ({err.strip()})")
+    rc, got, err = print_config(effnetd, ["--model-repository", workdir])
+    check(rc == 0 and got["model-repository"][1] == workdir, "model-repository alone serves without weights")
     check(all(o in ("default", "unset") for k, (_, _, o) in defaults.items() if k != "weights"),
           "without a file, env or flags every other setting is a default")
-    sections = {k: s for k, (s, _, _) in defaults.items()}
+    sections = {k: s for k, (s, _, _) in defaults.items() if k not in APART}
 
     # From the file: every setting, each with its line.
     conf = os.path.join(workdir, "all.conf")

@@ -125,7 +125,7 @@ def test_metadata(d, c):
                  f"/v2/models/{MODEL}/versions/latest/config"):
         s, h, b = c.request("GET", path)
         check_error(s, h, b, 404, f"GET {path}", "unknown")
-    for path in ("/v2/models", "/v2/health", "/v2/models/x/y/z", "/v2/repository/index", "/v2/models//ready"):
+    for path in ("/v2/models", "/v2/health", "/v2/models/x/y/z", "/v2/repository", "/v2/models//ready"):
         s, h, b = c.request("GET", path)
         check_error(s, h, b, 404, f"GET {path}", "no such path")
     s, h, b = c.request("POST", "/v2/models/resnet50/infer", b"{}")

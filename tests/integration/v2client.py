@@ -15,6 +15,7 @@ data by default.
 import http.client
 import json
 import struct
+import urllib.parse
 
 import numpy as np
 
@@ -124,6 +125,15 @@ class Result:
         return None
 
 
+class RepositoryError(Exception):
+    """A repository call that did not answer 200 (tritonclient raises
+    InferenceServerException with the same message)."""
+
+    def __init__(self, status, message):
+        super().__init__(f"{status}: {message}")
+        self.status, self.message = status, message
+
+
 class V2Client:
     def __init__(self, port, timeout=120):
         self.port, self.timeout = port, timeout
@@ -164,6 +174,35 @@ class V2Client:
         except ValueError:
             j = {"_unparsed": b[:200]}
         return s, h, j
+
+    # Triton's model repository extension, as tritonclient.http's
+    # get_model_repository_index, load_model and unload_model send it: POST,
+    # a JSON body (empty for the index), the model name quoted; a status
+    # other than 200 raises with the server's {"error": ...} message.
+
+    def _repository(self, path, body):
+        s, h, b = self.request("POST", path, body.encode())
+        if s != 200:
+            try:
+                msg = json.loads(b)["error"]
+            except (ValueError, KeyError, TypeError):
+                msg = b[:200]
+            raise RepositoryError(s, msg)
+        return b
+
+    def get_model_repository_index(self):
+        return json.loads(self._repository("/v2/repository/index", ""))
+
+    def load_model(self, model_name, config=None):
+        load_request = {}
+        if config is not None:
+            load_request.setdefault("parameters", {})["config"] = config
+        self._repository(f"/v2/repository/models/{urllib.parse.quote(model_name)}/load", json.dumps(load_request))
+
+    def unload_model(self, model_name, unload_dependents=False):
+        unload_request = {"parameters": {"unload_dependents": unload_dependents}}
+        self._repository(f"/v2/repository/models/{urllib.parse.quote(model_name)}/unload",
+                         json.dumps(unload_request))
 
     def infer(self, model, inputs, outputs=None, request_id=None, parameters=None, version=None, headers=None):
         body, hl = encode_request(inputs, outputs, request_id, parameters)

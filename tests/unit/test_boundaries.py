@@ -12,6 +12,12 @@ mean something: quoted includes name a header by its bare name (no '/',
 so no "../engine/engine.h"; effnet/image.h is the public exception), and
 no two headers of src/ and include/ share a name.
 
+It also enforces the request's line inside src/server/ (the "The line"
+table of docs/architecture.md): each stage's files never include, directly
+or through the server's own headers, the headers listed for it, so that
+the worker pool, the batcher, the registry and the pipeline never reach
+back into a transport.
+
 Usage: test_boundaries.py SOURCE_ROOT BUILD_ROOT
 """
 
@@ -47,6 +53,38 @@ def table(src_root):
         folder = cells[0].strip("`")
         rows[folder] = set(re.findall(r"`([^`]+/)`", cells[1]))
     return rows
+
+
+def line_table(src_root):
+    """{file of src/server/: set of headers it may never reach} from docs/architecture.md."""
+    text = open(os.path.join(src_root, "docs", "architecture.md"), encoding="utf-8").read()
+    if "## The line" not in text:
+        return {}
+    part = text.split("## The line", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in part.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or not cells[0].startswith("`"):
+            continue
+        banned = set(re.findall(r"`([^`]+\.h)`", cells[1]))
+        for f in re.findall(r"`([^`]+\.[ch])`", cells[0]):
+            rows[f] = banned
+    return rows
+
+
+def server_reach(server_dir, name, seen=None):
+    """Every header a file of src/server/ includes, through the server's own headers."""
+    seen = set() if seen is None else seen
+    path = os.path.join(server_dir, name)
+    if not os.path.exists(path):
+        return seen
+    for inc in QUOTED.findall(open(path, encoding="utf-8", errors="replace").read()):
+        if inc not in seen:
+            seen.add(inc)
+            server_reach(server_dir, inc, seen)
+    for inc in re.findall(r"^\s*#\s*include\s+<([^>]+)>", open(path, encoding="utf-8", errors="replace").read(), re.M):
+        seen.add(inc)
+    return seen
 
 
 def headers(src_root, folders):
@@ -130,6 +168,16 @@ def main():
                 for inc in QUOTED.findall(open(path, encoding="utf-8", errors="replace").read()):
                     check("/" not in inc or inc == "effnet/image.h",
                           f'{os.path.relpath(path, src_root)}: #include "{inc}" by its bare name')
+
+    # The line: no stage reaches back into a transport.
+    line = line_table(src_root)
+    check(len(line) >= 8, f"docs/architecture.md's line table names the stages' files ({sorted(line)})")
+    server_dir = os.path.join(src_root, "src", "server")
+    for f, banned in sorted(line.items()):
+        if not check(os.path.exists(os.path.join(server_dir, f)), f"src/server/{f} exists"):
+            continue
+        bad = server_reach(server_dir, f) & banned
+        check(not bad, f"src/server/{f} never reaches {sorted(banned)} (it includes {sorted(bad)})")
 
     jobs = []
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:

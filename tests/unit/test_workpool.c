@@ -1,7 +1,7 @@
 /* decoder: the pool's bound, steps taking turns, the lane kept for small
- * steps, and jobs still queued run by dec_free. */
+ * steps, and jobs still queued run by wpool_free. */
 #include "check.h"
-#include "decoder.h"
+#include "workpool.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -13,7 +13,7 @@
 /* A job of `steps` steps, each sleeping step_ms; records the order of
  * completions. */
 struct tjob {
-        struct dec_job job;
+        struct wpool_job job;
         int steps, done_steps, step_ms;
         atomic_bool gate_open;      /* the first step waits for it (holds a thread) */
         bool gated;
@@ -30,7 +30,7 @@ static void sleep_ms(int ms)
         nanosleep(&ts, NULL);
 }
 
-static enum dec_step run(struct dec_job *job)
+static enum wpool_step run(struct wpool_job *job)
 {
         struct tjob *t = job->userdata;
 
@@ -46,10 +46,10 @@ static enum dec_step run(struct dec_job *job)
         if (job->large)
                 atomic_fetch_sub(&running_large, 1);
         if (++t->done_steps < t->steps)
-                return DEC_AGAIN;
+                return WPOOL_AGAIN;
         t->finished_as = atomic_fetch_add(&finished, 1) + 1;
         atomic_fetch_add(&recorded, 1);   /* after the writes: the waiter may read them */
-        return DEC_DONE;
+        return WPOOL_DONE;
 }
 
 static void init(struct tjob *t, int steps, int step_ms, bool large)
@@ -57,7 +57,7 @@ static void init(struct tjob *t, int steps, int step_ms, bool large)
         memset(t, 0, sizeof *t);
         t->steps = steps;
         t->step_ms = step_ms;
-        t->job = (struct dec_job){ .run = run, .userdata = t, .large = large };
+        t->job = (struct wpool_job){ .run = run, .userdata = t, .large = large };
 }
 
 static void wait_finished(int n)
@@ -68,81 +68,81 @@ static void wait_finished(int n)
 
 static void test_bad_options(void)
 {
-        struct dec_pool *p = NULL;
+        struct wpool *p = NULL;
 
-        CHECK(dec_new(&(struct dec_opts){ .threads = -1, .queue = 1 }, &p) == -EINVAL);
-        CHECK(dec_new(&(struct dec_opts){ .threads = 1, .queue = 0 }, &p) == -EINVAL);
-        CHECK(dec_new(&(struct dec_opts){ .threads = DEC_MAX_THREADS + 1, .queue = 1 }, &p) == -EINVAL);
+        CHECK(wpool_new(&(struct wpool_opts){ .threads = -1, .queue = 1 }, &p) == -EINVAL);
+        CHECK(wpool_new(&(struct wpool_opts){ .threads = 1, .queue = 0 }, &p) == -EINVAL);
+        CHECK(wpool_new(&(struct wpool_opts){ .threads = WPOOL_MAX_THREADS + 1, .queue = 1 }, &p) == -EINVAL);
         CHECK(p == NULL);
-        CHECK(dec_free(NULL) == NULL);
+        CHECK(wpool_free(NULL) == NULL);
 }
 
 /* 1 thread, queue 1: two jobs in, the third refused and counted; a long
  * job's steps let a short one that came later finish first. */
 static void test_bound_and_turns(void)
 {
-        struct dec_pool *p;
+        struct wpool *p;
         struct tjob a, b, c;
-        struct dec_stats st;
+        struct wpool_stats st;
 
         atomic_store(&finished, 0);
         atomic_store(&recorded, 0);
-        REQUIRE(dec_new(&(struct dec_opts){ .threads = 1, .queue = 1 }, &p) == 0);
+        REQUIRE(wpool_new(&(struct wpool_opts){ .threads = 1, .queue = 1 }, &p) == 0);
         init(&a, 5, 20, false);
         a.gated = true;
         init(&b, 1, 1, false);
         init(&c, 1, 1, false);
-        CHECK(dec_submit(p, &a.job) == 0);
-        CHECK(dec_submit(p, &b.job) == 0);
-        CHECK(dec_submit(p, &c.job) == -EAGAIN);
-        dec_stats_snapshot(p, &st);
+        CHECK(wpool_submit(p, &a.job) == 0);
+        CHECK(wpool_submit(p, &b.job) == 0);
+        CHECK(wpool_submit(p, &c.job) == -EAGAIN);
+        wpool_stats_snapshot(p, &st);
         CHECK(st.threads == 1 && st.queue_capacity == 1 && st.rejected == 1);
         atomic_store(&a.gate_open, true);
         wait_finished(2);
         CHECK_MSG(b.finished_as == 1 && a.finished_as == 2, "b %d, a %d", b.finished_as, a.finished_as);
         CHECK(a.done_steps == 5);
-        dec_stats_snapshot(p, &st);
+        wpool_stats_snapshot(p, &st);
         CHECK(st.jobs == 2 && st.queued == 0 && st.busy == 0);
-        p = dec_free(p);
+        p = wpool_free(p);
 }
 
 /* 3 threads: large steps never use more than 2, so small ones pass. */
 static void test_small_lane(void)
 {
-        struct dec_pool *p;
+        struct wpool *p;
         struct tjob big[4], small;
 
         atomic_store(&finished, 0);
         atomic_store(&recorded, 0);
         atomic_store(&max_running_large, 0);
-        REQUIRE(dec_new(&(struct dec_opts){ .threads = 3, .queue = 8 }, &p) == 0);
+        REQUIRE(wpool_new(&(struct wpool_opts){ .threads = 3, .queue = 8 }, &p) == 0);
         for (int i = 0; i < 4; i++) {
                 init(&big[i], 3, 30, true);
-                CHECK(dec_submit(p, &big[i].job) == 0);
+                CHECK(wpool_submit(p, &big[i].job) == 0);
         }
         sleep_ms(10);
         init(&small, 1, 1, false);
-        CHECK(dec_submit(p, &small.job) == 0);
+        CHECK(wpool_submit(p, &small.job) == 0);
         wait_finished(5);
         CHECK_MSG(small.finished_as == 1, "the small job finished as %d", small.finished_as);
         CHECK_MSG(atomic_load(&max_running_large) == 2, "%d large steps at once", atomic_load(&max_running_large));
-        p = dec_free(p);
+        p = wpool_free(p);
 }
 
-/* dec_free runs what is queued before it returns. */
+/* wpool_free runs what is queued before it returns. */
 static void test_free_drains(void)
 {
-        struct dec_pool *p;
+        struct wpool *p;
         struct tjob t[6];
 
         atomic_store(&finished, 0);
         atomic_store(&recorded, 0);
-        REQUIRE(dec_new(&(struct dec_opts){ .threads = 2, .queue = 4 }, &p) == 0);
+        REQUIRE(wpool_new(&(struct wpool_opts){ .threads = 2, .queue = 4 }, &p) == 0);
         for (int i = 0; i < 6; i++) {
                 init(&t[i], 2, 5, false);
-                CHECK(dec_submit(p, &t[i].job) == 0);
+                CHECK(wpool_submit(p, &t[i].job) == 0);
         }
-        p = dec_free(p);
+        p = wpool_free(p);
         CHECK(atomic_load(&finished) == 6);
 }
 

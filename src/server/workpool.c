@@ -1,5 +1,5 @@
-/* decoder: a bounded pool of image decoding threads. */
-#include "decoder.h"
+/* workpool: a bounded pool of worker threads that run jobs step by step. */
+#include "workpool.h"
 #include "util.h"
 
 #include <errno.h>
@@ -7,21 +7,21 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
-struct dec_pool {
+struct wpool {
         pthread_mutex_t lock;           /* guards everything below but threads */
         pthread_cond_t work;            /* a job was queued, or stopping */
-        struct dec_job *head, *tail;    /* waiting jobs, FIFO */
+        struct wpool_job *head, *tail;    /* waiting jobs, FIFO */
         int queued, busy, queue;        /* queue: bound of queued + busy beyond size */
         int busy_large;                 /* running a large step */
         uint64_t jobs, rejected;
         bool stopping;
         int size;                       /* threads wanted; immutable once they start */
-        int n_threads;                  /* started (dec_new and dec_free only) */
+        int n_threads;                  /* started (wpool_new and wpool_free only) */
         pthread_t *threads;             /* [n_threads] */
 };
 
 /* Queues job at the tail. Under p->lock. */
-static void queue_append(struct dec_pool *p, struct dec_job *job)
+static void queue_append(struct wpool *p, struct wpool_job *job)
 {
         job->next = NULL;
         if (p->tail)
@@ -34,12 +34,12 @@ static void queue_append(struct dec_pool *p, struct dec_job *job)
 
 /* The first waiting job this thread may run, unlinked; NULL if none: large
  * steps leave one thread to the small ones. Under p->lock. */
-static struct dec_job *take(struct dec_pool *p)
+static struct wpool_job *take(struct wpool *p)
 {
         int large_cap = p->size > 1 ? p->size - 1 : 1;
-        struct dec_job *prev = NULL;
+        struct wpool_job *prev = NULL;
 
-        for (struct dec_job *j = p->head; j; prev = j, j = j->next) {
+        for (struct wpool_job *j = p->head; j; prev = j, j = j->next) {
                 if (j->large && p->busy_large >= large_cap)
                         continue;
                 if (prev)
@@ -54,13 +54,13 @@ static struct dec_job *take(struct dec_pool *p)
         return NULL;
 }
 
-static void *dec_main(void *arg)
+static void *pool_main(void *arg)
 {
-        struct dec_pool *p = arg;
+        struct wpool *p = arg;
 
         pthread_mutex_lock(&p->lock);
         for (;;) {
-                struct dec_job *job;
+                struct wpool_job *job;
                 while (!(job = take(p)) && !(p->stopping && !p->head))
                         pthread_cond_wait(&p->work, &p->lock);
                 if (!job)
@@ -69,15 +69,15 @@ static void *dec_main(void *arg)
                 p->busy++;
                 p->busy_large += large;
                 pthread_mutex_unlock(&p->lock);
-                /* job may be gone once run returns DEC_DONE: read nothing after. */
-                enum dec_step step = job->run(job);
+                /* job may be gone once run returns WPOOL_DONE: read nothing after. */
+                enum wpool_step step = job->run(job);
                 pthread_mutex_lock(&p->lock);
                 p->busy--;
                 p->busy_large -= large;
                 /* A large step's end may let a waiting large job run. */
                 if (large)
                         pthread_cond_broadcast(&p->work);
-                if (step == DEC_AGAIN) {
+                if (step == WPOOL_AGAIN) {
                         /* Admitted already: never refused, behind those waiting. */
                         queue_append(p, job);
                 } else {
@@ -88,18 +88,18 @@ static void *dec_main(void *arg)
         return NULL;
 }
 
-int dec_new(const struct dec_opts *opts, struct dec_pool **ret_pool)
+int wpool_new(const struct wpool_opts *opts, struct wpool **ret_pool)
 {
-        struct dec_pool *p;
+        struct wpool *p;
         int n, r;
 
-        if (!opts || opts->threads < 0 || opts->threads > DEC_MAX_THREADS || opts->queue < 1)
+        if (!opts || opts->threads < 0 || opts->threads > WPOOL_MAX_THREADS || opts->queue < 1)
                 return -EINVAL;
         n = opts->threads;
         if (n == 0) {
                 n = cpu_usable_count();
-                if (n > DEC_DEFAULT_MAX_THREADS)
-                        n = DEC_DEFAULT_MAX_THREADS;
+                if (n > WPOOL_DEFAULT_MAX_THREADS)
+                        n = WPOOL_DEFAULT_MAX_THREADS;
                 if (n < 1)
                         n = 1;
         }
@@ -116,15 +116,15 @@ int dec_new(const struct dec_opts *opts, struct dec_pool **ret_pool)
         pthread_mutex_init(&p->lock, NULL);
         pthread_cond_init(&p->work, NULL);
         for (; p->n_threads < n; p->n_threads++)
-                if ((r = -pthread_create(&p->threads[p->n_threads], NULL, dec_main, p)) < 0) {
-                        dec_free(p);
+                if ((r = -pthread_create(&p->threads[p->n_threads], NULL, pool_main, p)) < 0) {
+                        wpool_free(p);
                         return r;
                 }
         *ret_pool = p;
         return 0;
 }
 
-int dec_submit(struct dec_pool *p, struct dec_job *job)
+int wpool_submit(struct wpool *p, struct wpool_job *job)
 {
         int r = 0;
 
@@ -142,16 +142,16 @@ int dec_submit(struct dec_pool *p, struct dec_job *job)
         return r;
 }
 
-void dec_stats_snapshot(struct dec_pool *p, struct dec_stats *ret_stats)
+void wpool_stats_snapshot(struct wpool *p, struct wpool_stats *ret_stats)
 {
         pthread_mutex_lock(&p->lock);
-        *ret_stats = (struct dec_stats){ .threads = p->size, .queue_capacity = p->queue,
+        *ret_stats = (struct wpool_stats){ .threads = p->size, .queue_capacity = p->queue,
                                          .queued = p->queued, .busy = p->busy, .jobs = p->jobs,
                                          .rejected = p->rejected };
         pthread_mutex_unlock(&p->lock);
 }
 
-struct dec_pool *dec_free(struct dec_pool *p)
+struct wpool *wpool_free(struct wpool *p)
 {
         if (!p)
                 return NULL;

@@ -1,0 +1,82 @@
+/* repository: a model repository on disk, as Triton and TF Serving lay it
+ * out: DIR/NAME/VERSION/model.safetensors (versions are positive
+ * integers), an optional DIR/NAME/config.conf in effnetd's INI syntax with
+ * the model's own settings, and an optional DIR/NAME/labels.txt. A scan
+ * says which models are there, which of their versions the version policy
+ * wants, and what identifies each (file and settings), so that a rescan
+ * loads only what changed. It loads nothing itself.
+ *
+ *   struct repo_scan *sc;
+ *   r = repo_scan("/srv/models", NULL, err, sizeof err, &sc);     // every model
+ *   for (int i = 0; i < sc->n; i++) ... sc->models[i].versions[k].path ...
+ *   sc = repo_scan_free(sc);
+ *
+ * config.conf keys (all optional; "key = value", '#' and ';' comments,
+ * [sections] ignored):
+ *   version-policy = latest N | all | specific V[,V...]   (default latest 1)
+ *   labels = FILE (relative to the model's folder), precision, padding,
+ *   bn-eps, input-size, max-batch, workers, threads
+ */
+#ifndef EFFNET_DAEMON_REPOSITORY_H
+#define EFFNET_DAEMON_REPOSITORY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define REPO_MAX_MODELS 128
+#define REPO_MAX_VERSIONS 16        /* versions served at once per model */
+#define REPO_MAX_NAME 64
+
+enum repo_policy { REPO_LATEST, REPO_ALL, REPO_SPECIFIC };
+
+/* A model's own settings; -1 (or 0 for sizes) where config.conf is silent:
+ * the daemon's apply. */
+struct repo_model_conf {
+        enum repo_policy policy;
+        int latest;                          /* REPO_LATEST: how many */
+        int64_t specific[REPO_MAX_VERSIONS]; /* REPO_SPECIFIC */
+        int n_specific;
+        char labels[1024];                   /* "" or a path */
+        int precision;                       /* enum effnet_precision, or -1 */
+        int padding;                         /* enum effnet_padding, or -1 */
+        double bn_eps;                       /* -1: the daemon's */
+        int input_size, max_batch, workers, threads;   /* 0: the daemon's */
+};
+
+struct repo_version {
+        int64_t version;
+        char path[1024];                     /* DIR/NAME/VERSION/model.safetensors */
+        char ident[160];                     /* file identity (device, inode, size, mtime) */
+};
+
+struct repo_model {
+        char name[REPO_MAX_NAME + 1];
+        struct repo_model_conf conf;
+        char conf_ident[160];                /* config.conf's and labels.txt's identity */
+        struct repo_version versions[REPO_MAX_VERSIONS];   /* wanted by the policy, highest first */
+        int n_versions;
+        char error[512];                     /* non-empty: not loadable (bad config.conf, no version) */
+};
+
+struct repo_scan {
+        int n;
+        struct repo_model models[];          /* [n], in name order */
+};
+
+/* Scans dir (only: that model alone, or NULL for all). A model with a bad
+ * config.conf or no version is listed with its error. -ENOENT (dir
+ * missing; with only: that model missing), -ENOTDIR, -E2BIG (more than
+ * REPO_MAX_MODELS models), -ENOMEM; message in err. */
+int repo_scan(const char *dir, const char *only, char *err, size_t err_len, struct repo_scan **ret_scan);
+
+struct repo_scan *repo_scan_free(struct repo_scan *sc);
+
+/* The model named name, or NULL. */
+const struct repo_model *repo_scan_find(const struct repo_scan *sc, const char *name);
+
+/* Whether name is a model name the repository can hold (letters, digits,
+ * '-', '_', '.', not starting with '.', at most REPO_MAX_NAME bytes). */
+bool repo_name_ok(const char *name, size_t len);
+
+#endif

@@ -1240,7 +1240,7 @@ static int add_conv_int8(struct eng_plan *p, const struct model_conv *c, const s
         struct arg args[MAX_ARGS];
         const float *bias = NULL;
         dnnl_dims_t sd;
-        int binary_idx, n_scales, r;
+        int binary_idx = -1, n_scales = 0, r;
 
         md_dims(p->tensors[src_t].md, sd);
         if (md_type(p->tensors[src_t].md) != dnnl_s8) {

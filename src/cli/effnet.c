@@ -42,7 +42,7 @@ static int usage(FILE *f)
                 "          [--calibration CAL] [--threads T] IMG...\n"
                 "      Top-k JSON for each image, one line each, as effnetd answers.\n"
                 "  calibrate --weights FILE --images DIR|IMG... [--count N] [--held-out N]\n"
-                "          [--method auto|mse|percentile|max] [--threshold X] [--threads T] -o CAL\n"
+                "          [--method auto|mse|percentile|max] [--threshold X] [--size S] [--threads T] -o CAL\n"
                 "      int8 calibration on your images (a file for --precision int8), and how\n"
                 "      far int8 moves the logits from fp32 on the images held out of it.\n"
                 "  inspect FILE [--calibration CAL]\n"
@@ -1176,7 +1176,8 @@ static int cmd_calibrate(int argc, char **argv)
                 { "count", required_argument, 0, 'n' },    { "held-out", required_argument, 0, 'H' },
                 { "method", required_argument, 0, 'm' },   { "threshold", required_argument, 0, 'T' },
                 { "threads", required_argument, 0, 't' },  { "output", required_argument, 0, 'o' },
-                { "help", no_argument, 0, 'h' },           { 0, 0, 0, 0 },
+                { "size", required_argument, 0, 's' },     { "help", no_argument, 0, 'h' },
+                { 0, 0, 0, 0 },
         };
         static const char *const methods[] = { "auto", "mse", "percentile", "max" };
         struct status_line sl = { .tty = isatty(STDERR_FILENO) == 1 };
@@ -1197,6 +1198,7 @@ static int cmd_calibrate(int argc, char **argv)
                 case 'n': r = int_arg(optarg, 2, 100000, &count); break;
                 case 'H': r = int_arg(optarg, 1, 100000, &co.held_out); break;
                 case 't': r = int_arg(optarg, 0, 1024, &co.threads); break;
+                case 's': r = int_arg(optarg, 32, 4096, &co.size); break;
                 case 'T': r = parse_double("", optarg, -1, 1e6, NULL, 0, &co.threshold); break;
                 case 'm':
                         r = -EINVAL;
@@ -1206,7 +1208,8 @@ static int cmd_calibrate(int argc, char **argv)
                         break;
                 case 'h':
                         printf("Usage: %s calibrate --weights FILE --images DIR|IMG... [--count N] [--held-out N]\n"
-                               "          [--method auto|mse|percentile|max] [--threshold X] [--threads T] -o CAL\n",
+                               "          [--method auto|mse|percentile|max] [--threshold X] [--size S] [--threads T]\n"
+                               "          -o CAL\n",
                                prog);
                         goto out;
                 default: r = -EINVAL; goto out;
@@ -1228,7 +1231,11 @@ static int cmd_calibrate(int argc, char **argv)
         if ((r = model_open_arg(weights, NULL, &m)) < 0 || (r = weights_sha256(m, sha)) < 0)
                 goto out;
         const struct effnet_info *info = effnet_model_info(m);
-        size_t per = (size_t)3 * (size_t)info->preproc.size * (size_t)info->preproc.size;
+        /* The server's preprocessing; --size changes only the edge. */
+        struct effnet_preproc pp = info->preproc;
+        if (co.size)
+                pp.size = co.size;
+        size_t per = (size_t)3 * (size_t)pp.size * (size_t)pp.size;
         int want = count ? count : n_files;
         if (!(images = malloc(sizeof(float) * per * (size_t)(want < n_files ? want : n_files)))) {
                 r = -ENOMEM;
@@ -1241,7 +1248,7 @@ static int cmd_calibrate(int argc, char **argv)
                 size_t len = 0;
                 status_show(&sl, "calibrate: reading %d of %d", i + 1, n_files);
                 if ((r = read_file(files[i], EFFNET_IMAGE_MAX_BYTES, &data, &len)) == 0)
-                        r = effnet_image_prepare(data, len, NULL, &info->preproc, err, sizeof err,
+                        r = effnet_image_prepare(data, len, NULL, &pp, err, sizeof err,
                                                  images + per * (size_t)used);
                 else
                         snprintf(err, sizeof err, "%s", strerror(-r));

@@ -31,6 +31,7 @@ struct conf {
         char *admin_listen;
         char *allowed_hosts;
         char *labels;
+        char *calibration;          /* int8 calibration file (effnet calibrate) */
         int64_t hub_download_deadline_us;  /* one hf:// file's fetch, in all */
         enum effnet_precision precision;
         enum effnet_padding padding;

@@ -192,7 +192,8 @@ static int worker_start(struct batch_worker *w)
 
         for (int i = 0; i < c->n_exec; i++) {
                 struct effnet_exec_opts eo = { .batch = c->exec_batch[i], .threads = c->threads,
-                                               .precision = c->precision, .size = b->size };
+                                               .precision = c->precision, .size = b->size,
+                                               .calibration = c->calibration };
                 if ((r = effnet_exec_new(b->model, &eo, w->err, sizeof w->err, &w->exec[i])) < 0)
                         return r;
                 w->n_exec = i + 1;
@@ -404,7 +405,8 @@ static int config_resolve(const struct batch_opts *opts, char *err, size_t err_l
                                threads, cpus);
         *cfg = (struct batch_config){ .max_batch = opts->max_batch, .max_delay_us = opts->max_delay_us,
                                       .queue_images = opts->queue_images, .workers = workers,
-                                      .threads = threads, .precision = opts->precision };
+                                      .threads = threads, .precision = opts->precision,
+                                      .calibration = opts->calibration };
         /* Executors for 1, 2, 4, ... and max_batch images: a pass costs what
          * its executor's batch size costs, whatever the image count. */
         for (int s = 1; s < opts->max_batch && cfg->n_exec < BATCH_MAX_EXEC - 1; s *= 2)

@@ -37,6 +37,7 @@ struct batch_opts {
         int workers;          /* 0 = 1 */
         int threads;          /* oneDNN threads per worker; 0 = usable CPUs / workers */
         int precision;        /* enum effnet_precision */
+        const struct effnet_calibration *calibration; /* EFFNET_INT8: must outlive the batcher */
         /* Start-up progress: called on a worker thread after each executor
          * is built and after its warm-up pass, with steps done and the
          * total (2 per executor of every worker); calls may come from
@@ -108,6 +109,7 @@ struct batch_config {
         int workers;
         int threads;
         int precision;
+        const struct effnet_calibration *calibration;
         int n_exec;               /* executors per worker */
         int exec_batch[BATCH_MAX_EXEC]; /* their batch sizes, ascending */
         size_t exec_bytes;        /* scratch memory over all workers */

@@ -230,8 +230,8 @@ run_effnet_cap() {  # CAP PRECISION BATCH
 }
 on_int8=0
 calib="$res/int8.calibration.json"
-run_effnet_int8() {  # BATCH [CAP]
-  DNNL_MAX_CPU_ISA=${2:-${DNNL_MAX_CPU_ISA:-}} "$effnet" bench --weights "$st" --batch "$1" --threads "$threads" \
+run_effnet_int8() {  # CAP (empty: as the environment has it) BATCH
+  DNNL_MAX_CPU_ISA=${1:-${DNNL_MAX_CPU_ISA:-}} "$effnet" bench --weights "$st" --batch "$2" --threads "$threads" \
     --precision int8 --calibration "$calib" --json "${effnet_flags[@]}"
 }
 if [ "$precision" = int8 ] && [ $do_effnet = 1 ]; then
@@ -269,11 +269,11 @@ for ((r = 1; r <= rounds; r++)); do
     run torch do_torch run_torch "$b"
     run effnet-fp32 on_fp32 run_effnet_p fp32 "$b"
     run effnet-bf16 on_bf16 run_effnet_p bf16 "$b"
-    run effnet-int8 on_int8 run_effnet_int8 "$b"
+    run effnet-int8 on_int8 run_effnet_int8 "" "$b"
     for cap in "${reachable[@]}"; do
       run "effnet-fp32@$cap" "on_fp32_$cap" run_effnet_cap "$cap" fp32 "$b"
       run "effnet-bf16@$cap" "on_bf16_$cap" run_effnet_cap "$cap" bf16 "$b"
-      [ "$precision" != int8 ] || run "effnet-int8@$cap" "on_int8_$cap" run_effnet_int8 "$b" "$cap"
+      [ "$precision" != int8 ] || run "effnet-int8@$cap" "on_int8_$cap" run_effnet_int8 "$cap" "$b"
     done
   done
 done

@@ -485,6 +485,7 @@ static int cmd_inspect(int argc, char **argv)
                 }
         }
         effnet_calibration_free(cal);
+        effnet_model_free(m);
         free(path);
         return r < 0 ? 1 : 0;
 }

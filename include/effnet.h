@@ -48,6 +48,9 @@ enum effnet_precision {
         EFFNET_FP32 = 0,
         EFFNET_BF16 = 1,            /* needs native bf16: AVX512_BF16 or AMX */
         EFFNET_PRECISION_AUTO = 2,  /* bf16 where the CPU has it natively, else fp32 */
+        EFFNET_INT8 = 3,            /* s8 convolutions; needs a calibration made for
+                                     * the weights (effnet_calibration_load); AUTO
+                                     * never picks it */
 };
 enum effnet_scheme { EFFNET_SCHEME_TIMM = 0, EFFNET_SCHEME_TORCHVISION = 1 };
 enum effnet_padding {
@@ -115,6 +118,9 @@ struct effnet_exec_opts {
         int precision;  /* enum effnet_precision; AUTO resolves by the CPU */
         int size;       /* input height; 0 = preproc.size; 32..4096 */
         int width;      /* input width; 0 = size (square) */
+        const struct effnet_calibration *calibration; /* EFFNET_INT8: made for
+                                                       * this model; must outlive
+                                                       * the executor */
 };
 
 /* Builds primitives and allocates every buffer for one batch size. Safe to
@@ -173,10 +179,81 @@ const char *effnet_onednn_version(void);
  * what this CPU has and what to use instead, for bf16 without native bf16;
  * -EINVAL for an unknown value. */
 int effnet_precision_resolve(int precision, char *err, size_t err_len, int *ret_precision);
-/* "fp32", "bf16", "auto"; NULL for an unknown value. */
+/* "fp32", "bf16", "auto", "int8"; NULL for an unknown value. */
 const char *effnet_precision_name(int precision);
 /* The inverse; -EINVAL for anything else. */
 int effnet_precision_parse(const char *s, int *ret_precision);
+
+/* int8 calibration: per-layer activation scales measured in fp32 on the
+ * user's own images (with the server's preprocessing), which layers stay
+ * fp32, and how far int8 moves the logits on images held out of it.
+ *
+ *   struct effnet_calibration *c = NULL;
+ *   effnet_calibrate(m, sha256_hex, images, n, NULL, err, sizeof err, &c);
+ *   effnet_calibration_save(c, "w.calib.json", err, sizeof err);
+ *   // later, for the same weights:
+ *   effnet_calibration_load(m, sha256_hex, "w.calib.json", err, sizeof err, &c);
+ *   struct effnet_exec_opts eo = { .batch = 8, .precision = EFFNET_INT8, .calibration = c };
+ *
+ * A calibration is immutable once made and may be shared by executors of its
+ * model; it must outlive them. */
+struct effnet_calibration;
+
+enum effnet_clip {
+        EFFNET_CLIP_AUTO = 0,       /* each below, keeping the best on the held-out images */
+        EFFNET_CLIP_MSE = 1,        /* least squared quantization error */
+        EFFNET_CLIP_PERCENTILE = 2, /* the 99.99th percentile of |x| */
+        EFFNET_CLIP_MAX = 3,        /* the largest |x| seen */
+};
+
+struct effnet_calib_opts {
+        int held_out;        /* images kept for the self-check; 0 = a fifth (at least 1) */
+        int method;          /* enum effnet_clip */
+        double threshold;    /* a layer stays fp32 when it alone in int8 moves the
+                              * logits by more than this (rms / logit std);
+                              * 0 = 0.05, < 0 = no layer stays fp32 */
+        int threads;         /* 0 = all usable */
+        int size;            /* input edge of images; 0 = preproc.size */
+        void (*progress)(void *userdata, const char *phase, int done, int total);
+        void *userdata;
+};
+
+/* The self-check: int8 against fp32 on held-out images. */
+struct effnet_int8_check {
+        int images;
+        double top1_agreement;      /* share of images with the same top-1 class */
+        double top5_overlap;        /* mean share of fp32's top 5 also in int8's */
+        double max_logit_diff;      /* max |int8 - fp32| / std of the fp32 logits */
+        double rms_logit_diff;      /* rms of |int8 - fp32| / the same std */
+};
+
+/* One convolution of the model as a calibration sees it. */
+struct effnet_calib_layer {
+        const char *name;           /* "stem", "blocks.3.conv1", "head", ... */
+        const char *runs;           /* "int8" or "fp32" */
+        float scale;                /* of its input activations (real = scale * q) */
+        float sensitivity;          /* logits rms change alone in int8; < 0: not measured */
+};
+
+/* images: float [n][3][size][size], normalized like effnet_exec_forward's;
+ * n >= 2 (some are held out). weights_sha256: hex digest of the weights
+ * file, recorded in the calibration. opts may be NULL. */
+int effnet_calibrate(struct effnet_model *m, const char *weights_sha256, const float *images, int n,
+                     const struct effnet_calib_opts *opts, char *err, size_t err_len,
+                     struct effnet_calibration **ret_calibration);
+/* Reads a calibration file for m, refusing one made for other weights than
+ * weights_sha256 (-EINVAL) or that is not a valid calibration (-EBADMSG,
+ * -E2BIG), with a message. */
+int effnet_calibration_load(struct effnet_model *m, const char *weights_sha256, const char *path,
+                            char *err, size_t err_len, struct effnet_calibration **ret_calibration);
+int effnet_calibration_save(const struct effnet_calibration *c, const char *path, char *err, size_t err_len);
+struct effnet_calibration *effnet_calibration_free(struct effnet_calibration *c);
+/* The self-check figures and clipping method ("mse", "percentile", "max"),
+ * owned by c. */
+const struct effnet_int8_check *effnet_calibration_check(const struct effnet_calibration *c);
+const char *effnet_calibration_method(const struct effnet_calibration *c);
+/* Layer i (0-based, forward order) into ret; -ERANGE past the last. */
+int effnet_calibration_layer(const struct effnet_calibration *c, int i, struct effnet_calib_layer *ret);
 
 /* Numerically stable softmax of one row, in place. */
 void effnet_softmax(float *v, int n);

@@ -1,5 +1,5 @@
 /* effnet: command-line tool over libeffnet (forward, bench, inspect,
- * init-weights, classify, pull). */
+ * init-weights, classify, calibrate, pull). */
 #include "effnet.h"
 #include "effnet/image.h"
 /* Internals beyond the public API (docs/architecture.md says why): flag
@@ -11,6 +11,7 @@
 #include "weights.h"
 #include "api.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
@@ -30,17 +31,23 @@ static int usage(FILE *f)
                 "\n"
                 "Commands:\n"
                 "  forward --weights FILE --input IN.npy --output OUT.npy\n"
-                "          [--precision fp32|bf16|auto] [--padding auto|same|symmetric] [--bn-eps X]\n"
-                "          [--threads T]\n"
+                "          [--precision fp32|bf16|auto|int8] [--calibration CAL] [--padding auto|same|symmetric]\n"
+                "          [--bn-eps X] [--threads T]\n"
                 "      Logits of a float32 NCHW batch (normalized images) as .npy.\n"
                 "  bench (--weights FILE | --variant V) [--batch 1,8] [--threads T]\n"
-                "          [--precision fp32|bf16|auto] [--size S] [--runs N] [--warmup N] [--json]\n"
+                "          [--precision fp32|bf16|auto|int8] [--calibration CAL] [--size S] [--runs N]\n"
+                "          [--warmup N] [--json]\n"
                 "      Median throughput of the engine per batch size.\n"
-                "  classify --weights FILE [--top-k K] [--labels FILE] [--precision fp32|bf16|auto]\n"
-                "          [--threads T] IMG...\n"
+                "  classify --weights FILE [--top-k K] [--labels FILE] [--precision fp32|bf16|auto|int8]\n"
+                "          [--calibration CAL] [--threads T] IMG...\n"
                 "      Top-k JSON for each image, one line each, as effnetd answers.\n"
-                "  inspect FILE\n"
-                "      Scheme, variant, classes, dtype, parameters, padding, preprocessing.\n"
+                "  calibrate --weights FILE --images DIR|IMG... [--count N] [--held-out N]\n"
+                "          [--method auto|mse|percentile|max] [--threshold X] [--size S] [--threads T] -o CAL\n"
+                "      int8 calibration on your images (a file for --precision int8), and how\n"
+                "      far int8 moves the logits from fp32 on the images held out of it.\n"
+                "  inspect FILE [--calibration CAL]\n"
+                "      Scheme, variant, classes, dtype, parameters, padding, preprocessing;\n"
+                "      with a calibration, which layer runs in int8 and which in fp32.\n"
                 "  init-weights --variant s|m|l|xl|b0|b1|b2|b3|rw_s [--scheme timm|torchvision]\n"
                 "          [--classes N] [--dtype f32|f16|bf16] --seed N -o FILE\n"
                 "      Deterministic seeded weights (the embedded default).\n"
@@ -90,7 +97,7 @@ static const char *padding_name(int p)
 
 enum { OPT_PRECISION = 256, OPT_PADDING, OPT_BN_EPS, OPT_THREADS, OPT_BATCH, OPT_SIZE, OPT_RUNS,
        OPT_WARMUP, OPT_JSON, OPT_SCHEME, OPT_CLASSES, OPT_SEED, OPT_DTYPE, OPT_VARIANT, OPT_WEIGHTS,
-       OPT_INPUT, OPT_OUTPUT };
+       OPT_INPUT, OPT_OUTPUT, OPT_CALIBRATION };
 
 static const struct option long_opts[] = {
         { "weights", required_argument, 0, OPT_WEIGHTS },   { "input", required_argument, 0, OPT_INPUT },
@@ -102,11 +109,12 @@ static const struct option long_opts[] = {
         { "scheme", required_argument, 0, OPT_SCHEME },     { "classes", required_argument, 0, OPT_CLASSES },
         { "seed", required_argument, 0, OPT_SEED },         { "dtype", required_argument, 0, OPT_DTYPE },
         { "variant", required_argument, 0, OPT_VARIANT },   { "help", no_argument, 0, 'h' },
+        { "calibration", required_argument, 0, OPT_CALIBRATION },
         { 0, 0, 0, 0 },
 };
 
 struct args {
-        const char *weights, *input, *output, *variant, *batches, *scheme_name, *dtype_name;
+        const char *weights, *input, *output, *variant, *batches, *scheme_name, *dtype_name, *calibration;
         int precision, threads, size, runs, warmup, json, classes, have_seed;
         unsigned long long seed;
         struct effnet_open_opts open;
@@ -125,6 +133,7 @@ static int parse_args(int argc, char **argv, struct args *a)
                 case 'o':
                 case OPT_OUTPUT: a->output = optarg; break;
                 case OPT_VARIANT: a->variant = optarg; break;
+                case OPT_CALIBRATION: a->calibration = optarg; break;
                 case OPT_BATCH: a->batches = optarg; break;
                 case OPT_SCHEME: a->scheme_name = optarg; break;
                 case OPT_DTYPE: a->dtype_name = optarg; break;
@@ -318,8 +327,37 @@ static int open_model(const struct args *a, struct effnet_model **ret)
         return model_open_arg(a->weights, &a->open, ret, NULL);
 }
 
+/* The SHA-256 of the weights' bytes as 64 hex digits: what a calibration
+ * names, as effnetd computes it. */
+static int weights_sha256(const struct effnet_model *m, char ret_hex[65])
+{
+        size_t len = 0;
+        const void *data = effnet_model_file(m, &len);
+
+        return data ? weights_sha256_hex(data, len, ret_hex) : -ENOMEM;
+}
+
+/* The calibration at path for m into *ret (NULL when path is NULL). */
+static int calibration_open(struct effnet_model *m, const char *path, struct effnet_calibration **ret)
+{
+        char err[512], sha[65];
+        int r;
+
+        *ret = NULL;
+        if (!path)
+                return 0;
+        if ((r = weights_sha256(m, sha)) < 0) {
+                fprintf(stderr, "%s: cannot hash the weights\n", prog);
+                return r;
+        }
+        if ((r = effnet_calibration_load(m, sha, path, err, sizeof err, ret)) < 0)
+                fprintf(stderr, "%s: %s\n", prog, err);
+        return r;
+}
+
 static int cmd_forward(const struct args *a)
 {
+        struct effnet_calibration *cal = NULL;
         struct effnet_model *m = NULL;
         struct effnet_exec *x = NULL;
         float *in = NULL, *out = NULL;
@@ -331,7 +369,7 @@ static int cmd_forward(const struct args *a)
                 fprintf(stderr, "%s forward: --input and --output are required\n", prog);
                 return 2;
         }
-        if ((r = open_model(a, &m)) < 0)
+        if ((r = open_model(a, &m)) < 0 || (r = calibration_open(m, a->calibration, &cal)) < 0)
                 goto out;
         if ((r = npy_read_f32(a->input, 8, err, sizeof err, &in, &nd, shape)) < 0) {
                 fprintf(stderr, "%s: %s\n", prog, err);
@@ -345,7 +383,7 @@ static int cmd_forward(const struct args *a)
         }
         const struct effnet_info *info = effnet_model_info(m);
         struct effnet_exec_opts eo = { .batch = (int)shape[0], .threads = a->threads, .precision = a->precision,
-                                       .size = (int)shape[2], .width = (int)shape[3] };
+                                       .size = (int)shape[2], .width = (int)shape[3], .calibration = cal };
         if ((r = effnet_exec_new(m, &eo, err, sizeof err, &x)) < 0) {
                 fprintf(stderr, "%s: %s\n", prog, err);
                 goto out;
@@ -366,6 +404,7 @@ out:
         free(in);
         free(out);
         effnet_exec_free(x);
+        effnet_calibration_free(cal);
         effnet_model_free(m);
         return r < 0 ? 1 : 0;
 }
@@ -376,9 +415,13 @@ static int cmd_inspect(int argc, char **argv)
         char err[512];
 
         struct weights_file wf = { 0 };
+        const char *cal_path = NULL;
 
-        if (argc != 2) {
-                fprintf(stderr, "Usage: %s inspect FILE|hf://ORG/NAME[@REVISION][/FILE]\n", prog);
+        if (argc == 4 && strcmp(argv[2], "--calibration") == 0)
+                cal_path = argv[3];
+        else if (argc != 2) {
+                fprintf(stderr, "Usage: %s inspect FILE|hf://ORG/NAME[@REVISION][/FILE] [--calibration CAL]\n",
+                        prog);
                 return 2;
         }
         int r = weights_open(argv[1], &wf);
@@ -416,9 +459,24 @@ static int cmd_inspect(int argc, char **argv)
                (double)pp->std[1], (double)pp->std[2]);
         if (hub_is_uri(argv[1]))
                 printf("source:        %s\n", argv[1]);
+        struct effnet_calibration *cal = NULL;
+        if ((r = calibration_open(m, cal_path, &cal)) == 0 && cal) {
+                const struct effnet_int8_check *k = effnet_calibration_check(cal);
+                printf("int8 check:    %d held-out images: top-1 agreement %.3f, top-5 overlap %.3f, logit "
+                       "difference max %.3f rms %.4f (x logit std); clipping %s\n", k->images, k->top1_agreement,
+                       k->top5_overlap, k->max_logit_diff, k->rms_logit_diff, effnet_calibration_method(cal));
+                struct effnet_calib_layer l;
+                for (int i = 0; effnet_calibration_layer(cal, i, &l) == 0; i++) {
+                        printf("  %-20s %s  scale %.6g", l.name, l.runs, (double)l.scale);
+                        if (l.sensitivity >= 0)
+                                printf("  sensitivity %.4f", (double)l.sensitivity);
+                        printf("\n");
+                }
+        }
+        effnet_calibration_free(cal);
         effnet_model_free(m);
         free(path);
-        return 0;
+        return r < 0 ? 1 : 0;
 }
 
 static int parse_scheme(const char *s, int *ret)
@@ -574,6 +632,7 @@ static int cmd_cpu(void)
 struct bench {
         const struct args *a;
         struct effnet_model *m;          /* owned */
+        struct effnet_calibration *cal;  /* owned; NULL without --calibration */
         const struct effnet_info *info;  /* the model's */
         int size, threads;
         double load_ms;
@@ -603,7 +662,8 @@ static int bench_open(struct bench *b, const char *weights)
         int r;
 
         status_show(&b->sl, "bench: loading the weights");
-        if ((r = model_open_arg(weights, &b->a->open, &b->m, NULL)) < 0)
+        if ((r = model_open_arg(weights, &b->a->open, &b->m, NULL)) < 0 ||
+            (r = calibration_open(b->m, b->a->calibration, &b->cal)) < 0)
                 return r;
         b->load_ms = (double)(time_now_ns() - t0) / 1e6;
         b->info = effnet_model_info(b->m);
@@ -616,7 +676,7 @@ static int bench_open(struct bench *b, const char *weights)
 static int bench_exec_new(struct bench *b, int batch, struct effnet_exec **ret_exec, double *ret_build_ms)
 {
         struct effnet_exec_opts eo = { .batch = batch, .threads = b->threads, .precision = b->a->precision,
-                                       .size = b->size };
+                                       .size = b->size, .calibration = b->cal };
         int64_t t0 = time_now_ns();
         char err[512];
         int r;
@@ -757,6 +817,7 @@ static int cmd_bench(const struct args *a)
                 r = bench_batches(&b);
 out:
         status_clear(&b.sl);
+        effnet_calibration_free(b.cal);
         effnet_model_free(b.m);
         if (tmp_made)
                 unlink(tmp);
@@ -807,7 +868,7 @@ static int read_file(const char *path, size_t max, uint8_t **ret_data, size_t *r
 
 /* The flags of the classify command; images are argv[first..]. */
 struct classify_args {
-        const char *weights, *labels_path, *top_k_arg;
+        const char *weights, *labels_path, *top_k_arg, *calibration;
         int precision, threads, first;
 };
 
@@ -818,6 +879,7 @@ static int classify_parse(int argc, char **argv, struct classify_args *ret)
                 { "weights", required_argument, 0, 'w' },   { "top-k", required_argument, 0, 'k' },
                 { "labels", required_argument, 0, 'l' },    { "precision", required_argument, 0, 'p' },
                 { "threads", required_argument, 0, 't' },   { "help", no_argument, 0, 'h' },
+                { "calibration", required_argument, 0, 'c' },
                 { 0, 0, 0, 0 },
         };
         struct classify_args ca = { .precision = EFFNET_FP32 };
@@ -831,9 +893,11 @@ static int classify_parse(int argc, char **argv, struct classify_args *ret)
                 case 'l': ca.labels_path = optarg; break;
                 case 'p': r = effnet_precision_parse(optarg, &ca.precision); break;
                 case 't': r = int_arg(optarg, 0, 1024, &ca.threads); break;
+                case 'c': ca.calibration = optarg; break;
                 case 'h':
                         printf("Usage: %s classify --weights FILE [--top-k K] [--labels FILE] "
-                               "[--precision fp32|bf16|auto] [--threads T] IMG...\n", prog);
+                               "[--precision fp32|bf16|auto|int8] [--calibration CAL] [--threads T] IMG...\n",
+                               prog);
                         return 1;
                 default: return -EINVAL;
                 }
@@ -856,6 +920,7 @@ static int classify_parse(int argc, char **argv, struct classify_args *ret)
 struct classify {
         struct effnet_model *m;          /* owned, as is everything below */
         const struct effnet_info *info;  /* the model's */
+        struct effnet_calibration *cal;
         struct effnet_exec *x;
         struct api_labels *labels;
         float *in;                       /* [3][size][size] */
@@ -869,6 +934,7 @@ static void classify_close(struct classify *c)
         free(c->logits);
         api_labels_free(c->labels);
         effnet_exec_free(c->x);
+        effnet_calibration_free(c->cal);
         effnet_model_free(c->m);
 }
 
@@ -894,7 +960,10 @@ static int classify_open(const struct classify_args *ca, struct classify *c)
                 fprintf(stderr, "%s: %s\n", prog, err);
                 return r;
         }
-        struct effnet_exec_opts eo = { .batch = 1, .threads = ca->threads, .precision = ca->precision };
+        if ((r = calibration_open(c->m, ca->calibration, &c->cal)) < 0)
+                return r;
+        struct effnet_exec_opts eo = { .batch = 1, .threads = ca->threads, .precision = ca->precision,
+                                       .calibration = c->cal };
         if ((r = effnet_exec_new(c->m, &eo, err, sizeof err, &c->x)) < 0) {
                 fprintf(stderr, "%s: %s\n", prog, err);
                 return r;
@@ -1047,6 +1116,178 @@ static int cmd_pull(int argc, char **argv)
         return 0;
 }
 
+static int cmp_str(const void *x, const void *y)
+{
+        return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+/* The image files of a calibration: each argument a file, or a directory
+ * whose regular files are taken in name order. Appends to *list. */
+static int calibrate_list(const char *arg, char ***list, int *n)
+{
+        DIR *d = opendir(arg);
+        int start = *n;
+
+        if (!d) {
+                if (errno != ENOTDIR)
+                        return -errno;
+                char **l = realloc(*list, sizeof **list * (size_t)(*n + 1));
+                if (!l || !(l[*n] = strdup(arg)))
+                        return -ENOMEM;
+                *list = l;
+                (*n)++;
+                return 0;
+        }
+        for (struct dirent *e; (e = readdir(d));) {
+                if (e->d_name[0] == '.')
+                        continue;
+                char **l = realloc(*list, sizeof **list * (size_t)(*n + 1));
+                if (!l) {
+                        closedir(d);
+                        return -ENOMEM;
+                }
+                *list = l;
+                if (asprintf(&l[*n], "%s/%s", arg, e->d_name) < 0) {
+                        closedir(d);
+                        return -ENOMEM;
+                }
+                (*n)++;
+        }
+        closedir(d);
+        qsort(*list + start, (size_t)(*n - start), sizeof **list, cmp_str);
+        return 0;
+}
+
+static void on_calib_progress(void *userdata, const char *phase, int done, int total)
+{
+        struct status_line *sl = userdata;
+        status_show(sl, "calibrate: %s %d of %d", phase, done, total);
+}
+
+static int cmd_calibrate(int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "weights", required_argument, 0, 'w' },  { "images", required_argument, 0, 'i' },
+                { "count", required_argument, 0, 'n' },    { "held-out", required_argument, 0, 'H' },
+                { "method", required_argument, 0, 'm' },   { "threshold", required_argument, 0, 'T' },
+                { "threads", required_argument, 0, 't' },  { "output", required_argument, 0, 'o' },
+                { "size", required_argument, 0, 's' },     { "help", no_argument, 0, 'h' },
+                { 0, 0, 0, 0 },
+        };
+        static const char *const methods[] = { "auto", "mse", "percentile", "max" };
+        struct status_line sl = { .tty = isatty(STDERR_FILENO) == 1 };
+        struct effnet_calib_opts co = { .progress = on_calib_progress, .userdata = &sl };
+        const char *weights = NULL, *out = NULL;
+        struct effnet_model *m = NULL;
+        struct effnet_calibration *cal = NULL;
+        char **files = NULL, err[512], sha[65];
+        float *images = NULL;
+        int n_files = 0, count = 0, used = 0, c, r = 0;
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
+                switch (c) {
+                case 'w': weights = optarg; break;
+                case 'o': out = optarg; break;
+                case 'i': r = calibrate_list(optarg, &files, &n_files); break;
+                case 'n': r = int_arg(optarg, 2, 100000, &count); break;
+                case 'H': r = int_arg(optarg, 1, 100000, &co.held_out); break;
+                case 't': r = int_arg(optarg, 0, 1024, &co.threads); break;
+                case 's': r = int_arg(optarg, 32, 4096, &co.size); break;
+                case 'T': r = parse_double("", optarg, -1, 1e6, NULL, 0, &co.threshold); break;
+                case 'm':
+                        r = -EINVAL;
+                        for (int i = 0; i < (int)ARRAY_SIZE(methods); i++)
+                                if (strcmp(optarg, methods[i]) == 0)
+                                        co.method = i, r = 0;
+                        break;
+                case 'h':
+                        printf("Usage: %s calibrate --weights FILE --images DIR|IMG... [--count N] [--held-out N]\n"
+                               "          [--method auto|mse|percentile|max] [--threshold X] [--size S] [--threads T]\n"
+                               "          -o CAL\n",
+                               prog);
+                        goto out;
+                default: r = -EINVAL; goto out;
+                }
+                if (r < 0) {
+                        fprintf(stderr, "%s calibrate: invalid value '%s': %s\n", prog, optarg, strerror(-r));
+                        goto out;
+                }
+        }
+        /* Arguments after --images DIR|IMG are more images. */
+        for (int i = optind; i < argc && r == 0; i++)
+                r = calibrate_list(argv[i], &files, &n_files);
+        if (r < 0 || !weights || !out || n_files < 2) {
+                fprintf(stderr, "Usage: %s calibrate --weights FILE --images DIR|IMG... -o CAL (at least 2 images)\n",
+                        prog);
+                r = -EINVAL;
+                goto out;
+        }
+        if ((r = model_open_arg(weights, NULL, &m, NULL)) < 0 || (r = weights_sha256(m, sha)) < 0)
+                goto out;
+        const struct effnet_info *info = effnet_model_info(m);
+        /* The server's preprocessing; --size changes only the edge. */
+        struct effnet_preproc pp = info->preproc;
+        if (co.size)
+                pp.size = co.size;
+        size_t per = (size_t)3 * (size_t)pp.size * (size_t)pp.size;
+        int want = count ? count : n_files;
+        if (!(images = malloc(sizeof(float) * per * (size_t)(want < n_files ? want : n_files)))) {
+                r = -ENOMEM;
+                goto out;
+        }
+        /* The server's own preprocessing, image by image; files that are
+         * not images are skipped and said. */
+        for (int i = 0; i < n_files && used < want; i++) {
+                uint8_t *data = NULL;
+                size_t len = 0;
+                status_show(&sl, "calibrate: reading %d of %d", i + 1, n_files);
+                if ((r = read_file(files[i], EFFNET_IMAGE_MAX_BYTES, &data, &len)) == 0)
+                        r = effnet_image_prepare(data, len, NULL, &pp, err, sizeof err,
+                                                 images + per * (size_t)used);
+                else
+                        snprintf(err, sizeof err, "%s", strerror(-r));
+                free(data);
+                if (r < 0) {
+                        status_clear(&sl);
+                        fprintf(stderr, "%s calibrate: skipping %s: %s\n", prog, files[i], err);
+                        continue;
+                }
+                used++;
+        }
+        if (used < 2) {
+                status_clear(&sl);
+                fprintf(stderr, "%s calibrate: %d usable images, at least 2 needed\n", prog, used);
+                r = -EINVAL;
+                goto out;
+        }
+        if ((r = effnet_calibrate(m, sha, images, used, &co, err, sizeof err, &cal)) < 0 ||
+            (r = effnet_calibration_save(cal, out, err, sizeof err)) < 0) {
+                status_clear(&sl);
+                fprintf(stderr, "%s calibrate: %s\n", prog, err);
+                goto out;
+        }
+        status_clear(&sl);
+        const struct effnet_int8_check *k = effnet_calibration_check(cal);
+        struct effnet_calib_layer l;
+        int n_int8 = 0, n_layers = 0;
+        for (; effnet_calibration_layer(cal, n_layers, &l) == 0; n_layers++)
+                n_int8 += strcmp(l.runs, "int8") == 0;
+        printf("%s: %d images for the scales (clipping: %s), %d of %d convolutions in int8\n"
+               "int8 against fp32 on %d held-out images: top-1 agreement %.3f, top-5 overlap %.3f, "
+               "logit difference max %.3f, rms %.4f (in logit std)\n",
+               out, used - k->images, effnet_calibration_method(cal), n_int8, n_layers, k->images,
+               k->top1_agreement, k->top5_overlap, k->max_logit_diff, k->rms_logit_diff);
+out:
+        for (int i = 0; i < n_files; i++)
+                free(files[i]);
+        free(files);
+        free(images);
+        effnet_calibration_free(cal);
+        effnet_model_free(m);
+        return r < 0 ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
         struct args a;
@@ -1066,6 +1307,8 @@ int main(int argc, char **argv)
                 return cmd_classify(argc - 1, argv + 1);
         if (strcmp(cmd, "pull") == 0)
                 return cmd_pull(argc - 1, argv + 1);
+        if (strcmp(cmd, "calibrate") == 0)
+                return cmd_calibrate(argc - 1, argv + 1);
         if (strcmp(cmd, "cpu") == 0)
                 return cmd_cpu();
         int r = parse_args(argc - 1, argv + 1, &a);

@@ -49,7 +49,8 @@ _Static_assert(sizeof(enum effnet_precision) == sizeof(int) && sizeof(enum effne
                "CONF_ENUM fields must be int-sized");
 
 static const struct conf_choice precisions[] = {
-        { "fp32", EFFNET_FP32 }, { "bf16", EFFNET_BF16 }, { "auto", EFFNET_PRECISION_AUTO }, { NULL, 0 },
+        { "fp32", EFFNET_FP32 }, { "bf16", EFFNET_BF16 }, { "auto", EFFNET_PRECISION_AUTO }, { "int8", EFFNET_INT8 },
+        { NULL, 0 },
 };
 static const struct conf_choice paddings[] = {
         { "auto", EFFNET_PAD_AUTO }, { "same", EFFNET_PAD_SAME }, { "symmetric", EFFNET_PAD_SYMMETRIC }, { NULL, 0 },
@@ -101,7 +102,11 @@ static const struct conf_setting settings[] = {
         { "labels", "model", CONF_STRING, F(labels), NULL, 0, 0, NULL,
           "class names, one per line (default: built-in ImageNet-1k for 1000 classes, else the index)" },
         { "precision", "model", CONF_ENUM, F(precision), "fp32", 0, 0, precisions,
-          "fp32 (torchvision-exact logits), bf16 (needs AVX512_BF16 or AMX) or auto (bf16 where the CPU has it)" },
+          "fp32 (torchvision-exact logits), bf16 (needs AVX512_BF16 or AMX), auto (bf16 where the CPU has it; "
+          "never int8) or int8 (needs calibration)" },
+        { "calibration", "model", CONF_STRING, F(calibration), NULL, 0, 0, NULL,
+          "int8 calibration made by effnet calibrate for these weights (refused for others); its self-check, "
+          "int8 against fp32 on the images held out of it, goes to the log and /v1/models" },
         { "padding", "model", CONF_ENUM, F(padding), "auto", 0, 0, paddings,
           "convolution padding: auto (from the weights), same (TF) or symmetric" },
         { "bn-eps", "model", CONF_FLOAT, F(bn_eps), "0", 0, 0.1, NULL, "BatchNorm epsilon; 0 = from the weights" },

@@ -37,6 +37,7 @@ struct conf {
         char *load_model;           /* explicit mode: names loaded at start, comma-separated; "*": all */
         int64_t repository_poll_us;
         char *default_model;
+        char *calibration;          /* int8 calibration file (effnet calibrate) */
         int64_t hub_download_deadline_us;  /* one hf:// file's fetch, in all */
         enum effnet_precision precision;
         enum effnet_padding padding;

@@ -240,6 +240,21 @@ struct load_spec {
         int64_t version;           /* 0: 1 */
         int input_size;            /* 0: the model's */
 };
+/* The calibration setting's file for int8 (made for g's weights, whose
+ * sha256 is known by now); other precisions take none. */
+static int calibration_open(const struct conf *c, struct generation *g, char *err, size_t err_len)
+{
+        if (g->precision != EFFNET_INT8) {
+                if (c->calibration)
+                        log_msg(LOG_NOTICE, "calibration %s: unused, precision is %s", c->calibration,
+                                effnet_precision_name(g->precision));
+                return 0;
+        }
+        if (!c->calibration)
+                return err_set(err, err_len, -EINVAL, "precision int8 needs a calibration made for these weights: "
+                               "effnet calibrate --weights W --images DIR -o FILE, then calibration = FILE");
+        return effnet_calibration_load(g->model, g->sha256, c->calibration, err, err_len, &g->calibration);
+}
 
 /* A warm batcher for g's model. */
 static int batcher_open(const struct conf *c, int input_size, struct generation *g, char *err, size_t err_len)
@@ -253,6 +268,7 @@ static int batcher_open(const struct conf *c, int input_size, struct generation 
                 .precision = g->precision,
                 .input_size = input_size,
                 .gate = cpu_gate,
+                .calibration = g->calibration,
                 .progress = on_warm_progress,
         };
         struct warm_log wl = { .t0 = time_now_ns() };
@@ -280,6 +296,7 @@ static int generation_open(const struct load_spec *spec, char *err, size_t err_l
         if ((r = effnet_precision_resolve(c->precision, err, err_len, &g->precision)) < 0 ||
             (r = weights_open(c, &wf, err, err_len)) < 0 ||
             (r = model_load(c, &wf, g, err, err_len)) < 0 ||
+            (r = calibration_open(c, g, err, err_len)) < 0 ||
             (r = labels_open(c, wf.config, effnet_model_info(g->model)->classes, err, err_len,
                              &g->labels)) < 0 ||
             (r = batcher_open(c, spec->input_size, g, err, err_len)) < 0)
@@ -317,6 +334,17 @@ static void log_model(const struct generation *g)
         log_msg(LOG_INFO, "model %s: %s, %d classes, input %d, %s weights from %s (sha256 %.16s...), labels %s",
                 g->weights, info->variant, info->classes, info->preproc.size, info->dtype, from, g->sha256,
                 api_labels_source(g->labels));
+        if (g->calibration) {
+                const struct effnet_int8_check *k = effnet_calibration_check(g->calibration);
+                struct effnet_calib_layer l;
+                int n = 0, n8 = 0;
+                for (; effnet_calibration_layer(g->calibration, n, &l) == 0; n++)
+                        n8 += strcmp(l.runs, "int8") == 0;
+                log_msg(LOG_INFO, "int8: %d of %d convolutions in int8; against fp32 on the %d images held out of "
+                        "the calibration: top-1 agreement %.3f, top-5 overlap %.3f, logit difference max %.3f rms "
+                        "%.4f (in logit std)", n8, n, k->images, k->top1_agreement, k->top5_overlap,
+                        k->max_logit_diff, k->rms_logit_diff);
+        }
         if (w->seed >= 0)
                 log_msg(LOG_WARNING, "weights %s are seeded (seed %lld), not trained: the classes predicted mean "
                         "nothing; serve trained weights, e.g. --weights hf://timm/tf_efficientnetv2_s.in21k_ft_in1k",
@@ -484,7 +512,8 @@ static int generation_load(const void *input, char *err, size_t err_len, void **
 }
 
 /* The settings of a reload, read again: the [model] ones (weights, labels,
- * precision, padding, bn-eps) take effect, the others need a restart. */
+ * precision, calibration, padding, bn-eps) take effect, the others need a
+ * restart. */
 static int next_settings(const struct daemon *d, struct conf *ret_next)
 {
         const struct conf *running = &d->conf;

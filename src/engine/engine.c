@@ -8,8 +8,10 @@
 #include <oneapi/dnnl/dnnl.h>
 #include <oneapi/dnnl/dnnl_debug.h>
 #include <errno.h>
+#include <math.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,6 +154,20 @@ static dnnl_status_t post_op_eltwise(dnnl_post_ops_t po, dnnl_alg_kind_t alg)
 #endif
 }
 
+/* An eltwise post-op whose result is multiplied by scale: 2.x only (the
+ * requantization of an int8 output folded into its SiLU); 3.x applies the
+ * destination's scale after all post-ops instead, so scale must be 1. */
+static dnnl_status_t post_op_eltwise_scaled(dnnl_post_ops_t po, dnnl_alg_kind_t alg, float scale)
+{
+#if DNNL_VERSION_MAJOR >= 3
+        if (scale != 1.0f)
+                return dnnl_invalid_arguments;
+        return dnnl_post_ops_append_eltwise(po, alg, 1.0f, 0.0f);
+#else
+        return dnnl_post_ops_append_eltwise(po, scale, alg, 1.0f, 0.0f);
+#endif
+}
+
 static dnnl_status_t post_op_sum(dnnl_post_ops_t po)
 {
 #if DNNL_VERSION_MAJOR >= 3
@@ -279,9 +295,12 @@ struct tensor {
         dnnl_memory_t mem;
 };
 
-#define MAX_ARGS 8
+#define MAX_ARGS 12
 struct step {
         dnnl_primitive_t prim;
+        const struct model_conv *conv; /* a convolution's step: its layer */
+        int src_t;                     /* and the tensor it reads */
+        size_t src_per_image;          /* elements of it per image */
         int n_args;
         int kind[MAX_ARGS];
         int tensor[MAX_ARGS];          /* -1: mem[] is fixed */
@@ -301,6 +320,10 @@ struct eng_plan {
         int n_tensors, cap_tensors;
         dnnl_memory_t *owned;          /* weights, bias and scratch views */
         int n_owned, cap_owned;
+        void **bufs;                   /* owned: int8 scales and biases */
+        int n_bufs, cap_bufs;
+        const struct eng_quant *quant; /* int8 plans: the caller's */
+        int observer;                  /* fp32 channels-last, for eng_plan_observe */
         void *slot[N_SLOTS];
         size_t slot_size[N_SLOTS];
         void *scratch;
@@ -387,6 +410,8 @@ struct wsrc {
         const struct model_conv *conv;    /* either */
         const struct model_fc *fc;        /* or */
         md_t md;                          /* plain f32 layout of what they write */
+        const float *qscales;             /* int8: [oc] per-channel scales, else NULL */
+        md_t qmd;                         /* int8: md in s8 */
 };
 
 /* The cached copy of a layer's weights in layout want, or NULL. Under
@@ -413,9 +438,24 @@ static int reorder_weights(struct eng_plan *p, const struct wsrc *src, float *pl
                 model_conv_weights(src->conv, plain);
         else
                 model_fc_weights(src->fc, plain);
-        if (dnnl_memory_create(&from, src->md, net->eng, plain) != dnnl_success ||
+        md_t from_md = src->md;
+        if (src->qscales) {
+                /* Quantized here, in place over the folded floats, so that
+                 * the rounding is ours on every oneDNN version; the reorder
+                 * then only lays them out (and adds oneDNN's compensation). */
+                const struct model_conv *c = src->conv;
+                size_t per = (size_t)(c->ic / c->groups) * (size_t)c->k * (size_t)c->k;
+                int8_t *q = (int8_t *)plain;
+                for (size_t o = 0; o < (size_t)c->oc; o++)
+                        for (size_t i = 0; i < per; i++) {
+                                float v = nearbyintf(plain[o * per + i] / src->qscales[o]);
+                                q[o * per + i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+                        }
+                from_md = src->qmd;
+        }
+        if (dnnl_memory_create(&from, from_md, net->eng, plain) != dnnl_success ||
             dnnl_memory_create(&to, want, net->eng, data) != dnnl_success ||
-            dnnl_reorder_primitive_desc_create(&pd, src->md, net->eng, want, net->eng, NULL) != dnnl_success ||
+            dnnl_reorder_primitive_desc_create(&pd, from_md, net->eng, want, net->eng, NULL) != dnnl_success ||
             dnnl_primitive_create(&reorder, pd) != dnnl_success) {
                 r = err_set(p->err, p->err_len, -EIO, "oneDNN: cannot reorder weights");
                 goto out;
@@ -939,9 +979,38 @@ static int conv_choose(struct eng_plan *p, const struct model_conv *c, struct co
  * src, the output that of the plan's activations: an f32 src in a bf16 plan
  * (the stem) converts on the way out, through a reorder where oneDNN has no
  * fast kernel that converts by itself. */
-static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, int dst_slot,
-                    int res, int res_t, int *ret_t)
+static int add_conv_int8(struct eng_plan *p, const struct model_conv *c, const struct eng_qlayer *q, int src_t,
+                         int dst_slot, int res, int res_t, float dst_scale, int *ret_t);
+
+/* The last step is c's convolution, reading src_t (for observers). */
+static void mark_conv(struct eng_plan *p, const struct model_conv *c, int src_t)
 {
+        struct step *s = &p->steps[p->n_steps - 1];
+        md_t md = p->tensors[src_t].md;
+        s->conv = c;
+        s->src_t = src_t;
+        s->src_per_image = dnnl_memory_desc_get_size(md) / (md_type(md) == dnnl_f32 ? 4 : 1) / (size_t)p->batch;
+}
+
+/* The quantization of c in an int8 plan, or NULL where it runs in fp32. */
+static const struct eng_qlayer *quant_of(const struct eng_plan *p, const struct model_conv *c)
+{
+        if (p->precision != EFFNET_INT8 || !p->quant)
+                return NULL;
+        for (int i = 0; i < p->quant->n; i++)
+                if (p->quant->v[i].conv == c)
+                        return p->quant->v[i].int8 ? &p->quant->v[i] : NULL;
+        return NULL;
+}
+
+/* dst_scale > 0 (int8 plans): the output is s8 with that scale, for a
+ * consumer that is int8 too; a layer that stays fp32 ignores it. */
+static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, int dst_slot,
+                    int res, int res_t, float dst_scale, int *ret_t)
+{
+        const struct eng_qlayer *q = quant_of(p, c);
+        if (q)
+                return add_conv_int8(p, c, q, src_t, dst_slot, res, res_t, dst_scale, ret_t);
         md_t src_md = p->tensors[src_t].md;
         struct conv_descs d;
         struct conv_choice ch = { NULL, -1, 0, 0 };
@@ -968,6 +1037,7 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
         if ((r = emit_step(p, ch.pd, res == RES_SUM ? NULL : out_md, out_slot, args, ch.binary_idx >= 0 ? 5 : 4,
                            &dst_t)) < 0)
                 return r;
+        mark_conv(p, c, src_t);
         if (ch.wino && (r = add_silu(p, dst_t)) < 0)
                 return r;
         if (ch.convert) {
@@ -979,6 +1049,306 @@ static int add_conv(struct eng_plan *p, const struct model_conv *c, int src_t, i
                         return r;
                 return add_reorder(p, dst_t, to, dst_slot, ret_t);
         }
+        *ret_t = dst_t;
+        return 0;
+}
+
+/* A buffer the plan owns until it is freed (int8 scales and biases). */
+static void *plan_buf(struct eng_plan *p, size_t size)
+{
+        void *b;
+        if (grow((void **)&p->bufs, &p->cap_bufs, p->n_bufs + 1, sizeof *p->bufs) < 0 || !(b = aligned_buf(size)))
+                return NULL;
+        p->bufs[p->n_bufs++] = b;
+        return b;
+}
+
+#if DNNL_VERSION_MAJOR >= 3
+/* A memory object over a copy of v[n], for a run-time scales argument. */
+static int scales_mem(struct eng_plan *p, const float *v, int n, dnnl_memory_t *ret)
+{
+        dnnl_dims_t d = { n };
+        float *copy = plan_buf(p, sizeof(float) * (size_t)n);
+        md_t md;
+        int r;
+
+        if (!copy)
+                return -ENOMEM;
+        memcpy(copy, v, sizeof(float) * (size_t)n);
+        if ((r = md_new(&p->mds, 1, d, dnnl_f32, dnnl_a, &md)) < 0)
+                return r;
+        return owned_mem(p, md, copy, ret);
+}
+#endif
+
+/* The attributes of a multiply whose s8 output is quantized with scale:
+ * 2.x scales src0 by 1/scale, 3.x takes scale as the destination's, at run
+ * time (the memory argument goes to *ret_arg). */
+static int quant_mul_attr(struct eng_plan *p, float scale, dnnl_primitive_attr_t *ret_attr, struct arg *ret_arg)
+{
+        dnnl_primitive_attr_t attr = make_attr();
+        dnnl_status_t st;
+        int r = 0;
+
+        if (!attr)
+                return -ENOMEM;
+#if DNNL_VERSION_MAJOR >= 3
+        st = dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_DST, 0);
+        if (st == dnnl_success && (r = scales_mem(p, &scale, 1, &ret_arg->mem)) == 0)
+                *ret_arg = (struct arg){ DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST, T_FIXED, ret_arg->mem };
+#else
+        float inv = 1.0f / scale;
+        st = dnnl_primitive_attr_set_scales(attr, DNNL_ARG_SRC_0, 1, 0, &inv);
+        *ret_arg = (struct arg){ 0, T_FIXED, NULL };
+#endif
+        if (st != dnnl_success || r < 0) {
+                dnnl_primitive_attr_destroy(attr);
+                return r < 0 ? r : -EINVAL;
+        }
+        *ret_attr = attr;
+        return 0;
+}
+
+static const float one = 1.0f;
+
+/* src (f32) quantized to s8 with scale (q = round(x / scale), saturated)
+ * into a new tensor of layout to in dst_slot: as a multiply by a broadcast
+ * 1 with an s8 output, whose jit kernel measured several times faster per
+ * byte than oneDNN's quantizing reorder (jit:uni); the reorder where there
+ * is no such kernel. 2.x takes the factor as an output scale of the
+ * reorder, 3.x as the destination's run-time scale. */
+static int add_quantize(struct eng_plan *p, int src_t, md_t to, float scale, int dst_slot, int *ret_t)
+{
+        dnnl_primitive_attr_t attr = NULL;
+        dnnl_primitive_desc_t pd = NULL;
+        dnnl_dims_t od = { 1, 1, 1, 1 };
+        md_t omd;
+        struct arg sarg;
+        int r1;
+
+        if ((r1 = md_new(&p->mds, 4, od, dnnl_f32, dnnl_nchw, &omd)) < 0 ||
+            (r1 = quant_mul_attr(p, scale, &attr, &sarg)) < 0)
+                return r1;
+        dnnl_status_t st = pd_binary(p->net->eng, dnnl_binary_mul, p->tensors[src_t].md, omd, to, attr, &pd);
+        dnnl_primitive_attr_destroy(attr);
+        attr = NULL;
+        if (st == dnnl_success && !is_reference_kernel(pd)) {
+                dnnl_memory_t onem;
+                if ((r1 = owned_mem(p, omd, (void *)&one, &onem)) < 0) {
+                        dnnl_primitive_desc_destroy(pd);
+                        return r1;
+                }
+                const struct arg args[] = { { DNNL_ARG_SRC_0, src_t, NULL }, { DNNL_ARG_SRC_1, T_FIXED, onem },
+                                            { DNNL_ARG_DST, T_NEW, NULL }, sarg };
+                return emit_step(p, pd, to, dst_slot, args, sarg.mem ? 4 : 3, ret_t);
+        }
+        if (st == dnnl_success)
+                dnnl_primitive_desc_destroy(pd);
+        pd = NULL;
+        st = dnnl_primitive_attr_create(&attr);
+        struct arg args[3] = { { DNNL_ARG_FROM, src_t, NULL }, { DNNL_ARG_TO, T_NEW, NULL } };
+        int n = 2;
+
+#if DNNL_VERSION_MAJOR >= 3
+        int r;
+        if (st == dnnl_success)
+                st = dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_DST, 0);
+        if (st == dnnl_success && (r = scales_mem(p, &scale, 1, &args[n].mem)) < 0) {
+                dnnl_primitive_attr_destroy(attr);
+                return r;
+        }
+        args[n].kind = DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST;
+        args[n++].tensor = T_FIXED;
+#else
+        float inv = 1.0f / scale;
+        if (st == dnnl_success)
+                st = dnnl_primitive_attr_set_output_scales(attr, 1, 0, &inv);
+#endif
+        if (st == dnnl_success)
+                st = dnnl_reorder_primitive_desc_create(&pd, p->tensors[src_t].md, p->net->eng, to, p->net->eng,
+                                                        attr);
+        if (attr)
+                dnnl_primitive_attr_destroy(attr);
+        if (st != dnnl_success)
+                return pd_failed(p, st, "quantizing reorder");
+        return emit_step(p, pd, to, dst_slot, args, n, ret_t);
+}
+
+/* Per-output-channel scales of c's folded weights, max |w| / 127 (1 for a
+ * channel of zeros), into ret[oc]. */
+static int weight_scales(const struct model_conv *c, float *ret)
+{
+        size_t per = (size_t)(c->ic / c->groups) * (size_t)c->k * (size_t)c->k;
+        float *w = malloc(sizeof(float) * per * (size_t)c->oc);
+
+        if (!w)
+                return -ENOMEM;
+        model_conv_weights(c, w);
+        for (size_t o = 0; o < (size_t)c->oc; o++) {
+                float mx = 0;
+                for (size_t i = 0; i < per; i++)
+                        mx = fmaxf(mx, fabsf(w[o * per + i]));
+                ret[o] = mx > 0 ? mx / 127.0f : 1.0f;
+        }
+        free(w);
+        return 0;
+}
+
+/* The attributes of an int8 conv: real-valued output
+ *   y = post_ops(s_src * s_w[oc] * acc + bias[oc]), stored as y / s_dst in s8
+ * when s_dst > 0, as y in f32 otherwise. The post-ops are SiLU, then the
+ * residual (sum, or binary add of res_md). 2.x: output scales with the
+ * bias added before them (so divided by s_src * s_w here), the 1/s_dst
+ * folded into the SiLU post-op's scale or into the output scales; 3.x:
+ * per-argument scales, given as memory arguments (ret_args, *ret_n of them),
+ * and an unscaled bias. The bias to bind goes to *ret_bias. */
+static int int8_attr(struct eng_plan *p, const struct model_conv *c, float s_src, const float *s_w, float s_dst,
+                     int res, md_t res_md, dnnl_primitive_attr_t *ret_attr, int *ret_binary_idx,
+                     const float **ret_bias, struct arg *ret_args, int *ret_n)
+{
+        const int silu = c->act == MODEL_ACT_SILU;
+        dnnl_primitive_attr_t attr = make_attr();
+        dnnl_post_ops_t po = NULL;
+        dnnl_status_t st = dnnl_success;
+        int binary_idx = -1, n_po = 0, n = 0, r = -ENOMEM;
+        const float *bias = c->b;
+
+        if (!attr || dnnl_post_ops_create(&po) != dnnl_success)
+                goto fail;
+#if DNNL_VERSION_MAJOR >= 3
+        float one_dst = s_dst;
+        st = dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_SRC, 0);
+        if (st == dnnl_success)
+                st = dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_WEIGHTS, c->groups > 1 ? 3 : 1);
+        if (st == dnnl_success && s_dst > 0)
+                st = dnnl_primitive_attr_set_scales_mask(attr, DNNL_ARG_DST, 0);
+        if (st != dnnl_success)
+                goto fail;
+        if ((r = scales_mem(p, &s_src, 1, &ret_args[n].mem)) < 0)
+                goto fail;
+        ret_args[n].kind = DNNL_ARG_ATTR_SCALES | DNNL_ARG_SRC;
+        ret_args[n++].tensor = T_FIXED;
+        if ((r = scales_mem(p, s_w, c->oc, &ret_args[n].mem)) < 0)
+                goto fail;
+        ret_args[n].kind = DNNL_ARG_ATTR_SCALES | DNNL_ARG_WEIGHTS;
+        ret_args[n++].tensor = T_FIXED;
+        if (s_dst > 0) {
+                if ((r = scales_mem(p, &one_dst, 1, &ret_args[n].mem)) < 0)
+                        goto fail;
+                ret_args[n].kind = DNNL_ARG_ATTR_SCALES | DNNL_ARG_DST;
+                ret_args[n++].tensor = T_FIXED;
+        }
+        if (silu)
+                st = post_op_eltwise_scaled(po, dnnl_eltwise_swish, 1.0f);
+#else
+        float *os = plan_buf(p, sizeof(float) * (size_t)c->oc), *b = plan_buf(p, sizeof(float) * (size_t)c->oc);
+        if (!os || !b)
+                goto fail;
+        for (int o = 0; o < c->oc; o++) {
+                float a = s_src * s_w[o];
+                os[o] = s_dst > 0 && !silu ? a / s_dst : a;
+                b[o] = c->b[o] / a;
+        }
+        bias = b;
+        st = dnnl_primitive_attr_set_output_scales(attr, c->oc, 1 << 1, os);
+        if (st == dnnl_success && silu)
+                st = post_op_eltwise_scaled(po, dnnl_eltwise_swish, s_dst > 0 ? 1.0f / s_dst : 1.0f);
+#endif
+        if (silu)
+                n_po++;
+        if (st == dnnl_success && res == RES_SUM) {
+                st = post_op_sum(po);
+                n_po++;
+        } else if (st == dnnl_success && res == RES_BINARY) {
+                st = dnnl_post_ops_append_binary(po, dnnl_binary_add, res_md);
+                binary_idx = n_po++;
+        }
+        if (st == dnnl_success)
+                st = dnnl_primitive_attr_set_post_ops(attr, po);
+        if (st != dnnl_success) {
+                r = -EINVAL;
+                goto fail;
+        }
+        dnnl_post_ops_destroy(po);
+        *ret_attr = attr;
+        *ret_binary_idx = binary_idx;
+        *ret_bias = bias;
+        *ret_n = n;
+        return 0;
+fail:
+        if (po)
+                dnnl_post_ops_destroy(po);
+        if (attr)
+                dnnl_primitive_attr_destroy(attr);
+        return err_set(p->err, p->err_len, r, "oneDNN: cannot set the int8 attributes of %s", p->layer);
+}
+
+/* conv(src) in int8 [+ SiLU] [+ residual]: an f32 src is first quantized
+ * with the layer's scale into SLOT_TMP (an s8 src comes from an int8
+ * producer that wrote it with that scale); s8 weights with per-channel
+ * scales; an s8 output with dst_scale when dst_scale > 0, else f32. */
+static int add_conv_int8(struct eng_plan *p, const struct model_conv *c, const struct eng_qlayer *q, int src_t,
+                         int dst_slot, int res, int res_t, float dst_scale, int *ret_t)
+{
+        dnnl_primitive_attr_t attr = NULL;
+        dnnl_primitive_desc_t pd = NULL;
+        dnnl_memory_t wmem, bmem;
+        struct conv_descs d;
+        struct arg args[MAX_ARGS];
+        const float *bias = NULL;
+        dnnl_dims_t sd;
+        int binary_idx = -1, n_scales = 0, r;
+
+        md_dims(p->tensors[src_t].md, sd);
+        if (md_type(p->tensors[src_t].md) != dnnl_s8) {
+                md_t qmd;
+                if ((r = md_new(&p->mds, 4, sd, dnnl_s8, p->act_tag, &qmd)) < 0 ||
+                    (r = add_quantize(p, src_t, qmd, q->src_scale, SLOT_TMP, &src_t)) < 0)
+                        return r;
+        }
+        if ((r = conv_describe(p, c, p->tensors[src_t].md, res, res_t, &d)) < 0)
+                return r;
+        if (dst_scale > 0 && res == RES_NONE) {
+                dnnl_dims_t dd = { sd[0], c->oc, d.oh, d.ow };
+                if ((r = md_new(&p->mds, 4, dd, dnnl_s8, p->act_tag, &d.dst)) < 0)
+                        return r;
+        } else {
+                dst_scale = 0;
+        }
+        float *s_w = plan_buf(p, sizeof(float) * (size_t)c->oc);
+        if (!s_w)
+                return -ENOMEM;
+        if ((r = weight_scales(c, s_w)) < 0)
+                return r;
+        d.ws.qscales = s_w;
+        dnnl_dims_t wd;
+        md_dims(d.ws.md, wd);
+        if ((r = md_new(&p->mds, md_ndims(d.ws.md), wd, dnnl_s8, c->groups > 1 ? dnnl_goihw : dnnl_oihw,
+                        &d.ws.qmd)) < 0)
+                return r;
+        if ((r = int8_attr(p, c, q->src_scale, s_w, dst_scale, res, res == RES_BINARY ? p->tensors[res_t].md : NULL,
+                           &attr, &binary_idx, &bias, args + 5, &n_scales)) < 0)
+                return r;
+        dnnl_status_t st = pd_conv(p->net->eng, dnnl_convolution_direct, &d, attr, &pd);
+        dnnl_primitive_attr_destroy(attr);
+        if (st != dnnl_success)
+                return err_set(p->err, p->err_len, -EIO, "oneDNN: no int8 convolution for %dx%d %d->%d stride %d of %s: %s",
+                               c->k, c->k, c->ic, c->oc, c->stride, p->layer, dnnl_status2str(st));
+        if ((r = layer_weights(p, &d.ws, pd, d.b, bias, &wmem, &bmem)) < 0)
+                return r;
+        int dst_t = res == RES_SUM ? res_t : T_NEW, n = 0;
+        args[n++] = (struct arg){ DNNL_ARG_SRC, src_t, NULL };
+        args[n++] = (struct arg){ DNNL_ARG_WEIGHTS, T_FIXED, wmem };
+        args[n++] = (struct arg){ DNNL_ARG_BIAS, T_FIXED, bmem };
+        args[n++] = (struct arg){ DNNL_ARG_DST, dst_t, NULL };
+        if (binary_idx >= 0)
+                args[n++] = (struct arg){ DNNL_ARG_ATTR_MULTIPLE_POST_OP(binary_idx) | DNNL_ARG_SRC_1, res_t, NULL };
+        memmove(args + n, args + 5, sizeof *args * (size_t)n_scales);
+        n += n_scales;
+        md_t out_md = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+        if ((r = emit_step(p, pd, res == RES_SUM ? NULL : out_md, dst_slot, args, n, &dst_t)) < 0)
+                return r;
+        mark_conv(p, c, src_t);
         *ret_t = dst_t;
         return 0;
 }
@@ -1079,7 +1449,12 @@ static int add_fc(struct eng_plan *p, const struct model_fc *fc, int src_t, int 
 }
 
 /* x[n][c][h][w] *= gates[n][c], in place. */
-static int add_scale(struct eng_plan *p, int x_t, int gates_t)
+/* x[n][c][h][w] *= gates[n][c], in place; or, with q_scale > 0 (the next
+ * conv is int8), into a new s8 tensor in SLOT_TMP quantized with q_scale
+ * (*ret_t), which spares that conv a quantizing pass over x. Where oneDNN
+ * has no fast kernel for the s8 form, the multiply stays in place (*ret_t =
+ * x_t). */
+static int add_scale(struct eng_plan *p, int x_t, int gates_t, float q_scale, int *ret_t)
 {
         md_t xmd = p->tensors[x_t].md, gmd;
         dnnl_dims_t xd;
@@ -1102,11 +1477,31 @@ static int add_scale(struct eng_plan *p, int x_t, int gates_t)
                 return g4;
 
         dnnl_primitive_desc_t pd = NULL;
-        dnnl_status_t st = pd_binary(p->net->eng, dnnl_binary_mul, xmd, gmd, xmd, p->attr, &pd);
+        dnnl_status_t st;
+        if (q_scale > 0) {
+                dnnl_primitive_attr_t qattr = NULL;
+                struct arg sarg;
+                md_t qmd;
+                if ((r = md_new(&p->mds, 4, xd, dnnl_s8, p->act_tag, &qmd)) < 0 ||
+                    (r = quant_mul_attr(p, q_scale, &qattr, &sarg)) < 0)
+                        return r;
+                st = pd_binary(p->net->eng, dnnl_binary_mul, xmd, gmd, qmd, qattr, &pd);
+                dnnl_primitive_attr_destroy(qattr);
+                if (st == dnnl_success && !is_reference_kernel(pd)) {
+                        const struct arg args[] = { { DNNL_ARG_SRC_0, x_t, NULL }, { DNNL_ARG_SRC_1, g4, NULL },
+                                                    { DNNL_ARG_DST, T_NEW, NULL }, sarg };
+                        return emit_step(p, pd, qmd, SLOT_TMP, args, sarg.mem ? 4 : 3, ret_t);
+                }
+                if (st == dnnl_success)
+                        dnnl_primitive_desc_destroy(pd);
+                pd = NULL;
+        }
+        st = pd_binary(p->net->eng, dnnl_binary_mul, xmd, gmd, xmd, p->attr, &pd);
         if (st != dnnl_success)
                 return pd_failed(p, st, "broadcast multiply");
         const struct arg args[] = { { DNNL_ARG_SRC_0, x_t, NULL }, { DNNL_ARG_SRC_1, g4, NULL },
                                     { DNNL_ARG_DST, x_t, NULL } };
+        *ret_t = x_t;
         return emit_step(p, pd, NULL, 0, args, 3, NULL);
 }
 
@@ -1118,27 +1513,31 @@ static int build_block(struct eng_plan *p, const struct model_block *b, int *x_t
         if (b->a.kind == ARCH_FUSED && b->project.oc == 0) {
                 /* The kxk conv reads neighbours, so it cannot add in place:
                  * the residual comes in as a binary post-op. */
-                return add_conv(p, &b->conv1, x, other, b->a.residual ? RES_BINARY : RES_NONE, x, x_t);
+                return add_conv(p, &b->conv1, x, other, b->a.residual ? RES_BINARY : RES_NONE, x, 0, x_t);
         }
-        if ((r = add_conv(p, &b->conv1, x, SLOT_M0, RES_NONE, -1, &t)) < 0)
+        /* A Fused-MBConv's expansion feeds only the project conv: s8 when
+         * both are int8. */
+        const struct eng_qlayer *qp = quant_of(p, &b->project);
+        if ((r = add_conv(p, &b->conv1, x, SLOT_M0, RES_NONE, -1,
+                          qp && b->a.kind == ARCH_FUSED ? qp->src_scale : 0, &t)) < 0)
                 return r;
         if (b->a.kind == ARCH_MBCONV) {
                 int pooled, s1, gates;
-                if ((r = add_conv(p, &b->dw, t, SLOT_M1, RES_NONE, -1, &t)) < 0)
+                if ((r = add_conv(p, &b->dw, t, SLOT_M1, RES_NONE, -1, 0, &t)) < 0)
                         return r;
                 if (b->se_reduce.out) {
                         if ((r = add_global_pool(p, t, SLOT_POOL, &pooled)) < 0 ||
                             (r = flat_view(p, pooled, &pooled)) < 0 ||
                             (r = add_fc(p, &b->se_reduce, pooled, SLOT_SE1, dnnl_eltwise_swish, &s1)) < 0 ||
                             (r = add_fc(p, &b->se_expand, s1, SLOT_SE2, dnnl_eltwise_logistic, &gates)) < 0 ||
-                            (r = add_scale(p, t, gates)) < 0)
+                            (r = add_scale(p, t, gates, qp ? qp->src_scale : 0, &t)) < 0)
                                 return r;
                 }
         }
         /* 1x1 project reads only its own pixel: the residual is added in place. */
         if (b->a.residual)
-                return add_conv(p, &b->project, t, xs, RES_SUM, x, x_t);
-        return add_conv(p, &b->project, t, other, RES_NONE, -1, x_t);
+                return add_conv(p, &b->project, t, xs, RES_SUM, x, 0, x_t);
+        return add_conv(p, &b->project, t, other, RES_NONE, -1, 0, x_t);
 }
 
 static int build(struct eng_plan *p)
@@ -1166,7 +1565,7 @@ static int build(struct eng_plan *p)
                         return r;
         }
         snprintf(p->layer, sizeof p->layer, "the stem");
-        if ((r = add_conv(p, &m->stem, x, SLOT_X0, RES_NONE, -1, &x)) < 0)
+        if ((r = add_conv(p, &m->stem, x, SLOT_X0, RES_NONE, -1, 0, &x)) < 0)
                 return r;
         for (int i = 0; i < m->n_blocks; i++) {
                 const struct model_block *b = &m->blocks[i];
@@ -1177,7 +1576,7 @@ static int build(struct eng_plan *p)
         }
         int h, pooled;
         snprintf(p->layer, sizeof p->layer, "the head");
-        if ((r = add_conv(p, &m->head, x, SLOT_M0, RES_NONE, -1, &h)) < 0 ||
+        if ((r = add_conv(p, &m->head, x, SLOT_M0, RES_NONE, -1, 0, &h)) < 0 ||
             (r = add_global_pool(p, h, SLOT_POOL, &pooled)) < 0 || (r = flat_view(p, pooled, &pooled)) < 0)
                 return r;
         snprintf(p->layer, sizeof p->layer, "the classifier");
@@ -1260,8 +1659,9 @@ static dnnl_format_tag_t choose_layout(int precision, const struct isa_class *cp
         return tag;
 }
 
-int eng_plan_new(struct eng_net *net, int batch, int height, int width, int precision, int threads,
-                 char *err, size_t err_len, struct eng_plan **ret_plan)
+static int plan_new(struct eng_net *net, int batch, int height, int width, int precision,
+                    const struct eng_quant *quant, int observer, int threads, char *err, size_t err_len,
+                    struct eng_plan **ret_plan)
 {
         struct eng_plan *p;
         int r;
@@ -1270,8 +1670,10 @@ int eng_plan_new(struct eng_net *net, int batch, int height, int width, int prec
                 return err_set(err, err_len, -EINVAL, "batch %d out of range 1..4096", batch);
         if (height < 32 || height > 4096 || width < 32 || width > 4096)
                 return err_set(err, err_len, -EINVAL, "input size %dx%d out of range 32..4096", height, width);
-        if (precision != EFFNET_FP32 && precision != EFFNET_BF16)
+        if (precision != EFFNET_FP32 && precision != EFFNET_BF16 && precision != EFFNET_INT8)
                 return err_set(err, err_len, -EINVAL, "unknown precision %d", precision);
+        if (precision == EFFNET_INT8 && !quant)
+                return err_set(err, err_len, -EINVAL, "int8 needs a calibration");
         if ((r = eng_check_precision(precision, err, err_len)) < 0)
                 return r;
         if (!(p = calloc(1, sizeof *p)))
@@ -1285,7 +1687,12 @@ int eng_plan_new(struct eng_net *net, int batch, int height, int width, int prec
         p->classes = net->m->info.classes;
         p->act_dt = precision == EFFNET_BF16 ? dnnl_bf16 : dnnl_f32;
         p->cpu = isa_class();
-        p->act_tag = choose_layout(precision, p->cpu);
+        p->quant = quant;
+        p->observer = observer;
+        /* int8 plans and observers are channels-last: oneDNN's int8
+         * convolutions all take nhwc, and an observer's tensors then have
+         * no padded channels. */
+        p->act_tag = observer || precision == EFFNET_INT8 ? dnnl_nhwc : choose_layout(precision, p->cpu);
         p->err = err;
         p->err_len = err_len;
         /* Kernels partition work for the thread count current at creation. */
@@ -1314,6 +1721,19 @@ fail:
         return r;
 }
 
+int eng_plan_new(struct eng_net *net, int batch, int height, int width, int precision,
+                 const struct eng_quant *quant, int threads, char *err, size_t err_len,
+                 struct eng_plan **ret_plan)
+{
+        return plan_new(net, batch, height, width, precision, quant, 0, threads, err, err_len, ret_plan);
+}
+
+int eng_plan_new_observer(struct eng_net *net, int batch, int height, int width, int threads, char *err,
+                          size_t err_len, struct eng_plan **ret_plan)
+{
+        return plan_new(net, batch, height, width, EFFNET_FP32, NULL, 1, threads, err, err_len, ret_plan);
+}
+
 struct eng_plan *eng_plan_free(struct eng_plan *p)
 {
         if (!p)
@@ -1329,6 +1749,9 @@ struct eng_plan *eng_plan_free(struct eng_plan *p)
         for (int s = 0; s < N_SLOTS; s++)
                 free(p->slot[s]);
         free(p->scratch);
+        for (int i = 0; i < p->n_bufs; i++)
+                free(p->bufs[i]);
+        free(p->bufs);
         free(p->steps);
         free(p->tensors);
         free(p->owned);
@@ -1387,6 +1810,40 @@ int eng_plan_forward(struct eng_plan *p, const float *images, int n, float *logi
         denormals_restore(csr);
         if (r == 0)
                 memcpy(logits, p->slot[SLOT_LOGITS], sizeof(float) * (size_t)p->classes * (size_t)n);
+        return r;
+}
+
+int eng_plan_observe(struct eng_plan *p, const float *images, int n, eng_observe_fn fn, void *userdata)
+{
+        int r = 0;
+
+        if (!p->observer || n < 1 || n > p->batch)
+                return -EINVAL;
+        size_t per = (size_t)3 * p->height * p->width;
+        memcpy(p->slot[SLOT_M0], images, per * sizeof(float) * (size_t)n);
+        omp_set_num_threads(p->threads);
+        unsigned csr = denormals_off();
+#pragma omp parallel num_threads(p->threads)
+        denormals_off();
+        for (int i = 0; i < p->n_steps && r == 0; i++) {
+                const struct step *s = &p->steps[i];
+                if (s->conv) {
+                        /* Channels-last f32, image-major: the first n images
+                         * are the first n / batch of the tensor. */
+                        void *data = NULL;
+                        if (dnnl_stream_wait(p->stream) != dnnl_success ||
+                            dnnl_memory_get_data_handle(p->tensors[s->src_t].mem, &data) != dnnl_success) {
+                                r = -EIO;
+                                break;
+                        }
+                        fn(userdata, s->conv, data, s->src_per_image * (size_t)n);
+                }
+                if (dnnl_primitive_execute(s->prim, p->stream, s->n_args, s->exec) != dnnl_success)
+                        r = -EIO;
+        }
+        if (r == 0 && dnnl_stream_wait(p->stream) != dnnl_success)
+                r = -EIO;
+        denormals_restore(csr);
         return r;
 }
 

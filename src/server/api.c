@@ -528,6 +528,15 @@ int api_models_body(const struct api_model_desc *d, char **ret_body)
                 "max_body_bytes", (json_int_t)d->max_body_bytes);
         if (!model)
                 return -ENOMEM;
+        const struct effnet_int8_check *k = d->int8;
+        if (k && json_object_set_new(model, "int8", json_pack("{s:f, s:f, s:f, s:f, s:i}", "top1_agreement",
+                                                               k->top1_agreement, "top5_overlap", k->top5_overlap,
+                                                               "max_logit_diff", k->max_logit_diff,
+                                                               "rms_logit_diff", k->rms_logit_diff, "images",
+                                                               k->images)) < 0) {
+                json_decref(model);
+                return -ENOMEM;
+        }
         return dump(json_pack("{s:[o]}", "models", model), ret_body);
 }
 

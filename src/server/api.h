@@ -132,6 +132,7 @@ struct api_model_desc {
         int64_t deadline_ms;
         int max_images;                /* per request */
         int64_t max_body_bytes;
+        const struct effnet_int8_check *int8; /* int8 plans: the calibration's self-check */
 };
 
 int api_models_body(const struct api_model_desc *d, char **ret_body);

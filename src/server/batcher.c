@@ -254,7 +254,8 @@ static int worker_start(struct batch_worker *w)
 
         for (int i = 0; i < c->n_exec; i++) {
                 struct effnet_exec_opts eo = { .batch = c->exec_batch[i], .threads = c->threads,
-                                               .precision = c->precision, .size = b->size };
+                                               .precision = c->precision, .size = b->size,
+                                               .calibration = c->calibration };
                 if ((r = effnet_exec_new(b->model, &eo, w->err, sizeof w->err, &w->exec[i])) < 0)
                         return r;
                 w->n_exec = i + 1;
@@ -473,7 +474,7 @@ static int config_resolve(const struct batch_opts *opts, char *err, size_t err_l
         *cfg = (struct batch_config){ .max_batch = opts->max_batch, .max_delay_us = opts->max_delay_us,
                                       .queue_images = opts->queue_images, .workers = workers,
                                       .threads = threads, .precision = opts->precision,
-                                      .input_size = opts->input_size };
+                                      .input_size = opts->input_size, .calibration = opts->calibration };
         if (opts->input_size && (opts->input_size < 32 || opts->input_size > 4096))
                 return err_set(err, err_len, -EINVAL, "input size %d not in 32..4096", opts->input_size);
         /* Executors for 1, 2, 4, ... and max_batch images: a pass costs what

@@ -51,6 +51,7 @@ struct batch_opts {
         int input_size;       /* input edge in pixels; 0 = the model's preproc.size; 32..4096 */
         struct batch_gate *gate;  /* the CPU budget shared with other batchers (not owned; outlives the
                                    * batcher); NULL: none */
+        const struct effnet_calibration *calibration; /* EFFNET_INT8: must outlive the batcher */
         /* Start-up progress: called on a worker thread after each executor
          * is built and after its warm-up pass, with steps done and the
          * total (2 per executor of every worker); calls may come from
@@ -123,6 +124,7 @@ struct batch_config {
         int threads;
         int precision;
         int input_size;           /* input edge in pixels */
+        const struct effnet_calibration *calibration;
         int n_exec;               /* executors per worker */
         int exec_batch[BATCH_MAX_EXEC]; /* their batch sizes, ascending */
         size_t exec_bytes;        /* scratch memory over all workers */

@@ -31,6 +31,7 @@ struct generation *gen_free(struct generation *g)
         if (!g)
                 return NULL;
         batch_free(g->batch);
+        effnet_calibration_free(g->calibration);
         api_labels_free(g->labels);
         effnet_model_free(g->model);
         free(g->weights);
@@ -148,6 +149,7 @@ int gen_build_answers(struct generation *g, const struct gen_limits *lim)
                 .deadline_ms = lim->deadline_ms,
                 .max_images = lim->max_images,
                 .max_body_bytes = lim->max_body_bytes,
+                .int8 = g->calibration ? effnet_calibration_check(g->calibration) : NULL,
         };
         memcpy(g->exec_batch, bc.exec_batch, sizeof g->exec_batch);
         g->v2 = (struct v2_model){ .name = g->name, .version = g->version, .size = g->info->preproc.size,

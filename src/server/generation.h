@@ -43,6 +43,7 @@ struct generation {
         struct batch *batch;
         struct api_labels *labels;
         int precision;                /* enum effnet_precision, resolved for this CPU */
+        struct effnet_calibration *calibration; /* int8 plans: its scales and self-check */
 
         /* Where the weights came from (gen_set_weights): owned copies. */
         char *weights;                /* as the setting names them: a path or hf://ORG/NAME... */

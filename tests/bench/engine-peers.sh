@@ -12,6 +12,12 @@
 #
 #   tests/bench/engine-peers.sh [--threads 2] [--runs 20] [--size 384] [--variant s]
 #   tests/bench/engine-peers.sh --caps AVX2,AVX512_CORE,AVX512_CORE_BF16
+#   tests/bench/engine-peers.sh --precision int8 --rounds 5 --caps AVX2,AVX512_CORE_VNNI
+#
+# --precision int8 also runs effnet int8 (calibrated once on the photos
+# Debian ships, every dense conv in int8) next to effnet fp32 and ONNX
+# Runtime fp32 in each round, and prints int8/fp32 and int8/ORT as the
+# median over rounds of the ratios measured within each round.
 #
 # A benchmark run by hand, not a test: it never fails on a slow result.
 set -euo pipefail
@@ -35,6 +41,7 @@ do_ort=1
 do_torch=1
 caps=""
 out=""
+precision=""
 
 usage() {
   cat <<EOF
@@ -57,6 +64,8 @@ usage: $0 [options]
                   AVX512_CORE_BF16,AVX512_CORE_AMX; default none); caps this
                   CPU cannot honour are skipped and named in the report
   --out FILE      also write the report to FILE
+  --precision int8  also effnet int8, with the paired-ratio report (below the
+                  usual one)
 EOF
 }
 
@@ -78,11 +87,13 @@ while [ $# -gt 0 ]; do
     --skip-torch) do_torch=0; shift ;;
     --caps) caps=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
+    --precision) precision=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "engine-peers: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
 done
 
+case "$precision" in ""|int8) ;; *) echo "engine-peers: --precision takes int8" >&2; exit 2 ;; esac
 for v in threads runs warmup rounds size seed; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "engine-peers: --$v needs a number" >&2; exit 2; }
 done
@@ -217,6 +228,26 @@ run_effnet_p() {  # PRECISION BATCH
 run_effnet_cap() {  # CAP PRECISION BATCH
   DNNL_MAX_CPU_ISA=$1 run_effnet_p "$2" "$3"
 }
+on_int8=0
+calib="$res/int8.calibration.json"
+run_effnet_int8() {  # CAP (empty: as the environment has it) BATCH
+  DNNL_MAX_CPU_ISA=${1:-${DNNL_MAX_CPU_ISA:-}} "$effnet" bench --weights "$st" --batch "$2" --threads "$threads" \
+    --precision int8 --calibration "$calib" --json "${effnet_flags[@]}"
+}
+if [ "$precision" = int8 ] && [ $do_effnet = 1 ]; then
+  # The scales do not change the speed much; every dense conv in int8
+  # (--threshold -1) is the fastest plan calibrate can make.
+  mapfile -t photos < <("$py" -c "import sys; sys.path.insert(0, '$root/tests/integration')
+import daemon; print('\n'.join(sorted(daemon.sample_photos().values())))")
+  log "calibrating int8 on ${#photos[@]} photos (log in $res/calibrate.log)"
+  if "$effnet" calibrate --weights "$st" --images "${photos[@]}" --size "$size" --method mse --threshold -1 \
+       --threads "$threads" -o "$calib" > "$res/calibrate.log" 2>&1; then
+    on_int8=1
+    for cap in "${reachable[@]}"; do printf -v "on_int8_$cap" 1; done
+  else
+    log "calibration failed: int8 not run"; tail -n 5 "$res/calibrate.log" >&2; status=1
+  fi
+fi
 # run NAME FLAGVAR CMD...: appends JSON lines to $res/NAME.jsonl; on failure
 # shows the error and leaves that engine out of the remaining runs.
 run() {
@@ -238,9 +269,11 @@ for ((r = 1; r <= rounds; r++)); do
     run torch do_torch run_torch "$b"
     run effnet-fp32 on_fp32 run_effnet_p fp32 "$b"
     run effnet-bf16 on_bf16 run_effnet_p bf16 "$b"
+    run effnet-int8 on_int8 run_effnet_int8 "" "$b"
     for cap in "${reachable[@]}"; do
       run "effnet-fp32@$cap" "on_fp32_$cap" run_effnet_cap "$cap" fp32 "$b"
       run "effnet-bf16@$cap" "on_bf16_$cap" run_effnet_cap "$cap" bf16 "$b"
+      [ "$precision" != int8 ] || run "effnet-int8@$cap" "on_int8_$cap" run_effnet_int8 "$cap" "$b"
     done
   done
 done
@@ -256,5 +289,8 @@ node_version=$(node --version 2>/dev/null || true)
   --effnet-version "$effnet_version" --node-version "$node_version" \
   --effnet-cpu "$effnet_cpu" --caps-cpu "$res/effnet-cpu.jsonl" \
   --load-before "$load_before" --load-after "$load_after" | tee "$res/report.md"
+if [ "$precision" = int8 ]; then
+  "$py" "$here/int8_report.py" "$res" "${reachable[@]}" | tee -a "$res/report.md"
+fi
 [ -z "$out" ] || cp "$res/report.md" "$out"
 exit $status

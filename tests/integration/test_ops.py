@@ -32,6 +32,7 @@ VALUES = {
     "weights": None,  # filled in with a real file
     "labels": None,
     "precision": "auto",
+    "calibration": "/var/lib/effnetd/model.calib.json",  # unused: precision is not int8
     "padding": "symmetric",
     "bn-eps": "0.001",
     "hub-download-deadline": "5m",

@@ -1,0 +1,224 @@
+/* calib: int8 calibration files (JSON), validated before anything uses them. */
+#include "calib.h"
+#include "model.h"
+#include "util.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int calib_new(int n, struct calib **ret_calib)
+{
+        struct calib *c = calloc(1, sizeof *c);
+        if (!c || (n > 0 && !(c->v = calloc((size_t)n, sizeof *c->v)))) {
+                free(c);
+                return -ENOMEM;
+        }
+        c->n = n;
+        *ret_calib = c;
+        return 0;
+}
+
+struct calib *calib_free(struct calib *c)
+{
+        if (!c)
+                return NULL;
+        free(c->v);
+        free(c);
+        return NULL;
+}
+
+/* A string member of o into out (at most n - 1 bytes, no NUL inside). */
+static int get_str(json_t *o, const char *key, char *out, size_t n, char *err, size_t err_len)
+{
+        json_t *v = json_object_get(o, key);
+        if (!json_is_string(v) || json_string_length(v) >= n || strlen(json_string_value(v)) != json_string_length(v))
+                return err_set(err, err_len, -EBADMSG, "calibration: \"%s\" must be a string of at most %zu bytes",
+                               key, n - 1);
+        memcpy(out, json_string_value(v), json_string_length(v) + 1);
+        return 0;
+}
+
+/* A number member of o within [lo, hi]. */
+static int get_num(json_t *o, const char *key, double lo, double hi, double *ret, char *err, size_t err_len)
+{
+        json_t *v = json_object_get(o, key);
+        double d = json_is_number(v) ? json_number_value(v) : NAN;
+        if (!(d >= lo && d <= hi))
+                return err_set(err, err_len, -EBADMSG, "calibration: \"%s\" must be a number in [%g, %g]", key, lo,
+                               hi);
+        *ret = d;
+        return 0;
+}
+
+static int parse_check(json_t *o, struct calib_check *ret, char *err, size_t err_len)
+{
+        double images;
+        int r;
+        if (!json_is_object(o))
+                return err_set(err, err_len, -EBADMSG, "calibration: \"selfcheck\" must be an object");
+        if ((r = get_num(o, "images", 0, 1e9, &images, err, err_len)) < 0 ||
+            (r = get_num(o, "top1_agreement", 0, 1, &ret->top1_agreement, err, err_len)) < 0 ||
+            (r = get_num(o, "top5_overlap", 0, 1, &ret->top5_overlap, err, err_len)) < 0 ||
+            (r = get_num(o, "max_logit_diff", 0, 1e30, &ret->max_logit_diff, err, err_len)) < 0 ||
+            (r = get_num(o, "rms_logit_diff", 0, 1e30, &ret->rms_logit_diff, err, err_len)) < 0)
+                return r;
+        ret->images = (int)images;
+        return 0;
+}
+
+static int parse_layer(json_t *o, int i, struct calib_layer *ret, char *err, size_t err_len)
+{
+        double scale, sens = -1;
+        json_t *int8 = json_object_get(o, "int8");
+        int r;
+
+        if (!json_is_object(o))
+                return err_set(err, err_len, -EBADMSG, "calibration: layer %d is not an object", i);
+        if ((r = get_str(o, "name", ret->name, sizeof ret->name, err, err_len)) < 0 ||
+            (r = get_num(o, "scale", 1e-30, 1e30, &scale, err, err_len)) < 0)
+                return err_set(err, err_len, r, "calibration: layer %d: needs a \"name\" and a positive \"scale\"",
+                               i);
+        if (!json_is_boolean(int8))
+                return err_set(err, err_len, -EBADMSG, "calibration: layer %s: \"int8\" must be true or false",
+                               ret->name);
+        if (json_object_get(o, "sensitivity") && (r = get_num(o, "sensitivity", -1, 1e30, &sens, err, err_len)) < 0)
+                return r;
+        ret->scale = (float)scale;
+        if (!(ret->scale > 0 && isfinite(ret->scale)))
+                return err_set(err, err_len, -EBADMSG, "calibration: layer %s: scale %g out of float range",
+                               ret->name, scale);
+        ret->int8 = json_is_true(int8);
+        ret->sensitivity = (float)sens;
+        return 0;
+}
+
+int calib_parse(const char *text, size_t len, char *err, size_t err_len, struct calib **ret_calib)
+{
+        struct calib *c = NULL;
+        json_error_t jerr;
+        json_t *root = NULL;
+        char format[32];
+        double version, size = 0, images = 0;
+        int r;
+
+        if (len > CALIB_MAX_BYTES)
+                return err_set(err, err_len, -E2BIG, "calibration: %zu bytes, more than %d", len, CALIB_MAX_BYTES);
+        if (!(root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr)))
+                return err_set(err, err_len, -EBADMSG, "calibration: not JSON: %s (line %d)", jerr.text, jerr.line);
+        json_t *layers = json_object_get(root, "layers");
+        if (!json_is_object(root) || !json_is_array(layers)) {
+                r = err_set(err, err_len, -EBADMSG, "calibration: not an object with a \"layers\" array");
+                goto out;
+        }
+        if (json_array_size(layers) > CALIB_MAX_LAYERS) {
+                r = err_set(err, err_len, -E2BIG, "calibration: %zu layers, more than %d", json_array_size(layers),
+                            CALIB_MAX_LAYERS);
+                goto out;
+        }
+        if ((r = calib_new((int)json_array_size(layers), &c)) < 0)
+                goto out;
+        if ((r = get_str(root, "format", format, sizeof format, err, err_len)) < 0)
+                goto out;
+        if (strcmp(format, "effnet-calibration") != 0) {
+                r = err_set(err, err_len, -EBADMSG, "calibration: format \"%s\", expected \"effnet-calibration\"",
+                            format);
+                goto out;
+        }
+        if ((r = get_num(root, "version", 1, 1, &version, err, err_len)) < 0 ||
+            (r = get_str(root, "weights_sha256", c->sha256, sizeof c->sha256, err, err_len)) < 0 ||
+            (r = get_str(root, "variant", c->variant, sizeof c->variant, err, err_len)) < 0 ||
+            (r = get_str(root, "method", c->method, sizeof c->method, err, err_len)) < 0 ||
+            (r = get_num(root, "size", 32, 4096, &size, err, err_len)) < 0 ||
+            (r = get_num(root, "images", 1, 1e9, &images, err, err_len)) < 0 ||
+            (r = get_num(root, "threshold", -1, 1e30, &c->threshold, err, err_len)) < 0 ||
+            (r = parse_check(json_object_get(root, "selfcheck"), &c->check, err, err_len)) < 0)
+                goto out;
+        c->size = (int)size;
+        c->images = (int)images;
+        if (strlen(c->sha256) != 64 || strspn(c->sha256, "0123456789abcdef") != 64) {
+                r = err_set(err, err_len, -EBADMSG, "calibration: weights_sha256 is not 64 lower-case hex digits");
+                goto out;
+        }
+        for (int i = 0; i < c->n; i++) {
+                if ((r = parse_layer(json_array_get(layers, (size_t)i), i, &c->v[i], err, err_len)) < 0)
+                        goto out;
+                for (int j = 0; j < i; j++)
+                        if (strcmp(c->v[j].name, c->v[i].name) == 0) {
+                                r = err_set(err, err_len, -EBADMSG, "calibration: layer %s appears twice",
+                                            c->v[i].name);
+                                goto out;
+                        }
+        }
+        *ret_calib = c;
+        c = NULL;
+        r = 0;
+out:
+        calib_free(c);
+        json_decref(root);
+        return r;
+}
+
+int calib_format(const struct calib *c, char **ret_text)
+{
+        json_t *layers = json_array(), *root = NULL;
+        int r = -ENOMEM;
+
+        if (!layers)
+                return -ENOMEM;
+        for (int i = 0; i < c->n; i++) {
+                json_t *l = json_pack("{s:s, s:f, s:b}", "name", c->v[i].name, "scale", (double)c->v[i].scale,
+                                      "int8", c->v[i].int8);
+                if (!l || (c->v[i].sensitivity >= 0 &&
+                           json_object_set_new(l, "sensitivity", json_real(c->v[i].sensitivity)) < 0) ||
+                    json_array_append_new(layers, l) < 0) {
+                        json_decref(l);
+                        goto out;
+                }
+        }
+        const struct calib_check *k = &c->check;
+        root = json_pack("{s:s, s:i, s:s, s:s, s:s, s:i, s:i, s:f, s:{s:i, s:f, s:f, s:f, s:f}, s:O}", "format",
+                         "effnet-calibration", "version", 1, "weights_sha256", c->sha256, "variant", c->variant,
+                         "method", c->method, "size", c->size, "images", c->images, "threshold", c->threshold,
+                         "selfcheck", "images", k->images, "top1_agreement", k->top1_agreement, "top5_overlap",
+                         k->top5_overlap, "max_logit_diff", k->max_logit_diff, "rms_logit_diff", k->rms_logit_diff,
+                         "layers", layers);
+        char *text = root ? json_dumps(root, JSON_INDENT(1) | JSON_REAL_PRECISION(9)) : NULL;
+        if (text) {
+                *ret_text = text;
+                r = 0;
+        }
+out:
+        json_decref(root);
+        json_decref(layers);
+        return r;
+}
+
+int calib_model_convs(const struct model *m, const struct model_conv **ret_convs,
+                      char (*ret_names)[CALIB_NAME_LEN], int max)
+{
+        int n = 0;
+#define PUT(conv, ...)                                                                  \
+        do {                                                                            \
+                if (n < max) {                                                          \
+                        ret_convs[n] = (conv);                                          \
+                        snprintf(ret_names[n], CALIB_NAME_LEN, __VA_ARGS__);            \
+                }                                                                       \
+                n++;                                                                    \
+        } while (0)
+        PUT(&m->stem, "stem");
+        for (int i = 0; i < m->n_blocks; i++) {
+                const struct model_block *b = &m->blocks[i];
+                PUT(&b->conv1, "blocks.%d.conv1", i);
+                if (b->a.kind == ARCH_MBCONV)
+                        PUT(&b->dw, "blocks.%d.dw", i);
+                if (b->project.oc)
+                        PUT(&b->project, "blocks.%d.project", i);
+        }
+        PUT(&m->head, "head");
+#undef PUT
+        return n < max ? n : max;
+}

@@ -29,6 +29,7 @@ struct conf {
         char *weights;              /* owned strings; NULL when unset */
         char *listen;
         char *admin_listen;
+        char *grpc_listen;
         char *allowed_hosts;
         char *labels;
         int64_t hub_download_deadline_us;  /* one hf:// file's fetch, in all */
@@ -51,6 +52,7 @@ struct conf {
         int64_t max_pixels;
         int64_t max_request_pixels;
         int64_t max_connections;
+        int64_t grpc_max_streams;
         int64_t max_connections_per_client;
         int64_t connection_timeout_us;
         int64_t body_timeout_us;

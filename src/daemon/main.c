@@ -12,6 +12,8 @@
 #include "batcher.h"
 #include "http.h"
 #include "hosts.h"
+#include "kserve.h"
+#include "kserve_pipe.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -485,6 +487,8 @@ struct daemon {
         struct generation *gen;    /* model_open: the generation served; owned until listeners_open
                                     * hands it to http, then http's (the current one, main thread only) */
         struct http_server *http;  /* listeners_open */
+        struct kpipe *kpipe;       /* listeners_open, with grpc-listen: gRPC requests onto http's pool and batcher */
+        struct kserve *_Atomic grpc;   /* listeners_open, with grpc-listen; read by /metrics threads */
         struct reload reload;      /* serve: a SIGHUP's load */
         struct conf next;          /* serve: the settings the running reload reads */
         bool abandon_reload;       /* drain: a reload still loading, left to the process exit */
@@ -781,6 +785,79 @@ static int model_open(struct daemon *d, char *err, size_t err_len)
         return 0;
 }
 
+/* The gRPC service's way to the model and the pipeline, through the HTTP
+ * server that owns them (server/kserve.h). */
+static struct generation *grpc_gen_get(void *userdata)
+{
+        struct daemon *d = userdata;
+        return http_generation_get(d->http);
+}
+
+static void grpc_gen_put(void *userdata, struct generation *g)
+{
+        struct daemon *d = userdata;
+        http_generation_put(d->http, g);
+}
+
+static bool grpc_ready(void *userdata)
+{
+        struct daemon *d = userdata;
+        return http_ready(d->http);
+}
+
+static int grpc_submit(void *userdata, struct kserve_infer *job)
+{
+        struct daemon *d = userdata;
+        return kpipe_submit(d->kpipe, job);
+}
+
+static void grpc_stats(void *userdata, struct grpc_stats *ret_stats)
+{
+        struct daemon *d = userdata;
+        struct kserve *k = atomic_load(&d->grpc);
+
+        if (k)
+                kserve_stats_snapshot(k, ret_stats);
+        else
+                memset(ret_stats, 0, sizeof *ret_stats);
+}
+
+/* The gRPC listener (grpc-listen), with the HTTP server's limits: the
+ * same memory budget, deadline, images per request, image limits, the
+ * /v2 body limit per message, and connections and timeouts of its own
+ * listener. */
+static int grpc_open(struct daemon *d, const struct http_opts *ho, char *err, size_t err_len)
+{
+        const struct conf *c = &d->conf;
+        struct kpipe_opts po = { .dec = http_decoder(d->http), .img = ho->img,
+                                 .max_request_pixels = ho->max_request_pixels, .budget = http_budget(d->http) };
+        struct kserve_opts ko = {
+                .h2 = { .listen = c->grpc_listen, .max_connections = (int)c->max_connections,
+                        .max_streams = (int)c->grpc_max_streams, .max_header_bytes = 16384,
+                        .max_message_bytes = c->v2_max_body_bytes,
+                        .idle_timeout_s = (int)(c->connection_timeout_us / PARSE_S),
+                        .read_timeout_s = (int)(c->body_timeout_us / PARSE_S),
+                        .max_deadline_ms = c->deadline_us / PARSE_MS, .budget = http_budget(d->http) },
+                .backend = { .gen_get = grpc_gen_get, .gen_put = grpc_gen_put, .ready = grpc_ready,
+                             .submit = grpc_submit, .access_log = c->access_log ? on_answered : NULL,
+                             .userdata = d },
+                .max_images = ho->max_images,
+                .max_image_bytes = ho->img.limits.max_bytes,
+                .deadline_ms = ho->deadline_ms,
+                .max_client_share = ho->max_client_share,
+        };
+        struct kserve *k;
+        int r;
+
+        if ((r = kpipe_new(&po, &d->kpipe)) < 0)
+                return err_set(err, err_len, r, "gRPC: %s", strerror(-r));
+        if ((r = kserve_new(&ko, err, err_len, &k)) < 0)
+                return r;
+        atomic_store(&d->grpc, k);
+        log_msg(LOG_INFO, "gRPC (KServe v2 GRPCInferenceService) listening on %s", kserve_url(k));
+        return 0;
+}
+
 /* Phase 4, the listeners: d->http serving d->gen (http's from then on). Undone by
  * daemon_teardown (http_stop, http_free). */
 static int listeners_open(struct daemon *d, char *err, size_t err_len)
@@ -812,6 +889,8 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .img = IMG_OPTS_DEFAULT,
                 .access_log = c->access_log ? on_answered : NULL,
                 .error_log = on_http_error,
+                .grpc_stats = c->grpc_listen ? grpc_stats : NULL,
+                .userdata = d,
         };
         int r;
 
@@ -827,6 +906,8 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
         if (*http_admin_url(d->http))
                 log_msg(LOG_INFO, "admin (probes, metrics) listening on %s; Host names answered: %s",
                         http_admin_url(d->http), http_hosts(d->http, true));
+        if (c->grpc_listen)
+                return grpc_open(d, &ho, err, err_len);
         return 0;
 }
 
@@ -875,11 +956,15 @@ static void drain(struct daemon *d, int sig)
                 http_inflight(d->http), (double)d->conf.drain_timeout_us / PARSE_S);
         service_notify_stopping("draining");
         http_drain(d->http);
+        struct kserve *k = atomic_load(&d->grpc);
+        if (k)
+                kserve_drain(k);
         /* Queued requests always finish (result or deadline), since
          * libmicrohttpd cannot stop with suspended connections; only slow
          * readers of answers are cut off after drain-timeout. */
         int64_t until = time_now_ns() + d->conf.drain_timeout_us * 1000;
-        while (http_waiting(d->http) > 0 || (http_inflight(d->http) > 0 && time_now_ns() < until)) {
+        while (http_waiting(d->http) > 0 || (k && kserve_pending(k) > 0) ||
+               ((http_inflight(d->http) > 0 || (k && kserve_inflight(k) > 0)) && time_now_ns() < until)) {
                 struct timespec ts = { .tv_sec = 0, .tv_nsec = 10000000 };
                 nanosleep(&ts, NULL);
                 tick(d, true);
@@ -903,6 +988,12 @@ static void daemon_teardown(struct daemon *d)
 {
         struct generation *old;
 
+        /* gRPC first: its requests use http's pool, batchers and budget.
+         * drain waited for those in the pipeline; open calls are cancelled. */
+        if (d->kpipe)
+                kpipe_stop(d->kpipe);
+        atomic_store(&d->grpc, kserve_free(atomic_load(&d->grpc)));
+        d->kpipe = kpipe_free(d->kpipe);
         if (d->http) {
                 http_stop(d->http);
                 while ((old = http_collect_retired(d->http)))

@@ -545,6 +545,11 @@ static int metrics_body(struct req *q, char **ret_body)
                                    .labels = g->labels_shown, .classes = g->info->classes,
                                    .input_size = g->info->preproc.size };
         struct metrics_sources src = { .http = &hs, .batch = &bs, .decode = &ds, .model = &m, .process = &ps };
+        struct grpc_stats gs;
+        if (s->opts.grpc_stats) {
+                s->opts.grpc_stats(s->opts.userdata, &gs);
+                src.grpc = &gs;
+        }
         return metrics_render(&src, ret_body);
 }
 
@@ -2252,4 +2257,36 @@ int http_inflight(struct http_server *s)
 int http_waiting(struct http_server *s)
 {
         return atomic_load(&s->waiting);
+}
+
+struct generation *http_generation_get(struct http_server *s)
+{
+        struct generation *g;
+
+        pthread_mutex_lock(&s->gen_lock);
+        g = s->current;
+        atomic_fetch_add(&g->refs, 1);
+        pthread_mutex_unlock(&s->gen_lock);
+        return g;
+}
+
+void http_generation_put(struct http_server *s, struct generation *g)
+{
+        if (g)
+                atomic_fetch_sub(&g->refs, 1);
+}
+
+bool http_ready(struct http_server *s)
+{
+        return !atomic_load(&s->draining);
+}
+
+struct budget *http_budget(struct http_server *s)
+{
+        return s->budget;
+}
+
+struct dec_pool *http_decoder(struct http_server *s)
+{
+        return s->dec;
 }

@@ -34,9 +34,12 @@
 #include "access.h"
 #include "image.h"
 #include "api.h"
+#include "budget.h"
+#include "decoder.h"
 #include "batcher.h"
 #include "generation.h"
 #include "http_stats.h"
+#include "grpc_stats.h"
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
 
@@ -85,6 +88,8 @@ struct http_opts {
         /* libmicrohttpd's own messages, and a request's NaN or Inf outputs that
          * its input did not make (broken weights) (any thread). May be NULL. */
         void (*error_log)(void *userdata, const char *fmt, va_list ap);
+        /* The gRPC service's counters for /metrics (any thread). NULL: none. */
+        void (*grpc_stats)(void *userdata, struct grpc_stats *ret_stats);
         void *userdata;
 };
 
@@ -147,6 +152,16 @@ uint64_t http_images(struct http_server *s);
  * every connection (requests still reading or writing are cut off and
  * release their generation). http_free follows. */
 void http_stop(struct http_server *s);
+
+/* For the gRPC service, which reaches the model, the memory budget and
+ * the decoding pool through the HTTP server that owns them (any thread):
+ * the generation served now, a reference given back with
+ * http_generation_put; whether the server is ready (not draining). */
+struct generation *http_generation_get(struct http_server *s);
+void http_generation_put(struct http_server *s, struct generation *g);
+bool http_ready(struct http_server *s);
+struct budget *http_budget(struct http_server *s);
+struct dec_pool *http_decoder(struct http_server *s);
 
 /* Stops the server and frees the generations it holds. Call when
  * http_waiting() is 0 (libmicrohttpd cannot stop with suspended

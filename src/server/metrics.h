@@ -21,6 +21,7 @@
 #include "batcher.h"
 #include "decoder.h"
 #include "http_stats.h"
+#include "grpc_stats.h"
 
 /* The model being served, for effnetd_model_info. Strings are borrowed. */
 struct metrics_model {
@@ -41,6 +42,7 @@ struct metrics_sources {
         const struct dec_stats *decode;
         const struct metrics_model *model;
         const struct proc_stats *process;
+        const struct grpc_stats *grpc;     /* the gRPC service's; NULL: no gRPC listener */
 };
 
 /* The body, NUL-terminated and owned by the caller (free). Families come

@@ -47,6 +47,8 @@ struct h2_conn;
 struct h2_call {
         struct h2_server *s;
         struct h2_conn *conn;          /* NULL once its stream is gone (loop thread) */
+        struct h2_conn *owner;         /* the connection whose live_calls counts it while the handler holds
+                                        * it (kept, closed or not, until then: see conn_close) */
         struct h2_call *prev, *next;   /* on conn->calls */
         int32_t stream_id;
         int refs;                      /* the stream's and the handler's (loop thread) */
@@ -74,6 +76,10 @@ struct h2_call {
         size_t msg_len, msg_need, msg_cap;
         size_t received;
         bool discard;                  /* the call is over: data is dropped */
+        bool orphan;                   /* counted in owner->orphans */
+        bool rst_after_final;          /* the server ended it: reset once the status is out, so that the
+                                        * client stops sending */
+        char peer[INET6_ADDRSTRLEN];
 
         /* Sending: guarded by s->post_lock. */
         uint8_t *out;                  /* charged: out_cap */
@@ -104,10 +110,13 @@ struct h2_conn {
         int64_t last_ns;               /* bytes last moved */
         int64_t preface_due_ns;        /* 0 once a frame arrived */
         int live_calls;                /* taken and not finished, its streams gone or not */
+        int orphans;                   /* of those, calls whose streams are gone (the client reset them):
+                                        * nghttp2 counts the others against max_streams */
         struct h2_call *calls;
         uint32_t events;
         bool closing;
         bool goaway;
+        bool dead;                     /* closed; kept for the live_calls of calls still held */
 };
 
 struct ep_tag {
@@ -303,7 +312,7 @@ int64_t h2_call_start_ns(const struct h2_call *c)
 
 const char *h2_call_peer(const struct h2_call *c)
 {
-        return c->conn ? c->conn->peer : "-";
+        return c->peer;
 }
 
 struct budget_client *h2_call_client(const struct h2_call *c)
@@ -569,9 +578,6 @@ static void call_flush(struct h2_call *c)
                                             NV("grpc-status", st), NV("grpc-message", msg) };
                         nghttp2_submit_response(ng, c->stream_id, nv, msg[0] ? 4 : 3, NULL);
                         c->final_sent = true;
-                        /* The client may still be sending: it is told to stop. */
-                        if (!c->client_ended)
-                                nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, c->stream_id, NGHTTP2_NO_ERROR);
                         return;
                 }
                 nghttp2_nv nv[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
@@ -614,6 +620,8 @@ static void call_end(struct h2_call *c, enum h2_status status, const char *messa
         pthread_mutex_unlock(&s->post_lock);
         c->discard = true;
         c->cancelled = true;
+        /* The client may still be sending: it is told to stop, after the status. */
+        c->rst_after_final = !c->client_ended;
         if (holds && s->opts.handler->on_cancel)
                 s->opts.handler->on_cancel(s->opts.userdata, c);
         if (c->conn)
@@ -645,6 +653,10 @@ static void call_detach(struct h2_call *c)
         c->cancelled = true;
         if (holds && s->opts.handler->on_cancel)
                 s->opts.handler->on_cancel(s->opts.userdata, c);
+        if (holds && c->owner) {
+                c->orphan = true;
+                c->owner->orphans++;
+        }
         if (c->prev)
                 c->prev->next = c->next;
         else
@@ -682,6 +694,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
         c->conn = conn;
         c->stream_id = frame->hd.stream_id;
         c->refs = 1;
+        memcpy(c->peer, conn->peer, sizeof c->peer);
         c->start_ns = c->last_ns = time_now_ns();
         c->next = conn->calls;
         if (conn->calls)
@@ -777,9 +790,11 @@ static void call_start(struct h2_conn *conn, struct h2_call *c)
         } else if (atomic_load(&s->draining)) {
                 st = H2_UNAVAILABLE;
                 snprintf(msg, sizeof msg, "the server is shutting down");
-        } else if (conn->live_calls >= s->opts.max_streams) {
+        } else if (conn->orphans >= s->opts.max_streams) {
                 /* Calls whose streams the client reset still hold work: they
-                 * count until the handler is done with them. */
+                 * count until the handler is done with them, so that a
+                 * client cannot queue work without bound by opening and
+                 * resetting streams (rapid reset). */
                 st = H2_RESOURCE_EXHAUSTED;
                 snprintf(msg, sizeof msg, "%d calls of this connection are being served, the limit", s->opts.max_streams);
                 atomic_fetch_add(&s->streams_refused, 1);
@@ -792,6 +807,7 @@ static void call_start(struct h2_conn *conn, struct h2_call *c)
         }
         c->taken = true;
         c->refs++;
+        c->owner = conn;
         conn->live_calls++;
         atomic_fetch_add(&s->inflight, 1);
 }
@@ -911,6 +927,21 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
         return 0;
 }
 
+/* A call's last HEADERS (its status) went out: a call the server ended
+ * while its client was still sending is reset (NO_ERROR), as gRPC servers
+ * do, so that the rest of a refused upload is not sent. */
+static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
+{
+        struct h2_call *c;
+
+        if (frame->hd.type != NGHTTP2_HEADERS || !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+                return 0;
+        c = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+        if (c && c->rst_after_final && !c->client_ended)
+                nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, c->stream_id, NGHTTP2_NO_ERROR);
+        return 0;
+}
+
 static int on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t error_code, void *ud)
 {
         struct h2_call *c = nghttp2_session_get_stream_user_data(ng, stream_id);
@@ -972,6 +1003,7 @@ static struct h2_conn *conn_new(struct h2_server *s, int fd, const struct sockad
         nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
         nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+        nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
         /* Streams beyond the setting are refused by nghttp2 itself, even
          * before the client acknowledged it. */
         nghttp2_option_set_max_reserved_remote_streams(opt, 0);
@@ -1038,7 +1070,11 @@ static void conn_close(struct h2_conn *conn)
                 conn->next->prev = conn->prev;
         budget_client_put(s->opts.budget, conn->client);
         atomic_fetch_sub(&s->open, 1);
-        free(conn);
+        /* Calls whose streams a client reset still count against it until
+         * the handler is done with them. */
+        conn->dead = true;
+        if (conn->live_calls == 0)
+                free(conn);
 }
 
 /* Feeds bytes received into conn's session. */
@@ -1094,8 +1130,11 @@ static void process_posts(struct h2_server *s)
                         call_flush(c);
                 if (done && c->taken && !c->handler_done) {
                         c->handler_done = true;
-                        if (c->conn)
-                                c->conn->live_calls--;
+                        struct h2_conn *o = c->owner;
+                        if (o && c->orphan)
+                                o->orphans--;
+                        if (o && --o->live_calls == 0 && o->dead)
+                                free(o);
                         atomic_fetch_sub(&s->inflight, 1);
                         call_unref(c);
                 }

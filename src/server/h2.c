@@ -159,13 +159,12 @@ int h2_parse_timeout(const char *v, int64_t *ret_ns)
                         return -EINVAL;
                 n = n * 10 + (v[i] - '0');
         }
-        /* 8 digits of hours still fit an int64 of ns (3.6e12 * 1e8 would
-         * not): cap the value rather than overflow. */
-        const int64_t cap = (int64_t)100000000 * 3600;   /* 1e8 hours in seconds */
+        /* 8 digits of minutes, seconds or less fit an int64 of ns; 8 digits
+         * of hours may not: those are capped rather than overflow. */
         int64_t ns;
         switch (v[len - 1]) {
-        case 'H': ns = n > cap / 3600 ? INT64_MAX : n * 3600 * 1000000000LL; break;
-        case 'M': ns = n > cap / 60 ? INT64_MAX : n * 60 * 1000000000LL; break;
+        case 'H': ns = n > INT64_MAX / 3600000000000LL ? INT64_MAX : n * 3600000000000LL; break;
+        case 'M': ns = n * 60000000000LL; break;
         case 'S': ns = n * 1000000000LL; break;
         case 'm': ns = n * 1000000LL; break;
         case 'u': ns = n * 1000LL; break;

@@ -359,8 +359,7 @@ static char *dup_charged(const char *s, struct budget *b, struct budget_client *
         return d;
 }
 
-/* Frees a request parsed by kserve_parse_infer and gives its charges back. */
-static void request_free(struct v2_request *r, const struct v2_model *m, struct budget *b, struct budget_client *c)
+void kserve_request_free(struct v2_request *r, const struct v2_model *m, struct budget *b, struct budget_client *c)
 {
         if (!r)
                 return;
@@ -399,8 +398,11 @@ int kserve_parse_infer(const uint8_t *msg, size_t len, const struct v2_model *m,
                 if (!(r->id = dup_charged(q->id, b, c, &e)))
                         goto fail_e;
         }
-        if (!(model = dup_charged(q->model_name, b, c, &e)) || !(version = dup_charged(q->model_version, b, c, &e)))
-                goto fail_e;
+        /* Copies of at most the message, which the transport holds charged
+         * while the caller has them. */
+        if (!(model = strdup(q->model_name ? q->model_name : "")) ||
+            !(version = strdup(q->model_version ? q->model_version : "")))
+                goto fail;
         if (q->n_inputs != 1) {
                 ret = bad(err, err_len, -EBADMSG, "model '%s' has one input ('%s'); the request has %zu", m->name,
                           V2_INPUT_NAME, q->n_inputs);
@@ -434,13 +436,9 @@ fail_e:
         if (e == -ENOBUFS || e == -EDQUOT)
                 bad(err, err_len, e, "the request does not fit the memory budget now");
 fail:
-        if (model)
-                budget_release(b, c, (int64_t)strlen(model) + 1);
-        if (version)
-                budget_release(b, c, (int64_t)strlen(version) + 1);
         free(model);
         free(version);
-        request_free(r, m, b, c);
+        kserve_request_free(r, m, b, c);
         inference__model_infer_request__free_unpacked(q, &alloc);
         return ret;
 }
@@ -915,7 +913,7 @@ static void req_free(struct ks_req *q)
         struct budget *b = k->opts.h2.budget;
         struct budget_client *c = q->job.client;
 
-        request_free(q->job.req, &q->g->v2, b, c);
+        kserve_request_free(q->job.req, &q->g->v2, b, c);
         free(q->job.logits);
         budget_release(b, c, q->charged);
         k->opts.backend.gen_put(k->opts.backend.userdata, q->g);
@@ -1029,7 +1027,6 @@ static void start_infer(struct ks_call *kc, const uint8_t *msg, size_t len)
                 not_found_msg(g, model, version, err, sizeof err);
                 e = -ENOENT;
         }
-        budget_release(b, c, (int64_t)(strlen(model) + strlen(version) + 2));
         free(model);
         free(version);
         if (e < 0) {

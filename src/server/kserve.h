@@ -112,11 +112,18 @@ void kserve_stats_snapshot(struct kserve *k, struct grpc_stats *ret_stats);
  * client c first. model_name/version checked by the caller. Errors, with a
  * message for the client in err: -EBADMSG (malformed, or not the model's
  * input: INVALID_ARGUMENT), -ENOENT (an unknown output: NOT_FOUND), -E2BIG
- * (a limit), -ENOBUFS/-EDQUOT (the budget), -ENOMEM. ret_model gets the
- * model name asked for (owned by the request: freed with it). */
+ * (a limit), -ENOBUFS/-EDQUOT (the budget), -ENOMEM. ret_model and
+ * ret_version get the model name and version asked for ("" when none),
+ * owned by the caller (free), not charged: they are copies of at most the
+ * message, which the transport holds charged meanwhile. */
 int kserve_parse_infer(const uint8_t *msg, size_t len, const struct v2_model *m, const struct v2_limits *lim,
                        struct budget *b, struct budget_client *c, char *err, size_t err_len,
                        struct v2_request **ret_request, char **ret_model, char **ret_version);
+
+/* Frees a request of kserve_parse_infer and releases its charges to b
+ * and c (those given to the parse; a tensor set by the pipeline counts as
+ * charged to them too). Accepts NULL. */
+void kserve_request_free(struct v2_request *r, const struct v2_model *m, struct budget *b, struct budget_client *c);
 
 /* The ModelInferResponse for r from its logits [r->n][classes] (turned
  * into probabilities in place), serialized into *ret_msg (malloc'd, owned

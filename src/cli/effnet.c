@@ -8,6 +8,7 @@
 #include "npy.h"
 #include "util.h"
 #include "hub.h"
+#include "weights.h"
 #include "api.h"
 
 #include <errno.h>
@@ -259,62 +260,52 @@ static int pull(const struct hub_ref *ref, bool refresh, int64_t deadline_s, str
  * it there only. Quiet: many repositories have none. */
 static void pull_config(const struct hub_ref *weights_ref, const struct hub_file *wf, int64_t deadline_s)
 {
-        struct hub_ref ref;
-        struct hub_file *f = NULL;
         struct hub_opts o = { .deadline_s = deadline_s, .deadline_name = "--deadline" };
-        char err[1024], file[HUB_FILE_MAX + 1];
-        const char *slash = strrchr(weights_ref->file, '/');
+        char err[1024], *path = NULL;
+        int r = weights_fetch_config(weights_ref, wf->commit, &o, err, sizeof err, &path);
 
-        snprintf(file, sizeof file, "%.*sconfig.json", slash ? (int)(slash - weights_ref->file + 1) : 0,
-                 weights_ref->file);
-        if (strcmp(file, weights_ref->file) == 0 || hub_ref_init(weights_ref->repo, wf->commit, file, err,
-                                                                 sizeof err, &ref) < 0)
-                return;
-        int r = hub_fetch(&ref, &o, err, sizeof err, &f);
         if (r < 0 && r != -ENOENT)
                 fprintf(stderr, "%s: note: %s\n", prog, err);
-        hub_file_free(f);
+        free(path);
 }
 
-/* The local file of a weights argument: itself, or for hf://... the cached
- * snapshot (pulled first when missing). *ret_path is the caller's. */
-static int weights_path(const char *arg, char **ret_path)
+/* The local file of a weights argument and its repository's config.json
+ * (hub/weights.h, as effnetd resolves its weights setting): itself, or for
+ * hf://... the cached snapshot (pulled first when missing, with a bar on a
+ * terminal). The caller clears *ret. */
+static int weights_open(const char *arg, struct weights_file *ret)
 {
-        struct hub_ref ref;
-        struct hub_file *f = NULL;
-        char err[512];
-        int r;
-
-        if (!hub_is_uri(arg)) {
-                char *p = strdup(arg);
-                if (!p)
-                        return -ENOMEM;
-                *ret_path = p;
-                return 0;
-        }
-        if ((r = hub_parse_uri(arg, err, sizeof err, &ref)) < 0) {
-                fprintf(stderr, "%s: %s\n", prog, err);
-                return r;
-        }
-        if ((r = pull(&ref, false, 0, &f)) < 0)
-                return r;
-        *ret_path = f->path;
-        f->path = NULL;
-        hub_file_free(f);
-        return 0;
-}
-
-/* effnet_model_open on a weights argument (a file or hf://...). */
-static int model_open_arg(const char *arg, const struct effnet_open_opts *oo, struct effnet_model **ret)
-{
-        char err[512], *path = NULL;
-        int r = weights_path(arg, &path);
+        const char *base = strrchr(arg, '/');
+        struct bar b = { .tty = isatty(STDERR_FILENO) == 1, .name = base ? base + 1 : arg };
+        struct hub_opts o = { .progress = on_progress, .userdata = &b, .deadline_name = "--deadline" };
+        char err[1024];
+        int r = weights_resolve(arg, &o, err, sizeof err, ret);
 
         if (r < 0)
-                return r;
-        if ((r = effnet_model_open(path, oo, err, sizeof err, ret)) < 0)
                 fprintf(stderr, "%s: %s\n", prog, err);
-        free(path);
+        return r;
+}
+
+/* effnet_model_open on a weights argument (a file or hf://...); its
+ * repository's config.json in *ret_config when asked for (the caller's;
+ * NULL when there is none). */
+static int model_open_arg(const char *arg, const struct effnet_open_opts *oo, struct effnet_model **ret,
+                          char **ret_config)
+{
+        struct weights_file wf = { 0 };
+        char err[512];
+        int r = weights_open(arg, &wf);
+
+        if (r < 0)
+                goto done;
+        if ((r = effnet_model_open(wf.path, oo, err, sizeof err, ret)) < 0)
+                fprintf(stderr, "%s: %s\n", prog, err);
+        if (r == 0 && ret_config) {
+                *ret_config = wf.config;
+                wf.config = NULL;
+        }
+done:
+        weights_file_clear(&wf);
         return r;
 }
 
@@ -324,7 +315,7 @@ static int open_model(const struct args *a, struct effnet_model **ret)
                 fprintf(stderr, "%s: --weights FILE is required\n", prog);
                 return -EINVAL;
         }
-        return model_open_arg(a->weights, &a->open, ret);
+        return model_open_arg(a->weights, &a->open, ret, NULL);
 }
 
 static int cmd_forward(const struct args *a)
@@ -384,15 +375,20 @@ static int cmd_inspect(int argc, char **argv)
         struct effnet_model *m = NULL;
         char err[512];
 
-        char *path = NULL;
+        struct weights_file wf = { 0 };
 
         if (argc != 2) {
                 fprintf(stderr, "Usage: %s inspect FILE|hf://ORG/NAME[@REVISION][/FILE]\n", prog);
                 return 2;
         }
-        int r = weights_path(argv[1], &path);
-        if (r < 0)
+        int r = weights_open(argv[1], &wf);
+        if (r < 0) {
+                weights_file_clear(&wf);
                 return 1;
+        }
+        char *path = wf.path;
+        wf.path = NULL;
+        weights_file_clear(&wf);
         r = effnet_model_open(path, NULL, err, sizeof err, &m);
         if (r < 0) {
                 fprintf(stderr, "%s: %s\n", prog, err);
@@ -607,7 +603,7 @@ static int bench_open(struct bench *b, const char *weights)
         int r;
 
         status_show(&b->sl, "bench: loading the weights");
-        if ((r = model_open_arg(weights, &b->a->open, &b->m)) < 0)
+        if ((r = model_open_arg(weights, &b->a->open, &b->m, NULL)) < 0)
                 return r;
         b->load_ms = (double)(time_now_ns() - t0) / 1e6;
         b->info = effnet_model_info(b->m);
@@ -879,17 +875,22 @@ static void classify_close(struct classify *c)
 /* Fills c (zeroed by the caller, closed by it on failure too). */
 static int classify_open(const struct classify_args *ca, struct classify *c)
 {
-        char err[512];
+        char err[512], note[512], *config = NULL;
         int r;
 
-        if ((r = model_open_arg(ca->weights, NULL, &c->m)) < 0)
+        if ((r = model_open_arg(ca->weights, NULL, &c->m, &config)) < 0)
                 return r;
         c->info = effnet_model_info(c->m);
         if (api_parse_top_k(ca->top_k_arg, c->info->classes, &c->top_k) < 0) {
                 fprintf(stderr, "%s classify: --top-k must be an integer in 1..%d\n", prog, c->info->classes);
                 return -EINVAL;
         }
-        if ((r = api_labels_load(ca->labels_path, c->info->classes, err, sizeof err, &c->labels)) < 0) {
+        /* The names effnetd answers with for the same weights. */
+        r = api_labels_open(ca->labels_path, config, c->info->classes, err, sizeof err, note, sizeof note, &c->labels);
+        free(config);
+        if (*note)
+                fprintf(stderr, "%s: note: labels %s\n", prog, note);
+        if (r < 0) {
                 fprintf(stderr, "%s: %s\n", prog, err);
                 return r;
         }

@@ -2,7 +2,7 @@
 #include "config.h"
 #include "util.h"
 #include "batcher.h"
-#include "decoder.h"
+#include "workpool.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -113,7 +113,7 @@ static const struct conf_setting settings[] = {
         { "header-timeout", "server", CONF_SECONDS, F(header_timeout_us), "10", 0, 3600, NULL,
           "time a connection may take to send a request line and headers (whole seconds; from its start, or "
           "from the end of its previous request plus connection-timeout); slower ones are closed (0 = no limit)" },
-        { "decode-threads", "server", CONF_INT, F(decode_threads), "0", 0, DEC_MAX_THREADS, NULL,
+        { "decode-threads", "server", CONF_INT, F(decode_threads), "0", 0, WPOOL_MAX_THREADS, NULL,
           "threads that decode and preprocess images; 0 = usable CPUs, at most 8" },
         { "decode-queue", "server", CONF_INT, F(decode_queue), "64", 1, 65536, NULL,
           "requests that may wait for a decoding thread; beyond it requests get 503" },

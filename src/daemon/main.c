@@ -8,16 +8,17 @@
 #include "service.h"
 #include "effnet.h"
 #include "hub.h"
+#include "weights.h"
 #include "api.h"
 #include "batcher.h"
 #include "http.h"
+#include "pipeline.h"
+#include "registry.h"
 #include "hosts.h"
 #include "kserve.h"
-#include "kserve_pipe.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -59,36 +60,6 @@ static void usage(FILE *f)
         fprintf(f, "  --check-config               validate the settings (and that the files exist), then exit\n"
                    "  --print-config               print the settings in effect and where each came from\n"
                    "  --help, --version\n");
-}
-
-/* The local file of the weights setting while a generation is built: the
- * file itself, or the hub cache's snapshot of hf:// weights. */
-struct weights_file {
-        char *path;                /* the local file */
-        struct hub_file *hub;      /* hf:// weights: the cached file; NULL otherwise */
-        struct hub_ref ref;        /* hf:// weights: what was asked for */
-        char *hub_config;          /* hf:// weights: the repository's config.json in the cache, or NULL */
-};
-
-static void weights_file_clear(struct weights_file *wf)
-{
-        free(wf->path);
-        hub_file_free(wf->hub);
-        free(wf->hub_config);
-        *wf = (struct weights_file){ 0 };
-}
-
-/* The SHA-256 of n bytes as 64 hex digits (and a NUL) in ret_hex. */
-static int sha256_hex(const void *data, size_t n, char ret_hex[65])
-{
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned md_len = 0;
-
-        if (EVP_Digest(data, n, md, &md_len, EVP_sha256(), NULL) != 1 || md_len != 32)
-                return -ENOMEM;
-        for (unsigned i = 0; i < md_len; i++)
-                snprintf(ret_hex + 2 * i, 3, "%02x", md[i]);
-        return 0;
 }
 
 /* A download of hf:// weights, in the log and in STATUS=: a start or a
@@ -158,63 +129,24 @@ static void on_pull_progress(void *userdata, const struct hub_progress *p)
         }
 }
 
-/* The repository's config.json at the weights' commit, for its class names
- * (timm writes label_names there). From the cache only when the weights
- * came from it, so that a start that needed no network needs none for
- * this either; effnet pull fetches it alongside the weights. NULL when
- * there is none. */
-static char *hub_config_of(const struct hub_ref *weights_ref, const struct hub_file *f, int64_t deadline_s)
-{
-        struct hub_ref ref;
-        struct hub_file *cf = NULL;
-        struct hub_opts o = { .offline = !f->network, .deadline_s = deadline_s,
-                              .deadline_name = HUB_DEADLINE_SETTING };
-        char why[1024];
-        const char *slash = strrchr(weights_ref->file, '/');
-        char file[HUB_FILE_MAX + 1];
-
-        /* config.json next to the weights' file (timm puts both at the top). */
-        snprintf(file, sizeof file, "%.*sconfig.json", slash ? (int)(slash - weights_ref->file + 1) : 0,
-                 weights_ref->file);
-        if (hub_ref_init(weights_ref->repo, f->commit, file, why, sizeof why, &ref) < 0 ||
-            hub_fetch(&ref, &o, why, sizeof why, &cf) < 0)
-                return NULL;
-        char *path = cf->path;
-        cf->path = NULL;
-        hub_file_free(cf);
-        return path;
-}
-
 /* The local file of the weights setting: the file itself, or for
  * hf://ORG/NAME[@REVISION][/FILE] the hub cache's snapshot, downloaded
- * first when it is not there (wf->hub, wf->ref, wf->hub_config then). */
-static int weights_resolve(const struct conf *c, struct weights_file *wf, char *err, size_t err_len)
+ * first when it is not there, with the repository's config.json
+ * (hub/weights.h), the download in the log and in STATUS=. */
+static int weights_open(const struct conf *c, struct weights_file *wf, char *err, size_t err_len)
 {
-        const char *weights = c->weights;
         int64_t deadline_s = c->hub_download_deadline_us / PARSE_S;
-        struct hub_file *f = NULL;
-        struct pull_log pl = { .uri = weights, .deadline_s = deadline_s };
+        struct pull_log pl = { .uri = c->weights, .deadline_s = deadline_s };
         struct hub_opts o = { .progress = on_pull_progress, .userdata = &pl, .deadline_s = deadline_s,
                               .deadline_name = HUB_DEADLINE_SETTING };
-        char why[1024];
         int r;
 
-        if (!hub_is_uri(weights)) {
-                wf->path = strdup(weights);
-                return wf->path ? 0 : err_set(err, err_len, -ENOMEM, "out of memory");
-        }
-        if ((r = hub_parse_uri(weights, why, sizeof why, &wf->ref)) < 0 ||
-            (r = hub_fetch(&wf->ref, &o, why, sizeof why, &f)) < 0)
-                return err_set(err, err_len, r, "weights %s: %s", weights, why);
-        log_msg(LOG_INFO, "weights %s: commit %s, %s (%s)", weights, f->commit, f->path,
-                f->downloaded ? "downloaded" : f->network ? "in the cache, linked" : "from the cache");
-        wf->path = strdup(f->path);
-        if (!wf->path) {
-                hub_file_free(f);
-                return err_set(err, err_len, -ENOMEM, "out of memory");
-        }
-        wf->hub_config = hub_config_of(&wf->ref, f, deadline_s);
-        wf->hub = f;
+        if ((r = weights_resolve(c->weights, &o, err, err_len, wf)) < 0)
+                return r;
+        if (wf->hub)
+                log_msg(LOG_INFO, "weights %s: commit %s, %s (%s)", c->weights, wf->hub->commit, wf->hub->path,
+                        wf->hub->downloaded ? "downloaded" : wf->hub->network ? "in the cache, linked"
+                                                                              : "from the cache");
         return 0;
 }
 
@@ -253,17 +185,12 @@ static void on_warm_progress(void *userdata, int done, int total)
 static int labels_open(const struct conf *c, const char *hub_config, int classes, char *err, size_t err_len,
                        struct api_labels **ret_labels)
 {
-        char why[512];
-        int r;
+        char note[512] = "";
+        int r = api_labels_open(c->labels, hub_config, classes, err, err_len, note, sizeof note, ret_labels);
 
-        if (c->labels || !hub_config)
-                return api_labels_load(c->labels, classes, err, err_len, ret_labels);
-        r = api_labels_load_hub_config(hub_config, classes, why, sizeof why, ret_labels);
-        if (r == 0)
-                return 0;
-        if (r != -ENOENT)
-                log_msg(LOG_WARNING, "labels: not taken from the repository's config.json: %s", why);
-        return api_labels_load(NULL, classes, err, err_len, ret_labels);
+        if (*note)
+                log_msg(LOG_WARNING, "labels: %s", note);
+        return r;
 }
 
 /* The model of c (read into memory, so that a file rewritten in place
@@ -281,7 +208,7 @@ static int model_load(const struct conf *c, const struct weights_file *wf, struc
         if ((r = effnet_model_open(wf->path, &oo, err, err_len, &g->model)) < 0)
                 return r;
         const void *file = effnet_model_file(g->model, &file_len);
-        if ((r = sha256_hex(file, file_len, sha256)) < 0)
+        if ((r = weights_sha256_hex(file, file_len, sha256)) < 0)
                 return err_set(err, err_len, r, "sha256: out of memory");
         const struct effnet_info *info = effnet_model_info(g->model);
         bool hub = wf->hub != NULL;
@@ -330,9 +257,9 @@ static int generation_open(const struct conf *c, char *err, size_t err_len, stru
                 goto fail;
         }
         if ((r = effnet_precision_resolve(c->precision, err, err_len, &g->precision)) < 0 ||
-            (r = weights_resolve(c, &wf, err, err_len)) < 0 ||
+            (r = weights_open(c, &wf, err, err_len)) < 0 ||
             (r = model_load(c, &wf, g, err, err_len)) < 0 ||
-            (r = labels_open(c, wf.hub_config, effnet_model_info(g->model)->classes, err, err_len,
+            (r = labels_open(c, wf.config, effnet_model_info(g->model)->classes, err, err_len,
                              &g->labels)) < 0 ||
             (r = batcher_open(c, g, err, err_len)) < 0)
                 goto fail;
@@ -484,10 +411,10 @@ struct daemon {
         int nargs;
         sigset_t sigs;             /* process_setup: SIGTERM, SIGINT, SIGHUP, blocked in every thread */
         int listen_fd;             /* process_setup: systemd's socket, or -1 (http takes it over) */
-        struct generation *gen;    /* model_open: the generation served; owned until listeners_open
-                                    * hands it to http, then http's (the current one, main thread only) */
+        struct registry *reg;      /* model_open: the model versions served */
+        struct pipeline *pipe;     /* model_open: requests' work, over reg */
+        const struct generation *gen;  /* model_open: the version served last (reg's; main thread only) */
         struct http_server *http;  /* listeners_open */
-        struct kpipe *kpipe;       /* listeners_open, with grpc-listen: gRPC requests onto http's pool and batcher */
         struct kserve *_Atomic grpc;   /* listeners_open, with grpc-listen; read by /metrics threads */
         struct reload reload;      /* serve: a SIGHUP's load */
         struct conf next;          /* serve: the settings the running reload reads */
@@ -565,6 +492,36 @@ fail:
         service_notify_ready(d->status);
 }
 
+/* Serves g (built by generation_open) from now on, beside or in place of
+ * the versions served: its answers built with the limits of d's settings,
+ * then handed to the registry, which owns it from then on (also on
+ * failure: then it is freed). */
+static int serve_version(struct daemon *d, struct generation *g, char *err, size_t err_len)
+{
+        const struct conf *c = &d->conf;
+        struct gen_limits lim = { .deadline_ms = c->deadline_us / PARSE_MS, .max_images = (int)c->max_images,
+                                  .max_body_bytes = c->max_body_bytes, .paths = c->show_paths };
+        struct batch_config bc;
+        int r;
+
+        batch_get_config(g->batch, &bc);
+        if (c->max_images > bc.queue_images) {
+                err_set(err, err_len, -EINVAL, "max images per request (%lld) exceeds the queue (%d images)",
+                        (long long)c->max_images, bc.queue_images);
+                gen_free(g);
+                return -EINVAL;
+        }
+        if ((r = gen_build_answers(g, &lim)) < 0) {
+                gen_free(g);
+                return err_set(err, err_len, r, "out of memory");
+        }
+        /* One model (the weights setting): a reload replaces it, even when its variant, its name, changes. */
+        if ((r = reg_serve_only(d->reg, g)) < 0)
+                return err_set(err, err_len, r, "out of memory");
+        d->gen = g;
+        return 0;
+}
+
 /* A loaded generation swapped in (the old one retires: tick frees it once
  * its last request is answered), or the reason it is not. */
 static void swap_in_reloaded(struct daemon *d)
@@ -575,8 +532,8 @@ static void swap_in_reloaded(struct daemon *d)
 
         if (reload_finish(&d->reload, err, sizeof err, &next) == 0) {
                 n = next;
-                if (http_swap_generation(d->http, n, err, sizeof err) < 0)
-                        n = gen_free(n);
+                if (serve_version(d, n, err, sizeof err) < 0)
+                        n = NULL;
         }
         if (n) {
                 d->gen = n;
@@ -593,6 +550,32 @@ static void swap_in_reloaded(struct daemon *d)
         service_notify_ready(d->status);
 }
 
+/* Whether every serving version's workers make progress (the watchdog's
+ * question): the first stall's reason in err. */
+struct progress_check {
+        int64_t stall_ns;
+        char *err;
+        size_t err_len;
+        int r;
+};
+
+static int check_row(void *userdata, const struct reg_row *row)
+{
+        struct progress_check *pc = userdata;
+
+        if (row->g && pc->r == 0)
+                pc->r = batch_check_progress(row->g->batch, pc->stall_ns, pc->err, pc->err_len);
+        return 0;
+}
+
+static int check_progress(struct daemon *d, char *err, size_t err_len)
+{
+        struct progress_check pc = { .stall_ns = d->stall_ns, .err = err, .err_len = err_len };
+
+        reg_list(d->reg, check_row, &pc);
+        return pc.r;
+}
+
 /* Periodic work of the main loop: watchdog keep-alive when the workers make
  * progress, STATUS= with the rate, and freeing retired generations. */
 static void tick(struct daemon *d, bool stopping)
@@ -601,14 +584,14 @@ static void tick(struct daemon *d, bool stopping)
         char err[256];
         struct generation *old;
 
-        while ((old = http_collect_retired(d->http))) {
+        while ((old = reg_collect_retired(d->reg))) {
                 /* Its last request is answered: executors and threads go. */
                 log_msg(LOG_INFO, "released the replaced model (sha256 %.16s...)", old->sha256);
                 gen_free(old);
         }
         if (d->watchdog_ns && now >= d->next_watchdog) {
                 d->next_watchdog = now + d->watchdog_ns;
-                if (batch_check_progress(d->gen->batch, d->stall_ns, err, sizeof err) == 0) {
+                if (check_progress(d, err, sizeof err) == 0) {
                         service_notify_watchdog();
                         d->stalled = false;
                 } else if (!d->stalled) {
@@ -743,11 +726,35 @@ static int process_setup(struct daemon *d, char *err, size_t err_len)
         return 0;
 }
 
+/* The registry and the pipeline requests go through (every front end's). */
+static int pipeline_open(struct daemon *d, char *err, size_t err_len)
+{
+        const struct conf *c = &d->conf;
+        struct pipe_opts po = {
+                .workers = (int)c->decode_threads,
+                .queue = (int)c->decode_queue,
+                .memory_budget = c->memory_budget,
+                .max_client_share = c->max_client_share,
+                .max_images = (int)c->max_images,
+                .deadline_ms = c->deadline_us / PARSE_MS,
+                .img = IMG_OPTS_DEFAULT,
+                .max_request_pixels = c->max_request_pixels,
+        };
+        int r;
+
+        po.img.limits.max_bytes = (size_t)c->max_body_bytes;
+        po.img.limits.max_pixels = c->max_pixels;
+        po.img.jpeg_fast = c->jpeg_fast;
+        if ((r = reg_new(&d->reg)) < 0 || (r = pipe_new(&po, d->reg, &d->pipe)) < 0)
+                return err_set(err, err_len, r, "request pipeline: %s", strerror(-r));
+        return 0;
+}
+
 /* Phase 3, the model: d->gen, loaded on a thread of its own while this one
  * waits for signals: SIGTERM or SIGINT during a long load or warm-up ends
  * the process at once (nothing is served yet, so nothing is lost), where
  * waiting for the load could outlast the service manager's stop timeout.
- * Undone by daemon_teardown (gen_free, unless http has it). */
+ * Undone by daemon_teardown (reg_free). */
 static int model_open(struct daemon *d, char *err, size_t err_len)
 {
         struct reload first = RELOAD_INIT;
@@ -772,7 +779,12 @@ static int model_open(struct daemon *d, char *err, size_t err_len)
         }
         if ((r = reload_finish(&first, err, err_len, &gen)) < 0)
                 return r;
-        d->gen = gen;
+        if ((r = pipeline_open(d, err, err_len)) < 0) {
+                gen_free(gen);
+                return r;
+        }
+        if ((r = serve_version(d, gen, err, err_len)) < 0)
+                return r;
         batch_get_config(d->gen->batch, &bc);
         effnet_cpu_info(&cpu);
         log_model(d->gen);
@@ -785,30 +797,10 @@ static int model_open(struct daemon *d, char *err, size_t err_len)
         return 0;
 }
 
-/* The gRPC service's way to the model and the pipeline, through the HTTP
- * server that owns them (server/kserve.h). */
-static struct generation *grpc_gen_get(void *userdata)
-{
-        struct daemon *d = userdata;
-        return http_generation_get(d->http);
-}
-
-static void grpc_gen_put(void *userdata, struct generation *g)
-{
-        struct daemon *d = userdata;
-        http_generation_put(d->http, g);
-}
-
 static bool grpc_ready(void *userdata)
 {
         struct daemon *d = userdata;
         return http_ready(d->http);
-}
-
-static int grpc_submit(void *userdata, struct kserve_infer *job)
-{
-        struct daemon *d = userdata;
-        return kpipe_submit(d->kpipe, job);
 }
 
 static void grpc_stats(void *userdata, struct grpc_stats *ret_stats)
@@ -822,35 +814,26 @@ static void grpc_stats(void *userdata, struct grpc_stats *ret_stats)
                 memset(ret_stats, 0, sizeof *ret_stats);
 }
 
-/* The gRPC listener (grpc-listen), with the HTTP server's limits: the
- * same memory budget, deadline, images per request, image limits, the
- * /v2 body limit per message, and connections and timeouts of its own
- * listener. */
-static int grpc_open(struct daemon *d, const struct http_opts *ho, char *err, size_t err_len)
+/* The gRPC listener (grpc-listen): its requests go through the same
+ * pipeline as HTTP's (model versions, worker pool, batchers, memory
+ * budget, limits); the /v2 body limit bounds a message; connections and
+ * timeouts are those of the HTTP settings, for a listener of its own. */
+static int grpc_open(struct daemon *d, char *err, size_t err_len)
 {
         const struct conf *c = &d->conf;
-        struct kpipe_opts po = { .dec = http_decoder(d->http), .img = ho->img,
-                                 .max_request_pixels = ho->max_request_pixels, .budget = http_budget(d->http) };
         struct kserve_opts ko = {
                 .h2 = { .listen = c->grpc_listen, .max_connections = (int)c->max_connections,
                         .max_streams = (int)c->grpc_max_streams, .max_header_bytes = 16384,
                         .max_message_bytes = c->v2_max_body_bytes,
                         .idle_timeout_s = (int)(c->connection_timeout_us / PARSE_S),
                         .read_timeout_s = (int)(c->body_timeout_us / PARSE_S),
-                        .max_deadline_ms = c->deadline_us / PARSE_MS, .budget = http_budget(d->http) },
-                .backend = { .gen_get = grpc_gen_get, .gen_put = grpc_gen_put, .ready = grpc_ready,
-                             .submit = grpc_submit, .access_log = c->access_log ? on_answered : NULL,
-                             .userdata = d },
-                .max_images = ho->max_images,
-                .max_image_bytes = ho->img.limits.max_bytes,
-                .deadline_ms = ho->deadline_ms,
-                .max_client_share = ho->max_client_share,
+                        .max_deadline_ms = c->deadline_us / PARSE_MS },
+                .pipe = d->pipe,
+                .backend = { .ready = grpc_ready, .access_log = c->access_log ? on_answered : NULL, .userdata = d },
         };
         struct kserve *k;
         int r;
 
-        if ((r = kpipe_new(&po, &d->kpipe)) < 0)
-                return err_set(err, err_len, r, "gRPC: %s", strerror(-r));
         if ((r = kserve_new(&ko, err, err_len, &k)) < 0)
                 return r;
         atomic_store(&d->grpc, k);
@@ -898,7 +881,7 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
         ho.img.limits.max_pixels = c->max_pixels;
         ho.max_request_pixels = c->max_request_pixels;
         ho.img.jpeg_fast = c->jpeg_fast;
-        if ((r = http_new(&ho, d->gen, err, err_len, &d->http)) < 0)
+        if ((r = http_new(&ho, d->pipe, err, err_len, &d->http)) < 0)
                 return r;
         log_msg(LOG_INFO, "listening on %s%s", http_url(d->http),
                 d->listen_fd >= 0 ? " (socket from systemd)" : "");
@@ -907,7 +890,7 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 log_msg(LOG_INFO, "admin (probes, metrics) listening on %s; Host names answered: %s",
                         http_admin_url(d->http), http_hosts(d->http, true));
         if (c->grpc_listen)
-                return grpc_open(d, &ho, err, err_len);
+                return grpc_open(d, err, err_len);
         return 0;
 }
 
@@ -988,20 +971,16 @@ static void daemon_teardown(struct daemon *d)
 {
         struct generation *old;
 
-        /* gRPC first: its requests use http's pool, batchers and budget.
-         * drain waited for those in the pipeline; open calls are cancelled. */
-        if (d->kpipe)
-                kpipe_stop(d->kpipe);
+        /* gRPC first: its requests use the pipeline; drain waited for
+         * those in it, and its open calls are cancelled. */
         atomic_store(&d->grpc, kserve_free(atomic_load(&d->grpc)));
-        d->kpipe = kpipe_free(d->kpipe);
-        if (d->http) {
+        if (d->http)
                 http_stop(d->http);
-                while ((old = http_collect_retired(d->http)))
-                        gen_free(old);
-        }
-        if (!d->http)
-                d->gen = gen_free(d->gen);   /* never handed to http */
-        d->http = http_free(d->http);        /* frees the generations it has */
+        d->http = http_free(d->http);
+        d->pipe = pipe_free(d->pipe);
+        while (d->reg && (old = reg_collect_retired(d->reg)))
+                gen_free(old);
+        d->reg = reg_free(d->reg);           /* frees the versions it serves */
         d->gen = NULL;
 }
 

@@ -304,6 +304,24 @@ const char *api_labels_get(const struct api_labels *l, int index)
         return l->names[index];
 }
 
+int api_labels_open(const char *path, const char *hub_config, int classes, char *err, size_t err_len, char *note,
+                    size_t note_len, struct api_labels **ret_labels)
+{
+        char why[512];
+        int r;
+
+        if (note_len)
+                note[0] = '\0';
+        if (path || !hub_config)
+                return api_labels_load(path, classes, err, err_len, ret_labels);
+        r = api_labels_load_hub_config(hub_config, classes, why, sizeof why, ret_labels);
+        if (r == 0)
+                return 0;
+        if (r != -ENOENT && note_len)
+                snprintf(note, note_len, "not taken from the repository's config.json: %s", why);
+        return api_labels_load(NULL, classes, err, err_len, ret_labels);
+}
+
 const char *api_labels_source(const struct api_labels *l)
 {
         return l->source;

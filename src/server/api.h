@@ -55,6 +55,13 @@ int api_labels_load_hub_config(const char *config_path, int classes, char *err, 
                                struct api_labels **ret_labels);
 /* Where the names come from: "builtin-imagenet-1k", "file:PATH",
  * "hub:config.json", or "indices" (the label is the class index). */
+/* The class names of a model, as effnetd and the effnet tool take them:
+ * the file path when given (api_labels_load), else hub_config (a
+ * repository's config.json) when it names every class, else the built-in
+ * ImageNet-1k names for 1000 classes, else the indices. A config.json that
+ * could not be used is no error: note says why (else it stays ""). */
+int api_labels_open(const char *path, const char *hub_config, int classes, char *err, size_t err_len, char *note,
+                    size_t note_len, struct api_labels **ret_labels);
 const char *api_labels_source(const struct api_labels *l);
 int api_labels_count(const struct api_labels *l);
 

@@ -12,7 +12,6 @@ int gen_new(struct generation **ret_gen)
 
         if (!g)
                 return -ENOMEM;
-        atomic_init(&g->refs, 0);
         *ret_gen = g;
         return 0;
 }
@@ -36,6 +35,7 @@ struct generation *gen_free(struct generation *g)
         effnet_model_free(g->model);
         free(g->weights);
         free(g->strings);
+        free(g->name);
         free_answers(g);
         free(g);
         return NULL;
@@ -118,6 +118,10 @@ int gen_build_answers(struct generation *g, const struct gen_limits *lim)
                 return -EINVAL;
         batch_get_config(g->batch, &bc);
         g->info = effnet_model_info(g->model);
+        if (!g->name && !(g->name = strdup(g->info->variant)))
+                return -ENOMEM;
+        if (g->version < 1)
+                g->version = 1;
         g->image_floats = (size_t)3 * (size_t)g->info->preproc.size * (size_t)g->info->preproc.size;
         g->label_max = 0;
         for (int i = 0; i < api_labels_count(g->labels); i++) {
@@ -143,7 +147,7 @@ int gen_build_answers(struct generation *g, const struct gen_limits *lim)
                 .max_body_bytes = lim->max_body_bytes,
         };
         memcpy(g->exec_batch, bc.exec_batch, sizeof g->exec_batch);
-        g->v2 = (struct v2_model){ .name = g->info->variant, .size = g->info->preproc.size,
+        g->v2 = (struct v2_model){ .name = g->name, .version = g->version, .size = g->info->preproc.size,
                                    .classes = g->info->classes, .max_batch = bc.max_batch,
                                    .max_delay_us = bc.max_delay_us, .exec_batch = g->exec_batch,
                                    .n_exec = bc.n_exec, .labels = g->labels, .labels_source = g->labels_shown,

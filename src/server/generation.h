@@ -1,24 +1,22 @@
-/* generation: one model generation, the one owner of a model, its batcher,
+/* generation: one model version, the one owner of a model, its batcher,
  * its labels, where its weights came from, and the answers the server
  * gives about it (/v1/models, /v2/models/{m}, its config), built once.
- * Requests hold a reference while they use it, so that a reload can swap
- * in the next generation while the old one finishes what it started.
+ * Immutable once its answers are built: the registry (server/registry.h)
+ * then takes it over and hands requests read-only references, so that a
+ * reload can serve the next version while the old one finishes what it
+ * started.
  *
  *   struct generation *g;
  *   if (gen_new(&g) < 0) return -ENOMEM;
  *   r = effnet_model_open(path, &oo, err, sizeof err, &g->model);
  *   ... api_labels_load(..., &g->labels); batch_new(g->model, &bo, ..., &g->batch);
  *   r = gen_set_weights(g, "hf://timm/...", &source);   // copies the strings
- *   r = http_new(&opts, g, err, sizeof err, &http);      // http owns g from now on
- *   ...
- *   r = http_swap_generation(http, next, err, sizeof err);  // on failure: gen_free(next)
- *   while ((old = http_collect_retired(http)))               // no request uses old any more
- *           gen_free(old);
+ *   r = gen_build_answers(g, &limits);                   // immutable from now on
+ *   r = reg_serve(registry, g);                          // the registry owns g from now on
  */
 #ifndef EFFNET_SERVER_GENERATION_H
 #define EFFNET_SERVER_GENERATION_H
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -65,10 +63,11 @@ struct generation {
                                        * (points into weights) */
         char *labels_shown;           /* where the labels come from, as the answers name it */
 
-        /* Requests using it; the server's list of retired generations.
-         * Both belong to the server (guarded by its generation lock). */
-        atomic_int refs;
-        struct generation *next;
+        /* Which model and version it is: the registry serves it under them
+         * (server/registry.h). gen_build_answers names a generation
+         * without a name by its variant, version 1 (a one-model server). */
+        char *name;                   /* owned */
+        int64_t version;              /* >= 1 */
 };
 
 /* An empty generation (every field zero), or -ENOMEM. */

@@ -80,6 +80,8 @@ struct h2_call {
         bool rst_after_final;          /* the server ended it: reset once the status is out, so that the
                                         * client stops sending */
         char peer[INET6_ADDRSTRLEN];
+        unsigned char key[1 + 16];     /* its connection's client key (budget) */
+        size_t key_len;
 
         /* Sending: guarded by s->post_lock. */
         uint8_t *out;                  /* charged: out_cap */
@@ -317,6 +319,12 @@ const char *h2_call_peer(const struct h2_call *c)
 struct budget_client *h2_call_client(const struct h2_call *c)
 {
         return c->client;
+}
+
+const void *h2_call_client_key(const struct h2_call *c, size_t *ret_len)
+{
+        *ret_len = c->key_len;
+        return c->key;
 }
 
 size_t h2_call_received(const struct h2_call *c)
@@ -694,6 +702,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
         c->stream_id = frame->hd.stream_id;
         c->refs = 1;
         memcpy(c->peer, conn->peer, sizeof c->peer);
+        memcpy(c->key, conn->key, sizeof c->key);
+        c->key_len = conn->key_len;
         c->start_ns = c->last_ns = time_now_ns();
         c->next = conn->calls;
         if (conn->calls)

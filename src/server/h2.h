@@ -148,6 +148,10 @@ const char *h2_call_peer(const struct h2_call *c);
 /* Its client's account in the budget (a borrowed reference, valid for the
  * call's life); NULL: the total only. */
 struct budget_client *h2_call_client(const struct h2_call *c);
+/* Its client's address as the budget names its account (BUDGET_MAX_KEY
+ * bytes at most), *ret_len bytes; 0 bytes when unknown. Valid for the
+ * call's life. */
+const void *h2_call_client_key(const struct h2_call *c, size_t *ret_len);
 /* Bytes of request messages received so far. */
 size_t h2_call_received(const struct h2_call *c);
 

@@ -2,7 +2,9 @@
 #include "http.h"
 #include "util.h"
 #include "budget.h"
-#include "decoder.h"
+#include "pipeline.h"
+#include "registry.h"
+#include "workpool.h"
 #include "hosts.h"
 #include "metrics.h"
 #include "multipart.h"
@@ -29,7 +31,6 @@
  * body went over a limit the rest is read and dropped and the 413 follows
  * its end; past this many dropped bytes the connection closes instead. */
 #define DISCARD_MAX ((size_t)64 << 20)
-#define BODY_MIN_ALLOC ((size_t)64 << 10)
 /* The bound of one prediction in an answer, besides its label (escaped:
  * labels are printable UTF-8, so only '"' and '\\' grow, to two bytes):
  * {"index":I,"label":"","score":S}, with I of at most 10 digits and S
@@ -71,13 +72,8 @@ struct http_server {
         struct hosts *hosts;               /* the Host names the main listener answers (immutable) */
         struct hosts *admin_hosts;         /* those the admin listener answers, or NULL */
         char url[128], admin_url[128];
-        int max_batch;
-
-        pthread_mutex_t gen_lock;          /* guards current and retired */
-        struct generation *current;
-        struct generation *retired;        /* swapped out, maybe still in use */
-        struct batch_stats retired_stats;  /* the final counters of the batchers of collected generations,
-                                            * which are gone (guarded by gen_lock) */
+        struct pipeline *pipe;             /* requests' work (not owned) */
+        struct registry *reg;              /* the model versions served (the pipeline's; not owned) */
         atomic_ullong reloads, reload_failures;
         atomic_ullong id_seq;              /* made-up request ids */
         uint64_t id_salt;
@@ -86,7 +82,6 @@ struct http_server {
         atomic_bool stopping;              /* http_stop began: nothing new is suspended or submitted */
         atomic_int submitting;             /* requests between submit_enter and submit_leave */
         atomic_int resuming;               /* threads inside MHD_resume_connection (see req_resume) */
-        struct dec_pool *dec;              /* decodes images off the polling threads */
         pthread_mutex_t conn_lock;         /* guards conns and every http_conn on it, sweeping */
         pthread_cond_t conn_cond;          /* sweeping became false */
         struct http_conn *conns;           /* connections, while header-timeout is on */
@@ -96,7 +91,8 @@ struct http_server {
         atomic_llong answer_bytes;         /* bodies of answers queued and not yet sent (a gauge) */
         atomic_int inflight;
         atomic_int waiting;                /* suspended while the batcher has their job */
-        struct budget *budget;             /* what requests hold: bodies, tensors, outputs, answers */
+        struct budget *budget;             /* what requests hold: bodies, tensors, outputs, answers (the
+                                            * pipeline's) */
         atomic_ullong requests[HTTP_N_ROUTES][HTTP_N_STATUSES];
         atomic_ullong errors[API_N_ERRORS];
         atomic_ullong images;
@@ -113,16 +109,18 @@ struct http_server {
 
 enum req_state {
         REQ_BODY,      /* reading the body */
-        REQ_WAITING,   /* suspended, its images are being decoded or its job is in the batcher */
-        REQ_DONE,      /* the job completed (or failed to submit); answer now */
+        REQ_WAITING,   /* suspended, its work is in the pipeline */
+        REQ_DONE,      /* the pipeline completed it (or it failed to start); answer now */
         REQ_ANSWERED,
 };
 
-/* One request; freed when libmicrohttpd reports it completed. */
+/* One request; freed when libmicrohttpd reports it completed. Its work
+ * (body, images, outputs, model version, memory charges) is the
+ * pipeline's request, pr (server/pipeline.h); this is what HTTP adds. */
 struct req {
         struct http_server *s;
-        struct generation *g;       /* the generation it is served with (a reference), NULL while its
-                                     * body arrives: a slow upload holds no retired model */
+        struct pipe_req *pr;        /* owned; its model version is NULL while the body arrives: a slow
+                                     * upload holds no retired model */
         char id[HTTP_MAX_REQUEST_ID + 1];
         struct MHD_Connection *conn;
         const char *method;         /* libmicrohttpd's, valid for the request */
@@ -131,60 +129,20 @@ struct req {
         enum http_route route;
         enum req_state state;
         int64_t start_ns;
-        int64_t submit_ns;          /* handed to the batcher; 0 before */
-        int64_t deadline_ns;
-        int top_k;                  /* 0: the default, until the request takes its generation */
+        int top_k;                  /* 0: the default, until the request takes its model version */
         const char *content_type;   /* NULL when absent */
         bool multipart;
         struct v2_path v2;          /* route V2_ROUTE_NONE for effnetd's own API */
+        int64_t v2_version;         /* the version its path names; 0: none */
         int64_t v2_header_len;      /* Inference-Header-Content-Length; -1 when absent */
         struct v2_request *v2req;   /* the parsed infer request, owned */
         size_t max_body;            /* body limit of its route */
-        struct budget_client *client;   /* its address's account in s->budget (a reference); NULL: unknown */
-        int client_fd;              /* its connection's socket: a client that left is noticed while its
-                                     * images are decoded; -1 when unknown */
-
-        uint8_t *body;              /* owned, its capacity charged to the budget */
-        size_t len, cap;
         size_t received;            /* body bytes, kept or dropped */
-        bool failed;                /* err/msg hold the answer */
-        enum api_error err;
-        char msg[256];
-
-        int n_images;
-        struct multipart_part one;       /* a body of one image */
-        struct multipart_part *parts;    /* [n_parts] into body: &one or owned */
-        int n_parts;
-        struct dec_job djob;        /* decoding, on the decoder's pool */
-        int next_part;              /* the next image it decodes */
-        int64_t pixels_left;        /* of max-request-pixels, while decoding */
-        float *tensors;             /* [n_images][3][size][size], owned */
-        float *logits;              /* [n_images][classes], owned */
-        struct batch_job job;       /* /v1: one job for every image; /v2: its jobs' first pass,
-                                     * longest pass and largest batch (for the log) */
-        struct batch_job *jobs;     /* /v2: one job per image, [n_images], owned */
-        atomic_int pending;         /* /v2: jobs whose callback has not fired */
-        atomic_int job_error;       /* /v2: the first error of its jobs, or 0 */
-        int job_status;             /* written by the batcher's callback(s) */
-        int64_t reserved;           /* charged at admission until its work is released: tensors, logits
-                                     * and the bound of its answer */
+        int n_images;               /* answered */
         size_t answer_len;          /* its answer's body, counted in s->answer_bytes and charged to the
                                      * budget until completed */
         bool counted_waiting;       /* counted in http_server.waiting */
 };
-
-/* Charges bytes that q is about to allocate to the budget, its client's
- * share included: 0, -ENOBUFS (the budget is full) or -EDQUOT (the
- * client's share is). */
-static int req_charge(struct req *q, int64_t bytes)
-{
-        return budget_charge(q->s->budget, q->client, bytes);
-}
-
-static void req_uncharge(struct req *q, int64_t bytes)
-{
-        budget_release(q->s->budget, q->client, bytes);
-}
 
 /* A line for the operator, through the error_log callback. */
 static void server_log(struct http_server *s, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -199,51 +157,27 @@ static void server_log(struct http_server *s, const char *fmt, ...)
         va_end(ap);
 }
 
-static void body_release(struct req *q)
+/* The model version serving q, or NULL. */
+static const struct generation *req_gen(const struct req *q)
 {
-        free(q->body);
-        if (q->cap)
-                req_uncharge(q, (int64_t)q->cap);
-        q->body = NULL;
-        q->len = q->cap = 0;
+        return pipe_req_model(q->pr);
+}
+
+/* The model version q names (its /v2 path's model and version, or the
+ * default model): a reference until its work is released. */
+static int req_take_gen(struct req *q)
+{
+        if (q->v2.model)
+                return pipe_req_acquire(q->pr, q->v2.model, q->v2.model_len, q->v2_version);
+        return pipe_req_acquire(q->pr, NULL, 0, 0);
 }
 
 /* Everything but the request's own record: its body, images, outputs and
- * its reference to the generation (so that a retired model can go). */
-static void req_drop_gen(struct req *q)
-{
-        if (q->g)
-                atomic_fetch_sub(&q->g->refs, 1);
-        q->g = NULL;
-}
-
-/* The generation served now; a reference until req_drop_gen. */
-static void req_take_gen(struct req *q)
-{
-        struct http_server *s = q->s;
-
-        pthread_mutex_lock(&s->gen_lock);
-        q->g = s->current;
-        atomic_fetch_add(&q->g->refs, 1);
-        pthread_mutex_unlock(&s->gen_lock);
-}
-
+ * its reference to the model version (so that a retired one can go). */
 static void req_release_work(struct req *q)
 {
-        req_drop_gen(q);
-        if (q->parts != &q->one)
-                free(q->parts);
-        q->parts = NULL;
-        q->n_parts = 0;
-        body_release(q);
-        free(q->tensors);
-        free(q->logits);
-        free(q->jobs);
-        q->tensors = q->logits = NULL;
-        q->jobs = NULL;
+        pipe_req_release_work(q->pr);
         q->v2req = v2_request_free(q->v2req);
-        req_uncharge(q, q->reserved);
-        q->reserved = 0;
 }
 
 static void req_free(struct req *q)
@@ -251,22 +185,12 @@ static void req_free(struct req *q)
         if (!q)
                 return;
         req_release_work(q);
-        budget_release(q->s->budget, q->client, (int64_t)q->answer_len);
-        q->client = budget_client_put(q->s->budget, q->client);
+        pipe_req_uncharge(q->pr, (int64_t)q->answer_len);
+        q->pr = pipe_req_free(q->pr);
         free(q);
 }
 
-static void req_fail(struct req *q, enum api_error e, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void req_fail(struct req *q, enum api_error e, const char *fmt, ...)
-{
-        va_list ap;
-
-        va_start(ap, fmt);
-        vsnprintf(q->msg, sizeof q->msg, fmt, ap);
-        va_end(ap);
-        q->failed = true;
-        q->err = e;
-}
+#define req_fail(q, ...) pipe_req_fail((q)->pr, __VA_ARGS__)
 
 /* An answer queued: counted in /metrics (requests by route and status,
  * latency, queue wait), then handed to the access log callback, if any. */
@@ -280,8 +204,9 @@ static void count_answer(struct req *q, int status, const char *error, size_t an
         atomic_fetch_add(&s->requests[q->route][http_status_index(status)], 1);
         atomic_fetch_add(&s->latency[q->route][http_latency_bucket(ms / 1e3)], 1);
         atomic_fetch_add(&s->latency_us[q->route], (unsigned long long)(ms * 1000.0));
-        if (q->job.taken_ns && q->submit_ns) {
-                queue_ms = (double)(q->job.taken_ns - q->submit_ns) / 1e6;
+        const struct pipe_req *pr = q->pr;
+        if (pr->job.taken_ns && pr->submit_ns) {
+                queue_ms = (double)(pr->job.taken_ns - pr->submit_ns) / 1e6;
                 atomic_fetch_add(&s->queue_wait[http_latency_bucket(queue_ms / 1e3)], 1);
                 atomic_fetch_add(&s->queue_wait_us, (unsigned long long)(queue_ms * 1000.0));
         }
@@ -297,8 +222,8 @@ static void count_answer(struct req *q, int status, const char *error, size_t an
         struct http_access a = { .request_id = q->id, .client = host, .method = q->method, .path = q->path,
                                  .status = status, .error = error, .images = q->n_images,
                                  .body_bytes = q->received, .answer_bytes = answer_bytes, .queue_ms = queue_ms,
-                                 .inference_ms = (double)q->job.forward_ns / 1e6,
-                                 .batch_size = q->job.batch_size, .ms = ms };
+                                 .inference_ms = (double)pr->job.forward_ns / 1e6,
+                                 .batch_size = pr->job.batch_size, .ms = ms };
         s->opts.access_log(s->opts.userdata, &a);
 }
 
@@ -310,10 +235,11 @@ static void add_server_timing(struct req *q, struct MHD_Response *resp)
 {
         char st[160];
         double total = (double)(time_now_ns() - q->start_ns) / 1e6;
-        double queue = q->job.taken_ns && q->submit_ns ? (double)(q->job.taken_ns - q->submit_ns) / 1e6 : 0;
+        const struct pipe_req *pr = q->pr;
+        double queue = pr->job.taken_ns && pr->submit_ns ? (double)(pr->job.taken_ns - pr->submit_ns) / 1e6 : 0;
 
         snprintf(st, sizeof st, "total;dur=%.2f, queue;dur=%.2f, infer;dur=%.2f", total, queue,
-                 (double)q->job.forward_ns / 1e6);
+                 (double)pr->job.forward_ns / 1e6);
         MHD_add_response_header(resp, "Server-Timing", st);
 }
 
@@ -337,7 +263,7 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
                          * admission: charged, never refused (a probe must answer). */
                         q->answer_len = n;
                         atomic_fetch_add(&s->answer_bytes, (long long)n);
-                        budget_charge_force(s->budget, q->client, (int64_t)n);
+                        pipe_req_charge_force(q->pr, (int64_t)n);
                 }
         } else {
                 const char *fixed = q->v2.route != V2_ROUTE_NONE ? oom_v2 : oom;
@@ -413,7 +339,7 @@ static enum MHD_Result respond_error(struct req *q, enum api_error e, const char
 
 static enum MHD_Result respond_failed(struct req *q)
 {
-        return respond_error(q, q->err, q->msg);
+        return respond_error(q, q->pr->err, q->pr->msg);
 }
 
 static enum MHD_Result respond_json(struct req *q, int status, const char *json)
@@ -501,50 +427,34 @@ void http_stats_snapshot(struct http_server *s, struct http_stats *ret_stats)
         st->memory_refused_client = bs.refused_client;
         st->inflight = atomic_load(&s->inflight);
         st->ready = !atomic_load(&s->draining);
-        pthread_mutex_lock(&s->gen_lock);
-        for (struct generation *x = s->retired; x; x = x->next)
-                st->retired_models++;
-        pthread_mutex_unlock(&s->gen_lock);
-}
-
-/* The batchers' counters over every generation: the collected ones, those
- * retired but still in use, and the current one (as of now). */
-static void batch_totals(struct http_server *s, struct batch_stats *ret_stats)
-{
-        struct batch_stats now;
-
-        pthread_mutex_lock(&s->gen_lock);
-        *ret_stats = s->retired_stats;
-        for (struct generation *x = s->retired; x; x = x->next) {
-                batch_stats_snapshot(x->batch, &now);
-                batch_stats_add(ret_stats, &now);
-        }
-        batch_stats_snapshot(s->current->batch, &now);
-        pthread_mutex_unlock(&s->gen_lock);
-        batch_stats_add(ret_stats, &now);
+        st->retired_models = reg_retired_count(s->reg);
 }
 
 /* GET /metrics: every owner's snapshot, rendered by the metrics module. */
 static int metrics_body(struct req *q, char **ret_body)
 {
         struct http_server *s = q->s;
-        struct generation *g = q->g;
+        const struct generation *g = req_gen(q);
         struct http_stats hs;
         struct batch_stats bs;
-        struct dec_stats ds;
+        struct wpool_stats ds;
         struct proc_stats ps;
         struct batch_config bc;
 
         http_stats_snapshot(s, &hs);
-        batch_totals(s, &bs);
-        dec_stats_snapshot(s->dec, &ds);
+        reg_batch_totals(s->reg, &bs);
+        pipe_pool_stats(s->pipe, &ds);
         proc_get_stats(&ps);
-        batch_get_config(g->batch, &bc);
-        struct metrics_model m = { .variant = g->info->variant, .precision = effnet_precision_name(bc.precision),
-                                   .weights = g->weights_shown, .weights_sha256 = g->sha256,
-                                   .labels = g->labels_shown, .classes = g->info->classes,
-                                   .input_size = g->info->preproc.size };
-        struct metrics_sources src = { .http = &hs, .batch = &bs, .decode = &ds, .model = &m, .process = &ps };
+        struct metrics_model m = { 0 };
+        if (g) {
+                batch_get_config(g->batch, &bc);
+                m = (struct metrics_model){ .variant = g->info->variant, .precision = effnet_precision_name(bc.precision),
+                                            .weights = g->weights_shown, .weights_sha256 = g->sha256,
+                                            .labels = g->labels_shown, .classes = g->info->classes,
+                                            .input_size = g->info->preproc.size };
+        }
+        struct metrics_sources src = { .http = &hs, .batch = &bs, .decode = &ds, .model = g ? &m : NULL,
+                                       .process = &ps };
         struct grpc_stats gs;
         if (s->opts.grpc_stats) {
                 s->opts.grpc_stats(s->opts.userdata, &gs);
@@ -566,7 +476,9 @@ static enum MHD_Result serve_get(struct req *q)
                         return respond_error(q, API_E_DRAINING, "the server is shutting down");
                 return respond_json(q, 200, "{\"status\":\"ready\"}");
         case HTTP_ROUTE_MODELS:
-                return respond_json(q, 200, q->g->models_body);
+                if (!req_gen(q))
+                        return respond_error(q, API_E_NOT_FOUND, "no model is served");
+                return respond_json(q, 200, req_gen(q)->models_body);
         case HTTP_ROUTE_METRICS:
                 if (metrics_body(q, &body) < 0)
                         body = NULL;
@@ -591,7 +503,7 @@ static enum MHD_Result serve_get(struct req *q)
 static enum MHD_Result serve_v2_get(struct req *q)
 {
         struct http_server *s = q->s;
-        struct generation *g = q->g;
+        const struct generation *g = req_gen(q);
         char *body = NULL;
 
         switch (q->v2.route) {
@@ -612,7 +524,7 @@ static enum MHD_Result serve_v2_get(struct req *q)
                 if (atomic_load(&s->draining))
                         return respond_error(q, API_E_DRAINING, "the server is shutting down");
                 /* Variant names are plain ASCII ("efficientnetv2-s"): no escaping. */
-                snprintf(ready, sizeof ready, "{\"name\":\"%s\",\"ready\":true}", g->info->variant);
+                snprintf(ready, sizeof ready, "{\"name\":\"%s\",\"ready\":true}", g->name);
                 return respond_json(q, 200, ready);
         }
         case V2_ROUTE_MODEL_CONFIG:
@@ -656,10 +568,27 @@ static bool answers_full(struct http_server *s, char *msg, size_t len)
 }
 
 /* The headers of a /v2 request: method, model and version, limits. */
+/* Takes the model version q's /v2 path names; true when there is none,
+ * with the message in msg. */
+static bool model_lookup_failed(struct req *q, char *msg, size_t len)
+{
+        int mlen = (int)(q->v2.model_len < 100 ? q->v2.model_len : 100);
+        int r = -EINVAL;
+
+        if (v2_path_version(&q->v2, &q->v2_version) == 0 && (r = req_take_gen(q)) == 0)
+                return false;
+        if (r == -EINVAL || r == -ENODEV)
+                snprintf(msg, len, "unknown version '%.*s' of model '%.*s'",
+                         (int)(q->v2.version_len < 40 ? q->v2.version_len : 40), q->v2.version, mlen, q->v2.model);
+        else
+                snprintf(msg, len, "unknown model '%.*s' (GET /v1/models lists the models served)", mlen,
+                         q->v2.model);
+        return true;
+}
+
 static enum MHD_Result v2_on_headers(struct req *q, bool get)
 {
         struct http_server *s = q->s;
-        struct generation *g = q->g;
         bool infer = q->v2.route == V2_ROUTE_INFER;
         char msg[256];
 
@@ -667,17 +596,8 @@ static enum MHD_Result v2_on_headers(struct req *q, bool get)
                 return respond_error(q, API_E_METHOD_NOT_ALLOWED, infer ? "use POST" : "use GET");
         if (infer)
                 q->max_body = (size_t)s->opts.v2_max_body_bytes;
-        if (q->v2.model && !v2_path_model_is(&q->v2, g->info->variant)) {
-                snprintf(msg, sizeof msg, "unknown model '%.*s': this server serves '%s'",
-                         (int)(q->v2.model_len < 100 ? q->v2.model_len : 100), q->v2.model, g->info->variant);
+        if (q->v2.model && model_lookup_failed(q, msg, sizeof msg))
                 return infer ? fail_after_body(q, API_E_NOT_FOUND, msg) : respond_error(q, API_E_NOT_FOUND, msg);
-        }
-        if (q->v2.model && !v2_path_version_ok(&q->v2)) {
-                snprintf(msg, sizeof msg, "unknown version '%.*s' of model '%s': it has version %s",
-                         (int)(q->v2.version_len < 40 ? q->v2.version_len : 40), q->v2.version, g->info->variant,
-                         V2_MODEL_VERSION);
-                return infer ? fail_after_body(q, API_E_NOT_FOUND, msg) : respond_error(q, API_E_NOT_FOUND, msg);
-        }
         if (!infer)
                 return serve_v2_get(q);
         const char *cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -733,6 +653,9 @@ static enum MHD_Result on_headers(struct req *q)
                 return respond_error(q, API_E_METHOD_NOT_ALLOWED, "use POST");
         if (atomic_load(&s->draining))
                 return respond_error(q, API_E_DRAINING, "the server is shutting down");
+        if (!req_gen(q))
+                return respond_error(q, API_E_NOT_FOUND, "no default model: name one, POST "
+                                     "/v1/models/{name}/classify (GET /v1/models lists them), or set default-model");
         if (answers_full(s, msg, sizeof msg))
                 return respond_error(q, API_E_OVERLOADED, msg);
 
@@ -740,8 +663,8 @@ static enum MHD_Result on_headers(struct req *q)
          * model that serves the request (on_complete), which a reload may
          * change while the body arrives. */
         const char *k = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, "top_k");
-        if (k && api_parse_top_k(k, q->g->info->classes, &q->top_k) < 0) {
-                snprintf(msg, sizeof msg, "top_k must be an integer in 1..%d", q->g->info->classes);
+        if (k && api_parse_top_k(k, req_gen(q)->info->classes, &q->top_k) < 0) {
+                snprintf(msg, sizeof msg, "top_k must be an integer in 1..%d", req_gen(q)->info->classes);
                 return respond_error(q, API_E_INVALID_ARGUMENT, msg);
         }
         const char *ct = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
@@ -766,20 +689,6 @@ static enum MHD_Result on_headers(struct req *q)
         return MHD_YES;
 }
 
-/* q failed to get a charge of the budget (r from req_charge): 503, naming
- * the setting that was full. */
-static void fail_budget(struct req *q, int r, const char *what)
-{
-        const struct http_opts *o = &q->s->opts;
-
-        if (r == -EDQUOT)
-                req_fail(q, API_E_OVERLOADED, "%s: this client's requests hold their share of memory "
-                         "(max-client-share, %lld bytes); retry later", what, (long long)o->max_client_share);
-        else
-                req_fail(q, API_E_OVERLOADED, "%s: requests in flight hold the memory budget (memory-budget, "
-                         "%lld bytes); retry later", what, (long long)o->memory_budget);
-}
-
 /* The most bytes q's body can have: its Content-Length when it sent one
  * (libmicrohttpd holds the body to it), else its route's limit. The buffer
  * grows to this and no further, so its capacity (what is charged) is never
@@ -798,6 +707,7 @@ static size_t body_bound(struct req *q)
 static enum MHD_Result on_body(struct req *q, const char *data, size_t n)
 {
         struct http_server *s = q->s;
+        int r;
 
         /* A body trickled in holds its connection and buffer; no answer can
          * go out before the body ends, so past body-timeout from the
@@ -807,43 +717,19 @@ static enum MHD_Result on_body(struct req *q, const char *data, size_t n)
                 return MHD_NO;
         }
         q->received += n;
-        if (q->failed)
+        if (q->pr->failed)
                 return q->received > q->max_body + DISCARD_MAX ? MHD_NO : MHD_YES;
-        if (q->len + n > q->max_body) {
+        if (q->pr->len + n > q->max_body) {
+                pipe_req_body_release(q->pr);
                 req_fail(q, API_E_TOO_LARGE, "body over the limit of %zu bytes", q->max_body);
-                body_release(q);
                 return MHD_YES;
         }
-        if (q->len + n > q->cap) {
-                /* Doubling (a body arrives in many small pieces), up to the
-                 * body's own length when it is known: the capacity charged
-                 * is at most twice what arrived, and the length exactly at
-                 * the end. */
-                size_t bound = body_bound(q);
-                size_t cap = q->cap ? q->cap * 2 : BODY_MIN_ALLOC;
-                if (cap < q->len + n)
-                        cap = q->len + n;
-                if (cap > bound)
-                        cap = bound > q->len + n ? bound : q->len + n;
-                int64_t grow = (int64_t)(cap - q->cap);
-                int r = req_charge(q, grow);
-                if (r < 0) {
-                        fail_budget(q, r, "the request body");
-                        body_release(q);
-                        return MHD_YES;
-                }
-                uint8_t *b = realloc(q->body, cap);
-                if (!b) {
-                        req_uncharge(q, grow);
-                        req_fail(q, API_E_OVERLOADED, "out of memory for the body; retry later");
-                        body_release(q);
-                        return MHD_YES;
-                }
-                q->body = b;
-                q->cap = cap;
-        }
-        memcpy(q->body + q->len, data, n);
-        q->len += n;
+        size_t bound = body_bound(q);
+        r = pipe_req_append(q->pr, data, n, bound > q->pr->len + n ? bound : q->pr->len + n);
+        if (r == -ENOBUFS || r == -EDQUOT)
+                pipe_req_fail_budget(q->pr, r, "the request body");
+        else if (r < 0)
+                req_fail(q, API_E_OVERLOADED, "out of memory for the body; retry later");
         return MHD_YES;
 }
 
@@ -860,84 +746,25 @@ static void req_resume(struct req *q)
         atomic_fetch_sub(&s->resuming, 1);
 }
 
-/* A suspended request is over (q->failed or job_status say how). */
+/* A suspended request is over (its pipe_req says how). */
 static void req_finish(struct req *q)
 {
         q->state = REQ_DONE;
         req_resume(q);
 }
 
-static void on_job_done(struct batch_job *job, int status)
+/* The pipeline's one completion: back to the polling thread. */
+static void on_pipe_done(struct pipe_req *pr, void *userdata)
 {
-        struct req *q = job->userdata;
-
-        q->job_status = status;
-        req_finish(q);
+        req_finish(userdata);
 }
 
-/* Maps an image module error to the answer. */
-static void fail_image(struct req *q, int r, int part, const char *what)
-{
-        char where[24] = "";
-
-        if (q->multipart)
-                snprintf(where, sizeof where, "part %d: ", part + 1);
-        else if (q->v2.route != V2_ROUTE_NONE)
-                snprintf(where, sizeof where, "image %d: ", part + 1);
-        if (r == -E2BIG)
-                req_fail(q, API_E_TOO_LARGE, "%s%s", where, what);
-        else if (r == -ENOTSUP || r == -EBADMSG)
-                req_fail(q, API_E_INVALID_IMAGE, "%s%s", where, what);
-        else if (r == -ENOMEM)
-                req_fail(q, API_E_OVERLOADED, "%sout of memory; retry later", where);
-        else
-                req_fail(q, API_E_INTERNAL, "%s%s", where, what);
-}
-
-/* Decodes image i of q into its tensor, within the request's deadline
- * (checked before every image, so a request of many slow images stops at
- * the first one past it) and pixel budget (summed over its images from their
- * headers, before any is decoded past it). false: q holds the failure. */
-static bool prepare_image(struct req *q, int i, const void *data, size_t len, int64_t *pixels_left)
-{
-        struct http_server *s = q->s;
-        struct img_info info;
-        char err[256];
-        int r;
-
-        if (len == 0) {
-                fail_image(q, -EBADMSG, i, "empty image");
-                return false;
-        }
-        if (time_now_ns() > q->deadline_ns) {
-                req_fail(q, API_E_DEADLINE, "past the deadline of %lld ms while decoding image %d",
-                         (long long)s->opts.deadline_ms, i + 1);
-                return false;
-        }
-        if ((r = img_probe(data, len, &s->opts.img.limits, err, sizeof err, &info)) == 0) {
-                int64_t px = (int64_t)info.width * info.height;
-                if (px > *pixels_left) {
-                        req_fail(q, API_E_TOO_LARGE, "the request's images hold more than %lld pixels in all "
-                                 "(max-request-pixels)", (long long)s->opts.max_request_pixels);
-                        return false;
-                }
-                *pixels_left -= px;
-                r = img_prepare(data, len, &s->opts.img, &q->g->info->preproc,
-                                q->tensors + (size_t)i * q->g->image_floats, err, sizeof err);
-        }
-        if (r < 0) {
-                fail_image(q, r, i, err);
-                return false;
-        }
-        return true;
-}
-
-/* Entering the batcher or the decoder (suspend, submit): false once
- * http_stop began, so that no connection is suspended and no job submitted
- * while or after the server stops (the caller answers 503 draining). Then
- * submit_leave. Both sides are sequentially consistent: http_stop sets
- * stopping and then reads submitting, this counts itself and then reads
- * stopping, so one of them sees the other. */
+/* Entering the pipeline (suspend, submit): false once http_stop began, so
+ * that no connection is suspended and no job submitted while or after the
+ * server stops (the caller answers 503 draining). Then submit_leave. Both
+ * sides are sequentially consistent: http_stop sets stopping and then
+ * reads submitting, this counts itself and then reads stopping, so one of
+ * them sees the other. */
 static bool submit_enter(struct http_server *s)
 {
         atomic_fetch_add(&s->submitting, 1);
@@ -962,408 +789,188 @@ static void req_suspend(struct req *q)
         MHD_suspend_connection(q->conn);
 }
 
-/* One image of a /v2 request done: the last one resumes the connection. */
-static void on_v2_job_done(struct batch_job *job, int status)
+/* The bound of q's answer (charged at admission): its JSON with top_k
+ * predictions per image (api_classify_body), or /v2's outputs
+ * (v2_infer_body: the classification's k strings "score:index:label", or
+ * every class's probability as JSON text or 4 bytes). */
+static void answer_bound(const struct req *q, struct pipe_run *run)
 {
-        struct req *q = job->userdata;
-        int none = 0;
-
-        if (status)
-                atomic_compare_exchange_strong(&q->job_error, &none, status);
-        if (atomic_fetch_sub(&q->pending, 1) == 1)
-                req_finish(q);
-}
-
-/* The images of suspended q are tensors: queue its job(s), or finish it.
- * Any thread. Every path ends with q resumed (now or by the batcher). */
-static void start_inference(struct req *q)
-{
-        struct http_server *s = q->s;
-        struct generation *g = q->g;
-        int n = q->n_images, r;
-
-        if (time_now_ns() > q->deadline_ns) {
-                req_fail(q, API_E_DEADLINE, "past the deadline of %lld ms before inference",
-                         (long long)s->opts.deadline_ms);
-                req_finish(q);
-                return;
-        }
-        /* Decoded while http_stop began: its wait covers this request. */
-        if (atomic_load(&s->stopping)) {
-                req_fail(q, API_E_DRAINING, "the server is shutting down");
-                req_finish(q);
-                return;
-        }
-        q->submit_ns = time_now_ns();
-        if (q->v2.route != V2_ROUTE_INFER) {
-                q->job = (struct batch_job){ .n = n, .images = q->tensors, .logits = q->logits,
-                                             .deadline_ns = q->deadline_ns, .done = on_job_done, .userdata = q };
-                r = batch_submit(g->batch, &q->job);
-                if (r < 0) {
-                        q->job_status = r;
-                        req_finish(q);
-                }
-                return;
-        }
-        /* One job per image, so that they share forward passes with every
-         * other request. */
-        atomic_store(&q->pending, n);
-        int i;
-        for (i = 0; i < n; i++) {
-                /* q stays alive here: the jobs not yet submitted hold pending up. */
-                q->jobs[i] = (struct batch_job){ .n = 1, .images = q->tensors + (size_t)i * g->image_floats,
-                                                 .logits = q->logits + (size_t)i * (size_t)g->info->classes,
-                                                 .deadline_ns = q->deadline_ns, .done = on_v2_job_done,
-                                                 .userdata = q };
-                r = batch_submit(g->batch, &q->jobs[i]);
-                if (r < 0) {
-                        int none = 0;
-                        atomic_compare_exchange_strong(&q->job_error, &none, r);
-                        break;
-                }
-        }
-        /* Jobs never submitted never call back: count them done here. */
-        if (i < n && atomic_fetch_sub(&q->pending, n - i) == n - i)
-                req_finish(q);
-}
-
-/* Whether part i of q is a large image for the decoder's scheduling, from
- * its header (a broken one fails when it is decoded). */
-static bool part_is_large(struct req *q, int i)
-{
-        struct img_info info;
-        char err[256];
-
-        if (img_probe(q->parts[i].data, q->parts[i].len, &q->s->opts.img.limits, err, sizeof err, &info) < 0)
-                return false;
-        return (int64_t)info.width * info.height > DEC_LARGE_PIXELS;
-}
-
-/* Whether the client of suspended q closed its connection: the end of its
- * stream, with nothing unread before it (a pipelined request would be), or
- * an error such as a reset. A client that only shuts down its sending side
- * and waits for the answer is taken as gone too, as nginx takes it. */
-static bool client_gone(struct req *q)
-{
-        char c;
-        ssize_t n;
-
-        if (q->client_fd < 0)
-                return false;
-        n = recv(q->client_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-        return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
-/* On a decoder thread: one of q's images (its parts, or its /v2 BYTES) to
- * its tensor; after the last one, inference. Image by image, so that the
- * requests being decoded take turns: a small one waits for at most one
- * image of each large one ahead. The tensors are allocated at the first
- * image, so that requests waiting for a decoder hold their bodies only. */
-static enum dec_step decode_main(struct dec_job *job)
-{
-        struct req *q = job->userdata;
-        struct generation *g = q->g;
-        int i = q->next_part;
-
-        /* http_stop waits for this request: answer it now. */
-        if (atomic_load(&q->s->stopping)) {
-                req_fail(q, API_E_DRAINING, "the server is shutting down");
-                req_finish(q);
-                return DEC_DONE;
-        }
-        /* Nobody waits for the answer: the pool's time goes to others. */
-        if (client_gone(q)) {
-                req_fail(q, API_E_CLIENT_GONE, "the client closed the connection while image %d of %d was due",
-                         i + 1, q->n_parts);
-                req_finish(q);
-                return DEC_DONE;
-        }
-        if (i == 0) {
-                q->pixels_left = q->s->opts.max_request_pixels;
-                q->tensors = malloc(sizeof(float) * g->image_floats * (size_t)q->n_parts);
-                if (!q->tensors) {
-                        req_fail(q, API_E_OVERLOADED, "out of memory; retry later");
-                        req_finish(q);
-                        return DEC_DONE;
-                }
-        }
-        if (!prepare_image(q, i, q->parts[i].data, q->parts[i].len, &q->pixels_left)) {
-                req_finish(q);
-                return DEC_DONE;
-        }
-        if (++q->next_part < q->n_parts) {
-                job->large = part_is_large(q, q->next_part);
-                return DEC_AGAIN;
-        }
-        /* The parts pointed into the body: both go. */
-        if (q->parts != &q->one)
-                free(q->parts);
-        q->parts = NULL;
-        body_release(q);
-        q->n_images = q->n_parts;
-        start_inference(q);
-        return DEC_DONE;
-}
-
-/* The most bytes of q's answer, for n images: its JSON with top_k
- * predictions each (api_classify_body), or /v2's outputs (v2_infer_body:
- * the classification's k strings "score:index:label", or every class's
- * probability as JSON text or 4 bytes). */
-static size_t answer_bound(const struct req *q, int n)
-{
-        const struct generation *g = q->g;
-        size_t per;
+        const struct generation *g = req_gen(q);
 
         if (q->v2.route == V2_ROUTE_INFER) {
-                size_t k = (size_t)q->v2req->classification;
-                per = k ? k * (ANSWER_PREDICTION_MAX + 2 * g->label_max) : (size_t)g->info->classes * ANSWER_FLOAT_MAX;
+                size_t k = q->v2req ? (size_t)q->v2req->classification : 0;
+                run->answer_per_image = k ? k * (ANSWER_PREDICTION_MAX + 2 * g->label_max)
+                                          : (size_t)g->info->classes * ANSWER_FLOAT_MAX;
         } else {
-                per = ANSWER_PREDICTION_MAX / 2 + (size_t)q->top_k * (ANSWER_PREDICTION_MAX + 2 * g->label_max);
+                run->answer_per_image = ANSWER_PREDICTION_MAX / 2 +
+                                        (size_t)q->top_k * (ANSWER_PREDICTION_MAX + 2 * g->label_max);
         }
-        return ANSWER_FIXED_MAX + 2 * strlen(g->info->variant) + (size_t)n * per;
+        run->answer_fixed = ANSWER_FIXED_MAX + 2 * strlen(g->name);
 }
 
-/* Admission: charges what q's n images will need before any of it is
- * allocated (their logits, the bound of the answer and, with_tensors, their
- * tensors: a /v2 FP32 tensor was charged by its parse), so that the
- * requests being decoded or queued never hold more than the budget.
- * false: q failed (503; 413 when it could never fit). */
-static bool req_admit(struct req *q, int n, bool with_tensors)
-{
-        const struct generation *g = q->g;
-        size_t floats = (size_t)g->info->classes + (with_tensors ? g->image_floats : 0);
-        int64_t bytes = (int64_t)(sizeof(float) * (size_t)n * floats) + (int64_t)answer_bound(q, n);
-        int r;
-
-        if (bytes > q->s->opts.max_client_share) {
-                req_fail(q, API_E_TOO_LARGE, "%d images need %lld bytes of memory, more than one client may hold "
-                         "(max-client-share, %lld bytes): send fewer images per request", n, (long long)bytes,
-                         (long long)q->s->opts.max_client_share);
-                return false;
-        }
-        r = req_charge(q, bytes);
-        if (r < 0) {
-                char what[64];
-                snprintf(what, sizeof what, "%d images need %lld bytes", n, (long long)bytes);
-                fail_budget(q, r, what);
-                return false;
-        }
-        q->reserved += bytes;
-        return true;
-}
-
-/* Hands q to the decoder to run q->djob, its connection suspended
- * meanwhile. A full decoder queue answers 503 at once: bodies do not pile
- * up behind a few slow images. */
-static enum MHD_Result submit_djob(struct req *q)
+/* Hands q to the pipeline, its connection suspended meanwhile. A full
+ * worker pool answers 503 at once: bodies do not pile up behind a few
+ * slow images. */
+static enum MHD_Result start_pipeline(struct req *q, struct pipe_run *run)
 {
         struct http_server *s = q->s;
-        int r;
 
         if (!submit_enter(s)) {
                 req_fail(q, API_E_DRAINING, "the server is shutting down");
                 return respond_failed(q);
         }
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(q->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-        q->client_fd = ci ? ci->connect_fd : -1;
-        /* Suspend first: the decoder may resume before dec_submit returns. */
+        q->pr->client_fd = ci ? ci->connect_fd : -1;
+        run->client_fd_check = true;
+        run->done = on_pipe_done;
+        run->userdata = q;
+        /* Suspend first: the pipeline may complete before pipe_run returns. */
         req_suspend(q);
-        r = dec_submit(s->dec, &q->djob);
-        if (r < 0) {
-                struct dec_stats ds;
-                dec_stats_snapshot(s->dec, &ds);
-                req_fail(q, API_E_OVERLOADED, "%d requests are being decoded, the limit (decode-threads + "
-                         "decode-queue); retry later", ds.threads + ds.queue_capacity);
+        if (pipe_run(q->pr, run) < 0)
                 req_finish(q);
-        }
         submit_leave(s);
         return MHD_YES;
 }
 
-/* Hands q's parts to the decoder. */
-static enum MHD_Result start_decode(struct req *q)
+/* On a worker thread: parses q's /v2 body into q->v2req, charging what the
+ * parse holds: its head while it runs, then its tensor or images for as
+ * long as q holds them; then the pipeline's inputs from it. */
+static int v2_parse(struct pipe_req *pr, void *userdata)
 {
-        q->djob = (struct dec_job){ .run = decode_main, .userdata = q, .large = part_is_large(q, 0) };
-        return submit_djob(q);
-}
-
-/* Parses q's body into q->v2req, charging what the parse holds: its head
- * while it runs, then its tensor or images for as long as q holds them.
- * err: the message for the client. */
-static int v2_parse_charged(struct req *q, char *err, size_t err_len)
-{
+        struct req *q = userdata;
         struct http_server *s = q->s;
-        const struct v2_model *m = &q->g->v2;
+        const struct v2_model *m = &req_gen(q)->v2;
         struct v2_limits lim = { .max_images = s->opts.max_images, .max_image_bytes = s->opts.img.limits.max_bytes };
-        size_t json_len = q->v2_header_len >= 0 && (size_t)q->v2_header_len < q->len ? (size_t)q->v2_header_len
-                                                                                       : q->len;
+        size_t json_len = q->v2_header_len >= 0 && (size_t)q->v2_header_len < pr->len ? (size_t)q->v2_header_len
+                                                                                         : pr->len;
         int64_t head = (int64_t)v2_head_bytes(json_len);
-        int r;
-
-        if ((r = req_charge(q, head)) < 0)
-                return r;
-        r = v2_parse_head(q->body, q->len, q->v2_header_len, m, &lim, err, err_len, &q->v2req);
-        req_uncharge(q, head);
-        if (r < 0)
-                return r;
-        int64_t data = (int64_t)v2_request_data_bytes(q->v2req, m, &lim);
-        if ((int64_t)q->cap + data > s->opts.max_client_share) {
-                snprintf(err, err_len, "the request's %lld bytes of body and %lld of tensors or images are more "
-                         "than one client may hold (max-client-share, %lld)", (long long)q->cap, (long long)data,
-                         (long long)s->opts.max_client_share);
-                return -E2BIG;
-        }
-        if ((r = req_charge(q, data)) < 0)
-                return r;
-        q->reserved += data;
-        return v2_parse_data(q->v2req, q->body, q->len, m, &lim, err, err_len);
-}
-
-/* On a decoder thread: a /v2 infer body parsed, then its BYTES images
- * decoded (as the next steps of the same job), or its FP32 tensors queued. */
-static enum dec_step v2_parse_main(struct dec_job *job)
-{
-        struct req *q = job->userdata;
-        struct generation *g = q->g;
         char err[256];
         int r;
 
-        /* http_stop waits for this request: answer it now. */
-        if (atomic_load(&q->s->stopping)) {
-                req_fail(q, API_E_DRAINING, "the server is shutting down");
-                goto done;
+        if ((r = pipe_req_charge(pr, head)) < 0)
+                goto fail;
+        r = v2_parse_head(pr->body, pr->len, q->v2_header_len, m, &lim, err, sizeof err, &q->v2req);
+        pipe_req_uncharge(pr, head);
+        if (r < 0)
+                goto fail;
+        int64_t data = (int64_t)v2_request_data_bytes(q->v2req, m, &lim);
+        if ((int64_t)pr->cap + data > s->opts.max_client_share) {
+                snprintf(err, sizeof err, "the request's %lld bytes of body and %lld of tensors or images are "
+                         "more than one client may hold (max-client-share, %lld)", (long long)pr->cap,
+                         (long long)data, (long long)s->opts.max_client_share);
+                r = -E2BIG;
+                goto fail;
         }
-        r = v2_parse_charged(q, err, sizeof err);
-        if (r < 0) {
-                if (r == -E2BIG)
-                        req_fail(q, API_E_TOO_LARGE, "%s", err);
-                else if (r == -ENOBUFS || r == -EDQUOT)
-                        fail_budget(q, r, "parsing the request");
-                else if (r == -ENOMEM)
-                        req_fail(q, API_E_OVERLOADED, "out of memory; retry later");
-                else
-                        req_fail(q, API_E_INVALID_REQUEST, "%s", err);
-                goto done;
-        }
+        if ((r = pipe_req_reserve(pr, data)) < 0)
+                goto fail;
+        if ((r = v2_parse_data(q->v2req, pr->body, pr->len, m, &lim, err, sizeof err)) < 0)
+                goto fail;
         int n = q->v2req->n;
-        if (!batch_has_room(g->batch, n)) {
-                req_fail(q, API_E_OVERLOADED, "the queue is full; retry later");
-                goto done;
-        }
-        if (!req_admit(q, n, q->v2req->datatype == V2_BYTES))
-                goto done;
-        q->logits = malloc(sizeof(float) * (size_t)g->info->classes * (size_t)n);
-        q->jobs = calloc((size_t)n, sizeof *q->jobs);
-        if (q->v2req->datatype == V2_BYTES)
-                q->parts = calloc((size_t)n, sizeof *q->parts);
-        if (!q->logits || !q->jobs || (q->v2req->datatype == V2_BYTES && !q->parts)) {
-                req_fail(q, API_E_OVERLOADED, "out of memory; retry later");
-                goto done;
-        }
+        answer_bound(q, &pr->run);
+        pr->run.n = n;
         if (q->v2req->datatype == V2_BYTES) {
                 /* Its images point into the body (binary data) or the request. */
+                struct pipe_part *parts = calloc((size_t)n, sizeof *parts);
+                if (!parts) {
+                        r = -ENOMEM;
+                        goto fail;
+                }
                 for (int i = 0; i < n; i++)
-                        q->parts[i] = (struct multipart_part){ .data = q->v2req->images[i].data,
-                                                                .len = q->v2req->images[i].len };
-                q->n_parts = n;
-                q->next_part = 0;
-                job->run = decode_main;
-                job->large = part_is_large(q, 0);
-                return DEC_AGAIN;
+                        parts[i] = (struct pipe_part){ .data = q->v2req->images[i].data,
+                                                       .len = q->v2req->images[i].len };
+                /* Copied by the pipeline before the next step: freed by
+                 * v2_parts_free once pipe_run's parse returned. */
+                pr->run.parts = parts;
+                return 0;
         }
-        q->tensors = q->v2req->tensor;   /* taken over */
+        pr->run.tensor = q->v2req->tensor;   /* taken over */
         q->v2req->tensor = NULL;
-        body_release(q);
-        q->n_images = n;
-        start_inference(q);
-        return DEC_DONE;
-done:
-        req_finish(q);
-        return DEC_DONE;
+        return 0;
+fail:
+        if (r == -E2BIG)
+                req_fail(q, API_E_TOO_LARGE, "%s", err);
+        else if (r == -ENOBUFS || r == -EDQUOT)
+                pipe_req_fail_budget(pr, r, "parsing the request");
+        else if (r == -ENOMEM)
+                req_fail(q, API_E_OVERLOADED, "out of memory; retry later");
+        else
+                req_fail(q, API_E_INVALID_REQUEST, "%s", err);
+        return r;
 }
 
-/* A whole /v2 infer body: parsed on the decoder's threads, since a large
- * JSON body takes a while and the polling thread serves other connections. */
+/* A whole /v2 infer body: parsed on the worker pool, since a large JSON
+ * body takes a while and the polling thread serves other connections. */
 static enum MHD_Result v2_on_complete(struct req *q)
 {
-        q->djob = (struct dec_job){ .run = v2_parse_main, .userdata = q };
-        return submit_djob(q);
+        struct pipe_run run = { .mode = PIPE_JOB_PER_IMAGE, .parse = v2_parse, .numbered = true };
+
+        return start_pipeline(q, &run);
 }
 
-/* The whole body is here: take the model generation served now, split the
- * body into images and hand them to the decoder. */
+/* The whole body is here: take the model version served now, split the
+ * body into images and hand them to the pipeline. */
 static enum MHD_Result on_complete(struct req *q)
 {
         struct http_server *s = q->s;
-        struct generation *g;
+        const struct generation *g;
+        struct pipe_part one, *parts = NULL;
         char err[256], msg[200];
         int n = 1, r;
 
-        if (q->failed)
+        if (q->pr->failed)
                 return respond_failed(q);
-        req_take_gen(q);
-        g = q->g;
-        if (q->v2.route == V2_ROUTE_INFER) {
-                /* A reload while the body arrived may have changed the model. */
-                if (q->v2.model && !v2_path_model_is(&q->v2, g->info->variant)) {
-                        snprintf(msg, sizeof msg, "this server serves '%s' now (reloaded)", g->info->variant);
-                        return respond_error(q, API_E_NOT_FOUND, msg);
-                }
-                return v2_on_complete(q);
+        if ((r = req_take_gen(q)) < 0) {
+                /* An unload while the body arrived. */
+                snprintf(msg, sizeof msg, "the model is not served now (unloaded or reloaded)");
+                return respond_error(q, API_E_NOT_FOUND, msg);
         }
+        g = req_gen(q);
+        if (q->v2.route == V2_ROUTE_INFER)
+                return v2_on_complete(q);
         if (q->top_k == 0)
                 api_parse_top_k(NULL, g->info->classes, &q->top_k);
         if (q->top_k > g->info->classes) {
                 snprintf(msg, sizeof msg, "top_k must be an integer in 1..%d", g->info->classes);
                 return respond_error(q, API_E_INVALID_ARGUMENT, msg);
         }
-        if (q->len == 0)
+        if (q->pr->len == 0)
                 return respond_error(q, API_E_INVALID_IMAGE, "empty body: send an image");
         if (q->multipart) {
                 char boundary[MULTIPART_MAX_BOUNDARY + 1];
+                struct multipart_part *mp;
                 if (multipart_boundary(q->content_type, boundary) < 0)
                         return respond_error(q, API_E_INVALID_MULTIPART,
                                              "multipart/form-data without a valid boundary parameter");
-                q->parts = calloc((size_t)s->opts.max_images, sizeof *q->parts);
-                if (!q->parts)
+                mp = calloc((size_t)s->opts.max_images, sizeof *mp);
+                parts = calloc((size_t)s->opts.max_images, sizeof *parts);
+                if (!mp || !parts) {
+                        free(mp);
+                        free(parts);
                         return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
-                r = multipart_parse(q->body, q->len, boundary, q->parts, s->opts.max_images, &n, err,
+                }
+                r = multipart_parse(q->pr->body, q->pr->len, boundary, mp, s->opts.max_images, &n, err,
                                     sizeof err);
+                for (int i = 0; r == 0 && i < n; i++)
+                        parts[i] = (struct pipe_part){ .data = mp[i].data, .len = mp[i].len };
+                free(mp);
                 if (r == -E2BIG) {
+                        free(parts);
                         snprintf(msg, sizeof msg, "more than %d images in one request", s->opts.max_images);
                         return respond_error(q, API_E_TOO_LARGE, msg);
                 }
-                if (r < 0)
+                if (r < 0) {
+                        free(parts);
                         return respond_error(q, API_E_INVALID_MULTIPART, err);
+                }
         } else {
-                q->one = (struct multipart_part){ .data = q->body, .len = q->len };
-                q->parts = &q->one;
+                one = (struct pipe_part){ .data = q->pr->body, .len = q->pr->len };
         }
-        q->n_parts = n;
-        if (!batch_has_room(g->batch, n))
-                return respond_error(q, API_E_OVERLOADED, "the queue is full; retry later");
-        if (!req_admit(q, n, true))
-                return respond_failed(q);
-        q->logits = malloc(sizeof(float) * (size_t)g->info->classes * (size_t)n);
-        if (!q->logits)
-                return respond_error(q, API_E_OVERLOADED, "out of memory; retry later");
-        return start_decode(q);
-}
-
-/* A /v2 request's image jobs as one for the log: the first pass, the
- * longest, the largest batch; and their first error as its status. */
-static void v2_merge_jobs(struct req *q)
-{
-        q->job_status = atomic_load(&q->job_error);
-        for (int i = 0; i < q->n_images; i++) {
-                const struct batch_job *j = &q->jobs[i];
-                if (j->taken_ns && (!q->job.taken_ns || j->taken_ns < q->job.taken_ns))
-                        q->job.taken_ns = j->taken_ns;
-                if (j->forward_ns > q->job.forward_ns)
-                        q->job.forward_ns = j->forward_ns;
-                if (j->batch_size > q->job.batch_size)
-                        q->job.batch_size = j->batch_size;
-        }
+        struct pipe_run run = { .mode = PIPE_ONE_JOB, .parts = parts ? parts : &one, .n = n,
+                                .numbered = q->multipart };
+        answer_bound(q, &run);
+        enum MHD_Result mr = start_pipeline(q, &run);
+        free(parts);   /* pipe_run copied the array */
+        return mr;
 }
 
 /* The answer when building the body of a successful request failed (r):
@@ -1384,10 +991,11 @@ static enum MHD_Result answer_body_error(struct req *q, int r)
 /* The outputs of a /v2 infer request whose jobs all succeeded. */
 static enum MHD_Result answer_v2_infer(struct req *q)
 {
+        const struct generation *g = req_gen(q);
         char *body = NULL;
         size_t len = 0, hlen = 0;
         char err[256];
-        int r = v2_check_logits(&q->g->v2, q->v2req, q->logits, err, sizeof err);
+        int r = v2_check_logits(&g->v2, q->v2req, q->pr->logits, err, sizeof err);
 
         /* The client's extreme values overflowed the network: its error. */
         if (r == -ERANGE) {
@@ -1395,7 +1003,7 @@ static enum MHD_Result answer_v2_infer(struct req *q)
                 return respond_failed(q);
         }
         if (r == 0)
-                r = v2_infer_body(&q->g->v2, q->v2req, q->logits, &body, &len, &hlen);
+                r = v2_infer_body(&g->v2, q->v2req, q->pr->logits, &body, &len, &hlen);
         if (r < 0)
                 return answer_body_error(q, r);
         atomic_fetch_add(&q->s->images, (unsigned long long)q->n_images);
@@ -1407,9 +1015,10 @@ static enum MHD_Result answer_v2_infer(struct req *q)
 /* The classes of effnetd's own request whose job succeeded. */
 static enum MHD_Result answer_classify(struct req *q)
 {
+        const struct generation *g = req_gen(q);
         char *body = NULL;
-        int r = api_classify_body(q->g->info->variant, q->g->labels, q->logits, q->n_images,
-                                  q->g->info->classes, q->top_k, q->multipart, &body);
+        int r = api_classify_body(g->name, g->labels, q->pr->logits, q->n_images, g->info->classes, q->top_k,
+                                  q->multipart, &body);
 
         if (r < 0)
                 return answer_body_error(q, r);
@@ -1417,53 +1026,25 @@ static enum MHD_Result answer_classify(struct req *q)
         return respond(q, 200, body, "application/json", NULL);
 }
 
-/* The error of a job that failed with status (not 0). */
-static enum MHD_Result answer_job_error(struct req *q, int status)
-{
-        switch (status) {
-        case -ETIMEDOUT:
-                req_fail(q, API_E_DEADLINE, "waited past the deadline of %lld ms in the queue",
-                         (long long)q->s->opts.deadline_ms);
-                break;
-        case -EAGAIN:
-                req_fail(q, API_E_OVERLOADED, "the queue is full; retry later");
-                break;
-        case -ESHUTDOWN:
-                req_fail(q, API_E_DRAINING, "the server is shutting down");
-                break;
-        case -E2BIG:
-                req_fail(q, API_E_TOO_LARGE, "more images than the queue holds");
-                break;
-        default:
-                req_fail(q, API_E_INTERNAL, "inference failed: %s", strerror(-status));
-                break;
-        }
-        return respond_failed(q);
-}
-
-/* The answer of a request whose jobs are done (or failed). */
+/* The answer of a request whose work is done (or failed). */
 static enum MHD_Result answer(struct req *q)
 {
         q->counted_waiting = false;
         atomic_fetch_sub(&q->s->waiting, 1);
-        if (q->failed)
+        if (q->pr->failed)
                 return respond_failed(q);
-        if (q->v2.route == V2_ROUTE_INFER) {
-                v2_merge_jobs(q);
-                if (q->job_status == 0)
-                        return answer_v2_infer(q);
-        }
-        if (q->job_status == 0)
-                return answer_classify(q);
-        return answer_job_error(q, q->job_status);
+        q->n_images = q->pr->n_images;
+        if (q->v2.route == V2_ROUTE_INFER)
+                return answer_v2_infer(q);
+        return answer_classify(q);
 }
 
-/* After the batcher's callback resumed the connection. */
+/* After the pipeline's completion resumed the connection. */
 static enum MHD_Result on_result(struct req *q)
 {
         enum MHD_Result r = answer(q);
-        /* The answer is queued: the images, outputs and model generation
-         * are not held while a slow client reads it. */
+        /* The answer is queued: the images, outputs and model version are
+         * not held while a slow client reads it. */
         req_release_work(q);
         return r;
 }
@@ -1604,31 +1185,29 @@ static void sweeper_stop(struct http_server *s)
         s->sweeper_started = false;
 }
 
-/* q's account in the budget: its client's address (an IPv4 address mapped
- * into IPv6 counts as the IPv4 one), without the port. Without one (no
- * address, out of memory) q is charged to the total only. */
-static void req_take_client(struct req *q, struct MHD_Connection *conn)
+/* q's work in the pipeline, charged to its client's account in the
+ * budget: its address (an IPv4 address mapped into IPv6 counts as the IPv4
+ * one), without the port. Without one (no address, out of memory) q is
+ * charged to the total only. -ENOMEM. */
+static int req_take_client(struct req *q, struct MHD_Connection *conn)
 {
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         unsigned char key[1 + 16];
         size_t len = 0;
 
-        if (!ci || !ci->client_addr)
-                return;
-        if (ci->client_addr->sa_family == AF_INET) {
+        if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET) {
                 const struct sockaddr_in *a = (const struct sockaddr_in *)ci->client_addr;
                 key[0] = 4;
                 memcpy(key + 1, &a->sin_addr, 4);
                 len = 5;
-        } else if (ci->client_addr->sa_family == AF_INET6) {
+        } else if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET6) {
                 const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)ci->client_addr;
                 bool v4 = IN6_IS_ADDR_V4MAPPED(&a->sin6_addr);
                 key[0] = v4 ? 4 : 6;
                 memcpy(key + 1, a->sin6_addr.s6_addr + (v4 ? 12 : 0), v4 ? 4 : 16);
                 len = v4 ? 5 : 17;
         }
-        if (len && budget_client_get(q->s->budget, key, len, &q->client) < 0)
-                q->client = NULL;
+        return pipe_req_new(q->s->pipe, len ? key : NULL, len, &q->pr);
 }
 
 /* libmicrohttpd's access handler: called once with the headers, then with
@@ -1647,10 +1226,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 if (!q)
                         return MHD_NO;
                 q->s = s;
-                q->client_fd = -1;
-                req_take_client(q, conn);
+                if (req_take_client(q, conn) < 0) {
+                        free(q);
+                        return MHD_NO;
+                }
                 conn_headers_seen(s, conn);
-                req_take_gen(q);
                 q->conn = conn;
                 request_id(q);
                 q->method = method;
@@ -1666,8 +1246,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                                 q->v2.route = V2_ROUTE_NONE;
                         }
                 }
-                q->start_ns = time_now_ns();
-                q->deadline_ns = q->start_ns + s->opts.deadline_ms * 1000000;
+                q->start_ns = q->pr->start_ns;
+                /* The default model, for the routes of effnetd's own API;
+                 * /v2 model routes take the one their path names. */
+                if (!q->v2.model)
+                        pipe_req_acquire(q->pr, NULL, 0, 0);
                 *con_cls = q;
                 atomic_fetch_add(&s->inflight, 1);
                 enum MHD_Result r = on_headers(q);
@@ -1675,7 +1258,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                  * retired meanwhile is not held for it. on_complete takes
                  * the generation served then. */
                 if (q->state == REQ_BODY) {
-                        req_drop_gen(q);
+                        pipe_req_drop_model(q->pr);
                         conn_body_due(s, conn, q->start_ns);
                 }
                 return r;
@@ -1844,30 +1427,6 @@ static int parse_listen(const char *listen, struct sockaddr_storage *ret_addr, c
         return 0;
 }
 
-/* Takes g as the server's: checks that it fits the server and builds its
- * answers. The caller keeps g on failure. */
-static int adopt_generation(struct http_server *s, struct generation *g, char *err, size_t err_len)
-{
-        struct batch_config bc;
-        struct gen_limits lim = { .deadline_ms = s->opts.deadline_ms, .max_images = s->opts.max_images,
-                                  .max_body_bytes = s->opts.max_body_bytes, .paths = s->opts.show_paths };
-
-        if (!g || !g->model || !g->batch || !g->labels)
-                return err_set(err, err_len, -EINVAL, "http: incomplete model generation");
-        batch_get_config(g->batch, &bc);
-        if (bc.max_batch != s->max_batch)
-                return err_set(err, err_len, -EINVAL, "max batch %d differs from the server's %d", bc.max_batch,
-                               s->max_batch);
-        if (s->opts.max_images > bc.queue_images)
-                return err_set(err, err_len, -EINVAL, "max images per request (%d) exceeds the queue (%d images)",
-                               s->opts.max_images, bc.queue_images);
-        if (gen_build_answers(g, &lim) < 0)
-                return err_set(err, err_len, -ENOMEM, "out of memory");
-        atomic_store(&g->refs, 0);
-        g->next = NULL;
-        return 0;
-}
-
 struct http_server *http_free(struct http_server *s)
 {
         if (!s)
@@ -1877,18 +1436,8 @@ struct http_server *http_free(struct http_server *s)
         if (s->admin)
                 MHD_stop_daemon(s->admin);
         sweeper_stop(s);
-        /* No request is suspended now: the pool has no job left. */
-        s->dec = dec_free(s->dec);
-        s->budget = budget_free(s->budget);
         s->hosts = hosts_free(s->hosts);
         s->admin_hosts = hosts_free(s->admin_hosts);
-        while (s->retired) {
-                struct generation *g = s->retired;
-                s->retired = g->next;
-                gen_free(g);
-        }
-        gen_free(s->current);
-        pthread_mutex_destroy(&s->gen_lock);
         pthread_cond_destroy(&s->conn_cond);
         pthread_mutex_destroy(&s->conn_lock);
         free(s);
@@ -1977,8 +1526,8 @@ static struct MHD_Daemon *start_daemon(struct http_listener *l, const struct soc
                                 MHD_OPTION_END);
 }
 
-/* Whether opts' limits hold together and g is complete. */
-static bool opts_valid(const struct http_opts *opts, const struct generation *g)
+/* Whether opts' limits hold together. */
+static bool opts_valid(const struct http_opts *opts, const struct pipeline *p)
 {
         return opts->max_body_bytes >= 1 && opts->max_client_share >= opts->max_body_bytes &&
                opts->v2_max_body_bytes >= 1 && opts->max_client_share >= opts->v2_max_body_bytes &&
@@ -1986,8 +1535,7 @@ static bool opts_valid(const struct http_opts *opts, const struct generation *g)
                opts->max_answer_total >= 1 && opts->max_images >= 1 && opts->max_connections >= 1 &&
                opts->deadline_ms >= 1 && opts->connection_timeout_s >= 0 && opts->retry_after_s >= 0 &&
                opts->header_timeout_s >= 0 && opts->decode_threads >= 0 &&
-               opts->decode_threads <= DEC_MAX_THREADS && opts->decode_queue >= 1 && g && g->model && g->batch &&
-               g->labels;
+               opts->decode_threads <= WPOOL_MAX_THREADS && opts->decode_queue >= 1 && p;
 }
 
 /* The main listener's address: the passed socket's, or opts->listen's. */
@@ -2032,47 +1580,36 @@ static int hosts_setup(struct http_server *s, const struct sockaddr_storage *add
         return hosts_new(s->opts.allowed_hosts, addr_is_loopback(&aaddr), err, err_len, &s->admin_hosts);
 }
 
-/* A new server with opts, its locks and the max batch of g's batcher; no
- * thread yet. */
-static int server_alloc(const struct http_opts *opts, const struct generation *g, char *err, size_t err_len,
+/* A new server with opts and its locks over pipeline p; no thread yet. */
+static int server_alloc(const struct http_opts *opts, struct pipeline *p, char *err, size_t err_len,
                         struct http_server **ret_server)
 {
         struct http_server *s = calloc(1, sizeof *s);
-        struct batch_config bc;
         pthread_condattr_t ca;
 
         if (!s)
                 return err_set(err, err_len, -ENOMEM, "out of memory");
         s->opts = *opts;
-        struct budget_opts bo = { .total = opts->memory_budget, .client_share = opts->max_client_share };
-        int r = budget_new(&bo, &s->budget);
-        if (r < 0) {
-                free(s);
-                return err_set(err, err_len, r, "memory budget: %s", strerror(-r));
-        }
+        s->pipe = p;
+        s->reg = pipe_registry(p);
+        s->budget = pipe_budget(p);
         s->main_listener = (struct http_listener){ .s = s, .admin = false };
         s->admin_listener = (struct http_listener){ .s = s, .admin = true };
-        pthread_mutex_init(&s->gen_lock, NULL);
         pthread_mutex_init(&s->conn_lock, NULL);
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);   /* time_now_ns's clock */
         pthread_cond_init(&s->conn_cond, &ca);
         pthread_condattr_destroy(&ca);
         s->id_salt = (uint64_t)time_now_ns() ^ ((uint64_t)getpid() << 32);
-        batch_get_config(g->batch, &bc);
-        s->max_batch = bc.max_batch;
         *ret_server = s;
         return 0;
 }
 
-/* The decoder's threads and, with a header or body timeout, the sweeper. */
+/* With a header or body timeout, the sweeper. */
 static int threads_start(struct http_server *s, char *err, size_t err_len)
 {
-        struct dec_opts dopts = { .threads = s->opts.decode_threads, .queue = s->opts.decode_queue };
         int r;
 
-        if ((r = dec_new(&dopts, &s->dec)) < 0)
-                return err_set(err, err_len, r, "decoder threads: %s", strerror(-r));
         if (s->opts.header_timeout_s > 0 || s->opts.body_timeout_s > 0) {
                 s->sweeping = true;
                 if ((r = -pthread_create(&s->sweeper, NULL, sweeper_main, s)) < 0)
@@ -2123,22 +1660,19 @@ static int admin_listen(struct http_server *s, char *err, size_t err_len)
         return 0;
 }
 
-int http_new(const struct http_opts *opts, struct generation *g, char *err, size_t err_len,
+int http_new(const struct http_opts *opts, struct pipeline *p, char *err, size_t err_len,
              struct http_server **ret_server)
 {
         struct sockaddr_storage addr = { 0 };
         struct http_server *s = NULL;
         int r;
 
-        if (!opts_valid(opts, g))
+        if (!opts_valid(opts, p))
                 return err_set(err, err_len, -EINVAL, "http: bad limits");
         if ((r = main_address(opts, err, err_len, &addr)) < 0)
                 return r;
-        if ((r = server_alloc(opts, g, err, err_len, &s)) < 0)
+        if ((r = server_alloc(opts, p, err, err_len, &s)) < 0)
                 return r;
-        if ((r = adopt_generation(s, g, err, err_len)) < 0)
-                goto fail;
-        s->current = g;
         if ((r = hosts_setup(s, &addr, err, err_len)) < 0)
                 goto fail;
         if ((r = threads_start(s, err, err_len)) < 0)
@@ -2150,7 +1684,6 @@ int http_new(const struct http_opts *opts, struct generation *g, char *err, size
         *ret_server = s;
         return 0;
 fail:
-        s->current = NULL;   /* the caller's again */
         http_free(s);
         return r;
 }
@@ -2164,6 +1697,7 @@ void http_stop(struct http_server *s)
         if (s && s->daemon) {
                 struct timespec ms = { .tv_sec = 0, .tv_nsec = 1000000 };
                 atomic_store(&s->stopping, true);
+                pipe_stop(s->pipe);
                 while (atomic_load(&s->submitting) > 0 || atomic_load(&s->waiting) > 0 ||
                        atomic_load(&s->resuming) > 0)
                         nanosleep(&ms, NULL);
@@ -2178,43 +1712,6 @@ void http_stop(struct http_server *s)
         }
         if (s)
                 sweeper_stop(s);
-}
-
-int http_swap_generation(struct http_server *s, struct generation *g, char *err, size_t err_len)
-{
-        int r;
-
-        if ((r = adopt_generation(s, g, err, err_len)) < 0)
-                return r;
-        pthread_mutex_lock(&s->gen_lock);
-        struct generation *old = s->current;
-        s->current = g;
-        old->next = s->retired;
-        s->retired = old;
-        pthread_mutex_unlock(&s->gen_lock);
-        return 0;
-}
-
-struct generation *http_collect_retired(struct http_server *s)
-{
-        struct batch_stats st;
-        struct generation **p, *g = NULL;
-
-        pthread_mutex_lock(&s->gen_lock);
-        for (p = &s->retired; *p; p = &(*p)->next)
-                if (atomic_load(&(*p)->refs) == 0) {
-                        g = *p;
-                        *p = g->next;
-                        break;
-                }
-        if (g) {
-                /* Its batcher keeps no job now: fold its final counters in. */
-                batch_stats_snapshot(g->batch, &st);
-                batch_stats_add(&s->retired_stats, &st);
-                g->next = NULL;
-        }
-        pthread_mutex_unlock(&s->gen_lock);
-        return g;
 }
 
 void http_count_reload(struct http_server *s, bool ok)
@@ -2259,34 +1756,7 @@ int http_waiting(struct http_server *s)
         return atomic_load(&s->waiting);
 }
 
-struct generation *http_generation_get(struct http_server *s)
-{
-        struct generation *g;
-
-        pthread_mutex_lock(&s->gen_lock);
-        g = s->current;
-        atomic_fetch_add(&g->refs, 1);
-        pthread_mutex_unlock(&s->gen_lock);
-        return g;
-}
-
-void http_generation_put(struct http_server *s, struct generation *g)
-{
-        if (g)
-                atomic_fetch_sub(&g->refs, 1);
-}
-
 bool http_ready(struct http_server *s)
 {
         return !atomic_load(&s->draining);
-}
-
-struct budget *http_budget(struct http_server *s)
-{
-        return s->budget;
-}
-
-struct dec_pool *http_decoder(struct http_server *s)
-{
-        return s->dec;
 }

@@ -7,12 +7,12 @@
  *   KServe v2 (server/v2.h): GET /v2, /v2/health/{live,ready},
  *   /v2/models/{m}[/versions/{v}][/ready|/config]; POST .../infer
  *
- * libmicrohttpd's polling threads (epoll) read requests; their images are
- * decoded on a bounded pool of decoding threads (server/decoder.h), and the
- * batcher runs inference. Meanwhile the request is suspended, so waiting
- * clients hold no thread, and the decoder (on failure) or the batcher's
- * completion callback resumes it. A request takes the model generation
- * served when its body is complete. Every client controllable resource has
+ * libmicrohttpd's polling threads (epoll) read requests and hand each one's
+ * work to the request pipeline (server/pipeline.h: decoding on a bounded
+ * worker pool, then the batcher of its model version). Meanwhile the
+ * request is suspended, so waiting clients hold no thread, and the
+ * pipeline's one completion resumes it. A request takes the model version
+ * served (server/registry.h) when its body is complete. Every client controllable resource has
  * a limit: body bytes per request, memory held in all and per client
  * address (bodies, tensors, outputs, answers), images per request,
  * pixels, connections, idle time, time to send the headers and the body,
@@ -34,10 +34,9 @@
 #include "access.h"
 #include "image.h"
 #include "api.h"
-#include "budget.h"
-#include "decoder.h"
 #include "batcher.h"
 #include "generation.h"
+#include "pipeline.h"
 #include "http_stats.h"
 #include "grpc_stats.h"
 
@@ -48,10 +47,10 @@
 #define HTTP_ADMIN_PER_CLIENT      8
 #define HTTP_ADMIN_TIMEOUT_S       10
 
-/* What requests are served with: one model generation (server/generation.h).
- * Requests take a reference to the current one when their body is
- * complete; SIGHUP swaps in a new one, and requests keep the generation
- * they started with. */
+/* What requests are served with: the model versions of the pipeline's
+ * registry (server/registry.h). Requests take a reference to the version
+ * served when their body is complete; a reload serves a new one, and
+ * requests keep the version they started with. */
 
 struct http_opts {
         const char *listen;          /* "HOST:PORT", "[V6]:PORT"; port 0 picks a free one */
@@ -95,25 +94,12 @@ struct http_opts {
 
 struct http_server;
 
-/* Starts listening and serving generation g (its model, batcher and labels
- * set), which the server owns from then on: it stays until a swap retires
- * it and http_collect_retired hands it back, or http_free frees it. On
- * failure g stays the caller's. Errors: -EINVAL (bad listen address or
- * options, incomplete g), -EADDRINUSE and other socket errors
- * (libmicrohttpd does not say which: -EIO), -ENOMEM. */
-int http_new(const struct http_opts *opts, struct generation *g, char *err, size_t err_len,
+/* Starts listening, serving requests through pipeline p (not owned: it
+ * must outlive the server) and the model versions of its registry.
+ * Errors: -EINVAL (bad listen address or options), -EADDRINUSE and other
+ * socket errors (libmicrohttpd does not say which: -EIO), -ENOMEM. */
+int http_new(const struct http_opts *opts, struct pipeline *p, char *err, size_t err_len,
              struct http_server **ret_server);
-
-/* Serves new requests with g from now on (atomically), taking it as
- * http_new does; requests already received finish with the generation
- * they started with, which is retired. g's batcher must have the same max
- * batch size. -ENOMEM, -EINVAL: g stays the caller's. Main thread only. */
-int http_swap_generation(struct http_server *s, struct generation *g, char *err, size_t err_len);
-
-/* A retired generation that no request uses any more (its batch counters
- * are kept for /metrics), removed from the server and the caller's again:
- * gen_free it. NULL when there is none. Main thread only. */
-struct generation *http_collect_retired(struct http_server *s);
 
 /* Counts a reload attempt for /metrics. */
 void http_count_reload(struct http_server *s, bool ok);
@@ -150,20 +136,14 @@ uint64_t http_images(struct http_server *s);
  * batcher (those that would be get 503 draining); waits for the requests
  * already submitted to get their answers (result or deadline), then closes
  * every connection (requests still reading or writing are cut off and
- * release their generation). http_free follows. */
+ * release their model versions; the pipeline stops too: pipe_stop). http_free follows. */
 void http_stop(struct http_server *s);
 
-/* For the gRPC service, which reaches the model, the memory budget and
- * the decoding pool through the HTTP server that owns them (any thread):
- * the generation served now, a reference given back with
- * http_generation_put; whether the server is ready (not draining). */
-struct generation *http_generation_get(struct http_server *s);
-void http_generation_put(struct http_server *s, struct generation *g);
+/* Whether the server takes new requests (not draining), for the gRPC
+ * service's ServerReady and ModelReady. Any thread. */
 bool http_ready(struct http_server *s);
-struct budget *http_budget(struct http_server *s);
-struct dec_pool *http_decoder(struct http_server *s);
 
-/* Stops the server and frees the generations it holds. Call when
+/* Stops the server and frees it (not its pipeline). Call when
  * http_waiting() is 0 (libmicrohttpd cannot stop with suspended
  * connections) and, for a clean drain, http_inflight() too. Accepts NULL;
  * returns NULL. */

@@ -2,6 +2,8 @@
 #include "kserve.h"
 #include "generation.h"
 #include "kserve.pb-c.h"
+#include "pipeline.h"
+#include "registry.h"
 #include "util.h"
 
 #include <errno.h>
@@ -25,6 +27,9 @@
 struct kserve {
         struct kserve_opts opts;
         struct h2_server *h2;
+        struct pipeline *pipe;       /* borrowed */
+        struct registry *reg;        /* the pipeline's */
+        struct budget *budget;       /* the pipeline's */
         atomic_ullong requests[GRPC_N_METHODS][GRPC_N_CODES];
         atomic_ullong micros[GRPC_N_METHODS];
         atomic_ullong images;
@@ -64,13 +69,13 @@ struct ks_call {
         bool finished;               /* h2_call_finish was called */
 };
 
-/* One infer request on its way. */
+/* One infer request on its way through the pipeline. */
 struct ks_req {
-        struct kserve_infer job;     /* the pipeline's view */
         struct ks_call *kc;
-        struct generation *g;
+        struct pipe_req *pr;         /* owned: the model version, the budget account, the work */
+        struct v2_request *req;      /* parsed; BYTES images in its own storage, charged to pr's account */
+        const struct v2_model *m;    /* of pr's model version */
         int64_t start_ns;
-        int64_t charged;             /* logits and the bound of the answer */
         size_t in_bytes;
 };
 
@@ -368,15 +373,15 @@ void kserve_request_free(struct v2_request *r, const struct v2_model *m, struct 
         budget_release(b, c, (int64_t)bytes);
 }
 
-int kserve_parse_infer(const uint8_t *msg, size_t len, const struct v2_model *m, const struct v2_limits *lim,
-                       struct budget *b, struct budget_client *c, char *err, size_t err_len,
-                       struct v2_request **ret_request, char **ret_model, char **ret_version)
+int kserve_parse_infer(const uint8_t *msg, size_t len, kserve_resolve_fn resolve, void *resolve_userdata,
+                       const struct v2_limits *lim, struct budget *b, struct budget_client *c, char *err,
+                       size_t err_len, struct v2_request **ret_request, const struct v2_model **ret_model)
 {
+        const struct v2_model *m = NULL;
         struct charged_alloc ca = { .b = b, .c = c };
         ProtobufCAllocator alloc = { .alloc = ca_alloc, .free = ca_free, .allocator_data = &ca };
         Inference__ModelInferRequest *q;
         struct v2_request *r = NULL;
-        char *model = NULL, *version = NULL;
         int ret, e = 0;
 
         q = inference__model_infer_request__unpack(&alloc, len, msg);
@@ -386,6 +391,9 @@ int kserve_parse_infer(const uint8_t *msg, size_t len, const struct v2_model *m,
                                    "now", len);
                 return bad(err, err_len, -EBADMSG, "not a ModelInferRequest message");
         }
+        if ((ret = resolve(resolve_userdata, q->model_name ? q->model_name : "",
+                           q->model_version ? q->model_version : "", &m, err, err_len)) < 0)
+                goto fail;
         ret = -ENOMEM;
         if (!(r = calloc(1, sizeof *r)))
                 goto fail;
@@ -398,11 +406,6 @@ int kserve_parse_infer(const uint8_t *msg, size_t len, const struct v2_model *m,
                 if (!(r->id = dup_charged(q->id, b, c, &e)))
                         goto fail_e;
         }
-        /* Copies of at most the message, which the transport holds charged
-         * while the caller has them. */
-        if (!(model = strdup(q->model_name ? q->model_name : "")) ||
-            !(version = strdup(q->model_version ? q->model_version : "")))
-                goto fail;
         if (q->n_inputs != 1) {
                 ret = bad(err, err_len, -EBADMSG, "model '%s' has one input ('%s'); the request has %zu", m->name,
                           V2_INPUT_NAME, q->n_inputs);
@@ -428,17 +431,15 @@ int kserve_parse_infer(const uint8_t *msg, size_t len, const struct v2_model *m,
         }
         inference__model_infer_request__free_unpacked(q, &alloc);
         *ret_request = r;
-        *ret_model = model;
-        *ret_version = version;
+        *ret_model = m;
         return 0;
 fail_e:
         ret = e;
         if (e == -ENOBUFS || e == -EDQUOT)
                 bad(err, err_len, e, "the request does not fit the memory budget now");
 fail:
-        free(model);
-        free(version);
-        kserve_request_free(r, m, b, c);
+        if (r)
+                kserve_request_free(r, m, b, c);
         inference__model_infer_request__free_unpacked(q, &alloc);
         return ret;
 }
@@ -450,7 +451,7 @@ fail:
 static int infer_response_fill(const struct v2_model *m, const struct v2_request *r, float *logits,
                                Inference__ModelInferResponse *resp, Inference__ModelInferResponse__InferOutputTensor *out,
                                Inference__ModelInferResponse__InferOutputTensor **outs, int64_t shape[2],
-                               ProtobufCBinaryData *raw, char **ret_body)
+                               ProtobufCBinaryData *raw, char version[24], char **ret_body)
 {
         char *body = NULL;
         size_t len = 0, hlen = 0;
@@ -465,8 +466,9 @@ static int infer_response_fill(const struct v2_model *m, const struct v2_request
         out->n_shape = 2;
         out->shape = shape;
         outs[0] = out;
+        snprintf(version, 24, "%lld", (long long)(m->version > 0 ? m->version : 1));
         resp->model_name = (char *)m->name;
-        resp->model_version = (char *)V2_MODEL_VERSION;
+        resp->model_version = version;
         resp->id = r->id ? r->id : (char *)"";
         resp->n_outputs = 1;
         resp->outputs = outs;
@@ -486,8 +488,8 @@ int kserve_infer_response(const struct v2_model *m, const struct v2_request *r, 
         Inference__ModelInferResponse__InferOutputTensor *outs[1];
         int64_t shape[2];
         ProtobufCBinaryData raw;
-        char *body = NULL;
-        int ret = infer_response_fill(m, r, logits, &resp, &out, outs, shape, &raw, &body);
+        char *body = NULL, version[24];
+        int ret = infer_response_fill(m, r, logits, &resp, &out, outs, shape, &raw, version, &body);
 
         if (ret < 0)
                 return ret;
@@ -539,7 +541,7 @@ static int http_status_of(int code)
 
 /* Counts one answer and logs it. */
 static void count(struct ks_call *kc, int code, int64_t start_ns, size_t in_bytes, size_t out_bytes, int images,
-                  const struct kserve_infer *job)
+                  int64_t queue_ns, int64_t forward_ns, int batch_size)
 {
         struct kserve *k = kc->k;
         int64_t ns = time_now_ns() - start_ns;
@@ -555,10 +557,10 @@ static void count(struct ks_call *kc, int code, int64_t start_ns, size_t in_byte
                                  .error = code ? grpc_code_name(code) : NULL, .images = images,
                                  .body_bytes = in_bytes, .answer_bytes = out_bytes, .queue_ms = -1,
                                  .ms = (double)ns / 1e6 };
-        if (job && job->queue_ns >= 0 && job->forward_ns) {
-                a.queue_ms = (double)job->queue_ns / 1e6;
-                a.inference_ms = (double)job->forward_ns / 1e6;
-                a.batch_size = job->batch_size;
+        if (queue_ns >= 0 && forward_ns) {
+                a.queue_ms = (double)queue_ns / 1e6;
+                a.inference_ms = (double)forward_ns / 1e6;
+                a.batch_size = batch_size;
         }
         k->opts.backend.access_log(k->opts.backend.userdata, &a);
 }
@@ -598,7 +600,7 @@ static void answer_unary(struct ks_call *kc, const ProtobufCMessage *resp, enum 
                 }
         }
         free(buf);
-        count(kc, st, start, in_bytes, st == H2_OK ? len : 0, 0, NULL);
+        count(kc, st, start, in_bytes, st == H2_OK ? len : 0, 0, -1, 0, 0);
         pthread_mutex_lock(&kc->lock);
         bool done = kc_finish_locked(kc, st, msg);
         pthread_mutex_unlock(&kc->lock);
@@ -606,19 +608,56 @@ static void answer_unary(struct ks_call *kc, const ProtobufCMessage *resp, enum 
                 kc_free(kc);
 }
 
-/* Whether name/version name the model g serves ("" version: any). */
-static bool model_is(const struct generation *g, const char *name, const char *version)
+/* A version as the protocol writes it ("" for the highest): 0 or the
+ * number; -EINVAL for anything else (no such version). */
+static int parse_version(const char *v, int64_t *ret)
 {
-        return name && strcmp(name, g->v2.name) == 0 &&
-               (!version || !version[0] || strcmp(version, V2_MODEL_VERSION) == 0);
+        int64_t n = 0;
+        size_t len = strlen(v ? v : "");
+
+        if (len == 0) {
+                *ret = 0;
+                return 0;
+        }
+        if (len > 18 || v[0] == '0')
+                return -EINVAL;
+        for (size_t i = 0; i < len; i++) {
+                if (v[i] < '0' || v[i] > '9')
+                        return -EINVAL;
+                n = n * 10 + (v[i] - '0');
+        }
+        *ret = n;
+        return 0;
 }
 
-static void not_found_msg(const struct generation *g, const char *name, const char *version, char *msg, size_t n)
+/* The message for a model name and version that reg_acquire refused (r). */
+static void not_found_msg(int r, const char *name, const char *version, char *msg, size_t n)
 {
-        if (name && strcmp(name, g->v2.name) == 0)
-                snprintf(msg, n, "model '%.64s' has no version '%.32s' (it has %s)", name, version, V2_MODEL_VERSION);
+        if (r == -ENODEV || r == -EINVAL)
+                snprintf(msg, n, "model '%.64s' has no version '%.32s'", name, version);
+        else if (r == -EADDRNOTAVAIL)
+                snprintf(msg, n, "name a model: this server serves several");
         else
-                snprintf(msg, n, "unknown model '%.64s'; this server serves '%s'", name ? name : "", g->v2.name);
+                snprintf(msg, n, "unknown model '%.64s'", name);
+}
+
+/* The model version a request names ("" name: the default model), as a
+ * reference given back with reg_release; NULL with the message in msg. */
+static struct reg_version *model_lookup(struct kserve *k, const char *name, const char *version, char *msg,
+                                        size_t n)
+{
+        struct reg_version *mv = NULL;
+        int64_t v = 0;
+        int r = parse_version(version, &v);
+
+        name = name ? name : "";
+        version = version ? version : "";
+        if (r == 0)
+                r = reg_acquire(k->reg, name[0] ? name : NULL, strlen(name), v, &mv);
+        if (r == 0)
+                return mv;
+        not_found_msg(r, name, version, msg, n);
+        return NULL;
 }
 
 /* ModelConfig from the very JSON that REST's /v2/models/{m}/config answers
@@ -707,7 +746,8 @@ static void serve_info(struct ks_call *kc, const uint8_t *msg, size_t len)
 {
         struct kserve *k = kc->k;
         const struct kserve_backend *be = &k->opts.backend;
-        struct generation *g = be->gen_get(be->userdata);
+        struct reg_version *mv = NULL;
+        const struct generation *g;
         char err[256];
         ProtobufCMessage *req = NULL;
         const ProtobufCMessageDescriptor *d = NULL;
@@ -724,10 +764,19 @@ static void serve_info(struct ks_call *kc, const uint8_t *msg, size_t len)
         /* These requests are a few bytes: a bounded message needs no charge
          * beyond the transport's. */
         if (!d || !(req = protobuf_c_message_unpack(d, NULL, len, msg))) {
-                be->gen_put(be->userdata, g);
                 answer_unary(kc, NULL, H2_INVALID_ARGUMENT, "malformed request message", len);
                 return;
         }
+        /* The model RPCs name a model and a version, in fields 1 and 2 of each. */
+        if (kc->method == GRPC_MODEL_READY || kc->method == GRPC_MODEL_METADATA || kc->method == GRPC_MODEL_CONFIG) {
+                const Inference__ModelReadyRequest *q = (const void *)req;   /* the same layout in all three */
+                if (!(mv = model_lookup(k, q->name, q->version, err, sizeof err))) {
+                        answer_unary(kc, NULL, H2_NOT_FOUND, err, len);
+                        protobuf_c_message_free_unpacked(req, NULL);
+                        return;
+                }
+        }
+        g = mv ? mv->g : NULL;
         switch (kc->method) {
         case GRPC_SERVER_LIVE: {
                 Inference__ServerLiveResponse r = INFERENCE__SERVER_LIVE_RESPONSE__INIT;
@@ -742,13 +791,7 @@ static void serve_info(struct ks_call *kc, const uint8_t *msg, size_t len)
                 break;
         }
         case GRPC_MODEL_READY: {
-                const Inference__ModelReadyRequest *q = (const void *)req;
                 Inference__ModelReadyResponse r = INFERENCE__MODEL_READY_RESPONSE__INIT;
-                if (!model_is(g, q->name, q->version)) {
-                        not_found_msg(g, q->name, q->version, err, sizeof err);
-                        answer_unary(kc, NULL, H2_NOT_FOUND, err, len);
-                        break;
-                }
                 r.ready = be->ready(be->userdata);
                 answer_unary(kc, &r.base, H2_OK, NULL, len);
                 break;
@@ -764,13 +807,9 @@ static void serve_info(struct ks_call *kc, const uint8_t *msg, size_t len)
                 break;
         }
         case GRPC_MODEL_METADATA: {
-                const Inference__ModelMetadataRequest *q = (const void *)req;
-                if (!model_is(g, q->name, q->version)) {
-                        not_found_msg(g, q->name, q->version, err, sizeof err);
-                        answer_unary(kc, NULL, H2_NOT_FOUND, err, len);
-                        break;
-                }
-                static char *versions[] = { V2_MODEL_VERSION };
+                char version[24];
+                char *versions[] = { version };
+                snprintf(version, sizeof version, "%lld", (long long)(g->v2.version > 0 ? g->v2.version : 1));
                 int64_t in_shape[4] = { -1, 3, g->v2.size, g->v2.size }, out_shape[2] = { -1, g->v2.classes };
                 Inference__ModelMetadataResponse__TensorMetadata in = INFERENCE__MODEL_METADATA_RESPONSE__TENSOR_METADATA__INIT,
                                                                  out = INFERENCE__MODEL_METADATA_RESPONSE__TENSOR_METADATA__INIT;
@@ -796,14 +835,8 @@ static void serve_info(struct ks_call *kc, const uint8_t *msg, size_t len)
                 break;
         }
         case GRPC_MODEL_CONFIG: {
-                const Inference__ModelConfigRequest *q = (const void *)req;
                 uint8_t *buf = NULL;
                 size_t blen = 0;
-                if (!model_is(g, q->name, q->version)) {
-                        not_found_msg(g, q->name, q->version, err, sizeof err);
-                        answer_unary(kc, NULL, H2_NOT_FOUND, err, len);
-                        break;
-                }
                 if (config_response(g, &buf, &blen) < 0 || h2_call_send(kc->call, buf, blen) < 0) {
                         free(buf);
                         answer_unary(kc, NULL, H2_RESOURCE_EXHAUSTED, "out of memory; retry later", len);
@@ -811,7 +844,7 @@ static void serve_info(struct ks_call *kc, const uint8_t *msg, size_t len)
                 }
                 free(buf);
                 /* Sent above: finish with no second message. */
-                count(kc, H2_OK, h2_call_start_ns(kc->call), len, blen, 0, NULL);
+                count(kc, H2_OK, h2_call_start_ns(kc->call), len, blen, 0, -1, 0, 0);
                 pthread_mutex_lock(&kc->lock);
                 bool done = kc_finish_locked(kc, H2_OK, NULL);
                 pthread_mutex_unlock(&kc->lock);
@@ -823,7 +856,7 @@ static void serve_info(struct ks_call *kc, const uint8_t *msg, size_t len)
                 break;
         }
         protobuf_c_message_free_unpacked(req, NULL);
-        be->gen_put(be->userdata, g);
+        reg_release(k->reg, mv);
 }
 
 /* ---- ModelInfer and ModelStreamInfer -------------------------------------------------------- */
@@ -907,155 +940,186 @@ static void request_over(struct ks_call *kc, enum h2_status st, const char *msg)
                 kc_free(kc);
 }
 
+/* The status of a request the pipeline failed. */
+static enum h2_status status_of_api(enum api_error e)
+{
+        switch (e) {
+        case API_E_INVALID_ARGUMENT:
+        case API_E_INVALID_IMAGE:
+        case API_E_INVALID_MULTIPART:
+        case API_E_INVALID_REQUEST: return H2_INVALID_ARGUMENT;
+        case API_E_NOT_FOUND: return H2_NOT_FOUND;
+        case API_E_TOO_LARGE: return H2_RESOURCE_EXHAUSTED;
+        case API_E_OVERLOADED:
+        case API_E_DRAINING: return H2_UNAVAILABLE;
+        case API_E_DEADLINE: return H2_DEADLINE_EXCEEDED;
+        case API_E_CLIENT_GONE: return H2_CANCELLED;
+        default: return H2_INTERNAL;
+        }
+}
+
 static void req_free(struct ks_req *q)
 {
         struct kserve *k = q->kc->k;
-        struct budget *b = k->opts.h2.budget;
-        struct budget_client *c = q->job.client;
 
-        kserve_request_free(q->job.req, &q->g->v2, b, c);
-        free(q->job.logits);
-        budget_release(b, c, q->charged);
-        k->opts.backend.gen_put(k->opts.backend.userdata, q->g);
+        if (q->req)
+                kserve_request_free(q->req, q->m, k->budget, q->pr->client);
+        pipe_req_uncharge(q->pr, (int64_t)sizeof *q);
+        pipe_req_free(q->pr);
         free(q);
-        budget_release(b, c, (int64_t)sizeof *q);
 }
 
-/* Answers a request that failed before or in the pipeline, or succeeded. */
-static void answer_infer(struct ks_req *q, int r, const char *msg)
+/* Answers a request that failed (st, msg), or that the pipeline completed
+ * (st H2_OK: its outputs are pr's). */
+static void answer_infer(struct ks_req *q, enum h2_status st, const char *msg)
 {
         struct ks_call *kc = q->kc;
         struct kserve *k = kc->k;
+        struct pipe_req *pr = q->pr;
         uint8_t *resp = NULL;
         size_t resp_len = 0, sent = 0;
         char err[256];
-        enum h2_status st = H2_OK;
+        int images = q->req ? q->req->n : 0;
 
-        if (r == 0) {
-                r = v2_check_logits(&q->g->v2, q->job.req, q->job.logits, err, sizeof err);
+        if (st == H2_OK && pr->failed) {
+                st = status_of_api(pr->err);
+                msg = pr->msg;
+        } else if (st == H2_OK) {
+                int r = v2_check_logits(q->m, q->req, pr->logits, err, sizeof err);
                 if (r == 0)
-                        r = kserve_infer_response(&q->g->v2, q->job.req, q->job.logits, &resp, &resp_len);
-                if (r == -EDOM) {
+                        r = kserve_infer_response(q->m, q->req, pr->logits, &resp, &resp_len);
+                if (r == -ERANGE) {
+                        st = H2_INVALID_ARGUMENT;
+                        msg = err;
+                } else if (r == -EDOM) {
                         st = H2_INTERNAL;
                         msg = "the model computed NaN or Inf for this input: its weights are broken";
                 } else if (r < 0) {
-                        st = status_of(r);
-                        msg = r == -ERANGE ? err : "out of memory; retry later";
+                        st = H2_RESOURCE_EXHAUSTED;
+                        msg = "out of memory; retry later";
                 }
-        } else {
-                st = status_of(r);
         }
         st = send_answer(kc, st, msg, resp, resp_len, &sent);
         free(resp);
         if (st == H2_OK)
-                atomic_fetch_add(&k->images, (unsigned long long)q->job.req->n);
-        count(kc, st, q->start_ns, q->in_bytes, sent, q->job.req ? q->job.req->n : 0, &q->job);
-        /* The message outlives q: copy it. */
+                atomic_fetch_add(&k->images, (unsigned long long)images);
+        int64_t queue_ns = pr->job.taken_ns && pr->submit_ns ? pr->job.taken_ns - pr->submit_ns : -1;
+        count(kc, st, q->start_ns, q->in_bytes, sent, images, queue_ns, pr->job.forward_ns, pr->job.batch_size);
+        /* The message may be pr's, which goes with q. */
         char final[256];
         snprintf(final, sizeof final, "%s", msg ? msg : "");
         req_free(q);
         request_over(kc, st, final);
 }
 
-void kserve_infer_done(struct kserve_infer *job, int status)
+/* The pipeline's one completion, on one of its threads. */
+static void on_pipe_done(struct pipe_req *pr, void *userdata)
 {
-        struct ks_req *q = (struct ks_req *)job;
-        char msg[300];
-
-        switch (status) {
-        case 0: msg[0] = '\0'; break;
-        case -ETIMEDOUT:
-                snprintf(msg, sizeof msg, "waited past the deadline in the queue");
-                break;
-        case -EAGAIN: snprintf(msg, sizeof msg, "the queue is full; retry later"); break;
-        case -ESHUTDOWN: snprintf(msg, sizeof msg, "the server is shutting down"); break;
-        case -ENOBUFS:
-        case -EDQUOT: snprintf(msg, sizeof msg, "the request does not fit the memory budget now; retry later"); break;
-        case -EIO: snprintf(msg, sizeof msg, "inference failed"); break;
-        default: snprintf(msg, sizeof msg, "%s", job->err[0] ? job->err : "the request failed"); break;
-        }
-        answer_infer(q, status, msg);
+        answer_infer(userdata, H2_OK, NULL);
 }
 
-/* The most bytes of the answer for r's n images (v2_infer_body's JSON and
- * its binary part, and the protobuf message made from them, at once). */
-static int64_t answer_bound(const struct generation *g, const struct v2_request *r)
+/* The model a request names, acquired by its pipe_req (kserve_resolve_fn). */
+static int resolve_model(void *userdata, const char *name, const char *version, const struct v2_model **ret_model,
+                         char *err, size_t err_len)
+{
+        struct ks_req *q = userdata;
+        int64_t v = 0;
+        int r = parse_version(version, &v);
+
+        if (r == 0)
+                r = pipe_req_acquire(q->pr, name[0] ? name : NULL, strlen(name), v);
+        if (r < 0) {
+                not_found_msg(r, name, version, err, err_len);
+                return -ENOENT;
+        }
+        *ret_model = &pipe_req_model(q->pr)->v2;
+        return 0;
+}
+
+/* The most bytes of the answer per image: v2_infer_body's binary part
+ * (FP32 probabilities, or k strings) and the protobuf message made of it,
+ * held at once. */
+static size_t answer_per_image(const struct v2_model *m, const struct v2_request *r)
 {
         size_t per = r->classification ? (size_t)r->classification * ANSWER_STRING_MAX
-                                       : (size_t)g->v2.classes * sizeof(float);
-        return 3 * (int64_t)(ANSWER_FIXED_MAX + (size_t)r->n * per);
+                                       : (size_t)m->classes * sizeof(float);
+        return 2 * per;
 }
 
+/* One ModelInfer (or stream) message: parsed here, on the loop thread
+ * (protobuf-c copies its tensor, about a memcpy), its model version taken
+ * on the way, then handed to the pipeline. */
 static void start_infer(struct ks_call *kc, const uint8_t *msg, size_t len)
 {
         struct kserve *k = kc->k;
-        const struct kserve_backend *be = &k->opts.backend;
-        struct budget *b = k->opts.h2.budget;
-        struct budget_client *c = h2_call_client(kc->call);
-        struct v2_limits lim = { .max_images = k->opts.max_images, .max_image_bytes = k->opts.max_image_bytes };
-        struct generation *g = be->gen_get(be->userdata);
-        struct v2_request *r = NULL;
-        char *model = NULL, *version = NULL, err[256];
-        struct ks_req *q;
-        int64_t start = time_now_ns();
-        int e = 0;
+        const struct pipe_opts *po = pipe_get_opts(k->pipe);
+        struct v2_limits lim = { .max_images = po->max_images, .max_image_bytes = po->img.limits.max_bytes };
+        struct pipe_req *pr = NULL;
+        struct ks_req *q = NULL;
+        size_t key_len = 0;
+        const void *key = h2_call_client_key(kc->call, &key_len);
+        char err[256];
+        int r;
 
         atomic_fetch_add(&k->pending, 1);
         pthread_mutex_lock(&kc->lock);
         kc->pending++;
         pthread_mutex_unlock(&kc->lock);
-        if (!(q = charged_calloc(b, c, sizeof *q, &e))) {
-                be->gen_put(be->userdata, g);
-                count(kc, H2_RESOURCE_EXHAUSTED, start, len, 0, 0, NULL);
+        if ((r = pipe_req_new(k->pipe, key_len ? key : NULL, key_len, &pr)) < 0 ||
+            (r = pipe_req_charge(pr, (int64_t)sizeof *q)) < 0 || !(q = calloc(1, sizeof *q))) {
+                if (pr && r == 0)
+                        pipe_req_uncharge(pr, (int64_t)sizeof *q);
+                pipe_req_free(pr);
+                count(kc, H2_RESOURCE_EXHAUSTED, time_now_ns(), len, 0, 0, -1, 0, 0);
                 request_over(kc, H2_RESOURCE_EXHAUSTED, "the request does not fit the memory budget now; retry later");
                 return;
         }
         q->kc = kc;
-        q->g = g;
-        q->start_ns = start;
+        q->pr = pr;
+        q->start_ns = pr->start_ns;
         q->in_bytes = len;
-        q->job.g = g;
-        q->job.client = c;
-        q->job.queue_ns = -1;
-        e = kserve_parse_infer(msg, len, &g->v2, &lim, b, c, err, sizeof err, &r, &model, &version);
-        if (e < 0) {
-                answer_infer(q, e, err);
+        r = kserve_parse_infer(msg, len, resolve_model, q, &lim, k->budget, pr->client, err, sizeof err, &q->req,
+                               &q->m);
+        if (r < 0) {
+                answer_infer(q, status_of(r), err);
                 return;
         }
-        q->job.req = r;
-        if (!model_is(g, model, version)) {
-                not_found_msg(g, model, version, err, sizeof err);
-                e = -ENOENT;
+        struct pipe_run run = { .mode = PIPE_JOB_PER_IMAGE, .n = q->req->n, .numbered = true,
+                                .answer_fixed = ANSWER_FIXED_MAX + strlen(q->m->name),
+                                .answer_per_image = answer_per_image(q->m, q->req), .done = on_pipe_done,
+                                .userdata = q };
+        struct pipe_part *parts = NULL;
+        if (q->req->datatype == V2_FP32) {
+                /* The tensor's charge moves from the parse to the pipeline,
+                 * which takes the tensor over. */
+                int64_t bytes = (int64_t)(sizeof(float) * 3 * (size_t)q->m->size * (size_t)q->m->size *
+                                          (size_t)q->req->n);
+                budget_release(k->budget, pr->client, bytes);
+                if ((r = pipe_req_reserve(pr, bytes)) < 0) {
+                        budget_charge_force(k->budget, pr->client, bytes);   /* still the parse's, freed below */
+                        answer_infer(q, H2_RESOURCE_EXHAUSTED, "the request's tensor does not fit the memory budget "
+                                     "now; retry later");
+                        return;
+                }
+                run.tensor = q->req->tensor;
+                q->req->tensor = NULL;
+        } else {
+                if (!(parts = calloc((size_t)q->req->n, sizeof *parts))) {
+                        answer_infer(q, H2_RESOURCE_EXHAUSTED, "out of memory; retry later");
+                        return;
+                }
+                for (int i = 0; i < q->req->n; i++)
+                        parts[i] = (struct pipe_part){ .data = q->req->images[i].data, .len = q->req->images[i].len };
+                run.parts = parts;
         }
-        free(model);
-        free(version);
-        if (e < 0) {
-                answer_infer(q, e, err);
-                return;
-        }
-        /* Admission: the logits and the answer, charged before either is
-         * allocated, so that queued requests never hold more than the budget. */
-        int64_t bytes = (int64_t)(sizeof(float) * (size_t)g->v2.classes * (size_t)r->n) + answer_bound(g, r);
-        if (bytes > k->opts.max_client_share) {
-                snprintf(err, sizeof err, "%d images need %lld bytes of memory, more than one client may hold "
-                         "(max-client-share)", r->n, (long long)bytes);
-                answer_infer(q, -E2BIG, err);
-                return;
-        }
-        if ((e = budget_charge(b, c, bytes)) < 0) {
-                answer_infer(q, e, "the request does not fit the memory budget now; retry later");
-                return;
-        }
-        q->charged = bytes;
-        if (!(q->job.logits = malloc(sizeof(float) * (size_t)g->v2.classes * (size_t)r->n))) {
-                answer_infer(q, -ENOMEM, "out of memory; retry later");
-                return;
-        }
-        int64_t dl = start + k->opts.deadline_ms * 1000000;
+        /* The client's grpc-timeout, when shorter than the server's deadline. */
         int64_t cdl = h2_call_deadline_ns(kc->call);
-        q->job.deadline_ns = cdl && cdl < dl ? cdl : dl;
-        if ((e = be->submit(be->userdata, &q->job)) < 0)
-                answer_infer(q, e, e == -EAGAIN ? "the queue is full; retry later" : "the server is shutting down");
+        if (cdl && cdl < pr->deadline_ns)
+                pr->deadline_ns = cdl;
+        r = pipe_run(pr, &run);
+        free(parts);   /* pipe_run copied the array */
+        if (r < 0)
+                answer_infer(q, status_of_api(pr->err), pr->msg);
 }
 
 /* ---- the h2 handler ---------------------------------------------------------------------------- */
@@ -1157,12 +1221,15 @@ int kserve_new(const struct kserve_opts *opts, char *err, size_t err_len, struct
         struct kserve *k;
         int r;
 
-        if (!opts->backend.gen_get || !opts->backend.gen_put || !opts->backend.ready || !opts->backend.submit ||
-            opts->max_images < 1 || opts->deadline_ms < 1 || opts->max_client_share < 1)
+        if (!opts->pipe || !opts->backend.ready)
                 return err_set(err, err_len, -EINVAL, "bad gRPC service options");
         if (!(k = calloc(1, sizeof *k)))
                 return -ENOMEM;
         k->opts = *opts;
+        k->pipe = opts->pipe;
+        k->reg = pipe_registry(opts->pipe);
+        k->budget = pipe_budget(opts->pipe);
+        k->opts.h2.budget = k->budget;
         k->opts.h2.handler = &handler;
         k->opts.h2.userdata = k;
         if ((r = h2_new(&k->opts.h2, err, err_len, &k->h2)) < 0) {

@@ -133,7 +133,7 @@ static void put_http_connections(FILE *f, const struct http_stats *hs)
                     hs->header_timeouts);
 }
 
-static void put_decode(FILE *f, const struct dec_stats *ds)
+static void put_decode(FILE *f, const struct wpool_stats *ds)
 {
         put_one(f, "effnetd_decode_threads", "gauge", "Image decoding threads.", ds->threads);
         put_one(f, "effnetd_decode_queue_capacity", "gauge", "Requests that may wait for a decoding thread.",
@@ -194,6 +194,8 @@ static void put_batch_queue(FILE *f, const struct batch_stats *bs)
 /* What is served, and by which build. */
 static void put_model(FILE *f, const struct metrics_model *m)
 {
+        if (!m)
+                return;
         put_head(f, "effnetd_model_info", "gauge", "The model being served (value 1).");
         fprintf(f, "effnetd_model_info{variant=\"");
         put_label(f, m->variant);

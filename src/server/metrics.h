@@ -1,12 +1,12 @@
 /* metrics: the /metrics body, in the Prometheus text exposition format
  * (version 0.0.4), rendered from the snapshots of the modules that own the
  * counters: the http module (struct http_stats), the batcher (struct
- * batch_stats), the decoding pool (struct dec_stats) and the process
+ * batch_stats), the decoding pool (struct wpool_stats) and the process
  * (struct proc_stats). It keeps no counter of its own and knows no socket.
  *
  *   struct http_stats hs;  http_stats_snapshot(server, &hs);
  *   struct batch_stats bs; batch_stats_snapshot(batch, &bs);
- *   struct dec_stats ds;   dec_stats_snapshot(pool, &ds);
+ *   struct wpool_stats ds;   wpool_stats_snapshot(pool, &ds);
  *   struct proc_stats ps;  proc_get_stats(&ps);
  *   struct metrics_model m = { .variant = "efficientnetv2-s", ... };
  *   struct metrics_sources src = { .http = &hs, .batch = &bs, .decode = &ds,
@@ -19,7 +19,7 @@
 
 #include "util.h"
 #include "batcher.h"
-#include "decoder.h"
+#include "workpool.h"
 #include "http_stats.h"
 #include "grpc_stats.h"
 
@@ -39,7 +39,7 @@ struct metrics_model {
 struct metrics_sources {
         const struct http_stats *http;
         const struct batch_stats *batch;   /* summed over the batchers of every model generation */
-        const struct dec_stats *decode;
+        const struct wpool_stats *decode;
         const struct metrics_model *model;
         const struct proc_stats *process;
         const struct grpc_stats *grpc;     /* the gRPC service's; NULL: no gRPC listener */

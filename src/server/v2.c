@@ -79,6 +79,32 @@ bool v2_path_version_ok(const struct v2_path *p)
                (p->version_len == strlen(V2_MODEL_VERSION) && memcmp(p->version, V2_MODEL_VERSION, p->version_len) == 0);
 }
 
+int v2_path_version(const struct v2_path *p, int64_t *ret_version)
+{
+        int64_t v = 0;
+
+        if (!p->version) {
+                *ret_version = 0;
+                return 0;
+        }
+        if (p->version_len == 0 || p->version_len > 18 || p->version[0] == '0')
+                return -EINVAL;
+        for (size_t i = 0; i < p->version_len; i++) {
+                if (p->version[i] < '0' || p->version[i] > '9')
+                        return -EINVAL;
+                v = v * 10 + (p->version[i] - '0');
+        }
+        *ret_version = v;
+        return 0;
+}
+
+/* The version of m as text, for the bodies. */
+static const char *version_text(const struct v2_model *m, char buf[24])
+{
+        snprintf(buf, 24, "%lld", (long long)(m->version > 0 ? m->version : 1));
+        return buf;
+}
+
 /* ---- base64 ------------------------------------------------------------------ */
 
 static int b64_value(unsigned char c)
@@ -1184,8 +1210,10 @@ int v2_server_body(char **ret_body)
 
 int v2_model_body(const struct v2_model *m, char **ret_body)
 {
+        char version[24];
+
         return dump(json_pack("{s:s, s:[s], s:s, s:[{s:s, s:s, s:[i,i,i,i]}], s:[{s:s, s:s, s:[i,i]}]}", "name",
-                              m->name, "versions", V2_MODEL_VERSION, "platform", V2_PLATFORM, "inputs", "name",
+                              m->name, "versions", version_text(m, version), "platform", V2_PLATFORM, "inputs", "name",
                               V2_INPUT_NAME, "datatype", "FP32", "shape", -1, 3, m->size, m->size, "outputs", "name",
                               V2_OUTPUT_NAME, "datatype", "FP32", "shape", -1, m->classes),
                     ret_body);
@@ -1355,7 +1383,8 @@ static int put_probabilities(const struct v2_request *r, const float *probs, siz
 static int frame_answer(const struct v2_model *m, const struct v2_request *r, json_t *out, const struct bin_buf *bin,
                         char **ret_body, size_t *ret_len, size_t *ret_header_len)
 {
-        json_t *root = json_pack("{s:s, s:s, s:[O]}", "model_name", m->name, "model_version", V2_MODEL_VERSION,
+        char version[24];
+        json_t *root = json_pack("{s:s, s:s, s:[O]}", "model_name", m->name, "model_version", version_text(m, version),
                                  "outputs", out);
         char *head = NULL;
         int ret;

@@ -102,10 +102,14 @@ enum v2_route v2_parse_path(const char *path, struct v2_path *ret_path);
 bool v2_path_model_is(const struct v2_path *p, const char *name);
 /* Whether the path names no version, or V2_MODEL_VERSION. */
 bool v2_path_version_ok(const struct v2_path *p);
+/* The version the path names: 0 when it names none, or a positive
+ * integer; -EINVAL for anything else (no such version). */
+int v2_path_version(const struct v2_path *p, int64_t *ret_version);
 
 /* What the bodies describe. */
 struct v2_model {
-        const char *name;         /* the variant, as /v1/models reports */
+        const char *name;         /* the model's name (its variant in a one-model server) */
+        int64_t version;          /* its version, >= 1 (0 is taken as 1) */
         int size;                 /* input height = width */
         int classes;
         int max_batch;            /* the batcher's */

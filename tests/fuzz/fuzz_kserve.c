@@ -5,6 +5,7 @@
 #include "kserve.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,6 +14,18 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+/* One model, "fuzz", version 1 (or none given). */
+static int resolve(void *ud, const char *name, const char *version, const struct v2_model **ret_model, char *err,
+                   size_t err_len)
+{
+        if (strcmp(name, "fuzz") != 0 || (version[0] && strcmp(version, "1") != 0)) {
+                snprintf(err, err_len, "unknown model");
+                return -ENOENT;
+        }
+        *ret_model = ud;
+        return 0;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
         static const int exec_batch[] = { 1, 2 };
@@ -20,7 +33,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         static struct budget *b;
         struct v2_limits lim = { .max_images = 4, .max_image_bytes = 64 };
         struct v2_request *r = NULL;
-        char *model = NULL, *version = NULL, err[256];
+        const struct v2_model *got = NULL;
+        char err[256];
 
         if (!labels && api_labels_load(NULL, CLASSES, NULL, 0, &labels) < 0)
                 abort();
@@ -34,20 +48,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!msg)
                 return 0;
         memcpy(msg, data, size);
-        struct v2_model m = { .name = "fuzz", .size = SIZE, .classes = CLASSES, .max_batch = 2, .max_delay_us = 0,
+        struct v2_model m = { .name = "fuzz", .version = 1, .size = SIZE, .classes = CLASSES, .max_batch = 2, .max_delay_us = 0,
                               .exec_batch = exec_batch, .n_exec = 2, .labels = labels };
         memset(err, 'x', sizeof err);
-        int ret = kserve_parse_infer(msg, size, &m, &lim, b, NULL, err, sizeof err, &r, &model, &version);
+        int ret = kserve_parse_infer(msg, size, resolve, &m, &lim, b, NULL, err, sizeof err, &r, &got);
         free(msg);
         struct budget_stats st;
         if (ret < 0) {
                 budget_stats_snapshot(b, &st);
-                if ((ret != -EBADMSG && ret != -E2BIG && ret != -ENOENT && ret != -ENOMEM) || r || model ||
+                if ((ret != -EBADMSG && ret != -E2BIG && ret != -ENOENT && ret != -ENOMEM) || r || got ||
                     !memchr(err, '\0', sizeof err) || !err[0] || st.used != 0)
                         abort();
                 return 0;
         }
-        if (!r || !model || !version || r->n < 1 || r->n > lim.max_images || r->classification < 0 ||
+        if (!r || got != &m || r->n < 1 || r->n > lim.max_images || r->classification < 0 ||
             r->classification > CLASSES || (r->datatype == V2_FP32) != (r->tensor != NULL) ||
             (r->datatype == V2_BYTES && !r->images))
                 abort();
@@ -62,8 +76,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (kserve_infer_response(&m, r, logits, &resp, &resp_len) == 0)
                 free(resp);
         kserve_request_free(r, &m, b, NULL);
-        free(model);
-        free(version);
         budget_stats_snapshot(b, &st);
         if (st.used != 0)
                 abort();

@@ -18,7 +18,7 @@ static void test_weights_are_copied(void)
                                    .repo = repo, .revision = rev, .commit = commit, .file = file };
 
         REQUIRE(gen_new(&g) == 0);
-        CHECK(g->model == NULL && g->weights == NULL && atomic_load(&g->refs) == 0);
+        CHECK(g->model == NULL && g->weights == NULL);
         CHECK_EQ(gen_build_answers(g, &(struct gen_limits){ .deadline_ms = 1, .max_images = 1 }), -EINVAL);
         REQUIRE(gen_set_weights(g, "hf://timm/x", &src) == 0);
         /* The caller's strings may go: the generation kept its own. */

@@ -35,7 +35,7 @@ static double sample(const char *body, const char *series)
 struct fixture {
         struct http_stats hs;
         struct batch_stats bs;
-        struct dec_stats ds;
+        struct wpool_stats ds;
         struct metrics_model m;
         struct proc_stats ps;
         struct metrics_sources src;
@@ -166,7 +166,7 @@ static void test_decode_and_server(void)
 {
         struct fixture x;
         fixture_init(&x);
-        x.ds = (struct dec_stats){ .threads = 3, .queue_capacity = 17, .queued = 2, .busy = 1, .jobs = 40,
+        x.ds = (struct wpool_stats){ .threads = 3, .queue_capacity = 17, .queued = 2, .busy = 1, .jobs = 40,
                                    .rejected = 5 };
         x.hs.connections = 12, x.hs.connections_refused = 4, x.hs.body_timeouts = 2, x.hs.header_timeouts = 6;
         x.hs.retired_models = 1, x.hs.answer_bytes = 4096, x.hs.inflight = 8, x.hs.images = 99;

@@ -298,22 +298,24 @@ static int parse_bytes(const Inference__ModelInferRequest *q, const Inference__I
         if (!(r->images = charged_calloc(b, c, n * sizeof *r->images, &e)))
                 return e;
         if (q->n_raw_input_contents) {
-                const uint8_t *p = q->raw_input_contents[0].data, *end = p + q->raw_input_contents[0].len;
+                /* Offsets, not pointers: an empty field's data is NULL. */
+                const uint8_t *data = q->raw_input_contents[0].data;
+                size_t len = q->raw_input_contents[0].len, off = 0;
                 for (size_t i = 0; i < n; i++) {
-                        if (end - p < 4)
+                        if (len - off < 4)
                                 return bad(err, err_len, -EBADMSG, "input '%s': raw_input_contents end before "
                                            "element %zu of %zu", V2_INPUT_NAME, i + 1, n);
-                        uint32_t l = le32(p);
-                        p += 4;
-                        if ((size_t)(end - p) < l)
+                        uint32_t l = le32(data + off);
+                        off += 4;
+                        if (len - off < l)
                                 return bad(err, err_len, -EBADMSG, "input '%s': element %zu is %u bytes; %zu are "
-                                           "left", V2_INPUT_NAME, i + 1, l, (size_t)(end - p));
-                        r->images[i] = (struct v2_image){ .data = p, .len = l };
-                        p += l;
+                                           "left", V2_INPUT_NAME, i + 1, l, len - off);
+                        r->images[i] = (struct v2_image){ .data = data + off, .len = l };
+                        off += l;
                 }
-                if (p != end)
+                if (off != len)
                         return bad(err, err_len, -EBADMSG, "input '%s': %zu bytes after its %zu elements",
-                                   V2_INPUT_NAME, (size_t)(end - p), n);
+                                   V2_INPUT_NAME, len - off, n);
         } else {
                 if (!ct || ct->n_bytes_contents != n)
                         return bad(err, err_len, -EBADMSG, "input '%s': %zu elements in bytes_contents; its shape "

@@ -918,8 +918,10 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
                         break;
                 c->in_message = false;
                 c->msg_start_ns = 0;
+                /* An empty message has no buffer: it is given a valid pointer all the same. */
                 if (handler_holds(c))
-                        s->opts.handler->on_message(s->opts.userdata, c, c->msg, c->msg_len);
+                        s->opts.handler->on_message(s->opts.userdata, c, c->msg ? c->msg : (const uint8_t *)"",
+                                                    c->msg_len);
                 /* The next message gets a buffer of its own size. */
                 free(c->msg);
                 uncharge(s, c->client, c->msg_cap);

@@ -56,7 +56,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!in)
                 return 0;
         memcpy(in, preface, 24);
-        memcpy(in + 24, data, size);
+        if (size)
+                memcpy(in + 24, data, size);
         h2_feed(s, in, 24 + size);
         free(in);
         struct budget_stats st;

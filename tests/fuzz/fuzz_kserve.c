@@ -47,7 +47,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint8_t *msg = malloc(size ? size : 1);
         if (!msg)
                 return 0;
-        memcpy(msg, data, size);
+        if (size)
+                memcpy(msg, data, size);
         struct v2_model m = { .name = "fuzz", .version = 1, .size = SIZE, .classes = CLASSES, .max_batch = 2, .max_delay_us = 0,
                               .exec_batch = exec_batch, .n_exec = 2, .labels = labels };
         memset(err, 'x', sizeof err);

@@ -140,7 +140,8 @@ struct wire {
 static void put(struct wire *w, const void *p, size_t n)
 {
         REQUIRE(w->n + n <= sizeof w->b);
-        memcpy(w->b + w->n, p, n);
+        if (n)
+                memcpy(w->b + w->n, p, n);
         w->n += n;
 }
 
@@ -207,7 +208,8 @@ static void message(struct wire *w, uint32_t stream, uint8_t flag, uint32_t decl
         p[2] = (uint8_t)(declared >> 16);
         p[3] = (uint8_t)(declared >> 8);
         p[4] = (uint8_t)declared;
-        memcpy(p + 5, msg, n);
+        if (n)
+                memcpy(p + 5, msg, n);
         frame(w, 0, end_stream ? 1 : 0, stream, p, n + 5);
 }
 

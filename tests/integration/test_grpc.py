@@ -317,12 +317,37 @@ def test_metrics_log(d, n_infer_ok):
           "the access log names the gRPC status of errors")
 
 
+def test_reload(d, pb, stub, x, raw):
+    """SIGHUP: the model is reloaded (the same weights) while gRPC calls go
+    on; calls after it are served by the new version, with the same answers."""
+    before = d.log_text().count("reloaded: now serving")
+    futures = [stub.ModelInfer.future(gc.infer_request(pb, MODEL, "FP32", x[:1]), timeout=300) for _ in range(2)]
+    d.proc.send_signal(1)
+    ok = 0
+    for f in futures:
+        try:
+            ok += float(np.max(np.abs(gc.fp32_output(f.result())[0] - raw[0]))) <= 2e-5
+        except grpc.RpcError as e:
+            print(f"     during the reload: {e.code()} {e.details()}")
+    deadline = time.monotonic() + 300
+    while d.log_text().count("reloaded: now serving") == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    reloaded = d.log_text().count("reloaded: now serving") > before
+    r = stub.ModelInfer(gc.infer_request(pb, MODEL, "FP32", x[:1]), timeout=300)
+    check(reloaded and ok == 2 and float(np.max(np.abs(gc.fp32_output(r)[0] - raw[0]))) <= 2e-5
+          and stub.ModelReady(pb.ModelReadyRequest(name=MODEL), timeout=10).ready,
+          f"SIGHUP reload: calls during it answered ({ok} of 2), the model ready and the same after it")
+
+
 def test_drain(d, pb, stub, x):
     """SIGTERM with calls in flight (2: grpc-max-streams; the client holds
     back more): they are answered; a new call is refused."""
     futures = [stub.ModelInfer.future(gc.infer_request(pb, MODEL, "FP32", x[:1]), timeout=120) for _ in range(2)]
     time.sleep(0.05)
     d.proc.send_signal(15)
+    time.sleep(0.3)
+    code, _ = rpc_error(stub.ServerReady, pb.ServerReadyRequest(), timeout=10)
+    check(code == grpc.StatusCode.UNAVAILABLE, f"draining: a new call is refused ({code})")
     ok = 0
     for f in futures:
         try:
@@ -374,6 +399,7 @@ def main():
             test_stream(pb, stub, x, raw)
             test_hostile(d, port, pb, stub)
             test_metrics_log(d, 16)
+            test_reload(d, pb, stub, x, raw)
             c.close()
             test_drain(d, pb, stub, x)
         finally:

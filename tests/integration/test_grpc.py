@@ -359,6 +359,54 @@ def test_drain(d, pb, stub, x):
     check(d.proc.wait(60) == 0, "exit 0 after the drain")
 
 
+def test_memory(effnetd, weights, workdir):
+    """What slow uploads make the server hold is bounded by memory-budget,
+    measured in the daemon's RSS: 16 connections x 4 streams each send
+    1 MB of a message announced as 4 MB and stall (64 MB asked for), with
+    an 8 MiB budget. Without the charges the daemon would hold all 64 MB."""
+    budget = 8 << 20
+    d = dm.Daemon(effnetd, weights, workdir, "--grpc-listen", "127.0.0.1:0", "--memory-budget", budget,
+                  "--max-client-share", budget, "--v2-max-body-bytes", 4000000, "--max-body-bytes", 2000000,
+                  "--grpc-max-streams", 4, "--body-timeout", 60, name="effnetd-memory")
+    conns = []
+    try:
+        port = grpc_port(d)
+        rss0 = dm.status_kb(d.proc.pid, "VmRSS")
+        chunk = b"\x00" + struct.pack(">I", 4000000) + b"\x5a" * (16384 - 5)
+        body = b"\x5a" * 16384
+        for _ in range(16):
+            h = gc.RawH2(port)
+            h.start()
+            h.frames_until(lambda f: f and f[0] == gc.SETTINGS and not f[1] & gc.ACK, limit=10)
+            for sid in (1, 3, 5, 7):
+                h.headers(sid, gc.grpc_headers("/inference.GRPCInferenceService/ModelInfer"))
+                # 1 MB, within the 1 MiB stream window the server announces.
+                h.send(gc.frame(gc.DATA, 0, sid, chunk))
+                for _ in range(60):
+                    h.send(gc.frame(gc.DATA, 0, sid, body))
+            conns.append(h)
+        time.sleep(2)
+        rss1 = dm.status_kb(d.proc.pid, "VmRSS")
+        grown = (rss1 - rss0) / 1024
+        s_, _, m = d.request("GET", "/metrics")
+        refused = re.search(r'effnetd_memory_refused_total\{limit="budget"\} (\d+)', m.decode())
+        refused = int(refused.group(1)) if refused else 0
+        check(grown < 32 and refused > 0,
+              f"64 MB of stalled uploads against an 8 MiB budget: RSS grew {grown:.1f} MiB (< 32), "
+              f"{refused} charges refused")
+        for h in conns:
+            h.close()
+        conns = []
+        # Everything comes back once the clients are gone.
+        charged = dm.wait_until(lambda: (lambda t: int(t.group(1)) == 0 if t else False)(
+            re.search(r"effnetd_memory_charged_bytes (\d+)", d.request("GET", "/metrics")[2].decode())), 10)
+        check(bool(charged), "the budget is empty again once the connections closed")
+    finally:
+        for h in conns:
+            h.close()
+        d.stop()
+
+
 def main():
     if len(sys.argv) < 4:
         sys.stderr.write(f"usage: {sys.argv[0]} EFFNETD EFFNET IMAGE_PREPROCESS\n")
@@ -407,6 +455,7 @@ def main():
                 d.stop()
             if failures:
                 print("---- effnetd log (tail) ----\n" + d.log_text()[-4000:])
+        test_memory(effnetd, weights, workdir)
     finish()
 
 

@@ -867,8 +867,8 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
                         if (c->prefix_have < 5)
                                 break;
                         c->prefix_have = 0;
-                        bool compressed;
-                        uint32_t mlen;
+                        bool compressed = false;   /* unset when the prefix is refused */
+                        uint32_t mlen = 0;
                         if (h2_frame_prefix(c->prefix, &compressed, &mlen) < 0 || compressed) {
                                 call_end(c, compressed ? H2_UNIMPLEMENTED : H2_INTERNAL,
                                          compressed ? "compressed messages are not supported (grpc-encoding identity)"

@@ -908,8 +908,9 @@ static enum h2_status send_answer(struct ks_call *kc, enum h2_status st, const c
         if (!kc->stream) {
                 if (st != H2_OK)
                         return st;
-                if (h2_call_send(kc->call, resp, resp_len) < 0)
-                        return H2_RESOURCE_EXHAUSTED;
+                int r = h2_call_send(kc->call, resp, resp_len);
+                if (r < 0)   /* the client left (its answer is counted as cancelled), or the budget is full */
+                        return r == -ECANCELED ? H2_CANCELLED : H2_RESOURCE_EXHAUSTED;
                 *ret_sent = resp_len;
                 return H2_OK;
         }

@@ -689,8 +689,10 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
                 return 0;
         if (conn->key_len && budget_client_get(s->opts.budget, conn->key, conn->key_len, &client) < 0)
                 client = NULL;
-        if (charge(s, client, sizeof *c) < 0 || !(c = calloc(1, sizeof *c))) {
-                uncharge(s, client, 0);
+        bool charged = charge(s, client, sizeof *c) == 0;
+        if (!charged || !(c = calloc(1, sizeof *c))) {
+                if (charged)
+                        uncharge(s, client, sizeof *c);
                 budget_client_put(s->opts.budget, client);
                 atomic_fetch_add(&s->streams_refused, 1);
                 /* Resets this stream only. */
@@ -753,10 +755,14 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
                 for (int i = 0; i < N_META; i++) {
                         if (namelen != strlen(meta_names[i]) || memcmp(name, meta_names[i], namelen) != 0)
                                 continue;
-                        if (c->meta[i] || valuelen > H2_MAX_METADATA_VALUE ||
-                            charge(s, c->client, valuelen + 1) < 0 || !(c->meta[i] = malloc(valuelen + 1))) {
-                                if (!c->meta[i] && valuelen <= H2_MAX_METADATA_VALUE)
-                                        uncharge(s, c->client, valuelen + 1);
+                        /* Once each, bounded, charged before it is copied. */
+                        bool ok = !c->meta[i] && valuelen <= H2_MAX_METADATA_VALUE &&
+                                  charge(s, c->client, valuelen + 1) == 0;
+                        if (ok && !(c->meta[i] = malloc(valuelen + 1))) {
+                                uncharge(s, c->client, valuelen + 1);
+                                ok = false;
+                        }
+                        if (!ok) {
                                 c->bad_headers = true;
                                 atomic_fetch_add(&s->streams_refused, 1);
                                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;

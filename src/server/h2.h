@@ -102,9 +102,11 @@ struct h2_server;
  * options or address, with the reason in err), socket errors, -ENOMEM. */
 int h2_new(const struct h2_opts *opts, char *err, size_t err_len, struct h2_server **ret_server);
 
-/* Closes every connection and stops the thread. Calls still taken by the
- * handler must be finished first (h2_inflight() == 0), since their
- * h2_call_finish would reach a freed server. Accepts NULL; returns NULL. */
+/* Stops the thread and closes every connection: calls the handler still
+ * holds are cancelled (on_cancel, on the calling thread), and must be
+ * finished there; a call whose work is elsewhere (another thread would
+ * finish it later) must be finished before, since that h2_call_finish
+ * would reach a freed server. Accepts NULL; returns NULL. */
 struct h2_server *h2_free(struct h2_server *s);
 
 /* "http://127.0.0.1:8001" with the port actually bound ("" without a listener). */

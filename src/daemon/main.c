@@ -645,7 +645,8 @@ static void omp_spin_default(char **argv)
 static int settings_open(int argc, char **argv, struct daemon *d, int *ret_exit)
 {
         bool check = false, print = false;
-        char err[4096];
+        /* Room for every setting's error at once (about 80 bytes each). */
+        char err[8192];
         int r;
 
         for (int i = 1; i < argc; i++) {

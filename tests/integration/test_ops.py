@@ -37,6 +37,8 @@ VALUES = {
     "hub-download-deadline": "5m",
     "listen": "127.0.0.1:9",
     "admin-listen": "127.0.0.1:10",
+    "grpc-listen": "127.0.0.1:11",
+    "grpc-max-streams": "5",
     "http-threads": "3",
     "max-connections": "77",
     "max-connections-per-client": "9",
@@ -87,6 +89,7 @@ BAD = {
     "max-images": "65537", "max-pixels": "-5", "max-request-pixels": "0", "jpeg-fast": "maybe", "access-log": "2", "ui": "sometimes",
     "show-paths": "perhaps", "allowed-hosts": "",
     "log-format": "xml", "weights": "", "labels": "", "listen": "", "admin-listen": "",
+    "grpc-listen": "", "grpc-max-streams": "0",
 }
 
 

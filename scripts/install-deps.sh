@@ -8,10 +8,15 @@ pkgs=(
   build-essential meson ninja-build pkg-config cmake
   libdnnl-dev libjansson-dev libmicrohttpd-dev libturbojpeg0-dev libjpeg62-turbo-dev
   libpng-dev libsystemd-dev libssl-dev libcurl4-openssl-dev scdoc
+  # gRPC: HTTP/2 (nghttp2) and the protobuf messages (protoc-c generates
+  # them from src/server/kserve.proto at build time)
+  libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
   # tests: references and tools
   python3 python3-numpy python3-torch python3-torchvision python3-pil
   python3-matplotlib python3-skimage libjpeg-turbo-progs  # sample photos, cjpeg
   curl ca-certificates
+  # gRPC tests: a real gRPC client, with stubs generated from the same .proto
+  python3-grpcio python3-grpc-tools
   # operations tests: systemd-analyze and systemd-socket-activate, promtool,
   # YAML (Kubernetes manifests, OpenAPI); podman and debootstrap for the
   # container image test (meson test --setup container --suite container)

@@ -115,6 +115,11 @@ static const struct conf_setting settings[] = {
         { "admin-listen", "server", CONF_STRING, F(admin_listen), NULL, 0, 0, NULL,
           "HOST:PORT of a second listener for /healthz, /readyz, /metrics and /v2/health/* only, with its own "
           "thread and connections, so that probes answer while clients hold the main one; unset: none" },
+        { "grpc-listen", "server", CONF_STRING, F(grpc_listen), NULL, 0, 0, NULL,
+          "HOST:PORT of the gRPC listener (KServe v2 GRPCInferenceService, cleartext HTTP/2); unset: none" },
+        { "grpc-max-streams", "server", CONF_INT, F(grpc_max_streams), "32", 1, 1024, NULL,
+          "gRPC calls one connection may have open at once (HTTP/2 streams, and calls still being served "
+          "after their client reset them)" },
         { "allowed-hosts", "server", CONF_STRING, F(allowed_hosts), NULL, 0, 0, NULL,
           "Host names answered besides loopback names and IP addresses, separated by commas (\".example.com\": "
           "it and the names under it; \"*\": any), against DNS rebinding; others get 421. Unset: loopback names "

@@ -30,6 +30,7 @@ struct conf {
         char *weights;              /* owned strings; NULL when unset */
         char *listen;
         char *admin_listen;
+        char *grpc_listen;
         char *allowed_hosts;
         char *labels;
         char *model_repository;     /* a directory of models, instead of weights */
@@ -58,6 +59,7 @@ struct conf {
         int64_t max_pixels;
         int64_t max_request_pixels;
         int64_t max_connections;
+        int64_t grpc_max_streams;
         int64_t max_connections_per_client;
         int64_t connection_timeout_us;
         int64_t body_timeout_us;

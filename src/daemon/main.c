@@ -16,6 +16,7 @@
 #include "registry.h"
 #include "repository.h"
 #include "hosts.h"
+#include "kserve.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -484,6 +485,7 @@ struct daemon {
         struct pipeline *pipe;     /* model_open: requests' work, over reg */
         const struct generation *gen;  /* model_open: the version served last (reg's; main thread only) */
         struct http_server *http;  /* listeners_open */
+        struct kserve *_Atomic grpc;   /* listeners_open, with grpc-listen; read by /metrics threads */
         struct reload reload;      /* serve: a SIGHUP's load */
         struct conf next;          /* serve: the settings the running reload reads */
         bool abandon_reload;       /* drain: a reload still loading, left to the process exit */
@@ -1218,6 +1220,7 @@ static void omp_spin_default(char **argv)
 static int settings_open(int argc, char **argv, struct daemon *d, int *ret_exit)
 {
         bool check = false, print = false;
+        /* Room for every setting's error at once (about 80 bytes each). */
         char err[8192];
         int r;
 
@@ -1381,6 +1384,50 @@ static int model_open(struct daemon *d, char *err, size_t err_len)
         return 0;
 }
 
+static bool grpc_ready(void *userdata)
+{
+        struct daemon *d = userdata;
+        return http_ready(d->http);
+}
+
+static void grpc_stats(void *userdata, struct grpc_stats *ret_stats)
+{
+        struct daemon *d = userdata;
+        struct kserve *k = atomic_load(&d->grpc);
+
+        if (k)
+                kserve_stats_snapshot(k, ret_stats);
+        else
+                memset(ret_stats, 0, sizeof *ret_stats);
+}
+
+/* The gRPC listener (grpc-listen): its requests go through the same
+ * pipeline as HTTP's (model versions, worker pool, batchers, memory
+ * budget, limits); the /v2 body limit bounds a message; connections and
+ * timeouts are those of the HTTP settings, for a listener of its own. */
+static int grpc_open(struct daemon *d, char *err, size_t err_len)
+{
+        const struct conf *c = &d->conf;
+        struct kserve_opts ko = {
+                .h2 = { .listen = c->grpc_listen, .max_connections = (int)c->max_connections,
+                        .max_streams = (int)c->grpc_max_streams, .max_header_bytes = 16384,
+                        .max_message_bytes = c->v2_max_body_bytes,
+                        .idle_timeout_s = (int)(c->connection_timeout_us / PARSE_S),
+                        .read_timeout_s = (int)(c->body_timeout_us / PARSE_S),
+                        .max_deadline_ms = c->deadline_us / PARSE_MS },
+                .pipe = d->pipe,
+                .backend = { .ready = grpc_ready, .access_log = c->access_log ? on_answered : NULL, .userdata = d },
+        };
+        struct kserve *k;
+        int r;
+
+        if ((r = kserve_new(&ko, err, err_len, &k)) < 0)
+                return r;
+        atomic_store(&d->grpc, k);
+        log_msg(LOG_INFO, "gRPC (KServe v2 GRPCInferenceService) listening on %s", kserve_url(k));
+        return 0;
+}
+
 /* Phase 4, the listeners: d->http serving d->gen (http's from then on). Undone by
  * daemon_teardown (http_stop, http_free). */
 static int listeners_open(struct daemon *d, char *err, size_t err_len)
@@ -1413,6 +1460,7 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .access_log = c->access_log ? on_answered : NULL,
                 .error_log = on_http_error,
                 .repo_control = on_repo_control,
+                .grpc_stats = c->grpc_listen ? grpc_stats : NULL,
                 .userdata = d,
         };
         int r;
@@ -1429,6 +1477,8 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
         if (*http_admin_url(d->http))
                 log_msg(LOG_INFO, "admin (probes, metrics) listening on %s; Host names answered: %s",
                         http_admin_url(d->http), http_hosts(d->http, true));
+        if (c->grpc_listen)
+                return grpc_open(d, err, err_len);
         return 0;
 }
 
@@ -1481,11 +1531,15 @@ static void drain(struct daemon *d, int sig)
                 http_inflight(d->http), (double)d->conf.drain_timeout_us / PARSE_S);
         service_notify_stopping("draining");
         http_drain(d->http);
+        struct kserve *k = atomic_load(&d->grpc);
+        if (k)
+                kserve_drain(k);
         /* Queued requests always finish (result or deadline), since
          * libmicrohttpd cannot stop with suspended connections; only slow
          * readers of answers are cut off after drain-timeout. */
         int64_t until = time_now_ns() + d->conf.drain_timeout_us * 1000;
-        while (http_waiting(d->http) > 0 || (http_inflight(d->http) > 0 && time_now_ns() < until)) {
+        while (http_waiting(d->http) > 0 || (k && kserve_pending(k) > 0) ||
+               ((http_inflight(d->http) > 0 || (k && kserve_inflight(k) > 0)) && time_now_ns() < until)) {
                 struct timespec ts = { .tv_sec = 0, .tv_nsec = 10000000 };
                 nanosleep(&ts, NULL);
                 tick(d, true);
@@ -1512,6 +1566,9 @@ static void daemon_teardown(struct daemon *d)
 {
         struct generation *old;
 
+        /* gRPC first: its requests use the pipeline; drain waited for
+         * those in it, and its open calls are cancelled. */
+        atomic_store(&d->grpc, kserve_free(atomic_load(&d->grpc)));
         if (d->http)
                 http_stop(d->http);
         d->http = http_free(d->http);

@@ -637,9 +637,14 @@ static int metrics_body(struct req *q, char **ret_body)
                 models[i] = l.rows[i].m;
                 models[i].batch = &l.rows[i].bs;
         }
+        struct grpc_stats gs;
         if (r == 0) {
                 struct metrics_sources src = { .http = &hs, .batch = &bs, .decode = &ds, .models = models,
                                                .n_models = l.n, .process = &ps };
+                if (s->opts.grpc_stats) {
+                        s->opts.grpc_stats(s->opts.userdata, &gs);
+                        src.grpc = &gs;
+                }
                 r = metrics_render(&src, ret_body);
         }
         for (int i = 0; i < l.n; i++)
@@ -1998,4 +2003,9 @@ int http_inflight(struct http_server *s)
 int http_waiting(struct http_server *s)
 {
         return atomic_load(&s->waiting);
+}
+
+bool http_ready(struct http_server *s)
+{
+        return !atomic_load(&s->draining);
 }

@@ -38,6 +38,7 @@
 #include "generation.h"
 #include "pipeline.h"
 #include "http_stats.h"
+#include "grpc_stats.h"
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
 #define HTTP_CONTROL_MAX_BODY (64 << 10)  /* a repository load or unload call's body (read, not used) */
@@ -97,6 +98,8 @@ struct http_opts {
          * the reason in err (400), and done never fires. NULL: refused. */
         int (*repo_control)(void *userdata, const char *name, bool load, http_control_done_fn done, void *token,
                             char *err, size_t err_len);
+        /* The gRPC service's counters for /metrics (any thread). NULL: none. */
+        void (*grpc_stats)(void *userdata, struct grpc_stats *ret_stats);
         void *userdata;
 };
 
@@ -146,6 +149,10 @@ uint64_t http_images(struct http_server *s);
  * every connection (requests still reading or writing are cut off and
  * release their model versions; the pipeline stops too: pipe_stop). http_free follows. */
 void http_stop(struct http_server *s);
+
+/* Whether the server takes new requests (not draining), for the gRPC
+ * service's ServerReady and ModelReady. Any thread. */
+bool http_ready(struct http_server *s);
 
 /* Stops the server and frees it (not its pipeline). Call when
  * http_waiting() is 0 (libmicrohttpd cannot stop with suspended

@@ -283,6 +283,47 @@ static void put_process(FILE *f, const struct proc_stats *p)
         }
 }
 
+/* The gRPC service (protocol "grpc"): requests by method and status code,
+ * their time, and its transport's connections and refusals. */
+static void put_grpc(FILE *f, const struct grpc_stats *gs)
+{
+        if (!gs)
+                return;
+        put_head(f, "effnetd_grpc_requests_total", "counter",
+                 "gRPC requests answered (KServe v2 GRPCInferenceService; each request of a stream counts), by "
+                 "method and gRPC status code.");
+        for (int m = 0; m < GRPC_N_METHODS; m++)
+                for (int c = 0; c < GRPC_N_CODES; c++)
+                        if (gs->requests[m][c] || (m == GRPC_MODEL_INFER && c == 0))
+                                fprintf(f, "effnetd_grpc_requests_total{protocol=\"grpc\",method=\"%s\",code=\"%s\"} "
+                                        "%llu\n", grpc_method_name((enum grpc_method)m), grpc_code_name(c),
+                                        (unsigned long long)gs->requests[m][c]);
+        put_head(f, "effnetd_grpc_request_seconds_total", "counter",
+                 "Time from a gRPC request's message to its answer, summed, by method.");
+        for (int m = 0; m < GRPC_N_METHODS; m++)
+                fprintf(f, "effnetd_grpc_request_seconds_total{protocol=\"grpc\",method=\"%s\"} %.6f\n",
+                        grpc_method_name((enum grpc_method)m), gs->seconds[m]);
+        put_head(f, "effnetd_grpc_images_total", "counter", "Images classified and answered over gRPC.");
+        fprintf(f, "effnetd_grpc_images_total %llu\n", (unsigned long long)gs->images);
+        put_head(f, "effnetd_grpc_connections_total", "counter", "gRPC connections accepted since start.");
+        fprintf(f, "effnetd_grpc_connections_total %llu\n", (unsigned long long)gs->connections);
+        put_head(f, "effnetd_grpc_connections", "gauge", "gRPC connections open now.");
+        fprintf(f, "effnetd_grpc_connections %d\n", gs->connections_open);
+        put_head(f, "effnetd_grpc_refusals_total", "counter",
+                 "gRPC connections and streams refused or cut by a limit, by reason.");
+        fprintf(f, "effnetd_grpc_refusals_total{reason=\"max_connections\"} %llu\n",
+                (unsigned long long)gs->connections_refused);
+        fprintf(f, "effnetd_grpc_refusals_total{reason=\"timeout\"} %llu\n", (unsigned long long)gs->timeouts);
+        fprintf(f, "effnetd_grpc_refusals_total{reason=\"streams_or_headers\"} %llu\n",
+                (unsigned long long)gs->streams_refused);
+        fprintf(f, "effnetd_grpc_refusals_total{reason=\"message_size\"} %llu\n",
+                (unsigned long long)gs->messages_too_large);
+        fprintf(f, "effnetd_grpc_refusals_total{reason=\"protocol_error\"} %llu\n",
+                (unsigned long long)gs->protocol_errors);
+        put_head(f, "effnetd_grpc_inflight", "gauge", "gRPC calls being served now.");
+        fprintf(f, "effnetd_grpc_inflight %d\n", gs->inflight);
+}
+
 int metrics_render(const struct metrics_sources *src, char **ret_body)
 {
         char *buf = NULL;
@@ -303,6 +344,7 @@ int metrics_render(const struct metrics_sources *src, char **ret_body)
         else
                 put_model(f, src->model, src->model ? 1 : 0);
         put_process(f, src->process);
+        put_grpc(f, src->grpc);
         if (fclose(f) != 0 || !buf) {
                 free(buf);
                 return -ENOMEM;

@@ -21,6 +21,7 @@
 #include "batcher.h"
 #include "workpool.h"
 #include "http_stats.h"
+#include "grpc_stats.h"
 
 /* A model version being served, for effnetd_model_info and the
  * effnetd_model_* families (labels model and version). Strings are
@@ -49,6 +50,7 @@ struct metrics_sources {
         const struct metrics_model *models;  /* [n_models], every model version served */
         int n_models;
         const struct proc_stats *process;
+        const struct grpc_stats *grpc;     /* the gRPC service's; NULL: no gRPC listener */
 };
 
 /* The body, NUL-terminated and owned by the caller (free). Families come

@@ -23,7 +23,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SECONDS_EACH=${FUZZ_SECONDS:-300}
-TARGETS=safetensors,jpeg,png,multipart,config,v2,hub_uri,query
+TARGETS=safetensors,jpeg,png,multipart,config,v2,hub_uri,query,h2,kserve
 WORK=${XDG_CACHE_HOME:-$HOME/.cache}/effnetd-fuzz
 MERGE=1
 MAX_FILE=65536          # merged inputs larger than this are left out of the tree
@@ -60,6 +60,8 @@ declare -A SRC=(
         [v2]=src/server/v2.c
         [hub_uri]=src/hub/hub.c
         [query]=src/server/api.c:api_parse_top_k     # api.c holds more than the parser
+        [h2]=src/server/h2.c
+        [kserve]=src/server/kserve.c                  # the service too: its share of the file is lower
 )
 # Where meson puts each target (the image targets live with the image tests).
 exe_path() {

@@ -38,6 +38,8 @@ VALUES = {
     "hub-download-deadline": "5m",
     "listen": "127.0.0.1:9",
     "admin-listen": "127.0.0.1:10",
+    "grpc-listen": "127.0.0.1:11",
+    "grpc-max-streams": "5",
     "http-threads": "3",
     "max-connections": "77",
     "max-connections-per-client": "9",
@@ -97,6 +99,7 @@ BAD = {
     "log-format": "xml", "weights": "", "labels": "", "listen": "", "admin-listen": "",
     "model-control-mode": "manual", "repository-poll-secs": "0", "load-model": "", "default-model": "",
     "model-repository": "",
+    "grpc-listen": "", "grpc-max-streams": "0",
 }
 
 

@@ -485,6 +485,8 @@ struct daemon {
         struct generation *gen;    /* model_open: the generation served; owned until listeners_open
                                     * hands it to http, then http's (the current one, main thread only) */
         struct http_server *http;  /* listeners_open */
+        struct auth *auth;         /* security_open: API keys, or NULL */
+        struct tls *tls;           /* security_open: TLS credentials, or NULL */
         struct reload reload;      /* serve: a SIGHUP's load */
         struct conf next;          /* serve: the settings the running reload reads */
         bool abandon_reload;       /* drain: a reload still loading, left to the process exit */
@@ -537,11 +539,32 @@ static int next_settings(const struct daemon *d, struct conf *ret_next)
         return 0;
 }
 
+/* SIGHUP, first: the key file and the TLS files are read again at once
+ * (small files; a bad one keeps what is in use, and says why). */
+static void security_reload(struct daemon *d)
+{
+        char err[1024];
+
+        if (d->auth) {
+                if (auth_reload(d->auth, err, sizeof err) < 0)
+                        log_msg(LOG_ERR, "SIGHUP: keeping the API keys in use: %s", err);
+                else
+                        log_msg(LOG_INFO, "SIGHUP: API keys read again from %s", d->conf.api_keys_file);
+        }
+        if (d->tls) {
+                if (tls_reload(d->tls, err, sizeof err) < 0)
+                        log_msg(LOG_ERR, "SIGHUP: keeping the TLS certificate in use: %s", err);
+                else
+                        log_msg(LOG_INFO, "SIGHUP: TLS certificate and key read again from %s", d->conf.tls_cert);
+        }
+}
+
 /* SIGHUP: starts loading the next generation, unless one is loading. */
 static void on_sighup(struct daemon *d)
 {
         int r;
 
+        security_reload(d);
         if (reload_running(&d->reload)) {
                 log_msg(LOG_NOTICE, "SIGHUP: a reload is already running");
                 return;
@@ -781,6 +804,32 @@ static int model_open(struct daemon *d, char *err, size_t err_len)
         return 0;
 }
 
+/* Phase 4a, the listeners' security: API keys and TLS credentials, when
+ * set. Undone by daemon_teardown, after the listeners. */
+static int security_open(struct daemon *d, char *err, size_t err_len)
+{
+        const struct conf *c = &d->conf;
+        int r;
+
+        if (c->api_keys_file) {
+                if ((r = auth_new(c->api_keys_file, err, err_len, &d->auth)) < 0)
+                        return r;
+                struct auth_stats st;
+                auth_stats_snapshot(d->auth, &st);
+                log_msg(LOG_INFO, "API keys: %d from %s; every request but the probes needs one", st.keys,
+                        c->api_keys_file);
+        }
+        if (c->tls_cert) {
+                struct tls_opts to = { .cert = c->tls_cert, .key = c->tls_key, .client_ca = c->tls_client_ca };
+                if ((r = tls_new(&to, err, err_len, &d->tls)) < 0)
+                        return r;
+                log_msg(LOG_INFO, "TLS 1.2 and 1.3 with %s%s%s", c->tls_cert,
+                        c->tls_client_ca ? "; client certificates required, issued by " : "",
+                        c->tls_client_ca ? c->tls_client_ca : "");
+        }
+        return 0;
+}
+
 /* Phase 4, the listeners: d->http serving d->gen (http's from then on). Undone by
  * daemon_teardown (http_stop, http_free). */
 static int listeners_open(struct daemon *d, char *err, size_t err_len)
@@ -810,6 +859,8 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .allowed_hosts = c->allowed_hosts,
                 .show_paths = c->show_paths,
                 .img = IMG_OPTS_DEFAULT,
+                .auth = d->auth,
+                .tls = d->tls,
                 .access_log = c->access_log ? on_answered : NULL,
                 .error_log = on_http_error,
         };
@@ -912,6 +963,8 @@ static void daemon_teardown(struct daemon *d)
                 d->gen = gen_free(d->gen);   /* never handed to http */
         d->http = http_free(d->http);        /* frees the generations it has */
         d->gen = NULL;
+        d->tls = tls_free(d->tls);
+        d->auth = auth_free(d->auth);
 }
 
 int main(int argc, char **argv)
@@ -924,7 +977,7 @@ int main(int argc, char **argv)
         if (settings_open(argc, argv, &d, &code) > 0)
                 goto out;
         if ((r = process_setup(&d, err, sizeof err)) < 0 || (r = model_open(&d, err, sizeof err)) < 0 ||
-            (r = listeners_open(&d, err, sizeof err)) < 0) {
+            (r = security_open(&d, err, sizeof err)) < 0 || (r = listeners_open(&d, err, sizeof err)) < 0) {
                 log_msg(LOG_ERR, "%s", err);
                 goto fail;
         }

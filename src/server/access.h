@@ -27,6 +27,9 @@ struct http_access {
         double inference_ms;     /* forward passes of its images */
         int batch_size;          /* images in its (largest) forward pass; 0 if none */
         double ms;               /* headers received -> answer queued */
+        const char *trace_id;    /* W3C trace context (server/trace.h): 32 hex digits, the caller's or new */
+        const char *span_id;     /* 16 hex digits: this request's span, sent back in traceparent */
+        const char *parent_id;   /* 16 hex digits: the caller's span; "" when the trace started here */
 };
 
 #endif

@@ -37,6 +37,8 @@
 #include "batcher.h"
 #include "generation.h"
 #include "http_stats.h"
+#include "auth.h"
+#include "tls.h"
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
 
@@ -80,6 +82,10 @@ struct http_opts {
         const char *admin_listen;    /* HOST:PORT of a second listener that serves only /healthz, /readyz,
                                       * /metrics and /v2/health/live, ready, with its own thread and connections;
                                       * NULL = none */
+        struct auth *auth;           /* API keys (server/auth.h), the caller's; NULL = none needed. The
+                                      * probes (/healthz, /readyz, /v2/health/live, ready) and the admin listener
+                                      * need none */
+        struct tls *tls;             /* HTTPS on both listeners (server/tls.h), the caller's; NULL = HTTP */
         /* Called once per answered request (any thread). May be NULL. */
         void (*access_log)(void *userdata, const struct http_access *a);
         /* libmicrohttpd's own messages, and a request's NaN or Inf outputs that

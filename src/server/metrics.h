@@ -21,6 +21,8 @@
 #include "batcher.h"
 #include "decoder.h"
 #include "http_stats.h"
+#include "auth.h"
+#include "tls.h"
 
 /* The model being served, for effnetd_model_info. Strings are borrowed. */
 struct metrics_model {
@@ -41,6 +43,8 @@ struct metrics_sources {
         const struct dec_stats *decode;
         const struct metrics_model *model;
         const struct proc_stats *process;
+        const struct auth_stats *auth;     /* API keys; NULL: off, left out */
+        const struct tls_stats *tls;       /* TLS; NULL: off, left out */
 };
 
 /* The body, NUL-terminated and owned by the caller (free). Families come

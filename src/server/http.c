@@ -2015,8 +2015,8 @@ static struct MHD_Daemon *start_daemon(struct http_listener *l, const struct soc
                 flags |= MHD_USE_TLS;
         }
         return MHD_start_daemon(flags, 0, accept_policy, s, on_request, l,
-                                MHD_OPTION_ARRAY, s->opts.tls ? tls : tls + 2,
                                 MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+                                MHD_OPTION_ARRAY, s->opts.tls ? tls : tls + 2,
                                 MHD_OPTION_ARRAY, listen,
                                 MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
                                 MHD_OPTION_CONNECTION_LIMIT, mhd_limit,

@@ -59,7 +59,8 @@ def make_pki(w):
         f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
     with open(os.path.join(w, "client.ext"), "w") as f:
         f.write("extendedKeyUsage=clientAuth\n")
-    for name, ca, ext in (("a", "ca", "server.ext"), ("b", "ca", "server.ext"), ("client", "clientca", "client.ext")):
+    for name, ca, ext in (("a", "ca", "server.ext"), ("b", "ca", "server.ext"), ("client", "clientca", "client.ext"),
+                          ("serveronly", "clientca", "server.ext")):
         openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=effnetd test {name}", cwd=w)
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key", "-CAcreateserial",
                 "-out", f"{name}.crt", "-days", "2", "-extfile", ext, cwd=w)
@@ -335,8 +336,10 @@ def test_mtls(effnetd, b0, w):
             check(got != 200, f"mTLS {v.name}: no client certificate refused ({got})")
             got = outcome(d.port, context(w, "rogue", v, v))
             check(got != 200, f"mTLS {v.name}: a client certificate of another CA refused ({got})")
+            got = outcome(d.port, context(w, "serveronly", v, v))
+            check(got != 200, f"mTLS {v.name}: the CA's certificate for servers only (serverAuth) refused ({got})")
         m = metrics(dm.admin_port(d), context(w, "client"))
-        check(m.get("effnetd_tls_client_cert_refused_total", 0) >= 2,
+        check(m.get("effnetd_tls_client_cert_refused_total", 0) == 4,
               f"refused client certificates counted: {m.get('effnetd_tls_client_cert_refused_total')}")
         check(outcome(d.port, context(w, "client")) == 200, "mTLS: still served after the refusals")
     finally:

@@ -4,14 +4,17 @@
 set -eu
 
 pkgs=(
-  # build (scdoc: the man pages)
+  # build (scdoc: the man pages; GnuTLS: the listeners' certificates, with
+  # the TLS of libmicrohttpd)
   build-essential meson ninja-build pkg-config cmake
-  libdnnl-dev libjansson-dev libmicrohttpd-dev libturbojpeg0-dev libjpeg62-turbo-dev
+  libdnnl-dev libjansson-dev libmicrohttpd-dev libgnutls28-dev libturbojpeg0-dev libjpeg62-turbo-dev
   libpng-dev libsystemd-dev libssl-dev libcurl4-openssl-dev scdoc
   # tests: references and tools
   python3 python3-numpy python3-torch python3-torchvision python3-pil
   python3-matplotlib python3-skimage libjpeg-turbo-progs  # sample photos, cjpeg
   curl ca-certificates
+  # TLS tests: certificates made with openssl req, s_client and s_server
+  openssl
   # operations tests: systemd-analyze and systemd-socket-activate, promtool,
   # YAML (Kubernetes manifests, OpenAPI); podman and debootstrap for the
   # container image test (meson test --setup container --suite container)

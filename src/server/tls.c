@@ -35,6 +35,15 @@ struct creds {
 struct tls {
         char *cert, *key, *client_ca;    /* paths, owned */
         atomic_ullong handshakes, refused, reloads, reload_failures;
+        /* For struct tls_conn: credentials whose certificate is retrieve()'s,
+         * and the parsed priorities. Immutable after tls_new. */
+        gnutls_certificate_credentials_t cred;
+        gnutls_priority_t prio;
+};
+
+struct tls_conn {
+        gnutls_session_t session;
+        bool alpn;                       /* the client must pick an offered protocol */
 };
 
 /* The module's credentials: GnuTLS's callback has no argument of ours. */
@@ -300,6 +309,12 @@ int tls_new(const struct tls_opts *opts, char *err, size_t err_len, struct tls *
         }
         if ((r = creds_load(t, err, err_len, &c)) < 0)
                 goto fail;
+        if (gnutls_certificate_allocate_credentials(&t->cred) < 0 ||
+            gnutls_priority_init(&t->prio, tls_priorities(), NULL) < 0) {
+                r = err_set(err, err_len, -ENOMEM, "GnuTLS: cannot set up credentials");
+                goto fail;
+        }
+        gnutls_certificate_set_retrieve_function3(t->cred, retrieve);
         pthread_mutex_lock(&tls_lock);
         if (tls_owner) {
                 pthread_mutex_unlock(&tls_lock);
@@ -314,6 +329,10 @@ int tls_new(const struct tls_opts *opts, char *err, size_t err_len, struct tls *
 fail:
         creds_put(c);
         if (t) {
+                if (t->cred)
+                        gnutls_certificate_free_credentials(t->cred);
+                if (t->prio)
+                        gnutls_priority_deinit(t->prio);
                 free(t->cert);
                 free(t->key);
                 free(t->client_ca);
@@ -381,9 +400,117 @@ struct tls *tls_free(struct tls *t)
         }
         pthread_mutex_unlock(&tls_lock);
         creds_put(c);
+        gnutls_certificate_free_credentials(t->cred);
+        gnutls_priority_deinit(t->prio);
         free(t->cert);
         free(t->key);
         free(t->client_ca);
         free(t);
+        return NULL;
+}
+
+int tls_conn_new(struct tls *t, int fd, const char *const *alpn, struct tls_conn **ret_conn)
+{
+        struct tls_conn *c = calloc(1, sizeof *c);
+        gnutls_datum_t protos[8];
+        unsigned n = 0;
+
+        if (!c)
+                return -ENOMEM;
+        if (gnutls_init(&c->session, GNUTLS_SERVER | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL) < 0) {
+                free(c);
+                return -ENOMEM;
+        }
+        for (; alpn && alpn[n] && n < 8; n++)
+                protos[n] = (gnutls_datum_t){ .data = (unsigned char *)alpn[n], .size = (unsigned)strlen(alpn[n]) };
+        if (gnutls_priority_set(c->session, t->prio) < 0 ||
+            gnutls_credentials_set(c->session, GNUTLS_CRD_CERTIFICATE, t->cred) < 0 ||
+            (n > 0 && gnutls_alpn_set_protocols(c->session, protos, n, GNUTLS_ALPN_MANDATORY) < 0)) {
+                tls_conn_free(c);
+                return -EIO;
+        }
+        /* The caller's event loop bounds the time a handshake may take. */
+        gnutls_handshake_set_timeout(c->session, 0);
+        gnutls_transport_set_int(c->session, fd);
+        c->alpn = n > 0;
+        *ret_conn = c;
+        return 0;
+}
+
+/* Our code for a GnuTLS error of record I/O or the handshake. */
+static int conn_error(int g)
+{
+        switch (g) {
+        case GNUTLS_E_AGAIN:
+        case GNUTLS_E_INTERRUPTED:
+                return -EAGAIN;
+        case GNUTLS_E_PREMATURE_TERMINATION:
+        case GNUTLS_E_PULL_ERROR:
+                return -ECONNRESET;
+        case GNUTLS_E_PUSH_ERROR:
+                return -EPIPE;
+        default:
+                return gnutls_error_is_fatal(g) ? -EPROTO : -EAGAIN;
+        }
+}
+
+int tls_conn_handshake(struct tls_conn *c)
+{
+        gnutls_datum_t p;
+        int g = gnutls_handshake(c->session);
+
+        if (g != 0)
+                return conn_error(g);
+        /* GnuTLS's "mandatory" refuses a client whose protocols do not
+         * match, not one that names none: refused here. */
+        if (c->alpn && gnutls_alpn_get_selected_protocol(c->session, &p) != 0)
+                return -EPROTO;
+        return 0;
+}
+
+ssize_t tls_conn_recv(struct tls_conn *c, void *buf, size_t len)
+{
+        ssize_t n = gnutls_record_recv(c->session, buf, len);
+
+        return n >= 0 ? n : conn_error((int)n);
+}
+
+ssize_t tls_conn_send(struct tls_conn *c, const void *buf, size_t len)
+{
+        ssize_t n = gnutls_record_send(c->session, buf, len);
+
+        return n >= 0 ? n : conn_error((int)n);
+}
+
+bool tls_conn_want_write(const struct tls_conn *c)
+{
+        return gnutls_record_get_direction(c->session) == 1;
+}
+
+size_t tls_conn_pending(const struct tls_conn *c)
+{
+        return gnutls_record_check_pending(c->session);
+}
+
+void tls_conn_alpn(const struct tls_conn *c, char *buf, size_t len)
+{
+        gnutls_datum_t p = { 0 };
+
+        if (len == 0)
+                return;
+        buf[0] = '\0';
+        if (gnutls_alpn_get_selected_protocol(c->session, &p) == 0 && p.size < len) {
+                memcpy(buf, p.data, p.size);
+                buf[p.size] = '\0';
+        }
+}
+
+struct tls_conn *tls_conn_free(struct tls_conn *c)
+{
+        if (!c)
+                return NULL;
+        if (c->session)
+                gnutls_deinit(c->session);
+        free(c);
         return NULL;
 }

@@ -21,14 +21,29 @@
  * With a client CA, a client must present a certificate that chains to it
  * (and is not expired); the handshake fails otherwise.
  *
+ * A transport on its own sockets (non-blocking, its own event loop) serves
+ * TLS with struct tls_conn, on the same credentials and their reloads:
+ *
+ *   static const char *const alpn[] = { "h2", NULL };
+ *   struct tls_conn *c;
+ *   tls_conn_new(t, fd, alpn, &c);
+ *   r = tls_conn_handshake(c);         // 0 done; -EAGAIN: poll, then again
+ *   n = tls_conn_recv(c, buf, sizeof buf);   // > 0, 0 at the end, -EAGAIN
+ *   n = tls_conn_send(c, data, len);   // -EAGAIN: again with the same bytes
+ *   // poll for POLLOUT when tls_conn_want_write(c), else POLLIN; bytes
+ *   // already decrypted (tls_conn_pending) need no poll
+ *   c = tls_conn_free(c);
+ *
  * GnuTLS's retrieve callback has no argument of ours, so the credentials
  * being served are the module's: one struct tls at a time (-EBUSY).
  */
 #ifndef EFFNET_SERVER_TLS_H
 #define EFFNET_SERVER_TLS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #define TLS_MAX_FILE_BYTES (1 << 20)   /* a larger PEM file is refused */
 
@@ -69,8 +84,44 @@ struct tls_stats {
 };
 void tls_stats_snapshot(struct tls *t, struct tls_stats *ret_stats);
 
+/* One server connection on a socket of the caller's (non-blocking, still
+ * the caller's to close after tls_conn_free). alpn: the protocols offered,
+ * NULL-terminated, one of which the client must pick (gRPC: "h2"); NULL
+ * for none. -ENOMEM, -EIO (GnuTLS refused the set-up). */
+struct tls_conn;
+int tls_conn_new(struct tls *t, int fd, const char *const *alpn, struct tls_conn **ret_conn);
+
+/* Goes on with the handshake: 0 once it is complete, -EAGAIN when the
+ * socket must be ready first (tls_conn_want_write says for what),
+ * -EPROTO when it failed (a TLS version or protocol refused, a client
+ * certificate refused with tls-client-ca), -ECONNRESET when the client
+ * left. */
+int tls_conn_handshake(struct tls_conn *c);
+
+/* Application bytes: how many were read (0: the client closed), or
+ * -EAGAIN, -ECONNRESET, -EPROTO. */
+ssize_t tls_conn_recv(struct tls_conn *c, void *buf, size_t len);
+
+/* How many of the bytes were sent, or -EAGAIN (then call again with the
+ * same bytes: GnuTLS holds the record), -EPIPE, -EPROTO. */
+ssize_t tls_conn_send(struct tls_conn *c, const void *buf, size_t len);
+
+/* Whether the last call that returned -EAGAIN waits for the socket to be
+ * writable (else readable). */
+bool tls_conn_want_write(const struct tls_conn *c);
+
+/* Decrypted bytes that tls_conn_recv returns without the socket being
+ * readable again. */
+size_t tls_conn_pending(const struct tls_conn *c);
+
+/* The protocol the handshake agreed on by ALPN into buf ("" for none). */
+void tls_conn_alpn(const struct tls_conn *c, char *buf, size_t len);
+
+/* Accepts NULL; returns NULL. Does not close the socket. */
+struct tls_conn *tls_conn_free(struct tls_conn *c);
+
 /* Accepts NULL; returns NULL. Only once no connection uses it (the
- * listeners are stopped). */
+ * listeners are stopped, every tls_conn freed). */
 struct tls *tls_free(struct tls *t);
 
 #endif

@@ -40,6 +40,8 @@ static const struct http_access record = {
 
 /* Points stderr at fd with JOURNAL_STREAM naming target's device and inode
  * (or unset), logs the record once and returns what reached stderr. */
+static bool log_json;
+
 static void log_once(int fd, int target, bool set_env, char *out, size_t out_len, int read_fd)
 {
         struct stat st;
@@ -53,7 +55,7 @@ static void log_once(int fd, int target, bool set_env, char *out, size_t out_len
         else
                 unsetenv("JOURNAL_STREAM");
         dup2(fd, STDERR_FILENO);
-        log_setup("effnetd", false);
+        log_setup("effnetd", log_json);
         log_access(&record);
         dup2(saved, STDERR_FILENO);
         close(saved);
@@ -98,6 +100,13 @@ int main(void)
         CHECK_EQ(records, 1);
         CHECK_CONTAINS(line, "effnetd: access id=abc-123 client=192.0.2.7");
         CHECK_CONTAINS(line, " trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7");
+        /* JSON lines carry the trace context as fields. */
+        log_json = true;
+        log_once(sv[0], sv[0], false, line, sizeof line, sv[1]);
+        log_json = false;
+        CHECK_CONTAINS(line, "\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"");
+        CHECK_CONTAINS(line, "\"span_id\":\"00f067aa0ba902b7\"");
+        CHECK_CONTAINS(line, "\"parent_span_id\":\"b7ad6b7169203331\"");
         log_once(sv[0], sv[1], true, line, sizeof line, sv[1]);
         CHECK_EQ(records, 1);
         CHECK_CONTAINS(line, "effnetd: access id=abc-123");

@@ -52,13 +52,18 @@ def make_pki(w):
     """CA, server certificates a and b (127.0.0.1, localhost), a client CA
     with client certificate, and a self-signed rogue client."""
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    # The extensions that strict verifiers (Python 3.13's default
+    # VERIFY_X509_STRICT) require of CAs and leaves.
     for ca in ("ca", "clientca"):
         openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-days", "2",
-                "-subj", f"/CN=effnetd test {ca}", cwd=w)
+                "-subj", f"/CN=effnetd test {ca}", "-addext", "basicConstraints=critical,CA:TRUE",
+                "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=w)
+    leaf = "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n" \
+           "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n"
     with open(os.path.join(w, "server.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
+        f.write(leaf + "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n")
     with open(os.path.join(w, "client.ext"), "w") as f:
-        f.write("extendedKeyUsage=clientAuth\n")
+        f.write(leaf + "extendedKeyUsage=clientAuth\n")
     for name, ca, ext in (("a", "ca", "server.ext"), ("b", "ca", "server.ext"), ("client", "clientca", "client.ext"),
                           ("serveronly", "clientca", "server.ext")):
         openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN=effnetd test {name}", cwd=w)

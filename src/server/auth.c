@@ -285,10 +285,9 @@ int auth_reload(struct auth *a, char *err, size_t err_len)
         return 0;
 }
 
-/* The credentials of "Bearer KEY" into key/len, or the verdict against
- * them. token68 (RFC 7235) allows more than a key needs; any visible ASCII
- * is taken, so that what a client pasted is checked rather than refused. */
-static enum auth_verdict bearer_of(const char *v, const char **ret_key, size_t *ret_len)
+/* token68 (RFC 7235) allows less than this: any visible ASCII is taken,
+ * so that what a client pasted is checked rather than refused. */
+enum auth_verdict auth_parse_bearer(const char *v, const char **ret_key, size_t *ret_len)
 {
         size_t n = 0;
 
@@ -317,7 +316,7 @@ enum auth_verdict auth_check(struct auth *a, const char *authorization)
 {
         const char *key = NULL;
         size_t len = 0;
-        enum auth_verdict v = bearer_of(authorization, &key, &len);
+        enum auth_verdict v = auth_parse_bearer(authorization, &key, &len);
 
         if (v == AUTH_OK) {
                 pthread_rwlock_rdlock(&a->lock);

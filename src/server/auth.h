@@ -83,6 +83,12 @@ int auth_new(const char *path, char *err, size_t err_len, struct auth **ret_auth
  * the set they started with. Any thread. */
 int auth_reload(struct auth *a, char *err, size_t err_len);
 
+/* The key of an Authorization value "Bearer KEY" (the scheme in any case,
+ * blanks around KEY): AUTH_OK with *ret_key pointing into v and *ret_len
+ * its length (1..AUTH_MAX_KEY_LEN visible ASCII characters), AUTH_MISSING
+ * for NULL, AUTH_MALFORMED otherwise. Pure. */
+enum auth_verdict auth_parse_bearer(const char *v, const char **ret_key, size_t *ret_len);
+
 /* The verdict on an Authorization value ("Bearer KEY"; the scheme's case
  * is ignored, as RFC 7235 says), NULL when the request had none. Failures
  * are counted. Any thread. */

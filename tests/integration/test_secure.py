@@ -196,7 +196,11 @@ def test_keys(d, w, ctx, keys_path, photo):
 
     # Admin listener: probes and metrics with no key.
     ap = dm.admin_port(d)
-    check(ap and https(ap, ctx, "GET", "/metrics")[0] == 200, "the admin listener's /metrics needs no key (over TLS)")
+    st, _, body = https(ap, ctx, "GET", "/metrics") if ap else (0, {}, b"")
+    check(st == 200, "the admin listener's /metrics needs no key (over TLS)")
+    if shutil.which("promtool"):
+        p = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60)
+        check(p.returncode == 0, f"promtool check metrics, with the key and TLS families: {p.stdout[-300:]!r}")
 
     # Rotation: k2 replaces k1 on SIGHUP.
     with open(keys_path + ".new", "w") as f:

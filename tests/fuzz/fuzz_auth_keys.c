@@ -50,7 +50,8 @@ static void bearer(const uint8_t *data, size_t size)
 
         if (!v)
                 return;
-        memcpy(v, data, size);
+        if (size)
+                memcpy(v, data, size);
         v[size] = '\0';
         enum auth_verdict r = auth_parse_bearer(v, &key, &len);
         if (r == AUTH_OK) {

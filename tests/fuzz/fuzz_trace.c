@@ -51,7 +51,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
         if (!buf)
                 return 0;
-        memcpy(buf, data, size);
+        if (size)
+                memcpy(buf, data, size);
         buf[size] = '\0';
         char *nl = memchr(buf, '\n', size);
         size_t plen = nl ? (size_t)(nl - buf) : size;

@@ -237,9 +237,11 @@ int main(void)
         struct client c11 = { .alpn = true, .priority = "NORMAL:-VERS-ALL:+VERS-TLS1.1" };
         CHECK_EQ(serve_one(t, &c11), -EPROTO);
         CHECK(c11.handshake < 0);
+        gnutls_free(c11.peer.data);
         struct client noalpn = { .alpn = false };
         CHECK_EQ(serve_one(t, &noalpn), -EPROTO);
         CHECK(noalpn.answer[0] == '\0');   /* nothing served to it */
+        gnutls_free(noalpn.peer.data);
 
         /* Reload: b for new handshakes; a bad reload keeps b. */
         copy(path("b.crt"), path("srv.crt"));
@@ -268,6 +270,7 @@ int main(void)
         REQUIRE(tls_new(&o, err, sizeof err, &t) == 0);
         struct client anon = { .alpn = true };
         CHECK_EQ(serve_one(t, &anon), -EPROTO);
+        gnutls_free(anon.peer.data);
         struct client mine = { .alpn = true, .cert = true };
         CHECK_EQ(serve_one(t, &mine), 0);
         CHECK(strcmp(mine.answer, "pong") == 0);

@@ -2010,6 +2010,7 @@ static struct MHD_Daemon *start_daemon(struct http_listener *l, const struct soc
         };
         if (s->opts.tls) {
                 /* An item holds a function as a void * (ISO C has no cast for it). */
+                _Static_assert(sizeof(tls_callback) == sizeof(void *), "a function pointer fits a void *");
                 tls_callback cb = tls_cert_callback(s->opts.tls);
                 memcpy(&tls[1].ptr_value, &cb, sizeof tls[1].ptr_value);
                 flags |= MHD_USE_TLS;

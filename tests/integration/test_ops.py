@@ -69,6 +69,10 @@ VALUES = {
     "ui": "false",
     "allowed-hosts": "api.example.com, .internal.example",
     "show-paths": "true",
+    "api-keys-file": "/etc/effnetd/api-keys",
+    "tls-cert": "/etc/effnetd/tls/server.crt",
+    "tls-key": "/etc/effnetd/tls/server.key",
+    "tls-client-ca": "/etc/effnetd/tls/clients.crt",
 }
 
 # How --print-config shows the values above that it writes in another form

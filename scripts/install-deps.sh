@@ -4,9 +4,10 @@
 set -eu
 
 pkgs=(
-  # build (scdoc: the man pages)
+  # build (scdoc: the man pages; GnuTLS: the listeners' certificates, with
+  # the TLS of libmicrohttpd)
   build-essential meson ninja-build pkg-config cmake
-  libdnnl-dev libjansson-dev libmicrohttpd-dev libturbojpeg0-dev libjpeg62-turbo-dev
+  libdnnl-dev libjansson-dev libmicrohttpd-dev libgnutls28-dev libturbojpeg0-dev libjpeg62-turbo-dev
   libpng-dev libsystemd-dev libssl-dev libcurl4-openssl-dev scdoc
   # gRPC: HTTP/2 (nghttp2) and the protobuf messages (protoc-c generates
   # them from src/server/kserve.proto at build time)
@@ -17,6 +18,8 @@ pkgs=(
   curl ca-certificates
   # gRPC tests: a real gRPC client, with stubs generated from the same .proto
   python3-grpcio python3-grpc-tools
+  # TLS tests: certificates made with openssl req, s_client and s_server
+  openssl
   # operations tests: systemd-analyze and systemd-socket-activate, promtool,
   # YAML (Kubernetes manifests, OpenAPI); podman and debootstrap for the
   # container image test (meson test --setup container --suite container)

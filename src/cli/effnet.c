@@ -10,6 +10,7 @@
 #include "hub.h"
 #include "weights.h"
 #include "api.h"
+#include "auth.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -56,6 +57,9 @@ static int usage(FILE *f)
                 "      Downloads a file of a Hugging Face Hub repository (default\n"
                 "      model.safetensors at main) into the hub's cache, as huggingface_hub\n"
                 "      does (HF_HOME, HF_HUB_CACHE, HF_ENDPOINT, HF_TOKEN), and prints its path.\n"
+                "  hash-key\n"
+                "      Reads an API key (one line) from standard input and prints its SHA-256,\n"
+                "      a line for effnetd's api-keys-file.\n"
                 "  cpu\n"
                 "      oneDNN's version and ISA on this CPU (DNNL_MAX_CPU_ISA caps it), native\n"
                 "      bf16, layouts and what --precision auto picks, as JSON.\n"
@@ -1288,6 +1292,40 @@ out:
         return r < 0 ? 1 : 0;
 }
 
+/* hash-key: the line of effnetd's api-keys-file for a key read from
+ * standard input, so that the key itself is neither an argument (seen in
+ * ps and shell history) nor stored. */
+static int cmd_hash_key(void)
+{
+        char key[AUTH_MAX_KEY_LEN + 2], hex[2 * AUTH_DIGEST_LEN + 1];
+        size_t n = fread(key, 1, sizeof key, stdin);
+
+        if (n > AUTH_MAX_KEY_LEN + 1 || (n == AUTH_MAX_KEY_LEN + 1 && key[n - 1] != '\n')) {
+                fprintf(stderr, "%s hash-key: a key is at most %d characters\n", prog, AUTH_MAX_KEY_LEN);
+                return 1;
+        }
+        while (n > 0 && (key[n - 1] == '\n' || key[n - 1] == '\r'))
+                n--;
+        for (size_t i = 0; i < n; i++)
+                if (key[i] <= ' ' || key[i] >= 0x7f) {
+                        fprintf(stderr, "%s hash-key: a key is one line of printable ASCII without blanks (as "
+                                "\"Authorization: Bearer KEY\" carries it)\n", prog);
+                        return 1;
+                }
+        if (n == 0) {
+                fprintf(stderr, "%s hash-key: no key on standard input\n", prog);
+                return 1;
+        }
+        int r = auth_hash_key(key, n, hex);
+        explicit_bzero(key, sizeof key);
+        if (r < 0) {
+                fprintf(stderr, "%s hash-key: %s\n", prog, strerror(-r));
+                return 1;
+        }
+        printf("%s\n", hex);
+        return 0;
+}
+
 int main(int argc, char **argv)
 {
         struct args a;
@@ -1311,6 +1349,8 @@ int main(int argc, char **argv)
                 return cmd_calibrate(argc - 1, argv + 1);
         if (strcmp(cmd, "cpu") == 0)
                 return cmd_cpu();
+        if (strcmp(cmd, "hash-key") == 0)
+                return argc == 2 ? cmd_hash_key() : usage(stderr);
         int r = parse_args(argc - 1, argv + 1, &a);
         if (r)
                 return r > 0 ? 0 : 2;

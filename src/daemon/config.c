@@ -194,6 +194,18 @@ static const struct conf_setting settings[] = {
         { "access-log", "log", CONF_BOOL, F(access_log), "true", 0, 0, NULL, "one log line per request on stderr" },
         { "log-format", "log", CONF_ENUM, F(log_format), "text", 0, 0, log_formats,
           "text (with syslog priority prefixes under journald) or json (one object per line)" },
+        { "api-keys-file", "security", CONF_STRING, F(api_keys_file), NULL, 0, 0, NULL,
+          "file of API keys, one SHA-256 digest per line (`effnet hash-key` makes one); when set, every request "
+          "but the probes (/healthz, /readyz, /v2/health/*) needs \"Authorization: Bearer KEY\" (401 otherwise). "
+          "SIGHUP reads it again; unset: no keys" },
+        { "tls-cert", "security", CONF_STRING, F(tls_cert), NULL, 0, 0, NULL,
+          "PEM certificate (and chain) of the listeners: HTTPS (TLS 1.2 and 1.3) with tls-key; SIGHUP reads it "
+          "again; unset: plain HTTP" },
+        { "tls-key", "security", CONF_STRING, F(tls_key), NULL, 0, 0, NULL,
+          "PEM private key of tls-cert (unencrypted); SIGHUP reads it again" },
+        { "tls-client-ca", "security", CONF_STRING, F(tls_client_ca), NULL, 0, 0, NULL,
+          "PEM CA certificates for mutual TLS: clients without a certificate they issued are refused in the "
+          "handshake; SIGHUP reads it again; unset: no client certificates" },
 };
 
 _Static_assert(ARRAY_SIZE(settings) <= CONF_MAX_SETTINGS, "raise CONF_MAX_SETTINGS");
@@ -686,6 +698,13 @@ int conf_load(int argc, char **argv, struct conf *c, char *err, size_t err_len)
                                  (long long)tmp.max_images, origin_of(&tmp, "max-images"), (long long)tmp.queue,
                                  origin_of(&tmp, "queue"));
                 budget_check(&tmp, &d);
+                if (!tmp.tls_cert != !tmp.tls_key)
+                        diag_add(&d, "tls-cert and tls-key go together (only %s is set, from %s)",
+                                 tmp.tls_cert ? "tls-cert" : "tls-key",
+                                 origin_of(&tmp, tmp.tls_cert ? "tls-cert" : "tls-key"));
+                if (tmp.tls_client_ca && !tmp.tls_cert)
+                        diag_add(&d, "tls-client-ca (from %s) needs tls-cert and tls-key",
+                                 origin_of(&tmp, "tls-client-ca"));
         }
         if (d.errors > 0) {
                 conf_free(&tmp);

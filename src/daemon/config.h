@@ -20,7 +20,7 @@
 #define EFFNETD_SYSCONFDIR "/etc"
 #endif
 #define CONF_DEFAULT_FILE EFFNETD_SYSCONFDIR "/effnetd/effnetd.conf"
-#define CONF_MAX_SETTINGS 48
+#define CONF_MAX_SETTINGS 64
 #define CONF_MAX_FILE_BYTES (1 << 20)   /* a config file larger than this is refused */
 
 enum conf_log_format { CONF_LOG_TEXT, CONF_LOG_JSON };
@@ -32,6 +32,10 @@ struct conf {
         char *admin_listen;
         char *grpc_listen;
         char *allowed_hosts;
+        char *api_keys_file;        /* [security] */
+        char *tls_cert;
+        char *tls_key;
+        char *tls_client_ca;
         char *labels;
         char *model_repository;     /* a directory of models, instead of weights */
         enum conf_control_mode model_control_mode;

@@ -157,8 +157,8 @@ void log_msg(int prio, const char *fmt, ...)
 static int send_access_fields(const struct http_access *a, const char *method, const char *path,
                               const char *msg)
 {
-        char message[1600], f[17][600], id[520], client[80], error[80];
-        struct iovec iov[18];
+        char message[1600], f[20][600], id[520], client[80], error[80];
+        struct iovec iov[21];
         int n = 0;
 
         str_escape(a->request_id, id, sizeof id);
@@ -185,6 +185,13 @@ static int send_access_fields(const struct http_access *a, const char *method, c
         if (a->model) {
                 snprintf(f[n++], sizeof f[0], "MODEL=%.200s", a->model);
                 snprintf(f[n++], sizeof f[0], "MODEL_VERSION=%lld", a->version);
+        }
+        /* The W3C trace context: hex digits only (server/trace.h). */
+        if (a->trace_id && *a->trace_id) {
+                snprintf(f[n++], sizeof f[0], "TRACE_ID=%.32s", a->trace_id);
+                snprintf(f[n++], sizeof f[0], "SPAN_ID=%.16s", a->span_id);
+                if (a->parent_id && *a->parent_id)
+                        snprintf(f[n++], sizeof f[0], "PARENT_SPAN_ID=%.16s", a->parent_id);
         }
         iov[0] = (struct iovec){ .iov_base = message, .iov_len = strlen(message) };
         for (int i = 0; i < n; i++)
@@ -218,17 +225,25 @@ void log_access(const struct http_access *a)
                         json_object_set_new(o, "model", json_string(a->model));
                         json_object_set_new(o, "version", json_integer(a->version));
                 }
+                if (a->trace_id && *a->trace_id) {
+                        json_object_set_new(o, "trace_id", json_string(a->trace_id));
+                        json_object_set_new(o, "span_id", json_string(a->span_id));
+                        if (a->parent_id && *a->parent_id)
+                                json_object_set_new(o, "parent_span_id", json_string(a->parent_id));
+                }
                 emit_json(o, LOG_INFO, "access");
                 return;
         }
         char msg[1536];
         snprintf(msg, sizeof msg,
                  "access id=%s client=%s \"%s %s\" %d%s%s bytes_in=%zu bytes_out=%zu images=%d queue_ms=%.1f "
-                 "inference_ms=%.1f batch=%d ms=%.1f",
+                 "inference_ms=%.1f batch=%d ms=%.1f%s%s%s%s",
                  a->request_id, a->client, method, path, a->status, a->error ? " " : "",
                  a->error ? a->error : "", a->body_bytes, a->answer_bytes, a->images,
                  a->queue_ms < 0 ? 0.0 : a->queue_ms,
-                 a->inference_ms, a->batch_size, a->ms);
+                 a->inference_ms, a->batch_size, a->ms, a->trace_id && *a->trace_id ? " trace_id=" : "",
+                 a->trace_id ? a->trace_id : "", a->span_id && *a->span_id ? " span_id=" : "",
+                 a->span_id ? a->span_id : "");
         if (a->model) {
                 size_t n = strlen(msg);
                 snprintf(msg + n, sizeof msg - n, " model=%.200s version=%lld", a->model, a->version);

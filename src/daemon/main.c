@@ -486,6 +486,8 @@ struct daemon {
         const struct generation *gen;  /* model_open: the version served last (reg's; main thread only) */
         struct http_server *http;  /* listeners_open */
         struct kserve *_Atomic grpc;   /* listeners_open, with grpc-listen; read by /metrics threads */
+        struct auth *auth;         /* security_open: API keys, or NULL */
+        struct tls *tls;           /* security_open: TLS credentials, or NULL */
         struct reload reload;      /* serve: a SIGHUP's load */
         struct conf next;          /* serve: the settings the running reload reads */
         bool abandon_reload;       /* drain: a reload still loading, left to the process exit */
@@ -540,6 +542,26 @@ static int next_settings(const struct daemon *d, struct conf *ret_next)
         return 0;
 }
 
+/* SIGHUP, first: the key file and the TLS files are read again at once
+ * (small files; a bad one keeps what is in use, and says why). */
+static void security_reload(struct daemon *d)
+{
+        char err[1024];
+
+        if (d->auth) {
+                if (auth_reload(d->auth, err, sizeof err) < 0)
+                        log_msg(LOG_ERR, "SIGHUP: keeping the API keys in use: %s", err);
+                else
+                        log_msg(LOG_INFO, "SIGHUP: API keys read again from %s", d->conf.api_keys_file);
+        }
+        if (d->tls) {
+                if (tls_reload(d->tls, err, sizeof err) < 0)
+                        log_msg(LOG_ERR, "SIGHUP: keeping the TLS certificate in use: %s", err);
+                else
+                        log_msg(LOG_INFO, "SIGHUP: TLS certificate and key read again from %s", d->conf.tls_cert);
+        }
+}
+
 static void sync_start(struct daemon *d, const char *why);
 
 /* SIGHUP: starts loading the next generation, unless one is loading. */
@@ -547,6 +569,7 @@ static void on_sighup(struct daemon *d)
 {
         int r;
 
+        security_reload(d);
         if (d->conf.model_repository) {
                 log_msg(LOG_INFO, "SIGHUP: rescanning the model repository %s", d->conf.model_repository);
                 sync_start(d, "SIGHUP");
@@ -1390,6 +1413,14 @@ static bool grpc_ready(void *userdata)
         return http_ready(d->http);
 }
 
+/* API keys for gRPC calls, as for HTTP requests: the same key file and
+ * counters, from the "authorization" metadata. */
+static int grpc_authorize(void *userdata, const char *authorization)
+{
+        struct daemon *d = userdata;
+        return auth_check(d->auth, authorization) == AUTH_OK ? 0 : -EACCES;
+}
+
 static void grpc_stats(void *userdata, struct grpc_stats *ret_stats)
 {
         struct daemon *d = userdata;
@@ -1416,7 +1447,8 @@ static int grpc_open(struct daemon *d, char *err, size_t err_len)
                         .read_timeout_s = (int)(c->body_timeout_us / PARSE_S),
                         .max_deadline_ms = c->deadline_us / PARSE_MS },
                 .pipe = d->pipe,
-                .backend = { .ready = grpc_ready, .access_log = c->access_log ? on_answered : NULL, .userdata = d },
+                .backend = { .ready = grpc_ready, .authorize = d->auth ? grpc_authorize : NULL,
+                             .access_log = c->access_log ? on_answered : NULL, .userdata = d },
         };
         struct kserve *k;
         int r;
@@ -1425,6 +1457,32 @@ static int grpc_open(struct daemon *d, char *err, size_t err_len)
                 return r;
         atomic_store(&d->grpc, k);
         log_msg(LOG_INFO, "gRPC (KServe v2 GRPCInferenceService) listening on %s", kserve_url(k));
+        return 0;
+}
+
+/* Phase 4a, the listeners' security: API keys and TLS credentials, when
+ * set. Undone by daemon_teardown, after the listeners. */
+static int security_open(struct daemon *d, char *err, size_t err_len)
+{
+        const struct conf *c = &d->conf;
+        int r;
+
+        if (c->api_keys_file) {
+                if ((r = auth_new(c->api_keys_file, err, err_len, &d->auth)) < 0)
+                        return r;
+                struct auth_stats st;
+                auth_stats_snapshot(d->auth, &st);
+                log_msg(LOG_INFO, "API keys: %d from %s; every request but the probes needs one", st.keys,
+                        c->api_keys_file);
+        }
+        if (c->tls_cert) {
+                struct tls_opts to = { .cert = c->tls_cert, .key = c->tls_key, .client_ca = c->tls_client_ca };
+                if ((r = tls_new(&to, err, err_len, &d->tls)) < 0)
+                        return r;
+                log_msg(LOG_INFO, "TLS 1.2 and 1.3 with %s%s%s", c->tls_cert,
+                        c->tls_client_ca ? "; client certificates required, issued by " : "",
+                        c->tls_client_ca ? c->tls_client_ca : "");
+        }
         return 0;
 }
 
@@ -1457,6 +1515,8 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .allowed_hosts = c->allowed_hosts,
                 .show_paths = c->show_paths,
                 .img = IMG_OPTS_DEFAULT,
+                .auth = d->auth,
+                .tls = d->tls,
                 .access_log = c->access_log ? on_answered : NULL,
                 .error_log = on_http_error,
                 .repo_control = on_repo_control,
@@ -1585,6 +1645,8 @@ static void daemon_teardown(struct daemon *d)
         }
         free(repo.wanted);
         repo.wanted = NULL;
+        d->tls = tls_free(d->tls);
+        d->auth = auth_free(d->auth);
 }
 
 int main(int argc, char **argv)
@@ -1597,7 +1659,7 @@ int main(int argc, char **argv)
         if (settings_open(argc, argv, &d, &code) > 0)
                 goto out;
         if ((r = process_setup(&d, err, sizeof err)) < 0 || (r = model_open(&d, err, sizeof err)) < 0 ||
-            (r = listeners_open(&d, err, sizeof err)) < 0) {
+            (r = security_open(&d, err, sizeof err)) < 0 || (r = listeners_open(&d, err, sizeof err)) < 0) {
                 log_msg(LOG_ERR, "%s", err);
                 goto fail;
         }

@@ -29,6 +29,9 @@ struct http_access {
         const char *model;       /* the model it was served with, or NULL */
         long long version;       /* that model's version; 0 with no model */
         double ms;               /* headers received -> answer queued */
+        const char *trace_id;    /* W3C trace context (server/trace.h): 32 hex digits, the caller's or new */
+        const char *span_id;     /* 16 hex digits: this request's span, sent back in traceparent */
+        const char *parent_id;   /* 16 hex digits: the caller's span; "" when the trace started here */
 };
 
 #endif

@@ -468,6 +468,7 @@ static const char *const error_codes[API_N_ERRORS] = {
         [API_E_DRAINING] = "draining",
         [API_E_DEADLINE] = "deadline_exceeded",
         [API_E_CLIENT_GONE] = "client_closed_request",
+        [API_E_UNAUTHENTICATED] = "unauthenticated",
 };
 
 const char *api_error_code(enum api_error e)

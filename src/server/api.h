@@ -96,6 +96,7 @@ enum api_error {
         API_E_DRAINING,             /* shutting down */
         API_E_DEADLINE,
         API_E_CLIENT_GONE,          /* the client closed its connection before its answer (nobody reads it) */
+        API_E_UNAUTHENTICATED,      /* no API key, or one that is not valid */
         API_N_ERRORS,
 };
 

@@ -10,6 +10,7 @@
 #include "multipart.h"
 #include "ui.h"
 #include "v2.h"
+#include "trace.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -126,6 +127,8 @@ struct req {
         const char *method;         /* libmicrohttpd's, valid for the request */
         const char *path;
         const struct hosts *hosts;  /* the Host names its listener answers */
+        bool admin;                 /* came in on the admin listener */
+        struct trace_ctx trace;     /* W3C trace context: the caller's trace, or one started here */
         enum http_route route;
         enum req_state state;
         int64_t start_ns;
@@ -224,7 +227,8 @@ static void count_answer(struct req *q, int status, const char *error, size_t an
                                  .status = status, .error = error, .images = q->n_images,
                                  .body_bytes = q->received, .answer_bytes = answer_bytes, .queue_ms = queue_ms,
                                  .inference_ms = (double)pr->job.forward_ns / 1e6,
-                                 .batch_size = pr->job.batch_size, .ms = ms };
+                                 .batch_size = pr->job.batch_size, .ms = ms, .trace_id = q->trace.trace_id_hex,
+                                 .span_id = q->trace.span_id_hex, .parent_id = q->trace.parent_id_hex };
         const struct generation *g = req_gen(q);
         if (g && (q->route == HTTP_ROUTE_CLASSIFY || q->route == HTTP_ROUTE_MODEL_CLASSIFY ||
                   q->v2.route == V2_ROUTE_INFER)) {
@@ -289,6 +293,11 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
                 MHD_add_response_header(resp, "Inference-Header-Content-Length", hl);
         }
         MHD_add_response_header(resp, "X-Request-Id", q->id);
+        char tp[TRACE_PARENT_LEN + 1];
+        trace_format(&q->trace, tp);
+        MHD_add_response_header(resp, "traceparent", tp);
+        if (status == 401)
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
         /* A browser must not read an answer as anything but its type (JSON
          * as a script or a page). */
         MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
@@ -379,6 +388,13 @@ static bool admin_route(enum http_route r)
 {
         return r == HTTP_ROUTE_HEALTHZ || r == HTTP_ROUTE_READYZ || r == HTTP_ROUTE_METRICS ||
                r == HTTP_ROUTE_V2_LIVE || r == HTTP_ROUTE_V2_READY;
+}
+
+/* What the main listener answers without an API key: the probes, so
+ * that orchestrators need no secret. */
+static bool open_route(enum http_route r)
+{
+        return r == HTTP_ROUTE_HEALTHZ || r == HTTP_ROUTE_READYZ || r == HTTP_ROUTE_V2_LIVE || r == HTTP_ROUTE_V2_READY;
 }
 
 static enum http_route route_of(const struct http_server *s, const char *url)
@@ -638,12 +654,22 @@ static int metrics_body(struct req *q, char **ret_body)
                 models[i].batch = &l.rows[i].bs;
         }
         struct grpc_stats gs;
+        struct auth_stats as;
+        struct tls_stats ts;
         if (r == 0) {
                 struct metrics_sources src = { .http = &hs, .batch = &bs, .decode = &ds, .models = models,
                                                .n_models = l.n, .process = &ps };
                 if (s->opts.grpc_stats) {
                         s->opts.grpc_stats(s->opts.userdata, &gs);
                         src.grpc = &gs;
+                }
+                if (s->opts.auth) {
+                        auth_stats_snapshot(s->opts.auth, &as);
+                        src.auth = &as;
+                }
+                if (s->opts.tls) {
+                        tls_stats_snapshot(s->opts.tls, &ts);
+                        src.tls = &ts;
                 }
                 r = metrics_render(&src, ret_body);
         }
@@ -839,6 +865,18 @@ static enum MHD_Result on_headers(struct req *q)
                 snprintf(why, sizeof why, "Host %.60s is not served here (Host names answered: %s; see the "
                          "allowed-hosts setting)", host, hosts_describe(q->hosts));
                 return respond_error(q, API_E_MISDIRECTED, why);
+        }
+        /* Before the path is looked at: without a key, nothing (not even
+         * which paths exist) is told but the probes. */
+        if (s->opts.auth && !q->admin && !open_route(q->route)) {
+                enum auth_verdict v = auth_check(s->opts.auth, MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
+                                                                                           "Authorization"));
+                if (v != AUTH_OK) {
+                        snprintf(msg, sizeof msg, "%s: send \"Authorization: Bearer KEY\" with a valid API key",
+                                 v == AUTH_MISSING ? "no API key" : v == AUTH_MALFORMED ? "malformed Authorization"
+                                                                                       : "API key not valid");
+                        return respond_error(q, API_E_UNAUTHENTICATED, msg);
+                }
         }
         if (q->route == HTTP_ROUTE_OTHER || q->route == HTTP_ROUTE_V2_OTHER) {
                 snprintf(msg, sizeof msg, "no such path: %.120s", q->path);
@@ -1480,6 +1518,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 conn_headers_seen(s, conn);
                 q->conn = conn;
                 request_id(q);
+                trace_begin(&q->trace, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "traceparent"),
+                            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "tracestate"));
+                q->admin = l->admin;
                 q->method = method;
                 q->path = url;
                 q->v2_header_len = -1;
@@ -1694,18 +1735,19 @@ struct http_server *http_free(struct http_server *s)
 }
 
 /* The URL of a listening socket, from its bound address. */
-static void url_of(const struct sockaddr_storage *addr, char *buf, size_t n)
+static void url_of(const struct sockaddr_storage *addr, bool tls, char *buf, size_t n)
 {
         char host[INET6_ADDRSTRLEN] = "?";
+        const char *scheme = tls ? "https" : "http";
 
         if (addr->ss_family == AF_INET6) {
                 const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)addr;
                 inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
-                snprintf(buf, n, "http://[%s]:%u", host, ntohs(a->sin6_port));
+                snprintf(buf, n, "%s://[%s]:%u", scheme, host, ntohs(a->sin6_port));
         } else {
                 const struct sockaddr_in *a = (const struct sockaddr_in *)addr;
                 inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
-                snprintf(buf, n, "http://%s:%u", host, ntohs(a->sin_port));
+                snprintf(buf, n, "%s://%s:%u", scheme, host, ntohs(a->sin_port));
         }
 }
 
@@ -1762,8 +1804,23 @@ static struct MHD_Daemon *start_daemon(struct http_listener *l, const struct soc
                               : (struct MHD_OptionItem){ MHD_OPTION_SOCK_ADDR, 0, (void *)addr },
                 { MHD_OPTION_END, 0, NULL },
         };
+        /* HTTPS: each handshake takes the credentials current then
+         * (server/tls.h), so that a reload needs no restart. */
+        struct MHD_OptionItem tls[] = {
+                { MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)tls_priorities() },
+                { MHD_OPTION_HTTPS_CERT_CALLBACK2, 0, NULL },
+                { MHD_OPTION_END, 0, NULL },
+        };
+        if (s->opts.tls) {
+                /* An item holds a function as a void * (ISO C has no cast for it). */
+                _Static_assert(sizeof(tls_callback) == sizeof(void *), "a function pointer fits a void *");
+                tls_callback cb = tls_cert_callback(s->opts.tls);
+                memcpy(&tls[1].ptr_value, &cb, sizeof tls[1].ptr_value);
+                flags |= MHD_USE_TLS;
+        }
         return MHD_start_daemon(flags, 0, accept_policy, s, on_request, l,
                                 MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log, s,
+                                MHD_OPTION_ARRAY, s->opts.tls ? tls : tls + 2,
                                 MHD_OPTION_ARRAY, listen,
                                 MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(threads > 1 ? threads : 0),
                                 MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
@@ -1883,7 +1940,7 @@ static int main_listen(struct http_server *s, struct sockaddr_storage *addr, cha
                                opts->listen_fd > 0 ? "the passed socket" : opts->listen);
         if (opts->listen_fd <= 0)
                 bound_port(s->daemon, addr);
-        url_of(addr, s->url, sizeof s->url);
+        url_of(addr, s->opts.tls != NULL, s->url, sizeof s->url);
         return 0;
 }
 
@@ -1905,7 +1962,7 @@ static int admin_listen(struct http_server *s, char *err, size_t err_len)
                 return err_set(err, err_len, -EIO, "cannot listen on %s for admin (address in use?)",
                                s->opts.admin_listen);
         bound_port(s->admin, &aaddr);
-        url_of(&aaddr, s->admin_url, sizeof s->admin_url);
+        url_of(&aaddr, s->opts.tls != NULL, s->admin_url, sizeof s->admin_url);
         return 0;
 }
 

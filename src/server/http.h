@@ -39,6 +39,8 @@
 #include "pipeline.h"
 #include "http_stats.h"
 #include "grpc_stats.h"
+#include "auth.h"
+#include "tls.h"
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
 #define HTTP_CONTROL_MAX_BODY (64 << 10)  /* a repository load or unload call's body (read, not used) */
@@ -88,6 +90,10 @@ struct http_opts {
         const char *admin_listen;    /* HOST:PORT of a second listener that serves only /healthz, /readyz,
                                       * /metrics and /v2/health/live, ready, with its own thread and connections;
                                       * NULL = none */
+        struct auth *auth;           /* API keys (server/auth.h), the caller's; NULL = none needed. The
+                                      * probes (/healthz, /readyz, /v2/health/live, ready) and the admin listener
+                                      * need none */
+        struct tls *tls;             /* HTTPS on both listeners (server/tls.h), the caller's; NULL = HTTP */
         /* Called once per answered request (any thread). May be NULL. */
         void (*access_log)(void *userdata, const struct http_access *a);
         /* libmicrohttpd's own messages, and a request's NaN or Inf outputs that

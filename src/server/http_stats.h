@@ -75,13 +75,13 @@ static inline const char *http_route_protocol(enum http_route r)
 
 /* The statuses the server answers with, in counter order: 500 last, as it
  * also counts any status not listed. */
-#define HTTP_N_STATUSES 11
+#define HTTP_N_STATUSES 12
 
 /* The status counted at index i, 0..HTTP_N_STATUSES-1. 499 is nginx's
  * "client closed request": an answer nobody received, counted only. */
 static inline int http_status_at(int i)
 {
-        static const int statuses[HTTP_N_STATUSES] = { 200, 400, 404, 405, 413, 415, 421, 499, 503, 504, 500 };
+        static const int statuses[HTTP_N_STATUSES] = { 200, 400, 401, 404, 405, 413, 415, 421, 499, 503, 504, 500 };
         return statuses[i];
 }
 
@@ -102,6 +102,7 @@ static inline int http_error_status(enum api_error e)
         case API_E_INVALID_IMAGE:
         case API_E_INVALID_MULTIPART:
         case API_E_INVALID_REQUEST: return 400;
+        case API_E_UNAUTHENTICATED: return 401;
         case API_E_NOT_FOUND: return 404;
         case API_E_METHOD_NOT_ALLOWED: return 405;
         case API_E_MISDIRECTED: return 421;

@@ -324,6 +324,36 @@ static void put_grpc(FILE *f, const struct grpc_stats *gs)
         fprintf(f, "effnetd_grpc_inflight %d\n", gs->inflight);
 }
 
+/* API keys and TLS, when they are on. */
+static void put_security(FILE *f, const struct auth_stats *a, const struct tls_stats *t)
+{
+        if (a) {
+                put_head(f, "effnetd_auth_failures_total", "counter",
+                         "Requests refused for their API key (401), by reason.");
+                for (int v = AUTH_OK + 1; v < AUTH_N_VERDICTS; v++)
+                        fprintf(f, "effnetd_auth_failures_total{reason=\"%s\"} %llu\n", auth_verdict_name(v),
+                                (unsigned long long)a->failures[v]);
+                put_one(f, "effnetd_auth_keys", "gauge", "API keys in the key file in use.", a->keys);
+                put_head(f, "effnetd_auth_key_reloads_total", "counter", "Key file reads on SIGHUP, by result.");
+                fprintf(f, "effnetd_auth_key_reloads_total{result=\"ok\"} %llu\n"
+                        "effnetd_auth_key_reloads_total{result=\"error\"} %llu\n",
+                        (unsigned long long)a->reloads, (unsigned long long)a->reload_failures);
+        }
+        if (t) {
+                put_counter(f, "effnetd_tls_handshakes_total", "TLS handshakes given the server's certificate.",
+                            t->handshakes);
+                put_counter(f, "effnetd_tls_client_cert_refused_total",
+                            "TLS handshakes refused for the client's certificate (mutual TLS).", t->client_cert_refused);
+                put_head(f, "effnetd_tls_cert_reloads_total", "counter",
+                         "Certificate and key reads on SIGHUP, by result.");
+                fprintf(f, "effnetd_tls_cert_reloads_total{result=\"ok\"} %llu\n"
+                        "effnetd_tls_cert_reloads_total{result=\"error\"} %llu\n",
+                        (unsigned long long)t->reloads, (unsigned long long)t->reload_failures);
+                put_one(f, "effnetd_tls_cert_not_after_seconds", "gauge",
+                        "Expiry of the certificate served, Unix time in seconds.", (long long)t->not_after);
+        }
+}
+
 int metrics_render(const struct metrics_sources *src, char **ret_body)
 {
         char *buf = NULL;
@@ -345,6 +375,7 @@ int metrics_render(const struct metrics_sources *src, char **ret_body)
                 put_model(f, src->model, src->model ? 1 : 0);
         put_process(f, src->process);
         put_grpc(f, src->grpc);
+        put_security(f, src->auth, src->tls);
         if (fclose(f) != 0 || !buf) {
                 free(buf);
                 return -ENOMEM;

@@ -22,6 +22,8 @@
 #include "workpool.h"
 #include "http_stats.h"
 #include "grpc_stats.h"
+#include "auth.h"
+#include "tls.h"
 
 /* A model version being served, for effnetd_model_info and the
  * effnetd_model_* families (labels model and version). Strings are
@@ -51,6 +53,8 @@ struct metrics_sources {
         int n_models;
         const struct proc_stats *process;
         const struct grpc_stats *grpc;     /* the gRPC service's; NULL: no gRPC listener */
+        const struct auth_stats *auth;     /* API keys; NULL: off, left out */
+        const struct tls_stats *tls;       /* TLS; NULL: off, left out */
 };
 
 /* The body, NUL-terminated and owned by the caller (free). Families come

@@ -23,7 +23,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SECONDS_EACH=${FUZZ_SECONDS:-300}
-TARGETS=safetensors,jpeg,png,multipart,config,v2,hub_uri,query,h2,kserve
+TARGETS=safetensors,jpeg,png,multipart,config,v2,hub_uri,query,h2,kserve,auth_keys,trace
 WORK=${XDG_CACHE_HOME:-$HOME/.cache}/effnetd-fuzz
 MERGE=1
 MAX_FILE=65536          # merged inputs larger than this are left out of the tree
@@ -62,6 +62,8 @@ declare -A SRC=(
         [query]=src/server/api.c:api_parse_top_k     # api.c holds more than the parser
         [h2]=src/server/h2.c
         [kserve]=src/server/kserve.c                  # the service too: its share of the file is lower
+        [auth_keys]=src/server/auth.c
+        [trace]=src/server/trace.c
 )
 # Where meson puts each target (the image targets live with the image tests).
 exe_path() {

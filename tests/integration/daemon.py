@@ -60,7 +60,7 @@ class Daemon:
     def wait_listening(self, timeout=300):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log_text())
+            m = re.search(r"listening on https?://127\.0\.0\.1:(\d+)", self.log_text())
             if m:
                 self.port = int(m.group(1))
                 return
@@ -189,7 +189,7 @@ def get_status(port, path, source="127.0.0.1", timeout=3):
 
 def admin_port(d):
     """The port of a daemon's admin listener, from its log (0 if none)."""
-    m = re.search(r"admin \(probes, metrics\) listening on http://127\.0\.0\.1:(\d+)", d.log_text())
+    m = re.search(r"admin \(probes, metrics\) listening on https?://127\.0\.0\.1:(\d+)", d.log_text())
     return int(m.group(1)) if m else 0
 
 

@@ -76,6 +76,10 @@ VALUES = {
     "load-model": "b0,s",
     "repository-poll-secs": "8",
     "default-model": "b0",
+    "api-keys-file": "/etc/effnetd/api-keys",
+    "tls-cert": "/etc/effnetd/tls/server.crt",
+    "tls-key": "/etc/effnetd/tls/server.key",
+    "tls-client-ca": "/etc/effnetd/tls/clients.crt",
 }
 # Settings that cannot be set with the others at once: model-repository
 # replaces weights (both set is an error, checked below).

@@ -10,7 +10,9 @@ the folder itself or one the table allows; otherwise it must fail with a
 missing header. It also checks the rules that make those include paths
 mean something: quoted includes name a header by its bare name (no '/',
 so no "../engine/engine.h"; effnet/image.h is the public exception), and
-no two headers of src/ and include/ share a name.
+no two headers of src/ and include/ share a name. And each foreign
+library's header is included by one file only (LIBRARY_HEADERS), so that
+its types and errors are turned into ours in one place.
 
 It also enforces the request's line inside src/server/ (the "The line"
 table of docs/architecture.md): each stage's files never include, directly
@@ -32,6 +34,19 @@ import tempfile
 
 failures = []
 QUOTED = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+ANGLED = re.compile(r'^\s*#\s*include\s+<([^>]+)>', re.M)
+# The one file of src/ and include/ that may include each library's headers
+# (a prefix of the name in <...>).
+LIBRARY_HEADERS = {
+    "microhttpd.h": "src/server/http.c",
+    "gnutls/": "src/server/tls.c",
+    "curl/": "src/hub/hub.c",
+    "oneapi/dnnl/": "src/engine/engine.c",
+    "turbojpeg.h": "src/image/jpeg.c",
+    "jpeglib.h": "src/image/jpeg.c",
+    "png.h": "src/image/png.c",
+    "nghttp2/": "src/server/h2.c",
+}
 
 
 def check(ok, what):
@@ -178,6 +193,22 @@ def main():
             continue
         bad = server_reach(server_dir, f) & banned
         check(not bad, f"src/server/{f} never reaches {sorted(banned)} (it includes {sorted(bad)})")
+    # Each library's headers in its one file.
+    seen = set()
+    for top in ("src", "include"):
+        for dirpath, _, files in os.walk(os.path.join(src_root, top)):
+            for f in files:
+                if not f.endswith((".c", ".h")):
+                    continue
+                path = os.path.join(dirpath, f)
+                rel = os.path.relpath(path, src_root)
+                for inc in ANGLED.findall(open(path, encoding="utf-8", errors="replace").read()):
+                    for prefix, owner in LIBRARY_HEADERS.items():
+                        if inc.startswith(prefix):
+                            seen.add(prefix)
+                            check(rel == owner, f"{rel}: #include <{inc}> (only {owner} includes {prefix})")
+    for prefix, owner in LIBRARY_HEADERS.items():
+        check(prefix in seen, f"{owner} includes {prefix} (the table names the file that does)")
 
     jobs = []
     with tempfile.TemporaryDirectory() as tmp, concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 2) as pool:

@@ -318,6 +318,30 @@ static void test_memory_budget(void)
         conf_free(&c);
 }
 
+/* [security]: the certificate and key go together; a client CA needs them. */
+static void test_security(void)
+{
+        struct conf c = { 0 };
+        char err[1024];
+
+        write_file("[model]\nweights = w.safetensors\n[security]\ntls-cert = s.crt\n");
+        CHECK_EQ(load(&c, err, sizeof err, NULL, NULL), -EINVAL);
+        CHECK_CONTAINS(err, "tls-cert and tls-key go together (only tls-cert is set, from");
+        CHECK_EQ(load(&c, err, sizeof err, "--tls-client-ca", "ca.crt"), -EINVAL);
+        CHECK_CONTAINS(err, "tls-cert and tls-key go together");
+        write_file("[model]\nweights = w.safetensors\n[security]\ntls-client-ca = ca.crt\n");
+        CHECK_EQ(load(&c, err, sizeof err, NULL, NULL), -EINVAL);
+        CHECK_CONTAINS(err, "tls-client-ca (from");
+        CHECK_CONTAINS(err, ") needs tls-cert and tls-key");
+        write_file("[model]\nweights = w.safetensors\n[security]\ntls-cert = s.crt\ntls-key = s.key\n"
+                   "api-keys-file = keys\n");
+        REQUIRE(load(&c, err, sizeof err, "--tls-client-ca", "ca.crt") == 0);
+        CHECK(strcmp(c.tls_cert, "s.crt") == 0 && strcmp(c.tls_key, "s.key") == 0 &&
+              strcmp(c.tls_client_ca, "ca.crt") == 0 && strcmp(c.api_keys_file, "keys") == 0);
+        check_origin(&c, "api-keys-file = ", path);
+        conf_free(&c);
+}
+
 int main(void)
 {
         REQUIRE(mkdtemp(dir));
@@ -328,6 +352,7 @@ int main(void)
         test_file_lines();
         test_durations_and_enums();
         test_changes();
+        test_security();
         test_memory_budget();
         unlink(path);
         rmdir(dir);

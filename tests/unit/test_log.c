@@ -35,10 +35,13 @@ static const struct http_access record = {
         .request_id = "abc-123", .client = "192.0.2.7", .method = "POST", .path = "/v1/classify\n<3>forged",
         .status = 503, .error = "queue_full", .images = 2, .body_bytes = 1234, .answer_bytes = 56,
         .queue_ms = -1, .inference_ms = 0, .batch_size = 0, .ms = 1.5,
+        .trace_id = "4bf92f3577b34da6a3ce929d0e0e4736", .span_id = "00f067aa0ba902b7", .parent_id = "b7ad6b7169203331",
 };
 
 /* Points stderr at fd with JOURNAL_STREAM naming target's device and inode
  * (or unset), logs the record once and returns what reached stderr. */
+static bool log_json;
+
 static void log_once(int fd, int target, bool set_env, char *out, size_t out_len, int read_fd)
 {
         struct stat st;
@@ -52,7 +55,7 @@ static void log_once(int fd, int target, bool set_env, char *out, size_t out_len
         else
                 unsetenv("JOURNAL_STREAM");
         dup2(fd, STDERR_FILENO);
-        log_setup("effnetd", false);
+        log_setup("effnetd", log_json);
         log_access(&record);
         dup2(saved, STDERR_FILENO);
         close(saved);
@@ -84,6 +87,9 @@ int main(void)
         CHECK_CONTAINS(fields, "\nDURATION_MS=1.5\n");
         CHECK_CONTAINS(fields, "\nPRIORITY=6\n");
         CHECK_CONTAINS(fields, "\nSYSLOG_IDENTIFIER=effnetd\n");
+        CHECK_CONTAINS(fields, "\nTRACE_ID=4bf92f3577b34da6a3ce929d0e0e4736\n");
+        CHECK_CONTAINS(fields, "\nSPAN_ID=00f067aa0ba902b7\n");
+        CHECK_CONTAINS(fields, "\nPARENT_SPAN_ID=b7ad6b7169203331\n");
         CHECK_CONTAINS(fields, "MESSAGE=access id=abc-123 client=192.0.2.7 \"POST /v1/classify\\x0a<3>forged\" 503");
         /* The client's bytes are escaped in every field: no field is forged. */
         CHECK_CONTAINS(fields, "\nPATH=/v1/classify\\x0a<3>forged\n");
@@ -93,6 +99,14 @@ int main(void)
         log_once(sv[0], sv[0], false, line, sizeof line, sv[1]);
         CHECK_EQ(records, 1);
         CHECK_CONTAINS(line, "effnetd: access id=abc-123 client=192.0.2.7");
+        CHECK_CONTAINS(line, " trace_id=4bf92f3577b34da6a3ce929d0e0e4736 span_id=00f067aa0ba902b7");
+        /* JSON lines carry the trace context as fields. */
+        log_json = true;
+        log_once(sv[0], sv[0], false, line, sizeof line, sv[1]);
+        log_json = false;
+        CHECK_CONTAINS(line, "\"trace_id\":\"4bf92f3577b34da6a3ce929d0e0e4736\"");
+        CHECK_CONTAINS(line, "\"span_id\":\"00f067aa0ba902b7\"");
+        CHECK_CONTAINS(line, "\"parent_span_id\":\"b7ad6b7169203331\"");
         log_once(sv[0], sv[1], true, line, sizeof line, sv[1]);
         CHECK_EQ(records, 1);
         CHECK_CONTAINS(line, "effnetd: access id=abc-123");

@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Every manifest under deploy/kubernetes and deploy/kserve against the
+"""Every manifest under deploy/kubernetes, deploy/kubernetes-tls and
+deploy/kserve against the
 published schemas kept in tests/schemas (Kubernetes' OpenAPI definitions,
 KServe's CRDs; README.md there names their origin), with python3-jsonschema.
 Strict, as kubeconform -strict is: a field the schema does not know is an
@@ -7,7 +8,12 @@ error (a typo such as `readinessprobe` would otherwise pass silently).
 Also checks that the validator can fail: copies of the manifests with an
 unknown field, a wrong type and a missing required field must be refused.
 kubectl cannot do this offline: --dry-run=client still asks a cluster for
-its OpenAPI and REST mappings, and CRDs need the cluster anyway.
+its OpenAPI and REST mappings, and CRDs need the cluster anyway. With
+kubectl installed, the overlay deploy/kubernetes-tls is also rendered
+(kubectl kustomize, offline) and the patched documents validated.
+Secrets (deploy/kubernetes-tls) are checked against SECRET below, the
+fields of io.k8s.api.core.v1.Secret as Kubernetes' API reference lists
+them, since the kept extract of the OpenAPI document has no Secret.
 
 Usage: test_manifests.py SOURCE_ROOT
 """
@@ -16,6 +22,8 @@ import copy
 import glob
 import json
 import os
+import shutil
+import subprocess
 import sys
 
 try:
@@ -35,6 +43,23 @@ def check(cond, what):
     if not cond:
         failures.append(what)
     return cond
+
+
+# io.k8s.api.core.v1.Secret: its fields, strictly; metadata as ObjectMeta.
+SECRET = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"enum": ["v1"]},
+        "kind": {"enum": ["Secret"]},
+        "metadata": {"$ref": "#/definitions/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"},
+        "data": {"type": "object", "additionalProperties": {"type": "string"}},
+        "stringData": {"type": "object", "additionalProperties": {"type": "string"}},
+        "type": {"type": "string"},
+        "immutable": {"type": "boolean"},
+    },
+}
 
 
 def strict(schema):
@@ -82,7 +107,7 @@ def crd_schemas(defs):
 def manifests():
     """(file, document) of every YAML document under deploy/kubernetes and
     deploy/kserve, the adapter's embedded config too."""
-    for sub in ("kubernetes", "kserve"):
+    for sub in ("kubernetes", "kubernetes-tls", "kserve"):
         for path in sorted(glob.glob(os.path.join(ROOT, "deploy", sub, "**", "*.yaml"), recursive=True)):
             for doc in yaml.safe_load_all(open(path)):
                 if doc:
@@ -118,10 +143,12 @@ def main():
     k8s, defs = kubernetes_schemas()
     validators = dict(k8s)
     validators.update(crd_schemas(defs))
+    validators[("v1", "Secret")] = jsonschema.Draft4Validator(dict(SECRET, definitions=defs))
     seen = []
     for path, doc in manifests():
         if doc.get("kind") == "Kustomization":
-            listed = set(doc.get("resources", []))
+            # An overlay names its base by a relative path (../kubernetes).
+            listed = {r for r in doc.get("resources", []) if not r.startswith("..")}
             here = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, os.path.dirname(path), "*.yaml"))}
             check(listed == here - {"kustomization.yaml"}, f"{path}: lists every manifest of its folder ({sorted(listed)})")
             continue
@@ -139,6 +166,33 @@ def main():
                         ok = False
                         print(e)
                     check(ok, f"{path}: data {key} is YAML")
+    kubectl = shutil.which("kubectl")
+    if kubectl:
+        overlay = os.path.join(ROOT, "deploy", "kubernetes-tls")
+        p = subprocess.run([kubectl, "kustomize", overlay], capture_output=True, text=True, timeout=120)
+        check(p.returncode == 0, f"kubectl kustomize deploy/kubernetes-tls renders ({p.stderr.strip()[:200]})")
+        rendered = [d for d in yaml.safe_load_all(p.stdout) if d] if p.returncode == 0 else []
+        for doc in rendered:
+            errs = errors(validators, doc)
+            check(not errs, f"deploy/kubernetes-tls rendered: {doc.get('kind')} {doc['metadata'].get('name')} "
+                            f"valid {errs[:5]}")
+        dep = next((d for d in rendered if d.get("kind") == "Deployment"), {})
+        pod = dep.get("spec", {}).get("template", {}).get("spec", {})
+        c = (pod.get("containers") or [{}])[0]
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        mounts = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+        secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+        names = {d["metadata"]["name"] for d in rendered if d.get("kind") == "Secret"}
+        check(env.get("EFFNETD_TLS_CERT", "").startswith(mounts.get("tls", "?") + "/")
+              and env.get("EFFNETD_TLS_KEY", "").startswith(mounts.get("tls", "?") + "/")
+              and env.get("EFFNETD_API_KEYS_FILE", "").startswith(mounts.get("api-keys", "?") + "/")
+              and set(secrets.values()) <= names and len(secrets) == 2,
+              f"deploy/kubernetes-tls: the settings name files of the mounted Secrets ({env}, {mounts}, {secrets})")
+        check(all(c.get(p, {}).get("httpGet", {}).get("scheme") == "HTTPS"
+                  for p in ("readinessProbe", "livenessProbe", "startupProbe")),
+              "deploy/kubernetes-tls: the probes speak HTTPS")
+    else:
+        print("note: kubectl not installed; deploy/kubernetes-tls not rendered")
     kinds = {k for _, k in seen}
     check({"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "ConfigMap",
            "ServingRuntime", "InferenceService"} <= kinds, f"all kinds present ({sorted(kinds)})")

@@ -272,9 +272,44 @@ static void test_routes_and_buckets(void)
         CHECK_EQ(http_latency_bucket(1e9), HTTP_LATENCY_BUCKETS);
 }
 
+/* API keys and TLS: their families only when they are on. */
+static void test_security(void)
+{
+        struct fixture x;
+        fixture_init(&x);
+        char *body = render(&x);
+
+        CHECK_MISSING(body, "effnetd_auth_failures_total{reason=\"missing\"}");
+        CHECK_MISSING(body, "effnetd_tls_handshakes_total");
+        free(body);
+        struct auth_stats as = { .reloads = 2, .reload_failures = 1, .keys = 3 };
+        as.failures[AUTH_MISSING] = 4;
+        as.failures[AUTH_MALFORMED] = 5;
+        as.failures[AUTH_INVALID] = 6;
+        struct tls_stats ts = { .handshakes = 7, .client_cert_refused = 8, .reloads = 9, .reload_failures = 10,
+                                .not_after = 1900000000 };
+        x.src.auth = &as;
+        x.src.tls = &ts;
+        body = render(&x);
+        CHECK_SAMPLE(body, "effnetd_auth_failures_total{reason=\"missing\"}", 4);
+        CHECK_SAMPLE(body, "effnetd_auth_failures_total{reason=\"malformed\"}", 5);
+        CHECK_SAMPLE(body, "effnetd_auth_failures_total{reason=\"invalid\"}", 6);
+        CHECK_MISSING(body, "effnetd_auth_failures_total{reason=\"ok\"}");
+        CHECK_SAMPLE(body, "effnetd_auth_keys", 3);
+        CHECK_SAMPLE(body, "effnetd_auth_key_reloads_total{result=\"ok\"}", 2);
+        CHECK_SAMPLE(body, "effnetd_auth_key_reloads_total{result=\"error\"}", 1);
+        CHECK_SAMPLE(body, "effnetd_tls_handshakes_total", 7);
+        CHECK_SAMPLE(body, "effnetd_tls_client_cert_refused_total", 8);
+        CHECK_SAMPLE(body, "effnetd_tls_cert_reloads_total{result=\"ok\"}", 9);
+        CHECK_SAMPLE(body, "effnetd_tls_cert_reloads_total{result=\"error\"}", 10);
+        CHECK_SAMPLE(body, "effnetd_tls_cert_not_after_seconds", 1900000000);
+        free(body);
+}
+
 int main(void)
 {
         test_families();
+        test_security();
         test_http_requests();
         test_batch();
         test_decode_and_server();

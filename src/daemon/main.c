@@ -1445,7 +1445,7 @@ static int grpc_open(struct daemon *d, char *err, size_t err_len)
                         .max_message_bytes = c->v2_max_body_bytes,
                         .idle_timeout_s = (int)(c->connection_timeout_us / PARSE_S),
                         .read_timeout_s = (int)(c->body_timeout_us / PARSE_S),
-                        .max_deadline_ms = c->deadline_us / PARSE_MS },
+                        .max_deadline_ms = c->deadline_us / PARSE_MS, .tls = d->tls },
                 .pipe = d->pipe,
                 .backend = { .ready = grpc_ready, .authorize = d->auth ? grpc_authorize : NULL,
                              .access_log = c->access_log ? on_answered : NULL, .userdata = d },

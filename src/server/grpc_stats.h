@@ -54,7 +54,7 @@ struct grpc_stats {
         double seconds[GRPC_N_METHODS];                    /* summed time from message to answer */
         uint64_t images;                                   /* classified and answered */
         uint64_t connections, connections_refused, timeouts, streams_refused, messages_too_large,
-                protocol_errors;                           /* the transport's (server/h2.h) */
+                protocol_errors, tls_failures;             /* the transport's (server/h2.h) */
         int connections_open;
         int inflight;                                      /* calls being served */
 };

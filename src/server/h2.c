@@ -1,5 +1,6 @@
 /* h2: gRPC over HTTP/2 on libnghttp2, one event loop thread. */
 #include "h2.h"
+#include "tls.h"
 #include "util.h"
 
 #include <arpa/inet.h>
@@ -103,6 +104,8 @@ struct h2_conn {
         struct h2_server *s;
         struct h2_conn *prev, *next;
         int fd;                        /* -1: h2_feed's */
+        struct tls_conn *tls;          /* NULL: cleartext */
+        bool handshaking;              /* TLS: no HTTP/2 bytes move before the handshake is done */
         nghttp2_session *ng;
         nghttp2_mem mem;
         struct budget_client *client;  /* a reference; NULL: the total only */
@@ -140,7 +143,7 @@ struct h2_server {
         struct h2_conn *conns;         /* loop thread */
         int64_t next_sweep_ns;
         atomic_ullong connections, connections_refused, timeouts, streams_refused, messages_too_large,
-                protocol_errors;
+                protocol_errors, tls_failures;
         atomic_int open;
 };
 
@@ -459,6 +462,19 @@ static ssize_t on_send(nghttp2_session *ng, const uint8_t *data, size_t len, int
 
         if (conn->fd < 0)
                 return (ssize_t)len;   /* h2_feed: the answer is dropped */
+        if (conn->tls) {
+                if (conn->handshaking)
+                        return NGHTTP2_ERR_WOULDBLOCK;
+                /* nghttp2 offers the same bytes again after WOULDBLOCK, as
+                 * GnuTLS wants. */
+                ssize_t t = tls_conn_send(conn->tls, data, len);
+                if (t == -EAGAIN)
+                        return NGHTTP2_ERR_WOULDBLOCK;
+                if (t < 0)
+                        return NGHTTP2_ERR_CALLBACK_FAILURE;
+                conn->last_ns = time_now_ns();
+                return t;
+        }
         ssize_t n = send(conn->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n < 0) {
                 if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
@@ -476,8 +492,14 @@ static void conn_update_events(struct h2_conn *conn)
 
         if (conn->fd < 0)
                 return;
-        if (nghttp2_session_want_write(conn->ng))
+        if (conn->handshaking) {
+                /* Only what the handshake waits for, or the loop spins on
+                 * the SETTINGS nghttp2 holds until it is done. */
+                if (tls_conn_want_write(conn->tls))
+                        ev = EPOLLOUT | EPOLLRDHUP;
+        } else if (nghttp2_session_want_write(conn->ng) || (conn->tls && tls_conn_want_write(conn->tls))) {
                 ev |= EPOLLOUT;
+        }
         if (ev == conn->events)
                 return;
         struct epoll_event e = { .events = ev, .data.ptr = conn };
@@ -1038,6 +1060,12 @@ static struct h2_conn *conn_new(struct h2_server *s, int fd, const struct sockad
         if (nghttp2_submit_settings(conn->ng, NGHTTP2_FLAG_NONE, iv, 3) != 0 ||
             nghttp2_session_set_local_window_size(conn->ng, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW) != 0)
                 goto fail;
+        if (fd >= 0 && s->opts.tls) {
+                static const char *const alpn[] = { "h2", NULL };
+                if (tls_conn_new(s->opts.tls, fd, alpn, &conn->tls) < 0)
+                        goto fail;
+                conn->handshaking = true;
+        }
         if (fd >= 0) {
                 struct epoll_event e = { .events = EPOLLIN | EPOLLRDHUP, .data.ptr = conn };
                 if (epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, fd, &e) < 0)
@@ -1058,6 +1086,7 @@ fail:
         if (conn) {
                 if (conn->ng)
                         nghttp2_session_del(conn->ng);
+                tls_conn_free(conn->tls);
                 budget_client_put(s->opts.budget, conn->client);
                 free(conn);
         }
@@ -1075,6 +1104,7 @@ static void conn_close(struct h2_conn *conn)
         while (conn->calls)
                 call_detach(conn->calls);
         nghttp2_session_del(conn->ng);
+        conn->tls = tls_conn_free(conn->tls);
         if (conn->fd >= 0) {
                 epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
                 close(conn->fd);
@@ -1104,14 +1134,43 @@ static void conn_recv(struct h2_conn *conn, const uint8_t *data, size_t len)
         }
 }
 
+/* Goes on with a TLS handshake; its time is bounded by the preface's
+ * (read_timeout_s from accept), as nothing else clears preface_due_ns. */
+static void conn_handshake(struct h2_conn *conn)
+{
+        int r = tls_conn_handshake(conn->tls);
+
+        if (r == -EAGAIN)
+                return;
+        if (r < 0) {
+                atomic_fetch_add(&conn->s->tls_failures, 1);
+                conn->closing = true;
+                return;
+        }
+        conn->handshaking = false;
+        conn->last_ns = time_now_ns();
+}
+
 static void conn_readable(struct h2_conn *conn)
 {
         uint8_t buf[READ_CHUNK];
 
         /* A few reads per wake-up, so that one busy connection does not
-         * starve the others. */
-        for (int i = 0; i < 8 && !conn->closing; i++) {
-                ssize_t n = recv(conn->fd, buf, sizeof buf, MSG_DONTWAIT);
+         * starve the others; but bytes GnuTLS already decrypted bring no
+         * further wake-up, so those are all taken. */
+        for (int i = 0; !conn->closing && (i < 8 || (conn->tls && tls_conn_pending(conn->tls) > 0)); i++) {
+                ssize_t n;
+                if (conn->tls) {
+                        n = tls_conn_recv(conn->tls, buf, sizeof buf);
+                        if (n == -EAGAIN)
+                                break;
+                        if (n < 0) {
+                                conn->closing = true;
+                                break;
+                        }
+                } else {
+                        n = recv(conn->fd, buf, sizeof buf, MSG_DONTWAIT);
+                }
                 if (n == 0) {
                         conn->closing = true;
                         break;
@@ -1270,7 +1329,14 @@ static void *loop_main(void *arg)
                                 struct h2_conn *conn = (struct h2_conn *)t;
                                 if (conn->closing)
                                         continue;
-                                if (ev[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+                                if (conn->handshaking)
+                                        conn_handshake(conn);
+                                if (conn->closing || conn->handshaking) {
+                                        conn_update_events(conn);
+                                        continue;
+                                }
+                                if (ev[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR) ||
+                                    (conn->tls && tls_conn_pending(conn->tls) > 0))
                                         conn_readable(conn);
                                 conn_send(conn);
                         }
@@ -1355,11 +1421,11 @@ static int listen_on(struct h2_server *s, char *err, size_t err_len)
         if (addr.ss_family == AF_INET) {
                 inet_ntop(AF_INET, &((struct sockaddr_in *)&addr)->sin_addr, host, sizeof host);
                 port = ntohs(((struct sockaddr_in *)&addr)->sin_port);
-                snprintf(s->url, sizeof s->url, "http://%s:%d", host, port);
+                snprintf(s->url, sizeof s->url, "%s://%s:%d", s->opts.tls ? "https" : "http", host, port);
         } else {
                 inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&addr)->sin6_addr, host, sizeof host);
                 port = ntohs(((struct sockaddr_in6 *)&addr)->sin6_port);
-                snprintf(s->url, sizeof s->url, "http://[%s]:%d", host, port);
+                snprintf(s->url, sizeof s->url, "%s://[%s]:%d", s->opts.tls ? "https" : "http", host, port);
         }
         return 0;
 }
@@ -1467,6 +1533,7 @@ void h2_stats_snapshot(struct h2_server *s, struct h2_stats *ret_stats)
                 .streams_refused = atomic_load(&s->streams_refused),
                 .messages_too_large = atomic_load(&s->messages_too_large),
                 .protocol_errors = atomic_load(&s->protocol_errors),
+                .tls_failures = atomic_load(&s->tls_failures),
                 .open = atomic_load(&s->open),
         };
 }

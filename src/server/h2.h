@@ -25,7 +25,9 @@
  * (RESOURCE_EXHAUSTED) or, for nghttp2's own state, the connection.
  *
  * Cleartext HTTP/2 with prior knowledge (h2c), as gRPC clients connect to
- * an http:// target; TLS is for the listener setup to add.
+ * an http:// target; or, with opts.tls, TLS 1.2/1.3 whose client must pick
+ * "h2" by ALPN (server/tls.h's struct tls_conn, on the loop thread: the
+ * handshake never blocks it, and takes at most read_timeout_s).
  */
 #ifndef EFFNET_SERVER_H2_H
 #define EFFNET_SERVER_H2_H
@@ -35,6 +37,8 @@
 #include <stdint.h>
 
 #include "budget.h"
+
+struct tls;
 
 /* gRPC status codes (grpc/doc/statuscodes.md). */
 enum h2_status {
@@ -92,6 +96,7 @@ struct h2_opts {
                                       * message's end, and from accept to the connection preface */
         int64_t max_deadline_ms;     /* grpc-timeout is cut to this; also the deadline without one */
         struct budget *budget;       /* borrowed; must outlive the server */
+        struct tls *tls;             /* borrowed, must outlive the server; NULL: cleartext */
         const struct h2_handler *handler;
         void *userdata;
 };
@@ -127,6 +132,7 @@ struct h2_stats {
         uint64_t streams_refused;      /* over max-streams, or over the header limit */
         uint64_t messages_too_large;   /* over max_message_bytes */
         uint64_t protocol_errors;      /* connections closed for an HTTP/2 error */
+        uint64_t tls_failures;         /* connections closed for a failed TLS handshake */
         int open;                      /* connections open now */
 };
 void h2_stats_snapshot(struct h2_server *s, struct h2_stats *ret_stats);

@@ -1290,6 +1290,7 @@ void kserve_stats_snapshot(struct kserve *k, struct grpc_stats *ret_stats)
         ret_stats->streams_refused = hs.streams_refused;
         ret_stats->messages_too_large = hs.messages_too_large;
         ret_stats->protocol_errors = hs.protocol_errors;
+        ret_stats->tls_failures = hs.tls_failures;
         ret_stats->connections_open = hs.open;
         ret_stats->inflight = h2_inflight(k->h2);
 }

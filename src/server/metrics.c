@@ -320,6 +320,8 @@ static void put_grpc(FILE *f, const struct grpc_stats *gs)
                 (unsigned long long)gs->messages_too_large);
         fprintf(f, "effnetd_grpc_refusals_total{reason=\"protocol_error\"} %llu\n",
                 (unsigned long long)gs->protocol_errors);
+        fprintf(f, "effnetd_grpc_refusals_total{reason=\"tls_handshake\"} %llu\n",
+                (unsigned long long)gs->tls_failures);
         put_head(f, "effnetd_grpc_inflight", "gauge", "gRPC calls being served now.");
         fprintf(f, "effnetd_grpc_inflight %d\n", gs->inflight);
 }

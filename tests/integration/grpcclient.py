@@ -28,8 +28,9 @@ PROTO = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abs
                      "kserve.proto")
 
 
-def load(workdir, port):
-    """(pb2 module, GRPCInferenceService stub on 127.0.0.1:port)."""
+def load(workdir, port, credentials=None):
+    """(pb2 module, GRPCInferenceService stub on 127.0.0.1:port); with
+    credentials (grpc.ssl_channel_credentials), over TLS."""
     import grpc
     out = os.path.join(workdir, "stubs")
     os.makedirs(out, exist_ok=True)
@@ -38,8 +39,11 @@ def load(workdir, port):
     sys.path.insert(0, out)
     pb = importlib.import_module("kserve_pb2")
     pbg = importlib.import_module("kserve_pb2_grpc")
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", 64 << 20),
-                                                                  ("grpc.max_send_message_length", 256 << 20)])
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 256 << 20)]
+    if credentials is not None:
+        channel = grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=options)
+    else:
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=options)
     return pb, pbg.GRPCInferenceServiceStub(channel)
 
 

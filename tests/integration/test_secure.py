@@ -39,6 +39,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import daemon as dm  # noqa: E402
 from daemon import check, finish  # noqa: E402
 
+try:
+    import grpc
+    import grpc_tools  # noqa: F401
+    import grpcclient as gc  # noqa: E402
+except ImportError as e:
+    grpc = None
+    GRPC_MISSING = str(e)
+
+MODEL = "efficientnetv2-b0"
+
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
@@ -128,6 +138,71 @@ def peer_cert(port, ctx):
     with socket.create_connection(("127.0.0.1", port), timeout=60) as raw, \
             ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
         return fingerprint(s.getpeercert(True))
+
+
+def grpc_port(d):
+    """The TLS gRPC listener's port, from the log."""
+    m = re.search(r"gRPC \(KServe v2 GRPCInferenceService\) listening on https://127\.0\.0\.1:(\d+)", d.log_text())
+    return int(m.group(1)) if m else None
+
+
+def h2_context(w, cert=None):
+    """A TLS client context that offers ALPN h2, as gRPC clients do."""
+    ctx = context(w, cert)
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+def grpc_creds(w, cert=None):
+    def read(name):
+        with open(os.path.join(w, name), "rb") as f:
+            return f.read()
+    if cert:
+        return grpc.ssl_channel_credentials(root_certificates=read("ca.crt"), private_key=read(f"{cert}.key"),
+                                            certificate_chain=read(f"{cert}.crt"))
+    return grpc.ssl_channel_credentials(root_certificates=read("ca.crt"))
+
+
+def grpc_live(w, port, creds, meta=()):
+    """Whether ServerLive answers live over a new channel (creds None:
+    plaintext); the RpcError's code otherwise."""
+    pb, stub = gc.load(w, port, creds)
+    try:
+        return stub.ServerLive(pb.ServerLiveRequest(), metadata=meta, timeout=10).live is True
+    except grpc.RpcError as e:
+        return e.code()
+
+
+def test_grpc_tls(d, w, ctx, key, photo):
+    """gRPC over TLS on the same credentials: grpcio's secure channel is
+    served (ServerLive, ModelInfer), a plaintext client and a TLS client
+    without ALPN h2 are refused and counted."""
+    port = grpc_port(d)
+    check(port is not None, f"the gRPC listener says https:// in the log ({port})")
+    if port is None:
+        return
+    auth = (("authorization", f"Bearer {key}"),)
+    check(grpc_live(w, port, grpc_creds(w), auth) is True, "gRPC over TLS: ServerLive through grpc.secure_channel")
+    pb, stub = gc.load(w, port, grpc_creds(w))
+    r = stub.ModelInfer(gc.infer_request(pb, MODEL, "BYTES", [photo]), metadata=auth, timeout=120)
+    probs = gc.fp32_output(r)
+    check(list(probs.shape) == [1, 1000] and abs(float(probs.sum()) - 1) < 1e-3,
+          f"gRPC over TLS: ModelInfer answers {list(probs.shape)}, probabilities summing to {float(probs.sum()):.4f}")
+    before = metrics(d.port, ctx, key).get('effnetd_grpc_refusals_total{reason="tls_handshake"}')
+    got = grpc_live(w, port, None)
+    check(got is not True, f"a plaintext gRPC channel to the TLS port fails ({got})")
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as raw, \
+                context(w).wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            no_alpn = s.recv(100)
+    except (OSError, ssl.SSLError) as e:
+        no_alpn = type(e).__name__
+    check(not isinstance(no_alpn, bytes) or no_alpn == b"", f"a TLS client without ALPN h2 is refused ({no_alpn!r})")
+    ok = dm.wait_until(lambda: metrics(d.port, ctx, key).get(
+        'effnetd_grpc_refusals_total{reason="tls_handshake"}', 0) >= (before or 0) + 2, 10)
+    check(before is not None and ok, f"failed gRPC handshakes counted (from {before})")
+    check(grpc_live(w, port, grpc_creds(w), auth) is True, "gRPC over TLS still served after the refusals")
 
 
 def wait_log(d, text, since, timeout=120):
@@ -267,6 +342,9 @@ def test_cert_reload(d, w, ctx, key, photo):
     port = d.port
     hdr = {"Authorization": f"Bearer {key}", "Content-Type": dm.content_type_of(photo)}
     a, b = fingerprint(cert_der(w, "a")), fingerprint(cert_der(w, "b"))
+    gport = grpc_port(d) if grpc else None
+    if gport:
+        check(peer_cert(gport, h2_context(w)) == a, "gRPC before the reload: certificate a")
     old = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=60)
     old.request("POST", "/v1/classify", body=photo, headers=hdr)
     r = old.getresponse()
@@ -289,6 +367,10 @@ def test_cert_reload(d, w, ctx, key, photo):
           "a connection opened before the reload goes on (same socket, certificate a)")
     old.close()
     check(peer_cert(port, ctx) == b, "a new connection gets certificate b")
+    if gport:
+        check(peer_cert(gport, h2_context(w)) == b, "a new gRPC connection gets certificate b")
+        check(grpc_live(w, gport, grpc_creds(w), (("authorization", f"Bearer {key}"),)) is True,
+              "gRPC over TLS served with certificate b")
 
     # A key that is not the certificate's: refused, b stays.
     shutil.copy(os.path.join(w, "a.key"), os.path.join(w, "serving.key"))
@@ -337,9 +419,11 @@ def test_trace(d, w, ctx, key):
 def test_mtls(effnetd, b0, w):
     d = dm.Daemon(effnetd, b0, w, "--tls-cert", os.path.join(w, "a.crt"), "--tls-key", os.path.join(w, "a.key"),
                   "--tls-client-ca", os.path.join(w, "clientca.crt"), "--admin-listen", "127.0.0.1:0",
-                  "--max-batch", 1, name="mtls")
+                  "--max-batch", 1, "--body-timeout", 2, *(("--grpc-listen", "127.0.0.1:0") if grpc else ()),
+                  name="mtls")
     try:
         check(outcome(d.port, context(w, "client")) == 200, "mTLS: the client CA's client is served")
+
         for v in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
             got = outcome(d.port, context(w, None, v, v))
             check(got != 200, f"mTLS {v.name}: no client certificate refused ({got})")
@@ -351,6 +435,30 @@ def test_mtls(effnetd, b0, w):
         check(m.get("effnetd_tls_client_cert_refused_total", 0) == 4,
               f"refused client certificates counted: {m.get('effnetd_tls_client_cert_refused_total')}")
         check(outcome(d.port, context(w, "client")) == 200, "mTLS: still served after the refusals")
+        if grpc:
+            # grpcio retries a failed connection within the call's time:
+            # a refusal counts at least once.
+            gport = grpc_port(d)
+            got = grpc_live(w, gport, grpc_creds(w))
+            check(got is not True, f"mTLS gRPC: no client certificate refused ({got})")
+            got = grpc_live(w, gport, grpc_creds(w, "rogue"))
+            check(got is not True, f"mTLS gRPC: a client certificate of another CA refused ({got})")
+            m = metrics(dm.admin_port(d), context(w, "client"))
+            certs = m.get("effnetd_tls_client_cert_refused_total", 0)
+            handshakes = m.get('effnetd_grpc_refusals_total{reason="tls_handshake"}', 0)
+            check(certs >= 5 and handshakes >= 2,
+                  f"mTLS gRPC refusals counted: client certificates {certs}, handshakes {handshakes}")
+            check(grpc_live(w, gport, grpc_creds(w, "client")) is True, "mTLS gRPC: the client CA's client is served")
+            # A client that never finishes its handshake is closed after
+            # the read timeout (body-timeout 2 s).
+            t0 = time.monotonic()
+            with socket.create_connection(("127.0.0.1", gport), timeout=30) as raw:
+                try:
+                    got = raw.recv(100)
+                except OSError as e:
+                    got = type(e).__name__
+            waited = time.monotonic() - t0
+            check(got == b"" and 1 <= waited < 20, f"a silent gRPC TLS client is closed after {waited:.1f} s ({got!r})")
     finally:
         check(d.stop() == 0, "the mTLS daemon stops cleanly")
 
@@ -395,12 +503,16 @@ def main():
 
         d = dm.Daemon(effnetd, b0, w, "--tls-cert", os.path.join(w, "serving.crt"), "--tls-key",
                       os.path.join(w, "serving.key"), "--api-keys-file", keys_path, "--admin-listen", "127.0.0.1:0",
-                      "--max-batch", 1, name="secure")
+                      "--max-batch", 1, *(("--grpc-listen", "127.0.0.1:0") if grpc else ()), name="secure")
         try:
             check("listening on https://" in d.log_text(), "the log says https://")
             ctx = context(w)
             key = test_keys(d, w, ctx, keys_path, photo)
             test_tls_versions(d, w, ctx)
+            if grpc:
+                test_grpc_tls(d, w, ctx, key, photo)
+            else:
+                print(f"note: gRPC over TLS not tested, needs python3-grpcio and python3-grpc-tools ({GRPC_MISSING})")
             test_cert_reload(d, w, ctx, key, photo)
             test_trace(d, w, ctx, key)
             log = d.log_text()

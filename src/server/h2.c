@@ -96,6 +96,8 @@ struct h2_call {
 
         /* Loop thread. */
         bool headers_sent, final_sent, deferred;
+        char extra_name[H2_MAX_HEADER_NAME + 1];    /* h2_call_set_header's; "" none */
+        char extra_value[H2_MAX_HEADER_VALUE + 1];
         void *userdata;
 };
 
@@ -343,6 +345,24 @@ void h2_call_set_userdata(struct h2_call *c, void *userdata)
 void *h2_call_userdata(const struct h2_call *c)
 {
         return c->userdata;
+}
+
+int h2_call_set_header(struct h2_call *c, const char *name, const char *value)
+{
+        size_t n = strlen(name), v = strlen(value);
+
+        if (n == 0 || n > H2_MAX_HEADER_NAME || v > H2_MAX_HEADER_VALUE || strncmp(name, "grpc-", 5) == 0)
+                return -EINVAL;
+        for (size_t i = 0; i < n; i++)
+                if (!((name[i] >= 'a' && name[i] <= 'z') || (name[i] >= '0' && name[i] <= '9') || name[i] == '-' ||
+                      name[i] == '_' || name[i] == '.'))
+                        return -EINVAL;
+        for (size_t i = 0; i < v; i++)
+                if (value[i] < 0x20 || value[i] > 0x7e)
+                        return -EINVAL;
+        memcpy(c->extra_name, name, n + 1);
+        memcpy(c->extra_value, value, v + 1);
+        return 0;
 }
 
 static void wake(struct h2_server *s)
@@ -601,18 +621,25 @@ static void call_flush(struct h2_call *c)
                 if (!finished && empty)
                         return;
                 c->headers_sent = true;
+                nghttp2_nv extra = { (uint8_t *)c->extra_name, (uint8_t *)c->extra_value, strlen(c->extra_name),
+                                     strlen(c->extra_value), NGHTTP2_NV_FLAG_NONE };
                 if (finished && empty) {
                         snprintf(st, sizeof st, "%d", status);
-                        nghttp2_nv nv[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
-                                            NV("grpc-status", st), NV("grpc-message", msg) };
-                        nghttp2_submit_response(ng, c->stream_id, nv, msg[0] ? 4 : 3, NULL);
+                        nghttp2_nv nv[5] = { NV(":status", "200"), NV("content-type", "application/grpc"),
+                                             NV("grpc-status", st) };
+                        size_t n = 3;
+                        if (msg[0])
+                                nv[n++] = (nghttp2_nv)NV("grpc-message", msg);
+                        if (c->extra_name[0])
+                                nv[n++] = extra;
+                        nghttp2_submit_response(ng, c->stream_id, nv, n, NULL);
                         c->final_sent = true;
                         return;
                 }
                 nghttp2_nv nv[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
-                                    NV("grpc-accept-encoding", "identity") };
+                                    NV("grpc-accept-encoding", "identity"), extra };
                 nghttp2_data_provider dp = { .source.ptr = c, .read_callback = on_read_data };
-                nghttp2_submit_response(ng, c->stream_id, nv, 3, &dp);
+                nghttp2_submit_response(ng, c->stream_id, nv, c->extra_name[0] ? 4 : 3, &dp);
                 return;
         }
         if (c->deferred) {

@@ -4,6 +4,7 @@
 #include "kserve.pb-c.h"
 #include "pipeline.h"
 #include "registry.h"
+#include "trace.h"
 #include "util.h"
 
 #include <errno.h>
@@ -61,6 +62,7 @@ struct ks_call {
         enum grpc_method method;
         bool stream;
         char request_id[129];         /* x-request-id, or one made up */
+        struct trace_ctx trace;      /* W3C trace context: the caller's trace, or one started here */
         pthread_mutex_t lock;        /* guards the fields below */
         int pending;                 /* requests in the pipeline */
         int messages;
@@ -558,7 +560,8 @@ static void count(struct ks_call *kc, int code, int64_t start_ns, size_t in_byte
                                  .path = path, .status = http_status_of(code),
                                  .error = code ? grpc_code_name(code) : NULL, .images = images,
                                  .body_bytes = in_bytes, .answer_bytes = out_bytes, .queue_ms = -1,
-                                 .ms = (double)ns / 1e6 };
+                                 .ms = (double)ns / 1e6, .trace_id = kc->trace.trace_id_hex,
+                                 .span_id = kc->trace.span_id_hex, .parent_id = kc->trace.parent_id_hex };
         if (queue_ns >= 0 && forward_ns) {
                 a.queue_ms = (double)queue_ns / 1e6;
                 a.inference_ms = (double)forward_ns / 1e6;
@@ -1132,8 +1135,14 @@ static int on_call(void *userdata, struct h2_call *call, char *msg, size_t msg_l
         struct kserve *k = userdata;
         const char *path = h2_call_path(call);
         struct ks_call *kc;
+        struct trace_ctx trace;
+        char tp[TRACE_PARENT_LEN + 1];
         size_t i;
 
+        /* Every answer, refusals too, names its span, as on HTTP. */
+        trace_begin(&trace, h2_call_metadata(call, "traceparent"), h2_call_metadata(call, "tracestate"));
+        trace_format(&trace, tp);
+        h2_call_set_header(call, "traceparent", tp);
         for (i = 0; i < sizeof methods / sizeof *methods; i++)
                 if (strncmp(path, SERVICE, strlen(SERVICE)) == 0 && strcmp(path + strlen(SERVICE), methods[i].name) == 0)
                         break;
@@ -1155,6 +1164,7 @@ static int on_call(void *userdata, struct h2_call *call, char *msg, size_t msg_l
         }
         kc->k = k;
         kc->call = call;
+        kc->trace = trace;
         kc->method = methods[i].method;
         kc->stream = methods[i].stream;
         pthread_mutex_init(&kc->lock, NULL);

@@ -416,6 +416,42 @@ def test_trace(d, w, ctx, key):
     check(m and m.group(1) not in seen, f"no traceparent: a new trace ({h.get('traceparent')})")
 
 
+def test_grpc_trace(d, w, key, photo):
+    """Trace context from gRPC metadata: joined, answered in the initial
+    metadata, logged; refusals carry it too."""
+    port = grpc_port(d)
+    pb, stub = gc.load(w, port, grpc_creds(w))
+    auth = ("authorization", f"Bearer {key}")
+    r, call = stub.ModelInfer.with_call(gc.infer_request(pb, MODEL, "BYTES", [photo], request_id="traced-1"),
+                                        metadata=(auth, ("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),
+                                                  ("tracestate", "congo=t61rcWkgMzE")), timeout=120)
+    tp = dict(call.initial_metadata()).get("traceparent", "")
+    m = TRACEPARENT_RE.match(tp)
+    check(r.id == "traced-1" and m and m.group(1) == TRACE_ID and m.group(2) != PARENT_ID and m.group(3) == "01",
+          f"gRPC: a valid traceparent is joined, ours in the initial metadata: {tp}")
+    span = m.group(2) if m else "?"
+    dm.wait_until(lambda: span in d.log_text(), 10)
+    line = [x for x in d.log_text().splitlines() if span in x]
+    check(line and "ModelInfer" in line[0] and f"trace_id={TRACE_ID}" in line[0] and f"span_id={span}" in line[0],
+          f"the gRPC access line has the trace and span ids: {line[:1]}")
+
+    _, call = stub.ServerLive.with_call(pb.ServerLiveRequest(), metadata=(
+        ("traceparent", f"00-{TRACE_ID.upper()}-{PARENT_ID}-01"),), timeout=10)
+    m = TRACEPARENT_RE.match(dict(call.initial_metadata()).get("traceparent", ""))
+    check(m and m.group(1) not in (TRACE_ID, "0" * 32) and m.group(3) == "00",
+          f"gRPC: an invalid traceparent starts a new trace: {m and m.group(0)}")
+    try:
+        stub.ModelInfer(gc.infer_request(pb, MODEL, "BYTES", [photo]),
+                        metadata=(("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),), timeout=30)
+        got = None
+    except grpc.RpcError as e:
+        md = dict(list(e.initial_metadata() or ()) + list(e.trailing_metadata() or ()))
+        got = (e.code(), md.get("traceparent", ""))
+    m = TRACEPARENT_RE.match(got[1]) if got else None
+    check(got and got[0] == grpc.StatusCode.UNAUTHENTICATED and m and m.group(1) == TRACE_ID,
+          f"gRPC: a refused call carries traceparent too ({got})")
+
+
 def test_mtls(effnetd, b0, w):
     d = dm.Daemon(effnetd, b0, w, "--tls-cert", os.path.join(w, "a.crt"), "--tls-key", os.path.join(w, "a.key"),
                   "--tls-client-ca", os.path.join(w, "clientca.crt"), "--admin-listen", "127.0.0.1:0",
@@ -515,6 +551,8 @@ def main():
                 print(f"note: gRPC over TLS not tested, needs python3-grpcio and python3-grpc-tools ({GRPC_MISSING})")
             test_cert_reload(d, w, ctx, key, photo)
             test_trace(d, w, ctx, key)
+            if grpc:
+                test_grpc_trace(d, w, key, photo)
             log = d.log_text()
             check("aaaaaaaaaa" not in log and "bbbbbbbbbb" not in log, "no key reaches the log")
         finally:

@@ -97,6 +97,23 @@ static int on_call(void *ud, struct h2_call *c, char *msg, size_t msg_len)
         snprintf(s->auth, sizeof s->auth, "%s", a ? a : "");
         s->deadline_ns = h2_call_deadline_ns(c);
         s->start_ns = h2_call_start_ns(c);
+        /* A response header of the handler's: its bounds and refusals
+         * (what reaches the client is checked by the gRPC tests). */
+        char name[H2_MAX_HEADER_NAME + 2], value[H2_MAX_HEADER_VALUE + 2];
+        memset(name, 'n', sizeof name - 1);
+        name[sizeof name - 1] = '\0';
+        memset(value, 'v', sizeof value - 1);
+        value[sizeof value - 1] = '\0';
+        CHECK_EQ(h2_call_set_header(c, name, "x"), -EINVAL);
+        CHECK_EQ(h2_call_set_header(c, "x", value), -EINVAL);
+        name[H2_MAX_HEADER_NAME] = '\0';
+        value[H2_MAX_HEADER_VALUE] = '\0';
+        CHECK_EQ(h2_call_set_header(c, name, value), 0);
+        CHECK_EQ(h2_call_set_header(c, "Traceparent", "x"), -EINVAL);
+        CHECK_EQ(h2_call_set_header(c, "grpc-status", "0"), -EINVAL);
+        CHECK_EQ(h2_call_set_header(c, "", "x"), -EINVAL);
+        CHECK_EQ(h2_call_set_header(c, "traceparent", "a\nb"), -EINVAL);
+        CHECK_EQ(h2_call_set_header(c, "traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), 0);
         if (s->refuse)
                 snprintf(msg, msg_len, "refused");
         return s->refuse;

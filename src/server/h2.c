@@ -108,6 +108,8 @@ struct h2_conn {
         int fd;                        /* -1: h2_feed's */
         struct tls_conn *tls;          /* NULL: cleartext */
         bool handshaking;              /* TLS: no HTTP/2 bytes move before the handshake is done */
+        bool recv_wants_write;         /* TLS: a read waits for the socket to be writable (GnuTLS says
+                                        * which way only for the last call that would block) */
         nghttp2_session *ng;
         nghttp2_mem mem;
         struct budget_client *client;  /* a reference; NULL: the total only */
@@ -517,7 +519,7 @@ static void conn_update_events(struct h2_conn *conn)
                  * the SETTINGS nghttp2 holds until it is done. */
                 if (tls_conn_want_write(conn->tls))
                         ev = EPOLLOUT | EPOLLRDHUP;
-        } else if (nghttp2_session_want_write(conn->ng) || (conn->tls && tls_conn_want_write(conn->tls))) {
+        } else if (nghttp2_session_want_write(conn->ng) || conn->recv_wants_write) {
                 ev |= EPOLLOUT;
         }
         if (ev == conn->events)
@@ -1189,6 +1191,7 @@ static void conn_readable(struct h2_conn *conn)
                 ssize_t n;
                 if (conn->tls) {
                         n = tls_conn_recv(conn->tls, buf, sizeof buf);
+                        conn->recv_wants_write = n == -EAGAIN && tls_conn_want_write(conn->tls);
                         if (n == -EAGAIN)
                                 break;
                         if (n < 0) {
@@ -1363,7 +1366,7 @@ static void *loop_main(void *arg)
                                         continue;
                                 }
                                 if (ev[i].events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR) ||
-                                    (conn->tls && tls_conn_pending(conn->tls) > 0))
+                                    conn->recv_wants_write || (conn->tls && tls_conn_pending(conn->tls) > 0))
                                         conn_readable(conn);
                                 conn_send(conn);
                         }

@@ -188,6 +188,15 @@ def test_grpc_tls(d, w, ctx, key, photo):
     probs = gc.fp32_output(r)
     check(list(probs.shape) == [1, 1000] and abs(float(probs.sum()) - 1) < 1e-3,
           f"gRPC over TLS: ModelInfer answers {list(probs.shape)}, probabilities summing to {float(probs.sum()):.4f}")
+    # An idle TLS connection costs no CPU: the loop does not poll for
+    # writing when nothing waits for it (a busy loop took most of a core).
+    def cpu_s():
+        f = open(f"/proc/{d.proc.pid}/stat").read().rpartition(")")[2].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    c0 = cpu_s()
+    time.sleep(2)
+    idle = cpu_s() - c0
+    check(idle < 0.5, f"an idle gRPC TLS connection: the daemon used {idle:.2f} s of CPU in 2 s")
     before = metrics(d.port, ctx, key).get('effnetd_grpc_refusals_total{reason="tls_handshake"}')
     got = grpc_live(w, port, None)
     check(got is not True, f"a plaintext gRPC channel to the TLS port fails ({got})")

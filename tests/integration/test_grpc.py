@@ -380,17 +380,24 @@ def test_memory(effnetd, weights, workdir):
         rss0 = dm.status_kb(d.proc.pid, "VmRSS")
         chunk = b"\x00" + struct.pack(">I", 4000000) + b"\x5a" * (16384 - 5)
         body = b"\x5a" * 16384
+        cut = 0
         for _ in range(16):
             h = gc.RawH2(port)
-            h.start()
-            h.frames_until(lambda f: f and f[0] == gc.SETTINGS and not f[1] & gc.ACK, limit=10)
-            for sid in (1, 3, 5, 7):
-                h.headers(sid, gc.grpc_headers("/inference.GRPCInferenceService/ModelInfer"))
-                # 1 MB, within the 1 MiB stream window the server announces.
-                h.send(gc.frame(gc.DATA, 0, sid, chunk))
-                for _ in range(60):
-                    h.send(gc.frame(gc.DATA, 0, sid, body))
             conns.append(h)
+            try:
+                h.start()
+                h.frames_until(lambda f: f and f[0] == gc.SETTINGS and not f[1] & gc.ACK, limit=10)
+                for sid in (1, 3, 5, 7):
+                    h.headers(sid, gc.grpc_headers("/inference.GRPCInferenceService/ModelInfer"))
+                    # 1 MB, within the 1 MiB stream window the server announces.
+                    h.send(gc.frame(gc.DATA, 0, sid, chunk))
+                    for _ in range(60):
+                        h.send(gc.frame(gc.DATA, 0, sid, body))
+            except (BrokenPipeError, ConnectionResetError):
+                # The server may close a connection whose state the budget
+                # cannot hold any more: one of the ways it refuses.
+                cut += 1
+        print(f"     {cut} of 16 connections closed by the server while sending")
         time.sleep(2)
         rss1 = dm.status_kb(d.proc.pid, "VmRSS")
         grown = (rss1 - rss0) / 1024

@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <math.h>
 #include <dirent.h>
+#include <netdb.h>
 #include <sched.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -498,4 +499,58 @@ fail:;
         }
         return err_set(err, err_len, -EINVAL, "%s '%s' is not a duration in %s..%s%s (us, ms, s, m or h; bare: %s)",
                        what, shown, lo, hi, step, duration_unit_name(unit_us));
+}
+
+int hex_value(char c)
+{
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
+
+int parse_listen(const char *what, const char *listen, struct sockaddr_storage *ret_addr, size_t *ret_len,
+                 char *err, size_t err_len)
+{
+        char host[256], port[16];
+        const char *colon;
+        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                                  .ai_flags = AI_PASSIVE | AI_NUMERICSERV }, *res = NULL;
+        int64_t p;
+
+        if (!listen || !*listen)
+                return err_set(err, err_len, -EINVAL, "empty %s address", what);
+        if (listen[0] == '[') {
+                const char *close = strchr(listen, ']');
+                if (!close || close[1] != ':' || (size_t)(close - listen - 1) >= sizeof host)
+                        return err_set(err, err_len, -EINVAL, "%s %s: expected [ADDRESS]:PORT", what, listen);
+                memcpy(host, listen + 1, (size_t)(close - listen - 1));
+                host[close - listen - 1] = '\0';
+                colon = close + 1;
+        } else {
+                colon = strrchr(listen, ':');
+                if (!colon || (size_t)(colon - listen) >= sizeof host)
+                        return err_set(err, err_len, -EINVAL, "%s %s: expected HOST:PORT", what, listen);
+                memcpy(host, listen, (size_t)(colon - listen));
+                host[colon - listen] = '\0';
+        }
+        if (parse_int("port", colon + 1, 0, 65535, NULL, 0, &p) < 0)
+                return err_set(err, err_len, -EINVAL, "%s %s: bad port", what, listen);
+        snprintf(port, sizeof port, "%lld", (long long)p);
+        int r = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
+        if (r != 0)
+                return err_set(err, err_len, -EINVAL, "%s %s: %s", what, listen, gai_strerror(r));
+        if (res->ai_addrlen > sizeof *ret_addr) {
+                freeaddrinfo(res);
+                return err_set(err, err_len, -EINVAL, "%s %s: unsupported address", what, listen);
+        }
+        memset(ret_addr, 0, sizeof *ret_addr);
+        memcpy(ret_addr, res->ai_addr, res->ai_addrlen);
+        if (ret_len)
+                *ret_len = res->ai_addrlen;
+        freeaddrinfo(res);
+        return 0;
 }

@@ -94,4 +94,14 @@ int cpu_usable_count(void);
  * self_cgroup: the text of /proc/self/cgroup. -EBADMSG for an overlong line. */
 int cgroup_cpu_quota(const char *root, const char *self_cgroup, double *ret_cpus);
 
+/* The value of a hex digit (either case), or -1. */
+int hex_value(char c);
+
+/* "HOST:PORT", "[V6]:PORT" or ":PORT" (every address) to a socket address;
+ * what names the setting in errors ("listen", "grpc-listen"). ret_len may
+ * be NULL. */
+struct sockaddr_storage;
+int parse_listen(const char *what, const char *listen, struct sockaddr_storage *ret_addr, size_t *ret_len,
+                 char *err, size_t err_len);
+
 #endif

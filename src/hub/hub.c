@@ -110,15 +110,6 @@ int hub_ref_init(const char *repo, const char *revision, const char *file, char 
         return 0;
 }
 
-static int hex_value(char c)
-{
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        return c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
 int hub_parse_uri(const char *uri, char *err, size_t err_len, struct hub_ref *ret_ref)
 {
         char repo[HUB_REPO_MAX + 1], rev[HUB_REVISION_MAX + 1] = HUB_DEFAULT_REVISION;

@@ -62,17 +62,6 @@ int auth_hash_key(const void *key, size_t len, char hex[2 * AUTH_DIGEST_LEN + 1]
         return 0;
 }
 
-static int hex_value(char c)
-{
-        if (c >= '0' && c <= '9')
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 static bool is_blank(char c)
 {
         return c == ' ' || c == '\t' || c == '\r';

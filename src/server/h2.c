@@ -1390,61 +1390,21 @@ static void *loop_main(void *arg)
 
 /* ---- the server ------------------------------------------------------------------------ */
 
-static int parse_listen(const char *listen, struct sockaddr_storage *ret_addr, socklen_t *ret_len, char *err,
-                        size_t err_len)
-{
-        char host[256], port[16];
-        const char *colon;
-        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                                  .ai_flags = AI_PASSIVE | AI_NUMERICSERV }, *res = NULL;
-        int64_t p;
-
-        if (listen[0] == '[') {
-                const char *close = strchr(listen, ']');
-                if (!close || close[1] != ':' || (size_t)(close - listen - 1) >= sizeof host)
-                        return err_set(err, err_len, -EINVAL, "grpc-listen %s: expected [ADDRESS]:PORT", listen);
-                memcpy(host, listen + 1, (size_t)(close - listen - 1));
-                host[close - listen - 1] = '\0';
-                colon = close + 1;
-        } else {
-                colon = strrchr(listen, ':');
-                if (!colon || (size_t)(colon - listen) >= sizeof host)
-                        return err_set(err, err_len, -EINVAL, "grpc-listen %s: expected HOST:PORT", listen);
-                memcpy(host, listen, (size_t)(colon - listen));
-                host[colon - listen] = '\0';
-        }
-        if (parse_int("port", colon + 1, 0, 65535, NULL, 0, &p) < 0)
-                return err_set(err, err_len, -EINVAL, "grpc-listen %s: bad port", listen);
-        snprintf(port, sizeof port, "%lld", (long long)p);
-        int r = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
-        if (r != 0)
-                return err_set(err, err_len, -EINVAL, "grpc-listen %s: %s", listen, gai_strerror(r));
-        if (res->ai_addrlen > sizeof *ret_addr) {
-                freeaddrinfo(res);
-                return err_set(err, err_len, -EINVAL, "grpc-listen %s: unsupported address", listen);
-        }
-        memset(ret_addr, 0, sizeof *ret_addr);
-        memcpy(ret_addr, res->ai_addr, res->ai_addrlen);
-        *ret_len = res->ai_addrlen;
-        freeaddrinfo(res);
-        return 0;
-}
-
 static int listen_on(struct h2_server *s, char *err, size_t err_len)
 {
         struct sockaddr_storage addr;
-        socklen_t al;
+        size_t alen;
         int r, one = 1;
 
-        if ((r = parse_listen(s->opts.listen, &addr, &al, err, err_len)) < 0)
+        if ((r = parse_listen("grpc-listen", s->opts.listen, &addr, &alen, err, err_len)) < 0)
                 return r;
         s->listen_fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (s->listen_fd < 0)
                 return err_set(err, err_len, -errno, "grpc-listen %s: %s", s->opts.listen, strerror(errno));
         setsockopt(s->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        if (bind(s->listen_fd, (struct sockaddr *)&addr, al) < 0 || listen(s->listen_fd, 128) < 0)
+        if (bind(s->listen_fd, (struct sockaddr *)&addr, (socklen_t)alen) < 0 || listen(s->listen_fd, 128) < 0)
                 return err_set(err, err_len, -errno, "grpc-listen %s: %s", s->opts.listen, strerror(errno));
-        al = sizeof addr;
+        socklen_t al = sizeof addr;
         getsockname(s->listen_fd, (struct sockaddr *)&addr, &al);
         char host[INET6_ADDRSTRLEN] = "?";
         int port = 0;

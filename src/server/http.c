@@ -1676,47 +1676,6 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap)
                 s->opts.error_log(s->opts.userdata, fmt, ap);
 }
 
-/* "HOST:PORT", "[V6]:PORT" or ":PORT" (every address) to a socket address. */
-static int parse_listen(const char *listen, struct sockaddr_storage *ret_addr, char *err, size_t err_len)
-{
-        char host[256], port[16];
-        const char *colon;
-        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                                  .ai_flags = AI_PASSIVE | AI_NUMERICSERV }, *res = NULL;
-
-        if (!listen || !*listen)
-                return err_set(err, err_len, -EINVAL, "empty listen address");
-        if (listen[0] == '[') {
-                const char *close = strchr(listen, ']');
-                if (!close || close[1] != ':' || (size_t)(close - listen - 1) >= sizeof host)
-                        return err_set(err, err_len, -EINVAL, "listen %s: expected [ADDRESS]:PORT", listen);
-                memcpy(host, listen + 1, (size_t)(close - listen - 1));
-                host[close - listen - 1] = '\0';
-                colon = close + 1;
-        } else {
-                colon = strrchr(listen, ':');
-                if (!colon || (size_t)(colon - listen) >= sizeof host)
-                        return err_set(err, err_len, -EINVAL, "listen %s: expected HOST:PORT", listen);
-                memcpy(host, listen, (size_t)(colon - listen));
-                host[colon - listen] = '\0';
-        }
-        int64_t p;
-        if (parse_int("port", colon + 1, 0, 65535, NULL, 0, &p) < 0)
-                return err_set(err, err_len, -EINVAL, "listen %s: bad port", listen);
-        snprintf(port, sizeof port, "%lld", (long long)p);
-        int r = getaddrinfo(host[0] ? host : NULL, port, &hints, &res);
-        if (r != 0)
-                return err_set(err, err_len, -EINVAL, "listen %s: %s", listen, gai_strerror(r));
-        if (res->ai_addrlen > sizeof *ret_addr) {
-                freeaddrinfo(res);
-                return err_set(err, err_len, -EINVAL, "listen %s: unsupported address", listen);
-        }
-        memset(ret_addr, 0, sizeof *ret_addr);
-        memcpy(ret_addr, res->ai_addr, res->ai_addrlen);
-        freeaddrinfo(res);
-        return 0;
-}
-
 struct http_server *http_free(struct http_server *s)
 {
         if (!s)
@@ -1852,7 +1811,7 @@ static int main_address(const struct http_opts *opts, char *err, size_t err_len,
         socklen_t sl = sizeof addr;
 
         if (opts->listen_fd <= 0)
-                return parse_listen(opts->listen, ret_addr, err, err_len);
+                return parse_listen("listen", opts->listen, ret_addr, NULL, err, err_len);
         if (getsockname(opts->listen_fd, (struct sockaddr *)&addr, &sl) < 0)
                 return err_set(err, err_len, -errno, "passed socket: %s", strerror(errno));
         if (addr.ss_family != AF_INET && addr.ss_family != AF_INET6)
@@ -1881,7 +1840,7 @@ static int hosts_setup(struct http_server *s, const struct sockaddr_storage *add
                 return r;
         if (!s->opts.admin_listen)
                 return 0;
-        if ((r = parse_listen(s->opts.admin_listen, &aaddr, err, err_len)) < 0)
+        if ((r = parse_listen("admin-listen", s->opts.admin_listen, &aaddr, NULL, err, err_len)) < 0)
                 return r;
         return hosts_new(s->opts.allowed_hosts, addr_is_loopback(&aaddr), err, err_len, &s->admin_hosts);
 }
@@ -1954,7 +1913,7 @@ static int admin_listen(struct http_server *s, char *err, size_t err_len)
 
         if (!s->opts.admin_listen)
                 return 0;
-        if ((r = parse_listen(s->opts.admin_listen, &aaddr, err, err_len)) < 0)
+        if ((r = parse_listen("admin-listen", s->opts.admin_listen, &aaddr, NULL, err, err_len)) < 0)
                 return r;
         s->admin = start_daemon(&s->admin_listener, &aaddr, -1, 1, HTTP_ADMIN_MAX_CONNECTIONS, HTTP_ADMIN_PER_CLIENT,
                                 HTTP_ADMIN_TIMEOUT_S, NULL);

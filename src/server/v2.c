@@ -235,17 +235,6 @@ static bool is_digit(char c)
         return c >= '0' && c <= '9';
 }
 
-static int hex_value(char c)
-{
-        if (is_digit(c))
-                return c - '0';
-        if (c >= 'a' && c <= 'f')
-                return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F')
-                return c - 'A' + 10;
-        return -1;
-}
-
 /* The end of the JSON number at p, or NULL. */
 static const char *scan_number(const char *p, const char *end)
 {

@@ -5,6 +5,7 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
+#include <ctype.h>
 #include <dirent.h>
 #include <netdb.h>
 #include <sched.h>
@@ -553,4 +554,14 @@ int parse_listen(const char *what, const char *listen, struct sockaddr_storage *
                 *ret_len = res->ai_addrlen;
         freeaddrinfo(res);
         return 0;
+}
+
+char *str_trim(char *s)
+{
+        while (isspace((unsigned char)*s))
+                s++;
+        size_t n = strlen(s);
+        while (n > 0 && isspace((unsigned char)s[n - 1]))
+                s[--n] = '\0';
+        return s;
 }

@@ -104,4 +104,8 @@ struct sockaddr_storage;
 int parse_listen(const char *what, const char *listen, struct sockaddr_storage *ret_addr, size_t *ret_len,
                  char *err, size_t err_len);
 
+/* s without leading and trailing white space: advances past the leading,
+ * writes a NUL over the first trailing one. */
+char *str_trim(char *s);
+
 #endif

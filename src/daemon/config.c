@@ -402,16 +402,6 @@ void conf_free(struct conf *c)
         c->file = NULL;
 }
 
-static char *strip(char *s)
-{
-        while (isspace((unsigned char)*s))
-                s++;
-        size_t n = strlen(s);
-        while (n > 0 && isspace((unsigned char)s[n - 1]))
-                s[--n] = '\0';
-        return s;
-}
-
 /* Where a config file is read: its path, the line, and the section the
  * line is in ("?" after an unknown one, whose keys are not reported). */
 struct file_pos {
@@ -447,12 +437,12 @@ static void read_section(char *s, struct file_pos *at, struct diag *d)
 {
         char *close = strchr(s, ']');
 
-        if (!close || strip(close + 1)[0] != '\0') {
+        if (!close || str_trim(close + 1)[0] != '\0') {
                 diag_add(d, "%s:%d: malformed section header", at->path, at->lineno);
                 return;
         }
         *close = '\0';
-        char *name = strip(s + 1);
+        char *name = str_trim(s + 1);
         if (!section_known(name) || strlen(name) >= sizeof at->section) {
                 diag_add(d, "%s:%d: unknown section [%.64s]", at->path, at->lineno, name);
                 at->section[0] = '?';
@@ -473,7 +463,7 @@ static void read_assignment(struct conf *c, char *s, const struct file_pos *at, 
                 return;
         }
         *eq = '\0';
-        char *key = strip(s), *value = strip(eq + 1);
+        char *key = str_trim(s), *value = str_trim(eq + 1);
         size_t vl = strlen(value);
         if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
                 value[vl - 1] = '\0';
@@ -517,7 +507,7 @@ static int load_file(struct conf *c, const char *path, bool must_exist, struct d
                         break;
                 if (r == 0)
                         continue;
-                char *s = strip(line);
+                char *s = str_trim(line);
                 if (!*s || *s == '#' || *s == ';')
                         continue;
                 if (*s == '[')

@@ -37,16 +37,6 @@ static void ident_of(const char *path, char *buf, size_t n)
                  (long long)st.st_size, (long long)st.st_mtim.tv_sec, st.st_mtim.tv_nsec);
 }
 
-static char *trim(char *s)
-{
-        while (isspace((unsigned char)*s))
-                s++;
-        size_t n = strlen(s);
-        while (n > 0 && isspace((unsigned char)s[n - 1]))
-                s[--n] = '\0';
-        return s;
-}
-
 static int parse_policy(char *v, struct repo_model_conf *c, char *err, size_t err_len)
 {
         int64_t x;
@@ -58,7 +48,7 @@ static int parse_policy(char *v, struct repo_model_conf *c, char *err, size_t er
         if (strncmp(v, "latest", 6) == 0 && (v[6] == '\0' || isspace((unsigned char)v[6]))) {
                 c->policy = REPO_LATEST;
                 c->latest = 1;
-                char *n = trim(v + 6);
+                char *n = str_trim(v + 6);
                 if (*n && parse_int("version-policy latest", n, 1, REPO_MAX_VERSIONS, err, err_len, &x) < 0)
                         return -EINVAL;
                 if (*n)
@@ -83,14 +73,13 @@ static int parse_policy(char *v, struct repo_model_conf *c, char *err, size_t er
         return err_set(err, err_len, -EINVAL, "version-policy %.60s: expected latest N, all or specific V,V...", v);
 }
 
-static int parse_choice(const char *key, const char *v, const char *const *names, int n, int *ret)
+static int parse_choice(const char *v, const char *const *names, int n, int *ret)
 {
         for (int i = 0; i < n; i++)
                 if (strcmp(v, names[i]) == 0) {
                         *ret = i;
                         return 0;
                 }
-        (void)key;
         return -EINVAL;
 }
 
@@ -115,13 +104,13 @@ static int conf_set(struct repo_model_conf *c, const char *dir, char *key, char 
                 return n < (int)sizeof c->labels ? 0 : err_set(err, err_len, -E2BIG, "labels: path too long");
         }
         if (strcmp(key, "precision") == 0) {
-                if (parse_choice(key, v, precisions, 3, &k) < 0)
+                if (parse_choice(v, precisions, 3, &k) < 0)
                         return err_set(err, err_len, -EINVAL, "precision %.40s: expected fp32, bf16 or auto", v);
                 c->precision = precision_values[k];
                 return 0;
         }
         if (strcmp(key, "padding") == 0) {
-                if (parse_choice(key, v, paddings, 3, &k) < 0)
+                if (parse_choice(v, paddings, 3, &k) < 0)
                         return err_set(err, err_len, -EINVAL, "padding %.40s: expected auto, same or symmetric", v);
                 c->padding = padding_values[k];
                 return 0;
@@ -170,7 +159,7 @@ static int read_conf(const char *mdir, struct repo_model *m, char *err, size_t e
         }
         while (fgets(line, sizeof line, f)) {
                 lineno++;
-                char *s = trim(line);
+                char *s = str_trim(line);
                 if (!*s || *s == '#' || *s == ';' || *s == '[')
                         continue;
                 char *eq = strchr(s, '=');
@@ -179,7 +168,7 @@ static int read_conf(const char *mdir, struct repo_model *m, char *err, size_t e
                         break;
                 }
                 *eq = '\0';
-                if ((r = conf_set(&m->conf, mdir, trim(s), trim(eq + 1), why, sizeof why)) < 0) {
+                if ((r = conf_set(&m->conf, mdir, str_trim(s), str_trim(eq + 1), why, sizeof why)) < 0) {
                         err_set(err, err_len, r, "%s:%d: %s", path, lineno, why);
                         break;
                 }

@@ -32,9 +32,10 @@ pkgs=(
   haproxy python3-jsonschema
   # the try-it page in a headless browser (integration/ui-browser)
   chromium chromium-driver python3-selenium
-  # benchmarks (tests/bench): ONNX Runtime peer from npm; load generator and
-  # the FastAPI + PyTorch peer server for serve-peers.sh
-  nodejs
+  # benchmarks (tests/bench): ONNX Runtime peer from npm, and python3-onnx
+  # to write its int8 (QDQ) model; load generator and the FastAPI + PyTorch
+  # peer server for serve-peers.sh
+  nodejs python3-onnx
   wrk python3-fastapi python3-uvicorn
 )
 

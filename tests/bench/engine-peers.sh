@@ -16,8 +16,12 @@
 #
 # --precision int8 also runs effnet int8 (calibrated once on the photos
 # Debian ships, every dense conv in int8) next to effnet fp32 and ONNX
-# Runtime fp32 in each round, and prints int8/fp32 and int8/ORT as the
-# median over rounds of the ratios measured within each round.
+# Runtime fp32 in each round, and ONNX Runtime int8: a QDQ model with the
+# same convs in int8 at the same input scales (make_qdq.py, needs
+# python3-onnx), checked against ORT fp32 on the photos as effnet int8 is
+# against effnet fp32 (ort_int8_check.js). It prints int8/fp32, int8/ORT
+# fp32 and int8/ORT int8 as the median over rounds of the ratios measured
+# within each round.
 #
 # A benchmark run by hand, not a test: it never fails on a slow result.
 set -euo pipefail
@@ -217,6 +221,10 @@ run_ort() {
   node "$here/ort_bench.js" --model "$onnx" --modules "$workdir/ort/node_modules" \
     --batch "$1" --threads "$threads" --runs "$runs" --warmup "$warmup" --size "$size"
 }
+run_ort_int8() {
+  node "$here/ort_bench.js" --model "$qdq" --modules "$workdir/ort/node_modules" \
+    --batch "$1" --threads "$threads" --runs "$runs" --warmup "$warmup" --size "$size"
+}
 run_torch() {
   "$py" "$here/torch_bench.py" --safetensors "$st" --variant "$variant" --size "$size" \
     --batch "$1" --threads "$threads" --runs "$runs" --warmup "$warmup" --seed "$seed"
@@ -248,6 +256,31 @@ import daemon; print('\n'.join(sorted(daemon.sample_photos().values())))")
     log "calibration failed: int8 not run"; tail -n 5 "$res/calibrate.log" >&2; status=1
   fi
 fi
+# ONNX Runtime int8: the same convs quantized at the calibration's scales,
+# and how far that moves ORT's logits from its fp32 ones on the same photos
+# (next to effnet int8 against effnet fp32, computed the same way).
+on_ort_int8=0
+qdq="$res/int8.qdq.onnx"
+if [ $on_int8 = 1 ] && [ $do_ort = 1 ]; then
+  if ! "$py" -c 'import onnx' 2>/dev/null; then
+    log "ORT int8 not run: $py cannot import onnx (python3-onnx, scripts/install-deps.sh)"; status=1
+  else
+    log "making ORT's int8 model (QDQ, log in $res/make_qdq.log)"
+    if "$py" "$here/make_qdq.py" --onnx "$onnx" --safetensors "$st" --calibration "$calib" \
+         --images "${photos[@]}" --photos "$res/photos.npy" -o "$qdq" > "$res/make_qdq.log" 2>&1 &&
+       node "$here/ort_int8_check.js" --fp32 "$onnx" --int8 "$qdq" --photos "$res/photos.npy" \
+         --out "$res" --threads "$threads" --modules "$workdir/ort/node_modules" \
+         > "$res/ort-int8-check.json" 2>> "$res/make_qdq.log" &&
+       "$effnet" forward --weights "$st" --input "$res/photos.npy" --output "$res/effnet-fp32-logits.npy" \
+         --threads "$threads" >> "$res/make_qdq.log" 2>&1 &&
+       "$effnet" forward --weights "$st" --input "$res/photos.npy" --output "$res/effnet-int8-logits.npy" \
+         --precision int8 --calibration "$calib" --threads "$threads" >> "$res/make_qdq.log" 2>&1; then
+      on_ort_int8=1
+    else
+      log "ORT int8 not run:"; tail -n 5 "$res/make_qdq.log" >&2; status=1
+    fi
+  fi
+fi
 # run NAME FLAGVAR CMD...: appends JSON lines to $res/NAME.jsonl; on failure
 # shows the error and leaves that engine out of the remaining runs.
 run() {
@@ -270,6 +303,7 @@ for ((r = 1; r <= rounds; r++)); do
     run effnet-fp32 on_fp32 run_effnet_p fp32 "$b"
     run effnet-bf16 on_bf16 run_effnet_p bf16 "$b"
     run effnet-int8 on_int8 run_effnet_int8 "" "$b"
+    run ort-int8 on_ort_int8 run_ort_int8 "$b"
     for cap in "${reachable[@]}"; do
       run "effnet-fp32@$cap" "on_fp32_$cap" run_effnet_cap "$cap" fp32 "$b"
       run "effnet-bf16@$cap" "on_bf16_$cap" run_effnet_cap "$cap" bf16 "$b"

@@ -76,7 +76,7 @@ function smoothImages(n, size) {
 
 async function main() {
   const o = parseArgs(process.argv.slice(2));
-  const ortPath = o.modules ? path.join(o.modules, 'onnxruntime-node') : 'onnxruntime-node';
+  const ortPath = o.modules ? path.resolve(o.modules, 'onnxruntime-node') : 'onnxruntime-node';
   const ort = require(ortPath);
   const version = require(path.join(path.dirname(require.resolve(ortPath)), '..', 'package.json')).version;
 

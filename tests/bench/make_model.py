@@ -110,18 +110,34 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--opset", type=int, default=13)
     ap.add_argument("--onnx", required=True, help="output .onnx (dynamic batch)")
-    ap.add_argument("--safetensors", required=True, help="output .safetensors")
+    ap.add_argument("--safetensors", help="output .safetensors (needed without --load)")
+    ap.add_argument("--load", metavar="SAFETENSORS",
+                    help="export these torchvision-named weights instead of seeded random ones (e.g. "
+                         "`effnet init-weights --scheme torchvision`, whose classifier spreads the logits)")
     args = ap.parse_args()
+    if not args.load and not args.safetensors:
+        ap.error("--safetensors is required without --load")
 
     import torch
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed + 1000)
     model = build_model(args.variant)
-    calibrate_bn(torch, model, args.size, gen)
-
-    write_safetensors(args.safetensors, state_tensors(model),
-                      {"format": "pt",
-                       "source": f"torchvision efficientnet_v2_{args.variant}, random seed {args.seed}"})
+    if args.load:
+        sd = {k: torch.from_numpy(v.copy()) for k, v in read_safetensors(args.load).items()}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+        if missing or unexpected:
+            sys.exit(f"make_model: {args.load}: weight names differ from torchvision: "
+                     f"missing {missing[:5]} unexpected {unexpected[:5]}")
+        model.eval()
+    else:
+        calibrate_bn(torch, model, args.size, gen)
+    if args.safetensors:
+        write_safetensors(args.safetensors, state_tensors(model),
+                          {"format": "pt",
+                           "source": f"torchvision efficientnet_v2_{args.variant}, "
+                                     + (f"from {os.path.basename(args.load)}" if args.load
+                                        else f"random seed {args.seed}")})
 
     x = smooth_images(torch, 1, args.size, gen)
     tmp = args.onnx + ".tmp"
@@ -131,7 +147,8 @@ def main():
                       do_constant_folding=True)
     os.replace(tmp, args.onnx)
     n = sum(p.numel() for p in model.parameters())
-    print(f"model: efficientnet_v2_{args.variant} seed {args.seed}, {n} parameters, "
+    print(f"model: efficientnet_v2_{args.variant} " + (f"from {args.load}" if args.load else f"seed {args.seed}")
+          + f", {n} parameters, "
           f"size {args.size}", file=sys.stderr)
 
 

@@ -51,7 +51,7 @@ def die(msg):
     sys.exit(f"make_qdq: {msg}")
 
 
-def conv_map(graph, inits):
+def conv_map(graph):
     """{effnet layer name: (conv node, torchvision module prefix)} from the
     export's scope names."""
     blocks = {}
@@ -176,7 +176,7 @@ def main():
     args = ap.parse_args()
 
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper, numpy_helper
 
     cal = json.load(open(args.calibration, encoding="utf-8"))
     if cal.get("format") != "effnet-calibration" or cal.get("version") != 1:
@@ -189,7 +189,7 @@ def main():
         die(f"opset {opset}: per-channel DequantizeLinear needs 13")
     inits = {t.name: t for t in g.initializer}
     tensors = read_safetensors(args.safetensors)
-    mapping = conv_map(g, inits)
+    mapping = conv_map(g)
     print(f"make_qdq: {len(cal['layers'])} calibration layers -> ONNX convs:", file=sys.stderr)
     check_mapping(mapping, cal["layers"], inits, tensors)
     int8 = {x["name"]: x["scale"] for x in cal["layers"] if x["int8"]}
@@ -222,7 +222,6 @@ def main():
             out_only[node.output[0]] = mapping[qnodes[node.name][0]][1]
     ranges = output_ranges(args.safetensors, variant, sorted(set(out_only.values())), images[:n - held])
 
-    act_type = TensorProto.UINT8 if args.act == "u8" else TensorProto.INT8
     act_np = np.uint8 if args.act == "u8" else np.int8
     qmax_w = 127 if args.weight_bits == 8 else 63
     new_inits = []
@@ -243,7 +242,7 @@ def main():
             name = f"{base}_dq{k}" if u.name in qnodes else base + "_dq"
             if name not in {n.output[0] for n in nodes}:
                 nodes.append(helper.make_node("DequantizeLinear", [base + "_q", base + "_scale", base + "_zp"],
-                                              [name], name=name.upper()))
+                                              [name], name="DQ_" + name))
             dq_for[(x, u.name)] = name
         new_nodes.setdefault(id(before), []).extend(nodes)
 
@@ -251,7 +250,7 @@ def main():
     for node in g.node:
         if node.name not in qnodes:
             continue
-        layer, s_in = qnodes[node.name]
+        s_in = qnodes[node.name][1]
         x = node.input[0]
         # The pair on an input goes right before the conv and feeds only
         # this conv: a residual add that reads the same tensor keeps it in
@@ -302,7 +301,7 @@ def main():
         order.extend(new_nodes.get(id(node), []))
         order.append(node)
         for i, x in enumerate(node.input):
-            if (x, node.name) in dq_for and not (i == 0 and node.name in qnodes):
+            if (x, node.name) in dq_for:
                 node.input[i] = dq_for[(x, node.name)]
     del g.node[:]
     g.node.extend(order)

@@ -878,9 +878,8 @@ static int sync_share_cpus(const struct conf *c, struct repo_scan *sc, int *work
         /* More models than CPUs: each still needs a thread; their passes
          * take turns through the gate (batcher.h). Said once, not per poll. */
         if (held > cpus && held - cpus != repo.cpus_over)
-                log_msg(LOG_WARNING, "model repository: %d models without their own threads setting share %d "
-                        "usable CPUs, one thread each at least: %d CPUs held, their forward passes take turns",
-                        n, cpus, held);
+                log_msg(LOG_WARNING, "model repository: %d models on %d usable CPUs, one thread each at least: "
+                        "%d CPUs held, their forward passes take turns", n, cpus, held);
         repo.cpus_over = held > cpus ? held - cpus : 0;
 done:
         free(cm);
@@ -921,7 +920,8 @@ static void sync_start(struct daemon *d, const char *why)
         for (int i = 0; i < sc->n; i++)
                 cap += sc->models[i].n_versions;
         job->items = calloc((size_t)cap + 1, sizeof *job->items);
-        int *workers = calloc((size_t)sc->n + 1, sizeof *workers), *threads = calloc((size_t)sc->n + 1, sizeof *threads);
+        int *workers = calloc((size_t)sc->n + 1, sizeof *workers);
+        int *threads = calloc((size_t)sc->n + 1, sizeof *threads);
         if (!job->items || !workers || !threads || sync_share_cpus(c, job->scan, workers, threads) < 0) {
                 free(workers);
                 free(threads);

@@ -1,11 +1,16 @@
 #!/usr/bin/python3
 """Two models under mixed load against one model alone, in one run: the
-throughput (images/s) of a model repository serving one B0, and of one
-serving two B0s (different weights, the same cost per image) with the
-clients split between them. The two configurations alternate, round after
-round, and the medians and their ratio are printed; a ratio near 1.0 means
-that sharing the CPUs between models (the one CPU gate of every model's
-forward passes) costs nothing.
+throughput (images/s) of a model repository serving two B0s (different
+weights, the same cost per image) with the clients split between them,
+against one serving one B0 with the same workers x threads as the two
+together (one-2w: 2 workers, each half the CPUs, as each of the two
+models gets from the CPU budget), and one B0 with the daemon's defaults
+(one: 1 worker x every CPU). The configurations alternate, round after
+round; each round's ratios and their medians are printed. A ratio near
+1.0 against one-2w means that sharing the CPUs between models costs
+nothing. For each run it also prints the images per forward pass and the
+share of the time the workers spent in passes (from /metrics): a share
+well below 100% means the CPUs waited for work.
 
 Usage: tests/bench/models-mixed.py [--effnetd PATH] [--effnet PATH] [--rounds 3]
                                    [--seconds 15] [--clients 8] [--batch 8]
@@ -77,7 +82,7 @@ def main():
         os.makedirs(os.path.join(one, "m1"))
         shutil.copytree(os.path.join(two, "m1", "1"), os.path.join(one, "m1", "1"))
         configs = (("one", one, ["/v1/models/m1/classify"], []),
-                   ("one-w2", one, ["/v1/models/m1/classify"], ["--workers", 2]),
+                   ("one-2w", one, ["/v1/models/m1/classify"], ["--workers", 2]),
                    ("two", two, ["/v1/models/m1/classify", "/v1/models/m2/classify"], []))
         results = {conf: [] for conf, _, _, _ in configs}
         for r in range(a.rounds):
@@ -108,7 +113,7 @@ def main():
                       f"per pass, workers in passes {busy / (t1 - t0) / workers:.0%} of the time, "
                       f"{threads:.0f} threads" + (f", errors {errors[:5]}" if errors else ""), flush=True)
         med = {conf: statistics.median(v) for conf, v in results.items()}
-        for base in ("one", "one-w2"):
+        for base in ("one-2w", "one"):
             paired = [t / o for o, t in zip(results[base], results["two"])]
             print(f"two / {base}, per round: " + ", ".join(f"{x:.2f}" for x in paired) +
                   f"; median {statistics.median(paired):.3f}")

@@ -13,7 +13,7 @@ share of the time the workers spent in passes (from /metrics): a share
 well below 100% means the CPUs waited for work.
 
 Usage: tests/bench/models-mixed.py [--effnetd PATH] [--effnet PATH] [--rounds 3]
-                                   [--seconds 15] [--clients 8] [--batch 8]
+                                   [--seconds 15] [--clients 32] [--batch 8]
 Nothing here passes or fails: the numbers go in docs/benchmarks.md.
 """
 import argparse
@@ -64,7 +64,7 @@ def main():
     ap.add_argument("--effnet", default=os.path.join(ROOT, "build", "src", "cli", "effnet"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=15)
-    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
     a = ap.parse_args()
     photos = dm.sample_photos()

@@ -162,7 +162,8 @@ static const struct conf_setting settings[] = {
         { "workers", "batching", CONF_INT, F(workers), "1", 1, BATCH_MAX_WORKERS, NULL,
           "inference workers (engine executors)" },
         { "threads", "batching", CONF_INT, F(threads), "0", 0, 1024, NULL,
-          "oneDNN threads per worker; 0 = usable CPUs (affinity, cgroup quota) / workers" },
+          "oneDNN threads per worker; 0 = usable CPUs (affinity, cgroup quota) / workers, or with a "
+          "model-repository an even share of them per model" },
         { "deadline-ms", "batching", CONF_MS, F(deadline_us), "30000", 1, 3600000, NULL,
           "time from request headers to the start of inference (504 beyond)" },
         { "watchdog-stall", "batching", CONF_SECONDS, F(watchdog_stall_us), "120", 1, 86400, NULL,

@@ -3,6 +3,7 @@
  * (signals, SIGHUP reloads through daemon/reload.h), drain, teardown. */
 #include "util.h"
 #include "config.h"
+#include "cpushare.h"
 #include "log.h"
 #include "reload.h"
 #include "service.h"
@@ -672,6 +673,7 @@ struct repo_state {
         struct control *attached;     /* load calls answered when the running sync ends */
         bool pending;                 /* a rescan asked for while one runs */
         int64_t next_poll_ns;
+        int cpus_over;                /* CPUs held beyond the usable ones, as last logged */
         pthread_mutex_t lock;         /* guards queue (http threads add to it) */
         struct control *queue;
 };
@@ -753,7 +755,8 @@ static int sync_load(const void *input, char *err, size_t err_len, void **ret_re
                         spec.c.workers = mc->workers;
                 if (mc->threads)
                         spec.c.threads = mc->threads;
-                log_msg(LOG_INFO, "model %s version %lld: loading %s", it->name, (long long)it->version, it->path);
+                log_msg(LOG_INFO, "model %s version %lld: loading %s (%d worker(s) x %d thread(s))", it->name,
+                        (long long)it->version, it->path, (int)spec.c.workers, (int)spec.c.threads);
                 if (generation_open(&spec, it->err, sizeof it->err, &it->g) < 0)
                         it->g = NULL;
         }
@@ -841,6 +844,49 @@ static void sync_retire(struct daemon *d, const struct repo_scan *sc, const char
 
 static void sync_end(struct daemon *d, struct sync_job *job);
 
+/* One CPU budget for the models the scan serves (cpushare.h): each one's
+ * workers and threads per worker into workers[i] and threads[i]; a model
+ * whose threads do not fit gets the reason as its error. -ENOMEM. */
+static int sync_share_cpus(const struct conf *c, struct repo_scan *sc, int *workers, int *threads)
+{
+        struct cpushare_model *cm = calloc((size_t)sc->n + 1, sizeof *cm);
+        int *of = calloc((size_t)sc->n + 1, sizeof *of);
+        int n = 0, cpus = cpu_usable_count(), r = 0;
+
+        if (!cm || !of) {
+                r = -ENOMEM;
+                goto done;
+        }
+        for (int i = 0; i < sc->n; i++) {
+                const struct repo_model *m = &sc->models[i];
+                workers[i] = m->conf.workers ? m->conf.workers : (int)c->workers;
+                threads[i] = 0;
+                if (m->error[0] || (c->model_control_mode == CONF_CONTROL_EXPLICIT && !repo_wants(m->name)))
+                        continue;
+                cm[n] = (struct cpushare_model){ .name = m->name, .workers = workers[i],
+                                                 .threads = m->conf.threads ? m->conf.threads : (int)c->threads,
+                                                 .serving = served_find(m->name, 0) != NULL };
+                of[n++] = i;
+        }
+        int held = cpushare_split(cm, n, cpus);
+        for (int k = 0; k < n; k++) {
+                struct repo_model *m = &sc->models[of[k]];
+                threads[of[k]] = cm[k].ret_threads;
+                if (!cm[k].ret_threads)
+                        snprintf(m->error, sizeof m->error, "%s", cm[k].ret_reason);
+        }
+        /* More models than CPUs: each still needs a thread; their passes
+         * take turns through the gate (batcher.h). Said once, not per poll. */
+        if (held > cpus && held - cpus != repo.cpus_over)
+                log_msg(LOG_WARNING, "model repository: %d models on %d usable CPUs, one thread each at least: "
+                        "%d CPUs held, their forward passes take turns", n, cpus, held);
+        repo.cpus_over = held > cpus ? held - cpus : 0;
+done:
+        free(cm);
+        free(of);
+        return r;
+}
+
 /* Scans the repository and loads what changed: the versions its policies
  * want that are not served with the same file and settings. The loads run
  * on the reload thread; sync_end serves them. A scan while one runs is
@@ -874,7 +920,11 @@ static void sync_start(struct daemon *d, const char *why)
         for (int i = 0; i < sc->n; i++)
                 cap += sc->models[i].n_versions;
         job->items = calloc((size_t)cap + 1, sizeof *job->items);
-        if (!job->items) {
+        int *workers = calloc((size_t)sc->n + 1, sizeof *workers);
+        int *threads = calloc((size_t)sc->n + 1, sizeof *threads);
+        if (!job->items || !workers || !threads || sync_share_cpus(c, job->scan, workers, threads) < 0) {
+                free(workers);
+                free(threads);
                 sync_job_free(job);
                 return;
         }
@@ -893,7 +943,10 @@ static void sync_start(struct daemon *d, const char *why)
                 for (int k = 0; k < m->n_versions; k++) {
                         const struct repo_version *v = &m->versions[k];
                         struct load_item *it = &job->items[job->n];
-                        snprintf(it->ident, sizeof it->ident, "%s|%s", v->ident, m->conf_ident);
+                        /* Its share of the CPUs is a setting too: a share that
+                         * changes (a model added or gone) reloads it. */
+                        snprintf(it->ident, sizeof it->ident, "%s|%s|%dx%d", v->ident, m->conf_ident, workers[i],
+                                 threads[i]);
                         const struct served *s = served_find(m->name, v->version);
                         if (s && strcmp(s->ident, it->ident) == 0)
                                 continue;
@@ -901,11 +954,15 @@ static void sync_start(struct daemon *d, const char *why)
                         it->version = v->version;
                         snprintf(it->path, sizeof it->path, "%s", v->path);
                         it->mc = m->conf;
+                        it->mc.workers = workers[i];
+                        it->mc.threads = threads[i];
                         job->n++;
                 }
                 if (!served_find(m->name, 0) && job->n > 0)
                         reg_set_state(d->reg, m->name, REG_LOADING, "");
         }
+        free(workers);
+        free(threads);
         if (job->n == 0) {
                 sync_end(d, job);
                 return;

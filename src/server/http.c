@@ -625,7 +625,8 @@ static int metrics_row(void *userdata, const struct reg_row *r)
                                        .variant = x->strings[1], .precision = x->strings[2],
                                        .weights = x->strings[3], .weights_sha256 = x->strings[4],
                                        .labels = x->strings[5], .classes = g->info->classes,
-                                       .input_size = g->info->preproc.size, .executor_bytes = bc.exec_bytes };
+                                       .input_size = g->info->preproc.size, .executor_bytes = bc.exec_bytes,
+                                       .threads = bc.workers * bc.threads };
         return 0;
 }
 

@@ -218,6 +218,7 @@ static double v_seconds(const struct metrics_model *m) { return m->batch ? m->ba
 static double v_queue(const struct metrics_model *m) { return m->batch ? m->batch->queue_images : 0; }
 static double v_rejected(const struct metrics_model *m) { return m->batch ? (double)m->batch->jobs_rejected : 0; }
 static double v_exec(const struct metrics_model *m) { return (double)m->executor_bytes; }
+static double v_threads(const struct metrics_model *m) { return m->threads; }
 
 static void put_model(FILE *f, const struct metrics_model *models, int n)
 {
@@ -253,6 +254,9 @@ static void put_model(FILE *f, const struct metrics_model *models, int n)
                       "Jobs refused by a full queue, by model version.", models, n, v_rejected);
         put_per_model(f, "effnetd_model_executor_bytes", "gauge",
                       "Scratch memory of the executors, by model version.", models, n, v_exec);
+        put_per_model(f, "effnetd_model_threads", "gauge",
+                      "Inference threads (workers x threads per worker), by model version: its share of the CPUs.",
+                      models, n, v_threads);
         put_head(f, "effnetd_build_info", "gauge", "effnetd's version (value 1).");
         fprintf(f, "effnetd_build_info{version=\"%s\",compiler=\"%s\"} 1\n", EFFNET_VERSION,
 #ifdef __VERSION__

@@ -40,6 +40,7 @@ struct metrics_model {
         int input_size;
         const struct batch_stats *batch;   /* its batcher's, or NULL */
         size_t executor_bytes;
+        int threads;                   /* workers x threads per worker: its share of the CPUs */
 };
 
 /* One snapshot per module, all borrowed for the call. process: a value

@@ -1,14 +1,19 @@
 #!/usr/bin/python3
 """Two models under mixed load against one model alone, in one run: the
-throughput (images/s) of a model repository serving one B0, and of one
-serving two B0s (different weights, the same cost per image) with the
-clients split between them. The two configurations alternate, round after
-round, and the medians and their ratio are printed; a ratio near 1.0 means
-that sharing the CPUs between models (the one CPU gate of every model's
-forward passes) costs nothing.
+throughput (images/s) of a model repository serving two B0s (different
+weights, the same cost per image) with the clients split between them,
+against one serving one B0 with the same workers x threads as the two
+together (one-2w: 2 workers, each half the CPUs, as each of the two
+models gets from the CPU budget), and one B0 with the daemon's defaults
+(one: 1 worker x every CPU). The configurations alternate, round after
+round; each round's ratios and their medians are printed. A ratio near
+1.0 against one-2w means that sharing the CPUs between models costs
+nothing. For each run it also prints the images per forward pass and the
+share of the time the workers spent in passes (from /metrics): a share
+well below 100% means the CPUs waited for work.
 
 Usage: tests/bench/models-mixed.py [--effnetd PATH] [--effnet PATH] [--rounds 3]
-                                   [--seconds 15] [--clients 8] [--batch 8]
+                                   [--seconds 15] [--clients 32] [--batch 8]
 Nothing here passes or fails: the numbers go in docs/benchmarks.md.
 """
 import argparse
@@ -59,7 +64,7 @@ def main():
     ap.add_argument("--effnet", default=os.path.join(ROOT, "build", "src", "cli", "effnet"))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=15)
-    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--batch", type=int, default=8)
     a = ap.parse_args()
     photos = dm.sample_photos()
@@ -76,28 +81,45 @@ def main():
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.makedirs(os.path.join(one, "m1"))
         shutil.copytree(os.path.join(two, "m1", "1"), os.path.join(one, "m1", "1"))
-        results = {"one": [], "two": []}
+        configs = (("one", one, ["/v1/models/m1/classify"], []),
+                   ("one-2w", one, ["/v1/models/m1/classify"], ["--workers", 2]),
+                   ("two", two, ["/v1/models/m1/classify", "/v1/models/m2/classify"], []))
+        results = {conf: [] for conf, _, _, _ in configs}
         for r in range(a.rounds):
-            for conf, repo, paths in (("one", one, ["/v1/models/m1/classify"]),
-                                      ("two", two, ["/v1/models/m1/classify", "/v1/models/m2/classify"])):
+            for conf, repo, paths, extra in configs:
                 d = dm.Daemon(a.effnetd, None, work, "--model-repository", repo, "--max-batch", a.batch,
-                              "--access-log=false", name=f"{conf}-{r}")
+                              "--access-log=false", *extra, name=f"{conf}-{r}")
                 try:
                     load(d, paths, image, 2, a.clients)   # warm
+                    m0, t0 = d.metrics(), time.monotonic()
                     ips, errors = load(d, paths, image, a.seconds, a.clients)
+                    m1, t1 = d.metrics(), time.monotonic()
+                    listed = dm.parse_json(d.request("GET", "/v1/models")[2])["models"]
                 finally:
                     d.stop()
                 results[conf].append(ips)
-                print(f"round {r + 1} {conf} model(s): {ips:.1f} images/s" + (f", errors {errors[:5]}" if errors else ""),
-                      flush=True)
-        m1, m2 = statistics.median(results["one"]), statistics.median(results["two"])
-        paired = [b / a for a, b in zip(results["one"], results["two"])]
-        print("per-round ratios (two / one, each round's pair run back to back): " +
-              ", ".join(f"{x:.2f}" for x in paired) + f"; their median {statistics.median(paired):.3f}")
-        print(f"median: one model {m1:.1f} images/s, two models mixed {m2:.1f} images/s, ratio {m2 / m1:.3f} "
-              f"({a.rounds} rounds of {a.seconds:.0f} s, {a.clients} clients, max-batch {a.batch}, "
+                passes, busy, threads = 0, 0.0, 0
+                for key, v in m1.items():
+                    if key.startswith("effnetd_model_batches_total{"):
+                        passes += v - m0.get(key, 0)
+                    elif key.startswith("effnetd_model_inference_seconds_total{"):
+                        busy += v - m0.get(key, 0)
+                    elif key.startswith("effnetd_model_threads{"):
+                        threads += v
+                # Where the CPUs went: the share of the time the workers
+                # spent in forward passes, over every worker.
+                workers = sum(m["batching"]["workers"] for m in listed)
+                print(f"round {r + 1} {conf}: {ips:.1f} images/s, {ips * (t1 - t0) / max(passes, 1):.2f} images "
+                      f"per pass, workers in passes {busy / (t1 - t0) / workers:.0%} of the time, "
+                      f"{threads:.0f} threads" + (f", errors {errors[:5]}" if errors else ""), flush=True)
+        med = {conf: statistics.median(v) for conf, v in results.items()}
+        for base in ("one-2w", "one"):
+            paired = [t / o for o, t in zip(results[base], results["two"])]
+            print(f"two / {base}, per round: " + ", ".join(f"{x:.2f}" for x in paired) +
+                  f"; median {statistics.median(paired):.3f}")
+        print("medians: " + ", ".join(f"{conf} {v:.1f} images/s" for conf, v in med.items()) +
+              f" ({a.rounds} rounds of {a.seconds:.0f} s, {a.clients} clients, max-batch {a.batch}, "
               f"{os.cpu_count()} CPUs seen)")
-
 
 if __name__ == "__main__":
     main()

@@ -44,7 +44,7 @@ class Daemon:
     weights None: no --weights flag, so that a --config file names them
     (a flag would pin the file a reload loads)."""
 
-    def __init__(self, exe, weights, workdir, *args, name="effnetd", env=None, wait=True):
+    def __init__(self, exe, weights, workdir, *args, name="effnetd", env=None, wait=True, cpus=None):
         self.name = name
         self.log_path = os.path.join(workdir, f"{name}.log")
         self.log = open(self.log_path, "wb")
@@ -52,7 +52,9 @@ class Daemon:
         full_env.update(env or {})
         cmd = [exe] + (["--weights", weights] if weights else []) + ["--listen", "127.0.0.1:0"] + [str(a) for a in args]
         self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, env=full_env)
+        # cpus: the CPUs it may run on (its usable CPUs, whatever the machine has).
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, env=full_env, preexec_fn=pin)
         self.port = None
         if wait:
             self.wait_listening()

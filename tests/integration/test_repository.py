@@ -11,7 +11,9 @@ folder, against single-model daemons of the same files.
 - a version added, a SIGHUP rescan with nothing changed, and a version
   removed, all under a steady load of requests: no request lost;
 - per-model metrics labels, the access log naming model and version;
-- a broken model reported with its reason while the others serve.
+- a broken model reported with its reason while the others serve;
+- one CPU budget for every model: even shares, a threads setting that
+  would exceed the CPUs refused with the reason.
 
     test_repository.py EFFNETD EFFNET
 """
@@ -310,6 +312,61 @@ def test_poll(effnetd, repo, workdir):
         check(p.stop() == 0, "the poll-mode daemon stops cleanly")
 
 
+def models_threads(d):
+    """{name: (workers, threads per worker)} of the versions /v1/models lists as serving."""
+    models = dm.parse_json(d.request("GET", "/v1/models")[2])["models"]
+    return {m["name"]: (m["batching"]["workers"], m["batching"]["threads_per_worker"])
+            for m in models if m.get("state") == "READY"}
+
+
+def test_cpu_budget(effnetd, workdir):
+    """One CPU budget for every model, on 2 CPUs (the daemon's affinity):
+    two models that name no threads get one CPU each; one whose config.conf
+    asks for 2 threads would push the sum over and is refused with the
+    reason; asking for 1 once a model is gone fits."""
+    mine = sorted(os.sched_getaffinity(0))
+    if len(mine) < 2:
+        print("skip: the CPU budget case needs 2 CPUs")
+        return
+    repo = os.path.join(workdir, "cpu-repo")
+    for name in ("a", "b", "c"):
+        os.makedirs(f"{repo}/{name}/1")
+        shutil.copy(f"{workdir}/spare/b0-3.safetensors", f"{repo}/{name}/1/model.safetensors")
+    with open(f"{repo}/c/config.conf", "w") as f:
+        f.write("threads = 2\n")
+    d = dm.Daemon(effnetd, None, workdir, "--model-repository", repo, "--max-batch", "1", name="cpu-budget",
+                  cpus=set(mine[:2]))
+    c = V2Client(d.port)
+    try:
+        if "share the 2 usable CPUs" not in d.log_text():
+            print("skip: the daemon does not see 2 usable CPUs (a cgroup quota?)")
+            return
+        idx = index_of(c)
+        got = models_threads(d)
+        check(got.get("a") == (1, 1) and got.get("b") == (1, 1),
+              f"two models without a threads setting on 2 CPUs: 1 worker x 1 thread each ({got})")
+        refused = idx.get(("c", None), {})
+        check(refused.get("state") == "UNAVAILABLE" and "need 2 CPUs" in refused.get("reason", "") and
+              "0 of the 2 usable CPUs" in refused.get("reason", ""),
+              f"threads = 2 beside them would exceed the 2 CPUs: refused with the reason ({refused})")
+        check(sum(w * t for w, t in got.values()) <= 2, f"workers x threads over the models fit 2 CPUs ({got})")
+        m = d.metrics()
+        check(m.get('effnetd_model_threads{model="a",version="1"}') == 1, "effnetd_model_threads of a: 1")
+        shutil.rmtree(f"{repo}/b")
+        with open(f"{repo}/c/config.conf", "w") as f:
+            f.write("threads = 1\n")
+        d.proc.send_signal(signal.SIGHUP)
+        ok = wait_index(c, lambda i: i.get(("c", "1"), {}).get("state") == "READY" and ("b", "1") not in i,
+                        timeout=300)
+        got = models_threads(d)
+        check(ok and got == {"a": (1, 1), "c": (1, 1)},
+              f"b gone, c asks for 1 thread: it fits and loads; a keeps its 1 ({got})")
+        check(d.log_text().count("model a version 1: loading") == 1, "a was not reloaded")
+    finally:
+        c.close()
+        check(d.stop() == 0, "the CPU budget daemon stops cleanly")
+
+
 def main():
     effnetd, effnet = dm.find_effnet_tools()
     with tempfile.TemporaryDirectory(prefix="effnetd-repository-") as workdir:
@@ -331,6 +388,7 @@ def main():
             for d in (a, b):
                 d.stop()
             check(r.stop() == 0, "the repository daemon stops cleanly")
+        test_cpu_budget(effnetd, workdir)
         test_explicit(effnetd, repo, workdir)
         test_poll(effnetd, repo, workdir)
     finish()

@@ -824,8 +824,8 @@ static enum MHD_Result classify_headers(struct req *q)
                 return respond_error(q, API_E_OVERLOADED, msg);
 
         /* Without top_k, q->top_k stays 0: the default is taken against the
-         * model that serves the request (on_complete), which a reload may
-         * change while the body arrives. */
+         * model that serves the request (classify_complete), which a reload
+         * may change while the body arrives. */
         const char *k = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, "top_k");
         if (k && api_parse_top_k(k, req_gen(q)->info->classes, &q->top_k) < 0) {
                 snprintf(msg, sizeof msg, "top_k must be an integer in 1..%d", req_gen(q)->info->classes);
@@ -1561,8 +1561,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 atomic_fetch_add(&s->inflight, 1);
                 enum MHD_Result r = on_headers(q, found);
                 /* The body may take long (up to body-timeout): a model
-                 * retired meanwhile is not held for it. on_complete takes
-                 * the generation served then. */
+                 * retired meanwhile is not held for it. The route's
+                 * complete handler takes the generation served then. */
                 if (q->state == REQ_BODY) {
                         pipe_req_drop_model(q->pr);
                         conn_body_due(s, conn, q->start_ns);

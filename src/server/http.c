@@ -4,6 +4,7 @@
 #include "budget.h"
 #include "pipeline.h"
 #include "registry.h"
+#include "routes.h"
 #include "workpool.h"
 #include "hosts.h"
 #include "metrics.h"
@@ -129,13 +130,13 @@ struct req {
         const struct hosts *hosts;  /* the Host names its listener answers */
         bool admin;                 /* came in on the admin listener */
         struct trace_ctx trace;     /* W3C trace context: the caller's trace, or one started here */
-        enum http_route route;
+        struct routes_match match;  /* its route (match.id: what it is counted under) and the model and
+                                     * version its path names */
         enum req_state state;
         int64_t start_ns;
         int top_k;                  /* 0: the default, until the request takes its model version */
         const char *content_type;   /* NULL when absent */
         bool multipart;
-        struct v2_path v2;          /* route V2_ROUTE_NONE for effnetd's own API */
         int64_t v2_version;         /* the version its path names; 0: none */
         int64_t v2_header_len;      /* Inference-Header-Content-Length; -1 when absent */
         struct v2_request *v2req;   /* the parsed infer request, owned */
@@ -167,12 +168,18 @@ static const struct generation *req_gen(const struct req *q)
         return pipe_req_model(q->pr);
 }
 
-/* The model version q names (its /v2 path's model and version, or the
+/* Whether q is under KServe v2's paths: its errors are v2's. */
+static bool req_v2(const struct req *q)
+{
+        return strcmp(http_route_protocol(q->match.id), "v2") == 0;
+}
+
+/* The model version q names (its path's model and version, or the
  * default model): a reference until its work is released. */
 static int req_take_gen(struct req *q)
 {
-        if (q->v2.model)
-                return pipe_req_acquire(q->pr, q->v2.model, q->v2.model_len, q->v2_version);
+        if (q->match.model)
+                return pipe_req_acquire(q->pr, q->match.model, q->match.model_len, q->v2_version);
         return pipe_req_acquire(q->pr, NULL, 0, 0);
 }
 
@@ -205,9 +212,9 @@ static void count_answer(struct req *q, int status, const char *error, size_t an
         char host[INET6_ADDRSTRLEN + 8] = "-";
         double queue_ms = -1;
 
-        atomic_fetch_add(&s->requests[q->route][http_status_index(status)], 1);
-        atomic_fetch_add(&s->latency[q->route][http_latency_bucket(ms / 1e3)], 1);
-        atomic_fetch_add(&s->latency_us[q->route], (unsigned long long)(ms * 1000.0));
+        atomic_fetch_add(&s->requests[q->match.id][http_status_index(status)], 1);
+        atomic_fetch_add(&s->latency[q->match.id][http_latency_bucket(ms / 1e3)], 1);
+        atomic_fetch_add(&s->latency_us[q->match.id], (unsigned long long)(ms * 1000.0));
         const struct pipe_req *pr = q->pr;
         if (pr->job.taken_ns && pr->submit_ns) {
                 queue_ms = (double)(pr->job.taken_ns - pr->submit_ns) / 1e6;
@@ -230,8 +237,8 @@ static void count_answer(struct req *q, int status, const char *error, size_t an
                                  .batch_size = pr->job.batch_size, .ms = ms, .trace_id = q->trace.trace_id_hex,
                                  .span_id = q->trace.span_id_hex, .parent_id = q->trace.parent_id_hex };
         const struct generation *g = req_gen(q);
-        if (g && (q->route == HTTP_ROUTE_CLASSIFY || q->route == HTTP_ROUTE_MODEL_CLASSIFY ||
-                  q->v2.route == V2_ROUTE_INFER)) {
+        if (g && (q->match.id == HTTP_ROUTE_CLASSIFY || q->match.id == HTTP_ROUTE_MODEL_CLASSIFY ||
+                  q->match.id == HTTP_ROUTE_V2_INFER)) {
                 a.model = g->name;
                 a.version = (long long)g->version;
         }
@@ -277,7 +284,7 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
                         pipe_req_charge_force(q->pr, (int64_t)n);
                 }
         } else {
-                const char *fixed = q->v2.route != V2_ROUTE_NONE ? oom_v2 : oom;
+                const char *fixed = req_v2(q) ? oom_v2 : oom;
                 status = 500;
                 content_type = "application/json";
                 header_len = -1;
@@ -301,13 +308,13 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
         /* A browser must not read an answer as anything but its type (JSON
          * as a script or a page). */
         MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
-        if (q->route == HTTP_ROUTE_UI || q->route == HTTP_ROUTE_UI_ASSET) {
+        if (q->match.id == HTTP_ROUTE_UI || q->match.id == HTTP_ROUTE_UI_ASSET) {
                 MHD_add_response_header(resp, "Content-Security-Policy", UI_CSP);
                 MHD_add_response_header(resp, "Referrer-Policy", "no-referrer");
                 MHD_add_response_header(resp, "X-Frame-Options", "DENY");
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, UI_CACHE_CONTROL);
         }
-        if ((q->route == HTTP_ROUTE_CLASSIFY || q->route == HTTP_ROUTE_MODEL_CLASSIFY) && status == 200)
+        if ((q->match.id == HTTP_ROUTE_CLASSIFY || q->match.id == HTTP_ROUTE_MODEL_CLASSIFY) && status == 200)
                 add_server_timing(q, resp);
         if (atomic_load(&s->draining))
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -316,14 +323,8 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
                 snprintf(ra, sizeof ra, "%d", s->opts.retry_after_s);
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, ra);
         }
-        if (status == 405)
-                MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
-                                        q->route == HTTP_ROUTE_CLASSIFY || q->route == HTTP_ROUTE_V2_INFER ||
-                                                        q->route == HTTP_ROUTE_MODEL_CLASSIFY ||
-                                                        q->route == HTTP_ROUTE_V2_REPO_INDEX ||
-                                                        q->route == HTTP_ROUTE_V2_REPO_CONTROL
-                                                ? "POST"
-                                                : "GET, HEAD");
+        if (status == 405 && q->match.allow)
+                MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, q->match.allow);
         enum MHD_Result r = MHD_queue_response(q->conn, (unsigned)status, resp);
         MHD_destroy_response(resp);
         q->state = REQ_ANSWERED;
@@ -347,7 +348,7 @@ static enum MHD_Result respond_error(struct req *q, enum api_error e, const char
         int r;
 
         atomic_fetch_add(&q->s->errors[e], 1);
-        if (q->v2.route != V2_ROUTE_NONE)
+        if (req_v2(q))
                 r = v2_error_body(msg, &body);
         else
                 r = api_error_body(e, msg, &body);
@@ -364,78 +365,6 @@ static enum MHD_Result respond_failed(struct req *q)
 static enum MHD_Result respond_json(struct req *q, int status, const char *json)
 {
         return respond(q, status, strdup(json), "application/json", NULL);
-}
-
-static enum http_route route_of_v2(enum v2_route r)
-{
-        switch (r) {
-        case V2_ROUTE_SERVER: return HTTP_ROUTE_V2_SERVER;
-        case V2_ROUTE_LIVE: return HTTP_ROUTE_V2_LIVE;
-        case V2_ROUTE_READY: return HTTP_ROUTE_V2_READY;
-        case V2_ROUTE_MODEL: return HTTP_ROUTE_V2_MODEL;
-        case V2_ROUTE_MODEL_READY: return HTTP_ROUTE_V2_MODEL_READY;
-        case V2_ROUTE_MODEL_CONFIG: return HTTP_ROUTE_V2_MODEL_CONFIG;
-        case V2_ROUTE_INFER: return HTTP_ROUTE_V2_INFER;
-        case V2_ROUTE_REPO_INDEX: return HTTP_ROUTE_V2_REPO_INDEX;
-        case V2_ROUTE_REPO_LOAD:
-        case V2_ROUTE_REPO_UNLOAD: return HTTP_ROUTE_V2_REPO_CONTROL;
-        default: return HTTP_ROUTE_V2_OTHER;
-        }
-}
-
-/* What the admin listener serves: probes and metrics. */
-static bool admin_route(enum http_route r)
-{
-        return r == HTTP_ROUTE_HEALTHZ || r == HTTP_ROUTE_READYZ || r == HTTP_ROUTE_METRICS ||
-               r == HTTP_ROUTE_V2_LIVE || r == HTTP_ROUTE_V2_READY;
-}
-
-/* What the main listener answers without an API key: the probes, so
- * that orchestrators need no secret. */
-static bool open_route(enum http_route r)
-{
-        return r == HTTP_ROUTE_HEALTHZ || r == HTTP_ROUTE_READYZ || r == HTTP_ROUTE_V2_LIVE || r == HTTP_ROUTE_V2_READY;
-}
-
-static enum http_route route_of(const struct http_server *s, const char *url)
-{
-        static const enum http_route routes[] = { HTTP_ROUTE_CLASSIFY, HTTP_ROUTE_MODELS, HTTP_ROUTE_HEALTHZ,
-                                                  HTTP_ROUTE_READYZ, HTTP_ROUTE_METRICS };
-        struct ui_asset a;
-
-        for (size_t i = 0; i < ARRAY_SIZE(routes); i++)
-                if (strcmp(url, http_route_path(routes[i])) == 0)
-                        return routes[i];
-        if (s->opts.ui && ui_find(url, &a) == 0)
-                return strcmp(url, "/") == 0 ? HTTP_ROUTE_UI : HTTP_ROUTE_UI_ASSET;
-        return HTTP_ROUTE_OTHER;
-}
-
-/* POST /v1/models/{model}[/versions/{v}]/classify: the model and version
- * into p (route V2_ROUTE_NONE: effnetd's own API and its answers). */
-static bool v1_model_path(const char *url, struct v2_path *p)
-{
-        const char *m = NULL, *v = NULL, *rest;
-        size_t ml = 0, vl = 0;
-
-        if (strncmp(url, "/v1/models/", 11) != 0)
-                return false;
-        m = url + 11;
-        rest = strchr(m, '/');
-        if (!rest || rest == m)
-                return false;
-        ml = (size_t)(rest - m);
-        if (strncmp(rest, "/versions/", 10) == 0) {
-                v = rest + 10;
-                rest = strchr(v, '/');
-                if (!rest || rest == v)
-                        return false;
-                vl = (size_t)(rest - v);
-        }
-        if (strcmp(rest, "/classify") != 0)
-                return false;
-        *p = (struct v2_path){ .route = V2_ROUTE_NONE, .model = m, .model_len = ml, .version = v, .version_len = vl };
-        return true;
 }
 
 /* The media type of a Content-Type value without parameters, compared
@@ -682,75 +611,126 @@ static int metrics_body(struct req *q, char **ret_body)
         return r;
 }
 
-static enum MHD_Result serve_get(struct req *q)
+/* ---- the route table's handlers (server/routes.h), by route id ---------------
+ * GET routes answer at their headers; the others read a body first
+ * (REQ_BODY) and answer in their complete handler, or when the work it
+ * started is done. */
+
+/* Takes the model version q's path names; true when there is none, with
+ * the message in msg. */
+static bool model_lookup_failed(struct req *q, char *msg, size_t len)
 {
-        struct http_server *s = q->s;
+        int mlen = (int)(q->match.model_len < 100 ? q->match.model_len : 100);
+        int r = -EINVAL;
+
+        if (routes_version(&q->match, &q->v2_version) == 0 && (r = req_take_gen(q)) == 0)
+                return false;
+        if (r == -EINVAL || r == -ENODEV)
+                snprintf(msg, len, "unknown version '%.*s' of model '%.*s'",
+                         (int)(q->match.version_len < 40 ? q->match.version_len : 40), q->match.version, mlen,
+                         q->match.model);
+        else
+                snprintf(msg, len, "unknown model '%.*s' (GET /v1/models lists the models served)", mlen,
+                         q->match.model);
+        return true;
+}
+
+static enum MHD_Result get_healthz(struct req *q)
+{
+        return respond_json(q, 200, "{\"status\":\"ok\"}");
+}
+
+static enum MHD_Result get_readyz(struct req *q)
+{
+        if (atomic_load(&q->s->draining))
+                return respond_error(q, API_E_DRAINING, "the server is shutting down");
+        return respond_json(q, 200, "{\"status\":\"ready\"}");
+}
+
+static enum MHD_Result get_models(struct req *q)
+{
         char *body = NULL;
 
-        switch (q->route) {
-        case HTTP_ROUTE_HEALTHZ:
-                return respond_json(q, 200, "{\"status\":\"ok\"}");
-        case HTTP_ROUTE_READYZ:
-                if (atomic_load(&s->draining))
-                        return respond_error(q, API_E_DRAINING, "the server is shutting down");
-                return respond_json(q, 200, "{\"status\":\"ready\"}");
-        case HTTP_ROUTE_MODELS:
-                if (models_body(q, &body) < 0)
-                        body = NULL;
-                return respond(q, 200, body, "application/json", NULL);
-        case HTTP_ROUTE_METRICS:
-                if (metrics_body(q, &body) < 0)
-                        body = NULL;
-                return respond(q, 200, body, "text/plain; version=0.0.4; charset=utf-8", NULL);
-        case HTTP_ROUTE_UI:
-        case HTTP_ROUTE_UI_ASSET: {
-                struct ui_asset a;
-                if (ui_find(q->path, &a) < 0)
-                        return respond_error(q, API_E_NOT_FOUND, "no such path");
-                body = malloc(a.len + 1);
-                if (body)
-                        memcpy(body, a.body, a.len + 1);
-                return respond_n(q, 200, body, a.len, a.content_type, NULL, -1);
-        }
-        default:
+        if (models_body(q, &body) < 0)
+                body = NULL;
+        return respond(q, 200, body, "application/json", NULL);
+}
+
+static enum MHD_Result get_metrics(struct req *q)
+{
+        char *body = NULL;
+
+        if (metrics_body(q, &body) < 0)
+                body = NULL;
+        return respond(q, 200, body, "text/plain; version=0.0.4; charset=utf-8", NULL);
+}
+
+/* The try-it page and its assets. */
+static enum MHD_Result get_ui(struct req *q)
+{
+        struct ui_asset a;
+        char *body;
+
+        if (ui_find(q->path, &a) < 0)
                 return respond_error(q, API_E_NOT_FOUND, "no such path");
-        }
+        body = malloc(a.len + 1);
+        if (body)
+                memcpy(body, a.body, a.len + 1);
+        return respond_n(q, 200, body, a.len, a.content_type, NULL, -1);
 }
 
 /* The /v2 health and metadata answers: the same truth as /healthz, /readyz
  * and /v1/models. */
-static enum MHD_Result serve_v2_get(struct req *q)
+static enum MHD_Result get_v2_server(struct req *q)
 {
-        struct http_server *s = q->s;
-        const struct generation *g = req_gen(q);
         char *body = NULL;
 
-        switch (q->v2.route) {
-        case V2_ROUTE_SERVER:
-                if (v2_server_body(&body) < 0)
-                        body = NULL;
-                return respond(q, 200, body, "application/json", NULL);
-        case V2_ROUTE_LIVE:
-                return respond_json(q, 200, "{\"live\":true}");
-        case V2_ROUTE_READY:
-                if (atomic_load(&s->draining))
-                        return respond_error(q, API_E_DRAINING, "the server is shutting down");
-                return respond_json(q, 200, "{\"ready\":true}");
-        case V2_ROUTE_MODEL:
-                return respond_json(q, 200, g->v2_model_body);
-        case V2_ROUTE_MODEL_READY: {
-                char ready[160];
-                if (atomic_load(&s->draining))
-                        return respond_error(q, API_E_DRAINING, "the server is shutting down");
-                /* Variant names are plain ASCII ("efficientnetv2-s"): no escaping. */
-                snprintf(ready, sizeof ready, "{\"name\":\"%s\",\"ready\":true}", g->name);
-                return respond_json(q, 200, ready);
-        }
-        case V2_ROUTE_MODEL_CONFIG:
-                return respond_json(q, 200, g->v2_config_body);
-        default:
-                return respond_error(q, API_E_NOT_FOUND, "no such path");
-        }
+        if (v2_server_body(&body) < 0)
+                body = NULL;
+        return respond(q, 200, body, "application/json", NULL);
+}
+
+static enum MHD_Result get_v2_live(struct req *q)
+{
+        return respond_json(q, 200, "{\"live\":true}");
+}
+
+static enum MHD_Result get_v2_ready(struct req *q)
+{
+        if (atomic_load(&q->s->draining))
+                return respond_error(q, API_E_DRAINING, "the server is shutting down");
+        return respond_json(q, 200, "{\"ready\":true}");
+}
+
+static enum MHD_Result get_v2_model(struct req *q)
+{
+        char msg[256];
+
+        if (model_lookup_failed(q, msg, sizeof msg))
+                return respond_error(q, API_E_NOT_FOUND, msg);
+        return respond_json(q, 200, req_gen(q)->v2_model_body);
+}
+
+static enum MHD_Result get_v2_model_ready(struct req *q)
+{
+        char msg[256], ready[160];
+
+        if (model_lookup_failed(q, msg, sizeof msg))
+                return respond_error(q, API_E_NOT_FOUND, msg);
+        if (atomic_load(&q->s->draining))
+                return respond_error(q, API_E_DRAINING, "the server is shutting down");
+        /* Variant names are plain ASCII ("efficientnetv2-s"): no escaping. */
+        snprintf(ready, sizeof ready, "{\"name\":\"%s\",\"ready\":true}", req_gen(q)->name);
+        return respond_json(q, 200, ready);
+}
+
+static enum MHD_Result get_v2_model_config(struct req *q)
+{
+        char msg[256];
+
+        if (model_lookup_failed(q, msg, sizeof msg))
+                return respond_error(q, API_E_NOT_FOUND, msg);
+        return respond_json(q, 200, req_gen(q)->v2_config_body);
 }
 
 /* Inference-Header-Content-Length: digits only. */
@@ -786,46 +766,15 @@ static bool answers_full(struct http_server *s, char *msg, size_t len)
         return true;
 }
 
-/* The headers of a /v2 request: method, model and version, limits. */
-/* Takes the model version q's /v2 path names; true when there is none,
- * with the message in msg. */
-static bool model_lookup_failed(struct req *q, char *msg, size_t len)
-{
-        int mlen = (int)(q->v2.model_len < 100 ? q->v2.model_len : 100);
-        int r = -EINVAL;
-
-        if (v2_path_version(&q->v2, &q->v2_version) == 0 && (r = req_take_gen(q)) == 0)
-                return false;
-        if (r == -EINVAL || r == -ENODEV)
-                snprintf(msg, len, "unknown version '%.*s' of model '%.*s'",
-                         (int)(q->v2.version_len < 40 ? q->v2.version_len : 40), q->v2.version, mlen, q->v2.model);
-        else
-                snprintf(msg, len, "unknown model '%.*s' (GET /v1/models lists the models served)", mlen,
-                         q->v2.model);
-        return true;
-}
-
-static enum MHD_Result v2_on_headers(struct req *q, bool get)
+/* POST /v2/models/{model}[/versions/{version}]/infer: model and version,
+ * limits, Inference-Header-Content-Length. */
+static enum MHD_Result v2_infer_headers(struct req *q)
 {
         struct http_server *s = q->s;
-        bool infer = q->v2.route == V2_ROUTE_INFER;
-        bool repo = q->v2.route >= V2_ROUTE_REPO_INDEX && q->v2.route <= V2_ROUTE_REPO_UNLOAD;
         char msg[256];
 
-        if (infer || repo ? strcmp(q->method, MHD_HTTP_METHOD_POST) != 0 : !get)
-                return respond_error(q, API_E_METHOD_NOT_ALLOWED, infer || repo ? "use POST" : "use GET");
-        if (infer)
-                q->max_body = (size_t)s->opts.v2_max_body_bytes;
-        if (repo) {
-                /* Its parameters are not used: read and dropped. */
-                q->max_body = HTTP_CONTROL_MAX_BODY;
-                q->state = REQ_BODY;
-                return MHD_YES;
-        }
-        if (q->v2.model && model_lookup_failed(q, msg, sizeof msg))
-                return infer ? fail_after_body(q, API_E_NOT_FOUND, msg) : respond_error(q, API_E_NOT_FOUND, msg);
-        if (!infer)
-                return serve_v2_get(q);
+        if (model_lookup_failed(q, msg, sizeof msg))
+                return fail_after_body(q, API_E_NOT_FOUND, msg);
         const char *cl = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         int64_t cl_bytes;
         if (cl && parse_int("Content-Length", cl, 0, (int64_t)q->max_body, NULL, 0, &cl_bytes) < 0) {
@@ -851,46 +800,22 @@ static enum MHD_Result v2_on_headers(struct req *q, bool get)
         return MHD_YES;
 }
 
-/* First call for a request: route, method and header checks. Answers at
- * once when it can; otherwise the body follows. */
-static enum MHD_Result on_headers(struct req *q)
+/* POST /v2/repository/...: its parameters are not used, read and dropped. */
+static enum MHD_Result control_headers(struct req *q)
+{
+        q->state = REQ_BODY;
+        return MHD_YES;
+}
+
+/* POST /v1/classify and /v1/models/{model}[/versions/{version}]/classify:
+ * the model, draining, top_k, Content-Type, Content-Length. */
+static enum MHD_Result classify_headers(struct req *q)
 {
         struct http_server *s = q->s;
-        bool get = strcmp(q->method, MHD_HTTP_METHOD_GET) == 0 || strcmp(q->method, MHD_HTTP_METHOD_HEAD) == 0;
-        const char *host = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
         char msg[200], why[320];
 
-        /* Before anything is served or read: a page that reached us by DNS
-         * rebinding gets nothing but this. */
-        if (!hosts_allow(q->hosts, host)) {
-                snprintf(why, sizeof why, "Host %.60s is not served here (Host names answered: %s; see the "
-                         "allowed-hosts setting)", host, hosts_describe(q->hosts));
-                return respond_error(q, API_E_MISDIRECTED, why);
-        }
-        /* Before the path is looked at: without a key, nothing (not even
-         * which paths exist) is told but the probes. */
-        if (s->opts.auth && !q->admin && !open_route(q->route)) {
-                enum auth_verdict v = auth_check(s->opts.auth, MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
-                                                                                           "Authorization"));
-                if (v != AUTH_OK) {
-                        snprintf(msg, sizeof msg, "%s: send \"Authorization: Bearer KEY\" with a valid API key",
-                                 v == AUTH_MISSING ? "no API key" : v == AUTH_MALFORMED ? "malformed Authorization"
-                                                                                       : "API key not valid");
-                        return respond_error(q, API_E_UNAUTHENTICATED, msg);
-                }
-        }
-        if (q->route == HTTP_ROUTE_OTHER || q->route == HTTP_ROUTE_V2_OTHER) {
-                snprintf(msg, sizeof msg, "no such path: %.120s", q->path);
-                return respond_error(q, API_E_NOT_FOUND, msg);
-        }
-        if (q->v2.route != V2_ROUTE_NONE)
-                return v2_on_headers(q, get);
-        if (q->route != HTTP_ROUTE_CLASSIFY && q->route != HTTP_ROUTE_MODEL_CLASSIFY)
-                return get ? serve_get(q) : respond_error(q, API_E_METHOD_NOT_ALLOWED, "use GET");
-        if (q->v2.model && model_lookup_failed(q, why, sizeof why))
+        if (q->match.model && model_lookup_failed(q, why, sizeof why))
                 return respond_error(q, API_E_NOT_FOUND, why);
-        if (strcmp(q->method, MHD_HTTP_METHOD_POST) != 0)
-                return respond_error(q, API_E_METHOD_NOT_ALLOWED, "use POST");
         if (atomic_load(&s->draining))
                 return respond_error(q, API_E_DRAINING, "the server is shutting down");
         if (!req_gen(q))
@@ -900,8 +825,8 @@ static enum MHD_Result on_headers(struct req *q)
                 return respond_error(q, API_E_OVERLOADED, msg);
 
         /* Without top_k, q->top_k stays 0: the default is taken against the
-         * model that serves the request (on_complete), which a reload may
-         * change while the body arrives. */
+         * model that serves the request (classify_complete), which a reload
+         * may change while the body arrives. */
         const char *k = MHD_lookup_connection_value(q->conn, MHD_GET_ARGUMENT_KIND, "top_k");
         if (k && api_parse_top_k(k, req_gen(q)->info->classes, &q->top_k) < 0) {
                 snprintf(msg, sizeof msg, "top_k must be an integer in 1..%d", req_gen(q)->info->classes);
@@ -927,6 +852,19 @@ static enum MHD_Result on_headers(struct req *q)
         }
         q->state = REQ_BODY;
         return MHD_YES;
+}
+
+/* The body limit of a route's requests. */
+static size_t body_limit(const struct http_server *s, enum routes_body b)
+{
+        switch (b) {
+        case ROUTES_BODY_V2: return (size_t)s->opts.v2_max_body_bytes;
+        case ROUTES_BODY_CONTROL: return HTTP_CONTROL_MAX_BODY;
+        case ROUTES_BODY_CLASSIFY:
+        case ROUTES_BODY_NONE: break;
+        }
+        /* GET routes answer at their headers and read no body. */
+        return (size_t)s->opts.max_body_bytes;
 }
 
 /* The most bytes q's body can have: its Content-Length when it sent one
@@ -1037,7 +975,7 @@ static void answer_bound(const struct req *q, struct pipe_run *run)
 {
         const struct generation *g = req_gen(q);
 
-        if (q->v2.route == V2_ROUTE_INFER) {
+        if (q->match.id == HTTP_ROUTE_V2_INFER) {
                 size_t k = q->v2req ? (size_t)q->v2req->classification : 0;
                 run->answer_per_image = k ? k * (ANSWER_PREDICTION_MAX + 2 * g->label_max)
                                           : (size_t)g->info->classes * ANSWER_FLOAT_MAX;
@@ -1154,22 +1092,24 @@ static enum MHD_Result start_control(struct req *q)
 {
         struct http_server *s = q->s;
         char name[REG_MAX_NAME + 1], err[512];
+        /* Its two routes differ in their last segment only. */
+        bool load = strcmp(strrchr(q->path, '/'), "/load") == 0;
 
         if (!s->opts.repo_control)
                 return respond_error(q, API_E_INVALID_REQUEST, "this server does not load or unload models");
-        if (q->v2.model_len > REG_MAX_NAME) {
-                snprintf(err, sizeof err, "no model '%.*s'", REG_MAX_NAME, q->v2.model);
+        if (q->match.model_len > REG_MAX_NAME) {
+                snprintf(err, sizeof err, "no model '%.*s'", REG_MAX_NAME, q->match.model);
                 return respond_error(q, API_E_INVALID_REQUEST, err);
         }
-        memcpy(name, q->v2.model, q->v2.model_len);
-        name[q->v2.model_len] = '\0';
+        memcpy(name, q->match.model, q->match.model_len);
+        name[q->match.model_len] = '\0';
         if (!submit_enter(s)) {
                 req_fail(q, API_E_DRAINING, "the server is shutting down");
                 return respond_failed(q);
         }
         q->control = true;
         req_suspend(q);
-        if (s->opts.repo_control(s->opts.userdata, name, q->v2.route == V2_ROUTE_REPO_LOAD, on_control_done, q, err,
+        if (s->opts.repo_control(s->opts.userdata, name, load, on_control_done, q, err,
                                  sizeof err) < 0) {
                 req_fail(q, API_E_INVALID_REQUEST, "%s", err);
                 req_finish(q);
@@ -1178,39 +1118,43 @@ static enum MHD_Result start_control(struct req *q)
         return MHD_YES;
 }
 
+/* Takes the model version served now for a request whose body is in;
+ * false when there is none any more (an unload while the body arrived),
+ * with the answer given. */
+static bool take_gen_after_body(struct req *q, enum MHD_Result *ret)
+{
+        if (req_take_gen(q) == 0)
+                return true;
+        *ret = respond_error(q, API_E_NOT_FOUND, "the model is not served now (unloaded or reloaded)");
+        return false;
+}
+
 /* A whole /v2 infer body: parsed on the worker pool, since a large JSON
  * body takes a while and the polling thread serves other connections. */
-static enum MHD_Result v2_on_complete(struct req *q)
+static enum MHD_Result v2_infer_complete(struct req *q)
 {
         struct pipe_run run = { .mode = PIPE_JOB_PER_IMAGE, .parse = v2_parse, .numbered = true };
+        enum MHD_Result mr;
 
+        if (!take_gen_after_body(q, &mr))
+                return mr;
         return start_pipeline(q, &run);
 }
 
 /* The whole body is here: take the model version served now, split the
  * body into images and hand them to the pipeline. */
-static enum MHD_Result on_complete(struct req *q)
+static enum MHD_Result classify_complete(struct req *q)
 {
         struct http_server *s = q->s;
         const struct generation *g;
         struct pipe_part one, *parts = NULL;
         char err[256], msg[200];
+        enum MHD_Result mr;
         int n = 1, r;
 
-        if (q->pr->failed)
-                return respond_failed(q);
-        if (q->v2.route == V2_ROUTE_REPO_INDEX)
-                return respond_index(q);
-        if (q->v2.route == V2_ROUTE_REPO_LOAD || q->v2.route == V2_ROUTE_REPO_UNLOAD)
-                return start_control(q);
-        if ((r = req_take_gen(q)) < 0) {
-                /* An unload while the body arrived. */
-                snprintf(msg, sizeof msg, "the model is not served now (unloaded or reloaded)");
-                return respond_error(q, API_E_NOT_FOUND, msg);
-        }
+        if (!take_gen_after_body(q, &mr))
+                return mr;
         g = req_gen(q);
-        if (q->v2.route == V2_ROUTE_INFER)
-                return v2_on_complete(q);
         if (q->top_k == 0)
                 api_parse_top_k(NULL, g->info->classes, &q->top_k);
         if (q->top_k > g->info->classes) {
@@ -1252,7 +1196,7 @@ static enum MHD_Result on_complete(struct req *q)
         struct pipe_run run = { .mode = PIPE_ONE_JOB, .parts = parts ? parts : &one, .n = n,
                                 .numbered = q->multipart };
         answer_bound(q, &run);
-        enum MHD_Result mr = start_pipeline(q, &run);
+        mr = start_pipeline(q, &run);
         free(parts);   /* pipe_run copied the array */
         return mr;
 }
@@ -1290,6 +1234,7 @@ static enum MHD_Result answer_v2_infer(struct req *q)
                 r = v2_infer_body(&g->v2, q->v2req, q->pr->logits, &body, &len, &hlen);
         if (r < 0)
                 return answer_body_error(q, r);
+        q->n_images = q->pr->n_images;
         atomic_fetch_add(&q->s->images, (unsigned long long)q->n_images);
         if (q->v2req->binary_output)
                 return respond_n(q, 200, body, len, "application/octet-stream", NULL, (int64_t)hlen);
@@ -1301,13 +1246,97 @@ static enum MHD_Result answer_classify(struct req *q)
 {
         const struct generation *g = req_gen(q);
         char *body = NULL;
-        int r = api_classify_body(g->name, g->labels, q->pr->logits, q->n_images, g->info->classes, q->top_k,
-                                  q->multipart, &body);
+        int r;
+
+        q->n_images = q->pr->n_images;
+        r = api_classify_body(g->name, g->labels, q->pr->logits, q->n_images, g->info->classes, q->top_k,
+                              q->multipart, &body);
 
         if (r < 0)
                 return answer_body_error(q, r);
         atomic_fetch_add(&q->s->images, (unsigned long long)q->n_images);
         return respond(q, 200, body, "application/json", NULL);
+}
+
+/* A load or unload call the daemon carried out. */
+static enum MHD_Result answer_control(struct req *q)
+{
+        return respond(q, 200, strdup(""), "application/json", NULL);
+}
+
+/* Each route's handlers, by the route id of server/routes.h's table (one
+ * id may have several rows: with and without a version, load and unload).
+ * HTTP_ROUTE_OTHER and HTTP_ROUTE_V2_OTHER have none: no such path. */
+struct route_handler {
+        enum MHD_Result (*headers)(struct req *q);   /* answers, or sets REQ_BODY for a body to follow */
+        enum MHD_Result (*complete)(struct req *q);  /* its body is in: answers, or starts work */
+        enum MHD_Result (*answer)(struct req *q);    /* the work it started succeeded */
+};
+
+static const struct route_handler handlers[HTTP_N_ROUTES] = {
+        [HTTP_ROUTE_CLASSIFY] = { classify_headers, classify_complete, answer_classify },
+        [HTTP_ROUTE_MODEL_CLASSIFY] = { classify_headers, classify_complete, answer_classify },
+        [HTTP_ROUTE_MODELS] = { get_models, NULL, NULL },
+        [HTTP_ROUTE_HEALTHZ] = { get_healthz, NULL, NULL },
+        [HTTP_ROUTE_READYZ] = { get_readyz, NULL, NULL },
+        [HTTP_ROUTE_METRICS] = { get_metrics, NULL, NULL },
+        [HTTP_ROUTE_UI] = { get_ui, NULL, NULL },
+        [HTTP_ROUTE_UI_ASSET] = { get_ui, NULL, NULL },
+        [HTTP_ROUTE_V2_SERVER] = { get_v2_server, NULL, NULL },
+        [HTTP_ROUTE_V2_LIVE] = { get_v2_live, NULL, NULL },
+        [HTTP_ROUTE_V2_READY] = { get_v2_ready, NULL, NULL },
+        [HTTP_ROUTE_V2_MODEL] = { get_v2_model, NULL, NULL },
+        [HTTP_ROUTE_V2_MODEL_READY] = { get_v2_model_ready, NULL, NULL },
+        [HTTP_ROUTE_V2_MODEL_CONFIG] = { get_v2_model_config, NULL, NULL },
+        [HTTP_ROUTE_V2_INFER] = { v2_infer_headers, v2_infer_complete, answer_v2_infer },
+        [HTTP_ROUTE_V2_REPO_INDEX] = { control_headers, respond_index, NULL },
+        [HTTP_ROUTE_V2_REPO_CONTROL] = { control_headers, start_control, answer_control },
+};
+
+/* First call for a request, routed (found: routes_match's result): Host,
+ * API key, path and method; then its route's headers handler. */
+static enum MHD_Result on_headers(struct req *q, int found)
+{
+        struct http_server *s = q->s;
+        const char *host = MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_HOST);
+        bool open = q->match.route && (q->match.route->flags & ROUTES_OPEN);
+        char msg[200], why[320];
+
+        /* Before anything is served or read: a page that reached us by DNS
+         * rebinding gets nothing but this. */
+        if (!hosts_allow(q->hosts, host)) {
+                snprintf(why, sizeof why, "Host %.60s is not served here (Host names answered: %s; see the "
+                         "allowed-hosts setting)", host, hosts_describe(q->hosts));
+                return respond_error(q, API_E_MISDIRECTED, why);
+        }
+        /* Before the path is looked at: without a key, nothing (not even
+         * which paths exist) is told but the probes. */
+        if (s->opts.auth && !q->admin && !open) {
+                enum auth_verdict v = auth_check(s->opts.auth, MHD_lookup_connection_value(q->conn, MHD_HEADER_KIND,
+                                                                                           "Authorization"));
+                if (v != AUTH_OK) {
+                        snprintf(msg, sizeof msg, "%s: send \"Authorization: Bearer KEY\" with a valid API key",
+                                 v == AUTH_MISSING ? "no API key" : v == AUTH_MALFORMED ? "malformed Authorization"
+                                                                                       : "API key not valid");
+                        return respond_error(q, API_E_UNAUTHENTICATED, msg);
+                }
+        }
+        if (found == -ENOENT || !handlers[q->match.id].headers) {
+                snprintf(msg, sizeof msg, "no such path: %.120s", q->path);
+                return respond_error(q, API_E_NOT_FOUND, msg);
+        }
+        if (found == -EOPNOTSUPP)
+                return respond_error(q, API_E_METHOD_NOT_ALLOWED,
+                                     strcmp(q->match.route->method, "POST") == 0 ? "use POST" : "use GET");
+        return handlers[q->match.id].headers(q);
+}
+
+/* The whole body is in (or was dropped: the request failed). */
+static enum MHD_Result on_complete(struct req *q)
+{
+        if (q->pr->failed)
+                return respond_failed(q);
+        return handlers[q->match.id].complete(q);
 }
 
 /* The answer of a request whose work is done (or failed). */
@@ -1317,12 +1346,7 @@ static enum MHD_Result answer(struct req *q)
         atomic_fetch_sub(&q->s->waiting, 1);
         if (q->pr->failed)
                 return respond_failed(q);
-        if (q->control)
-                return respond(q, 200, strdup(""), "application/json", NULL);
-        q->n_images = q->pr->n_images;
-        if (q->v2.route == V2_ROUTE_INFER)
-                return answer_v2_infer(q);
-        return answer_classify(q);
+        return handlers[q->match.id].answer(q);
 }
 
 /* After the pipeline's completion resumed the connection. */
@@ -1525,29 +1549,21 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 q->method = method;
                 q->path = url;
                 q->v2_header_len = -1;
-                q->max_body = (size_t)s->opts.max_body_bytes;
-                q->route = v2_parse_path(url, &q->v2) != V2_ROUTE_NONE ? route_of_v2(q->v2.route) : route_of(s, url);
-                if (q->route == HTTP_ROUTE_OTHER && v1_model_path(url, &q->v2))
-                        q->route = HTTP_ROUTE_MODEL_CLASSIFY;
-                q->hosts = s->hosts;
-                if (l->admin) {
-                        q->hosts = s->admin_hosts;
-                        if (!admin_route(q->route)) {
-                                q->route = HTTP_ROUTE_OTHER;
-                                q->v2.route = V2_ROUTE_NONE;
-                        }
-                }
+                int found = routes_match(method, url, (l->admin ? ROUTES_ON_ADMIN : 0) |
+                                                              (s->opts.ui ? ROUTES_WITH_UI : 0), &q->match);
+                q->max_body = body_limit(s, q->match.route ? q->match.route->body : ROUTES_BODY_NONE);
+                q->hosts = l->admin ? s->admin_hosts : s->hosts;
                 q->start_ns = q->pr->start_ns;
-                /* The default model, for the routes of effnetd's own API;
-                 * /v2 model routes take the one their path names. */
-                if (!q->v2.model && q->v2.route != V2_ROUTE_REPO_INDEX)
+                /* The default model, for the routes that name none; the
+                 * others take the one their path names. */
+                if (!q->match.model && q->match.id != HTTP_ROUTE_V2_REPO_INDEX)
                         pipe_req_acquire(q->pr, NULL, 0, 0);
                 *con_cls = q;
                 atomic_fetch_add(&s->inflight, 1);
-                enum MHD_Result r = on_headers(q);
+                enum MHD_Result r = on_headers(q, found);
                 /* The body may take long (up to body-timeout): a model
-                 * retired meanwhile is not held for it. on_complete takes
-                 * the generation served then. */
+                 * retired meanwhile is not held for it. The route's
+                 * complete handler takes the generation served then. */
                 if (q->state == REQ_BODY) {
                         pipe_req_drop_model(q->pr);
                         conn_body_due(s, conn, q->start_ns);

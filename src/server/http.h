@@ -1,11 +1,14 @@
 /* http: the effnetd HTTP server on libmicrohttpd (the only module that
- * includes microhttpd.h). Routes (docs/openapi.yaml):
+ * includes microhttpd.h). Routes (docs/openapi.yaml; their one table is
+ * server/routes.h's):
  *
  *   POST /v1/classify[?top_k=K]  one image body, or multipart/form-data parts
+ *   POST /v1/models/{m}[/versions/{v}]/classify  the same, of a named model
  *   GET  /v1/models | /healthz | /readyz | /metrics
  *   GET  / and /ui/{app.js,app.css}  the try-it page (server/ui.h), unless turned off
  *   KServe v2 (server/v2.h): GET /v2, /v2/health/{live,ready},
- *   /v2/models/{m}[/versions/{v}][/ready|/config]; POST .../infer
+ *   /v2/models/{m}[/versions/{v}][/ready|/config]; POST .../infer;
+ *   POST /v2/repository/index, /v2/repository/models/{m}/{load,unload}
  *
  * libmicrohttpd's polling threads (epoll) read requests and hand each one's
  * work to the request pipeline (server/pipeline.h: decoding on a bounded

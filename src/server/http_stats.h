@@ -20,7 +20,8 @@
 #include "api.h"
 
 /* What a request is counted under: one per path, and one per path template
- * (the KServe v2 model name is a template: one series per route). */
+ * (the KServe v2 model name is a template: one series per route). The route
+ * ids of server/routes.h's table. */
 enum http_route {
         HTTP_ROUTE_CLASSIFY,
         HTTP_ROUTE_MODELS,

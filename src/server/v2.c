@@ -1,4 +1,4 @@
-/* v2: the KServe v2 / Open Inference Protocol: paths, infer parser, bodies. */
+/* v2: the KServe v2 / Open Inference Protocol: infer parser, bodies. */
 #include "v2.h"
 #include "util.h"
 
@@ -10,102 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- paths ------------------------------------------------------------------ */
-
-/* Whether s starts with the segment seg followed by '/' or the end; the rest
- * after it goes to *rest. */
-static bool segment(const char *s, const char *seg, const char **rest)
-{
-        size_t n = strlen(seg);
-        if (strncmp(s, seg, n) != 0 || (s[n] != '\0' && s[n] != '/'))
-                return false;
-        *rest = s + n;
-        return true;
-}
-
-/* The next segment of "/x/..." (non-empty) into *seg, *len; the rest after it. */
-static bool take_segment(const char *s, const char **seg, size_t *len, const char **rest)
-{
-        if (s[0] != '/' || s[1] == '\0' || s[1] == '/')
-                return false;
-        const char *end = strchr(s + 1, '/');
-        *seg = s + 1;
-        *len = end ? (size_t)(end - s - 1) : strlen(s + 1);
-        *rest = s + 1 + *len;
-        return true;
-}
-
-enum v2_route v2_parse_path(const char *path, struct v2_path *ret_path)
-{
-        struct v2_path p = { .route = V2_ROUTE_UNKNOWN };
-        const char *rest;
-
-        if (!segment(path, "/v2", &rest)) {
-                p.route = V2_ROUTE_NONE;
-        } else if (strcmp(rest, "") == 0 || strcmp(rest, "/") == 0) {
-                p.route = V2_ROUTE_SERVER;
-        } else if (strcmp(rest, "/health/live") == 0) {
-                p.route = V2_ROUTE_LIVE;
-        } else if (strcmp(rest, "/health/ready") == 0) {
-                p.route = V2_ROUTE_READY;
-        } else if (strcmp(rest, "/repository/index") == 0) {
-                p.route = V2_ROUTE_REPO_INDEX;
-        } else if (segment(rest, "/repository/models", &rest) &&
-                   take_segment(rest, &p.model, &p.model_len, &rest)) {
-                if (strcmp(rest, "/load") == 0)
-                        p.route = V2_ROUTE_REPO_LOAD;
-                else if (strcmp(rest, "/unload") == 0)
-                        p.route = V2_ROUTE_REPO_UNLOAD;
-        } else if (segment(rest, "/models", &rest) && take_segment(rest, &p.model, &p.model_len, &rest)) {
-                if (segment(rest, "/versions", &rest) &&
-                    !take_segment(rest, &p.version, &p.version_len, &rest))
-                        rest = "/?"; /* "/versions" without a version */
-                if (strcmp(rest, "") == 0)
-                        p.route = V2_ROUTE_MODEL;
-                else if (strcmp(rest, "/ready") == 0)
-                        p.route = V2_ROUTE_MODEL_READY;
-                else if (strcmp(rest, "/config") == 0)
-                        p.route = V2_ROUTE_MODEL_CONFIG;
-                else if (strcmp(rest, "/infer") == 0)
-                        p.route = V2_ROUTE_INFER;
-        }
-        if (p.route == V2_ROUTE_NONE || p.route == V2_ROUTE_UNKNOWN || p.route <= V2_ROUTE_READY ||
-            p.route == V2_ROUTE_REPO_INDEX)
-                p.model = p.version = NULL, p.model_len = p.version_len = 0;
-        *ret_path = p;
-        return p.route;
-}
-
-bool v2_path_model_is(const struct v2_path *p, const char *name)
-{
-        return p->model && strlen(name) == p->model_len && memcmp(p->model, name, p->model_len) == 0;
-}
-
-bool v2_path_version_ok(const struct v2_path *p)
-{
-        return !p->version ||
-               (p->version_len == strlen(V2_MODEL_VERSION) && memcmp(p->version, V2_MODEL_VERSION, p->version_len) == 0);
-}
-
-int v2_path_version(const struct v2_path *p, int64_t *ret_version)
-{
-        int64_t v = 0;
-
-        if (!p->version) {
-                *ret_version = 0;
-                return 0;
-        }
-        if (p->version_len == 0 || p->version_len > 18 || p->version[0] == '0')
-                return -EINVAL;
-        for (size_t i = 0; i < p->version_len; i++) {
-                if (p->version[i] < '0' || p->version[i] > '9')
-                        return -EINVAL;
-                v = v * 10 + (p->version[i] - '0');
-        }
-        *ret_version = v;
-        return 0;
-}
 
 /* The version of m as text, for the bodies. */
 static const char *version_text(const struct v2_model *m, char buf[24])

@@ -1,5 +1,5 @@
 /* v2: the KServe v2 / Open Inference Protocol for the one model effnetd
- * serves: its paths, the infer request parser (JSON tensors, Triton's
+ * serves: the infer request parser (JSON tensors, Triton's
  * binary tensor data extension, BYTES inputs of encoded images) and the
  * JSON bodies (server and model metadata, Triton's model configuration,
  * infer answers with the classification extension, errors).
@@ -72,35 +72,6 @@ size_t v2_head_bytes(size_t json_len);
  * it made them (the client's error, 400); otherwise the weights did (500). */
 #define V2_INPUT_PLAUSIBLE 255.0f
 
-enum v2_route {
-        V2_ROUTE_NONE,          /* not under /v2 */
-        V2_ROUTE_SERVER,        /* GET /v2 */
-        V2_ROUTE_LIVE,          /* GET /v2/health/live */
-        V2_ROUTE_READY,         /* GET /v2/health/ready */
-        V2_ROUTE_MODEL,         /* GET /v2/models/{m}[/versions/{v}] */
-        V2_ROUTE_MODEL_READY,   /* GET .../ready */
-        V2_ROUTE_MODEL_CONFIG,  /* GET .../config */
-        V2_ROUTE_INFER,         /* POST .../infer */
-        V2_ROUTE_REPO_INDEX,    /* POST /v2/repository/index (Triton's model repository extension) */
-        V2_ROUTE_REPO_LOAD,     /* POST /v2/repository/models/{m}/load */
-        V2_ROUTE_REPO_UNLOAD,   /* POST /v2/repository/models/{m}/unload */
-        V2_ROUTE_UNKNOWN,       /* under /v2, but no such path */
-};
-
-/* A /v2 path taken apart. model and version point into the path given
- * (not NUL-terminated); NULL when absent. */
-struct v2_path {
-        enum v2_route route;
-        const char *model;
-        size_t model_len;
-        const char *version;
-        size_t version_len;
-};
-
-/* Parses a request path (without its query). Never fails: anything else is
- * V2_ROUTE_NONE or V2_ROUTE_UNKNOWN. */
-enum v2_route v2_parse_path(const char *path, struct v2_path *ret_path);
-
 /* One entry of POST /v2/repository/index (Triton's model repository
  * extension). */
 struct v2_index_row {
@@ -112,14 +83,6 @@ struct v2_index_row {
 
 /* The index: a JSON array of the rows. -ENOMEM. */
 int v2_repository_index_body(const struct v2_index_row *rows, int n, char **ret_body);
-
-/* Whether the path names model `name`. */
-bool v2_path_model_is(const struct v2_path *p, const char *name);
-/* Whether the path names no version, or V2_MODEL_VERSION. */
-bool v2_path_version_ok(const struct v2_path *p);
-/* The version the path names: 0 when it names none, or a positive
- * integer; -EINVAL for anything else (no such version). */
-int v2_path_version(const struct v2_path *p, int64_t *ret_version);
 
 /* What the bodies describe. */
 struct v2_model {

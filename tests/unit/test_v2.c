@@ -1,4 +1,4 @@
-/* Unit test of the KServe v2 module (src/server/v2.c): paths, base64, the
+/* Unit test of the KServe v2 module (src/server/v2.c): base64, the
  * infer parser on valid and malformed requests (JSON and binary framing),
  * the memory it takes (jansson's allocations counted), the verdict on
  * non-finite logits, and the answer bodies. */
@@ -82,36 +82,6 @@ static void counting_free(void *ptr)
         size_t *p = (size_t *)ptr - 2;
         json_live -= chunk(p[0]);
         free(p);
-}
-
-static void test_paths(void)
-{
-        struct v2_path p;
-
-        CHECK(v2_parse_path("/v1/classify", &p) == V2_ROUTE_NONE);
-        CHECK(v2_parse_path("/v2x", &p) == V2_ROUTE_NONE);
-        CHECK(v2_parse_path("/v2", &p) == V2_ROUTE_SERVER && !p.model);
-        CHECK(v2_parse_path("/v2/", &p) == V2_ROUTE_SERVER);
-        CHECK(v2_parse_path("/v2/health/live", &p) == V2_ROUTE_LIVE);
-        CHECK(v2_parse_path("/v2/health/ready", &p) == V2_ROUTE_READY);
-        CHECK(v2_parse_path("/v2/health", &p) == V2_ROUTE_UNKNOWN);
-        CHECK(v2_parse_path("/v2/models", &p) == V2_ROUTE_UNKNOWN);
-        CHECK(v2_parse_path("/v2/models/", &p) == V2_ROUTE_UNKNOWN);
-        CHECK(v2_parse_path("/v2/models/m", &p) == V2_ROUTE_MODEL && p.model_len == 1 && p.model[0] == 'm' &&
-              !p.version);
-        CHECK(v2_parse_path("/v2/models/m/ready", &p) == V2_ROUTE_MODEL_READY);
-        CHECK(v2_parse_path("/v2/models/m/config", &p) == V2_ROUTE_MODEL_CONFIG);
-        CHECK(v2_parse_path("/v2/models/m/infer", &p) == V2_ROUTE_INFER);
-        CHECK(v2_parse_path("/v2/models/m/versions/1/infer", &p) == V2_ROUTE_INFER && p.version_len == 1 &&
-              v2_path_version_ok(&p));
-        CHECK(v2_parse_path("/v2/models/m/versions/7", &p) == V2_ROUTE_MODEL && !v2_path_version_ok(&p));
-        CHECK(v2_parse_path("/v2/models/m/versions/", &p) == V2_ROUTE_UNKNOWN);
-        CHECK(v2_parse_path("/v2/models/m/versions", &p) == V2_ROUTE_UNKNOWN);
-        CHECK(v2_parse_path("/v2/models/m/infer/x", &p) == V2_ROUTE_UNKNOWN);
-        CHECK(v2_parse_path("/v2/models//infer", &p) == V2_ROUTE_UNKNOWN);
-        v2_parse_path("/v2/models/efficientnetv2-t/config", &p);
-        CHECK(v2_path_model_is(&p, "efficientnetv2-t") && !v2_path_model_is(&p, "efficientnetv2") &&
-              !v2_path_model_is(&p, "efficientnetv2-t2"));
 }
 
 static void test_base64(void)
@@ -624,7 +594,6 @@ int main(void)
         struct api_labels *labels = NULL;
         char err[256];
 
-        test_paths();
         test_base64();
         test_valid();
         test_malformed();

@@ -735,8 +735,14 @@ static enum MHD_Result serve_v2_get(struct req *q)
                 if (atomic_load(&s->draining))
                         return respond_error(q, API_E_DRAINING, "the server is shutting down");
                 return respond_json(q, 200, "{\"ready\":true}");
-        case V2_ROUTE_MODEL:
-                return respond_json(q, 200, g->v2_model_body);
+        case V2_ROUTE_MODEL: {
+                /* "versions": every version serving now, not only this one. */
+                int64_t versions[REG_MAX_LISTED_VERSIONS];
+                int n = reg_versions(s->reg, g->v2.name, versions, REG_MAX_LISTED_VERSIONS);
+                if (v2_model_body(&g->v2, versions, n, &body) < 0)
+                        body = NULL;
+                return respond(q, 200, body, "application/json", NULL);
+        }
         case V2_ROUTE_MODEL_READY: {
                 char ready[160];
                 if (atomic_load(&s->draining))

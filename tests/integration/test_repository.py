@@ -133,7 +133,12 @@ def test_routes(r, a, b, repo_client):
         s, _, j = repo_client.get(path)
         check(s == want, f"GET {path}: {want} ({s} {str(j)[:120]})")
     s, _, j = repo_client.get("/v2/models/b0")
-    check(j["name"] == "b0" and j["versions"] == ["2"], f"/v2/models/b0 is version 2, the highest ({j})")
+    check(j["name"] == "b0" and j["versions"] == ["2", "1"],
+          f"/v2/models/b0 lists every version serving, highest first ({j})")
+    s, _, j = repo_client.get("/v2/models/b0/versions/1")
+    check(j["versions"] == ["2", "1"], f"/v2/models/b0/versions/1 lists them too ({j.get('versions')})")
+    s, _, j = repo_client.get("/v2/models/s")
+    check(j["versions"] == ["1"], f"/v2/models/s: its one version ({j.get('versions')})")
     s, _, j = repo_client.get("/v2/models/s")
     check(j["inputs"][0]["shape"] == [-1, 3, 64, 64], f"s takes its input-size, 64 ({j['inputs'][0]['shape']})")
     s, _, j = repo_client.get("/v2/models/s/config")
@@ -240,7 +245,10 @@ def test_versions_under_load(r, client, repo, workdir):
     check(len(statuses) > before > 0 and not bad,
           f"{len(statuses)} requests across a version added, a rescan and a version removed: none lost ({bad[:5]})")
     s, _, j = client.get("/v2/models/b0")
-    check(j.get("versions") == ["3"], f"b0 now serves version 3 by default ({j.get('versions')})")
+    check(j.get("versions") == ["3", "2"], f"b0 now serves versions 3 and 2 ({j.get('versions')})")
+    res = client.infer("b0", [Tensor("input", "BYTES", [image])], outputs=[Output("probabilities", binary=True)])
+    check(res.status == 200 and res.json.get("model_version") == "3",
+          f"b0 serves version 3 by default ({res.status} {res.json.get('model_version')})")
     s, _, _ = client.get("/v2/models/b0/versions/1/ready")
     check(s == 404, f"the removed version answers 404 ({s})")
     check("loading 1 model version" in r.log_text() and r.log_text().count("model b0 version 2: loading") == 1,

@@ -1,5 +1,6 @@
 /* repository: scans a model repository on disk (Triton's layout). */
 #include "repository.h"
+#include "config.h"
 #include "util.h"
 #include "effnet.h"
 
@@ -134,15 +135,41 @@ static int conf_set(struct repo_model_conf *c, const char *dir, char *key, char 
                         *ints[i].field = (int)x;
                         return 0;
                 }
-        return err_set(err, err_len, -EINVAL, "unknown setting %.60s", key);
+        return err_set(err, err_len, -EINVAL, "unknown key '%.60s'", key);
+}
+
+/* A config.conf as it is read: the model folder, the settings, and the
+ * first error, which makes the model unloadable (the reading stops there). */
+struct conf_read {
+        const char *mdir;
+        struct repo_model_conf *c;
+        char *err;
+        size_t err_len;
+};
+
+/* [sections] are accepted and mean nothing: the keys are the model's. */
+static int conf_line(void *userdata, const struct conf_ini_line *l, char *why, size_t why_len)
+{
+        struct conf_read *cr = userdata;
+
+        return l->key ? conf_set(cr->c, cr->mdir, l->key, l->value, why, why_len) : 0;
+}
+
+static int conf_error(void *userdata, const char *message)
+{
+        struct conf_read *cr = userdata;
+
+        snprintf(cr->err, cr->err_len, "%s", message);
+        return -EINVAL;
 }
 
 /* DIR/NAME/config.conf into m->conf; none is no error. */
 static int read_conf(const char *mdir, struct repo_model *m, char *err, size_t err_len)
 {
-        char path[1200], line[1024], why[400];
-        int lineno = 0, r = 0;
-        FILE *f;
+        char path[1200];
+        struct conf_read cr = { .mdir = mdir, .c = &m->conf, .err = err, .err_len = err_len };
+        struct conf_ini_ops ops = { .line = conf_line, .error = conf_error, .userdata = &cr };
+        int r;
 
         m->conf = (struct repo_model_conf){ .policy = REPO_LATEST, .latest = 1, .precision = -1, .padding = -1,
                                             .bn_eps = -1 };
@@ -150,31 +177,8 @@ static int read_conf(const char *mdir, struct repo_model *m, char *err, size_t e
         if (access(path, R_OK) == 0)
                 snprintf(m->conf.labels, sizeof m->conf.labels, "%.1000s", path);
         snprintf(path, sizeof path, "%s/config.conf", mdir);
-        if (!(f = fopen(path, "r")))
-                return errno == ENOENT ? 0 : err_set(err, err_len, -errno, "%s: %s", path, strerror(errno));
-        struct stat st;
-        if (fstat(fileno(f), &st) == 0 && st.st_size > CONF_MAX_BYTES) {
-                fclose(f);
-                return err_set(err, err_len, -E2BIG, "%s: larger than %d bytes", path, CONF_MAX_BYTES);
-        }
-        while (fgets(line, sizeof line, f)) {
-                lineno++;
-                char *s = str_trim(line);
-                if (!*s || *s == '#' || *s == ';' || *s == '[')
-                        continue;
-                char *eq = strchr(s, '=');
-                if (!eq) {
-                        r = err_set(err, err_len, -EINVAL, "%s:%d: expected key = value", path, lineno);
-                        break;
-                }
-                *eq = '\0';
-                if ((r = conf_set(&m->conf, mdir, str_trim(s), str_trim(eq + 1), why, sizeof why)) < 0) {
-                        err_set(err, err_len, r, "%s:%d: %s", path, lineno, why);
-                        break;
-                }
-        }
-        fclose(f);
-        return r;
+        r = conf_ini_read(path, false, CONF_MAX_BYTES, &ops);
+        return r == -ENOENT ? 0 : r;
 }
 
 static int cmp_version_desc(const void *a, const void *b)
@@ -186,22 +190,24 @@ static int cmp_version_desc(const void *a, const void *b)
 /* The versions of the model in mdir that its policy wants, highest first. */
 static void scan_versions(const char *mdir, struct repo_model *m)
 {
-        struct repo_version found[256];
+        enum { MAX_FOUND = 256 };
+        struct repo_version *found = calloc(MAX_FOUND, sizeof *found);   /* 300 KiB: not on a stack */
         int n = 0;
-        DIR *d = opendir(mdir);
+        DIR *d = found ? opendir(mdir) : NULL;
         struct dirent *e;
 
         if (!d) {
-                snprintf(m->error, sizeof m->error, "%.300s: %s", mdir, strerror(errno));
+                snprintf(m->error, sizeof m->error, "%.300s: %s", mdir, strerror(found ? errno : ENOMEM));
+                free(found);
                 return;
         }
-        while ((e = readdir(d)) && n < (int)ARRAY_SIZE(found)) {
+        while ((e = readdir(d)) && n < MAX_FOUND) {
                 int64_t v;
                 char path[1200];
                 if (e->d_name[0] < '1' || e->d_name[0] > '9' ||
                     parse_int("version", e->d_name, 1, INT64_MAX, NULL, 0, &v) < 0)
                         continue;
-                snprintf(path, sizeof path, "%s/%s/model.safetensors", mdir, e->d_name);
+                snprintf(path, sizeof path, "%.1000s/%.180s/model.safetensors", mdir, e->d_name);
                 struct stat st;
                 if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || strlen(path) >= sizeof found[n].path)
                         continue;   /* a version folder still being written, or something else */
@@ -219,6 +225,7 @@ static void scan_versions(const char *mdir, struct repo_model *m)
                 if (want)
                         m->versions[m->n_versions++] = found[i];
         }
+        free(found);
         if (m->n_versions == 0 && !m->error[0])
                 snprintf(m->error, sizeof m->error, n ? "no version of %.300s/VERSION/model.safetensors that its "
                          "version-policy wants" : "no %.300s/VERSION/model.safetensors (VERSION: a positive integer)",

@@ -11,8 +11,9 @@
  *   for (int i = 0; i < sc->n; i++) ... sc->models[i].versions[k].path ...
  *   sc = repo_scan_free(sc);
  *
- * config.conf keys (all optional; "key = value", '#' and ';' comments,
- * [sections] ignored):
+ * config.conf is read by the daemon's INI reader (config.h: "key = value",
+ * '#' and ';' comments, "quoted" values; [sections] accepted and ignored).
+ * Its keys, all optional:
  *   version-policy = latest N | all | specific V[,V...]   (default latest 1)
  *   labels = FILE (relative to the model's folder), precision, padding,
  *   bn-eps, input-size, max-batch, workers, threads

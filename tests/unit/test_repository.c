@@ -93,7 +93,7 @@ int main(void)
         CHECK(m->conf.input_size == 64 && m->conf.max_batch == 2 && m->conf.workers == 1 && m->conf.threads == 2);
         CHECK(strstr(m->conf.labels, "/s/names.txt") != NULL);
         /* The identity of the settings changes with config.conf. */
-        char before[160];
+        char before[400];
         snprintf(before, sizeof before, "%s", m->conf_ident);
         usleep(20000);
         put("s/config.conf", "input-size = 96\n");
@@ -115,7 +115,41 @@ int main(void)
                 CHECK(scan(&sc, "b0") != NULL);
         }
         put("s/config.conf", "\n\njust words\n");
-        CHECK(strstr(scan(&sc, "s")->error, "config.conf:3:") != NULL);
+        CHECK(strstr(scan(&sc, "s")->error, "config.conf:3: expected key = value") != NULL);
+        /* The daemon's config file's reader and words: headers, unknown keys. */
+        put("s/config.conf", "[model\n");
+        CHECK_CONTAINS(scan(&sc, "s")->error, "config.conf:1: malformed section header");
+        put("s/config.conf", "colour = blue\n");
+        CHECK_CONTAINS(scan(&sc, "s")->error, "config.conf:1: unknown key 'colour'");
+
+        /* Quoted values lose their quotes (labels with a space in its name). */
+        put("s/config.conf", "labels = \"my names.txt\"\nprecision = \"bf16\"\n; a comment\nmax-batch=\"4\"\n");
+        m = scan(&sc, "s");
+        CHECK_MSG(!m->error[0], "%s", m->error);
+        CHECK_MSG(strstr(m->conf.labels, "/s/my names.txt") != NULL, "%s", m->conf.labels);
+        CHECK(m->conf.precision == EFFNET_BF16 && m->conf.max_batch == 4);
+
+        /* An over-long line is reported with its file and line; its rest is
+         * drained, not read as a line of its own. */
+        {
+                static char text[6000];
+                int n = snprintf(text, sizeof text, "max-batch = 2\nlabels = ");
+                memset(text + n, 'x', 5000);
+                snprintf(text + n + 5000, sizeof text - (size_t)n - 5000, " = y\ninput-size = 64\n");
+                put("s/config.conf", text);
+                m = scan(&sc, "s");
+                CHECK_CONTAINS(m->error, "s/config.conf:2: line longer than 4094 bytes");
+                CHECK(m->n_versions == 0);
+        }
+        /* A config.conf over its size limit. */
+        {
+                static char text[70000];
+                for (size_t i = 0; i + 16 < sizeof text; i += 16)
+                        memcpy(text + i, "# padding line\n\n", 16);
+                text[sizeof text - 1] = '\0';
+                put("s/config.conf", text);
+                CHECK_CONTAINS(scan(&sc, "s")->error, "file larger than 65536 bytes");
+        }
 
         /* A model folder without versions is listed with why. */
         mkdir(strcat(strcpy(err, root), "/empty"), 0755);

@@ -82,8 +82,8 @@ static const struct conf_setting settings[] = {
           "Hugging Face Hub cache (downloaded when missing); required. SIGHUP loads them again" },
         { "model-repository", "model", CONF_STRING, F(model_repository), NULL, 0, 0, NULL,
           "a directory of models to serve instead of weights: DIR/NAME/VERSION/model.safetensors (versions are "
-          "positive integers), with an optional DIR/NAME/config.conf (version-policy, labels, precision, padding, "
-          "bn-eps, input-size, max-batch, workers, threads) and DIR/NAME/labels.txt" },
+          "positive integers), with an optional DIR/NAME/config.conf (version-policy, labels, precision, calibration, "
+          "padding, bn-eps, input-size, max-batch, workers, threads) and DIR/NAME/labels.txt" },
         { "model-control-mode", "model", CONF_ENUM, F(model_control_mode), "none", 0, 0, control_modes,
           "none: load every model of model-repository at start (load and unload calls are refused); poll: also "
           "rescan it every repository-poll-secs; explicit: load the load-model ones at start, then take "

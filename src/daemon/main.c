@@ -631,7 +631,8 @@ struct load_item {
         char name[REPO_MAX_NAME + 1];
         int64_t version;
         char path[1024];
-        char ident[400];              /* the file's and its settings' identity */
+        char calibration[1100];       /* its int8 calibration file, or "" */
+        char ident[600];              /* the files' and its settings' identity */
         struct repo_model_conf mc;
         struct generation *g;         /* loaded, or NULL */
         char err[512];
@@ -650,7 +651,7 @@ struct sync_job {
 struct served {
         char name[REPO_MAX_NAME + 1];
         int64_t version;
-        char ident[400];
+        char ident[600];
         struct served *next;
 };
 
@@ -741,6 +742,7 @@ static int sync_load(const void *input, char *err, size_t err_len, void **ret_re
                                           .input_size = mc->input_size };
                 spec.c.weights = it->path;
                 spec.c.labels = mc->labels[0] ? (char *)mc->labels : NULL;
+                spec.c.calibration = it->calibration[0] ? it->calibration : NULL;
                 if (mc->precision >= 0)
                         spec.c.precision = mc->precision;
                 if (mc->padding >= 0)
@@ -900,6 +902,7 @@ static void sync_start(struct daemon *d, const char *why)
                         snprintf(it->name, sizeof it->name, "%s", m->name);
                         it->version = v->version;
                         snprintf(it->path, sizeof it->path, "%s", v->path);
+                        snprintf(it->calibration, sizeof it->calibration, "%s", v->calibration);
                         it->mc = m->conf;
                         job->n++;
                 }

@@ -87,8 +87,8 @@ static int parse_choice(const char *v, const char *const *names, int n, int *ret
 /* One "key = value" of config.conf into c. */
 static int conf_set(struct repo_model_conf *c, const char *dir, char *key, char *v, char *err, size_t err_len)
 {
-        static const char *const precisions[] = { "fp32", "bf16", "auto" };
-        static const int precision_values[] = { EFFNET_FP32, EFFNET_BF16, EFFNET_PRECISION_AUTO };
+        static const char *const precisions[] = { "fp32", "bf16", "auto", "int8" };
+        static const int precision_values[] = { EFFNET_FP32, EFFNET_BF16, EFFNET_PRECISION_AUTO, EFFNET_INT8 };
         static const char *const paddings[] = { "auto", "same", "symmetric" };
         static const int padding_values[] = { EFFNET_PAD_AUTO, EFFNET_PAD_SAME, EFFNET_PAD_SYMMETRIC };
         int64_t x;
@@ -104,9 +104,15 @@ static int conf_set(struct repo_model_conf *c, const char *dir, char *key, char 
                                     : snprintf(c->labels, sizeof c->labels, "%s/%s", dir, v);
                 return n < (int)sizeof c->labels ? 0 : err_set(err, err_len, -E2BIG, "labels: path too long");
         }
+        if (strcmp(key, "calibration") == 0) {
+                if (!*v)
+                        return err_set(err, err_len, -EINVAL, "calibration: empty file name");
+                int n = snprintf(c->calibration, sizeof c->calibration, "%s", v);
+                return n < (int)sizeof c->calibration ? 0 : err_set(err, err_len, -E2BIG, "calibration: path too long");
+        }
         if (strcmp(key, "precision") == 0) {
-                if (parse_choice(v, precisions, 3, &k) < 0)
-                        return err_set(err, err_len, -EINVAL, "precision %.40s: expected fp32, bf16 or auto", v);
+                if (parse_choice(v, precisions, 4, &k) < 0)
+                        return err_set(err, err_len, -EINVAL, "precision %.40s: expected fp32, bf16, auto or int8", v);
                 c->precision = precision_values[k];
                 return 0;
         }
@@ -187,11 +193,26 @@ static int cmp_version_desc(const void *a, const void *b)
         return x < y ? 1 : x > y ? -1 : 0;
 }
 
+/* The calibration file of version folder vname: the calibration key's
+ * (an absolute path, or one relative to the version's folder, since a
+ * calibration is made for one version's weights), else calibration.json
+ * there when it exists; "" for none. */
+static void version_calibration(const char *mdir, const char *vname, const struct repo_model_conf *c, char *buf,
+                                size_t n)
+{
+        if (c->calibration[0] == '/')
+                snprintf(buf, n, "%.1000s", c->calibration);
+        else if (c->calibration[0])
+                snprintf(buf, n, "%.500s/%.30s/%.500s", mdir, vname, c->calibration);
+        else if (snprintf(buf, n, "%.1000s/%.30s/calibration.json", mdir, vname) > 0 && access(buf, F_OK) != 0)
+                buf[0] = '\0';
+}
+
 /* The versions of the model in mdir that its policy wants, highest first. */
 static void scan_versions(const char *mdir, struct repo_model *m)
 {
         enum { MAX_FOUND = 256 };
-        struct repo_version *found = calloc(MAX_FOUND, sizeof *found);   /* 300 KiB: not on a stack */
+        struct repo_version *found = calloc(MAX_FOUND, sizeof *found);   /* 700 KiB: not on a stack */
         int n = 0;
         DIR *d = found ? opendir(mdir) : NULL;
         struct dirent *e;
@@ -213,7 +234,11 @@ static void scan_versions(const char *mdir, struct repo_model *m)
                         continue;   /* a version folder still being written, or something else */
                 found[n].version = v;
                 snprintf(found[n].path, sizeof found[n].path, "%.1020s", path);
-                ident_of(path, found[n].ident, sizeof found[n].ident);
+                version_calibration(mdir, e->d_name, &m->conf, found[n].calibration, sizeof found[n].calibration);
+                char a[160], b[160];
+                ident_of(path, a, sizeof a);
+                ident_of(found[n].calibration[0] ? found[n].calibration : "/", b, sizeof b);
+                snprintf(found[n].ident, sizeof found[n].ident, "%s/%s", a, b);
                 n++;
         }
         closedir(d);

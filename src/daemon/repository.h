@@ -15,8 +15,11 @@
  * '#' and ';' comments, "quoted" values; [sections] accepted and ignored).
  * Its keys, all optional:
  *   version-policy = latest N | all | specific V[,V...]   (default latest 1)
- *   labels = FILE (relative to the model's folder), precision, padding,
- *   bn-eps, input-size, max-batch, workers, threads
+ *   labels = FILE (relative to the model's folder), precision (fp32, bf16,
+ *   auto, int8), calibration = FILE (relative to each version's folder:
+ *   a calibration belongs to one version's weights; default
+ *   VERSION/calibration.json when there is one), padding, bn-eps,
+ *   input-size, max-batch, workers, threads
  */
 #ifndef EFFNET_DAEMON_REPOSITORY_H
 #define EFFNET_DAEMON_REPOSITORY_H
@@ -39,6 +42,7 @@ struct repo_model_conf {
         int64_t specific[REPO_MAX_VERSIONS]; /* REPO_SPECIFIC */
         int n_specific;
         char labels[1024];                   /* "" or a path */
+        char calibration[1024];              /* "" or as written: absolute, or relative to a version's folder */
         int precision;                       /* enum effnet_precision, or -1 */
         int padding;                         /* enum effnet_padding, or -1 */
         double bn_eps;                       /* -1: the daemon's */
@@ -48,7 +52,8 @@ struct repo_model_conf {
 struct repo_version {
         int64_t version;
         char path[1024];                     /* DIR/NAME/VERSION/model.safetensors */
-        char ident[160];                     /* file identity (device, inode, size, mtime) */
+        char calibration[1100];              /* its int8 calibration file, or "" */
+        char ident[330];                     /* the files' identity (device, inode, size, mtime) */
 };
 
 struct repo_model {

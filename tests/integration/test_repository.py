@@ -11,7 +11,10 @@ folder, against single-model daemons of the same files.
 - a version added, a SIGHUP rescan with nothing changed, and a version
   removed, all under a steady load of requests: no request lost;
 - per-model metrics labels, the access log naming model and version;
-- a broken model reported with its reason while the others serve.
+- a broken model reported with its reason while the others serve;
+- a model in int8 with the calibration beside its weights and its
+  self-check in /v1/models, and one whose calibration was made for other
+  weights failing with that reason while the others serve.
 
     test_repository.py EFFNETD EFFNET
 """
@@ -318,6 +321,58 @@ def test_poll(effnetd, repo, workdir):
         check(p.stop() == 0, "the poll-mode daemon stops cleanly")
 
 
+def test_int8(effnetd, effnet, workdir):
+    """A repository where one model runs int8 with the calibration beside
+    its weights, one names (quoted, relative to its version's folder) a
+    calibration made for other weights, and one serves fp32."""
+    photos = sorted(dm.sample_photos().values())
+    if len(photos) < 4:
+        print(f"int8 in a repository: skipped, {len(photos)} photos (python3-matplotlib, python3-skimage)")
+        return
+    repo = os.path.join(workdir, "repo8")
+    init_weights(effnet, "b0", 7, f"{repo}/q/1/model.safetensors")
+    init_weights(effnet, "b0", 8, f"{repo}/wrong/1/model.safetensors")
+    os.makedirs(f"{repo}/plain/1")
+    shutil.copy(f"{repo}/q/1/model.safetensors", f"{repo}/plain/1/model.safetensors")
+    cal = f"{repo}/q/1/calibration.json"
+    p = subprocess.run([effnet, "calibrate", "--weights", f"{repo}/q/1/model.safetensors", "--images"] + photos +
+                       ["--method", "mse", "--threshold", "-1", "-o", cal], capture_output=True, text=True,
+                       timeout=900)
+    check(p.returncode == 0 and os.path.exists(cal), f"effnet calibrate q/1: {p.stderr[-300:]}")
+    selfcheck = dm.parse_json(open(cal, "rb").read())["selfcheck"]
+    with open(f"{repo}/q/config.conf", "w") as f:
+        f.write("[model]\nprecision = int8\nmax-batch = 2\n")
+    with open(f"{repo}/wrong/config.conf", "w") as f:
+        f.write('precision = int8\ncalibration = "../../q/1/calibration.json"\n')
+    d = dm.Daemon(effnetd, None, workdir, "--model-repository", repo, name="repository-int8")
+    c = V2Client(d.port)
+    try:
+        s, _, body = d.request("GET", "/v1/models")
+        got = {(m["name"], m.get("version")): m for m in dm.parse_json(body)["models"]}
+        q = got.get(("q", 1), {})
+        k = q.get("int8") or {}
+        same = all(abs(k.get(key, -1) - selfcheck[key]) < 1e-6 for key in
+                   ("top1_agreement", "top5_overlap", "max_logit_diff", "rms_logit_diff"))
+        check(s == 200 and q.get("state") == "READY" and q.get("precision") == "int8" and
+              k.get("images") == selfcheck["images"] and same,
+              f"/v1/models: q runs int8 with its calibration's self-check ({q.get('precision')}, {k})")
+        plain = got.get(("plain", 1), {})
+        check(plain.get("state") == "READY" and plain.get("precision") in ("fp32", "bf16") and "int8" not in plain,
+              f"/v1/models: plain serves {plain.get('precision')} beside it")
+        idx = index_of(c)
+        wrong = idx.get(("wrong", None), {})
+        check(wrong.get("state") == "UNAVAILABLE" and "other weights" in wrong.get("reason", ""),
+              f"repository index: the calibration made for other weights is wrong's reason ({wrong})")
+        for model in ("q", "plain"):
+            st, j = classify(d, f"/v1/models/{model}/classify", dm.read(photos[0]))
+            check(st == 200 and len(j.get("predictions", [])) == TOP_K, f"{model} classifies ({st})")
+        st, j = classify(d, "/v1/models/wrong/classify", TINY)
+        check(st == 404, f"wrong serves nothing ({st})")
+    finally:
+        c.close()
+        check(d.stop() == 0, "the int8 repository daemon stops cleanly")
+
+
 def main():
     effnetd, effnet = dm.find_effnet_tools()
     with tempfile.TemporaryDirectory(prefix="effnetd-repository-") as workdir:
@@ -341,6 +396,7 @@ def main():
             check(r.stop() == 0, "the repository daemon stops cleanly")
         test_explicit(effnetd, repo, workdir)
         test_poll(effnetd, repo, workdir)
+        test_int8(effnetd, effnet, workdir)
     finish()
 
 

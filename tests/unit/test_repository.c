@@ -151,6 +151,31 @@ int main(void)
                 CHECK_CONTAINS(scan(&sc, "s")->error, "file larger than 65536 bytes");
         }
 
+        /* int8: the calibration beside each version's weights, or the
+         * calibration key's file, relative to the version's folder. */
+        put("c/1/model.safetensors", "c1");
+        put("c/2/model.safetensors", "c2");
+        put("c/config.conf", "precision = int8\nversion-policy = all\n");
+        put("c/2/calibration.json", "{}");
+        m = scan(&sc, "c");
+        CHECK_MSG(m && !m->error[0] && m->n_versions == 2, "%s", m ? m->error : "");
+        CHECK(m->conf.precision == EFFNET_INT8);
+        CHECK_MSG(strstr(m->versions[0].calibration, "/c/2/calibration.json") != NULL, "%s",
+                  m->versions[0].calibration);
+        CHECK_MSG(m->versions[1].calibration[0] == '\0', "%s", m->versions[1].calibration);
+        snprintf(before, sizeof before, "%s", m->versions[0].ident);
+        usleep(20000);
+        put("c/2/calibration.json", "{ }");
+        m = scan(&sc, "c");
+        CHECK_MSG(strcmp(before, m->versions[0].ident) != 0, "%s", m->versions[0].ident);
+        put("c/config.conf", "precision = int8\ncalibration = \"../cal.json\"\n");
+        m = scan(&sc, "c");
+        CHECK_MSG(strstr(m->versions[0].calibration, "/c/2/../cal.json") != NULL, "%s", m->versions[0].calibration);
+        put("c/config.conf", "calibration = /srv/cal.json\n");
+        CHECK(strcmp(scan(&sc, "c")->versions[0].calibration, "/srv/cal.json") == 0);
+        put("c/config.conf", "calibration =\n");
+        CHECK_CONTAINS(scan(&sc, "c")->error, "c/config.conf:1: calibration");
+
         /* A model folder without versions is listed with why. */
         mkdir(strcat(strcpy(err, root), "/empty"), 0755);
         m = scan(&sc, "empty");

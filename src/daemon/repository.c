@@ -5,6 +5,8 @@
 #include "effnet.h"
 
 #include <ctype.h>
+#include <jansson.h>
+#include <stdatomic.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -187,6 +189,151 @@ static int read_conf(const char *mdir, struct repo_model *m, char *err, size_t e
         return r == -ENOENT ? 0 : r;
 }
 
+/* The pairs of o over c (their values were checked when o was parsed,
+ * against the same function). */
+static int override_apply(const struct repo_override *o, const char *mdir, struct repo_model_conf *c, char *err,
+                          size_t err_len)
+{
+        char key[64], value[REPO_OVERRIDE_MAX_VALUE + 1];
+        int r;
+
+        for (int i = 0; i < o->n; i++) {
+                snprintf(key, sizeof key, "%s", o->keys[i]);
+                snprintf(value, sizeof value, "%s", o->values[i]);
+                if ((r = conf_set(c, mdir, key, value, err, err_len)) < 0)
+                        return r;
+        }
+        return 0;
+}
+
+/* s (n bytes and a NUL) into o's text; NULL when it is full. */
+static const char *override_store(struct repo_override *o, const char *s, size_t n)
+{
+        if (o->cap - o->used < n + 1)
+                return NULL;
+        char *at = o->text + o->used;
+        memcpy(at, s, n);
+        at[n] = '\0';
+        o->used += n + 1;
+        return at;
+}
+
+/* One key and value of a load's config into o, checked as config.conf's
+ * would be (against a scratch conf: a value's meaning, such as a relative
+ * path, comes with the scan). */
+static int override_add(struct repo_override *o, const char *key, json_t *v, char *err, size_t err_len)
+{
+        struct repo_model_conf scratch = { .policy = REPO_LATEST, .latest = 1 };
+        char k[64], value[REPO_OVERRIDE_MAX_VALUE + 2], shown[64];
+        int n;
+
+        if (o->n >= REPO_OVERRIDE_MAX_KEYS)
+                return err_set(err, err_len, -E2BIG, "more than %d keys", REPO_OVERRIDE_MAX_KEYS);
+        if (snprintf(k, sizeof k, "%s", key) >= (int)sizeof k) {
+                str_escape(key, shown, sizeof shown);
+                return err_set(err, err_len, -EINVAL, "unknown key '%s'", shown);
+        }
+        if (json_is_string(v))
+                n = snprintf(value, sizeof value, "%s", json_string_value(v));
+        else if (json_is_integer(v))
+                n = snprintf(value, sizeof value, "%lld", (long long)json_integer_value(v));
+        else if (json_is_real(v))
+                n = snprintf(value, sizeof value, "%.17g", json_real_value(v));
+        else if (json_is_boolean(v))
+                n = snprintf(value, sizeof value, "%s", json_is_true(v) ? "true" : "false");
+        else
+                return err_set(err, err_len, -EINVAL, "%s: a string or a number, not %s", k,
+                               json_is_null(v) ? "null" : json_is_array(v) ? "an array" : "an object");
+        if (n > REPO_OVERRIDE_MAX_VALUE)
+                return err_set(err, err_len, -E2BIG, "%s: value longer than %d bytes", k, REPO_OVERRIDE_MAX_VALUE);
+        const char *sk = override_store(o, k, strlen(k)), *sv = override_store(o, value, (size_t)n);
+        if (!sk || !sv)
+                return err_set(err, err_len, -E2BIG, "the config is too large");
+        /* conf_set writes into its key and value: the stored copies stay as given. */
+        if (conf_set(&scratch, ".", k, value, err, err_len) < 0)
+                return -EINVAL;
+        o->keys[o->n] = sk;
+        o->values[o->n] = sv;
+        o->n++;
+        return 0;
+}
+
+int repo_override_parse(const char *name, const char *body, size_t len, char *err, size_t err_len,
+                        struct repo_override **ret_override)
+{
+        static _Atomic uint64_t next_id = 1;
+        struct repo_override *o = NULL;
+        json_t *root = NULL, *config = NULL, *params, *v;
+        json_error_t jerr;
+        const char *key;
+        char why[512];
+        int r = 0;
+
+        /* An empty body, or one without parameters.config: config.conf alone. */
+        if (len == 0)
+                goto none;
+        if (!(root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr)) || !json_is_object(root)) {
+                r = err_set(err, err_len, -EINVAL, "the load's body is not a JSON object%s%.200s",
+                            root ? "" : ": ", root ? "" : jerr.text);
+                goto done;
+        }
+        params = json_object_get(root, "parameters");
+        if (params && !json_is_object(params)) {
+                r = err_set(err, err_len, -EINVAL, "the load's \"parameters\" is not an object");
+                goto done;
+        }
+        json_object_foreach(params, key, v)
+                if (strcmp(key, "config") != 0) {
+                        char shown[64];
+                        str_escape(key, shown, sizeof shown);
+                        r = err_set(err, err_len, -EINVAL, "the load's parameter '%s' is not supported (only config)",
+                                    shown);
+                        goto done;
+                }
+        v = params ? json_object_get(params, "config") : NULL;
+        if (!v)
+                goto none;
+        if (!json_is_string(v) ||
+            !(config = json_loadb(json_string_value(v), json_string_length(v), JSON_REJECT_DUPLICATES, &jerr)) ||
+            !json_is_object(config)) {
+                r = err_set(err, err_len, -EINVAL, "the load's config is not a string holding a JSON object of "
+                            "config.conf's keys%s%.200s", config || !json_is_string(v) ? "" : ": ",
+                            config || !json_is_string(v) ? "" : jerr.text);
+                goto done;
+        }
+        /* Room for the keys and values as given, numbers written out longer
+         * than in JSON (at most 24 bytes each) and their NULs. */
+        size_t cap = json_string_length(v) + REPO_OVERRIDE_MAX_KEYS * 32;
+        if (!(o = calloc(1, sizeof *o + cap))) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto done;
+        }
+        snprintf(o->name, sizeof o->name, "%s", name);
+        o->cap = cap;
+        json_object_foreach(config, key, v)
+                if ((r = override_add(o, key, v, why, sizeof why)) < 0) {
+                        err_set(err, err_len, r, "the load's config: %s", why);
+                        goto done;
+                }
+        o->id = next_id++;
+        *ret_override = o;
+        o = NULL;
+        goto done;
+none:
+        *ret_override = NULL;
+done:
+        free(o);
+        json_decref(config);
+        json_decref(root);
+        return r;
+}
+
+struct repo_override *repo_override_free(struct repo_override *o)
+{
+        free(o);
+        return NULL;
+}
+
 static int cmp_version_desc(const void *a, const void *b)
 {
         int64_t x = ((const struct repo_version *)a)->version, y = ((const struct repo_version *)b)->version;
@@ -262,7 +409,8 @@ static int cmp_model(const void *a, const void *b)
         return strcmp(((const struct repo_model *)a)->name, ((const struct repo_model *)b)->name);
 }
 
-int repo_scan(const char *dir, const char *only, char *err, size_t err_len, struct repo_scan **ret_scan)
+int repo_scan(const char *dir, const char *only, const struct repo_override *overrides, char *err, size_t err_len,
+              struct repo_scan **ret_scan)
 {
         struct repo_scan *sc = NULL;
         DIR *d = NULL;
@@ -301,6 +449,16 @@ int repo_scan(const char *dir, const char *only, char *err, size_t err_len, stru
                 ident_of(cp, a, sizeof a);
                 ident_of(m->conf.labels[0] ? m->conf.labels : "/", b, sizeof b);
                 snprintf(m->conf_ident, sizeof m->conf_ident, "%.70s/%.70s", a, b);
+                const struct repo_override *o = overrides;
+                while (o && strcmp(o->name, m->name) != 0)
+                        o = o->next;
+                if (o && override_apply(o, mdir, &m->conf, why, sizeof why) < 0) {
+                        snprintf(m->error, sizeof m->error, "the load's config: %.400s", why);
+                        continue;
+                }
+                if (o)
+                        snprintf(m->conf_ident + strlen(m->conf_ident), sizeof m->conf_ident - strlen(m->conf_ident),
+                                 "/override %llu", (unsigned long long)o->id);
                 scan_versions(mdir, m);
         }
         if (only && sc->n == 0) {

@@ -822,7 +822,7 @@ static enum MHD_Result v2_on_headers(struct req *q, bool get)
         if (infer)
                 q->max_body = (size_t)s->opts.v2_max_body_bytes;
         if (repo) {
-                /* Its parameters are not used: read and dropped. */
+                /* Its body goes to the daemon (a load's config). */
                 q->max_body = HTTP_CONTROL_MAX_BODY;
                 q->state = REQ_BODY;
                 return MHD_YES;
@@ -1174,8 +1174,8 @@ static enum MHD_Result start_control(struct req *q)
         }
         q->control = true;
         req_suspend(q);
-        if (s->opts.repo_control(s->opts.userdata, name, q->v2.route == V2_ROUTE_REPO_LOAD, on_control_done, q, err,
-                                 sizeof err) < 0) {
+        if (s->opts.repo_control(s->opts.userdata, name, q->v2.route == V2_ROUTE_REPO_LOAD, (const char *)q->pr->body,
+                                 q->pr->len, on_control_done, q, err, sizeof err) < 0) {
                 req_fail(q, API_E_INVALID_REQUEST, "%s", err);
                 req_finish(q);
         }

@@ -29,7 +29,7 @@ static void scan_as_model_conf(const uint8_t *data, size_t size)
         if (f) {
                 fwrite(data, 1, size, f);
                 fclose(f);
-                if (repo_scan(dir, NULL, err, sizeof err, &sc) < 0 || sc->n != 1 || !sc->models[0].error[0])
+                if (repo_scan(dir, NULL, NULL, err, sizeof err, &sc) < 0 || sc->n != 1 || !sc->models[0].error[0])
                         abort();
                 sc = repo_scan_free(sc);
         }

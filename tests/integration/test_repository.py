@@ -7,7 +7,8 @@ folder, against single-model daemons of the same files.
   infer with and without /versions/{v}) answers what a single-model daemon
   answers for the same file; a version's answer is its own;
 - Triton's repository extension with the wire calls of tritonclient.http
-  (v2client.py): index, load and unload, refused outside explicit mode;
+  (v2client.py): index, load (with and without a config override, a bad
+  one refused) and unload, refused outside explicit mode;
 - a version added, a SIGHUP rescan with nothing changed, and a version
   removed, all under a steady load of requests: no request lost;
 - per-model metrics labels, the access log naming model and version;
@@ -276,6 +277,7 @@ def test_explicit(effnetd, repo, workdir):
         check(idx.get(("b0", "3"), {}).get("state") == "READY", f"load_model('b0'): loaded ({sorted(idx)})")
         s, _ = classify(e, "/v1/models/b0/classify", image)
         check(s == 200, f"explicit: b0 serves once loaded ({s})")
+        test_load_config(e, c, image)
         c.unload_model("b0")
         s, _ = classify(e, "/v1/models/b0/classify", TINY)
         check(s == 404, f"unload_model('b0'): 404 afterwards ({s})")
@@ -297,6 +299,32 @@ def test_explicit(effnetd, repo, workdir):
     finally:
         c.close()
         check(e.stop() == 0, "the explicit-mode daemon stops cleanly")
+
+
+def max_batch_of(client, model):
+    return client.get(f"/v2/models/{model}/config")[2].get("max_batch_size")
+
+
+def test_load_config(e, c, image):
+    """Triton's load with {"parameters": {"config": "<JSON>"}}: config.conf's
+    keys for that load, checked as config.conf's lines; a bad one is
+    refused (400) with nothing loaded."""
+    c.load_model("b0", config='{"max-batch": 3, "workers": 1}')
+    check(max_batch_of(c, "b0") == 3, f"load with config max-batch 3: serves with it ({max_batch_of(c, 'b0')})")
+    loads = e.log_text().count("model b0 version 3: loading")
+    for config, want in (('{"colour": "blue"}', "unknown key 'colour'"), ('{"max-batch": 0}', "max-batch"),
+                         ('{"precision": "fp64"}', "precision"), ('{"max-batch": null}', "max-batch"),
+                         ("not json", "JSON"), ('["max-batch", 2]', "JSON object")):
+        try:
+            c.load_model("b0", config=config)
+            check(False, f"load with config {config} is refused")
+        except RepositoryError as err:
+            check(err.status == 400 and want in err.message, f"load with config {config}: 400 ({err})")
+    s, _ = classify(e, "/v1/models/b0/classify", image)
+    check(s == 200 and max_batch_of(c, "b0") == 3 and e.log_text().count("model b0 version 3: loading") == loads,
+          f"the refused loads loaded nothing; b0 serves on as it was ({s})")
+    c.load_model("b0")
+    check(max_batch_of(c, "b0") == 8, f"a load without config: config.conf's settings again ({max_batch_of(c, 'b0')})")
 
 
 def test_poll(effnetd, repo, workdir):

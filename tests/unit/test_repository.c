@@ -36,7 +36,7 @@ static const struct repo_model *scan(struct repo_scan **sc, const char *name)
 {
         char err[512] = "";
         *sc = repo_scan_free(*sc);
-        int r = repo_scan(root, NULL, err, sizeof err, sc);
+        int r = repo_scan(root, NULL, NULL, err, sizeof err, sc);
         CHECK_MSG(r == 0, "%s", err);
         REQUIRE(r == 0);
         return repo_scan_find(*sc, name);
@@ -176,17 +176,61 @@ int main(void)
         put("c/config.conf", "calibration =\n");
         CHECK_CONTAINS(scan(&sc, "c")->error, "c/config.conf:1: calibration");
 
+        /* A load's config: config.conf's keys over the file's, checked alike. */
+        {
+                struct repo_override *o = NULL;
+                const char *refused[][2] = {
+                        { "{\"parameters\":{\"config\":\"{\\\"colour\\\": 1}\"}}", "unknown key 'colour'" },
+                        { "{\"parameters\":{\"config\":\"{\\\"max-batch\\\": 999}\"}}", "max-batch" },
+                        { "{\"parameters\":{\"config\":\"{\\\"max-batch\\\": null}\"}}", "max-batch" },
+                        { "{\"parameters\":{\"config\":\"{\\\"precision\\\": \\\"fp64\\\"}\"}}", "precision" },
+                        { "{\"parameters\":{\"config\":\"[1]\"}}", "JSON object" },
+                        { "{\"parameters\":{\"config\":{\"max-batch\":2}}}", "string holding a JSON object" },
+                        { "{\"parameters\":{\"file:1/model.safetensors\":\"AAAA\"}}", "not supported" },
+                        { "{\"parameters\":[]}", "not an object" },
+                        { "{", "not a JSON object" },
+                };
+                for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+                        err[0] = '\0';
+                        int r = repo_override_parse("b0", refused[i][0], strlen(refused[i][0]), err, sizeof err, &o);
+                        CHECK_MSG(r == -EINVAL && strstr(err, refused[i][1]), "%s: %d %s", refused[i][0], r, err);
+                }
+                const char *none[] = { "", "{}", "{\"parameters\":{}}" };
+                for (size_t i = 0; i < 3; i++) {
+                        o = (struct repo_override *)1;
+                        CHECK_EQ(repo_override_parse("b0", none[i], strlen(none[i]), err, sizeof err, &o), 0);
+                        CHECK(o == NULL);
+                }
+                const char *body = "{\"parameters\":{\"config\":\"{\\\"max_batch\\\": 4, \\\"bn-eps\\\": 0.001, "
+                                   "\\\"version-policy\\\": \\\"all\\\", \\\"precision\\\": \\\"int8\\\"}\"}}";
+                REQUIRE(repo_override_parse("b0", body, strlen(body), err, sizeof err, &o) == 0 && o);
+                CHECK_EQ(o->n, 4);
+                put("b0/config.conf", "version-policy = latest 1\nmax-batch = 2\n");
+                sc = repo_scan_free(sc);
+                REQUIRE(repo_scan(root, NULL, o, err, sizeof err, &sc) == 0);
+                m = repo_scan_find(sc, "b0");
+                CHECK_MSG(!m->error[0], "%s", m->error);
+                CHECK(m->conf.max_batch == 4 && m->conf.policy == REPO_ALL && m->n_versions == 3 &&
+                      m->conf.precision == EFFNET_INT8 && m->conf.bn_eps > 0.00099 && m->conf.bn_eps < 0.00101);
+                CHECK(strstr(m->conf_ident, "override") != NULL);
+                /* The other models keep their own. */
+                CHECK(repo_scan_find(sc, "s")->conf.max_batch != 4);
+                repo_override_free(o);
+                m = scan(&sc, "b0");
+                CHECK(m->conf.max_batch == 2 && m->n_versions == 1 && !strstr(m->conf_ident, "override"));
+        }
+
         /* A model folder without versions is listed with why. */
         mkdir(strcat(strcpy(err, root), "/empty"), 0755);
         m = scan(&sc, "empty");
         CHECK(m && m->n_versions == 0 && strstr(m->error, "VERSION"));
         /* Only one model; a missing one, a missing repository. */
         sc = repo_scan_free(sc);
-        CHECK_EQ(repo_scan(root, "b0", err, sizeof err, &sc), 0);
+        CHECK_EQ(repo_scan(root, "b0", NULL, err, sizeof err, &sc), 0);
         CHECK(sc && sc->n == 1);
         sc = repo_scan_free(sc);
-        CHECK_EQ(repo_scan(root, "nope", err, sizeof err, &sc), -ENOENT);
-        CHECK_EQ(repo_scan("/nonexistent/repository", NULL, err, sizeof err, &sc), -ENOENT);
+        CHECK_EQ(repo_scan(root, "nope", NULL, err, sizeof err, &sc), -ENOENT);
+        CHECK_EQ(repo_scan("/nonexistent/repository", NULL, NULL, err, sizeof err, &sc), -ENOENT);
         CHECK(strstr(err, "/nonexistent/repository") != NULL);
         /* The limit of models. */
         for (int i = 0; i <= REPO_MAX_MODELS; i++) {
@@ -194,7 +238,7 @@ int main(void)
                 snprintf(rel, sizeof rel, "m%03d/1/model.safetensors", i);
                 put(rel, "x");
         }
-        CHECK_EQ(repo_scan(root, NULL, err, sizeof err, &sc), -E2BIG);
+        CHECK_EQ(repo_scan(root, NULL, NULL, err, sizeof err, &sc), -E2BIG);
         CHECK(strstr(err, "more than") != NULL);
         repo_scan_free(sc);
         char cmd[128];

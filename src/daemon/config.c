@@ -498,7 +498,7 @@ int conf_ini_read(const char *path, bool must_exist, long max_bytes, const struc
                 }
                 r = 0;
         }
-        if (r == 0 && ferror(f)) {
+        if (r >= 0 && ferror(f)) {
                 snprintf(msg, sizeof msg, "%s: read error", path);
                 errors++;
                 ops->error(ops->userdata, msg);

@@ -149,6 +149,26 @@ def test_routes(r, a, b, repo_client):
     check(j.get("max_batch_size") == 2, f"s takes its max-batch, 2 ({j.get('max_batch_size')})")
 
 
+def test_grpc_metadata(r, workdir):
+    """gRPC ModelMetadata lists the versions as GET /v2/models/{m} does."""
+    try:
+        import grpc  # noqa: F401
+        import grpc_tools  # noqa: F401
+    except ImportError:
+        print("gRPC ModelMetadata: skipped (python3-grpcio, python3-grpc-tools)")
+        return
+    import re
+    import grpcclient
+    port = int(re.search(r"gRPC \(KServe v2 GRPCInferenceService\) listening on http://127\.0\.0\.1:(\d+)",
+                         r.log_text()).group(1))
+    pb, stub = grpcclient.load(workdir, port)
+    for model, want in (("b0", ["2", "1"]), ("s", ["1"])):
+        got = list(stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=30).versions)
+        check(got == want, f"gRPC ModelMetadata of {model}: versions {got}")
+    got = list(stub.ModelMetadata(pb.ModelMetadataRequest(name="b0", version="1"), timeout=30).versions)
+    check(got == ["2", "1"], f"gRPC ModelMetadata of b0 version 1: versions {got}")
+
+
 def test_listing(r, client):
     idx = index_of(client)
     for key in (("b0", "2"), ("b0", "1"), ("s", "1")):
@@ -407,11 +427,13 @@ def main():
         repo = make_repository(effnet, workdir)
         a = dm.Daemon(effnetd, f"{repo}/b0/2/model.safetensors", workdir, name="single-v2")
         b = dm.Daemon(effnetd, f"{repo}/b0/1/model.safetensors", workdir, name="single-v1")
-        r = dm.Daemon(effnetd, None, workdir, "--model-repository", repo, name="repository")
+        r = dm.Daemon(effnetd, None, workdir, "--model-repository", repo, "--grpc-listen", "127.0.0.1:0",
+                      name="repository")
         client = V2Client(r.port)
         try:
             test_listing(r, client)
             test_routes(r, a, b, client)
+            test_grpc_metadata(r, workdir)
             test_refused_control(client)
             test_metrics_and_log(r)
             a.stop()

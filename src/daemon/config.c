@@ -82,8 +82,8 @@ static const struct conf_setting settings[] = {
           "Hugging Face Hub cache (downloaded when missing); required. SIGHUP loads them again" },
         { "model-repository", "model", CONF_STRING, F(model_repository), NULL, 0, 0, NULL,
           "a directory of models to serve instead of weights: DIR/NAME/VERSION/model.safetensors (versions are "
-          "positive integers), with an optional DIR/NAME/config.conf (version-policy, labels, precision, padding, "
-          "bn-eps, input-size, max-batch, workers, threads) and DIR/NAME/labels.txt" },
+          "positive integers), with an optional DIR/NAME/config.conf (version-policy, labels, precision, calibration, "
+          "padding, bn-eps, input-size, max-batch, workers, threads) and DIR/NAME/labels.txt" },
         { "model-control-mode", "model", CONF_ENUM, F(model_control_mode), "none", 0, 0, control_modes,
           "none: load every model of model-repository at start (load and unload calls are refused); poll: also "
           "rescan it every repository-poll-secs; explicit: load the load-model ones at start, then take "
@@ -403,29 +403,29 @@ void conf_free(struct conf *c)
         c->file = NULL;
 }
 
-/* Where a config file is read: its path, the line, and the section the
- * line is in ("?" after an unknown one, whose keys are not reported). */
-struct file_pos {
-        const char *path;
-        int lineno;
-        char section[64];
-};
+/* ---- INI files: effnetd.conf and a repository model's config.conf ---------- */
 
 /* Whether the line just read fits: 1 to parse it, 0 to skip it (too long:
  * reported, and the rest of it drained from f), -E2BIG to stop (the file
- * is too large). */
-static int line_fits(FILE *f, const char *line, size_t size, const struct file_pos *at, long *total,
-                     struct diag *d)
+ * is over max_bytes); -ECANCELED when error stopped the reading. */
+static int ini_line_fits(FILE *f, const char *line, const char *path, int lineno, long max_bytes, long *total,
+                         const struct conf_ini_ops *ops, int *errors)
 {
-        int ch;
+        char msg[4200];
+        int ch, r;
 
         *total += (long)strlen(line);
-        if (*total > CONF_MAX_FILE_BYTES) {
-                diag_add(d, "%s:%d: file larger than %d bytes", at->path, at->lineno, CONF_MAX_FILE_BYTES);
+        if (*total > max_bytes) {
+                snprintf(msg, sizeof msg, "%s:%d: file larger than %ld bytes", path, lineno, max_bytes);
+                (*errors)++;
+                ops->error(ops->userdata, msg);
                 return -E2BIG;
         }
         if (!strchr(line, '\n') && !feof(f)) {
-                diag_add(d, "%s:%d: line longer than %zu bytes", at->path, at->lineno, size - 2);
+                snprintf(msg, sizeof msg, "%s:%d: line longer than %d bytes", path, lineno, CONF_INI_LINE_MAX);
+                (*errors)++;
+                if ((r = ops->error(ops->userdata, msg)) < 0)
+                        return r;
                 while ((ch = fgetc(f)) != EOF && ch != '\n')
                         ;
                 return 0;
@@ -433,93 +433,126 @@ static int line_fits(FILE *f, const char *line, size_t size, const struct file_p
         return 1;
 }
 
-/* A "[section]" line s: the section the next lines are in. */
-static void read_section(char *s, struct file_pos *at, struct diag *d)
+/* One trimmed, non-empty line s that is not a comment: a header (which
+ * becomes the section, even when line refuses it) or a pair. */
+static int ini_line(char *s, struct conf_ini_line *l, char *section, size_t section_len,
+                    const struct conf_ini_ops *ops, char *why, size_t why_len)
 {
-        char *close = strchr(s, ']');
-
-        if (!close || str_trim(close + 1)[0] != '\0') {
-                diag_add(d, "%s:%d: malformed section header", at->path, at->lineno);
-                return;
+        if (*s == '[') {
+                char *close = strchr(s, ']');
+                if (!close || str_trim(close + 1)[0] != '\0')
+                        return err_set(why, why_len, -EINVAL, "malformed section header");
+                *close = '\0';
+                char *name = str_trim(s + 1);
+                snprintf(section, section_len, "%s", name);
+                l->key = l->value = NULL;
+                l->section = name;
+                return ops->line(ops->userdata, l, why, why_len);
         }
-        *close = '\0';
-        char *name = str_trim(s + 1);
-        if (!section_known(name) || strlen(name) >= sizeof at->section) {
-                diag_add(d, "%s:%d: unknown section [%.64s]", at->path, at->lineno, name);
-                at->section[0] = '?';
-                at->section[1] = '\0';
-                return;
-        }
-        snprintf(at->section, sizeof at->section, "%s", name);
-}
-
-/* A "key = value" line s: the value of its setting, in c. */
-static void read_assignment(struct conf *c, char *s, const struct file_pos *at, struct diag *d)
-{
-        char why[256], origin[4200];
         char *eq = strchr(s, '=');
-
-        if (!eq) {
-                diag_add(d, "%s:%d: expected key = value", at->path, at->lineno);
-                return;
-        }
+        if (!eq)
+                return err_set(why, why_len, -EINVAL, "expected key = value");
         *eq = '\0';
-        char *key = str_trim(s), *value = str_trim(eq + 1);
+        char *value = str_trim(eq + 1);
         size_t vl = strlen(value);
         if (vl >= 2 && value[0] == '"' && value[vl - 1] == '"') {
                 value[vl - 1] = '\0';
                 value++;
         }
-        if (at->section[0] == '?')
-                return;  /* already reported */
-        const struct conf_setting *st = find(key, strlen(key));
-        if (!st) {
-                diag_add(d, "%s:%d: unknown key '%.64s'", at->path, at->lineno, key);
-                return;
-        }
-        if (strcmp(st->section, at->section) != 0) {
-                diag_add(d, "%s:%d: %s belongs in section [%s]", at->path, at->lineno, st->name, st->section);
-                return;
-        }
-        snprintf(origin, sizeof origin, "%s:%d", at->path, at->lineno);
-        if (set_value(c, st, value, origin, why, sizeof why) < 0)
-                diag_add(d, "%s:%d: %s", at->path, at->lineno, why);
+        l->key = str_trim(s);
+        l->value = value;
+        l->section = section;
+        return ops->line(ops->userdata, l, why, why_len);
 }
 
-/* Reads "key = value" lines under "[section]" headers; '#' and ';' start
- * comment lines; values may be "double quoted". */
-static int load_file(struct conf *c, const char *path, bool must_exist, struct diag *d)
+int conf_ini_read(const char *path, bool must_exist, long max_bytes, const struct conf_ini_ops *ops)
 {
-        FILE *f = fopen(path, "re");
-        struct file_pos at = { .path = path };
-        char line[4096];
-        int errors = d->errors, r;
+        char line[CONF_INI_LINE_MAX + 2], section[256] = "", why[512], msg[1200];
+        struct conf_ini_line l = { .path = path };
+        int errors = 0, r = 0;
         long total = 0;
+        FILE *f = fopen(path, "re");
 
         if (!f) {
-                if (errno == ENOENT && !must_exist)
-                        return 1;
-                diag_add(d, "%s: %s", path, strerror(errno));
-                return -errno;
+                r = -errno;
+                if (r == -ENOENT && !must_exist)
+                        return r;
+                snprintf(msg, sizeof msg, "%s: %s", path, strerror(-r));
+                ops->error(ops->userdata, msg);
+                return r;
         }
         while (fgets(line, sizeof line, f)) {
-                at.lineno++;
-                if ((r = line_fits(f, line, sizeof line, &at, &total, d)) < 0)
-                        break;
-                if (r == 0)
+                l.lineno++;
+                if ((r = ini_line_fits(f, line, path, l.lineno, max_bytes, &total, ops, &errors)) <= 0) {
+                        if (r < 0)
+                                break;
                         continue;
+                }
                 char *s = str_trim(line);
                 if (!*s || *s == '#' || *s == ';')
                         continue;
-                if (*s == '[')
-                        read_section(s, &at, d);
-                else
-                        read_assignment(c, s, &at, d);
+                if (ini_line(s, &l, section, sizeof section, ops, why, sizeof why) < 0) {
+                        snprintf(msg, sizeof msg, "%.600s:%d: %.500s", path, l.lineno, why);
+                        errors++;
+                        if ((r = ops->error(ops->userdata, msg)) < 0)
+                                break;
+                }
+                r = 0;
         }
-        if (ferror(f))
-                diag_add(d, "%s: read error", path);
+        if (r >= 0 && ferror(f)) {
+                snprintf(msg, sizeof msg, "%s: read error", path);
+                errors++;
+                ops->error(ops->userdata, msg);
+        }
         fclose(f);
-        return d->errors > errors ? -EINVAL : 0;
+        return r < 0 ? r : errors ? -EINVAL : 0;
+}
+
+/* The daemon's config file as it is read: where its settings go, where
+ * the errors go, and whether the lines are under an unknown section
+ * (already reported: their keys are not). */
+struct file_read {
+        struct conf *c;
+        struct diag *d;
+        bool skip;
+};
+
+static int file_error(void *userdata, const char *message)
+{
+        diag_add(((struct file_read *)userdata)->d, "%s", message);
+        return 0;
+}
+
+/* A header or a "key = value" of the config file: the value of its
+ * setting, in c. */
+static int file_line(void *userdata, const struct conf_ini_line *l, char *why, size_t why_len)
+{
+        struct file_read *fr = userdata;
+        char origin[4200];
+
+        if (!l->key) {
+                fr->skip = !section_known(l->section);
+                return fr->skip ? err_set(why, why_len, -EINVAL, "unknown section [%.64s]", l->section) : 0;
+        }
+        if (fr->skip)
+                return 0;
+        const struct conf_setting *st = find(l->key, strlen(l->key));
+        if (!st)
+                return err_set(why, why_len, -EINVAL, "unknown key '%.64s'", l->key);
+        if (strcmp(st->section, l->section) != 0)
+                return err_set(why, why_len, -EINVAL, "%s belongs in section [%s]", st->name, st->section);
+        snprintf(origin, sizeof origin, "%s:%d", l->path, l->lineno);
+        return set_value(fr->c, st, l->value, origin, why, why_len);
+}
+
+/* The config file into c; 1 when it is not there and need not be. */
+static int load_file(struct conf *c, const char *path, bool must_exist, struct diag *d)
+{
+        struct file_read fr = { .c = c, .d = d };
+        struct conf_ini_ops ops = { .line = file_line, .error = file_error, .userdata = &fr };
+        int r = conf_ini_read(path, must_exist, CONF_MAX_FILE_BYTES, &ops);
+
+        return r == -ENOENT && !must_exist ? 1 : r;
 }
 
 enum { FLAG_CONFIG = 1000, FLAG_SET = 2000, FLAG_UNSET = 3000 };

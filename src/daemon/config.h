@@ -104,6 +104,40 @@ void conf_print(FILE *f, const struct conf *c);
 /* The settings in effect on one line of name=value pairs (for the log). */
 void conf_print_line(FILE *f, const struct conf *c);
 
+/* One line of an INI file as conf_ini_read hands it over: a "[name]"
+ * header (key NULL, section the name) or a "key = value" pair (key and
+ * value trimmed, the value without the double quotes around it, section
+ * the one it is under, "" before any header). */
+struct conf_ini_line {
+        const char *path;
+        int lineno;
+        const char *section;
+        char *key, *value;
+};
+
+/* What a file's lines go to: line takes each header and pair and returns
+ * 0, or a negative errno with the reason in why (reported as
+ * "PATH:LINE: why"); error gets every message (the ones line gave and
+ * the reader's own: malformed lines, over-long lines, a file over its
+ * size) and returns 0 to read on, or a negative errno to stop there. */
+struct conf_ini_ops {
+        int (*line)(void *userdata, const struct conf_ini_line *l, char *why, size_t why_len);
+        int (*error)(void *userdata, const char *message);
+        void *userdata;
+};
+
+#define CONF_INI_LINE_MAX 4094           /* bytes of a line, without its newline */
+
+/* Reads the INI file at path: "key = value" lines under optional
+ * "[section]" headers, '#' and ';' comment lines, values optionally "double
+ * quoted"; a line longer than CONF_INI_LINE_MAX is reported and skipped
+ * whole, and reading stops at max_bytes. Returns 0 when no error was
+ * reported, -EINVAL when some were, -E2BIG when the file is over
+ * max_bytes, error's code when it stopped the reading, or -errno when the
+ * file cannot be opened ("PATH: why" reported, except for -ENOENT when
+ * must_exist is false, which reports nothing). */
+int conf_ini_read(const char *path, bool must_exist, long max_bytes, const struct conf_ini_ops *ops);
+
 /* The settings outside [except_section] whose values differ between a and b,
  * as "name (old -> new), ..." into buf (cut at len); returns how many. */
 int conf_changes(const struct conf *a, const struct conf *b, const char *except_section, char *buf, size_t len);

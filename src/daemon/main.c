@@ -437,7 +437,7 @@ static int check_files(const struct conf *c)
         if (c->model_repository) {
                 struct repo_scan *sc = NULL;
                 char err[1024];
-                if ((r = repo_scan(c->model_repository, NULL, err, sizeof err, &sc)) < 0)
+                if ((r = repo_scan(c->model_repository, NULL, NULL, err, sizeof err, &sc)) < 0)
                         fprintf(stderr, "%s: %s\n", prog, err);
                 for (int i = 0; sc && i < sc->n; i++)
                         if (sc->models[i].error[0])
@@ -632,7 +632,8 @@ struct load_item {
         char name[REPO_MAX_NAME + 1];
         int64_t version;
         char path[1024];
-        char ident[400];              /* the file's and its settings' identity */
+        char calibration[1100];       /* its int8 calibration file, or "" */
+        char ident[600];              /* the files' and its settings' identity */
         struct repo_model_conf mc;
         struct generation *g;         /* loaded, or NULL */
         char err[512];
@@ -651,7 +652,7 @@ struct sync_job {
 struct served {
         char name[REPO_MAX_NAME + 1];
         int64_t version;
-        char ident[400];
+        char ident[600];
         struct served *next;
 };
 
@@ -659,6 +660,7 @@ struct served {
 struct control {
         char name[REPO_MAX_NAME + 1];
         bool load;
+        struct repo_override *override;  /* owned: a load's config; NULL: config.conf alone */
         http_control_done_fn done;
         void *token;
         struct control *next;
@@ -667,6 +669,7 @@ struct control {
 /* The repository's state (main thread only, but the control queue). */
 struct repo_state {
         struct served *served;
+        struct repo_override *overrides;   /* the last load's config of each model that had one */
         char *wanted;                 /* explicit mode: ",name,name," loaded on request; NULL: none */
         bool wanted_all;              /* load-model = * */
         struct sync_job *running;     /* the sync the reload thread loads */
@@ -743,6 +746,7 @@ static int sync_load(const void *input, char *err, size_t err_len, void **ret_re
                                           .input_size = mc->input_size };
                 spec.c.weights = it->path;
                 spec.c.labels = mc->labels[0] ? (char *)mc->labels : NULL;
+                spec.c.calibration = it->calibration[0] ? it->calibration : NULL;
                 if (mc->precision >= 0)
                         spec.c.precision = mc->precision;
                 if (mc->padding >= 0)
@@ -788,6 +792,7 @@ static void control_answer(struct control *c, bool ok, enum api_error e, const c
         vsnprintf(msg, sizeof msg, fmt, ap);
         va_end(ap);
         c->done(c->token, ok, e, msg);
+        repo_override_free(c->override);
         free(c);
 }
 
@@ -905,7 +910,7 @@ static void sync_start(struct daemon *d, const char *why)
         if (!(job = calloc(1, sizeof *job)))
                 return;
         job->base = c;
-        if (repo_scan(c->model_repository, NULL, err, sizeof err, &job->scan) < 0) {
+        if (repo_scan(c->model_repository, NULL, repo.overrides, err, sizeof err, &job->scan) < 0) {
                 log_msg(LOG_ERR, "%s: %s; serving what is loaded", why, err);
                 sync_job_free(job);
                 for (struct control *a = repo.attached, *n; a; a = n) {
@@ -953,6 +958,7 @@ static void sync_start(struct daemon *d, const char *why)
                         snprintf(it->name, sizeof it->name, "%s", m->name);
                         it->version = v->version;
                         snprintf(it->path, sizeof it->path, "%s", v->path);
+                        snprintf(it->calibration, sizeof it->calibration, "%s", v->calibration);
                         it->mc = m->conf;
                         it->mc.workers = workers[i];
                         it->mc.threads = threads[i];
@@ -1054,11 +1060,13 @@ static void sync_finish(struct daemon *d)
 }
 
 /* http's repository control (any thread): queued for the main loop. */
-static int on_repo_control(void *userdata, const char *name, bool load, http_control_done_fn done, void *token,
-                           char *err, size_t err_len)
+static int on_repo_control(void *userdata, const char *name, bool load, const char *body, size_t body_len,
+                           http_control_done_fn done, void *token, char *err, size_t err_len)
 {
         struct daemon *d = userdata;
+        struct repo_override *o = NULL;
         struct control *c;
+        int r;
 
         if (!d->conf.model_repository)
                 return err_set(err, err_len, -EPERM, "this server serves its weights setting, not a model repository "
@@ -1069,10 +1077,16 @@ static int on_repo_control(void *userdata, const char *name, bool load, http_con
                                                                                                       : "none");
         if (!repo_name_ok(name, strlen(name)))
                 return err_set(err, err_len, -EINVAL, "'%.80s' is not a model name", name);
-        if (!(c = calloc(1, sizeof *c)))
+        /* A load's config is checked here: a bad one is refused before anything loads. */
+        if (load && (r = repo_override_parse(name, body, body_len, err, err_len, &o)) < 0)
+                return r;
+        if (!(c = calloc(1, sizeof *c))) {
+                repo_override_free(o);
                 return err_set(err, err_len, -ENOMEM, "out of memory");
+        }
         snprintf(c->name, sizeof c->name, "%s", name);
         c->load = load;
+        c->override = o;
         c->done = done;
         c->token = token;
         pthread_mutex_lock(&repo.lock);
@@ -1082,6 +1096,23 @@ static int on_repo_control(void *userdata, const char *name, bool load, http_con
         *p = c;
         pthread_mutex_unlock(&repo.lock);
         return 0;
+}
+
+/* Model name's override becomes o (taken; NULL: none): a load's config
+ * holds until the model's next load or unload. */
+static void override_set(const char *name, struct repo_override *o)
+{
+        for (struct repo_override **p = &repo.overrides; *p; p = &(*p)->next)
+                if (strcmp((*p)->name, name) == 0) {
+                        struct repo_override *old = *p;
+                        *p = old->next;
+                        repo_override_free(old);
+                        break;
+                }
+        if (o) {
+                o->next = repo.overrides;
+                repo.overrides = o;
+        }
 }
 
 /* The main loop's share: queued load and unload calls, polling. */
@@ -1102,6 +1133,7 @@ static void repo_tick(struct daemon *d, bool stopping)
                         control_answer(c, false, API_E_DRAINING, "the server is shutting down");
                 } else if (!c->load) {
                         repo_want(c->name, false);
+                        override_set(c->name, NULL);
                         if (!served_find(c->name, 0)) {
                                 control_answer(c, false, API_E_INVALID_REQUEST, "failed to unload '%s', no version "
                                                "is available", c->name);
@@ -1115,6 +1147,8 @@ static void repo_tick(struct daemon *d, bool stopping)
                         /* Answered when the sync that loads it ends (a load of a
                          * loaded model reads its folder again, as Triton does). */
                         repo_want(c->name, true);
+                        override_set(c->name, c->override);
+                        c->override = NULL;
                         c->next = repo.attached;
                         repo.attached = c;
                         load = true;
@@ -1699,6 +1733,11 @@ static void daemon_teardown(struct daemon *d)
                 struct served *x = repo.served;
                 repo.served = x->next;
                 free(x);
+        }
+        while (repo.overrides) {
+                struct repo_override *o = repo.overrides;
+                repo.overrides = o->next;
+                repo_override_free(o);
         }
         free(repo.wanted);
         repo.wanted = NULL;

@@ -1,9 +1,12 @@
 /* repository: scans a model repository on disk (Triton's layout). */
 #include "repository.h"
+#include "config.h"
 #include "util.h"
 #include "effnet.h"
 
 #include <ctype.h>
+#include <jansson.h>
+#include <stdatomic.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -86,8 +89,8 @@ static int parse_choice(const char *v, const char *const *names, int n, int *ret
 /* One "key = value" of config.conf into c. */
 static int conf_set(struct repo_model_conf *c, const char *dir, char *key, char *v, char *err, size_t err_len)
 {
-        static const char *const precisions[] = { "fp32", "bf16", "auto" };
-        static const int precision_values[] = { EFFNET_FP32, EFFNET_BF16, EFFNET_PRECISION_AUTO };
+        static const char *const precisions[] = { "fp32", "bf16", "auto", "int8" };
+        static const int precision_values[] = { EFFNET_FP32, EFFNET_BF16, EFFNET_PRECISION_AUTO, EFFNET_INT8 };
         static const char *const paddings[] = { "auto", "same", "symmetric" };
         static const int padding_values[] = { EFFNET_PAD_AUTO, EFFNET_PAD_SAME, EFFNET_PAD_SYMMETRIC };
         int64_t x;
@@ -103,9 +106,15 @@ static int conf_set(struct repo_model_conf *c, const char *dir, char *key, char 
                                     : snprintf(c->labels, sizeof c->labels, "%s/%s", dir, v);
                 return n < (int)sizeof c->labels ? 0 : err_set(err, err_len, -E2BIG, "labels: path too long");
         }
+        if (strcmp(key, "calibration") == 0) {
+                if (!*v)
+                        return err_set(err, err_len, -EINVAL, "calibration: empty file name");
+                int n = snprintf(c->calibration, sizeof c->calibration, "%s", v);
+                return n < (int)sizeof c->calibration ? 0 : err_set(err, err_len, -E2BIG, "calibration: path too long");
+        }
         if (strcmp(key, "precision") == 0) {
-                if (parse_choice(v, precisions, 3, &k) < 0)
-                        return err_set(err, err_len, -EINVAL, "precision %.40s: expected fp32, bf16 or auto", v);
+                if (parse_choice(v, precisions, 4, &k) < 0)
+                        return err_set(err, err_len, -EINVAL, "precision %.40s: expected fp32, bf16, auto or int8", v);
                 c->precision = precision_values[k];
                 return 0;
         }
@@ -134,15 +143,41 @@ static int conf_set(struct repo_model_conf *c, const char *dir, char *key, char 
                         *ints[i].field = (int)x;
                         return 0;
                 }
-        return err_set(err, err_len, -EINVAL, "unknown setting %.60s", key);
+        return err_set(err, err_len, -EINVAL, "unknown key '%.60s'", key);
+}
+
+/* A config.conf as it is read: the model folder, the settings, and the
+ * first error, which makes the model unloadable (the reading stops there). */
+struct conf_read {
+        const char *mdir;
+        struct repo_model_conf *c;
+        char *err;
+        size_t err_len;
+};
+
+/* [sections] are accepted and mean nothing: the keys are the model's. */
+static int conf_line(void *userdata, const struct conf_ini_line *l, char *why, size_t why_len)
+{
+        struct conf_read *cr = userdata;
+
+        return l->key ? conf_set(cr->c, cr->mdir, l->key, l->value, why, why_len) : 0;
+}
+
+static int conf_error(void *userdata, const char *message)
+{
+        struct conf_read *cr = userdata;
+
+        snprintf(cr->err, cr->err_len, "%s", message);
+        return -EINVAL;
 }
 
 /* DIR/NAME/config.conf into m->conf; none is no error. */
 static int read_conf(const char *mdir, struct repo_model *m, char *err, size_t err_len)
 {
-        char path[1200], line[1024], why[400];
-        int lineno = 0, r = 0;
-        FILE *f;
+        char path[1200];
+        struct conf_read cr = { .mdir = mdir, .c = &m->conf, .err = err, .err_len = err_len };
+        struct conf_ini_ops ops = { .line = conf_line, .error = conf_error, .userdata = &cr };
+        int r;
 
         m->conf = (struct repo_model_conf){ .policy = REPO_LATEST, .latest = 1, .precision = -1, .padding = -1,
                                             .bn_eps = -1 };
@@ -150,31 +185,153 @@ static int read_conf(const char *mdir, struct repo_model *m, char *err, size_t e
         if (access(path, R_OK) == 0)
                 snprintf(m->conf.labels, sizeof m->conf.labels, "%.1000s", path);
         snprintf(path, sizeof path, "%s/config.conf", mdir);
-        if (!(f = fopen(path, "r")))
-                return errno == ENOENT ? 0 : err_set(err, err_len, -errno, "%s: %s", path, strerror(errno));
-        struct stat st;
-        if (fstat(fileno(f), &st) == 0 && st.st_size > CONF_MAX_BYTES) {
-                fclose(f);
-                return err_set(err, err_len, -E2BIG, "%s: larger than %d bytes", path, CONF_MAX_BYTES);
+        r = conf_ini_read(path, false, CONF_MAX_BYTES, &ops);
+        return r == -ENOENT ? 0 : r;
+}
+
+/* The pairs of o over c (their values were checked when o was parsed,
+ * against the same function). */
+static int override_apply(const struct repo_override *o, const char *mdir, struct repo_model_conf *c, char *err,
+                          size_t err_len)
+{
+        char key[64], value[REPO_OVERRIDE_MAX_VALUE + 1];
+        int r;
+
+        for (int i = 0; i < o->n; i++) {
+                snprintf(key, sizeof key, "%s", o->keys[i]);
+                snprintf(value, sizeof value, "%s", o->values[i]);
+                if ((r = conf_set(c, mdir, key, value, err, err_len)) < 0)
+                        return r;
         }
-        while (fgets(line, sizeof line, f)) {
-                lineno++;
-                char *s = str_trim(line);
-                if (!*s || *s == '#' || *s == ';' || *s == '[')
-                        continue;
-                char *eq = strchr(s, '=');
-                if (!eq) {
-                        r = err_set(err, err_len, -EINVAL, "%s:%d: expected key = value", path, lineno);
-                        break;
-                }
-                *eq = '\0';
-                if ((r = conf_set(&m->conf, mdir, str_trim(s), str_trim(eq + 1), why, sizeof why)) < 0) {
-                        err_set(err, err_len, r, "%s:%d: %s", path, lineno, why);
-                        break;
-                }
+        return 0;
+}
+
+/* s (n bytes and a NUL) into o's text; NULL when it is full. */
+static const char *override_store(struct repo_override *o, const char *s, size_t n)
+{
+        if (o->cap - o->used < n + 1)
+                return NULL;
+        char *at = o->text + o->used;
+        memcpy(at, s, n);
+        at[n] = '\0';
+        o->used += n + 1;
+        return at;
+}
+
+/* One key and value of a load's config into o, checked as config.conf's
+ * would be (against a scratch conf: a value's meaning, such as a relative
+ * path, comes with the scan). */
+static int override_add(struct repo_override *o, const char *key, json_t *v, char *err, size_t err_len)
+{
+        struct repo_model_conf scratch = { .policy = REPO_LATEST, .latest = 1 };
+        char k[64], value[REPO_OVERRIDE_MAX_VALUE + 2], shown[64];
+        int n;
+
+        if (o->n >= REPO_OVERRIDE_MAX_KEYS)
+                return err_set(err, err_len, -E2BIG, "more than %d keys", REPO_OVERRIDE_MAX_KEYS);
+        if (snprintf(k, sizeof k, "%s", key) >= (int)sizeof k) {
+                str_escape(key, shown, sizeof shown);
+                return err_set(err, err_len, -EINVAL, "unknown key '%s'", shown);
         }
-        fclose(f);
+        if (json_is_string(v))
+                n = snprintf(value, sizeof value, "%s", json_string_value(v));
+        else if (json_is_integer(v))
+                n = snprintf(value, sizeof value, "%lld", (long long)json_integer_value(v));
+        else if (json_is_real(v))
+                n = snprintf(value, sizeof value, "%.17g", json_real_value(v));
+        else if (json_is_boolean(v))
+                n = snprintf(value, sizeof value, "%s", json_is_true(v) ? "true" : "false");
+        else
+                return err_set(err, err_len, -EINVAL, "%s: a string or a number, not %s", k,
+                               json_is_null(v) ? "null" : json_is_array(v) ? "an array" : "an object");
+        if (n > REPO_OVERRIDE_MAX_VALUE)
+                return err_set(err, err_len, -E2BIG, "%s: value longer than %d bytes", k, REPO_OVERRIDE_MAX_VALUE);
+        const char *sk = override_store(o, k, strlen(k)), *sv = override_store(o, value, (size_t)n);
+        if (!sk || !sv)
+                return err_set(err, err_len, -E2BIG, "the config is too large");
+        /* conf_set writes into its key and value: the stored copies stay as given. */
+        if (conf_set(&scratch, ".", k, value, err, err_len) < 0)
+                return -EINVAL;
+        o->keys[o->n] = sk;
+        o->values[o->n] = sv;
+        o->n++;
+        return 0;
+}
+
+int repo_override_parse(const char *name, const char *body, size_t len, char *err, size_t err_len,
+                        struct repo_override **ret_override)
+{
+        static _Atomic uint64_t next_id = 1;
+        struct repo_override *o = NULL;
+        json_t *root = NULL, *config = NULL, *params, *v;
+        json_error_t jerr;
+        const char *key;
+        char why[512];
+        int r = 0;
+
+        /* An empty body, or one without parameters.config: config.conf alone. */
+        if (len == 0)
+                goto none;
+        if (!(root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr)) || !json_is_object(root)) {
+                r = err_set(err, err_len, -EINVAL, "the load's body is not a JSON object%s%.200s",
+                            root ? "" : ": ", root ? "" : jerr.text);
+                goto done;
+        }
+        params = json_object_get(root, "parameters");
+        if (params && !json_is_object(params)) {
+                r = err_set(err, err_len, -EINVAL, "the load's \"parameters\" is not an object");
+                goto done;
+        }
+        json_object_foreach(params, key, v)
+                if (strcmp(key, "config") != 0) {
+                        char shown[64];
+                        str_escape(key, shown, sizeof shown);
+                        r = err_set(err, err_len, -EINVAL, "the load's parameter '%s' is not supported (only config)",
+                                    shown);
+                        goto done;
+                }
+        v = params ? json_object_get(params, "config") : NULL;
+        if (!v)
+                goto none;
+        if (!json_is_string(v) ||
+            !(config = json_loadb(json_string_value(v), json_string_length(v), JSON_REJECT_DUPLICATES, &jerr)) ||
+            !json_is_object(config)) {
+                r = err_set(err, err_len, -EINVAL, "the load's config is not a string holding a JSON object of "
+                            "config.conf's keys%s%.200s", config || !json_is_string(v) ? "" : ": ",
+                            config || !json_is_string(v) ? "" : jerr.text);
+                goto done;
+        }
+        /* Room for the keys and values as given, numbers written out longer
+         * than in JSON (at most 24 bytes each) and their NULs. */
+        size_t cap = json_string_length(v) + REPO_OVERRIDE_MAX_KEYS * 32;
+        if (!(o = calloc(1, sizeof *o + cap))) {
+                r = err_set(err, err_len, -ENOMEM, "out of memory");
+                goto done;
+        }
+        snprintf(o->name, sizeof o->name, "%s", name);
+        o->cap = cap;
+        json_object_foreach(config, key, v)
+                if ((r = override_add(o, key, v, why, sizeof why)) < 0) {
+                        err_set(err, err_len, r, "the load's config: %s", why);
+                        goto done;
+                }
+        o->id = next_id++;
+        *ret_override = o;
+        o = NULL;
+        goto done;
+none:
+        *ret_override = NULL;
+done:
+        free(o);
+        json_decref(config);
+        json_decref(root);
         return r;
+}
+
+struct repo_override *repo_override_free(struct repo_override *o)
+{
+        free(o);
+        return NULL;
 }
 
 static int cmp_version_desc(const void *a, const void *b)
@@ -183,31 +340,52 @@ static int cmp_version_desc(const void *a, const void *b)
         return x < y ? 1 : x > y ? -1 : 0;
 }
 
+/* The calibration file of version folder vname: the calibration key's
+ * (an absolute path, or one relative to the version's folder, since a
+ * calibration is made for one version's weights), else calibration.json
+ * there when it exists; "" for none. */
+static void version_calibration(const char *mdir, const char *vname, const struct repo_model_conf *c, char *buf,
+                                size_t n)
+{
+        if (c->calibration[0] == '/')
+                snprintf(buf, n, "%.1000s", c->calibration);
+        else if (c->calibration[0])
+                snprintf(buf, n, "%.500s/%.30s/%.500s", mdir, vname, c->calibration);
+        else if (snprintf(buf, n, "%.1000s/%.30s/calibration.json", mdir, vname) > 0 && access(buf, F_OK) != 0)
+                buf[0] = '\0';
+}
+
 /* The versions of the model in mdir that its policy wants, highest first. */
 static void scan_versions(const char *mdir, struct repo_model *m)
 {
-        struct repo_version found[256];
+        enum { MAX_FOUND = 256 };
+        struct repo_version *found = calloc(MAX_FOUND, sizeof *found);   /* 700 KiB: not on a stack */
         int n = 0;
-        DIR *d = opendir(mdir);
+        DIR *d = found ? opendir(mdir) : NULL;
         struct dirent *e;
 
         if (!d) {
-                snprintf(m->error, sizeof m->error, "%.300s: %s", mdir, strerror(errno));
+                snprintf(m->error, sizeof m->error, "%.300s: %s", mdir, strerror(found ? errno : ENOMEM));
+                free(found);
                 return;
         }
-        while ((e = readdir(d)) && n < (int)ARRAY_SIZE(found)) {
+        while ((e = readdir(d)) && n < MAX_FOUND) {
                 int64_t v;
                 char path[1200];
                 if (e->d_name[0] < '1' || e->d_name[0] > '9' ||
                     parse_int("version", e->d_name, 1, INT64_MAX, NULL, 0, &v) < 0)
                         continue;
-                snprintf(path, sizeof path, "%s/%s/model.safetensors", mdir, e->d_name);
+                snprintf(path, sizeof path, "%.1000s/%.180s/model.safetensors", mdir, e->d_name);
                 struct stat st;
                 if (stat(path, &st) < 0 || !S_ISREG(st.st_mode) || strlen(path) >= sizeof found[n].path)
                         continue;   /* a version folder still being written, or something else */
                 found[n].version = v;
                 snprintf(found[n].path, sizeof found[n].path, "%.1020s", path);
-                ident_of(path, found[n].ident, sizeof found[n].ident);
+                version_calibration(mdir, e->d_name, &m->conf, found[n].calibration, sizeof found[n].calibration);
+                char a[160], b[160];
+                ident_of(path, a, sizeof a);
+                ident_of(found[n].calibration[0] ? found[n].calibration : "/", b, sizeof b);
+                snprintf(found[n].ident, sizeof found[n].ident, "%s/%s", a, b);
                 n++;
         }
         closedir(d);
@@ -219,6 +397,7 @@ static void scan_versions(const char *mdir, struct repo_model *m)
                 if (want)
                         m->versions[m->n_versions++] = found[i];
         }
+        free(found);
         if (m->n_versions == 0 && !m->error[0])
                 snprintf(m->error, sizeof m->error, n ? "no version of %.300s/VERSION/model.safetensors that its "
                          "version-policy wants" : "no %.300s/VERSION/model.safetensors (VERSION: a positive integer)",
@@ -230,7 +409,8 @@ static int cmp_model(const void *a, const void *b)
         return strcmp(((const struct repo_model *)a)->name, ((const struct repo_model *)b)->name);
 }
 
-int repo_scan(const char *dir, const char *only, char *err, size_t err_len, struct repo_scan **ret_scan)
+int repo_scan(const char *dir, const char *only, const struct repo_override *overrides, char *err, size_t err_len,
+              struct repo_scan **ret_scan)
 {
         struct repo_scan *sc = NULL;
         DIR *d = NULL;
@@ -269,6 +449,16 @@ int repo_scan(const char *dir, const char *only, char *err, size_t err_len, stru
                 ident_of(cp, a, sizeof a);
                 ident_of(m->conf.labels[0] ? m->conf.labels : "/", b, sizeof b);
                 snprintf(m->conf_ident, sizeof m->conf_ident, "%.70s/%.70s", a, b);
+                const struct repo_override *o = overrides;
+                while (o && strcmp(o->name, m->name) != 0)
+                        o = o->next;
+                if (o && override_apply(o, mdir, &m->conf, why, sizeof why) < 0) {
+                        snprintf(m->error, sizeof m->error, "the load's config: %.400s", why);
+                        continue;
+                }
+                if (o)
+                        snprintf(m->conf_ident + strlen(m->conf_ident), sizeof m->conf_ident - strlen(m->conf_ident),
+                                 "/override %llu", (unsigned long long)o->id);
                 scan_versions(mdir, m);
         }
         if (only && sc->n == 0) {

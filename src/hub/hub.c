@@ -692,41 +692,42 @@ out:
         return r;
 }
 
-/* The digest md of prefix (prefix_len bytes) and then the file's content,
- * as lower-case hex in ret_hex (2 * the digest's size + 1). */
-static int file_digest(const char *path, const EVP_MD *md_type, const void *prefix, size_t prefix_len,
-                       char *ret_hex)
+int hub_digest_hex(enum hub_hash hash, const void *prefix, size_t prefix_len, const void *data, size_t n,
+                   const char *path, char *ret_hex)
 {
         unsigned char md[EVP_MAX_MD_SIZE];
         unsigned md_len = 0;
         EVP_MD_CTX *ctx = NULL;
         uint8_t *buf = NULL;
-        ssize_t n;
-        int r = 0;
-        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        ssize_t got = 0;
+        int r = 0, fd = -1;
 
-        if (fd < 0)
+        if (!data && (fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0)
                 return -errno;
-        buf = malloc(HASH_CHUNK);
         ctx = EVP_MD_CTX_new();
-        if (!buf || !ctx || EVP_DigestInit_ex(ctx, md_type, NULL) != 1 ||
-            EVP_DigestUpdate(ctx, prefix, prefix_len) != 1) {
+        if (!ctx || (!data && !(buf = malloc(HASH_CHUNK))) ||
+            EVP_DigestInit_ex(ctx, hash == HUB_SHA1 ? EVP_sha1() : EVP_sha256(), NULL) != 1 ||
+            EVP_DigestUpdate(ctx, prefix, prefix_len) != 1 || (data && EVP_DigestUpdate(ctx, data, n) != 1)) {
                 r = -ENOMEM;
                 goto out;
         }
-        while ((n = read(fd, buf, HASH_CHUNK)) > 0)
-                EVP_DigestUpdate(ctx, buf, (size_t)n);
-        if (n < 0) {
+        while (!data && (got = read(fd, buf, HASH_CHUNK)) > 0)
+                EVP_DigestUpdate(ctx, buf, (size_t)got);
+        if (got < 0) {
                 r = -errno;
                 goto out;
         }
-        EVP_DigestFinal_ex(ctx, md, &md_len);
+        if (EVP_DigestFinal_ex(ctx, md, &md_len) != 1) {
+                r = -ENOMEM;
+                goto out;
+        }
         for (unsigned i = 0; i < md_len; i++)
                 snprintf(ret_hex + 2 * i, 3, "%02x", md[i]);
 out:
         EVP_MD_CTX_free(ctx);
         free(buf);
-        close(fd);
+        if (fd >= 0)
+                close(fd);
         return r;
 }
 
@@ -1656,7 +1657,7 @@ static int check_download(struct fetch *F, char *err, size_t err_len)
                 return 0;
         if (!lfs)
                 n = snprintf(prefix, sizeof prefix, "blob %lld", (long long)F->size) + 1;   /* with its NUL */
-        r = file_digest(F->incomplete, lfs ? EVP_sha256() : EVP_sha1(), prefix, (size_t)n, got);
+        r = hub_digest_hex(lfs ? HUB_SHA256 : HUB_SHA1, prefix, (size_t)n, NULL, 0, F->incomplete, got);
         if (r < 0)
                 return err_set(err, err_len, r, "%s: %s", F->incomplete, strerror(-r));
         if (strcmp(got, F->etag) != 0) {

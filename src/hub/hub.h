@@ -177,4 +177,13 @@ struct hub_file *hub_file_free(struct hub_file *f);
  * or the end. */
 void hub_redact(const char *text, char *out, size_t out_len);
 
+/* The one digest of the module and of the weights it resolves (OpenSSL's
+ * EVP): the hash of prefix (prefix_len bytes, may be 0) followed by the n
+ * bytes at data or, data NULL, by the content of the file path (read in
+ * chunks, not followed if a symbolic link), as lower-case hex in ret_hex
+ * (65 bytes for SHA-256, 41 for SHA-1). -ENOMEM, or the file's -errno. */
+enum hub_hash { HUB_SHA256, HUB_SHA1 };
+int hub_digest_hex(enum hub_hash hash, const void *prefix, size_t prefix_len, const void *data, size_t n,
+                   const char *path, char *ret_hex);
+
 #endif

@@ -3,7 +3,6 @@
 #include "util.h"
 
 #include <errno.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,12 +66,5 @@ void weights_file_clear(struct weights_file *wf)
 
 int weights_sha256_hex(const void *data, size_t n, char ret_hex[65])
 {
-        unsigned char md[EVP_MAX_MD_SIZE];
-        unsigned md_len = 0;
-
-        if (EVP_Digest(data, n, md, &md_len, EVP_sha256(), NULL) != 1 || md_len != 32)
-                return -ENOMEM;
-        for (unsigned i = 0; i < md_len; i++)
-                snprintf(ret_hex + 2 * i, 3, "%02x", md[i]);
-        return 0;
+        return hub_digest_hex(HUB_SHA256, NULL, 0, data ? data : "", n, NULL, ret_hex);
 }

@@ -47,7 +47,7 @@ int weights_fetch_config(const struct hub_ref *weights_ref, const char *commit, 
 /* Frees what wf holds and zeroes it. Accepts a zeroed one. */
 void weights_file_clear(struct weights_file *wf);
 
-/* The SHA-256 of n bytes as 64 hex digits (and a NUL). -ENOMEM. */
+/* The SHA-256 of n bytes as 64 hex digits (and a NUL): hub_digest_hex. -ENOMEM. */
 int weights_sha256_hex(const void *data, size_t n, char ret_hex[65]);
 
 #endif

@@ -19,10 +19,9 @@ int gen_new(struct generation **ret_gen)
 static void free_answers(struct generation *g)
 {
         free(g->models_body);
-        free(g->v2_model_body);
         free(g->v2_config_body);
         free(g->labels_shown);
-        g->models_body = g->v2_model_body = g->v2_config_body = g->labels_shown = NULL;
+        g->models_body = g->v2_config_body = g->labels_shown = NULL;
         g->weights_shown = NULL;
 }
 
@@ -157,8 +156,7 @@ int gen_build_answers(struct generation *g, const struct gen_limits *lim)
                                    .max_delay_us = bc.max_delay_us, .exec_batch = g->exec_batch,
                                    .n_exec = bc.n_exec, .labels = g->labels, .labels_source = g->labels_shown,
                                    .weights = w };
-        if (api_models_body(&d, &g->models_body) < 0 || v2_model_body(&g->v2, &g->v2_model_body) < 0 ||
-            v2_config_body(&g->v2, &g->v2_config_body) < 0) {
+        if (api_models_body(&d, &g->models_body) < 0 || v2_config_body(&g->v2, &g->v2_config_body) < 0) {
                 free_answers(g);
                 g->v2.weights = NULL;
                 return -ENOMEM;

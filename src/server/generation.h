@@ -60,7 +60,6 @@ struct generation {
         char *models_body;            /* GET /v1/models */
         struct v2_model v2;           /* the model as /v2 describes it */
         int exec_batch[BATCH_MAX_EXEC];     /* v2.exec_batch points here */
-        char *v2_model_body;          /* GET /v2/models/{m} */
         char *v2_config_body;         /* GET /v2/models/{m}/config */
         const char *weights_shown;    /* the weights setting as the answers name it: weights, or its file name
                                        * (points into weights) */

@@ -708,7 +708,14 @@ static enum MHD_Result get_v2_model(struct req *q)
 
         if (model_lookup_failed(q, msg, sizeof msg))
                 return respond_error(q, API_E_NOT_FOUND, msg);
-        return respond_json(q, 200, req_gen(q)->v2_model_body);
+        /* "versions": every version serving now, not only this one. */
+        const struct generation *g = req_gen(q);
+        int64_t versions[REG_MAX_LISTED_VERSIONS];
+        int n = reg_versions(q->s->reg, g->v2.name, versions, REG_MAX_LISTED_VERSIONS);
+        char *body = NULL;
+        if (v2_model_body(&g->v2, versions, n, &body) < 0)
+                body = NULL;
+        return respond(q, 200, body, "application/json", NULL);
 }
 
 static enum MHD_Result get_v2_model_ready(struct req *q)
@@ -1109,8 +1116,8 @@ static enum MHD_Result start_control(struct req *q)
         }
         q->control = true;
         req_suspend(q);
-        if (s->opts.repo_control(s->opts.userdata, name, load, on_control_done, q, err,
-                                 sizeof err) < 0) {
+        if (s->opts.repo_control(s->opts.userdata, name, load, (const char *)q->pr->body, q->pr->len,
+                                 on_control_done, q, err, sizeof err) < 0) {
                 req_fail(q, API_E_INVALID_REQUEST, "%s", err);
                 req_finish(q);
         }

@@ -46,7 +46,7 @@
 #include "tls.h"
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
-#define HTTP_CONTROL_MAX_BODY (64 << 10)  /* a repository load or unload call's body (read, not used) */
+#define HTTP_CONTROL_MAX_BODY (64 << 10)  /* a repository load or unload call's body (a load's config) */
 
 /* The admin listener's budget: probes and scrapes are few and quick. */
 #define HTTP_ADMIN_MAX_CONNECTIONS 32
@@ -102,11 +102,12 @@ struct http_opts {
         /* libmicrohttpd's own messages, and a request's NaN or Inf outputs that
          * its input did not make (broken weights) (any thread). May be NULL. */
         void (*error_log)(void *userdata, const char *fmt, va_list ap);
-        /* POST /v2/repository/models/NAME/load and /unload (any thread): 0 when
-         * the call is taken, and done(token, ...) follows exactly once; else
-         * the reason in err (400), and done never fires. NULL: refused. */
-        int (*repo_control)(void *userdata, const char *name, bool load, http_control_done_fn done, void *token,
-                            char *err, size_t err_len);
+        /* POST /v2/repository/models/NAME/load and /unload (any thread), with
+         * the call's body (body_len bytes, valid during the call only): 0
+         * when the call is taken, and done(token, ...) follows exactly once;
+         * else the reason in err (400), and done never fires. NULL: refused. */
+        int (*repo_control)(void *userdata, const char *name, bool load, const char *body, size_t body_len,
+                            http_control_done_fn done, void *token, char *err, size_t err_len);
         /* The gRPC service's counters for /metrics (any thread). NULL: none. */
         void (*grpc_stats)(void *userdata, struct grpc_stats *ret_stats);
         void *userdata;

@@ -812,9 +812,16 @@ static void serve_info(struct ks_call *kc, const uint8_t *msg, size_t len)
                 break;
         }
         case GRPC_MODEL_METADATA: {
-                char version[24];
-                char *versions[] = { version };
-                snprintf(version, sizeof version, "%lld", (long long)(g->v2.version > 0 ? g->v2.version : 1));
+                /* Every version serving now, as the v2 protocol's metadata says. */
+                int64_t numbers[REG_MAX_LISTED_VERSIONS];
+                char text[REG_MAX_LISTED_VERSIONS][24], *versions[REG_MAX_LISTED_VERSIONS];
+                int n = reg_versions(k->reg, g->v2.name, numbers, REG_MAX_LISTED_VERSIONS);
+                if (n == 0)
+                        numbers[n++] = g->v2.version > 0 ? g->v2.version : 1;
+                for (int i = 0; i < n; i++) {
+                        snprintf(text[i], sizeof text[i], "%lld", (long long)numbers[i]);
+                        versions[i] = text[i];
+                }
                 int64_t in_shape[4] = { -1, 3, g->v2.size, g->v2.size }, out_shape[2] = { -1, g->v2.classes };
                 Inference__ModelMetadataResponse__TensorMetadata in = INFERENCE__MODEL_METADATA_RESPONSE__TENSOR_METADATA__INIT,
                                                                  out = INFERENCE__MODEL_METADATA_RESPONSE__TENSOR_METADATA__INIT;
@@ -829,7 +836,7 @@ static void serve_info(struct ks_call *kc, const uint8_t *msg, size_t len)
                 out.n_shape = 2;
                 out.shape = out_shape;
                 r.name = (char *)g->v2.name;
-                r.n_versions = 1;
+                r.n_versions = (size_t)n;
                 r.versions = versions;
                 r.platform = (char *)V2_PLATFORM;
                 r.n_inputs = 1;

@@ -355,6 +355,19 @@ int reg_serving_count(struct registry *reg)
         return n;
 }
 
+int reg_versions(struct registry *reg, const char *name, int64_t *ret_versions, int max)
+{
+        struct reg_model *m;
+        int n = 0;
+
+        pthread_mutex_lock(&reg->lock);
+        m = find_model(reg, name, strlen(name));
+        for (struct reg_version *v = m ? m->versions : NULL; v && n < max; v = v->next)
+                ret_versions[n++] = v->g->version > 0 ? v->g->version : 1;
+        pthread_mutex_unlock(&reg->lock);
+        return n;
+}
+
 void reg_batch_totals(struct registry *reg, struct batch_stats *ret_stats)
 {
         struct batch_stats now;

@@ -122,6 +122,13 @@ int reg_retired_count(struct registry *reg);
 /* Serving versions over all models. */
 int reg_serving_count(struct registry *reg);
 
+#define REG_MAX_LISTED_VERSIONS 64
+
+/* The versions of model name that serve now (the READY ones), highest
+ * first, at most max of them into ret_versions; returns how many (0 for
+ * an unknown model or one serving nothing). */
+int reg_versions(struct registry *reg, const char *name, int64_t *ret_versions, int max);
+
 /* The batchers' counters over every version ever served: collected,
  * retired and serving. */
 void reg_batch_totals(struct registry *reg, struct batch_stats *ret_stats);

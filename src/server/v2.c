@@ -1110,12 +1110,26 @@ int v2_server_body(char **ret_body)
                     ret_body);
 }
 
-int v2_model_body(const struct v2_model *m, char **ret_body)
+int v2_model_body(const struct v2_model *m, const int64_t *versions, int n, char **ret_body)
 {
         char version[24];
+        json_t *list = json_array();
 
-        return dump(json_pack("{s:s, s:[s], s:s, s:[{s:s, s:s, s:[i,i,i,i]}], s:[{s:s, s:s, s:[i,i]}]}", "name",
-                              m->name, "versions", version_text(m, version), "platform", V2_PLATFORM, "inputs", "name",
+        for (int i = 0; list && i < n; i++) {
+                snprintf(version, sizeof version, "%lld", (long long)versions[i]);
+                if (json_array_append_new(list, json_string(version)) < 0) {
+                        json_decref(list);
+                        list = NULL;
+                }
+        }
+        if (list && n == 0 && json_array_append_new(list, json_string(version_text(m, version))) < 0) {
+                json_decref(list);
+                list = NULL;
+        }
+        if (!list)
+                return -ENOMEM;
+        return dump(json_pack("{s:s, s:o, s:s, s:[{s:s, s:s, s:[i,i,i,i]}], s:[{s:s, s:s, s:[i,i]}]}", "name",
+                              m->name, "versions", list, "platform", V2_PLATFORM, "inputs", "name",
                               V2_INPUT_NAME, "datatype", "FP32", "shape", -1, 3, m->size, m->size, "outputs", "name",
                               V2_OUTPUT_NAME, "datatype", "FP32", "shape", -1, m->classes),
                     ret_body);

@@ -176,8 +176,10 @@ int v2_infer_body(const struct v2_model *m, const struct v2_request *r, float *l
 
 /* {"name":"effnetd","version":...,"extensions":[...]} */
 int v2_server_body(char **ret_body);
-/* {name, versions, platform, inputs, outputs} */
-int v2_model_body(const struct v2_model *m, char **ret_body);
+/* {name, versions, platform, inputs, outputs}: "versions" the n of
+ * versions (every version of the model available, as KServe v2 says),
+ * or m's own when n is 0. */
+int v2_model_body(const struct v2_model *m, const int64_t *versions, int n, char **ret_body);
 /* Triton's model configuration (extension_model_configuration). */
 int v2_config_body(const struct v2_model *m, char **ret_body);
 /* {"error":"<message>"}, exactly: clients format their exceptions from it. */

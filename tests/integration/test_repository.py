@@ -7,13 +7,17 @@ folder, against single-model daemons of the same files.
   infer with and without /versions/{v}) answers what a single-model daemon
   answers for the same file; a version's answer is its own;
 - Triton's repository extension with the wire calls of tritonclient.http
-  (v2client.py): index, load and unload, refused outside explicit mode;
+  (v2client.py): index, load (with and without a config override, a bad
+  one refused) and unload, refused outside explicit mode;
 - a version added, a SIGHUP rescan with nothing changed, and a version
   removed, all under a steady load of requests: no request lost;
 - per-model metrics labels, the access log naming model and version;
 - a broken model reported with its reason while the others serve;
 - one CPU budget for every model: even shares, a threads setting that
   would exceed the CPUs refused with the reason.
+- a model in int8 with the calibration beside its weights and its
+  self-check in /v1/models, and one whose calibration was made for other
+  weights failing with that reason while the others serve.
 
     test_repository.py EFFNETD EFFNET
 """
@@ -135,11 +139,36 @@ def test_routes(r, a, b, repo_client):
         s, _, j = repo_client.get(path)
         check(s == want, f"GET {path}: {want} ({s} {str(j)[:120]})")
     s, _, j = repo_client.get("/v2/models/b0")
-    check(j["name"] == "b0" and j["versions"] == ["2"], f"/v2/models/b0 is version 2, the highest ({j})")
+    check(j["name"] == "b0" and j["versions"] == ["2", "1"],
+          f"/v2/models/b0 lists every version serving, highest first ({j})")
+    s, _, j = repo_client.get("/v2/models/b0/versions/1")
+    check(j["versions"] == ["2", "1"], f"/v2/models/b0/versions/1 lists them too ({j.get('versions')})")
+    s, _, j = repo_client.get("/v2/models/s")
+    check(j["versions"] == ["1"], f"/v2/models/s: its one version ({j.get('versions')})")
     s, _, j = repo_client.get("/v2/models/s")
     check(j["inputs"][0]["shape"] == [-1, 3, 64, 64], f"s takes its input-size, 64 ({j['inputs'][0]['shape']})")
     s, _, j = repo_client.get("/v2/models/s/config")
     check(j.get("max_batch_size") == 2, f"s takes its max-batch, 2 ({j.get('max_batch_size')})")
+
+
+def test_grpc_metadata(r, workdir):
+    """gRPC ModelMetadata lists the versions as GET /v2/models/{m} does."""
+    try:
+        import grpc  # noqa: F401
+        import grpc_tools  # noqa: F401
+    except ImportError:
+        print("gRPC ModelMetadata: skipped (python3-grpcio, python3-grpc-tools)")
+        return
+    import re
+    import grpcclient
+    port = int(re.search(r"gRPC \(KServe v2 GRPCInferenceService\) listening on http://127\.0\.0\.1:(\d+)",
+                         r.log_text()).group(1))
+    pb, stub = grpcclient.load(workdir, port)
+    for model, want in (("b0", ["2", "1"]), ("s", ["1"])):
+        got = list(stub.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=30).versions)
+        check(got == want, f"gRPC ModelMetadata of {model}: versions {got}")
+    got = list(stub.ModelMetadata(pb.ModelMetadataRequest(name="b0", version="1"), timeout=30).versions)
+    check(got == ["2", "1"], f"gRPC ModelMetadata of b0 version 1: versions {got}")
 
 
 def test_listing(r, client):
@@ -242,7 +271,10 @@ def test_versions_under_load(r, client, repo, workdir):
     check(len(statuses) > before > 0 and not bad,
           f"{len(statuses)} requests across a version added, a rescan and a version removed: none lost ({bad[:5]})")
     s, _, j = client.get("/v2/models/b0")
-    check(j.get("versions") == ["3"], f"b0 now serves version 3 by default ({j.get('versions')})")
+    check(j.get("versions") == ["3", "2"], f"b0 now serves versions 3 and 2 ({j.get('versions')})")
+    res = client.infer("b0", [Tensor("input", "BYTES", [image])], outputs=[Output("probabilities", binary=True)])
+    check(res.status == 200 and res.json.get("model_version") == "3",
+          f"b0 serves version 3 by default ({res.status} {res.json.get('model_version')})")
     s, _, _ = client.get("/v2/models/b0/versions/1/ready")
     check(s == 404, f"the removed version answers 404 ({s})")
     check("loading 1 model version" in r.log_text() and r.log_text().count("model b0 version 2: loading") == 1,
@@ -267,6 +299,7 @@ def test_explicit(effnetd, repo, workdir):
         check(idx.get(("b0", "3"), {}).get("state") == "READY", f"load_model('b0'): loaded ({sorted(idx)})")
         s, _ = classify(e, "/v1/models/b0/classify", image)
         check(s == 200, f"explicit: b0 serves once loaded ({s})")
+        test_load_config(e, c, image)
         c.unload_model("b0")
         s, _ = classify(e, "/v1/models/b0/classify", TINY)
         check(s == 404, f"unload_model('b0'): 404 afterwards ({s})")
@@ -288,6 +321,32 @@ def test_explicit(effnetd, repo, workdir):
     finally:
         c.close()
         check(e.stop() == 0, "the explicit-mode daemon stops cleanly")
+
+
+def max_batch_of(client, model):
+    return client.get(f"/v2/models/{model}/config")[2].get("max_batch_size")
+
+
+def test_load_config(e, c, image):
+    """Triton's load with {"parameters": {"config": "<JSON>"}}: config.conf's
+    keys for that load, checked as config.conf's lines; a bad one is
+    refused (400) with nothing loaded."""
+    c.load_model("b0", config='{"max-batch": 3, "workers": 1}')
+    check(max_batch_of(c, "b0") == 3, f"load with config max-batch 3: serves with it ({max_batch_of(c, 'b0')})")
+    loads = e.log_text().count("model b0 version 3: loading")
+    for config, want in (('{"colour": "blue"}', "unknown key 'colour'"), ('{"max-batch": 0}', "max-batch"),
+                         ('{"precision": "fp64"}', "precision"), ('{"max-batch": null}', "max-batch"),
+                         ("not json", "JSON"), ('["max-batch", 2]', "JSON object")):
+        try:
+            c.load_model("b0", config=config)
+            check(False, f"load with config {config} is refused")
+        except RepositoryError as err:
+            check(err.status == 400 and want in err.message, f"load with config {config}: 400 ({err})")
+    s, _ = classify(e, "/v1/models/b0/classify", image)
+    check(s == 200 and max_batch_of(c, "b0") == 3 and e.log_text().count("model b0 version 3: loading") == loads,
+          f"the refused loads loaded nothing; b0 serves on as it was ({s})")
+    c.load_model("b0")
+    check(max_batch_of(c, "b0") == 8, f"a load without config: config.conf's settings again ({max_batch_of(c, 'b0')})")
 
 
 def test_poll(effnetd, repo, workdir):
@@ -365,6 +424,56 @@ def test_cpu_budget(effnetd, workdir):
     finally:
         c.close()
         check(d.stop() == 0, "the CPU budget daemon stops cleanly")
+def test_int8(effnetd, effnet, workdir):
+    """A repository where one model runs int8 with the calibration beside
+    its weights, one names (quoted, relative to its version's folder) a
+    calibration made for other weights, and one serves fp32."""
+    photos = sorted(dm.sample_photos().values())
+    if len(photos) < 4:
+        print(f"int8 in a repository: skipped, {len(photos)} photos (python3-matplotlib, python3-skimage)")
+        return
+    repo = os.path.join(workdir, "repo8")
+    init_weights(effnet, "b0", 7, f"{repo}/q/1/model.safetensors")
+    init_weights(effnet, "b0", 8, f"{repo}/wrong/1/model.safetensors")
+    os.makedirs(f"{repo}/plain/1")
+    shutil.copy(f"{repo}/q/1/model.safetensors", f"{repo}/plain/1/model.safetensors")
+    cal = f"{repo}/q/1/calibration.json"
+    p = subprocess.run([effnet, "calibrate", "--weights", f"{repo}/q/1/model.safetensors", "--images"] + photos +
+                       ["--method", "mse", "--threshold", "-1", "-o", cal], capture_output=True, text=True,
+                       timeout=900)
+    check(p.returncode == 0 and os.path.exists(cal), f"effnet calibrate q/1: {p.stderr[-300:]}")
+    selfcheck = dm.parse_json(open(cal, "rb").read())["selfcheck"]
+    with open(f"{repo}/q/config.conf", "w") as f:
+        f.write("[model]\nprecision = int8\nmax-batch = 2\n")
+    with open(f"{repo}/wrong/config.conf", "w") as f:
+        f.write('precision = int8\ncalibration = "../../q/1/calibration.json"\n')
+    d = dm.Daemon(effnetd, None, workdir, "--model-repository", repo, name="repository-int8")
+    c = V2Client(d.port)
+    try:
+        s, _, body = d.request("GET", "/v1/models")
+        got = {(m["name"], m.get("version")): m for m in dm.parse_json(body)["models"]}
+        q = got.get(("q", 1), {})
+        k = q.get("int8") or {}
+        same = all(abs(k.get(key, -1) - selfcheck[key]) < 1e-6 for key in
+                   ("top1_agreement", "top5_overlap", "max_logit_diff", "rms_logit_diff"))
+        check(s == 200 and q.get("state") == "READY" and q.get("precision") == "int8" and
+              k.get("images") == selfcheck["images"] and same,
+              f"/v1/models: q runs int8 with its calibration's self-check ({q.get('precision')}, {k})")
+        plain = got.get(("plain", 1), {})
+        check(plain.get("state") == "READY" and plain.get("precision") in ("fp32", "bf16") and "int8" not in plain,
+              f"/v1/models: plain serves {plain.get('precision')} beside it")
+        idx = index_of(c)
+        wrong = idx.get(("wrong", None), {})
+        check(wrong.get("state") == "UNAVAILABLE" and "other weights" in wrong.get("reason", ""),
+              f"repository index: the calibration made for other weights is wrong's reason ({wrong})")
+        for model in ("q", "plain"):
+            st, j = classify(d, f"/v1/models/{model}/classify", dm.read(photos[0]))
+            check(st == 200 and len(j.get("predictions", [])) == TOP_K, f"{model} classifies ({st})")
+        st, j = classify(d, "/v1/models/wrong/classify", TINY)
+        check(st == 404, f"wrong serves nothing ({st})")
+    finally:
+        c.close()
+        check(d.stop() == 0, "the int8 repository daemon stops cleanly")
 
 
 def main():
@@ -373,11 +482,13 @@ def main():
         repo = make_repository(effnet, workdir)
         a = dm.Daemon(effnetd, f"{repo}/b0/2/model.safetensors", workdir, name="single-v2")
         b = dm.Daemon(effnetd, f"{repo}/b0/1/model.safetensors", workdir, name="single-v1")
-        r = dm.Daemon(effnetd, None, workdir, "--model-repository", repo, name="repository")
+        r = dm.Daemon(effnetd, None, workdir, "--model-repository", repo, "--grpc-listen", "127.0.0.1:0",
+                      name="repository")
         client = V2Client(r.port)
         try:
             test_listing(r, client)
             test_routes(r, a, b, client)
+            test_grpc_metadata(r, workdir)
             test_refused_control(client)
             test_metrics_and_log(r)
             a.stop()
@@ -391,6 +502,7 @@ def main():
         test_cpu_budget(effnetd, workdir)
         test_explicit(effnetd, repo, workdir)
         test_poll(effnetd, repo, workdir)
+        test_int8(effnetd, effnet, workdir)
     finish()
 
 

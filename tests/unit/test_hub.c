@@ -292,6 +292,30 @@ static void test_cache(const char *dir)
         CHECK(hub_file_free(NULL) == NULL);
 }
 
+/* The one digest: SHA-256 and git's blob SHA-1, of bytes and of a file,
+ * against known values (FIPS 180's "abc"; `git hash-object` of "hello\n"). */
+static void test_digest(const char *dir)
+{
+        char hex[65], path[512];
+        const char prefix[] = "blob 6";   /* and its NUL */
+
+        CHECK_EQ(hub_digest_hex(HUB_SHA256, NULL, 0, "abc", 3, NULL, hex), 0);
+        CHECK(strcmp(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0);
+        CHECK_EQ(hub_digest_hex(HUB_SHA1, prefix, sizeof prefix, "hello\n", 6, NULL, hex), 0);
+        CHECK(strcmp(hex, "ce013625030ba8dba906f756967f9e9ca394464a") == 0);
+        snprintf(path, sizeof path, "%s/hello", dir);
+        FILE *f = fopen(path, "w");
+        REQUIRE(f);
+        fputs("hello\n", f);
+        fclose(f);
+        CHECK_EQ(hub_digest_hex(HUB_SHA1, prefix, sizeof prefix, NULL, 0, path, hex), 0);
+        CHECK(strcmp(hex, "ce013625030ba8dba906f756967f9e9ca394464a") == 0);
+        CHECK_EQ(hub_digest_hex(HUB_SHA256, NULL, 0, NULL, 0, path, hex), 0);
+        CHECK(strcmp(hex, "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03") == 0);
+        snprintf(path, sizeof path, "%s/missing", dir);
+        CHECK_EQ(hub_digest_hex(HUB_SHA256, NULL, 0, NULL, 0, path, hex), -ENOENT);
+}
+
 int main(void)
 {
         char dir[] = "/tmp/effnet-test-hub-XXXXXX";
@@ -302,6 +326,7 @@ int main(void)
         test_settings(dir);
         test_redact();
         test_cache(dir);
+        test_digest(dir);
         char cmd[256];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
         if (system(cmd) != 0)

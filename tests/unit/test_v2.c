@@ -540,9 +540,15 @@ static void test_bodies(struct api_labels *labels)
         CHECK(v2_server_body(&body) == 0 && strstr(body, "\"binary_tensor_data\"") && strstr(body, "\"classification\"")
               && strstr(body, "\"model_configuration\""));
         free(body);
-        CHECK(v2_model_body(&model, &body) == 0 && strstr(body, "\"shape\":[-1,3,2,2]") &&
+        CHECK(v2_model_body(&model, NULL, 0, &body) == 0 && strstr(body, "\"shape\":[-1,3,2,2]") &&
               strstr(body, "\"shape\":[-1,5]") && strstr(body, "\"versions\":[\"1\"]"));
         free(body);
+        {
+                const int64_t versions[] = { 12, 3, 1 };
+                CHECK(v2_model_body(&model, versions, 3, &body) == 0 &&
+                      strstr(body, "\"versions\":[\"12\",\"3\",\"1\"]"));
+                free(body);
+        }
         CHECK(v2_config_body(&model, &body) == 0 && strstr(body, "\"max_batch_size\":4") &&
               strstr(body, "\"dims\":[3,2,2]") && strstr(body, "\"format\":\"FORMAT_NCHW\"") &&
               strstr(body, "\"max_queue_delay_microseconds\":2000"));

@@ -20,6 +20,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <zlib.h>
 
 /* How often slow and idle connections and streams are looked for: a cut
  * comes at most this late. */
@@ -43,6 +44,13 @@ static const char *const meta_names[N_META] = { "authorization", "traceparent", 
 
 enum ep_kind { EP_LISTENER, EP_WAKE, EP_CONN };
 
+/* A request's grpc-encoding: the compression of its messages that carry
+ * the compressed flag. gzip and deflate (zlib's format) are inflated with
+ * zlib; anything else is refused (UNIMPLEMENTED). */
+enum msg_encoding { ENC_IDENTITY, ENC_GZIP, ENC_DEFLATE, ENC_UNKNOWN };
+/* What every answer says the server takes (grpc-accept-encoding). */
+#define ACCEPT_ENCODING "identity,deflate,gzip"
+
 struct h2_conn;
 
 struct h2_call {
@@ -59,6 +67,7 @@ struct h2_call {
         bool client_ended;             /* END_STREAM from the client */
         bool bad_headers;              /* a header was refused: the stream is reset */
         bool method_post, grpc_type;
+        uint8_t encoding;              /* enum msg_encoding */
         struct budget_client *client;  /* its own reference to its connection's account: it may outlive
                                         * the connection; NULL: the total only */
 
@@ -73,6 +82,7 @@ struct h2_call {
         uint8_t prefix[5];
         int prefix_have;
         bool in_message;
+        bool msg_compressed;           /* the message being received has the compressed flag */
         uint8_t *msg;                  /* charged: msg_cap */
         size_t msg_len, msg_need, msg_cap;
         size_t received;
@@ -228,25 +238,23 @@ static void uncharge(struct h2_server *s, struct budget_client *c, size_t bytes)
                 budget_release(s->opts.budget, c, (int64_t)bytes);
 }
 
-/* nghttp2's memory, charged to the connection's client: a refusal is
- * nghttp2's out of memory, which ends the connection. */
-static void *mem_malloc(size_t size, void *ud)
+/* Memory that carries its size, charged to client before it is had, so
+ * that a free releases the charge: nghttp2's and zlib's state. */
+static void *charged_alloc(struct h2_server *s, struct budget_client *client, size_t size)
 {
-        struct h2_conn *c = ud;
-        if (size > SIZE_MAX - MEM_HEADER || charge(c->s, c->client, size + MEM_HEADER) < 0)
+        if (size > SIZE_MAX - MEM_HEADER || charge(s, client, size + MEM_HEADER) < 0)
                 return NULL;
         uint8_t *p = malloc(size + MEM_HEADER);
         if (!p) {
-                uncharge(c->s, c->client, size + MEM_HEADER);
+                uncharge(s, client, size + MEM_HEADER);
                 return NULL;
         }
         memcpy(p, &size, sizeof size);
         return p + MEM_HEADER;
 }
 
-static void mem_free(void *ptr, void *ud)
+static void charged_free(struct h2_server *s, struct budget_client *client, void *ptr)
 {
-        struct h2_conn *c = ud;
         size_t size;
 
         if (!ptr)
@@ -254,7 +262,21 @@ static void mem_free(void *ptr, void *ud)
         uint8_t *p = (uint8_t *)ptr - MEM_HEADER;
         memcpy(&size, p, sizeof size);
         free(p);
-        uncharge(c->s, c->client, size + MEM_HEADER);
+        uncharge(s, client, size + MEM_HEADER);
+}
+
+/* nghttp2's memory, charged to the connection's client: a refusal is
+ * nghttp2's out of memory, which ends the connection. */
+static void *mem_malloc(size_t size, void *ud)
+{
+        struct h2_conn *c = ud;
+        return charged_alloc(c->s, c->client, size);
+}
+
+static void mem_free(void *ptr, void *ud)
+{
+        struct h2_conn *c = ud;
+        charged_free(c->s, c->client, ptr);
 }
 
 static void *mem_calloc(size_t n, size_t size, void *ud)
@@ -627,9 +649,9 @@ static void call_flush(struct h2_call *c)
                                      strlen(c->extra_value), NGHTTP2_NV_FLAG_NONE };
                 if (finished && empty) {
                         snprintf(st, sizeof st, "%d", status);
-                        nghttp2_nv nv[5] = { NV(":status", "200"), NV("content-type", "application/grpc"),
-                                             NV("grpc-status", st) };
-                        size_t n = 3;
+                        nghttp2_nv nv[6] = { NV(":status", "200"), NV("content-type", "application/grpc"),
+                                             NV("grpc-accept-encoding", ACCEPT_ENCODING), NV("grpc-status", st) };
+                        size_t n = 4;
                         if (msg[0])
                                 nv[n++] = (nghttp2_nv)NV("grpc-message", msg);
                         if (c->extra_name[0])
@@ -639,7 +661,7 @@ static void call_flush(struct h2_call *c)
                         return;
                 }
                 nghttp2_nv nv[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
-                                    NV("grpc-accept-encoding", "identity"), extra };
+                                    NV("grpc-accept-encoding", ACCEPT_ENCODING), extra };
                 nghttp2_data_provider dp = { .source.ptr = c, .read_callback = on_read_data };
                 nghttp2_submit_response(ng, c->stream_id, nv, c->extra_name[0] ? 4 : 3, &dp);
                 return;
@@ -791,6 +813,15 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         } else if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
                 c->grpc_type = valuelen >= 16 && memcmp(value, "application/grpc", 16) == 0 &&
                                (valuelen == 16 || value[16] == '+' || value[16] == ';');
+        } else if (namelen == 13 && memcmp(name, "grpc-encoding", 13) == 0) {
+                if (valuelen == 8 && memcmp(value, "identity", 8) == 0)
+                        c->encoding = ENC_IDENTITY;
+                else if (valuelen == 4 && memcmp(value, "gzip", 4) == 0)
+                        c->encoding = ENC_GZIP;
+                else if (valuelen == 7 && memcmp(value, "deflate", 7) == 0)
+                        c->encoding = ENC_DEFLATE;
+                else
+                        c->encoding = ENC_UNKNOWN;
         } else if (namelen == 12 && memcmp(name, "grpc-timeout", 12) == 0) {
                 char v[16];
                 int64_t ns;
@@ -853,6 +884,11 @@ static void call_start(struct h2_conn *conn, struct h2_call *c)
         if (!c->method_post || !c->grpc_type) {
                 st = H2_INTERNAL;
                 snprintf(msg, sizeof msg, "a gRPC call is a POST of content-type application/grpc");
+        } else if (c->encoding == ENC_UNKNOWN) {
+                /* gRPC's compression spec: UNIMPLEMENTED, and the answer's
+                 * grpc-accept-encoding names what would do. */
+                st = H2_UNIMPLEMENTED;
+                snprintf(msg, sizeof msg, "grpc-encoding not supported; this server takes " ACCEPT_ENCODING);
         } else if (atomic_load(&s->draining)) {
                 st = H2_UNAVAILABLE;
                 snprintf(msg, sizeof msg, "the server is shutting down");
@@ -898,6 +934,114 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
         return 0;
 }
 
+static void *z_alloc(void *ud, unsigned items, unsigned size)
+{
+        struct h2_call *c = ud;
+        if (size && items > SIZE_MAX / size)
+                return NULL;
+        return charged_alloc(c->s, c->client, (size_t)items * size);
+}
+
+static void z_free(void *ud, void *ptr)
+{
+        struct h2_call *c = ud;
+        charged_free(c->s, c->client, ptr);
+}
+
+/* Replaces c's complete compressed message by its inflated bytes; or ends
+ * c and returns its error. zlib does the inflating (a decompressor is
+ * not ours to write); its state and the output are charged to c's client
+ * before they are had. The output grows by doubling up to one byte past
+ * max_message_bytes, each step charged first, and inflate fills only
+ * what is there: a small message that inflates past the limit (a zip
+ * bomb) is refused having held at most the limit, as a plain message
+ * of that size would. Loop thread. */
+static int msg_inflate(struct h2_call *c)
+{
+        struct h2_server *s = c->s;
+        size_t max = (size_t)s->opts.max_message_bytes;
+        z_stream z = { .zalloc = z_alloc, .zfree = z_free, .opaque = c };
+        uint8_t *out = NULL;
+        size_t len = 0, cap = 0;
+        char msg[160];
+        int r, zr;
+
+        /* gzip's header and trailer, or deflate as HTTP names it: zlib's. */
+        zr = inflateInit2(&z, c->encoding == ENC_GZIP ? 16 + MAX_WBITS : MAX_WBITS);
+        if (zr != Z_OK) {
+                call_end(c, H2_RESOURCE_EXHAUSTED, "no memory in the budget to inflate a message now; retry later");
+                return -ENOBUFS;
+        }
+        z.next_in = c->msg;
+        z.avail_in = (uInt)c->msg_len;   /* at most max_message_bytes <= UINT32_MAX */
+        for (;;) {
+                if (len == cap) {
+                        if (cap > max) {
+                                r = -E2BIG;
+                                goto fail;
+                        }
+                        size_t ncap = cap ? cap * 2 : MSG_MIN_ALLOC;
+                        if (ncap > max + 1)
+                                ncap = max + 1;
+                        if ((r = charge(s, c->client, ncap - cap)) < 0)
+                                goto fail;
+                        uint8_t *p = realloc(out, ncap);
+                        if (!p) {
+                                uncharge(s, c->client, ncap - cap);
+                                r = -ENOMEM;
+                                goto fail;
+                        }
+                        out = p;
+                        cap = ncap;
+                }
+                z.next_out = out + len;
+                z.avail_out = (uInt)(cap - len);
+                zr = inflate(&z, Z_NO_FLUSH);
+                len = cap - z.avail_out;
+                if (zr == Z_STREAM_END)
+                        break;
+                if (zr == Z_MEM_ERROR) {
+                        r = -ENOBUFS;
+                        goto fail;
+                }
+                /* Z_OK with room left means the input ran out before the end. */
+                if ((zr != Z_OK && zr != Z_BUF_ERROR) || z.avail_out > 0) {
+                        r = -EBADMSG;
+                        goto fail;
+                }
+        }
+        if (len > max) {
+                r = -E2BIG;
+                goto fail;
+        }
+        if (z.avail_in > 0) {
+                r = -EBADMSG;   /* bytes after the end of the compressed data */
+                goto fail;
+        }
+        inflateEnd(&z);
+        free(c->msg);
+        uncharge(s, c->client, c->msg_cap);
+        c->msg = out;
+        c->msg_len = len;
+        c->msg_cap = cap;
+        return 0;
+fail:
+        inflateEnd(&z);
+        free(out);
+        uncharge(s, c->client, cap);
+        if (r == -E2BIG) {
+                atomic_fetch_add(&s->messages_too_large, 1);
+                snprintf(msg, sizeof msg, "a compressed message inflates past the limit of %lld bytes",
+                         (long long)s->opts.max_message_bytes);
+                call_end(c, H2_RESOURCE_EXHAUSTED, msg);
+        } else if (r == -EBADMSG) {
+                call_end(c, H2_INTERNAL, "a compressed message does not inflate (corrupt or cut)");
+        } else {
+                call_end(c, H2_RESOURCE_EXHAUSTED, "an inflated message does not fit the memory budget now; retry later");
+        }
+        return r;
+}
+
 /* Bytes of a call's request body: gRPC messages, each handed to the
  * handler when complete. */
 static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, const uint8_t *data, size_t len,
@@ -926,10 +1070,12 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
                         c->prefix_have = 0;
                         bool compressed = false;   /* unset when the prefix is refused */
                         uint32_t mlen = 0;
-                        if (h2_frame_prefix(c->prefix, &compressed, &mlen) < 0 || compressed) {
-                                call_end(c, compressed ? H2_UNIMPLEMENTED : H2_INTERNAL,
-                                         compressed ? "compressed messages are not supported (grpc-encoding identity)"
-                                                    : "bad message prefix");
+                        if (h2_frame_prefix(c->prefix, &compressed, &mlen) < 0) {
+                                call_end(c, H2_INTERNAL, "bad message prefix");
+                                break;
+                        }
+                        if (compressed && c->encoding == ENC_IDENTITY) {
+                                call_end(c, H2_INTERNAL, "a compressed message without grpc-encoding");
                                 break;
                         }
                         if ((int64_t)mlen > s->opts.max_message_bytes) {
@@ -940,6 +1086,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
                                 break;
                         }
                         c->in_message = true;
+                        c->msg_compressed = compressed;
                         c->msg_need = mlen;
                         c->msg_len = 0;
                         c->msg_start_ns = c->last_ns;
@@ -975,6 +1122,8 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
                         break;
                 c->in_message = false;
                 c->msg_start_ns = 0;
+                if (c->msg_compressed && msg_inflate(c) < 0)
+                        break;
                 /* An empty message has no buffer: it is given a valid pointer all the same. */
                 if (handler_holds(c))
                         s->opts.handler->on_message(s->opts.userdata, c, c->msg ? c->msg : (const uint8_t *)"",

@@ -21,7 +21,9 @@
  * every byte a connection makes the server hold (nghttp2's own state, the
  * message being received, answers not yet sent) is charged to the memory
  * budget (server/budget.h) of the client's address before it is
- * allocated. A charge that does not fit fails that stream
+ * allocated; a message compressed with grpc-encoding gzip or deflate
+ * (zlib inflates it) is bounded and charged by its inflated size. A
+ * charge that does not fit fails that stream
  * (RESOURCE_EXHAUSTED) or, for nghttp2's own state, the connection.
  *
  * Cleartext HTTP/2 with prior knowledge (h2c), as gRPC clients connect to

@@ -106,8 +106,11 @@ struct h2_call {
 
         /* Loop thread. */
         bool headers_sent, final_sent, deferred;
-        char extra_name[H2_MAX_HEADER_NAME + 1];    /* h2_call_set_header's; "" none */
-        char extra_value[H2_MAX_HEADER_VALUE + 1];
+        struct {
+                char name[H2_MAX_HEADER_NAME + 1];
+                char value[H2_MAX_HEADER_VALUE + 1];
+        } extra[H2_MAX_HEADERS];       /* h2_call_set_header's: n_extra of them */
+        int n_extra;
         void *userdata;
 };
 
@@ -384,8 +387,15 @@ int h2_call_set_header(struct h2_call *c, const char *name, const char *value)
         for (size_t i = 0; i < v; i++)
                 if (value[i] < 0x20 || value[i] > 0x7e)
                         return -EINVAL;
-        memcpy(c->extra_name, name, n + 1);
-        memcpy(c->extra_value, value, v + 1);
+        int i = 0;
+        while (i < c->n_extra && strcmp(c->extra[i].name, name) != 0)
+                i++;
+        if (i == H2_MAX_HEADERS)
+                return -E2BIG;
+        memcpy(c->extra[i].name, name, n + 1);
+        memcpy(c->extra[i].value, value, v + 1);
+        if (i == c->n_extra)
+                c->n_extra++;
         return 0;
 }
 
@@ -645,25 +655,25 @@ static void call_flush(struct h2_call *c)
                 if (!finished && empty)
                         return;
                 c->headers_sent = true;
-                nghttp2_nv extra = { (uint8_t *)c->extra_name, (uint8_t *)c->extra_value, strlen(c->extra_name),
-                                     strlen(c->extra_value), NGHTTP2_NV_FLAG_NONE };
+                nghttp2_nv nv[6 + H2_MAX_HEADERS] = { NV(":status", "200"), NV("content-type", "application/grpc"),
+                                                      NV("grpc-accept-encoding", ACCEPT_ENCODING) };
+                size_t n = 3;
+                for (int i = 0; i < c->n_extra; i++)
+                        nv[n++] = (nghttp2_nv){ (uint8_t *)c->extra[i].name, (uint8_t *)c->extra[i].value,
+                                                strlen(c->extra[i].name), strlen(c->extra[i].value),
+                                                NGHTTP2_NV_FLAG_NONE };
                 if (finished && empty) {
+                        /* Trailers-only: the status in the headers. */
                         snprintf(st, sizeof st, "%d", status);
-                        nghttp2_nv nv[6] = { NV(":status", "200"), NV("content-type", "application/grpc"),
-                                             NV("grpc-accept-encoding", ACCEPT_ENCODING), NV("grpc-status", st) };
-                        size_t n = 4;
+                        nv[n++] = (nghttp2_nv)NV("grpc-status", st);
                         if (msg[0])
                                 nv[n++] = (nghttp2_nv)NV("grpc-message", msg);
-                        if (c->extra_name[0])
-                                nv[n++] = extra;
                         nghttp2_submit_response(ng, c->stream_id, nv, n, NULL);
                         c->final_sent = true;
                         return;
                 }
-                nghttp2_nv nv[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
-                                    NV("grpc-accept-encoding", ACCEPT_ENCODING), extra };
                 nghttp2_data_provider dp = { .source.ptr = c, .read_callback = on_read_data };
-                nghttp2_submit_response(ng, c->stream_id, nv, c->extra_name[0] ? 4 : 3, &dp);
+                nghttp2_submit_response(ng, c->stream_id, nv, n, &dp);
                 return;
         }
         if (c->deferred) {

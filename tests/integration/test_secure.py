@@ -401,6 +401,7 @@ def test_trace(d, w, ctx, key):
     m = TRACEPARENT_RE.match(h.get("traceparent", ""))
     check(st == 200 and m and m.group(1) == TRACE_ID and m.group(2) != PARENT_ID and m.group(3) == "01",
           f"a valid traceparent is joined: {h.get('traceparent')}")
+    check(h.get("tracestate") == "congo=t61rcWkgMzE", f"its tracestate comes back: {h.get('tracestate')}")
     span = m.group(2) if m else "?"
     dm.wait_until(lambda: span in d.log_text(), 10)
     line = [x for x in d.log_text().splitlines() if span in x]
@@ -417,6 +418,12 @@ def test_trace(d, w, ctx, key):
               f"invalid traceparent {bad!r} starts a new trace: {h.get('traceparent')}")
         if m:
             seen.add(m.group(1))
+    st, h, _ = https(port, ctx, "GET", "/healthz", {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
+                                                    "tracestate": "Congo=bad value"})
+    check(st == 200 and "tracestate" not in h, f"an invalid tracestate is dropped: {h.get('tracestate')}")
+    st, h, _ = https(port, ctx, "GET", "/healthz", {"traceparent": "garbage", "tracestate": "congo=t61rcWkgMzE"})
+    check(st == 200 and "tracestate" not in h, f"a tracestate without a valid traceparent is dropped: "
+          f"{h.get('tracestate')}")
     st, h, _ = https(port, ctx, "GET", "/healthz", {"traceparent": f"01-{TRACE_ID}-{PARENT_ID}-01-future"})
     m = TRACEPARENT_RE.match(h.get("traceparent", ""))
     check(m and m.group(1) == TRACE_ID, f"a later version with more fields is joined: {h.get('traceparent')}")
@@ -438,6 +445,8 @@ def test_grpc_trace(d, w, key, photo):
     m = TRACEPARENT_RE.match(tp)
     check(r.id == "traced-1" and m and m.group(1) == TRACE_ID and m.group(2) != PARENT_ID and m.group(3) == "01",
           f"gRPC: a valid traceparent is joined, ours in the initial metadata: {tp}")
+    ts = dict(call.initial_metadata()).get("tracestate")
+    check(ts == "congo=t61rcWkgMzE", f"gRPC: its tracestate comes back in the initial metadata: {ts}")
     span = m.group(2) if m else "?"
     dm.wait_until(lambda: span in d.log_text(), 10)
     line = [x for x in d.log_text().splitlines() if span in x]
@@ -451,14 +460,15 @@ def test_grpc_trace(d, w, key, photo):
           f"gRPC: an invalid traceparent starts a new trace: {m and m.group(0)}")
     try:
         stub.ModelInfer(gc.infer_request(pb, MODEL, "BYTES", [photo]),
-                        metadata=(("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),), timeout=30)
+                        metadata=(("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"), ("tracestate", "rojo=00f067")),
+                        timeout=30)
         got = None
     except grpc.RpcError as e:
         md = dict(list(e.initial_metadata() or ()) + list(e.trailing_metadata() or ()))
-        got = (e.code(), md.get("traceparent", ""))
+        got = (e.code(), md.get("traceparent", ""), md.get("tracestate"))
     m = TRACEPARENT_RE.match(got[1]) if got else None
-    check(got and got[0] == grpc.StatusCode.UNAUTHENTICATED and m and m.group(1) == TRACE_ID,
-          f"gRPC: a refused call carries traceparent too ({got})")
+    check(got and got[0] == grpc.StatusCode.UNAUTHENTICATED and m and m.group(1) == TRACE_ID and
+          got[2] == "rojo=00f067", f"gRPC: a refused call carries traceparent and tracestate too ({got})")
 
 
 def test_mtls(effnetd, b0, w):

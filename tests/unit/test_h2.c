@@ -115,6 +115,8 @@ static int on_call(void *ud, struct h2_call *c, char *msg, size_t msg_len)
         CHECK_EQ(h2_call_set_header(c, "", "x"), -EINVAL);
         CHECK_EQ(h2_call_set_header(c, "traceparent", "a\nb"), -EINVAL);
         CHECK_EQ(h2_call_set_header(c, "traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), 0);
+        CHECK_EQ(h2_call_set_header(c, "traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b8-01"), 0);
+        CHECK_EQ(h2_call_set_header(c, "tracestate", "a=b"), -E2BIG);   /* a third name */
         if (s->refuse)
                 snprintf(msg, msg_len, "refused");
         return s->refuse;

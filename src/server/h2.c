@@ -137,6 +137,8 @@ struct h2_conn {
         struct h2_call *calls;
         uint32_t events;
         bool closing;
+        bool graceful;                 /* closing by the protocol's end (GOAWAY, the client's close): TLS
+                                        * says close_notify first */
         bool goaway;
         bool dead;                     /* closed; kept for the live_calls of calls still held */
 };
@@ -573,6 +575,7 @@ static void conn_send(struct h2_conn *conn)
         }
         if (!nghttp2_session_want_read(conn->ng) && !nghttp2_session_want_write(conn->ng)) {
                 conn->closing = true;
+                conn->graceful = true;
                 return;
         }
         conn_update_events(conn);
@@ -1283,6 +1286,24 @@ fail:
         return NULL;
 }
 
+/* A graceful end of a TLS connection: close_notify, so that the client
+ * can tell it from a cut. One try, not a wait: the alert is a few dozen
+ * bytes, which a socket with room takes at once; on a full socket (a
+ * client that does not read) the connection is cut as any other. Bytes
+ * the client sent that nobody will read are taken first (a few reads at
+ * most), since closing a socket with unread bytes resets the connection,
+ * which may destroy the alert before the client reads it. */
+static void conn_bye(struct h2_conn *conn)
+{
+        uint8_t buf[READ_CHUNK];
+
+        if (tls_conn_bye(conn->tls) < 0)
+                return;
+        for (int i = 0; i < 4; i++)
+                if (recv(conn->fd, buf, sizeof buf, MSG_DONTWAIT) <= 0)
+                        break;
+}
+
 /* Closes conn: its calls are detached (the handler hears of those it
  * holds), its session and socket go. Loop thread. */
 static void conn_close(struct h2_conn *conn)
@@ -1292,6 +1313,8 @@ static void conn_close(struct h2_conn *conn)
         while (conn->calls)
                 call_detach(conn->calls);
         nghttp2_session_del(conn->ng);
+        if (conn->tls && conn->graceful && !conn->handshaking)
+                conn_bye(conn);
         conn->tls = tls_conn_free(conn->tls);
         if (conn->fd >= 0) {
                 epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
@@ -1362,6 +1385,7 @@ static void conn_readable(struct h2_conn *conn)
                 }
                 if (n == 0) {
                         conn->closing = true;
+                        conn->graceful = true;
                         break;
                 }
                 if (n < 0) {
@@ -1426,6 +1450,7 @@ static void sweep(struct h2_server *s, int64_t now)
                                               NULL, 0);
                         conn_send(conn);
                         conn->closing = true;
+                        conn->graceful = true;
                         continue;
                 }
                 for (struct h2_call *c = conn->calls, *next; c; c = next) {
@@ -1642,8 +1667,10 @@ struct h2_server *h2_free(struct h2_server *s)
                 pthread_join(s->thread, NULL);
         }
         process_posts(s);
-        while (s->conns)
+        while (s->conns) {
+                s->conns->graceful = true;   /* the server stops */
                 conn_close(s->conns);
+        }
         /* Calls whose handler finished after their connection went. */
         process_posts(s);
         if (s->listen_fd >= 0)

@@ -32,6 +32,7 @@
  *   n = tls_conn_send(c, data, len);   // -EAGAIN: again with the same bytes
  *   // poll for POLLOUT when tls_conn_want_write(c), else POLLIN; bytes
  *   // already decrypted (tls_conn_pending) need no poll
+ *   tls_conn_bye(c);                   // a graceful end: close_notify
  *   c = tls_conn_free(c);
  *
  * GnuTLS's retrieve callback has no argument of ours, so the credentials
@@ -105,6 +106,13 @@ ssize_t tls_conn_recv(struct tls_conn *c, void *buf, size_t len);
 /* How many of the bytes were sent, or -EAGAIN (then call again with the
  * same bytes: GnuTLS holds the record), -EPIPE, -EPROTO. */
 ssize_t tls_conn_send(struct tls_conn *c, const void *buf, size_t len);
+
+/* Sends TLS's close_notify alert, so that the client sees the end of
+ * the connection as the server's choice and not as a cut (a truncation
+ * attack, to a client that checks). Does not wait for the client's
+ * alert. 0 once it is out; -EAGAIN when the socket is full (the caller
+ * may call again, or give up and close); -EPIPE, -EPROTO. */
+int tls_conn_bye(struct tls_conn *c);
 
 /* Whether the last call that returned -EAGAIN waits for the socket to be
  * writable (else readable). */

@@ -518,6 +518,55 @@ def test_mtls(effnetd, b0, w):
         check(d.stop() == 0, "the mTLS daemon stops cleanly")
 
 
+def tls_h2(port, w):
+    """A TLS connection that speaks HTTP/2 (ALPN h2, the preface and
+    SETTINGS sent), which reports a cut (EOF without close_notify) as
+    SSLEOFError instead of hiding it."""
+    ctx = h2_context(w)
+    # Debian's Python sets this by default, and so reads a cut as an end.
+    ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s = ctx.wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + gc.frame(gc.SETTINGS, 0, 0))
+    return s
+
+
+def how_it_ends(s):
+    """How the server ended a connection: "close_notify" when TLS's alert
+    came before the end, else the exception's name."""
+    try:
+        while s.recv(65536):
+            pass
+        return "close_notify"
+    except (OSError, ssl.SSLError) as e:
+        return type(e).__name__
+    finally:
+        s.close()
+
+
+def test_grpc_tls_close(effnetd, b0, w):
+    """A gRPC TLS connection the server ends on purpose (idle past
+    connection-timeout, or drained by SIGTERM) ends with TLS's
+    close_notify, not a cut."""
+    d = dm.Daemon(effnetd, b0, w, "--tls-cert", os.path.join(w, "a.crt"), "--tls-key", os.path.join(w, "a.key"),
+                  "--grpc-listen", "127.0.0.1:0", "--connection-timeout", 2, "--max-batch", 1, name="tls-close")
+    try:
+        port = grpc_port(d)
+        s = tls_h2(port, w)
+        t0 = time.monotonic()
+        end = how_it_ends(s)
+        check(end == "close_notify", f"an idle gRPC TLS connection is closed after {time.monotonic() - t0:.1f} s "
+              f"with close_notify ({end})")
+        s = tls_h2(port, w)
+        s.recv(100)     # the server's SETTINGS: the connection is up
+        d.proc.send_signal(signal.SIGTERM)
+        end = how_it_ends(s)
+        check(end == "close_notify", f"draining: a gRPC TLS connection gets GOAWAY and close_notify ({end})")
+    finally:
+        rc = d.stop()
+        check(rc == 0, f"effnetd stops cleanly ({rc})")
+
+
 def main():
     effnetd, effnet = sys.argv[1], sys.argv[2]
     if not shutil.which("openssl"):
@@ -578,6 +627,8 @@ def main():
             rc = d.stop()
             check(rc == 0, f"effnetd stops cleanly ({rc})")
         test_mtls(effnetd, b0, w)
+        if grpc:
+            test_grpc_tls_close(effnetd, b0, w)
     finish()
 
 

@@ -121,6 +121,7 @@ struct h2_conn {
         int fd;                        /* -1: h2_feed's */
         struct tls_conn *tls;          /* NULL: cleartext */
         bool handshaking;              /* TLS: no HTTP/2 bytes move before the handshake is done */
+        bool tls_charged;              /* TLS_CONN_BYTES charged to client for GnuTLS's session */
         bool recv_wants_write;         /* TLS: a read waits for the socket to be writable (GnuTLS says
                                         * which way only for the last call that would block) */
         nghttp2_session *ng;
@@ -1253,6 +1254,11 @@ static struct h2_conn *conn_new(struct h2_server *s, int fd, const struct sockad
                 goto fail;
         if (fd >= 0 && s->opts.tls) {
                 static const char *const alpn[] = { "h2", NULL };
+                /* GnuTLS allocates its own: what a session holds is
+                 * charged before it is made. */
+                if (charge(s, conn->client, TLS_CONN_BYTES) < 0)
+                        goto fail;   /* counted by the budget */
+                conn->tls_charged = true;
                 if (tls_conn_new(s->opts.tls, fd, alpn, &conn->tls) < 0)
                         goto fail;
                 conn->handshaking = true;
@@ -1278,6 +1284,8 @@ fail:
                 if (conn->ng)
                         nghttp2_session_del(conn->ng);
                 tls_conn_free(conn->tls);
+                if (conn->tls_charged)
+                        uncharge(s, conn->client, TLS_CONN_BYTES);
                 budget_client_put(s->opts.budget, conn->client);
                 free(conn);
         }
@@ -1316,6 +1324,9 @@ static void conn_close(struct h2_conn *conn)
         if (conn->tls && conn->graceful && !conn->handshaking)
                 conn_bye(conn);
         conn->tls = tls_conn_free(conn->tls);
+        if (conn->tls_charged)
+                uncharge(s, conn->client, TLS_CONN_BYTES);
+        conn->tls_charged = false;
         if (conn->fd >= 0) {
                 epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
                 close(conn->fd);

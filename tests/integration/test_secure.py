@@ -567,6 +567,51 @@ def test_grpc_tls_close(effnetd, b0, w):
         check(rc == 0, f"effnetd stops cleanly ({rc})")
 
 
+def test_grpc_tls_budget(effnetd, b0, w):
+    """What GnuTLS holds for a connection is charged to the memory budget
+    at accept: 400 idle TLS connections against a 2 MiB budget are mostly
+    refused, and the daemon's RSS grows by less than 1.5 times the budget
+    (without the charge, the budget counted only nghttp2's part of each
+    connection and RSS grew by twice the budget; unbounded, 400 sessions
+    would take about 16 MiB)."""
+    budget = 2 << 20
+    asan = "asan" in os.environ.get("MESON_BUILD_ROOT", "") or bool(os.environ.get("ASAN_OPTIONS"))
+    bound = budget * 1.5 * (1.5 if asan else 1.0) / (1 << 20)
+    d = dm.Daemon(effnetd, b0, w, "--tls-cert", os.path.join(w, "a.crt"), "--tls-key", os.path.join(w, "a.key"),
+                  "--grpc-listen", "127.0.0.1:0", "--memory-budget", budget, "--max-client-share", budget,
+                  "--v2-max-body-bytes", 1 << 19, "--max-body-bytes", 1 << 19,
+                  "--max-connections", 1000, "--max-batch", 1, name="tls-budget",
+                  env={"ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=0").lstrip(":")})
+    socks = []
+    try:
+        port = grpc_port(d)
+        time.sleep(1)
+        rss0 = dm.status_kb(d.proc.pid, "VmRSS")
+        refused = 0
+        for _ in range(400):
+            try:
+                s = tls_h2(port, w)
+                socks.append(s)
+                if not s.recv(100):
+                    refused += 1
+            except (OSError, ssl.SSLError):
+                refused += 1
+        time.sleep(1)
+        grown = (dm.status_kb(d.proc.pid, "VmRSS") - rss0) / 1024
+        check(refused > 300 and grown < bound, f"400 idle gRPC TLS connections against a 2 MiB budget: "
+              f"{400 - refused} served, {refused} refused, RSS grew {grown:.1f} MiB (< {bound:.1f})")
+        for s in socks:
+            s.close()
+        socks = []
+        charged = dm.wait_until(lambda: metrics(d.port, context(w)).get("effnetd_memory_charged_bytes") == 0, 10)
+        check(bool(charged) and grpc_live(w, port, grpc_creds(w)) is True,
+              "the connections' charges come back: a new one is served")
+    finally:
+        for s in socks:
+            s.close()
+        d.stop()
+
+
 def main():
     effnetd, effnet = sys.argv[1], sys.argv[2]
     if not shutil.which("openssl"):
@@ -629,6 +674,7 @@ def main():
         test_mtls(effnetd, b0, w)
         if grpc:
             test_grpc_tls_close(effnetd, b0, w)
+            test_grpc_tls_budget(effnetd, b0, w)
     finish()
 
 

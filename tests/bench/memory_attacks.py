@@ -138,6 +138,8 @@ def shape_grpc_uploads(d, ctx):
             h = gc.RawH2(port)
             conns.append(h)
             h.start()
+            # Its SETTINGS acknowledged: the 1 MiB stream window applies.
+            h.frames_until(lambda f: f and f[0] == gc.SETTINGS and not f[1] & gc.ACK, limit=10)
             for sid in (1, 3, 5, 7):
                 h.headers(sid, gc.grpc_headers("/inference.GRPCInferenceService/ModelInfer"))
                 h.send(gc.frame(gc.DATA, 0, sid, first) + gc.frame(gc.DATA, 0, sid, body) * 63)

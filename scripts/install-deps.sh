@@ -9,9 +9,10 @@ pkgs=(
   build-essential meson ninja-build pkg-config cmake
   libdnnl-dev libjansson-dev libmicrohttpd-dev libgnutls28-dev libturbojpeg0-dev libjpeg62-turbo-dev
   libpng-dev libsystemd-dev libssl-dev libcurl4-openssl-dev scdoc
-  # gRPC: HTTP/2 (nghttp2) and the protobuf messages (protoc-c generates
-  # them from src/server/kserve.proto at build time)
-  libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler
+  # gRPC: HTTP/2 (nghttp2), the protobuf messages (protoc-c generates
+  # them from src/server/kserve.proto at build time) and zlib (requests
+  # compressed with grpc-encoding gzip or deflate)
+  libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler zlib1g-dev
   # tests: references and tools
   python3 python3-numpy python3-torch python3-torchvision python3-pil
   python3-matplotlib python3-skimage libjpeg-turbo-progs  # sample photos, cjpeg

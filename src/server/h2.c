@@ -20,6 +20,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <zlib.h>
 
 /* How often slow and idle connections and streams are looked for: a cut
  * comes at most this late. */
@@ -43,6 +44,13 @@ static const char *const meta_names[N_META] = { "authorization", "traceparent", 
 
 enum ep_kind { EP_LISTENER, EP_WAKE, EP_CONN };
 
+/* A request's grpc-encoding: the compression of its messages that carry
+ * the compressed flag. gzip and deflate (zlib's format) are inflated with
+ * zlib; anything else is refused (UNIMPLEMENTED). */
+enum msg_encoding { ENC_IDENTITY, ENC_GZIP, ENC_DEFLATE, ENC_UNKNOWN };
+/* What every answer says the server takes (grpc-accept-encoding). */
+#define ACCEPT_ENCODING "identity,deflate,gzip"
+
 struct h2_conn;
 
 struct h2_call {
@@ -59,6 +67,7 @@ struct h2_call {
         bool client_ended;             /* END_STREAM from the client */
         bool bad_headers;              /* a header was refused: the stream is reset */
         bool method_post, grpc_type;
+        uint8_t encoding;              /* enum msg_encoding */
         struct budget_client *client;  /* its own reference to its connection's account: it may outlive
                                         * the connection; NULL: the total only */
 
@@ -73,6 +82,7 @@ struct h2_call {
         uint8_t prefix[5];
         int prefix_have;
         bool in_message;
+        bool msg_compressed;           /* the message being received has the compressed flag */
         uint8_t *msg;                  /* charged: msg_cap */
         size_t msg_len, msg_need, msg_cap;
         size_t received;
@@ -96,8 +106,11 @@ struct h2_call {
 
         /* Loop thread. */
         bool headers_sent, final_sent, deferred;
-        char extra_name[H2_MAX_HEADER_NAME + 1];    /* h2_call_set_header's; "" none */
-        char extra_value[H2_MAX_HEADER_VALUE + 1];
+        struct {
+                char name[H2_MAX_HEADER_NAME + 1];
+                char value[H2_MAX_HEADER_VALUE + 1];
+        } extra[H2_MAX_HEADERS];       /* h2_call_set_header's: n_extra of them */
+        int n_extra;
         void *userdata;
 };
 
@@ -108,6 +121,7 @@ struct h2_conn {
         int fd;                        /* -1: h2_feed's */
         struct tls_conn *tls;          /* NULL: cleartext */
         bool handshaking;              /* TLS: no HTTP/2 bytes move before the handshake is done */
+        bool tls_charged;              /* TLS_CONN_BYTES charged to client for GnuTLS's session */
         bool recv_wants_write;         /* TLS: a read waits for the socket to be writable (GnuTLS says
                                         * which way only for the last call that would block) */
         nghttp2_session *ng;
@@ -124,6 +138,8 @@ struct h2_conn {
         struct h2_call *calls;
         uint32_t events;
         bool closing;
+        bool graceful;                 /* closing by the protocol's end (GOAWAY, the client's close): TLS
+                                        * says close_notify first */
         bool goaway;
         bool dead;                     /* closed; kept for the live_calls of calls still held */
 };
@@ -228,25 +244,23 @@ static void uncharge(struct h2_server *s, struct budget_client *c, size_t bytes)
                 budget_release(s->opts.budget, c, (int64_t)bytes);
 }
 
-/* nghttp2's memory, charged to the connection's client: a refusal is
- * nghttp2's out of memory, which ends the connection. */
-static void *mem_malloc(size_t size, void *ud)
+/* Memory that carries its size, charged to client before it is had, so
+ * that a free releases the charge: nghttp2's and zlib's state. */
+static void *charged_alloc(struct h2_server *s, struct budget_client *client, size_t size)
 {
-        struct h2_conn *c = ud;
-        if (size > SIZE_MAX - MEM_HEADER || charge(c->s, c->client, size + MEM_HEADER) < 0)
+        if (size > SIZE_MAX - MEM_HEADER || charge(s, client, size + MEM_HEADER) < 0)
                 return NULL;
         uint8_t *p = malloc(size + MEM_HEADER);
         if (!p) {
-                uncharge(c->s, c->client, size + MEM_HEADER);
+                uncharge(s, client, size + MEM_HEADER);
                 return NULL;
         }
         memcpy(p, &size, sizeof size);
         return p + MEM_HEADER;
 }
 
-static void mem_free(void *ptr, void *ud)
+static void charged_free(struct h2_server *s, struct budget_client *client, void *ptr)
 {
-        struct h2_conn *c = ud;
         size_t size;
 
         if (!ptr)
@@ -254,7 +268,21 @@ static void mem_free(void *ptr, void *ud)
         uint8_t *p = (uint8_t *)ptr - MEM_HEADER;
         memcpy(&size, p, sizeof size);
         free(p);
-        uncharge(c->s, c->client, size + MEM_HEADER);
+        uncharge(s, client, size + MEM_HEADER);
+}
+
+/* nghttp2's memory, charged to the connection's client: a refusal is
+ * nghttp2's out of memory, which ends the connection. */
+static void *mem_malloc(size_t size, void *ud)
+{
+        struct h2_conn *c = ud;
+        return charged_alloc(c->s, c->client, size);
+}
+
+static void mem_free(void *ptr, void *ud)
+{
+        struct h2_conn *c = ud;
+        charged_free(c->s, c->client, ptr);
 }
 
 static void *mem_calloc(size_t n, size_t size, void *ud)
@@ -362,8 +390,15 @@ int h2_call_set_header(struct h2_call *c, const char *name, const char *value)
         for (size_t i = 0; i < v; i++)
                 if (value[i] < 0x20 || value[i] > 0x7e)
                         return -EINVAL;
-        memcpy(c->extra_name, name, n + 1);
-        memcpy(c->extra_value, value, v + 1);
+        int i = 0;
+        while (i < c->n_extra && strcmp(c->extra[i].name, name) != 0)
+                i++;
+        if (i == H2_MAX_HEADERS)
+                return -E2BIG;
+        memcpy(c->extra[i].name, name, n + 1);
+        memcpy(c->extra[i].value, value, v + 1);
+        if (i == c->n_extra)
+                c->n_extra++;
         return 0;
 }
 
@@ -541,6 +576,7 @@ static void conn_send(struct h2_conn *conn)
         }
         if (!nghttp2_session_want_read(conn->ng) && !nghttp2_session_want_write(conn->ng)) {
                 conn->closing = true;
+                conn->graceful = true;
                 return;
         }
         conn_update_events(conn);
@@ -623,25 +659,25 @@ static void call_flush(struct h2_call *c)
                 if (!finished && empty)
                         return;
                 c->headers_sent = true;
-                nghttp2_nv extra = { (uint8_t *)c->extra_name, (uint8_t *)c->extra_value, strlen(c->extra_name),
-                                     strlen(c->extra_value), NGHTTP2_NV_FLAG_NONE };
+                nghttp2_nv nv[6 + H2_MAX_HEADERS] = { NV(":status", "200"), NV("content-type", "application/grpc"),
+                                                      NV("grpc-accept-encoding", ACCEPT_ENCODING) };
+                size_t n = 3;
+                for (int i = 0; i < c->n_extra; i++)
+                        nv[n++] = (nghttp2_nv){ (uint8_t *)c->extra[i].name, (uint8_t *)c->extra[i].value,
+                                                strlen(c->extra[i].name), strlen(c->extra[i].value),
+                                                NGHTTP2_NV_FLAG_NONE };
                 if (finished && empty) {
+                        /* Trailers-only: the status in the headers. */
                         snprintf(st, sizeof st, "%d", status);
-                        nghttp2_nv nv[5] = { NV(":status", "200"), NV("content-type", "application/grpc"),
-                                             NV("grpc-status", st) };
-                        size_t n = 3;
+                        nv[n++] = (nghttp2_nv)NV("grpc-status", st);
                         if (msg[0])
                                 nv[n++] = (nghttp2_nv)NV("grpc-message", msg);
-                        if (c->extra_name[0])
-                                nv[n++] = extra;
                         nghttp2_submit_response(ng, c->stream_id, nv, n, NULL);
                         c->final_sent = true;
                         return;
                 }
-                nghttp2_nv nv[] = { NV(":status", "200"), NV("content-type", "application/grpc"),
-                                    NV("grpc-accept-encoding", "identity"), extra };
                 nghttp2_data_provider dp = { .source.ptr = c, .read_callback = on_read_data };
-                nghttp2_submit_response(ng, c->stream_id, nv, c->extra_name[0] ? 4 : 3, &dp);
+                nghttp2_submit_response(ng, c->stream_id, nv, n, &dp);
                 return;
         }
         if (c->deferred) {
@@ -791,6 +827,15 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
         } else if (namelen == 12 && memcmp(name, "content-type", 12) == 0) {
                 c->grpc_type = valuelen >= 16 && memcmp(value, "application/grpc", 16) == 0 &&
                                (valuelen == 16 || value[16] == '+' || value[16] == ';');
+        } else if (namelen == 13 && memcmp(name, "grpc-encoding", 13) == 0) {
+                if (valuelen == 8 && memcmp(value, "identity", 8) == 0)
+                        c->encoding = ENC_IDENTITY;
+                else if (valuelen == 4 && memcmp(value, "gzip", 4) == 0)
+                        c->encoding = ENC_GZIP;
+                else if (valuelen == 7 && memcmp(value, "deflate", 7) == 0)
+                        c->encoding = ENC_DEFLATE;
+                else
+                        c->encoding = ENC_UNKNOWN;
         } else if (namelen == 12 && memcmp(name, "grpc-timeout", 12) == 0) {
                 char v[16];
                 int64_t ns;
@@ -853,6 +898,11 @@ static void call_start(struct h2_conn *conn, struct h2_call *c)
         if (!c->method_post || !c->grpc_type) {
                 st = H2_INTERNAL;
                 snprintf(msg, sizeof msg, "a gRPC call is a POST of content-type application/grpc");
+        } else if (c->encoding == ENC_UNKNOWN) {
+                /* gRPC's compression spec: UNIMPLEMENTED, and the answer's
+                 * grpc-accept-encoding names what would do. */
+                st = H2_UNIMPLEMENTED;
+                snprintf(msg, sizeof msg, "grpc-encoding not supported; this server takes " ACCEPT_ENCODING);
         } else if (atomic_load(&s->draining)) {
                 st = H2_UNAVAILABLE;
                 snprintf(msg, sizeof msg, "the server is shutting down");
@@ -898,6 +948,114 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
         return 0;
 }
 
+static void *z_alloc(void *ud, unsigned items, unsigned size)
+{
+        struct h2_call *c = ud;
+        if (size && items > SIZE_MAX / size)
+                return NULL;
+        return charged_alloc(c->s, c->client, (size_t)items * size);
+}
+
+static void z_free(void *ud, void *ptr)
+{
+        struct h2_call *c = ud;
+        charged_free(c->s, c->client, ptr);
+}
+
+/* Replaces c's complete compressed message by its inflated bytes; or ends
+ * c and returns its error. zlib does the inflating (a decompressor is
+ * not ours to write); its state and the output are charged to c's client
+ * before they are had. The output grows by doubling up to one byte past
+ * max_message_bytes, each step charged first, and inflate fills only
+ * what is there: a small message that inflates past the limit (a zip
+ * bomb) is refused having held at most the limit, as a plain message
+ * of that size would. Loop thread. */
+static int msg_inflate(struct h2_call *c)
+{
+        struct h2_server *s = c->s;
+        size_t max = (size_t)s->opts.max_message_bytes;
+        z_stream z = { .zalloc = z_alloc, .zfree = z_free, .opaque = c };
+        uint8_t *out = NULL;
+        size_t len = 0, cap = 0;
+        char msg[160];
+        int r, zr;
+
+        /* gzip's header and trailer, or deflate as HTTP names it: zlib's. */
+        zr = inflateInit2(&z, c->encoding == ENC_GZIP ? 16 + MAX_WBITS : MAX_WBITS);
+        if (zr != Z_OK) {
+                call_end(c, H2_RESOURCE_EXHAUSTED, "no memory in the budget to inflate a message now; retry later");
+                return -ENOBUFS;
+        }
+        z.next_in = c->msg;
+        z.avail_in = (uInt)c->msg_len;   /* at most max_message_bytes <= UINT32_MAX */
+        for (;;) {
+                if (len == cap) {
+                        if (cap > max) {
+                                r = -E2BIG;
+                                goto fail;
+                        }
+                        size_t ncap = cap ? cap * 2 : MSG_MIN_ALLOC;
+                        if (ncap > max + 1)
+                                ncap = max + 1;
+                        if ((r = charge(s, c->client, ncap - cap)) < 0)
+                                goto fail;
+                        uint8_t *p = realloc(out, ncap);
+                        if (!p) {
+                                uncharge(s, c->client, ncap - cap);
+                                r = -ENOMEM;
+                                goto fail;
+                        }
+                        out = p;
+                        cap = ncap;
+                }
+                z.next_out = out + len;
+                z.avail_out = (uInt)(cap - len);
+                zr = inflate(&z, Z_NO_FLUSH);
+                len = cap - z.avail_out;
+                if (zr == Z_STREAM_END)
+                        break;
+                if (zr == Z_MEM_ERROR) {
+                        r = -ENOBUFS;
+                        goto fail;
+                }
+                /* Z_OK with room left means the input ran out before the end. */
+                if ((zr != Z_OK && zr != Z_BUF_ERROR) || z.avail_out > 0) {
+                        r = -EBADMSG;
+                        goto fail;
+                }
+        }
+        if (len > max) {
+                r = -E2BIG;
+                goto fail;
+        }
+        if (z.avail_in > 0) {
+                r = -EBADMSG;   /* bytes after the end of the compressed data */
+                goto fail;
+        }
+        inflateEnd(&z);
+        free(c->msg);
+        uncharge(s, c->client, c->msg_cap);
+        c->msg = out;
+        c->msg_len = len;
+        c->msg_cap = cap;
+        return 0;
+fail:
+        inflateEnd(&z);
+        free(out);
+        uncharge(s, c->client, cap);
+        if (r == -E2BIG) {
+                atomic_fetch_add(&s->messages_too_large, 1);
+                snprintf(msg, sizeof msg, "a compressed message inflates past the limit of %lld bytes",
+                         (long long)s->opts.max_message_bytes);
+                call_end(c, H2_RESOURCE_EXHAUSTED, msg);
+        } else if (r == -EBADMSG) {
+                call_end(c, H2_INTERNAL, "a compressed message does not inflate (corrupt or cut)");
+        } else {
+                call_end(c, H2_RESOURCE_EXHAUSTED, "an inflated message does not fit the memory budget now; retry later");
+        }
+        return r;
+}
+
 /* Bytes of a call's request body: gRPC messages, each handed to the
  * handler when complete. */
 static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, const uint8_t *data, size_t len,
@@ -926,10 +1084,12 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
                         c->prefix_have = 0;
                         bool compressed = false;   /* unset when the prefix is refused */
                         uint32_t mlen = 0;
-                        if (h2_frame_prefix(c->prefix, &compressed, &mlen) < 0 || compressed) {
-                                call_end(c, compressed ? H2_UNIMPLEMENTED : H2_INTERNAL,
-                                         compressed ? "compressed messages are not supported (grpc-encoding identity)"
-                                                    : "bad message prefix");
+                        if (h2_frame_prefix(c->prefix, &compressed, &mlen) < 0) {
+                                call_end(c, H2_INTERNAL, "bad message prefix");
+                                break;
+                        }
+                        if (compressed && c->encoding == ENC_IDENTITY) {
+                                call_end(c, H2_INTERNAL, "a compressed message without grpc-encoding");
                                 break;
                         }
                         if ((int64_t)mlen > s->opts.max_message_bytes) {
@@ -940,6 +1100,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
                                 break;
                         }
                         c->in_message = true;
+                        c->msg_compressed = compressed;
                         c->msg_need = mlen;
                         c->msg_len = 0;
                         c->msg_start_ns = c->last_ns;
@@ -975,6 +1136,8 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t stream_id, 
                         break;
                 c->in_message = false;
                 c->msg_start_ns = 0;
+                if (c->msg_compressed && msg_inflate(c) < 0)
+                        break;
                 /* An empty message has no buffer: it is given a valid pointer all the same. */
                 if (handler_holds(c))
                         s->opts.handler->on_message(s->opts.userdata, c, c->msg ? c->msg : (const uint8_t *)"",
@@ -1091,6 +1254,11 @@ static struct h2_conn *conn_new(struct h2_server *s, int fd, const struct sockad
                 goto fail;
         if (fd >= 0 && s->opts.tls) {
                 static const char *const alpn[] = { "h2", NULL };
+                /* GnuTLS allocates its own: what a session holds is
+                 * charged before it is made. */
+                if (charge(s, conn->client, TLS_CONN_BYTES) < 0)
+                        goto fail;   /* counted by the budget */
+                conn->tls_charged = true;
                 if (tls_conn_new(s->opts.tls, fd, alpn, &conn->tls) < 0)
                         goto fail;
                 conn->handshaking = true;
@@ -1116,12 +1284,32 @@ fail:
                 if (conn->ng)
                         nghttp2_session_del(conn->ng);
                 tls_conn_free(conn->tls);
+                if (conn->tls_charged)
+                        uncharge(s, conn->client, TLS_CONN_BYTES);
                 budget_client_put(s->opts.budget, conn->client);
                 free(conn);
         }
         if (fd >= 0)
                 close(fd);
         return NULL;
+}
+
+/* A graceful end of a TLS connection: close_notify, so that the client
+ * can tell it from a cut. One try, not a wait: the alert is a few dozen
+ * bytes, which a socket with room takes at once; on a full socket (a
+ * client that does not read) the connection is cut as any other. Bytes
+ * the client sent that nobody will read are taken first (a few reads at
+ * most), since closing a socket with unread bytes resets the connection,
+ * which may destroy the alert before the client reads it. */
+static void conn_bye(struct h2_conn *conn)
+{
+        uint8_t buf[READ_CHUNK];
+
+        if (tls_conn_bye(conn->tls) < 0)
+                return;
+        for (int i = 0; i < 4; i++)
+                if (recv(conn->fd, buf, sizeof buf, MSG_DONTWAIT) <= 0)
+                        break;
 }
 
 /* Closes conn: its calls are detached (the handler hears of those it
@@ -1133,7 +1321,12 @@ static void conn_close(struct h2_conn *conn)
         while (conn->calls)
                 call_detach(conn->calls);
         nghttp2_session_del(conn->ng);
+        if (conn->tls && conn->graceful && !conn->handshaking)
+                conn_bye(conn);
         conn->tls = tls_conn_free(conn->tls);
+        if (conn->tls_charged)
+                uncharge(s, conn->client, TLS_CONN_BYTES);
+        conn->tls_charged = false;
         if (conn->fd >= 0) {
                 epoll_ctl(s->epoll_fd, EPOLL_CTL_DEL, conn->fd, NULL);
                 close(conn->fd);
@@ -1203,6 +1396,7 @@ static void conn_readable(struct h2_conn *conn)
                 }
                 if (n == 0) {
                         conn->closing = true;
+                        conn->graceful = true;
                         break;
                 }
                 if (n < 0) {
@@ -1267,6 +1461,7 @@ static void sweep(struct h2_server *s, int64_t now)
                                               NULL, 0);
                         conn_send(conn);
                         conn->closing = true;
+                        conn->graceful = true;
                         continue;
                 }
                 for (struct h2_call *c = conn->calls, *next; c; c = next) {
@@ -1483,8 +1678,10 @@ struct h2_server *h2_free(struct h2_server *s)
                 pthread_join(s->thread, NULL);
         }
         process_posts(s);
-        while (s->conns)
+        while (s->conns) {
+                s->conns->graceful = true;   /* the server stops */
                 conn_close(s->conns);
+        }
         /* Calls whose handler finished after their connection went. */
         process_posts(s);
         if (s->listen_fd >= 0)

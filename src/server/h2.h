@@ -21,7 +21,9 @@
  * every byte a connection makes the server hold (nghttp2's own state, the
  * message being received, answers not yet sent) is charged to the memory
  * budget (server/budget.h) of the client's address before it is
- * allocated. A charge that does not fit fails that stream
+ * allocated; a message compressed with grpc-encoding gzip or deflate
+ * (zlib inflates it) is bounded and charged by its inflated size. A
+ * charge that does not fit fails that stream
  * (RESOURCE_EXHAUSTED) or, for nghttp2's own state, the connection.
  *
  * Cleartext HTTP/2 with prior knowledge (h2c), as gRPC clients connect to
@@ -60,9 +62,11 @@ enum h2_status {
 #define H2_MAX_STATUS_MESSAGE 512
 /* Metadata kept for the handler, per name (longer values are refused). */
 #define H2_MAX_METADATA_VALUE 1024
-/* h2_call_set_header's bounds. */
+/* h2_call_set_header's bounds: two headers (traceparent, tracestate), a
+ * value as long as a tracestate kept (server/trace.h's TRACE_STATE_MAX). */
+#define H2_MAX_HEADERS 2
 #define H2_MAX_HEADER_NAME 31
-#define H2_MAX_HEADER_VALUE 127
+#define H2_MAX_HEADER_VALUE 512
 
 struct h2_call;
 
@@ -166,11 +170,12 @@ const void *h2_call_client_key(const struct h2_call *c, size_t *ret_len);
 /* Bytes of request messages received so far. */
 size_t h2_call_received(const struct h2_call *c);
 
-/* One response header of the handler's (initial metadata: "traceparent"),
- * sent with the call's first answer; a second call replaces it. From
- * on_call only (the loop thread, before any answer). -EINVAL for a name
- * that is not lowercase [a-z0-9-_.] or starts with "grpc-", a value not
- * printable ASCII, or either too long. */
+/* A response header of the handler's (initial metadata: "traceparent",
+ * "tracestate"), sent with the call's first answer; a second call with
+ * the same name replaces its value. From on_call only (the loop thread,
+ * before any answer). -EINVAL for a name that is not lowercase
+ * [a-z0-9-_.] or starts with "grpc-", a value not printable ASCII, or
+ * either too long; -E2BIG for a name past H2_MAX_HEADERS. */
 int h2_call_set_header(struct h2_call *c, const char *name, const char *value);
 
 /* The handler's own pointer for the call. */

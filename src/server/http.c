@@ -303,6 +303,10 @@ static enum MHD_Result respond_n(struct req *q, int status, char *body, size_t n
         char tp[TRACE_PARENT_LEN + 1];
         trace_format(&q->trace, tp);
         MHD_add_response_header(resp, "traceparent", tp);
+        /* A caller's vendors' state rides along the trace: kept (valid,
+         * with a valid traceparent), it goes back unchanged. */
+        if (q->trace.state[0])
+                MHD_add_response_header(resp, "tracestate", q->trace.state);
         if (status == 401)
                 MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
         /* A browser must not read an answer as anything but its type (JSON

@@ -1137,6 +1137,8 @@ static void start_infer(struct ks_call *kc, const uint8_t *msg, size_t len)
 
 /* ---- the h2 handler ---------------------------------------------------------------------------- */
 
+_Static_assert(TRACE_STATE_MAX <= H2_MAX_HEADER_VALUE, "a kept tracestate fits a response header");
+
 static int on_call(void *userdata, struct h2_call *call, char *msg, size_t msg_len)
 {
         struct kserve *k = userdata;
@@ -1150,6 +1152,10 @@ static int on_call(void *userdata, struct h2_call *call, char *msg, size_t msg_l
         trace_begin(&trace, h2_call_metadata(call, "traceparent"), h2_call_metadata(call, "tracestate"));
         trace_format(&trace, tp);
         h2_call_set_header(call, "traceparent", tp);
+        /* The caller's tracestate, when kept (valid, with a valid
+         * traceparent), goes back with it, as on HTTP. */
+        if (trace.state[0])
+                h2_call_set_header(call, "tracestate", trace.state);
         for (i = 0; i < sizeof methods / sizeof *methods; i++)
                 if (strncmp(path, SERVICE, strlen(SERVICE)) == 0 && strcmp(path + strlen(SERVICE), methods[i].name) == 0)
                         break;

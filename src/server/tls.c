@@ -482,6 +482,15 @@ ssize_t tls_conn_send(struct tls_conn *c, const void *buf, size_t len)
         return n >= 0 ? n : conn_error((int)n);
 }
 
+int tls_conn_bye(struct tls_conn *c)
+{
+        /* SHUT_WR: the alert goes out and the peer's answer is not
+         * awaited, so one call is all a closing connection spends. */
+        int g = gnutls_bye(c->session, GNUTLS_SHUT_WR);
+
+        return g == 0 ? 0 : conn_error(g);
+}
+
 bool tls_conn_want_write(const struct tls_conn *c)
 {
         return gnutls_record_get_direction(c->session) == 1;

@@ -32,6 +32,7 @@
  *   n = tls_conn_send(c, data, len);   // -EAGAIN: again with the same bytes
  *   // poll for POLLOUT when tls_conn_want_write(c), else POLLIN; bytes
  *   // already decrypted (tls_conn_pending) need no poll
+ *   tls_conn_bye(c);                   // a graceful end: close_notify
  *   c = tls_conn_free(c);
  *
  * GnuTLS's retrieve callback has no argument of ours, so the credentials
@@ -46,6 +47,14 @@
 #include <sys/types.h>
 
 #define TLS_MAX_FILE_BYTES (1 << 20)   /* a larger PEM file is refused */
+/* What one server connection's TLS holds in GnuTLS (its session, record
+ * buffers, the handshake's leftovers), which GnuTLS allocates where no
+ * budget sees it: a transport charges this much to the client's budget
+ * when it accepts a TLS connection. Measured: the daemon's RSS with 200
+ * idle gRPC connections after a TLS 1.3 handshake, less that with 200
+ * cleartext ones, 26.7 KiB a connection (GnuTLS 3.7.9, x86-64); rounded
+ * up. */
+#define TLS_CONN_BYTES (32 << 10)
 
 struct tls_opts {
         const char *cert;        /* PEM: the server's certificate, then its chain */
@@ -105,6 +114,13 @@ ssize_t tls_conn_recv(struct tls_conn *c, void *buf, size_t len);
 /* How many of the bytes were sent, or -EAGAIN (then call again with the
  * same bytes: GnuTLS holds the record), -EPIPE, -EPROTO. */
 ssize_t tls_conn_send(struct tls_conn *c, const void *buf, size_t len);
+
+/* Sends TLS's close_notify alert, so that the client sees the end of
+ * the connection as the server's choice and not as a cut (a truncation
+ * attack, to a client that checks). Does not wait for the client's
+ * alert. 0 once it is out; -EAGAIN when the socket is full (the caller
+ * may call again, or give up and close); -EPIPE, -EPROTO. */
+int tls_conn_bye(struct tls_conn *c);
 
 /* Whether the last call that returned -EAGAIN waits for the socket to be
  * writable (else readable). */

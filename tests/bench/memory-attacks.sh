@@ -5,7 +5,9 @@
 #   2. multipart requests of a tiny JPEG then 31 flat PNGs (72 clients);
 #   3. slow /v2 uploads of 96 MiB from one address, then a classify from
 #      another;
-#   4. /v2 JSON bodies of [[],[],...] from two addresses at once.
+#   4. /v2 JSON bodies of [[],[],...] from two addresses at once;
+#   5. gRPC: 192 connections x 4 streams each send 1 MiB of a message
+#      announced as v2-max-body-bytes and stall (grpc-stalled-uploads).
 #
 # For each it prints the daemon's peak RSS growth (VmHWM, reset just before
 # the attack) next to the budget it should stay under (memory-budget), and

@@ -16,7 +16,9 @@ import argparse
 import http.client
 import os
 import platform
+import re
 import socket
+import struct
 import statistics
 import sys
 import tempfile
@@ -26,6 +28,7 @@ import time
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "integration"))
 import daemon as dm  # noqa: E402
+import grpcclient as gc  # noqa: E402
 import test_memory as tm  # noqa: E402
 from test_decode import png  # noqa: E402
 
@@ -122,18 +125,51 @@ def shape_v2_json(d, ctx):
     return f"2 x {len(body) / MB:.0f} MiB: statuses {sorted(out, key=str)}"
 
 
+def shape_grpc_uploads(d, ctx):
+    """gRPC: 192 connections x 4 streams from one address, each announcing
+    a ModelInfer message of v2-max-body-bytes and sending 1 MiB of it (the
+    stream window), then stalling: 768 MiB asked for."""
+    port = int(re.search(r"GRPCInferenceService\) listening on http://127\.0\.0\.1:(\d+)", d.log_text()).group(1))
+    first = b"\x00" + struct.pack(">I", ctx["v2max"]) + b"\x5a" * (16384 - 5)
+    body = b"\x5a" * 16384
+    conns, cut = [], 0
+    for _ in range(192):
+        try:
+            h = gc.RawH2(port)
+            conns.append(h)
+            h.start()
+            # Its SETTINGS acknowledged: the 1 MiB stream window applies.
+            h.frames_until(lambda f: f and f[0] == gc.SETTINGS and not f[1] & gc.ACK, limit=10)
+            for sid in (1, 3, 5, 7):
+                h.headers(sid, gc.grpc_headers("/inference.GRPCInferenceService/ModelInfer"))
+                h.send(gc.frame(gc.DATA, 0, sid, first) + gc.frame(gc.DATA, 0, sid, body) * 63)
+        except OSError:
+            cut += 1       # the server closed a connection the budget could not hold
+    time.sleep(1.0)
+    m = d.metrics()
+    charged = m.get("effnetd_memory_charged_bytes", float("nan"))
+    refused = m.get('effnetd_memory_refused_total{limit="client_share"}', 0) + \
+        m.get('effnetd_memory_refused_total{limit="budget"}', 0)
+    for h in conns:
+        h.close()
+    return f"{charged / MB:.0f} MiB charged while held, {refused:.0f} charges refused, {cut} connections cut"
+
+
 SHAPES = {
     "unread-answers": ("24 clients x 16 JPEGs, top_k=1000, never read", shape_unread),
     "slow-pngs": ("multipart: a tiny JPEG then 31 flat PNGs, many clients", shape_slow_pngs),
     "uploads-one-address": ("slow /v2 uploads (v2-max-body-bytes) from one address", shape_uploads),
     "v2-json-empty-arrays": ("/v2 JSON [[],[],...] from two addresses", shape_v2_json),
+    "grpc-stalled-uploads": ("gRPC: 192 connections x 4 streams, 1 MiB of a v2-max-body-bytes message each, stalled",
+                             shape_grpc_uploads, ("--grpc-listen", "127.0.0.1:0", "--max-connections", 256,
+                                                  "--grpc-max-streams", 4)),
 }
 
 
 def run(effnetd, weights, workdir, name, shape, budget, ctx):
     env = dict(tm.env_for_rss(), EFFNETD_MAX_BODY_TOTAL=str(budget), EFFNETD_V2_MAX_BODY_BYTES=str(ctx["v2max"]))
     d = dm.Daemon(effnetd, weights, workdir, "--access-log=false", "--max-request-pixels", 10 ** 10,
-                  "--deadline-ms", 600000, name=name, env=env)
+                  "--deadline-ms", 600000, *(SHAPES[shape][2:3] or [()])[0], name=name, env=env)
     try:
         d.classify(ctx["photo"])
         idle = healthz_median(d.port)

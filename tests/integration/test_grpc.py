@@ -232,6 +232,62 @@ def test_stream(pb, stub, x, raw):
     check(list(stub.ModelStreamInfer(iter([]), timeout=30)) == [], "an empty stream ends with no answer")
 
 
+def test_compression(d, port, pb, stub, x, raw):
+    """grpc-encoding gzip and deflate: grpcio's compressed requests get the
+    answers of uncompressed ones; an unknown encoding is UNIMPLEMENTED with
+    grpc-accept-encoding; a zip bomb (a small gzip message that inflates
+    past the message limit, and past the daemon's peak RSS so far) is
+    refused without its peak RSS (VmHWM) growing by what it would inflate
+    to."""
+    for comp in (grpc.Compression.Gzip, grpc.Compression.Deflate):
+        r = stub.ModelInfer(gc.infer_request(pb, MODEL, "FP32", x[:2], request_id="z"), timeout=120, compression=comp)
+        same_probs(gc.fp32_output(r), raw[:2], f"ModelInfer compressed with {comp.name}")
+    reqs = [gc.infer_request(pb, MODEL, "FP32", x[i:i + 1], request_id=f"z{i}") for i in range(2)]
+    answers = list(stub.ModelStreamInfer(iter(reqs), timeout=120, compression=grpc.Compression.Gzip))
+    check(len(answers) == 2 and all(not a.error_message for a in answers), "a gzip stream of 2 requests: 2 answers")
+
+    # An encoding the server does not know: curl shows the trailers-only answer.
+    # The answer comes at the headers, and the stream is reset (NO_ERROR)
+    # after it: curl may report the reset instead, so it is asked again.
+    msg = b"\x01" + struct.pack(">I", 3) + b"xyz"
+    for _ in range(5):
+        p = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "--http2-prior-knowledge",
+                            "-H", "content-type: application/grpc", "-H", "te: trailers", "-H", "grpc-encoding: br",
+                            "--data-binary", "@-", f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ServerLive"],
+                           input=msg, capture_output=True, timeout=30)
+        out = p.stdout.decode(errors="replace").lower()
+        if "grpc-status" in out:
+            break
+    check("grpc-status: 12" in out and "grpc-accept-encoding: identity,deflate,gzip" in out,
+          f"grpc-encoding br: UNIMPLEMENTED naming the encodings taken ({out.split()[:12]}, curl {p.returncode})")
+
+    # 1 GiB of zeros in 1 MiB of gzip, against v2-max-body-bytes (4 MB):
+    # more than the daemon's peak so far, so that inflating it would show.
+    import zlib
+    z, mib = zlib.compressobj(9, zlib.DEFLATED, 16 + 15), bytes(1 << 20)     # gzip, a MiB at a time
+    bomb = b"".join(z.compress(mib) for _ in range(1024)) + z.flush()
+    hwm0 = dm.status_kb(d.proc.pid, "VmHWM")
+    h = gc.RawH2(port)
+    h.start()
+    h.headers(1, gc.grpc_headers("/inference.GRPCInferenceService/ModelInfer", [("grpc-encoding", "gzip")]))
+    body = b"\x01" + struct.pack(">I", len(bomb)) + bomb
+    for i in range(0, len(body), 16000):
+        h.send(gc.frame(gc.DATA, gc.END_STREAM if i + 16000 >= len(body) else 0, 1, body[i:i + 16000]))
+    got = h.frames_until(lambda f: f and f[2] == 1 and (f[0] == gc.RST_STREAM or
+                                                        (f[0] == gc.HEADERS and f[1] & gc.END_STREAM)))
+    h.close()
+    grown = (dm.status_kb(d.proc.pid, "VmHWM") - hwm0) / 1024
+    check(got and got[-1] is not None and grown < 64,
+          f"a {len(bomb) >> 10} KB gzip bomb of 1 GiB: its stream ended, VmHWM grew {grown:.1f} MiB (< 64; "
+          f"was {hwm0 >> 10} MiB)")
+    big = gc.infer_request(pb, MODEL, "FP32", x[:1])
+    big.id = "0" * (8 << 20)     # compresses to little, inflates past the limit
+    check_code(rpc_error(stub.ModelInfer, big, timeout=60, compression=grpc.Compression.Gzip),
+               grpc.StatusCode.RESOURCE_EXHAUSTED, "a gzip message inflating past v2-max-body-bytes",
+               "inflates past the limit")
+    check(stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live, "the server answers after the bomb")
+
+
 def test_hostile(d, port, pb, stub):
     path = "/inference.GRPCInferenceService/ServerLive"
     # Streams past grpc-max-streams (2): refused by the server.
@@ -458,6 +514,7 @@ def main():
             test_errors(pb, stub, x, photos[names[0]])
             test_concurrency(pb, stub, x, raw)
             test_stream(pb, stub, x, raw)
+            test_compression(d, port, pb, stub, x, raw)
             test_hostile(d, port, pb, stub)
             test_metrics_log(d, 16)
             test_reload(d, pb, stub, x, raw)

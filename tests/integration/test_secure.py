@@ -401,6 +401,7 @@ def test_trace(d, w, ctx, key):
     m = TRACEPARENT_RE.match(h.get("traceparent", ""))
     check(st == 200 and m and m.group(1) == TRACE_ID and m.group(2) != PARENT_ID and m.group(3) == "01",
           f"a valid traceparent is joined: {h.get('traceparent')}")
+    check(h.get("tracestate") == "congo=t61rcWkgMzE", f"its tracestate comes back: {h.get('tracestate')}")
     span = m.group(2) if m else "?"
     dm.wait_until(lambda: span in d.log_text(), 10)
     line = [x for x in d.log_text().splitlines() if span in x]
@@ -417,6 +418,12 @@ def test_trace(d, w, ctx, key):
               f"invalid traceparent {bad!r} starts a new trace: {h.get('traceparent')}")
         if m:
             seen.add(m.group(1))
+    st, h, _ = https(port, ctx, "GET", "/healthz", {"traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01",
+                                                    "tracestate": "Congo=bad value"})
+    check(st == 200 and "tracestate" not in h, f"an invalid tracestate is dropped: {h.get('tracestate')}")
+    st, h, _ = https(port, ctx, "GET", "/healthz", {"traceparent": "garbage", "tracestate": "congo=t61rcWkgMzE"})
+    check(st == 200 and "tracestate" not in h, f"a tracestate without a valid traceparent is dropped: "
+          f"{h.get('tracestate')}")
     st, h, _ = https(port, ctx, "GET", "/healthz", {"traceparent": f"01-{TRACE_ID}-{PARENT_ID}-01-future"})
     m = TRACEPARENT_RE.match(h.get("traceparent", ""))
     check(m and m.group(1) == TRACE_ID, f"a later version with more fields is joined: {h.get('traceparent')}")
@@ -438,6 +445,8 @@ def test_grpc_trace(d, w, key, photo):
     m = TRACEPARENT_RE.match(tp)
     check(r.id == "traced-1" and m and m.group(1) == TRACE_ID and m.group(2) != PARENT_ID and m.group(3) == "01",
           f"gRPC: a valid traceparent is joined, ours in the initial metadata: {tp}")
+    ts = dict(call.initial_metadata()).get("tracestate")
+    check(ts == "congo=t61rcWkgMzE", f"gRPC: its tracestate comes back in the initial metadata: {ts}")
     span = m.group(2) if m else "?"
     dm.wait_until(lambda: span in d.log_text(), 10)
     line = [x for x in d.log_text().splitlines() if span in x]
@@ -451,14 +460,15 @@ def test_grpc_trace(d, w, key, photo):
           f"gRPC: an invalid traceparent starts a new trace: {m and m.group(0)}")
     try:
         stub.ModelInfer(gc.infer_request(pb, MODEL, "BYTES", [photo]),
-                        metadata=(("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"),), timeout=30)
+                        metadata=(("traceparent", f"00-{TRACE_ID}-{PARENT_ID}-01"), ("tracestate", "rojo=00f067")),
+                        timeout=30)
         got = None
     except grpc.RpcError as e:
         md = dict(list(e.initial_metadata() or ()) + list(e.trailing_metadata() or ()))
-        got = (e.code(), md.get("traceparent", ""))
+        got = (e.code(), md.get("traceparent", ""), md.get("tracestate"))
     m = TRACEPARENT_RE.match(got[1]) if got else None
-    check(got and got[0] == grpc.StatusCode.UNAUTHENTICATED and m and m.group(1) == TRACE_ID,
-          f"gRPC: a refused call carries traceparent too ({got})")
+    check(got and got[0] == grpc.StatusCode.UNAUTHENTICATED and m and m.group(1) == TRACE_ID and
+          got[2] == "rojo=00f067", f"gRPC: a refused call carries traceparent and tracestate too ({got})")
 
 
 def test_mtls(effnetd, b0, w):
@@ -506,6 +516,100 @@ def test_mtls(effnetd, b0, w):
             check(got == b"" and 1 <= waited < 20, f"a silent gRPC TLS client is closed after {waited:.1f} s ({got!r})")
     finally:
         check(d.stop() == 0, "the mTLS daemon stops cleanly")
+
+
+def tls_h2(port, w):
+    """A TLS connection that speaks HTTP/2 (ALPN h2, the preface and
+    SETTINGS sent), which reports a cut (EOF without close_notify) as
+    SSLEOFError instead of hiding it."""
+    ctx = h2_context(w)
+    # Debian's Python sets this by default, and so reads a cut as an end.
+    ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s = ctx.wrap_socket(raw, server_hostname="127.0.0.1", suppress_ragged_eofs=False)
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + gc.frame(gc.SETTINGS, 0, 0))
+    return s
+
+
+def how_it_ends(s):
+    """How the server ended a connection: "close_notify" when TLS's alert
+    came before the end, else the exception's name."""
+    try:
+        while s.recv(65536):
+            pass
+        return "close_notify"
+    except (OSError, ssl.SSLError) as e:
+        return type(e).__name__
+    finally:
+        s.close()
+
+
+def test_grpc_tls_close(effnetd, b0, w):
+    """A gRPC TLS connection the server ends on purpose (idle past
+    connection-timeout, or drained by SIGTERM) ends with TLS's
+    close_notify, not a cut."""
+    d = dm.Daemon(effnetd, b0, w, "--tls-cert", os.path.join(w, "a.crt"), "--tls-key", os.path.join(w, "a.key"),
+                  "--grpc-listen", "127.0.0.1:0", "--connection-timeout", 2, "--max-batch", 1, name="tls-close")
+    try:
+        port = grpc_port(d)
+        s = tls_h2(port, w)
+        t0 = time.monotonic()
+        end = how_it_ends(s)
+        check(end == "close_notify", f"an idle gRPC TLS connection is closed after {time.monotonic() - t0:.1f} s "
+              f"with close_notify ({end})")
+        s = tls_h2(port, w)
+        s.recv(100)     # the server's SETTINGS: the connection is up
+        d.proc.send_signal(signal.SIGTERM)
+        end = how_it_ends(s)
+        check(end == "close_notify", f"draining: a gRPC TLS connection gets GOAWAY and close_notify ({end})")
+    finally:
+        rc = d.stop()
+        check(rc == 0, f"effnetd stops cleanly ({rc})")
+
+
+def test_grpc_tls_budget(effnetd, b0, w):
+    """What GnuTLS holds for a connection is charged to the memory budget
+    at accept: 400 idle TLS connections against a 2 MiB budget are mostly
+    refused, and the daemon's RSS grows by less than 1.5 times the budget
+    (without the charge, the budget counted only nghttp2's part of each
+    connection and RSS grew by twice the budget; unbounded, 400 sessions
+    would take about 16 MiB)."""
+    budget = 2 << 20
+    asan = "asan" in os.environ.get("MESON_BUILD_ROOT", "") or bool(os.environ.get("ASAN_OPTIONS"))
+    bound = budget * 1.5 * (1.5 if asan else 1.0) / (1 << 20)
+    d = dm.Daemon(effnetd, b0, w, "--tls-cert", os.path.join(w, "a.crt"), "--tls-key", os.path.join(w, "a.key"),
+                  "--grpc-listen", "127.0.0.1:0", "--memory-budget", budget, "--max-client-share", budget,
+                  "--v2-max-body-bytes", 1 << 19, "--max-body-bytes", 1 << 19,
+                  "--max-connections", 1000, "--max-batch", 1, name="tls-budget",
+                  env={"ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") + ":quarantine_size_mb=0").lstrip(":")})
+    socks = []
+    try:
+        port = grpc_port(d)
+        time.sleep(1)
+        rss0 = dm.status_kb(d.proc.pid, "VmRSS")
+        refused = 0
+        for _ in range(400):
+            try:
+                s = tls_h2(port, w)
+                socks.append(s)
+                if not s.recv(100):
+                    refused += 1
+            except (OSError, ssl.SSLError):
+                refused += 1
+        time.sleep(1)
+        grown = (dm.status_kb(d.proc.pid, "VmRSS") - rss0) / 1024
+        check(refused > 300 and grown < bound, f"400 idle gRPC TLS connections against a 2 MiB budget: "
+              f"{400 - refused} served, {refused} refused, RSS grew {grown:.1f} MiB (< {bound:.1f})")
+        for s in socks:
+            s.close()
+        socks = []
+        charged = dm.wait_until(lambda: metrics(d.port, context(w)).get("effnetd_memory_charged_bytes") == 0, 10)
+        check(bool(charged) and grpc_live(w, port, grpc_creds(w)) is True,
+              "the connections' charges come back: a new one is served")
+    finally:
+        for s in socks:
+            s.close()
+        d.stop()
 
 
 def main():
@@ -568,6 +672,9 @@ def main():
             rc = d.stop()
             check(rc == 0, f"effnetd stops cleanly ({rc})")
         test_mtls(effnetd, b0, w)
+        if grpc:
+            test_grpc_tls_close(effnetd, b0, w)
+            test_grpc_tls_budget(effnetd, b0, w)
     finish()
 
 

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 static void test_timeout(void)
 {
@@ -114,6 +115,8 @@ static int on_call(void *ud, struct h2_call *c, char *msg, size_t msg_len)
         CHECK_EQ(h2_call_set_header(c, "", "x"), -EINVAL);
         CHECK_EQ(h2_call_set_header(c, "traceparent", "a\nb"), -EINVAL);
         CHECK_EQ(h2_call_set_header(c, "traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"), 0);
+        CHECK_EQ(h2_call_set_header(c, "traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b8-01"), 0);
+        CHECK_EQ(h2_call_set_header(c, "tracestate", "a=b"), -E2BIG);   /* a third name */
         if (s->refuse)
                 snprintf(msg, msg_len, "refused");
         return s->refuse;
@@ -213,6 +216,21 @@ static void headers(struct wire *w, uint32_t stream, const char *path, const cha
         if (auth)
                 n += field(p + n, "authorization", auth);
         frame(w, 1, 4 | (end_stream ? 1 : 0), stream, p, n);
+}
+
+/* A call's HEADERS with grpc-encoding. */
+static void headers_enc(struct wire *w, uint32_t stream, const char *encoding)
+{
+        uint8_t p[1024];
+        size_t n = 0;
+
+        n += field(p + n, ":method", "POST");
+        n += field(p + n, ":scheme", "http");
+        n += field(p + n, ":path", "/a/B");
+        n += field(p + n, ":authority", "localhost");
+        n += field(p + n, "content-type", "application/grpc");
+        n += field(p + n, "grpc-encoding", encoding);
+        frame(w, 1, 4, stream, p, n);
 }
 
 static void message(struct wire *w, uint32_t stream, uint8_t flag, uint32_t declared, const void *msg, size_t n,
@@ -396,6 +414,144 @@ static void test_budget_refusal(void)
         budget_free(b);
 }
 
+/* in[n] compressed by zlib as gzip (gzip true) or deflate's zlib format. */
+static size_t squeeze(const void *in, size_t n, bool gzip, uint8_t *out, size_t cap)
+{
+        z_stream z = { 0 };
+        REQUIRE(deflateInit2(&z, 9, Z_DEFLATED, gzip ? 16 + MAX_WBITS : MAX_WBITS, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+        z.next_in = (Bytef *)in;
+        z.avail_in = (uInt)n;
+        z.next_out = out;
+        z.avail_out = (uInt)cap;
+        REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
+        size_t len = cap - z.avail_out;
+        deflateEnd(&z);
+        return len;
+}
+
+/* grpc-encoding gzip and deflate: messages with the compressed flag are
+ * inflated before the handler sees them; one that inflates past
+ * max_message_bytes (100) is refused, as is a corrupt one, an unknown
+ * encoding (before the handler), and the flag without an encoding; and
+ * nothing stays charged. */
+static void test_compressed(void)
+{
+        struct budget_opts bo = { .total = 64 << 20, .client_share = 32 << 20 };
+        struct budget *b = NULL;
+        static struct wire w;
+        struct seen seen = { .answer = 1 };
+        uint8_t z[128], zeros[4096] = { 0 };
+        struct h2_stats st;
+        size_t n;
+
+        REQUIRE(budget_new(&bo, &b) == 0);
+        struct h2_server *s = server(b, &seen, 4);
+        for (int gz = 0; gz < 2; gz++) {
+                memset(&seen, 0, sizeof seen);
+                w.n = 0;
+                start(&w);
+                headers_enc(&w, 1, gz ? "gzip" : "deflate");
+                n = squeeze("hello, hello, hello", 19, gz, z, sizeof z);
+                message(&w, 1, 1, (uint32_t)n, z, n, false);
+                message(&w, 1, 0, 5, "plain", 5, true);   /* the flag is per message */
+                h2_feed(s, w.b, w.n);
+                CHECK_EQ(seen.calls, 1);
+                CHECK_EQ(seen.messages, 2);
+                CHECK_EQ(seen.ends, 1);
+                CHECK_EQ(seen.last_len, (size_t)5);
+                CHECK_EQ(used(b), 0);
+        }
+        memset(&seen, 0, sizeof seen);
+        w.n = 0;
+        start(&w);
+        headers_enc(&w, 1, "gzip");
+        n = squeeze("hello", 5, true, z, sizeof z);
+        message(&w, 1, 1, (uint32_t)n, z, n, true);
+        h2_feed(s, w.b, w.n);
+        CHECK_EQ(seen.messages, 1);
+        CHECK_EQ(seen.last_len, (size_t)5);
+        CHECK_EQ(memcmp(seen.last, "hello", 5), 0);
+
+        /* 4096 bytes from a few dozen: past the limit of 100. */
+        memset(&seen, 0, sizeof seen);
+        h2_stats_snapshot(s, &st);
+        uint64_t large = st.messages_too_large;
+        w.n = 0;
+        start(&w);
+        headers_enc(&w, 1, "gzip");
+        n = squeeze(zeros, sizeof zeros, true, z, sizeof z);
+        CHECK(n < 100);
+        message(&w, 1, 1, (uint32_t)n, z, n, true);
+        headers_enc(&w, 3, "deflate");
+        n = squeeze(zeros, 101, false, z, sizeof z);
+        message(&w, 3, 1, (uint32_t)n, z, n, true);
+        headers_enc(&w, 5, "deflate");
+        n = squeeze(zeros, 100, false, z, sizeof z);   /* exactly the limit: taken */
+        message(&w, 5, 1, (uint32_t)n, z, n, true);
+        h2_feed(s, w.b, w.n);
+        CHECK_EQ(seen.calls, 3);
+        CHECK_EQ(seen.messages, 1);
+        CHECK_EQ(seen.last_len, (size_t)100);
+        h2_stats_snapshot(s, &st);
+        CHECK_EQ(st.messages_too_large, large + 2);
+        CHECK_EQ(used(b), 0);
+
+        /* Corrupt, cut, with bytes after its end; gzip's bytes under
+         * deflate; the flag with no grpc-encoding; an unknown encoding. */
+        memset(&seen, 0, sizeof seen);
+        w.n = 0;
+        start(&w);
+        headers_enc(&w, 1, "gzip");
+        n = squeeze("hello", 5, true, z, sizeof z);
+        z[n - 3] ^= 0xff;   /* the trailer's length */
+        message(&w, 1, 1, (uint32_t)n, z, n, true);
+        headers_enc(&w, 3, "gzip");
+        n = squeeze("hello", 5, true, z, sizeof z);
+        message(&w, 3, 1, (uint32_t)n - 4, z, n - 4, true);
+        headers_enc(&w, 5, "gzip");
+        n = squeeze("hello", 5, true, z, sizeof z);
+        z[n] = 'x';
+        message(&w, 5, 1, (uint32_t)n + 1, z, n + 1, true);
+        headers_enc(&w, 7, "deflate");
+        message(&w, 7, 1, (uint32_t)n, z, n, true);
+        h2_feed(s, w.b, w.n);
+        CHECK_EQ(seen.calls, 4);
+        CHECK_EQ(seen.messages, 0);
+        CHECK_EQ(seen.ends, 0);
+        memset(&seen, 0, sizeof seen);
+        w.n = 0;
+        start(&w);
+        headers(&w, 1, "/a/B", NULL, NULL, false);
+        message(&w, 1, 1, (uint32_t)n, z, n, true);
+        headers_enc(&w, 3, "br");
+        message(&w, 3, 0, 5, "hello", 5, true);
+        h2_feed(s, w.b, w.n);
+        CHECK_EQ(seen.calls, 1);   /* br: refused before the handler */
+        CHECK_EQ(seen.messages, 0);
+        CHECK_EQ(used(b), 0);
+
+        /* A budget that holds the compressed message but not zlib's state
+         * with the inflated one: refused, nothing kept. */
+        h2_free(s);
+        budget_free(b);
+        bo = (struct budget_opts){ .total = 30 << 10, .client_share = 30 << 10 };
+        REQUIRE(budget_new(&bo, &b) == 0);
+        s = server(b, &seen, 4);
+        memset(&seen, 0, sizeof seen);
+        w.n = 0;
+        start(&w);
+        headers_enc(&w, 1, "gzip");
+        n = squeeze("hello", 5, true, z, sizeof z);
+        message(&w, 1, 1, (uint32_t)n, z, n, true);
+        h2_feed(s, w.b, w.n);
+        CHECK_EQ(seen.calls, 1);
+        CHECK_EQ(seen.messages, 0);
+        CHECK_EQ(seen.cancels, 1);
+        CHECK_EQ(used(b), 0);
+        h2_free(s);
+        budget_free(b);
+}
+
 int main(void)
 {
         test_timeout();
@@ -403,5 +559,6 @@ int main(void)
         test_prefix();
         test_calls();
         test_budget_refusal();
+        test_compressed();
         return CHECK_DONE();
 }

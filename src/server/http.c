@@ -145,7 +145,6 @@ struct req {
         int n_images;               /* answered */
         size_t answer_len;          /* its answer's body, counted in s->answer_bytes and charged to the
                                      * budget until completed */
-        bool control;               /* a repository load or unload call, suspended for its answer */
         bool counted_waiting;       /* counted in http_server.waiting */
 };
 
@@ -811,7 +810,7 @@ static enum MHD_Result v2_infer_headers(struct req *q)
         return MHD_YES;
 }
 
-/* POST /v2/repository/...: its parameters are not used, read and dropped. */
+/* POST /v2/repository/...: the body is read whole (a load's config). */
 static enum MHD_Result control_headers(struct req *q)
 {
         q->state = REQ_BODY;
@@ -1118,7 +1117,6 @@ static enum MHD_Result start_control(struct req *q)
                 req_fail(q, API_E_DRAINING, "the server is shutting down");
                 return respond_failed(q);
         }
-        q->control = true;
         req_suspend(q);
         if (s->opts.repo_control(s->opts.userdata, name, load, (const char *)q->pr->body, q->pr->len,
                                  on_control_done, q, err, sizeof err) < 0) {

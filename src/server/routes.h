@@ -31,7 +31,7 @@ enum routes_body {
         ROUTES_BODY_NONE,
         ROUTES_BODY_CLASSIFY,     /* max-body-bytes */
         ROUTES_BODY_V2,           /* v2-max-body-bytes */
-        ROUTES_BODY_CONTROL,      /* HTTP_CONTROL_MAX_BODY: read, not used */
+        ROUTES_BODY_CONTROL,      /* HTTP_CONTROL_MAX_BODY: a load's config */
 };
 
 /* Route flags. */

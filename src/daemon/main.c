@@ -849,6 +849,31 @@ static void sync_retire(struct daemon *d, const struct repo_scan *sc, const char
 
 static void sync_end(struct daemon *d, struct sync_job *job);
 
+/* A load failure's reason as clients see it (the repository index, the
+ * load call, /v1/models): the repository's folder is cut from the paths
+ * in it, "DIR/m/1/calibration.json" becomes "m/1/calibration.json",
+ * unless show-paths is on. The log keeps the whole path. */
+static void fail_model(struct daemon *d, const char *name, const char *reason)
+{
+        const char *dir = d->conf.model_repository;
+        size_t n = dir ? strlen(dir) : 0;
+        char shown[600];
+        size_t o = 0;
+
+        while (n > 0 && dir[n - 1] == '/')
+                n--;
+        for (const char *p = reason; *p && o + 1 < sizeof shown;) {
+                if (!d->conf.show_paths && n > 0 && strncmp(p, dir, n) == 0 && p[n] == '/') {
+                        p += n + 1;
+                        continue;
+                }
+                shown[o++] = *p++;
+        }
+        shown[o] = '\0';
+        reg_set_state(d->reg, name, REG_FAILED, shown);
+}
+
+
 /* One CPU budget for the models the scan serves (cpushare.h): each one's
  * workers and threads per worker into workers[i] and threads[i]; a model
  * whose threads do not fit gets the reason as its error. -ENOMEM. */
@@ -942,7 +967,7 @@ static void sync_start(struct daemon *d, const char *why)
                 }
                 if (m->error[0]) {
                         log_msg(LOG_ERR, "model %s: %s", m->name, m->error);
-                        reg_set_state(d->reg, m->name, REG_FAILED, m->error);
+                        fail_model(d, m->name, m->error);
                         continue;
                 }
                 for (int k = 0; k < m->n_versions; k++) {
@@ -995,13 +1020,13 @@ static void sync_end(struct daemon *d, struct sync_job *job)
                 if (!it->g) {
                         log_msg(LOG_ERR, "model %s version %lld: failed to load: %s", it->name,
                                 (long long)it->version, it->err);
-                        reg_set_state(d->reg, it->name, REG_FAILED, it->err);
+                        fail_model(d, it->name, it->err);
                         continue;
                 }
                 struct generation *g = it->g;
                 it->g = NULL;
                 if (serve_version(d, g, false, err, sizeof err) < 0) {
-                        reg_set_state(d->reg, it->name, REG_FAILED, err);
+                        fail_model(d, it->name, err);
                         continue;
                 }
                 struct served *s = served_find(it->name, it->version);
@@ -1030,7 +1055,7 @@ static void sync_end(struct daemon *d, struct sync_job *job)
                                        "model repository", a->name);
                 else if (m->error[0] || failed || !w.serving)
                         control_answer(a, false, API_E_INVALID_REQUEST, "failed to load '%s': %s", a->name,
-                                       m->error[0] ? m->error : w.reason[0] ? w.reason : "no version loaded");
+                                       w.reason[0] ? w.reason : "no version loaded");
                 else
                         control_answer(a, true, 0, "%s", "loaded");
         }

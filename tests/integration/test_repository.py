@@ -466,6 +466,8 @@ def test_int8(effnetd, effnet, workdir):
         wrong = idx.get(("wrong", None), {})
         check(wrong.get("state") == "UNAVAILABLE" and "other weights" in wrong.get("reason", ""),
               f"repository index: the calibration made for other weights is wrong's reason ({wrong})")
+        check(repo not in wrong.get("reason", "") and "q/1/calibration.json" in wrong.get("reason", ""),
+              f"the reason names the file inside the repository, not its absolute path ({wrong.get('reason')})")
         for model in ("q", "plain"):
             st, j = classify(d, f"/v1/models/{model}/classify", dm.read(photos[0]))
             check(st == 200 and len(j.get("predictions", [])) == TOP_K, f"{model} classifies ({st})")

@@ -194,6 +194,12 @@ static const struct conf_setting settings[] = {
         { "access-log", "log", CONF_BOOL, F(access_log), "true", 0, 0, NULL, "one log line per request on stderr" },
         { "log-format", "log", CONF_ENUM, F(log_format), "text", 0, 0, log_formats,
           "text (with syslog priority prefixes under journald) or json (one object per line)" },
+        { "otlp-endpoint", "log", CONF_STRING, F(otlp_endpoint), NULL, 0, 0, NULL,
+          "http:// or https:// URL of an OpenTelemetry collector: each inference request's spans are posted to "
+          "URL/v1/traces (OTLP/HTTP JSON) from a thread of their own; unset: none" },
+        { "otlp-queue", "log", CONF_INT, F(otlp_queue), "1024", 1, 1048576, NULL,
+          "requests whose spans may wait for the collector; beyond, their spans are dropped and counted, "
+          "never waited for" },
         { "api-keys-file", "security", CONF_STRING, F(api_keys_file), NULL, 0, 0, NULL,
           "file of API keys, one SHA-256 digest per line (`effnet hash-key` makes one); when set, every request "
           "but the probes (/healthz, /readyz, /v2/health/*) needs \"Authorization: Bearer KEY\" (401 otherwise). "

@@ -10,7 +10,18 @@
 #ifndef EFFNET_SERVER_ACCESS_H
 #define EFFNET_SERVER_ACCESS_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+/* When a request reached each stage of its work in the pipeline
+ * (CLOCK_MONOTONIC ns, time_now_ns; 0: never), for its spans (server/otlp.h). */
+struct access_stages {
+        int64_t decode_ns;       /* its inputs handed to the pipeline: parse and decode on the worker pool */
+        int64_t queue_ns;        /* handed to the batcher */
+        int64_t infer_ns;        /* its first image went into a forward pass */
+        int64_t done_ns;         /* the pipeline's completion fired */
+};
 
 /* Every pointer is valid only during the callback. */
 struct http_access {
@@ -32,6 +43,10 @@ struct http_access {
         const char *trace_id;    /* W3C trace context (server/trace.h): 32 hex digits, the caller's or new */
         const char *span_id;     /* 16 hex digits: this request's span, sent back in traceparent */
         const char *parent_id;   /* 16 hex digits: the caller's span; "" when the trace started here */
+        bool sampled;            /* the trace started here, or the caller's traceparent has the sampled flag */
+        const char *protocol;    /* "http", "grpc" */
+        int64_t start_ns, end_ns;  /* CLOCK_MONOTONIC ns: headers received, answer queued */
+        struct access_stages stages;
 };
 
 #endif

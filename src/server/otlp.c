@@ -163,9 +163,12 @@ int otlp_encode(const struct otlp_record *recs, int n, int64_t wall_offset_ns, c
                  * until the answer; the request spans them all. */
                 int64_t t[5] = { r->decode_ns, r->queue_ns, r->infer_ns, r->done_ns, r->end_ns };
                 int64_t start = r->start_ns, end = r->end_ns;
-                for (int k = 0; k < 4; k++)
+                for (int k = 0; k < 4; k++) {
                         if (t[k] && t[k] < start)
                                 start = t[k];
+                        if (t[k] > end)
+                                end = t[k];
+                }
                 if (end < start)
                         end = start;
                 put(&o, "%s", i ? "," : "");

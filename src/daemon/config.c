@@ -701,6 +701,10 @@ int conf_load(int argc, char **argv, struct conf *c, char *err, size_t err_len)
                 if (tmp.tls_client_ca && !tmp.tls_cert)
                         diag_add(&d, "tls-client-ca (from %s) needs tls-cert and tls-key",
                                  origin_of(&tmp, "tls-client-ca"));
+                const char *e = tmp.otlp_endpoint;
+                if (e && !((strncmp(e, "http://", 7) == 0 && e[7]) || (strncmp(e, "https://", 8) == 0 && e[8])))
+                        diag_add(&d, "otlp-endpoint (from %s): an http:// or https:// URL, not \"%s\"",
+                                 origin_of(&tmp, "otlp-endpoint"), e);
         }
         if (d.errors > 0) {
                 conf_free(&tmp);

@@ -14,14 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* When a request reached each stage of its work in the pipeline
- * (CLOCK_MONOTONIC ns, time_now_ns; 0: never), for its spans (server/otlp.h). */
-struct access_stages {
-        int64_t decode_ns;       /* its inputs handed to the pipeline: parse and decode on the worker pool */
-        int64_t queue_ns;        /* handed to the batcher */
-        int64_t infer_ns;        /* its first image went into a forward pass */
-        int64_t done_ns;         /* the pipeline's completion fired */
-};
+#include "trace.h"
 
 /* Every pointer is valid only during the callback. */
 struct http_access {
@@ -46,7 +39,7 @@ struct http_access {
         bool sampled;            /* the trace started here, or the caller's traceparent has the sampled flag */
         const char *protocol;    /* "http", "grpc" */
         int64_t start_ns, end_ns;  /* CLOCK_MONOTONIC ns: headers received, answer queued */
-        struct access_stages stages;
+        struct trace_stages stages;
 };
 
 #endif

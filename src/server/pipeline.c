@@ -637,9 +637,9 @@ int pipe_run(struct pipe_req *r, const struct pipe_run *run)
 
 /* ---- results ----------------------------------------------------------------- */
 
-void pipe_req_stages(const struct pipe_req *r, struct access_stages *ret_stages)
+void pipe_req_stages(const struct pipe_req *r, struct trace_stages *ret_stages)
 {
-        *ret_stages = (struct access_stages){ .decode_ns = r->run_ns, .queue_ns = r->submit_ns,
+        *ret_stages = (struct trace_stages){ .decode_ns = r->run_ns, .queue_ns = r->submit_ns,
                                               .infer_ns = r->job.taken_ns, .done_ns = r->done_ns };
 }
 

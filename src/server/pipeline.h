@@ -53,13 +53,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "access.h"
 #include "api.h"
 #include "batcher.h"
 #include "budget.h"
 #include "generation.h"
 #include "image.h"
 #include "registry.h"
+#include "trace.h"
 #include "workpool.h"
 
 struct pipe_opts {
@@ -226,7 +226,7 @@ int pipe_run(struct pipe_req *r, const struct pipe_run *run);
 const float *pipe_req_logits(const struct pipe_req *r, int i);
 
 /* When r reached each stage (for its spans), once done fired. */
-void pipe_req_stages(const struct pipe_req *r, struct access_stages *ret_stages);
+void pipe_req_stages(const struct pipe_req *r, struct trace_stages *ret_stages);
 
 /* The k most probable classes of image i (softmax of its logits), most
  * probable first: ret_index[k] and ret_prob[k]. k is clamped to classes;

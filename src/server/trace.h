@@ -61,6 +61,15 @@ struct trace_ctx {
  * from getrandom(). Never fails. Thread-safe. */
 void trace_begin(struct trace_ctx *ret_ctx, const char *traceparent, const char *tracestate);
 
+/* When a request reached each stage of its work in the pipeline
+ * (CLOCK_MONOTONIC ns, time_now_ns; 0: never), for its spans (server/otlp.h). */
+struct trace_stages {
+        int64_t decode_ns;       /* its inputs handed to the pipeline: parse and decode on the worker pool */
+        int64_t queue_ns;        /* handed to the batcher */
+        int64_t infer_ns;        /* its first image went into a forward pass */
+        int64_t done_ns;         /* the pipeline's completion fired */
+};
+
 /* Whether t's spans are recorded (server/otlp.h): the caller's choice
  * when it sent a traceparent (its sampled flag), always when the trace
  * started here. */

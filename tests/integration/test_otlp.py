@@ -302,10 +302,11 @@ def main():
             col.close()
             if failures:
                 print("---- effnetd log (tail) ----\n" + d.log_text()[-4000:])
-        bad = subprocess.run([effnetd, "--weights", weights, "--listen", "127.0.0.1:0", "--otlp-endpoint",
-                              "ftp://127.0.0.1:1"], capture_output=True, text=True, timeout=120)
-        check(bad.returncode != 0 and "otlp-endpoint" in bad.stderr,
-              f"an endpoint other than http(s) is refused ({bad.returncode}, {bad.stderr.strip()[-120:]!r})")
+        for url in ("ftp://127.0.0.1:1", "http://"):
+            bad = subprocess.run([effnetd, "--weights", weights, "--listen", "127.0.0.1:0", "--otlp-endpoint", url],
+                                 capture_output=True, text=True, timeout=120)
+            check(bad.returncode != 0 and "otlp-endpoint" in bad.stderr,
+                  f"otlp-endpoint {url} is refused ({bad.returncode}, {bad.stderr.strip()[-120:]!r})")
         test_dead(effnetd, weights, workdir, photo)
         test_stalled(effnetd, weights, workdir, photo)
     finish()

@@ -35,7 +35,7 @@ static void record_from(void)
         a.sampled = false;
         CHECK(!otlp_record_from(&a, &r));        /* the caller did not sample it */
         a = access_of();
-        a.stages = (struct access_stages){ 0 };
+        a.stages = (struct trace_stages){ 0 };
         CHECK(!otlp_record_from(&a, &r));        /* never reached the pipeline: a probe */
         a = access_of();
         a.trace_id = "4bf9";

@@ -543,7 +543,8 @@ static int http_status_of(int code)
         }
 }
 
-/* Counts one answer and logs it. */
+/* Counts one answer and logs it; pr: the request's work in the pipeline
+ * (its model and stage times for the record), or NULL. */
 static void count(struct ks_call *kc, int code, int64_t start_ns, size_t in_bytes, size_t out_bytes, int images,
                   int64_t queue_ns, int64_t forward_ns, int batch_size, const struct pipe_req *pr)
 {

@@ -393,8 +393,10 @@ int otlp_new(const struct otlp_opts *opts, char *err, size_t err_len, struct otl
         if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
                 return fail(err, err_len, -ENOMEM, "otlp: libcurl would not start");
         o = calloc(1, sizeof *o);
-        if (!o)
-                return -ENOMEM;
+        if (!o) {
+                curl_global_cleanup();
+                return fail(err, err_len, -ENOMEM, "otlp: out of memory");
+        }
         pthread_mutex_init(&o->lock, NULL);
         pthread_condattr_t ca;
         pthread_condattr_init(&ca);

@@ -195,6 +195,12 @@ static const struct conf_setting settings[] = {
         { "access-log", "log", CONF_BOOL, F(access_log), "true", 0, 0, NULL, "one log line per request on stderr" },
         { "log-format", "log", CONF_ENUM, F(log_format), "text", 0, 0, log_formats,
           "text (with syslog priority prefixes under journald) or json (one object per line)" },
+        { "otlp-endpoint", "log", CONF_STRING, F(otlp_endpoint), NULL, 0, 0, NULL,
+          "http:// or https:// URL of an OpenTelemetry collector: each inference request's spans are posted to "
+          "URL/v1/traces (OTLP/HTTP JSON) from a thread of their own; unset: none" },
+        { "otlp-queue", "log", CONF_INT, F(otlp_queue), "1024", 1, 1048576, NULL,
+          "requests whose spans may wait for the collector; beyond, their spans are dropped and counted, "
+          "never waited for" },
         { "api-keys-file", "security", CONF_STRING, F(api_keys_file), NULL, 0, 0, NULL,
           "file of API keys, one SHA-256 digest per line (`effnet hash-key` makes one); when set, every request "
           "but the probes (/healthz, /readyz, /v2/health/*) needs \"Authorization: Bearer KEY\" (401 otherwise). "
@@ -729,6 +735,10 @@ int conf_load(int argc, char **argv, struct conf *c, char *err, size_t err_len)
                 if (tmp.tls_client_ca && !tmp.tls_cert)
                         diag_add(&d, "tls-client-ca (from %s) needs tls-cert and tls-key",
                                  origin_of(&tmp, "tls-client-ca"));
+                const char *e = tmp.otlp_endpoint;
+                if (e && !((strncmp(e, "http://", 7) == 0 && e[7]) || (strncmp(e, "https://", 8) == 0 && e[8])))
+                        diag_add(&d, "otlp-endpoint (from %s): an http:// or https:// URL, not \"%s\"",
+                                 origin_of(&tmp, "otlp-endpoint"), e);
         }
         if (d.errors > 0) {
                 conf_free(&tmp);

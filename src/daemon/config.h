@@ -31,6 +31,7 @@ struct conf {
         char *listen;
         char *admin_listen;
         char *grpc_listen;
+        char *otlp_endpoint;        /* [log] spans to an OpenTelemetry collector; NULL: off */
         char *allowed_hosts;
         char *api_keys_file;        /* [security] */
         char *tls_cert;
@@ -77,6 +78,7 @@ struct conf {
         bool ui;                    /* the try-it page at GET / */
         bool show_paths;            /* absolute file paths in the answers about the model */
         bool access_log;
+        int64_t otlp_queue;
         enum conf_log_format log_format;
         int64_t watchdog_stall_us;  /* a busy worker may go this long without finishing a batch */
 

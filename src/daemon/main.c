@@ -18,6 +18,7 @@
 #include "repository.h"
 #include "hosts.h"
 #include "kserve.h"
+#include "otlp.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -368,12 +369,6 @@ static void describe(const struct generation *g, char *buf, size_t n)
                  effnet_precision_name(g->precision), info->classes, info->preproc.size, g->weights);
 }
 
-/* http's access_log callback: one access line per answered request. */
-static void on_answered(void *userdata, const struct http_access *a)
-{
-        log_access(a);
-}
-
 static void on_http_error(void *userdata, const char *fmt, va_list ap)
 {
         char buf[512];
@@ -489,6 +484,7 @@ struct daemon {
         struct kserve *_Atomic grpc;   /* listeners_open, with grpc-listen; read by /metrics threads */
         struct auth *auth;         /* security_open: API keys, or NULL */
         struct tls *tls;           /* security_open: TLS credentials, or NULL */
+        struct otlp *otlp;         /* security_open: the span export (otlp-endpoint), or NULL */
         struct reload reload;      /* serve: a SIGHUP's load */
         struct conf next;          /* serve: the settings the running reload reads */
         bool abandon_reload;       /* drain: a reload still loading, left to the process exit */
@@ -502,6 +498,25 @@ struct daemon {
         char status[700];          /* the STATUS= of READY=1 */
         bool stalled;              /* logged once per stall */
 };
+
+/* The front ends' access_log callback, set when either is on: one access
+ * line per answered request, and its spans to the collector. */
+static void on_answered(void *userdata, const struct http_access *a)
+{
+        struct daemon *d = userdata;
+
+        if (d->conf.access_log)
+                log_access(a);
+        if (d->otlp)
+                otlp_record(d->otlp, a);
+}
+
+static void otlp_stats(void *userdata, struct otlp_stats *ret_stats)
+{
+        struct daemon *d = userdata;
+
+        otlp_stats_snapshot(d->otlp, ret_stats);
+}
 
 /* The loader of a generation, on the reload's thread: input is the
  * struct conf to load. */
@@ -1564,7 +1579,7 @@ static int grpc_open(struct daemon *d, char *err, size_t err_len)
                         .max_deadline_ms = c->deadline_us / PARSE_MS, .tls = d->tls },
                 .pipe = d->pipe,
                 .backend = { .ready = grpc_ready, .authorize = d->auth ? grpc_authorize : NULL,
-                             .access_log = c->access_log ? on_answered : NULL, .userdata = d },
+                             .access_log = c->access_log || d->otlp ? on_answered : NULL, .userdata = d },
         };
         struct kserve *k;
         int r;
@@ -1576,8 +1591,8 @@ static int grpc_open(struct daemon *d, char *err, size_t err_len)
         return 0;
 }
 
-/* Phase 4a, the listeners' security: API keys and TLS credentials, when
- * set. Undone by daemon_teardown, after the listeners. */
+/* Phase 4a, what the listeners need: API keys, TLS credentials and the
+ * span export, when set. Undone by daemon_teardown, after the listeners. */
 static int security_open(struct daemon *d, char *err, size_t err_len)
 {
         const struct conf *c = &d->conf;
@@ -1598,6 +1613,13 @@ static int security_open(struct daemon *d, char *err, size_t err_len)
                 log_msg(LOG_INFO, "TLS 1.2 and 1.3 with %s%s%s", c->tls_cert,
                         c->tls_client_ca ? "; client certificates required, issued by " : "",
                         c->tls_client_ca ? c->tls_client_ca : "");
+        }
+        if (c->otlp_endpoint) {
+                struct otlp_opts oo = { .endpoint = c->otlp_endpoint, .queue = (int)c->otlp_queue,
+                                        .service_version = EFFNET_VERSION };
+                if ((r = otlp_new(&oo, err, err_len, &d->otlp)) < 0)
+                        return r;
+                log_msg(LOG_INFO, "spans of inference requests to %s/v1/traces (OTLP/HTTP JSON)", c->otlp_endpoint);
         }
         return 0;
 }
@@ -1633,10 +1655,11 @@ static int listeners_open(struct daemon *d, char *err, size_t err_len)
                 .img = IMG_OPTS_DEFAULT,
                 .auth = d->auth,
                 .tls = d->tls,
-                .access_log = c->access_log ? on_answered : NULL,
+                .access_log = c->access_log || d->otlp ? on_answered : NULL,
                 .error_log = on_http_error,
                 .repo_control = on_repo_control,
                 .grpc_stats = c->grpc_listen ? grpc_stats : NULL,
+                .otlp_stats = d->otlp ? otlp_stats : NULL,
                 .userdata = d,
         };
         int r;
@@ -1766,6 +1789,9 @@ static void daemon_teardown(struct daemon *d)
         }
         free(repo.wanted);
         repo.wanted = NULL;
+        /* After the listeners: every answered request has been recorded;
+         * what is queued gets OTLP_FLUSH_MS to go out. */
+        d->otlp = otlp_free(d->otlp);
         d->tls = tls_free(d->tls);
         d->auth = auth_free(d->auth);
 }

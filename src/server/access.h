@@ -10,7 +10,11 @@
 #ifndef EFFNET_SERVER_ACCESS_H
 #define EFFNET_SERVER_ACCESS_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "trace.h"
 
 /* Every pointer is valid only during the callback. */
 struct http_access {
@@ -32,6 +36,10 @@ struct http_access {
         const char *trace_id;    /* W3C trace context (server/trace.h): 32 hex digits, the caller's or new */
         const char *span_id;     /* 16 hex digits: this request's span, sent back in traceparent */
         const char *parent_id;   /* 16 hex digits: the caller's span; "" when the trace started here */
+        bool sampled;            /* the trace started here, or the caller's traceparent has the sampled flag */
+        const char *protocol;    /* "http", "grpc" */
+        int64_t start_ns, end_ns;  /* CLOCK_MONOTONIC ns: headers received, answer queued */
+        struct trace_stages stages;
 };
 
 #endif

@@ -234,7 +234,10 @@ static void count_answer(struct req *q, int status, const char *error, size_t an
                                  .body_bytes = q->received, .answer_bytes = answer_bytes, .queue_ms = queue_ms,
                                  .inference_ms = (double)pr->job.forward_ns / 1e6,
                                  .batch_size = pr->job.batch_size, .ms = ms, .trace_id = q->trace.trace_id_hex,
-                                 .span_id = q->trace.span_id_hex, .parent_id = q->trace.parent_id_hex };
+                                 .span_id = q->trace.span_id_hex, .parent_id = q->trace.parent_id_hex,
+                                 .sampled = trace_sampled(&q->trace), .protocol = "http", .start_ns = q->start_ns,
+                                 .end_ns = time_now_ns() };
+        pipe_req_stages(pr, &a.stages);
         const struct generation *g = req_gen(q);
         if (g && (q->match.id == HTTP_ROUTE_CLASSIFY || q->match.id == HTTP_ROUTE_MODEL_CLASSIFY ||
                   q->match.id == HTTP_ROUTE_V2_INFER)) {
@@ -589,6 +592,7 @@ static int metrics_body(struct req *q, char **ret_body)
         struct grpc_stats gs;
         struct auth_stats as;
         struct tls_stats ts;
+        struct otlp_stats os;
         if (r == 0) {
                 struct metrics_sources src = { .http = &hs, .batch = &bs, .decode = &ds, .models = models,
                                                .n_models = l.n, .process = &ps };
@@ -603,6 +607,10 @@ static int metrics_body(struct req *q, char **ret_body)
                 if (s->opts.tls) {
                         tls_stats_snapshot(s->opts.tls, &ts);
                         src.tls = &ts;
+                }
+                if (s->opts.otlp_stats) {
+                        s->opts.otlp_stats(s->opts.userdata, &os);
+                        src.otlp = &os;
                 }
                 r = metrics_render(&src, ret_body);
         }

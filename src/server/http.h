@@ -44,6 +44,7 @@
 #include "grpc_stats.h"
 #include "auth.h"
 #include "tls.h"
+#include "otlp.h"
 
 #define HTTP_MAX_REQUEST_ID 128      /* longest X-Request-Id taken from a client */
 #define HTTP_CONTROL_MAX_BODY (64 << 10)  /* a repository load or unload call's body (a load's config) */
@@ -110,6 +111,8 @@ struct http_opts {
                             http_control_done_fn done, void *token, char *err, size_t err_len);
         /* The gRPC service's counters for /metrics (any thread). NULL: none. */
         void (*grpc_stats)(void *userdata, struct grpc_stats *ret_stats);
+        /* The span export's counters for /metrics (any thread). NULL: none. */
+        void (*otlp_stats)(void *userdata, struct otlp_stats *ret_stats);
         void *userdata;
 };
 

@@ -543,9 +543,10 @@ static int http_status_of(int code)
         }
 }
 
-/* Counts one answer and logs it. */
+/* Counts one answer and logs it; pr: the request's work in the pipeline
+ * (its model and stage times for the record), or NULL. */
 static void count(struct ks_call *kc, int code, int64_t start_ns, size_t in_bytes, size_t out_bytes, int images,
-                  int64_t queue_ns, int64_t forward_ns, int batch_size)
+                  int64_t queue_ns, int64_t forward_ns, int batch_size, const struct pipe_req *pr)
 {
         struct kserve *k = kc->k;
         int64_t ns = time_now_ns() - start_ns;
@@ -561,7 +562,16 @@ static void count(struct ks_call *kc, int code, int64_t start_ns, size_t in_byte
                                  .error = code ? grpc_code_name(code) : NULL, .images = images,
                                  .body_bytes = in_bytes, .answer_bytes = out_bytes, .queue_ms = -1,
                                  .ms = (double)ns / 1e6, .trace_id = kc->trace.trace_id_hex,
-                                 .span_id = kc->trace.span_id_hex, .parent_id = kc->trace.parent_id_hex };
+                                 .span_id = kc->trace.span_id_hex, .parent_id = kc->trace.parent_id_hex,
+                                 .sampled = trace_sampled(&kc->trace), .protocol = "grpc", .start_ns = start_ns,
+                                 .end_ns = time_now_ns() };
+        if (pr) {
+                pipe_req_stages(pr, &a.stages);
+                if (pipe_req_model(pr)) {
+                        a.model = pipe_req_model(pr)->name;
+                        a.version = (long long)pipe_req_model(pr)->version;
+                }
+        }
         if (queue_ns >= 0 && forward_ns) {
                 a.queue_ms = (double)queue_ns / 1e6;
                 a.inference_ms = (double)forward_ns / 1e6;
@@ -605,7 +615,7 @@ static void answer_unary(struct ks_call *kc, const ProtobufCMessage *resp, enum 
                 }
         }
         free(buf);
-        count(kc, st, start, in_bytes, st == H2_OK ? len : 0, 0, -1, 0, 0);
+        count(kc, st, start, in_bytes, st == H2_OK ? len : 0, 0, -1, 0, 0, NULL);
         pthread_mutex_lock(&kc->lock);
         bool done = kc_finish_locked(kc, st, msg);
         pthread_mutex_unlock(&kc->lock);
@@ -856,7 +866,7 @@ static void serve_info(struct ks_call *kc, const uint8_t *msg, size_t len)
                 }
                 free(buf);
                 /* Sent above: finish with no second message. */
-                count(kc, H2_OK, h2_call_start_ns(kc->call), len, blen, 0, -1, 0, 0);
+                count(kc, H2_OK, h2_call_start_ns(kc->call), len, blen, 0, -1, 0, 0, NULL);
                 pthread_mutex_lock(&kc->lock);
                 bool done = kc_finish_locked(kc, H2_OK, NULL);
                 pthread_mutex_unlock(&kc->lock);
@@ -1017,7 +1027,7 @@ static void answer_infer(struct ks_req *q, enum h2_status st, const char *msg)
         if (st == H2_OK)
                 atomic_fetch_add(&k->images, (unsigned long long)images);
         int64_t queue_ns = pr->job.taken_ns && pr->submit_ns ? pr->job.taken_ns - pr->submit_ns : -1;
-        count(kc, st, q->start_ns, q->in_bytes, sent, images, queue_ns, pr->job.forward_ns, pr->job.batch_size);
+        count(kc, st, q->start_ns, q->in_bytes, sent, images, queue_ns, pr->job.forward_ns, pr->job.batch_size, pr);
         /* The message may be pr's, which goes with q. */
         char final[256];
         snprintf(final, sizeof final, "%s", msg ? msg : "");
@@ -1083,7 +1093,7 @@ static void start_infer(struct ks_call *kc, const uint8_t *msg, size_t len)
                 if (pr && r == 0)
                         pipe_req_uncharge(pr, (int64_t)sizeof *q);
                 pipe_req_free(pr);
-                count(kc, H2_RESOURCE_EXHAUSTED, time_now_ns(), len, 0, 0, -1, 0, 0);
+                count(kc, H2_RESOURCE_EXHAUSTED, time_now_ns(), len, 0, 0, -1, 0, 0, NULL);
                 request_over(kc, H2_RESOURCE_EXHAUSTED, "the request does not fit the memory budget now; retry later");
                 return;
         }

@@ -287,6 +287,24 @@ static void put_process(FILE *f, const struct proc_stats *p)
         }
 }
 
+/* The span export (otlp-endpoint): what reached the collector and what
+ * was dropped rather than make a request wait. */
+static void put_otlp(FILE *f, const struct otlp_stats *os)
+{
+        if (!os)
+                return;
+        put_head(f, "effnetd_otlp_spans_exported_total", "counter", "Spans the OTLP collector accepted.");
+        fprintf(f, "effnetd_otlp_spans_exported_total %llu\n", os->spans_exported);
+        put_head(f, "effnetd_otlp_spans_dropped_total", "counter",
+                 "Spans dropped: the export queue was full (otlp-queue), or their batch failed every attempt.");
+        fprintf(f, "effnetd_otlp_spans_dropped_total %llu\n", os->spans_dropped);
+        put_head(f, "effnetd_otlp_export_failures_total", "counter",
+                 "Posts to the OTLP collector that failed (connection, timeout, an answer other than 2xx).");
+        fprintf(f, "effnetd_otlp_export_failures_total %llu\n", os->export_failures);
+        put_head(f, "effnetd_otlp_queue_requests", "gauge", "Requests whose spans wait for export.");
+        fprintf(f, "effnetd_otlp_queue_requests %d\n", os->queued);
+}
+
 /* The gRPC service (protocol "grpc"): requests by method and status code,
  * their time, and its transport's connections and refusals. */
 static void put_grpc(FILE *f, const struct grpc_stats *gs)
@@ -382,6 +400,7 @@ int metrics_render(const struct metrics_sources *src, char **ret_body)
         put_process(f, src->process);
         put_grpc(f, src->grpc);
         put_security(f, src->auth, src->tls);
+        put_otlp(f, src->otlp);
         if (fclose(f) != 0 || !buf) {
                 free(buf);
                 return -ENOMEM;

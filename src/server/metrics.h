@@ -24,6 +24,7 @@
 #include "grpc_stats.h"
 #include "auth.h"
 #include "tls.h"
+#include "otlp.h"
 
 /* A model version being served, for effnetd_model_info and the
  * effnetd_model_* families (labels model and version). Strings are
@@ -56,6 +57,7 @@ struct metrics_sources {
         const struct grpc_stats *grpc;     /* the gRPC service's; NULL: no gRPC listener */
         const struct auth_stats *auth;     /* API keys; NULL: off, left out */
         const struct tls_stats *tls;       /* TLS; NULL: off, left out */
+        const struct otlp_stats *otlp;     /* span export; NULL: off, left out */
 };
 
 /* The body, NUL-terminated and owned by the caller (free). Families come

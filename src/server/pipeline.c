@@ -284,6 +284,7 @@ static void finish(struct pipe_req *r)
         }
         if (!r->failed && r->status)
                 fail_status(r, r->status);
+        r->done_ns = time_now_ns();
         r->run.done(r, r->run.userdata);
 }
 
@@ -619,6 +620,7 @@ int pipe_run(struct pipe_req *r, const struct pipe_run *run)
                 return -EINVAL;
         }
         r->run = *run;
+        r->run_ns = time_now_ns();
         if (atomic_load(&r->p->stopping)) {
                 pipe_req_fail(r, API_E_DRAINING, "the server is shutting down");
                 return -ESHUTDOWN;
@@ -634,6 +636,12 @@ int pipe_run(struct pipe_req *r, const struct pipe_run *run)
 }
 
 /* ---- results ----------------------------------------------------------------- */
+
+void pipe_req_stages(const struct pipe_req *r, struct trace_stages *ret_stages)
+{
+        *ret_stages = (struct trace_stages){ .decode_ns = r->run_ns, .queue_ns = r->submit_ns,
+                                              .infer_ns = r->job.taken_ns, .done_ns = r->done_ns };
+}
 
 const float *pipe_req_logits(const struct pipe_req *r, int i)
 {

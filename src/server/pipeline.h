@@ -59,6 +59,7 @@
 #include "generation.h"
 #include "image.h"
 #include "registry.h"
+#include "trace.h"
 #include "workpool.h"
 
 struct pipe_opts {
@@ -153,7 +154,9 @@ struct pipe_req {
         int n_images;
         float *logits;                /* [n_images][classes] */
         int status;                   /* the batch jobs' first error (0, -ETIMEDOUT, -EIO...): failed says it */
+        int64_t run_ns;               /* pipe_run took its inputs; 0 before */
         int64_t submit_ns;            /* handed to the batcher; 0 before */
+        int64_t done_ns;              /* done fired; 0 before */
         struct batch_job job;         /* PIPE_ONE_JOB: the job; else the first pass, longest, largest batch */
 
         /* Private. */
@@ -221,6 +224,9 @@ int pipe_run(struct pipe_req *r, const struct pipe_run *run);
 
 /* Image i's logits ([classes] floats), once done fired without failure. */
 const float *pipe_req_logits(const struct pipe_req *r, int i);
+
+/* When r reached each stage (for its spans), once done fired. */
+void pipe_req_stages(const struct pipe_req *r, struct trace_stages *ret_stages);
 
 /* The k most probable classes of image i (softmax of its logits), most
  * probable first: ret_index[k] and ret_prob[k]. k is clamped to classes;

@@ -48,7 +48,7 @@ struct trace_ctx {
         uint8_t trace_id[16];
         uint8_t span_id[8];         /* ours: this request's span */
         uint8_t parent_id[8];       /* the caller's span; zero when we started the trace */
-        uint8_t flags;              /* as received (we record no spans: sampled is the caller's choice) */
+        uint8_t flags;              /* as received: sampled is the caller's choice, passed on */
         bool joined;                /* a valid traceparent came in */
         char trace_id_hex[33];
         char span_id_hex[17];
@@ -60,6 +60,23 @@ struct trace_ctx {
  * caller's when traceparent is valid, a new one otherwise. Fresh ids come
  * from getrandom(). Never fails. Thread-safe. */
 void trace_begin(struct trace_ctx *ret_ctx, const char *traceparent, const char *tracestate);
+
+/* When a request reached each stage of its work in the pipeline
+ * (CLOCK_MONOTONIC ns, time_now_ns; 0: never), for its spans (server/otlp.h). */
+struct trace_stages {
+        int64_t decode_ns;       /* its inputs handed to the pipeline: parse and decode on the worker pool */
+        int64_t queue_ns;        /* handed to the batcher */
+        int64_t infer_ns;        /* its first image went into a forward pass */
+        int64_t done_ns;         /* the pipeline's completion fired */
+};
+
+/* Whether t's spans are recorded (server/otlp.h): the caller's choice
+ * when it sent a traceparent (its sampled flag), always when the trace
+ * started here. */
+static inline bool trace_sampled(const struct trace_ctx *t)
+{
+        return !t->joined || (t->flags & 0x01);
+}
 
 /* "00-<trace-id>-<span-id>-<flags>" into buf (TRACE_PARENT_LEN + 1 bytes). */
 void trace_format(const struct trace_ctx *t, char buf[TRACE_PARENT_LEN + 1]);

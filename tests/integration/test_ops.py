@@ -69,6 +69,8 @@ VALUES = {
     "jpeg-fast": "true",
     "access-log": "false",
     "log-format": "json",
+    "otlp-endpoint": "https://collector.example:4318",
+    "otlp-queue": "77",
     "ui": "false",
     "allowed-hosts": "api.example.com, .internal.example",
     "show-paths": "true",
@@ -103,7 +105,7 @@ BAD = {
     "log-format": "xml", "weights": "", "labels": "", "listen": "", "admin-listen": "",
     "model-control-mode": "manual", "repository-poll-secs": "0", "load-model": "", "default-model": "",
     "model-repository": "",
-    "grpc-listen": "", "grpc-max-streams": "0",
+    "grpc-listen": "", "grpc-max-streams": "0", "otlp-queue": "0",
 }
 
 

@@ -7,6 +7,7 @@
 #include "log.h"
 #include "reload.h"
 #include "service.h"
+#include "trace.h"
 #include "effnet.h"
 #include "hub.h"
 #include "weights.h"
@@ -1620,6 +1621,7 @@ static int security_open(struct daemon *d, char *err, size_t err_len)
                 if ((r = otlp_new(&oo, err, err_len, &d->otlp)) < 0)
                         return r;
                 log_msg(LOG_INFO, "spans of inference requests to %s/v1/traces (OTLP/HTTP JSON)", c->otlp_endpoint);
+                trace_record_new(true);
         }
         return 0;
 }

@@ -171,6 +171,13 @@ static void random_id(uint8_t *p, size_t n)
         }
 }
 
+static atomic_bool record_new;
+
+void trace_record_new(bool on)
+{
+        atomic_store(&record_new, on);
+}
+
 void trace_begin(struct trace_ctx *ret_ctx, const char *traceparent, const char *tracestate)
 {
         struct trace_ctx t = { 0 };
@@ -186,6 +193,7 @@ void trace_begin(struct trace_ctx *ret_ctx, const char *traceparent, const char 
                         memcpy(t.state, tracestate, strlen(tracestate) + 1);
         } else {
                 random_id(t.trace_id, sizeof t.trace_id);
+                t.flags = atomic_load(&record_new) ? 0x01 : 0x00;
         }
         random_id(t.span_id, sizeof t.span_id);
         tohex(t.trace_id, sizeof t.trace_id, t.trace_id_hex);

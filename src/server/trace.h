@@ -61,6 +61,11 @@ struct trace_ctx {
  * from getrandom(). Never fails. Thread-safe. */
 void trace_begin(struct trace_ctx *ret_ctx, const char *traceparent, const char *tracestate);
 
+/* Whether a trace started here is recorded (spans exported): its
+ * traceparent then says sampled (flags 01), so the caller's own tracing
+ * knows the spans exist. Off by default; set once at start. */
+void trace_record_new(bool on);
+
 /* When a request reached each stage of its work in the pipeline
  * (CLOCK_MONOTONIC ns, time_now_ns; 0: never), for its spans (server/otlp.h). */
 struct trace_stages {

@@ -157,6 +157,14 @@ def test_tree(d, col, photo, workdir):
     spans = col.wait_trace(TRACE_ID)
     check_tree(spans, TRACE_ID, PARENT_ID, m.group(2) if m else "", "http", "HTTP /v1/classify")
 
+    # A trace started here is exported, and its traceparent says so.
+    s, h, _ = d.request("POST", "/v1/classify", photo, {"Content-Type": "image/jpeg"})
+    fresh = h.get("traceparent", "")
+    check(s == 200 and TRACEPARENT_RE.match(fresh) and fresh.endswith("-01"),
+          f"HTTP without a traceparent: a new trace, marked sampled ({fresh})")
+    got = col.wait_trace(fresh.split("-")[1]) if TRACEPARENT_RE.match(fresh) else []
+    check(len(got) == 5, f"... and its 5 spans are exported ({len(got)})")
+
     # Probes, metadata and an unsampled caller make none.
     quiet = "5" * 32
     for path in ("/healthz", "/v1/models", "/metrics"):

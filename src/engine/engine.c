@@ -168,12 +168,14 @@ static dnnl_status_t post_op_eltwise_scaled(dnnl_post_ops_t po, dnnl_alg_kind_t 
 #endif
 }
 
-static dnnl_status_t post_op_sum(dnnl_post_ops_t po)
+/* dst += scale * (the value dst held before): scale 1 but in an int8 conv
+ * that adds an s8 residual (int8_attr). */
+static dnnl_status_t post_op_sum(dnnl_post_ops_t po, float scale)
 {
 #if DNNL_VERSION_MAJOR >= 3
-        return dnnl_post_ops_append_sum(po, 1.0f, 0, dnnl_data_type_undef);
+        return dnnl_post_ops_append_sum(po, scale, 0, dnnl_data_type_undef);
 #else
-        return dnnl_post_ops_append_sum(po, 1.0f);
+        return dnnl_post_ops_append_sum(po, scale);
 #endif
 }
 
@@ -293,6 +295,7 @@ struct tensor {
         md_t md;                       /* in the plan's mds: only while it is built */
         int slot;
         dnnl_memory_t mem;
+        float scale;                   /* s8, while built: real = scale * q */
 };
 
 #define MAX_ARGS 12
@@ -520,7 +523,7 @@ static int new_tensor(struct eng_plan *p, md_t md, int slot)
         if (grow((void **)&p->tensors, &p->cap_tensors, p->n_tensors + 1, sizeof *p->tensors) < 0 ||
             md_copy(&p->mds, md, &kept) < 0)
                 return -ENOMEM;
-        p->tensors[p->n_tensors] = (struct tensor){ kept, slot, NULL };
+        p->tensors[p->n_tensors] = (struct tensor){ kept, slot, NULL, 0 };
         return p->n_tensors++;
 }
 
@@ -810,7 +813,7 @@ static int post_ops_attr(int eltwise, int res, md_t res_md, dnnl_primitive_attr_
                 n_po++;
         }
         if (st == dnnl_success && res == RES_SUM) {
-                st = post_op_sum(po);
+                st = post_op_sum(po, 1.0f);
                 n_po++;
         } else if (st == dnnl_success && res == RES_BINARY) {
                 st = dnnl_post_ops_append_binary(po, dnnl_binary_add, res_md);
@@ -1111,6 +1114,16 @@ static int quant_mul_attr(struct eng_plan *p, float scale, dnnl_primitive_attr_t
 
 static const float one = 1.0f;
 
+/* emit_step for a step that writes a new s8 tensor quantized with scale. */
+static int emit_s8(struct eng_plan *p, dnnl_primitive_desc_t pd, md_t dst_md, int dst_slot, const struct arg *args,
+                   int n, float scale, int *ret_t)
+{
+        int r = emit_step(p, pd, dst_md, dst_slot, args, n, ret_t);
+        if (r == 0)
+                p->tensors[*ret_t].scale = scale;
+        return r;
+}
+
 /* src (f32) quantized to s8 with scale (q = round(x / scale), saturated)
  * into a new tensor of layout to in dst_slot: as a multiply by a broadcast
  * 1 with an s8 output, whose jit kernel measured several times faster per
@@ -1140,7 +1153,7 @@ static int add_quantize(struct eng_plan *p, int src_t, md_t to, float scale, int
                 }
                 const struct arg args[] = { { DNNL_ARG_SRC_0, src_t, NULL }, { DNNL_ARG_SRC_1, T_FIXED, onem },
                                             { DNNL_ARG_DST, T_NEW, NULL }, sarg };
-                return emit_step(p, pd, to, dst_slot, args, sarg.mem ? 4 : 3, ret_t);
+                return emit_s8(p, pd, to, dst_slot, args, sarg.mem ? 4 : 3, scale, ret_t);
         }
         if (st == dnnl_success)
                 dnnl_primitive_desc_destroy(pd);
@@ -1171,7 +1184,7 @@ static int add_quantize(struct eng_plan *p, int src_t, md_t to, float scale, int
                 dnnl_primitive_attr_destroy(attr);
         if (st != dnnl_success)
                 return pd_failed(p, st, "quantizing reorder");
-        return emit_step(p, pd, to, dst_slot, args, n, ret_t);
+        return emit_s8(p, pd, to, dst_slot, args, n, scale, ret_t);
 }
 
 /* Per-output-channel scales of c's folded weights, max |w| / 127 (1 for a
@@ -1197,15 +1210,18 @@ static int weight_scales(const struct model_conv *c, float *ret)
 /* The attributes of an int8 conv: real-valued output
  *   y = post_ops(s_src * s_w[oc] * acc + bias[oc]), stored as y / s_dst in s8
  * when s_dst > 0, as y in f32 otherwise. The post-ops are SiLU, then the
- * residual (sum, or binary add of res_md). 2.x: output scales with the
- * bias added before them (so divided by s_src * s_w here), the 1/s_dst
- * folded into the SiLU post-op's scale or into the output scales; 3.x:
- * per-argument scales, given as memory arguments (ret_args, *ret_n of them),
- * and an unscaled bias. The bias to bind goes to *ret_bias. */
+ * residual (sum, or binary add of res_md); a summed residual that is s8
+ * (s_res > 0) holds y_old / s_res. 2.x: output scales with the bias added
+ * before them (so divided by s_src * s_w here), the 1/s_dst folded into the
+ * SiLU post-op's scale or into the output scales, the sum scaled into output
+ * units; 3.x: per-argument scales, given as memory arguments (ret_args,
+ * *ret_n of them), an unscaled bias, and DST's scale applied after the sum,
+ * which adds the s8 values as they are. The bias to bind goes to *ret_bias. */
 static int int8_attr(struct eng_plan *p, const struct model_conv *c, float s_src, const float *s_w, float s_dst,
-                     int res, md_t res_md, dnnl_primitive_attr_t *ret_attr, int *ret_binary_idx,
+                     int res, md_t res_md, float s_res, dnnl_primitive_attr_t *ret_attr, int *ret_binary_idx,
                      const float **ret_bias, struct arg *ret_args, int *ret_n)
 {
+        float sum_scale = 1.0f;
         const int silu = c->act == MODEL_ACT_SILU;
         dnnl_primitive_attr_t attr = make_attr();
         dnnl_post_ops_t po = NULL;
@@ -1240,6 +1256,8 @@ static int int8_attr(struct eng_plan *p, const struct model_conv *c, float s_src
         }
         if (silu)
                 st = post_op_eltwise_scaled(po, dnnl_eltwise_swish, 1.0f);
+        if (s_res > 0)
+                sum_scale = s_res;
 #else
         float *os = plan_buf(p, sizeof(float) * (size_t)c->oc), *b = plan_buf(p, sizeof(float) * (size_t)c->oc);
         if (!os || !b)
@@ -1253,11 +1271,13 @@ static int int8_attr(struct eng_plan *p, const struct model_conv *c, float s_src
         st = dnnl_primitive_attr_set_output_scales(attr, c->oc, 1 << 1, os);
         if (st == dnnl_success && silu)
                 st = post_op_eltwise_scaled(po, dnnl_eltwise_swish, s_dst > 0 ? 1.0f / s_dst : 1.0f);
+        if (s_res > 0)
+                sum_scale = s_dst > 0 ? s_res / s_dst : s_res;
 #endif
         if (silu)
                 n_po++;
         if (st == dnnl_success && res == RES_SUM) {
-                st = post_op_sum(po);
+                st = post_op_sum(po, sum_scale);
                 n_po++;
         } else if (st == dnnl_success && res == RES_BINARY) {
                 st = dnnl_post_ops_append_binary(po, dnnl_binary_add, res_md);
@@ -1286,7 +1306,8 @@ fail:
 /* conv(src) in int8 [+ SiLU] [+ residual]: an f32 src is first quantized
  * with the layer's scale into SLOT_TMP (an s8 src comes from an int8
  * producer that wrote it with that scale); s8 weights with per-channel
- * scales; an s8 output with dst_scale when dst_scale > 0, else f32. */
+ * scales; an s8 output with dst_scale when dst_scale > 0, else f32. A
+ * residual summed in place keeps its type: an s8 one takes dst_scale. */
 static int add_conv_int8(struct eng_plan *p, const struct model_conv *c, const struct eng_qlayer *q, int src_t,
                          int dst_slot, int res, int res_t, float dst_scale, int *ret_t)
 {
@@ -1300,6 +1321,9 @@ static int add_conv_int8(struct eng_plan *p, const struct model_conv *c, const s
         int binary_idx = -1, n_scales = 0, r;
 
         md_dims(p->tensors[src_t].md, sd);
+        if (md_type(p->tensors[src_t].md) == dnnl_s8 && p->tensors[src_t].scale != q->src_scale)
+                return err_set(p->err, p->err_len, -EINVAL, "int8 plan: the input of %s is s8 at scale %g, not %g",
+                               p->layer, (double)p->tensors[src_t].scale, (double)q->src_scale);
         if (md_type(p->tensors[src_t].md) != dnnl_s8) {
                 md_t qmd;
                 if ((r = md_new(&p->mds, 4, sd, dnnl_s8, p->act_tag, &qmd)) < 0 ||
@@ -1308,10 +1332,14 @@ static int add_conv_int8(struct eng_plan *p, const struct model_conv *c, const s
         }
         if ((r = conv_describe(p, c, p->tensors[src_t].md, res, res_t, &d)) < 0)
                 return r;
+        const float res_scale = res == RES_SUM ? p->tensors[res_t].scale : 0;
         if (dst_scale > 0 && res == RES_NONE) {
                 dnnl_dims_t dd = { sd[0], c->oc, d.oh, d.ow };
                 if ((r = md_new(&p->mds, 4, dd, dnnl_s8, p->act_tag, &d.dst)) < 0)
                         return r;
+        } else if (res_scale > 0) {
+                if (dst_scale <= 0)
+                        return err_set(p->err, p->err_len, -EINVAL, "int8 plan: %s adds an s8 residual in place but has no output scale", p->layer);
         } else {
                 dst_scale = 0;
         }
@@ -1327,7 +1355,7 @@ static int add_conv_int8(struct eng_plan *p, const struct model_conv *c, const s
                         &d.ws.qmd)) < 0)
                 return r;
         if ((r = int8_attr(p, c, q->src_scale, s_w, dst_scale, res, res == RES_BINARY ? p->tensors[res_t].md : NULL,
-                           &attr, &binary_idx, &bias, args + 5, &n_scales)) < 0)
+                           res_scale, &attr, &binary_idx, &bias, args + 5, &n_scales)) < 0)
                 return r;
         dnnl_status_t st = pd_conv(p->net->eng, dnnl_convolution_direct, &d, attr, &pd);
         dnnl_primitive_attr_destroy(attr);
@@ -1348,6 +1376,7 @@ static int add_conv_int8(struct eng_plan *p, const struct model_conv *c, const s
         md_t out_md = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
         if ((r = emit_step(p, pd, res == RES_SUM ? NULL : out_md, dst_slot, args, n, &dst_t)) < 0)
                 return r;
+        p->tensors[dst_t].scale = dst_scale;
         mark_conv(p, c, src_t);
         *ret_t = dst_t;
         return 0;
@@ -1490,7 +1519,7 @@ static int add_scale(struct eng_plan *p, int x_t, int gates_t, float q_scale, in
                 if (st == dnnl_success && !is_reference_kernel(pd)) {
                         const struct arg args[] = { { DNNL_ARG_SRC_0, x_t, NULL }, { DNNL_ARG_SRC_1, g4, NULL },
                                                     { DNNL_ARG_DST, T_NEW, NULL }, sarg };
-                        return emit_step(p, pd, qmd, SLOT_TMP, args, sarg.mem ? 4 : 3, ret_t);
+                        return emit_s8(p, pd, qmd, SLOT_TMP, args, sarg.mem ? 4 : 3, q_scale, ret_t);
                 }
                 if (st == dnnl_success)
                         dnnl_primitive_desc_destroy(pd);
@@ -1505,15 +1534,48 @@ static int add_scale(struct eng_plan *p, int x_t, int gates_t, float q_scale, in
         return emit_step(p, pd, NULL, 0, args, 3, NULL);
 }
 
-static int build_block(struct eng_plan *p, const struct model_block *b, int *x_t)
+/* A Fused-MBConv of expansion 1: its one kxk conv adds the residual. */
+static int single_conv(const struct model_block *b)
+{
+        return b->a.kind == ARCH_FUSED && b->project.oc == 0;
+}
+
+/* The scales with which the blocks write their outputs in s8 (0: f32), into
+ * ret[n_blocks]. The block stream is s8 where all that reads it is int8: the
+ * next block's first conv and, in a residual block, the add, which then runs
+ * in place in that block's int8 project and writes s8 in turn; the last
+ * block's reader is the head. The scale is that of the reading conv's input.
+ * Each s8 output spares a quantizing pass and three quarters of the stream's
+ * bytes; the add then sees the stream as the next conv does. A single-conv
+ * block adds through a binary post-op, which takes no scale for an s8
+ * addend: the stream stays f32 at both its ends. */
+static void stream_scales(const struct eng_plan *p, float *ret)
+{
+        const struct model *m = p->net->m;
+        for (int i = m->n_blocks - 1; i >= 0; i--) {
+                const struct model_block *b = &m->blocks[i], *nb = i + 1 < m->n_blocks ? b + 1 : NULL;
+                const struct eng_qlayer *reader = quant_of(p, nb ? &nb->conv1 : &m->head);
+                int ok = reader && quant_of(p, single_conv(b) ? &b->conv1 : &b->project) &&
+                         !(single_conv(b) && b->a.residual);
+                if (nb)
+                        ok = ok && !single_conv(nb) && (!nb->a.residual || ret[i + 1] > 0);
+                ret[i] = ok ? reader->src_scale : 0;
+        }
+        /* A residual block whose input comes f32 adds it in f32. */
+        for (int i = 0; i < m->n_blocks; i++)
+                if (m->blocks[i].a.residual && (i == 0 || ret[i - 1] == 0))
+                        ret[i] = 0;
+}
+
+static int build_block(struct eng_plan *p, const struct model_block *b, float out_scale, int *x_t)
 {
         const int x = *x_t, xs = p->tensors[x].slot, other = xs == SLOT_X0 ? SLOT_X1 : SLOT_X0;
         int t, r;
 
-        if (b->a.kind == ARCH_FUSED && b->project.oc == 0) {
+        if (single_conv(b)) {
                 /* The kxk conv reads neighbours, so it cannot add in place:
                  * the residual comes in as a binary post-op. */
-                return add_conv(p, &b->conv1, x, other, b->a.residual ? RES_BINARY : RES_NONE, x, 0, x_t);
+                return add_conv(p, &b->conv1, x, other, b->a.residual ? RES_BINARY : RES_NONE, x, out_scale, x_t);
         }
         /* A Fused-MBConv's expansion feeds only the project conv: s8 when
          * both are int8. */
@@ -1536,8 +1598,8 @@ static int build_block(struct eng_plan *p, const struct model_block *b, int *x_t
         }
         /* 1x1 project reads only its own pixel: the residual is added in place. */
         if (b->a.residual)
-                return add_conv(p, &b->project, t, xs, RES_SUM, x, 0, x_t);
-        return add_conv(p, &b->project, t, other, RES_NONE, -1, 0, x_t);
+                return add_conv(p, &b->project, t, xs, RES_SUM, x, out_scale, x_t);
+        return add_conv(p, &b->project, t, other, RES_NONE, -1, out_scale, x_t);
 }
 
 static int build(struct eng_plan *p)
@@ -1567,13 +1629,20 @@ static int build(struct eng_plan *p)
         snprintf(p->layer, sizeof p->layer, "the stem");
         if ((r = add_conv(p, &m->stem, x, SLOT_X0, RES_NONE, -1, 0, &x)) < 0)
                 return r;
+        float *out_scales = calloc((size_t)m->n_blocks + 1, sizeof *out_scales);
+        if (!out_scales)
+                return -ENOMEM;
+        stream_scales(p, out_scales);
         for (int i = 0; i < m->n_blocks; i++) {
                 const struct model_block *b = &m->blocks[i];
                 snprintf(p->layer, sizeof p->layer, "block %d (stage %d, %s)", i, b->a.stage + 1,
                          b->a.kind == ARCH_MBCONV ? "MBConv" : "Fused-MBConv");
-                if ((r = build_block(p, b, &x)) < 0)
-                        return r;
+                if ((r = build_block(p, b, out_scales[i], &x)) < 0)
+                        break;
         }
+        free(out_scales);
+        if (r < 0)
+                return r;
         int h, pooled;
         snprintf(p->layer, sizeof p->layer, "the head");
         if ((r = add_conv(p, &m->head, x, SLOT_M0, RES_NONE, -1, 0, &h)) < 0 ||

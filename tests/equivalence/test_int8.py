@@ -17,6 +17,9 @@ int8 arithmetic allows:
      fake-quantized with the calibration's scale (round half to even,
      saturated to [-128, 127]) and its weights fake-quantized per output
      channel with max|w|/127, as the engine does; everything else is fp32.
+     A block whose output effnet keeps in s8 (where only int8 layers read
+     it: docs/engine.md) has that output fake-quantized with its reader's
+     scale, so the residual add sees the stream as the next conv does.
   3. `effnet forward --precision int8 --calibration` on images not used for
      the calibration. Pass: its rms logit error against fp32 torch is at most
      1.5x the emulation's own, and not zero (int8 ran).
@@ -56,6 +59,33 @@ def fake_quant(x, scale, lo=-128, hi=127):
     return torch.clamp(torch.round(x / scale), lo, hi) * scale
 
 
+def stream_scales(blocks, layers):
+    """The scale with which effnet writes each block's output in s8, or 0
+    where it stays f32 (the rule of docs/engine.md, "The plan"): all that
+    reads the output is int8 (the next block's first conv, or the head,
+    and a residual add, which must itself write s8), no block that adds
+    through its single kxk conv (expansion 1) is at either end, and a
+    residual block's input is s8 too."""
+    def scale(name):
+        layer = layers.get(name)
+        return float(np.float32(layer["scale"])) if layer and layer["int8"] else 0.0
+    n = len(blocks)
+    single = [f"blocks.{i}.project" not in layers for i in range(n)]
+    res = [bool(b.use_res_connect) for b in blocks]
+    out = [0.0] * n
+    for i in reversed(range(n)):
+        reader = scale(f"blocks.{i + 1}.conv1") if i + 1 < n else scale("head")
+        ok = reader > 0 and scale(f"blocks.{i}.{'conv1' if single[i] else 'project'}") > 0 \
+            and not (single[i] and res[i])
+        if i + 1 < n:
+            ok = ok and not single[i + 1] and (not res[i + 1] or out[i + 1] > 0)
+        out[i] = reader if ok else 0.0
+    for i in range(n):
+        if res[i] and (i == 0 or out[i - 1] == 0):
+            out[i] = 0.0
+    return out
+
+
 @torch.no_grad()
 def int8_emulation(model, calib):
     """BN folded; the int8 layers of calib fake-quantized (input and weights)."""
@@ -73,6 +103,10 @@ def int8_emulation(model, calib):
         conv.weight.copy_(fake_quant(w, s_w, -127, 127))
         s = float(np.float32(layer["scale"]))
         conv.register_forward_pre_hook(lambda mod, inp, s=s: (fake_quant(inp[0], s),) + tuple(inp[1:]))
+    blocks = [b for stage in list(model.features)[1:-1] for b in stage]
+    for b, s in zip(blocks, stream_scales(blocks, {layer["name"]: layer for layer in layers})):
+        if s > 0:
+            b.register_forward_hook(lambda mod, inp, outp, s=s: fake_quant(outp, s))
     return model
 
 

@@ -1339,7 +1339,8 @@ static int add_conv_int8(struct eng_plan *p, const struct model_conv *c, const s
                         return r;
         } else if (res_scale > 0) {
                 if (dst_scale <= 0)
-                        return err_set(p->err, p->err_len, -EINVAL, "int8 plan: %s adds an s8 residual in place but has no output scale", p->layer);
+                        return err_set(p->err, p->err_len, -EINVAL,
+                                       "int8 plan: %s adds an s8 residual in place but has no output scale", p->layer);
         } else {
                 dst_scale = 0;
         }

@@ -102,7 +102,7 @@ int calib_parse(const char *text, size_t len, char *err, size_t err_len, struct 
         json_error_t jerr;
         json_t *root = NULL;
         char format[32];
-        double version, size = 0, images = 0;
+        double version = 0, size = 0, images = 0;
         int r;
 
         if (len > CALIB_MAX_BYTES)
@@ -128,8 +128,16 @@ int calib_parse(const char *text, size_t len, char *err, size_t err_len, struct 
                             format);
                 goto out;
         }
-        if ((r = get_num(root, "version", 1, 1, &version, err, err_len)) < 0 ||
-            (r = get_str(root, "weights_sha256", c->sha256, sizeof c->sha256, err, err_len)) < 0 ||
+        if ((r = get_num(root, "version", 1, CALIB_VERSION, &version, err, err_len)) < 0)
+                goto out;
+        if (version != CALIB_VERSION) {
+                r = err_set(err, err_len, -EBADMSG,
+                            "calibration: version %g, made by an older effnet whose int8 plan differed, so its "
+                            "self-check does not describe this one: run effnet calibrate again",
+                            version);
+                goto out;
+        }
+        if ((r = get_str(root, "weights_sha256", c->sha256, sizeof c->sha256, err, err_len)) < 0 ||
             (r = get_str(root, "variant", c->variant, sizeof c->variant, err, err_len)) < 0 ||
             (r = get_str(root, "method", c->method, sizeof c->method, err, err_len)) < 0 ||
             (r = get_num(root, "size", 32, 4096, &size, err, err_len)) < 0 ||
@@ -181,11 +189,11 @@ int calib_format(const struct calib *c, char **ret_text)
         }
         const struct calib_check *k = &c->check;
         root = json_pack("{s:s, s:i, s:s, s:s, s:s, s:i, s:i, s:f, s:{s:i, s:f, s:f, s:f, s:f}, s:O}", "format",
-                         "effnet-calibration", "version", 1, "weights_sha256", c->sha256, "variant", c->variant,
-                         "method", c->method, "size", c->size, "images", c->images, "threshold", c->threshold,
-                         "selfcheck", "images", k->images, "top1_agreement", k->top1_agreement, "top5_overlap",
-                         k->top5_overlap, "max_logit_diff", k->max_logit_diff, "rms_logit_diff", k->rms_logit_diff,
-                         "layers", layers);
+                         "effnet-calibration", "version", CALIB_VERSION, "weights_sha256", c->sha256, "variant",
+                         c->variant, "method", c->method, "size", c->size, "images", c->images, "threshold",
+                         c->threshold, "selfcheck", "images", k->images, "top1_agreement", k->top1_agreement,
+                         "top5_overlap", k->top5_overlap, "max_logit_diff", k->max_logit_diff, "rms_logit_diff",
+                         k->rms_logit_diff, "layers", layers);
         char *text = root ? json_dumps(root, JSON_INDENT(1) | JSON_REAL_PRECISION(9)) : NULL;
         if (text) {
                 *ret_text = text;

@@ -19,6 +19,10 @@ struct model_conv;
 #define CALIB_MAX_BYTES (1 << 20)   /* a V2-XL file is about 20 KB */
 #define CALIB_MAX_LAYERS 1024       /* V2-XL has 235 convolutions */
 #define CALIB_NAME_LEN 32           /* "blocks.104.project" */
+/* The file's version. It changes with the int8 plan, not only with the
+ * fields: the self-check in a file describes the plan that measured it.
+ * Version 1 files were measured on plans whose block stream stayed f32. */
+#define CALIB_VERSION 2
 
 struct calib_layer {
         char name[CALIB_NAME_LEN];  /* model_conv_name() */
@@ -49,9 +53,10 @@ struct calib {
 };
 
 /* Parses and validates a calibration file's text: a JSON object of at most
- * CALIB_MAX_BYTES with the fields above, finite positive scales, at most
- * CALIB_MAX_LAYERS layers with distinct names. -EBADMSG (or -E2BIG) with a
- * message naming the field otherwise. */
+ * CALIB_MAX_BYTES of version CALIB_VERSION with the fields above, finite
+ * positive scales, at most CALIB_MAX_LAYERS layers with distinct names.
+ * -EBADMSG (or -E2BIG) with a message naming the field otherwise; an older
+ * version's message says to calibrate again. */
 int calib_parse(const char *text, size_t len, char *err, size_t err_len, struct calib **ret_calib);
 /* The JSON text of c, malloc'ed, NUL-terminated. */
 int calib_format(const struct calib *c, char **ret_text);

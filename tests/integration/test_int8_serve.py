@@ -15,7 +15,8 @@ they are computed and shown). Checks:
   - refused cleanly, by effnetd at start-up and by effnet forward: int8
     without a calibration, a calibration made for other weights, one naming
     a layer the model does not have, one putting the stem in int8, one that
-    is not JSON; effnetd --precision auto never runs int8.
+    is not JSON, one of an older version (its self-check measured another
+    int8 plan); effnetd --precision auto never runs int8.
 """
 import json
 import os
@@ -98,12 +99,14 @@ def main():
             return path
         unknown = variant("unknown.json", lambda o: o["layers"][1].update(name="blocks.99.conv1"))
         stem = variant("stem.json", lambda o: o["layers"][0].update(int8=True))
+        older = variant("older.json", lambda o: o.update(version=o["version"] - 1))
         broken = os.path.join(d, "broken.json")
         open(broken, "w").write(open(cal).read()[:200])
         cases = [([], ["int8", "calibration"], "int8 without a calibration"),
                  (["--calibration", broken], ["calibration", "JSON"], "a truncated calibration"),
                  (["--calibration", unknown], ["blocks.99.conv1"], "a layer the model does not have"),
-                 (["--calibration", stem], ["stem", "int8"], "the stem in int8")]
+                 (["--calibration", stem], ["stem", "int8"], "the stem in int8"),
+                 (["--calibration", older], ["older effnet", "effnet calibrate again"], "an older version's file")]
         for args, words, label in cases:
             refused_at_start(effnetd, w, d, ["--precision", "int8"] + args, words, label)
         refused_at_start(effnetd, other, d, ["--precision", "int8", "--calibration", cal],

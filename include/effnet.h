@@ -204,7 +204,11 @@ enum effnet_clip {
         EFFNET_CLIP_MSE = 1,        /* least squared quantization error */
         EFFNET_CLIP_PERCENTILE = 2, /* the 99.99th percentile of |x| */
         EFFNET_CLIP_MAX = 3,        /* the largest |x| seen */
+        EFFNET_CLIP_KL = 4,         /* least information lost (Kullback-Leibler) */
 };
+
+/* The method's name ("auto", "mse", "percentile", "max", "kl"), or NULL. */
+const char *effnet_clip_name(int method);
 
 struct effnet_calib_opts {
         int held_out;        /* images kept for the self-check; 0 = a fifth (at least 1) */

@@ -400,31 +400,17 @@ int effnet_calibration_layer(const struct effnet_calibration *c, int i, struct e
         return 0;
 }
 
-/* Histogram of |x| per layer: HIST_BINS bins of equal width from 0, the
- * width doubling (pairs of bins merged) whenever a value falls past the
- * end, so that one pass over the images suffices. */
-#define HIST_BINS 2048
-struct hist {
-        double width;
-        double bins[HIST_BINS];
-        double count;
-};
+const char *effnet_clip_name(int method)
+{
+        static const char *const names[] = { "auto", "mse", "percentile", "max", "kl" };
+        return method >= 0 && method < (int)(sizeof names / sizeof *names) ? names[method] : NULL;
+}
 
 struct observe {
         const struct model_conv **convs;
-        struct hist *h;
+        struct calib_hist *h;
         int n;
 };
-
-static void hist_grow(struct hist *h, double a)
-{
-        while (a >= h->width * HIST_BINS) {
-                for (int i = 0; i < HIST_BINS / 2; i++)
-                        h->bins[i] = h->bins[2 * i] + h->bins[2 * i + 1];
-                memset(h->bins + HIST_BINS / 2, 0, sizeof(double) * HIST_BINS / 2);
-                h->width *= 2;
-        }
-}
 
 static void observe_conv(void *userdata, const struct model_conv *conv, const float *x, size_t count)
 {
@@ -432,60 +418,8 @@ static void observe_conv(void *userdata, const struct model_conv *conv, const fl
         int i = 0;
         while (i < o->n && o->convs[i] != conv)
                 i++;
-        if (i == o->n)
-                return;
-        struct hist *h = &o->h[i];
-        float mx = 0;
-        for (size_t k = 0; k < count; k++)
-                mx = fmaxf(mx, fabsf(x[k]));
-        if (h->width == 0)
-                h->width = mx > 0 ? (double)mx * 1.0001 / HIST_BINS : 1e-6;
-        hist_grow(h, mx);
-        const double inv = 1.0 / h->width;
-        for (size_t k = 0; k < count; k++) {
-                int b = (int)(fabsf(x[k]) * inv);
-                h->bins[b < HIST_BINS ? b : HIST_BINS - 1] += 1;
-        }
-        h->count += (double)count;
-}
-
-/* The clipping threshold of h by method, as a scale (clip / 127). */
-static float hist_scale(const struct hist *h, int method)
-{
-        int last = HIST_BINS - 1;
-        while (last > 0 && h->bins[last] == 0)
-                last--;
-        double clip = (last + 1) * h->width;
-        if (method == EFFNET_CLIP_PERCENTILE) {
-                double seen = 0, want = h->count * 0.9999;
-                for (int i = 0; i <= last; i++) {
-                        seen += h->bins[i];
-                        if (seen >= want) {
-                                clip = (i + 1) * h->width;
-                                break;
-                        }
-                }
-        } else if (method == EFFNET_CLIP_MSE) {
-                /* Expected squared error of clipping at c: values inside
-                 * round with step c/127 (error step^2/12 each), those past c
-                 * saturate (error (x - c)^2), from suffix sums of the bins. */
-                double s0 = 0, s1 = 0, s2 = 0, best = INFINITY;
-                double in = h->count;
-                for (int i = last; i >= 0; i--) {
-                        double x = (i + 0.5) * h->width, c = (i + 1) * h->width, step = c / 127;
-                        /* Bins above i are clipped at c. */
-                        double tail = s2 - 2 * c * s1 + c * c * s0;
-                        double err = (in - s0) * step * step / 12 + tail;
-                        if (err < best) {
-                                best = err;
-                                clip = c;
-                        }
-                        s0 += h->bins[i];
-                        s1 += h->bins[i] * x;
-                        s2 += h->bins[i] * x * x;
-                }
-        }
-        return clip > 0 ? (float)(clip / 127) : 1.0f;
+        if (i < o->n)
+                calib_hist_add(&o->h[i], x, count);
 }
 
 /* Logits of n images through one executor, in chunks of its batch. */
@@ -576,7 +510,7 @@ int effnet_calibrate(struct effnet_model *em, const char *weights_sha256, const 
                                    err_len };
         const struct model_conv *convs[CALIB_MAX_LAYERS];
         char (*names)[CALIB_NAME_LEN] = NULL;
-        struct hist *h = NULL;
+        struct calib_hist *h = NULL;
         struct eng_plan *obs = NULL;
         struct effnet_exec *fx = NULL;
         struct calib *cal = NULL;
@@ -591,7 +525,7 @@ int effnet_calibrate(struct effnet_model *em, const char *weights_sha256, const 
                                n, held);
         if (!weights_sha256 || strlen(weights_sha256) != 64)
                 return err_set(err, err_len, -EINVAL, "calibration needs the weights' sha256");
-        if (o.method < EFFNET_CLIP_AUTO || o.method > EFFNET_CLIP_MAX)
+        if (o.method < EFFNET_CLIP_AUTO || o.method > EFFNET_CLIP_KL)
                 return err_set(err, err_len, -EINVAL, "unknown clipping method %d", o.method);
         x.per = (size_t)3 * x.size * x.size;
         x.batch = n < 8 ? n : 8;
@@ -648,17 +582,16 @@ int effnet_calibrate(struct effnet_model *em, const char *weights_sha256, const 
 
         /* 3. The clipping: the method asked for, or each, keeping the one
          * whose int8 logits are closest to fp32 on the held-out images. */
-        static const char *const method_names[] = { "auto", "mse", "percentile", "max" };
         int best = -1;
         double best_rms = INFINITY;
-        for (int meth = EFFNET_CLIP_MSE; meth <= EFFNET_CLIP_MAX; meth++) {
+        for (int meth = EFFNET_CLIP_MSE; meth <= EFFNET_CLIP_KL; meth++) {
                 struct calib_check ck;
                 if (o.method != EFFNET_CLIP_AUTO && meth != o.method)
                         continue;
                 for (int i = 0; i < nc; i++)
-                        cal->v[i].scale = hist_scale(&h[i], meth);
+                        cal->v[i].scale = calib_hist_scale(&h[i], meth);
                 if (o.method == EFFNET_CLIP_AUTO) {
-                        progress(&x, method_names[meth], 0, 1);
+                        progress(&x, effnet_clip_name(meth), 0, 1);
                         if ((r = int8_logits(&x, cal, held_images, held, q)) < 0)
                                 goto out;
                         compare(ref, q, held, x.classes, &ck);
@@ -669,8 +602,8 @@ int effnet_calibrate(struct effnet_model *em, const char *weights_sha256, const 
                 best = meth;
         }
         for (int i = 0; i < nc; i++)
-                cal->v[i].scale = hist_scale(&h[i], best);
-        snprintf(cal->method, sizeof cal->method, "%s", method_names[best]);
+                cal->v[i].scale = calib_hist_scale(&h[i], best);
+        snprintf(cal->method, sizeof cal->method, "%s", effnet_clip_name(best));
 
         /* 4. Sensitivity: each layer alone in int8 on calibration images. */
         if (threshold >= 0) {

@@ -43,7 +43,7 @@ static int usage(FILE *f)
                 "          [--calibration CAL] [--threads T] IMG...\n"
                 "      Top-k JSON for each image, one line each, as effnetd answers.\n"
                 "  calibrate --weights FILE --images DIR|IMG... [--count N] [--held-out N]\n"
-                "          [--method auto|mse|percentile|max] [--threshold X] [--size S] [--threads T] -o CAL\n"
+                "          [--method auto|mse|percentile|max|kl] [--threshold X] [--size S] [--threads T] -o CAL\n"
                 "      int8 calibration on your images (a file for --precision int8), and how\n"
                 "      far int8 moves the logits from fp32 on the images held out of it.\n"
                 "  inspect FILE [--calibration CAL]\n"
@@ -1178,7 +1178,6 @@ static int cmd_calibrate(int argc, char **argv)
                 { "size", required_argument, 0, 's' },     { "help", no_argument, 0, 'h' },
                 { 0, 0, 0, 0 },
         };
-        static const char *const methods[] = { "auto", "mse", "percentile", "max" };
         struct status_line sl = { .tty = isatty(STDERR_FILENO) == 1 };
         struct effnet_calib_opts co = { .progress = on_calib_progress, .userdata = &sl };
         const char *weights = NULL, *out = NULL;
@@ -1201,14 +1200,14 @@ static int cmd_calibrate(int argc, char **argv)
                 case 'T': r = parse_double("", optarg, -1, 1e6, NULL, 0, &co.threshold); break;
                 case 'm':
                         r = -EINVAL;
-                        for (int i = 0; i < (int)ARRAY_SIZE(methods); i++)
-                                if (strcmp(optarg, methods[i]) == 0)
+                        for (int i = 0; effnet_clip_name(i); i++)
+                                if (strcmp(optarg, effnet_clip_name(i)) == 0)
                                         co.method = i, r = 0;
                         break;
                 case 'h':
                         printf("Usage: %s calibrate --weights FILE --images DIR|IMG... [--count N] [--held-out N]\n"
-                               "          [--method auto|mse|percentile|max] [--threshold X] [--size S] [--threads T]\n"
-                               "          -o CAL\n",
+                               "          [--method auto|mse|percentile|max|kl] [--threshold X] [--size S]\n"
+                               "          [--threads T] -o CAL\n",
                                prog);
                         goto out;
                 default: r = -EINVAL; goto out;

@@ -1,5 +1,7 @@
-/* calib: int8 calibration files (JSON), validated before anything uses them. */
+/* calib: int8 calibration files (JSON), validated before anything uses them,
+ * and the histograms of activations that calibrate chooses clipping from. */
 #include "calib.h"
+#include "effnet.h"
 #include "model.h"
 #include "util.h"
 
@@ -229,4 +231,120 @@ int calib_model_convs(const struct model *m, const struct model_conv **ret_convs
         PUT(&m->head, "head");
 #undef PUT
         return n < max ? n : max;
+}
+
+static void hist_grow(struct calib_hist *h, double a)
+{
+        while (a >= h->width * CALIB_HIST_BINS) {
+                for (int i = 0; i < CALIB_HIST_BINS / 2; i++)
+                        h->bins[i] = h->bins[2 * i] + h->bins[2 * i + 1];
+                memset(h->bins + CALIB_HIST_BINS / 2, 0, sizeof(double) * CALIB_HIST_BINS / 2);
+                h->width *= 2;
+        }
+}
+
+void calib_hist_add(struct calib_hist *h, const float *x, size_t count)
+{
+        float mx = 0;
+        for (size_t k = 0; k < count; k++)
+                mx = fmaxf(mx, fabsf(x[k]));
+        if (h->width == 0)
+                h->width = mx > 0 ? (double)mx * 1.0001 / CALIB_HIST_BINS : 1e-6;
+        hist_grow(h, mx);
+        const double inv = 1.0 / h->width;
+        for (size_t k = 0; k < count; k++) {
+                int b = (int)(fabsf(x[k]) * inv);
+                h->bins[b < CALIB_HIST_BINS ? b : CALIB_HIST_BINS - 1] += 1;
+        }
+        h->count += (double)count;
+}
+
+/* The clipping threshold (in bins) of h[0..last] whose 128 levels of |x|
+ * lose the least information: the least Kullback-Leibler divergence between
+ * the histogram clipped there (values past it counted in its last bin) and
+ * the same bins merged into 128 levels and spread back evenly over the bins
+ * that held values (TensorRT's entropy calibration). */
+#define KL_LEVELS 128
+static int hist_kl_bins(const struct calib_hist *h, int last)
+{
+        double p[CALIB_HIST_BINS], q[CALIB_HIST_BINS];
+        int best = last + 1;
+        double best_kl = INFINITY, tail = 0;
+
+        for (int i = last + 1; i >= KL_LEVELS; i--) {
+                /* tail: the count of bins i.. (clipped into bin i - 1). */
+                double total = tail;
+                for (int k = 0; k < i; k++)
+                        total += h->bins[k];
+                for (int k = 0; k < i; k++)
+                        p[k] = h->bins[k];
+                p[i - 1] += tail;
+                for (int j = 0; j < KL_LEVELS; j++) {
+                        int a = (int)((long)j * i / KL_LEVELS), b = (int)((long)(j + 1) * i / KL_LEVELS);
+                        double sum = 0;
+                        int used = 0;
+                        for (int k = a; k < b; k++) {
+                                sum += h->bins[k];
+                                used += p[k] > 0;
+                        }
+                        for (int k = a; k < b; k++)
+                                q[k] = p[k] > 0 ? sum / used : 0;
+                }
+                /* q holds the clipped mass only: both sum to their own
+                 * totals, normalized here; a bin q leaves empty where p is
+                 * not gets a small floor rather than an infinite term. */
+                double qt = total - tail, kl = 0;
+                for (int k = 0; k < i; k++) {
+                        if (p[k] <= 0)
+                                continue;
+                        double pk = p[k] / total, qk = qt > 0 ? q[k] / qt : 0;
+                        kl += pk * log(pk / (qk > 1e-12 ? qk : 1e-12));
+                }
+                if (kl < best_kl) {
+                        best_kl = kl;
+                        best = i;
+                }
+                tail += h->bins[i - 1];
+        }
+        return best;
+}
+
+float calib_hist_scale(const struct calib_hist *h, int method)
+{
+        int last = CALIB_HIST_BINS - 1;
+        while (last > 0 && h->bins[last] == 0)
+                last--;
+        double clip = (last + 1) * h->width;
+        if (method == EFFNET_CLIP_PERCENTILE) {
+                double seen = 0, want = h->count * 0.9999;
+                for (int i = 0; i <= last; i++) {
+                        seen += h->bins[i];
+                        if (seen >= want) {
+                                clip = (i + 1) * h->width;
+                                break;
+                        }
+                }
+        } else if (method == EFFNET_CLIP_MSE) {
+                /* Expected squared error of clipping at c: values inside
+                 * round with step c/127 (error step^2/12 each), those past c
+                 * saturate (error (x - c)^2), from suffix sums of the bins. */
+                double s0 = 0, s1 = 0, s2 = 0, best = INFINITY;
+                double in = h->count;
+                for (int i = last; i >= 0; i--) {
+                        double x = (i + 0.5) * h->width, c = (i + 1) * h->width, step = c / 127;
+                        /* Bins above i are clipped at c. */
+                        double tail = s2 - 2 * c * s1 + c * c * s0;
+                        double err = (in - s0) * step * step / 12 + tail;
+                        if (err < best) {
+                                best = err;
+                                clip = c;
+                        }
+                        s0 += h->bins[i];
+                        s1 += h->bins[i] * x;
+                        s2 += h->bins[i] * x * x;
+                }
+        } else if (method == EFFNET_CLIP_KL) {
+                clip = hist_kl_bins(h, last) * h->width;
+        }
+        return clip > 0 ? (float)(clip / 127) : 1.0f;
 }

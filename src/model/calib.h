@@ -52,6 +52,29 @@ struct calib {
         struct calib_layer *v;      /* owned */
 };
 
+/* A histogram of |x| for choosing a layer's clipping: CALIB_HIST_BINS bins
+ * of equal width from 0, the width doubling (pairs of bins merged) when a
+ * value falls past the end, so that one pass over the images suffices.
+ *
+ *   struct calib_hist *h = calloc(1, sizeof *h);
+ *   calib_hist_add(h, x, n);                          // every batch
+ *   float scale = calib_hist_scale(h, EFFNET_CLIP_MSE);
+ */
+#define CALIB_HIST_BINS 2048
+struct calib_hist {
+        double width;               /* of one bin; 0 until the first values */
+        double bins[CALIB_HIST_BINS];
+        double count;
+};
+
+void calib_hist_add(struct calib_hist *h, const float *x, size_t count);
+/* The scale (clip / 127) of h's clipping threshold by method (enum
+ * effnet_clip but EFFNET_CLIP_AUTO): the largest value, the 99.99th
+ * percentile, the least expected squared error of rounding inside and
+ * saturating outside, or the least Kullback-Leibler divergence of its 128
+ * levels; 1 for a histogram of zeros. */
+float calib_hist_scale(const struct calib_hist *h, int method);
+
 /* Parses and validates a calibration file's text: a JSON object of at most
  * CALIB_MAX_BYTES of version CALIB_VERSION with the fields above, finite
  * positive scales, at most CALIB_MAX_LAYERS layers with distinct names.

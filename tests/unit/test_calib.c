@@ -9,6 +9,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 /* A reproducible uniform in [0, 1) (xorshift64*). */
 static double uniform(uint64_t *s)
@@ -27,9 +28,9 @@ static double gaussian(uint64_t *s)
 static float xs[N];
 
 /* The clipping threshold of h by method. */
-static double clip_of(const struct calib_hist *h, int method, double unit)
+static double clip_of(const struct calib_hist *h, int method)
 {
-        return calib_hist_scale(h, method) * 127.0 / unit;
+        return calib_hist_scale(h, method) * 127.0;
 }
 
 /* The squared error of quantizing x[0..n) to s8 with threshold clip. */
@@ -43,78 +44,56 @@ static double quant_err(const float *x, int n, double clip)
         return e;
 }
 
-/* mse's threshold, measured on the samples themselves: its error within 3%
- * of the least over a fine grid of thresholds up to the largest value. */
-static void check_mse(const struct calib_hist *h, const float *x, int n, double mx)
+/* Where each method's threshold must fall on a sample ([lo, hi]; hi 0: up
+ * to max's). mse's is also measured on the samples themselves: its error
+ * within 3% of the least over a fine grid of thresholds. */
+struct want {
+        const char *name;
+        double max_lo, max_hi, pc_lo, pc_hi, mse_lo, kl_lo, kl_hi;
+};
+
+static void check_methods(const float *x, int n, const struct want *w)
 {
-        double got = quant_err(x, n, clip_of(h, EFFNET_CLIP_MSE, 1)), best = INFINITY, at = 0;
+        static struct calib_hist h;
+        memset(&h, 0, sizeof h);
+        calib_hist_add(&h, x, (size_t)n);
+        CHECK(h.count == n);
+        double mx = clip_of(&h, EFFNET_CLIP_MAX), pc = clip_of(&h, EFFNET_CLIP_PERCENTILE),
+               ms = clip_of(&h, EFFNET_CLIP_MSE), kl = clip_of(&h, EFFNET_CLIP_KL);
+        CHECK_MSG(mx >= w->max_lo && mx <= w->max_hi, "%s: max %g", w->name, mx);
+        CHECK_MSG(pc >= w->pc_lo && pc <= (w->pc_hi ? w->pc_hi : mx), "%s: percentile %g", w->name, pc);
+        CHECK_MSG(ms >= w->mse_lo && ms <= mx, "%s: mse %g", w->name, ms);
+        CHECK_MSG(kl >= w->kl_lo && kl <= (w->kl_hi ? w->kl_hi : mx), "%s: kl %g", w->name, kl);
+        double got = quant_err(x, n, ms), best = INFINITY, at = 0;
         for (double c = mx; c > mx / 1000; c *= 0.98) {
                 double e = quant_err(x, n, c);
                 if (e < best)
                         best = e, at = c;
         }
-        CHECK_MSG(got <= 1.03 * best, "mse clip %g: error %g, the grid's least %g at %g",
-                  clip_of(h, EFFNET_CLIP_MSE, 1), got, best, at);
+        CHECK_MSG(got <= 1.03 * best, "%s: mse clip %g: error %g, the grid's least %g at %g", w->name, ms, got,
+                  best, at);
 }
 
-static void test_uniform(void)
+static void test_methods(void)
 {
-        static struct calib_hist h;
         uint64_t s = 1;
+        /* Nothing to clip: every method keeps (nearly) the whole range. */
         for (int i = 0; i < N; i++)
                 xs[i] = (float)(2 * uniform(&s) - 1);
-        calib_hist_add(&h, xs, N);
-        CHECK(h.count == N);
-        /* Nothing to clip: every method keeps (nearly) the whole range. */
-        double mx = clip_of(&h, EFFNET_CLIP_MAX, 1), pc = clip_of(&h, EFFNET_CLIP_PERCENTILE, 1),
-               ms = clip_of(&h, EFFNET_CLIP_MSE, 1), kl = clip_of(&h, EFFNET_CLIP_KL, 1);
-        CHECK_MSG(mx >= 1 && mx < 1.01, "max %g", mx);
-        CHECK_MSG(pc > 0.995 && pc <= mx, "percentile %g", pc);
-        CHECK_MSG(ms > 0.95 && ms <= mx, "mse %g", ms);
-        CHECK_MSG(kl > 0.9 && kl <= mx, "kl %g", kl);
-        check_mse(&h, xs, N, mx);
-}
-
-static void test_gaussian(void)
-{
-        static struct calib_hist h;
-        uint64_t s = 3;
-        for (int i = 0; i < N; i++)
-                xs[i] = (float)gaussian(&s);
-        calib_hist_add(&h, xs, N);
+        check_methods(xs, N, &(struct want){ "uniform", 1, 1.01, 0.995, 0, 0.95, 0.9, 0 });
         /* A unit Gaussian's 99.99th percentile of |x| is 3.89; 256 levels
          * with the least squared error clip it near 4 (never under 3,
          * which would saturate 0.3% of it). */
-        double mx = clip_of(&h, EFFNET_CLIP_MAX, 1), pc = clip_of(&h, EFFNET_CLIP_PERCENTILE, 1),
-               ms = clip_of(&h, EFFNET_CLIP_MSE, 1), kl = clip_of(&h, EFFNET_CLIP_KL, 1);
-        CHECK_MSG(mx > 4 && mx < 6.5, "max %g", mx);
-        CHECK_MSG(pc > 3.7 && pc < 4.1, "percentile %g", pc);
-        CHECK_MSG(ms > 3 && ms <= mx, "mse %g", ms);
-        CHECK_MSG(kl > 2 && kl <= mx, "kl %g", kl);
-        check_mse(&h, xs, N, mx);
-}
-
-static void test_outliers(void)
-{
-        static struct calib_hist h;
-        uint64_t s = 2;
         for (int i = 0; i < N; i++)
                 xs[i] = (float)gaussian(&s);
+        check_methods(xs, N, &(struct want){ "gaussian", 4, 6.5, 3.7, 4.1, 3, 2, 0 });
+        /* Eight far outliers: max keeps them; percentile and kl clip them
+         * and keep the Gaussian bulk (a threshold under 2 would saturate 5%
+         * of it); mse weighs their saturation against rounding the rest,
+         * whichever costs less on the samples. */
         for (int i = 0; i < 8; i++)
                 xs[i * (N / 8)] = i % 2 ? 200.0f : -200.0f;
-        calib_hist_add(&h, xs, N);
-        /* max keeps the outliers; percentile and kl clip them and keep the
-         * bulk of a unit Gaussian (its 99.99th percentile is 3.89; a
-         * threshold under 2 would saturate 5% of it). mse weighs the 8
-         * outliers' saturation against rounding the rest: whichever costs
-         * less, checked on the samples. */
-        double mx = clip_of(&h, EFFNET_CLIP_MAX, 1), pc = clip_of(&h, EFFNET_CLIP_PERCENTILE, 1),
-               ms = clip_of(&h, EFFNET_CLIP_MSE, 1), kl = clip_of(&h, EFFNET_CLIP_KL, 1);
-        CHECK_MSG(mx >= 200 && mx < 201, "max %g", mx);
-        CHECK_MSG(pc > 3.5 && pc < 4.5, "percentile %g", pc);
-        CHECK_MSG(ms > 2 && ms <= mx, "mse %g", ms);
-        CHECK_MSG(kl > 2 && kl < 30, "kl %g", kl);
-        check_mse(&h, xs, N, mx);
+        check_methods(xs, N, &(struct want){ "outliers", 200, 201, 3.5, 4.5, 2, 2, 30 });
 }
 
 static void test_growing(void)
@@ -132,7 +111,7 @@ static void test_growing(void)
         for (int i = 0; i < CALIB_HIST_BINS; i++)
                 sum += h.bins[i];
         CHECK(sum == 1001);
-        CHECK_MSG(clip_of(&h, EFFNET_CLIP_MAX, 1) >= 1000, "max %g", clip_of(&h, EFFNET_CLIP_MAX, 1));
+        CHECK_MSG(clip_of(&h, EFFNET_CLIP_MAX) >= 1000, "max %g", clip_of(&h, EFFNET_CLIP_MAX));
         /* A histogram of zeros has no range: scale 1, never 0. */
         static struct calib_hist z;
         float zeros[4] = { 0 };
@@ -143,9 +122,7 @@ static void test_growing(void)
 
 int main(void)
 {
-        test_uniform();
-        test_gaussian();
-        test_outliers();
+        test_methods();
         test_growing();
         return CHECK_DONE();
 }

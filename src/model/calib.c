@@ -269,13 +269,13 @@ static int hist_kl_bins(const struct calib_hist *h, int last)
 {
         double p[CALIB_HIST_BINS], q[CALIB_HIST_BINS];
         int best = last + 1;
-        double best_kl = INFINITY, tail = 0;
+        double best_kl = INFINITY, tail = 0, total = 0;
 
+        /* Every threshold keeps the whole count: what it clips goes into its last bin. */
+        for (int k = 0; k <= last; k++)
+                total += h->bins[k];
         for (int i = last + 1; i >= KL_LEVELS; i--) {
                 /* tail: the count of bins i.. (clipped into bin i - 1). */
-                double total = tail;
-                for (int k = 0; k < i; k++)
-                        total += h->bins[k];
                 for (int k = 0; k < i; k++)
                         p[k] = h->bins[k];
                 p[i - 1] += tail;
